@@ -1,0 +1,1 @@
+"""The API contract shared by both daemons: models, errors, JSON codec, timestamps."""

@@ -1,0 +1,256 @@
+"""Request and response models of the API, shared by the server and the sidecar.
+
+The sidecar validates with these same classes, so it refuses exactly what the
+server refuses and nothing invalid is ever spooled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.contract.fields import (
+    AnyStatus,
+    CanonicalStatus,
+    CommitHash,
+    CommitSource,
+    Counter,
+    CounterDefaultZero,
+    Identifier,
+    Instant,
+    JsonObject,
+)
+
+
+class _Descriptive(BaseModel):
+    """Optional descriptive fields a run may carry, settable on create and update."""
+
+    end_time: Instant | None = None
+    agent_owner: str | None = None
+    product: str | None = None
+    product_family: str | None = None
+    platform: str | None = None
+    subdomain: str | None = None
+    website: str | None = None
+    website_section: str | None = None
+    item_name: str | None = None
+    input_summary: str | None = None
+    output_summary: str | None = None
+    source_ref: str | None = None
+    target_ref: str | None = None
+    error_summary: str | None = None
+    error_details: str | None = None
+    git_repo: str | None = None
+    git_branch: str | None = None
+    git_commit_hash: CommitHash | None = None
+    git_run_tag: str | None = None
+    git_commit_source: CommitSource | None = None
+    git_commit_author: str | None = None
+    git_commit_timestamp: Instant | None = None
+    host: str | None = None
+    environment: str | None = None
+    trigger_type: str | None = None
+    metrics_json: JsonObject | None = None
+    context_json: JsonObject | None = None
+    insight_id: str | None = None
+    parent_run_id: str | None = None
+
+
+class RunCreate(_Descriptive):
+    """Body of ``POST /api/v1/runs`` and one item of a batch.
+
+    Unknown fields are ignored, as the reference does, so clients that send its
+    client-side bookkeeping fields (``api_posted`` …) keep working. Unlike the
+    reference, ``git_commit_source/author/timestamp`` are stored.
+    """
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    event_id: Identifier
+    run_id: Identifier
+    agent_name: Identifier
+    job_type: Identifier
+    start_time: Instant
+    status: AnyStatus = "running"
+    created_at: Instant | None = Field(
+        default=None,
+        description="Ingestion instant; set by the server (or the sidecar that accepted it) when absent.",
+    )
+    items_discovered: CounterDefaultZero = 0
+    items_succeeded: CounterDefaultZero = 0
+    items_failed: CounterDefaultZero = 0
+    items_skipped: CounterDefaultZero = 0
+    duration_ms: CounterDefaultZero = 0
+
+
+class RunUpdate(_Descriptive):
+    """Body of ``PATCH /api/v1/runs/{event_id}``: only the fields given are set.
+
+    Statuses must be canonical (aliases are refused, as the guide says).
+    Unknown fields are refused, so a typo never silently loses an update.
+    Explicit ``null`` clears an optional field; it is refused for a field the
+    run cannot be without.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    NOT_NULL: ClassVar[frozenset[str]] = frozenset(
+        {
+            "run_id",
+            "agent_name",
+            "job_type",
+            "start_time",
+            "status",
+            "items_discovered",
+            "items_succeeded",
+            "items_failed",
+            "items_skipped",
+            "duration_ms",
+        }
+    )
+
+    run_id: Identifier | None = None
+    agent_name: Identifier | None = None
+    job_type: Identifier | None = None
+    start_time: Instant | None = None
+    status: CanonicalStatus | None = None
+    items_discovered: Counter | None = None
+    items_succeeded: Counter | None = None
+    items_failed: Counter | None = None
+    items_skipped: Counter | None = None
+    duration_ms: Counter | None = None
+
+    @model_validator(mode="after")
+    def _required_columns_not_null(self) -> RunUpdate:
+        for name in self.model_fields_set & self.NOT_NULL:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client set, in declaration order."""
+        return self.model_dump(exclude_unset=True)
+
+
+class CommitAssociation(BaseModel):
+    """Body of ``POST /api/v1/runs/{event_id}/associate-commit``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    commit_hash: CommitHash = Field(description="Git commit SHA, 7-40 hex characters")
+    commit_source: CommitSource
+    commit_author: str | None = None
+    commit_timestamp: Instant | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The run columns this association sets."""
+        fields: dict[str, Any] = {
+            "git_commit_hash": self.commit_hash,
+            "git_commit_source": self.commit_source,
+        }
+        if self.commit_author is not None:
+            fields["git_commit_author"] = self.commit_author
+        if self.commit_timestamp is not None:
+            fields["git_commit_timestamp"] = self.commit_timestamp
+        return fields
+
+
+class UpsertItem(BaseModel):
+    """One item of ``POST /api/v1/runs/batch?mode=upsert`` (the sidecar's forwarding).
+
+    ``create`` is inserted if the event_id is new and never overwrites an
+    existing run (a duplicate create changes nothing, as a direct POST);
+    ``update`` is then applied, except that a terminal status is never
+    replaced by ``running``. Applying the same item twice gives the same state.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Identifier
+    create: RunCreate | None = None
+    update: RunUpdate | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpsertItem:
+        if self.create is None and self.update is None:
+            raise ValueError("an upsert item needs 'create', 'update' or both")
+        if self.create is not None and self.create.event_id != self.event_id:
+            raise ValueError("create.event_id must equal event_id")
+        return self
+
+
+class RunQuery(BaseModel):
+    """Query string of ``GET /api/v1/runs``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    agent_name: str | None = None
+    job_type: str | None = None
+    status: AnyStatus | None = None
+    created_before: Instant | None = Field(default=None, description="Exclusive upper bound")
+    created_after: Instant | None = Field(default=None, description="Exclusive lower bound")
+    start_time_from: Instant | None = Field(default=None, description="Inclusive lower bound")
+    start_time_to: Instant | None = Field(default=None, description="Inclusive upper bound")
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=10**12)
+
+
+# ---- responses (documented in the OpenAPI schema) ---------------------------------
+
+
+class CreateResponse(BaseModel):
+    status: Literal["created"]
+    event_id: str
+    run_id: str
+
+
+class DuplicateResponse(BaseModel):
+    status: Literal["duplicate"]
+    event_id: str
+    message: str = "Event already exists (idempotent)"
+
+
+class UpdateResponse(BaseModel):
+    event_id: str
+    updated: bool
+    fields_updated: list[str]
+
+
+class AssociateResponse(BaseModel):
+    status: Literal["success"]
+    event_id: str
+    run_id: str
+    commit_hash: str
+
+
+class BatchItemError(BaseModel):
+    index: int
+    event_id: str | None
+    message: str
+
+
+class BatchResponse(BaseModel):
+    inserted: int
+    duplicates: int
+    errors: list[BatchItemError]
+    total: int
+
+
+class UpsertResponse(BatchResponse):
+    updated: int
+
+
+class RunRecord(RunCreate):
+    """A stored run as queries return it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    created_at: str | None = None
+    updated_at: str | None = None
+    commit_url: str | None = None
+    repo_url: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+    error: str
