@@ -75,7 +75,7 @@ class RunCreate(_Descriptive):
     status: AnyStatus = "running"
     created_at: Instant | None = Field(
         default=None,
-        description="Ingestion instant; set by the server (or the sidecar that accepted it) when absent.",
+        description="Ingestion instant; set by the server (or the accepting sidecar) if absent.",
     )
     items_discovered: CounterDefaultZero = 0
     items_succeeded: CounterDefaultZero = 0

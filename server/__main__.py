@@ -1,0 +1,65 @@
+"""``telemetry-server``: read flags and environment, configure logging, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from server import __version__
+from server.app import create_app
+from server.config import ConfigError, ServerConfig
+from server.logs import configure_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="telemetry-server",
+        description="Local Telemetry central server (API guide v3.0.0). "
+        "Flags override the TELEMETRY_* environment variables.",
+    )
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve"])
+    parser.add_argument("--host", help="listen address (TELEMETRY_API_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (TELEMETRY_API_PORT, default 8766)")
+    parser.add_argument(
+        "--db", type=Path, help="SQLite file (TELEMETRY_DB_PATH, default ./data/telemetry.sqlite)"
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = ServerConfig.from_env(os.environ, host=args.host, port=args.port, db_path=args.db)
+    except ConfigError as exc:
+        print(f"telemetry-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    log = structlog.get_logger("server")
+    log.info(
+        "server_starting",
+        host=config.host,
+        port=config.port,
+        db_path=str(config.db_path),
+        version=__version__,
+        auth_enabled=config.auth_enabled,
+        rate_limit_enabled=config.rate_limit_enabled,
+    )
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_timeout_s,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

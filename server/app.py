@@ -1,0 +1,72 @@
+"""The server's app factory: wires routes, middlewares and the database lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.http import ops, runs
+from server.http.middleware import (
+    Middleware,
+    auth_middleware,
+    error_boundary,
+    rate_limit_middleware,
+)
+from server.http.ratelimit import RateLimiter
+from server.http.requests import MAX_JSON_DEPTH
+from server.storage.database import Database, StorageSettings
+
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
+
+log = structlog.get_logger("server.app")
+
+
+def storage_settings(config: ServerConfig) -> StorageSettings:
+    return StorageSettings(
+        path=config.db_path,
+        journal_mode=config.journal_mode,
+        synchronous=config.synchronous,
+        busy_timeout_ms=config.busy_timeout_ms,
+        reader_threads=config.reader_threads,
+        metadata_ttl_s=config.metadata_ttl_s,
+    )
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open (and migrate) the database before serving; close it after the last request."""
+    settings = storage_settings(app[CONFIG])
+    database = await asyncio.get_running_loop().run_in_executor(None, Database.open, settings)
+    app[runs.DATABASE] = database
+    yield
+    await database.close()
+    stats = database.writer.stats
+    log.info(
+        "server_stopped",
+        write_transactions=stats.groups,
+        write_operations=stats.operations,
+        failed_write_transactions=stats.failed_groups,
+    )
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    """The central server as an aiohttp application."""
+    middlewares: list[Middleware] = [error_boundary]
+    if config.rate_limit_enabled:
+        limiter = RateLimiter(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
+        middlewares.append(rate_limit_middleware(limiter))
+    if config.auth_enabled and config.auth_token:
+        middlewares.append(
+            auth_middleware(config.auth_token, protect_reads=config.auth_protect_reads)
+        )
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app[CONFIG] = config
+    app[MAX_JSON_DEPTH] = config.max_json_depth
+    app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
+    app.add_routes(runs.routes)
+    app.add_routes(ops.routes)
+    app.cleanup_ctx.append(database_ctx)
+    return app

@@ -1,0 +1,178 @@
+"""Server configuration: one frozen, validated object, loaded once at start-up.
+
+Environment variable names are the reference implementation's, so an operator
+can switch without rewriting configs. Every setting is listed in ``SETTINGS``
+(name, field, default, meaning); the README table is checked against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    field: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TELEMETRY_API_HOST", "host", "Address to listen on."),
+    Setting("TELEMETRY_API_PORT", "port", "TCP port to listen on."),
+    Setting("TELEMETRY_DB_PATH", "db_path", "SQLite database file (created if absent)."),
+    Setting(
+        "TELEMETRY_DB_JOURNAL_MODE",
+        "journal_mode",
+        "SQLite journal mode: WAL, DELETE, TRUNCATE, PERSIST or MEMORY.",
+    ),
+    Setting(
+        "TELEMETRY_DB_SYNCHRONOUS",
+        "synchronous",
+        "SQLite synchronous mode: OFF, NORMAL, FULL or EXTRA.",
+    ),
+    Setting(
+        "TELEMETRY_DB_BUSY_TIMEOUT_MS",
+        "busy_timeout_ms",
+        "How long a write waits for a lock held by another process before answering 503.",
+    ),
+    Setting(
+        "TELEMETRY_API_AUTH_ENABLED",
+        "auth_enabled",
+        "Require `Authorization: Bearer <token>` on writes.",
+    ),
+    Setting(
+        "TELEMETRY_API_AUTH_TOKEN",
+        "auth_token",
+        "The bearer token (required when auth is enabled; never logged).",
+    ),
+    Setting(
+        "TELEMETRY_API_AUTH_PROTECT_READS",
+        "auth_protect_reads",
+        "Also require the token on queries and metadata.",
+    ),
+    Setting(
+        "TELEMETRY_RATE_LIMIT_ENABLED", "rate_limit_enabled", "Limit requests per client address."
+    ),
+    Setting(
+        "TELEMETRY_RATE_LIMIT_RPM",
+        "rate_limit_rpm",
+        "Requests per minute allowed per client (token bucket, burst = RPM).",
+    ),
+    Setting(
+        "TELEMETRY_RATE_LIMIT_MAX_CLIENTS",
+        "rate_limit_max_clients",
+        "Clients tracked at once; the least recently seen are forgotten first.",
+    ),
+    Setting(
+        "TELEMETRY_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
+    ),
+    Setting(
+        "TELEMETRY_MAX_BODY_BYTES",
+        "max_body_bytes",
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    Setting(
+        "TELEMETRY_MAX_JSON_DEPTH",
+        "max_json_depth",
+        "Deepest JSON nesting accepted; deeper bodies get 400.",
+    ),
+    Setting(
+        "TELEMETRY_BATCH_MAX_ITEMS",
+        "batch_max_items",
+        "Most items in one batch request; more get 413.",
+    ),
+    Setting(
+        "TELEMETRY_METADATA_CACHE_TTL_S",
+        "metadata_ttl_s",
+        "Seconds /api/v1/metadata may serve a cached answer.",
+    ),
+    Setting(
+        "TELEMETRY_SHUTDOWN_TIMEOUT_S",
+        "shutdown_timeout_s",
+        "Seconds SIGTERM waits for in-flight requests.",
+    ),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8766, ge=0, le=65535)
+    db_path: Path = Path("data/telemetry.sqlite")
+    journal_mode: Literal["WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY"] = "WAL"
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    busy_timeout_ms: int = Field(default=2000, ge=0, le=600_000)
+    auth_enabled: bool = False
+    auth_token: str | None = Field(default=None, repr=False)
+    auth_protect_reads: bool = False
+    rate_limit_enabled: bool = False
+    rate_limit_rpm: int = Field(default=60, ge=1, le=1_000_000)
+    rate_limit_max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
+    max_json_depth: int = Field(default=32, ge=2, le=512)
+    batch_max_items: int = Field(default=1000, ge=1, le=100_000)
+    metadata_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
+    shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
+    reader_threads: int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _token_when_auth(self) -> ServerConfig:
+        if self.auth_enabled and not self.auth_token:
+            raise ValueError(
+                "TELEMETRY_API_AUTH_TOKEN must be set when TELEMETRY_API_AUTH_ENABLED=true"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
+        """Build from environment variables, then explicit overrides (CLI flags)."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env)
+            if raw is None:
+                continue
+            values[setting.field] = _coerce(setting, raw)
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from exc
+
+
+def _coerce(setting: Setting, raw: str) -> Any:
+    annotation = ServerConfig.model_fields[setting.field].annotation
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{setting.env}={raw!r}: expected true or false")
+    if setting.field in ("journal_mode", "synchronous", "log_level"):
+        return raw.strip().upper()
+    return raw.strip()
+
+
+def _describe(exc: ValidationError) -> str:
+    by_field = {setting.field: setting.env for setting in SETTINGS}
+    messages = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = by_field.get(field, field or "configuration")
+        messages.append(f"{name}: {error['msg']}")
+    return "; ".join(messages)

@@ -1,0 +1,77 @@
+"""Operational endpoints: /health, the guide's JSON /metrics, /api/v1/metadata."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server import __version__
+from server.http.runs import DATABASE, json_response
+from server.storage.connection import StorageUnavailable
+from server.storage.schema import SCHEMA_VERSION
+
+HEALTH_PING_TIMEOUT_S = 2.0
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    """Really touches the database; answers even while a write waits for a lock."""
+    database = request.app[DATABASE]
+    body: dict[str, object] = {
+        "status": "ok",
+        "version": __version__,
+        "db_path": str(database.settings.path),
+        "journal_mode": database.journal_mode,
+        "synchronous": database.synchronous,
+        "schema_version": SCHEMA_VERSION,
+        "pending_writes": database.writer.pending,
+    }
+    try:
+        await asyncio.wait_for(database.ping(), HEALTH_PING_TIMEOUT_S)
+    except (StorageUnavailable, TimeoutError) as exc:
+        body["status"] = "unhealthy"
+        body["reason"] = f"database not answering: {exc or 'timeout'}"
+        return json_response(body, 503)
+    return json_response(body)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    database = request.app[DATABASE]
+    counts = await database.counts()
+    stats = database.writer.stats
+    return json_response(
+        {
+            "total_runs": counts.total_runs,
+            "agents": counts.agents,
+            "recent_24h": counts.recent_24h,
+            "runs_by_status": counts.by_status,
+            "performance": {
+                "db_path": str(database.settings.path),
+                "journal_mode": database.journal_mode,
+                "synchronous": database.synchronous,
+                "write_transactions": stats.groups,
+                "write_operations": stats.operations,
+                "failed_write_transactions": stats.failed_groups,
+            },
+        }
+    )
+
+
+@routes.get("/api/v1/metadata")
+async def metadata(request: web.Request) -> web.Response:
+    snapshot, cache_hit = await request.app[DATABASE].metadata()
+    return json_response(
+        {
+            "agent_names": list(snapshot.agent_names),
+            "job_types": list(snapshot.job_types),
+            "counts": {
+                "agent_names": len(snapshot.agent_names),
+                "job_types": len(snapshot.job_types),
+            },
+            "cache_hit": cache_hit,
+        }
+    )

@@ -1,0 +1,186 @@
+"""Handlers of the run endpoints: create, update, associate-commit, batch, queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.contract.batch import validate_batch
+from server.contract.codec import dumps
+from server.contract.errors import ValidationFailed
+from server.contract.models import (
+    BatchItemError,
+    CommitAssociation,
+    RunCreate,
+    RunQuery,
+    RunUpdate,
+    UpsertItem,
+)
+from server.contract.validation import parse_model
+from server.http.requests import event_id_of, not_found, read_json
+from server.storage.database import Database
+from server.urls import build_commit_url, build_repo_url
+
+DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
+BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)
+
+routes = web.RouteTableDef()
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(body), status=status, content_type="application/json")
+
+
+def with_urls(run: dict[str, Any]) -> dict[str, Any]:
+    """A stored run with its derived commit_url and repo_url."""
+    run["commit_url"] = build_commit_url(run.get("git_repo"), run.get("git_commit_hash"))
+    run["repo_url"] = build_repo_url(run.get("git_repo"))
+    return run
+
+
+@routes.post("/api/v1/runs")
+async def create_run(request: web.Request) -> web.Response:
+    run = parse_model(RunCreate, await read_json(request))
+    if await request.app[DATABASE].create(run):
+        return json_response(
+            {"status": "created", "event_id": run.event_id, "run_id": run.run_id}, 201
+        )
+    return json_response(
+        {
+            "status": "duplicate",
+            "event_id": run.event_id,
+            "message": "Event already exists (idempotent)",
+        },
+        201,
+    )
+
+
+@routes.patch("/api/v1/runs/{event_id}")
+async def update_run(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    body = await read_json(request)
+    update = parse_model(RunUpdate, body)
+    given = update.changes()
+    changes = {key: given[key] for key in body if key in given}  # the client's order
+    if not changes:
+        raise ValidationFailed([{"loc": ["body"], "msg": "no fields to update", "type": "missing"}])
+    if await request.app[DATABASE].update(event_id, changes) is None:
+        raise not_found(event_id)
+    return json_response({"event_id": event_id, "updated": True, "fields_updated": list(changes)})
+
+
+@routes.post("/api/v1/runs/{event_id}/associate-commit")
+async def associate_commit(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    association = parse_model(CommitAssociation, await read_json(request))
+    run_id = await request.app[DATABASE].update(event_id, association.changes())
+    if run_id is None:
+        raise not_found(event_id)
+    return json_response(
+        {
+            "status": "success",
+            "event_id": event_id,
+            "run_id": run_id,
+            "commit_hash": association.commit_hash,
+        }
+    )
+
+
+@routes.post("/api/v1/runs/batch")
+async def create_batch(request: web.Request) -> web.Response:
+    mode = request.query.get("mode", "insert")
+    if mode not in ("insert", "upsert"):
+        raise ValidationFailed(
+            [{"loc": ["query", "mode"], "msg": "mode must be 'insert' or 'upsert'", "type": "enum"}]
+        )
+    body = await read_json(request)
+    database = request.app[DATABASE]
+    max_items = request.app[BATCH_MAX_ITEMS]
+    if mode == "upsert":
+        return await _upsert_batch(database, body, max_items)
+    batch = validate_batch(body, RunCreate, max_items=max_items)
+    inserted = await database.insert_batch([run for _, run in batch.valid])
+    return json_response(
+        {
+            "inserted": inserted,
+            "duplicates": len(batch.valid) - inserted,
+            "errors": [error.model_dump() for error in batch.errors],
+            "total": batch.total,
+        }
+    )
+
+
+async def _upsert_batch(database: Database, body: Any, max_items: int) -> web.Response:
+    batch = validate_batch(body, UpsertItem, max_items=max_items)
+    outcomes = await database.upsert_batch([item for _, item in batch.valid])
+    counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    errors = list(batch.errors)
+    for (index, item), outcome in zip(batch.valid, outcomes, strict=True):
+        if outcome == "not_found":
+            errors.append(
+                BatchItemError(
+                    index=index,
+                    event_id=item.event_id,
+                    message="Run not found: an update for an unknown event_id needs a create",
+                )
+            )
+        else:
+            counts[outcome] += 1
+    errors.sort(key=lambda error: error.index)
+    return json_response(
+        {
+            "inserted": counts["inserted"],
+            "updated": counts["updated"],
+            "duplicates": counts["unchanged"],
+            "errors": [error.model_dump() for error in errors],
+            "total": batch.total,
+        }
+    )
+
+
+@routes.get("/api/v1/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    query = parse_model(RunQuery, dict(request.query), location="query")
+    runs = await request.app[DATABASE].query(query)
+    return json_response([with_urls(run) for run in runs])
+
+
+@routes.get("/api/v1/runs/{event_id}")
+async def get_run(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    run = await request.app[DATABASE].get(event_id)
+    if run is None:
+        raise not_found(event_id)
+    return json_response(with_urls(run))
+
+
+@routes.get("/api/v1/runs/{event_id}/commit-url")
+async def commit_url(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    run = await request.app[DATABASE].get(event_id)
+    if run is None:
+        raise not_found(event_id)
+    return json_response(
+        {
+            "event_id": event_id,
+            "commit_url": build_commit_url(run["git_repo"], run["git_commit_hash"]),
+            "git_repo": run["git_repo"],
+            "git_commit_hash": run["git_commit_hash"],
+        }
+    )
+
+
+@routes.get("/api/v1/runs/{event_id}/repo-url")
+async def repo_url(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    run = await request.app[DATABASE].get(event_id)
+    if run is None:
+        raise not_found(event_id)
+    return json_response(
+        {
+            "event_id": event_id,
+            "repo_url": build_repo_url(run["git_repo"]),
+            "git_repo": run["git_repo"],
+        }
+    )

@@ -1,0 +1,174 @@
+"""The database as the HTTP layer sees it: async operations over writer, readers and cache."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.timestamps import utc_now
+from server.storage import runs
+from server.storage.connection import open_writer, pragma_value
+from server.storage.metadata import MetadataCache, MetadataSnapshot
+from server.storage.reader import Reader
+from server.storage.schema import migrate
+from server.storage.writer import Writer
+
+log = structlog.get_logger("server.database")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    path: Path
+    journal_mode: str = "WAL"
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 2000
+    reader_threads: int = 4
+    metadata_ttl_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    outcomes: list[runs.UpsertOutcome]
+
+
+class Database:
+    """Open with ``await Database.open(settings)``; close with ``await db.close()``."""
+
+    def __init__(self, settings: StorageSettings, writer: Writer, reader: Reader) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.reader = reader
+        self.metadata_cache = MetadataCache(settings.metadata_ttl_s)
+        self.journal_mode = settings.journal_mode
+        self.synchronous = settings.synchronous
+
+    @classmethod
+    def open(cls, settings: StorageSettings) -> Database:
+        """Migrate, analyse and start the writer (blocking; call at start-up)."""
+        conn = open_writer(
+            settings.path,
+            journal_mode=settings.journal_mode,
+            synchronous=settings.synchronous,
+            busy_timeout_ms=settings.busy_timeout_ms,
+        )
+        try:
+            applied = migrate(conn)
+            conn.execute("PRAGMA optimize=0x10002")
+        except BaseException:
+            conn.close()
+            raise
+        db = cls(
+            settings,
+            Writer(conn),
+            Reader(
+                settings.path,
+                threads=settings.reader_threads,
+                busy_timeout_ms=settings.busy_timeout_ms,
+            ),
+        )
+        db.journal_mode = pragma_value(conn, "journal_mode")
+        db.synchronous = pragma_value(conn, "synchronous")
+        db.writer.start()
+        log.info(
+            "db_opened",
+            db_path=str(settings.path),
+            migrations_applied=applied,
+            journal_mode=db.journal_mode,
+            synchronous=db.synchronous,
+        )
+        return db
+
+    async def close(self) -> None:
+        await self.writer.close()
+        self.reader.close()
+
+    # ---- writes ---------------------------------------------------------------------
+
+    async def create(self, run: RunCreate) -> bool:
+        """Insert a run; False when its event_id already exists."""
+        now = utc_now()
+        created = await self.writer.run(lambda conn: runs.insert_run(conn, run, now))
+        if created:
+            self.metadata_cache.note_written((run.agent_name,), (run.job_type,))
+        return created
+
+    async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
+        """Set fields of a run; its run_id, or None if unknown."""
+        now = utc_now()
+        run_id = await self.writer.run(lambda conn: runs.update_run(conn, event_id, changes, now))
+        if run_id is not None and {"agent_name", "job_type"} & changes.keys():
+            self.metadata_cache.invalidate()
+        return run_id
+
+    async def insert_batch(self, batch: Sequence[RunCreate]) -> int:
+        """Insert valid runs in one transaction; the number that were new."""
+        if not batch:
+            return 0
+        now = utc_now()
+        inserted = await self.writer.run(lambda conn: runs.insert_many(conn, batch, now))
+        if inserted:
+            self.metadata_cache.note_written(
+                (run.agent_name for run in batch), (run.job_type for run in batch)
+            )
+        return inserted
+
+    async def upsert_batch(self, items: Sequence[UpsertItem]) -> list[runs.UpsertOutcome]:
+        """Apply sidecar snapshots in one transaction, item by item."""
+        if not items:
+            return []
+        now = utc_now()
+
+        def apply(conn: sqlite3.Connection) -> list[runs.UpsertOutcome]:
+            return [runs.upsert(conn, item, now) for item in items]
+
+        outcomes = await self.writer.run(apply)
+        creates = [item.create for item in items if item.create is not None]
+        self.metadata_cache.note_written(
+            (run.agent_name for run in creates), (run.job_type for run in creates)
+        )
+        if any(runs.changes_touch_metadata(item.update) for item in items):
+            self.metadata_cache.invalidate()
+        return outcomes
+
+    # ---- reads ----------------------------------------------------------------------
+
+    async def get(self, event_id: str) -> dict[str, Any] | None:
+        return await self.reader.run(lambda conn: runs.get_run(conn, event_id))
+
+    async def query(self, query: RunQuery) -> list[dict[str, Any]]:
+        return await self.reader.run(lambda conn: runs.query_runs(conn, query))
+
+    async def metadata(self) -> tuple[MetadataSnapshot, bool]:
+        """The distinct values and whether they came from the cache."""
+        cached = self.metadata_cache.get()
+        if cached is not None:
+            return cached, True
+        generation = self.metadata_cache.generation
+
+        def load(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            return runs.distinct_values(conn, "agent_name"), runs.distinct_values(conn, "job_type")
+
+        agents, jobs = await self.reader.run(load)
+        return self.metadata_cache.store(generation, agents, jobs), False
+
+    async def counts(self) -> runs.RunCounts:
+        now = utc_now()
+        return await self.reader.run(lambda conn: runs.counts(conn, now))
+
+    async def ping(self) -> None:
+        """Touch the database for real: a read of the schema version."""
+        await self.reader.run(lambda conn: conn.execute("PRAGMA user_version").fetchone())
+
+    async def size_bytes(self) -> int:
+        def size(conn: sqlite3.Connection) -> int:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            return int(pages) * int(page_size)
+
+        return await self.reader.run(size)

@@ -1,0 +1,210 @@
+"""All SQL that reads and writes runs. Functions take a connection; callers own threads.
+
+Write functions run inside the writer's group transaction (see ``writer``);
+read functions run on read-only connections (see ``reader``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import orjson
+
+from server.contract.codec import dumps_text
+from server.contract.fields import TERMINAL_STATUSES
+from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
+from server.contract.timestamps import format_instant, parse_instant
+from server.storage.schema import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
+
+_INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
+_INSERT_SQL = (
+    f"INSERT INTO agent_runs ({', '.join(_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
+    "ON CONFLICT(event_id) DO NOTHING"
+)
+_SELECT_COLUMNS = ", ".join(RUN_COLUMNS)
+
+UpsertOutcome = Literal["inserted", "updated", "unchanged", "not_found"]
+
+
+def _db_value(column: str, value: Any) -> Any:
+    if column in RUN_JSON_COLUMNS and value is not None:
+        return dumps_text(value)
+    return value
+
+
+def insert_params(run: RunCreate, now: str) -> tuple[Any, ...]:
+    """The INSERT parameters of a validated run; created_at defaults to now."""
+    data = run.model_dump()
+    return (
+        run.event_id,
+        *(_db_value(column, data[column]) for column in RUN_DATA_COLUMNS),
+        run.created_at or now,
+        now,
+    )
+
+
+def insert_run(conn: sqlite3.Connection, run: RunCreate, now: str) -> bool:
+    """Insert one run; False if its event_id already exists (idempotent create)."""
+    return conn.execute(_INSERT_SQL, insert_params(run, now)).rowcount == 1
+
+
+def insert_many(conn: sqlite3.Connection, runs: Sequence[RunCreate], now: str) -> int:
+    """Insert runs in one statement; return how many were new."""
+    before = conn.total_changes
+    conn.executemany(_INSERT_SQL, [insert_params(run, now) for run in runs])
+    return conn.total_changes - before
+
+
+def update_run(
+    conn: sqlite3.Connection, event_id: str, changes: dict[str, Any], now: str
+) -> str | None:
+    """Set the given columns; return the run_id, or None if the run does not exist."""
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+    params = [_db_value(column, value) for column, value in changes.items()]
+    row = conn.execute(
+        f"UPDATE agent_runs SET {assignments}, updated_at = ? WHERE event_id = ? RETURNING run_id",
+        (*params, now, event_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def upsert(conn: sqlite3.Connection, item: UpsertItem, now: str) -> UpsertOutcome:
+    """Apply one sidecar snapshot idempotently: insert-if-new, then changed fields only."""
+    inserted = item.create is not None and insert_run(conn, item.create, now)
+    if item.update is None:
+        return "inserted" if inserted else "unchanged"
+    changes = item.update.changes()
+    stored = conn.execute(
+        f"SELECT {', '.join(('status', *changes))} FROM agent_runs WHERE event_id = ?",
+        (item.event_id,),
+    ).fetchone()
+    if stored is None:
+        return "not_found"
+    current_status, current = stored[0], dict(zip(changes, stored[1:], strict=True))
+    if changes.get("status") == "running" and current_status in TERMINAL_STATUSES:
+        del changes["status"]
+    diff = {
+        column: value
+        for column, value in changes.items()
+        if _db_value(column, value) != current[column]
+    }
+    if diff:
+        update_run(conn, item.event_id, diff, now)
+    if inserted:
+        return "inserted"
+    return "updated" if diff else "unchanged"
+
+
+def changes_touch_metadata(update: RunUpdate | None) -> bool:
+    """Whether an update may remove a distinct agent_name/job_type value."""
+    return update is not None and bool({"agent_name", "job_type"} & update.model_fields_set)
+
+
+# ---- reads ---------------------------------------------------------------------------
+
+
+def row_to_run(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row as the API returns it: JSON columns parsed, objects kept objects."""
+    run = dict(zip(RUN_COLUMNS, row, strict=True))
+    for column in RUN_JSON_COLUMNS:
+        raw = run[column]
+        if isinstance(raw, str):
+            try:
+                run[column] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                run[column] = None
+    return run
+
+
+def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        f"SELECT {_SELECT_COLUMNS} FROM agent_runs WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None else row_to_run(row)
+
+
+def query_sql(query: RunQuery) -> tuple[str, list[Any]]:
+    """The SELECT for a list query; every filter is served by an index."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, operator, value in (
+        ("agent_name", "=", query.agent_name),
+        ("job_type", "=", query.job_type),
+        ("status", "=", query.status),
+        ("created_at", "<", query.created_before),
+        ("created_at", ">", query.created_after),
+        ("start_time", ">=", query.start_time_from),
+        ("start_time", "<=", query.start_time_to),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT {_SELECT_COLUMNS} FROM agent_runs{where} "
+        "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, query.limit, query.offset]
+
+
+def query_runs(conn: sqlite3.Connection, query: RunQuery) -> list[dict[str, Any]]:
+    sql, params = query_sql(query)
+    return [row_to_run(row) for row in conn.execute(sql, params)]
+
+
+def distinct_values(
+    conn: sqlite3.Connection, column: Literal["agent_name", "job_type"]
+) -> list[str]:
+    """Distinct values by a loose index scan: one index seek per value, not per row."""
+    sql = (
+        f"WITH RECURSIVE seen(v) AS ("
+        f" SELECT MIN({column}) FROM agent_runs"
+        f" UNION ALL"
+        f" SELECT (SELECT MIN({column}) FROM agent_runs WHERE {column} > seen.v)"
+        f" FROM seen WHERE seen.v IS NOT NULL"
+        f") SELECT v FROM seen WHERE v IS NOT NULL"
+    )
+    return [str(row[0]) for row in conn.execute(sql)]
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    total_runs: int
+    agents: dict[str, int]
+    recent_24h: int
+    by_status: dict[str, int]
+
+
+def counts(conn: sqlite3.Connection, now: str) -> RunCounts:
+    """The guide's /metrics figures; recent_24h compares instants, not strings of mixed form."""
+    since = format_instant(parse_instant(now) - timedelta(hours=24))
+    total = int(conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0])
+    agents = {
+        str(name): int(n)
+        for name, n in conn.execute(
+            "SELECT agent_name, COUNT(*) FROM agent_runs GROUP BY agent_name ORDER BY 2 DESC"
+        )
+    }
+    recent = int(
+        conn.execute("SELECT COUNT(*) FROM agent_runs WHERE created_at > ?", (since,)).fetchone()[0]
+    )
+    by_status = {
+        str(status): int(n)
+        for status, n in conn.execute("SELECT status, COUNT(*) FROM agent_runs GROUP BY status")
+    }
+    return RunCounts(total, agents, recent, by_status)
+
+
+def new_distinct(known: set[str], values: Iterable[str]) -> bool:
+    """Record values into known; True if any was not known before."""
+    added = False
+    for value in values:
+        if value not in known:
+            known.add(value)
+            added = True
+    return added

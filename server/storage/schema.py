@@ -1,0 +1,153 @@
+"""The database schema as numbered migrations, applied in place at start-up.
+
+``PRAGMA user_version`` records the version; each migration runs in its own
+transaction, so an interrupted upgrade resumes where it stopped. Every filter
+the guide documents, and the ``created_at DESC`` ordering, has an index here
+(``tests/server/test_query_plans.py`` checks the plans).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+RUN_TEXT_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "agent_name",
+    "job_type",
+    "status",
+    "start_time",
+    "end_time",
+    "agent_owner",
+    "product",
+    "product_family",
+    "platform",
+    "subdomain",
+    "website",
+    "website_section",
+    "item_name",
+    "input_summary",
+    "output_summary",
+    "source_ref",
+    "target_ref",
+    "error_summary",
+    "error_details",
+    "git_repo",
+    "git_branch",
+    "git_commit_hash",
+    "git_run_tag",
+    "git_commit_source",
+    "git_commit_author",
+    "git_commit_timestamp",
+    "host",
+    "environment",
+    "trigger_type",
+    "insight_id",
+    "parent_run_id",
+)
+RUN_COUNTER_COLUMNS: tuple[str, ...] = (
+    "items_discovered",
+    "items_succeeded",
+    "items_failed",
+    "items_skipped",
+    "duration_ms",
+)
+RUN_JSON_COLUMNS: tuple[str, ...] = ("metrics_json", "context_json")
+#: Columns a client may set, in storage order (event_id and timestamps excluded).
+RUN_DATA_COLUMNS: tuple[str, ...] = RUN_TEXT_COLUMNS + RUN_COUNTER_COLUMNS + RUN_JSON_COLUMNS
+#: Every column of a stored run, as queries return them.
+RUN_COLUMNS: tuple[str, ...] = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V1_TABLE = """
+CREATE TABLE agent_runs (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    job_type TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'running'
+        CHECK (status IN ('running','success','failure','partial','timeout','cancelled')),
+    start_time TEXT NOT NULL,
+    end_time TEXT,
+    agent_owner TEXT, product TEXT, product_family TEXT, platform TEXT, subdomain TEXT,
+    website TEXT, website_section TEXT, item_name TEXT,
+    input_summary TEXT, output_summary TEXT, source_ref TEXT, target_ref TEXT,
+    error_summary TEXT, error_details TEXT,
+    git_repo TEXT, git_branch TEXT, git_commit_hash TEXT, git_run_tag TEXT,
+    git_commit_source TEXT, git_commit_author TEXT, git_commit_timestamp TEXT,
+    host TEXT, environment TEXT, trigger_type TEXT, insight_id TEXT, parent_run_id TEXT,
+    items_discovered INTEGER NOT NULL DEFAULT 0 CHECK (items_discovered >= 0),
+    items_succeeded INTEGER NOT NULL DEFAULT 0 CHECK (items_succeeded >= 0),
+    items_failed INTEGER NOT NULL DEFAULT 0 CHECK (items_failed >= 0),
+    items_skipped INTEGER NOT NULL DEFAULT 0 CHECK (items_skipped >= 0),
+    duration_ms INTEGER NOT NULL DEFAULT 0 CHECK (duration_ms >= 0),
+    metrics_json TEXT,
+    context_json TEXT,
+    created_at TEXT NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "agent_runs table with the created_at ordering index",
+        (
+            _V1_TABLE,
+            "CREATE INDEX idx_runs_created ON agent_runs(created_at, id)",
+        ),
+    ),
+    Migration(
+        2,
+        "updated_at column and one index per documented filter",
+        (
+            "ALTER TABLE agent_runs ADD COLUMN updated_at TEXT",
+            "UPDATE agent_runs SET updated_at = created_at WHERE updated_at IS NULL",
+            "CREATE INDEX idx_runs_agent_created ON agent_runs(agent_name, created_at, id)",
+            "CREATE INDEX idx_runs_job_created ON agent_runs(job_type, created_at, id)",
+            "CREATE INDEX idx_runs_status_created ON agent_runs(status, created_at, id)",
+            "CREATE INDEX idx_runs_start_time ON agent_runs(start_time)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer server; refusing to touch it."""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Bring the database up to SCHEMA_VERSION; return the versions applied."""
+    found = current_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {found} is newer than this server's {SCHEMA_VERSION}"
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version <= found:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {migration.version:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
