@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server.config import ServerConfig
 from server.http import ops, runs
 from server.http.middleware import (
-    Middleware,
     auth_middleware,
     error_boundary,
     rate_limit_middleware,
