@@ -1,0 +1,111 @@
+"""Starting and stopping the real daemons as subprocesses on 127.0.0.1, bounded in time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        """Signal the process by PID and wait for it; SIGKILL if it overstays."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return int(self.process.returncode)
+
+
+def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def start(
+    module: str,
+    args: list[str],
+    *,
+    port: int,
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/health",
+) -> Daemon:
+    """Run ``python -m module args`` and wait until ready_path answers 200."""
+    log_path = workdir / f"{module}-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=workdir,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = Daemon(process, port, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{module} exited early ({process.returncode}):\n{daemon.log()}")
+        if http_status(daemon.url + ready_path, timeout_s=0.5) == 200:
+            return daemon
+        time.sleep(0.05)
+    daemon.stop(signal.SIGKILL)
+    raise RuntimeError(f"{module} not ready within {STARTUP_TIMEOUT_S}s:\n{daemon.log()}")
+
+
+@contextlib.contextmanager
+def running_server(
+    workdir: Path,
+    *,
+    db_path: Path | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Daemon]:
+    """A real telemetry-server for the duration of the block, stopped by PID after."""
+    port = port or free_port()
+    db = db_path or workdir / "server.sqlite"
+    daemon = start(
+        "server", ["--port", str(port), "--db", str(db)], port=port, workdir=workdir, env=env
+    )
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
