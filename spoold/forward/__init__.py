@@ -1,0 +1,1 @@
+"""Forwarding the spool upstream: coalescing operations and the drain loop."""

@@ -1,0 +1,86 @@
+"""The operations spoold accepts and spools, and their coalescing into upsert items.
+
+An operation is a small JSON object: ``{"kind", "event_id", "body", "accepted_at"}``
+where kind is ``create``, ``update`` or ``commit`` and body is already validated
+and normalised by the shared contract models. The drainer folds the operations
+of one run, in FIFO order, into one ``UpsertItem`` snapshot for the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+
+Kind = Literal["create", "update", "commit"]
+
+
+def create_op(run: RunCreate, accepted_at: str) -> dict[str, Any]:
+    body = run.model_dump(exclude_none=True)
+    body["created_at"] = run.created_at or accepted_at
+    return {"kind": "create", "event_id": run.event_id, "body": body, "accepted_at": accepted_at}
+
+
+def update_op(event_id: str, changes: dict[str, Any], accepted_at: str) -> dict[str, Any]:
+    return {"kind": "update", "event_id": event_id, "body": changes, "accepted_at": accepted_at}
+
+
+def commit_op(event_id: str, association: CommitAssociation, accepted_at: str) -> dict[str, Any]:
+    return {
+        "kind": "commit",
+        "event_id": event_id,
+        "body": association.changes(),
+        "accepted_at": accepted_at,
+    }
+
+
+@dataclass
+class Snapshot:
+    """Everything spooled for one run, folded in order."""
+
+    event_id: str
+    create: dict[str, Any] | None = None
+    update: dict[str, Any] = field(default_factory=dict)
+    operations: int = 0
+
+    def fold(self, op: dict[str, Any]) -> None:
+        self.operations += 1
+        if op["kind"] == "create":
+            if self.create is None:
+                self.create = dict(op["body"])
+            return
+        self.update.update(op["body"])
+
+    def upsert_item(self) -> dict[str, Any]:
+        """The JSON of an UpsertItem for the server's ``mode=upsert`` batch."""
+        item: dict[str, Any] = {"event_id": self.event_id}
+        if self.create is not None:
+            item["create"] = self.create
+        if self.update:
+            item["update"] = self.update
+        return item
+
+
+def coalesce(ops: Iterable[dict[str, Any]]) -> list[Snapshot]:
+    """Fold operations per run, keeping the order in which runs first appear."""
+    snapshots: dict[str, Snapshot] = {}
+    for op in ops:
+        event_id = op["event_id"]
+        snapshot = snapshots.get(event_id)
+        if snapshot is None:
+            snapshot = snapshots[event_id] = Snapshot(event_id)
+        snapshot.fold(op)
+    return list(snapshots.values())
+
+
+def validate_op(op: dict[str, Any]) -> None:
+    """Re-validate a spooled operation (e.g. one replayed from the dead-letter store)."""
+    kind = op.get("kind")
+    if kind == "create":
+        RunCreate.model_validate(op["body"])
+    elif kind in ("update", "commit"):
+        RunUpdate.model_validate(op["body"])
+    else:
+        raise ValueError(f"unknown operation kind {kind!r}")

@@ -1,0 +1,1 @@
+"""Talking to the central server: the HTTP client and its retry policy."""
