@@ -1,0 +1,1 @@
+"""HTTP layer of the telemetry server: routes, middlewares and the API documentation."""

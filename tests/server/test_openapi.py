@@ -1,0 +1,287 @@
+"""The OpenAPI document and the offline documentation pages."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urljoin
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.http import docs
+from server.http.docs import docs_routes
+from server.http.openapi import build_openapi
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+OPERATIONS = {
+    ("/api/v1/runs", "post"),
+    ("/api/v1/runs", "get"),
+    ("/api/v1/runs/batch", "post"),
+    ("/api/v1/runs/{event_id}", "get"),
+    ("/api/v1/runs/{event_id}", "patch"),
+    ("/api/v1/runs/{event_id}/associate-commit", "post"),
+    ("/api/v1/runs/{event_id}/commit-url", "get"),
+    ("/api/v1/runs/{event_id}/repo-url", "get"),
+    ("/health", "get"),
+    ("/metrics", "get"),
+    ("/api/v1/metadata", "get"),
+}
+WRITES = {(path, method) for path, method in OPERATIONS if method in ("post", "patch")}
+MIN_ASSET_BYTES = {"text/javascript": 100_000, "text/css": 10_000, "image/png": 100}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return build_openapi(title="Local Telemetry <API>", version="3.0.0", description="Runs.")
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, spec: dict[str, Any]) -> TestClient[Any, Any]:
+    app = web.Application()
+    app.add_routes(docs_routes(spec))
+    return await aiohttp_client(app)
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            elif key == "mapping" and isinstance(value, dict):
+                yield from value.values()
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+class _AssetLinks(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = {"script": "src", "link": "href", "redoc": "spec-url"}.get(tag)
+        for name, value in attrs:
+            if name == wanted and value:
+                self.urls.append(value)
+
+
+def test_spec_documents_every_operation(spec: dict[str, Any]) -> None:
+    """Every endpoint of the guide (and the batch upsert extension) is in the document."""
+    assert spec["openapi"].startswith("3.1")
+    assert spec["info"] == {
+        "title": "Local Telemetry <API>",
+        "version": "3.0.0",
+        "description": "Runs.",
+    }
+    found = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert found == OPERATIONS
+    op_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(op_ids) == len(set(op_ids))
+
+
+def test_spec_passes_the_openapi_validator(spec: dict[str, Any]) -> None:
+    """The document is valid OpenAPI 3.1 according to openapi-spec-validator."""
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(spec)
+
+
+def test_every_ref_resolves_inside_the_document(spec: dict[str, Any]) -> None:
+    """No $ref (or discriminator mapping) points outside the document or at nothing."""
+    refs = set(_refs(spec))
+    assert refs
+    for ref in refs:
+        assert isinstance(_resolve(spec, ref), dict), ref
+
+
+def test_components_hold_the_contract_models(spec: dict[str, Any]) -> None:
+    """Request and response models of server.contract are published as components."""
+    schemas = spec["components"]["schemas"]
+    for name in ("RunCreate", "RunUpdate", "UpsertItem", "CommitAssociation", "RunRecord"):
+        assert schemas[name]["type"] == "object", name
+    assert {"event_id", "run_id", "agent_name", "job_type", "start_time"} <= set(
+        schemas["RunCreate"]["required"]
+    )
+    assert schemas["RunUpdate"]["additionalProperties"] is False
+    assert "$defs" not in orjson.dumps(spec).decode()
+
+
+def test_validator_constraints_reach_the_schemas(spec: dict[str, Any]) -> None:
+    """Statuses, instants and commit hashes carry the constraints their validators enforce."""
+    schemas = spec["components"]["schemas"]
+    assert "failed" in schemas["RunCreate"]["properties"]["status"]["enum"]
+    assert schemas["RunUpdate"]["properties"]["status"]["anyOf"][0]["enum"] == [
+        "running",
+        "success",
+        "failure",
+        "partial",
+        "timeout",
+        "cancelled",
+    ]
+    assert schemas["RunCreate"]["properties"]["start_time"]["format"] == "date-time"
+    assert "pattern" in schemas["CommitAssociation"]["properties"]["commit_hash"]
+
+
+def test_writes_document_bearer_auth_and_errors(spec: dict[str, Any]) -> None:
+    """Writes carry the bearer scheme and their 4xx/503 answers; reads carry no security."""
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"] == "bearer"
+    assert "TELEMETRY_API_AUTH_ENABLED" in scheme["description"]
+    for path, method in OPERATIONS:
+        op = spec["paths"][path][method]
+        if (path, method) in WRITES:
+            assert op["security"] == [{"bearerAuth": []}]
+            assert {"401", "413", "422", "429", "503"} <= set(op["responses"]), path
+        else:
+            assert "security" not in op
+        if "{event_id}" in path:
+            assert "404" in op["responses"], path
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    for response in spec["components"]["responses"].values():
+        assert response["content"]["application/json"]["schema"] == error_body
+    assert "Retry-After" in spec["components"]["responses"]["RateLimited"]["headers"]
+
+
+def test_run_query_parameters(spec: dict[str, Any]) -> None:
+    """GET /api/v1/runs documents the RunQuery filters with the limit and offset bounds."""
+    op = spec["paths"]["/api/v1/runs"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {
+        "agent_name",
+        "job_type",
+        "status",
+        "created_before",
+        "created_after",
+        "start_time_from",
+        "start_time_to",
+        "limit",
+        "offset",
+    }
+    assert all(p["in"] == "query" and "required" not in p for p in params.values())
+    limit = params["limit"]["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 1000, 100)
+    assert params["offset"]["schema"]["minimum"] == 0
+    items = op["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    assert items == {"$ref": "#/components/schemas/RunRecord"}
+    assert "422" in op["responses"]
+
+
+def test_batch_documents_both_modes(spec: dict[str, Any]) -> None:
+    """POST /batch documents mode=insert|upsert, both bodies and both answers."""
+    op = spec["paths"]["/api/v1/runs/batch"]["post"]
+    (mode,) = op["parameters"]
+    assert mode["schema"] == {"type": "string", "enum": ["insert", "upsert"], "default": "insert"}
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert {alt["items"]["$ref"].rsplit("/", 1)[1] for alt in body["anyOf"]} == {
+        "RunCreate",
+        "UpsertItem",
+    }
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {alt["$ref"].rsplit("/", 1)[1] for alt in answer["anyOf"]} == {
+        "BatchResponse",
+        "UpsertResponse",
+    }
+    assert "terminal status is never replaced" in op["description"]
+
+
+def test_create_answers_created_or_duplicate(spec: dict[str, Any]) -> None:
+    """POST /api/v1/runs answers 201 with CreateResponse or DuplicateResponse."""
+    answer = spec["paths"]["/api/v1/runs"]["post"]["responses"]["201"]
+    schema = answer["content"]["application/json"]["schema"]
+    assert set(schema["discriminator"]["mapping"]) == {"created", "duplicate"}
+    assert len(schema["oneOf"]) == 2
+
+
+def test_build_is_deterministic_and_unshared() -> None:
+    """Two builds serialise identically, and mutating one does not leak into the next."""
+    first = build_openapi(title="t", version="1", description="d")
+    first["components"]["schemas"]["RunCreate"]["properties"].clear()
+    first["paths"]["/api/v1/runs"]["post"]["responses"].clear()
+    second = build_openapi(title="t", version="1", description="d")
+    third = build_openapi(title="t", version="1", description="d")
+    assert orjson.dumps(second) == orjson.dumps(third)
+    assert second["components"]["schemas"]["RunCreate"]["properties"]
+    assert second["paths"]["/api/v1/runs"]["post"]["responses"]
+
+
+async def test_openapi_json_is_served(client: TestClient[Any, Any], spec: dict[str, Any]) -> None:
+    """GET /openapi.json answers the document as JSON."""
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert orjson.loads(await response.read()) == spec
+
+
+@pytest.mark.parametrize(("page", "bundle"), [("/docs", "swagger-ui"), ("/redoc", "redoc")])
+async def test_pages_load_only_local_assets(
+    client: TestClient[Any, Any], page: str, bundle: str
+) -> None:
+    """The docs pages reference only same-server URLs, and each of them is served."""
+    response = await client.get(page)
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    text = await response.text()
+    assert "Local Telemetry &lt;API&gt;" in text
+    assert "http://" not in text
+    assert "https://" not in text
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self';")
+    parser = _AssetLinks()
+    parser.feed(text)
+    urls = [urljoin(page, url) for url in parser.urls]
+    assert "/openapi.json" in urls or 'url: "openapi.json"' in text
+    assets = [url for url in urls if url.startswith("/docs/assets/")]
+    assert any(bundle in url and url.endswith(".js") for url in assets)
+    for url in assets:
+        asset = await client.get(url)
+        assert asset.status == 200, url
+        body = await asset.read()
+        assert len(body) >= MIN_ASSET_BYTES[asset.content_type], url
+        assert asset.headers["Cache-Control"].startswith("public")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nope.js", "index.html", "swagger-ui.js", "..%2F__init__.py", "%2E%2E%2F%2E%2E%2Fsetup.py"],
+)
+async def test_unknown_asset_is_404(client: TestClient[Any, Any], name: str) -> None:
+    """Only allow-listed asset names are served; anything else (traversal too) is 404."""
+    response = await client.get(f"/docs/assets/{name}")
+    assert response.status == 404
+
+
+async def test_asset_revalidation_answers_304(client: TestClient[Any, Any]) -> None:
+    """Assets carry an ETag, so a browser revalidates without downloading them again."""
+    first = await client.get("/docs/assets/redoc.standalone.js")
+    etag = first.headers["ETag"]
+    again = await client.get("/docs/assets/redoc.standalone.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+
+
+def test_missing_ui_package_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the UI package installed, building the routes fails loudly, not at first visit."""
+    monkeypatch.setattr(docs, "_PACKAGE", "no_such_ui_package")
+    with pytest.raises(RuntimeError, match="no_such_ui_package"):
+        docs.docs_routes({})
+
+
+def test_missing_asset_file_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An allow-listed asset absent from the installed package fails at start."""
+    monkeypatch.setitem(docs._ASSETS, "gone.js", ("swagger_ui/vendor/gone.js", "text/javascript"))
+    with pytest.raises(RuntimeError, match=r"gone\.js"):
+        docs.docs_routes({})
