@@ -8,22 +8,14 @@ can switch without rewriting configs. Every setting is listed in ``SETTINGS``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.settings import ConfigError, Setting, load
 
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    env: str
-    field: str
-    help: str
+__all__ = ["SETTINGS", "ConfigError", "ServerConfig", "Setting"]
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -103,9 +95,6 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 
 class ServerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -141,38 +130,4 @@ class ServerConfig(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
         """Build from environment variables, then explicit overrides (CLI flags)."""
-        values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            raw = env.get(setting.env)
-            if raw is None:
-                continue
-            values[setting.field] = _coerce(setting, raw)
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from exc
-
-
-def _coerce(setting: Setting, raw: str) -> Any:
-    annotation = ServerConfig.model_fields[setting.field].annotation
-    if annotation is bool:
-        lowered = raw.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ConfigError(f"{setting.env}={raw!r}: expected true or false")
-    if setting.field in ("journal_mode", "synchronous", "log_level"):
-        return raw.strip().upper()
-    return raw.strip()
-
-
-def _describe(exc: ValidationError) -> str:
-    by_field = {setting.field: setting.env for setting in SETTINGS}
-    messages = []
-    for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else ""
-        name = by_field.get(field, field or "configuration")
-        messages.append(f"{name}: {error['msg']}")
-    return "; ".join(messages)
+        return load(cls, SETTINGS, env, overrides)

@@ -1,0 +1,75 @@
+"""Loading a frozen pydantic config from environment variables, shared by both daemons.
+
+Each daemon declares its settings once (env name, field, meaning); the same
+table drives loading, error messages that name the variable, and the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    field: str
+    help: str
+
+
+C = TypeVar("C", bound=BaseModel)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_UPPER_CASE_FIELDS = {"journal_mode", "synchronous", "log_level"}
+
+
+def load(
+    model: type[C],
+    settings: Sequence[Setting],
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> C:
+    """Build model from env (by the settings table), then non-None overrides (flags)."""
+    values: dict[str, Any] = {}
+    for setting in settings:
+        raw = env.get(setting.env)
+        if raw is not None:
+            values[setting.field] = _coerce(model, setting, raw)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, settings)) from exc
+
+
+def _coerce(model: type[BaseModel], setting: Setting, raw: str) -> Any:
+    annotation = model.model_fields[setting.field].annotation
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{setting.env}={raw!r}: expected true or false")
+    if setting.field in _UPPER_CASE_FIELDS:
+        return raw.strip().upper()
+    return raw.strip()
+
+
+def _describe(exc: ValidationError, settings: Sequence[Setting]) -> str:
+    by_field = {setting.field: setting.env for setting in settings}
+    messages = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = by_field.get(field, field or "configuration")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        messages.append(f"{name}: {message}")
+    return "; ".join(messages)

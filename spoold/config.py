@@ -1,0 +1,129 @@
+"""spoold configuration: one frozen, validated object, loaded once at start-up.
+
+Every setting is in ``SETTINGS`` (env name, field, meaning); the README table is
+checked against it. Under systemd the spool defaults to ``$STATE_DIRECTORY``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.settings import ConfigError, Setting, load
+
+__all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SPOOLD_HOST", "host", "Address to listen on (keep it on loopback)."),
+    Setting(
+        "SPOOLD_PORT",
+        "port",
+        "TCP port to listen on; agents use TELEMETRY_API_URL=http://localhost:8765.",
+    ),
+    Setting("SPOOLD_UPSTREAM_URL", "upstream_url", "Base URL of the central telemetry-server."),
+    Setting(
+        "SPOOLD_UPSTREAM_TOKEN", "upstream_token", "Bearer token sent upstream (never logged)."
+    ),
+    Setting(
+        "SPOOLD_SPOOL_DIR",
+        "spool_dir",
+        "Directory of the spool, the runs index and the dead letters (default ./spool, or $STATE_DIRECTORY under systemd).",
+    ),
+    Setting(
+        "SPOOLD_MAX_SPOOL_MB",
+        "max_spool_mb",
+        "Spool cap in MiB; beyond it writes get 503 with Retry-After.",
+    ),
+    Setting(
+        "SPOOLD_MIN_FREE_DISK_MB",
+        "min_free_disk_mb",
+        "Free-disk floor in MiB under the spool; below it writes get 503.",
+    ),
+    Setting("SPOOLD_BATCH_SIZE", "batch_size", "Operations per upstream batch."),
+    Setting(
+        "SPOOLD_GROUP_WINDOW_MS",
+        "group_window_ms",
+        "Group-commit window: writes arriving within it share one fsync.",
+    ),
+    Setting(
+        "SPOOLD_SHUTDOWN_DEADLINE_S",
+        "shutdown_deadline_s",
+        "On SIGTERM, seconds spent draining before exit.",
+    ),
+    Setting(
+        "SPOOLD_UPSTREAM_TIMEOUT_S", "upstream_timeout_s", "Timeout of one upstream batch request."
+    ),
+    Setting(
+        "SPOOLD_LOOKUP_TIMEOUT_S",
+        "lookup_timeout_s",
+        "Timeout when asking the server about an unknown run or proxying a read.",
+    ),
+    Setting(
+        "SPOOLD_BACKOFF_BASE_S",
+        "backoff_base_s",
+        "First retry delay; doubles per failure, with jitter.",
+    ),
+    Setting("SPOOLD_BACKOFF_CAP_S", "backoff_cap_s", "Longest retry delay."),
+    Setting(
+        "SPOOLD_MAX_BODY_BYTES",
+        "max_body_bytes",
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    Setting(
+        "SPOOLD_INDEX_RETENTION_S",
+        "index_retention_s",
+        "How long forwarded runs are remembered for duplicate detection.",
+    ),
+    Setting(
+        "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
+    ),
+)
+
+
+class SpooldConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    upstream_url: str = "http://127.0.0.1:8766"
+    upstream_token: str | None = Field(default=None, repr=False)
+    spool_dir: Path = Path("spool")
+    max_spool_mb: float = Field(default=1024, gt=0)
+    min_free_disk_mb: float = Field(default=256, ge=0)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    group_window_ms: float = Field(default=2.0, ge=0, le=100)
+    shutdown_deadline_s: float = Field(default=10.0, ge=0, le=3600)
+    upstream_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    lookup_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    backoff_base_s: float = Field(default=0.2, gt=0, le=60)
+    backoff_cap_s: float = Field(default=30.0, gt=0, le=3600)
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
+    index_retention_s: float = Field(default=7 * 86_400, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def max_spool_bytes(self) -> int:
+        return int(self.max_spool_mb * 1024 * 1024)
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return int(self.min_free_disk_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> SpooldConfig:
+        """Build from environment variables, then explicit overrides (CLI flags)."""
+        state_directory = env.get("STATE_DIRECTORY")
+        if state_directory and "SPOOLD_SPOOL_DIR" not in env and overrides.get("spool_dir") is None:
+            # systemd may list several directories separated by ':'; the first is ours.
+            overrides["spool_dir"] = Path(state_directory.split(":")[0])
+        return load(cls, SETTINGS, env, overrides)

@@ -1,0 +1,180 @@
+"""What this sidecar knows about runs: which event_ids it accepted, and their snapshots.
+
+Needed for three promises of the sidecar: a repeated POST answers ``duplicate``;
+PATCH / associate-commit of a known run is accepted without asking the server;
+a run still only in the local queue is answered from here (read-your-writes).
+
+It lives in its own SQLite file beside the spool, written only by the accept
+thread, inside the same group cycle as the spool put (committed after it, so it
+never claims an operation that is not spooled). WAL with synchronous=NORMAL:
+it survives kill -9; after a power loss it may forget the last moments, which
+only costs a ``created`` instead of ``duplicate`` or a question to the server —
+the operations themselves are in the fsync'd spool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+Outcome = Literal["created", "duplicate", "accepted", "unknown"]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS runs (
+        event_id TEXT PRIMARY KEY,
+        snapshot TEXT NOT NULL,
+        has_create INTEGER NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
+        touched_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_prunable ON runs(pending, touched_at)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates")
+
+
+@dataclass(frozen=True)
+class KnownRun:
+    event_id: str
+    snapshot: dict[str, Any]
+    has_create: bool
+    pending: int
+
+
+class RunsIndex:
+    """One connection per instance; the accept thread and reader use separate instances."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
+                [(name,) for name in COUNTERS],
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---- the accept thread ---------------------------------------------------------
+
+    def begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def record(self, op: dict[str, Any], *, verified: bool) -> Outcome:
+        """Classify one operation and fold it into the run's snapshot (inside begin/commit).
+
+        ``verified`` marks an update the caller confirmed (the server knows the
+        run, or could not be asked): it is recorded even for an unknown run.
+        """
+        event_id = op["event_id"]
+        row = self._conn.execute(
+            "SELECT snapshot, has_create FROM runs WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        now = time.time()
+        if op["kind"] == "create":
+            if row is not None and row[1]:
+                return "duplicate"
+            snapshot = dict(op["body"])
+            if row is not None:  # updates accepted before the create reached us
+                snapshot.update(orjson.loads(row[0]))
+            self._upsert(event_id, snapshot, has_create=True, now=now)
+            return "created"
+        if row is None:
+            if not verified:
+                return "unknown"
+            self._upsert(event_id, dict(op["body"]), has_create=False, now=now)
+            return "accepted"
+        snapshot = orjson.loads(row[0])
+        snapshot.update(op["body"])
+        self._upsert(event_id, snapshot, has_create=bool(row[1]), now=now)
+        return "accepted"
+
+    def _upsert(
+        self, event_id: str, snapshot: dict[str, Any], *, has_create: bool, now: float
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO runs (event_id, snapshot, has_create, pending, touched_at)"
+            " VALUES (?, ?, ?, 1, ?) ON CONFLICT(event_id) DO UPDATE SET"
+            " snapshot = excluded.snapshot, has_create = excluded.has_create,"
+            " pending = runs.pending + 1, touched_at = excluded.touched_at",
+            (event_id, orjson.dumps(snapshot).decode(), int(has_create), now),
+        )
+
+    def add_counter(self, name: str, amount: int) -> None:
+        if amount:
+            self._conn.execute(
+                "UPDATE counters SET value = value + ? WHERE name = ?", (amount, name)
+            )
+
+    def settle(self, forwarded: dict[str, int], dead_lettered: dict[str, int]) -> None:
+        """Operations left the queue: forwarded to the server or dead-lettered."""
+        self.begin()
+        try:
+            for counts in (forwarded, dead_lettered):
+                self._conn.executemany(
+                    "UPDATE runs SET pending = MAX(0, pending - ?) WHERE event_id = ?",
+                    [(n, event_id) for event_id, n in counts.items()],
+                )
+            self.add_counter("forwarded", sum(forwarded.values()))
+            self.add_counter("dead_lettered", sum(dead_lettered.values()))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    def prune(self, *, keep_s: float, max_rows: int = 10_000) -> int:
+        """Forget settled runs not touched for keep_s seconds (bounded work per call)."""
+        cutoff = time.time() - keep_s
+        cursor = self._conn.execute(
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+            " WHERE pending = 0 AND touched_at < ? LIMIT ?)",
+            (cutoff, max_rows),
+        )
+        return int(cursor.rowcount)
+
+    # ---- readers ---------------------------------------------------------------------
+
+    def get(self, event_id: str) -> KnownRun | None:
+        row = self._conn.execute(
+            "SELECT snapshot, has_create, pending FROM runs WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return KnownRun(event_id, orjson.loads(row[0]), bool(row[1]), int(row[2]))
+
+    def counters(self) -> dict[str, int]:
+        return {
+            str(name): int(value)
+            for name, value in self._conn.execute("SELECT name, value FROM counters")
+        }
+
+    def known_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+
+def op_counts(ops: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Operations per event_id."""
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op["event_id"]] = counts.get(op["event_id"], 0) + 1
+    return counts
