@@ -9,13 +9,16 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from server import __version__
 from server.config import ServerConfig
 from server.http import ops, runs
+from server.http.docs import docs_routes
 from server.http.middleware import (
     auth_middleware,
     error_boundary,
     rate_limit_middleware,
 )
+from server.http.openapi import build_openapi
 from server.http.ratelimit import RateLimiter
 from server.http.requests import MAX_JSON_DEPTH
 from server.storage.database import Database, StorageSettings
@@ -23,6 +26,12 @@ from server.storage.database import Database, StorageSettings
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
 
 log = structlog.get_logger("server.app")
+
+API_TITLE = "Local Telemetry API"
+API_DESCRIPTION = (
+    "The central Local Telemetry server (API guide v3.0.0): create, update and query runs. "
+    "Sidecars forward through `POST /api/v1/runs/batch?mode=upsert`."
+)
 
 
 def storage_settings(config: ServerConfig) -> StorageSettings:
@@ -68,5 +77,10 @@ def create_app(config: ServerConfig) -> web.Application:
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
     app.add_routes(runs.routes)
     app.add_routes(ops.routes)
+    app.add_routes(
+        docs_routes(
+            build_openapi(title=API_TITLE, version=__version__, description=API_DESCRIPTION)
+        )
+    )
     app.cleanup_ctx.append(database_ctx)
     return app
