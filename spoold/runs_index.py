@@ -80,7 +80,7 @@ class RunsIndex:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
-    def record(self, op: dict[str, Any], *, verified: bool) -> Outcome:
+    def record(self, op: dict[str, Any], *, verified: bool) -> tuple[Outcome, str | None]:
         """Classify one operation and fold it into the run's snapshot (inside begin/commit).
 
         ``verified`` marks an update the caller confirmed (the server knows the
@@ -93,21 +93,21 @@ class RunsIndex:
         now = time.time()
         if op["kind"] == "create":
             if row is not None and row[1]:
-                return "duplicate"
+                return "duplicate", orjson.loads(row[0]).get("run_id")
             snapshot = dict(op["body"])
             if row is not None:  # updates accepted before the create reached us
                 snapshot.update(orjson.loads(row[0]))
             self._upsert(event_id, snapshot, has_create=True, now=now)
-            return "created"
+            return "created", snapshot.get("run_id")
         if row is None:
             if not verified:
-                return "unknown"
+                return "unknown", None
             self._upsert(event_id, dict(op["body"]), has_create=False, now=now)
-            return "accepted"
+            return "accepted", None
         snapshot = orjson.loads(row[0])
         snapshot.update(op["body"])
         self._upsert(event_id, snapshot, has_create=bool(row[1]), now=now)
-        return "accepted"
+        return "accepted", snapshot.get("run_id")
 
     def _upsert(
         self, event_id: str, snapshot: dict[str, Any], *, has_create: bool, now: float

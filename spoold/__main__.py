@@ -1,0 +1,144 @@
+"""``spoold``: the sidecar daemon and its operator commands.
+
+spoold [serve]                 run the sidecar (the default)
+spoold dev                     run telemetry-server and spoold together, embedded defaults
+spoold deadletter list|show|replay|purge
+spoold spool stats
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+
+from server.logs import configure_logging
+from spoold import __version__, operator
+from spoold.app import create_app
+from spoold.config import ConfigError, SpooldConfig
+
+DEV_SERVER_READY_S = 20.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spoold", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "--spool-dir", type=Path, help="spool directory (SPOOLD_SPOOL_DIR, default ./spool)"
+    )
+    commands = parser.add_subparsers(dest="command")
+    for name in ("serve", "dev"):
+        sub = commands.add_parser(
+            name,
+            help="run the sidecar"
+            if name == "serve"
+            else "run telemetry-server and spoold locally",
+        )
+        sub.add_argument("--host", help="listen address (SPOOLD_HOST, default 127.0.0.1)")
+        sub.add_argument("--port", type=int, help="listen port (SPOOLD_PORT, default 8765)")
+        sub.add_argument(
+            "--upstream", help="server URL (SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)"
+        )
+        sub.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
+    dead = commands.add_parser("deadletter", help="inspect, replay or purge dead letters")
+    dead_commands = dead.add_subparsers(dest="action", required=True)
+    listing = dead_commands.add_parser("list")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    show = dead_commands.add_parser("show")
+    show.add_argument("id", type=int)
+    for action in ("replay", "purge"):
+        sub = dead_commands.add_parser(action)
+        sub.add_argument("ids", type=int, nargs="*", help="ids (all when none are given)")
+    spool = commands.add_parser("spool", help="spool statistics")
+    spool.add_argument("action", choices=["stats"])
+    return parser
+
+
+def _config(args: argparse.Namespace) -> SpooldConfig:
+    return SpooldConfig.from_env(
+        os.environ,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        upstream_url=getattr(args, "upstream", None),
+        spool_dir=getattr(args, "sub_spool_dir", None) or args.spool_dir,
+    )
+
+
+def serve(config: SpooldConfig) -> int:
+    configure_logging(config.log_level)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_deadline_s,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+def dev(config: SpooldConfig) -> int:
+    """The main job on one host: the server as a child process, the sidecar in this one."""
+    server = subprocess.Popen([sys.executable, "-m", "server"])
+    try:
+        deadline = time.monotonic() + DEV_SERVER_READY_S
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{config.upstream_url}/health", timeout=0.5):  # noqa: S310
+                    break
+            except OSError:
+                time.sleep(0.1)
+        if server.poll() is not None:
+            print("spoold dev: telemetry-server failed to start", file=sys.stderr)
+            return 1
+        print(
+            f"spoold dev: server at {config.upstream_url}, sidecar at "
+            f"http://{config.host}:{config.port} (TELEMETRY_API_URL for agents)",
+            file=sys.stderr,
+        )
+        return serve(config)
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"spoold: configuration error: {exc}", file=sys.stderr)
+        return 2
+    command = args.command or "serve"
+    spool_dir = Path(config.spool_dir)
+    if command == "serve":
+        return serve(config)
+    if command == "dev":
+        return dev(config)
+    if command == "spool":
+        return operator.spool_stats(spool_dir)
+    if args.action == "list":
+        return operator.deadletter_list(spool_dir, limit=args.limit, offset=args.offset)
+    if args.action == "show":
+        return operator.deadletter_show(spool_dir, args.id)
+    if args.action == "replay":
+        return operator.deadletter_replay(spool_dir, args.ids or None)
+    return operator.deadletter_purge(spool_dir, args.ids or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The drainer: forwards the spool to the server, in FIFO order, until it has it all.
+
+It reads groups (bounded by ``batch_size`` operations, whatever the backlog),
+folds the operations of each run into one upsert snapshot, and sends one batch
+at a time — so updates reach the server in the order they were accepted.
+Groups are acknowledged only after the server answered 2xx for every snapshot
+in them. Per-item refusals go to the dead-letter store and never block the
+rest; a whole-batch refusal (413, other 4xx) splits the batch until the bad
+item stands alone. Everything else is retried forever with capped, jittered
+backoff that honours Retry-After. Re-sending a batch whose answer was lost is
+harmless: the server applies snapshots idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from spoold.operations import Snapshot, coalesce
+from spoold.runs_index import RunsIndex, op_counts
+from spoold.spool import DeadLetterStore, Spool, SpoolGroup
+from spoold.upstream.client import BatchAnswer, UpstreamClient
+from spoold.upstream.retry import Backoff, next_wait
+from spoold.upstream.status import UpstreamStatus
+
+log = structlog.get_logger("spoold.drainer")
+
+IDLE_POLL_S = 0.05
+PROBE_EVERY_S = 5.0
+
+
+class Stopped(Exception):
+    """The drain deadline passed; what is in flight stays in the spool."""
+
+
+@dataclass
+class DrainStats:
+    batches: int = 0
+    operations_forwarded: int = 0
+    snapshots_sent: int = 0
+    duplicates_sent: int = 0
+    dead_lettered: int = 0
+    splits: int = 0
+    last_batch_size: int = 0
+    last_forward_s: float = 0.0
+
+
+class Drainer:
+    def __init__(
+        self,
+        spool: Spool,
+        dead_letters: DeadLetterStore,
+        index: RunsIndex,
+        client: UpstreamClient,
+        status: UpstreamStatus,
+        *,
+        batch_size: int,
+        backoff: Backoff,
+    ) -> None:
+        self._spool = spool
+        self._dead_letters = dead_letters
+        self._index = index
+        self._client = client
+        self._status = status
+        self._batch_size = batch_size
+        self._backoff = backoff
+        self._deadline: float | None = None
+        self._stop = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.stats = DrainStats()
+
+    def stop_by(self, deadline_s: float) -> None:
+        """Keep draining for at most deadline_s more seconds, then stop."""
+        self._deadline = time.monotonic() + deadline_s
+        self._stop.set()
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """The drain loop; returns when stopped and the spool is empty or the deadline passed."""
+        last_probe = time.monotonic()
+        while True:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                return
+            groups = await asyncio.to_thread(self._spool.get_groups, self._batch_size)
+            if not groups:
+                if self._stop.is_set():
+                    return
+                if time.monotonic() - last_probe > PROBE_EVERY_S:
+                    last_probe = time.monotonic()
+                    await self._probe()
+                await self._idle()
+                continue
+            try:
+                await self._forward(groups)
+            except Stopped:
+                await asyncio.to_thread(self._spool.nack, groups)
+                return
+
+    async def _idle(self) -> None:
+        self.wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), IDLE_POLL_S)
+
+    async def _probe(self) -> None:
+        """Keep upstream reachability fresh while there is nothing to send."""
+        try:
+            reply = await self._client.request("GET", "/health")
+        except Exception as exc:  # any failure is just "unreachable" here
+            self._status.failed(str(exc)[:200], status=0)
+            return
+        if reply.status < 500:
+            self._status.reachable = True
+
+    # ---- one round: a set of groups ------------------------------------------------
+
+    async def _forward(self, groups: list[SpoolGroup]) -> None:
+        started = time.perf_counter()
+        ops = [op for group in groups for op in group.ops]
+        snapshots = coalesce(ops)
+        refused = await self._deliver(snapshots)
+        dead_ops = [op for op in ops if op["event_id"] in refused]
+        if dead_ops:
+            entries = [(op, *refused[op["event_id"]]) for op in dead_ops]
+            await asyncio.to_thread(self._dead_letters.add_many, entries)
+            self.stats.dead_lettered += len(dead_ops)
+            log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
+        await asyncio.to_thread(self._spool.ack, groups)
+        forwarded = [op for op in ops if op["event_id"] not in refused]
+        await asyncio.to_thread(self._index.settle, op_counts(forwarded), op_counts(dead_ops))
+        self.stats.operations_forwarded += len(forwarded)
+        self.stats.last_batch_size = len(ops)
+        self.stats.last_forward_s = time.perf_counter() - started
+
+    async def _deliver(self, snapshots: list[Snapshot]) -> dict[str, tuple[str, int | None]]:
+        """Send until the server has every snapshot; return the refused ones by event_id."""
+        refused: dict[str, tuple[str, int | None]] = {}
+        chunks: deque[list[Snapshot]] = deque([snapshots])
+        attempt = 0
+        while chunks:
+            chunk = chunks[0]
+            answer = await self._send(chunk)
+            if answer.verdict == "ok":
+                chunks.popleft()
+                attempt = 0
+                self._status.succeeded()
+                self._accept_answer(chunk, answer.body, refused)
+            elif answer.verdict == "split":
+                chunks.popleft()
+                self._status.succeeded()  # the server answered; it refused the content
+                if len(chunk) == 1:
+                    refused[chunk[0].event_id] = (_refusal(answer), answer.status)
+                else:
+                    self.stats.splits += 1
+                    middle = len(chunk) // 2
+                    chunks.extendleft([chunk[middle:], chunk[:middle]])
+            else:
+                attempt += 1
+                self._status.failed(
+                    answer.cause, status=answer.status, auth=answer.verdict == "auth"
+                )
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning("upstream_retry", cause=answer.cause, attempt=attempt)
+                await self._sleep(next_wait(attempt, answer.retry_after_s, self._backoff))
+        return refused
+
+    def _accept_answer(
+        self, chunk: list[Snapshot], body: Any, refused: dict[str, tuple[str, int | None]]
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.snapshots_sent += len(chunk)
+        if not isinstance(body, dict):
+            return
+        self.stats.duplicates_sent += int(body.get("duplicates", 0) or 0)
+        for error in body.get("errors") or []:
+            index = error.get("index") if isinstance(error, dict) else None
+            if isinstance(index, int) and 0 <= index < len(chunk):
+                refused[chunk[index].event_id] = (str(error.get("message", "refused")), 422)
+
+    async def _send(self, chunk: list[Snapshot]) -> BatchAnswer:
+        items = [snapshot.upsert_item() for snapshot in chunk]
+        self._status.in_flight_batches += 1
+        try:
+            if self._deadline is None:
+                return await self._client.send_batch(items)
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise Stopped
+            try:
+                return await asyncio.wait_for(self._client.send_batch(items), remaining)
+            except TimeoutError as exc:
+                raise Stopped from exc
+        finally:
+            self._status.in_flight_batches -= 1
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait before a retry; a shutdown deadline cuts the wait short."""
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= seconds:
+                await asyncio.sleep(max(0.0, remaining))
+                raise Stopped
+            await asyncio.sleep(seconds)
+            return
+        # Not stopping yet: a stop request ends the wait early (then the deadline rules).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def _refusal(answer: BatchAnswer) -> str:
+    detail = answer.body.get("detail") if isinstance(answer.body, dict) else None
+    return (
+        f"server refused the item ({answer.cause}): {detail}"
+        if detail
+        else f"server refused the item ({answer.cause})"
+    )

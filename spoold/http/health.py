@@ -1,0 +1,99 @@
+"""spoold's own /health: liveness that never depends on the upstream, plus the numbers
+an operator needs — queue depth and age, dead letters, upstream reachability,
+last successful drain, disk free — and the accounting identity
+``accepted = forwarded + queued + dead_lettered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from server.http.runs import json_response
+from spoold import __version__
+from spoold.http.state import SIDECAR, Sidecar
+
+DEGRADED_FILL = 0.8
+STALE_UPSTREAM_S = 300.0
+
+routes = web.RouteTableDef()
+
+
+def assess(sidecar: Sidecar, stats: Any, dead_letters: int) -> tuple[str, list[str]]:
+    """ok / degraded / unhealthy, with the reasons."""
+    reasons: list[str] = []
+    unhealthy = False
+    capacity = max(1, stats.capacity_bytes)
+    if stats.bytes >= capacity:
+        unhealthy = True
+        reasons.append("spool full: writes are refused with 503")
+    elif stats.bytes >= DEGRADED_FILL * capacity:
+        reasons.append(f"spool above {int(DEGRADED_FILL * 100)}% of capacity")
+    if stats.disk_free_bytes is not None and stats.disk_free_bytes < stats.min_free_disk_bytes:
+        unhealthy = True
+        reasons.append("free disk below the floor: writes are refused with 503")
+    upstream = sidecar.upstream
+    if upstream.auth_failing:
+        reasons.append("upstream refuses our token (401/403); fix SPOOLD_UPSTREAM_TOKEN")
+    elif upstream.reachable is False:
+        reasons.append("upstream unreachable; writes are queued")
+    elif upstream.consecutive_failures:
+        reasons.append("upstream failing; retrying")
+    if stats.depth_ops and (stats.oldest_age_s or 0) > STALE_UPSTREAM_S:
+        reasons.append(f"oldest queued operation is {int(stats.oldest_age_s)}s old")
+    if dead_letters:
+        reasons.append(f"{dead_letters} dead letters need an operator (spoold deadletter list)")
+    if unhealthy:
+        return "unhealthy", reasons
+    return ("degraded" if reasons else "ok"), reasons
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR]
+    stats = sidecar.spool.stats()
+    dead_letters, counters = await asyncio.gather(
+        asyncio.to_thread(sidecar.dead_letters.count),
+        asyncio.to_thread(sidecar.reader_index.counters),
+    )
+    status, reasons = assess(sidecar, stats, dead_letters)
+    drain = sidecar.drainer.stats
+    body = {
+        "status": status,
+        "reasons": reasons,
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - sidecar.started_at, 3),
+        "spool": {
+            "depth": stats.depth_ops,
+            "groups": stats.depth_groups,
+            "bytes": stats.bytes,
+            "capacity_bytes": stats.capacity_bytes,
+            "file_bytes": stats.file_bytes,
+            "oldest_age_s": stats.oldest_age_s,
+            "dead_letters": dead_letters,
+            "path": str(sidecar.config.spool_dir.resolve()),
+        },
+        "disk": {
+            "free_bytes": stats.disk_free_bytes,
+            "min_free_bytes": stats.min_free_disk_bytes,
+        },
+        "upstream": sidecar.upstream.as_json(),
+        "counters": {
+            "accepted": counters.get("accepted", 0),
+            "forwarded": counters.get("forwarded", 0),
+            "queued": stats.depth_ops,
+            "dead_lettered": counters.get("dead_lettered", 0),
+            "duplicates_answered": counters.get("duplicates", 0),
+        },
+        "drain": {
+            "batches": drain.batches,
+            "operations_forwarded": drain.operations_forwarded,
+            "duplicates_sent": drain.duplicates_sent,
+            "splits": drain.splits,
+            "last_batch_size": drain.last_batch_size,
+        },
+    }
+    return json_response(body, 503 if status == "unhealthy" else 200)

@@ -1,0 +1,132 @@
+"""Read endpoints: proxied to the server, with read-your-writes for runs still queued here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.contract.errors import ServiceUnavailable, UpstreamTimeout, retry_after
+from server.http.requests import event_id_of
+from server.http.runs import json_response, with_urls
+from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS
+from server.urls import build_commit_url, build_repo_url
+from spoold.http.state import SIDECAR, Sidecar
+from spoold.runs_index import KnownRun
+from spoold.upstream.client import Reply, UpstreamUnavailable
+
+routes = web.RouteTableDef()
+
+LOCAL_SOURCE_HEADER = "X-Spoold-Source"
+
+
+async def proxy(sidecar: Sidecar, request: web.Request, path: str) -> Reply:
+    """Forward a read; 503 if the server is unreachable, 504 if it is too slow."""
+    try:
+        return await sidecar.client.request("GET", path, query=request.query)
+    except UpstreamUnavailable as exc:
+        if exc.timeout:
+            raise UpstreamTimeout(
+                "the telemetry server did not answer in time; writes are still accepted and queued"
+            ) from exc
+        raise ServiceUnavailable(
+            "the telemetry server is unreachable; writes are still accepted and queued, "
+            "reads need the server",
+            headers=retry_after(5),
+        ) from exc
+
+
+def relay(reply: Reply) -> web.Response:
+    response = web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+    response.headers.update(reply.headers)
+    return response
+
+
+async def _known(sidecar: Sidecar, event_id: str) -> KnownRun | None:
+    return await asyncio.to_thread(sidecar.reader_index.get, event_id)
+
+
+def local_record(known: KnownRun) -> dict[str, Any]:
+    """A run known only here, shaped like the server's answer."""
+    record: dict[str, Any] = dict.fromkeys(RUN_COLUMNS)
+    record.update(dict.fromkeys(RUN_COUNTER_COLUMNS, 0), status="running")
+    record.update({key: value for key, value in known.snapshot.items() if key in record})
+    return with_urls(record)
+
+
+@routes.get("/api/v1/runs/{event_id}")
+async def get_run(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR]
+    event_id = event_id_of(request)
+    known = await _known(sidecar, event_id)
+    if known is not None and known.pending and known.has_create:
+        response = json_response(local_record(known))
+        response.headers[LOCAL_SOURCE_HEADER] = "local-queue"
+        return response
+    try:
+        reply = await proxy(sidecar, request, f"/api/v1/runs/{event_id}")
+    except (ServiceUnavailable, UpstreamTimeout):
+        if known is not None and known.has_create:
+            response = json_response(local_record(known))
+            response.headers[LOCAL_SOURCE_HEADER] = "local-index"
+            return response
+        raise
+    if known is not None and known.pending and reply.status == 200:
+        run = orjson.loads(reply.body)
+        run.update(known.snapshot)  # updates still queued here are newer than the server's copy
+        response = json_response(with_urls(run))
+        response.headers[LOCAL_SOURCE_HEADER] = "server+local-queue"
+        return response
+    return relay(reply)
+
+
+async def _url_answer(request: web.Request, kind: str) -> web.Response:
+    sidecar = request.app[SIDECAR]
+    event_id = event_id_of(request)
+    known = await _known(sidecar, event_id)
+    if known is not None and known.pending and known.has_create:
+        snapshot = known.snapshot
+        if kind == "commit-url":
+            body = {
+                "event_id": event_id,
+                "commit_url": build_commit_url(
+                    snapshot.get("git_repo"), snapshot.get("git_commit_hash")
+                ),
+                "git_repo": snapshot.get("git_repo"),
+                "git_commit_hash": snapshot.get("git_commit_hash"),
+            }
+        else:
+            body = {
+                "event_id": event_id,
+                "repo_url": build_repo_url(snapshot.get("git_repo")),
+                "git_repo": snapshot.get("git_repo"),
+            }
+        return json_response(body)
+    return relay(await proxy(sidecar, request, f"/api/v1/runs/{event_id}/{kind}"))
+
+
+@routes.get("/api/v1/runs/{event_id}/commit-url")
+async def commit_url(request: web.Request) -> web.Response:
+    return await _url_answer(request, "commit-url")
+
+
+@routes.get("/api/v1/runs/{event_id}/repo-url")
+async def repo_url(request: web.Request) -> web.Response:
+    return await _url_answer(request, "repo-url")
+
+
+@routes.get("/api/v1/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    return relay(await proxy(request.app[SIDECAR], request, "/api/v1/runs"))
+
+
+@routes.get("/api/v1/metadata")
+async def metadata(request: web.Request) -> web.Response:
+    return relay(await proxy(request.app[SIDECAR], request, "/api/v1/metadata"))
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return relay(await proxy(request.app[SIDECAR], request, "/metrics"))

@@ -1,0 +1,34 @@
+"""Typed application state shared by spoold's handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from spoold.accept import Acceptor
+from spoold.config import SpooldConfig
+from spoold.forward.drainer import Drainer
+from spoold.runs_index import RunsIndex
+from spoold.spool import DeadLetterStore, Spool
+from spoold.upstream.client import UpstreamClient
+from spoold.upstream.status import UpstreamStatus
+
+
+@dataclass
+class Sidecar:
+    """Everything the handlers use; built by the app's cleanup contexts."""
+
+    config: SpooldConfig
+    spool: Spool
+    dead_letters: DeadLetterStore
+    acceptor: Acceptor
+    reader_index: RunsIndex
+    client: UpstreamClient
+    upstream: UpstreamStatus
+    drainer: Drainer
+    started_at: float
+
+
+SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar", Sidecar)
+CONFIG: web.AppKey[SpooldConfig] = web.AppKey("spoold_config", SpooldConfig)

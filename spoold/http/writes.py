@@ -1,0 +1,160 @@
+"""Write endpoints: validated with the server's own models, answered after the local fsync."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.contract.batch import validate_batch
+from server.contract.errors import ServiceUnavailable, ValidationFailed, retry_after
+from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+from server.contract.timestamps import utc_now
+from server.contract.validation import parse_model
+from server.http.requests import event_id_of, not_found, read_json
+from server.http.runs import json_response
+from spoold.accept import Accepted
+from spoold.http.state import SIDECAR, Sidecar
+from spoold.operations import commit_op, create_op, update_op
+from spoold.spool import SpoolError, SpoolFull
+from spoold.upstream.client import UpstreamUnavailable
+
+routes = web.RouteTableDef()
+
+
+async def accept(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False) -> Accepted:
+    """Spool op durably, translating back-pressure and disk trouble into 503."""
+    try:
+        result = await sidecar.acceptor.submit(op, verified=verified)
+    except SpoolFull as exc:
+        raise ServiceUnavailable(
+            f"spool full, retry later: {exc}", headers=retry_after(exc.retry_after_s)
+        ) from exc
+    except SpoolError as exc:
+        raise ServiceUnavailable(f"spool unavailable: {exc}", headers=retry_after(5)) from exc
+    if result.outcome in ("created", "accepted"):
+        sidecar.drainer.wakeup.set()
+    return result
+
+
+@routes.post("/api/v1/runs")
+async def create_run(request: web.Request) -> web.Response:
+    run = parse_model(RunCreate, await read_json(request))
+    result = await accept(request.app[SIDECAR], create_op(run, utc_now()))
+    if result.outcome == "duplicate":
+        return json_response(
+            {
+                "status": "duplicate",
+                "event_id": run.event_id,
+                "message": "Event already exists (idempotent)",
+            },
+            201,
+        )
+    return json_response({"status": "created", "event_id": run.event_id, "run_id": run.run_id}, 201)
+
+
+async def _accept_update(
+    sidecar: Sidecar, event_id: str, op: dict[str, Any]
+) -> tuple[Accepted, bool]:
+    """Accept an update; for a run unknown here, ask the server first.
+
+    Returns the result and whether it was queued without the server confirming the run.
+    """
+    result = await accept(sidecar, op)
+    if result.outcome != "unknown":
+        return result, False
+    try:
+        reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+    except UpstreamUnavailable:
+        return await accept(sidecar, op, verified=True), True
+    if reply.status == 404:
+        raise not_found(event_id)
+    if reply.status != 200:  # the server cannot say now: keep the update, deliver later
+        return await accept(sidecar, op, verified=True), True
+    result = await accept(sidecar, op, verified=True)
+    return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False
+
+
+def _run_id_of(body: bytes) -> str | None:
+    try:
+        value = orjson.loads(body).get("run_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+@routes.patch("/api/v1/runs/{event_id}")
+async def update_run(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    body = await read_json(request)
+    given = parse_model(RunUpdate, body).changes()
+    changes = {key: given[key] for key in body if key in given}
+    if not changes:
+        raise ValidationFailed([{"loc": ["body"], "msg": "no fields to update", "type": "missing"}])
+    sidecar = request.app[SIDECAR]
+    _, queued = await _accept_update(sidecar, event_id, update_op(event_id, changes, utc_now()))
+    answer: dict[str, Any] = {
+        "event_id": event_id,
+        "updated": True,
+        "fields_updated": list(changes),
+    }
+    if queued:
+        answer["queued"] = True
+        answer["message"] = "server unreachable: update queued and will be applied when it is back"
+        return json_response(answer, 202)
+    return json_response(answer)
+
+
+@routes.post("/api/v1/runs/{event_id}/associate-commit")
+async def associate_commit(request: web.Request) -> web.Response:
+    event_id = event_id_of(request)
+    association = parse_model(CommitAssociation, await read_json(request))
+    sidecar = request.app[SIDECAR]
+    result, queued = await _accept_update(
+        sidecar, event_id, commit_op(event_id, association, utc_now())
+    )
+    answer: dict[str, Any] = {
+        "status": "queued" if queued else "success",
+        "event_id": event_id,
+        "run_id": result.run_id,
+        "commit_hash": association.commit_hash,
+    }
+    if queued:
+        answer["message"] = (
+            "server unreachable: association queued and will be applied when it is back"
+        )
+        return json_response(answer, 202)
+    return json_response(answer)
+
+
+@routes.post("/api/v1/runs/batch")
+async def create_batch(request: web.Request) -> web.Response:
+    if request.query.get("mode", "insert") != "insert":
+        raise ValidationFailed(
+            [
+                {
+                    "loc": ["query", "mode"],
+                    "msg": "the sidecar accepts mode=insert only",
+                    "type": "enum",
+                }
+            ]
+        )
+    sidecar = request.app[SIDECAR]
+    batch = validate_batch(
+        await read_json(request), RunCreate, max_items=sidecar.config.batch_max_items
+    )
+    now = utc_now()
+    results = await asyncio.gather(
+        *(accept(sidecar, create_op(run, now)) for _, run in batch.valid)
+    )
+    inserted = sum(1 for result in results if result.outcome == "created")
+    return json_response(
+        {
+            "inserted": inserted,
+            "duplicates": len(results) - inserted,
+            "errors": [error.model_dump() for error in batch.errors],
+            "total": batch.total,
+        }
+    )

@@ -1,0 +1,49 @@
+"""What spoold knows about the upstream server, for /health and the operator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.contract.timestamps import utc_now
+
+
+@dataclass
+class UpstreamStatus:
+    url: str
+    reachable: bool | None = None
+    auth_failing: bool = False
+    last_success: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    consecutive_failures: int = 0
+    in_flight_batches: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def succeeded(self) -> None:
+        self.reachable = True
+        self.auth_failing = False
+        self.consecutive_failures = 0
+        self.last_success = utc_now()
+
+    def failed(self, cause: str, *, status: int, auth: bool = False) -> None:
+        self.reachable = status != 0
+        self.auth_failing = auth
+        self.consecutive_failures += 1
+        self.last_error = cause
+        self.last_error_at = utc_now()
+        kind = "auth" if auth else ("connect" if status == 0 else f"http_{status}")
+        self.retries[kind] = self.retries.get(kind, 0) + 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "reachable": self.reachable,
+            "auth_failing": self.auth_failing,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "consecutive_failures": self.consecutive_failures,
+            "in_flight_batches": self.in_flight_batches,
+            "retries": dict(self.retries),
+        }
