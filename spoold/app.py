@@ -86,7 +86,9 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
     spool, _, accept_index, _, _ = app[_STORAGE]
     config = app[CONFIG]
-    acceptor = Acceptor(spool, accept_index, window_s=config.group_window_ms / 1000)
+    acceptor = Acceptor(
+        spool, accept_index, window_s=config.group_window_ms / 1000, max_group=config.max_group
+    )
     acceptor.start()
     app[_ACCEPTOR] = acceptor
     yield

@@ -96,6 +96,7 @@ class SpooldConfig(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_max_items: int = Field(default=1000, ge=1, le=100_000)
     group_window_ms: float = Field(default=2.0, ge=0, le=100)
+    max_group: int = Field(default=512, ge=1, le=10_000)
     shutdown_deadline_s: float = Field(default=10.0, ge=0, le=3600)
     upstream_timeout_s: float = Field(default=10.0, gt=0, le=600)
     lookup_timeout_s: float = Field(default=2.0, gt=0, le=60)
