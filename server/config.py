@@ -38,6 +38,11 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a write waits for a lock held by another process before answering 503.",
     ),
     Setting(
+        "TELEMETRY_DB_READER_THREADS",
+        "reader_threads",
+        "Threads (each with its own read-only connection) serving queries.",
+    ),
+    Setting(
         "TELEMETRY_API_AUTH_ENABLED",
         "auth_enabled",
         "Require `Authorization: Bearer <token>` on writes.",
