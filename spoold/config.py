@@ -44,6 +44,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SPOOLD_BATCH_SIZE", "batch_size", "Operations per upstream batch."),
     Setting(
+        "SPOOLD_BATCH_MAX_ITEMS",
+        "batch_max_items",
+        "Most items an agent may send in one POST /api/v1/runs/batch; more get 413.",
+    ),
+    Setting(
+        "SPOOLD_MAX_GROUP",
+        "max_group",
+        "Most operations committed in one spool item (1 = one fsync per request, for comparison).",
+    ),
+    Setting(
         "SPOOLD_GROUP_WINDOW_MS",
         "group_window_ms",
         "Group-commit window: writes arriving within it share one fsync.",
