@@ -141,7 +141,9 @@ async def _upsert_batch(database: Database, body: Any, max_items: int) -> web.Re
 
 @routes.get("/api/v1/runs")
 async def list_runs(request: web.Request) -> web.Response:
-    query = parse_model(RunQuery, dict(request.query), location="query")
+    # An empty value means "no filter", as the reference treats `?status=`.
+    params = {key: value for key, value in request.query.items() if value != ""}
+    query = parse_model(RunQuery, params, location="query")
     runs = await request.app[DATABASE].query(query)
     return json_response([with_urls(run) for run in runs])
 
