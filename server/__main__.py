@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
-from server import __version__
+from server import __version__, daemon
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.logs import configure_logging
@@ -50,13 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         auth_enabled=config.auth_enabled,
         rate_limit_enabled=config.rate_limit_enabled,
     )
-    web.run_app(
+    daemon.run(
         create_app(config),
         host=config.host,
         port=config.port,
-        shutdown_timeout=config.shutdown_timeout_s,
-        print=None,
-        access_log=None,
+        shutdown_timeout_s=config.shutdown_timeout_s,
+        name="server",
     )
     return 0
 

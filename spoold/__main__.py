@@ -17,8 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aiohttp import web
-
+from server import daemon
 from server.logs import configure_logging
 from spoold import __version__, operator
 from spoold.app import create_app
@@ -76,13 +75,12 @@ def _config(args: argparse.Namespace) -> SpooldConfig:
 
 def serve(config: SpooldConfig) -> int:
     configure_logging(config.log_level)
-    web.run_app(
+    daemon.run(
         create_app(config),
         host=config.host,
         port=config.port,
-        shutdown_timeout=config.shutdown_deadline_s,
-        print=None,
-        access_log=None,
+        shutdown_timeout_s=config.shutdown_deadline_s,
+        name="spoold",
     )
     return 0
 
