@@ -1,0 +1,1335 @@
+"""Benchmark of the central server: the real ``telemetry-server`` process over real HTTP.
+
+    python bench/server_bench.py                  # full run (1,000,000-row read phase)
+    python bench/server_bench.py --quick          # smoke run, small counts, < 60 s
+    python bench/server_bench.py --rows-large 300000 --rows-small 50000
+
+What it does, in order, printing one table at the end:
+
+1. Starts ``telemetry-server`` on a free 127.0.0.1 port with an empty temp
+   database; measures the HTTP floor (``GET /health`` at concurrency 32),
+   then single creates at concurrency 32, the create + PATCH lifecycle at
+   concurrency 32, and ``POST /api/v1/runs/batch`` with 100 runs per batch.
+2. Baseline, same run, same disk: raw ``sqlite3`` ``executemany`` of exactly
+   the batch scenario's rows into a fresh database with the server's schema
+   (``server.storage.schema.migrate``, WAL, synchronous=FULL), one transaction
+   per 100 rows (the durability the batch endpoint promises per request) and,
+   for information, all in one transaction. Batch ingest is quoted as a % of
+   the per-100 ceiling.
+3. Stops that server and checks that every acknowledged write is in the file:
+   each event_id answered 201 ``created`` (or counted as inserted in a batch
+   answer) must exist, and each run whose PATCH was answered 200 must be in
+   its final state.
+4. Pre-loads a second database straight through ``sqlite3`` (rows built with
+   the server's own ``RunCreate`` model and ``insert_params``, so they are real
+   rows: ~50 agent names, 20 job types, every status, 90 days of timestamps),
+   starts a server on it and measures filtered lists and single GETs at
+   ``--rows-small`` rows; stops it, appends rows up to ``--rows-large``,
+   restarts, measures the same again plus ``/api/v1/metadata`` cached and right
+   after a write that adds a new agent name; stops and verifies those writes.
+
+The client is ``bench/loadgen.py`` in this process (a different process from
+the server), on uvloop when installed; ``--client-procs N`` spreads it over N
+forked processes instead. The machine has two cores, so the client's CPU is
+reported next to the server's for every scenario. The server runs with its
+default log level (INFO: one JSON line per request, as operators run it)
+unless ``--server-log-level`` says otherwise; its log is kept in the temp dir.
+
+The server is always stopped by its PID at the end (SIGTERM, then SIGKILL
+after a grace), also when a scenario fails or the bench is interrupted.
+Exit status: 0 if every target passed and every acknowledged write was
+found, 1 if a target was missed, 2 if verification failed or a run broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import Client, LoadResult, event_loop_name, run_load
+
+from server.contract.models import RunCreate
+from server.storage.runs import _INSERT_SQL, insert_params
+from server.storage.schema import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+# ---- realistic data ------------------------------------------------------------------
+
+_TEAMS = ("seo", "content", "data", "infra", "qa")
+AGENT_NAMES: tuple[str, ...] = tuple(
+    f"{_TEAMS[i % len(_TEAMS)]}_fleet.agent_{i:02d}" for i in range(50)
+)
+JOB_TYPES: tuple[str, ...] = (
+    "insight_generation",
+    "data_processing",
+    "model_training",
+    "feature_implementation",
+    "etl_pipeline",
+    "seo_analysis",
+    "content_refresh",
+    "link_check",
+    "sitemap_build",
+    "code_review",
+    "test_run",
+    "deployment",
+    "backup",
+    "report_build",
+    "index_rebuild",
+    "crawl",
+    "translation",
+    "summarisation",
+    "classification",
+    "cleanup",
+)
+#: Every status, weighted roughly as a fleet produces them.
+STATUS_WEIGHTS: tuple[tuple[str, int], ...] = (
+    ("success", 75),
+    ("failure", 8),
+    ("partial", 6),
+    ("timeout", 3),
+    ("cancelled", 3),
+    ("running", 5),
+)
+_STATUSES = tuple(status for status, _ in STATUS_WEIGHTS)
+_STATUS_CUM = tuple(
+    sum(weight for _, weight in STATUS_WEIGHTS[: i + 1]) for i in range(len(STATUS_WEIGHTS))
+)
+#: Zipf-like agent popularity: a few busy agents, a long tail of quiet ones.
+_AGENT_CUM = tuple(sum((k + 1) ** -0.8 for k in range(i + 1)) for i in range(len(AGENT_NAMES)))
+HISTORY = timedelta(days=90)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def run_payload(
+    rng: random.Random,
+    *,
+    start: datetime,
+    created: datetime | None = None,
+    status: str = "running",
+    agent_name: str | None = None,
+) -> dict[str, Any]:
+    """One run as an agent posts it (the guide's fields, realistic sizes)."""
+    agent = agent_name or rng.choices(AGENT_NAMES, cum_weights=_AGENT_CUM)[0]
+    event_id = str(uuid.uuid4())
+    host = rng.randrange(200)
+    body: dict[str, Any] = {
+        "event_id": event_id,
+        "run_id": f"{iso(start)}-{agent}-{event_id[:8]}",
+        "agent_name": agent,
+        "job_type": rng.choice(JOB_TYPES),
+        "start_time": iso(start),
+        "status": status,
+        "product": "seo-intelligence",
+        "platform": "api",
+        "website": f"site{host % 17}.example.com",
+        "host": f"worker-{host:03d}",
+        "environment": "production",
+        "trigger_type": "cron",
+        "git_repo": f"https://github.com/example-org/repo-{host % 9}",
+        "git_branch": "main",
+        "items_discovered": rng.randrange(500),
+        "metrics_json": {"model": "small", "tokens_in": rng.randrange(10_000)},
+        "context_json": {"attempt": 1},
+    }
+    if created is not None:
+        body["created_at"] = iso(created)
+    if status != "running":
+        duration_ms = int(rng.lognormvariate(9.5, 1.2))
+        body["end_time"] = iso(start + timedelta(milliseconds=duration_ms))
+        body["duration_ms"] = duration_ms
+        body["items_succeeded"] = rng.randrange(500)
+        body["items_failed"] = rng.randrange(5) if status != "success" else 0
+        body["output_summary"] = f"processed {body['items_succeeded']} items"
+        if status in ("failure", "timeout", "partial"):
+            body["error_summary"] = "upstream returned 503"
+    return body
+
+
+def finish_payload(rng: random.Random) -> dict[str, Any]:
+    """The PATCH that completes a run (phase 3 of the guide)."""
+    succeeded = rng.randrange(500)
+    return {
+        "status": "success",
+        "end_time": iso(datetime.now(UTC)),
+        "duration_ms": rng.randrange(1, 60_000),
+        "items_succeeded": succeeded,
+        "items_failed": 0,
+        "output_summary": f"processed {succeeded} items",
+    }
+
+
+def history_rows(
+    start_index: int, count: int, total: int, history_end: datetime, seed: int
+) -> Iterator[dict[str, Any]]:
+    """Rows start_index .. start_index+count of a `total`-row, 90-day history, oldest first."""
+    rng = random.Random(seed)
+    step = HISTORY / total
+    origin = history_end - HISTORY
+    for index in range(start_index, start_index + count):
+        created = origin + step * index + timedelta(milliseconds=rng.randrange(1000))
+        roll = rng.randrange(100)
+        status = _STATUSES[next(i for i, c in enumerate(_STATUS_CUM) if roll < c)]
+        start = created - timedelta(milliseconds=rng.randrange(2000))
+        yield run_payload(rng, start=start, created=created, status=status)
+
+
+# ---- the server process --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+        return orjson.loads(response.read())
+
+
+class ServerProcess:
+    """One ``telemetry-server`` subprocess; stop() is idempotent and always by PID."""
+
+    def __init__(self, db: Path, log_path: Path, log_level: str) -> None:
+        self.db = db
+        self.log_path = log_path
+        self.log_level = log_level
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = ""
+        self.startup_s = math.nan
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        executable = Path(sys.executable).with_name("telemetry-server")
+        command = [str(executable)] if executable.exists() else [sys.executable, "-m", "server"]
+        port = free_port()
+        env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level}
+        for name in ("TELEMETRY_API_AUTH_ENABLED", "TELEMETRY_RATE_LIMIT_ENABLED"):
+            env.pop(name, None)
+        started = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--host", HOST, "--port", str(port), "--db", str(self.db)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+            )
+        self.base_url = f"http://{HOST}:{port}"
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"telemetry-server exited with {self.process.returncode}; "
+                    f"log tail:\n{tail(self.log_path)}"
+                )
+            try:
+                if http_get_json(self.base_url + "/health", timeout=2).get("status") == "ok":
+                    self.startup_s = time.monotonic() - started
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"telemetry-server not healthy after {timeout_s:.0f} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU of the server process, all its threads."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AssertionError):
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return None if process is None else process.returncode
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            return process.wait()
+
+
+class Profiler:
+    """py-spy sampling the server during one scenario (``--profile DIR``; perturbs figures).
+
+    Writes DIR/<scenario>.txt (collapsed stacks, one thread per root) and
+    DIR/<scenario>.summary.txt (samples per thread, top self and inclusive frames).
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], raw: Path) -> None:
+        self.process = process
+        self.raw = raw
+
+    @classmethod
+    def start(cls, directory: Path | None, pid: int, name: str) -> Profiler | None:
+        if directory is None:
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        directory.mkdir(parents=True, exist_ok=True)
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+        raw = directory / f"{slug}.txt"
+        process = subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--format", "raw", "--threads",
+             "--nonblocking", "--rate", "250", "--output", str(raw)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.3)  # let it attach
+        return cls(process, raw)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.raw.exists():
+            summary = summarize_profile(self.raw)
+            self.raw.with_suffix(".summary.txt").write_text(summary)
+
+
+def summarize_profile(raw: Path, top: int = 20) -> str:
+    """Samples per thread and the top self / inclusive frames of a py-spy raw file."""
+    threads: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1].rstrip("_0123456789")
+        names = [frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in frames[1:]]
+        total += samples
+        threads[thread] += samples
+        if names:
+            own[names[-1]] += samples
+        for frame in set(names):
+            inclusive[frame] += samples
+    if not total:
+        return "no samples\n"
+    lines = [
+        f"{total} samples; by thread: "
+        + ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in threads.most_common())
+    ]
+    lines.append("top self:")
+    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    lines.append("top inclusive:")
+    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ---- direct database work (pre-load, baseline, verification) -------------------------
+
+
+def open_db(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    migrate(conn)
+    return conn
+
+
+def to_params(payloads: Sequence[dict[str, Any]], now: str) -> list[tuple[Any, ...]]:
+    """The server's own INSERT parameters for payloads (validated by its RunCreate)."""
+    return [insert_params(RunCreate.model_validate(payload), now) for payload in payloads]
+
+
+def preload(
+    path: Path, start_index: int, count: int, total: int, history_end: datetime
+) -> tuple[list[str], float]:
+    """Append rows straight into the file (fast pragmas: this is setup, not measured).
+
+    Returns a sample of the inserted event_ids (for single GETs) and seconds taken.
+    """
+    started = time.monotonic()
+    conn = open_db(path, "OFF")
+    conn.execute("PRAGMA cache_size = -262144")
+    sample: list[str] = []
+    chunk = 20_000
+    done = 0
+    while done < count:
+        n = min(chunk, count - done)
+        payloads = list(
+            history_rows(start_index + done, n, total, history_end, seed=start_index + done)
+        )
+        now = iso(history_end)
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT_SQL, to_params(payloads, now))
+        conn.execute("COMMIT")
+        sample.extend(payload["event_id"] for payload in payloads[::97])
+        done += n
+        print(f"\r  pre-loading: {start_index + done:,}/{total:,} rows", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return sample, time.monotonic() - started
+
+
+@dataclass
+class Ceiling:
+    rows: int
+    chunked_s: float
+    single_tx_s: float
+
+    @property
+    def chunked_rows_per_s(self) -> float:
+        return self.rows / self.chunked_s
+
+    @property
+    def single_tx_rows_per_s(self) -> float:
+        return self.rows / self.single_tx_s
+
+
+def executemany_ceiling(workdir: Path, batches: Sequence[Sequence[dict[str, Any]]]) -> Ceiling:
+    """Raw executemany of the batch rows, same schema, WAL + synchronous=FULL, same disk."""
+    now = iso(datetime.now(UTC))
+    params = [to_params(batch, now) for batch in batches]
+    rows = sum(len(p) for p in params)
+    timings = []
+    for name, per_batch in (("ceiling-per-batch", True), ("ceiling-one-tx", False)):
+        path = workdir / f"{name}.sqlite"
+        conn = open_db(path, "FULL")
+        started = time.perf_counter()
+        if per_batch:
+            for chunk in params:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(_INSERT_SQL, chunk)
+                conn.execute("COMMIT")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            for chunk in params:
+                conn.executemany(_INSERT_SQL, chunk)
+            conn.execute("COMMIT")
+        timings.append(time.perf_counter() - started)
+        stored = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
+        conn.close()
+        if stored != rows:
+            raise RuntimeError(f"baseline stored {stored} of {rows} rows")
+    return Ceiling(rows, timings[0], timings[1])
+
+
+@dataclass
+class Verification:
+    what: str
+    acknowledged: int
+    found: int
+    patched: int = 0
+    patched_final: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.found == self.acknowledged and self.patched_final == self.patched
+
+    def describe(self) -> str:
+        text = f"{self.found:,}/{self.acknowledged:,} acknowledged creates stored"
+        if self.patched:
+            text += f"; {self.patched_final:,}/{self.patched:,} acknowledged PATCHes applied"
+        return text
+
+
+def verify(path: Path, what: str, acked: Sequence[str], patched: Sequence[str]) -> Verification:
+    """Look up every acknowledged event_id in the database file (server stopped)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("CREATE TEMP TABLE acked (event_id TEXT PRIMARY KEY)")
+        conn.executemany("INSERT OR IGNORE INTO acked VALUES (?)", ((e,) for e in acked))
+        found = conn.execute(
+            "SELECT COUNT(*) FROM acked JOIN agent_runs USING (event_id)"
+        ).fetchone()[0]
+        unique_acked = conn.execute("SELECT COUNT(*) FROM acked").fetchone()[0]
+        conn.execute("CREATE TEMP TABLE patched (event_id TEXT PRIMARY KEY)")
+        conn.executemany("INSERT OR IGNORE INTO patched VALUES (?)", ((e,) for e in patched))
+        final = conn.execute(
+            "SELECT COUNT(*) FROM patched JOIN agent_runs USING (event_id)"
+            " WHERE status = 'success' AND end_time IS NOT NULL"
+        ).fetchone()[0]
+        unique_patched = conn.execute("SELECT COUNT(*) FROM patched").fetchone()[0]
+    finally:
+        conn.close()
+    if unique_acked != len(acked):
+        raise RuntimeError(f"{what}: the server acknowledged the same event_id twice as created")
+    return Verification(what, len(acked), int(found), unique_patched, int(final))
+
+
+def _per_item_us(fn: Callable[[], Any], items: int, repeat: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / items
+
+
+def batch_path_costs(batches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, float]:
+    """CPU per row of each step the server's batch path runs, in this process (µs/row).
+
+    The same functions the server calls (codec.loads, validate_batch, insert_params),
+    on the same rows as the batch scenario; measured so a MISS explains itself.
+    """
+    from server.contract import codec
+    from server.contract.batch import validate_batch
+
+    sample = list(batches[: max(1, min(len(batches), 50))])
+    rows = sum(len(batch) for batch in sample)
+    bodies = [orjson.dumps(batch) for batch in sample]
+    parsed = [codec.loads(body) for body in bodies]
+    validated = [validate_batch(batch, RunCreate, max_items=100_000) for batch in parsed]
+    now = iso(datetime.now(UTC))
+    return {
+        "parse JSON": _per_item_us(lambda: [codec.loads(body) for body in bodies], rows),
+        "validate (pydantic)": _per_item_us(
+            lambda: [validate_batch(batch, RunCreate, max_items=100_000) for batch in parsed],
+            rows,
+        ),
+        "insert_params": _per_item_us(
+            lambda: [[insert_params(run, now) for _, run in batch.valid] for batch in validated],
+            rows,
+        ),
+    }
+
+
+def list_path_costs(path: Path) -> dict[str, float]:
+    """CPU of each step of GET /api/v1/runs?agent_name=X&limit=100, in this process (ms/answer).
+
+    Same functions as the server's handler (query_sql, row_to_run, with_urls, dumps),
+    on the same database file, one read-only connection.
+    """
+    from server.contract.codec import dumps
+    from server.contract.models import RunQuery
+    from server.http.runs import with_urls
+    from server.storage import runs
+    from server.storage.connection import open_reader
+
+    conn = open_reader(path, busy_timeout_ms=2000)
+    try:
+        queries = [RunQuery(agent_name=agent, limit=100) for agent in AGENT_NAMES]
+        statements = [runs.query_sql(query) for query in queries]
+        fetched = [conn.execute(sql, params).fetchall() for sql, params in statements]
+        decoded = [[runs.row_to_run(row) for row in answer] for answer in fetched]
+        n = len(queries)
+
+        def with_urls_all() -> None:
+            for answer in decoded:
+                for run in answer:
+                    with_urls(dict(run))
+
+        return {
+            "SQL fetch (43 columns)": _per_item_us(
+                lambda: [conn.execute(sql, params).fetchall() for sql, params in statements], n
+            )
+            / 1e3,
+            "row_to_run": _per_item_us(
+                lambda: [[runs.row_to_run(row) for row in answer] for answer in fetched], n
+            )
+            / 1e3,
+            "with_urls (commit_url, repo_url)": _per_item_us(with_urls_all, n) / 1e3,
+            "dumps": _per_item_us(lambda: [dumps(answer) for answer in decoded], n) / 1e3,
+        }
+    finally:
+        conn.close()
+
+
+# ---- operations (what one worker does per sequence number) ---------------------------
+
+
+@dataclass
+class Health:
+    async def __call__(self, client: Client, seq: int) -> None:
+        await client.request("GET", "/health", label="health")
+
+
+@dataclass
+class Create:
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        body = run_payload(self.rng, start=datetime.now(UTC))
+        status, answer = await client.request("POST", "/api/v1/runs", json=body, label="create")
+        if status == 201 and isinstance(answer, dict) and answer.get("status") == "created":
+            client.recording.note("acked", body["event_id"])
+
+
+@dataclass
+class Lifecycle:
+    """Start (POST) then complete (PATCH), as the guide's lifecycle does."""
+
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        body = run_payload(self.rng, start=datetime.now(UTC))
+        event_id = body["event_id"]
+        status, answer = await client.request("POST", "/api/v1/runs", json=body, label="create")
+        if not (status == 201 and isinstance(answer, dict) and answer.get("status") == "created"):
+            return
+        client.recording.note("acked", event_id)
+        status, _ = await client.request(
+            "PATCH", f"/api/v1/runs/{event_id}", json=finish_payload(self.rng), label="patch"
+        )
+        if status == 200:
+            client.recording.note("patched", event_id)
+
+
+@dataclass
+class Batch:
+    batches: Sequence[Sequence[dict[str, Any]]]
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        items = self.batches[seq % len(self.batches)]
+        status, answer = await client.request(
+            "POST", "/api/v1/runs/batch", json=items, label="batch"
+        )
+        if status != 200 or not isinstance(answer, dict):
+            return
+        refused = {error.get("index") for error in answer.get("errors", ())}
+        for index, item in enumerate(items):
+            if index not in refused:
+                client.recording.note("acked", item["event_id"])
+        client.recording.note("inserted", answer.get("inserted", 0))
+
+
+@dataclass
+class ListRuns:
+    """GET /api/v1/runs with a filter drawn per request (random agent, window ...)."""
+
+    make_params: Callable[[random.Random], dict[str, str]]
+    label: str = "list"
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        params = self.make_params(random.Random(seq))
+        status, answer = await client.request(
+            "GET", "/api/v1/runs", params=params, label=self.label
+        )
+        if status == 200 and isinstance(answer, list):
+            client.recording.note("returned", len(answer))
+
+
+@dataclass
+class GetRun:
+    event_ids: Sequence[str]
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        event_id = self.event_ids[(seq * 7919) % len(self.event_ids)]
+        await client.request("GET", f"/api/v1/runs/{event_id}", label="get")
+
+
+@dataclass
+class MetadataCached:
+    async def __call__(self, client: Client, seq: int) -> None:
+        _, answer = await client.request("GET", "/api/v1/metadata", label="metadata")
+        if isinstance(answer, dict):
+            client.recording.note("cache_hit", bool(answer.get("cache_hit")))
+
+
+@dataclass
+class MetadataAfterWrite:
+    """Create a run with a brand-new agent name, then read the metadata (timed alone)."""
+
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        agent = f"bench_new.agent_{uuid.uuid4().hex[:12]}"
+        body = run_payload(self.rng, start=datetime.now(UTC), agent_name=agent)
+        status, answer = await client.request("POST", "/api/v1/runs", json=body, label="write")
+        if status == 201 and isinstance(answer, dict) and answer.get("status") == "created":
+            client.recording.note("acked", body["event_id"])
+        _, meta = await client.request("GET", "/api/v1/metadata", label="metadata")
+        if isinstance(meta, dict):
+            client.recording.note("cache_hit", bool(meta.get("cache_hit")))
+            client.recording.note("saw_new_agent", agent in meta.get("agent_names", ()))
+
+
+def list_queries(history_end: datetime, rows: int, total: int) -> list[tuple[str, Any]]:
+    """The filtered lists measured, each drawing its own parameters per request."""
+    span = HISTORY * (rows / total)  # the stored history covers [origin, origin + span]
+    origin = history_end - HISTORY
+
+    def window(rng: random.Random, width: timedelta) -> tuple[str, str]:
+        offset = rng.random() * max((span - width).total_seconds(), 0)
+        low = origin + timedelta(seconds=offset)
+        return iso(low), iso(low + width)
+
+    def agent(rng: random.Random) -> dict[str, str]:
+        return {"agent_name": rng.choice(AGENT_NAMES), "limit": "100"}
+
+    def job(rng: random.Random) -> dict[str, str]:
+        return {"job_type": rng.choice(JOB_TYPES), "limit": "100"}
+
+    def status(rng: random.Random) -> dict[str, str]:
+        return {"status": rng.choice(_STATUSES), "limit": "100"}
+
+    def start_1h(rng: random.Random) -> dict[str, str]:
+        low, high = window(rng, timedelta(hours=1))
+        return {"start_time_from": low, "start_time_to": high, "limit": "100"}
+
+    def start_1d(rng: random.Random) -> dict[str, str]:
+        low, high = window(rng, timedelta(days=1))
+        return {"start_time_from": low, "start_time_to": high, "limit": "100"}
+
+    def agent_1d(rng: random.Random) -> dict[str, str]:
+        low, high = window(rng, timedelta(days=1))
+        return {
+            "agent_name": rng.choice(AGENT_NAMES),
+            "start_time_from": low,
+            "start_time_to": high,
+            "limit": "100",
+        }
+
+    def newest(rng: random.Random) -> dict[str, str]:
+        return {"limit": "100"}
+
+    return [
+        ("list newest 100 (no filter)", newest),
+        ("list agent_name=X", agent),
+        ("list job_type=X", job),
+        ("list status=X (any status)", status),
+        ("list start_time 1 h window", start_1h),
+        ("list start_time 1 day window", start_1d),
+        ("list agent_name + 1 day window", agent_1d),
+    ]
+
+
+# ---- running scenarios and printing the table ----------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    result: str
+    p50: float = math.nan
+    p99: float = math.nan
+    worst: float = math.nan
+    failures: str = ""
+    server_cpu: float = math.nan
+    client_cpu: float = math.nan
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    def load(
+        self,
+        server: ServerProcess,
+        op: Any,
+        *,
+        name: str,
+        concurrency: int,
+        max_ops: int,
+        max_seconds: float,
+        warmup: int = 0,
+    ) -> tuple[LoadResult, float]:
+        """Run one scenario; returns the result and the server's CPU % of one core."""
+        if warmup:
+            run_load(
+                server.base_url,
+                op,
+                name="warmup",
+                concurrency=concurrency,
+                max_ops=warmup,
+                max_seconds=10,
+            )
+        profiler = Profiler.start(self.args.profile, server.pid, name)
+        cpu_before = server.cpu_seconds()
+        result = run_load(
+            server.base_url,
+            op,
+            name=name,
+            concurrency=concurrency,
+            max_ops=max_ops,
+            max_seconds=max_seconds,
+            processes=self.args.client_procs,
+        )
+        server_cpu = 100 * (server.cpu_seconds() - cpu_before) / result.elapsed_s
+        if profiler is not None:
+            profiler.stop()
+        if self.args.verbose:
+            print(result.format(), file=sys.stderr)
+        else:
+            print(f"  {name}: {result.ops_per_s:,.0f} ops/s", file=sys.stderr)
+        stats = result.stats()
+        if stats.errors or stats.non_2xx:
+            self.broken.append(f"{name}: non-2xx {stats.non_2xx}, errors {dict(stats.errors)}")
+        return result, server_cpu
+
+    def add(
+        self,
+        result: LoadResult,
+        server_cpu: float,
+        *,
+        scenario: str,
+        rate: str,
+        label: str | None = None,
+        target: str = "",
+        passed: bool | None = None,
+    ) -> None:
+        stats = result.stats(label)
+        p50, p99, worst = stats.quantiles_ms()
+        failures = f"{stats.non_2xx}/{sum(stats.errors.values())}"
+        verdict = "" if passed is None else ("PASS" if passed else "MISS")
+        if passed is False:
+            self.missed.append(f"{scenario}: {target}")
+        self.rows.append(
+            Row(
+                scenario,
+                rate,
+                p50,
+                p99,
+                worst,
+                failures,
+                server_cpu,
+                result.client_cpu_pct,
+                target,
+                verdict,
+            )
+        )
+
+    def note_row(self, scenario: str, result: str, target: str = "", passed: bool | None = None):
+        verdict = "" if passed is None else ("PASS" if passed else "MISS")
+        if passed is False:
+            self.missed.append(f"{scenario}: {target}")
+        self.rows.append(Row(scenario, result, target=target, verdict=verdict))
+
+    def print_table(self) -> None:
+        headers = (
+            "scenario",
+            "result",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "non2xx/err",
+            "srv CPU",
+            "cli CPU",
+            "target",
+            "",
+        )
+
+        def num(value: float, fmt: str = "{:.2f}") -> str:
+            return "" if math.isnan(value) else fmt.format(value)
+
+        cells = [
+            (
+                row.scenario,
+                row.result,
+                num(row.p50),
+                num(row.p99),
+                num(row.worst, "{:.1f}"),
+                row.failures,
+                num(row.server_cpu, "{:.0f}%"),
+                num(row.client_cpu, "{:.0f}%"),
+                row.target,
+                row.verdict,
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+        right = {2, 3, 4, 5, 6, 7}
+
+        def line(values: Sequence[str]) -> str:
+            return " | ".join(
+                v.rjust(widths[i]) if i in right else v.ljust(widths[i])
+                for i, v in enumerate(values)
+            ).rstrip()
+
+        print(line(headers))
+        print("-+-".join("-" * w for w in widths))
+        for row_cells in cells:
+            print(line(row_cells))
+
+
+def writer_stats(server: ServerProcess) -> tuple[int, int]:
+    performance = http_get_json(server.base_url + "/metrics", timeout=30)["performance"]
+    return int(performance["write_transactions"]), int(performance["write_operations"])
+
+
+def group_note(before: tuple[int, int], after: tuple[int, int]) -> str:
+    transactions = after[0] - before[0]
+    operations = after[1] - before[1]
+    if transactions <= 0:
+        return ""
+    return f", {operations / transactions:.1f} writes/commit"
+
+
+def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
+    args = bench.args
+    db = workdir / "writes.sqlite"
+    server = ServerProcess(db, workdir / "server-writes.log", args.server_log_level)
+    acked: list[str] = []
+    patched: list[str] = []
+    try:
+        server.start()
+        print(f"server (writes) pid {server.pid} at {server.base_url}", file=sys.stderr)
+
+        result, cpu = bench.load(
+            server,
+            Health(),
+            name="GET /health c=32",
+            concurrency=32,
+            max_ops=sizes.health,
+            max_seconds=15,
+            warmup=500,
+        )
+        health_rps = result.requests_per_s()
+        bench.add(
+            result,
+            cpu,
+            scenario="HTTP floor: GET /health c=32",
+            rate=f"{health_rps:,.0f} req/s",
+        )
+
+        before = writer_stats(server)
+        result, cpu = bench.load(
+            server,
+            Create(),
+            name="creates c=32",
+            concurrency=32,
+            max_ops=sizes.creates,
+            max_seconds=30,
+            warmup=300,
+        )
+        after = writer_stats(server)
+        acked += result.recording.notes.get("acked", [])
+        rate = result.requests_per_s("create")
+        bench.add(
+            result,
+            cpu,
+            scenario="(1) single creates c=32",
+            label="create",
+            rate=f"{rate:,.0f} runs/s ({100 * rate / health_rps:.0f}% of floor"
+            f"{group_note(before, after)})",
+            target=">= 3,000 runs/s",
+            passed=rate >= 3000,
+        )
+
+        before = writer_stats(server)
+        result, cpu = bench.load(
+            server,
+            Lifecycle(),
+            name="lifecycle c=32",
+            concurrency=32,
+            max_ops=sizes.lifecycles,
+            max_seconds=30,
+            warmup=100,
+        )
+        after = writer_stats(server)
+        acked += result.recording.notes.get("acked", [])
+        patched += result.recording.notes.get("patched", [])
+        bench.add(
+            result,
+            cpu,
+            scenario="(2) lifecycle create+PATCH c=32",
+            rate=f"{result.ops_per_s:,.0f} runs/s, {result.requests_per_s():,.0f} req/s"
+            f"{group_note(before, after)}",
+        )
+        for label in ("create", "patch"):
+            bench.add(
+                result,
+                math.nan,
+                scenario=f"      {label} requests",
+                label=label,
+                rate=f"{result.requests_per_s(label):,.0f} req/s",
+            )
+
+        rng = random.Random(1234)
+        now = datetime.now(UTC)
+        batches = [
+            [
+                run_payload(rng, start=now, status=_STATUSES[i % len(_STATUSES)])
+                for i in range(args.batch_size)
+            ]
+            for _ in range(sizes.batches)
+        ]
+        warm = [[run_payload(rng, start=now) for _ in range(args.batch_size)] for _ in range(10)]
+        bench.load(
+            server, Batch(warm), name="batch warmup", concurrency=2, max_ops=10, max_seconds=30
+        )
+        result, cpu = bench.load(
+            server,
+            Batch(batches),
+            name=f"batches of {args.batch_size}",
+            concurrency=args.batch_concurrency,
+            max_ops=len(batches),
+            max_seconds=60,
+        )
+        batch_acked = result.recording.notes.get("acked", [])
+        acked += batch_acked
+        batch_rate = len(batch_acked) / result.elapsed_s
+        complete = result.recording.ops_done == len(batches)
+
+        print("  baseline: raw executemany of the same rows ...", file=sys.stderr)
+        ceiling = executemany_ceiling(workdir, batches)
+        share = 100 * batch_rate / ceiling.chunked_rows_per_s
+        bench.add(
+            result,
+            cpu,
+            scenario=f"(3) batches of {args.batch_size} c={args.batch_concurrency}",
+            rate=f"{batch_rate:,.0f} runs/s = {share:.0f}% of (4)"
+            + ("" if complete else " [time bound hit]"),
+            target=">= 80% of ceiling (4)",
+            passed=share >= 80 and complete,
+        )
+        bench.note_row(
+            f"(4) ceiling: executemany, {args.batch_size} rows/tx",
+            f"{ceiling.chunked_rows_per_s:,.0f} rows/s ({ceiling.rows:,} rows, WAL, sync=FULL)",
+        )
+        bench.notes.append(
+            f"ceiling variant, all {ceiling.rows:,} rows in one transaction:"
+            f" {ceiling.single_tx_rows_per_s:,.0f} rows/s"
+            f" (batch ingest = {100 * batch_rate / ceiling.single_tx_rows_per_s:.0f}% of it)"
+        )
+        costs = batch_path_costs(batches)
+        python_us = sum(costs.values())
+        sqlite_us = 1e6 / ceiling.chunked_rows_per_s
+        bench.notes.append(
+            "batch path CPU per row, in-process, same rows (server functions): "
+            + ", ".join(f"{step} {us:.1f} us" for step, us in costs.items())
+            + f" = {python_us:.1f} us of Python per row vs {sqlite_us:.1f} us for executemany"
+            f"+commit; done one after the other that caps batch ingest at"
+            f" {100 * sqlite_us / (sqlite_us + python_us):.0f}% of the ceiling"
+        )
+    finally:
+        code = server.stop()
+        print(f"server (writes) stopped, exit code {code}", file=sys.stderr)
+    check = verify(db, "writes", acked, patched)
+    bench.note_row(
+        "verify: acknowledged writes stored",
+        check.describe(),
+        target="all",
+        passed=check.ok,
+    )
+    if not check.ok:
+        bench.broken.append(f"verification: {check.describe()}")
+
+
+def read_measurements(
+    bench: Bench,
+    server: ServerProcess,
+    rows: int,
+    sample: Sequence[str],
+    history_end: datetime,
+    sizes: Sizes,
+) -> None:
+    args = bench.args
+    tag = f"{rows:,} rows"
+    for name, make in list_queries(history_end, rows, args.rows_large):
+        for concurrency in args.read_concurrency:
+            result, cpu = bench.load(
+                server,
+                ListRuns(make),
+                name=f"{name} c={concurrency} @ {tag}",
+                concurrency=concurrency,
+                max_ops=sizes.reads,
+                max_seconds=args.read_seconds,
+                warmup=50,
+            )
+            returned = result.recording.notes.get("returned", [])
+            mean = sum(returned) / len(returned) if returned else 0
+            p99 = result.stats().quantiles_ms()[1]
+            bench.add(
+                result,
+                cpu,
+                scenario=f"(5) {name} c={concurrency} @ {tag}",
+                rate=f"{result.requests_per_s():,.0f} req/s, {mean:.0f} runs/answer",
+                target="p99 <= 20 ms",
+                passed=p99 <= 20,
+            )
+    for concurrency in args.read_concurrency:
+        result, cpu = bench.load(
+            server,
+            GetRun(sample),
+            name=f"single GET c={concurrency} @ {tag}",
+            concurrency=concurrency,
+            max_ops=sizes.gets,
+            max_seconds=args.read_seconds,
+            warmup=100,
+        )
+        p99 = result.stats().quantiles_ms()[1]
+        bench.add(
+            result,
+            cpu,
+            scenario=f"(5) single GET /runs/{{id}} c={concurrency} @ {tag}",
+            rate=f"{result.requests_per_s():,.0f} req/s",
+            target="p99 <= 5 ms",
+            passed=p99 <= 5,
+        )
+
+
+def read_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
+    args = bench.args
+    db = workdir / "reads.sqlite"
+    history_end = datetime.now(UTC) - timedelta(hours=1)
+    acked: list[str] = []
+    sample: list[str] = []
+    loaded = 0
+    for rows in (args.rows_small, args.rows_large):
+        print(f"pre-loading {rows:,} rows into {db.name} ...", file=sys.stderr)
+        more, seconds = preload(db, loaded, rows - loaded, args.rows_large, history_end)
+        sample += more
+        loaded = rows
+        size_mb = sum(p.stat().st_size for p in workdir.glob("reads.sqlite*")) / 1e6
+        server = ServerProcess(db, workdir / "server-reads.log", args.server_log_level)
+        try:
+            server.start()
+            print(
+                f"server (reads, {rows:,} rows) pid {server.pid}, up in {server.startup_s:.1f} s",
+                file=sys.stderr,
+            )
+            bench.note_row(
+                f"setup: {rows:,} rows pre-loaded",
+                f"{size_mb:,.0f} MB; load {seconds:.0f} s; server up in {server.startup_s:.1f} s",
+            )
+            read_measurements(bench, server, rows, sample, history_end, sizes)
+            if rows == args.rows_large:
+                tag = f"{rows:,} rows"
+                result, cpu = bench.load(
+                    server,
+                    MetadataCached(),
+                    name="metadata cached",
+                    concurrency=max(args.read_concurrency),
+                    max_ops=sizes.metadata,
+                    max_seconds=args.read_seconds,
+                    warmup=10,
+                )
+                hits = result.recording.notes.get("cache_hit", [])
+                p99 = result.stats().quantiles_ms()[1]
+                bench.add(
+                    result,
+                    cpu,
+                    scenario=f"(6) metadata, cached c={max(args.read_concurrency)} @ {tag}",
+                    rate=f"{result.requests_per_s():,.0f} req/s, {sum(hits)}/{len(hits)} hits",
+                    target="p99 <= 5 ms",
+                    passed=p99 <= 5,
+                )
+                result, cpu = bench.load(
+                    server,
+                    MetadataAfterWrite(),
+                    name="metadata after write",
+                    concurrency=1,
+                    max_ops=sizes.metadata_writes,
+                    max_seconds=args.read_seconds,
+                )
+                acked += result.recording.notes.get("acked", [])
+                hits = result.recording.notes.get("cache_hit", [])
+                fresh = result.recording.notes.get("saw_new_agent", [])
+                p99 = result.stats("metadata").quantiles_ms()[1]
+                bench.add(
+                    result,
+                    cpu,
+                    scenario=f"(6) metadata right after new agent c=1 @ {tag}",
+                    label="metadata",
+                    rate=f"{len(hits) - sum(hits)}/{len(hits)} recomputed,"
+                    f" {sum(fresh)}/{len(fresh)} saw the new agent",
+                    target="p99 <= 5 ms",
+                    passed=p99 <= 5 and all(fresh),
+                )
+                bench.add(
+                    result,
+                    math.nan,
+                    scenario="      (the writes between reads)",
+                    label="write",
+                    rate="create with a new agent_name, c=1",
+                )
+        finally:
+            code = server.stop()
+            print(f"server (reads) stopped, exit code {code}", file=sys.stderr)
+    costs = list_path_costs(db)
+    bench.notes.append(
+        f"list handler CPU per 100-run answer at {args.rows_large:,} rows (agent_name=X,"
+        " in-process, server functions): "
+        + ", ".join(f"{step} {ms:.2f} ms" for step, ms in costs.items())
+        + f" = {sum(costs.values()):.2f} ms"
+    )
+    check = verify(db, "metadata writes", acked, [])
+    bench.note_row(
+        "verify: metadata-phase writes stored", check.describe(), target="all", passed=check.ok
+    )
+    if not check.ok:
+        bench.broken.append(f"verification: {check.describe()}")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    health: int
+    creates: int
+    lifecycles: int
+    batches: int
+    reads: int
+    gets: int
+    metadata: int
+    metadata_writes: int
+
+
+FULL = Sizes(20_000, 40_000, 20_000, 400, 2_000, 5_000, 5_000, 500)
+QUICK = Sizes(2_000, 3_000, 1_000, 30, 200, 400, 400, 50)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the real telemetry-server over HTTP (see the module docstring)."
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run < 60 s")
+    parser.add_argument("--rows-small", type=int, help="first read phase (default 100,000)")
+    parser.add_argument("--rows-large", type=int, help="second read phase (default 1,000,000)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--read-concurrency",
+        default="1,4",
+        help="comma-separated concurrencies for the read scenarios (default 1,4)",
+    )
+    parser.add_argument("--read-seconds", type=float, default=20.0, help="bound per read scenario")
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="load generator processes (default 1)"
+    )
+    parser.add_argument(
+        "--server-log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="TELEMETRY_LOG_LEVEL of the server (default INFO, its own default)",
+    )
+    parser.add_argument("--skip-writes", action="store_true", help="read phases only")
+    parser.add_argument("--skip-reads", action="store_true", help="write phase only")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each scenario with py-spy into DIR (slows the server; for diagnosis)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each load's details")
+    args = parser.parse_args(argv)
+    if args.rows_small is None:
+        args.rows_small = 10_000 if args.quick else 100_000
+    if args.rows_large is None:
+        args.rows_large = 50_000 if args.quick else 1_000_000
+    args.read_concurrency = [int(c) for c in str(args.read_concurrency).split(",") if c]
+    if not 0 < args.rows_small <= args.rows_large:
+        parser.error("need 0 < --rows-small <= --rows-large")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    bench = Bench(args)
+    workdir = Path(tempfile.mkdtemp(prefix="telemetry-bench-", dir=args.workdir))
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    started = time.monotonic()
+    start_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: the machine is busy (load average {start_load})", file=sys.stderr)
+    client = (
+        f"load generator: bench/loadgen.py, {args.client_procs} client process(es) separate"
+        f" from the server, {event_loop_name()} event loop"
+    )
+    print(client, file=sys.stderr)
+    try:
+        if not args.skip_writes:
+            write_phase(bench, workdir, sizes)
+        if not args.skip_reads:
+            read_phase(bench, workdir, sizes)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        bench.broken.append(f"run failed: {exc!r}")
+    finally:
+        for log in sorted(workdir.glob("server-*.log")):
+            text = log.read_text(errors="replace")
+            if '"level":"error"' in text or "Traceback" in text:
+                bench.broken.append(f"{log.name} has errors:\n{tail(log)}")
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(
+        f"telemetry-server benchmark ({'quick' if args.quick else 'full'}),"
+        f" {os.cpu_count()} CPUs, sqlite {sqlite3.sqlite_version},"
+        f" server log level {args.server_log_level}"
+    )
+    print(client + "; CPU columns are % of one core over the scenario")
+    if args.profile:
+        print(f"py-spy profiles of each scenario in {args.profile} (they slow the server)")
+    print(
+        f"reads at concurrency {'/'.join(map(str, args.read_concurrency))}; batches at concurrency"
+        f" {args.batch_concurrency}; p50/p99/max are per request, client-side"
+    )
+    print()
+    bench.print_table()
+    print()
+    for note in bench.notes:
+        print(f"note: {note}")
+    end_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at start {start_load}, at end {end_load} (1/5/15 min)")
+    print(f"total time {time.monotonic() - started:.0f} s")
+    for problem in bench.broken:
+        print(f"PROBLEM: {problem}")
+    for miss in bench.missed:
+        print(f"MISS: {miss}")
+    if bench.broken:
+        return 2
+    return 1 if bench.missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
