@@ -7,12 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+import orjson
 import structlog
 
 from server import __version__, daemon
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.logs import configure_logging
+from server.storage.backup import BackupError, backup
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +23,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Local Telemetry central server (API guide v3.0.0). "
         "Flags override the TELEMETRY_* environment variables.",
     )
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve"])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "backup"],
+        help="serve (default), or backup DEST: a consistent online copy of the database",
+    )
+    parser.add_argument("destination", nargs="?", type=Path, help="backup file or directory")
     parser.add_argument("--host", help="listen address (TELEMETRY_API_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (TELEMETRY_API_PORT, default 8766)")
     parser.add_argument(
@@ -31,6 +40,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_backup(config: ServerConfig, destination: Path | None) -> int:
+    """``telemetry-server backup DEST``: safe while the server is running and writing."""
+    if destination is None:
+        print("telemetry-server: backup needs a destination file or directory", file=sys.stderr)
+        return 2
+    try:
+        result = backup(config.db_path, destination, busy_timeout_ms=config.busy_timeout_ms)
+    except BackupError as exc:
+        print(f"telemetry-server: {exc}", file=sys.stderr)
+        return 1
+    print(
+        orjson.dumps(
+            {
+                "backup": str(result.destination),
+                "bytes": result.bytes,
+                "runs": result.runs,
+                "seconds": round(result.seconds, 3),
+            }
+        ).decode()
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -38,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"telemetry-server: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "backup":
+        return run_backup(config, args.destination)
     configure_logging(config.log_level)
     log = structlog.get_logger("server")
     log.info(
