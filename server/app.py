@@ -14,11 +14,13 @@ from server.config import ServerConfig
 from server.http import ops, runs
 from server.http.docs import docs_routes
 from server.http.middleware import (
+    REQUEST_OBSERVER,
     auth_middleware,
     error_boundary,
     rate_limit_middleware,
 )
 from server.http.openapi import build_openapi
+from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
 from server.http.requests import MAX_JSON_DEPTH
 from server.storage.database import Database, StorageSettings
@@ -48,7 +50,8 @@ def storage_settings(config: ServerConfig) -> StorageSettings:
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open (and migrate) the database before serving; close it after the last request."""
     settings = storage_settings(app[CONFIG])
-    database = await asyncio.get_running_loop().run_in_executor(None, Database.open, settings)
+    observer = app[ops.METRICS].observe_write_group
+    database = await asyncio.to_thread(Database.open, settings, on_write_group=observer)
     app[runs.DATABASE] = database
     yield
     await database.close()
@@ -73,6 +76,9 @@ def create_app(config: ServerConfig) -> web.Application:
         )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    metrics = ServerMetrics()
+    app[ops.METRICS] = metrics
+    app[REQUEST_OBSERVER] = metrics.http.observe
     app[MAX_JSON_DEPTH] = config.max_json_depth
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
     app.add_routes(runs.routes)

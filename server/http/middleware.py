@@ -8,6 +8,7 @@ JSON shape. No traceback ever leaves the process in a response.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -29,6 +30,10 @@ from server.http.ratelimit import RateLimiter
 from server.storage.connection import StorageUnavailable
 
 log = structlog.get_logger("server.http")
+
+#: Called once per request with (route, method, status, seconds), e.g. for Prometheus.
+RequestObserver = Callable[[str, str, int, float], None]
+REQUEST_OBSERVER: web.AppKey[RequestObserver] = web.AppKey("request_observer", object)  # type: ignore[arg-type]
 
 #: Paths that never need a token and are never rate limited.
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc"})
@@ -88,14 +93,19 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled_error", method=request.method, route=_route_of(request))
         response = error_response(ApiError("internal error; see the server log"))
+    seconds = time.perf_counter() - started
+    route = _route_of(request)
     log.info(
         "http_request",
         method=request.method,
-        route=_route_of(request),
+        route=route,
         status=response.status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=round(seconds * 1000, 3),
         remote=request.remote,
     )
+    observer = request.app.get(REQUEST_OBSERVER)
+    if observer is not None:
+        observer(route, request.method, response.status, seconds)
     return response
 
 

@@ -7,11 +7,15 @@ import asyncio
 from aiohttp import web
 
 from server import __version__
+from server.contract.fields import CANONICAL_STATUSES
+from server.http.prometheus import ServerMetrics, exposition, wants_prometheus
 from server.http.runs import DATABASE, json_response
 from server.storage.connection import StorageUnavailable
 from server.storage.schema import SCHEMA_VERSION
 
 HEALTH_PING_TIMEOUT_S = 2.0
+
+METRICS: web.AppKey[ServerMetrics] = web.AppKey("server_metrics", ServerMetrics)
 
 routes = web.RouteTableDef()
 
@@ -40,8 +44,16 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """The guide's JSON, or Prometheus text when a scraper asks for it (Accept)."""
     database = request.app[DATABASE]
     counts = await database.counts()
+    if wants_prometheus(request):
+        prometheus = request.app[METRICS]
+        prometheus.db_size.set(await database.size_bytes())
+        prometheus.total_runs.set(counts.total_runs)
+        for status in CANONICAL_STATUSES:
+            prometheus.runs.labels(status).set(counts.by_status.get(status, 0))
+        return exposition(request, prometheus.registry)
     stats = database.writer.stats
     return json_response(
         {

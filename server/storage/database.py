@@ -17,7 +17,7 @@ from server.storage.connection import open_writer, pragma_value
 from server.storage.metadata import MetadataCache, MetadataSnapshot
 from server.storage.reader import Reader
 from server.storage.schema import migrate
-from server.storage.writer import Writer
+from server.storage.writer import GroupObserver, Writer
 
 log = structlog.get_logger("server.database")
 
@@ -49,7 +49,9 @@ class Database:
         self.synchronous = settings.synchronous
 
     @classmethod
-    def open(cls, settings: StorageSettings) -> Database:
+    def open(
+        cls, settings: StorageSettings, *, on_write_group: GroupObserver | None = None
+    ) -> Database:
         """Migrate, analyse and start the writer (blocking; call at start-up)."""
         conn = open_writer(
             settings.path,
@@ -65,7 +67,7 @@ class Database:
             raise
         db = cls(
             settings,
-            Writer(conn),
+            Writer(conn, on_group=on_write_group),
             Reader(
                 settings.path,
                 threads=settings.reader_threads,

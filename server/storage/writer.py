@@ -13,8 +13,9 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -36,19 +37,15 @@ class _Op:
     loop: asyncio.AbstractEventLoop
 
 
+#: Called from the writer thread after each committed group: (operations, seconds).
+GroupObserver = Callable[[int, float], None]
+
+
 @dataclass
 class WriterStats:
     groups: int = 0
     operations: int = 0
     failed_groups: int = 0
-    group_sizes: list[int] = field(default_factory=list)
-
-    def record(self, size: int) -> None:
-        self.groups += 1
-        self.operations += size
-        self.group_sizes.append(size)
-        if len(self.group_sizes) > 4096:
-            del self.group_sizes[:2048]
 
 
 def _settle(op: _Op, result: Any, error: BaseException | None) -> None:
@@ -66,8 +63,15 @@ def _settle(op: _Op, result: Any, error: BaseException | None) -> None:
 class Writer:
     """Owns the write connection; ``await writer.run(fn)`` returns after fn's commit."""
 
-    def __init__(self, conn: sqlite3.Connection, *, max_group: int = 512) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        max_group: int = 512,
+        on_group: GroupObserver | None = None,
+    ) -> None:
         self._conn = conn
+        self.on_group = on_group
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="sqlite-writer", daemon=True)
@@ -125,6 +129,7 @@ class Writer:
         self._conn.close()
 
     def _commit(self, group: list[_Op]) -> None:
+        started = time.perf_counter()
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -155,7 +160,10 @@ class Writer:
                 conn.execute("ROLLBACK")
             self._fail(group, exc)
             return
-        self.stats.record(len(group))
+        self.stats.groups += 1
+        self.stats.operations += len(group)
+        if self.on_group is not None:
+            self.on_group(len(group), time.perf_counter() - started)
         for op, result, error in outcomes:
             _settle(op, result, error)
 

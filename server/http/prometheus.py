@@ -1,0 +1,84 @@
+"""Prometheus metrics, served on ``/metrics`` by content negotiation.
+
+A scraper (``Accept`` naming ``text/plain`` or ``openmetrics``) gets the text
+exposition; every other client — the guide's JSON clients send ``*/*`` or
+``application/json`` — keeps getting the guide's JSON. Each app owns its own
+registry. Labels are bounded: routes are resource patterns, never event ids,
+and agent names never become labels.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def wants_prometheus(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "").lower()
+    return "openmetrics" in accept or "text/plain" in accept
+
+
+def exposition(request: web.Request, registry: CollectorRegistry) -> web.Response:
+    """The registry in the format the scraper asked for."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = web.Response(body=encoder(registry))
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+class HttpMetrics:
+    """Requests by route, method and status, and their latency."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.requests = Counter(
+            f"{prefix}_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{prefix}_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http = HttpMetrics(self.registry, "telemetry")
+        self.write_batch_size = Histogram(
+            "telemetry_db_write_batch_size",
+            "Operations committed per write transaction",
+            buckets=SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.write_seconds = Histogram(
+            "telemetry_db_write_transaction_seconds",
+            "Duration of a write transaction, commit included",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.db_size = Gauge(
+            "telemetry_db_size_bytes", "Size of the SQLite database", registry=self.registry
+        )
+        self.runs = Gauge(
+            "telemetry_runs", "Stored runs by status", ["status"], registry=self.registry
+        )
+        self.total_runs = Gauge(
+            "telemetry_runs_total_stored", "Stored runs", registry=self.registry
+        )
+
+    def observe_write_group(self, operations: int, seconds: float) -> None:
+        self.write_batch_size.observe(operations)
+        self.write_seconds.observe(seconds)
