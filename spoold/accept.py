@@ -14,6 +14,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +69,16 @@ class Acceptor:
     """``await acceptor.submit(op)`` returns once op is durable (or refused)."""
 
     def __init__(
-        self, spool: Spool, index: RunsIndex, *, window_s: float = 0.002, max_group: int = 512
+        self,
+        spool: Spool,
+        index: RunsIndex,
+        *,
+        window_s: float = 0.002,
+        max_group: int = 512,
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._spool = spool
+        self._on_commit = on_commit
         self._index = index
         self._window_s = window_s
         self._max_group = max_group
@@ -145,6 +153,8 @@ class Acceptor:
         self.stats.operations += len(to_spool)
         self.stats.duplicates += sum(1 for result in results if result.outcome == "duplicate")
         self.stats.last_commit_s = time.perf_counter() - started
+        if self._on_commit is not None and to_spool:
+            self._on_commit(len(to_spool), self.stats.last_commit_s)
         for item, result in zip(group, results, strict=True):
             _settle(item, result, None)
 

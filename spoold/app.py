@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from server.http.docs import docs_routes
-from server.http.middleware import error_boundary
+from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
 from server.http.requests import MAX_JSON_DEPTH
 from spoold import __version__
@@ -28,6 +28,7 @@ from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.http import health, reads, writes
+from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
@@ -87,7 +88,11 @@ async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
     spool, _, accept_index, _, _ = app[_STORAGE]
     config = app[CONFIG]
     acceptor = Acceptor(
-        spool, accept_index, window_s=config.group_window_ms / 1000, max_group=config.max_group
+        spool,
+        accept_index,
+        window_s=config.group_window_ms / 1000,
+        max_group=config.max_group,
+        on_commit=app[SIDECAR_METRICS].observe_commit,
     )
     acceptor.start()
     app[_ACCEPTOR] = acceptor
@@ -131,6 +136,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         status,
         batch_size=config.batch_size,
         backoff=Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s),
+        on_forward=app[SIDECAR_METRICS].observe_forward,
     )
     app[SIDECAR] = Sidecar(
         config=config,
@@ -184,6 +190,9 @@ def create_app(config: SpooldConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
     app[CONFIG] = config
     app[MAX_JSON_DEPTH] = 32
+    metrics = SidecarMetrics()
+    app[SIDECAR_METRICS] = metrics
+    app[REQUEST_OBSERVER] = metrics.observe_request
     app.add_routes(writes.routes)
     app.add_routes(reads.routes)
     app.add_routes(health.routes)

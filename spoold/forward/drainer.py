@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -46,6 +47,7 @@ class DrainStats:
     snapshots_sent: int = 0
     duplicates_sent: int = 0
     dead_lettered: int = 0
+    dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     splits: int = 0
     last_batch_size: int = 0
     last_forward_s: float = 0.0
@@ -62,7 +64,9 @@ class Drainer:
         *,
         batch_size: int,
         backoff: Backoff,
+        on_forward: Callable[[int, float], None] | None = None,
     ) -> None:
+        self._on_forward = on_forward
         self._spool = spool
         self._dead_letters = dead_letters
         self._index = index
@@ -129,6 +133,10 @@ class Drainer:
             entries = [(op, *refused[op["event_id"]]) for op in dead_ops]
             await asyncio.to_thread(self._dead_letters.add_many, entries)
             self.stats.dead_lettered += len(dead_ops)
+            for _, _, status in entries:
+                reason = "item_refused" if status == 422 else f"batch_refused_{status}"
+                by_reason = self.stats.dead_lettered_by_reason
+                by_reason[reason] = by_reason.get(reason, 0) + 1
             log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
         await asyncio.to_thread(self._spool.ack, groups)
         forwarded = [op for op in ops if op["event_id"] not in refused]
@@ -136,6 +144,8 @@ class Drainer:
         self.stats.operations_forwarded += len(forwarded)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
+        if self._on_forward is not None:
+            self._on_forward(len(ops), self.stats.last_forward_s)
 
     async def _deliver(self, snapshots: list[Snapshot]) -> dict[str, tuple[str, int | None]]:
         """Send until the server has every snapshot; return the refused ones by event_id."""

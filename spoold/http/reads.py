@@ -9,10 +9,12 @@ import orjson
 from aiohttp import web
 
 from server.contract.errors import ServiceUnavailable, UpstreamTimeout, retry_after
+from server.http.prometheus import exposition, wants_prometheus
 from server.http.requests import event_id_of
 from server.http.runs import json_response, with_urls
 from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS
 from server.urls import build_commit_url, build_repo_url
+from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
 from spoold.runs_index import KnownRun
 from spoold.upstream.client import Reply, UpstreamUnavailable
@@ -129,4 +131,9 @@ async def metadata(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """Scrapers get spoold's own Prometheus metrics; JSON clients the server's guide metrics."""
+    if wants_prometheus(request):
+        prometheus = request.app[SIDECAR_METRICS]
+        await prometheus.refresh(request.app[SIDECAR])
+        return exposition(request, prometheus.registry)
     return relay(await proxy(request.app[SIDECAR], request, "/metrics"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ class UpstreamStatus:
     reachable: bool | None = None
     auth_failing: bool = False
     last_success: str | None = None
+    last_success_unix: float | None = None
     last_error: str | None = None
     last_error_at: str | None = None
     consecutive_failures: int = 0
@@ -25,6 +27,7 @@ class UpstreamStatus:
         self.auth_failing = False
         self.consecutive_failures = 0
         self.last_success = utc_now()
+        self.last_success_unix = time.time()
 
     def failed(self, cause: str, *, status: int, auth: bool = False) -> None:
         self.reachable = status != 0
