@@ -1,0 +1,68 @@
+"""Errors of the storage layer, each carrying the HTTP status the accept path answers.
+
+SQLite and OS errors are translated here, at one boundary, so that the HTTP
+layer and the drainer only ever see this small hierarchy (the original error
+stays reachable as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+#: Retry-After suggested when the disk itself is full and no drain rate is known.
+DISK_FULL_RETRY_AFTER_S = 5.0
+
+
+class SpoolError(Exception):
+    """Base class: the spool could not do what was asked; nothing was half-done."""
+
+    status: int = 503
+
+
+class SpoolFull(SpoolError):
+    """Accepting more would exceed the byte cap or the free-disk floor (back-pressure)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SpoolWriteError(SpoolError):
+    """The spool could not commit a write (I/O error, locked database, closed spool)."""
+
+
+class SpoolClosedError(SpoolWriteError):
+    """The spool or committer is closed or closing; no new operation is accepted."""
+
+
+class SpoolLockedError(SpoolError):
+    """Another process already owns this spool directory."""
+
+    status = 500
+
+
+class SpoolFormatError(SpoolError):
+    """The spool (or dead-letter store) on disk has a format this code does not understand."""
+
+    status = 500
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when SQLite says the file is not a database or is malformed."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
+    )
+
+
+def translate_write_error(exc: BaseException, retry_after_s: float) -> SpoolError:
+    """Map a failed write to SpoolFull (no space left) or SpoolWriteError (anything else)."""
+    if isinstance(exc, SpoolError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or (isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS):
+        return SpoolFull(f"spool disk is full: {exc}", retry_after_s)
+    return SpoolWriteError(f"spool write failed: {exc}")

@@ -1,0 +1,298 @@
+"""The durable local spool: a capped FIFO of operation groups on persist-queue.
+
+persist-queue commits (and fsyncs) once per ``put``, ``get`` and ``ack`` and has
+no batch API, so one queue item is a *group* of operations (see ``committer``)
+and the drainer gets and acks whole groups. Groups got but never acked (crash,
+kill -9, close without ack) are ready again at the next open (``auto_resume``).
+persist-queue only *marks* rows acked: the spool deletes them at least every
+``clear_interval_s`` and vacuums once little live data remains. The accept
+path never waits on the drainer: ``put_encoded`` takes no lock that the reader
+holds during I/O; the counters have their own short lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from persistqueue.exceptions import Empty
+
+from spoold.spool import layout, store
+from spoold.spool.codec import DecodedGroup, SpoolGroup, encode_group, encode_op
+from spoold.spool.errors import SpoolClosedError, SpoolFull, SpoolWriteError, translate_write_error
+from spoold.spool.stats import DiskFree, RateMeter, SpoolStats, age_s, retry_after_s
+
+log = structlog.get_logger("spoold.spool")
+
+MiB = 1024 * 1024
+_CLEAR_EVERY_GROUPS = 1000
+
+
+class Spool:
+    """A capped, crash-safe FIFO of operation groups in ``directory``.
+
+    One thread writes (``put_*``) while another reads (``get_groups``/``ack``/``nack``).
+    The cap counts serialised group bytes, not file size. Close the committer first.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        capacity_bytes: int = 512 * MiB,
+        min_free_disk_bytes: int = 256 * MiB,
+        clear_interval_s: float = 1.0,
+        vacuum_threshold_bytes: int = 16 * MiB,
+        vacuum_max_live_bytes: int = 4 * MiB,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.capacity_bytes = capacity_bytes
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self._db_path = self.directory / layout.DB_FILE
+        self._clear_interval_s = clear_interval_s
+        self._vacuum_threshold = vacuum_threshold_bytes
+        self._vacuum_max_live = vacuum_max_live_bytes
+        self._io_lock = threading.Lock()  # reader side: get/ack/nack/housekeeping
+        self._counts_lock = threading.Lock()
+        self._inflight: dict[int, SpoolGroup] = {}
+        self._carry: SpoolGroup | None = None  # got from the queue, not yet handed out
+        self._cursor: int | None = None
+        self._acked_uncleared, self._last_clear = 0, time.monotonic()
+        self._closed = False
+        self._queue: Any = None
+        self._side: Any = None
+        self._disk, self._drain = DiskFree(self.directory), RateMeter()
+        self._depth_groups = self._depth_ops = self._bytes = 0
+        self._oldest: float | None = None
+        self._lock_fd = layout.acquire_lock(self.directory)
+        try:
+            layout.check_format(self.directory)
+            self._queue, self._side = store.open_queue(self.directory, busy_timeout_s)
+            self._depth_groups, self._bytes, self._depth_ops = store.count_live(self._side)
+            self._oldest = store.oldest_enqueued_at(self._side)
+        except BaseException:
+            self.close()
+            raise
+        log.info("spool_opened", path=str(self._db_path), ops=self._depth_ops, bytes=self._bytes)
+
+    # -- writing (the committer's thread) --------------------------------------------------
+    def put_group(self, ops: Sequence[dict[str, Any]]) -> None:
+        """Durably append ``ops`` as one queue item (one commit, one fsync)."""
+        self.put_encoded([encode_op(op) for op in ops])
+
+    def put_encoded(self, encoded_ops: Sequence[bytes]) -> None:
+        """Like ``put_group`` for operations already serialised with ``encode_op``."""
+        _check_open(self._closed)
+        if not encoded_ops:
+            return
+        enqueued_at = time.time()
+        data = encode_group(encoded_ops, enqueued_at)
+        try:
+            self._queue.put(data)
+        except (sqlite3.Error, OSError) as exc:
+            raise translate_write_error(exc, retry_after_s(len(data), self._drain.rate())) from exc
+        with self._counts_lock:
+            self._depth_groups += 1
+            self._depth_ops += len(encoded_ops)
+            self._bytes += len(data)
+            if self._oldest is None:
+                self._oldest = enqueued_at
+        self._disk.wrote(len(data))
+
+    def check_capacity(self, incoming_bytes: int) -> None:
+        """Raise SpoolFull if ``incoming_bytes`` more would pass the cap or the disk floor."""
+        with self._counts_lock:
+            queued = self._bytes
+        excess = queued + incoming_bytes - self.capacity_bytes
+        if excess > 0:
+            raise SpoolFull(
+                f"spool is full ({queued} of {self.capacity_bytes} bytes queued)",
+                retry_after_s(excess, self._drain.rate()),
+            )
+        try:
+            free = self._disk.free_bytes()
+            if free - incoming_bytes < self.min_free_disk_bytes:
+                free = self._disk.free_bytes(fresh=True)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot stat the spool's filesystem: {exc}") from exc
+        if free - incoming_bytes < self.min_free_disk_bytes:
+            raise SpoolFull(
+                f"free disk below the floor ({free} bytes free, floor {self.min_free_disk_bytes})",
+                retry_after_s(self.min_free_disk_bytes - free + incoming_bytes, None),
+            )
+
+    # -- reading (the drainer's thread) ----------------------------------------------------
+
+    def get_groups(self, max_ops: int) -> list[SpoolGroup]:
+        """Take the next groups in FIFO order, at most ``max_ops`` operations in all.
+
+        A single group larger than ``max_ops`` is still returned alone, so memory is
+        bounded by ``max(max_ops, max_group)`` whatever the backlog.
+        """
+        if max_ops < 1:
+            raise ValueError("max_ops must be >= 1")
+        groups: list[SpoolGroup] = []
+        total = 0
+        with self._io_lock:
+            _check_open(self._closed)
+            while total < max_ops:
+                group = self._carry or self._next_group()
+                if group is None:
+                    break
+                if groups and total + len(group.ops) > max_ops:
+                    self._carry = group  # already got: hand it out next time
+                    break
+                self._carry = None
+                self._inflight[group.id] = group
+                groups.append(group)
+                total += len(group.ops)
+        return groups
+
+    def _next_group(self) -> SpoolGroup | None:
+        while True:  # bounded: each pass consumes one row or returns
+            try:
+                if self._cursor is None:
+                    raw = self._queue.get(block=False, raw=True)
+                else:  # continue after the last id instead of rescanning in-flight rows
+                    raw = self._queue.get(
+                        block=False, raw=True, id=self._cursor, next_in_order=True
+                    )
+                pqid, decoded = int(raw["pqid"]), raw["data"]
+                assert isinstance(decoded, DecodedGroup)
+                self._cursor = pqid
+                if decoded.valid:
+                    return SpoolGroup(pqid, decoded.ops, decoded.enqueued_at, decoded.nbytes)
+                log.error("spool_group_undecodable", id=pqid, bytes=decoded.nbytes)
+                self._queue.ack_failed(id=pqid)  # deleted with the acked rows
+            except Empty:
+                return None
+            except sqlite3.Error as exc:
+                raise SpoolWriteError(f"spool read failed: {exc}") from exc
+            self._forget(decoded.n_ops, decoded.nbytes)
+
+    def ack(self, groups: Iterable[SpoolGroup]) -> None:
+        """Mark groups delivered (one commit each); their rows are deleted soon after."""
+        with self._io_lock:
+            _check_open(self._closed)
+            for group in groups:
+                if self._inflight.pop(group.id, None) is None:
+                    continue  # already acked or nacked: never count it twice
+                try:
+                    self._queue.ack(id=group.id)
+                except sqlite3.Error as exc:
+                    self._inflight[group.id] = group
+                    raise SpoolWriteError(f"spool ack failed: {exc}") from exc
+                self._forget(len(group.ops), group.nbytes)
+                self._drain.add(group.nbytes)
+                self._acked_uncleared += 1
+            self._maintain(force=False)
+            try:
+                oldest = store.oldest_enqueued_at(self._side)
+            except sqlite3.Error as exc:  # the acks are done; a stale age is no reason to fail
+                log.warning("spool_maintenance_failed", error=str(exc))
+                return
+            with self._counts_lock:
+                self._oldest = oldest
+
+    def nack(self, groups: Iterable[SpoolGroup]) -> None:
+        """Give groups back; they are returned again, in their original order."""
+        with self._io_lock:
+            _check_open(self._closed)
+            back = [g for g in groups if self._inflight.pop(g.id, None) is not None]
+            if self._carry is not None:  # newer than anything nacked: keep FIFO
+                back.append(self._carry)
+                self._carry = None
+            self._cursor = None
+            try:
+                for group in back:
+                    self._queue.nack(id=group.id)
+            except sqlite3.Error as exc:
+                raise SpoolWriteError(f"spool nack failed: {exc}") from exc
+
+    def _forget(self, n_ops: int, nbytes: int) -> None:
+        with self._counts_lock:
+            self._depth_groups -= 1
+            self._depth_ops -= n_ops
+            self._bytes -= nbytes
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def compact(self) -> None:
+        """Delete acked rows now and vacuum if enough of the file is free."""
+        with self._io_lock:
+            _check_open(self._closed)
+            self._maintain(force=True)
+
+    def _maintain(self, *, force: bool) -> None:
+        due = (
+            self._acked_uncleared >= _CLEAR_EVERY_GROUPS
+            or time.monotonic() - self._last_clear >= self._clear_interval_s
+            or self._depth_groups == 0
+        )
+        if not force and not (self._acked_uncleared and due):
+            return
+        # Vacuuming copies the live rows while puts wait: only when few are left.
+        may_vacuum = force or self._bytes <= self._vacuum_max_live
+        try:
+            store.housekeep(self._queue, self._side, self._vacuum_threshold if may_vacuum else None)
+            self._acked_uncleared, self._last_clear = 0, time.monotonic()
+        except sqlite3.Error as exc:  # housekeeping must never fail an ack
+            log.warning("spool_maintenance_failed", error=str(exc))
+
+    # -- state -----------------------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        """A snapshot of depth, size and age (no disk I/O beyond a cached statvfs)."""
+        with self._counts_lock:
+            ops, groups, nbytes = self._depth_ops, self._depth_groups, self._bytes
+            oldest = self._oldest
+        try:
+            free: int | None = self._disk.free_bytes()
+        except OSError:
+            free = None
+        return SpoolStats(
+            depth_ops=ops,
+            depth_groups=groups,
+            inflight_groups=len(self._inflight),
+            bytes=nbytes,
+            capacity_bytes=self.capacity_bytes,
+            file_bytes=layout.file_bytes(self._db_path),
+            disk_free_bytes=free,
+            min_free_disk_bytes=self.min_free_disk_bytes,
+            oldest_enqueued_at=oldest,
+            oldest_age_s=age_s(oldest, time.time()),
+        )
+
+    def close(self) -> None:
+        """Close the files; groups got but not acked come back at the next open."""
+        self._closed = True
+        with self._io_lock:
+            if self._queue is not None:
+                self._maintain(force=False)
+                self._queue.close()
+                self._queue = None
+            if self._side is not None:
+                self._side.close()
+                self._side = None
+            if self._lock_fd >= 0:
+                layout.release_lock(self._lock_fd)
+                self._lock_fd = -1
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _check_open(closed: bool) -> None:
+    if closed:
+        raise SpoolClosedError("spool is closed")

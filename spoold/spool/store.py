@@ -1,0 +1,152 @@
+"""persist-queue's SQLite file: opening it (with corruption recovery) and looking inside.
+
+The queue itself is only driven through persist-queue's public API. Next to
+it the spool keeps one plain "side" connection to the same file for what that
+API cannot answer cheaply: counting live operations and bytes at open (one
+aggregate over the rows, well under a second for a million operations), the
+oldest live group, the free-page count and a WAL truncation after a vacuum.
+"""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
+
+from spoold.spool import layout
+from spoold.spool.codec import HEADER_BYTES, SQL_OPS_COUNT, GroupSerializer, parse_header
+from spoold.spool.errors import SpoolWriteError, is_corruption
+from spoold.spool.stats import SpoolStats, age_s
+
+log = structlog.get_logger("spoold.spool")
+
+QUEUE_NAME = "spool"
+TABLE = f'"ack_queue_{QUEUE_NAME}"'  # persist-queue names its table ack_queue_<name>
+_LIVE = f"status < {int(AckStatus.acked)}"  # inited, ready or unack (in flight)
+_COUNT_SQL = (
+    f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0), COALESCE(SUM({SQL_OPS_COUNT}), 0) "
+    f"FROM {TABLE} WHERE {_LIVE}"
+)
+_OLDEST_SQL = (
+    f"SELECT substr(data, 1, {HEADER_BYTES}) FROM {TABLE} WHERE {_LIVE} ORDER BY _id LIMIT 1"
+)
+
+
+def open_queue(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
+    """Open the queue and its side connection; rename a corrupt file aside once."""
+    db_path = directory / layout.DB_FILE
+    try:
+        return _open_once(directory, busy_timeout_s)
+    except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
+        error = str(exc)
+    gc.collect()  # let the half-built queue close its connections before the rename
+    moved = layout.quarantine(db_path)
+    log.warning("spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error)
+    return _open_once(directory, busy_timeout_s)
+
+
+def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
+    queue = SQLiteAckQueue(
+        str(directory),
+        name=QUEUE_NAME,
+        db_file_name=layout.DB_FILE,
+        multithreading=True,  # the committer's thread puts, the drainer's thread gets
+        auto_commit=True,
+        auto_resume=True,  # got-but-unacked rows become ready again here
+        serializer=GroupSerializer,
+        timeout=busy_timeout_s,
+    )
+    side: sqlite3.Connection | None = None
+    try:
+        side = sqlite3.connect(
+            directory / layout.DB_FILE, timeout=busy_timeout_s, check_same_thread=False
+        )
+        side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
+    except BaseException:
+        if side is not None:
+            side.close()
+        queue.close()
+        raise
+    return queue, side
+
+
+def count_live(side: sqlite3.Connection) -> tuple[int, int, int]:
+    """(groups, serialised bytes, operations) not yet acked, in flight included."""
+    groups, nbytes, ops = side.execute(_COUNT_SQL).fetchone()
+    return int(groups), int(nbytes), int(ops)
+
+
+def oldest_enqueued_at(side: sqlite3.Connection) -> float | None:
+    """Enqueue time stored in the oldest live group."""
+    rows = side.execute(_OLDEST_SQL).fetchall()
+    header = parse_header(bytes(rows[0][0])) if rows else None
+    return header[1] if header else None
+
+
+def clear_acked(queue: Any) -> None:
+    """Delete every acked (and undecodable, ack_failed) row.
+
+    ``max_delete=0, keep_latest=0`` means no LIMIT and no OFFSET: the defaults
+    (1000/1000) would keep the latest thousand acked rows forever.
+    """
+    queue.clear_acked_data(max_delete=0, keep_latest=0, clear_ack_failed=True)
+
+
+def free_page_bytes(side: sqlite3.Connection) -> int:
+    """Bytes of the file held by free pages (reused by later writes, or vacuumed)."""
+    (free_pages,) = side.execute("PRAGMA freelist_count").fetchone()
+    (page_size,) = side.execute("PRAGMA page_size").fetchone()
+    return int(free_pages) * int(page_size)
+
+
+def housekeep(queue: Any, side: Any, vacuum_threshold: int | None) -> None:
+    """Delete acked rows; vacuum if free pages reach ``vacuum_threshold`` bytes.
+
+    The vacuum rebuilds the file without its free pages (rowids, hence in-flight
+    ids, are kept: ``_id`` is an INTEGER PRIMARY KEY), then truncates the WAL
+    that the rebuild filled.
+    """
+    clear_acked(queue)
+    if vacuum_threshold is None or side is None:
+        return
+    free = free_page_bytes(side)
+    if free >= vacuum_threshold:
+        queue.shrink_disk_usage()
+        side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        log.info("spool_vacuumed", freed_bytes=free)
+
+
+def inspect_spool(directory: Path, capacity_bytes: int = 0) -> SpoolStats:
+    """Read-only snapshot of a spool directory, usable while a daemon owns it (CLI)."""
+    db_path = directory / layout.DB_FILE
+    groups = nbytes = ops = 0
+    oldest: float | None = None
+    if db_path.exists():
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        try:
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE.strip('"'),)
+            ).fetchall():
+                groups, nbytes, ops = count_live(conn)
+                oldest = oldest_enqueued_at(conn)
+        finally:
+            conn.close()
+    return SpoolStats(
+        depth_ops=ops,
+        depth_groups=groups,
+        inflight_groups=0,
+        bytes=nbytes,
+        capacity_bytes=capacity_bytes,
+        file_bytes=layout.file_bytes(db_path),
+        disk_free_bytes=None,
+        min_free_disk_bytes=0,
+        oldest_enqueued_at=oldest,
+        oldest_age_s=age_s(oldest, time.time()),
+    )
