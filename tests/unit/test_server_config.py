@@ -1,0 +1,139 @@
+"""server.config: defaults, environment parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.config import SETTINGS, ConfigError, ServerConfig
+
+
+def test_defaults():
+    """Defaults: 127.0.0.1:8766, data/telemetry.sqlite, WAL, auth and rate limiting off."""
+    config = ServerConfig.from_env({})
+    assert config.host == "127.0.0.1"
+    assert config.port == 8766
+    assert config.db_path == Path("data/telemetry.sqlite")
+    assert config.journal_mode == "WAL"
+    assert config.auth_enabled is False
+    assert config.rate_limit_enabled is False
+    assert config == ServerConfig()
+
+
+def test_reads_the_reference_variable_names():
+    """The reference implementation's variable names configure the server."""
+    config = ServerConfig.from_env(
+        {
+            "TELEMETRY_API_HOST": "0.0.0.0",
+            "TELEMETRY_API_PORT": "9000",
+            "TELEMETRY_DB_PATH": "/tmp/x.sqlite",
+            "TELEMETRY_API_AUTH_ENABLED": "true",
+            "TELEMETRY_API_AUTH_TOKEN": "tok",
+            "TELEMETRY_RATE_LIMIT_ENABLED": "1",
+            "TELEMETRY_RATE_LIMIT_RPM": "120",
+            "TELEMETRY_LOG_LEVEL": "debug",
+            "TELEMETRY_DB_JOURNAL_MODE": "delete",
+            "TELEMETRY_DB_SYNCHRONOUS": "normal",
+        }
+    )
+    assert config.host == "0.0.0.0"
+    assert config.port == 9000
+    assert config.db_path == Path("/tmp/x.sqlite")
+    assert config.auth_enabled is True
+    assert config.auth_token == "tok"
+    assert config.rate_limit_enabled is True
+    assert config.rate_limit_rpm == 120
+    assert config.log_level == "DEBUG"
+    assert config.journal_mode == "DELETE"
+    assert config.synchronous == "NORMAL"
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "on", " True "])
+def test_true_spellings(raw):
+    """Common true spellings enable a switch."""
+    assert ServerConfig.from_env({"TELEMETRY_RATE_LIMIT_ENABLED": raw}).rate_limit_enabled
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "no", "off", ""])
+def test_false_spellings(raw):
+    """Common false spellings (and empty) disable a switch."""
+    assert not ServerConfig.from_env({"TELEMETRY_RATE_LIMIT_ENABLED": raw}).rate_limit_enabled
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TELEMETRY_API_PORT", "abc"),
+        ("TELEMETRY_API_PORT", "70000"),
+        ("TELEMETRY_API_PORT", "-1"),
+        ("TELEMETRY_API_PORT", ""),
+        ("TELEMETRY_API_AUTH_ENABLED", "maybe"),
+        ("TELEMETRY_RATE_LIMIT_ENABLED", "2"),
+        ("TELEMETRY_RATE_LIMIT_RPM", "0"),
+        ("TELEMETRY_RATE_LIMIT_RPM", "fast"),
+        ("TELEMETRY_RATE_LIMIT_MAX_CLIENTS", "0"),
+        ("TELEMETRY_DB_JOURNAL_MODE", "wall"),
+        ("TELEMETRY_DB_SYNCHRONOUS", "sometimes"),
+        ("TELEMETRY_DB_BUSY_TIMEOUT_MS", "-5"),
+        ("TELEMETRY_LOG_LEVEL", "chatty"),
+        ("TELEMETRY_MAX_BODY_BYTES", "10"),
+        ("TELEMETRY_MAX_JSON_DEPTH", "1"),
+        ("TELEMETRY_BATCH_MAX_ITEMS", "0"),
+        ("TELEMETRY_METADATA_CACHE_TTL_S", "soon"),
+        ("TELEMETRY_SHUTDOWN_TIMEOUT_S", "-1"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_variable(variable, raw):
+    """A bad value raises ConfigError whose message names the environment variable."""
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig.from_env({variable: raw})
+    assert variable in str(caught.value)
+
+
+def test_auth_without_token_names_the_token_variable():
+    """Enabling auth without a token is a ConfigError naming TELEMETRY_API_AUTH_TOKEN."""
+    with pytest.raises(ConfigError, match="TELEMETRY_API_AUTH_TOKEN"):
+        ServerConfig.from_env({"TELEMETRY_API_AUTH_ENABLED": "true"})
+    with pytest.raises(ConfigError, match="TELEMETRY_API_AUTH_TOKEN"):
+        ServerConfig.from_env(
+            {"TELEMETRY_API_AUTH_ENABLED": "true", "TELEMETRY_API_AUTH_TOKEN": ""}
+        )
+
+
+def test_overrides_win_over_environment_and_none_is_ignored():
+    """CLI overrides replace environment values; a None override leaves them alone."""
+    env = {"TELEMETRY_API_PORT": "9000", "TELEMETRY_API_HOST": "0.0.0.0"}
+    config = ServerConfig.from_env(env, port=9100, host=None, db_path=Path("/tmp/y.sqlite"))
+    assert config.port == 9100
+    assert config.host == "0.0.0.0"
+    assert config.db_path == Path("/tmp/y.sqlite")
+
+
+def test_bad_override_names_the_variable():
+    """A bad CLI override is reported with the matching variable name."""
+    with pytest.raises(ConfigError, match="TELEMETRY_API_PORT"):
+        ServerConfig.from_env({}, port=99999)
+
+
+def test_unrelated_variables_are_ignored():
+    """Variables outside SETTINGS do not affect or break the config."""
+    assert ServerConfig.from_env({"PATH": "/bin", "TELEMETRY_API_URL": "x"}) == ServerConfig()
+
+
+def test_config_is_frozen_and_token_not_in_repr():
+    """The config cannot be mutated, and its repr never shows the token."""
+    config = ServerConfig(auth_enabled=True, auth_token="very-secret")
+    with pytest.raises(ValidationError):
+        config.port = 1  # type: ignore[misc]
+    assert "very-secret" not in repr(config)
+
+
+def test_every_setting_maps_to_a_field():
+    """Each documented setting names a real config field, once."""
+    fields = [setting.field for setting in SETTINGS]
+    assert len(fields) == len(set(fields))
+    assert set(fields) <= set(ServerConfig.model_fields)
+    envs = [setting.env for setting in SETTINGS]
+    assert all(env.startswith("TELEMETRY_") for env in envs)
