@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from server.contract.errors import MalformedJson
+from server.contract.errors import MalformedJson, ValidationFailed
 
 DEFAULT_MAX_DEPTH = 32
 
@@ -18,7 +18,9 @@ DEFAULT_MAX_DEPTH = 32
 def loads(raw: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse JSON; raise MalformedJson for bad syntax or nesting deeper than max_depth."""
     if not raw:
-        raise MalformedJson("request body is empty; a JSON document is required")
+        raise ValidationFailed(
+            [{"loc": ["body"], "msg": "Field required: a JSON body is needed", "type": "missing"}]
+        )
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -36,8 +36,8 @@ def _identifier(value: str) -> str:
         raise ValueError("must not be empty or blank")
     if "/" in value:
         raise ValueError("must not contain '/'")
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters")
+    if _CONTROL.search(value) or not value.isprintable():
+        raise ValueError("must not contain control or invisible characters")
     return value
 
 

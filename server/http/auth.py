@@ -14,5 +14,9 @@ def check_bearer(header: str | None, expected: str) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Invalid authorization format. Use: Authorization: Bearer <token>")
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    try:
+        presented = token.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        presented = b""  # undecodable bytes can never equal the configured token
+    if not hmac.compare_digest(presented, expected.encode()):
         raise Unauthorized("Invalid authentication token")

@@ -61,6 +61,8 @@ class MetadataCache:
         """Invalidate only if a committed write added a value the snapshot lacks."""
         snapshot = self._snapshot
         if snapshot is None:
+            # A recompute may be running: make sure it does not store values older than this write.
+            self._generation += 1
             return
         if not snapshot.agent_set.issuperset(agent_names) or not snapshot.job_set.issuperset(
             job_types

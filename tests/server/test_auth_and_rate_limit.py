@@ -142,12 +142,6 @@ async def test_non_ascii_token_is_compared_safely(make_api, new_run):
     await api.create(run, headers={"Authorization": "Bearer jéton-ü"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/http/auth.py check_bearer calls token.encode() on a header aiohttp "
-    "decoded with surrogateescape; non-UTF-8 header bytes raise UnicodeEncodeError -> 500 "
-    "instead of 401",
-)
 async def test_undecodable_authorization_header_is_401(secured, new_run):
     """Authorization bytes that are not UTF-8 are a 401, never a 500."""
     body = b'{"event_id":"e","run_id":"r","agent_name":"a","job_type":"j","start_time":"2026-01-12T10:30:00Z"}'

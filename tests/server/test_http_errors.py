@@ -247,12 +247,6 @@ async def test_validation_errors_do_not_echo_input(api, new_run, field, value):
     assert set(reply.body["detail"][0]) == {"loc", "msg", "type"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/contract/timestamps.py parse_instant puts the rejected value in its "
-    "message (not an ISO 8601 timestamp: '<value>'), so 422 bodies echo client input, "
-    "contrary to server/contract/validation.py's 'never echoing the input'",
-)
 async def test_timestamp_errors_do_not_echo_input(api, new_run):
     """A rejected timestamp is not echoed back in the 422 message."""
     reply = await api.post("/api/v1/runs", json=new_run(start_time="s3cr3t-timestamp"))
@@ -295,11 +289,6 @@ def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/http/requests.py read_json lets aiohttp's RequestPayloadError (undecodable "
-    "Content-Encoding) escape to the error boundary, which answers 500 instead of 400",
-)
 async def test_undecodable_content_encoding_is_400(api):
     """A body whose Content-Encoding cannot be decoded is a 400, not a 500."""
     raw = await raw_http(

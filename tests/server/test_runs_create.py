@@ -347,13 +347,6 @@ async def test_body_must_be_a_json_object(api):
         assert reply.status == 422, body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Identifier rule (server/contract/fields.py) only refuses ASCII control "
-    "characters, but event_id_of (server/http/requests.py) answers 404 for any path event_id "
-    "that is not str.isprintable(); a run created with NBSP, zero-width space, soft hyphen, "
-    "U+2028 or a C1 control (U+0085) in its event_id is stored and then unreachable",
-)
 @pytest.mark.parametrize("char", ["\u00a0", "\u200b", "\u00ad", "\u2028", "\x85"])
 async def test_every_accepted_event_id_is_reachable(api, new_run, char):
     """An event_id that POST accepts can be read and patched through its path."""

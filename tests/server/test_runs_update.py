@@ -116,12 +116,12 @@ async def test_empty_patch_body_is_422(api, new_run):
     assert reply.body["error"] == "validation_error"
 
 
-async def test_zero_length_patch_body_is_400(api, new_run):
-    """A request with no body at all is refused as malformed JSON (400)."""
+async def test_zero_length_patch_body_is_422(api, new_run):
+    """A request with no body at all is a 422 "field required", as the reference answers."""
     run = await created(api, new_run)
     reply = await api.patch(f"/api/v1/runs/{run['event_id']}")
-    assert reply.status == 400
-    assert reply.body["error"] == "malformed_json"
+    assert reply.status == 422
+    assert reply.body["error"] == "validation_error"
 
 
 @pytest.mark.parametrize("field", ["stauts", "event_id", "created_at", "updated_at", "id"])

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.contract.codec import dumps, dumps_text, loads, nesting_depth
-from server.contract.errors import MalformedJson
+from server.contract.errors import MalformedJson, ValidationFailed
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10),
@@ -55,7 +55,14 @@ def test_dumps_round_trips(value):
     assert dumps_text(value) == dumps(value).decode()
 
 
-@pytest.mark.parametrize("raw", [b"", "", b"{", b"[1,]", b"NaN", b"\xff", b"{'a': 1}"])
+@pytest.mark.parametrize("raw", [b"", ""])
+def test_empty_body_is_a_missing_field(raw):
+    """No body at all is a 422 "field required" (as the reference answers), not malformed JSON."""
+    with pytest.raises(ValidationFailed):
+        loads(raw)
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1,]", b"NaN", b"\xff", b"{'a': 1}"])
 def test_malformed_input_raises_malformed_json(raw):
     """Empty or invalid JSON is MalformedJson (a 400)."""
     with pytest.raises(MalformedJson) as caught:

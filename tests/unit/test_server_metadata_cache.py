@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from server.storage.metadata import MetadataCache
 
 
@@ -65,12 +63,6 @@ def test_note_written_without_snapshot_is_a_no_op():
     assert cache.invalidations == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/storage/metadata.py note_written returns early when no snapshot is "
-    "cached, without bumping the generation; a recompute that read the database before a "
-    "write adding a new value then stores its stale snapshot, served for the whole TTL",
-)
 def test_write_during_first_recompute_is_not_lost():
     """A new value written while the first snapshot is being computed is never hidden."""
     cache = MetadataCache()
