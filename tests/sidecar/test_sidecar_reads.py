@@ -1,0 +1,157 @@
+"""Reads: proxied to the server as-is, answered locally for queued runs, clear errors otherwise."""
+
+from __future__ import annotations
+
+import pytest
+from sidecar_helpers import answer, hang, make_run, stable
+
+SOURCE = "X-Spoold-Source"
+
+
+async def test_a_run_only_in_the_local_queue_is_read_from_local_state(dead_url, make_sidecar):
+    """Server down: GET of a queued run answers 200 from local state, marked X-Spoold-Source."""
+    sidecar = await make_sidecar(dead_url)
+    run = make_run(items_discovered=10, git_repo="https://github.com/o/r")
+    await sidecar.create(run)
+    patch = {"status": "success", "items_succeeded": 10, "git_commit_hash": "abcdef1"}
+    assert (await sidecar.patch(f"/api/v1/runs/{run['event_id']}", json=patch)).status == 200
+    reply = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert reply.status == 200
+    assert reply.headers[SOURCE] == "local-queue"
+    assert reply.body["status"] == "success"
+    assert reply.body["items_discovered"] == 10
+    assert reply.body["items_succeeded"] == 10
+    assert reply.body["commit_url"] == "https://github.com/o/r/commit/abcdef1"
+
+
+async def test_the_local_answer_has_the_shape_of_the_servers(dead_url, make_sidecar, start_central):
+    """What spoold answers for a queued run equals what the server answers once it has it."""
+    sidecar = await make_sidecar(dead_url)
+    run = make_run(
+        status="completed",
+        metrics_json={"k": [1, {"x": None}]},
+        git_repo="https://gitlab.com/g/p",
+        git_commit_hash="ABCDEF12",
+        end_time="2026-01-12T12:30:00+02:00",
+    )
+    await sidecar.create(run)
+    changes = {"items_failed": 2, "error_details": "trace", "context_json": {"a": 1}}
+    assert (await sidecar.patch(f"/api/v1/runs/{run['event_id']}", json=changes)).status == 200
+    local = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert local.headers[SOURCE] == "local-queue"
+    central = await start_central(port=int(dead_url.rsplit(":", 1)[1]))
+    await sidecar.wait_drained()
+    served = await central.api.run(run["event_id"])
+    assert stable(local.body) == stable(served)
+    assert local.body["created_at"] == served["created_at"]
+    proxied = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert SOURCE not in proxied.headers
+    assert proxied.body == served
+
+
+async def test_a_delivered_run_is_answered_from_the_index_while_the_server_is_down(
+    central, make_sidecar
+):
+    """A run forwarded earlier is still readable (X-Spoold-Source: local-index) if the server dies."""
+    sidecar = await make_sidecar(central.url)
+    run = make_run()
+    await sidecar.create(run)
+    await sidecar.wait_drained()
+    await central.stop()
+    reply = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert reply.status == 200
+    assert reply.headers[SOURCE] == "local-index"
+    assert reply.body["run_id"] == run["run_id"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/runs",
+        "/api/v1/runs?agent_name=a",
+        "/api/v1/metadata",
+        "/metrics",
+        "/api/v1/runs/unknown-here",
+        "/api/v1/runs/unknown-here/commit-url",
+    ],
+)
+async def test_reads_with_the_server_down_are_503_with_a_clear_message(
+    dead_url, make_sidecar, path
+):
+    """Server unreachable and the run not known here: 503 JSON saying so, with Retry-After."""
+    sidecar = await make_sidecar(dead_url)
+    reply = await sidecar.get(path)
+    assert reply.status == 503
+    assert reply.body["error"] == "service_unavailable"
+    assert "unreachable" in reply.body["detail"]
+    assert int(reply.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/runs", "/api/v1/runs/slow-one", "/api/v1/metadata"])
+async def test_a_slow_server_gives_504(fake, make_sidecar, path):
+    """The server does not answer within the look-up timeout: 504 JSON, not a hang."""
+    fake.read_default = hang(2.0)
+    sidecar = await make_sidecar(fake.url, lookup_timeout_s=0.2)
+    reply = await sidecar.get(path)
+    assert reply.status == 504
+    assert reply.body["error"] == "upstream_timeout"
+
+
+async def test_proxied_reads_pass_the_servers_status_and_body_through(central, make_sidecar):
+    """Lists, single runs, URLs, metadata, 404s and 422s come back exactly as the server says."""
+    sidecar = await make_sidecar(central.url)
+    for n in range(3):
+        await central.api.create(
+            make_run(run_id=f"p-{n}", git_repo="https://github.com/o/r", git_commit_hash="abcdef1")
+        )
+    runs = (await central.api.get("/api/v1/runs")).body
+    eid = runs[0]["event_id"]
+    paths = [
+        "/api/v1/runs",
+        "/api/v1/runs?agent_name=sidecar-agent&limit=2&offset=1",
+        "/api/v1/runs?status=completed",
+        "/api/v1/runs?limit=0",
+        "/api/v1/runs?created_after=yesterday",
+        f"/api/v1/runs/{eid}",
+        f"/api/v1/runs/{eid}/commit-url",
+        f"/api/v1/runs/{eid}/repo-url",
+        "/api/v1/runs/absent",
+        "/api/v1/runs/absent/repo-url",
+        "/api/v1/metadata",
+    ]
+    for path in paths:
+        direct = await central.api.get(path)
+        proxied = await sidecar.get(path)
+        assert proxied.status == direct.status, path
+        if path != "/api/v1/metadata":  # its cache_hit flag changes between two calls
+            assert proxied.body == direct.body, path
+    metadata = (await sidecar.get("/api/v1/metadata")).body
+    assert metadata["agent_names"] == ["sidecar-agent"]
+
+
+async def test_proxied_rate_limit_answer_keeps_retry_after(fake, make_sidecar):
+    """A 429 from the server reaches the client with its body and Retry-After header."""
+    fake.read_default = answer(
+        429, {"detail": "slow down", "error": "rate_limited"}, {"Retry-After": "7"}
+    )
+    sidecar = await make_sidecar(fake.url)
+    reply = await sidecar.get("/api/v1/runs")
+    assert reply.status == 429
+    assert reply.body == {"detail": "slow down", "error": "rate_limited"}
+    assert reply.headers["Retry-After"] == "7"
+
+
+async def test_queued_updates_are_merged_over_the_servers_copy(fake, make_sidecar, central):
+    """A server-known run with an update still queued here reads as the server's copy plus it."""
+    fake.batch_default = answer(503)
+    sidecar = await make_sidecar(fake.url)
+    run = make_run(items_discovered=7)
+    await central.api.create(run)
+    reply = await sidecar.patch(f"/api/v1/runs/{run['event_id']}", json={"status": "timeout"})
+    assert reply.status == 200
+    merged = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert merged.status == 200
+    assert merged.headers[SOURCE] == "server+local-queue"
+    assert merged.body["status"] == "timeout"
+    assert merged.body["items_discovered"] == 7
+    assert (await central.api.run(run["event_id"]))["status"] == "running"
