@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
     dead = commands.add_parser("deadletter", help="inspect, replay or purge dead letters")
+    dead.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
     dead_commands = dead.add_subparsers(dest="action", required=True)
     listing = dead_commands.add_parser("list")
     listing.add_argument("--limit", type=int, default=100)
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = dead_commands.add_parser(action)
         sub.add_argument("ids", type=int, nargs="*", help="ids (all when none are given)")
     spool = commands.add_parser("spool", help="spool statistics")
+    spool.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
     spool.add_argument("action", choices=["stats"])
     return parser
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(config)
     if command == "dev":
         return dev(config)
+    configure_logging("WARNING", stream=sys.stderr)  # operator commands: stdout is JSON only
     if command == "spool":
         return operator.spool_stats(spool_dir)
     if args.action == "list":

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import CommitAssociation, RunCreate, RunUpdate
 
 Kind = Literal["create", "update", "commit"]
@@ -51,7 +52,16 @@ class Snapshot:
             if self.create is None:
                 self.create = dict(op["body"])
             return
-        self.update.update(op["body"])
+        body = op["body"]
+        if body.get("status") == "running" and self._status() in TERMINAL_STATUSES:
+            body = {key: value for key, value in body.items() if key != "status"}
+        self.update.update(body)
+
+    def _status(self) -> str | None:
+        """The status this snapshot already carries (a later update wins over the create)."""
+        if "status" in self.update:
+            return str(self.update["status"])
+        return None if self.create is None else self.create.get("status")
 
     def upsert_item(self) -> dict[str, Any]:
         """The JSON of an UpsertItem for the server's ``mode=upsert`` batch."""

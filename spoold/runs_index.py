@@ -37,6 +37,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates")
+#: ``runs.has_create``: this sidecar accepted the create; the server confirmed the run
+#: exists; or only updates queued while the server could not be asked.
+CREATED, CONFIRMED, UNCONFIRMED = 1, 0, -1
 
 
 @dataclass(frozen=True)
@@ -92,25 +95,34 @@ class RunsIndex:
         ).fetchone()
         now = time.time()
         if op["kind"] == "create":
-            if row is not None and row[1]:
+            if row is not None and row[1] == CREATED:
                 return "duplicate", orjson.loads(row[0]).get("run_id")
             snapshot = dict(op["body"])
             if row is not None:  # updates accepted before the create reached us
                 snapshot.update(orjson.loads(row[0]))
-            self._upsert(event_id, snapshot, has_create=True, now=now)
+            self._upsert(event_id, snapshot, has_create=CREATED, now=now)
             return "created", snapshot.get("run_id")
-        if row is None:
+        unconfirmed = bool(op.get("unconfirmed"))
+        if row is None or (row[1] == UNCONFIRMED and not verified):
+            # Unknown here, or known only from updates queued while nobody could confirm
+            # the run: the caller asks the server (again).
             if not verified:
                 return "unknown", None
-            self._upsert(event_id, dict(op["body"]), has_create=False, now=now)
-            return "accepted", None
+            snapshot = orjson.loads(row[0]) if row is not None else {}
+            snapshot.update(op["body"])
+            state = UNCONFIRMED if unconfirmed else CONFIRMED
+            if row is not None and row[1] == CONFIRMED:
+                state = CONFIRMED
+            self._upsert(event_id, snapshot, has_create=state, now=now)
+            return "accepted", snapshot.get("run_id")
         snapshot = orjson.loads(row[0])
         snapshot.update(op["body"])
-        self._upsert(event_id, snapshot, has_create=bool(row[1]), now=now)
+        state = row[1] if not (row[1] == UNCONFIRMED and not unconfirmed) else CONFIRMED
+        self._upsert(event_id, snapshot, has_create=state, now=now)
         return "accepted", snapshot.get("run_id")
 
     def _upsert(
-        self, event_id: str, snapshot: dict[str, Any], *, has_create: bool, now: float
+        self, event_id: str, snapshot: dict[str, Any], *, has_create: int, now: float
     ) -> None:
         self._conn.execute(
             "INSERT INTO runs (event_id, snapshot, has_create, pending, touched_at)"
@@ -160,7 +172,7 @@ class RunsIndex:
         ).fetchone()
         if row is None:
             return None
-        return KnownRun(event_id, orjson.loads(row[0]), bool(row[1]), int(row[2]))
+        return KnownRun(event_id, orjson.loads(row[0]), row[1] == CREATED, int(row[2]))
 
     def counters(self) -> dict[str, int]:
         return {

@@ -78,6 +78,8 @@ class Drainer:
         self._stop = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.stats = DrainStats()
+        self.local_error: str | None = None
+        self._last_probe = time.monotonic()
 
     def stop_by(self, deadline_s: float) -> None:
         """Keep draining for at most deadline_s more seconds, then stop."""
@@ -86,25 +88,46 @@ class Drainer:
         self.wakeup.set()
 
     async def run(self) -> None:
-        """The drain loop; returns when stopped and the spool is empty or the deadline passed."""
-        last_probe = time.monotonic()
+        """The drain loop; returns when stopped and the spool is empty or the deadline passed.
+
+        A local failure (a full disk refusing the ack, a locked index) does not end
+        it: the round's groups go back to the spool, the failure is reported on
+        /health, and the loop tries again after a backoff.
+        """
+        failures = 0
         while True:
-            if self._deadline is not None and time.monotonic() >= self._deadline:
-                return
-            groups = await asyncio.to_thread(self._spool.get_groups, self._batch_size)
-            if not groups:
-                if self._stop.is_set():
-                    return
-                if time.monotonic() - last_probe > PROBE_EVERY_S:
-                    last_probe = time.monotonic()
-                    await self._probe()
-                await self._idle()
-                continue
             try:
-                await self._forward(groups)
+                if not await self._round():
+                    return
+                failures, self.local_error = 0, None
             except Stopped:
-                await asyncio.to_thread(self._spool.nack, groups)
                 return
+            except Exception as exc:
+                failures += 1
+                self.local_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("drain_round_failed", error=self.local_error, failures=failures)
+                await self._sleep(self._backoff.delay(failures))
+
+    async def _round(self) -> bool:
+        """One pass: forward what is queued (or idle). False once stopped and done."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        groups = await asyncio.to_thread(self._spool.get_groups, self._batch_size)
+        if not groups:
+            if self._stop.is_set():
+                return False
+            if time.monotonic() - self._last_probe > PROBE_EVERY_S:
+                self._last_probe = time.monotonic()
+                await self._probe()
+            await self._idle()
+            return True
+        try:
+            await self._forward(groups)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._spool.nack, groups)
+            raise
+        return True
 
     async def _idle(self) -> None:
         self.wakeup.clear()

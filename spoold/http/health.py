@@ -14,20 +14,28 @@ from aiohttp import web
 
 from server.http.runs import json_response
 from spoold import __version__
+from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
 
 DEGRADED_FILL = 0.8
+#: A 503 for a write this recent means the sidecar is refusing writes right now.
+REFUSAL_WINDOW_S = 5.0
 STALE_UPSTREAM_S = 300.0
 
 routes = web.RouteTableDef()
 
 
-def assess(sidecar: Sidecar, stats: Any, dead_letters: int) -> tuple[str, list[str]]:
-    """ok / degraded / unhealthy, with the reasons."""
+def assess(
+    sidecar: Sidecar, stats: Any, dead_letters: int, *, refusing: bool = False
+) -> tuple[str, list[str]]:
+    """ok / degraded / unhealthy, with the reasons; refusing: a write got 503 just now."""
     reasons: list[str] = []
     unhealthy = False
+    if sidecar.drainer.local_error is not None:
+        unhealthy = True
+        reasons.append(f"forwarding stalled by a local error: {sidecar.drainer.local_error}")
     capacity = max(1, stats.capacity_bytes)
-    if stats.bytes >= capacity:
+    if stats.bytes >= capacity or (refusing and stats.bytes >= DEGRADED_FILL * capacity):
         unhealthy = True
         reasons.append("spool full: writes are refused with 503")
     elif stats.bytes >= DEGRADED_FILL * capacity:
@@ -59,7 +67,8 @@ async def health(request: web.Request) -> web.Response:
         asyncio.to_thread(sidecar.dead_letters.count),
         asyncio.to_thread(sidecar.reader_index.counters),
     )
-    status, reasons = assess(sidecar, stats, dead_letters)
+    refusing = request.app[SIDECAR_METRICS].refused_within(REFUSAL_WINDOW_S)
+    status, reasons = assess(sidecar, stats, dead_letters, refusing=refusing)
     drain = sidecar.drainer.stats
     body = {
         "status": status,
@@ -96,4 +105,6 @@ async def health(request: web.Request) -> web.Response:
             "last_batch_size": drain.last_batch_size,
         },
     }
-    return json_response(body, 503 if status == "unhealthy" else 200)
+    # Always 200: the daemon is alive and answering. A liveness probe must not restart a
+    # sidecar because its spool is full or the server is away; read "status" instead.
+    return json_response(body)

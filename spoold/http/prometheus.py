@@ -9,6 +9,7 @@ accept path. Labels are bounded (reasons and causes are small fixed sets).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +146,7 @@ class SidecarMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.last_refusal: float | None = None
         self._collector = _SidecarCollector()
         self.registry.register(self._collector)
 
@@ -152,6 +154,12 @@ class SidecarMetrics:
         self.http.observe(route, method, status, seconds)
         if method in _WRITE_METHODS and status >= 400:
             self.rejected.labels(REJECTION_REASONS.get(status, "other")).inc()
+            if status == 503:
+                self.last_refusal = time.monotonic()
+
+    def refused_within(self, seconds: float) -> bool:
+        """Whether a write was refused with 503 in the last ``seconds``."""
+        return self.last_refusal is not None and time.monotonic() - self.last_refusal < seconds
 
     def observe_commit(self, operations: int, seconds: float) -> None:
         self.commit_operations.observe(operations)

@@ -68,11 +68,11 @@ async def _accept_update(
     try:
         reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
     except UpstreamUnavailable:
-        return await accept(sidecar, op, verified=True), True
+        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
     if reply.status == 404:
         raise not_found(event_id)
     if reply.status != 200:  # the server cannot say now: keep the update, deliver later
-        return await accept(sidecar, op, verified=True), True
+        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
     result = await accept(sidecar, op, verified=True)
     return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False
 
@@ -115,10 +115,17 @@ async def associate_commit(request: web.Request) -> web.Response:
     result, queued = await _accept_update(
         sidecar, event_id, commit_op(event_id, association, utc_now())
     )
+    run_id = result.run_id
+    if run_id is None and not queued:  # a run the server confirmed earlier: ask for its run_id
+        try:
+            reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+            run_id = _run_id_of(reply.body) if reply.status == 200 else None
+        except UpstreamUnavailable:
+            run_id = None
     answer: dict[str, Any] = {
         "status": "queued" if queued else "success",
         "event_id": event_id,
-        "run_id": result.run_id,
+        "run_id": run_id,
         "commit_hash": association.commit_hash,
     }
     if queued:

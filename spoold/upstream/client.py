@@ -16,6 +16,8 @@ import orjson
 from spoold.upstream.retry import AUTH_STATUSES, RETRYABLE_STATUSES, parse_retry_after
 
 BatchVerdict = Literal["ok", "retry", "auth", "split"]
+#: Whole-batch answers that are about the items themselves.
+SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
 class UpstreamUnavailable(Exception):
@@ -82,9 +84,14 @@ class UpstreamClient:
                 return BatchAnswer("retry", status, cause="unparseable batch answer")
         if status in AUTH_STATUSES:
             return BatchAnswer("auth", status, cause=f"HTTP {status}", retry_after_s=retry_after)
-        if status in RETRYABLE_STATUSES or status >= 500:
-            return BatchAnswer("retry", status, retry_after_s=retry_after, cause=f"HTTP {status}")
-        return BatchAnswer("split", status, body=_safe_json(raw), cause=f"HTTP {status}")
+        if status in SPLIT_STATUSES:  # about the content: split until the bad item stands alone
+            return BatchAnswer("split", status, body=_safe_json(raw), cause=f"HTTP {status}")
+        # 5xx, 429, and also 404/405/400…: the endpoint or a proxy is wrong, not the items.
+        # Retried (an operator can fix the URL) and shown on /health; never dead-lettered.
+        kind = "retry" if status in RETRYABLE_STATUSES or status >= 500 else "misconfigured"
+        return BatchAnswer(
+            "retry", status, retry_after_s=retry_after, cause=f"HTTP {status} ({kind})"
+        )
 
     async def request(
         self,

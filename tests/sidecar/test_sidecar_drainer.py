@@ -238,13 +238,6 @@ async def test_unreachable_upstream_is_reported_then_recovers(
     assert health["status"] == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: any exception in the drain loop (here a failed runs-index write in "
-    "RunsIndex.settle after spool.ack) kills the drainer task for good: spoold/app.py only logs "
-    "drainer_crashed, never restarts it, and /health keeps answering ok while nothing is "
-    "forwarded any more; at shutdown drainer_ctx (spoold/app.py) then re-raises the old error",
-)
 async def test_forwarding_survives_a_failed_bookkeeping_write(central, make_sidecar, spool_dir):
     """After one failed write of the delivery counters, later writes still reach the server."""
     sidecar = await make_sidecar(central.url)
@@ -285,13 +278,6 @@ async def test_forwarding_survives_a_failed_bookkeeping_write(central, make_side
     assert shutdown_error is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spoold/upstream/client.py send_batch classifies every non-retryable 4xx as "
-    "'split', and spoold/forward/drainer.py _deliver dead-letters a one-item batch on it, so a "
-    "404 from a misrouted upstream (wrong SPOOLD_UPSTREAM_URL path, a proxy) dead-letters the "
-    "whole queue instead of retrying; only 413 (and per-item errors) are about the items",
-)
 async def test_a_404_for_the_batch_endpoint_itself_is_retried_not_dead_lettered(fake, make_sidecar):
     """A 404 'no such route' for the batch URL keeps the operations queued and retried."""
     fake.batch_default = answer(404, {"detail": "Not Found: no such route", "error": "not_found"})

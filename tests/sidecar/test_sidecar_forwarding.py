@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sidecar_helpers import Api, answer, hang, make_run, proxy_then, stable
 
 RICH = {
@@ -138,12 +137,6 @@ async def test_running_after_a_delivered_terminal_status_does_not_regress_it(cen
     assert stored["items_failed"] == 4  # the rest of the update still applies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spoold/operations.py Snapshot.fold lets a later status 'running' overwrite a "
-    "terminal status inside one coalesced snapshot, so the server ends at 'running' when both "
-    "PATCHes were queued together but at 'success' when they were delivered separately",
-)
 async def test_running_after_a_queued_terminal_status_does_not_regress_it(
     dead_url, make_sidecar, central
 ):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from sidecar_helpers import answer, hang, make_run, wait_until
 
 COMMIT = {
@@ -76,12 +75,6 @@ async def test_associate_commit_answers_the_run_id_the_server_confirmed(central,
     assert reply.body["run_id"] == run["run_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a PATCH made a server-only run known locally, associate-commit answers "
-    "run_id null (spoold/runs_index.py record() keeps no run_id for update-only runs and "
-    "spoold/http/writes.py _accept_update does not store the one the server returned)",
-)
 async def test_associate_commit_after_a_patch_still_answers_the_run_id(central, make_sidecar):
     """associate-commit after a PATCH of a server-only run answers its run_id, not null."""
     sidecar = await make_sidecar(central.url)
@@ -197,12 +190,6 @@ async def test_update_of_an_unknown_run_is_queued_when_the_lookup_fails_with_500
     assert reply.body["queued"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the first queued update makes the run 'known' in the runs index, so a second "
-    "update while the server is still unreachable is answered 200 without queued: true although "
-    "nobody has confirmed the run (it will be dead-lettered if the server never had it)",
-)
 async def test_second_update_of_an_unconfirmed_run_still_says_queued(dead_url, make_sidecar):
     """A run known here only through a queued, unconfirmed update is still answered 202 queued."""
     sidecar = await make_sidecar(dead_url)
