@@ -9,6 +9,7 @@ commit URL (we cannot know its route layout).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ class Repo:
         return f"https://{self.host}/{self.path}"
 
 
+@functools.lru_cache(maxsize=4096)  # a list answer parses the same few repositories again and again
 def parse_repo(git_repo: str | None) -> Repo | None:
     """The host and owner/name path of a repository reference, or None if unusable."""
     if not git_repo:

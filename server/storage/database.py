@@ -61,7 +61,10 @@ class Database:
         )
         try:
             applied = migrate(conn)
-            conn.execute("PRAGMA optimize=0x10002")
+            # Planner statistics (bounded work even on a large table): PRAGMA optimize only
+            # analyses on its own from SQLite 3.46, so ask for it explicitly.
+            conn.execute("PRAGMA analysis_limit = 1000")
+            conn.execute("ANALYZE")
         except BaseException:
             conn.close()
             raise
@@ -94,8 +97,8 @@ class Database:
 
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
-        now = utc_now()
-        created = await self.writer.run(lambda conn: runs.insert_run(conn, run, now))
+        params = runs.insert_params(run, utc_now())  # Python work here, not in the writer thread
+        created = await self.writer.run(lambda conn: runs.insert_row(conn, params))
         if created:
             self.metadata_cache.note_written((run.agent_name,), (run.job_type,))
         return created
@@ -113,7 +116,8 @@ class Database:
         if not batch:
             return 0
         now = utc_now()
-        inserted = await self.writer.run(lambda conn: runs.insert_many(conn, batch, now))
+        rows = [runs.insert_params(run, now) for run in batch]
+        inserted = await self.writer.run(lambda conn: runs.insert_rows(conn, rows))
         if inserted:
             self.metadata_cache.note_written(
                 (run.agent_name for run in batch), (run.job_type for run in batch)

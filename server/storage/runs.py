@@ -39,10 +39,9 @@ def _db_value(column: str, value: Any) -> Any:
 
 def insert_params(run: RunCreate, now: str) -> tuple[Any, ...]:
     """The INSERT parameters of a validated run; created_at defaults to now."""
-    data = run.model_dump()
     return (
         run.event_id,
-        *(_db_value(column, data[column]) for column in RUN_DATA_COLUMNS),
+        *(_db_value(column, getattr(run, column)) for column in RUN_DATA_COLUMNS),
         run.created_at or now,
         now,
     )
@@ -50,13 +49,18 @@ def insert_params(run: RunCreate, now: str) -> tuple[Any, ...]:
 
 def insert_run(conn: sqlite3.Connection, run: RunCreate, now: str) -> bool:
     """Insert one run; False if its event_id already exists (idempotent create)."""
-    return conn.execute(_INSERT_SQL, insert_params(run, now)).rowcount == 1
+    return insert_row(conn, insert_params(run, now))
 
 
-def insert_many(conn: sqlite3.Connection, runs: Sequence[RunCreate], now: str) -> int:
-    """Insert runs in one statement; return how many were new."""
+def insert_row(conn: sqlite3.Connection, params: tuple[Any, ...]) -> bool:
+    """Insert prepared parameters (built off the writer thread); False for a duplicate."""
+    return conn.execute(_INSERT_SQL, params).rowcount == 1
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert prepared rows in one statement; return how many were new."""
     before = conn.total_changes
-    conn.executemany(_INSERT_SQL, [insert_params(run, now) for run in runs])
+    conn.executemany(_INSERT_SQL, rows)
     return conn.total_changes - before
 
 
