@@ -47,20 +47,46 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--upstream", help="server URL (SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)"
         )
-        sub.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
+        sub.add_argument(
+            "--spool-dir",
+            type=Path,
+            dest="sub_spool_dir",
+            default=argparse.SUPPRESS,
+            help="spool directory",
+        )
     dead = commands.add_parser("deadletter", help="inspect, replay or purge dead letters")
-    dead.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
     dead_commands = dead.add_subparsers(dest="action", required=True)
     listing = dead_commands.add_parser("list")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--offset", type=int, default=0)
     show = dead_commands.add_parser("show")
     show.add_argument("id", type=int)
+    for sub in (listing, show):
+        sub.add_argument(
+            "--spool-dir",
+            type=Path,
+            dest="sub_spool_dir",
+            default=argparse.SUPPRESS,
+            help="spool directory",
+        )
     for action in ("replay", "purge"):
         sub = dead_commands.add_parser(action)
         sub.add_argument("ids", type=int, nargs="*", help="ids (all when none are given)")
+        sub.add_argument(
+            "--spool-dir",
+            type=Path,
+            dest="sub_spool_dir",
+            default=argparse.SUPPRESS,
+            help="spool directory",
+        )
     spool = commands.add_parser("spool", help="spool statistics")
-    spool.add_argument("--spool-dir", type=Path, dest="sub_spool_dir", help="spool directory")
+    spool.add_argument(
+        "--spool-dir",
+        type=Path,
+        dest="sub_spool_dir",
+        default=argparse.SUPPRESS,
+        help="spool directory",
+    )
     spool.add_argument("action", choices=["stats"])
     return parser
 

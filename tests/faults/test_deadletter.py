@@ -134,12 +134,6 @@ async def test_poison_item_is_dead_lettered_and_replayed_from_the_cli(
     assert health(spoold)["counters"]["dead_lettered"] == 3  # history, not current letters
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `spoold deadletter list --spool-dir DIR` exits 2 'unrecognized arguments': "
-    "--spool-dir is only accepted before the subcommand for deadletter/spool "
-    "(`spoold --spool-dir DIR deadletter list`), unlike `spoold serve --spool-dir DIR`",
-)
 def test_deadletter_cli_takes_spool_dir_after_the_subcommand(tmp_path: Path) -> None:
     """`spoold deadletter list --spool-dir DIR`, as `spoold serve --spool-dir DIR`, works."""
     result = spoold_cli("deadletter", "list", "--spool-dir", str(tmp_path / "spool"))
@@ -147,13 +141,6 @@ def test_deadletter_cli_takes_spool_dir_after_the_subcommand(tmp_path: Path) -> 
     assert json.loads(result.stdout)["total"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RunsIndex.record treats an event_id that only has a queued, unconfirmed "
-    "update (has_create=0) as a known run: the next PATCH/associate-commit is answered 200 "
-    "'success' (run_id null) instead of 202 queued while the server is down, and 200 instead "
-    "of the server's 404 once it is up, and is dead-lettered again",
-)
 async def test_a_run_known_only_from_a_queued_update_is_still_unknown(
     tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -189,12 +176,6 @@ async def test_a_run_known_only_from_a_queued_update_is_still_unknown(
     assert after.status == 404, after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `spoold deadletter replay` prints structlog's unconfigured console line "
-    "'[info] spool_opened ...' to stdout before its JSON answer (the CLI never configures "
-    "logging), so the operator command's stdout is not parseable JSON",
-)
 def test_deadletter_replay_prints_only_json(tmp_path: Path) -> None:
     """An operator command's stdout is one JSON document, so scripts can parse it."""
     result = spoold_cli("--spool-dir", str(tmp_path / "spool"), "deadletter", "replay")
