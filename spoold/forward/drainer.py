@@ -80,6 +80,7 @@ class Drainer:
         self.stats = DrainStats()
         self.local_error: str | None = None
         self._last_probe = time.monotonic()
+        self._give_back: list[SpoolGroup] = []
 
     def stop_by(self, deadline_s: float) -> None:
         """Keep draining for at most deadline_s more seconds, then stop."""
@@ -112,6 +113,9 @@ class Drainer:
         """One pass: forward what is queued (or idle). False once stopped and done."""
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
+        if self._give_back:  # groups a failed round could not return yet (e.g. disk full)
+            await asyncio.to_thread(self._spool.nack, self._give_back)
+            self._give_back = []
         groups = await asyncio.to_thread(self._spool.get_groups, self._batch_size)
         if not groups:
             if self._stop.is_set():
@@ -124,8 +128,10 @@ class Drainer:
         try:
             await self._forward(groups)
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.to_thread(self._spool.nack, groups)
+            except Exception:  # retried at the start of the next round
+                self._give_back = groups
             raise
         return True
 
