@@ -6,6 +6,14 @@ classifies them (created / duplicate / accepted / unknown), appends the ones
 to forward as ONE spool item — one commit, one fsync — then commits the index
 and answers every waiting request together. A 2xx is therefore only ever sent
 for an operation that is on disk. The thread never talks to the network.
+
+If the index commit fails after the spool item is written (a full disk), the
+operations are durable all the same: they are answered 2xx and the item is
+kept as a *debt*, recorded in the index (``fold_spooled``) before any new
+write is taken, retried every ``DEBT_RETRY_S`` while nothing arrives. Until
+then the drainer does not see the item (``Spool.publish``), so nothing is
+settled that the index does not know. A crash with a debt is repaired at
+start-up (``spoold.recovery``).
 """
 
 from __future__ import annotations
@@ -20,12 +28,22 @@ from typing import Any
 
 import structlog
 
+from spoold.ledger import Ledger
 from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolWriteError
 from spoold.spool.codec import encode_op
 
 log = structlog.get_logger("spoold.accept")
 _STOP = object()
+DEBT_RETRY_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Debt:
+    """A spool item whose index commit failed: durable, not yet recorded or published."""
+
+    item_id: int
+    ops: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class Acceptor:
         self,
         spool: Spool,
         index: RunsIndex,
+        ledger: Ledger,
         *,
         window_s: float = 0.002,
         max_group: int = 512,
@@ -80,6 +99,8 @@ class Acceptor:
         self._spool = spool
         self._on_commit = on_commit
         self._index = index
+        self._ledger = ledger
+        self._debt: _Debt | None = None
         self._window_s = window_s
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -112,7 +133,11 @@ class Acceptor:
     def _loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=DEBT_RETRY_S if self._debt else None)
+            except queue.Empty:
+                self._settle_debt()
+                continue
             if first is _STOP:
                 break
             group = [first]
@@ -132,27 +157,62 @@ class Acceptor:
                     break
                 group.append(item)
             self._commit(group)
+        self._settle_debt()
+
+    def _settle_debt(self) -> bool:
+        """Record the debt in the index and publish it; False if it is still owed."""
+        debt = self._debt
+        if debt is None:
+            return True
+        try:
+            self._index.fold_spooled(debt.item_id, debt.ops)
+        except Exception as exc:
+            log.warning("accept_index_still_failing", error=str(exc), item=debt.item_id)
+            return False
+        self._debt = None
+        self._ledger.accepted(len(debt.ops))
+        self._spool.publish(debt.item_id)
+        log.info("accept_index_caught_up", item=debt.item_id, operations=len(debt.ops))
+        return True
 
     def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
+        if not self._settle_debt():
+            self._refuse(group, SpoolWriteError("local state write failed; retrying"))
+            return
+        item_id = 0
         try:
             results, to_spool = self._classify(group)
             self._spool.check_capacity(sum(len(item.encoded) for item in to_spool) + 64)
-            self._spool.put_encoded([item.encoded for item in to_spool])
+            item_id = self._spool.put_encoded([item.encoded for item in to_spool], publish=False)
+            if item_id:
+                self._index.mark_spooled(item_id)
             self._index.commit()
         except SpoolError as exc:
             self._index.rollback()
             self._refuse(group, exc)
             return
-        except Exception as exc:  # index trouble: nothing was promised yet
+        except Exception as exc:  # index trouble
             self._index.rollback()
-            log.error("accept_failed", error=str(exc), operations=len(group))
-            self._refuse(group, SpoolWriteError(f"local state write failed: {type(exc).__name__}"))
-            return
+            if not item_id:  # nothing was spooled, nothing promised
+                log.error("accept_failed", error=str(exc), operations=len(group))
+                self._refuse(
+                    group, SpoolWriteError(f"local state write failed: {type(exc).__name__}")
+                )
+                return
+            # The item is durable: answer as classified, record it in the index later.
+            log.warning("accept_index_behind", error=str(exc), item=item_id)
+            self._debt = _Debt(item_id, [item.op for item in to_spool])
+        duplicates = sum(1 for result in results if result.outcome == "duplicate")
         self.stats.groups += 1
         self.stats.operations += len(to_spool)
-        self.stats.duplicates += sum(1 for result in results if result.outcome == "duplicate")
+        self.stats.duplicates += duplicates
         self.stats.last_commit_s = time.perf_counter() - started
+        if self._debt is None:  # recorded: count it and let the drainer see it
+            if to_spool or duplicates:
+                self._ledger.accepted(len(to_spool), duplicates)
+            if item_id:
+                self._spool.publish(item_id)
         if self._on_commit is not None and to_spool:
             self._on_commit(len(to_spool), self.stats.last_commit_s)
         for item, result in zip(group, results, strict=True):

@@ -1,7 +1,7 @@
 """spoold's app factory: wires routes, middlewares and the lifecycles, nothing else.
 
 Cleanup contexts, in dependency order: local storage (spool, dead letters,
-runs index) -> the accept thread -> the upstream HTTP session -> the drainer.
+runs index, repaired and counted by ``recovery.reconcile``) -> the accept thread -> the upstream HTTP session -> the drainer.
 Shutdown runs them in reverse: the drainer drains until the deadline (which
 starts when the listening socket closes), then the accept thread answers what
 it holds, then the files are closed cleanly.
@@ -30,6 +30,8 @@ from spoold.forward.drainer import Drainer
 from spoold.http import health, reads, writes
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
+from spoold.ledger import Ledger
+from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
 from spoold.upstream.client import UpstreamClient
@@ -45,6 +47,7 @@ PRUNE_EVERY_S = 60.0
 _STORAGE: web.AppKey[tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]] = web.AppKey(
     "spoold_storage", tuple
 )
+_LEDGER: web.AppKey[Ledger] = web.AppKey("spoold_ledger", Ledger)
 _ACCEPTOR: web.AppKey[Acceptor] = web.AppKey("spoold_acceptor", Acceptor)
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spoold_session", aiohttp.ClientSession)
 
@@ -76,12 +79,21 @@ def _open_storage(
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = await asyncio.to_thread(_open_storage, app[CONFIG])
     app[_STORAGE] = storage
+    try:
+        app[_LEDGER] = Ledger(await asyncio.to_thread(reconcile, storage[0], storage[2]))
+    except BaseException:
+        await asyncio.to_thread(_close_storage, storage)
+        raise
     yield
+    await asyncio.to_thread(_close_storage, storage)
+
+
+def _close_storage(storage: tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]) -> None:
     spool, dead_letters, *indexes = storage
     for index in indexes:
         index.close()
     dead_letters.close()
-    await asyncio.to_thread(spool.close)
+    spool.close()
 
 
 async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -90,6 +102,7 @@ async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
     acceptor = Acceptor(
         spool,
         accept_index,
+        app[_LEDGER],
         window_s=config.group_window_ms / 1000,
         max_group=config.max_group,
         on_commit=app[SIDECAR_METRICS].observe_commit,
@@ -132,6 +145,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         spool,
         dead_letters,
         drain_index,
+        app[_LEDGER],
         client,
         status,
         batch_size=config.batch_size,
@@ -144,6 +158,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         dead_letters=dead_letters,
         acceptor=app[_ACCEPTOR],
         reader_index=reader_index,
+        ledger=app[_LEDGER],
         client=client,
         upstream=status,
         drainer=drainer,

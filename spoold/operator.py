@@ -87,10 +87,8 @@ def deadletter_replay(spool_dir: Path, ids: list[int] | None, *, out: TextIO = s
                             invalid += 1
                     if not good:
                         break
-                    spool.put_group([letter.op for letter in good])
-                    index.begin()
-                    index.add_counter("accepted", len(good))
-                    index.commit()
+                    ops = [letter.op for letter in good]
+                    index.fold_spooled(spool.put_group(ops), ops)  # counted as accepted again
                     store.remove(letter.id for letter in good)
                     replayed += len(good)
                     if ids is not None:

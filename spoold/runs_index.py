@@ -4,9 +4,12 @@ Needed for three promises of the sidecar: a repeated POST answers ``duplicate``;
 PATCH / associate-commit of a known run is accepted without asking the server;
 a run still only in the local queue is answered from here (read-your-writes).
 
-It lives in its own SQLite file beside the spool, written only by the accept
-thread, inside the same group cycle as the spool put (committed after it, so it
-never claims an operation that is not spooled). WAL with synchronous=NORMAL:
+It lives in its own SQLite file beside the spool, written by the accept thread
+inside the same group cycle as the spool put (committed after it, so it never
+claims an operation that is not spooled) and by the drainer when operations
+leave the queue. Each commit also records which spool items it covers
+(``marks``), so start-up can repair what a crash between the two files left
+half done (``spoold.recovery``). WAL with synchronous=NORMAL:
 it survives kill -9; after a power loss it may forget the last moments, which
 only costs a ``created`` instead of ``duplicate`` or a question to the server —
 the operations themselves are in the fsync'd spool.
@@ -35,8 +38,12 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS runs_prunable ON runs(pending, touched_at)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
-COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates")
+COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates", "quarantined")
+#: ``marks``: the last spool item recorded here, and the items of the last settle
+#: (delivered, maybe not yet acked in the spool); see ``spoold.recovery``.
+LAST_SPOOLED, SETTLING = "last_spooled_id", "settling_ids"
 #: ``runs.has_create``: this sidecar accepted the create; the server confirmed the run
 #: exists; or only updates queued while the server could not be asked.
 CREATED, CONFIRMED, UNCONFIRMED = 1, 0, -1
@@ -132,14 +139,106 @@ class RunsIndex:
             (event_id, orjson.dumps(snapshot).decode(), int(has_create), now),
         )
 
+    def fold_spooled(self, item_id: int, ops: list[dict[str, Any]]) -> None:
+        """Record a spool item whose index commit was lost (crash, full disk): its own commit.
+
+        Every operation in it is queued and will be forwarded, whatever the index
+        said before, so each one counts as accepted and pending.
+        """
+        now = time.time()
+        self.begin()
+        try:
+            for op in ops:
+                row = self._conn.execute(
+                    "SELECT snapshot, has_create FROM runs WHERE event_id = ?", (op["event_id"],)
+                ).fetchone()
+                snapshot = orjson.loads(row[0]) if row is not None else {}
+                if op["kind"] == "create":
+                    snapshot = {**op["body"], **snapshot}
+                    state = CREATED
+                else:
+                    snapshot.update(op["body"])
+                    state = (
+                        row[1]
+                        if row is not None
+                        else (UNCONFIRMED if op.get("unconfirmed") else CONFIRMED)
+                    )
+                self._upsert(op["event_id"], snapshot, has_create=state, now=now)
+            self.add_counter("accepted", len(ops))
+            self.mark_spooled(item_id)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    def mark_spooled(self, item_id: int) -> None:
+        """Inside the accept transaction: spool items up to ``item_id`` are recorded here."""
+        self._set_mark(LAST_SPOOLED, str(item_id))
+
+    def last_spooled_id(self) -> int:
+        return int(self._mark(LAST_SPOOLED) or 0)
+
+    def settling_ids(self) -> list[int]:
+        """Spool items of the last settle: delivered, perhaps not yet acked in the spool."""
+        return [int(i) for i in orjson.loads(self._mark(SETTLING) or "[]")]
+
+    def reset_spool_marks(self, last_spooled_id: int) -> None:
+        """The spool file was replaced: forget marks that name items of the old one."""
+        self.begin()
+        try:
+            self.mark_spooled(last_spooled_id)
+            self._set_mark(SETTLING, "[]")
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    def forget_unsettled(self, lost_ops: int) -> int:
+        """The queued operations are gone (corrupt spool set aside): forget their runs.
+
+        A run with operations still pending is dropped, so a re-sent create is
+        ``created`` (and forwarded) again and reads ask the server; the lost
+        operations are counted as dead-lettered and as ``quarantined``.
+        """
+        self.begin()
+        try:
+            removed = int(self._conn.execute("DELETE FROM runs WHERE pending > 0").rowcount)
+            self.add_counter("dead_lettered", lost_ops)
+            self.add_counter("quarantined", lost_ops)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return removed
+
+    def _mark(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row is not None else None
+
+    def _set_mark(self, name: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO marks (name, value) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
     def add_counter(self, name: str, amount: int) -> None:
         if amount:
             self._conn.execute(
                 "UPDATE counters SET value = value + ? WHERE name = ?", (amount, name)
             )
 
-    def settle(self, forwarded: dict[str, int], dead_lettered: dict[str, int]) -> None:
-        """Operations left the queue: forwarded to the server or dead-lettered."""
+    def settle(
+        self,
+        forwarded: dict[str, int],
+        dead_lettered: dict[str, int],
+        item_ids: Iterable[int] = (),
+    ) -> None:
+        """Operations left the queue: forwarded to the server or dead-lettered.
+
+        ``item_ids`` are the spool items they came from; kept until the next settle
+        so that a crash before the spool ack does not count them twice.
+        """
         self.begin()
         try:
             for counts in (forwarded, dead_lettered):
@@ -149,6 +248,7 @@ class RunsIndex:
                 )
             self.add_counter("forwarded", sum(forwarded.values()))
             self.add_counter("dead_lettered", sum(dead_lettered.values()))
+            self._set_mark(SETTLING, orjson.dumps(sorted(item_ids)).decode())
             self.commit()
         except BaseException:
             self.rollback()

@@ -4,7 +4,10 @@ It reads groups (bounded by ``batch_size`` operations, whatever the backlog),
 folds the operations of each run into one upsert snapshot, and sends one batch
 at a time — so updates reach the server in the order they were accepted.
 Groups are acknowledged only after the server answered 2xx for every snapshot
-in them. Per-item refusals go to the dead-letter store and never block the
+in them, in two commits: the runs index settles them first (counters, per-run
+pending, and the groups' ids), then the spool acks them. A crash between the
+two is repaired at start-up (``spoold.recovery``); a failed ack (full disk) is
+retried before anything else, never by sending the groups again. Per-item refusals go to the dead-letter store and never block the
 rest; a whole-batch refusal (413, other 4xx) splits the batch until the bad
 item stands alone. Everything else is retried forever with capped, jittered
 backoff that honours Retry-After. Re-sending a batch whose answer was lost is
@@ -23,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from spoold.ledger import Ledger
 from spoold.operations import Snapshot, coalesce
 from spoold.runs_index import RunsIndex, op_counts
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
@@ -59,6 +63,7 @@ class Drainer:
         spool: Spool,
         dead_letters: DeadLetterStore,
         index: RunsIndex,
+        ledger: Ledger,
         client: UpstreamClient,
         status: UpstreamStatus,
         *,
@@ -70,6 +75,7 @@ class Drainer:
         self._spool = spool
         self._dead_letters = dead_letters
         self._index = index
+        self._ledger = ledger
         self._client = client
         self._status = status
         self._batch_size = batch_size
@@ -81,6 +87,7 @@ class Drainer:
         self.local_error: str | None = None
         self._last_probe = time.monotonic()
         self._give_back: list[SpoolGroup] = []
+        self._settled_unacked: list[SpoolGroup] = []
 
     def stop_by(self, deadline_s: float) -> None:
         """Keep draining for at most deadline_s more seconds, then stop."""
@@ -113,6 +120,9 @@ class Drainer:
         """One pass: forward what is queued (or idle). False once stopped and done."""
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
+        if self._settled_unacked:  # delivered and counted; only the spool ack failed
+            await asyncio.to_thread(self._spool.ack, self._settled_unacked)
+            self._settled_unacked = []
         if self._give_back:  # groups a failed round could not return yet (e.g. disk full)
             await asyncio.to_thread(self._spool.nack, self._give_back)
             self._give_back = []
@@ -128,11 +138,15 @@ class Drainer:
         try:
             await self._forward(groups)
         except BaseException:
+            if self._settled_unacked is groups:  # settled: must not be sent (or counted) again
+                raise
             try:
                 await asyncio.to_thread(self._spool.nack, groups)
             except Exception:  # retried at the start of the next round
                 self._give_back = groups
             raise
+        await asyncio.to_thread(self._spool.ack, groups)
+        self._settled_unacked = []
         return True
 
     async def _idle(self) -> None:
@@ -153,6 +167,7 @@ class Drainer:
     # ---- one round: a set of groups ------------------------------------------------
 
     async def _forward(self, groups: list[SpoolGroup]) -> None:
+        """Deliver the groups' operations and settle them in the index (not the spool ack)."""
         started = time.perf_counter()
         ops = [op for group in groups for op in group.ops]
         snapshots = coalesce(ops)
@@ -167,14 +182,27 @@ class Drainer:
                 by_reason = self.stats.dead_lettered_by_reason
                 by_reason[reason] = by_reason.get(reason, 0) + 1
             log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
-        await asyncio.to_thread(self._spool.ack, groups)
         forwarded = [op for op in ops if op["event_id"] not in refused]
-        await asyncio.to_thread(self._index.settle, op_counts(forwarded), op_counts(dead_ops))
+        await asyncio.to_thread(self._settle, groups, forwarded, dead_ops)
         self.stats.operations_forwarded += len(forwarded)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
         if self._on_forward is not None:
             self._on_forward(len(ops), self.stats.last_forward_s)
+
+    def _settle(
+        self,
+        groups: list[SpoolGroup],
+        forwarded: list[dict[str, Any]],
+        dead_ops: list[dict[str, Any]],
+    ) -> None:
+        """Commit the settle and mark the groups settled in one step (in a thread, so a
+        cancelled round still sees the mark and does not give the groups back)."""
+        self._index.settle(
+            op_counts(forwarded), op_counts(dead_ops), [group.id for group in groups]
+        )
+        self._settled_unacked = groups
+        self._ledger.settled(len(forwarded), len(dead_ops))
 
     async def _deliver(self, snapshots: list[Snapshot]) -> dict[str, tuple[str, int | None]]:
         """Send until the server has every snapshot; return the refused ones by event_id."""

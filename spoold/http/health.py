@@ -1,7 +1,9 @@
 """spoold's own /health: liveness that never depends on the upstream, plus the numbers
 an operator needs — queue depth and age, dead letters, upstream reachability,
 last successful drain, disk free — and the accounting identity
-``accepted = forwarded + queued + dead_lettered``.
+``accepted = forwarded + queued + dead_lettered``, read from the ledger in one
+step (``queued`` there counts operations not yet settled; ``spool.depth`` is
+what the spool file holds, which includes a round being acked).
 """
 
 from __future__ import annotations
@@ -63,10 +65,8 @@ def assess(
 async def health(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     stats = sidecar.spool.stats()
-    dead_letters, counters = await asyncio.gather(
-        asyncio.to_thread(sidecar.dead_letters.count),
-        asyncio.to_thread(sidecar.reader_index.counters),
-    )
+    dead_letters = await asyncio.to_thread(sidecar.dead_letters.count)
+    counts = sidecar.ledger.snapshot()
     refusing = request.app[SIDECAR_METRICS].refused_within(REFUSAL_WINDOW_S)
     status, reasons = assess(sidecar, stats, dead_letters, refusing=refusing)
     drain = sidecar.drainer.stats
@@ -91,11 +91,12 @@ async def health(request: web.Request) -> web.Response:
         },
         "upstream": sidecar.upstream.as_json(),
         "counters": {
-            "accepted": counters.get("accepted", 0),
-            "forwarded": counters.get("forwarded", 0),
-            "queued": stats.depth_ops,
-            "dead_lettered": counters.get("dead_lettered", 0),
-            "duplicates_answered": counters.get("duplicates", 0),
+            "accepted": counts.accepted,
+            "forwarded": counts.forwarded,
+            "queued": counts.queued,
+            "dead_lettered": counts.dead_lettered,
+            "duplicates_answered": counts.duplicates,
+            "quarantined": counts.quarantined,
         },
         "drain": {
             "batches": drain.batches,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -170,11 +171,9 @@ class SidecarMetrics:
         self.forward_seconds.observe(seconds)
 
     async def refresh(self, sidecar: Sidecar) -> None:
-        """Take the snapshot the collector reports (two small reads, off the loop)."""
-        dead_letters, counters = await asyncio.gather(
-            asyncio.to_thread(sidecar.dead_letters.count),
-            asyncio.to_thread(sidecar.reader_index.counters),
-        )
+        """Take the snapshot the collector reports (one small read, off the loop)."""
+        dead_letters = await asyncio.to_thread(sidecar.dead_letters.count)
+        counters = asdict(sidecar.ledger.snapshot())
         self._collector.snapshot = {
             "spool": sidecar.spool.stats(),
             "drain": sidecar.drainer.stats,

@@ -9,6 +9,7 @@ from aiohttp import web
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
+from spoold.ledger import Ledger
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
 from spoold.upstream.client import UpstreamClient
@@ -24,6 +25,7 @@ class Sidecar:
     dead_letters: DeadLetterStore
     acceptor: Acceptor
     reader_index: RunsIndex
+    ledger: Ledger
     client: UpstreamClient
     upstream: UpstreamStatus
     drainer: Drainer

@@ -72,31 +72,42 @@ class Spool:
         self._disk, self._drain = DiskFree(self.directory), RateMeter()
         self._depth_groups = self._depth_ops = self._bytes = 0
         self._oldest: float | None = None
+        self._published = 0
+        #: Where a corrupt spool file was renamed at open, if it was.
+        self.quarantined_to: Path | None = None
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
             layout.check_format(self.directory)
-            self._queue, self._side = store.open_queue(self.directory, busy_timeout_s)
-            self._depth_groups, self._bytes, self._depth_ops = store.count_live(self._side)
-            self._oldest = store.oldest_enqueued_at(self._side)
+            self._queue, self._side, self.quarantined_to = store.open_queue(
+                self.directory, busy_timeout_s
+            )
+            self._recount()
+            self._published = store.last_allocated_id(self._side)
         except BaseException:
             self.close()
             raise
         log.info("spool_opened", path=str(self._db_path), ops=self._depth_ops, bytes=self._bytes)
 
     # -- writing (the committer's thread) --------------------------------------------------
-    def put_group(self, ops: Sequence[dict[str, Any]]) -> None:
-        """Durably append ``ops`` as one queue item (one commit, one fsync)."""
-        self.put_encoded([encode_op(op) for op in ops])
+    def put_group(self, ops: Sequence[dict[str, Any]]) -> int:
+        """Durably append ``ops`` as one queue item (one commit, one fsync); its id."""
+        return self.put_encoded([encode_op(op) for op in ops])
 
-    def put_encoded(self, encoded_ops: Sequence[bytes]) -> None:
-        """Like ``put_group`` for operations already serialised with ``encode_op``."""
+    def put_encoded(self, encoded_ops: Sequence[bytes], *, publish: bool = True) -> int:
+        """Like ``put_group`` for operations already serialised with ``encode_op``.
+
+        With ``publish=False`` the reader does not see the item until ``publish``
+        is called with its id: the accept thread first records it in the runs
+        index, so the drainer never settles an item the index does not know yet.
+        Returns 0 (and writes nothing) for no operations.
+        """
         _check_open(self._closed)
         if not encoded_ops:
-            return
+            return 0
         enqueued_at = time.time()
         data = encode_group(encoded_ops, enqueued_at)
         try:
-            self._queue.put(data)
+            item_id = int(self._queue.put(data))
         except (sqlite3.Error, OSError) as exc:
             raise translate_write_error(exc, retry_after_s(len(data), self._drain.rate())) from exc
         with self._counts_lock:
@@ -105,7 +116,15 @@ class Spool:
             self._bytes += len(data)
             if self._oldest is None:
                 self._oldest = enqueued_at
+            if publish:
+                self._published = max(self._published, item_id)
         self._disk.wrote(len(data))
+        return item_id
+
+    def publish(self, item_id: int) -> None:
+        """Let the reader hand out items up to ``item_id``."""
+        with self._counts_lock:
+            self._published = max(self._published, item_id)
 
     def check_capacity(self, incoming_bytes: int) -> None:
         """Raise SpoolFull if ``incoming_bytes`` more would pass the cap or the disk floor."""
@@ -146,6 +165,11 @@ class Spool:
             while total < max_ops:
                 group = self._carry or self._next_group()
                 if group is None:
+                    break
+                with self._counts_lock:
+                    published = self._published
+                if group.id > published:  # not recorded in the index yet: next time
+                    self._carry = group
                     break
                 if groups and total + len(group.ops) > max_ops:
                     self._carry = group  # already got: hand it out next time
@@ -206,16 +230,68 @@ class Spool:
         """Give groups back; they are returned again, in their original order."""
         with self._io_lock:
             _check_open(self._closed)
-            back = [g for g in groups if self._inflight.pop(g.id, None) is not None]
+            back = [g for g in groups if g.id in self._inflight]
             if self._carry is not None:  # newer than anything nacked: keep FIFO
+                self._inflight[self._carry.id] = self._carry
                 back.append(self._carry)
                 self._carry = None
             self._cursor = None
-            try:
-                for group in back:
+            for group in back:
+                # A group leaves the in-flight set only once its nack is committed: a
+                # failed nack (disk full) can be retried; otherwise the row would stay
+                # marked "unack" and never be handed out again until a restart.
+                try:
                     self._queue.nack(id=group.id)
+                except sqlite3.Error as exc:
+                    raise SpoolWriteError(f"spool nack failed: {exc}") from exc
+                del self._inflight[group.id]
+
+    def items_after(self, item_id: int, limit: int) -> tuple[int, list[SpoolGroup]]:
+        """The next ``limit`` live rows after ``item_id``: (last id scanned, their items).
+
+        For start-up repair; undecodable rows are scanned but not returned (the
+        reader sets them aside). The id is ``item_id`` when nothing follows.
+        """
+        with self._io_lock:
+            _check_open(self._closed)
+            rows = store.live_rows_after(self._side, item_id, limit)
+        items = [
+            SpoolGroup(pqid, decoded.ops, decoded.enqueued_at, decoded.nbytes)
+            for pqid, decoded in rows
+            if decoded.valid
+        ]
+        return (rows[-1][0] if rows else item_id), items
+
+    def last_allocated_id(self) -> int:
+        """The highest item id this spool file ever gave out (0 for a new file)."""
+        with self._io_lock:
+            _check_open(self._closed)
+            return store.last_allocated_id(self._side)
+
+    def discard(self, item_ids: Iterable[int]) -> int:
+        """Ack items by id without handing them out (start-up repair: already delivered).
+
+        Ids that are not live (acked before, or never existed) are skipped. Returns
+        how many were discarded.
+        """
+        with self._io_lock:
+            _check_open(self._closed)
+            live = store.live_ids(self._side, item_ids)
+            try:
+                for item_id in live:
+                    self._queue.ack(id=item_id)
             except sqlite3.Error as exc:
-                raise SpoolWriteError(f"spool nack failed: {exc}") from exc
+                raise SpoolWriteError(f"spool ack failed: {exc}") from exc
+            finally:
+                self._recount()
+        return len(live)
+
+    def _recount(self) -> None:
+        groups, nbytes, ops = store.count_live(self._side)
+        oldest = store.oldest_enqueued_at(self._side)
+        with self._counts_lock:
+            self._depth_groups, self._bytes, self._depth_ops = groups, nbytes, ops
+            self._oldest = oldest
 
     def _forget(self, n_ops: int, nbytes: int) -> None:
         with self._counts_lock:

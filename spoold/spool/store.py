@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ import structlog
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
 from spoold.spool import layout
-from spoold.spool.codec import HEADER_BYTES, SQL_OPS_COUNT, GroupSerializer, parse_header
+from spoold.spool.codec import (
+    HEADER_BYTES,
+    SQL_OPS_COUNT,
+    DecodedGroup,
+    GroupSerializer,
+    decode_group,
+    parse_header,
+)
 from spoold.spool.errors import SpoolWriteError, is_corruption
 from spoold.spool.stats import SpoolStats, age_s
 
@@ -37,11 +45,16 @@ _OLDEST_SQL = (
 )
 
 
-def open_queue(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
-    """Open the queue and its side connection; rename a corrupt file aside once."""
+def open_queue(
+    directory: Path, busy_timeout_s: float
+) -> tuple[Any, sqlite3.Connection, Path | None]:
+    """Open the queue and its side connection; rename a corrupt file aside once.
+
+    The third value is where the corrupt file went, or None.
+    """
     db_path = directory / layout.DB_FILE
     try:
-        return _open_once(directory, busy_timeout_s)
+        return (*_open_once(directory, busy_timeout_s), None)
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
@@ -49,7 +62,7 @@ def open_queue(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
     gc.collect()  # let the half-built queue close its connections before the rename
     moved = layout.quarantine(db_path)
     log.warning("spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error)
-    return _open_once(directory, busy_timeout_s)
+    return (*_open_once(directory, busy_timeout_s), moved)
 
 
 def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
@@ -88,6 +101,41 @@ def oldest_enqueued_at(side: sqlite3.Connection) -> float | None:
     rows = side.execute(_OLDEST_SQL).fetchall()
     header = parse_header(bytes(rows[0][0])) if rows else None
     return header[1] if header else None
+
+
+def last_allocated_id(side: sqlite3.Connection) -> int:
+    """The largest id the queue's AUTOINCREMENT ever handed out (kept after deletes)."""
+    row = side.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE.strip('"'),)
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def live_rows_after(
+    side: sqlite3.Connection, item_id: int, limit: int
+) -> list[tuple[int, DecodedGroup]]:
+    """(id, decoded group) of up to ``limit`` live rows with an id above ``item_id``."""
+    rows = side.execute(
+        f"SELECT _id, data FROM {TABLE} WHERE {_LIVE} AND _id > ? ORDER BY _id LIMIT ?",
+        (item_id, limit),
+    ).fetchall()
+    return [(int(pqid), decode_group(bytes(data))) for pqid, data in rows]
+
+
+def live_ids(side: sqlite3.Connection, item_ids: Iterable[int]) -> list[int]:
+    """The ids among ``item_ids`` whose rows are still live, ascending."""
+    wanted = sorted(set(item_ids))
+    live: list[int] = []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        live += [
+            int(pqid)
+            for (pqid,) in side.execute(
+                f"SELECT _id FROM {TABLE} WHERE {_LIVE} AND _id IN ({marks}) ORDER BY _id", chunk
+            )
+        ]
+    return live
 
 
 def clear_acked(queue: Any) -> None:

@@ -243,12 +243,6 @@ async def test_real_disk_full_gives_503_never_500(tmp_path: Path, reaper: Reaper
             assert spoold.process.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Acceptor._commit puts the group in the spool, then the runs-index commit "
-    "fails (SQLITE_FULL): the client gets 503 'local state write failed' but the group stays "
-    "spooled and is forwarded later; accepted = forwarded + queued + dead_lettered breaks",
-)
 async def test_real_disk_full_refusal_leaves_nothing_spooled(
     tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -303,12 +297,6 @@ async def test_real_disk_full_recovers_once_the_server_is_back(
         assert result.lost == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (open): the drainer now survives the disk-full and retries, but after a failed "
-    "read the spool (spoold/spool/queue.py get_groups cursor / persist-queue unack state) does not "
-    "hand out a group written once space is back, until spoold restarts; /health shows it queued",
-)
 async def test_transient_disk_full_leaves_the_drainer_running(
     tmp_path: Path, reaper: Reaper
 ) -> None:

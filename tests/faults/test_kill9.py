@@ -129,13 +129,6 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, reap
     assert max(startup_s) <= ACCEPTING_WITHIN_S, startup_s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Drainer._forward acks the spool groups (spool.db) and only then settles the "
-    "runs index (runs-index.sqlite: forwarded counter, per-run pending); a kill -9 in between "
-    "loses the settle for good, so accepted = forwarded + queued + dead_lettered never holds "
-    "again and those runs keep pending > 0 (served from 'local-queue', never pruned)",
-)
 async def test_counters_add_up_after_kill_9_during_the_drain(
     tmp_path: Path, reaper: Reaper
 ) -> None:

@@ -20,6 +20,7 @@ from procs import (
     RunLedger,
     call,
     create_body,
+    health,
     log_events,
     new_event_id,
     post_json,
@@ -205,13 +206,6 @@ def test_corrupt_spool_is_renamed_aside_and_spoold_accepts(
     assert (spool_dir / "spool.db").exists()  # a fresh spool took its place
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a corrupt spool is renamed aside, runs-index.sqlite still lists its "
-    "runs as accepted and pending: a re-sent create is answered 'duplicate' and never "
-    "forwarded (the run can no longer reach the server through spoold), GET keeps answering "
-    "it from the 'local-queue', and accepted = forwarded + queued + dead_lettered breaks",
-)
 async def test_runs_lost_with_a_corrupt_spool_can_be_sent_again(
     tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -236,5 +230,16 @@ async def test_runs_lost_with_a_corrupt_spool_can_be_sent_again(
             f"[corrupt] GET of a lost run: {response.status} from "
             f"{response.headers.get('X-Spoold-Source', 'the server')}"
         )
+    assert (status, body["status"]) == (201, "created")
+    assert response.headers.get("X-Spoold-Source") is None, "answered from stale local state"
     assert server_rows(tmp_path / "server.sqlite").keys() >= {lost[0]}, "the re-sent run"
     assert server.process.poll() is None
+    counters = health(spoold)["counters"]
+    print(f"[corrupt] counters after the drain: {counters}")
+    assert counters["quarantined"] == 3  # the three creates in the renamed file
+    assert counters["accepted"] == (
+        counters["forwarded"] + counters["queued"] + counters["dead_lettered"]
+    )
+    assert spoold.stop() == 0
+    lost_lines = [e for e in log_events(spoold) if e.get("event") == "spool_operations_lost"]
+    assert [line["operations"] for line in lost_lines] == [3], spoold.log()[-3000:]

@@ -1,0 +1,81 @@
+"""Start-up repair of the two files a crash can leave one step apart: spool and runs index.
+
+Every accept cycle commits the spool item first and the index (with the item's
+id as ``last_spooled_id``) second; every drain round commits the index settle
+(with the items' ids as ``settling_ids``) first and the spool ack second. So
+after a kill -9 at any point, at most one step is missing, and it is visible:
+
+- items above ``last_spooled_id`` are in the spool but not in the index: fold
+  them in (they will be forwarded, so they count as accepted);
+- ``settling_ids`` still live in the spool were delivered (or dead-lettered)
+  and counted: ack them without sending them again.
+
+A spool file that was replaced (renamed aside as corrupt, or deleted) voids
+both marks, and the operations that were queued in it are gone from the
+queue: the index forgets their runs (so they can be sent again) and counts
+them as dead-lettered and ``quarantined``, with a log line saying how many.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from spoold.ledger import Counts
+from spoold.runs_index import RunsIndex
+from spoold.spool import Spool
+
+log = structlog.get_logger("spoold.recovery")
+
+FOLD_CHUNK = 256  # spool items read per step: memory stays bounded whatever the backlog
+
+
+def reconcile(spool: Spool, index: RunsIndex) -> Counts:
+    """Bring the index in line with the spool; the counters to start the ledger from."""
+    replaced = spool.quarantined_to is not None or (
+        spool.last_allocated_id() < index.last_spooled_id()
+    )
+    if replaced:
+        index.reset_spool_marks(spool.last_allocated_id())
+    else:
+        discarded = spool.discard(index.settling_ids())
+        if discarded:
+            log.info("spool_delivered_items_acked", items=discarded)
+    folded = _fold_unrecorded(spool, index)
+    if folded:
+        log.info("runs_index_caught_up", operations=folded)
+    counters = index.counters()
+    queued = spool.stats().depth_ops
+    gap = counters["accepted"] - counters["forwarded"] - counters["dead_lettered"] - queued
+    if replaced and gap > 0:
+        runs = index.forget_unsettled(gap)
+        log.warning(
+            "spool_operations_lost",
+            operations=gap,
+            runs=runs,
+            renamed_to=str(spool.quarantined_to) if spool.quarantined_to else None,
+            hint="the runs can be sent again; the old file is kept for inspection",
+        )
+        counters = index.counters()
+    elif gap:
+        log.error("accounting_mismatch", queued=queued, **counters)
+    return Counts(
+        accepted=counters["accepted"],
+        forwarded=counters["forwarded"],
+        queued=queued,
+        dead_lettered=counters["dead_lettered"],
+        duplicates=counters["duplicates"],
+        quarantined=counters["quarantined"],
+    )
+
+
+def _fold_unrecorded(spool: Spool, index: RunsIndex) -> int:
+    """Record spool items the index has not seen; the number of operations folded."""
+    last, folded = index.last_spooled_id(), 0
+    while True:
+        scanned_to, items = spool.items_after(last, FOLD_CHUNK)
+        if scanned_to == last:
+            return folded
+        for item in items:
+            index.fold_spooled(item.id, item.ops)
+            folded += len(item.ops)
+        last = scanned_to
