@@ -30,8 +30,9 @@ import structlog
 
 from spoold.ledger import Ledger
 from spoold.runs_index import Outcome, RunsIndex
-from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolWriteError
+from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.codec import encode_op
+from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
 
 log = structlog.get_logger("spoold.accept")
 _STOP = object()
@@ -71,6 +72,15 @@ class AcceptStats:
     last_commit_s: float = 0.0
 
 
+def _index_refusal(error: BaseException | None) -> SpoolError:
+    """What a write is told while the runs index cannot be written."""
+    if error is not None and is_disk_full(error):
+        return SpoolFull(
+            "the spool's disk is full (runs index)", retry_after_s=DISK_FULL_RETRY_AFTER_S
+        )
+    return SpoolWriteError("local state write failed; retrying")
+
+
 def _settle(item: _Pending, result: Accepted | None, error: BaseException | None) -> None:
     def apply() -> None:
         if item.future.done():
@@ -101,6 +111,8 @@ class Acceptor:
         self._index = index
         self._ledger = ledger
         self._debt: _Debt | None = None
+        self._debt_failures = 0
+        self._debt_error: Exception | None = None
         self._window_s = window_s
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -167,8 +179,17 @@ class Acceptor:
         try:
             self._index.fold_spooled(debt.item_id, debt.ops)
         except Exception as exc:
-            log.warning("accept_index_still_failing", error=str(exc), item=debt.item_id)
+            self._debt_failures += 1
+            if self._debt_failures in (1, 10, 100) or self._debt_failures % 1000 == 0:
+                log.warning(
+                    "accept_index_still_failing",
+                    error=str(exc),
+                    item=debt.item_id,
+                    failures=self._debt_failures,
+                )
+            self._debt_error = exc
             return False
+        self._debt_failures, self._debt_error = 0, None
         self._debt = None
         self._ledger.accepted(len(debt.ops))
         self._spool.publish(debt.item_id)
@@ -178,7 +199,7 @@ class Acceptor:
     def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
         if not self._settle_debt():
-            self._refuse(group, SpoolWriteError("local state write failed; retrying"))
+            self._refuse(group, _index_refusal(self._debt_error))
             return
         item_id = 0
         try:

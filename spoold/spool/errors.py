@@ -58,11 +58,18 @@ def is_corruption(exc: BaseException) -> bool:
     )
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLITE_FULL or an OS error meaning no space (or quota) is left."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or (
+        isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
+    )
+
+
 def translate_write_error(exc: BaseException, retry_after_s: float) -> SpoolError:
     """Map a failed write to SpoolFull (no space left) or SpoolWriteError (anything else)."""
     if isinstance(exc, SpoolError):
         return exc
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or (isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS):
+    if is_disk_full(exc):
         return SpoolFull(f"spool disk is full: {exc}", retry_after_s)
     return SpoolWriteError(f"spool write failed: {exc}")

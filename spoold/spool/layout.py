@@ -6,6 +6,7 @@
 * ``spool_meta.json``  - ``{"format_version": 1}``; a newer version is refused
                           rather than misread.
 * ``spool.db`` (+ ``-wal``/``-shm``) - persist-queue's SQLite file.
+* ``reserve.bin``      - disk space given back when the disk fills (``reserve``).
 
 A database SQLite calls corrupt is renamed aside together with its WAL and
 shared-memory files: leaving an old WAL next to a fresh database would let

@@ -16,21 +16,33 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from persistqueue.exceptions import Empty
 
 from spoold.spool import layout, store
 from spoold.spool.codec import DecodedGroup, SpoolGroup, encode_group, encode_op
-from spoold.spool.errors import SpoolClosedError, SpoolFull, SpoolWriteError, translate_write_error
+from spoold.spool.errors import (
+    SpoolClosedError,
+    SpoolFull,
+    SpoolWriteError,
+    is_disk_full,
+    translate_write_error,
+)
+from spoold.spool.reserve import DiskReserve
 from spoold.spool.stats import DiskFree, RateMeter, SpoolStats, age_s, retry_after_s
 
 log = structlog.get_logger("spoold.spool")
 
 MiB = 1024 * 1024
+T = TypeVar("T")
+#: The writer checkpoints the WAL after this many bytes of puts: SQLite's own
+#: auto-checkpoint (1000 pages) lets the WAL hold ~4 MiB that a full disk could
+#: no longer move into the database, and bounds the WAL file's size.
+WAL_CHECKPOINT_BYTES = MiB // 4
 _CLEAR_EVERY_GROUPS = 1000
 
 
@@ -51,6 +63,7 @@ class Spool:
         vacuum_threshold_bytes: int = 16 * MiB,
         vacuum_max_live_bytes: int = 4 * MiB,
         busy_timeout_s: float = 10.0,
+        reserve_bytes: int = 16 * MiB,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -69,20 +82,26 @@ class Spool:
         self._closed = False
         self._queue: Any = None
         self._side: Any = None
+        self._checkpointer: sqlite3.Connection | None = None  # the writer's own connection
+        self._put_since_checkpoint = 0
+        self._disk_tight = False  # a reader write hit a full disk; cleared once drained
         self._disk, self._drain = DiskFree(self.directory), RateMeter()
         self._depth_groups = self._depth_ops = self._bytes = 0
         self._oldest: float | None = None
         self._published = 0
         #: Where a corrupt spool file was renamed at open, if it was.
         self.quarantined_to: Path | None = None
+        self._reserve = DiskReserve(self.directory, reserve_bytes)
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
                 self.directory, busy_timeout_s
             )
+            self._checkpointer = store.connect_side(self._db_path, busy_timeout_s)
             self._recount()
             self._published = store.last_allocated_id(self._side)
+            self._reserve.ensure()
         except BaseException:
             self.close()
             raise
@@ -119,6 +138,13 @@ class Spool:
             if publish:
                 self._published = max(self._published, item_id)
         self._disk.wrote(len(data))
+        self._put_since_checkpoint += len(data)
+        if self._put_since_checkpoint >= WAL_CHECKPOINT_BYTES and self._checkpointer is not None:
+            self._put_since_checkpoint = 0
+            try:
+                store.checkpoint(self._checkpointer)
+            except sqlite3.Error as exc:  # the put is committed; this only bounds the WAL
+                log.warning("spool_checkpoint_failed", error=str(exc))
         return item_id
 
     def publish(self, item_id: int) -> None:
@@ -154,7 +180,11 @@ class Spool:
         """Take the next groups in FIFO order, at most ``max_ops`` operations in all.
 
         A single group larger than ``max_ops`` is still returned alone, so memory is
-        bounded by ``max(max_ops, max_group)`` whatever the backlog.
+        bounded by ``max(max_ops, max_group)`` whatever the backlog. While the disk
+        is full, one group at a time: taking a group rewrites its row, so a big read
+        would spend the space that acking the first groups needs. If a read fails
+        after some groups were taken (a full disk), those are returned: the caller
+        owns them, so they are acked or given back, never stranded in flight.
         """
         if max_ops < 1:
             raise ValueError("max_ops must be >= 1")
@@ -162,8 +192,14 @@ class Spool:
         total = 0
         with self._io_lock:
             _check_open(self._closed)
-            while total < max_ops:
-                group = self._carry or self._next_group()
+            while total < max_ops and not (groups and self._disk_tight):
+                try:
+                    group = self._carry or self._next_group()
+                except SpoolWriteError as exc:
+                    if not groups:
+                        raise
+                    log.warning("spool_read_cut_short", error=str(exc), groups=len(groups))
+                    break
                 if group is None:
                     break
                 with self._counts_lock:
@@ -184,10 +220,13 @@ class Spool:
         while True:  # bounded: each pass consumes one row or returns
             try:
                 if self._cursor is None:
-                    raw = self._queue.get(block=False, raw=True)
+                    raw = self._when_full_retry(lambda: self._queue.get(block=False, raw=True))
                 else:  # continue after the last id instead of rescanning in-flight rows
-                    raw = self._queue.get(
-                        block=False, raw=True, id=self._cursor, next_in_order=True
+                    cursor = self._cursor
+                    raw = self._when_full_retry(
+                        lambda c=cursor: self._queue.get(  # type: ignore[misc]
+                            block=False, raw=True, id=c, next_in_order=True
+                        )
                     )
                 pqid, decoded = int(raw["pqid"]), raw["data"]
                 assert isinstance(decoded, DecodedGroup)
@@ -210,7 +249,7 @@ class Spool:
                 if self._inflight.pop(group.id, None) is None:
                     continue  # already acked or nacked: never count it twice
                 try:
-                    self._queue.ack(id=group.id)
+                    self._when_full_retry(lambda i=group.id: self._queue.ack(id=i))  # type: ignore[misc]
                 except sqlite3.Error as exc:
                     self._inflight[group.id] = group
                     raise SpoolWriteError(f"spool ack failed: {exc}") from exc
@@ -241,7 +280,7 @@ class Spool:
                 # failed nack (disk full) can be retried; otherwise the row would stay
                 # marked "unack" and never be handed out again until a restart.
                 try:
-                    self._queue.nack(id=group.id)
+                    self._when_full_retry(lambda i=group.id: self._queue.nack(id=i))  # type: ignore[misc]
                 except sqlite3.Error as exc:
                     raise SpoolWriteError(f"spool nack failed: {exc}") from exc
                 del self._inflight[group.id]
@@ -293,6 +332,22 @@ class Spool:
             self._depth_groups, self._bytes, self._depth_ops = groups, nbytes, ops
             self._oldest = oldest
 
+    def _when_full_retry(self, write: Callable[[], T]) -> T:
+        """Run one reader-side write (mark, ack, nack); on a full disk make room, retry once.
+
+        Acks are what frees the disk, so they must not be starved by it: the
+        disk reserve is given back (see ``reserve``) and the write tried again.
+        """
+        try:
+            return write()
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("spool_disk_full_making_room", error=str(exc))
+        self._disk_tight = True
+        self._reserve.release()
+        return write()
+
     def _forget(self, n_ops: int, nbytes: int) -> None:
         with self._counts_lock:
             self._depth_groups -= 1
@@ -318,10 +373,17 @@ class Spool:
         # Vacuuming copies the live rows while puts wait: only when few are left.
         may_vacuum = force or self._bytes <= self._vacuum_max_live
         try:
-            store.housekeep(self._queue, self._side, self._vacuum_threshold if may_vacuum else None)
+            self._when_full_retry(
+                lambda: store.housekeep(
+                    self._queue, self._side, self._vacuum_threshold if may_vacuum else None
+                )
+            )
             self._acked_uncleared, self._last_clear = 0, time.monotonic()
         except sqlite3.Error as exc:  # housekeeping must never fail an ack
             log.warning("spool_maintenance_failed", error=str(exc))
+        if self._depth_groups == 0 and not self._reserve.present:
+            self._reserve.ensure()  # drained: take the reserve back if there is room
+            self._disk_tight = not self._reserve.present and self._disk_tight
 
     # -- state -----------------------------------------------------------------------------
 
@@ -355,9 +417,10 @@ class Spool:
                 self._maintain(force=False)
                 self._queue.close()
                 self._queue = None
-            if self._side is not None:
-                self._side.close()
-                self._side = None
+            for conn in (self._side, self._checkpointer):
+                if conn is not None:
+                    conn.close()
+            self._side = self._checkpointer = None
             if self._lock_fd >= 0:
                 layout.release_lock(self._lock_fd)
                 self._lock_fd = -1

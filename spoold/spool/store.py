@@ -78,9 +78,7 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
     )
     side: sqlite3.Connection | None = None
     try:
-        side = sqlite3.connect(
-            directory / layout.DB_FILE, timeout=busy_timeout_s, check_same_thread=False
-        )
+        side = connect_side(directory / layout.DB_FILE, busy_timeout_s)
         side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
     except BaseException:
         if side is not None:
@@ -167,8 +165,23 @@ def housekeep(queue: Any, side: Any, vacuum_threshold: int | None) -> None:
     free = free_page_bytes(side)
     if free >= vacuum_threshold:
         queue.shrink_disk_usage()
-        side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        truncate_wal(side)
         log.info("spool_vacuumed", freed_bytes=free)
+
+
+def connect_side(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A plain connection to the queue's file, for reads and checkpoints."""
+    return sqlite3.connect(db_path, timeout=busy_timeout_s, check_same_thread=False)
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database without waiting on anyone (PASSIVE)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def truncate_wal(side: sqlite3.Connection) -> None:
+    """Checkpoint the WAL into the database and truncate it to zero bytes."""
+    side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def inspect_spool(directory: Path, capacity_bytes: int = 0) -> SpoolStats:

@@ -1,0 +1,90 @@
+"""The spool's disk reserve, and a read cut short by a full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoold.spool import Spool
+from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE, DiskReserve
+
+
+def _op(n: int) -> dict[str, Any]:
+    return {"kind": "create", "event_id": f"e{n}", "body": {"event_id": f"e{n}"}}
+
+
+def _disk_full() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite sets it
+    return exc
+
+
+def test_reserve_is_real_bytes_and_given_back_once(tmp_path: Path) -> None:
+    reserve = DiskReserve(tmp_path, max_bytes=MIN_BYTES * 2)
+    reserve.ensure()
+    path = tmp_path / RESERVE_FILE
+    assert path.stat().st_size == MIN_BYTES * 2
+    assert path.stat().st_blocks * 512 >= MIN_BYTES * 2  # allocated, not a sparse file
+    assert reserve.release() is True
+    assert not path.exists()
+    assert reserve.release() is False
+    reserve.ensure()
+    assert path.exists()
+
+
+def test_reserve_is_skipped_when_disabled(tmp_path: Path) -> None:
+    DiskReserve(tmp_path, max_bytes=0).ensure()
+    assert not (tmp_path / RESERVE_FILE).exists()
+
+
+def test_a_full_disk_on_ack_releases_the_reserve_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Spool(tmp_path, reserve_bytes=MIN_BYTES) as spool:
+        spool.put_group([_op(1)])
+        assert (tmp_path / RESERVE_FILE).exists()
+        groups = spool.get_groups(10)
+        real_ack = spool._queue.ack
+        calls: list[int] = []
+
+        def ack_full_once(**kwargs: Any) -> Any:
+            calls.append(kwargs["id"])
+            if len(calls) == 1:
+                raise _disk_full()
+            return real_ack(**kwargs)
+
+        monkeypatch.setattr(spool._queue, "ack", ack_full_once)
+        spool.ack(groups)
+        assert calls == [groups[0].id, groups[0].id]
+        assert not (tmp_path / RESERVE_FILE).exists()
+        assert spool.stats().depth_ops == 0
+
+
+def test_a_read_cut_short_returns_the_groups_already_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Spool(tmp_path, reserve_bytes=0) as spool:
+        for n in range(3):
+            spool.put_group([_op(n)])
+        real_get = spool._queue.get
+        taken: list[int] = []
+
+        def get_then_full(**kwargs: Any) -> Any:
+            if len(taken) == 2:
+                raise _disk_full()
+            item = real_get(**kwargs)
+            taken.append(item["pqid"])
+            return item
+
+        monkeypatch.setattr(spool._queue, "get", get_then_full)
+        groups = spool.get_groups(10)
+        assert [g.ops[0]["event_id"] for g in groups] == ["e0", "e1"]
+        monkeypatch.setattr(spool._queue, "get", real_get)
+        spool.ack(groups)  # owned by the caller: acked, not stranded in flight
+        rest = spool.get_groups(10)
+        assert [g.ops[0]["event_id"] for g in rest] == ["e2"]
+        spool.ack(rest)
+        assert spool.stats().depth_ops == 0
