@@ -1,7 +1,8 @@
 """The accept path: classify each write against the runs index and spool it durably.
 
 One thread owns the index's write connection and the spool's write side. It
-takes every operation waiting (plus those arriving within the group window),
+takes every operation waiting (plus those arriving within the group window, a
+few ms, cut short once as many wait as the previous group held),
 classifies them (created / duplicate / accepted / unknown), appends the ones
 to forward as ONE spool item — one commit, one fsync — then commits the index
 and answers every waiting request together. A 2xx is therefore only ever sent
@@ -114,6 +115,10 @@ class Acceptor:
         self._debt_failures = 0
         self._debt_error: Exception | None = None
         self._window_s = window_s
+        #: Close a group without waiting once this many operations are in it: the size of
+        #: the last group. Under steady load every waiting client is in by then, and
+        #: waiting out the window would only add latency; when load drops, it shrinks.
+        self._enough = 1
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="spoold-accept", daemon=True)
@@ -159,7 +164,7 @@ class Acceptor:
                 try:
                     item = (
                         self._queue.get(timeout=remaining)
-                        if remaining > 0
+                        if remaining > 0 and len(group) < self._enough
                         else self._queue.get_nowait()
                     )
                 except queue.Empty:
@@ -168,6 +173,7 @@ class Acceptor:
                     stopping = True
                     break
                 group.append(item)
+            self._enough = len(group)
             self._commit(group)
         self._settle_debt()
 

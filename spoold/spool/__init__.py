@@ -1,14 +1,13 @@
 """spoold's storage layer: the durable local spool and the dead-letter store.
 
-Data flow: the HTTP layer ``await``s ``GroupCommitter.submit(op)``, which writes
-concurrent operations as one group into ``Spool`` (persist-queue on SQLite)
-and answers only after the fsync; the drainer reads groups with
+Data flow: the HTTP layer ``await``s ``spoold.accept.Acceptor.submit(op)``, which
+writes concurrent operations as one group into ``Spool`` (persist-queue on
+SQLite) and answers only after the fsync; the drainer reads groups with
 ``Spool.get_groups``, acks them once the server has them, and moves refused
 operations to ``DeadLetterStore``.
 """
 
 from spoold.spool.codec import SpoolGroup
-from spoold.spool.committer import GroupCommitter, GroupWriter
 from spoold.spool.deadletter import DeadLetter, DeadLetterStore
 from spoold.spool.errors import (
     SpoolClosedError,
@@ -25,8 +24,6 @@ from spoold.spool.store import inspect_spool
 __all__ = [
     "DeadLetter",
     "DeadLetterStore",
-    "GroupCommitter",
-    "GroupWriter",
     "Spool",
     "SpoolClosedError",
     "SpoolError",

@@ -36,7 +36,7 @@ class SpoolWriteError(SpoolError):
 
 
 class SpoolClosedError(SpoolWriteError):
-    """The spool or committer is closed or closing; no new operation is accepted."""
+    """The spool or the accept path is closed or closing; no new operation is accepted."""
 
 
 class SpoolLockedError(SpoolError):

@@ -1,7 +1,7 @@
 """The durable local spool: a capped FIFO of operation groups on persist-queue.
 
 persist-queue commits (and fsyncs) once per ``put``, ``get`` and ``ack`` and has
-no batch API, so one queue item is a *group* of operations (see ``committer``)
+no batch API, so one queue item is a *group* of operations (see ``spoold.accept``)
 and the drainer gets and acks whole groups. Groups got but never acked (crash,
 kill -9, close without ack) are ready again at the next open (``auto_resume``).
 persist-queue only *marks* rows acked: the spool deletes them at least every
@@ -50,7 +50,7 @@ class Spool:
     """A capped, crash-safe FIFO of operation groups in ``directory``.
 
     One thread writes (``put_*``) while another reads (``get_groups``/``ack``/``nack``).
-    The cap counts serialised group bytes, not file size. Close the committer first.
+    The cap counts serialised group bytes, not file size. Stop the writer first.
     """
 
     def __init__(
@@ -107,7 +107,7 @@ class Spool:
             raise
         log.info("spool_opened", path=str(self._db_path), ops=self._depth_ops, bytes=self._bytes)
 
-    # -- writing (the committer's thread) --------------------------------------------------
+    # -- writing (the accept thread) --------------------------------------------------------
     def put_group(self, ops: Sequence[dict[str, Any]]) -> int:
         """Durably append ``ops`` as one queue item (one commit, one fsync); its id."""
         return self.put_encoded([encode_op(op) for op in ops])

@@ -70,7 +70,7 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
         str(directory),
         name=QUEUE_NAME,
         db_file_name=layout.DB_FILE,
-        multithreading=True,  # the committer's thread puts, the drainer's thread gets
+        multithreading=True,  # the accept thread puts, the drainer's thread gets
         auto_commit=True,
         auto_resume=True,  # got-but-unacked rows become ready again here
         serializer=GroupSerializer,

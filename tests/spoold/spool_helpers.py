@@ -12,7 +12,14 @@ SpoolFactory = Callable[..., Spool]
 
 def op(i: int, size: int = 0) -> dict[str, Any]:
     """A small operation tagged with ``i`` (padded to about ``size`` bytes)."""
-    return {"kind": "create", "event_id": f"ev-{i}", "seq": i, "pad": "x" * size}
+    event_id = f"ev-{i}"
+    return {
+        "kind": "create",
+        "event_id": event_id,
+        "body": {"event_id": event_id},
+        "seq": i,
+        "pad": "x" * size,
+    }
 
 
 def all_seqs(spool: Spool, max_ops: int = 1000) -> list[int]:

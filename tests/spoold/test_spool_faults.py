@@ -15,13 +15,20 @@ from pathlib import Path
 import pytest
 from spool_helpers import SpoolFactory, all_seqs, op
 
-from spoold.spool import GroupCommitter, Spool, SpoolFull, SpoolWriteError
+from spoold.accept import Acceptor
+from spoold.ledger import Ledger
+from spoold.runs_index import RunsIndex
+from spoold.spool import Spool, SpoolFull, SpoolWriteError
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = """
 import asyncio, sys
+from pathlib import Path
 import structlog
-from spoold.spool import GroupCommitter, Spool
+from spoold.accept import Acceptor
+from spoold.ledger import Ledger
+from spoold.runs_index import RunsIndex
+from spoold.spool import Spool
 
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
@@ -29,13 +36,15 @@ async def main(directory):
     spool = Spool(directory, min_free_disk_bytes=0)
     held = spool.get_groups(1_000_000)  # taken from the queue and never acked
     print("held", sum(len(g.ops) for g in held), flush=True)
-    committer = GroupCommitter(spool, window_ms=2)
-    committer.start()
+    acceptor = Acceptor(spool, RunsIndex(Path(directory) / "index.sqlite"), Ledger())
+    acceptor.start()
 
     async def client(c):
         for k in range(1_000_000):
             seq = c * 1_000_000 + k
-            await committer.submit({"seq": seq, "pad": "p" * 200})
+            event_id = f"s{seq}"
+            op = {"kind": "create", "event_id": event_id, "body": {"event_id": event_id}}
+            await acceptor.submit({**op, "seq": seq, "pad": "p" * 200})
             sys.stdout.write(f"{seq}\\n")
             sys.stdout.flush()
 
@@ -100,24 +109,25 @@ def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_real_disk_full_fails_the_group_and_recovers(
-    tmpfs_dir: Path, make_spool: SpoolFactory
+    tmpfs_dir: Path, tmp_path: Path, make_spool: SpoolFactory
 ) -> None:
     """On a full filesystem waiters get SpoolFull/SpoolWriteError, nothing half-written
     stays, and writes succeed again once space is freed - no crash, no restart."""
     ballast = tmpfs_dir / "ballast"
     ballast.write_bytes(b"\0" * 2 * 1024 * 1024)
     spool = make_spool(tmpfs_dir / "spool", capacity_bytes=1 << 40)
-    committer = GroupCommitter(spool, window_ms=1)
-    committer.start()
+    index = RunsIndex(tmp_path / "index.sqlite")  # off the tmpfs: the spool is under test
+    acceptor = Acceptor(spool, index, Ledger(), window_s=0.001)
+    acceptor.start()
     accepted, errors = 0, []
     async with asyncio.timeout(20):
         for batch in range(200):
             results = await asyncio.gather(
-                *(committer.submit(op(batch * 8 + k, size=4000)) for k in range(8)),
+                *(acceptor.submit(op(batch * 8 + k, size=4000)) for k in range(8)),
                 return_exceptions=True,
             )
-            accepted += sum(r is None for r in results)
-            errors = [r for r in results if r is not None]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            accepted += len(results) - len(errors)
             if errors:
                 break
     assert errors, "the tmpfs never filled up"
@@ -125,8 +135,9 @@ async def test_real_disk_full_fails_the_group_and_recovers(
     assert spool.stats().depth_ops == accepted
     ballast.unlink()  # the operator frees space
     async with asyncio.timeout(10):
-        await committer.submit(op(10_000))
-    await committer.close()
+        await acceptor.submit(op(10_000))
+    await acceptor.close()
+    index.close()
     spool.close()
     stats = make_spool(tmpfs_dir / "spool").stats()  # counted from the rows on disk
     assert stats.depth_ops == accepted + 1
