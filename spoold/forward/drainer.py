@@ -88,6 +88,8 @@ class Drainer:
         self._last_probe = time.monotonic()
         self._give_back: list[SpoolGroup] = []
         self._settled_unacked: list[SpoolGroup] = []
+        self._prefetch: asyncio.Task[list[SpoolGroup]] | None = None
+        self._acking: asyncio.Task[None] | None = None
 
     def stop_by(self, deadline_s: float) -> None:
         """Keep draining for at most deadline_s more seconds, then stop."""
@@ -103,31 +105,39 @@ class Drainer:
         /health, and the loop tries again after a backoff.
         """
         failures = 0
-        while True:
-            try:
-                if not await self._round():
+        try:
+            while True:
+                try:
+                    if not await self._round():
+                        return
+                    failures, self.local_error = 0, None
+                except Stopped:
                     return
-                failures, self.local_error = 0, None
-            except Stopped:
-                return
-            except Exception as exc:
-                failures += 1
-                self.local_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.error("drain_round_failed", error=self.local_error, failures=failures)
-                await self._sleep(self._backoff.delay(failures))
+                except Exception as exc:
+                    failures += 1
+                    self.local_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.error("drain_round_failed", error=self.local_error, failures=failures)
+                    await self._sleep(self._backoff.delay(failures))
+        finally:
+            await self._wind_down()
 
     async def _round(self) -> bool:
-        """One pass: forward what is queued (or idle). False once stopped and done."""
+        """One pass: forward what is queued (or idle). False once stopped and done.
+
+        Rounds overlap where order allows: while round N's batch is with the
+        server, round N+1's groups are read (``_prefetch``); while round N+1's
+        batch is with the server, round N's groups are acked (``_acking``). The
+        batches themselves go one at a time, in FIFO order, and round N's ack
+        completes before round N+1 settles (one settle's ids are kept at a time).
+        """
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
-        if self._settled_unacked:  # delivered and counted; only the spool ack failed
-            await asyncio.to_thread(self._spool.ack, self._settled_unacked)
-            self._settled_unacked = []
         if self._give_back:  # groups a failed round could not return yet (e.g. disk full)
             await asyncio.to_thread(self._spool.nack, self._give_back)
             self._give_back = []
-        groups = await asyncio.to_thread(self._spool.get_groups, self._batch_size)
+        groups = await self._take()
         if not groups:
+            await self._finish_ack()
             if self._stop.is_set():
                 return False
             if time.monotonic() - self._last_probe > PROBE_EVERY_S:
@@ -135,19 +145,65 @@ class Drainer:
                 await self._probe()
             await self._idle()
             return True
+        self._prefetch = asyncio.create_task(
+            asyncio.to_thread(self._spool.get_groups, self._batch_size)
+        )
         try:
             await self._forward(groups)
         except BaseException:
             if self._settled_unacked is groups:  # settled: must not be sent (or counted) again
                 raise
+            back = groups + await self._take_prefetched()
             try:
-                await asyncio.to_thread(self._spool.nack, groups)
+                await asyncio.to_thread(self._spool.nack, back)
             except Exception:  # retried at the start of the next round
-                self._give_back = groups
+                self._give_back = back
             raise
-        await asyncio.to_thread(self._spool.ack, groups)
-        self._settled_unacked = []
+        self._acking = asyncio.create_task(asyncio.to_thread(self._ack_settled))
         return True
+
+    async def _take(self) -> list[SpoolGroup]:
+        """This round's groups: the ones read ahead, or a fresh read."""
+        if self._prefetch is not None:
+            groups = await self._take_prefetched()
+            if groups:
+                return groups
+        return await asyncio.to_thread(self._spool.get_groups, self._batch_size)
+
+    async def _take_prefetched(self) -> list[SpoolGroup]:
+        task, self._prefetch = self._prefetch, None
+        if task is None:
+            return []
+        try:
+            return await asyncio.shield(task)  # a cancelled round must not orphan the groups
+        except Exception as exc:  # a failed read-ahead is just an empty one
+            log.warning("drain_read_ahead_failed", error=str(exc))
+            return []
+
+    def _ack_settled(self) -> None:
+        """Ack the settled groups in the spool (in a thread); kept for a retry if it fails."""
+        self._spool.ack(self._settled_unacked)
+        self._settled_unacked = []
+
+    async def _finish_ack(self) -> None:
+        """Wait for the previous round's ack; retry it if it failed (never resend)."""
+        task, self._acking = self._acking, None
+        if task is not None:
+            with contextlib.suppress(Exception):  # retried just below
+                await asyncio.shield(task)
+        if self._settled_unacked:
+            await asyncio.to_thread(self._ack_settled)
+
+    async def _wind_down(self) -> None:
+        """Stopping: finish the last ack and give read-ahead groups back (best effort;
+        whatever is left comes back at the next start anyway)."""
+        try:
+            await self._finish_ack()
+            ahead = await self._take_prefetched()
+            if ahead:
+                await asyncio.to_thread(self._spool.nack, ahead)
+        except Exception as exc:
+            log.warning("drain_wind_down_failed", error=str(exc))
 
     async def _idle(self) -> None:
         self.wakeup.clear()
@@ -183,6 +239,7 @@ class Drainer:
                 by_reason[reason] = by_reason.get(reason, 0) + 1
             log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
         forwarded = [op for op in ops if op["event_id"] not in refused]
+        await self._finish_ack()  # the previous round's ids must be acked before they are replaced
         await asyncio.to_thread(self._settle, groups, forwarded, dead_ops)
         self.stats.operations_forwarded += len(forwarded)
         self.stats.last_batch_size = len(ops)
