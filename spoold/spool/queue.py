@@ -270,20 +270,25 @@ class Spool:
         with self._io_lock:
             _check_open(self._closed)
             back = [g for g in groups if g.id in self._inflight]
-            if self._carry is not None:  # newer than anything nacked: keep FIFO
-                self._inflight[self._carry.id] = self._carry
-                back.append(self._carry)
-                self._carry = None
             self._cursor = None
+            # The carried group (taken from the queue, not handed out) is newer than
+            # anything nacked, and only this object knows it: nack it first, and keep
+            # it as the carry until that commits, so a retried nack still covers it.
+            if self._carry is not None:
+                self._nack_one(self._carry.id)
+                self._carry = None
             for group in back:
                 # A group leaves the in-flight set only once its nack is committed: a
                 # failed nack (disk full) can be retried; otherwise the row would stay
                 # marked "unack" and never be handed out again until a restart.
-                try:
-                    self._when_full_retry(lambda i=group.id: self._queue.nack(id=i))  # type: ignore[misc]
-                except sqlite3.Error as exc:
-                    raise SpoolWriteError(f"spool nack failed: {exc}") from exc
+                self._nack_one(group.id)
                 del self._inflight[group.id]
+
+    def _nack_one(self, item_id: int) -> None:
+        try:
+            self._when_full_retry(lambda: self._queue.nack(id=item_id))
+        except sqlite3.Error as exc:
+            raise SpoolWriteError(f"spool nack failed: {exc}") from exc
 
     def items_after(self, item_id: int, limit: int) -> tuple[int, list[SpoolGroup]]:
         """The next ``limit`` live rows after ``item_id``: (last id scanned, their items).

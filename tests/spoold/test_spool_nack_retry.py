@@ -54,17 +54,6 @@ def test_failed_nack_keeps_groups_in_flight_until_retried(
     assert all_seqs(spool) == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Spool.nack moves the held-back group (_carry: got from the queue but not handed "
-        "out, as it did not fit max_ops or is above the publish watermark) into _inflight; "
-        "if a nack then fails, the retry with the caller's groups (Drainer._give_back = "
-        "groups + read-ahead, which never include the carry) leaves that group in _inflight "
-        "with its row still 'unack': it is never handed out again until a restart, and the "
-        "groups after it overtake it (FIFO broken)"
-    ),
-)
 def test_retried_nack_returns_the_held_back_group_too(
     make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
