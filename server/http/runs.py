@@ -113,26 +113,23 @@ async def create_batch(request: web.Request) -> web.Response:
 
 async def _upsert_batch(database: Database, body: Any, max_items: int) -> web.Response:
     batch = validate_batch(body, UpsertItem, max_items=max_items)
-    outcomes = await database.upsert_batch([item for _, item in batch.valid])
-    counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    summary = await database.upsert_batch([item for _, item in batch.valid])
     errors = list(batch.errors)
-    for (index, item), outcome in zip(batch.valid, outcomes, strict=True):
-        if outcome == "not_found":
-            errors.append(
-                BatchItemError(
-                    index=index,
-                    event_id=item.event_id,
-                    message="Run not found: an update for an unknown event_id needs a create",
-                )
+    for position in summary.not_found:
+        index, item = batch.valid[position]
+        errors.append(
+            BatchItemError(
+                index=index,
+                event_id=item.event_id,
+                message="Run not found: an update for an unknown event_id needs a create",
             )
-        else:
-            counts[outcome] += 1
+        )
     errors.sort(key=lambda error: error.index)
     return json_response(
         {
-            "inserted": counts["inserted"],
-            "updated": counts["updated"],
-            "duplicates": counts["unchanged"],
+            "inserted": summary.inserted,
+            "updated": summary.updated,
+            "duplicates": summary.unchanged,
             "errors": [error.model_dump() for error in errors],
             "total": batch.total,
         }

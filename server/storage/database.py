@@ -124,23 +124,24 @@ class Database:
             )
         return inserted
 
-    async def upsert_batch(self, items: Sequence[UpsertItem]) -> list[runs.UpsertOutcome]:
-        """Apply sidecar snapshots in one transaction, item by item."""
+    async def upsert_batch(self, items: Sequence[UpsertItem]) -> runs.UpsertSummary:
+        """Apply sidecar snapshots in one transaction, in order."""
         if not items:
-            return []
+            return runs.UpsertSummary()
         now = utc_now()
-
-        def apply(conn: sqlite3.Connection) -> list[runs.UpsertOutcome]:
-            return [runs.upsert(conn, item, now) for item in items]
-
-        outcomes = await self.writer.run(apply)
+        # Built here, off the writer thread, as insert_batch does.
+        params = [
+            runs.insert_params(item.create, now) if item.create is not None else None
+            for item in items
+        ]
+        summary = await self.writer.run(lambda conn: runs.upsert_many(conn, items, params, now))
         creates = [item.create for item in items if item.create is not None]
         self.metadata_cache.note_written(
             (run.agent_name for run in creates), (run.job_type for run in creates)
         )
         if any(runs.changes_touch_metadata(item.update) for item in items):
             self.metadata_cache.invalidate()
-        return outcomes
+        return summary
 
     # ---- reads ----------------------------------------------------------------------
 

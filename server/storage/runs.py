@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -77,9 +77,58 @@ def update_run(
     return None if row is None else str(row[0])
 
 
-def upsert(conn: sqlite3.Connection, item: UpsertItem, now: str) -> UpsertOutcome:
+@dataclass
+class UpsertSummary:
+    """What a batch of snapshots did; ``not_found`` holds the positions of updates for
+    runs that neither exist nor were created in the batch."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    not_found: list[int] = field(default_factory=list)
+
+
+def upsert_many(
+    conn: sqlite3.Connection,
+    items: Sequence[UpsertItem],
+    create_params: Sequence[tuple[Any, ...] | None],
+    now: str,
+) -> UpsertSummary:
+    """Apply snapshots in order. Runs of consecutive create-only snapshots (a sidecar's
+    backlog of new runs) go in one ``executemany``, as a plain batch insert does."""
+    summary = UpsertSummary()
+    pending: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        inserted = insert_rows(conn, pending)
+        summary.inserted += inserted
+        summary.unchanged += len(pending) - inserted
+        pending.clear()
+
+    for position, (item, params) in enumerate(zip(items, create_params, strict=True)):
+        if item.update is None and params is not None:
+            pending.append(params)
+            continue
+        flush()
+        outcome = upsert(conn, item, now, params)
+        if outcome == "not_found":
+            summary.not_found.append(position)
+        else:
+            setattr(summary, outcome, getattr(summary, outcome) + 1)
+    flush()
+    return summary
+
+
+def upsert(
+    conn: sqlite3.Connection,
+    item: UpsertItem,
+    now: str,
+    create_params: tuple[Any, ...] | None = None,
+) -> UpsertOutcome:
     """Apply one sidecar snapshot idempotently: insert-if-new, then changed fields only."""
-    inserted = item.create is not None and insert_run(conn, item.create, now)
+    if item.create is not None and create_params is None:
+        create_params = insert_params(item.create, now)
+    inserted = create_params is not None and insert_row(conn, create_params)
     if item.update is None:
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes()

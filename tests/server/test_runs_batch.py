@@ -372,3 +372,32 @@ async def test_upsert_later_item_sees_earlier_item_of_same_batch(api, new_run):
     assert reply.body["updated"] == 1
     assert reply.body["duplicates"] == 1
     assert (await api.run(run["event_id"]))["status"] == "success"
+
+
+async def test_upsert_mixed_batch_counts_each_item_once_in_order(api, new_run):
+    """Create-only items (inserted together) interleaved with updates and a bad item: every
+    item is counted once, the error keeps its index, a repeated create is a duplicate."""
+    known, fresh, other, full = new_run(), new_run(), new_run(), new_run()
+    await api.create(known)
+    reply = await api.post(
+        UPSERT,
+        json=[
+            upsert_item(fresh),
+            upsert_item(known),
+            upsert_item(event_id=new_run()["event_id"], update={"items_failed": 1}),
+            upsert_item(other),
+            upsert_item(fresh),
+            upsert_item(full, {"status": "failure", "end_time": "2026-01-12T10:35:00Z"}),
+            upsert_item(event_id=other["event_id"], update={"items_failed": 3}),
+        ],
+    )
+    assert reply.status == 200
+    assert [error["index"] for error in reply.body["errors"]] == [2]
+    assert {key: reply.body[key] for key in ("inserted", "updated", "duplicates", "total")} == {
+        "inserted": 3,
+        "updated": 1,
+        "duplicates": 2,
+        "total": 7,
+    }
+    assert (await api.run(other["event_id"]))["items_failed"] == 3
+    assert (await api.run(full["event_id"]))["status"] == "failure"
