@@ -5,7 +5,8 @@ folds the operations of each run into one upsert snapshot, and sends one batch
 at a time — so updates reach the server in the order they were accepted.
 Groups are acknowledged only after the server answered 2xx for every snapshot
 in them, in two commits: the runs index settles them first (counters, per-run
-pending, and the groups' ids), then the spool acks them. A crash between the
+pending, and the groups' ids), then the spool acks them - in the background,
+while the next batch is with the server. A crash between the
 two is repaired at start-up (``spoold.recovery``); a failed ack (full disk) is
 retried before anything else, never by sending the groups again. Per-item refusals go to the dead-letter store and never block the
 rest; a whole-batch refusal (413, other 4xx) splits the batch until the bad
@@ -57,6 +58,30 @@ class DrainStats:
     last_forward_s: float = 0.0
 
 
+@dataclass
+class _Prepared:
+    """A round read from the spool: its groups, their operations, and one snapshot per run."""
+
+    groups: list[SpoolGroup]
+    ops: list[dict[str, Any]]
+    snapshots: list[Snapshot]
+
+
+@dataclass
+class _Delivered:
+    """A round the server has answered: to settle in the index, then ack in the spool."""
+
+    groups: list[SpoolGroup]
+    forwarded: list[dict[str, Any]]
+    dead: list[dict[str, Any]]
+    started: float
+    settled: bool = False
+
+    @property
+    def operations(self) -> int:
+        return len(self.forwarded) + len(self.dead)
+
+
 class Drainer:
     def __init__(
         self,
@@ -87,9 +112,9 @@ class Drainer:
         self.local_error: str | None = None
         self._last_probe = time.monotonic()
         self._give_back: list[SpoolGroup] = []
-        self._settled_unacked: list[SpoolGroup] = []
-        self._prefetch: asyncio.Task[list[SpoolGroup]] | None = None
-        self._acking: asyncio.Task[None] | None = None
+        self._prefetch: asyncio.Task[_Prepared] | None = None
+        self._delivered: _Delivered | None = None  # answered by the server, not yet recorded
+        self._recording: asyncio.Task[None] | None = None
 
     def stop_by(self, deadline_s: float) -> None:
         """Keep draining for at most deadline_s more seconds, then stop."""
@@ -124,20 +149,21 @@ class Drainer:
     async def _round(self) -> bool:
         """One pass: forward what is queued (or idle). False once stopped and done.
 
-        Rounds overlap where order allows: while round N's batch is with the
-        server, round N+1's groups are read (``_prefetch``); while round N+1's
-        batch is with the server, round N's groups are acked (``_acking``). The
-        batches themselves go one at a time, in FIFO order, and round N's ack
-        completes before round N+1 settles (one settle's ids are kept at a time).
+        Rounds overlap where order allows. Batches go to the server one at a
+        time, in FIFO order; around them, round N+1's groups are read while
+        round N's batch is with the server (``_prefetch``), and round N is
+        recorded - settled in the index, then acked in the spool - while round
+        N+1's batch is (``_recording``). Round N is recorded before round N+1
+        settles: the index keeps the ids of one settle at a time.
         """
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
         if self._give_back:  # groups a failed round could not return yet (e.g. disk full)
             await asyncio.to_thread(self._spool.nack, self._give_back)
             self._give_back = []
-        groups = await self._take()
-        if not groups:
-            await self._finish_ack()
+        prepared = await self._take()
+        if not prepared.groups:
+            await self._finish_recording()
             if self._stop.is_set():
                 return False
             if time.monotonic() - self._last_probe > PROBE_EVERY_S:
@@ -145,61 +171,81 @@ class Drainer:
                 await self._probe()
             await self._idle()
             return True
-        self._prefetch = asyncio.create_task(
-            asyncio.to_thread(self._spool.get_groups, self._batch_size)
-        )
+        self._prefetch = asyncio.create_task(asyncio.to_thread(self._read_round))
         try:
-            await self._forward(groups)
+            delivered = await self._forward(prepared)
+            await self._finish_recording()  # the previous round's settle ids make way
         except BaseException:
-            if self._settled_unacked is groups:  # settled: must not be sent (or counted) again
-                raise
-            back = groups + await self._take_prefetched()
+            # Not settled: these groups go back and are sent again (harmless, idempotent).
+            back = prepared.groups + (await self._take_prefetched()).groups
             try:
                 await asyncio.to_thread(self._spool.nack, back)
             except Exception:  # retried at the start of the next round
                 self._give_back = back
             raise
-        self._acking = asyncio.create_task(asyncio.to_thread(self._ack_settled))
+        self._delivered = delivered
+        self._recording = asyncio.create_task(asyncio.to_thread(self._record, delivered))
         return True
 
-    async def _take(self) -> list[SpoolGroup]:
+    def _read_round(self) -> _Prepared:
+        """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
+        groups = self._spool.get_groups(self._batch_size)
+        ops = [op for group in groups for op in group.ops]
+        return _Prepared(groups, ops, coalesce(ops))
+
+    async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
         if self._prefetch is not None:
-            groups = await self._take_prefetched()
-            if groups:
-                return groups
-        return await asyncio.to_thread(self._spool.get_groups, self._batch_size)
+            prepared = await self._take_prefetched()
+            if prepared.groups:
+                return prepared
+        return await asyncio.to_thread(self._read_round)
 
-    async def _take_prefetched(self) -> list[SpoolGroup]:
+    async def _take_prefetched(self) -> _Prepared:
         task, self._prefetch = self._prefetch, None
         if task is None:
-            return []
+            return _Prepared([], [], [])
         try:
             return await asyncio.shield(task)  # a cancelled round must not orphan the groups
         except Exception as exc:  # a failed read-ahead is just an empty one
             log.warning("drain_read_ahead_failed", error=str(exc))
-            return []
+            return _Prepared([], [], [])
 
-    def _ack_settled(self) -> None:
-        """Ack the settled groups in the spool (in a thread); kept for a retry if it fails."""
-        self._spool.ack(self._settled_unacked)
-        self._settled_unacked = []
+    def _record(self, delivered: _Delivered) -> None:
+        """Settle a delivered round in the index, then ack it in the spool (in a thread).
 
-    async def _finish_ack(self) -> None:
-        """Wait for the previous round's ack; retry it if it failed (never resend)."""
-        task, self._acking = self._acking, None
+        Each step runs once: if the ack fails, a retry only acks (the operations
+        were delivered and counted, they are never sent again).
+        """
+        if not delivered.settled:
+            self._index.settle(
+                op_counts(delivered.forwarded),
+                op_counts(delivered.dead),
+                [group.id for group in delivered.groups],
+            )
+            delivered.settled = True
+            self._ledger.settled(len(delivered.forwarded), len(delivered.dead))
+            self.stats.operations_forwarded += len(delivered.forwarded)
+            if self._on_forward is not None:
+                self._on_forward(delivered.operations, time.perf_counter() - delivered.started)
+        self._spool.ack(delivered.groups)
+        self._delivered = None
+
+    async def _finish_recording(self) -> None:
+        """Wait for the previous round's record; redo what failed of it (raises if it fails)."""
+        task, self._recording = self._recording, None
         if task is not None:
-            with contextlib.suppress(Exception):  # retried just below
+            with contextlib.suppress(Exception):  # redone just below
                 await asyncio.shield(task)
-        if self._settled_unacked:
-            await asyncio.to_thread(self._ack_settled)
+        if self._delivered is not None:
+            await asyncio.to_thread(self._record, self._delivered)
 
     async def _wind_down(self) -> None:
-        """Stopping: finish the last ack and give read-ahead groups back (best effort;
+        """Stopping: finish the last record and give read-ahead groups back (best effort;
         whatever is left comes back at the next start anyway)."""
         try:
-            await self._finish_ack()
-            ahead = await self._take_prefetched()
+            await self._finish_recording()
+            ahead = (await self._take_prefetched()).groups
             if ahead:
                 await asyncio.to_thread(self._spool.nack, ahead)
         except Exception as exc:
@@ -222,12 +268,11 @@ class Drainer:
 
     # ---- one round: a set of groups ------------------------------------------------
 
-    async def _forward(self, groups: list[SpoolGroup]) -> None:
-        """Deliver the groups' operations and settle them in the index (not the spool ack)."""
+    async def _forward(self, prepared: _Prepared) -> _Delivered:
+        """Deliver the groups' operations; refused ones go to the dead-letter store."""
         started = time.perf_counter()
-        ops = [op for group in groups for op in group.ops]
-        snapshots = coalesce(ops)
-        refused = await self._deliver(snapshots)
+        groups, ops = prepared.groups, prepared.ops
+        refused = await self._deliver(prepared.snapshots)
         dead_ops = [op for op in ops if op["event_id"] in refused]
         if dead_ops:
             entries = [(op, *refused[op["event_id"]]) for op in dead_ops]
@@ -238,28 +283,10 @@ class Drainer:
                 by_reason = self.stats.dead_lettered_by_reason
                 by_reason[reason] = by_reason.get(reason, 0) + 1
             log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
-        forwarded = [op for op in ops if op["event_id"] not in refused]
-        await self._finish_ack()  # the previous round's ids must be acked before they are replaced
-        await asyncio.to_thread(self._settle, groups, forwarded, dead_ops)
-        self.stats.operations_forwarded += len(forwarded)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
-        if self._on_forward is not None:
-            self._on_forward(len(ops), self.stats.last_forward_s)
-
-    def _settle(
-        self,
-        groups: list[SpoolGroup],
-        forwarded: list[dict[str, Any]],
-        dead_ops: list[dict[str, Any]],
-    ) -> None:
-        """Commit the settle and mark the groups settled in one step (in a thread, so a
-        cancelled round still sees the mark and does not give the groups back)."""
-        self._index.settle(
-            op_counts(forwarded), op_counts(dead_ops), [group.id for group in groups]
-        )
-        self._settled_unacked = groups
-        self._ledger.settled(len(forwarded), len(dead_ops))
+        forwarded = [op for op in ops if op["event_id"] not in refused]
+        return _Delivered(groups, forwarded, dead_ops, started)
 
     async def _deliver(self, snapshots: list[Snapshot]) -> dict[str, tuple[str, int | None]]:
         """Send until the server has every snapshot; return the refused ones by event_id."""
