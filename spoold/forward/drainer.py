@@ -202,14 +202,19 @@ class Drainer:
         return await asyncio.to_thread(self._read_round)
 
     async def _take_prefetched(self) -> _Prepared:
-        task, self._prefetch = self._prefetch, None
+        task = self._prefetch
         if task is None:
             return _Prepared([], [], [])
         try:
-            return await asyncio.shield(task)  # a cancelled round must not orphan the groups
+            # Shielded, and forgotten only once done: a cancelled round leaves the task
+            # for _wind_down to give its groups back.
+            return await asyncio.shield(task)
         except Exception as exc:  # a failed read-ahead is just an empty one
             log.warning("drain_read_ahead_failed", error=str(exc))
             return _Prepared([], [], [])
+        finally:
+            if task.done():
+                self._prefetch = None
 
     def _record(self, delivered: _Delivered) -> None:
         """Settle a delivered round in the index, then ack it in the spool (in a thread).
@@ -232,13 +237,29 @@ class Drainer:
         self._delivered = None
 
     async def _finish_recording(self) -> None:
-        """Wait for the previous round's record; redo what failed of it (raises if it fails)."""
-        task, self._recording = self._recording, None
-        if task is not None:
-            with contextlib.suppress(Exception):  # redone just below
-                await asyncio.shield(task)
+        """Wait for the previous round's record; redo what failed of it (raises if it fails).
+
+        One record runs at a time: a task is forgotten only once done, so a wait cut
+        short by cancellation never lets a second record (a second settle) start.
+        """
+        if self._recording is not None:
+            await self._await_recording(reraise=False)  # a failure is redone just below
         if self._delivered is not None:
-            await asyncio.to_thread(self._record, self._delivered)
+            self._recording = asyncio.create_task(asyncio.to_thread(self._record, self._delivered))
+            await self._await_recording(reraise=True)
+
+    async def _await_recording(self, *, reraise: bool) -> None:
+        task = self._recording
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            if reraise:
+                raise
+        finally:
+            if task.done():
+                self._recording = None
 
     async def _wind_down(self) -> None:
         """Stopping: finish the last record and give read-ahead groups back (best effort;
