@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import CommitAssociation, RunCreate, RunUpdate
 
@@ -94,3 +96,8 @@ def validate_op(op: dict[str, Any]) -> None:
         RunUpdate.model_validate(op["body"])
     else:
         raise ValueError(f"unknown operation kind {kind!r}")
+
+
+def encode_batch(snapshots: Iterable[Snapshot]) -> bytes:
+    """The body of a ``mode=upsert`` batch request for these snapshots."""
+    return orjson.dumps([snapshot.upsert_item() for snapshot in snapshots])

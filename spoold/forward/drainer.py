@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from spoold.ledger import Ledger
-from spoold.operations import Snapshot, coalesce
+from spoold.operations import Snapshot, coalesce, encode_batch
 from spoold.runs_index import RunsIndex, op_counts
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
 from spoold.upstream.client import BatchAnswer, UpstreamClient
@@ -65,6 +65,7 @@ class _Prepared:
     groups: list[SpoolGroup]
     ops: list[dict[str, Any]]
     snapshots: list[Snapshot]
+    body: bytes  # the batch request for all the snapshots, encoded ahead of time too
 
 
 @dataclass
@@ -191,7 +192,8 @@ class Drainer:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
         groups = self._spool.get_groups(self._batch_size)
         ops = [op for group in groups for op in group.ops]
-        return _Prepared(groups, ops, coalesce(ops))
+        snapshots = coalesce(ops)
+        return _Prepared(groups, ops, snapshots, encode_batch(snapshots))
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
@@ -204,14 +206,14 @@ class Drainer:
     async def _take_prefetched(self) -> _Prepared:
         task = self._prefetch
         if task is None:
-            return _Prepared([], [], [])
+            return _Prepared([], [], [], b"")
         try:
             # Shielded, and forgotten only once done: a cancelled round leaves the task
             # for _wind_down to give its groups back.
             return await asyncio.shield(task)
         except Exception as exc:  # a failed read-ahead is just an empty one
             log.warning("drain_read_ahead_failed", error=str(exc))
-            return _Prepared([], [], [])
+            return _Prepared([], [], [], b"")
         finally:
             if task.done():
                 self._prefetch = None
@@ -293,7 +295,7 @@ class Drainer:
         """Deliver the groups' operations; refused ones go to the dead-letter store."""
         started = time.perf_counter()
         groups, ops = prepared.groups, prepared.ops
-        refused = await self._deliver(prepared.snapshots)
+        refused = await self._deliver(prepared.snapshots, prepared.body)
         dead_ops = [op for op in ops if op["event_id"] in refused]
         if dead_ops:
             entries = [(op, *refused[op["event_id"]]) for op in dead_ops]
@@ -309,14 +311,20 @@ class Drainer:
         forwarded = [op for op in ops if op["event_id"] not in refused]
         return _Delivered(groups, forwarded, dead_ops, started)
 
-    async def _deliver(self, snapshots: list[Snapshot]) -> dict[str, tuple[str, int | None]]:
-        """Send until the server has every snapshot; return the refused ones by event_id."""
+    async def _deliver(
+        self, snapshots: list[Snapshot], body: bytes
+    ) -> dict[str, tuple[str, int | None]]:
+        """Send until the server has every snapshot; return the refused ones by event_id.
+
+        ``body`` is the encoded request for all of them; halves made by a split are
+        encoded when sent.
+        """
         refused: dict[str, tuple[str, int | None]] = {}
         chunks: deque[list[Snapshot]] = deque([snapshots])
         attempt = 0
         while chunks:
             chunk = chunks[0]
-            answer = await self._send(chunk)
+            answer = await self._send(body if chunk is snapshots else encode_batch(chunk))
             if answer.verdict == "ok":
                 chunks.popleft()
                 attempt = 0
@@ -354,17 +362,16 @@ class Drainer:
             if isinstance(index, int) and 0 <= index < len(chunk):
                 refused[chunk[index].event_id] = (str(error.get("message", "refused")), 422)
 
-    async def _send(self, chunk: list[Snapshot]) -> BatchAnswer:
-        items = [snapshot.upsert_item() for snapshot in chunk]
+    async def _send(self, body: bytes) -> BatchAnswer:
         self._status.in_flight_batches += 1
         try:
             if self._deadline is None:
-                return await self._client.send_batch(items)
+                return await self._client.send_batch(body)
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise Stopped
             try:
-                return await asyncio.wait_for(self._client.send_batch(items), remaining)
+                return await asyncio.wait_for(self._client.send_batch(body), remaining)
             except TimeoutError as exc:
                 raise Stopped from exc
         finally:

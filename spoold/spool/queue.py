@@ -396,7 +396,8 @@ class Spool:
         """A snapshot of depth, size and age (no disk I/O beyond a cached statvfs)."""
         with self._counts_lock:
             ops, groups, nbytes = self._depth_ops, self._depth_groups, self._bytes
-            oldest = self._oldest
+            # An ack updates the oldest age just after the depth: empty means no age.
+            oldest = self._oldest if groups else None
         try:
             free: int | None = self._disk.free_bytes()
         except OSError:

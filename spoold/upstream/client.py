@@ -62,13 +62,13 @@ class UpstreamClient:
         self._lookup_timeout = aiohttp.ClientTimeout(total=lookup_timeout_s)
         self.base_url = self._base
 
-    async def send_batch(self, items: list[dict[str, Any]]) -> BatchAnswer:
-        """POST items to the upsert batch endpoint and classify the answer."""
+    async def send_batch(self, body: bytes) -> BatchAnswer:
+        """POST a JSON array of upsert items (already encoded) and classify the answer."""
         try:
             async with self._session.post(
                 f"{self._base}/api/v1/runs/batch",
                 params={"mode": "upsert"},
-                data=orjson.dumps(items),
+                data=body,
                 headers={**self._headers, "Content-Type": "application/json"},
                 timeout=self._batch_timeout,
             ) as response:
