@@ -2,17 +2,20 @@
 
 It reads groups (bounded by ``batch_size`` operations, whatever the backlog),
 folds the operations of each run into one upsert snapshot, and sends one batch
-at a time — so updates reach the server in the order they were accepted.
+at a time - so updates reach the server in the order they were accepted.
+
 Groups are acknowledged only after the server answered 2xx for every snapshot
 in them, in two commits: the runs index settles them first (counters, per-run
 pending, and the groups' ids), then the spool acks them - in the background,
-while the next batch is with the server. A crash between the
-two is repaired at start-up (``spoold.recovery``); a failed ack (full disk) is
-retried before anything else, never by sending the groups again. Per-item refusals go to the dead-letter store and never block the
-rest; a whole-batch refusal (413, other 4xx) splits the batch until the bad
-item stands alone. Everything else is retried forever with capped, jittered
-backoff that honours Retry-After. Re-sending a batch whose answer was lost is
-harmless: the server applies snapshots idempotently.
+while the next batch is with the server. A crash between the two is repaired
+at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
+by sending the groups again.
+
+Per-item refusals go to the dead-letter store and never block the rest; a
+whole-batch refusal (413, other 4xx) splits the batch until the bad item
+stands alone. Everything else is retried forever with capped, jittered backoff
+that honours Retry-After. Re-sending a batch whose answer was lost is harmless:
+the server applies snapshots idempotently.
 """
 
 from __future__ import annotations
