@@ -24,6 +24,7 @@ import structlog
 from persistqueue.exceptions import Empty
 
 from spoold.spool import layout, store
+from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import DecodedGroup, SpoolGroup, encode_group, encode_op
 from spoold.spool.errors import (
     SpoolClosedError,
@@ -39,9 +40,7 @@ log = structlog.get_logger("spoold.spool")
 
 MiB = 1024 * 1024
 T = TypeVar("T")
-#: The writer checkpoints the WAL after this many bytes of puts: SQLite's own
-#: auto-checkpoint (1000 pages) lets the WAL hold ~4 MiB that a full disk could
-#: no longer move into the database, and bounds the WAL file's size.
+#: The WAL is checkpointed after this many bytes of puts (see ``checkpoint``).
 WAL_CHECKPOINT_BYTES = MiB // 4
 _CLEAR_EVERY_GROUPS = 1000
 
@@ -82,8 +81,7 @@ class Spool:
         self._closed = False
         self._queue: Any = None
         self._side: Any = None
-        self._checkpointer: sqlite3.Connection | None = None  # the writer's own connection
-        self._put_since_checkpoint = 0
+        self._checkpointer: WalCheckpointer | None = None
         self._disk_tight = False  # a reader write hit a full disk; cleared once drained
         self._disk, self._drain = DiskFree(self.directory), RateMeter()
         self._depth_groups = self._depth_ops = self._bytes = 0
@@ -98,7 +96,9 @@ class Spool:
             self._queue, self._side, self.quarantined_to = store.open_queue(
                 self.directory, busy_timeout_s
             )
-            self._checkpointer = store.connect_side(self._db_path, busy_timeout_s)
+            self._checkpointer = WalCheckpointer(
+                self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
+            )
             self._recount()
             self._published = store.last_allocated_id(self._side)
             self._reserve.ensure()
@@ -138,13 +138,9 @@ class Spool:
             if publish:
                 self._published = max(self._published, item_id)
         self._disk.wrote(len(data))
-        self._put_since_checkpoint += len(data)
-        if self._put_since_checkpoint >= WAL_CHECKPOINT_BYTES and self._checkpointer is not None:
-            self._put_since_checkpoint = 0
-            try:
-                store.checkpoint(self._checkpointer)
-            except sqlite3.Error as exc:  # the put is committed; this only bounds the WAL
-                log.warning("spool_checkpoint_failed", error=str(exc))
+        checkpointer = self._checkpointer  # read once: close() may clear it meanwhile
+        if checkpointer is not None:
+            checkpointer.note_written(len(data))
         return item_id
 
     def publish(self, item_id: int) -> None:
@@ -423,10 +419,12 @@ class Spool:
                 self._maintain(force=False)
                 self._queue.close()
                 self._queue = None
-            for conn in (self._side, self._checkpointer):
-                if conn is not None:
-                    conn.close()
-            self._side = self._checkpointer = None
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
+            if self._side is not None:
+                self._side.close()
+                self._side = None
             if self._lock_fd >= 0:
                 layout.release_lock(self._lock_fd)
                 self._lock_fd = -1
