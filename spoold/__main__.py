@@ -101,8 +101,15 @@ def _config(args: argparse.Namespace) -> SpooldConfig:
     )
 
 
+#: GIL switch interval. The drainer's worker threads decode, fold and encode whole
+#: batches; at the default 5 ms each of the event loop's syscalls can wait that long
+#: for the GIL to come back, which is what agents' requests feel during a big drain.
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 def serve(config: SpooldConfig) -> int:
     configure_logging(config.log_level)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     daemon.run(
         create_app(config),
         host=config.host,
