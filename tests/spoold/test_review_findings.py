@@ -1,0 +1,178 @@
+"""Review findings (spool/index accounting across crashes): each test shows one bug.
+
+They are expected to fail (xfail strict) until the bug is fixed.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spool_helpers import SpoolFactory
+
+from spoold import operator
+from spoold.accept import Acceptor
+from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
+from spoold.ledger import Ledger
+from spoold.recovery import reconcile
+from spoold.runs_index import RunsIndex, op_counts
+from spoold.spool import DeadLetterStore, Spool
+from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
+
+
+class Killed(BaseException):
+    """Stands in for kill -9 at a given point (nothing after it runs)."""
+
+
+def create(name: str) -> dict[str, Any]:
+    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
+
+
+def _disk_full() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite sets it
+    return exc
+
+
+@pytest.fixture
+def indexes(spool_dir: Path) -> Iterator[list[RunsIndex]]:
+    opened: list[RunsIndex] = []
+    yield opened
+    for index in opened:
+        index.close()
+
+
+def open_index(spool_dir: Path, opened: list[RunsIndex]) -> RunsIndex:
+    index = RunsIndex(spool_dir / INDEX_FILE)
+    opened.append(index)
+    return index
+
+
+async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
+    acceptor = Acceptor(spool, index, Ledger())
+    acceptor.start()
+    try:
+        for op in ops:
+            await acceptor.submit(op)
+    finally:
+        await acceptor.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: recovery.reconcile commits reset_spool_marks and forget_unsettled separately; "
+        "a kill -9 between them leaves a restart that no longer sees the spool as replaced: "
+        "the lost operations are never counted (accepted != forwarded+queued+dead_lettered) "
+        "and their runs stay 'pending' (a re-sent create is answered duplicate, never forwarded)"
+    ),
+)
+async def test_kill_between_mark_reset_and_forget_is_repaired(
+    spool_dir: Path,
+    make_spool: SpoolFactory,
+    indexes: list[RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spool, index = make_spool(), open_index(spool_dir, indexes)
+    await accept(spool, index, create("a"), create("b"))
+    spool.close()
+    index.close()
+    for side in ("-wal", "-shm"):
+        (spool_dir / f"spool.db{side}").unlink(missing_ok=True)
+    (spool_dir / "spool.db").write_bytes(b"not a database at all" * 200)
+
+    spool, index = make_spool(), open_index(spool_dir, indexes)
+    assert spool.quarantined_to is not None
+
+    def killed(lost_ops: int) -> int:
+        raise Killed
+
+    monkeypatch.setattr(index, "forget_unsettled", killed)
+    with pytest.raises(Killed):
+        reconcile(spool, index)  # marks reset and committed; then "kill -9"
+    monkeypatch.undo()
+    spool.close()
+    index.close()
+
+    spool, index = make_spool(), open_index(spool_dir, indexes)
+    counts = reconcile(spool, index)
+
+    assert counts.adds_up, counts
+    assert counts.quarantined == 2
+    assert index.get("a") is None  # so that a re-sent create is forwarded again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: operator.deadletter_replay calls fold_spooled(new_id) without reconciling "
+        "first; mark_spooled moves last_spooled_id past a spool item the index never "
+        "recorded (crash / unsettled debt), so start-up repair never folds it: it is "
+        "forwarded but never counted as accepted"
+    ),
+)
+async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
+    spool_dir: Path, make_spool: SpoolFactory, indexes: list[RunsIndex]
+) -> None:
+    spool, index = make_spool(), open_index(spool_dir, indexes)
+    await accept(spool, index, create("a"))
+    spool.put_group([create("b")])  # kill -9 after the spool put, before the index commit
+    spool.close()
+    index.close()
+    with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
+        store.add_many([({"kind": "update", "event_id": "a", "body": {"status": "success"}},
+                         "refused", 422)])
+
+    assert operator.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
+
+    spool, index = make_spool(), open_index(spool_dir, indexes)
+    counts = reconcile(spool, index)
+
+    assert counts.queued == 3
+    assert counts.adds_up, counts  # today: accepted=2, queued=3
+    assert index.get("b") is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: Spool.discard (start-up repair of settled-but-unacked items) acks without "
+        "_when_full_retry: on a full disk the reserve is not given back and reconcile "
+        "raises, so spoold cannot start after a kill -9 on a full disk"
+    ),
+)
+async def test_startup_discard_on_a_full_disk_uses_the_reserve(
+    spool_dir: Path,
+    make_spool: SpoolFactory,
+    indexes: list[RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spool, index = make_spool(reserve_bytes=MIN_BYTES), open_index(spool_dir, indexes)
+    await accept(spool, index, create("a"), create("b"))
+    groups = spool.get_groups(100)
+    ops = [op for group in groups for op in group.ops]
+    index.settle(op_counts(ops), {}, [group.id for group in groups])  # then kill -9: no ack
+    spool.close()
+    index.close()
+
+    spool, index = make_spool(reserve_bytes=MIN_BYTES), open_index(spool_dir, indexes)
+    assert (spool_dir / RESERVE_FILE).exists()
+    real_ack = spool._queue.ack
+    calls: list[int] = []
+
+    def ack_full_once(**kwargs: Any) -> Any:
+        calls.append(kwargs["id"])
+        if len(calls) == 1:
+            raise _disk_full()
+        return real_ack(**kwargs)
+
+    monkeypatch.setattr(spool._queue, "ack", ack_full_once)
+    counts = reconcile(spool, index)
+
+    assert counts.adds_up
+    assert counts.queued == 0
+    assert not (spool_dir / RESERVE_FILE).exists()
