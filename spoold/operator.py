@@ -14,6 +14,7 @@ import orjson
 
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
 from spoold.operations import validate_op
+from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetter, DeadLetterStore, Spool, SpoolLockedError, inspect_spool
 
@@ -74,6 +75,9 @@ def deadletter_replay(spool_dir: Path, ids: list[int] | None, *, out: TextIO = s
         with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
             index = RunsIndex(spool_dir / INDEX_FILE)
             try:
+                # Repair first (as the daemon's start would): the marks the replay moves
+                # must not skip an item the index has not recorded yet.
+                reconcile(spool, index)
                 for _ in range(100_000):  # bounded: each pass removes what it took
                     letters = store.take_for_replay(ids, limit=500)
                     if not letters:

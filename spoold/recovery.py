@@ -10,10 +10,13 @@ after a kill -9 at any point, at most one step is missing, and it is visible:
 - ``settling_ids`` still live in the spool were delivered (or dead-lettered)
   and counted: ack them without sending them again.
 
-A spool file that was replaced (renamed aside as corrupt, or deleted) voids
-both marks, and the operations that were queued in it are gone from the
-queue: the index forgets their runs (so they can be sent again) and counts
-them as dead-lettered and ``quarantined``, with a log line saying how many.
+Each spool file has a random identity (``Spool.identity``) and the index
+records which one its marks are about. A spool file that was replaced (renamed
+aside as corrupt, or deleted) has another: its marks are void, and the
+operations that were queued in the old file are gone from the queue. In one
+commit the index forgets their runs (so they can be sent again), counts them
+as dead-lettered and ``quarantined`` and takes the new file's identity; a log
+line says how many.
 """
 
 from __future__ import annotations
@@ -31,11 +34,18 @@ FOLD_CHUNK = 256  # spool items read per step: memory stays bounded whatever the
 
 def reconcile(spool: Spool, index: RunsIndex) -> Counts:
     """Bring the index in line with the spool; the counters to start the ledger from."""
-    replaced = spool.quarantined_to is not None or (
-        spool.last_allocated_id() < index.last_spooled_id()
-    )
+    known = index.spool_id()
+    if known is not None:
+        replaced = known != spool.identity
+    else:  # a new index, or one that has not recorded an identity yet: judge by the marks
+        replaced = spool.quarantined_to is not None or (
+            index.last_spooled_id() > spool.last_allocated_id()
+        )
+        if not replaced:
+            legacy = index.counters()["accepted"] > 0 and not index.has_recorded_spool_items()
+            index.adopt_spool(spool.identity, spool.last_allocated_id() if legacy else None)
     if replaced:
-        index.reset_spool_marks(spool.last_allocated_id())
+        _spool_replaced(spool, index)
     else:
         discarded = spool.discard(index.settling_ids())
         if discarded:
@@ -46,17 +56,7 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
     counters = index.counters()
     queued = spool.stats().depth_ops
     gap = counters["accepted"] - counters["forwarded"] - counters["dead_lettered"] - queued
-    if replaced and gap > 0:
-        runs = index.forget_unsettled(gap)
-        log.warning(
-            "spool_operations_lost",
-            operations=gap,
-            runs=runs,
-            renamed_to=str(spool.quarantined_to) if spool.quarantined_to else None,
-            hint="the runs can be sent again; the old file is kept for inspection",
-        )
-        counters = index.counters()
-    elif gap:
+    if gap:
         log.error("accounting_mismatch", queued=queued, **counters)
     return Counts(
         accepted=counters["accepted"],
@@ -65,6 +65,20 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
         dead_lettered=counters["dead_lettered"],
         duplicates=counters["duplicates"],
         quarantined=counters["quarantined"],
+    )
+
+
+def _spool_replaced(spool: Spool, index: RunsIndex) -> None:
+    """The marks are about another spool file: what it still held is gone from the queue."""
+    counters = index.counters()
+    lost = max(0, counters["accepted"] - counters["forwarded"] - counters["dead_lettered"])
+    runs = index.spool_replaced(spool.identity, lost)
+    log.warning(
+        "spool_operations_lost",
+        operations=lost,
+        runs=runs,
+        renamed_to=str(spool.quarantined_to) if spool.quarantined_to else None,
+        hint="the runs can be sent again; a renamed file is kept for inspection",
     )
 
 

@@ -10,9 +10,12 @@ claims an operation that is not spooled) and by the drainer when operations
 leave the queue. Each commit also records which spool items it covers
 (``marks``), so start-up can repair what a crash between the two files left
 half done (``spoold.recovery``). WAL with synchronous=NORMAL:
-it survives kill -9; after a power loss it may forget the last moments, which
-only costs a ``created`` instead of ``duplicate`` or a question to the server —
-the operations themselves are in the fsync'd spool.
+it survives kill -9; after a power loss it may forget its last commits. The
+operations themselves are in the fsync'd spool, so nothing is lost: a forgotten
+accept is folded in again at start-up, but a forgotten settle whose spool ack
+survived leaves ``forwarded`` short (the start-up check logs the mismatch), and a
+forgotten run costs a ``created`` instead of ``duplicate`` or a question to the
+server.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates", "quarantined")
-#: ``marks``: the last spool item recorded here, and the items of the last settle
-#: (delivered, maybe not yet acked in the spool); see ``spoold.recovery``.
-LAST_SPOOLED, SETTLING = "last_spooled_id", "settling_ids"
+#: ``marks``: which spool file the marks are about, the last spool item recorded
+#: here, and the items of the last settle (delivered, maybe not yet acked in the
+#: spool); see ``spoold.recovery``.
+LAST_SPOOLED, SETTLING, SPOOL_ID = "last_spooled_id", "settling_ids", "spool_id"
 #: ``runs.has_create``: this sidecar accepted the create; the server confirmed the run
 #: exists; or only updates queued while the server could not be asked.
 CREATED, CONFIRMED, UNCONFIRMED = 1, 0, -1
@@ -182,34 +186,48 @@ class RunsIndex:
         """Spool items of the last settle: delivered, perhaps not yet acked in the spool."""
         return [int(i) for i in orjson.loads(self._mark(SETTLING) or "[]")]
 
-    def reset_spool_marks(self, last_spooled_id: int) -> None:
-        """The spool file was replaced: forget marks that name items of the old one."""
+    def spool_id(self) -> str | None:
+        """The identity of the spool file the marks are about (None: not recorded yet)."""
+        return self._mark(SPOOL_ID)
+
+    def adopt_spool(self, spool_id: str, last_spooled_id: int | None) -> None:
+        """Record which spool file the marks are about (a new index, or one from before
+        identities: then ``last_spooled_id`` says what it had already recorded)."""
         self.begin()
         try:
-            self.mark_spooled(last_spooled_id)
-            self._set_mark(SETTLING, "[]")
+            self._set_mark(SPOOL_ID, spool_id)
+            if last_spooled_id is not None:
+                self.mark_spooled(last_spooled_id)
             self.commit()
         except BaseException:
             self.rollback()
             raise
 
-    def forget_unsettled(self, lost_ops: int) -> int:
-        """The queued operations are gone (corrupt spool set aside): forget their runs.
+    def spool_replaced(self, spool_id: str, lost_ops: int) -> int:
+        """The spool file was replaced (a corrupt one set aside): in ONE commit, forget the
+        runs with operations pending, count the ``lost_ops`` as dead-lettered and
+        ``quarantined``, and point the marks at the new file. Returns the runs forgotten.
 
-        A run with operations still pending is dropped, so a re-sent create is
-        ``created`` (and forwarded) again and reads ask the server; the lost
-        operations are counted as dead-lettered and as ``quarantined``.
+        A crash before the commit repeats it at the next start; after it, nothing is left
+        half done. A re-sent create of a forgotten run is ``created`` and forwarded again.
         """
         self.begin()
         try:
             removed = int(self._conn.execute("DELETE FROM runs WHERE pending > 0").rowcount)
             self.add_counter("dead_lettered", lost_ops)
             self.add_counter("quarantined", lost_ops)
+            self._set_mark(SPOOL_ID, spool_id)
+            self.mark_spooled(0)
+            self._set_mark(SETTLING, "[]")
             self.commit()
         except BaseException:
             self.rollback()
             raise
         return removed
+
+    def has_recorded_spool_items(self) -> bool:
+        """Whether a last_spooled_id mark exists (indexes from before marks have none)."""
+        return self._mark(LAST_SPOOLED) is not None
 
     def _mark(self, name: str) -> str | None:
         row = self._conn.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()

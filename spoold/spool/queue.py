@@ -89,6 +89,8 @@ class Spool:
         self._published = 0
         #: Where a corrupt spool file was renamed at open, if it was.
         self.quarantined_to: Path | None = None
+        #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
+        self.identity = ""
         self._reserve = DiskReserve(self.directory, reserve_bytes)
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
@@ -99,6 +101,7 @@ class Spool:
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
             )
+            self.identity = store.spool_identity(self._side)
             self._recount()
             self._published = store.last_allocated_id(self._side)
             self._reserve.ensure()
@@ -246,7 +249,7 @@ class Spool:
                     continue  # already acked or nacked: never count it twice
                 try:
                     self._when_full_retry(lambda i=group.id: self._queue.ack(id=i))  # type: ignore[misc]
-                except sqlite3.Error as exc:
+                except Exception as exc:  # kept in flight, so a retried ack covers it
                     self._inflight[group.id] = group
                     raise SpoolWriteError(f"spool ack failed: {exc}") from exc
                 self._forget(len(group.ops), group.nbytes)
@@ -319,7 +322,7 @@ class Spool:
             live = store.live_ids(self._side, item_ids)
             try:
                 for item_id in live:
-                    self._queue.ack(id=item_id)
+                    self._when_full_retry(lambda i=item_id: self._queue.ack(id=i))  # type: ignore[misc]
             except sqlite3.Error as exc:
                 raise SpoolWriteError(f"spool ack failed: {exc}") from exc
             finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,21 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
         queue.close()
         raise
     return queue, side
+
+
+def spool_identity(side: sqlite3.Connection) -> str:
+    """This spool file's random id, made when the file is: a replaced file has a new one.
+
+    Kept in a one-row table of spoold's own beside persist-queue's.
+    """
+    side.execute("CREATE TABLE IF NOT EXISTS spoold_identity (spool_id TEXT NOT NULL)")
+    row = side.execute("SELECT spool_id FROM spoold_identity LIMIT 1").fetchone()
+    if row is not None:
+        return str(row[0])
+    spool_id = uuid.uuid4().hex
+    side.execute("INSERT INTO spoold_identity (spool_id) VALUES (?)", (spool_id,))
+    side.commit()
+    return spool_id
 
 
 def count_live(side: sqlite3.Connection) -> tuple[int, int, int]:

@@ -179,11 +179,10 @@ def _fill_with_ballast(directory: Path) -> Path:
     """Another process fills the filesystem: write zeros until ENOSPC (bounded by its size)."""
     ballast = directory / "ballast.bin"
     chunk = b"\0" * 65536
-    with ballast.open("wb") as handle:
+    with ballast.open("wb", buffering=0) as handle:  # unbuffered: close() has nothing to flush
         for _ in range(10_000):
             try:
                 handle.write(chunk)
-                handle.flush()
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise

@@ -1,6 +1,6 @@
 """Review findings (spool/index accounting across crashes): each test shows one bug.
 
-They are expected to fail (xfail strict) until the bug is fixed.
+Each was xfail (strict) until its fix; they now guard the fixes.
 """
 
 from __future__ import annotations
@@ -62,21 +62,14 @@ async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
         await acceptor.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: recovery.reconcile commits reset_spool_marks and forget_unsettled separately; "
-        "a kill -9 between them leaves a restart that no longer sees the spool as replaced: "
-        "the lost operations are never counted (accepted != forwarded+queued+dead_lettered) "
-        "and their runs stay 'pending' (a re-sent create is answered duplicate, never forwarded)"
-    ),
-)
-async def test_kill_between_mark_reset_and_forget_is_repaired(
+async def test_kill_during_the_repair_of_a_replaced_spool_is_repaired(
     spool_dir: Path,
     make_spool: SpoolFactory,
     indexes: list[RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The repair of a replaced spool is one commit: a kill -9 before it commits leaves
+    it to the next start, which still sees the spool as replaced and repairs it."""
     spool, index = make_spool(), open_index(spool_dir, indexes)
     await accept(spool, index, create("a"), create("b"))
     spool.close()
@@ -88,12 +81,16 @@ async def test_kill_between_mark_reset_and_forget_is_repaired(
     spool, index = make_spool(), open_index(spool_dir, indexes)
     assert spool.quarantined_to is not None
 
-    def killed(lost_ops: int) -> int:
-        raise Killed
+    real_commit = index.commit
 
-    monkeypatch.setattr(index, "forget_unsettled", killed)
+    def killed() -> None:
+        raise Killed  # "kill -9" just before the repair's commit
+
+    monkeypatch.setattr(index, "commit", killed)
     with pytest.raises(Killed):
-        reconcile(spool, index)  # marks reset and committed; then "kill -9"
+        reconcile(spool, index)
+    monkeypatch.setattr(index, "commit", real_commit)
+    index.rollback()
     monkeypatch.undo()
     spool.close()
     index.close()
@@ -106,15 +103,6 @@ async def test_kill_between_mark_reset_and_forget_is_repaired(
     assert index.get("a") is None  # so that a re-sent create is forwarded again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: operator.deadletter_replay calls fold_spooled(new_id) without reconciling "
-        "first; mark_spooled moves last_spooled_id past a spool item the index never "
-        "recorded (crash / unsettled debt), so start-up repair never folds it: it is "
-        "forwarded but never counted as accepted"
-    ),
-)
 async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
     spool_dir: Path, make_spool: SpoolFactory, indexes: list[RunsIndex]
 ) -> None:
@@ -124,8 +112,9 @@ async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
     spool.close()
     index.close()
     with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
-        store.add_many([({"kind": "update", "event_id": "a", "body": {"status": "success"}},
-                         "refused", 422)])
+        store.add_many(
+            [({"kind": "update", "event_id": "a", "body": {"status": "success"}}, "refused", 422)]
+        )
 
     assert operator.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
 
@@ -137,14 +126,6 @@ async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
     assert index.get("b") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Spool.discard (start-up repair of settled-but-unacked items) acks without "
-        "_when_full_retry: on a full disk the reserve is not given back and reconcile "
-        "raises, so spoold cannot start after a kill -9 on a full disk"
-    ),
-)
 async def test_startup_discard_on_a_full_disk_uses_the_reserve(
     spool_dir: Path,
     make_spool: SpoolFactory,
