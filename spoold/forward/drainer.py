@@ -173,6 +173,7 @@ class Drainer:
             if time.monotonic() - self._last_probe > PROBE_EVERY_S:
                 self._last_probe = time.monotonic()
                 await self._probe()
+                await asyncio.to_thread(self._spool.housekeep_when_idle)
             await self._idle()
             return True
         self._prefetch = asyncio.create_task(asyncio.to_thread(self._read_round))

@@ -42,7 +42,13 @@ MiB = 1024 * 1024
 T = TypeVar("T")
 #: The WAL is checkpointed after this many bytes of puts (see ``checkpoint``).
 WAL_CHECKPOINT_BYTES = MiB // 4
-_CLEAR_EVERY_GROUPS = 1000
+#: Acked bytes that trigger a clear. Deleting acked rows holds persist-queue's write
+#: lock (puts wait) for a time that grows with the bytes deleted: small, frequent clears
+#: keep that wait to a few ms during a big drain (one clear a second deleted tens of MB).
+_CLEAR_EVERY_BYTES = 2 * MiB
+#: Vacuum (which holds the write lock for as long as it rebuilds) only this long after
+#: the last put, so a writer is not kept waiting by it.
+_VACUUM_AFTER_IDLE_S = 5.0
 
 
 class Spool:
@@ -78,6 +84,8 @@ class Spool:
         self._carry: SpoolGroup | None = None  # got from the queue, not yet handed out
         self._cursor: int | None = None
         self._acked_uncleared, self._last_clear = 0, time.monotonic()
+        self._acked_uncleared_bytes = 0
+        self._last_put = 0.0
         self._closed = False
         self._queue: Any = None
         self._side: Any = None
@@ -141,6 +149,7 @@ class Spool:
             if publish:
                 self._published = max(self._published, item_id)
         self._disk.wrote(len(data))
+        self._last_put = time.monotonic()
         checkpointer = self._checkpointer  # read once: close() may clear it meanwhile
         if checkpointer is not None:
             checkpointer.note_written(len(data))
@@ -255,6 +264,7 @@ class Spool:
                 self._forget(len(group.ops), group.nbytes)
                 self._drain.add(group.nbytes)
                 self._acked_uncleared += 1
+                self._acked_uncleared_bytes += group.nbytes
             self._maintain(force=False)
             try:
                 oldest = store.oldest_enqueued_at(self._side)
@@ -360,6 +370,15 @@ class Spool:
 
     # -- housekeeping ----------------------------------------------------------------------
 
+    def housekeep_when_idle(self) -> None:
+        """Delete acked rows and vacuum, if no put came for a while (the drainer calls
+        this when it has nothing to send; a vacuum would make a writer wait)."""
+        with self._io_lock:
+            if self._closed or time.monotonic() - self._last_put < _VACUUM_AFTER_IDLE_S:
+                return
+            self._acked_uncleared = max(self._acked_uncleared, 1)  # due: run it now
+            self._maintain(force=False)
+
     def compact(self) -> None:
         """Delete acked rows now and vacuum if enough of the file is free."""
         with self._io_lock:
@@ -368,14 +387,17 @@ class Spool:
 
     def _maintain(self, *, force: bool) -> None:
         due = (
-            self._acked_uncleared >= _CLEAR_EVERY_GROUPS
+            self._acked_uncleared_bytes >= _CLEAR_EVERY_BYTES
             or time.monotonic() - self._last_clear >= self._clear_interval_s
             or self._depth_groups == 0
         )
         if not force and not (self._acked_uncleared and due):
             return
         # Vacuuming copies the live rows while puts wait: only when few are left.
-        may_vacuum = force or self._bytes <= self._vacuum_max_live
+        may_vacuum = force or (
+            self._bytes <= self._vacuum_max_live
+            and time.monotonic() - self._last_put >= _VACUUM_AFTER_IDLE_S
+        )
         try:
             self._when_full_retry(
                 lambda: store.housekeep(
@@ -383,6 +405,7 @@ class Spool:
                 )
             )
             self._acked_uncleared, self._last_clear = 0, time.monotonic()
+            self._acked_uncleared_bytes = 0
         except sqlite3.Error as exc:  # housekeeping must never fail an ack
             log.warning("spool_maintenance_failed", error=str(exc))
         if self._depth_groups == 0 and not self._reserve.present:

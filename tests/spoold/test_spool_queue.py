@@ -13,6 +13,7 @@ import pytest
 from spool_helpers import SpoolFactory, all_seqs, op
 from structlog.testing import capture_logs
 
+import spoold.spool.queue as queue_module
 from spoold.spool import (
     Spool,
     SpoolClosedError,
@@ -109,8 +110,12 @@ def test_ack_twice_counts_once(make_spool: SpoolFactory) -> None:
     assert spool.stats().depth_ops == 3
 
 
-def test_acked_rows_are_deleted_and_file_shrinks(make_spool: SpoolFactory, spool_dir: Path) -> None:
-    """Acked rows leave the table and, once the queue is empty, the file is vacuumed."""
+def test_acked_rows_are_deleted_and_file_shrinks(
+    make_spool: SpoolFactory, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acked rows leave the table and, once the queue is empty (and no put came for
+    _VACUUM_AFTER_IDLE_S, 0 here), the file is vacuumed."""
+    monkeypatch.setattr(queue_module, "_VACUUM_AFTER_IDLE_S", 0.0)
     spool = make_spool(vacuum_threshold_bytes=64 * 1024)
     put_groups(spool, 40, 50, size=200)
     big = spool.stats().file_bytes
@@ -123,6 +128,24 @@ def test_acked_rows_are_deleted_and_file_shrinks(make_spool: SpoolFactory, spool
     stats = spool.stats()
     assert (stats.depth_ops, stats.bytes, stats.oldest_enqueued_at) == (0, 0, None)
     assert stats.file_bytes < big / 4
+
+
+def test_no_vacuum_while_puts_are_recent_until_idle(
+    make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vacuum holds the write lock: it waits until puts have stopped for a while, then
+    housekeep_when_idle (the drainer's idle call) shrinks the file."""
+    spool = make_spool(vacuum_threshold_bytes=64 * 1024)
+    put_groups(spool, 40, 50, size=200)
+    big = spool.stats().file_bytes
+    spool.ack(spool.get_groups(10_000))
+    assert spool.stats().depth_ops == 0
+    assert spool.stats().file_bytes >= big / 4  # puts just happened: not vacuumed yet
+    spool.housekeep_when_idle()
+    assert spool.stats().file_bytes >= big / 4  # still within the idle delay
+    monkeypatch.setattr(queue_module, "_VACUUM_AFTER_IDLE_S", 0.0)
+    spool.housekeep_when_idle()
+    assert spool.stats().file_bytes < big / 4
 
 
 def test_cap_refuses_then_recovers_after_ack(make_spool: SpoolFactory) -> None:
