@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from spoold.accept import Acceptor
+from spoold.ledger import Ledger
+from spoold.runs_index import RunsIndex
 from spoold.spool import Spool
 
 SpoolFactory = Callable[..., Spool]
@@ -31,3 +35,21 @@ def all_seqs(spool: Spool, max_ops: int = 1000) -> list[int]:
             return seqs
         seqs.extend(o["seq"] for g in groups for o in g.ops)
     raise AssertionError("spool did not run dry")
+
+
+def disk_full() -> sqlite3.OperationalError:
+    """The error SQLite raises when the disk is full (with its error code set)."""
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+    return exc
+
+
+async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
+    """Accept ops one by one through the real accept path: one spool item each."""
+    acceptor = Acceptor(spool, index, Ledger())
+    acceptor.start()
+    try:
+        for op in ops:
+            await acceptor.submit(op)
+    finally:
+        await acceptor.close()

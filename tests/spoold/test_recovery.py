@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_helpers import SpoolFactory
+from spool_helpers import SpoolFactory, accept
 from structlog.testing import capture_logs
 
 from spoold import recovery
@@ -48,17 +48,6 @@ def open_index(tmp_path: Path) -> Iterator[IndexFactory]:
     yield factory
     for index in opened:
         index.close()
-
-
-async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
-    """Accept ops one by one through the real accept path: one spool item each."""
-    acceptor = Acceptor(spool, index, Ledger())
-    acceptor.start()
-    try:
-        for op in ops:
-            await acceptor.submit(op)
-    finally:
-        await acceptor.close()
 
 
 def settle(index: RunsIndex, groups: list[SpoolGroup], dead: frozenset[str] = frozenset()) -> None:

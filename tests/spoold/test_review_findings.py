@@ -6,21 +6,18 @@ Each was xfail (strict) until its fix; they now guard the fixes.
 from __future__ import annotations
 
 import io
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_helpers import SpoolFactory
+from spool_helpers import SpoolFactory, accept, disk_full
 
 from spoold import operator
-from spoold.accept import Acceptor
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex, op_counts
-from spoold.spool import DeadLetterStore, Spool
+from spoold.spool import DeadLetterStore
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
 
 
@@ -30,12 +27,6 @@ class Killed(BaseException):
 
 def create(name: str) -> dict[str, Any]:
     return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
-
-
-def _disk_full() -> sqlite3.OperationalError:
-    exc = sqlite3.OperationalError("database or disk is full")
-    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite sets it
-    return exc
 
 
 @pytest.fixture
@@ -50,16 +41,6 @@ def open_index(spool_dir: Path, opened: list[RunsIndex]) -> RunsIndex:
     index = RunsIndex(spool_dir / INDEX_FILE)
     opened.append(index)
     return index
-
-
-async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
-    acceptor = Acceptor(spool, index, Ledger())
-    acceptor.start()
-    try:
-        for op in ops:
-            await acceptor.submit(op)
-    finally:
-        await acceptor.close()
 
 
 async def test_kill_during_the_repair_of_a_replaced_spool_is_repaired(
@@ -148,7 +129,7 @@ async def test_startup_discard_on_a_full_disk_uses_the_reserve(
     def ack_full_once(**kwargs: Any) -> Any:
         calls.append(kwargs["id"])
         if len(calls) == 1:
-            raise _disk_full()
+            raise disk_full()
         return real_ack(**kwargs)
 
     monkeypatch.setattr(spool._queue, "ack", ack_full_once)

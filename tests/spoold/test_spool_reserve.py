@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from spool_helpers import disk_full
 
 from spoold.spool import Spool
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE, DiskReserve
@@ -14,12 +14,6 @@ from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE, DiskReserve
 
 def _op(n: int) -> dict[str, Any]:
     return {"kind": "create", "event_id": f"e{n}", "body": {"event_id": f"e{n}"}}
-
-
-def _disk_full() -> sqlite3.OperationalError:
-    exc = sqlite3.OperationalError("database or disk is full")
-    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite sets it
-    return exc
 
 
 def test_reserve_is_real_bytes_and_given_back_once(tmp_path: Path) -> None:
@@ -54,7 +48,7 @@ def test_a_full_disk_on_ack_releases_the_reserve_and_retries(
         def ack_full_once(**kwargs: Any) -> Any:
             calls.append(kwargs["id"])
             if len(calls) == 1:
-                raise _disk_full()
+                raise disk_full()
             return real_ack(**kwargs)
 
         monkeypatch.setattr(spool._queue, "ack", ack_full_once)
@@ -77,7 +71,7 @@ def test_a_read_cut_short_returns_the_groups_already_taken(
 
         def get_then_full(**kwargs: Any) -> Any:
             if len(taken) == 2:
-                raise _disk_full()
+                raise disk_full()
             item = real_get(**kwargs)
             taken.append(item["pqid"])
             return item
