@@ -51,7 +51,7 @@ def assess(
     elif upstream.tls_failing:
         reasons.append(
             f"upstream {upstream.last_error}; writes are queued, nothing is delivered: "
-            "check SPOOLD_UPSTREAM_CA_FILE and the server's certificate"
+            "check SPOOLD_UPSTREAM_URL, SPOOLD_UPSTREAM_CA_FILE and the server's certificate"
         )
     elif upstream.reachable is False:
         reasons.append("upstream unreachable; writes are queued")

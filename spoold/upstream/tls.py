@@ -22,7 +22,8 @@ def describe_tls_error(exc: BaseException) -> str | None:
         detail = getattr(error, "verify_message", None) or str(error)
         return f"{VERIFY_FAILED} ({exc.host}:{exc.port}): {detail}"
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        return f"{HANDSHAKE_FAILED}: {exc}"
+        hint = " (does the server speak plain HTTP?)" if "WRONG_VERSION_NUMBER" in str(exc) else ""
+        return f"{HANDSHAKE_FAILED}{hint}: {exc}"
     return None
 
 

@@ -10,16 +10,19 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from server.config import ConfigError, ServerConfig
 from server.exposure import Exposure, beyond_loopback, warn_if_exposed, warn_if_upstream_in_clear
 from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold.config import SpooldConfig
+from spoold.upstream.client import UpstreamClient
 from spoold.upstream.status import UpstreamStatus
-from spoold.upstream.tls import VERIFY_FAILED, is_tls_failure
+from spoold.upstream.tls import HANDSHAKE_FAILED, VERIFY_FAILED, is_tls_failure
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +266,36 @@ def test_plain_http_upstream_on_another_host_is_warned(
     assert warn_if_upstream_in_clear("https://central.example:8766") is False
     assert warn_if_upstream_in_clear("http://central.example:8766") is True
     assert [log["event"] for log in captured] == ["upstream_without_tls"]
+
+
+async def test_https_to_a_plain_http_server_is_named_a_tls_failure() -> None:
+    """An https:// upstream that answers in clear text: a handshake failure, never delivery."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        connector = aiohttp.TCPConnector(ssl=upstream_context(None))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = UpstreamClient(
+                session,
+                f"https://127.0.0.1:{port}",
+                token=None,
+                batch_timeout_s=5,
+                lookup_timeout_s=5,
+            )
+            answer = await client.send_batch(b"[]")
+    finally:
+        await runner.cleanup()
+    assert answer.verdict == "retry"
+    assert answer.cause.startswith(f"{HANDSHAKE_FAILED} (does the server speak plain HTTP?)")
+    status = UpstreamStatus(url=f"https://127.0.0.1:{port}")
+    status.failed(answer.cause, status=answer.status)
+    assert status.tls_failing is True
