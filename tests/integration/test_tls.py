@@ -8,6 +8,7 @@ trust store except where a test checks that it does not trust that CA. Traffic g
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -106,7 +107,7 @@ def https_server(
         env=server_tls_env(pki, wrong_host=wrong_host),
         client_ssl=ready,
     )
-    return Daemon(daemon.process, daemon.port, daemon.log_path, pki.client)
+    return dataclasses.replace(daemon, client_ssl=pki.client)
 
 
 def get_json(url: str, context: ssl.SSLContext | None = None) -> tuple[int | None, Any]:
