@@ -13,8 +13,10 @@ import structlog
 from server import __version__, daemon
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
+from server.exposure import Exposure
 from server.logs import configure_logging
 from server.storage.backup import BackupError, backup
+from server.tls import TLSSetupError, listener_context
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "backup":
         return run_backup(config, args.destination)
+    try:
+        tls = listener_context(config.tls_cert_file, config.tls_key_file)
+    except TLSSetupError as exc:
+        print(f"telemetry-server: TLS configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level)
     log = structlog.get_logger("server")
     log.info(
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         version=__version__,
         auth_enabled=config.auth_enabled,
         rate_limit_enabled=config.rate_limit_enabled,
+        tls=tls is not None,
     )
     daemon.run(
         create_app(config),
@@ -89,8 +97,22 @@ def main(argv: list[str] | None = None) -> int:
         port=config.port,
         shutdown_timeout_s=config.shutdown_timeout_s,
         name="server",
+        ssl_context=tls,
+        exposure=exposure(config, tls=tls is not None),
     )
     return 0
+
+
+def exposure(config: ServerConfig, *, tls: bool) -> Exposure:
+    """What the server warns about when it listens beyond loopback."""
+    return Exposure(
+        tls=tls,
+        tls_hint="set TELEMETRY_TLS_CERT_FILE and TELEMETRY_TLS_KEY_FILE",
+        auth_missing=None
+        if config.auth_enabled
+        else "anyone who can reach this port can write and read runs: "
+        "set TELEMETRY_API_AUTH_ENABLED=true with a TELEMETRY_API_AUTH_TOKEN",
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.settings import ConfigError, Setting, load
+from server.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 
 __all__ = ["SETTINGS", "ConfigError", "ServerConfig", "Setting"]
 
@@ -56,6 +56,16 @@ SETTINGS: tuple[Setting, ...] = (
         "TELEMETRY_API_AUTH_PROTECT_READS",
         "auth_protect_reads",
         "Also require the token on queries and metadata.",
+    ),
+    Setting(
+        "TELEMETRY_TLS_CERT_FILE",
+        "tls_cert_file",
+        "PEM certificate (chain) to serve HTTPS with; set together with TELEMETRY_TLS_KEY_FILE.",
+    ),
+    Setting(
+        "TELEMETRY_TLS_KEY_FILE",
+        "tls_key_file",
+        "PEM private key of that certificate (unencrypted, readable by the daemon).",
     ),
     Setting(
         "TELEMETRY_RATE_LIMIT_ENABLED", "rate_limit_enabled", "Limit requests per client address."
@@ -113,6 +123,8 @@ class ServerConfig(BaseModel):
     auth_enabled: bool = False
     auth_token: str | None = Field(default=None, repr=False)
     auth_protect_reads: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     rate_limit_enabled: bool = False
     rate_limit_rpm: int = Field(default=60, ge=1, le=1_000_000)
     rate_limit_max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
@@ -124,12 +136,26 @@ class ServerConfig(BaseModel):
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     reader_threads: int = Field(default=4, ge=1, le=64)
 
+    _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
+        unset_if_empty
+    )
+
     @model_validator(mode="after")
     def _token_when_auth(self) -> ServerConfig:
         if self.auth_enabled and not self.auth_token:
             raise ValueError(
                 "TELEMETRY_API_AUTH_TOKEN must be set when TELEMETRY_API_AUTH_ENABLED=true"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        require_pair(
+            self.tls_cert_file,
+            self.tls_key_file,
+            "TELEMETRY_TLS_CERT_FILE",
+            "TELEMETRY_TLS_KEY_FILE",
+        )
         return self
 
     @classmethod

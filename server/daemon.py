@@ -11,33 +11,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 
 import structlog
 from aiohttp import web
 
+from server.exposure import Exposure, warn_if_exposed
 from server.systemd import notify, watchdog, watchdog_interval_s
 
 log = structlog.get_logger("daemon")
 
 
 async def serve(
-    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float, name: str
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    exposure: Exposure | None = None,
 ) -> None:
-    """Serve app on host:port until SIGTERM or SIGINT."""
+    """Serve app on host:port (over TLS when ssl_context is given) until SIGTERM or SIGINT."""
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s
     )
     await runner.setup()  # startup: the cleanup contexts open storage here
     pinger: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         bound = ", ".join(str(address) for address in runner.addresses)
-        log.info(f"{name}_listening", addresses=bound)
+        log.info(f"{name}_listening", addresses=bound, tls=ssl_context is not None)
+        if exposure is not None:
+            warn_if_exposed(name, runner.addresses, exposure)
         notify(f"READY=1\nSTATUS=serving on {bound}")
         interval = watchdog_interval_s()
         if interval is not None:
@@ -54,6 +65,23 @@ async def serve(
 
 
 def run(
-    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float, name: str
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    exposure: Exposure | None = None,
 ) -> None:
-    asyncio.run(serve(app, host=host, port=port, shutdown_timeout_s=shutdown_timeout_s, name=name))
+    asyncio.run(
+        serve(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout_s=shutdown_timeout_s,
+            name=name,
+            ssl_context=ssl_context,
+            exposure=exposure,
+        )
+    )

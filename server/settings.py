@@ -50,6 +50,18 @@ def load(
         raise ConfigError(_describe(exc, settings)) from exc
 
 
+def unset_if_empty(value: Any) -> Any:
+    """An optional path given as an empty (or blank) variable means "not set", not "."."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def require_pair(first: Any, second: Any, first_env: str, second_env: str) -> None:
+    """Two settings that only make sense together: both or neither."""
+    if (first is None) != (second is None):
+        given, missing = (first_env, second_env) if second is None else (second_env, first_env)
+        raise ValueError(f"{given} is set but {missing} is not: set both, or neither")
+
+
 def _coerce(model: type[BaseModel], setting: Setting, raw: str) -> Any:
     annotation = model.model_fields[setting.field].annotation
     if annotation is bool:
@@ -69,7 +81,7 @@ def _describe(exc: ValidationError, settings: Sequence[Setting]) -> str:
     messages = []
     for error in exc.errors(include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
-        name = by_field.get(field, field or "configuration")
         message = str(error["msg"]).removeprefix("Value error, ")
-        messages.append(f"{name}: {message}")
+        # A check across fields (loc empty) names its variables in the message itself.
+        messages.append(f"{by_field.get(field, field)}: {message}" if field else message)
     return "; ".join(messages)

@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 
 from server import daemon
+from server.exposure import Exposure, warn_if_upstream_in_clear
 from server.logs import configure_logging
+from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, operator
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
@@ -108,14 +110,29 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def serve(config: SpooldConfig) -> int:
+    try:
+        listener = listener_context(config.tls_cert_file, config.tls_key_file)
+        upstream = upstream_context(config.upstream_ca_file)
+    except TLSSetupError as exc:
+        print(f"spoold: TLS configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level)
+    warn_if_upstream_in_clear(config.upstream_url)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     daemon.run(
-        create_app(config),
+        create_app(config, upstream_ssl=upstream),
         host=config.host,
         port=config.port,
         shutdown_timeout_s=config.shutdown_deadline_s,
         name="spoold",
+        ssl_context=listener,
+        exposure=Exposure(
+            tls=listener is not None,
+            tls_hint="keep SPOOLD_HOST on loopback, or set SPOOLD_TLS_CERT_FILE and SPOOLD_TLS_KEY_FILE",
+            auth_missing="spoold has no authentication of its own: anyone who can reach this "
+            "port can write runs, which it delivers with the fleet's SPOOLD_UPSTREAM_TOKEN; "
+            "keep SPOOLD_HOST on loopback",
+        ),
     )
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from server.http.docs import docs_routes
 from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
 from server.http.requests import MAX_JSON_DEPTH
+from server.tls import upstream_context
 from spoold import __version__
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
@@ -50,6 +52,7 @@ _STORAGE: web.AppKey[tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsInd
 _LEDGER: web.AppKey[Ledger] = web.AppKey("spoold_ledger", Ledger)
 _ACCEPTOR: web.AppKey[Acceptor] = web.AppKey("spoold_acceptor", Acceptor)
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spoold_session", aiohttp.ClientSession)
+_UPSTREAM_SSL: web.AppKey[ssl.SSLContext] = web.AppKey("spoold_upstream_ssl", ssl.SSLContext)
 
 
 def _open_storage(
@@ -115,7 +118,9 @@ async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+    # https:// upstreams are verified (certificate chain and host name) with this context.
+    connector = aiohttp.TCPConnector(limit=16, ssl=app[_UPSTREAM_SSL])
+    session = aiohttp.ClientSession(connector=connector)
     app[_SESSION] = session
     yield
     await session.close()
@@ -200,10 +205,13 @@ async def _start_drain_deadline(app: web.Application) -> None:
         sidecar.drainer.stop_by(app[CONFIG].shutdown_deadline_s)
 
 
-def create_app(config: SpooldConfig) -> web.Application:
-    """The sidecar as an aiohttp application."""
+def create_app(
+    config: SpooldConfig, *, upstream_ssl: ssl.SSLContext | None = None
+) -> web.Application:
+    """The sidecar as an aiohttp application; upstream_ssl defaults to one built from config."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
     app[CONFIG] = config
+    app[_UPSTREAM_SSL] = upstream_ssl or upstream_context(config.upstream_ca_file)
     app[MAX_JSON_DEPTH] = 32
     metrics = SidecarMetrics()
     app[SIDECAR_METRICS] = metrics

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.settings import ConfigError, Setting, load
+from server.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
 
@@ -26,6 +26,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SPOOLD_UPSTREAM_URL", "upstream_url", "Base URL of the central telemetry-server."),
     Setting(
         "SPOOLD_UPSTREAM_TOKEN", "upstream_token", "Bearer token sent upstream (never logged)."
+    ),
+    Setting(
+        "SPOOLD_UPSTREAM_CA_FILE",
+        "upstream_ca_file",
+        "PEM CA bundle that an https:// upstream's certificate must chain to (default: the system trust store).",
+    ),
+    Setting(
+        "SPOOLD_TLS_CERT_FILE",
+        "tls_cert_file",
+        "PEM certificate (chain) to serve agents over HTTPS; set together with SPOOLD_TLS_KEY_FILE.",
+    ),
+    Setting(
+        "SPOOLD_TLS_KEY_FILE",
+        "tls_key_file",
+        "PEM private key of that certificate (unencrypted, readable by the daemon).",
     ),
     Setting(
         "SPOOLD_SPOOL_DIR",
@@ -100,6 +115,9 @@ class SpooldConfig(BaseModel):
     port: int = Field(default=8765, ge=0, le=65535)
     upstream_url: str = "http://127.0.0.1:8766"
     upstream_token: str | None = Field(default=None, repr=False)
+    upstream_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     spool_dir: Path = Path("spool")
     max_spool_mb: float = Field(default=1024, gt=0)
     min_free_disk_mb: float = Field(default=256, ge=0)
@@ -122,6 +140,22 @@ class SpooldConfig(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    _empty_is_unset = field_validator(
+        "upstream_ca_file", "tls_cert_file", "tls_key_file", mode="before"
+    )(unset_if_empty)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> SpooldConfig:
+        require_pair(
+            self.tls_cert_file, self.tls_key_file, "SPOOLD_TLS_CERT_FILE", "SPOOLD_TLS_KEY_FILE"
+        )
+        if self.upstream_ca_file is not None and not self.upstream_url.startswith("https://"):
+            raise ValueError(
+                "SPOOLD_UPSTREAM_CA_FILE is set but SPOOLD_UPSTREAM_URL is not https://: "
+                "the CA would never be used and batches would travel in clear text"
+            )
+        return self
 
     @property
     def max_spool_bytes(self) -> int:

@@ -48,6 +48,11 @@ def assess(
     upstream = sidecar.upstream
     if upstream.auth_failing:
         reasons.append("upstream refuses our token (401/403); fix SPOOLD_UPSTREAM_TOKEN")
+    elif upstream.tls_failing:
+        reasons.append(
+            f"upstream {upstream.last_error}; writes are queued, nothing is delivered: "
+            "check SPOOLD_UPSTREAM_URL, SPOOLD_UPSTREAM_CA_FILE and the server's certificate"
+        )
     elif upstream.reachable is False:
         reasons.append("upstream unreachable; writes are queued")
     elif upstream.consecutive_failures:

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from spoold.upstream.retry import AUTH_STATUSES, RETRYABLE_STATUSES, parse_retry_after
+from spoold.upstream.tls import describe_tls_error
 
 BatchVerdict = Literal["ok", "retry", "auth", "split"]
 #: Whole-batch answers that are about the items themselves.
@@ -139,5 +140,5 @@ def _safe_json(raw: bytes) -> Any:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = describe_tls_error(exc) or str(exc) or type(exc).__name__
     return text[:200]

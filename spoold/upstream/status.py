@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.contract.timestamps import utc_now
+from spoold.upstream.tls import is_tls_failure
 
 
 @dataclass
@@ -14,6 +15,7 @@ class UpstreamStatus:
     url: str
     reachable: bool | None = None
     auth_failing: bool = False
+    tls_failing: bool = False
     last_success: str | None = None
     last_success_unix: float | None = None
     last_error: str | None = None
@@ -25,6 +27,7 @@ class UpstreamStatus:
     def succeeded(self) -> None:
         self.reachable = True
         self.auth_failing = False
+        self.tls_failing = False
         self.consecutive_failures = 0
         self.last_success = utc_now()
         self.last_success_unix = time.time()
@@ -32,10 +35,12 @@ class UpstreamStatus:
     def failed(self, cause: str, *, status: int, auth: bool = False) -> None:
         self.reachable = status != 0
         self.auth_failing = auth
+        self.tls_failing = is_tls_failure(cause)
         self.consecutive_failures += 1
         self.last_error = cause
         self.last_error_at = utc_now()
         kind = "auth" if auth else ("connect" if status == 0 else f"http_{status}")
+        kind = "tls" if self.tls_failing else kind
         self.retries[kind] = self.retries.get(kind, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
@@ -43,6 +48,7 @@ class UpstreamStatus:
             "url": self.url,
             "reachable": self.reachable,
             "auth_failing": self.auth_failing,
+            "tls_failing": self.tls_failing,
             "last_success": self.last_success,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,

@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import sqlite3
+import ssl
 import struct
 import subprocess
 import sys
@@ -73,9 +74,15 @@ class Reaper:
 
 
 def start_server(
-    reaper: Reaper, workdir: Path, *, port: int, db: Path, env: Mapping[str, str] | None = None
+    reaper: Reaper,
+    workdir: Path,
+    *,
+    port: int,
+    db: Path,
+    env: Mapping[str, str] | None = None,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> Daemon:
-    """The real telemetry-server (``python -m server``) on 127.0.0.1:port."""
+    """The real telemetry-server (``python -m server``) on 127.0.0.1:port (HTTPS with client_ssl)."""
     return reaper.add(
         start(
             "server",
@@ -83,6 +90,7 @@ def start_server(
             port=port,
             workdir=workdir,
             env={**SERVER_ENV, **(env or {})},
+            client_ssl=client_ssl,
         )
     )
 
@@ -95,8 +103,9 @@ def start_spoold(
     upstream: str,
     spool_dir: Path,
     env: Mapping[str, str] | None = None,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> Daemon:
-    """The real sidecar (``python -m spoold serve``), ready once it serves HTTP."""
+    """The real sidecar (``python -m spoold serve``), ready once it serves HTTP(S)."""
     return reaper.add(
         start(
             "spoold",
@@ -113,6 +122,7 @@ def start_spoold(
             workdir=workdir,
             env={**SPOOLD_ENV, **(env or {})},
             ready_path=SPOOLD_READY_PATH,
+            client_ssl=client_ssl,
         )
     )
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,10 +30,12 @@ class Daemon:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    #: Set when the daemon serves HTTPS: the client context that trusts its certificate.
+    client_ssl: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.client_ssl else 'http'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -49,9 +52,11 @@ class Daemon:
         return int(self.process.returncode)
 
 
-def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+def http_status(
+    url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None
+) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -67,8 +72,10 @@ def start(
     workdir: Path,
     env: Mapping[str, str] | None = None,
     ready_path: str = "/health",
+    client_ssl: ssl.SSLContext | None = None,
 ) -> Daemon:
-    """Run ``python -m module args`` and wait until ready_path answers 200."""
+    """Run ``python -m module args`` and wait until ready_path answers 200 (over HTTPS,
+    trusting client_ssl's CAs, when client_ssl is given)."""
     log_path = workdir / f"{module}-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with log_path.open("ab") as log_file:
@@ -79,12 +86,12 @@ def start(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    daemon = Daemon(process, port, log_path)
+    daemon = Daemon(process, port, log_path, client_ssl)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{module} exited early ({process.returncode}):\n{daemon.log()}")
-        if http_status(daemon.url + ready_path, timeout_s=0.5) == 200:
+        if http_status(daemon.url + ready_path, timeout_s=0.5, context=client_ssl) == 200:
             return daemon
         time.sleep(0.05)
     daemon.stop(signal.SIGKILL)
