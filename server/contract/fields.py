@@ -159,4 +159,6 @@ GitCommitHash = Annotated[
 CommitSource = Literal["manual", "llm", "ci"]
 Counter = Annotated[int, Field(strict=True, ge=0, le=SQLITE_INT_MAX)]
 CounterDefaultZero = Annotated[Counter, BeforeValidator(_null_to_zero)]
-JsonObject = Annotated[dict[str, Any], BeforeValidator(_json_object)]
+JsonObject = Annotated[
+    dict[str, Any], BeforeValidator(_json_object, json_schema_input_type=dict[str, Any] | str)
+]
