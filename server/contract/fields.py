@@ -124,7 +124,9 @@ def _json_object(value: Any, info: ValidationInfo) -> Any:
     try:
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"a string here must hold a JSON object; it is not valid JSON ({exc})") from exc
+        raise ValueError(
+            f"a string here must hold a JSON object; it is not valid JSON ({exc})"
+        ) from exc
     if not isinstance(decoded, dict):
         raise ValueError(
             f"a string here must hold a JSON object, not a JSON {type(decoded).__name__}"

@@ -23,7 +23,6 @@ from server.contract.fields import (
     JsonObject,
 )
 
-
 _JSON_TEXT_NOTE = (
     "A JSON object; JSON text holding an object (as the reference client's RunRecord keeps "
     "{field}) is decoded and stored as that object. Any other string is refused."

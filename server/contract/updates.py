@@ -18,7 +18,9 @@ from server.contract.models import RunUpdate
 from server.contract.validation import parse_model
 
 
-def patch_changes(body: Any, event_id: str, *, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def patch_changes(
+    body: Any, event_id: str, *, context: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The fields a PATCH of event_id sets, validated, in the order the client sent them."""
     update = parse_model(RunUpdate, body, context=context)
     if update.event_id is not None and update.event_id != event_id:

@@ -52,7 +52,7 @@ _CANONICAL_STATUS = {
     "enum": list(fields.CANONICAL_STATUSES),
     "description": "Canonical status only.",
 }
-_HINTS: tuple[tuple[object, dict[str, Any]], ...] = (
+_HINTS: tuple[tuple[Any, dict[str, Any]], ...] = (
     (fields.Instant, _INSTANT),
     (fields.CommitHash, _COMMIT_HASH),
     (fields.GitCommitHash, _GIT_COMMIT_HASH),

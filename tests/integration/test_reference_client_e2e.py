@@ -286,7 +286,9 @@ class Target:
     daemon: Daemon
     sidecar: bool
 
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> tuple[int | None, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, **params: Any
+    ) -> tuple[int | None, Any]:
         return http(method, self.daemon.url + path, body, params=params or None)
 
     def settle(self) -> None:
@@ -301,9 +303,9 @@ def target(request: pytest.FixtureRequest, stack: Stack) -> Target:
     return Target(stack.spoold, sidecar=True)
 
 
-def test_run(event_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+def contract_run(**overrides: Any) -> dict[str, Any]:
     """A full create body, as the reference's contract helpers build one."""
-    event_id = event_id or str(uuid.uuid4())
+    event_id = str(uuid.uuid4())
     body = {
         "event_id": event_id,
         "run_id": f"test-{event_id[:8]}",
@@ -323,9 +325,6 @@ def test_run(event_id: str | None = None, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-test_run.__test__ = False  # type: ignore[attr-defined]  # a factory, not a test
-
-
 def created(target: Target, body: dict[str, Any]) -> None:
     status, answer = target.call("POST", "/api/v1/runs", body)
     assert status == 201, answer
@@ -340,14 +339,16 @@ def unique(prefix: str) -> str:
 
 
 def test_create_minimal_payload(target: Target) -> None:
-    body = test_run()
-    minimal = {key: body[key] for key in ("event_id", "run_id", "agent_name", "job_type", "start_time")}
+    body = contract_run()
+    minimal = {
+        key: body[key] for key in ("event_id", "run_id", "agent_name", "job_type", "start_time")
+    }
     created(target, minimal)
 
 
 def test_create_is_idempotent(target: Target) -> None:
     """The reference's docstring says "200 duplicate"; its server and the guide answer 201."""
-    body = test_run(status="completed")
+    body = contract_run(status="completed")
     created(target, body)
     status, answer = target.call("POST", "/api/v1/runs", body)
     assert (status, answer["status"], answer["event_id"]) == (201, "duplicate", body["event_id"])
@@ -355,7 +356,7 @@ def test_create_is_idempotent(target: Target) -> None:
 
 @pytest.mark.parametrize("missing", ["event_id", "run_id", "agent_name", "job_type", "start_time"])
 def test_create_without_a_required_field_is_422(target: Target, missing: str) -> None:
-    body = test_run()
+    body = contract_run()
     del body[missing]
     status, answer = target.call("POST", "/api/v1/runs", body)
     assert status == 422
@@ -366,18 +367,19 @@ def test_create_without_a_required_field_is_422(target: Target, missing: str) ->
 
 
 def test_query_without_filters_is_newest_first(target: Target) -> None:
-    created(target, test_run())
+    created(target, contract_run())
     target.settle()
     status, runs = target.call("GET", "/api/v1/runs")
     assert status == 200
-    assert isinstance(runs, list) and runs
+    assert isinstance(runs, list)
+    assert runs
     stamps = [run["created_at"] for run in runs]
     assert stamps == sorted(stamps, reverse=True)
 
 
 def test_query_pages_do_not_overlap(target: Target) -> None:
     agent = unique("pagination")
-    bodies = [test_run(agent_name=agent, job_type=f"pagination-test-{i}") for i in range(15)]
+    bodies = [contract_run(agent_name=agent, job_type=f"pagination-test-{i}") for i in range(15)]
     for body in bodies:
         created(target, body)
     target.settle()
@@ -391,18 +393,21 @@ def test_query_pages_do_not_overlap(target: Target) -> None:
 
 def test_query_filters_and_status_aliases(target: Target) -> None:
     agent, other = unique("filter-agent"), unique("other-agent")
-    for body in (test_run(agent_name=agent, status="completed"),
-                 test_run(agent_name=agent, status="completed"),
-                 test_run(agent_name=agent, status="failed"),
-                 test_run(agent_name=other, status="completed")):  # fmt: skip
+    for body in (contract_run(agent_name=agent, status="completed"),
+                 contract_run(agent_name=agent, status="completed"),
+                 contract_run(agent_name=agent, status="failed"),
+                 contract_run(agent_name=other, status="completed")):  # fmt: skip
         created(target, body)
     target.settle()
     _, by_agent = target.call("GET", "/api/v1/runs", agent_name=agent)
-    assert len(by_agent) == 3 and {run["agent_name"] for run in by_agent} == {agent}
+    assert len(by_agent) == 3
+    assert {run["agent_name"] for run in by_agent} == {agent}
     _, by_status = target.call("GET", "/api/v1/runs", status="completed", limit=1000)
-    assert by_status and {run["status"] for run in by_status} == {"success"}
+    assert by_status
+    assert {run["status"] for run in by_status} == {"success"}
     _, both = target.call("GET", "/api/v1/runs", agent_name=agent, status="completed")
-    assert len(both) == 2 and {(r["agent_name"], r["status"]) for r in both} == {(agent, "success")}
+    assert len(both) == 2
+    assert {(r["agent_name"], r["status"]) for r in both} == {(agent, "success")}
 
 
 # HTTP-3 update
@@ -411,7 +416,7 @@ def test_query_filters_and_status_aliases(target: Target) -> None:
 def test_partial_update_changes_only_the_given_fields(target: Target) -> None:
     """The reference's test PATCHes the alias "completed"; the guide (and the reference
     server) accept canonical statuses only on PATCH, so the alias is a 422 here too."""
-    body = test_run(agent_name="contract-test-patch", job_type="patch-test")
+    body = contract_run(agent_name="contract-test-patch", job_type="patch-test")
     created(target, body)
     path = run_path(body["event_id"])
     alias, _ = target.call("PATCH", path, {"status": "completed"})
@@ -437,7 +442,8 @@ def test_health(target: Target) -> None:
 def test_metrics(target: Target) -> None:
     status, answer = target.call("GET", "/metrics")
     assert status == 200
-    assert isinstance(answer["total_runs"], int) and answer["total_runs"] >= 0
+    assert isinstance(answer["total_runs"], int)
+    assert answer["total_runs"] >= 0
     assert isinstance(answer["agents"], dict)
     assert isinstance(answer["recent_24h"], int)
 
@@ -448,7 +454,7 @@ def test_metrics(target: Target) -> None:
 def test_batch_create_and_duplicates(target: Target) -> None:
     """The guide's body is a bare array (the reference's test wraps it in {"runs": ...},
     which the reference server refuses with 422 as well)."""
-    bodies = [test_run() for _ in range(5)]
+    bodies = [contract_run() for _ in range(5)]
     status, answer = target.call("POST", "/api/v1/runs/batch", bodies)
     assert status == 200
     assert (answer["inserted"], answer["duplicates"], answer["errors"], answer["total"]) == (
@@ -467,19 +473,21 @@ def test_batch_create_and_duplicates(target: Target) -> None:
 
 @pytest.mark.parametrize("source", ["manual", "llm", "ci"])
 def test_post_with_each_git_commit_source(target: Target, source: str) -> None:
-    created(target, test_run(git_commit_source=source, status="success",
+    created(target, contract_run(git_commit_source=source, status="success",
                              git_commit_author="Claude <noreply@anthropic.com>",
                              git_commit_timestamp="2026-01-01T12:00:00Z"))  # fmt: skip
 
 
 def test_post_with_an_invalid_git_commit_source_is_422(target: Target) -> None:
-    status, answer = target.call("POST", "/api/v1/runs", test_run(git_commit_source="invalid_value"))
+    status, answer = target.call(
+        "POST", "/api/v1/runs", contract_run(git_commit_source="invalid_value")
+    )
     assert status == 422
     assert "git_commit_source" in json.dumps(answer).lower()
 
 
 def test_patch_git_commit_fields(target: Target) -> None:
-    body = test_run()
+    body = contract_run()
     created(target, body)
     patch = {"git_commit_source": "llm", "git_commit_author": "Claude Sonnet <noreply@anthropic.com>",
              "git_commit_timestamp": "2026-01-01T14:30:00Z", "status": "success"}  # fmt: skip
@@ -492,7 +500,7 @@ def test_patch_git_commit_fields(target: Target) -> None:
 
 
 def test_associate_commit_success(target: Target) -> None:
-    body = test_run(status="success")
+    body = contract_run(status="success")
     created(target, body)
     commit = associate_body("abc1234567890abcdef", "llm", "Claude Code <noreply@anthropic.com>",
                             "2026-01-02T10:00:00Z")  # fmt: skip
@@ -520,7 +528,7 @@ def test_associate_commit_run_not_found(target: Target) -> None:
 
 
 def test_associate_commit_invalid_source(target: Target) -> None:
-    body = test_run(status="success")
+    body = contract_run(status="success")
     created(target, body)
     status, answer = target.call("POST", run_path(body["event_id"], "/associate-commit"),
                                  {"commit_hash": "abc1234567890", "commit_source": "automated"})  # fmt: skip
@@ -531,7 +539,7 @@ def test_associate_commit_invalid_source(target: Target) -> None:
 @pytest.mark.parametrize("source", ["manual", "llm", "ci"])
 def test_associate_commit_each_source_with_a_non_hex_hash(target: Target, source: str) -> None:
     """One of the issue's 7 failures: the reference sends "abc123456789<source>"."""
-    body = test_run(status="success")
+    body = contract_run(status="success")
     created(target, body)
     commit = {"commit_hash": f"abc123456789{source}", "commit_source": source}
     status, answer = target.call("POST", run_path(body["event_id"], "/associate-commit"), commit)
@@ -540,7 +548,7 @@ def test_associate_commit_each_source_with_a_non_hex_hash(target: Target, source
 
 
 def test_associate_commit_minimal_payload(target: Target) -> None:
-    body = test_run(status="success")
+    body = contract_run(status="success")
     created(target, body)
     status, answer = target.call("POST", run_path(body["event_id"], "/associate-commit"),
                                  {"commit_hash": "def456789", "commit_source": "ci"})  # fmt: skip
@@ -564,7 +572,7 @@ COMMIT_URLS = [
 
 @pytest.mark.parametrize(("repo", "commit", "url"), COMMIT_URLS)
 def test_commit_url(target: Target, repo: str | None, commit: str | None, url: str | None) -> None:
-    body = test_run(status="success", git_repo=repo, git_commit_hash=commit)
+    body = contract_run(status="success", git_repo=repo, git_commit_hash=commit)
     created(target, body)
     status, answer = target.call("GET", run_path(body["event_id"], "/commit-url"))
     assert status == 200
@@ -582,7 +590,7 @@ REPO_URLS = [
 
 @pytest.mark.parametrize(("repo", "commit", "url"), REPO_URLS)
 def test_repo_url(target: Target, repo: str | None, commit: str | None, url: str | None) -> None:
-    body = test_run(status="success", git_repo=repo, git_commit_hash=commit)
+    body = contract_run(status="success", git_repo=repo, git_commit_hash=commit)
     created(target, body)
     status, answer = target.call("GET", run_path(body["event_id"], "/repo-url"))
     assert status == 200
@@ -601,7 +609,7 @@ def test_list_includes_commit_url_and_repo_url(target: Target, commit: str | Non
     """Two of the issue's 7 failures (non-hex hashes); the null case as the reference tests."""
     agent = unique("gt02-test-query-urls")
     repo = "https://github.com/test/repo" if commit else None
-    body = test_run(agent_name=agent, status="success", git_repo=repo, git_commit_hash=commit)
+    body = contract_run(agent_name=agent, status="success", git_repo=repo, git_commit_hash=commit)
     created(target, body)
     target.settle()
     status, runs = target.call("GET", "/api/v1/runs", agent_name=agent, limit=1)

@@ -146,7 +146,9 @@ async def test_a_patch_of_only_echoed_fields_is_422_and_changes_nothing(api, new
 async def test_run_id_equal_to_the_stored_one_is_an_echo(api, new_run):
     run = new_run()
     await api.create(run)
-    reply = await api.patch(path(run["event_id"]), json={"run_id": run["run_id"], "status": "success"})
+    reply = await api.patch(
+        path(run["event_id"]), json={"run_id": run["run_id"], "status": "success"}
+    )
     assert reply.status == 200
     assert reply.body["fields_updated"] == ["status"]
     only = await api.patch(path(run["event_id"]), json={"run_id": run["run_id"]})
@@ -183,7 +185,9 @@ REFERENCE_HASHES = [
 
 
 @pytest.mark.parametrize(("repo", "commit", "url"), REFERENCE_HASHES)
-async def test_runs_with_any_commit_hash_are_stored_with_their_urls(api, new_run, repo, commit, url):
+async def test_runs_with_any_commit_hash_are_stored_with_their_urls(
+    api, new_run, repo, commit, url
+):
     run = new_run(git_repo=repo, git_commit_hash=commit)
     await api.create(run)
     stored = await api.run(run["event_id"])
@@ -265,13 +269,16 @@ async def test_json_text_obeys_the_body_depth_limit_as_inline_json_does(make_api
         run = new_run(metrics_json=form)
         await api.create(run)
         assert (await api.run(run["event_id"]))["metrics_json"] == nested_object(7)
-    assert (await api.post("/api/v1/runs", json=new_run(metrics_json=nested_object(8)))).status == 400
+    assert (
+        await api.post("/api/v1/runs", json=new_run(metrics_json=nested_object(8)))
+    ).status == 400
     text = await api.post("/api/v1/runs", json=new_run(metrics_json=json.dumps(nested_object(8))))
     assert text.status == 422
     assert text.body["detail"][0]["loc"] == ["body", "metrics_json"]
     # in a batch the item is level 2: one level less for its fields
-    ok, deep = new_run(metrics_json=json.dumps(nested_object(6))), new_run(
-        metrics_json=json.dumps(nested_object(7))
+    ok, deep = (
+        new_run(metrics_json=json.dumps(nested_object(6))),
+        new_run(metrics_json=json.dumps(nested_object(7))),
     )
     reply = await api.post("/api/v1/runs/batch", json=[ok, deep])
     assert reply.status == 200

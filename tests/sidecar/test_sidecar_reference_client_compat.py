@@ -61,7 +61,10 @@ async def test_reference_flows_with_the_server_down_then_up(make_sidecar, start_
         3,
         {"tokens": 7},
     )
-    assert (first["agent_name"], first["job_type"]) == (ok.record["agent_name"], "nightly\u00a0sync")
+    assert (first["agent_name"], first["job_type"]) == (
+        ok.record["agent_name"],
+        "nightly\u00a0sync",
+    )
     assert first["git_commit_hash"] == "abc123456789llm"
     second = await central.api.run(crash.event_id)
     assert (second["status"], second["error_summary"]) == ("failure", "RuntimeError: disk on fire")
@@ -102,7 +105,9 @@ async def test_a_different_event_id_or_only_echoes_are_422_and_nothing_is_spoole
     run = make_run()
     await sidecar.create(run)
     depth = await sidecar.depth()
-    renamed = await sidecar.patch(path(run["event_id"]), json={"status": "success", "event_id": "x"})
+    renamed = await sidecar.patch(
+        path(run["event_id"]), json={"status": "success", "event_id": "x"}
+    )
     assert renamed.status == 422
     assert renamed.body["detail"][0]["loc"] == ["body", "event_id"]
     echoes = await sidecar.patch(path(run["event_id"]), json={"updated_at": "2030-01-01T00:00:00Z"})
