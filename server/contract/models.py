@@ -213,6 +213,8 @@ class UpsertItem(BaseModel):
             raise ValueError("an upsert item needs 'create', 'update' or both")
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")
+        if self.update is not None and self.update.event_id not in (None, self.event_id):
+            raise ValueError("update.event_id must equal event_id (a run is never renamed)")
         return self
 
 

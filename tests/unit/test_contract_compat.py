@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
-from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+from server.contract.models import CommitAssociation, RunCreate, RunUpdate, UpsertItem
 from server.urls import build_commit_url
 
 BASE: dict[str, Any] = {
@@ -255,3 +255,39 @@ def test_unknown_fields_are_still_refused_on_patch(field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         RunUpdate.model_validate({"status": "success", field: "x"})
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+def test_an_upsert_update_cannot_rename_its_run_either() -> None:
+    """The batch upsert applies the same rule as PATCH: an echoed event_id must match."""
+    same = UpsertItem.model_validate({"event_id": "e-1", "update": {"event_id": "e-1", "id": 3,
+                                                                    "status": "success"}})  # fmt: skip
+    assert same.update is not None
+    assert same.update.changes() == {"status": "success"}
+    with pytest.raises(ValidationError, match="a run is never renamed"):
+        UpsertItem.model_validate({"event_id": "e-1", "update": {"event_id": "e-2"}})
+
+
+def test_openapi_documents_the_liberal_fields() -> None:
+    """The document says what the models now accept, so fuzzers and client generators agree."""
+    from server.http.openapi import build_openapi
+
+    schemas = build_openapi(title="t", version="1", description="d")["components"]["schemas"]
+    associate = schemas["CommitAssociation"]["properties"]["commit_hash"]
+    assert (associate["minLength"], associate["maxLength"]) == (7, 40)
+    assert "0-9a-f" not in associate["pattern"]
+    for model in ("RunCreate", "RunUpdate"):
+        run_hash = schemas[model]["properties"]["git_commit_hash"]["anyOf"][0]
+        assert (run_hash["minLength"], run_hash["maxLength"]) == (1, 255)
+        metrics = schemas[model]["properties"]["metrics_json"]["anyOf"]
+        assert {"type": "string"} in metrics
+        assert (
+            "/" in schemas[model]["properties"]["agent_name"].get("pattern", "")
+            or "/" in (schemas[model]["properties"]["agent_name"]["anyOf"][0]["pattern"])
+        )
+    update = schemas["RunUpdate"]
+    assert update["additionalProperties"] is False
+    for echoed in ("updated_at", "created_at", "id", "commit_url", "repo_url", "event_id"):
+        assert "ignored" in update["properties"][echoed]["description"]
+    # responses stay objects: JSON text is only an input form
+    record = schemas["RunRecord"]["properties"]["metrics_json"]["anyOf"]
+    assert {"type": "string"} not in record
