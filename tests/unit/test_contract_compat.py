@@ -291,3 +291,9 @@ def test_openapi_documents_the_liberal_fields() -> None:
     # responses stay objects: JSON text is only an input form
     record = schemas["RunRecord"]["properties"]["metrics_json"]["anyOf"]
     assert {"type": "string"} not in record
+
+
+def test_the_echoed_field_list_is_the_models_ignored_fields() -> None:
+    """RunUpdate.ECHOED (documented) is exactly the set of accepted-but-excluded fields."""
+    excluded = {name for name, info in RunUpdate.model_fields.items() if info.exclude}
+    assert excluded == {*RunUpdate.ECHOED, "event_id"}
