@@ -5,6 +5,10 @@ drops credentials, ``.git`` and trailing slashes. Hosts are matched exactly, so
 ``github.com.evil.example`` is not GitHub. Commit links are built only for the
 three public platforms; a self-hosted repository gets its repo URL but no
 commit URL (we cannot know its route layout).
+
+A commit hash may be any revision string (runs come from any VCS), so it is
+percent-encoded as ONE path segment: whatever it holds (``/``, ``?``, ``#``,
+``%``, ``..``) it cannot add a path, a query or a fragment to the link.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 _COMMIT_PATHS = {
     "github.com": "/commit/",
@@ -23,7 +27,9 @@ _TWO_SEGMENT_HOSTS = frozenset({"github.com", "bitbucket.org"})
 _SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-_HASH = re.compile(r"^[0-9a-fA-F]{7,40}$")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_NOT_A_REVISION = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # as the contract refuses
+_DOT_SEGMENTS = frozenset({".", ".."})  # resolved by browsers even when percent-encoded
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,12 @@ def build_repo_url(git_repo: str | None) -> str | None:
 def build_commit_url(git_repo: str | None, commit_hash: str | None) -> str | None:
     """The commit page on GitHub, GitLab or Bitbucket; None for other hosts."""
     repo = parse_repo(git_repo)
-    if repo is None or not commit_hash or not _HASH.match(commit_hash):
+    if repo is None or not commit_hash or commit_hash in _DOT_SEGMENTS:
+        return None
+    if len(commit_hash) > 255 or _NOT_A_REVISION.search(commit_hash):
         return None
     route = _COMMIT_PATHS.get(repo.host)
     if route is None:
         return None
-    return f"{repo.url}{route}{commit_hash.lower()}"
+    revision = commit_hash.lower() if _HEX.fullmatch(commit_hash) else commit_hash
+    return f"{repo.url}{route}{quote(revision, safe='')}"

@@ -29,8 +29,12 @@ def _event_id_hint(item: Any) -> str | None:
     return None
 
 
-def validate_batch(body: Any, model: type[M], *, max_items: int) -> ValidatedBatch[M]:
-    """Validate each item of a JSON array; the body itself must be an array."""
+def validate_batch(
+    body: Any, model: type[M], *, max_items: int, context: dict[str, Any] | None = None
+) -> ValidatedBatch[M]:
+    """Validate each item of a JSON array; the body itself must be an array.
+
+    ``context`` reaches the field validators (``fields.JSON_DEPTH_BUDGET``)."""
     if not isinstance(body, list):
         raise ValidationFailed(
             [
@@ -52,7 +56,7 @@ def validate_batch(body: Any, model: type[M], *, max_items: int) -> ValidatedBat
             )
             continue
         try:
-            valid.append((index, model.model_validate(item)))
+            valid.append((index, model.model_validate(item, context=context)))
         except ValidationError as exc:
             errors.append(
                 BatchItemError(index=index, event_id=_event_id_hint(item), message=summarize(exc))

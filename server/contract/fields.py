@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, StrictStr
+import orjson
+from pydantic import AfterValidator, BeforeValidator, Field, StrictStr, ValidationInfo
 
+from server.contract.codec import DEFAULT_MAX_DEPTH, nesting_depth
 from server.contract.timestamps import TimestampError, normalize_timestamp
 
 CANONICAL_STATUSES: tuple[str, ...] = (
@@ -26,18 +29,48 @@ STATUS_ALIASES: dict[str, str] = {
 COMMIT_SOURCES: tuple[str, ...] = ("manual", "llm", "ci")
 SQLITE_INT_MAX = 2**63 - 1
 IDENTIFIER_MAX_LEN = 255
+COMMIT_HASH_MIN_LEN, COMMIT_HASH_MAX_LEN = 7, 40
+GIT_COMMIT_HASH_MAX_LEN = 255
+#: Validation-context key: how many nesting levels a JSON field given as JSON text may
+#: hold, so decoded text obeys the same depth limit as the same object sent inline.
+JSON_DEPTH_BUDGET = "json_depth_budget"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_COMMIT_HASH = re.compile(r"[0-9a-fA-F]{7,40}")
+#: C0 and C1 controls, DEL, and the two Unicode line/paragraph separators: they break
+#: logs, terminals and line-based tools. Everything else a person can type is a name.
+_NAME_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: A revision is one visible token: no whitespace of any kind, no controls.
+_REVISION_BREAKERS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _is_blank(value: str) -> bool:
+    """Nothing to show: only whitespace and invisible format characters (ZWSP, ZWJ, BOM …)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+
+
+def identifier_problem(value: str) -> str | None:
+    """Why value cannot name a run, an agent or a job; None if it can.
+
+    Liberal on purpose: emoji sequences, no-break spaces, combining marks and bidi
+    text are ordinary names. Shared by body validation and path lookups, so every
+    event_id a POST accepts can be read and patched back through its URL.
+    """
+    if _is_blank(value):
+        return "must not be empty or blank"
+    if len(value) > IDENTIFIER_MAX_LEN:
+        return f"must be at most {IDENTIFIER_MAX_LEN} characters"
+    if "/" in value:
+        return "must not contain '/'"
+    found = _NAME_BREAKERS.search(value)
+    if found is not None:
+        return f"must not contain control or line-separator characters (U+{ord(found[0]):04X})"
+    return None
 
 
 def _identifier(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or blank")
-    if "/" in value:
-        raise ValueError("must not contain '/'")
-    if _CONTROL.search(value) or not value.isprintable():
-        raise ValueError("must not contain control or invisible characters")
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -69,10 +102,38 @@ def normalize_status(value: str) -> str:
     return value
 
 
-def _commit_hash(value: str) -> str:
-    if not _COMMIT_HASH.fullmatch(value):
-        raise ValueError("commit hash must be 7-40 hexadecimal characters")
-    return value.lower()
+def _revision(value: str) -> str:
+    """A commit hash of any VCS: hexadecimal ones lower case (git prints them so), others as sent."""
+    found = _REVISION_BREAKERS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"commit hash must not contain whitespace or control characters (U+{ord(found[0]):04X})"
+        )
+    return value.lower() if _HEX.fullmatch(value) else value
+
+
+def _json_object(value: Any, info: ValidationInfo) -> Any:
+    """Decode JSON text holding an object (the reference client keeps metrics_json as a str).
+
+    Any other text is refused, and the decoded object gets the depth budget the caller
+    gives in the validation context: nesting hidden in a string is still nesting.
+    """
+    if not isinstance(value, str):
+        return value
+    budget = (info.context or {}).get(JSON_DEPTH_BUDGET, DEFAULT_MAX_DEPTH - 1)
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(
+            f"a string here must hold a JSON object; it is not valid JSON ({exc})"
+        ) from exc
+    if not isinstance(decoded, dict):
+        raise ValueError(
+            f"a string here must hold a JSON object, not a JSON {type(decoded).__name__}"
+        )
+    if nesting_depth(decoded, limit=budget) > budget:
+        raise ValueError(f"the JSON object in this string is nested deeper than {budget} levels")
+    return decoded
 
 
 def _null_to_zero(value: Any) -> Any:
@@ -87,8 +148,19 @@ Identifier = Annotated[
 Instant = Annotated[StrictStr, AfterValidator(_instant)]
 CanonicalStatus = Annotated[StrictStr, AfterValidator(canonical_status)]
 AnyStatus = Annotated[StrictStr, AfterValidator(normalize_status)]
-CommitHash = Annotated[StrictStr, AfterValidator(_commit_hash)]
+CommitHash = Annotated[
+    StrictStr,
+    Field(min_length=COMMIT_HASH_MIN_LEN, max_length=COMMIT_HASH_MAX_LEN),
+    AfterValidator(_revision),
+]
+"""associate-commit's hash, as the guide says: 7-40 characters (of any VCS)."""
+GitCommitHash = Annotated[
+    StrictStr, Field(min_length=1, max_length=GIT_COMMIT_HASH_MAX_LEN), AfterValidator(_revision)
+]
+"""A run's git_commit_hash: any revision up to 255 characters; descriptive, so liberal."""
 CommitSource = Literal["manual", "llm", "ci"]
 Counter = Annotated[int, Field(strict=True, ge=0, le=SQLITE_INT_MAX)]
 CounterDefaultZero = Annotated[Counter, BeforeValidator(_null_to_zero)]
-JsonObject = dict[str, Any]
+JsonObject = Annotated[
+    dict[str, Any], BeforeValidator(_json_object, json_schema_input_type=dict[str, Any] | str)
+]

@@ -17,9 +17,19 @@ from server.contract.fields import (
     CommitSource,
     Counter,
     CounterDefaultZero,
+    GitCommitHash,
     Identifier,
     Instant,
     JsonObject,
+)
+
+_JSON_TEXT_NOTE = (
+    "A JSON object; JSON text holding an object (as the reference client's RunRecord keeps "
+    "{field}) is decoded and stored as that object. Any other string is refused."
+)
+_ECHOED_NOTE = (
+    "Maintained by the server; accepted so a client can send a run back as it read it, "
+    "and ignored (never stored, never listed in fields_updated)."
 )
 
 
@@ -43,7 +53,11 @@ class _Descriptive(BaseModel):
     error_details: str | None = None
     git_repo: str | None = None
     git_branch: str | None = None
-    git_commit_hash: CommitHash | None = None
+    git_commit_hash: GitCommitHash | None = Field(
+        default=None,
+        description="Revision of any VCS, 1-255 characters without whitespace or controls; "
+        "hexadecimal values are stored lower case, others as sent.",
+    )
     git_run_tag: str | None = None
     git_commit_source: CommitSource | None = None
     git_commit_author: str | None = None
@@ -51,8 +65,12 @@ class _Descriptive(BaseModel):
     host: str | None = None
     environment: str | None = None
     trigger_type: str | None = None
-    metrics_json: JsonObject | None = None
-    context_json: JsonObject | None = None
+    metrics_json: JsonObject | None = Field(
+        default=None, description=_JSON_TEXT_NOTE.format(field="metrics_json")
+    )
+    context_json: JsonObject | None = Field(
+        default=None, description=_JSON_TEXT_NOTE.format(field="context_json")
+    )
     insight_id: str | None = None
     parent_run_id: str | None = None
 
@@ -88,12 +106,16 @@ class RunUpdate(_Descriptive):
     """Body of ``PATCH /api/v1/runs/{event_id}``: only the fields given are set.
 
     Statuses must be canonical (aliases are refused, as the guide says).
-    Unknown fields are refused, so a typo never silently loses an update.
-    Explicit ``null`` clears an optional field; it is refused for a field the
-    run cannot be without.
+    Unknown fields are refused, so a typo never silently loses an update; the
+    fields the server maintains (``ECHOED``) are accepted and ignored, because
+    clients send them back (the reference client's ``end_run`` adds
+    ``updated_at``). ``event_id`` is accepted only equal to the path's (checked
+    by ``server.contract.updates``): a run is never renamed. Explicit ``null``
+    clears an optional field; it is refused for a field the run cannot be without.
     """
 
     model_config = ConfigDict(extra="forbid")
+    ECHOED: ClassVar[tuple[str, ...]] = ("created_at", "updated_at", "id", "commit_url", "repo_url")
     NOT_NULL: ClassVar[frozenset[str]] = frozenset(
         {
             "run_id",
@@ -119,6 +141,18 @@ class RunUpdate(_Descriptive):
     items_failed: Counter | None = None
     items_skipped: Counter | None = None
     duration_ms: Counter | None = None
+    # Echoed back by clients, never changes (exclude=True keeps them out of changes()).
+    event_id: Identifier | None = Field(
+        default=None,
+        exclude=True,
+        description="Accepted only if equal to the path's event_id, then ignored; "
+        "any other value is refused with 422 (a run's event_id never changes).",
+    )
+    created_at: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
+    updated_at: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
+    id: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
+    commit_url: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
+    repo_url: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
 
     @model_validator(mode="after")
     def _required_columns_not_null(self) -> RunUpdate:
@@ -137,7 +171,10 @@ class CommitAssociation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    commit_hash: CommitHash = Field(description="Git commit SHA, 7-40 hex characters")
+    commit_hash: CommitHash = Field(
+        description="Commit hash of any VCS: 7-40 characters without whitespace or controls; "
+        "hexadecimal values are stored lower case, others as sent."
+    )
     commit_source: CommitSource
     commit_author: str | None = None
     commit_timestamp: Instant | None = None
@@ -176,6 +213,8 @@ class UpsertItem(BaseModel):
             raise ValueError("an upsert item needs 'create', 'update' or both")
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")
+        if self.update is not None and self.update.event_id not in (None, self.event_id):
+            raise ValueError("update.event_id must equal event_id (a run is never renamed)")
         return self
 
 

@@ -48,13 +48,17 @@ def summarize(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_model(model: type[M], data: Any, *, location: str = "body") -> M:
-    """Validate data against model or raise a 422 that names the fields."""
+def parse_model(
+    model: type[M], data: Any, *, location: str = "body", context: dict[str, Any] | None = None
+) -> M:
+    """Validate data against model or raise a 422 that names the fields.
+
+    ``context`` reaches the field validators (``fields.JSON_DEPTH_BUDGET``)."""
     if location == "body" and not isinstance(data, dict):
         raise ValidationFailed(
             [{"loc": [location], "msg": "request body must be a JSON object", "type": "dict_type"}]
         )
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ValidationFailed(error_entries(exc, location)) from exc

@@ -10,6 +10,7 @@ import copy
 from typing import Any, get_args
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from server.contract import fields, models
@@ -33,7 +34,15 @@ _INSTANT = {
     "description": "ISO 8601 instant with a timezone (e.g. 2026-01-12T10:30:00Z); "
     "values without a timezone are refused.",
 }
-_COMMIT_HASH = {"pattern": "^[0-9a-fA-F]{7,40}$", "minLength": 7, "maxLength": 40}
+# Any VCS revision: one token without whitespace or controls (hex is stored lower case).
+_REVISION = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+_COMMIT_HASH = {"pattern": _REVISION, "minLength": 7, "maxLength": 40}
+_GIT_COMMIT_HASH = {"pattern": _REVISION, "minLength": 1, "maxLength": 255}
+_IDENTIFIER = {
+    "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]+$",
+    "description": "Any text (emoji, no-break spaces, combining marks, bidi text) except "
+    "blank, '/', C0/C1 control characters, DEL and U+2028/U+2029; at most 255 characters.",
+}
 _ANY_STATUS = {
     "enum": [*fields.CANONICAL_STATUSES, *fields.STATUS_ALIASES],
     "description": "Canonical status, or an alias (failed, completed, succeeded) "
@@ -43,9 +52,11 @@ _CANONICAL_STATUS = {
     "enum": list(fields.CANONICAL_STATUSES),
     "description": "Canonical status only.",
 }
-_HINTS: tuple[tuple[object, dict[str, Any]], ...] = (
+_HINTS: tuple[tuple[Any, dict[str, Any]], ...] = (
     (fields.Instant, _INSTANT),
     (fields.CommitHash, _COMMIT_HASH),
+    (fields.GitCommitHash, _GIT_COMMIT_HASH),
+    (fields.Identifier, _IDENTIFIER),
     (fields.AnyStatus, _ANY_STATUS),
     (fields.CanonicalStatus, _CANONICAL_STATUS),
 )
@@ -157,7 +168,8 @@ def _add_hints(model: type[BaseModel], schema: dict[str, Any]) -> None:
         prop = schema["properties"].get(name)
         for kind, extra in _HINTS:
             if prop is not None and (
-                field.metadata == list(get_args(kind)[1:]) or kind in get_args(field.annotation)
+                field.metadata == FieldInfo.from_annotation(kind).metadata
+                or kind in get_args(field.annotation)
             ):
                 _annotate(prop, extra)
 

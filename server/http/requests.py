@@ -8,7 +8,7 @@ from aiohttp import web
 
 from server.contract.codec import loads
 from server.contract.errors import BadRequest, NotFound
-from server.contract.fields import IDENTIFIER_MAX_LEN
+from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
 
 MAX_JSON_DEPTH: web.AppKey[int] = web.AppKey("max_json_depth", int)
 
@@ -23,10 +23,17 @@ async def read_json(request: web.Request) -> Any:
     return loads(raw, max_depth=request.app[MAX_JSON_DEPTH])
 
 
+def json_fields_context(request: web.Request, *, level: int = 1) -> dict[str, Any]:
+    """Validation context for a model found at nesting ``level`` of the body (1: the body
+    itself; 2: a batch item): JSON text in its JSON fields may hold what inline JSON there
+    could, the body's depth limit minus that level."""
+    return {JSON_DEPTH_BUDGET: request.app[MAX_JSON_DEPTH] - level}
+
+
 def event_id_of(request: web.Request) -> str:
-    """The path's event_id; an impossible one is simply not found."""
+    """The path's event_id; an impossible one (by the same rule as bodies) is not found."""
     event_id = request.match_info["event_id"]
-    if not event_id or len(event_id) > IDENTIFIER_MAX_LEN or not event_id.isprintable():
+    if identifier_problem(event_id) is not None:
         raise NotFound("Run not found")
     return event_id
 

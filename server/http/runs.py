@@ -14,11 +14,11 @@ from server.contract.models import (
     CommitAssociation,
     RunCreate,
     RunQuery,
-    RunUpdate,
     UpsertItem,
 )
+from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
-from server.http.requests import event_id_of, not_found, read_json
+from server.http.requests import event_id_of, json_fields_context, not_found, read_json
 from server.storage.database import Database
 from server.urls import build_commit_url, build_repo_url
 
@@ -41,7 +41,7 @@ def with_urls(run: dict[str, Any]) -> dict[str, Any]:
 
 @routes.post("/api/v1/runs")
 async def create_run(request: web.Request) -> web.Response:
-    run = parse_model(RunCreate, await read_json(request))
+    run = parse_model(RunCreate, await read_json(request), context=json_fields_context(request))
     if await request.app[DATABASE].create(run):
         return json_response(
             {"status": "created", "event_id": run.event_id, "run_id": run.run_id}, 201
@@ -60,12 +60,14 @@ async def create_run(request: web.Request) -> web.Response:
 async def update_run(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     body = await read_json(request)
-    update = parse_model(RunUpdate, body)
-    given = update.changes()
-    changes = {key: given[key] for key in body if key in given}  # the client's order
-    if not changes:
-        raise ValidationFailed([{"loc": ["body"], "msg": "no fields to update", "type": "missing"}])
-    if await request.app[DATABASE].update(event_id, changes) is None:
+    changes = patch_changes(body, event_id, context=json_fields_context(request))
+    database = request.app[DATABASE]
+    if "run_id" in changes:  # rare: an echoed run_id equal to the stored one is no update
+        stored = await database.get(event_id)
+        if stored is None:
+            raise not_found(event_id)
+        changes = without_unchanged_run_id(changes, stored["run_id"])
+    if await database.update(event_id, changes) is None:
         raise not_found(event_id)
     return json_response({"event_id": event_id, "updated": True, "fields_updated": list(changes)})
 
@@ -97,9 +99,12 @@ async def create_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
     database = request.app[DATABASE]
     max_items = request.app[BATCH_MAX_ITEMS]
-    if mode == "upsert":
-        return await _upsert_batch(database, body, max_items)
-    batch = validate_batch(body, RunCreate, max_items=max_items)
+    if mode == "upsert":  # create/update sit at level 3: array > item > create
+        context = json_fields_context(request, level=3)
+        return await _upsert_batch(database, body, max_items, context)
+    batch = validate_batch(
+        body, RunCreate, max_items=max_items, context=json_fields_context(request, level=2)
+    )
     inserted = await database.insert_batch([run for _, run in batch.valid])
     return json_response(
         {
@@ -111,8 +116,10 @@ async def create_batch(request: web.Request) -> web.Response:
     )
 
 
-async def _upsert_batch(database: Database, body: Any, max_items: int) -> web.Response:
-    batch = validate_batch(body, UpsertItem, max_items=max_items)
+async def _upsert_batch(
+    database: Database, body: Any, max_items: int, context: dict[str, Any]
+) -> web.Response:
+    batch = validate_batch(body, UpsertItem, max_items=max_items, context=context)
     summary = await database.upsert_batch([item for _, item in batch.valid])
     errors = list(batch.errors)
     for position in summary.not_found:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from server.contract.batch import validate_batch
 from server.contract.errors import ServiceUnavailable, ValidationFailed, retry_after
-from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+from server.contract.models import CommitAssociation, RunCreate
 from server.contract.timestamps import utc_now
+from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
-from server.http.requests import event_id_of, not_found, read_json
+from server.http.requests import event_id_of, json_fields_context, not_found, read_json
 from server.http.runs import json_response
 from spoold.accept import Accepted
 from spoold.http.state import SIDECAR, Sidecar
@@ -41,7 +43,7 @@ async def accept(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False
 
 @routes.post("/api/v1/runs")
 async def create_run(request: web.Request) -> web.Response:
-    run = parse_model(RunCreate, await read_json(request))
+    run = parse_model(RunCreate, await read_json(request), context=json_fields_context(request))
     result = await accept(request.app[SIDECAR], create_op(run, utc_now()))
     if result.outcome == "duplicate":
         return json_response(
@@ -85,15 +87,28 @@ def _run_id_of(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+async def _stored_run_id(sidecar: Sidecar, event_id: str) -> str | None:
+    """The run's current run_id as this sidecar knows it (its queue is newer than the
+    server), else as the server says; None if nobody can tell now."""
+    known = await asyncio.to_thread(sidecar.reader_index.get, event_id)
+    if known is not None and isinstance(known.snapshot.get("run_id"), str):
+        return str(known.snapshot["run_id"])
+    try:
+        reply = await sidecar.client.request("GET", f"/api/v1/runs/{quote(event_id, safe='')}")
+    except UpstreamUnavailable:
+        return None
+    return _run_id_of(reply.body) if reply.status == 200 else None
+
+
 @routes.patch("/api/v1/runs/{event_id}")
 async def update_run(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     body = await read_json(request)
-    given = parse_model(RunUpdate, body).changes()
-    changes = {key: given[key] for key in body if key in given}
-    if not changes:
-        raise ValidationFailed([{"loc": ["body"], "msg": "no fields to update", "type": "missing"}])
+    # Echoed server fields are dropped here, so they never travel in the spool.
+    changes = patch_changes(body, event_id, context=json_fields_context(request))
     sidecar = request.app[SIDECAR]
+    if "run_id" in changes:
+        changes = without_unchanged_run_id(changes, await _stored_run_id(sidecar, event_id))
     _, queued = await _accept_update(sidecar, event_id, update_op(event_id, changes, utc_now()))
     answer: dict[str, Any] = {
         "event_id": event_id,
@@ -150,7 +165,10 @@ async def create_batch(request: web.Request) -> web.Response:
         )
     sidecar = request.app[SIDECAR]
     batch = validate_batch(
-        await read_json(request), RunCreate, max_items=sidecar.config.batch_max_items
+        await read_json(request),
+        RunCreate,
+        max_items=sidecar.config.batch_max_items,
+        context=json_fields_context(request, level=2),
     )
     now = utc_now()
     results = await asyncio.gather(

@@ -235,7 +235,7 @@ async def test_error_bodies_share_one_shape(api, new_run):
     [
         ("status", "s3cr3t-status"),
         ("agent_name", "s3cr3t/agent"),
-        ("git_commit_hash", "s3cr3t-hash"),
+        ("git_commit_hash", "s3cr3t hash"),
         ("git_commit_source", "s3cr3t-source"),
     ],
 )

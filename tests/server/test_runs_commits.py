@@ -77,10 +77,10 @@ async def test_associate_commit_hash_bounds(api, new_run, commit_hash):
 
 
 @pytest.mark.parametrize(
-    "commit_hash", ["a" * 6, "a" * 41, "abc123g", "abc 1234", " abcdef1", "", None, 1234567]
+    "commit_hash", ["a" * 6, "a" * 41, "abc123\u2028g", "abc 1234", " abcdef1", "", None, 1234567]
 )
 async def test_associate_commit_bad_hash_is_422(api, new_run, commit_hash):
-    """A hash that is not 7-40 hex characters is a 422 naming commit_hash."""
+    """A hash that is not 7-40 characters, or holds whitespace or controls, is a 422."""
     run = await created(api, new_run)
     reply = await api.post(
         associate_path(run["event_id"]),

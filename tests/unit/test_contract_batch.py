@@ -53,7 +53,7 @@ def invalid_items(draw):
     if kind == 7:
         return {**base, "metrics_json": [1]}
     if kind == 8:
-        return {**base, "git_commit_hash": "xyz"}
+        return {**base, "git_commit_hash": "xyz 123"}  # any revision, but one token
     return {}
 
 

@@ -182,9 +182,13 @@ def test_unusable_repositories_give_no_urls(text):
     assert build_commit_url(text, "abcdef1") is None
 
 
-@pytest.mark.parametrize("commit_hash", [None, "", "abc123", "g" * 7, "a" * 41, "abc 1234"])
+@pytest.mark.parametrize(
+    "commit_hash", [None, "", "abc 1234", "abc\n1234", "abc\x00def", "a" * 256, ".", ".."]
+)
 def test_bad_hash_gives_no_commit_url(commit_hash):
-    """A missing or malformed commit hash gives no commit URL, but the repo URL remains."""
+    """A missing hash, or one the contract refuses (whitespace, controls, over 255), or a
+    dot-segment gives no commit URL, but the repo URL remains. Any other revision (any VCS)
+    gets one: see tests/unit/test_contract_compat.py."""
     assert build_commit_url("https://github.com/o/r", commit_hash) is None
     assert build_repo_url("https://github.com/o/r") == "https://github.com/o/r"
 
