@@ -60,7 +60,12 @@ _ERRORS = {
     "503": ("ServiceUnavailable", "Temporarily unable to accept writes; retry later."),
 }
 
-_PARAM_TEXTS = {"limit": "Page size.", "offset": "Runs to skip."}  # others: exact match
+_PARAM_TEXTS = {"limit": "Page size."}  # others: their description, or exact match
+_NEXT_CURSOR = {
+    "description": "Present when more runs follow: send it back as `cursor` (with the same "
+    "filters) for the next page. Opaque; absent on the last page.",
+    "schema": {"type": "string"},
+}
 _CREATED = {
     "oneOf": [_ref("CreateResponse"), _ref("DuplicateResponse")],
     "discriminator": {
@@ -225,7 +230,7 @@ def _query_params() -> list[_Schema]:
     params = []
     for name, prop in schema["properties"].items():
         branch = next(b for b in prop.get("anyOf", [prop]) if b.get("type") != "null")
-        param_schema = {k: v for k, v in branch.items() if k != "title"}
+        param_schema = {k: v for k, v in branch.items() if k not in ("title", "description")}
         if prop.get("default") is not None:
             param_schema["default"] = prop["default"]
         text = prop.get("description") or _PARAM_TEXTS.get(name, "Exact match.")
@@ -241,7 +246,7 @@ def _op(
     codes = {"400", "401", "413", "422", "503"} if body is not None else set()
     if params:
         codes.add("422")
-    if path not in ("/health", "/metrics"):  # never rate limited
+    if path != "/health":  # never rate limited
         codes.add("429")
     if "{event_id}" in path:
         codes.add("404")
@@ -274,10 +279,12 @@ def _paths() -> dict[str, _Schema]:
     health = _op("health", "/health")
     sick = "The database is not answering: `status` is `unhealthy`, with a `reason`."
     health["responses"]["503"] = {"description": sick, **_json(_ref("HealthResponse"))}
+    listing = _op("listRuns", runs, params=_query_params())
+    listing["responses"]["200"]["headers"] = {"X-Next-Cursor": _NEXT_CURSOR}
     return {
         runs: {
             "post": _op("createRun", runs, _ref("RunCreate")),
-            "get": _op("listRuns", runs, params=_query_params()),
+            "get": listing,
         },
         f"{runs}/batch": {"post": batch_op},
         run: {
