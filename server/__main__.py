@@ -15,6 +15,7 @@ from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.logs import configure_logging
 from server.storage.backup import BackupError, backup
+from server.storage.compat import SqliteTooOld, check_sqlite_version
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_backup(config, args.destination)
     configure_logging(config.log_level)
     log = structlog.get_logger("server")
+    try:
+        check_sqlite_version()
+    except SqliteTooOld as exc:
+        log.error("sqlite_too_old", error=str(exc))
+        print(f"telemetry-server: {exc}", file=sys.stderr)
+        return 1
     log.info(
         "server_starting",
         host=config.host,
