@@ -38,16 +38,18 @@ async def health(request: web.Request) -> web.Response:
         body["db_path"] = str(database.settings.path)
     failure = database.writer.failure
     if failure is not None:
-        body["status"] = "unhealthy"
-        body["reason"] = f"database writer stopped ({failure}); writes are refused"
-        return json_response(body, 503)
+        return _unhealthy(body, f"database writer stopped ({failure}); writes are refused")
     try:
         await asyncio.wait_for(database.ping(), HEALTH_PING_TIMEOUT_S)
     except (StorageUnavailable, TimeoutError) as exc:
-        body["status"] = "unhealthy"
-        body["reason"] = f"database not answering: {exc or 'timeout'}"
-        return json_response(body, 503)
+        return _unhealthy(body, f"database not answering: {exc or 'timeout'}")
     return json_response(body)
+
+
+def _unhealthy(body: dict[str, object], reason: str) -> web.Response:
+    """503 with the health fields, the reason, and the error shape every 4xx/5xx has."""
+    body |= {"status": "unhealthy", "reason": reason, "detail": reason, "error": "unhealthy"}
+    return json_response(body, 503)
 
 
 @routes.get("/metrics")
