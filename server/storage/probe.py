@@ -9,6 +9,7 @@ database one read at a time and cannot be turned into load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,13 +40,18 @@ class HealthProbe:
                 self._conn = open_reader(self._path, busy_timeout_ms=self._busy_timeout_ms)
             self._conn.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error as exc:
+            self._drop()  # the next probe starts from a fresh connection
             raise classify(exc) from exc
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop()
 
 
 def _seen(future: asyncio.Future[None]) -> None:
