@@ -61,6 +61,11 @@ _ERRORS = {
 }
 
 _PARAM_TEXTS = {"limit": "Page size."}  # others: their description, or exact match
+_PRIVATE_FIELDS = (
+    "With TELEMETRY_API_AUTH_PROTECT_READS on, {fields} are included only for a caller "
+    "presenting the bearer token; without it (or with a wrong one) they are left out, "
+    "never a 401."
+)
 _NEXT_CURSOR = {
     "description": "Present when more runs follow: send it back as `cursor` (with the same "
     "filters) for the next page. Opaque; absent on the last page.",
@@ -277,8 +282,19 @@ def _paths() -> dict[str, _Schema]:
     upsert_doc = " ".join((models.UpsertItem.__doc__ or "").split("\n\n", 1)[-1].split())
     batch_op["description"] = _BATCH_DESCRIPTION.format(upsert=upsert_doc)
     health = _op("health", "/health")
-    sick = "The database is not answering: `status` is `unhealthy`, with a `reason`."
+    sick = (
+        "The database is not answering, or the writer thread has stopped: `status` is "
+        "`unhealthy`, with a `reason`."
+    )
     health["responses"]["503"] = {"description": sick, **_json(_ref("HealthResponse"))}
+    health["description"] = _PRIVATE_FIELDS.format(fields="`db_path`")
+    metrics = _op("metrics", "/metrics")
+    metrics["description"] = (
+        "Served from counters the writer keeps (no query). `recent_24h` counts runs whose "
+        "created_at falls in the last 1,440 whole minutes, the current one included. "
+        "Prometheus text when `Accept` names text/plain or openmetrics. "
+        + _PRIVATE_FIELDS.format(fields="`agents` and `performance.db_path`")
+    )
     listing = _op("listRuns", runs, params=_query_params())
     listing["responses"]["200"]["headers"] = {"X-Next-Cursor": _NEXT_CURSOR}
     return {
@@ -295,6 +311,6 @@ def _paths() -> dict[str, _Schema]:
         f"{run}/commit-url": {"get": _op("getCommitUrl", run)},
         f"{run}/repo-url": {"get": _op("getRepoUrl", run)},
         "/health": {"get": health},
-        "/metrics": {"get": _op("metrics", "/metrics")},
+        "/metrics": {"get": metrics},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata")},
     }
