@@ -16,6 +16,7 @@ from server.config import ConfigError, ServerConfig
 from server.exposure import Exposure
 from server.logs import configure_logging
 from server.storage.backup import BackupError, backup
+from server.storage.compat import SqliteTooOld, check_sqlite_version
 from server.tls import TLSSetupError, listener_context
 
 
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     log = structlog.get_logger("server")
+    try:
+        check_sqlite_version()
+    except SqliteTooOld as exc:
+        log.error("sqlite_too_old", error=str(exc))
+        print(f"telemetry-server: {exc}", file=sys.stderr)
+        return 1
     log.info(
         "server_starting",
         host=config.host,

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.http import ops, runs
+from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
 from server.http.middleware import (
     REQUEST_OBSERVER,
@@ -76,6 +77,10 @@ def create_app(config: ServerConfig) -> web.Application:
         )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    app[READ_GUARD] = ReadGuard(
+        config.auth_token if config.auth_enabled else None,
+        protect_reads=config.auth_protect_reads,
+    )
     metrics = ServerMetrics()
     app[ops.METRICS] = metrics
     app[REQUEST_OBSERVER] = metrics.http.observe

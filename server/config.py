@@ -55,7 +55,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TELEMETRY_API_AUTH_PROTECT_READS",
         "auth_protect_reads",
-        "Also require the token on queries and metadata.",
+        "Also require the token on every read of run data: queries and metadata (401 "
+        "without it); /metrics agent names and the database path in /health and /metrics "
+        "(left out without it).",
     ),
     Setting(
         "TELEMETRY_TLS_CERT_FILE",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.contract.fields import (
     AnyStatus,
@@ -218,6 +218,11 @@ class UpsertItem(BaseModel):
         return self
 
 
+#: The deepest ``offset`` a list query may ask for: deeper pages cost a walk over every
+#: skipped row, so walking far is done with the keyset ``cursor`` instead.
+MAX_OFFSET = 10_000
+
+
 class RunQuery(BaseModel):
     """Query string of ``GET /api/v1/runs``."""
 
@@ -231,7 +236,40 @@ class RunQuery(BaseModel):
     start_time_from: Instant | None = Field(default=None, description="Inclusive lower bound")
     start_time_to: Instant | None = Field(default=None, description="Inclusive upper bound")
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=10**12)
+    offset: int = Field(
+        default=0,
+        ge=0,
+        json_schema_extra={"maximum": MAX_OFFSET},
+        description=f"Runs to skip, at most {MAX_OFFSET:,}; to walk further, follow the "
+        "`X-Next-Cursor` answer header with `cursor`.",
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Opaque: the `X-Next-Cursor` header of the previous page, sent with the "
+        "same filters; the next page starts after it (no skips or repeats while runs are "
+        "inserted). Not combined with `offset`.",
+    )
+
+    @field_validator("offset")
+    @classmethod
+    def _bounded_offset(cls, offset: int) -> int:
+        if offset > MAX_OFFSET:
+            raise ValueError(
+                f"offset must be at most {MAX_OFFSET}; to walk further, send `cursor` with "
+                "the X-Next-Cursor header of the previous page"
+            )
+        return offset
+
+    @model_validator(mode="after")
+    def _one_way_to_page(self) -> RunQuery:
+        if self.cursor is not None and self.offset:
+            raise ValueError("send either offset or cursor, not both")
+        return self
+
+    def filters(self) -> dict[str, str]:
+        """The filters (not the paging) of this query: what a cursor is bound to."""
+        return self.model_dump(exclude={"limit", "offset", "cursor"}, exclude_none=True)
 
 
 # ---- responses (documented in the OpenAPI schema) ---------------------------------

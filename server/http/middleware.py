@@ -35,12 +35,20 @@ log = structlog.get_logger("server.http")
 RequestObserver = Callable[[str, str, int, float], None]
 REQUEST_OBSERVER: web.AppKey[RequestObserver] = web.AppKey("request_observer", object)  # type: ignore[arg-type]
 
-#: Paths that never need a token and are never rate limited.
+#: Paths that never need a token (/health and /metrics hide private fields instead).
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc"})
+#: Paths never rate limited: /health (a single-flight probe, so a flood costs one read
+#: at a time, and a load balancer must never be told 429) and the static docs.
+#: /metrics is limited like any read.
+UNLIMITED_PATHS = OPEN_PATHS - {"/metrics"}
 
 
 def is_open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith("/docs/")
+
+
+def is_unlimited_path(path: str) -> bool:
+    return path in UNLIMITED_PATHS or path.startswith("/docs/")
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -128,7 +136,7 @@ def rate_limit_middleware(limiter: RateLimiter) -> Middleware:
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_open_path(request.path):
+        if is_unlimited_path(request.path):
             return await handler(request)
         decision = limiter.check(request.remote or "unknown")
         if not decision.allowed:

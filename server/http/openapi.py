@@ -71,7 +71,17 @@ _ERRORS = {
     "503": ("ServiceUnavailable", "Temporarily unable to accept writes; retry later."),
 }
 
-_PARAM_TEXTS = {"limit": "Page size.", "offset": "Runs to skip."}  # others: exact match
+_PARAM_TEXTS = {"limit": "Page size."}  # others: their description, or exact match
+_PRIVATE_FIELDS = (
+    "With TELEMETRY_API_AUTH_PROTECT_READS on, {fields} are included only for a caller "
+    "presenting the bearer token; without it (or with a wrong one) they are left out, "
+    "never a 401."
+)
+_NEXT_CURSOR = {
+    "description": "Present when more runs follow: send it back as `cursor` (with the same "
+    "filters) for the next page. Opaque; absent on the last page.",
+    "schema": {"type": "string"},
+}
 _CREATED = {
     "oneOf": [_ref("CreateResponse"), _ref("DuplicateResponse")],
     "discriminator": {
@@ -237,7 +247,7 @@ def _query_params() -> list[_Schema]:
     params = []
     for name, prop in schema["properties"].items():
         branch = next(b for b in prop.get("anyOf", [prop]) if b.get("type") != "null")
-        param_schema = {k: v for k, v in branch.items() if k != "title"}
+        param_schema = {k: v for k, v in branch.items() if k not in ("title", "description")}
         if prop.get("default") is not None:
             param_schema["default"] = prop["default"]
         text = prop.get("description") or _PARAM_TEXTS.get(name, "Exact match.")
@@ -253,7 +263,7 @@ def _op(
     codes = {"400", "401", "413", "422", "503"} if body is not None else set()
     if params:
         codes.add("422")
-    if path not in ("/health", "/metrics"):  # never rate limited
+    if path != "/health":  # never rate limited
         codes.add("429")
     if "{event_id}" in path:
         codes.add("404")
@@ -284,12 +294,25 @@ def _paths() -> dict[str, _Schema]:
     upsert_doc = " ".join((models.UpsertItem.__doc__ or "").split("\n\n", 1)[-1].split())
     batch_op["description"] = _BATCH_DESCRIPTION.format(upsert=upsert_doc)
     health = _op("health", "/health")
-    sick = "The database is not answering: `status` is `unhealthy`, with a `reason`."
+    sick = (
+        "The database is not answering, or the writer thread has stopped: `status` is "
+        "`unhealthy`, with a `reason`."
+    )
     health["responses"]["503"] = {"description": sick, **_json(_ref("HealthResponse"))}
+    health["description"] = _PRIVATE_FIELDS.format(fields="`db_path`")
+    metrics = _op("metrics", "/metrics")
+    metrics["description"] = (
+        "Served from counters the writer keeps (no query). `recent_24h` counts runs whose "
+        "created_at falls in the last 1,440 whole minutes, the current one included. "
+        "Prometheus text when `Accept` names text/plain or openmetrics. "
+        + _PRIVATE_FIELDS.format(fields="`agents` and `performance.db_path`")
+    )
+    listing = _op("listRuns", runs, params=_query_params())
+    listing["responses"]["200"]["headers"] = {"X-Next-Cursor": _NEXT_CURSOR}
     return {
         runs: {
             "post": _op("createRun", runs, _ref("RunCreate")),
-            "get": _op("listRuns", runs, params=_query_params()),
+            "get": listing,
         },
         f"{runs}/batch": {"post": batch_op},
         run: {
@@ -300,6 +323,6 @@ def _paths() -> dict[str, _Schema]:
         f"{run}/commit-url": {"get": _op("getCommitUrl", run)},
         f"{run}/repo-url": {"get": _op("getRepoUrl", run)},
         "/health": {"get": health},
-        "/metrics": {"get": _op("metrics", "/metrics")},
+        "/metrics": {"get": metrics},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata")},
     }

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server import __version__
 from server.contract.fields import CANONICAL_STATUSES
+from server.http.auth import READ_GUARD
 from server.http.prometheus import ServerMetrics, exposition, wants_prometheus
 from server.http.runs import DATABASE, json_response
 from server.storage.connection import StorageUnavailable
@@ -22,55 +23,67 @@ routes = web.RouteTableDef()
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    """Really touches the database; answers even while a write waits for a lock."""
+    """Really touches the database, on its own connection: answers while a write waits for
+    a lock and while every reader is busy. Unhealthy (503) if the writer thread is gone."""
     database = request.app[DATABASE]
     body: dict[str, object] = {
         "status": "ok",
         "version": __version__,
-        "db_path": str(database.settings.path),
         "journal_mode": database.journal_mode,
         "synchronous": database.synchronous,
         "schema_version": SCHEMA_VERSION,
         "pending_writes": database.writer.pending,
     }
+    if request.app[READ_GUARD].reveals(request.headers.get("Authorization")):
+        body["db_path"] = str(database.settings.path)
+    failure = database.writer.failure
+    if failure is not None:
+        return _unhealthy(body, f"database writer stopped ({failure}); writes are refused")
     try:
         await asyncio.wait_for(database.ping(), HEALTH_PING_TIMEOUT_S)
     except (StorageUnavailable, TimeoutError) as exc:
-        body["status"] = "unhealthy"
-        body["reason"] = f"database not answering: {exc or 'timeout'}"
-        return json_response(body, 503)
+        return _unhealthy(body, f"database not answering: {exc or 'timeout'}")
     return json_response(body)
+
+
+def _unhealthy(body: dict[str, object], reason: str) -> web.Response:
+    """503 with the health fields, the reason, and the error shape every 4xx/5xx has."""
+    body |= {"status": "unhealthy", "reason": reason, "detail": reason, "error": "unhealthy"}
+    return json_response(body, 503)
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """The guide's JSON, or Prometheus text when a scraper asks for it (Accept)."""
+    """The guide's JSON, or Prometheus text when a scraper asks for it (Accept). Served from
+    the writer's counters: no query. Agent names and the path only for a caller that may
+    read run data (TELEMETRY_API_AUTH_PROTECT_READS)."""
     database = request.app[DATABASE]
-    counts = await database.counts()
+    counts = database.counts()
     if wants_prometheus(request):
         prometheus = request.app[METRICS]
-        prometheus.db_size.set(await database.size_bytes())
+        prometheus.db_size.set(database.size.bytes)
         prometheus.total_runs.set(counts.total_runs)
         for status in CANONICAL_STATUSES:
             prometheus.runs.labels(status).set(counts.by_status.get(status, 0))
         return exposition(request, prometheus.registry)
     stats = database.writer.stats
-    return json_response(
-        {
-            "total_runs": counts.total_runs,
-            "agents": counts.agents,
-            "recent_24h": counts.recent_24h,
-            "runs_by_status": counts.by_status,
-            "performance": {
-                "db_path": str(database.settings.path),
-                "journal_mode": database.journal_mode,
-                "synchronous": database.synchronous,
-                "write_transactions": stats.groups,
-                "write_operations": stats.operations,
-                "failed_write_transactions": stats.failed_groups,
-            },
-        }
-    )
+    performance: dict[str, object] = {
+        "journal_mode": database.journal_mode,
+        "synchronous": database.synchronous,
+        "write_transactions": stats.groups,
+        "write_operations": stats.operations,
+        "failed_write_transactions": stats.failed_groups,
+    }
+    body: dict[str, object] = {"total_runs": counts.total_runs}
+    if request.app[READ_GUARD].reveals(request.headers.get("Authorization")):
+        body["agents"] = counts.agents
+        performance = {"db_path": str(database.settings.path), **performance}
+    body |= {
+        "recent_24h": counts.recent_24h,
+        "runs_by_status": counts.by_status,
+        "performance": performance,
+    }
+    return json_response(body)
 
 
 @routes.get("/api/v1/metadata")

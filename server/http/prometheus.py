@@ -3,8 +3,9 @@
 A scraper (``Accept`` naming ``text/plain`` or ``openmetrics``) gets the text
 exposition; every other client — the guide's JSON clients send ``*/*`` or
 ``application/json`` — keeps getting the guide's JSON. Each app owns its own
-registry. Labels are bounded: routes are resource patterns, never event ids,
-and agent names never become labels.
+registry. Labels come from fixed sets: routes are the router's patterns (or
+"unmatched"), never paths or event ids; methods and statuses outside known
+sets are "other"; agent names never become labels.
 """
 
 from __future__ import annotations
@@ -49,8 +50,27 @@ class HttpMetrics:
         )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
+        """Count one answer. ``route`` is the router's pattern (or "unmatched"), never the
+        path; method and status are mapped onto fixed sets, so no client can grow the
+        label set (a method "FOO<script>" is counted as "other")."""
+        self.requests.labels(route, method_label(method), status_label(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+
+#: The only values the ``method`` and ``status`` labels take (others: "other").
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUS_LABELS = frozenset(
+    {200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 422}
+    | {429, 431, 500, 501, 502, 503, 504}
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHOD_LABELS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if status in STATUS_LABELS else "other"
 
 
 class ServerMetrics:

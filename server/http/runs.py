@@ -19,6 +19,7 @@ from server.contract.models import (
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
 from server.http.requests import event_id_of, json_fields_context, not_found, read_json
+from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
 from server.urls import build_commit_url, build_repo_url
 
@@ -143,13 +144,31 @@ async def _upsert_batch(
     )
 
 
+#: Answer header naming where the next page starts (absent on the last page).
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+
+
 @routes.get("/api/v1/runs")
 async def list_runs(request: web.Request) -> web.Response:
+    """A page of runs (a plain array, as the guide has it); ``X-Next-Cursor`` continues it."""
     # An empty value means "no filter", as the reference treats `?status=`.
     params = {key: value for key, value in request.query.items() if value != ""}
     query = parse_model(RunQuery, params, location="query")
-    runs = await request.app[DATABASE].query(query)
-    return json_response([with_urls(run) for run in runs])
+    database = request.app[DATABASE]
+    scope = dumps(query.filters()).decode()
+    after = None
+    if query.cursor is not None:
+        try:
+            after = database.cursors.decode(query.cursor, scope)
+        except InvalidCursor as exc:
+            raise ValidationFailed(
+                [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
+            ) from exc
+    page = await database.query(query, after)
+    response = json_response([with_urls(run) for run in page.runs])
+    if page.next_position is not None:
+        response.headers[NEXT_CURSOR_HEADER] = database.cursors.encode(page.next_position, scope)
+    return response
 
 
 @routes.get("/api/v1/runs/{event_id}")

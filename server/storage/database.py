@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,14 @@ import structlog
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.storage import runs
+from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
+from server.storage.counters import RunCounters, RunCounts
+from server.storage.cursor import CursorCodec, Position
 from server.storage.metadata import MetadataCache, MetadataSnapshot
+from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
-from server.storage.schema import migrate
+from server.storage.schema import cursor_key, migrate
 from server.storage.writer import GroupObserver, Writer
 
 log = structlog.get_logger("server.database")
@@ -37,13 +41,46 @@ class UpsertResult:
     outcomes: list[runs.UpsertOutcome]
 
 
-class Database:
-    """Open with ``await Database.open(settings)``; close with ``await db.close()``."""
+class DatabaseSize:
+    """The file's size as the writer last saw it (read inside each group, so free)."""
 
-    def __init__(self, settings: StorageSettings, writer: Writer, reader: Reader) -> None:
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def measure(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(page_size)
+
+    def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
+        measured = self.measure(conn)
+
+        def keep() -> None:
+            self.bytes = measured
+
+        return keep
+
+
+class Database:
+    """Open with ``Database.open(settings)``; close with ``await db.close()``."""
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        writer: Writer,
+        reader: Reader,
+        *,
+        counters: RunCounters,
+        size: DatabaseSize,
+        cursors: CursorCodec,
+    ) -> None:
         self.settings = settings
         self.writer = writer
         self.reader = reader
+        self.counters = counters
+        self.size = size
+        self.cursors = cursors
+        self.probe = HealthProbe(settings.path, busy_timeout_ms=settings.busy_timeout_ms)
         self.metadata_cache = MetadataCache(settings.metadata_ttl_s)
         self.journal_mode = settings.journal_mode
         self.synchronous = settings.synchronous
@@ -52,30 +89,40 @@ class Database:
     def open(
         cls, settings: StorageSettings, *, on_write_group: GroupObserver | None = None
     ) -> Database:
-        """Migrate, analyse and start the writer (blocking; call at start-up)."""
+        """Check SQLite, migrate, analyse, count the runs and start the writer (blocking;
+        call at start-up)."""
+        check_sqlite_version()
         conn = open_writer(
             settings.path,
             journal_mode=settings.journal_mode,
             synchronous=settings.synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
+        counters, size = RunCounters(), DatabaseSize()
         try:
             applied = migrate(conn)
             # Planner statistics (bounded work even on a large table): PRAGMA optimize only
             # analyses on its own from SQLite 3.46, so ask for it explicitly.
             conn.execute("PRAGMA analysis_limit = 1000")
             conn.execute("ANALYZE")
+            counters.install(conn)
+            counters.load(conn)  # the one full count, at start-up; the writer keeps it after
+            size.bytes = size.measure(conn)
+            cursors = CursorCodec(cursor_key(conn))
         except BaseException:
             conn.close()
             raise
         db = cls(
             settings,
-            Writer(conn, on_group=on_write_group),
+            Writer(conn, on_group=on_write_group, hooks=(counters, size)),
             Reader(
                 settings.path,
                 threads=settings.reader_threads,
                 busy_timeout_ms=settings.busy_timeout_ms,
             ),
+            counters=counters,
+            size=size,
+            cursors=cursors,
         )
         db.journal_mode = pragma_value(conn, "journal_mode")
         db.synchronous = pragma_value(conn, "synchronous")
@@ -92,6 +139,7 @@ class Database:
     async def close(self) -> None:
         await self.writer.close()
         self.reader.close()
+        self.probe.close()
 
     # ---- writes ---------------------------------------------------------------------
 
@@ -148,8 +196,8 @@ class Database:
     async def get(self, event_id: str) -> dict[str, Any] | None:
         return await self.reader.run(lambda conn: runs.get_run(conn, event_id))
 
-    async def query(self, query: RunQuery) -> list[dict[str, Any]]:
-        return await self.reader.run(lambda conn: runs.query_runs(conn, query))
+    async def query(self, query: RunQuery, after: Position | None = None) -> runs.Page:
+        return await self.reader.run(lambda conn: runs.query_runs(conn, query, after))
 
     async def metadata(self) -> tuple[MetadataSnapshot, bool]:
         """The distinct values and whether they came from the cache."""
@@ -164,18 +212,10 @@ class Database:
         agents, jobs = await self.reader.run(load)
         return self.metadata_cache.store(generation, agents, jobs), False
 
-    async def counts(self) -> runs.RunCounts:
-        now = utc_now()
-        return await self.reader.run(lambda conn: runs.counts(conn, now))
+    def counts(self) -> RunCounts:
+        """The run counts, from the writer's counters (no query)."""
+        return self.counters.snapshot()
 
     async def ping(self) -> None:
-        """Touch the database for real: a read of the schema version."""
-        await self.reader.run(lambda conn: conn.execute("PRAGMA user_version").fetchone())
-
-    async def size_bytes(self) -> int:
-        def size(conn: sqlite3.Connection) -> int:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            return int(pages) * int(page_size)
-
-        return await self.reader.run(size)
+        """Touch the database for real, on the probe's own connection (not the readers')."""
+        await self.probe.ping()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Literal
 
 import orjson
@@ -17,7 +16,7 @@ import orjson
 from server.contract.codec import dumps_text
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
-from server.contract.timestamps import format_instant, parse_instant
+from server.storage.cursor import Position
 from server.storage.schema import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
 
 _INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
@@ -27,6 +26,7 @@ _INSERT_SQL = (
     "ON CONFLICT(event_id) DO NOTHING"
 )
 _SELECT_COLUMNS = ", ".join(RUN_COLUMNS)
+_CREATED_AT = RUN_COLUMNS.index("created_at")
 
 UpsertOutcome = Literal["inserted", "updated", "unchanged", "not_found"]
 
@@ -59,9 +59,8 @@ def insert_row(conn: sqlite3.Connection, params: tuple[Any, ...]) -> bool:
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert prepared rows in one statement; return how many were new."""
-    before = conn.total_changes
-    conn.executemany(_INSERT_SQL, rows)
-    return conn.total_changes - before
+    # rowcount, not total_changes: the latter also counts the rows of TEMP triggers.
+    return max(conn.executemany(_INSERT_SQL, rows).rowcount, 0)
 
 
 def update_run(
@@ -162,8 +161,9 @@ def changes_touch_metadata(update: RunUpdate | None) -> bool:
 
 
 def row_to_run(row: Sequence[Any]) -> dict[str, Any]:
-    """A stored row as the API returns it: JSON columns parsed, objects kept objects."""
-    run = dict(zip(RUN_COLUMNS, row, strict=True))
+    """A stored row as the API returns it: JSON columns parsed, objects kept objects.
+    Columns after RUN_COLUMNS (a list query's row id) are not part of the run."""
+    run = dict(zip(RUN_COLUMNS, row[: len(RUN_COLUMNS)], strict=True))
     for column in RUN_JSON_COLUMNS:
         raw = run[column]
         if isinstance(raw, str):
@@ -181,8 +181,13 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     return None if row is None else row_to_run(row)
 
 
-def query_sql(query: RunQuery) -> tuple[str, list[Any]]:
-    """The SELECT for a list query; every filter is served by an index."""
+def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list[Any]]:
+    """The SELECT for a list query; every filter is served by an index.
+
+    Rows carry their ``id`` last (for the next cursor) and one row more than the
+    page is fetched, so the caller knows whether another page follows.
+    ``after`` starts the page strictly after a cursor's position (keyset paging).
+    """
     clauses: list[str] = []
     params: list[Any] = []
     for column, operator, value in (
@@ -197,17 +202,33 @@ def query_sql(query: RunQuery) -> tuple[str, list[Any]]:
         if value is not None:
             clauses.append(f"{column} {operator} ?")
             params.append(value)
+    if after is not None:
+        clauses.append("(created_at, id) < (?, ?)")
+        params.extend((after.created_at, after.row_id))
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = (
-        f"SELECT {_SELECT_COLUMNS} FROM agent_runs{where} "
+        f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs{where} "
         "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     )
-    return sql, [*params, query.limit, query.offset]
+    return sql, [*params, query.limit + 1, query.offset]
 
 
-def query_runs(conn: sqlite3.Connection, query: RunQuery) -> list[dict[str, Any]]:
-    sql, params = query_sql(query)
-    return [row_to_run(row) for row in conn.execute(sql, params)]
+@dataclass(frozen=True)
+class Page:
+    runs: list[dict[str, Any]]
+    #: Where the next page starts; None on the last page.
+    next_position: Position | None
+
+
+def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
+    sql, params = query_sql(query, after)
+    rows = conn.execute(sql, params).fetchall()
+    page = rows[: query.limit]
+    last = page[-1] if len(rows) > query.limit else None
+    return Page(
+        [row_to_run(row) for row in page],
+        None if last is None else Position(str(last[_CREATED_AT]), int(last[-1])),
+    )
 
 
 def distinct_values(
@@ -223,34 +244,6 @@ def distinct_values(
         f") SELECT v FROM seen WHERE v IS NOT NULL"
     )
     return [str(row[0]) for row in conn.execute(sql)]
-
-
-@dataclass(frozen=True)
-class RunCounts:
-    total_runs: int
-    agents: dict[str, int]
-    recent_24h: int
-    by_status: dict[str, int]
-
-
-def counts(conn: sqlite3.Connection, now: str) -> RunCounts:
-    """The guide's /metrics figures; recent_24h compares instants, not strings of mixed form."""
-    since = format_instant(parse_instant(now) - timedelta(hours=24))
-    total = int(conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0])
-    agents = {
-        str(name): int(n)
-        for name, n in conn.execute(
-            "SELECT agent_name, COUNT(*) FROM agent_runs GROUP BY agent_name ORDER BY 2 DESC"
-        )
-    }
-    recent = int(
-        conn.execute("SELECT COUNT(*) FROM agent_runs WHERE created_at > ?", (since,)).fetchone()[0]
-    )
-    by_status = {
-        str(status): int(n)
-        for status, n in conn.execute("SELECT status, COUNT(*) FROM agent_runs GROUP BY status")
-    }
-    return RunCounts(total, agents, recent, by_status)
 
 
 def new_distinct(known: set[str], values: Iterable[str]) -> bool:

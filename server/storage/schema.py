@@ -116,6 +116,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idx_runs_start_time ON agent_runs(start_time)",
         ),
     ),
+    Migration(
+        3,
+        "server_meta with the random key that signs list cursors (kept across restarts)",
+        (
+            "CREATE TABLE server_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            "INSERT INTO server_meta (key, value) VALUES ('cursor_key', randomblob(32))",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -127,6 +135,12 @@ class SchemaTooNew(RuntimeError):
 
 def current_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def cursor_key(conn: sqlite3.Connection) -> bytes:
+    """The secret that signs list cursors (made by migration 3)."""
+    row = conn.execute("SELECT value FROM server_meta WHERE key = 'cursor_key'").fetchone()
+    return bytes(row[0])
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:

@@ -4,6 +4,11 @@ Requests hand it small functions; the thread takes every function waiting in
 its queue, runs them in one transaction (each inside its own SAVEPOINT, so one
 failing operation does not undo its neighbours) and commits once. Under load
 many requests share one fsync — group commit — with no added latency when idle.
+
+The thread is supervised: a group that fails in any unexpected way is rolled
+back and its requests answered 503 (retry), and the next group goes on. Should
+the thread die all the same, every waiting and later write is answered 503 at
+once (never left hanging) and ``failure`` says why, for /health.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -29,6 +34,11 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 log = structlog.get_logger("server.writer")
 _STOP = object()
 
+#: Seconds a client is told to wait after a group failed for an unexpected reason.
+FAILED_GROUP_RETRY_S = 1.0
+#: ... and once the writer thread is gone (only a restart helps).
+DEAD_WRITER_RETRY_S = 30.0
+
 
 @dataclass
 class _Op:
@@ -39,6 +49,14 @@ class _Op:
 
 #: Called from the writer thread after each committed group: (operations, seconds).
 GroupObserver = Callable[[int, float], None]
+
+
+class CommitHook(Protocol):
+    """Work done at the end of every group, inside its transaction."""
+
+    def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
+        """Read what the group changed; return what to do once COMMIT has succeeded."""
+        ...
 
 
 @dataclass
@@ -57,7 +75,9 @@ def _settle(op: _Op, result: Any, error: BaseException | None) -> None:
         else:
             op.future.set_result(result)
 
-    op.loop.call_soon_threadsafe(apply)
+    # RuntimeError: the request's loop is closed, so nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        op.loop.call_soon_threadsafe(apply)
 
 
 class Writer:
@@ -69,27 +89,42 @@ class Writer:
         *,
         max_group: int = 512,
         on_group: GroupObserver | None = None,
+        hooks: tuple[CommitHook, ...] = (),
     ) -> None:
         self._conn = conn
         self.on_group = on_group
+        self._hooks = hooks
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="sqlite-writer", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="sqlite-writer", daemon=True)
+        # Guards the decision "may this op still be queued?" against the thread's exit.
+        self._gate = threading.Lock()
         self._closed = False
+        self._failure: str | None = None
+        self._current: list[_Op] = []
         self.stats = WriterStats()
         self.pending = 0
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer thread stopped unexpectedly (the exception's type, details are in
+        the log); None while it is serving."""
+        return self._failure
 
     def start(self) -> None:
         self._thread.start()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn in the writer thread inside a group transaction; raise its error if any."""
-        if self._closed:
-            raise StorageUnavailable("server is shutting down", retry_after_s=5)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        with self._gate:
+            if self._failure is not None:
+                raise _dead()
+            if self._closed:
+                raise StorageUnavailable("server is shutting down", retry_after_s=5)
+            self._queue.put(_Op(fn, future, loop))
         self.pending += 1
-        self._queue.put(_Op(fn, future, loop))
         try:
             return await asyncio.shield(future)
         finally:
@@ -97,13 +132,30 @@ class Writer:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Finish queued work, optimise and close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout_s)
 
     # ---- writer thread --------------------------------------------------------------
+
+    def _main(self) -> None:
+        """The thread's body: serve groups; if anything escapes, fail every waiting op."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            log.exception("db_writer_died", error=f"{type(exc).__name__}: {exc}")
+            with self._gate:
+                self._failure = type(exc).__name__
+            self._fail_ops(self._current, _dead())
+        finally:
+            with self._gate:
+                self._closed = True
+            self._drain()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
 
     def _loop(self) -> None:
         stopping = False
@@ -121,12 +173,28 @@ class Writer:
                     stopping = True
                     break
                 group.append(item)
-            self._commit(group)
+            self._current = group
+            self._supervised(group)
+            self._current = []
         try:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as exc:
             log.warning("db_optimize_failed", error=str(exc))
-        self._conn.close()
+
+    def _supervised(self, group: list[_Op]) -> None:
+        """Commit one group; an unexpected failure fails that group only (503, retry)."""
+        try:
+            self._commit(group)
+        except Exception as exc:
+            log.exception("db_write_group_crashed", operations=len(group), error=str(exc))
+            self._rollback()
+            self.stats.failed_groups += 1
+            self._fail_ops(
+                group,
+                StorageUnavailable(
+                    "write failed unexpectedly; retry", retry_after_s=FAILED_GROUP_RETRY_S
+                ),
+            )
 
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()
@@ -154,26 +222,70 @@ class Writer:
                 else:
                     outcomes.append((op, result, None))
                 conn.execute("RELEASE op")
+            after_commit = [hook.before_commit(conn) for hook in self._hooks]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            self._rollback()
             self._fail(group, exc)
             return
+        except BaseException:
+            self._rollback()
+            raise
+        for apply in after_commit:
+            try:
+                apply()
+            except Exception as exc:  # committed already: never fail the requests for it
+                log.exception("db_commit_hook_failed", error=str(exc))
         self.stats.groups += 1
         self.stats.operations += len(group)
-        if self.on_group is not None:
-            self.on_group(len(group), time.perf_counter() - started)
+        self._observe(len(group), time.perf_counter() - started)
         for op, result, error in outcomes:
             _settle(op, result, error)
+
+    def _observe(self, operations: int, seconds: float) -> None:
+        """Tell the observer; its trouble is logged, never charged to committed writes."""
+        if self.on_group is None:
+            return
+        try:
+            self.on_group(operations, seconds)
+        except Exception as exc:
+            log.warning("db_write_observer_failed", error=str(exc))
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def _fail(self, group: list[_Op], exc: sqlite3.Error) -> None:
         self.stats.failed_groups += 1
         log.warning("db_write_failed", error=str(exc), operations=len(group))
         unavailable = classify(exc)
+        self._fail_ops(
+            group, StorageUnavailable(str(unavailable), retry_after_s=unavailable.retry_after_s)
+        )
+
+    def _fail_ops(self, group: list[_Op], error: StorageUnavailable) -> None:
         for op in group:
-            _settle(
-                op,
-                None,
-                StorageUnavailable(str(unavailable), retry_after_s=unavailable.retry_after_s),
-            )
+            _settle(op, None, error)
+
+    def _drain(self) -> None:
+        """Answer every op still queued once the thread is leaving (nothing waits forever)."""
+        error = (
+            _dead()
+            if self._failure is not None
+            else StorageUnavailable("server is shutting down", retry_after_s=5)
+        )
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                _settle(item, None, error)
+
+
+def _dead() -> StorageUnavailable:
+    return StorageUnavailable(
+        "the database writer has stopped; restart the server (see its log)",
+        retry_after_s=DEAD_WRITER_RETRY_S,
+    )

@@ -129,6 +129,7 @@ class UpstreamClient:
 
 _PASS_HEADERS = frozenset(
     {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+    | {"X-Next-Cursor"}  # the list's keyset cursor, so agents can page through spoold too
 )
 
 

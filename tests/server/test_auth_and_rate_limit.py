@@ -184,14 +184,16 @@ async def test_rate_limit_answers_429_with_headers(make_api, new_run):
     assert limited_write.status == 429
 
 
-async def test_rate_limit_exempts_health_and_metrics(make_api):
-    """/health and /metrics are never rate limited."""
+async def test_rate_limit_exempts_health_but_not_metrics(make_api):
+    """/health is never rate limited; /metrics is limited like any other read."""
     api = await make_api(rate_limit_enabled=True, rate_limit_rpm=1)
     await api.get("/api/v1/runs")
     assert (await api.get("/api/v1/runs")).status == 429
     for _ in range(5):
         assert (await api.get("/health")).status == 200
-        assert (await api.get("/metrics")).status == 200
+    limited = await api.get("/metrics")
+    assert limited.status == 429
+    assert int(limited.headers["Retry-After"]) >= 1
 
 
 async def test_rate_limit_off_by_default(api):

@@ -172,11 +172,15 @@ def test_run_query_parameters(spec: dict[str, Any]) -> None:
         "start_time_to",
         "limit",
         "offset",
+        "cursor",
     }
     assert all(p["in"] == "query" and "required" not in p for p in params.values())
     limit = params["limit"]["schema"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 1000, 100)
-    assert params["offset"]["schema"]["minimum"] == 0
+    offset = params["offset"]["schema"]
+    assert (offset["minimum"], offset["maximum"]) == (0, 10_000)
+    assert params["cursor"]["schema"]["type"] == "string"
+    assert "X-Next-Cursor" in op["responses"]["200"]["headers"]
     items = op["responses"]["200"]["content"]["application/json"]["schema"]["items"]
     assert items == {"$ref": "#/components/schemas/RunRecord"}
     assert "422" in op["responses"]

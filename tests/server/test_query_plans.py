@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from server.contract.models import RunQuery
+from server.storage.cursor import Position
 from server.storage.runs import distinct_values, query_sql
 from server.storage.schema import migrate
 
@@ -80,3 +81,21 @@ def test_distinct_values_use_index_seeks(conn: sqlite3.Connection) -> None:
     assert distinct_values(conn, "job_type") == sorted(f"job-{i}" for i in range(20))
     text = plan(conn, "SELECT MIN(agent_name) FROM agent_runs WHERE agent_name > ?", ["x"])
     assert "idx_runs_agent_created" in text
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (RunQuery(), "idx_runs_created"),
+        (RunQuery(agent_name="a"), "idx_runs_agent_created"),
+        (RunQuery(job_type="j"), "idx_runs_job_created"),
+        (RunQuery(status="failed"), "idx_runs_status_created"),
+    ],
+)
+def test_cursor_pages_seek_the_index(conn: sqlite3.Connection, query: RunQuery, index: str) -> None:
+    """A keyset page (after a cursor) is an index range search, never a scan or a sort."""
+    after = Position("2026-02-14T10:30:00.000000+00:00", 2500)
+    sql, params = query_sql(query, after)
+    text = plan(conn, sql, params)
+    assert f"SEARCH agent_runs USING INDEX {index}" in text, text
+    assert "TEMP B-TREE" not in text, text

@@ -213,7 +213,7 @@ async def test_limit_and_offset_page_through_in_order(api, new_run):
     assert pages == expected
     assert ids(await api.list(limit=1)) == expected[:1]
     assert await api.list(offset=7) == []
-    assert await api.list(offset=10**12) == []
+    assert await api.list(offset=10_000) == []  # the documented bound is accepted
 
 
 async def test_limit_1000_is_accepted(api, new_run):
@@ -235,6 +235,7 @@ async def test_limit_1000_is_accepted(api, new_run):
         ("offset", "x"),
         ("offset", "1e3"),
         ("offset", str(10**13)),
+        ("offset", "10001"),
         ("status", "failedd"),
         ("status", "FAILURE"),
         ("created_before", "2026-01-12 10:00:00"),

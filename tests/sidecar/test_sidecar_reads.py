@@ -155,3 +155,23 @@ async def test_queued_updates_are_merged_over_the_servers_copy(fake, make_sideca
     assert merged.body["status"] == "timeout"
     assert merged.body["items_discovered"] == 7
     assert (await central.api.run(run["event_id"]))["status"] == "running"
+
+
+async def test_list_cursor_walks_through_the_sidecar(central, make_sidecar):
+    """X-Next-Cursor comes back through spoold and walks the server's list to its end."""
+    sidecar = await make_sidecar(central.url)
+    await central.api.post("/api/v1/runs/batch", json=[make_run() for _ in range(7)])
+    everything = [run["event_id"] for run in (await central.api.get("/api/v1/runs")).body]
+    walked: list[str] = []
+    params = {"limit": "3"}
+    for _ in range(10):
+        page = await sidecar.get("/api/v1/runs", params=params)
+        assert page.status == 200
+        walked += [run["event_id"] for run in page.body]
+        cursor = page.headers.get("X-Next-Cursor")
+        if cursor is None:
+            break
+        params = {"limit": "3", "cursor": cursor}
+    assert walked == everything
+    forged = await sidecar.get("/api/v1/runs", params={"cursor": "forged.cursor"})
+    assert forged.status == 422

@@ -1,0 +1,32 @@
+"""The oldest SQLite this server can run on, checked once at start-up.
+
+The features used, and the release that brought each: ``RETURNING`` (3.35.0, the
+newest), ``PRAGMA analysis_limit`` (3.32.0), ``INSERT ... ON CONFLICT DO NOTHING``
+(3.24.0), row values in keyset comparisons (3.15.0), ``WITH RECURSIVE`` (3.8.3),
+WAL (3.7.0). No JSON functions are used: JSON columns are stored as text and
+parsed in Python. An older library would fail in the middle of a request; we
+refuse to start instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MINIMUM_SQLITE = (3, 35, 0)
+_NEEDED_FOR = "UPDATE ... RETURNING"
+
+
+class SqliteTooOld(RuntimeError):
+    """The SQLite library linked into Python is older than the features the server uses."""
+
+
+def check_sqlite_version() -> None:
+    """Raise SqliteTooOld, with a message an operator can act on, if the library is too old."""
+    found = tuple(sqlite3.sqlite_version_info)
+    if found < MINIMUM_SQLITE:
+        needed = ".".join(str(part) for part in MINIMUM_SQLITE)
+        raise SqliteTooOld(
+            f"SQLite {sqlite3.sqlite_version} is too old: this server needs SQLite {needed} or "
+            f"newer ({_NEEDED_FOR}). Use a Python built against a newer SQLite "
+            "(python3 -c 'import sqlite3; print(sqlite3.sqlite_version)' shows it)."
+        )

@@ -1,0 +1,173 @@
+"""Run counts kept in memory by the writer, so /metrics never scans the table.
+
+Counted once at start-up (one pass over an index: the only full scan), then kept
+exact by the writer: TEMP triggers on the writer's connection record every
+inserted, re-labelled or deleted row into a TEMP table inside the group's
+transaction. A savepoint rolled back takes its delta rows with it, and so does
+a failed group; the writer reads the deltas just before COMMIT and applies them
+only once COMMIT has succeeded. Whatever code path writes (create, batch,
+upsert, patch, a future delete), the counts follow, with no bookkeeping in it.
+
+``recent_24h`` counts by whole minute: a run counts while its ``created_at``
+minute is one of the last 1,440 minutes, the current minute included (future
+instants count too, as ``created_at > now - 24h`` did).
+
+The counts assume this server is the database's only writer, as it is
+designed to be; another process writing the file is seen only after a restart.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from server.contract.timestamps import format_instant
+
+WINDOW_MINUTES = 24 * 60
+_MINUTE_CHARS = 16  # "2026-01-12T10:30" of the canonical created_at
+_TABLE = "run_count_deltas"
+_DELTAS = f"temp.{_TABLE}"
+
+_TRIGGERS = (
+    "PRAGMA temp_store = MEMORY",
+    f"CREATE TEMP TABLE IF NOT EXISTS {_TABLE} "
+    "(agent_name TEXT, status TEXT, minute TEXT, n INTEGER NOT NULL)",
+    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_insert AFTER INSERT ON main.agent_runs BEGIN "
+    f"INSERT INTO {_TABLE} VALUES "
+    "(NEW.agent_name, NEW.status, substr(NEW.created_at, 1, 16), 1); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_delete AFTER DELETE ON main.agent_runs BEGIN "
+    f"INSERT INTO {_TABLE} VALUES "
+    "(OLD.agent_name, OLD.status, substr(OLD.created_at, 1, 16), -1); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_update "
+    "AFTER UPDATE OF agent_name, status, created_at ON main.agent_runs "
+    "WHEN OLD.agent_name IS NOT NEW.agent_name OR OLD.status IS NOT NEW.status "
+    "OR OLD.created_at IS NOT NEW.created_at BEGIN "
+    f"INSERT INTO {_TABLE} VALUES "
+    "(OLD.agent_name, OLD.status, substr(OLD.created_at, 1, 16), -1); "
+    f"INSERT INTO {_TABLE} VALUES "
+    "(NEW.agent_name, NEW.status, substr(NEW.created_at, 1, 16), 1); END",
+)
+
+#: (agent_name, status, created_at minute, change in count)
+Delta = tuple[str, str, str, int]
+
+
+def minute_of(moment: datetime) -> str:
+    """The minute key of an instant, as the triggers cut it from created_at."""
+    return format_instant(moment)[:_MINUTE_CHARS]
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    total_runs: int
+    agents: dict[str, int]
+    recent_24h: int
+    by_status: dict[str, int]
+
+
+class RunCounters:
+    """Thread-safe counts: the writer thread applies deltas, handlers take snapshots."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._total = 0
+        self._agents: dict[str, int] = {}
+        self._statuses: dict[str, int] = {}
+        self._minutes: dict[str, int] = {}  # minutes still inside (or after) the window
+        self._expiry: list[str] = []  # heap of the keys of _minutes
+        self._window_start = minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1))
+        self._recent = 0
+
+    # ---- writer side ----------------------------------------------------------------
+
+    def install(self, conn: sqlite3.Connection) -> None:
+        """Create the TEMP delta table and triggers on the writer's connection."""
+        for statement in _TRIGGERS:
+            conn.execute(statement)
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Count what is stored (start-up: one pass over the agent index, one range scan)."""
+        rows = conn.execute(
+            "SELECT agent_name, status, COUNT(*) FROM agent_runs GROUP BY agent_name, status"
+        ).fetchall()
+        recent = conn.execute(
+            "SELECT substr(created_at, 1, 16), COUNT(*) FROM agent_runs "
+            "WHERE created_at >= ? GROUP BY 1",
+            (self._window_start,),
+        ).fetchall()
+        with self._lock:
+            for agent, status, n in rows:
+                self._add(str(agent), str(status), int(n))
+            for minute, n in recent:
+                self._add_minute(str(minute), int(n))
+
+    def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
+        """Inside the group transaction: take the group's deltas; apply them once committed."""
+        deltas: list[Delta] = conn.execute(
+            f"SELECT agent_name, status, minute, SUM(n) FROM {_DELTAS} "
+            "GROUP BY agent_name, status, minute HAVING SUM(n) != 0"
+        ).fetchall()
+        if not deltas:
+            return _nothing
+        conn.execute(f"DELETE FROM {_DELTAS}")
+        return lambda: self.apply(deltas)
+
+    def apply(self, deltas: Iterable[Delta]) -> None:
+        with self._lock:
+            for agent, status, minute, n in deltas:
+                self._add(str(agent), str(status), int(n))
+                self._add_minute(str(minute), int(n))
+
+    # ---- readers --------------------------------------------------------------------
+
+    def snapshot(self) -> RunCounts:
+        """The current counts; O(agents + statuses), independent of the number of runs."""
+        with self._lock:
+            self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
+            agents = dict(sorted(self._agents.items(), key=lambda item: (-item[1], item[0])))
+            return RunCounts(self._total, agents, self._recent, dict(self._statuses))
+
+    @property
+    def window_start(self) -> str:
+        """The oldest created_at minute that recent_24h counts (for tests and docs)."""
+        with self._lock:
+            return self._window_start
+
+    # ---- internals (lock held) ------------------------------------------------------
+
+    def _add(self, agent: str, status: str, n: int) -> None:
+        self._total += n
+        _bump(self._agents, agent, n)
+        _bump(self._statuses, status, n)
+
+    def _add_minute(self, minute: str, n: int) -> None:
+        if minute < self._window_start:
+            return
+        if minute not in self._minutes:
+            heapq.heappush(self._expiry, minute)
+        _bump(self._minutes, minute, n, keep_zero=True)
+        self._recent += n
+
+    def _advance(self, window_start: str) -> None:
+        if window_start <= self._window_start:
+            return
+        self._window_start = window_start
+        while self._expiry and self._expiry[0] < window_start:
+            self._recent -= self._minutes.pop(heapq.heappop(self._expiry), 0)
+
+
+def _bump(counts: dict[str, int], key: str, n: int, *, keep_zero: bool = False) -> None:
+    value = counts.get(key, 0) + n
+    if value or keep_zero:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,65 @@
+"""Start-up refuses a SQLite older than the features the server uses."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.storage.compat import MINIMUM_SQLITE, SqliteTooOld, check_sqlite_version
+from server.storage.database import Database, StorageSettings
+
+# Runs the real entry point with the version the check reads replaced, as an old build
+# of Python's sqlite3 would report it.
+_OLD_SQLITE = """
+import sqlite3, sys
+sqlite3.sqlite_version_info = (3, 31, 1)
+sqlite3.sqlite_version = "3.31.1"
+from server.__main__ import main
+sys.exit(main(["--port", "0", "--db", sys.argv[1]]))
+"""
+
+
+def test_server_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
+    """telemetry-server exits non-zero at once, naming the versions, and creates nothing."""
+    db = tmp_path / "t.sqlite"
+    result = subprocess.run(
+        [sys.executable, "-c", _OLD_SQLITE, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "SQLite 3.31.1 is too old" in result.stderr
+    assert "3.35.0" in result.stderr
+    assert "RETURNING" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [((3, 34, 1), False), ((3, 35, 0), True), ((3, 7, 17), False), ((3, 45, 3), True)],
+)
+def test_check_reads_the_library_version(monkeypatch, version, ok) -> None:
+    """The boundary is 3.35.0 (RETURNING), the newest feature used."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", version)
+    monkeypatch.setattr(sqlite3, "sqlite_version", ".".join(map(str, version)))
+    if ok:
+        check_sqlite_version()
+    else:
+        with pytest.raises(SqliteTooOld, match="too old"):
+            check_sqlite_version()
+    assert MINIMUM_SQLITE == (3, 35, 0)
+
+
+def test_database_open_checks_too(monkeypatch, tmp_path: Path) -> None:
+    """Opening the database (the app factory's path) refuses an old SQLite as well."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 24, 0))
+    with pytest.raises(SqliteTooOld):
+        Database.open(StorageSettings(path=tmp_path / "t.sqlite"))
+    assert not (tmp_path / "t.sqlite").exists()
