@@ -9,6 +9,7 @@ import sqlite3
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,6 +104,15 @@ def _prometheus(spoold: Daemon) -> str:
         return str(response.read().decode())
 
 
+def _set_aside_logged(spoold: Daemon, event: str) -> dict[str, Any]:
+    """The one error-level log line saying a file was set aside; the file is there."""
+    lines = [e for e in log_events(spoold) if e.get("event") == event]
+    assert len(lines) == 1, spoold.log()[-3000:]
+    assert lines[0]["level"] == "error"
+    assert Path(lines[0]["renamed_to"]).exists()
+    return lines[0]
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 async def test_corrupt_index_is_set_aside_and_rebuilt_from_the_spool(
     tmp_path: Path, reaper: Reaper, damage: str
@@ -127,16 +137,15 @@ async def test_corrupt_index_is_set_aside_and_rebuilt_from_the_spool(
     assert body["storage"]["index_rebuilds"] == 1, body
     counters = body["counters"]
     assert counters["queued"] == RUNS * 3
-    assert counters["accepted"] == counters["forwarded"] + counters["queued"] + counters[
-        "dead_lettered"
-    ]
+    assert (
+        counters["accepted"]
+        == counters["forwarded"] + counters["queued"] + counters["dead_lettered"]
+    )
     assert 'spoold_storage_recovered_total{file="runs_index"} 1.0' in _prometheus(spoold)
     aside = sorted(spool_dir.glob(f"{INDEX}.corrupt-*"))
     assert [p.name.startswith(f"{INDEX}.corrupt-") for p in aside] == [True], aside
     async with aiohttp.ClientSession() as http:
-        again = await call(
-            http, "POST", f"{spoold.url}/api/v1/runs", create_body(runs[0].event_id)
-        )
+        again = await call(http, "POST", f"{spoold.url}/api/v1/runs", create_body(runs[0].event_id))
         assert (again.status, again.body["status"]) == (201, "duplicate"), again
         url = f"{spoold.url}/api/v1/runs/{runs[1].event_id}"
         async with http.get(url) as response:
@@ -155,15 +164,12 @@ async def test_corrupt_index_is_set_aside_and_rebuilt_from_the_spool(
     assert result.lost == 0
     assert drained["counters"]["forwarded"] == RUNS * 3 + 1
     assert spoold.stop() == 0
-    lines = [e for e in log_events(spoold) if e.get("event") == "runs_index_corrupt"]
-    assert len(lines) == 1, spoold.log()[-3000:]
-    assert lines[0]["level"] == "error"
-    assert Path(lines[0]["renamed_to"]).exists()
+    _set_aside_logged(spoold, "runs_index_corrupt")
     rebuilt = [e for e in log_events(spoold) if e.get("event") == "runs_index_caught_up"]
     assert [e["operations"] for e in rebuilt] == [RUNS * 3]
 
 
-async def test_corrupt_dead_letter_file_is_set_aside_and_a_fresh_one_opened(
+def test_corrupt_dead_letter_file_is_set_aside_and_a_fresh_one_opened(
     tmp_path: Path, reaper: Reaper
 ) -> None:
     """A dead-letter file full of garbage: spoold starts, renames it aside (kept for
@@ -189,12 +195,9 @@ async def test_corrupt_dead_letter_file_is_set_aside_and_a_fresh_one_opened(
     assert body["spool"]["dead_letters"] == 0
     assert 'spoold_storage_recovered_total{file="dead_letters"} 1.0' in _prometheus(spoold)
     assert spoold.stop() == 0
-    lines = [e for e in log_events(spoold) if e.get("event") == "dead_letter_store_corrupt"]
-    assert len(lines) == 1, spoold.log()[-3000:]
-    assert lines[0]["level"] == "error"
-    kept = Path(lines[0]["renamed_to"])
-    assert kept.read_bytes() == garbage  # kept, untouched, for inspection
-    assert "letters_lost" in lines[0]
+    line = _set_aside_logged(spoold, "dead_letter_store_corrupt")
+    assert Path(line["renamed_to"]).read_bytes() == garbage  # kept, untouched, for inspection
+    assert "letters_lost" in line
     with sqlite3.connect(spool_dir / DEAD_LETTERS) as fresh:  # a working store took its place
         assert fresh.execute("PRAGMA quick_check").fetchall() == [("ok",)]
         assert fresh.execute("SELECT COUNT(*) FROM dead_letters").fetchone() == (0,)
