@@ -22,6 +22,9 @@ from spoold.spool.errors import corruption_found, is_corruption
 T = TypeVar("T")
 #: Findings an integrity check reports at most (it stops there: a wrecked file is quick).
 MAX_FINDINGS = 8
+#: The one shape of sqlite_sequence SQLite accepts; any other makes every AUTOINCREMENT
+#: insert fail with SQLITE_CORRUPT_SEQUENCE, which integrity_check does not report.
+_SEQUENCE_SQL = "CREATE TABLE sqlite_sequence(name,seq)"
 
 
 @dataclass(frozen=True)
@@ -39,16 +42,22 @@ def check_file(path: Path, busy_timeout_s: float = 10.0) -> None:
     ``PRAGMA integrity_check`` reads every page and cross-checks tables and their
     indexes: a damaged page found now is set aside at start-up rather than
     failing writes later. Its cost is linear in the file (about 0.2 s for a
-    57 MB runs index, page cache warm).
+    57 MB runs index, page cache warm). The shape of sqlite_sequence is checked
+    too: its damage only shows when a row is inserted.
     """
     if not path.exists():
         return
     conn = sqlite3.connect(path, timeout=busy_timeout_s)
     try:
         rows = conn.execute(f"PRAGMA integrity_check({MAX_FINDINGS})").fetchall()
+        sequence = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'sqlite_sequence'"
+        ).fetchall()
     finally:
         conn.close()
     findings = [str(row[0]) for row in rows]
+    if sequence and sequence != [(_SEQUENCE_SQL,)]:
+        findings = [*(f for f in findings if f != "ok"), f"sqlite_sequence is {sequence[0][0]!r}"]
     if findings != ["ok"]:
         raise corruption_found(path, findings)
 

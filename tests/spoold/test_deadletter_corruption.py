@@ -142,3 +142,27 @@ def test_open_storage_counts_the_reset_durably(tmp_path: Path) -> None:
             letters.close()
             spool.close()
     assert len(list(spool_dir.glob(f"{DEAD_LETTER_FILE}.corrupt-*"))) == 2
+
+
+def test_a_damaged_sequence_table_is_found_at_open(
+    path: Path, stores: list[DeadLetterStore]
+) -> None:
+    """sqlite_sequence with the wrong shape passes integrity_check, yet every new letter
+    would fail with SQLITE_CORRUPT_SEQUENCE (523): the file is set aside at open."""
+    _fill(path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = 'CREATE TABLE sqlite_sequence(name,seq,extra)'"
+            " WHERE name = 'sqlite_sequence'"
+        )
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    with capture_logs() as logs:
+        store, aside = _open(path, stores)
+    assert aside is not None
+    assert [e["letters_lost"] for e in logs if e["event"] == "dead_letter_store_corrupt"] == [
+        LETTERS
+    ]
+    store.add(poison(1), "refused", 422)  # the fresh store takes letters again
+    assert store.count() == 1
