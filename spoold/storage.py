@@ -3,7 +3,8 @@
 Three SQLite files live in the spool directory. Each is checked when opened; a
 damaged one (an error with a corruption code, or an integrity check that is not
 "ok") is renamed aside with its -wal/-shm to ``<name>.corrupt-<UTC stamp>``,
-kept for inspection, logged at error level and counted:
+kept for inspection, logged (``spool_corrupt_renamed``, ``dead_letter_store_corrupt``,
+``runs_index_corrupt``) and counted:
 
 * ``spool.db`` - the queue (``spoold.spool.store``): a fresh spool; the
   operations the old one held are counted lost at start-up (``spoold.recovery``);
@@ -15,8 +16,9 @@ kept for inspection, logged at error level and counted:
   ``accepted = forwarded + queued + dead_lettered`` holds. Lost with the old
   index: the history counters (``accepted`` restarts at what is queued,
   ``forwarded``/``dead_lettered``/``duplicates``/``quarantined`` at 0) and the
-  runs already delivered (as if pruned: a repeated create is answered
-  ``created`` and the server answers it as the duplicate it is).
+  runs already delivered (as if pruned after ``SPOOLD_INDEX_RETENTION_S``: a
+  repeated create is answered ``created`` and forwarded again, which the server
+  applies idempotently - a terminal status is never overwritten by ``running``).
 
 The counts (``StorageRecoveries``) are kept in the runs index. A rebuilt index
 cannot know the old count, so it starts ``index_rebuilds`` from the number of
