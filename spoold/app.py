@@ -1,7 +1,9 @@
 """spoold's app factory: wires routes, middlewares and the lifecycles, nothing else.
 
 Cleanup contexts, in dependency order: local storage (spool, dead letters,
-runs index, repaired and counted by ``recovery.reconcile``) -> the accept thread -> the upstream HTTP session -> the drainer.
+runs index, each damaged file set aside by ``storage.open_storage``, then
+repaired and counted by ``recovery.reconcile``) -> the accept thread -> the
+upstream HTTP session -> the drainer.
 Shutdown runs them in reverse: the drainer drains until the deadline (which
 starts when the listening socket closes), then the accept thread answers what
 it holds, then the files are closed cleanly.
@@ -35,48 +37,30 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
-from spoold.spool import DeadLetterStore, Spool
+from spoold.storage import DEAD_LETTER_FILE, INDEX_FILE, Storage, StorageRecoveries, open_storage
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus
 
 log = structlog.get_logger("spoold")
 
-INDEX_FILE = "runs-index.sqlite"
-DEAD_LETTER_FILE = "deadletters.sqlite"
+__all__ = ["DEAD_LETTER_FILE", "INDEX_FILE", "create_app"]
 PRUNE_EVERY_S = 60.0
 
-_STORAGE: web.AppKey[tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]] = web.AppKey(
-    "spoold_storage", tuple
-)
+_STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", tuple)
+_RECOVERIES: web.AppKey[StorageRecoveries] = web.AppKey("spoold_recoveries", StorageRecoveries)
 _LEDGER: web.AppKey[Ledger] = web.AppKey("spoold_ledger", Ledger)
 _ACCEPTOR: web.AppKey[Acceptor] = web.AppKey("spoold_acceptor", Acceptor)
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spoold_session", aiohttp.ClientSession)
 _UPSTREAM_SSL: web.AppKey[ssl.SSLContext] = web.AppKey("spoold_upstream_ssl", ssl.SSLContext)
 
 
-def _open_storage(
-    config: SpooldConfig,
-) -> tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]:
-    spool_dir = Path(config.spool_dir)
-    spool = Spool(
-        spool_dir,
+def _open_storage(config: SpooldConfig) -> Storage:
+    return open_storage(
+        Path(config.spool_dir),
         capacity_bytes=config.max_spool_bytes,
         min_free_disk_bytes=config.min_free_disk_bytes,
     )
-    try:
-        dead_letters = DeadLetterStore(spool_dir / DEAD_LETTER_FILE)
-        index_path = spool_dir / INDEX_FILE
-        return (
-            spool,
-            dead_letters,
-            RunsIndex(index_path),
-            RunsIndex(index_path),
-            RunsIndex(index_path),
-        )
-    except BaseException:
-        spool.close()
-        raise
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,6 +68,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[_STORAGE] = storage
     try:
         app[_LEDGER] = Ledger(await asyncio.to_thread(reconcile, storage[0], storage[2]))
+        app[_RECOVERIES] = await asyncio.to_thread(StorageRecoveries.read, storage[2])
     except BaseException:
         await asyncio.to_thread(_close_storage, storage)
         raise
@@ -91,7 +76,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(_close_storage, storage)
 
 
-def _close_storage(storage: tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]) -> None:
+def _close_storage(storage: Storage) -> None:
     spool, dead_letters, *indexes = storage
     for index in indexes:
         index.close()
@@ -168,6 +153,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         upstream=status,
         drainer=drainer,
         started_at=time.monotonic(),
+        recoveries=app[_RECOVERIES],
     )
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)

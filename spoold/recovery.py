@@ -17,9 +17,21 @@ operations that were queued in the old file are gone from the queue. In one
 commit the index forgets their runs (so they can be sent again), counts them
 as dead-lettered and ``quarantined`` and takes the new file's identity; a log
 line says how many.
+
+A new index (the old one was damaged and set aside, see ``spoold.storage``)
+has no marks: every live spool item is folded in, which rebuilds it.
+
+Last, the counters are checked against the spool. An index that still counts
+more operations as queued than the spool holds lost settles whose spool acks
+survived (an old copy put back; the drainer's FULL-synchronous settle makes
+this impossible on a power loss): its pending state is recomputed from the
+spool, and the operations that left the queue are counted as forwarded.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 import structlog
 
@@ -56,7 +68,11 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
     counters = index.counters()
     queued = spool.stats().depth_ops
     gap = counters["accepted"] - counters["forwarded"] - counters["dead_lettered"] - queued
-    if gap:
+    if gap > 0:
+        index.recount_pending(_spooled_ops(spool), gap)
+        log.warning("runs_index_pending_recounted", operations_left_queue=gap, queued=queued)
+        counters = index.counters()
+    elif gap:
         log.error("accounting_mismatch", queued=queued, **counters)
     return Counts(
         accepted=counters["accepted"],
@@ -80,6 +96,17 @@ def _spool_replaced(spool: Spool, index: RunsIndex) -> None:
         renamed_to=str(spool.quarantined_to) if spool.quarantined_to else None,
         hint="the runs can be sent again; a renamed file is kept for inspection",
     )
+
+
+def _spooled_ops(spool: Spool) -> Iterator[list[dict[str, Any]]]:
+    """The operations of every live spool item, a chunk of items at a time."""
+    last = 0
+    while True:
+        scanned_to, items = spool.items_after(last, FOLD_CHUNK)
+        if scanned_to == last:
+            return
+        yield [op for item in items for op in item.ops]
+        last = scanned_to
 
 
 def _fold_unrecorded(spool: Spool, index: RunsIndex) -> int:

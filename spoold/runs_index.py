@@ -9,13 +9,18 @@ inside the same group cycle as the spool put (committed after it, so it never
 claims an operation that is not spooled) and by the drainer when operations
 leave the queue. Each commit also records which spool items it covers
 (``marks``), so start-up can repair what a crash between the two files left
-half done (``spoold.recovery``). WAL with synchronous=NORMAL:
-it survives kill -9; after a power loss it may forget its last commits. The
-operations themselves are in the fsync'd spool, so nothing is lost: a forgotten
-accept is folded in again at start-up, but a forgotten settle whose spool ack
-survived leaves ``forwarded`` short (the start-up check logs the mismatch), and a
-forgotten run costs a ``created`` instead of ``duplicate`` or a question to the
-server.
+half done (``spoold.recovery``). WAL; the accept connection commits with
+synchronous=NORMAL (it survives kill -9; after a power loss it may forget its
+last commits, which start-up folds in again from the fsync'd spool), the
+drainer's with synchronous=FULL: a settle is on disk before the spool ack that
+follows it, so a power loss never keeps the ack and loses the settle. Should an
+index still disagree with the spool (restored from a backup, say), start-up
+recomputes the pending state from the spool (``recount_pending``). A forgotten
+run costs a ``created`` instead of ``duplicate`` or a question to the server.
+
+A damaged index file is set aside and a fresh one rebuilt from the spool
+(``spoold.storage``): the queued runs are known again, the history counters
+(``accepted``, ``forwarded``, ...) restart from what the spool holds.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, Literal
 import orjson
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
+Synchronous = Literal["NORMAL", "FULL"]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -44,6 +50,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates", "quarantined")
+#: How often a damaged local file was set aside (see ``spoold.storage``); kept with the
+#: accounting counters, so a rebuilt index starts ``index_rebuilds`` from the set-aside files.
+RECOVERY_COUNTERS = ("index_rebuilds", "dead_letter_store_resets", "spool_resets")
 #: ``marks``: which spool file the marks are about, the last spool item recorded
 #: here, and the items of the last settle (delivered, maybe not yet acked in the
 #: spool); see ``spoold.recovery``.
@@ -64,20 +73,30 @@ class KnownRun:
 class RunsIndex:
     """One connection per instance; the accept thread and reader use separate instances."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, synchronous: Synchronous = "NORMAL"
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
-                [(name,) for name in COUNTERS],
-            )
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
+                    [(name,) for name in (*COUNTERS, *RECOVERY_COUNTERS)],
+                )
+        except BaseException:  # a damaged file: leave nothing open, the caller sets it aside
+            self._conn.close()
+            raise
+
+    def synchronous(self) -> int:
+        """This connection's ``PRAGMA synchronous`` (1 NORMAL, 2 FULL)."""
+        return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()
@@ -216,6 +235,7 @@ class RunsIndex:
             removed = int(self._conn.execute("DELETE FROM runs WHERE pending > 0").rowcount)
             self.add_counter("dead_lettered", lost_ops)
             self.add_counter("quarantined", lost_ops)
+            self.add_counter("spool_resets", 1)
             self._set_mark(SPOOL_ID, spool_id)
             self.mark_spooled(0)
             self._set_mark(SETTLING, "[]")
@@ -239,6 +259,40 @@ class RunsIndex:
             " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             (name, value),
         )
+
+    def count_now(self, name: str, amount: int) -> None:
+        """Add to a counter in a commit of its own (outside the accept and drain cycles)."""
+        self.begin()
+        try:
+            self.add_counter(name, amount)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    def recount_pending(self, spooled: Iterable[list[dict[str, Any]]], left_queue: int) -> None:
+        """Make ``pending`` what the spool holds, in one commit; ``left_queue`` operations
+        the index still counted as queued are counted as forwarded.
+
+        For an index that lost settles whose spool acks were kept (or an old copy put
+        back): its runs would stay "pending" and be answered from stale local state.
+        ``spooled`` yields the live spool items' operations, a chunk at a time.
+        """
+        now = time.time()
+        self.begin()
+        try:
+            self._conn.execute("UPDATE runs SET pending = 0 WHERE pending > 0")
+            for ops in spooled:
+                for event_id, n in op_counts(ops).items():
+                    self._conn.execute(
+                        "UPDATE runs SET pending = pending + ?, touched_at = ? WHERE event_id = ?",
+                        (n, now, event_id),
+                    )
+            self.add_counter("forwarded", left_queue)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
     def add_counter(self, name: str, amount: int) -> None:
         if amount:

@@ -103,6 +103,12 @@ async def health(request: web.Request) -> web.Response:
             "duplicates_answered": counts.duplicates,
             "quarantined": counts.quarantined,
         },
+        # Damaged local files set aside and replaced (logged at error level when it happened).
+        "storage": {
+            "index_rebuilds": sidecar.recoveries.index_rebuilds,
+            "dead_letter_store_resets": sidecar.recoveries.dead_letter_store_resets,
+            "spool_resets": sidecar.recoveries.spool_resets,
+        },
         "drain": {
             "batches": drain.batches,
             "operations_forwarded": drain.operations_forwarded,

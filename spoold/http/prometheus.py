@@ -107,6 +107,14 @@ class _SidecarCollector(Collector):
         for reason, value in drain.dead_lettered_by_reason.items():
             dead.add_metric([reason], float(value))
         yield dead
+        recovered = CounterMetricFamily(
+            "spoold_storage_recovered",
+            "Damaged local files set aside and replaced (runs index rebuilt, fresh store)",
+            labels=["file"],
+        )
+        for file, value in snap["recoveries"].by_file().items():
+            recovered.add_metric([file], float(value))
+        yield recovered
         retries = CounterMetricFamily("spoold_retries", "Upstream batch retries", labels=["cause"])
         for cause, value in upstream.retries.items():
             retries.add_metric([cause], float(value))
@@ -180,6 +188,7 @@ class SidecarMetrics:
             "upstream": sidecar.upstream,
             "counters": counters,
             "dead_letters": dead_letters,
+            "recoveries": sidecar.recoveries,
             "last_success_unix": sidecar.upstream.last_success_unix,
         }
 

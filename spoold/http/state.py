@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -12,6 +12,7 @@ from spoold.forward.drainer import Drainer
 from spoold.ledger import Ledger
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
+from spoold.storage import StorageRecoveries
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.status import UpstreamStatus
 
@@ -30,6 +31,8 @@ class Sidecar:
     upstream: UpstreamStatus
     drainer: Drainer
     started_at: float
+    #: Damaged local files set aside so far (counted at start-up, see ``spoold.storage``).
+    recoveries: StorageRecoveries = field(default_factory=StorageRecoveries)
 
 
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar", Sidecar)

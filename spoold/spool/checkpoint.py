@@ -34,6 +34,11 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._loop, name="spool-checkpoint", daemon=True)
         self._thread.start()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """Its connection to the spool file (to read its settings back)."""
+        return self._conn
+
     def note_written(self, nbytes: int) -> None:
         with self._lock:
             self._written += nbytes

@@ -11,6 +11,9 @@ import errno
 import sqlite3
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Primary result codes meaning "this file is damaged". SQLite reports extended codes
+#: (SQLITE_CORRUPT_VTAB 267, _SEQUENCE 523, _INDEX 779, ...) whose low byte is the
+#: primary code, so errors are classified by ``code & 0xFF``, never by their message.
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 #: Retry-After suggested when the disk itself is full and no drain rate is known.
@@ -51,17 +54,31 @@ class SpoolFormatError(SpoolError):
     status = 500
 
 
+def primary_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of an error (extended codes folded), or None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def is_corruption(exc: BaseException) -> bool:
-    """True when SQLite says the file is not a database or is malformed."""
-    return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
-    )
+    """True when SQLite says the file is not a database or is malformed (any extended code)."""
+    return isinstance(exc, sqlite3.DatabaseError) and primary_code(exc) in _CORRUPT_CODES
+
+
+def corruption_found(path: object, findings: list[str]) -> sqlite3.DatabaseError:
+    """An error for damage an integrity check reported as rows rather than raised.
+
+    It carries SQLITE_CORRUPT, so every caller classifies it like SQLite's own.
+    """
+    exc = sqlite3.DatabaseError(f"{path}: integrity check failed: {'; '.join(findings)}")
+    exc.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    exc.sqlite_errorname = "SQLITE_CORRUPT"
+    return exc
 
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for SQLITE_FULL or an OS error meaning no space (or quota) is left."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code == sqlite3.SQLITE_FULL or (
+    return primary_code(exc) == sqlite3.SQLITE_FULL or (
         isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
     )
 

@@ -437,6 +437,15 @@ class Spool:
             oldest_age_s=age_s(oldest, time.time()),
         )
 
+    def synchronous_modes(self) -> list[int]:
+        """``PRAGMA synchronous`` of every open connection to the spool file (2 is FULL)."""
+        with self._io_lock:
+            _check_open(self._closed)
+            conns = [*self._queue.connections, self._side]
+            if self._checkpointer is not None:
+                conns.append(self._checkpointer.connection)
+            return [int(conn.execute("PRAGMA synchronous").fetchone()[0]) for conn in conns]
+
     def close(self) -> None:
         """Close the files; groups got but not acked come back at the next open."""
         self._closed = True

@@ -5,6 +5,11 @@ it the spool keeps one plain "side" connection to the same file for what that
 API cannot answer cheaply: counting live operations and bytes at open (one
 aggregate over the rows, well under a second for a million operations), the
 oldest live group, the free-page count and a WAL truncation after a vacuum.
+
+Every connection to the file, persist-queue's own included, is set to
+``synchronous=FULL``: in WAL mode that fsyncs the WAL at every commit, which is
+what makes a put, an ack or a nack durable when it returns. The SQLite build's
+default is not relied on (builds differ: some default WAL files to NORMAL).
 """
 
 from __future__ import annotations
@@ -44,6 +49,38 @@ _COUNT_SQL = (
 _OLDEST_SQL = (
     f"SELECT substr(data, 1, {HEADER_BYTES}) FROM {TABLE} WHERE {_LIVE} ORDER BY _id LIMIT 1"
 )
+#: A put rolled back at open: AUTOINCREMENT reads sqlite_sequence, whose damage SQLite
+#: reports only then (SQLITE_CORRUPT_SEQUENCE), not to reads or integrity checks.
+_PROBE_PUT_SQL = (
+    f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (x'', 0, {int(AckStatus.acked)})"
+)
+SYNCHRONOUS = "FULL"
+
+
+def make_durable(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Set ``synchronous=FULL`` on a connection to the spool file (see the module doc)."""
+    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
+    return conn
+
+
+class DurableAckQueue(SQLiteAckQueue):
+    """persist-queue's SQLiteAckQueue whose every connection commits with synchronous=FULL.
+
+    ``_new_db_connection`` is the factory persist-queue calls for each of its
+    connections (the getter, and the putter with ``multithreading``); the
+    connections made are kept in ``connections`` so tests can read the setting back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.connections: list[sqlite3.Connection] = []
+        super().__init__(*args, **kwargs)
+
+    def _new_db_connection(
+        self, path: str, multithreading: bool, timeout: float
+    ) -> sqlite3.Connection:
+        conn = make_durable(super()._new_db_connection(path, multithreading, timeout))
+        self.connections.append(conn)
+        return conn
 
 
 def open_queue(
@@ -59,15 +96,17 @@ def open_queue(
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
-        error = str(exc)
+        error, code = str(exc), getattr(exc, "sqlite_errorname", None)
     gc.collect()  # let the half-built queue close its connections before the rename
     moved = layout.quarantine(db_path)
-    log.warning("spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error)
+    log.warning(
+        "spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error, code=code
+    )
     return (*_open_once(directory, busy_timeout_s), moved)
 
 
 def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
-    queue = SQLiteAckQueue(
+    queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
         db_file_name=layout.DB_FILE,
@@ -81,12 +120,22 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
     try:
         side = connect_side(directory / layout.DB_FILE, busy_timeout_s)
         side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
+        _probe_put(side)
     except BaseException:
         if side is not None:
             side.close()
         queue.close()
         raise
     return queue, side
+
+
+def _probe_put(side: sqlite3.Connection) -> None:
+    """Try a put and roll it back, so a damaged sqlite_sequence is found at open."""
+    side.execute("BEGIN IMMEDIATE")
+    try:
+        side.execute(_PROBE_PUT_SQL)
+    finally:
+        side.execute("ROLLBACK")
 
 
 def spool_identity(side: sqlite3.Connection) -> str:
@@ -187,7 +236,7 @@ def housekeep(queue: Any, side: Any, vacuum_threshold: int | None) -> None:
 
 def connect_side(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     """A plain connection to the queue's file, for reads and checkpoints."""
-    return sqlite3.connect(db_path, timeout=busy_timeout_s, check_same_thread=False)
+    return make_durable(sqlite3.connect(db_path, timeout=busy_timeout_s, check_same_thread=False))
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
