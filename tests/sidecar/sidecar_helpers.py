@@ -162,12 +162,19 @@ class Sidecar(Api):
         return int((await self.health())["spool"]["depth"])
 
     async def wait_drained(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Wait until nothing is queued and every accepted operation has left the queue."""
+        """Wait until nothing is queued and every accepted operation has left the queue.
+
+        The ledger settles a round before the spool acks it (in the background), so the
+        spool's own depth is waited for too: a test reading it right after must see 0.
+        """
 
         async def drained() -> bool:
-            counters = (await self.health())["counters"]
-            return counters["queued"] == 0 and counters["accepted"] == (
-                counters["forwarded"] + counters["dead_lettered"]
+            health = await self.health()
+            counters = health["counters"]
+            return (
+                counters["queued"] == 0
+                and health["spool"]["depth"] == 0
+                and counters["accepted"] == counters["forwarded"] + counters["dead_lettered"]
             )
 
         await wait_until(drained, "the spool to drain", timeout_s=timeout_s)
