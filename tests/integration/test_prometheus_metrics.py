@@ -52,7 +52,7 @@ async def test_metrics_count_the_work_done(
         assert (await sidecar.post("/api/v1/runs", json={"event_id": "x"})).status == 422
     for _ in range(200):  # bounded wait for the drain
         health = await (await sidecar.get("/health")).json()
-        if health["counters"]["forwarded"] == RUNS:
+        if health["counters"]["forwarded"] == RUNS and health["spool"]["depth"] == 0:
             break
         await asyncio.sleep(0.05)
 
