@@ -28,6 +28,7 @@ from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.http import health, reads, writes
+from spoold.http.openapi import SIDECAR_API
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
@@ -220,6 +221,7 @@ def create_app(config: SpooldConfig) -> web.Application:
             "neither side knows, sent while the server is unreachable, is answered 202 with "
             '"queued": true.'
         ),
+        variant=SIDECAR_API,
     )
     app.add_routes(docs_routes(spec))
     app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx])
