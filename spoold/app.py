@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -201,6 +202,21 @@ async def _start_drain_deadline(app: web.Application) -> None:
         sidecar.drainer.stop_by(app[CONFIG].shutdown_deadline_s)
 
 
+def openapi_document() -> dict[str, Any]:
+    """The document spoold serves at /openapi.json: what spoold itself answers."""
+    return build_openapi(
+        title="spoold (Local Telemetry sidecar)",
+        version=__version__,
+        description=(
+            "The guide's API answered on localhost: writes are durable on local disk before the "
+            "answer and forwarded to the central server; reads are proxied. An update for a run "
+            "neither side knows, sent while the server is unreachable, is answered 202 with "
+            '"queued": true.'
+        ),
+        variant=SIDECAR_API,
+    )
+
+
 def create_app(config: SpooldConfig) -> web.Application:
     """The sidecar as an aiohttp application."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
@@ -212,18 +228,7 @@ def create_app(config: SpooldConfig) -> web.Application:
     app.add_routes(writes.routes)
     app.add_routes(reads.routes)
     app.add_routes(health.routes)
-    spec = build_openapi(
-        title="spoold (Local Telemetry sidecar)",
-        version=__version__,
-        description=(
-            "The guide's API answered on localhost: writes are durable on local disk before the "
-            "answer and forwarded to the central server; reads are proxied. An update for a run "
-            "neither side knows, sent while the server is unreachable, is answered 202 with "
-            '"queued": true.'
-        ),
-        variant=SIDECAR_API,
-    )
-    app.add_routes(docs_routes(spec))
+    app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx])
     app.on_shutdown.append(_start_drain_deadline)
     return app
