@@ -101,7 +101,7 @@ SERVER_HEALTH: dict[str, Any] = {
     "type": "object",
     "properties": {
         "status": {"type": "string", "enum": ["ok", "unhealthy"]},
-        **dict.fromkeys(_SERVER_HEALTH_TEXTS, {"type": "string"}),
+        **{name: {"type": "string"} for name in _SERVER_HEALTH_TEXTS},
         "schema_version": {"type": "integer"},
         "pending_writes": {"type": "integer", "minimum": 0},
         "reason": {"type": "string", "description": "Why it is unhealthy."},
@@ -279,7 +279,9 @@ def _error_response(text: str, headers: tuple[str, ...]) -> _Schema:
     return response
 
 
-def _object(properties: _Schema, *, closed: bool = False, required: tuple[str, ...] = ()) -> _Schema:
+def _object(
+    properties: _Schema, *, closed: bool = False, required: tuple[str, ...] = ()
+) -> _Schema:
     """An object schema: ``closed`` ones require every property, others allow more."""
     if closed:
         return {"type": "object", "properties": properties, "required": list(properties)}

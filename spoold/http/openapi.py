@@ -14,7 +14,7 @@ from server.http.openapi import ApiVariant
 from spoold.http.reads import LOCAL_SOURCE_HEADER
 
 _COUNT = {"type": "integer", "minimum": 0}
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_COUNTERS = ("accepted", "forwarded", "queued", "dead_lettered")
 
 SIDECAR_HEALTH: dict[str, Any] = {
     "type": "object",
@@ -30,7 +30,7 @@ SIDECAR_HEALTH: dict[str, Any] = {
         "counters": {
             "type": "object",
             "description": "accepted = forwarded + queued + dead_lettered.",
-            "properties": dict.fromkeys(("accepted", "forwarded", "queued", "dead_lettered"), _COUNT),
+            "properties": {name: _COUNT for name in _COUNTERS},
         },
         "drain": {"type": "object"},
     },

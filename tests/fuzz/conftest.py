@@ -14,18 +14,14 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import schemathesis
 
 _INTEGRATION = str(Path(__file__).resolve().parent.parent / "integration")
 if _INTEGRATION not in sys.path:
     sys.path.insert(0, _INTEGRATION)
 
 from daemons import Daemon, free_port, start  # noqa: E402
-
-SCHEMA_TIMEOUT_S = 10.0
 
 SERVER_ENV = {
     "TELEMETRY_DB_SYNCHRONOUS": "OFF",
@@ -40,14 +36,6 @@ SPOOLD_ENV = {
     "SPOOLD_MIN_FREE_DISK_MB": "0",
     "SPOOLD_LOG_LEVEL": "WARNING",
 }
-
-
-def served_document(daemon: Daemon) -> dict[str, Any]:
-    """What the running daemon serves at /openapi.json, loaded as schemathesis loads it."""
-    loaded = schemathesis.openapi.from_url(
-        f"{daemon.url}/openapi.json", wait_for_schema=SCHEMA_TIMEOUT_S
-    )
-    return dict(loaded.raw_schema)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ the running server serves at ``/openapi.json``.
 from __future__ import annotations
 
 import pytest
-from conftest import served_document
 from daemons import Daemon
-from fuzzing import QUICK_EXAMPLES, SLOW_EXAMPLES, fuzz_operation, labels, load
+from fuzzing import QUICK_EXAMPLES, SLOW_EXAMPLES, fuzz_operation, labels, load, served_document
 
 from server.app import openapi_document
 
@@ -21,7 +20,7 @@ SCHEMA = load(DOCUMENT)
 
 def test_fuzzed_document_is_the_served_one(server_daemon: Daemon) -> None:
     """The schema the cases come from is what the server serves at /openapi.json."""
-    assert served_document(server_daemon) == DOCUMENT
+    assert served_document(server_daemon.url) == DOCUMENT
 
 
 @pytest.mark.parametrize("operation", labels(DOCUMENT))

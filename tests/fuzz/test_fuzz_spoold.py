@@ -15,9 +15,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from conftest import served_document
 from daemons import Daemon
-from schemathesis import Response
 from fuzzing import (
     CONFORMANCE,
     QUICK_EXAMPLES,
@@ -25,7 +23,9 @@ from fuzzing import (
     fuzz_operation,
     labels,
     load,
+    served_document,
 )
+from schemathesis import Response
 
 from spoold.app import openapi_document
 
@@ -41,7 +41,7 @@ def _health(daemon: Daemon) -> dict[str, Any]:
 
 def test_fuzzed_document_is_the_served_one(spoold_daemon: Daemon) -> None:
     """The schema the cases come from is what spoold serves at /openapi.json."""
-    assert served_document(spoold_daemon) == DOCUMENT
+    assert served_document(spoold_daemon.url) == DOCUMENT
 
 
 @pytest.mark.parametrize("operation", labels(DOCUMENT))

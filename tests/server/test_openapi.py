@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin
 
 import orjson
@@ -14,7 +15,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import server.app
-from conftest import Reply, make_run
 from server.http import docs
 from server.http.docs import docs_routes
 from server.http.openapi import build_openapi
@@ -387,6 +387,22 @@ _SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
+class _Answer(NamedTuple):
+    status: int
+    body: Any
+
+
+def make_run() -> dict[str, Any]:
+    event_id = str(uuid.uuid4())
+    return {
+        "event_id": event_id,
+        "run_id": f"run-{event_id[:8]}",
+        "agent_name": "openapi-agent",
+        "job_type": "openapi-job",
+        "start_time": "2026-01-12T10:30:00Z",
+    }
+
+
 def documented_statuses(document: dict[str, Any]) -> list[tuple[str, str]]:
     """Every (``METHOD /path``, status) pair the document promises."""
     return [
@@ -408,7 +424,8 @@ async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, stat
         await api.create(run, headers={"Authorization": f"Bearer {token}"})
     event_id = "no-such-run" if status == "404" else run["event_id"]
     path = template.replace("{event_id}", event_id)
-    body = _VALID_BODIES.get(operation, lambda _: None)(run if method != "POST" or "{" in template else make_run())
+    target = run if "{event_id}" in template else make_run()  # a create needs a new event_id
+    body = _VALID_BODIES.get(operation, lambda _: None)(target)
     kwargs: dict[str, Any] = {"json": body} if body is not None else {}
     if status == "400":
         kwargs = {"data": b'{"event_id": '}
@@ -431,7 +448,7 @@ async def _while_locked(api: Any, method: str, path: str, kwargs: dict[str, Any]
         holder.execute("BEGIN EXCLUSIVE")
         if path == "/health":  # its 503 body is a HealthResponse, not an error body
             async with api.client.get(path) as response:
-                return Reply(response.status, await response.json(), "", response.headers)
+                return _Answer(response.status, await response.json())
         return await api.request(method, path, **kwargs)
     finally:
         holder.execute("ROLLBACK")
