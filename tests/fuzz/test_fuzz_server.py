@@ -14,6 +14,8 @@ from fuzzing import QUICK_EXAMPLES, SLOW_EXAMPLES, fuzz_operation, labels, load,
 
 from server.app import openapi_document
 
+pytestmark = pytest.mark.integration
+
 DOCUMENT = openapi_document()
 SCHEMA = load(DOCUMENT)
 

@@ -29,6 +29,8 @@ from schemathesis import Response
 
 from spoold.app import openapi_document
 
+pytestmark = pytest.mark.integration
+
 DOCUMENT = openapi_document()
 SCHEMA = load(DOCUMENT)
 DRAIN_TIMEOUT_S = 30.0

@@ -465,3 +465,16 @@ async def test_each_documented_status_really_happens(
     documented = SERVER_DOCUMENT["paths"]
     method, path = operation.split(" ", 1)
     assert str(reply.status) in documented[path][method.lower()]["responses"]
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text"])
+async def test_documented_prometheus_answers_are_what_metrics_sends(
+    make_api: Callable[..., Awaitable[Any]], accept: str
+) -> None:
+    """/metrics documents its Prometheus answers: each Accept gets a documented type."""
+    api = await make_api()
+    content = SERVER_DOCUMENT["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    async with api.client.get("/metrics", headers={"Accept": accept}) as response:
+        assert response.status == 200
+        assert response.content_type == accept
+        assert response.content_type in content

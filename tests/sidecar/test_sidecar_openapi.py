@@ -110,3 +110,15 @@ async def test_each_documented_status_really_happens(
     assert reply.status == int(status), (operation, reply.body)
     if status == "202":
         assert reply.body.get("queued") is True or reply.body.get("status") == "queued"
+
+
+async def test_documented_prometheus_answer_is_what_metrics_sends(
+    make_sidecar: MakeSidecar,
+) -> None:
+    """/metrics documents a text/plain answer: spoold sends its own exposition as text/plain."""
+    sidecar = await make_sidecar("http://127.0.0.1:9")  # its own metrics need no server
+    content = DOCUMENT["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    async with sidecar.client.get("/metrics", headers={"Accept": "text/plain"}) as response:
+        assert response.status == 200
+        assert response.content_type in content
+        assert "spoold" in await response.text()
