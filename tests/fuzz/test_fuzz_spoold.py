@@ -54,6 +54,21 @@ def test_spoold_answers_as_documented(operation: str, spoold_daemon: Daemon) -> 
 
 def test_spoold_delivered_everything_it_acknowledged(spoold_daemon: Daemon) -> None:
     """After the fuzzing, the queue drains to the server with nothing dead-lettered."""
+    run = {
+        "event_id": "fuzz-drain-check",
+        "run_id": "fuzz-drain-check",
+        "agent_name": "fuzz",
+        "job_type": "drain-check",
+        "start_time": "2026-01-12T10:30:00Z",
+    }
+    request = urllib.request.Request(
+        f"{spoold_daemon.url}/api/v1/runs",
+        data=json.dumps(run).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # one write even if run alone
+        assert response.status == 201
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     health = _health(spoold_daemon)
     while health["counters"]["queued"] and time.monotonic() < deadline:
