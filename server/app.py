@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -35,6 +36,11 @@ API_DESCRIPTION = (
     "The central Local Telemetry server (API guide v3.0.0): create, update and query runs. "
     "Sidecars forward through `POST /api/v1/runs/batch?mode=upsert`."
 )
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document the server serves at /openapi.json."""
+    return build_openapi(title=API_TITLE, version=__version__, description=API_DESCRIPTION)
 
 
 def storage_settings(config: ServerConfig) -> StorageSettings:
@@ -88,10 +94,6 @@ def create_app(config: ServerConfig) -> web.Application:
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
     app.add_routes(runs.routes)
     app.add_routes(ops.routes)
-    app.add_routes(
-        docs_routes(
-            build_openapi(title=API_TITLE, version=__version__, description=API_DESCRIPTION)
-        )
-    )
+    app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.append(database_ctx)
     return app

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -32,6 +33,7 @@ from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.http import health, reads, writes
+from spoold.http.openapi import SIDECAR_API
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
@@ -191,6 +193,21 @@ async def _start_drain_deadline(app: web.Application) -> None:
         sidecar.drainer.stop_by(app[CONFIG].shutdown_deadline_s)
 
 
+def openapi_document() -> dict[str, Any]:
+    """The document spoold serves at /openapi.json: what spoold itself answers."""
+    return build_openapi(
+        title="spoold (Local Telemetry sidecar)",
+        version=__version__,
+        description=(
+            "The guide's API answered on localhost: writes are durable on local disk before the "
+            "answer and forwarded to the central server; reads are proxied. An update for a run "
+            "neither side knows, sent while the server is unreachable, is answered 202 with "
+            '"queued": true.'
+        ),
+        variant=SIDECAR_API,
+    )
+
+
 def create_app(
     config: SpooldConfig, *, upstream_ssl: ssl.SSLContext | None = None
 ) -> web.Application:
@@ -205,17 +222,7 @@ def create_app(
     app.add_routes(writes.routes)
     app.add_routes(reads.routes)
     app.add_routes(health.routes)
-    spec = build_openapi(
-        title="spoold (Local Telemetry sidecar)",
-        version=__version__,
-        description=(
-            "The guide's API answered on localhost: writes are durable on local disk before the "
-            "answer and forwarded to the central server; reads are proxied. An update for a run "
-            "neither side knows, sent while the server is unreachable, is answered 202 with "
-            '"queued": true.'
-        ),
-    )
-    app.add_routes(docs_routes(spec))
+    app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx])
     app.on_shutdown.append(_start_drain_deadline)
     return app

@@ -1,12 +1,16 @@
-"""The OpenAPI 3.1 document of the API, generated from the shared contract models.
+"""The OpenAPI 3.1 documents of both daemons, generated from the shared contract models.
 
 Constraints that live in validators rather than in types (statuses, instants,
 commit hashes) are added by recognising those field types, so they cannot drift.
+Where the daemons differ (auth, rate limiting, ``mode=upsert``, spoold's queued
+202 answers and proxied reads), an ``ApiVariant`` says what the daemon really
+does, so each document lists only the statuses and answers its daemon produces.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from pydantic import BaseModel
@@ -61,15 +65,69 @@ _HINTS: tuple[tuple[Any, dict[str, Any]], ...] = (
     (fields.CanonicalStatus, _CANONICAL_STATUS),
 )
 
-_ERRORS = {
+_Error = tuple[str, str]  # (component name, description)
+_ERRORS: dict[str, _Error] = {
     "400": ("BadRequest", "Malformed JSON, or JSON nested too deeply."),
     "401": ("Unauthorized", "Missing or wrong bearer token (only when auth is enabled)."),
     "404": ("NotFound", "No run has this event_id."),
     "413": ("PayloadTooLarge", "Body over the size limit, or a batch over the item limit."),
     "422": ("ValidationError", "Invalid input; `detail` lists `{loc, msg, type}` entries."),
     "429": ("RateLimited", "Rate limit exceeded (only when rate limiting is enabled)."),
-    "503": ("ServiceUnavailable", "Temporarily unable to accept writes; retry later."),
+    "503": (
+        "ServiceUnavailable",
+        "Temporarily unable to answer (database busy or unavailable, shutting down); "
+        "retry after `Retry-After` seconds.",
+    ),
 }
+#: Headers an error answer may carry, by status.
+_ERROR_HEADERS = {
+    "429": ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+    "503": ("Retry-After",),
+}
+
+
+@dataclass(frozen=True)
+class ApiVariant:
+    """What one daemon really answers where the two differ.
+
+    The server has optional auth and rate limiting and the batch ``mode=upsert``;
+    spoold has none of those, queues updates it cannot confirm (202) and proxies
+    reads (503 when the server is unreachable, 504 when it is too slow, and the
+    server's own answers relayed, 401 and 429 included).
+    """
+
+    auth: bool
+    rate_limit: bool
+    upsert: bool
+    health: dict[str, Any]  # schema of the /health answer
+    health_unhealthy_503: bool  # /health answers 503 when it is unhealthy
+    queues_unconfirmed: bool = False
+    proxied_reads: bool = False
+    run_source_header: dict[str, Any] | None = None  # a header GET run may carry
+    errors: dict[str, _Error] = field(default_factory=dict)  # overrides of _ERRORS texts
+
+
+_SERVER_HEALTH_TEXTS = ("version", "db_path", "journal_mode", "synchronous")
+SERVER_HEALTH: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unhealthy"]},
+        **{name: {"type": "string"} for name in _SERVER_HEALTH_TEXTS},
+        "schema_version": {"type": "integer"},
+        "pending_writes": {"type": "integer", "minimum": 0},
+        "reason": {"type": "string", "description": "Why it is unhealthy."},
+    },
+    "required": ["status", "version", "schema_version"],
+    "additionalProperties": True,
+}
+SERVER_API = ApiVariant(
+    auth=True, rate_limit=True, upsert=True, health=SERVER_HEALTH, health_unhealthy_503=True
+)
+
+_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit"})
+_OPEN = frozenset({"health", "metrics"})  # never a 401 (private fields left out instead)
+_RELAYED = " Relayed from the central server."
+_PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
 
 _PARAM_TEXTS = {"limit": "Page size."}  # others: their description, or exact match
 _PRIVATE_FIELDS = (
@@ -92,13 +150,12 @@ _CREATED = {
         },
     },
 }
-_BATCHED = {"anyOf": [_ref("BatchResponse"), _ref("UpsertResponse")]}
 _RUNS = {"type": "array", "items": _ref("RunRecord")}
 # operationId -> (tag, summary, success status, answer model or schema, answer description)
 _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "createRun": ("runs", "Create a run (idempotent)", "201", _CREATED, "Created or duplicate."),
     "listRuns": ("runs", "Query runs", "200", _RUNS, "Matching runs, by created_at DESC."),
-    "batchRuns": ("runs", "Create or upsert many runs", "200", _BATCHED, "Counts, item errors."),
+    "batchRuns": ("runs", "Create many runs", "200", "BatchResponse", "Counts, item errors."),
     "getRun": ("runs", "Get one run", "200", "RunRecord", "The run."),
     "updateRun": ("runs", "Update a run's given fields", "200", "UpdateResponse", "Fields set."),
     "associateCommit": ("git", "Link a git commit", "200", "AssociateResponse", "Linked."),
@@ -109,24 +166,50 @@ _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "metadata": ("service", "Distinct agents and job types", "200", "MetadataResponse", "Values."),
 }
 
-_BATCH_DESCRIPTION = """\
+_INSERT_DESCRIPTION = """\
 `mode=insert` (default, as in the guide): the body is an array of RunCreate; valid
 items are inserted, existing event_ids count as `duplicates`, each invalid item is
-reported in `errors` (index, event_id, message). Answers a BatchResponse.
+reported in `errors` (index, event_id, message). Answers a BatchResponse."""
+_UPSERT_DESCRIPTION = """
 
 `mode=upsert` (an extension used by the sidecar spoold to forward its queue): the
 body is an array of UpsertItem. {upsert}
 An item with only `update` for an unknown event_id is reported in `errors`. Answers an
 UpsertResponse: `updated` counts runs changed by an update, `duplicates` items that
-changed nothing.
+changed nothing."""
+_BATCH_LIMIT = "\n\nA batch with more items than the limit is refused whole with 413."
+_QUEUED = (
+    "Accepted and queued without confirmation: the run is unknown here and the server "
+    "could not be asked. It is applied when the server is back (or dead-lettered if the "
+    "server then says the run does not exist)."
+)
 
-A batch with more items than the server's limit is refused whole with 413."""
 
-
-def build_openapi(*, title: str, version: str, description: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API; deterministic, meant to be built once at start."""
-    schemas = _model_schemas()
-    schemas.update(_service_schemas())
+def build_openapi(
+    *, title: str, version: str, description: str, variant: ApiVariant = SERVER_API
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of one daemon; deterministic, meant to be built once at start."""
+    schemas = _model_schemas(variant)
+    schemas.update(_service_schemas(variant))
+    paths = _paths(variant)
+    used = {code for item in paths.values() for op in item.values() for code in op["responses"]}
+    components: _Schema = {
+        "schemas": schemas,
+        "responses": {
+            name: _error_response(text, _ERROR_HEADERS.get(code, ()))
+            for code, (name, text) in _error_table(variant).items()
+            if code in used
+        },
+    }
+    if variant.auth:
+        components["securitySchemes"] = {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Checked on writes only when TELEMETRY_API_AUTH_ENABLED=true "
+                "(and on reads too with TELEMETRY_API_AUTH_PROTECT_READS=true).",
+            }
+        }
     document = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
@@ -135,31 +218,27 @@ def build_openapi(*, title: str, version: str, description: str) -> dict[str, An
             {"name": "git", "description": "Commit association and repository links."},
             {"name": "service", "description": "Health, metrics and metadata."},
         ],
-        "paths": _paths(),
-        "components": {
-            "schemas": schemas,
-            "responses": {
-                name: _error_response(text, with_retry=code in ("429", "503"))
-                for code, (name, text) in _ERRORS.items()
-            },
-            "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "Checked on writes only when TELEMETRY_API_AUTH_ENABLED=true "
-                    "(and on reads too with TELEMETRY_API_AUTH_PROTECT_READS=true).",
-                }
-            },
-        },
+        "paths": paths,
+        "components": components,
     }
     # The tables above are shared module state: the caller gets its own copy.
     return copy.deepcopy(document)
 
 
-def _model_schemas() -> dict[str, Any]:
+def _error_table(variant: ApiVariant) -> dict[str, _Error]:
+    table = dict(_ERRORS)
+    if variant.proxied_reads:
+        table["504"] = ("GatewayTimeout", "The central server did not answer in time.")
+    table.update(variant.errors)
+    return table
+
+
+def _model_schemas(variant: ApiVariant) -> dict[str, Any]:
+    requests = [m for m in _REQUESTS if variant.upsert or m is not models.UpsertItem]
+    answers = [m for m in _ANSWERS if variant.upsert or m is not models.UpsertResponse]
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        *((model, "validation") for model in _REQUESTS),
-        *((model, "serialization") for model in _ANSWERS),
+        *((model, "validation") for model in requests),
+        *((model, "serialization") for model in answers),
     ]
     _, top = models_json_schema(pairs, ref_template=_SCHEMA_REF)
     schemas: dict[str, Any] = top["$defs"]
@@ -169,17 +248,22 @@ def _model_schemas() -> dict[str, Any]:
         "Every error answer: `detail` (a message, or a list of `{loc, msg, type}` "
         "entries for 422) and a stable machine-readable `error` code."
     )
+    if variant.queues_unconfirmed:
+        # spoold answers run_id null when the server could not be asked for it.
+        run_id = schemas["AssociateResponse"]["properties"]["run_id"]
+        run_id["type"] = ["string", "null"]
+        run_id["description"] = "Null when the central server could not be asked for it."
     return schemas
 
 
 def _add_hints(model: type[BaseModel], schema: dict[str, Any]) -> None:
     """Add to each property the constraints its field type enforces in a validator."""
-    for name, field in model.model_fields.items():
+    for name, field_info in model.model_fields.items():
         prop = schema["properties"].get(name)
         for kind, extra in _HINTS:
             if prop is not None and (
-                field.metadata == FieldInfo.from_annotation(kind).metadata
-                or kind in get_args(field.annotation)
+                field_info.metadata == FieldInfo.from_annotation(kind).metadata
+                or kind in get_args(field_info.annotation)
             ):
                 _annotate(prop, extra)
 
@@ -202,42 +286,74 @@ def _json(schema: _Schema) -> _Schema:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _error_response(text: str, *, with_retry: bool) -> _Schema:
+def _error_response(text: str, headers: tuple[str, ...]) -> _Schema:
     response = {"description": text, **_json(_ref("ErrorBody"))}
-    if with_retry:
-        seconds = {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}
-        response["headers"] = {"Retry-After": seconds}
+    integer = {"type": "integer", "minimum": 0}
+    if headers:
+        response["headers"] = {
+            name: {
+                "description": "Seconds to wait." if name == "Retry-After" else "Rate limit state.",
+                "schema": {**integer, "minimum": 1} if name == "Retry-After" else integer,
+            }
+            for name in headers
+        }
     return response
 
 
-def _object(properties: _Schema, *, closed: bool = False) -> _Schema:
+def _object(
+    properties: _Schema, *, closed: bool = False, required: tuple[str, ...] = ()
+) -> _Schema:
     """An object schema: ``closed`` ones require every property, others allow more."""
-    extra = {"required": list(properties)} if closed else {"additionalProperties": True}
-    return {"type": "object", "properties": properties, **extra}
+    if closed:
+        return {"type": "object", "properties": properties, "required": list(properties)}
+    schema: _Schema = {"type": "object", "properties": properties, "additionalProperties": True}
+    if required:
+        schema["required"] = list(required)
+    return schema
 
 
-def _service_schemas() -> dict[str, _Schema]:
-    """Answers that have no pydantic model: links, health, metrics, metadata."""
+def _service_schemas(variant: ApiVariant) -> dict[str, _Schema]:
+    """Answers that have no pydantic model: links, health, metrics, metadata, queued."""
     text, count, maybe = {"type": "string"}, {"type": "integer"}, {"type": ["string", "null"]}
     url = {**maybe, "description": "Null without git_repo (and hash), or for a self-hosted forge."}
     names = {"type": "array", "items": text}
     per_key = {"type": "object", "additionalProperties": count}
-    health: _Schema = {"status": {"type": "string", "enum": ["ok", "unhealthy"]}}
-    health |= dict.fromkeys(("version", "db_path", "journal_mode", "synchronous", "reason"), text)
-    health |= dict.fromkeys(("schema_version", "pending_writes"), count)
     metrics: _Schema = dict(total_runs=count, agents=per_key, recent_24h=count)
     metrics |= {"runs_by_status": per_key, "performance": _object({})}
     metadata: _Schema = dict(agent_names=names, job_types=names, cache_hit={"type": "boolean"})
     metadata["counts"] = _object(dict(agent_names=count, job_types=count))
-    return {
+    schemas = {
         "CommitUrlResponse": _object(
             dict(event_id=text, commit_url=url, git_repo=maybe, git_commit_hash=maybe), closed=True
         ),
         "RepoUrlResponse": _object(dict(event_id=text, repo_url=url, git_repo=maybe), closed=True),
-        "HealthResponse": _object(health),
-        "MetricsResponse": _object(metrics),
-        "MetadataResponse": _object(metadata),
+        "HealthResponse": variant.health,
+        "MetricsResponse": _object(metrics, required=("total_runs", "runs_by_status")),
+        "MetadataResponse": _object(metadata, required=("agent_names", "job_types")),
     }
+    if variant.queues_unconfirmed:
+        message = {"type": "string", "description": "Says the server was unreachable."}
+        schemas["QueuedUpdateResponse"] = _object(
+            dict(
+                event_id=text,
+                updated={"const": True},
+                fields_updated=names,
+                queued={"const": True},
+                message=message,
+            ),
+            closed=True,
+        )
+        schemas["QueuedAssociateResponse"] = _object(
+            dict(
+                status={"const": "queued"},
+                event_id=text,
+                run_id=maybe,
+                commit_hash=text,
+                message=message,
+            ),
+            closed=True,
+        )
+    return schemas
 
 
 def _query_params() -> list[_Schema]:
@@ -255,18 +371,40 @@ def _query_params() -> list[_Schema]:
     return params
 
 
-def _op(
-    op_id: str, path: str, body: _Schema | None = None, params: list[_Schema] | None = None
-) -> _Schema:
-    """One operation; writes (those with a body) carry the bearer scheme and write errors."""
-    tag, summary, status, answer, ok_text = _OPERATIONS[op_id]
-    codes = {"400", "401", "413", "422", "503"} if body is not None else set()
-    if params:
+def _error_codes(op_id: str, path: str, variant: ApiVariant, *, has_params: bool) -> set[str]:
+    """The error statuses this daemon can answer for this operation."""
+    if op_id == "health":
+        return set()  # its own 503, if any, is a HealthResponse (see _health_op)
+    write = op_id in _WRITES
+    codes = {"400", "413", "422", "503"} if write else {"503"}
+    if op_id == "metrics" and not variant.proxied_reads:
+        codes.discard("503")  # served from the writer's counters: no database read to fail
+    if has_params:
         codes.add("422")
-    if path != "/health":  # never rate limited
-        codes.add("429")
     if "{event_id}" in path:
         codes.add("404")
+    # spoold relays the server's own 401 / 429 on reads; it has neither on writes.
+    relays = variant.proxied_reads and not write
+    if op_id not in _OPEN and (variant.auth or relays):
+        codes.add("401")
+    if variant.rate_limit or relays:  # /metrics is rate limited too; /health never
+        codes.add("429")
+    if variant.proxied_reads and not write:
+        codes.add("504")
+    return codes
+
+
+def _op(
+    op_id: str,
+    path: str,
+    variant: ApiVariant,
+    body: _Schema | None = None,
+    params: list[_Schema] | None = None,
+) -> _Schema:
+    """One operation with the answers this daemon can give."""
+    tag, summary, status, answer, ok_text = _OPERATIONS[op_id]
+    codes = _error_codes(op_id, path, variant, has_params=bool(params))
+    if "{event_id}" in path:
         schema = {"type": "string", "minLength": 1, "maxLength": fields.IDENTIFIER_MAX_LEN}
         event_id = {"name": "event_id", "in": "path", "required": True, "schema": schema}
         params = [event_id, *(params or [])]
@@ -275,54 +413,118 @@ def _op(
         op["parameters"] = params
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
-        op["security"] = [{"bearerAuth": []}]
+        if variant.auth:
+            op["security"] = [{"bearerAuth": []}]
     schema = answer if isinstance(answer, dict) else _ref(answer)
+    if variant.proxied_reads and op_id not in _WRITES and op_id != "health":
+        ok_text += _RELAYED
     op["responses"] = {status: {"description": ok_text, **_json(schema)}}
+    errors = _error_table(variant)
     for code in sorted(codes):
-        op["responses"][code] = {"$ref": f"#/components/responses/{_ERRORS[code][0]}"}
+        op["responses"][code] = {"$ref": f"#/components/responses/{errors[code][0]}"}
     return op
 
 
-def _paths() -> dict[str, _Schema]:
-    runs, run = "/api/v1/runs", "/api/v1/runs/{event_id}"
+def _batch_op(runs: str, variant: ApiVariant) -> _Schema:
+    if not variant.upsert:
+        only = {"type": "string", "enum": ["insert"], "default": "insert"}
+        mode = {"name": "mode", "in": "query", "description": "Kind of body.", "schema": only}
+        op = _op("batchRuns", f"{runs}/batch", variant, _array("RunCreate"), [mode])
+        op["description"] = _INSERT_DESCRIPTION + _BATCH_LIMIT
+        return op
     modes = {"type": "string", "enum": ["insert", "upsert"], "default": "insert"}
     mode = {"name": "mode", "in": "query", "description": "Kind of body.", "schema": modes}
     # anyOf, not oneOf: `[]` is a body of both modes and an UpsertResponse is also a
     # valid BatchResponse, so oneOf would reject valid exchanges; `mode` decides.
     batch = {"anyOf": [_array("RunCreate", "mode=insert"), _array("UpsertItem", "mode=upsert")]}
-    batch_op = _op("batchRuns", f"{runs}/batch", batch, [mode])
+    op = _op("batchRuns", f"{runs}/batch", variant, batch, [mode])
+    op["summary"] = "Create or upsert many runs"
+    ok = op["responses"]["200"]
+    ok["content"]["application/json"]["schema"] = {
+        "anyOf": [_ref("BatchResponse"), _ref("UpsertResponse")]
+    }
     upsert_doc = " ".join((models.UpsertItem.__doc__ or "").split("\n\n", 1)[-1].split())
-    batch_op["description"] = _BATCH_DESCRIPTION.format(upsert=upsert_doc)
-    health = _op("health", "/health")
-    sick = (
-        "The database is not answering, or the writer thread has stopped: `status` is "
-        "`unhealthy`, with a `reason`."
+    op["description"] = (
+        _INSERT_DESCRIPTION + _UPSERT_DESCRIPTION.format(upsert=upsert_doc) + _BATCH_LIMIT
     )
-    health["responses"]["503"] = {"description": sick, **_json(_ref("HealthResponse"))}
-    health["description"] = _PRIVATE_FIELDS.format(fields="`db_path`")
-    metrics = _op("metrics", "/metrics")
-    metrics["description"] = (
-        "Served from counters the writer keeps (no query). `recent_24h` counts runs whose "
-        "created_at falls in the last 1,440 whole minutes, the current one included. "
-        "Prometheus text when `Accept` names text/plain or openmetrics. "
-        + _PRIVATE_FIELDS.format(fields="`agents` and `performance.db_path`")
+    return op
+
+
+def _queued(op: _Schema, answer: str) -> _Schema:
+    """Add spoold's 202 answer for an update it keeps without the server's confirmation."""
+    op["responses"]["202"] = {"description": _QUEUED, **_json(_ref(answer))}
+    op["responses"] = dict(sorted(op["responses"].items()))
+    return op
+
+
+def _health_op(variant: ApiVariant) -> _Schema:
+    op = _op("health", "/health", variant)
+    if variant.health_unhealthy_503:
+        sick = (
+            "The database is not answering, or the writer thread has stopped: `status` is "
+            "`unhealthy`, with a `reason`."
+        )
+        op["responses"]["503"] = {"description": sick, **_json(_ref("HealthResponse"))}
+    if variant.auth:
+        op["description"] = _PRIVATE_FIELDS.format(fields="`db_path`")
+    else:
+        op["responses"]["200"]["description"] = (
+            "Always 200 while the daemon answers; read `status` (ok, degraded, unhealthy)."
+        )
+    return op
+
+
+def _metrics_op(variant: ApiVariant) -> _Schema:
+    """The guide's JSON, or Prometheus text for a scraper that asks for it (Accept)."""
+    op = _op("metrics", "/metrics", variant)
+    content = op["responses"]["200"]["content"]
+    for media_type in _PROMETHEUS_TYPES:
+        content[media_type] = {"schema": {"type": "string"}}
+    op["description"] = (
+        "JSON counts; with `Accept: text/plain` (or OpenMetrics) the Prometheus exposition "
+        + ("of spoold itself." if variant.proxied_reads else "of the server.")
     )
-    listing = _op("listRuns", runs, params=_query_params())
-    listing["responses"]["200"]["headers"] = {"X-Next-Cursor": _NEXT_CURSOR}
+    if variant.auth:
+        op["description"] += (
+            " Served from counters the writer keeps (no query). `recent_24h` counts runs whose "
+            "created_at falls in the last 1,440 whole minutes, the current one included. "
+            + _PRIVATE_FIELDS.format(fields="`agents` and `performance.db_path`")
+        )
+    return op
+
+
+def _get_run_op(run: str, variant: ApiVariant) -> _Schema:
+    op = _op("getRun", run, variant)
+    if variant.run_source_header is not None:
+        ok = op["responses"]["200"]
+        ok["headers"] = copy.deepcopy(variant.run_source_header)
+    return op
+
+
+def _list_op(runs: str, variant: ApiVariant) -> _Schema:
+    op = _op("listRuns", runs, variant, params=_query_params())
+    op["responses"]["200"]["headers"] = {"X-Next-Cursor": _NEXT_CURSOR}
+    return op
+
+
+def _paths(variant: ApiVariant) -> dict[str, _Schema]:
+    runs, run = "/api/v1/runs", "/api/v1/runs/{event_id}"
+    update = _op("updateRun", run, variant, _ref("RunUpdate"))
+    associate = _op("associateCommit", run, variant, _ref("CommitAssociation"))
+    if variant.queues_unconfirmed:
+        update = _queued(update, "QueuedUpdateResponse")
+        associate = _queued(associate, "QueuedAssociateResponse")
     return {
         runs: {
-            "post": _op("createRun", runs, _ref("RunCreate")),
-            "get": listing,
+            "post": _op("createRun", runs, variant, _ref("RunCreate")),
+            "get": _list_op(runs, variant),
         },
-        f"{runs}/batch": {"post": batch_op},
-        run: {
-            "get": _op("getRun", run),
-            "patch": _op("updateRun", run, _ref("RunUpdate")),
-        },
-        f"{run}/associate-commit": {"post": _op("associateCommit", run, _ref("CommitAssociation"))},
-        f"{run}/commit-url": {"get": _op("getCommitUrl", run)},
-        f"{run}/repo-url": {"get": _op("getRepoUrl", run)},
-        "/health": {"get": health},
-        "/metrics": {"get": metrics},
-        "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata")},
+        f"{runs}/batch": {"post": _batch_op(runs, variant)},
+        run: {"get": _get_run_op(run, variant), "patch": update},
+        f"{run}/associate-commit": {"post": associate},
+        f"{run}/commit-url": {"get": _op("getCommitUrl", run, variant)},
+        f"{run}/repo-url": {"get": _op("getRepoUrl", run, variant)},
+        "/health": {"get": _health_op(variant)},
+        "/metrics": {"get": _metrics_op(variant)},
+        "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata", variant)},
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin
 
 import orjson
@@ -12,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+import server.app
 from server.http import docs
 from server.http.docs import docs_routes
 from server.http.openapi import build_openapi
@@ -99,6 +102,75 @@ def test_spec_passes_the_openapi_validator(spec: dict[str, Any]) -> None:
     """The document is valid OpenAPI 3.1 according to openapi-spec-validator."""
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(spec)
+
+
+@pytest.mark.parametrize("daemon", ["server", "spoold"])
+def test_both_daemons_documents_pass_the_openapi_validator(daemon: str) -> None:
+    """Each daemon's served document is valid OpenAPI 3.1 and every $ref resolves."""
+    from openapi_spec_validator import validate
+
+    document = _daemon_document(daemon)
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+    for ref in set(_refs(document)):
+        assert isinstance(_resolve(document, ref), dict), ref
+    used = {ref.rsplit("/", 1)[1] for ref in _refs(document)}
+    unused = set(document["components"]["responses"]) - used
+    assert not unused, f"documented but never used: {unused}"
+
+
+def _daemon_document(daemon: str) -> dict[str, Any]:
+    import spoold.app
+
+    return server.app.openapi_document() if daemon == "server" else spoold.app.openapi_document()
+
+
+def test_spoold_document_describes_spoold() -> None:
+    """202 queued on updates, insert-only batches, no auth or rate limit of its own,
+    proxied reads with 503/504, the X-Spoold-Source header and spoold's own /health."""
+    document = _daemon_document("spoold")
+    paths = document["paths"]
+    assert "securitySchemes" not in document["components"]
+    schemas = document["components"]["schemas"]
+    assert "UpsertItem" not in schemas
+    assert "UpsertResponse" not in schemas
+    batch = paths["/api/v1/runs/batch"]["post"]
+    (mode,) = batch["parameters"]
+    assert mode["schema"]["enum"] == ["insert"]
+    assert "upsert" not in orjson.dumps(batch).decode()
+    for path, item in paths.items():
+        for method, op in item.items():
+            assert "security" not in op, (method, path)
+            if method != "get":
+                assert not {"401", "429", "504"} & set(op["responses"]), (method, path)
+                assert "503" in op["responses"], (method, path)  # spool full
+            elif path not in ("/health",):
+                assert {"503", "504"} <= set(op["responses"]), path
+    queued = {
+        "/api/v1/runs/{event_id}": ("patch", "QueuedUpdateResponse"),
+        "/api/v1/runs/{event_id}/associate-commit": ("post", "QueuedAssociateResponse"),
+    }
+    for path, (method, name) in queued.items():
+        answer = paths[path][method]["responses"]["202"]["content"]["application/json"]
+        assert answer["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    assert schemas["QueuedUpdateResponse"]["properties"]["queued"] == {"const": True}
+    assert schemas["QueuedAssociateResponse"]["properties"]["status"] == {"const": "queued"}
+    header = paths["/api/v1/runs/{event_id}"]["get"]["responses"]["200"]["headers"]
+    assert "local-queue" in header["X-Spoold-Source"]["schema"]["enum"]
+    health = paths["/health"]["get"]["responses"]
+    assert set(health) == {"200"}
+    assert "degraded" in schemas["HealthResponse"]["properties"]["status"]["enum"]
+
+
+def test_server_document_has_no_spoold_answers() -> None:
+    """The server never queues: no 202, no 504, no X-Spoold-Source; it has upsert and auth."""
+    document = _daemon_document("server")
+    text = orjson.dumps(document).decode()
+    assert "X-Spoold-Source" not in text
+    assert "Queued" not in text
+    statuses = {status for _, status in documented_statuses(document)}
+    assert not {"202", "504"} & statuses
+    assert "bearerAuth" in document["components"]["securitySchemes"]
 
 
 def test_every_ref_resolves_inside_the_document(spec: dict[str, Any]) -> None:
@@ -289,3 +361,124 @@ def test_missing_asset_file_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(docs._ASSETS, "gone.js", ("swagger_ui/vendor/gone.js", "text/javascript"))
     with pytest.raises(RuntimeError, match=r"gone\.js"):
         docs.docs_routes({})
+
+
+# ---- every documented status is one the server really answers --------------------------
+
+SERVER_DOCUMENT = server.app.openapi_document()
+LOCKED_BUSY_TIMEOUT_MS = 50
+_VALID_BODIES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "POST /api/v1/runs": lambda run: run,
+    "POST /api/v1/runs/batch": lambda run: [run],
+    "PATCH /api/v1/runs/{event_id}": lambda run: {"status": "success"},
+    "POST /api/v1/runs/{event_id}/associate-commit": lambda run: {
+        "commit_hash": "abcdef1",
+        "commit_source": "manual",
+    },
+}
+_INVALID_BODIES: dict[str, Any] = {
+    "POST /api/v1/runs": {"event_id": "x"},
+    "POST /api/v1/runs/batch": {"not": "an array"},
+    "PATCH /api/v1/runs/{event_id}": {"no_such_field": 1},
+    "POST /api/v1/runs/{event_id}/associate-commit": {"commit_source": "manual"},
+}
+#: The configuration that lets each status happen (the defaults otherwise).
+_SETUPS: dict[str, dict[str, Any]] = {
+    "401": {"auth_enabled": True, "auth_token": "s3cret-token", "auth_protect_reads": True},
+    "413": {"max_body_bytes": 1024},
+    "429": {"rate_limit_enabled": True, "rate_limit_rpm": 1},
+    "503": {"journal_mode": "DELETE", "busy_timeout_ms": LOCKED_BUSY_TIMEOUT_MS},
+}
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: Any
+
+
+def make_run() -> dict[str, Any]:
+    event_id = str(uuid.uuid4())
+    return {
+        "event_id": event_id,
+        "run_id": f"run-{event_id[:8]}",
+        "agent_name": "openapi-agent",
+        "job_type": "openapi-job",
+        "start_time": "2026-01-12T10:30:00Z",
+    }
+
+
+def documented_statuses(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (``METHOD /path``, status) pair the document promises."""
+    return [
+        (f"{method.upper()} {path}", status)
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        for status in op["responses"]
+    ]
+
+
+async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, status: str) -> Any:
+    """Send the request that makes ``operation`` answer ``status`` on a real server app."""
+    api = await make_api(**_SETUPS.get(status, {}))
+    method, template = operation.split(" ", 1)
+    run = make_run()
+    if "{event_id}" in template or status == "429":
+        token = _SETUPS["401"]["auth_token"]  # (ignored unless auth is on)
+        # 429: this spends the one request the budget allows
+        await api.create(run, headers={"Authorization": f"Bearer {token}"})
+    event_id = "no-such-run" if status == "404" else run["event_id"]
+    path = template.replace("{event_id}", event_id)
+    target = run if "{event_id}" in template else make_run()  # a create needs a new event_id
+    body = _VALID_BODIES.get(operation, lambda _: None)(target)
+    kwargs: dict[str, Any] = {"json": body} if body is not None else {}
+    if status == "400":
+        kwargs = {"data": b'{"event_id": '}
+    elif status == "413":
+        kwargs = {"json": {**make_run(), "error_details": "x" * 2048}}
+    elif status == "422":
+        kwargs = {"json": _INVALID_BODIES[operation]} if body is not None else {}
+        if operation == "GET /api/v1/runs":
+            kwargs = {"params": {"limit": "0"}}
+    if status == "503":
+        return await _while_locked(api, method, path, kwargs)
+    return await api.request(method, path, **kwargs)
+
+
+async def _while_locked(api: Any, method: str, path: str, kwargs: dict[str, Any]) -> Any:
+    """The request answered while another process holds the database's exclusive lock."""
+    config = api.client.app[server.app.CONFIG]
+    holder = sqlite3.connect(config.db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        if path == "/health":  # its 503 body is a HealthResponse, not an error body
+            async with api.client.get(path) as response:
+                return _Answer(response.status, await response.json())
+        return await api.request(method, path, **kwargs)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.mark.parametrize(("operation", "status"), documented_statuses(SERVER_DOCUMENT))
+async def test_each_documented_status_really_happens(
+    make_api: Callable[..., Awaitable[Any]], operation: str, status: str
+) -> None:
+    """The server documents no status it cannot answer: each one is provoked for real."""
+    reply = await _provoke(make_api, operation, status)
+    assert reply.status == int(status), (operation, reply.body)
+    documented = SERVER_DOCUMENT["paths"]
+    method, path = operation.split(" ", 1)
+    assert str(reply.status) in documented[path][method.lower()]["responses"]
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text"])
+async def test_documented_prometheus_answers_are_what_metrics_sends(
+    make_api: Callable[..., Awaitable[Any]], accept: str
+) -> None:
+    """/metrics documents its Prometheus answers: each Accept gets a documented type."""
+    api = await make_api()
+    content = SERVER_DOCUMENT["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    async with api.client.get("/metrics", headers={"Accept": accept}) as response:
+        assert response.status == 200
+        assert response.content_type == accept
+        assert response.content_type in content
