@@ -20,12 +20,25 @@ from spoold.http.state import SIDECAR, Sidecar
 from spoold.operations import commit_op, create_op, update_op
 from spoold.spool import SpoolError, SpoolFull
 from spoold.upstream.client import UpstreamUnavailable
+from spoold.upstream.limits import UpstreamLimits
 
 routes = web.RouteTableDef()
 
 
+def fits_upstream(sidecar: Sidecar, op: dict[str, Any]) -> None:
+    """Refuse now, with the server's own 413/400, what the server would refuse in a batch."""
+    config = sidecar.config
+    UpstreamLimits(config.upstream_max_body_bytes, config.upstream_max_json_depth).check(op)
+
+
 async def accept(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False) -> Accepted:
-    """Spool op durably, translating back-pressure and disk trouble into 503."""
+    """Check op against the server's limits, then spool it durably."""
+    fits_upstream(sidecar, op)
+    return await spool(sidecar, op, verified=verified)
+
+
+async def spool(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False) -> Accepted:
+    """Spool a checked op durably, translating back-pressure and disk trouble into 503."""
     try:
         result = await sidecar.acceptor.submit(op, verified=verified)
     except SpoolFull as exc:
@@ -66,14 +79,14 @@ async def _accept_update(
     if result.outcome != "unknown":
         return result, False
     try:
-        reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+        reply = await sidecar.client.lookup_run(event_id)
     except UpstreamUnavailable:
-        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
+        return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
     if reply.status == 404:
         raise not_found(event_id)
     if reply.status != 200:  # the server cannot say now: keep the update, deliver later
-        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
-    result = await accept(sidecar, op, verified=True)
+        return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
+    result = await spool(sidecar, op, verified=True)
     return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False
 
 
@@ -118,7 +131,7 @@ async def associate_commit(request: web.Request) -> web.Response:
     run_id = result.run_id
     if run_id is None and not queued:  # a run the server confirmed earlier: ask for its run_id
         try:
-            reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+            reply = await sidecar.client.lookup_run(event_id)
             run_id = _run_id_of(reply.body) if reply.status == 200 else None
         except UpstreamUnavailable:
             run_id = None
@@ -153,9 +166,10 @@ async def create_batch(request: web.Request) -> web.Response:
         await read_json(request), RunCreate, max_items=sidecar.config.batch_max_items
     )
     now = utc_now()
-    results = await asyncio.gather(
-        *(accept(sidecar, create_op(run, now)) for _, run in batch.valid)
-    )
+    ops = [create_op(run, now) for _, run in batch.valid]
+    for op in ops:  # all or nothing, as the server refuses a body it cannot take
+        fits_upstream(sidecar, op)
+    results = await asyncio.gather(*(spool(sidecar, op) for op in ops))
     inserted = sum(1 for result in results if result.outcome == "created")
     return json_response(
         {
