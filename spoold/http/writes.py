@@ -19,7 +19,7 @@ from spoold.accept import Accepted
 from spoold.http.state import SIDECAR, Sidecar
 from spoold.operations import commit_op, create_op, update_op
 from spoold.spool import SpoolError, SpoolFull
-from spoold.upstream.client import UpstreamUnavailable
+from spoold.upstream.client import UpstreamUnavailable, lookup_verdict
 from spoold.upstream.limits import UpstreamLimits
 
 routes = web.RouteTableDef()
@@ -82,9 +82,10 @@ async def _accept_update(
         reply = await sidecar.client.lookup_run(event_id)
     except UpstreamUnavailable:
         return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
-    if reply.status == 404:
+    verdict = lookup_verdict(reply, event_id)
+    if verdict == "missing":
         raise not_found(event_id)
-    if reply.status != 200:  # the server cannot say now: keep the update, deliver later
+    if verdict == "unknown":  # the server cannot say now: keep the update, deliver later
         return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
     result = await spool(sidecar, op, verified=True)
     return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False

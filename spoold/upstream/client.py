@@ -142,6 +142,20 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"upstream server unreachable: {_describe(exc)}") from exc
 
 
+LookupVerdict = Literal["found", "missing", "unknown"]
+
+
+def lookup_verdict(reply: Reply, event_id: str) -> LookupVerdict:
+    """What a run look-up says: the server's run, the server's own 404, or nothing sure
+    (a proxy's 404, another service's 200, a 5xx…) - then the update is kept, unconfirmed."""
+    body = _safe_json(reply.body)
+    if reply.status == 404 and is_server_error(404, body):
+        return "missing"
+    if reply.status == 200 and isinstance(body, dict) and body.get("event_id") == event_id:
+        return "found"
+    return "unknown"
+
+
 def classify(status: int, raw: bytes, items: int, retry_after: float | None) -> BatchAnswer:
     """What the answer to a batch of ``items`` items means for the drainer."""
     if 200 <= status < 300:

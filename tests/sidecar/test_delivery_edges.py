@@ -13,6 +13,7 @@ import pytest
 from sidecar_helpers import FakeUpstream, make_run
 
 from server.contract.codec import nesting_depth
+from spoold.operations import coalesce, encode_batch, pack
 
 CAP = 4096  # a small server body cap (bytes), so the edges are cheap to reach
 
@@ -391,3 +392,31 @@ async def test_reads_through_spoold_need_the_callers_own_token(start_central, ma
     assert wrong.status == 401, wrong.body
     allowed = await sidecar.get(url, headers={"Authorization": f"Bearer {FLEET_TOKEN}"})
     assert allowed.status == 200, allowed.body
+
+
+# ---- packing, as pure code ----------------------------------------------------------------
+
+
+def test_pack_keeps_order_and_every_batch_under_the_cap():
+    """Bodies are exactly the batches' encodings, each within the cap; a snapshot too
+    large alone is split into its operations, create first, updates in order."""
+    ops: list[dict[str, Any]] = []
+    for run in range(6):
+        event_id = f"run-{run}"
+        ops.append({"kind": "create", "event_id": event_id, "body": {"pad": "c" * 300 * run}})
+        for step in range(3):
+            ops.append(
+                {"kind": "update", "event_id": event_id, "body": {f"f{step}": "u" * 200 * run}}
+            )
+    cap = 1500
+    batches = pack(coalesce(ops), ops, cap)
+    sent_positions: list[int] = []
+    for members, body in batches:
+        assert body == encode_batch(members)
+        assert len(body) <= cap or len(members) == 1
+        sent_positions.extend(position for member in members for position in member.positions)
+    assert sorted(sent_positions) == list(range(len(ops)))  # every operation, once
+    for run in range(6):
+        mine = [p for p in sent_positions if ops[p]["event_id"] == f"run-{run}"]
+        assert mine == sorted(mine)  # a run's operations in the order they were accepted
+    assert any(len(members) == 1 and members[0].operations == 1 for members, _ in batches)

@@ -186,3 +186,26 @@ def test_batch_answer_problem(body, items, problem):
 )
 def test_is_server_error(status, body, ours):
     assert is_server_error(status, body) is ours
+
+
+async def test_a_foreign_404_for_a_run_lookup_queues_the_update_instead_of_refusing_it(
+    aiohttp_server, make_sidecar, start_central
+):
+    """Only the server's own 404 means "no such run": a proxy's 404 page for the look-up
+    leaves the update queued (202), and it is applied once the real server answers."""
+    run = make_run()
+    first = await start_central()
+    await first.api.create(run)
+    await first.stop()
+    app, _ = foreign_service(404, b"<html>404 Not Found</html>", "text/html")
+    foreign = await aiohttp_server(app)
+    port = foreign.port
+    sidecar = await make_sidecar(f"http://127.0.0.1:{port}")
+    reply = await sidecar.patch(f"/api/v1/runs/{run['event_id']}", json={"items_failed": 4})
+    assert reply.status == 202, reply.body
+    assert reply.body["queued"] is True
+    await foreign.close()
+    central = await start_central(port=port)  # same database: the run is there
+    health = await sidecar.wait_drained()
+    assert health["spool"]["dead_letters"] == 0
+    assert (await central.api.run(run["event_id"]))["items_failed"] == 4
