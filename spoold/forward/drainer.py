@@ -1,10 +1,11 @@
 """The drainer: forwards the spool to the server, in FIFO order, until it has it all.
 
-It reads groups (bounded by ``batch_size`` operations, whatever the backlog),
-folds the operations of each run into one upsert snapshot, packs the snapshots
-into batches under the server's body cap (``batch_max_bytes``; a snapshot too
-large alone goes as its separate operations) and sends one batch at a time - so
-updates reach the server in the order they were accepted.
+It reads groups (bounded by ``batch_size`` operations and ``batch_max_bytes``
+spooled bytes, whatever the backlog), folds the operations of each run into one
+upsert snapshot, packs the snapshots into batches under the server's body cap
+(``batch_max_bytes``; a snapshot too large alone goes as its separate
+operations) and sends one batch at a time - so updates reach the server in the
+order they were accepted.
 
 Groups are acknowledged only after the server answered 2xx for every snapshot
 in them, in two commits: the runs index settles them first (counters, per-run
@@ -208,7 +209,9 @@ class Drainer:
 
     def _read_round(self) -> _Prepared:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
-        groups = self._spool.get_groups(self._batch_size)
+        # Bounded in operations and in bytes (one batch's worth, or one group): a backlog of
+        # large operations never loads hundreds of them at once.
+        groups = self._spool.get_groups(self._batch_size, max_bytes=self._batch_max_bytes)
         ops = [op for group in groups for op in group.ops]
         batches = pack(coalesce(ops), ops, self._batch_max_bytes)
         return _Prepared(groups, ops, [(snapshots, body) for snapshots, body in batches])

@@ -5,6 +5,7 @@ order, with nothing dead-lettered; what it would refuse is refused at spoold's d
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,54 @@ async def test_what_the_server_would_refuse_is_refused_at_the_door(
     row = server_rows(db)[event_id]
     assert row["output_summary"] is None
     assert row["metrics_json"] is not None
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+LARGE_OPS = 60
+LARGE_OP_BYTES = 2 * 1024 * 1024
+#: Three quarters of spoold.service's MemoryMax=512M: a margin for allocator noise, far
+#: below what loading the whole backlog at once takes (60 x 2 MiB, decoded and encoded
+#: several times over: ~640 MiB measured before rounds were bounded in bytes; ~220 after,
+#: ~140 of it from accepting the 2 MiB bodies).
+PEAK_RSS_BOUND = 384 * 1024 * 1024
+
+
+async def test_draining_a_backlog_of_large_operations_stays_small_in_memory(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    """120 MiB of 2 MiB runs queued while the server is down are drained in rounds bounded
+    in bytes: spoold's peak RSS stays well under its unit's MemoryMax."""
+    server_port = free_port()
+    db = tmp_path / "server.sqlite"
+    spoold = start_spoold(
+        reaper,
+        tmp_path,
+        port=free_port(),
+        upstream=f"http://127.0.0.1:{server_port}",
+        spool_dir=tmp_path / "spool",
+    )
+    event_ids = [new_event_id() for _ in range(LARGE_OPS)]
+    async with aiohttp.ClientSession() as http:
+        for event_id in event_ids:
+            body = create_body(event_id, input_summary="L" * LARGE_OP_BYTES)
+            answer = await call(http, "POST", f"{spoold.url}/api/v1/runs", body)
+            assert answer.status == 201, answer
+    start_server(reaper, tmp_path, port=server_port, db=db)
+    drained = await asyncio.to_thread(wait_drained, spoold, timeout_s=120.0)
+    assert drained["counters"]["forwarded"] == LARGE_OPS
+    assert drained["spool"]["dead_letters"] == 0
+    peak = _peak_rss_bytes(spoold.process.pid)
+    assert peak < PEAK_RSS_BOUND, f"spoold peaked at {peak / 2**20:.0f} MiB"
+    conn = sqlite3.connect(db)
+    try:
+        stored = {row[0] for row in conn.execute("SELECT event_id FROM agent_runs")}
+    finally:
+        conn.close()
+    assert stored == set(event_ids)
