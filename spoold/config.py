@@ -42,7 +42,12 @@ SETTINGS: tuple[Setting, ...] = (
         "min_free_disk_mb",
         "Free-disk floor in MiB under the spool; below it writes get 503.",
     ),
-    Setting("SPOOLD_BATCH_SIZE", "batch_size", "Operations per upstream batch."),
+    Setting(
+        "SPOOLD_BATCH_SIZE",
+        "batch_size",
+        "Most operations read per drain round; its batches also stay under "
+        "SPOOLD_UPSTREAM_MAX_BODY_BYTES.",
+    ),
     Setting(
         "SPOOLD_BATCH_MAX_ITEMS",
         "batch_max_items",
