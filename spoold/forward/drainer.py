@@ -213,8 +213,14 @@ class Drainer:
         # large operations never loads hundreds of them at once.
         groups = self._spool.get_groups(self._batch_size, max_bytes=self._batch_max_bytes)
         ops = [op for group in groups for op in group.ops]
-        batches = pack(coalesce(ops), ops, self._batch_max_bytes)
-        return _Prepared(groups, ops, [(snapshots, body) for snapshots, body in batches])
+        try:
+            batches = pack(coalesce(ops), ops, self._batch_max_bytes)
+        except BaseException:
+            # Taken but never to be sent: give them back rather than strand them in flight
+            # (the round fails, visibly on /health, and is read again after a backoff).
+            self._spool.nack(groups)
+            raise
+        return _Prepared(groups, ops, list(batches))
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""

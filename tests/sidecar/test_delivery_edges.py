@@ -12,6 +12,7 @@ import orjson
 import pytest
 from sidecar_helpers import FakeUpstream, make_run
 
+import spoold.forward.drainer as drainer_module
 from server.contract.codec import nesting_depth
 from spoold.operations import coalesce, encode_batch, pack
 
@@ -420,3 +421,34 @@ def test_pack_keeps_order_and_every_batch_under_the_cap():
         mine = [p for p in sent_positions if ops[p]["event_id"] == f"run-{run}"]
         assert mine == sorted(mine)  # a run's operations in the order they were accepted
     assert any(len(members) == 1 and members[0].operations == 1 for members, _ in batches)
+
+
+# ---- a failed read of a round strands nothing -----------------------------------------
+
+
+async def test_a_round_that_fails_after_its_read_gives_its_groups_back(
+    central, make_sidecar, monkeypatch: pytest.MonkeyPatch
+):
+    """If preparing a round fails once its groups are taken (here: packing raises), the
+    groups go back to the spool: the failure shows on /health, then everything arrives
+    without a restart."""
+    real_pack = drainer_module.pack
+    failures = {"left": 3}
+
+    def flaky_pack(*args: Any, **kwargs: Any) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("injected packing failure")
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(drainer_module, "pack", flaky_pack)
+    sidecar = await make_sidecar(central.url)
+    runs = [make_run() for _ in range(3)]
+    for run in runs:
+        await sidecar.create(run)
+    health = await sidecar.wait_drained()
+    assert failures["left"] == 0
+    assert health["spool"]["dead_letters"] == 0
+    assert health["counters"]["forwarded"] == 3
+    for run in runs:
+        assert (await central.api.get(f"/api/v1/runs/{run['event_id']}")).status == 200
