@@ -395,6 +395,29 @@ async def test_reads_through_spoold_need_the_callers_own_token(start_central, ma
     assert allowed.status == 200, allowed.body
 
 
+async def test_the_fleet_token_still_serves_the_lookup_a_write_needs(
+    start_central, make_sidecar, tmp_path: Path
+):
+    """A PATCH for a run this spoold never saw, from a caller without a token: the existence
+    look-up is part of delivering a write, so it uses the fleet token and the update lands."""
+    central = await start_central(
+        auth_enabled=True, auth_token=FLEET_TOKEN, auth_protect_reads=True
+    )
+    first = await make_sidecar(central.url, upstream_token=FLEET_TOKEN)
+    run = make_run()
+    await first.create(run)
+    await first.wait_drained()
+    fresh = await make_sidecar(
+        central.url, upstream_token=FLEET_TOKEN, spool_dir=tmp_path / "fresh-spool"
+    )
+    reply = await fresh.patch(f"/api/v1/runs/{run['event_id']}", json={"items_failed": 2})
+    assert reply.status == 200, reply.body
+    assert (await fresh.wait_drained())["spool"]["dead_letters"] == 0
+    headers = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+    stored = await central.api.get(f"/api/v1/runs/{run['event_id']}", headers=headers)
+    assert stored.body["items_failed"] == 2
+
+
 # ---- packing, as pure code ----------------------------------------------------------------
 
 
