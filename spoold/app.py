@@ -141,6 +141,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         client,
         status,
         batch_size=config.batch_size,
+        batch_max_bytes=config.upstream_max_body_bytes,
         backoff=Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s),
         on_forward=app[SIDECAR_METRICS].observe_forward,
     )
@@ -215,7 +216,9 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
     app[CONFIG] = config
     app[_UPSTREAM_SSL] = upstream_ssl or upstream_context(config.upstream_ca_file)
-    app[MAX_JSON_DEPTH] = 32
+    # The body may be as deep as the server's limit; the exact check, on the operation as
+    # the server will see it (wrapped in its batch envelope), follows in the handlers.
+    app[MAX_JSON_DEPTH] = config.upstream_max_json_depth
     metrics = SidecarMetrics()
     app[SIDECAR_METRICS] = metrics
     app[REQUEST_OBSERVER] = metrics.observe_request

@@ -57,7 +57,12 @@ SETTINGS: tuple[Setting, ...] = (
         "min_free_disk_mb",
         "Free-disk floor in MiB under the spool; below it writes get 503.",
     ),
-    Setting("SPOOLD_BATCH_SIZE", "batch_size", "Operations per upstream batch."),
+    Setting(
+        "SPOOLD_BATCH_SIZE",
+        "batch_size",
+        "Most operations read per drain round; its batches also stay under "
+        "SPOOLD_UPSTREAM_MAX_BODY_BYTES.",
+    ),
     Setting(
         "SPOOLD_BATCH_MAX_ITEMS",
         "batch_max_items",
@@ -98,6 +103,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest request body accepted; larger bodies get 413.",
     ),
     Setting(
+        "SPOOLD_UPSTREAM_MAX_BODY_BYTES",
+        "upstream_max_body_bytes",
+        "The server's body cap (its TELEMETRY_MAX_BODY_BYTES): a write that would not fit in a "
+        "batch under it gets 413 here, and batches are kept under it.",
+    ),
+    Setting(
+        "SPOOLD_UPSTREAM_MAX_JSON_DEPTH",
+        "upstream_max_json_depth",
+        "The server's nesting limit (its TELEMETRY_MAX_JSON_DEPTH): a write nested too deep "
+        "once wrapped in a batch gets 400 here.",
+    ),
+    Setting(
         "SPOOLD_INDEX_RETENTION_S",
         "index_retention_s",
         "How long forwarded runs are remembered for duplicate detection.",
@@ -131,6 +148,8 @@ class SpooldConfig(BaseModel):
     backoff_base_s: float = Field(default=0.2, gt=0, le=60)
     backoff_cap_s: float = Field(default=30.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
+    upstream_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
+    upstream_max_json_depth: int = Field(default=32, ge=4, le=512)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

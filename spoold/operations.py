@@ -8,7 +8,7 @@ of one run, in FIFO order, into one ``UpsertItem`` snapshot for the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,15 +41,20 @@ def commit_op(event_id: str, association: CommitAssociation, accepted_at: str) -
 
 @dataclass
 class Snapshot:
-    """Everything spooled for one run, folded in order."""
+    """Everything spooled for one run, folded in order; ``positions`` are the folded
+    operations' places in the round, so a refusal names exactly the operations it is about."""
 
     event_id: str
     create: dict[str, Any] | None = None
     update: dict[str, Any] = field(default_factory=dict)
-    operations: int = 0
+    positions: list[int] = field(default_factory=list)
 
-    def fold(self, op: dict[str, Any]) -> None:
-        self.operations += 1
+    @property
+    def operations(self) -> int:
+        return len(self.positions)
+
+    def fold(self, op: dict[str, Any], position: int = 0) -> None:
+        self.positions.append(position)
         if op["kind"] == "create":
             if self.create is None:
                 self.create = dict(op["body"])
@@ -78,13 +83,26 @@ class Snapshot:
 def coalesce(ops: Iterable[dict[str, Any]]) -> list[Snapshot]:
     """Fold operations per run, keeping the order in which runs first appear."""
     snapshots: dict[str, Snapshot] = {}
-    for op in ops:
+    for position, op in enumerate(ops):
         event_id = op["event_id"]
         snapshot = snapshots.get(event_id)
         if snapshot is None:
             snapshot = snapshots[event_id] = Snapshot(event_id)
-        snapshot.fold(op)
+        snapshot.fold(op, position)
     return list(snapshots.values())
+
+
+def lone(op: dict[str, Any], position: int = 0) -> Snapshot:
+    """One operation as a snapshot of its own."""
+    snapshot = Snapshot(op["event_id"])
+    snapshot.fold(op, position)
+    return snapshot
+
+
+def expand(snapshot: Snapshot, ops: Sequence[dict[str, Any]]) -> list[Snapshot]:
+    """A snapshot's operations as snapshots of their own, in the order they were accepted
+    (the create first, each update after the ones before it)."""
+    return [lone(ops[position], position) for position in snapshot.positions]
 
 
 def validate_op(op: dict[str, Any]) -> None:
@@ -101,3 +119,40 @@ def validate_op(op: dict[str, Any]) -> None:
 def encode_batch(snapshots: Iterable[Snapshot]) -> bytes:
     """The body of a ``mode=upsert`` batch request for these snapshots."""
     return orjson.dumps([snapshot.upsert_item() for snapshot in snapshots])
+
+
+def pack(
+    snapshots: Iterable[Snapshot], ops: Sequence[dict[str, Any]], max_bytes: int
+) -> list[tuple[list[Snapshot], bytes]]:
+    """Batches of at most ``max_bytes`` each (the server's body cap), in order, with
+    their encoded bodies. A snapshot too large alone goes as its separate operations;
+    an operation too large alone (accepted under an older, larger cap) goes alone, and
+    the server's 413 for it dead-letters just that operation."""
+    batches: list[tuple[list[Snapshot], bytes]] = []
+    members: list[Snapshot] = []
+    parts: list[bytes] = []
+    size = 2  # the brackets
+
+    def close() -> None:
+        nonlocal size
+        if members:
+            batches.append((list(members), b"[" + b",".join(parts) + b"]"))
+            members.clear()
+            parts.clear()
+            size = 2
+
+    for snapshot in snapshots:
+        encoded = orjson.dumps(snapshot.upsert_item())
+        pieces = [(snapshot, encoded)]
+        if snapshot.operations > 1 and len(encoded) + 2 > max_bytes:
+            pieces = [(one, orjson.dumps(one.upsert_item())) for one in expand(snapshot, ops)]
+        for member, part in pieces:
+            extra = len(part) + (1 if members else 0)
+            if members and size + extra > max_bytes:
+                close()
+                extra = len(part)
+            members.append(member)
+            parts.append(part)
+            size += extra
+    close()
+    return batches

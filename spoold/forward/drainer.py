@@ -1,8 +1,11 @@
 """The drainer: forwards the spool to the server, in FIFO order, until it has it all.
 
-It reads groups (bounded by ``batch_size`` operations, whatever the backlog),
-folds the operations of each run into one upsert snapshot, and sends one batch
-at a time - so updates reach the server in the order they were accepted.
+It reads groups (bounded by ``batch_size`` operations and ``batch_max_bytes``
+spooled bytes, whatever the backlog), folds the operations of each run into one
+upsert snapshot, packs the snapshots into batches under the server's body cap
+(``batch_max_bytes``; a snapshot too large alone goes as its separate
+operations) and sends one batch at a time - so updates reach the server in the
+order they were accepted.
 
 Groups are acknowledged only after the server answered 2xx for every snapshot
 in them, in two commits: the runs index settles them first (counters, per-run
@@ -11,11 +14,15 @@ while the next batch is with the server. A crash between the two is repaired
 at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
+Only the server's own answers move the queue (``spoold.upstream.answers``).
 Per-item refusals go to the dead-letter store and never block the rest; a
-whole-batch refusal (413, other 4xx) splits the batch until the bad item
-stands alone. Everything else is retried forever with capped, jittered backoff
-that honours Retry-After. Re-sending a batch whose answer was lost is harmless:
-the server applies snapshots idempotently.
+whole-batch refusal (the server's 413/400/422 error JSON) splits the batch until
+the bad item stands alone, and a lone snapshot of several operations is re-sent
+as those operations, in order: only a lone operation the server itself refuses
+is dead-lettered. Everything else - including answers that are not this
+server's - is retried forever with capped, jittered backoff that honours
+Retry-After. Re-sending a batch whose answer was lost is harmless: the server
+applies snapshots idempotently.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 import structlog
 
 from spoold.ledger import Ledger
-from spoold.operations import Snapshot, coalesce, encode_batch
+from spoold.operations import Snapshot, coalesce, encode_batch, expand, pack
 from spoold.runs_index import RunsIndex, op_counts
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
 from spoold.upstream.client import BatchAnswer, UpstreamClient
@@ -61,14 +68,20 @@ class DrainStats:
     last_forward_s: float = 0.0
 
 
+#: A batch to send: its snapshots and, when encoded ahead of time, its body.
+Chunk = tuple[list[Snapshot], bytes | None]
+#: Refused operations, by their position in the round: (reason, HTTP status).
+Refusals = dict[int, tuple[str, int | None]]
+
+
 @dataclass
 class _Prepared:
-    """A round read from the spool: its groups, their operations, and one snapshot per run."""
+    """A round read from the spool: its groups, their operations, and its batches
+    (one snapshot per run, packed under the body cap and encoded ahead of time)."""
 
     groups: list[SpoolGroup]
     ops: list[dict[str, Any]]
-    snapshots: list[Snapshot]
-    body: bytes  # the batch request for all the snapshots, encoded ahead of time too
+    batches: list[Chunk]
 
 
 @dataclass
@@ -97,6 +110,7 @@ class Drainer:
         status: UpstreamStatus,
         *,
         batch_size: int,
+        batch_max_bytes: int,
         backoff: Backoff,
         on_forward: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -108,6 +122,7 @@ class Drainer:
         self._client = client
         self._status = status
         self._batch_size = batch_size
+        self._batch_max_bytes = batch_max_bytes
         self._backoff = backoff
         self._deadline: float | None = None
         self._stop = asyncio.Event()
@@ -194,10 +209,18 @@ class Drainer:
 
     def _read_round(self) -> _Prepared:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
-        groups = self._spool.get_groups(self._batch_size)
+        # Bounded in operations and in bytes (one batch's worth, or one group): a backlog of
+        # large operations never loads hundreds of them at once.
+        groups = self._spool.get_groups(self._batch_size, max_bytes=self._batch_max_bytes)
         ops = [op for group in groups for op in group.ops]
-        snapshots = coalesce(ops)
-        return _Prepared(groups, ops, snapshots, encode_batch(snapshots))
+        try:
+            batches = pack(coalesce(ops), ops, self._batch_max_bytes)
+        except BaseException:
+            # Taken but never to be sent: give them back rather than strand them in flight
+            # (the round fails, visibly on /health, and is read again after a backoff).
+            self._spool.nack(groups)
+            raise
+        return _Prepared(groups, ops, list(batches))
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
@@ -210,14 +233,14 @@ class Drainer:
     async def _take_prefetched(self) -> _Prepared:
         task = self._prefetch
         if task is None:
-            return _Prepared([], [], [], b"")
+            return _Prepared([], [], [])
         try:
             # Shielded, and forgotten only once done: a cancelled round leaves the task
             # for _wind_down to give its groups back.
             return await asyncio.shield(task)
         except Exception as exc:  # a failed read-ahead is just an empty one
             log.warning("drain_read_ahead_failed", error=str(exc))
-            return _Prepared([], [], [], b"")
+            return _Prepared([], [], [])
         finally:
             if task.done():
                 self._prefetch = None
@@ -286,7 +309,7 @@ class Drainer:
     async def _probe(self) -> None:
         """Keep upstream reachability fresh while there is nothing to send."""
         try:
-            reply = await self._client.request("GET", "/health")
+            reply = await self._client.probe()
         except Exception as exc:  # any failure is just "unreachable" here
             self._status.failed(str(exc)[:200], status=0)
             return
@@ -299,83 +322,89 @@ class Drainer:
         """Deliver the groups' operations; refused ones go to the dead-letter store."""
         started = time.perf_counter()
         groups, ops = prepared.groups, prepared.ops
-        refused = await self._deliver(prepared.snapshots, prepared.body)
-        dead_ops = [op for op in ops if op["event_id"] in refused]
+        refused = await self._deliver(prepared.batches, ops)
+        dead_ops = [op for position, op in enumerate(ops) if position in refused]
         if dead_ops:
-            entries = [(op, *refused[op["event_id"]]) for op in dead_ops]
+            entries = [(ops[position], *refused[position]) for position in sorted(refused)]
             await asyncio.to_thread(self._dead_letters.add_many, entries)
             self.stats.dead_lettered += len(dead_ops)
             for _, _, status in entries:
                 reason = "item_refused" if status == 422 else f"batch_refused_{status}"
                 by_reason = self.stats.dead_lettered_by_reason
                 by_reason[reason] = by_reason.get(reason, 0) + 1
-            log.warning("operations_dead_lettered", operations=len(dead_ops), runs=len(refused))
+            runs = len({op["event_id"] for op in dead_ops})
+            log.warning("operations_dead_lettered", operations=len(dead_ops), runs=runs)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
-        forwarded = [op for op in ops if op["event_id"] not in refused]
+        forwarded = [op for position, op in enumerate(ops) if position not in refused]
         return _Delivered(groups, forwarded, dead_ops, started)
 
-    async def _deliver(
-        self, snapshots: list[Snapshot], body: bytes
-    ) -> dict[str, tuple[str, int | None]]:
-        """Send until the server has every snapshot; return the refused ones by event_id.
+    async def _deliver(self, batches: list[Chunk], ops: list[dict[str, Any]]) -> Refusals:
+        """Send until the server has every operation; return the refused ones by position.
 
-        ``body`` is the encoded request for all of them; halves made by a split are
-        encoded when sent.
+        A batch the server refuses whole is halved; a lone snapshot of several
+        operations it refuses (whole, or as an item) is re-sent as those operations,
+        in order, before anything later; a lone operation it refuses is dead-lettered.
         """
-        refused: dict[str, tuple[str, int | None]] = {}
-        chunks: deque[list[Snapshot]] = deque([snapshots])
+        refused: Refusals = {}
+        chunks: deque[Chunk] = deque(batches)
         attempt = 0
         while chunks:
-            chunk = chunks[0]
-            answer = await self._send(body if chunk is snapshots else encode_batch(chunk))
+            chunk, body = chunks[0]
+            answer = await self._send(body or encode_batch(chunk), len(chunk))
             if answer.verdict == "ok":
                 chunks.popleft()
                 attempt = 0
                 self._status.succeeded()
-                self._accept_answer(chunk, answer.body, refused)
+                self._count_answer(chunk, answer.body)
+                for index, reason in _item_errors(answer.body, len(chunk)):
+                    snapshot = chunk[index]
+                    if snapshot.operations > 1:  # which of its operations? ask again, one by one
+                        self.stats.splits += 1
+                        chunks.appendleft((expand(snapshot, ops), None))
+                    else:
+                        refused.update(dict.fromkeys(snapshot.positions, (reason, 422)))
             elif answer.verdict == "split":
                 chunks.popleft()
+                attempt = 0
                 self._status.succeeded()  # the server answered; it refused the content
-                if len(chunk) == 1:
-                    refused[chunk[0].event_id] = (_refusal(answer), answer.status)
-                else:
-                    self.stats.splits += 1
+                if len(chunk) == 1 and chunk[0].operations == 1:
+                    refused.update(dict.fromkeys(chunk[0].positions, _refusal(answer)))
+                    continue
+                self.stats.splits += 1
+                if len(chunk) > 1:
                     middle = len(chunk) // 2
-                    chunks.extendleft([chunk[middle:], chunk[:middle]])
+                    chunks.extendleft([(chunk[middle:], None), (chunk[:middle], None)])
+                else:
+                    chunks.appendleft((expand(chunk[0], ops), None))
             else:
                 attempt += 1
                 self._status.failed(
-                    answer.cause, status=answer.status, auth=answer.verdict == "auth"
+                    answer.cause,
+                    status=answer.status,
+                    auth=answer.verdict == "auth",
+                    unexpected=answer.verdict == "unexpected",
                 )
                 if attempt == 1 or attempt % 20 == 0:
                     log.warning("upstream_retry", cause=answer.cause, attempt=attempt)
                 await self._sleep(next_wait(attempt, answer.retry_after_s, self._backoff))
         return refused
 
-    def _accept_answer(
-        self, chunk: list[Snapshot], body: Any, refused: dict[str, tuple[str, int | None]]
-    ) -> None:
+    def _count_answer(self, chunk: list[Snapshot], body: dict[str, Any]) -> None:
         self.stats.batches += 1
         self.stats.snapshots_sent += len(chunk)
-        if not isinstance(body, dict):
-            return
-        self.stats.duplicates_sent += int(body.get("duplicates", 0) or 0)
-        for error in body.get("errors") or []:
-            index = error.get("index") if isinstance(error, dict) else None
-            if isinstance(index, int) and 0 <= index < len(chunk):
-                refused[chunk[index].event_id] = (str(error.get("message", "refused")), 422)
+        self.stats.duplicates_sent += int(body["duplicates"])
 
-    async def _send(self, body: bytes) -> BatchAnswer:
+    async def _send(self, body: bytes, items: int) -> BatchAnswer:
         self._status.in_flight_batches += 1
         try:
             if self._deadline is None:
-                return await self._client.send_batch(body)
+                return await self._client.send_batch(body, items)
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise Stopped
             try:
-                return await asyncio.wait_for(self._client.send_batch(body), remaining)
+                return await asyncio.wait_for(self._client.send_batch(body, items), remaining)
             except TimeoutError as exc:
                 raise Stopped from exc
         finally:
@@ -395,10 +424,20 @@ class Drainer:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
 
-def _refusal(answer: BatchAnswer) -> str:
+def _item_errors(body: dict[str, Any], items: int) -> list[tuple[int, str]]:
+    """(index, message) of the items a batch answer refused (checked by the client)."""
+    found: dict[int, str] = {}
+    for error in body["errors"]:
+        if 0 <= error["index"] < items:
+            found.setdefault(error["index"], str(error.get("message", "refused")))
+    return sorted(found.items())
+
+
+def _refusal(answer: BatchAnswer) -> tuple[str, int | None]:
     detail = answer.body.get("detail") if isinstance(answer.body, dict) else None
-    return (
+    reason = (
         f"server refused the item ({answer.cause}): {detail}"
         if detail
         else f"server refused the item ({answer.cause})"
     )
+    return reason, answer.status

@@ -46,7 +46,13 @@ def assess(
         unhealthy = True
         reasons.append("free disk below the floor: writes are refused with 503")
     upstream = sidecar.upstream
-    if upstream.auth_failing:
+    if upstream.unexpected_answer is not None:
+        unhealthy = True  # nothing can be delivered until an operator fixes the URL or proxy
+        reasons.append(
+            f"upstream gave an {upstream.unexpected_answer}; is SPOOLD_UPSTREAM_URL this "
+            "telemetry server? Nothing is acknowledged, retrying"
+        )
+    elif upstream.auth_failing:
         reasons.append("upstream refuses our token (401/403); fix SPOOLD_UPSTREAM_TOKEN")
     elif upstream.tls_failing:
         reasons.append(

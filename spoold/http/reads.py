@@ -17,7 +17,7 @@ from server.urls import build_commit_url, build_repo_url
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
 from spoold.runs_index import KnownRun
-from spoold.upstream.client import Reply, UpstreamUnavailable
+from spoold.upstream.client import Reply, UpstreamUnavailable, run_path
 
 routes = web.RouteTableDef()
 
@@ -25,9 +25,12 @@ LOCAL_SOURCE_HEADER = "X-Spoold-Source"
 
 
 async def proxy(sidecar: Sidecar, request: web.Request, path: str) -> Reply:
-    """Forward a read; 503 if the server is unreachable, 504 if it is too slow."""
+    """Forward a read with the caller's own credentials (never the fleet token);
+    503 if the server is unreachable, 504 if it is too slow."""
     try:
-        return await sidecar.client.request("GET", path, query=request.query)
+        return await sidecar.client.read(
+            path, query=request.query, authorization=request.headers.get("Authorization")
+        )
     except UpstreamUnavailable as exc:
         if exc.timeout:
             raise UpstreamTimeout(
@@ -68,7 +71,7 @@ async def get_run(request: web.Request) -> web.Response:
         response.headers[LOCAL_SOURCE_HEADER] = "local-queue"
         return response
     try:
-        reply = await proxy(sidecar, request, f"/api/v1/runs/{event_id}")
+        reply = await proxy(sidecar, request, run_path(event_id))
     except (ServiceUnavailable, UpstreamTimeout):
         if known is not None and known.has_create:
             response = json_response(local_record(known))
@@ -106,7 +109,7 @@ async def _url_answer(request: web.Request, kind: str) -> web.Response:
                 "git_repo": snapshot.get("git_repo"),
             }
         return json_response(body)
-    return relay(await proxy(sidecar, request, f"/api/v1/runs/{event_id}/{kind}"))
+    return relay(await proxy(sidecar, request, run_path(event_id, kind)))
 
 
 @routes.get("/api/v1/runs/{event_id}/commit-url")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -21,13 +20,26 @@ from spoold.accept import Accepted
 from spoold.http.state import SIDECAR, Sidecar
 from spoold.operations import commit_op, create_op, update_op
 from spoold.spool import SpoolError, SpoolFull
-from spoold.upstream.client import UpstreamUnavailable
+from spoold.upstream.client import UpstreamUnavailable, lookup_verdict
+from spoold.upstream.limits import UpstreamLimits
 
 routes = web.RouteTableDef()
 
 
+def fits_upstream(sidecar: Sidecar, op: dict[str, Any]) -> None:
+    """Refuse now, with the server's own 413/400, what the server would refuse in a batch."""
+    config = sidecar.config
+    UpstreamLimits(config.upstream_max_body_bytes, config.upstream_max_json_depth).check(op)
+
+
 async def accept(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False) -> Accepted:
-    """Spool op durably, translating back-pressure and disk trouble into 503."""
+    """Check op against the server's limits, then spool it durably."""
+    fits_upstream(sidecar, op)
+    return await spool(sidecar, op, verified=verified)
+
+
+async def spool(sidecar: Sidecar, op: dict[str, Any], *, verified: bool = False) -> Accepted:
+    """Spool a checked op durably, translating back-pressure and disk trouble into 503."""
     try:
         result = await sidecar.acceptor.submit(op, verified=verified)
     except SpoolFull as exc:
@@ -68,14 +80,15 @@ async def _accept_update(
     if result.outcome != "unknown":
         return result, False
     try:
-        reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+        reply = await sidecar.client.lookup_run(event_id)
     except UpstreamUnavailable:
-        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
-    if reply.status == 404:
+        return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
+    verdict = lookup_verdict(reply, event_id)
+    if verdict == "missing":
         raise not_found(event_id)
-    if reply.status != 200:  # the server cannot say now: keep the update, deliver later
-        return await accept(sidecar, {**op, "unconfirmed": True}, verified=True), True
-    result = await accept(sidecar, op, verified=True)
+    if verdict == "unknown":  # the server cannot say now: keep the update, deliver later
+        return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
+    result = await spool(sidecar, op, verified=True)
     return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False
 
 
@@ -94,10 +107,10 @@ async def _stored_run_id(sidecar: Sidecar, event_id: str) -> str | None:
     if known is not None and isinstance(known.snapshot.get("run_id"), str):
         return str(known.snapshot["run_id"])
     try:
-        reply = await sidecar.client.request("GET", f"/api/v1/runs/{quote(event_id, safe='')}")
+        reply = await sidecar.client.lookup_run(event_id)
     except UpstreamUnavailable:
         return None
-    return _run_id_of(reply.body) if reply.status == 200 else None
+    return _run_id_of(reply.body) if lookup_verdict(reply, event_id) == "found" else None
 
 
 @routes.patch("/api/v1/runs/{event_id}")
@@ -133,7 +146,7 @@ async def associate_commit(request: web.Request) -> web.Response:
     run_id = result.run_id
     if run_id is None and not queued:  # a run the server confirmed earlier: ask for its run_id
         try:
-            reply = await sidecar.client.request("GET", f"/api/v1/runs/{event_id}")
+            reply = await sidecar.client.lookup_run(event_id)
             run_id = _run_id_of(reply.body) if reply.status == 200 else None
         except UpstreamUnavailable:
             run_id = None
@@ -171,9 +184,10 @@ async def create_batch(request: web.Request) -> web.Response:
         context=json_fields_context(request, level=2),
     )
     now = utc_now()
-    results = await asyncio.gather(
-        *(accept(sidecar, create_op(run, now)) for _, run in batch.valid)
-    )
+    ops = [create_op(run, now) for _, run in batch.valid]
+    for op in ops:  # all or nothing, as the server refuses a body it cannot take
+        fits_upstream(sidecar, op)
+    results = await asyncio.gather(*(spool(sidecar, op) for op in ops))
     inserted = sum(1 for result in results if result.outcome == "created")
     return json_response(
         {

@@ -184,11 +184,12 @@ class Spool:
 
     # -- reading (the drainer's thread) ----------------------------------------------------
 
-    def get_groups(self, max_ops: int) -> list[SpoolGroup]:
-        """Take the next groups in FIFO order, at most ``max_ops`` operations in all.
+    def get_groups(self, max_ops: int, max_bytes: int | None = None) -> list[SpoolGroup]:
+        """Take the next groups in FIFO order, at most ``max_ops`` operations (and
+        ``max_bytes`` spooled bytes, if given) in all.
 
-        A single group larger than ``max_ops`` is still returned alone, so memory is
-        bounded by ``max(max_ops, max_group)`` whatever the backlog. While the disk
+        A single group larger than the bounds is still returned alone, so memory is
+        bounded by one group or the bounds, whatever the backlog. While the disk
         is full, one group at a time: taking a group rewrites its row, so a big read
         would spend the space that acking the first groups needs. If a read fails
         after some groups were taken (a full disk), those are returned: the caller
@@ -198,6 +199,7 @@ class Spool:
             raise ValueError("max_ops must be >= 1")
         groups: list[SpoolGroup] = []
         total = 0
+        total_bytes = 0
         with self._io_lock:
             _check_open(self._closed)
             while total < max_ops and not (groups and self._disk_tight):
@@ -215,13 +217,15 @@ class Spool:
                 if group.id > published:  # not recorded in the index yet: next time
                     self._carry = group
                     break
-                if groups and total + len(group.ops) > max_ops:
+                over_bytes = max_bytes is not None and total_bytes + group.nbytes > max_bytes
+                if groups and (total + len(group.ops) > max_ops or over_bytes):
                     self._carry = group  # already got: hand it out next time
                     break
                 self._carry = None
                 self._inflight[group.id] = group
                 groups.append(group)
                 total += len(group.ops)
+                total_bytes += group.nbytes
         return groups
 
     def _next_group(self) -> SpoolGroup | None:

@@ -1,5 +1,14 @@
 """The HTTP client to the central server: batches, run look-ups and proxied reads.
 
+Credentials: the fleet token (``SPOOLD_UPSTREAM_TOKEN``) authorises spoold's own
+writes - the batches it delivers, and the look-ups a write needs (does this run
+exist, its ``run_id`` for the answer). Proxied reads carry the caller's own
+``Authorization`` header and never the fleet token: a local user reads only what
+their own credentials allow.
+
+Every path segment built from an id is percent-encoded (``run_path``) and sent
+as is: an id with ``?``, ``#`` or ``%`` names its own run, never another one.
+
 Foreign exceptions (aiohttp's, asyncio's timeouts) are translated here, at one
 boundary, into ``UpstreamUnavailable`` keeping the cause.
 """
@@ -9,16 +18,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from spoold.upstream.answers import batch_answer_problem, is_server_error
 from spoold.upstream.retry import AUTH_STATUSES, RETRYABLE_STATUSES, parse_retry_after
 from spoold.upstream.tls import describe_tls_error
 
-BatchVerdict = Literal["ok", "retry", "auth", "split"]
-#: Whole-batch answers that are about the items themselves.
+BatchVerdict = Literal["ok", "retry", "auth", "split", "unexpected"]
+#: Whole-batch answers that are about the items themselves (when the server's own).
 SPLIT_STATUSES = frozenset({400, 413, 422})
+
+
+def run_path(event_id: str, *tail: str) -> str:
+    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment."""
+    return "/".join(("/api/v1/runs", quote(event_id, safe=""), *tail))
 
 
 class UpstreamUnavailable(Exception):
@@ -58,19 +75,22 @@ class UpstreamClient:
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._fleet = {"Authorization": f"Bearer {token}"} if token else {}
         self._batch_timeout = aiohttp.ClientTimeout(total=batch_timeout_s)
         self._lookup_timeout = aiohttp.ClientTimeout(total=lookup_timeout_s)
         self.base_url = self._base
 
-    async def send_batch(self, body: bytes) -> BatchAnswer:
-        """POST a JSON array of upsert items (already encoded) and classify the answer."""
+    def _url(self, path: str) -> URL:
+        """The base URL plus an already percent-encoded path, not re-quoted."""
+        return URL(str(URL(self._base)) + path, encoded=True)
+
+    async def send_batch(self, body: bytes, items: int) -> BatchAnswer:
+        """POST a JSON array of ``items`` upsert items (already encoded); classify the answer."""
         try:
             async with self._session.post(
-                f"{self._base}/api/v1/runs/batch",
-                params={"mode": "upsert"},
+                self._url("/api/v1/runs/batch?mode=upsert"),
                 data=body,
-                headers={**self._headers, "Content-Type": "application/json"},
+                headers={**self._fleet, "Content-Type": "application/json"},
                 timeout=self._batch_timeout,
             ) as response:
                 raw = await response.read()
@@ -78,40 +98,36 @@ class UpstreamClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return BatchAnswer("retry", 0, cause=_describe(exc))
-        if 200 <= status < 300:
-            try:
-                return BatchAnswer("ok", status, orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                return BatchAnswer("retry", status, cause="unparseable batch answer")
-        if status in AUTH_STATUSES:
-            return BatchAnswer("auth", status, cause=f"HTTP {status}", retry_after_s=retry_after)
-        if status in SPLIT_STATUSES:  # about the content: split until the bad item stands alone
-            return BatchAnswer("split", status, body=_safe_json(raw), cause=f"HTTP {status}")
-        # 5xx, 429, and also 404/405/400…: the endpoint or a proxy is wrong, not the items.
-        # Retried (an operator can fix the URL) and shown on /health; never dead-lettered.
-        kind = "retry" if status in RETRYABLE_STATUSES or status >= 500 else "misconfigured"
-        return BatchAnswer(
-            "retry", status, retry_after_s=retry_after, cause=f"HTTP {status} ({kind})"
-        )
+        return classify(status, raw, items, retry_after)
 
-    async def request(
+    async def lookup_run(self, event_id: str) -> Reply:
+        """GET the run for a write that needs it (with the fleet token)."""
+        return await self._get(run_path(event_id), headers=self._fleet)
+
+    async def read(
+        self, path: str, *, query: Mapping[str, str] | None, authorization: str | None
+    ) -> Reply:
+        """A proxied read, with the caller's own Authorization (if any) and nothing else."""
+        headers = {"Authorization": authorization} if authorization else {}
+        return await self._get(path, query=query, headers=headers)
+
+    async def probe(self) -> Reply:
+        """GET /health, an open path: no credentials."""
+        return await self._get("/health", headers={})
+
+    async def _get(
         self,
-        method: str,
         path: str,
         *,
+        headers: Mapping[str, str],
         query: Mapping[str, str] | None = None,
-        body: bytes | None = None,
     ) -> Reply:
-        """A proxied request; raise UpstreamUnavailable if the server cannot answer."""
+        """A GET; raise UpstreamUnavailable if the server cannot answer."""
         try:
-            async with self._session.request(
-                method,
-                f"{self._base}{path}",
+            async with self._session.get(
+                self._url(path),
                 params=query,
-                data=body,
-                headers={**self._headers, "Content-Type": "application/json"}
-                if body
-                else self._headers,
+                headers=headers,
                 timeout=self._lookup_timeout,
             ) as response:
                 raw = await response.read()
@@ -127,9 +143,57 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"upstream server unreachable: {_describe(exc)}") from exc
 
 
+LookupVerdict = Literal["found", "missing", "unknown"]
+
+
+def lookup_verdict(reply: Reply, event_id: str) -> LookupVerdict:
+    """What a run look-up says: the server's run, the server's own 404, or nothing sure
+    (a proxy's 404, another service's 200, a 5xx…) - then the update is kept, unconfirmed."""
+    body = _safe_json(reply.body)
+    if reply.status == 404 and is_server_error(404, body):
+        return "missing"
+    if reply.status == 200 and isinstance(body, dict) and body.get("event_id") == event_id:
+        return "found"
+    return "unknown"
+
+
+def classify(status: int, raw: bytes, items: int, retry_after: float | None) -> BatchAnswer:
+    """What the answer to a batch of ``items`` items means for the drainer."""
+    if 200 <= status < 300:
+        body = _safe_json(raw)
+        problem = batch_answer_problem(body, items)
+        if problem is None:
+            return BatchAnswer("ok", status, body)
+        return BatchAnswer(
+            "unexpected", status, cause=f"unexpected answer: HTTP {status}, {problem}"
+        )
+    if status in AUTH_STATUSES:
+        return BatchAnswer("auth", status, cause=f"HTTP {status}", retry_after_s=retry_after)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return BatchAnswer("retry", status, retry_after_s=retry_after, cause=f"HTTP {status}")
+    body = _safe_json(raw)
+    if status in SPLIT_STATUSES and is_server_error(status, body):
+        # About the content: split until the bad item stands alone.
+        return BatchAnswer("split", status, body=body, cause=f"HTTP {status}")
+    # A proxy's 413, a server without mode=upsert, a wrong URL (404/405…): not about the
+    # items. Retried (an operator can fix it) and shown on /health; never dead-lettered.
+    return BatchAnswer(
+        "unexpected",
+        status,
+        retry_after_s=retry_after,
+        cause=f"unexpected answer: HTTP {status}, not this server's error for a batch",
+    )
+
+
 _PASS_HEADERS = frozenset(
-    {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
-    | {"X-Next-Cursor"}  # the list's keyset cursor, so agents can page through spoold too
+    {
+        "Retry-After",
+        "WWW-Authenticate",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "X-Next-Cursor",  # the list's keyset cursor, so agents can page through spoold too
+    }
 )
 
 

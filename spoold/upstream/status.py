@@ -16,6 +16,9 @@ class UpstreamStatus:
     reachable: bool | None = None
     auth_failing: bool = False
     tls_failing: bool = False
+    #: Why the last answer was not this server's (another service, a proxy): nothing is
+    #: acknowledged on such an answer; cleared by the next real one.
+    unexpected_answer: str | None = None
     last_success: str | None = None
     last_success_unix: float | None = None
     last_error: str | None = None
@@ -28,19 +31,29 @@ class UpstreamStatus:
         self.reachable = True
         self.auth_failing = False
         self.tls_failing = False
+        self.unexpected_answer = None
         self.consecutive_failures = 0
         self.last_success = utc_now()
         self.last_success_unix = time.time()
 
-    def failed(self, cause: str, *, status: int, auth: bool = False) -> None:
+    def failed(
+        self, cause: str, *, status: int, auth: bool = False, unexpected: bool = False
+    ) -> None:
         self.reachable = status != 0
         self.auth_failing = auth
         self.tls_failing = is_tls_failure(cause)
+        self.unexpected_answer = cause if unexpected else None
         self.consecutive_failures += 1
         self.last_error = cause
         self.last_error_at = utc_now()
-        kind = "auth" if auth else ("connect" if status == 0 else f"http_{status}")
-        kind = "tls" if self.tls_failing else kind
+        if auth:
+            kind = "auth"
+        elif self.tls_failing:
+            kind = "tls"
+        elif unexpected:
+            kind = "unexpected_answer"
+        else:
+            kind = "connect" if status == 0 else f"http_{status}"
         self.retries[kind] = self.retries.get(kind, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
@@ -49,6 +62,7 @@ class UpstreamStatus:
             "reachable": self.reachable,
             "auth_failing": self.auth_failing,
             "tls_failing": self.tls_failing,
+            "unexpected_answer": self.unexpected_answer,
             "last_success": self.last_success,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,

@@ -40,11 +40,12 @@ MakeSidecar = Callable[..., Awaitable[Sidecar]]
 
 @pytest.fixture
 def start_central(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> StartCentral:
-    """Start the real server (on a given port, e.g. one spoold already points at)."""
+    """Start the real server (on a given port, e.g. one spoold already points at; settings
+    override its ServerConfig, e.g. a small max_body_bytes)."""
 
-    async def start(port: int | None = None) -> Central:
+    async def start(port: int | None = None, **settings: Any) -> Central:
         config = ServerConfig(
-            db_path=tmp_path / "central.sqlite", synchronous="OFF", reader_threads=2
+            db_path=tmp_path / "central.sqlite", synchronous="OFF", reader_threads=2, **settings
         )
         server = await aiohttp_server(create_server_app(config), port=port)
         return Central(server, Api(await aiohttp_client(server)))

@@ -162,19 +162,16 @@ class Sidecar(Api):
         return int((await self.health())["spool"]["depth"])
 
     async def wait_drained(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Wait until nothing is queued and every accepted operation has left the queue.
-
-        The ledger settles a round before the spool acks it (in the background), so the
-        spool's own depth is waited for too: a test reading it right after must see 0.
-        """
+        """Wait until nothing is queued, every accepted operation has left the queue and
+        the spool has acked it (the ack follows the settle, in the background)."""
 
         async def drained() -> bool:
             health = await self.health()
             counters = health["counters"]
             return (
                 counters["queued"] == 0
-                and health["spool"]["depth"] == 0
                 and counters["accepted"] == counters["forwarded"] + counters["dead_lettered"]
+                and health["spool"]["depth"] == 0
             )
 
         await wait_until(drained, "the spool to drain", timeout_s=timeout_s)
@@ -237,11 +234,13 @@ def proxy_then(
 
 
 def too_large_over(max_items: int) -> Behaviour:
-    """413 for a batch with more than max_items items; proxy the others."""
+    """413 (the server's own error JSON) for a batch with more than max_items items;
+    proxy the others."""
 
     async def behave(fake: FakeUpstream, request: web.Request, raw: bytes) -> web.StreamResponse:
         if len(orjson.loads(raw)) > max_items:
-            return web.json_response({"detail": "too large"}, status=413)
+            refusal = {"detail": "too large", "error": "payload_too_large"}
+            return web.json_response(refusal, status=413)
         return await proxy(fake, request, raw)
 
     return behave

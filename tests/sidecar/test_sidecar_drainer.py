@@ -115,7 +115,7 @@ async def test_a_batch_refused_because_of_one_item_isolates_it(
 
     async def refuse_poison(up: FakeUpstream, request: web.Request, raw: bytes) -> Any:
         if any(item["event_id"] == poison for item in orjson.loads(raw)):
-            return web.json_response({"detail": "bad item", "error": "x"}, status=400)
+            return web.json_response({"detail": "bad item", "error": "bad_request"}, status=400)
         return await proxy(up, request, raw)
 
     fake.batch_default = refuse_poison
@@ -130,14 +130,19 @@ async def test_a_batch_refused_because_of_one_item_isolates_it(
 
 
 async def test_a_per_item_error_dead_letters_only_that_run(dead_url, make_sidecar, fake, central):
-    """errors=[{index}] in a 200 answer: that run's operations are dead-lettered, the rest acked."""
+    """errors=[{index}] in a 200 answer: the rest is acked at once; the refused run's
+    operations are asked about one by one (each refused here), then dead-lettered."""
     runs = [make_run() for _ in range(4)]
     poison = runs[0]["event_id"]
     await prefill(make_sidecar, dead_url, runs)
     fake.batch_default = refuse_runs({poison})
     sidecar = await make_sidecar(fake.url)
     health = await sidecar.wait_drained()
-    assert len(fake.batches) == 1  # acked at once: nothing is re-sent
+    assert len(fake.batches) == 2  # the others are not re-sent; the poison run's ops are
+    assert [sorted(item) for item in fake.batches[1].body] == [
+        ["create", "event_id"],
+        ["event_id", "update"],
+    ]
     assert health["spool"]["depth"] == 0
     assert health["spool"]["dead_letters"] == 2
     assert health["counters"]["forwarded"] == 6

@@ -1,0 +1,45 @@
+"""The server's limits, applied at spoold's door to each operation as the server will see it.
+
+The server judges the batch body, not the agent's request: an operation reaches it
+wrapped in the envelope ``[{"event_id": …, "create"|"update": {…}}]``, two levels
+deeper than a POST/PATCH body and a few dozen bytes larger (more once normalised,
+e.g. ``created_at`` added). An operation the server would refuse even alone could
+only be acknowledged and then dead-lettered; it is refused here instead, with the
+server's own error (413 ``payload_too_large``, 400 ``malformed_json``). The limits
+are configuration mirroring the server's (``SPOOLD_UPSTREAM_MAX_BODY_BYTES`` /
+``SPOOLD_UPSTREAM_MAX_JSON_DEPTH``, defaulting to the server's defaults): spoold
+must judge while the server is away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.contract.codec import nesting_depth
+from server.contract.errors import MalformedJson, PayloadTooLarge
+from spoold.operations import lone
+
+
+@dataclass(frozen=True)
+class UpstreamLimits:
+    max_body_bytes: int
+    max_json_depth: int
+
+    def check(self, op: dict[str, Any]) -> None:
+        """Raise the server's own 413/400 if ``op``, alone in a batch, would be refused."""
+        envelope = [lone(op).upsert_item()]
+        size = len(orjson.dumps(envelope))
+        if size > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body too large for the telemetry server: {size} bytes once wrapped "
+                f"in its batch envelope, at most {self.max_body_bytes} are accepted"
+            )
+        if nesting_depth(envelope, limit=self.max_json_depth) > self.max_json_depth:
+            raise MalformedJson(
+                f"JSON nested deeper than {self.max_json_depth} levels once wrapped in the "
+                "telemetry server's batch envelope, which adds 2 levels around each run "
+                "or update"
+            )
