@@ -291,7 +291,7 @@ async def test_https_to_a_plain_http_server_is_named_a_tls_failure() -> None:
                 batch_timeout_s=5,
                 lookup_timeout_s=5,
             )
-            answer = await client.send_batch(b"[]")
+            answer = await client.send_batch(b"[]", 0)
     finally:
         await runner.cleanup()
     assert answer.verdict == "retry"
