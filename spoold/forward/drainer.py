@@ -195,9 +195,13 @@ class Drainer:
     def _read_round(self) -> _Prepared:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
         groups = self._spool.get_groups(self._batch_size)
-        ops = [op for group in groups for op in group.ops]
-        snapshots = coalesce(ops)
-        return _Prepared(groups, ops, snapshots, encode_batch(snapshots))
+        try:
+            ops = [op for group in groups for op in group.ops]
+            snapshots = coalesce(ops)
+            return _Prepared(groups, ops, snapshots, encode_batch(snapshots))
+        except BaseException:  # nobody will own these groups: give them back, not strand them
+            self._spool.nack(groups)
+            raise
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
