@@ -4,13 +4,24 @@ Shared by both daemons. Signal handlers only set an event; the shutdown itself
 (close the socket, let in-flight requests finish, run the cleanup contexts in
 reverse) happens in the main flow, and ends with one summary log line from the
 app's own cleanup.
+
+The whole stop has ONE deadline, ``shutdown_timeout_s`` from the signal
+(``StopDeadline``): in-flight requests, then every cleanup context, take
+their time from what is left of it. A last resort ends the process
+``HARD_STOP_GRACE_S`` after the deadline if something still blocks, well
+before systemd's ``TimeoutStopSec`` would SIGKILL it (nothing acknowledged is
+lost either way: every acknowledged write is already committed to disk).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import threading
+import time
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -19,11 +30,62 @@ from server.systemd import notify, watchdog, watchdog_interval_s
 
 log = structlog.get_logger("daemon")
 
+#: After the stop deadline, how long the last cleanups (joining threads, closing files)
+#: may take before the process ends anyway. Units keep TimeoutStopSec >= deadline + this + 2.
+HARD_STOP_GRACE_S = 4.0
+HARD_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the stop overran its deadline
+
+
+@dataclass
+class StopDeadline:
+    """One deadline for the whole stop, started once (by the signal, or the first cleanup)."""
+
+    budget_s: float
+    at: float | None = None
+
+    def start(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic() + self.budget_s
+
+    def remaining(self, floor_s: float = 0.0) -> float:
+        """Seconds left (the whole budget before the stop began), at least ``floor_s``."""
+        left = self.budget_s if self.at is None else self.at - time.monotonic()
+        return max(floor_s, left)
+
+
+STOP_DEADLINE: web.AppKey[StopDeadline] = web.AppKey("stop_deadline", StopDeadline)
+
+
+def _arm_hard_stop(after_s: float, name: str) -> None:
+    """End the process if the stop is still running ``after_s`` from now."""
+
+    def overran() -> None:
+        log.error(f"{name}_stop_overran", after_s=after_s)
+        os._exit(HARD_STOP_EXIT_CODE)
+
+    timer = threading.Timer(after_s, overran)
+    timer.daemon = True
+    timer.start()
+
 
 async def serve(
-    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float, name: str
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float,
+    name: str,
+    hard_stop: bool = False,
 ) -> None:
-    """Serve app on host:port until SIGTERM or SIGINT."""
+    """Serve app on host:port until SIGTERM or SIGINT.
+
+    ``hard_stop`` (the process entry point only): once stopping, end the process if it
+    is still alive ``HARD_STOP_GRACE_S`` after the deadline, whatever still blocks it
+    (including the interpreter's own exit, which joins worker threads).
+    """
+    if STOP_DEADLINE not in app:
+        app[STOP_DEADLINE] = StopDeadline(shutdown_timeout_s)
+    deadline = app[STOP_DEADLINE]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s
     )
@@ -43,7 +105,10 @@ async def serve(
         if interval is not None:
             pinger = asyncio.create_task(watchdog(interval), name="sd-watchdog")
         await stop.wait()
-        log.info(f"{name}_stopping")
+        deadline.start()
+        if hard_stop:  # never cancelled: it must also cover the interpreter's exit
+            _arm_hard_stop(deadline.budget_s + HARD_STOP_GRACE_S, name)
+        log.info(f"{name}_stopping", deadline_s=deadline.budget_s)
         notify("STOPPING=1")
     finally:
         if pinger is not None:
@@ -56,4 +121,13 @@ async def serve(
 def run(
     app: web.Application, *, host: str, port: int, shutdown_timeout_s: float, name: str
 ) -> None:
-    asyncio.run(serve(app, host=host, port=port, shutdown_timeout_s=shutdown_timeout_s, name=name))
+    asyncio.run(
+        serve(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout_s=shutdown_timeout_s,
+            name=name,
+            hard_stop=True,
+        )
+    )
