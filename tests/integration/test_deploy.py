@@ -70,13 +70,22 @@ def test_unit_has_the_required_directives(unit: str) -> None:
         assert directive in text, directive
 
 
-def test_stop_timeout_covers_the_drain_deadline() -> None:
-    """spoold's TimeoutStopSec leaves room for SPOOLD_SHUTDOWN_DEADLINE_S plus in-flight work."""
+@pytest.mark.parametrize("unit", UNITS)
+def test_stop_timeout_covers_the_whole_stop(unit: str) -> None:
+    """TimeoutStopSec leaves 2 s beyond the daemon's default stop deadline plus the hard-stop
+    grace, so systemd never has to SIGKILL a stopping daemon."""
+    from server.config import ServerConfig
+    from server.daemon import HARD_STOP_GRACE_S
     from spoold.config import SpooldConfig
 
-    text = (ROOT / "systemd" / "spoold.service").read_text()
+    text = (ROOT / "systemd" / unit).read_text()
     stop_s = int(text.split("TimeoutStopSec=")[1].split("s")[0])
-    assert stop_s >= SpooldConfig().shutdown_deadline_s + 5
+    deadline_s = (
+        SpooldConfig().shutdown_deadline_s
+        if unit == "spoold.service"
+        else ServerConfig().shutdown_timeout_s
+    )
+    assert stop_s - 2 >= deadline_s + HARD_STOP_GRACE_S
 
 
 @pytest.mark.parametrize(
