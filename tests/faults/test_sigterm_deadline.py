@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from procs import (
 )
 
 from server.config import ServerConfig
-from server.daemon import HARD_STOP_GRACE_S
+from server.daemon import HARD_STOP_EXIT_CODE, HARD_STOP_GRACE_S
 from spoold.config import SpooldConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(240)]
@@ -200,3 +201,28 @@ async def test_telemetry_server_under_load_stops_in_time(tmp_path: Path, reaper:
     assert took <= budget_s
     missing = set(acked) - set(server_rows(db))
     assert not missing, f"{len(missing)} acknowledged runs lost"
+
+
+def test_a_stop_that_overruns_its_deadline_is_ended_by_the_hard_stop(tmp_path: Path) -> None:
+    """The last resort: a process whose stop still blocks when the hard stop fires ends at
+    once with exit code 70 and says so in its log, instead of waiting for systemd's SIGKILL."""
+    script = (
+        "import threading, time\n"
+        "from server.daemon import _arm_hard_stop\n"
+        "_arm_hard_stop(0.3, 'test')\n"
+        "threading.Event().wait(30)  # a stop that never finishes\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == HARD_STOP_EXIT_CODE
+    assert "test_stop_overran" in result.stdout + result.stderr
+    assert took < 10
