@@ -188,15 +188,17 @@ class Acceptor:
         finally:
             with self._handover:
                 self._ended = ended
-            for item in self._group:
-                _settle(item, None, ended)
+            waiting = list(self._group)
             for _ in range(1_000_000):  # bounded: nothing is queued once _ended is set
                 try:
-                    waiting = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(waiting, _Pending):
-                    _settle(waiting, None, ended)
+                if isinstance(item, _Pending):
+                    waiting.append(item)
+            for item in waiting:
+                with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                    _settle(item, None, ended)
 
     def _loop(self) -> None:
         stopping = False
@@ -236,8 +238,7 @@ class Acceptor:
     def _fail(self, group: list[_Pending], exc: Exception) -> None:
         """A group failed in an unforeseen way: nothing of it is promised, answer 503."""
         log.error("accept_group_failed", error=repr(exc)[:300], operations=len(group))
-        with contextlib.suppress(Exception):
-            self._index.rollback()
+        self._rollback()
         self._refuse(group, SpoolWriteError(f"local state write failed: {type(exc).__name__}"))
 
     def _settle_debt(self) -> bool:
