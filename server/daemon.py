@@ -56,7 +56,7 @@ class StopDeadline:
 STOP_DEADLINE: web.AppKey[StopDeadline] = web.AppKey("stop_deadline", StopDeadline)
 
 
-def _arm_hard_stop(after_s: float, name: str) -> None:
+def arm_hard_stop(after_s: float, name: str) -> None:
     """End the process if the stop is still running ``after_s`` from now."""
 
     def overran() -> None:
@@ -107,7 +107,7 @@ async def serve(
         await stop.wait()
         deadline.start()
         if hard_stop:  # never cancelled: it must also cover the interpreter's exit
-            _arm_hard_stop(deadline.budget_s + HARD_STOP_GRACE_S, name)
+            arm_hard_stop(deadline.budget_s + HARD_STOP_GRACE_S, name)
         log.info(f"{name}_stopping", deadline_s=deadline.budget_s)
         notify("STOPPING=1")
     finally:

@@ -208,8 +208,8 @@ def test_a_stop_that_overruns_its_deadline_is_ended_by_the_hard_stop(tmp_path: P
     once with exit code 70 and says so in its log, instead of waiting for systemd's SIGKILL."""
     script = (
         "import threading, time\n"
-        "from server.daemon import _arm_hard_stop\n"
-        "_arm_hard_stop(0.3, 'test')\n"
+        "from server.daemon import arm_hard_stop\n"
+        "arm_hard_stop(0.3, 'test')\n"
         "threading.Event().wait(30)  # a stop that never finishes\n"
     )
     started = time.monotonic()
