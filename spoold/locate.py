@@ -4,9 +4,9 @@ The daemon takes its spool directory from ``SPOOLD_SPOOL_DIR`` (the environment,
 or the env file its unit reads) or else from systemd's ``StateDirectory=`` —
 ``/var/lib/spoold``, which under ``DynamicUser=yes`` is a link to
 ``/var/lib/private/spoold``. The operator commands look in the same places, in
-this order: ``--spool-dir``, ``SPOOLD_SPOOL_DIR``, ``STATE_DIRECTORY``, the env
-file (``--env-file``, default the one ``deploy/install.sh`` installs), the unit's
-state directory. The first place that names a directory decides; it must
+this order (the daemon's own): ``--spool-dir``, ``SPOOLD_SPOOL_DIR``, the env
+file (``--env-file``, default the one ``deploy/install.sh`` installs),
+``STATE_DIRECTORY``, the unit's state directory. The first place that names a directory decides; it must
 hold a spool, or the command stops: it never creates an empty spool (such as
 ``./spool``) and reports a misleading "nothing there".
 """
@@ -73,8 +73,6 @@ def _configured(
         return Located(flag, "--spool-dir")
     if env.get("SPOOLD_SPOOL_DIR"):
         return Located(Path(env["SPOOLD_SPOOL_DIR"]), "SPOOLD_SPOOL_DIR")
-    if env.get("STATE_DIRECTORY"):
-        return Located(Path(env["STATE_DIRECTORY"].split(":")[0]), "STATE_DIRECTORY")
     try:
         from_file = read_env_file(env_file).get("SPOOLD_SPOOL_DIR")
     except FileNotFoundError:
@@ -88,6 +86,8 @@ def _configured(
         if not path.is_absolute():  # the unit runs the daemon in its state directory
             path = state_dirs[0] / path
         return Located(path, str(env_file))
+    if env.get("STATE_DIRECTORY"):  # systemd may list several, separated by ':'; ours is first
+        return Located(Path(env["STATE_DIRECTORY"].split(":")[0]), "STATE_DIRECTORY")
     for state_dir in state_dirs:
         if _holds_spool(state_dir):
             return Located(state_dir, "the unit's StateDirectory")

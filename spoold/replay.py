@@ -105,12 +105,15 @@ def replay(
         ):
             try:
                 validate_op(letter.op)
+                event_id = letter.op["event_id"]
+                if not isinstance(event_id, str):
+                    raise TypeError("event_id")
             except (ValueError, KeyError, TypeError):
                 report.left_invalid += 1
                 continue
             known = None
             if letter.op["kind"] != "create":  # a create never overwrites: no check needed
-                known = index.get(str(letter.op["event_id"]))
+                known = index.get(event_id)
                 if known is None and not force:
                     report.left_unverified += 1
                     continue

@@ -46,7 +46,9 @@ def create_op(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def invalid_op(n: int) -> dict[str, Any]:
-    """An update that no longer validates (status must be a known string)."""
+    """An update that no longer validates: a status that is not a string, or no event_id."""
+    if n % 2:
+        return {"kind": "update", "body": {"status": "success"}, "accepted_at": f"{n}"}
     return {"kind": "update", "event_id": f"gone-{n}", "body": {"status": 123}, "accepted_at": ""}
 
 
@@ -132,8 +134,8 @@ def _spool_at(path: Path) -> Path:
 
 
 def test_the_first_place_that_names_a_directory_decides(tmp_path: Path) -> None:
-    """--spool-dir, then SPOOLD_SPOOL_DIR, then STATE_DIRECTORY, then the env file, then the
-    unit's state directory; each answer says where it came from."""
+    """--spool-dir, then SPOOLD_SPOOL_DIR, then the env file, then STATE_DIRECTORY, then the
+    unit's state directory (the daemon's order); each answer says where it came from."""
     flag, env_dir, state, from_file, unit_dir = (
         _spool_at(tmp_path / name) for name in ("flag", "env", "state", "file", "unit")
     )
@@ -150,10 +152,14 @@ def test_the_first_place_that_names_a_directory_decides(tmp_path: Path) -> None:
     assert where(flag, full, env_file) == (flag, "--spool-dir")
     assert where(None, full, env_file) == (env_dir, "SPOOLD_SPOOL_DIR")
     assert where(None, {"STATE_DIRECTORY": full["STATE_DIRECTORY"]}, env_file) == (
+        from_file,
+        str(env_file),
+    )
+    no_file = tmp_path / "absent.env"
+    assert where(None, {"STATE_DIRECTORY": full["STATE_DIRECTORY"]}, no_file) == (
         state,
         "STATE_DIRECTORY",
     )
-    assert where(None, {}, env_file) == (from_file, str(env_file))
     assert where(None, {}, tmp_path / "absent.env") == (unit_dir, "the unit's StateDirectory")
 
 
