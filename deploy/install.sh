@@ -11,6 +11,12 @@
 # DESTDIR stages everything under another root (paths inside the files stay as if installed),
 # and then systemctl is not called. --uninstall keeps the database, the spool and the env
 # files unless --purge is given.
+#
+# Safety: --purge removes only the <daemon>.env files in CONF_DIR and the daemons' state
+# directories DESTDIR/var/lib/{,private/}<StateDirectory>, nothing else. Without --destdir it
+# touches the host's /var/lib only for a default install (PREFIX=/opt/local-telemetry); with
+# any other --prefix it refuses, so a test or a staged install can never delete a real one.
+# The prefix is removed whole only if this script installed it (its marker file is there).
 set -euo pipefail
 
 ROLE=both
@@ -24,7 +30,10 @@ START=1
 PYTHON=${PYTHON:-python3}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+DEFAULT_PREFIX=$PREFIX
+MARKER=.local-telemetry-install
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,12 +64,48 @@ esac
 
 root() { printf '%s%s' "$DESTDIR" "$1"; }
 say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 2; }
+
+# Every path we write or delete must be absolute and not the root itself.
+for pair in "--prefix:$PREFIX" "--unit-dir:$UNIT_DIR" "--conf-dir:$CONF_DIR"; do
+  value=${pair#*:}
+  case "$value" in
+    /*) ;;
+    *) die "${pair%%:*} must be an absolute path (got '$value')" ;;
+  esac
+  [ "${value%/}" != "" ] || die "${pair%%:*} must not be /"
+done
+if [ -n "$DESTDIR" ]; then
+  case "$DESTDIR" in
+    /*) ;;
+    *) die "--destdir must be an absolute path (got '$DESTDIR')" ;;
+  esac
+  [ "${DESTDIR%/}" != "" ] || die "--destdir must not be / (leave it out instead)"
+  DESTDIR=${DESTDIR%/}
+fi
+
+# The state directories --purge may remove (PURGE_DIRS), from each unit's StateDirectory=.
+PURGE_DIRS=()
+find_state_dirs() {
+  local unit state
+  for unit in "${UNITS[@]}"; do
+    state=$(sed -n 's/^StateDirectory=//p' "$SRC/systemd/$unit")
+    case "$state" in
+      ''|*/*|.|..|*[!A-Za-z0-9._-]*) die "unexpected StateDirectory='$state' in $unit; refusing to purge" ;;
+    esac
+    PURGE_DIRS+=("$(root "/var/lib/$state")" "$(root "/var/lib/private/$state")")
+  done
+}
 use_systemctl() {
   [ -z "$DESTDIR" ] && [ "$START" = 1 ] && command -v systemctl >/dev/null 2>&1 \
     && [ -d /run/systemd/system ]
 }
 
 do_uninstall() {
+  if [ "$PURGE" = 1 ] && [ -z "$DESTDIR" ] && [ "$PREFIX" != "$DEFAULT_PREFIX" ]; then
+    die "--purge with --prefix $PREFIX but no --destdir would delete the host's /var/lib data; pass --destdir for a staged install, or purge the default install"
+  fi
+  if [ "$PURGE" = 1 ]; then find_state_dirs; fi
   if use_systemctl; then
     systemctl disable --now "${UNITS[@]}" || true
   fi
@@ -68,15 +113,18 @@ do_uninstall() {
   if use_systemctl; then systemctl daemon-reload || true; fi
   if [ ! -e "$(root "$UNIT_DIR")/telemetry-server.service" ] \
     && [ ! -e "$(root "$UNIT_DIR")/spoold.service" ]; then
-    rm -rf "$(root "$PREFIX")"  # no daemon of ours is left: the virtualenv goes too
+    if [ -e "$(root "$PREFIX")/$MARKER" ]; then
+      rm -rf "$(root "$PREFIX")"  # no daemon of ours is left: the virtualenv goes too
+    else  # not (or not wholly) ours: remove only what we put there
+      rm -rf "$(root "$PREFIX")/venv" "$(root "$PREFIX")/README.md"
+    fi
   fi
   for name in "${ENVS[@]}"; do rm -f "$(root "$CONF_DIR")/$name.env.example"; done
   if [ "$PURGE" = 1 ]; then
     for name in "${ENVS[@]}"; do rm -f "$(root "$CONF_DIR")/$name.env"; done
     rmdir "$(root "$CONF_DIR")" 2>/dev/null || true
-    for unit in "${UNITS[@]}"; do
-      state=$(sed -n 's/^StateDirectory=//p' "$SRC/systemd/$unit")
-      rm -rf "$(root "/var/lib/$state")" "$(root "/var/lib/private/$state")"
+    for dir in "${PURGE_DIRS[@]}"; do
+      if [ -e "$dir" ] || [ -L "$dir" ]; then rm -rf "$dir"; say "removed $dir"; fi
     done
     say "purged configuration and data"
   else
@@ -88,7 +136,11 @@ do_uninstall() {
 do_install() {
   local venv
   venv="$(root "$PREFIX")/venv"
-  mkdir -p "$(root "$PREFIX")" "$(root "$UNIT_DIR")" "$(root "$CONF_DIR")"
+  if [ ! -e "$(root "$PREFIX")" ]; then  # a prefix we create is ours to remove on uninstall
+    mkdir -p "$(root "$PREFIX")"
+    : > "$(root "$PREFIX")/$MARKER"
+  fi
+  mkdir -p "$(root "$UNIT_DIR")" "$(root "$CONF_DIR")"
   if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
   fi

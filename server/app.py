@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 
 from server import __version__
 from server.config import ServerConfig
+from server.daemon import STOP_DEADLINE
 from server.http import ops, runs
 from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
@@ -30,6 +31,8 @@ from server.storage.database import Database, StorageSettings
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
 
 log = structlog.get_logger("server.app")
+#: Past the stop deadline, how long the writer may take to finish the groups it holds.
+WRITER_CLOSE_FLOOR_S = 1.0
 
 API_TITLE = "Local Telemetry API"
 API_DESCRIPTION = (
@@ -61,7 +64,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     database = await asyncio.to_thread(Database.open, settings, on_write_group=observer)
     app[runs.DATABASE] = database
     yield
-    await database.close()
+    stop = app.get(STOP_DEADLINE)  # the stop's one deadline: the writer gets what is left
+    await database.close(timeout_s=stop.remaining(WRITER_CLOSE_FLOOR_S) if stop else 10.0)
     stats = database.writer.stats
     log.info(
         "server_stopped",

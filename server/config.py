@@ -108,7 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TELEMETRY_SHUTDOWN_TIMEOUT_S",
         "shutdown_timeout_s",
-        "Seconds SIGTERM waits for in-flight requests.",
+        "On SIGTERM, the deadline of the whole stop (in-flight requests, then the writer); keep the unit's TimeoutStopSec >= this + 6 s.",
     ),
 )
 

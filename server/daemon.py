@@ -4,14 +4,25 @@ Shared by both daemons. Signal handlers only set an event; the shutdown itself
 (close the socket, let in-flight requests finish, run the cleanup contexts in
 reverse) happens in the main flow, and ends with one summary log line from the
 app's own cleanup.
+
+The whole stop has ONE deadline, ``shutdown_timeout_s`` from the signal
+(``StopDeadline``): in-flight requests, then every cleanup context, take
+their time from what is left of it. A last resort ends the process
+``HARD_STOP_GRACE_S`` after the deadline if something still blocks, well
+before systemd's ``TimeoutStopSec`` would SIGKILL it (nothing acknowledged is
+lost either way: every acknowledged write is already committed to disk).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
+import threading
+import time
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -20,6 +31,43 @@ from server.exposure import Exposure, warn_if_exposed
 from server.systemd import notify, watchdog, watchdog_interval_s
 
 log = structlog.get_logger("daemon")
+
+#: After the stop deadline, how long the last cleanups (joining threads, closing files)
+#: may take before the process ends anyway. Units keep TimeoutStopSec >= deadline + this + 2.
+HARD_STOP_GRACE_S = 4.0
+HARD_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the stop overran its deadline
+
+
+@dataclass
+class StopDeadline:
+    """One deadline for the whole stop, started once (by the signal, or the first cleanup)."""
+
+    budget_s: float
+    at: float | None = None
+
+    def start(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic() + self.budget_s
+
+    def remaining(self, floor_s: float = 0.0) -> float:
+        """Seconds left (the whole budget before the stop began), at least ``floor_s``."""
+        left = self.budget_s if self.at is None else self.at - time.monotonic()
+        return max(floor_s, left)
+
+
+STOP_DEADLINE: web.AppKey[StopDeadline] = web.AppKey("stop_deadline", StopDeadline)
+
+
+def arm_hard_stop(after_s: float, name: str) -> None:
+    """End the process if the stop is still running ``after_s`` from now."""
+
+    def overran() -> None:
+        log.error(f"{name}_stop_overran", after_s=after_s)
+        os._exit(HARD_STOP_EXIT_CODE)
+
+    timer = threading.Timer(after_s, overran)
+    timer.daemon = True
+    timer.start()
 
 
 async def serve(
@@ -31,8 +79,17 @@ async def serve(
     name: str,
     ssl_context: ssl.SSLContext | None = None,
     exposure: Exposure | None = None,
+    hard_stop: bool = False,
 ) -> None:
-    """Serve app on host:port (over TLS when ssl_context is given) until SIGTERM or SIGINT."""
+    """Serve app on host:port (over TLS when ssl_context is given) until SIGTERM or SIGINT.
+
+    ``hard_stop`` (the process entry point only): once stopping, end the process if it
+    is still alive ``HARD_STOP_GRACE_S`` after the deadline, whatever still blocks it
+    (including the interpreter's own exit, which joins worker threads).
+    """
+    if STOP_DEADLINE not in app:
+        app[STOP_DEADLINE] = StopDeadline(shutdown_timeout_s)
+    deadline = app[STOP_DEADLINE]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s
     )
@@ -54,7 +111,10 @@ async def serve(
         if interval is not None:
             pinger = asyncio.create_task(watchdog(interval), name="sd-watchdog")
         await stop.wait()
-        log.info(f"{name}_stopping")
+        deadline.start()
+        if hard_stop:  # never cancelled: it must also cover the interpreter's exit
+            arm_hard_stop(deadline.budget_s + HARD_STOP_GRACE_S, name)
+        log.info(f"{name}_stopping", deadline_s=deadline.budget_s)
         notify("STOPPING=1")
     finally:
         if pinger is not None:
@@ -83,5 +143,6 @@ def run(
             name=name,
             ssl_context=ssl_context,
             exposure=exposure,
+            hard_stop=True,
         )
     )

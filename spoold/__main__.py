@@ -4,6 +4,12 @@ spoold [serve]                 run the sidecar (the default)
 spoold dev                     run telemetry-server and spoold together, embedded defaults
 spoold deadletter list|show|replay|purge
 spoold spool stats
+
+Operator commands use the spool directory the installed daemon uses: --spool-dir,
+else SPOOLD_SPOOL_DIR, else the env file (--env-file, default
+/etc/local-telemetry/spoold.env), else /var/lib/spoold (/var/lib/private/spoold
+under DynamicUser). They say which one on stderr, and refuse a directory
+without a spool rather than create one.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, operator
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
+from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir
 
 DEV_SERVER_READY_S = 20.0
 
@@ -34,7 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument(
-        "--spool-dir", type=Path, help="spool directory (SPOOLD_SPOOL_DIR, default ./spool)"
+        "--spool-dir",
+        type=Path,
+        help="spool directory (SPOOLD_SPOOL_DIR; serve defaults to ./spool or $STATE_DIRECTORY)",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=DEFAULT_ENV_FILE,
+        help=f"operator commands: the daemon's env file (default {DEFAULT_ENV_FILE})",
     )
     commands = parser.add_subparsers(dest="command")
     for name in ("serve", "dev"):
@@ -74,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("replay", "purge"):
         sub = dead_commands.add_parser(action)
         sub.add_argument("ids", type=int, nargs="*", help="ids (all when none are given)")
+        if action == "replay":
+            sub.add_argument(
+                "--force",
+                action="store_true",
+                help="also replay letters of runs the spool no longer remembers, as they are",
+            )
         sub.add_argument(
             "--spool-dir",
             type=Path,
@@ -174,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spoold: configuration error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "serve"
-    spool_dir = Path(config.spool_dir)
     if command == "serve":
         return serve(config)
     if command == "dev":
         return dev(config)
     configure_logging("WARNING", stream=sys.stderr)  # operator commands: stdout is JSON only
+    try:
+        flag = getattr(args, "sub_spool_dir", None) or args.spool_dir
+        located = locate_spool_dir(flag, os.environ, env_file=args.env_file)
+    except SpoolNotFound as exc:
+        print(f"spoold: {exc}", file=sys.stderr)
+        return 2
+    print(f"spoold: using spool directory {located.path} (from {located.source})", file=sys.stderr)
+    spool_dir = located.path
     if command == "spool":
         return operator.spool_stats(spool_dir)
     if args.action == "list":
@@ -187,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "show":
         return operator.deadletter_show(spool_dir, args.id)
     if args.action == "replay":
-        return operator.deadletter_replay(spool_dir, args.ids or None)
+        return operator.deadletter_replay(spool_dir, args.ids or None, force=args.force)
     return operator.deadletter_purge(spool_dir, args.ids or None)
 
 

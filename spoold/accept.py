@@ -15,11 +15,18 @@ write is taken, retried every ``DEBT_RETRY_S`` while nothing arrives. Until
 then the drainer does not see the item (``Spool.publish``), so nothing is
 settled that the index does not know. A crash with a debt is repaired at
 start-up (``spoold.recovery``).
+
+The thread is supervised: a group that fails in any unforeseen way is answered
+503 (nothing of it is promised) and the thread goes on with the next group. If
+the thread dies all the same, every write waiting and every later one is
+refused at once with 503 instead of hanging, and ``failure`` says why, for
+/health.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -38,6 +45,10 @@ from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
 log = structlog.get_logger("spoold.accept")
 _STOP = object()
 DEBT_RETRY_S = 0.5
+
+
+class AcceptStopped(SpoolWriteError):
+    """The accept thread is not running (it died, or spoold is stopping): writes get 503."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +132,27 @@ class Acceptor:
         self._enough = 1
         self._max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="spoold-accept", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="spoold-accept", daemon=True)
         self._closed = False
+        #: Guards the hand-over: once the thread has ended (``_ended`` set under it),
+        #: nothing more is queued, so no write can wait for a thread that is gone.
+        self._handover = threading.Lock()
+        self._ended: AcceptStopped | None = None
+        self._died: str | None = None
+        self._group: list[_Pending] = []  # the group being committed, answered if we die
         self.stats = AcceptStats()
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the accept thread is gone while spoold still runs; None while it is healthy."""
+        if self._died is not None:
+            return self._died
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._closed:
+            return "the accept thread ended"
+        return None
 
     async def submit(self, op: dict[str, Any], *, verified: bool = False) -> Accepted:
         if self._closed:
@@ -134,7 +160,10 @@ class Acceptor:
         encoded = encode_op(op)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Accepted] = loop.create_future()
-        self._queue.put(_Pending(op, encoded, verified, future, loop))
+        with self._handover:
+            if self._ended is not None:
+                raise self._ended
+            self._queue.put(_Pending(op, encoded, verified, future, loop))
         return await asyncio.shield(future)
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -146,6 +175,30 @@ class Acceptor:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout_s)
 
     # ---- the accept thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        """The thread's body: the loop, and whatever ends it answers every waiting write."""
+        ended = AcceptStopped("spoold is shutting down")
+        try:
+            self._loop()
+        except BaseException as exc:  # supervised: recorded, answered, reported
+            self._died = f"{type(exc).__name__}: {exc}"[:300]
+            log.critical("accept_thread_died", error=self._died)
+            ended = AcceptStopped(f"accept thread stopped ({self._died}); restart spoold")
+        finally:
+            with self._handover:
+                self._ended = ended
+            waiting = list(self._group)
+            for _ in range(1_000_000):  # bounded: nothing is queued once _ended is set
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Pending):
+                    waiting.append(item)
+            for item in waiting:
+                with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                    _settle(item, None, ended)
 
     def _loop(self) -> None:
         stopping = False
@@ -174,8 +227,19 @@ class Acceptor:
                     break
                 group.append(item)
             self._enough = len(group)
-            self._commit(group)
+            self._group = group
+            try:
+                self._commit(group)
+            except Exception as exc:  # one failing group must not stop the others
+                self._fail(group, exc)
+            self._group = []
         self._settle_debt()
+
+    def _fail(self, group: list[_Pending], exc: Exception) -> None:
+        """A group failed in an unforeseen way: nothing of it is promised, answer 503."""
+        log.error("accept_group_failed", error=repr(exc)[:300], operations=len(group))
+        self._rollback()
+        self._refuse(group, SpoolWriteError(f"local state write failed: {type(exc).__name__}"))
 
     def _settle_debt(self) -> bool:
         """Record the debt in the index and publish it; False if it is still owed."""
@@ -216,11 +280,11 @@ class Acceptor:
                 self._index.mark_spooled(item_id)
             self._index.commit()
         except SpoolError as exc:
-            self._index.rollback()
+            self._rollback()
             self._refuse(group, exc)
             return
         except Exception as exc:  # index trouble
-            self._index.rollback()
+            self._rollback()
             if not item_id:  # nothing was spooled, nothing promised
                 log.error("accept_failed", error=str(exc), operations=len(group))
                 self._refuse(
@@ -235,17 +299,33 @@ class Acceptor:
         self.stats.operations += len(to_spool)
         self.stats.duplicates += duplicates
         self.stats.last_commit_s = time.perf_counter() - started
-        if self._debt is None:  # recorded: count it and let the drainer see it
-            if to_spool or duplicates:
-                self._ledger.accepted(len(to_spool), duplicates)
-            if item_id:
-                self._spool.publish(item_id)
-        if self._on_commit is not None and to_spool:
-            self._on_commit(len(to_spool), self.stats.last_commit_s)
+        try:
+            self._after_commit(item_id, len(to_spool), duplicates)
+        except Exception as exc:  # bookkeeping only: the group is durable, answer it as such
+            log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
         for item, result in zip(group, results, strict=True):
             _settle(item, result, None)
 
+    def _after_commit(self, item_id: int, spooled: int, duplicates: int) -> None:
+        """Count a durable group and let the drainer see it (unless it is still a debt)."""
+        try:
+            if self._debt is None and (spooled or duplicates):
+                self._ledger.accepted(spooled, duplicates)
+        finally:
+            if self._debt is None and item_id:
+                self._spool.publish(item_id)
+        if self._on_commit is not None and spooled:
+            self._on_commit(spooled, self.stats.last_commit_s)
+
+    def _rollback(self) -> None:
+        """Undo the index transaction; a rollback that fails too must not end the thread."""
+        try:
+            self._index.rollback()
+        except Exception as exc:
+            log.error("accept_rollback_failed", error=repr(exc)[:300])
+
     def _classify(self, group: list[_Pending]) -> tuple[list[Accepted], list[_Pending]]:
+        self._index.rollback()  # a no-op, unless an earlier rollback failed: redo it first
         self._index.begin()
         results: list[Accepted] = []
         to_spool: list[_Pending] = []

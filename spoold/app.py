@@ -4,15 +4,17 @@ Cleanup contexts, in dependency order: local storage (spool, dead letters,
 runs index, each damaged file set aside by ``storage.open_storage``, then
 repaired and counted by ``recovery.reconcile``) -> the accept thread -> the
 upstream HTTP session -> the drainer.
-Shutdown runs them in reverse: the drainer drains until the deadline (which
-starts when the listening socket closes), then the accept thread answers what
-it holds, then the files are closed cleanly.
+Shutdown has one deadline, ``SPOOLD_SHUTDOWN_DEADLINE_S`` from SIGTERM
+(``server.daemon.StopDeadline``), for all of it: in-flight requests are
+answered and the drainer drains until then, concurrently; the cleanups run in
+reverse and take only what is left of it (the drainer is cancelled at the
+deadline, the accept thread gets at least ``ACCEPT_CLOSE_FLOOR_S`` to answer
+what it holds), then the files are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +25,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from server.daemon import STOP_DEADLINE, StopDeadline
 from server.http.docs import docs_routes
 from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
@@ -48,6 +51,10 @@ log = structlog.get_logger("spoold")
 
 __all__ = ["DEAD_LETTER_FILE", "INDEX_FILE", "create_app"]
 PRUNE_EVERY_S = 60.0
+#: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
+#: and how long the accept thread may take to answer what it holds.
+DRAINER_CANCEL_GRACE_S = 1.0
+ACCEPT_CLOSE_FLOOR_S = 1.0
 
 _STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", tuple)
 _RECOVERIES: web.AppKey[StorageRecoveries] = web.AppKey("spoold_recoveries", StorageRecoveries)
@@ -100,7 +107,7 @@ async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
     acceptor.start()
     app[_ACCEPTOR] = acceptor
     yield
-    await acceptor.close()
+    await acceptor.close(timeout_s=_stop_deadline(app).remaining(ACCEPT_CLOSE_FLOOR_S))
     log.info("accept_stopped", groups=acceptor.stats.groups, operations=acceptor.stats.operations)
 
 
@@ -168,10 +175,8 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         queued=spool.stats().depth_ops,
     )
     yield
-    drainer.stop_by(config.shutdown_deadline_s)  # no-op if on_shutdown already did
     pruner.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(task, config.shutdown_deadline_s + 0.5)
+    await _stop_drainer(drainer, task, _stop_deadline(app))
     stats = spool.stats()
     log.info(
         "spoold_stopped",
@@ -187,11 +192,30 @@ def _report_exit(task: asyncio.Task[None]) -> None:
         log.error("drainer_crashed", error=repr(task.exception()))
 
 
+def _stop_deadline(app: web.Application) -> StopDeadline:
+    """The stop's one deadline, started now if the signal did not start it already."""
+    deadline = app[STOP_DEADLINE]
+    deadline.start()
+    return deadline
+
+
+async def _stop_drainer(drainer: Drainer, task: asyncio.Task[None], deadline: StopDeadline) -> None:
+    """Let the drainer finish by the deadline; past it, cancel it (what it holds stays queued)."""
+    drainer.stop_by(deadline.remaining())  # the same absolute deadline, however often it is set
+    done, _ = await asyncio.wait({task}, timeout=deadline.remaining())
+    if done:
+        return
+    log.warning("drainer_cancelled_at_deadline")
+    task.cancel()
+    await asyncio.wait({task}, timeout=DRAINER_CANCEL_GRACE_S)
+
+
 async def _start_drain_deadline(app: web.Application) -> None:
-    """SIGTERM closed the socket: the drain deadline starts now, while in-flight requests finish."""
+    """SIGTERM closed the socket: the drainer's deadline is the stop's, while requests finish."""
+    deadline = _stop_deadline(app)
     sidecar = app.get(SIDECAR)
     if sidecar is not None:
-        sidecar.drainer.stop_by(app[CONFIG].shutdown_deadline_s)
+        sidecar.drainer.stop_by(deadline.remaining())
 
 
 def openapi_document() -> dict[str, Any]:
@@ -216,6 +240,7 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
     app[CONFIG] = config
     app[_UPSTREAM_SSL] = upstream_ssl or upstream_context(config.upstream_ca_file)
+    app[STOP_DEADLINE] = StopDeadline(config.shutdown_deadline_s)
     # The body may be as deep as the server's limit; the exact check, on the operation as
     # the server will see it (wrapped in its batch envelope), follows in the handlers.
     app[MAX_JSON_DEPTH] = config.upstream_max_json_depth

@@ -81,7 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SPOOLD_SHUTDOWN_DEADLINE_S",
         "shutdown_deadline_s",
-        "On SIGTERM, seconds spent draining before exit.",
+        "On SIGTERM, the deadline of the whole stop (draining, in-flight requests, closing); keep the unit's TimeoutStopSec >= this + 6 s.",
     ),
     Setting(
         "SPOOLD_UPSTREAM_TIMEOUT_S", "upstream_timeout_s", "Timeout of one upstream batch request."

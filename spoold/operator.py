@@ -1,7 +1,9 @@
 """Operator commands that work while the daemon is stopped: dead letters and spool stats.
 
-``replay`` re-enqueues dead letters into the spool, so it needs the spool's
+``replay`` re-enqueues dead letters into the spool (``spoold.replay``: every
+page, and never older than the run's latest state), so it needs the spool's
 directory lock: stop spoold first (systemctl stop spoold), replay, start it.
+Which directory the commands use is decided by ``spoold.locate``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from typing import Any, TextIO
 import orjson
 
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.operations import validate_op
-from spoold.recovery import reconcile
+from spoold.replay import open_and_replay
 from spoold.runs_index import RunsIndex
-from spoold.spool import DeadLetter, DeadLetterStore, Spool, SpoolLockedError, inspect_spool
+from spoold.spool import DeadLetter, DeadLetterStore, SpoolLockedError, inspect_spool
 
 
 def _print(value: Any, out: TextIO) -> None:
@@ -39,7 +40,11 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 def deadletter_list(spool_dir: Path, *, limit: int, offset: int, out: TextIO = sys.stdout) -> int:
     with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
         letters = store.list(limit=limit, offset=offset)
-        _print({"total": store.count(), "items": [_summary(letter) for letter in letters]}, out)
+        total = store.count()
+    body: dict[str, Any] = {"total": total, "items": [_summary(letter) for letter in letters]}
+    if offset + len(letters) < total:  # say there is more, rather than look complete
+        body["next_offset"] = offset + len(letters)
+    _print(body, out)
     return 0
 
 
@@ -60,49 +65,35 @@ def deadletter_purge(spool_dir: Path, ids: list[int] | None, *, out: TextIO = sy
     return 0
 
 
-def deadletter_replay(spool_dir: Path, ids: list[int] | None, *, out: TextIO = sys.stdout) -> int:
-    """Move dead letters back into the spool (in batches), then delete them from the store."""
+def deadletter_replay(
+    spool_dir: Path, ids: list[int] | None, *, force: bool = False, out: TextIO = sys.stdout
+) -> int:
+    """Move dead letters back into the spool; exit 1 if some had to be left (said why)."""
     try:
-        spool = Spool(spool_dir)
+        report = open_and_replay(spool_dir, ids, force=force)
     except SpoolLockedError:
         print(
             "spoold: the daemon is running and owns the spool; stop it, then replay",
             file=sys.stderr,
         )
         return 2
-    replayed = invalid = 0
-    try:
-        with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
-            index = RunsIndex(spool_dir / INDEX_FILE)
-            try:
-                # Repair first (as the daemon's start would): the marks the replay moves
-                # must not skip an item the index has not recorded yet.
-                reconcile(spool, index)
-                for _ in range(100_000):  # bounded: each pass removes what it took
-                    letters = store.take_for_replay(ids, limit=500)
-                    if not letters:
-                        break
-                    good = []
-                    for letter in letters:
-                        try:
-                            validate_op(letter.op)
-                            good.append(letter)
-                        except (ValueError, KeyError):
-                            invalid += 1
-                    if not good:
-                        break
-                    ops = [letter.op for letter in good]
-                    index.fold_spooled(spool.put_group(ops), ops)  # counted as accepted again
-                    store.remove(letter.id for letter in good)
-                    replayed += len(good)
-                    if ids is not None:
-                        break
-            finally:
-                index.close()
-    finally:
-        spool.close()
-    _print({"replayed": replayed, "left_invalid": invalid}, out)
-    return 0
+    _print(report.as_json(), out)
+    if report.left_invalid:
+        print(
+            f"spoold: {report.left_invalid} dead letters no longer validate and were kept "
+            "(spoold deadletter show ID; purge them once read)",
+            file=sys.stderr,
+        )
+    if report.left_unverified:
+        print(
+            f"spoold: {report.left_unverified} dead letters are of runs this spool no longer "
+            "remembers, so their order cannot be checked; kept (replay --force sends them as "
+            "they are)",
+            file=sys.stderr,
+        )
+    if report.not_found:
+        print(f"spoold: no dead letters with ids {report.not_found}", file=sys.stderr)
+    return 0 if report.complete else 1
 
 
 def spool_stats(spool_dir: Path, *, out: TextIO = sys.stdout) -> int:

@@ -136,8 +136,9 @@ class Database:
         )
         return db
 
-    async def close(self) -> None:
-        await self.writer.close()
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let the writer finish its queue (for at most timeout_s), then close."""
+        await self.writer.close(timeout_s)
         self.reader.close()
         self.probe.close()
 

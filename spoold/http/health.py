@@ -33,6 +33,10 @@ def assess(
     """ok / degraded / unhealthy, with the reasons; refusing: a write got 503 just now."""
     reasons: list[str] = []
     unhealthy = False
+    accept_failure = sidecar.acceptor.failure
+    if accept_failure is not None:
+        unhealthy = True
+        reasons.append(f"accept thread stopped ({accept_failure}): writes are refused with 503")
     if sidecar.drainer.local_error is not None:
         unhealthy = True
         reasons.append(f"forwarding stalled by a local error: {sidecar.drainer.local_error}")

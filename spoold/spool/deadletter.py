@@ -161,15 +161,19 @@ class DeadLetterStore:
         with self._write() as conn:
             return int(conn.execute("DELETE FROM dead_letters").rowcount)
 
-    def take_for_replay(self, ids: Iterable[int] | None = None, *, limit: int = 1000) -> Records:
-        """Records to re-enqueue (all when ``ids`` is None), oldest first, at most ``limit``.
+    def take_for_replay(
+        self, ids: Iterable[int] | None = None, *, after_id: int = 0, limit: int = 1000
+    ) -> Records:
+        """Records to re-enqueue, oldest first; nothing is removed (re-enqueue, then ``remove``).
 
-        Nothing is removed: re-enqueue the returned ops, then ``remove`` their ids.
-        Calling again after the removal returns the next page.
+        With ``ids``: every one of those records that exists, however many (no cap: pass
+        a page of ids). Without: the next ``limit`` records with an id above ``after_id``,
+        so a caller walks every page, including past records it chose to keep.
         """
         if ids is None:
-            return self.list(limit=limit)
-        wanted = sorted(set(ids))[:limit]
+            sql = f"SELECT {_COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?"
+            return [_row(r) for r in self._read(sql, (after_id, limit))]
+        wanted = sorted(set(ids))
         found: Records = []
         for start in range(0, len(wanted), _CHUNK):
             chunk = tuple(wanted[start : start + _CHUNK])

@@ -1,0 +1,149 @@
+"""Replaying dead letters: back into the spool, page after page, never going back in time.
+
+A dead letter is an old operation. Between its refusal and its replay, newer
+operations of the same run may have been accepted (and delivered, or still be
+queued). Replayed as it is, ``{"status": "running", "items_succeeded": 1}``
+would overwrite the ``success`` / ``3`` those newer operations set. So each
+replayed update keeps only the fields whose value is still the run's latest
+accepted state, which the runs index holds (every accepted operation folded in
+accept order, the dead letter included): a field a newer operation changed is
+dropped, and a letter left with no field is *superseded* and removed. What is
+replayed can then never move the run back, in whatever order it is applied
+relative to newer queued operations; it goes through the spool like any write.
+A create is always replayed: the server only inserts it if the run is missing.
+
+A run the index no longer knows (pruned after ``SPOOLD_INDEX_RETENTION_S``)
+cannot be checked: its letters are kept unless ``force`` says to replay them
+as they are. Letters that no longer validate are kept, counted, and skipped;
+the walk goes on past them (by id), so every page is replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
+from spoold.operations import validate_op
+from spoold.recovery import reconcile
+from spoold.runs_index import RunsIndex
+from spoold.spool import DeadLetter, DeadLetterStore, Spool
+
+PAGE = 500
+
+
+@dataclass
+class ReplayReport:
+    replayed: int = 0  # letters put back in the spool
+    superseded: int = 0  # letters whose every field a newer operation changed: removed
+    fields_dropped: int = 0  # fields left out because a newer operation changed them
+    left_invalid: int = 0  # kept: they no longer validate
+    left_unverified: int = 0  # kept: run unknown to the index (use force)
+    not_found: list[int] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.left_invalid or self.left_unverified or self.not_found)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "replayed": self.replayed,
+            "superseded": self.superseded,
+            "fields_dropped": self.fields_dropped,
+            "left_invalid": self.left_invalid,
+            "left_unverified": self.left_unverified,
+            "not_found": self.not_found,
+        }
+
+
+def still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of ``op`` that agrees with the run's latest accepted state; None if nothing.
+
+    Fields the latest state does not mention are kept (nothing newer set them).
+    """
+    if op.get("kind") == "create":
+        return op
+    body = op["body"]
+    kept = {key: value for key, value in body.items() if key not in latest or latest[key] == value}
+    if not kept:
+        return None
+    return op if len(kept) == len(body) else {**op, "body": kept}
+
+
+def _pages(store: DeadLetterStore, ids: list[int] | None) -> Iterator[list[DeadLetter]]:
+    """Every requested letter, a page at a time, in id order; invalid ones do not stop it."""
+    if ids is not None:
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), PAGE):
+            yield store.take_for_replay(wanted[start : start + PAGE])
+        return
+    after = 0
+    for _ in range(10_000_000):  # bounded: the cursor moves forward every page
+        page = store.take_for_replay(after_id=after, limit=PAGE)
+        if not page:
+            return
+        yield page
+        after = page[-1].id
+
+
+def replay(
+    spool: Spool, store: DeadLetterStore, index: RunsIndex, ids: list[int] | None, *, force: bool
+) -> ReplayReport:
+    """Move dead letters back into the spool (the daemon stopped: the caller holds the spool)."""
+    report = ReplayReport()
+    # Repair first (as the daemon's start would): the marks the replay moves must not
+    # skip an item the index has not recorded yet.
+    reconcile(spool, index)
+    seen: set[int] = set()
+    for page in _pages(store, ids):
+        seen.update(letter.id for letter in page)
+        replayed, done = [], []
+        for letter in sorted(
+            page, key=lambda letter: (letter.op.get("accepted_at", ""), letter.id)
+        ):
+            try:
+                validate_op(letter.op)
+                event_id = letter.op["event_id"]
+                if not isinstance(event_id, str):
+                    raise TypeError("event_id")
+            except (ValueError, KeyError, TypeError):
+                report.left_invalid += 1
+                continue
+            known = None
+            if letter.op["kind"] != "create":  # a create never overwrites: no check needed
+                known = index.get(event_id)
+                if known is None and not force:
+                    report.left_unverified += 1
+                    continue
+            op = letter.op if known is None else still_current(letter.op, known.snapshot)
+            done.append(letter.id)
+            if op is None:
+                report.superseded += 1
+                report.fields_dropped += len(letter.op.get("body", {}))
+                continue
+            report.fields_dropped += len(letter.op.get("body", {})) - len(op.get("body", {}))
+            replayed.append(op)
+        if replayed:
+            index.fold_spooled(spool.put_group(replayed), replayed)  # accepted again
+        if done:
+            store.remove(done)  # only once the spool and the index have them
+        report.replayed += len(replayed)
+    if ids is not None:
+        report.not_found = sorted(set(ids) - seen)
+    return report
+
+
+def open_and_replay(spool_dir: Path, ids: list[int] | None, *, force: bool) -> ReplayReport:
+    """Open the spool (its lock: the daemon must be stopped), the store and the index; replay."""
+    spool = Spool(spool_dir)
+    try:
+        with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
+            index = RunsIndex(spool_dir / INDEX_FILE)
+            try:
+                return replay(spool, store, index, ids, force=force)
+            finally:
+                index.close()
+    finally:
+        spool.close()
