@@ -14,19 +14,19 @@ from spoold.forward import drainer as drainer_module
 async def test_a_failed_read_ahead_does_not_strand_its_groups(
     dead_url: str, make_sidecar: Any, start_central: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Encoding the second (read-ahead) round raises once while the server is down; once the
-    server is up every run is delivered and the spool drains to zero."""
-    encode = drainer_module.encode_batch
+    """Packing the second (read-ahead) round into batches raises once while the server is
+    down; once the server is up every run is delivered and the spool drains to zero."""
+    pack = drainer_module.pack
     calls = {"with_snapshots": 0}
 
-    def failing_encode(snapshots: Any) -> bytes:
+    def failing_pack(snapshots: Any, *args: Any) -> Any:
         if snapshots:
             calls["with_snapshots"] += 1
             if calls["with_snapshots"] == 2:  # the round read ahead while the first is retried
                 raise MemoryError("injected: read-ahead failed")
-        return encode(snapshots)
+        return pack(snapshots, *args)
 
-    monkeypatch.setattr(drainer_module, "encode_batch", failing_encode)
+    monkeypatch.setattr(drainer_module, "pack", failing_pack)
     sidecar = await make_sidecar(dead_url, batch_size=1)
     runs = [make_run() for _ in range(4)]
     for run in runs:
