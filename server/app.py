@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.http import ops, runs
+from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.docs import docs_routes
 from server.http.middleware import (
     REQUEST_OBSERVER,
@@ -66,7 +67,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: ServerConfig) -> web.Application:
     """The central server as an aiohttp application."""
-    middlewares: list[Middleware] = [error_boundary]
+    middlewares: list[Middleware] = [error_boundary, admission_middleware]
     if config.rate_limit_enabled:
         limiter = RateLimiter(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
         middlewares.append(rate_limit_middleware(limiter))
@@ -76,6 +77,7 @@ def create_app(config: ServerConfig) -> web.Application:
         )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.max_inflight_requests, config.max_inflight_bytes)
     metrics = ServerMetrics()
     app[ops.METRICS] = metrics
     app[REQUEST_OBSERVER] = metrics.http.observe

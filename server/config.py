@@ -98,7 +98,25 @@ SETTINGS: tuple[Setting, ...] = (
         "shutdown_timeout_s",
         "Seconds SIGTERM waits for in-flight requests.",
     ),
+    Setting(
+        "TELEMETRY_MAX_INFLIGHT_REQUESTS",
+        "max_inflight_requests",
+        "Requests handled at once; more get 503 with Retry-After (/health, /metrics exempt).",
+    ),
+    Setting(
+        "TELEMETRY_MAX_INFLIGHT_BYTES",
+        "max_inflight_bytes",
+        "Request body bytes held at once (at least TELEMETRY_MAX_BODY_BYTES); a request that "
+        "does not fit gets 503 with Retry-After, unread.",
+    ),
 )
+
+#: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
+#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~160 MiB of Python objects), so
+#: 48 MiB of bodies in flight cost at most ~1.5 GiB, leaving ~0.5 GiB for the process
+#: itself (~60 MiB), SQLite caches and the reader threads' results.
+DEFAULT_MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_REQUESTS = 1024
 
 
 class ServerConfig(BaseModel):
@@ -123,12 +141,23 @@ class ServerConfig(BaseModel):
     metadata_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     reader_threads: int = Field(default=4, ge=1, le=64)
+    max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
+    max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 
     @model_validator(mode="after")
     def _token_when_auth(self) -> ServerConfig:
         if self.auth_enabled and not self.auth_token:
             raise ValueError(
                 "TELEMETRY_API_AUTH_TOKEN must be set when TELEMETRY_API_AUTH_ENABLED=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inflight_fits_a_body(self) -> ServerConfig:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                "TELEMETRY_MAX_INFLIGHT_BYTES must be at least TELEMETRY_MAX_BODY_BYTES"
+                " (a largest body must fit)"
             )
         return self
 

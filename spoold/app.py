@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.docs import docs_routes
 from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
@@ -202,8 +203,11 @@ async def _start_drain_deadline(app: web.Application) -> None:
 
 def create_app(config: SpooldConfig) -> web.Application:
     """The sidecar as an aiohttp application."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[error_boundary, admission_middleware]
+    )
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.max_inflight_requests, config.max_inflight_bytes)
     app[MAX_JSON_DEPTH] = 32
     metrics = SidecarMetrics()
     app[SIDECAR_METRICS] = metrics

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.settings import ConfigError, Setting, load
 
@@ -90,7 +90,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
     ),
+    Setting(
+        "SPOOLD_MAX_INFLIGHT_REQUESTS",
+        "max_inflight_requests",
+        "Requests handled at once; more get 503 with Retry-After (/health, /metrics exempt).",
+    ),
+    Setting(
+        "SPOOLD_MAX_INFLIGHT_BYTES",
+        "max_inflight_bytes",
+        "Request body bytes held at once (at least SPOOLD_MAX_BODY_BYTES); a request that "
+        "does not fit gets 503 with Retry-After, unread.",
+    ),
 )
+
+#: Admission defaults, from the unit's MemoryMax=512M. A parsed body costs up to ~32 times
+#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~160 MiB of Python objects), so
+#: 10 MiB of bodies in flight (two of the largest) cost at most ~320 MiB, leaving ~190 MiB
+#: for the process itself (~60 MiB) and the drainer's batches.
+DEFAULT_MAX_INFLIGHT_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_REQUESTS = 256
 
 
 class SpooldConfig(BaseModel):
@@ -115,6 +133,8 @@ class SpooldConfig(BaseModel):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
+    max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 
     @field_validator("upstream_url")
     @classmethod
@@ -122,6 +142,15 @@ class SpooldConfig(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _inflight_fits_a_body(self) -> SpooldConfig:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                "SPOOLD_MAX_INFLIGHT_BYTES must be at least SPOOLD_MAX_BODY_BYTES"
+                " (a largest body must fit)"
+            )
+        return self
 
     @property
     def max_spool_bytes(self) -> int:
