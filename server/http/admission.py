@@ -93,7 +93,7 @@ class Admission:
 
 
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
-_TICKET = "admission_ticket"
+_TICKET: web.RequestKey[Ticket] = web.RequestKey("admission_ticket", Ticket)
 
 
 @web.middleware
