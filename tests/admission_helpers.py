@@ -105,11 +105,19 @@ class Served:
         return raw
 
     async def call(
-        self, method: str, path: str, *, json_body: Any = None, data: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         """Status, headers (lower-case names) and parsed body; no traceback ever leaks."""
         assert self.http is not None
-        async with self.http.request(method, path, json=json_body, data=data) as response:
+        async with self.http.request(
+            method, path, json=json_body, data=data, headers=headers
+        ) as response:
             text = await response.text()
             for marker in FORBIDDEN_IN_ANY_BODY:
                 assert marker not in text, text[:300]

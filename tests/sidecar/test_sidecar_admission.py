@@ -100,7 +100,8 @@ async def test_beyond_the_bounds_writes_get_503_and_nothing_is_spooled(serve, de
     status, _, health = await sidecar.call("GET", "/health")  # 503 here: upstream is down
     assert status in (200, 503)
     assert "status" in health, health  # the health answer, not the admission's refusal
-    assert (await sidecar.call("GET", "/metrics"))[0] == 200
+    scrape = await sidecar.call("GET", "/metrics", headers={"Accept": "text/plain"})
+    assert scrape[0] == 200, scrape
     assert sidecar.admission.refused == 4
     assert (await counters(sidecar))["accepted"] == 0
 
