@@ -29,11 +29,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from server.contract.errors import BadRequest, ServiceUnavailable, retry_after
+from server.http.middleware import error_response
 
 #: Never refused, never counted.
 EXEMPT_PATHS = frozenset({"/health", "/metrics"})
 #: What a refused client is told to wait: requests in flight finish within moments.
 RETRY_AFTER_S = 1.0
+
+
+class Busy(ServiceUnavailable):
+    """The admission's refusal: the standard 503, answered on a connection that then closes."""
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Admission:
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
-        raise ServiceUnavailable(f"busy, retry later: {why}", headers=retry_after(RETRY_AFTER_S))
+        raise Busy(f"busy, retry later: {why}", headers=retry_after(RETRY_AFTER_S))
 
 
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
@@ -98,17 +103,33 @@ _TICKET: web.RequestKey[Ticket] = web.RequestKey("admission_ticket", Ticket)
 
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admit the request (or answer 503) before its body is read; release after its answer."""
+    """Admit the request (or answer 503) before its body is read; release after its answer.
+
+    A refused request's connection is closed after the answer (aiohttp first reads and
+    discards what is left of the body, for a while): a client must not send its next
+    request on a connection whose unread bytes may make the server reset it.
+    """
     admission = request.app.get(ADMISSION)
     if admission is None or request.path in EXEMPT_PATHS:
         return await handler(request)
     announced = request.content_length or 0
-    ticket = admission.admit(min(announced, request.client_max_size))
+    try:
+        ticket = admission.admit(min(announced, request.client_max_size))
+    except Busy as refusal:
+        return _closing(refusal)
     request[_TICKET] = ticket
     try:
         return await handler(request)
+    except Busy as refusal:  # a body charged as read no longer fits
+        return _closing(refusal)
     finally:
         admission.release(ticket)
+
+
+def _closing(refusal: Busy) -> web.Response:
+    response = error_response(refusal)
+    response.force_close()
+    return response
 
 
 async def read_body(request: web.Request) -> bytearray:

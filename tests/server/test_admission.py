@@ -4,6 +4,7 @@ changes nothing; what a request holds is given back however it ends."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -164,8 +165,9 @@ async def test_a_body_that_does_not_fit_is_refused_before_it_is_sent(serve, new_
 
 
 async def test_a_refused_body_sent_in_full_is_answered_not_reset(serve, new_run):
-    """A client that writes its whole body before reading gets the 503, not a reset, and the
-    same connection carries its retry."""
+    """A client that writes its whole body before reading gets the 503, not a reset; the
+    server closes that connection once it has read the rest, so no next request is sent on
+    it; the retry on a new connection is stored."""
     server = await serve(max_body_bytes=8 * KIB, max_inflight_bytes=8 * KIB)
     held_body = padded(new_run(), 6 * KIB)
     held = await hold(server, held_body)
@@ -175,14 +177,18 @@ async def test_a_refused_body_sent_in_full_is_answered_not_reset(serve, new_run)
     client = await server.connect()
     await client.send_head("POST", "/api/v1/runs", json_head(len(body)))
     await client.send(body)
-    assert_busy(*await client.response())
+    status, headers, answer = await client.response()
+    assert_busy(status, headers, answer)
+    assert headers.get("connection", "").lower() == "close", headers
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""  # closed after the answer
     await held.send(held_body)
     assert (await held.response())[0] == 201
     await until(lambda: server.admission.requests == 0, "the held request's release")
 
-    await client.send_head("POST", "/api/v1/runs", json_head(len(body)))  # the same socket
-    await client.send(body)
-    status, _, answer = await client.response()
+    retry = await server.connect()
+    await retry.send_head("POST", "/api/v1/runs", json_head(len(body)))
+    await retry.send(body)
+    status, _, answer = await retry.response()
     assert (status, answer["event_id"]) == (201, run["event_id"])
 
 
@@ -205,9 +211,10 @@ async def test_chunked_bodies_are_charged_as_read_and_refused_once_over(serve, n
     await held.send(held_body)
     assert (await held.response())[0] == 201
     await until(lambda: server.admission.bytes == 0, "every reservation's release")
-    await chunked.send_head("POST", "/api/v1/runs", CHUNKED_HEAD)
-    await chunked.send_chunked(body)
-    assert (await chunked.response())[0] == 201
+    again = await server.connect()  # the refused request's connection was closed
+    await again.send_head("POST", "/api/v1/runs", CHUNKED_HEAD)
+    await again.send_chunked(body)
+    assert (await again.response())[0] == 201
 
 
 async def test_a_compressed_body_is_charged_for_what_it_decodes_to(serve, new_run):
