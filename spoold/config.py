@@ -103,11 +103,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-#: Admission defaults, from the unit's MemoryMax=512M. A parsed body costs up to ~32 times
-#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~160 MiB of Python objects), so
-#: 10 MiB of bodies in flight (two of the largest) cost at most ~320 MiB, leaving ~190 MiB
-#: for the process itself (~60 MiB) and the drainer's batches.
-DEFAULT_MAX_INFLIGHT_BYTES = 10 * 1024 * 1024
+#: Admission defaults, from the unit's MemoryMax=512M. A parsed body costs up to ~35 times
+#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~170 MiB: its Python objects plus
+#: the encoded operation), so 6 MiB of bodies in flight (one of the largest, plus small
+#: writes) cost at most ~210 MiB, leaving ~300 MiB for the process itself (~60 MiB) and the
+#: drainer's decoded batches.
+DEFAULT_MAX_INFLIGHT_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 256
 
 

@@ -57,7 +57,11 @@ _ERRORS = {
     "413": ("PayloadTooLarge", "Body over the size limit, or a batch over the item limit."),
     "422": ("ValidationError", "Invalid input; `detail` lists `{loc, msg, type}` entries."),
     "429": ("RateLimited", "Rate limit exceeded (only when rate limiting is enabled)."),
-    "503": ("ServiceUnavailable", "Temporarily unable to accept writes; retry later."),
+    "503": (
+        "ServiceUnavailable",
+        "Busy (requests or body bytes in flight at their bound), or temporarily unable to "
+        "accept writes; retry after `Retry-After` seconds.",
+    ),
 }
 
 _PARAM_TEXTS = {"limit": "Page size.", "offset": "Runs to skip."}  # others: exact match
@@ -243,6 +247,7 @@ def _op(
         codes.add("422")
     if path not in ("/health", "/metrics"):  # never rate limited
         codes.add("429")
+        codes.add("503")  # admission control (server.http.admission)
     if "{event_id}" in path:
         codes.add("404")
         schema = {"type": "string", "minLength": 1, "maxLength": fields.IDENTIFIER_MAX_LEN}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from daemons import Daemon, free_port
-from procs import Reaper, server_rows, start_server, start_spoold, wait_drained
+from procs import Reaper, server_rows, start_server, start_spoold, wait_drained, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -229,6 +229,13 @@ def watched(daemon: Daemon, limit: int) -> Iterator[RssWatch]:
         yield watch
 
 
+def drained_now(spoold: Daemon) -> bool:
+    with contextlib.suppress(AssertionError):
+        wait_drained(spoold, timeout_s=0.1)
+        return True
+    return False
+
+
 def report(name: str, watch: RssWatch, limit: int, flood: Flood) -> str:
     line = (
         f"{name}: peak RSS {watch.peak() / MIB:.0f} MiB, MemoryMax {limit / MIB:.0f} MiB, "
@@ -256,6 +263,12 @@ def test_server_flooded_with_large_bodies_stays_under_memory_max(
     check_stored(flood, db)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8: the drainer still reads rounds of up to SPOOLD_BATCH_SIZE operations, "
+    "decoded (~35 bytes per byte), whatever their size; passes once its batches are bounded "
+    "in bytes (drainer slice) - then remove this marker",
+)
 def test_spoold_flooded_with_large_bodies_stays_under_memory_max(
     tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -278,8 +291,12 @@ def test_spoold_flooded_with_large_bodies_stays_under_memory_max(
         report("spoold, server down", watch, limit, down)
         start_server(reaper, tmp_path, port=server_port, db=db)
         asyncio.run(run_flood(spoold.port, up, seed=3))
-        if not watch.killed:
-            wait_drained(spoold, timeout_s=300)
+        wait_until(
+            lambda: watch.killed or spoold.process.poll() is not None or drained_now(spoold),
+            timeout_s=300,
+            what="spoold to drain (or die)",
+            interval_s=0.5,
+        )
         line = report("spoold, server up", watch, limit, up)
         assert not watch.killed, f"killed past 2 x MemoryMax; {line}"
         assert watch.peak() < limit, line

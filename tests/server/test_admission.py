@@ -297,3 +297,14 @@ async def test_errors_inside_handlers_release_their_slot(serve, new_run):
     assert (await server.call("GET", "/api/v1/runs/nope"))[0] == 404
     await until(lambda: server.admission.requests == 0, "every release")
     assert (server.admission.bytes, server.admission.refused) == (0, 0)
+
+
+async def test_openapi_documents_the_admission_503(serve):
+    """Every operation admission may refuse documents 503; /health and /metrics do not."""
+    server = await serve()
+    status, _, spec = await server.call("GET", "/openapi.json")
+    assert status == 200
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            refusable = path not in ("/health", "/metrics")
+            assert ("503" in op["responses"]) == refusable or path == "/health", (path, method)
