@@ -15,6 +15,9 @@ write is taken, retried every ``DEBT_RETRY_S`` while nothing arrives. Until
 then the drainer does not see the item (``Spool.publish``), so nothing is
 settled that the index does not know. A crash with a debt is repaired at
 start-up (``spoold.recovery``).
+
+The queue is bounded by admission control, not here: handlers await ``submit``
+before they answer, and ``server.http.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations

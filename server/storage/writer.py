@@ -4,6 +4,9 @@ Requests hand it small functions; the thread takes every function waiting in
 its queue, runs them in one transaction (each inside its own SAVEPOINT, so one
 failing operation does not undo its neighbours) and commits once. Under load
 many requests share one fsync — group commit — with no added latency when idle.
+
+The queue is bounded by admission control, not here: handlers await ``run`` before
+they answer, and ``server.http.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations
