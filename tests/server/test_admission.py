@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.contract.errors import ServiceUnavailable
 from server.http.admission import Admission
+from server.http.runs import DATABASE
 
 # ---- the counter itself -------------------------------------------------------------------
 
@@ -308,3 +310,29 @@ async def test_openapi_documents_the_admission_503(serve):
         for method, op in operations.items():
             refusable = path not in ("/health", "/metrics")
             assert ("503" in op["responses"]) == refusable or path == "/health", (path, method)
+
+
+async def test_a_write_counts_until_the_writer_has_committed_it(serve, new_run, tmp_path):
+    """The writer's queue holds only admitted bytes: while the database is locked by another
+    process, the waiting write keeps its request and bytes; they are released once it is
+    committed and answered."""
+    server = await serve(busy_timeout_ms=10_000)
+    run = new_run()
+    body = padded(run, 3 * KIB)
+    other = sqlite3.connect(tmp_path / "t.sqlite", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would take it
+        client = await server.connect()
+        await client.send_head("POST", "/api/v1/runs", json_head(len(body)))
+        await client.send(body)
+        database = server.app[DATABASE]
+        await until(lambda: database.writer.pending == 1, "the write to reach the writer")
+        await asyncio.sleep(0.2)  # the writer thread is waiting on the lock
+        assert (server.admission.requests, server.admission.bytes) == (1, len(body))
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    status, _, answer = await client.response()
+    assert (status, answer["event_id"]) == (201, run["event_id"])
+    await until(lambda: server.admission.requests == 0, "the release after the answer")
+    assert server.admission.bytes == 0

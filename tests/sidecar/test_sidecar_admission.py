@@ -13,8 +13,10 @@ from admission_helpers import CHUNKED_HEAD, KIB, Served, assert_busy, json_head,
 from sidecar_helpers import make_run, wait_until
 from structlog.testing import capture_logs
 
+from server.contract.models import RunCreate
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
+from spoold.operations import create_op
 
 Serve = Callable[..., Any]
 
@@ -166,3 +168,21 @@ async def test_writes_admitted_around_refusals_are_delivered(serve, central):
     assert (await central.api.get(f"/api/v1/runs/{held_run['event_id']}")).status == 200
     assert (await central.api.get(f"/api/v1/runs/{admitted['event_id']}")).status == 200
     assert (await central.api.get(f"/api/v1/runs/{refused['event_id']}")).status == 404
+
+
+def test_a_create_operation_shares_its_free_form_json_with_the_model() -> None:
+    """The spooled create holds the request's metrics_json/context_json objects, not copies
+    (a copy doubled the memory of a large body), and its encoding is unchanged."""
+    run = RunCreate.model_validate(
+        make_run(metrics_json={"a": [[], {}, 1]}, context_json={}, error_details="e")
+    )
+    op = create_op(run, "2026-01-12T10:31:00Z")
+    assert op["body"]["metrics_json"] is run.metrics_json
+    assert op["body"]["context_json"] is run.context_json
+    assert op["body"] == {
+        **run.model_dump(exclude_none=True),
+        "created_at": "2026-01-12T10:31:00Z",
+    }
+    bare = create_op(RunCreate.model_validate(make_run()), "2026-01-12T10:31:00Z")
+    assert "metrics_json" not in bare["body"]
+    assert "context_json" not in bare["body"]
