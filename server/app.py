@@ -14,6 +14,7 @@ from server import __version__
 from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
 from server.http import ops, runs
+from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
 from server.http.middleware import (
@@ -77,7 +78,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: ServerConfig) -> web.Application:
     """The central server as an aiohttp application."""
-    middlewares: list[Middleware] = [error_boundary]
+    middlewares: list[Middleware] = [error_boundary, admission_middleware]
     if config.rate_limit_enabled:
         limiter = RateLimiter(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
         middlewares.append(rate_limit_middleware(limiter))
@@ -91,6 +92,7 @@ def create_app(config: ServerConfig) -> web.Application:
         config.auth_token if config.auth_enabled else None,
         protect_reads=config.auth_protect_reads,
     )
+    app[ADMISSION] = Admission(config.max_inflight_requests, config.max_inflight_bytes)
     metrics = ServerMetrics()
     app[ops.METRICS] = metrics
     app[REQUEST_OBSERVER] = metrics.http.observe

@@ -110,7 +110,25 @@ SETTINGS: tuple[Setting, ...] = (
         "shutdown_timeout_s",
         "On SIGTERM, the deadline of the whole stop (in-flight requests, then the writer); keep the unit's TimeoutStopSec >= this + 6 s.",
     ),
+    Setting(
+        "TELEMETRY_MAX_INFLIGHT_REQUESTS",
+        "max_inflight_requests",
+        "Requests handled at once; more get 503 with Retry-After (/health, /metrics exempt).",
+    ),
+    Setting(
+        "TELEMETRY_MAX_INFLIGHT_BYTES",
+        "max_inflight_bytes",
+        "Request body bytes held at once (at least TELEMETRY_MAX_BODY_BYTES); a request that "
+        "does not fit gets 503 with Retry-After, unread.",
+    ),
 )
+
+#: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
+#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~160 MiB of Python objects), so
+#: 48 MiB of bodies in flight cost at most ~1.5 GiB, leaving ~0.5 GiB for the process
+#: itself (~60 MiB), SQLite caches and the reader threads' results.
+DEFAULT_MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_REQUESTS = 1024
 
 
 class ServerConfig(BaseModel):
@@ -137,6 +155,8 @@ class ServerConfig(BaseModel):
     metadata_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     reader_threads: int = Field(default=4, ge=1, le=64)
+    max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
+    max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
@@ -158,6 +178,15 @@ class ServerConfig(BaseModel):
             "TELEMETRY_TLS_CERT_FILE",
             "TELEMETRY_TLS_KEY_FILE",
         )
+        return self
+
+    @model_validator(mode="after")
+    def _inflight_fits_a_body(self) -> ServerConfig:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                "TELEMETRY_MAX_INFLIGHT_BYTES must be at least TELEMETRY_MAX_BODY_BYTES"
+                " (a largest body must fit)"
+            )
         return self
 
     @classmethod

@@ -21,6 +21,9 @@ The thread is supervised: a group that fails in any unforeseen way is answered
 the thread dies all the same, every write waiting and every later one is
 refused at once with 503 instead of hanging, and ``failure`` says why, for
 /health.
+
+The queue is bounded by admission control, not here: handlers await ``submit``
+before they answer, and ``server.http.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations

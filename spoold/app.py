@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from server.daemon import STOP_DEADLINE, StopDeadline
+from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.docs import docs_routes
 from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
@@ -237,8 +238,11 @@ def create_app(
     config: SpooldConfig, *, upstream_ssl: ssl.SSLContext | None = None
 ) -> web.Application:
     """The sidecar as an aiohttp application; upstream_ssl defaults to one built from config."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_boundary])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[error_boundary, admission_middleware]
+    )
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.max_inflight_requests, config.max_inflight_bytes)
     app[_UPSTREAM_SSL] = upstream_ssl or upstream_context(config.upstream_ca_file)
     app[STOP_DEADLINE] = StopDeadline(config.shutdown_deadline_s)
     # The body may be as deep as the server's limit; the exact check, on the operation as

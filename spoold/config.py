@@ -122,7 +122,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
     ),
+    Setting(
+        "SPOOLD_MAX_INFLIGHT_REQUESTS",
+        "max_inflight_requests",
+        "Requests handled at once; more get 503 with Retry-After (/health, /metrics exempt).",
+    ),
+    Setting(
+        "SPOOLD_MAX_INFLIGHT_BYTES",
+        "max_inflight_bytes",
+        "Request body bytes held at once (at least SPOOLD_MAX_BODY_BYTES); a request that "
+        "does not fit gets 503 with Retry-After, unread.",
+    ),
 )
+
+#: Admission defaults, from the unit's MemoryMax=512M. A parsed body costs up to ~35 times
+#: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~170 MiB: its Python objects plus
+#: the encoded operation), so 6 MiB of bodies in flight (one of the largest, plus small
+#: writes) cost at most ~210 MiB, leaving ~300 MiB for the process itself (~60 MiB) and the
+#: drainer's decoded batches.
+DEFAULT_MAX_INFLIGHT_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_REQUESTS = 256
 
 
 class SpooldConfig(BaseModel):
@@ -152,6 +171,8 @@ class SpooldConfig(BaseModel):
     upstream_max_json_depth: int = Field(default=32, ge=4, le=512)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
+    max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 
     @field_validator("upstream_url")
     @classmethod
@@ -173,6 +194,15 @@ class SpooldConfig(BaseModel):
             raise ValueError(
                 "SPOOLD_UPSTREAM_CA_FILE is set but SPOOLD_UPSTREAM_URL is not https://: "
                 "the CA would never be used and batches would travel in clear text"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inflight_fits_a_body(self) -> SpooldConfig:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                "SPOOLD_MAX_INFLIGHT_BYTES must be at least SPOOLD_MAX_BODY_BYTES"
+                " (a largest body must fit)"
             )
         return self
 

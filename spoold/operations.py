@@ -20,8 +20,16 @@ from server.contract.models import CommitAssociation, RunCreate, RunUpdate
 Kind = Literal["create", "update", "commit"]
 
 
+#: Free-form JSON fields, shared with the model rather than copied by model_dump: a copy
+#: would double the memory of a large body (its Python objects cost many times its bytes).
+_SHARED_FIELDS = frozenset({"metrics_json", "context_json"})
+
+
 def create_op(run: RunCreate, accepted_at: str) -> dict[str, Any]:
-    body = run.model_dump(exclude_none=True)
+    body = run.model_dump(exclude_none=True, exclude=set(_SHARED_FIELDS))
+    for name in sorted(_SHARED_FIELDS):
+        if getattr(run, name) is not None:
+            body[name] = getattr(run, name)
     body["created_at"] = run.created_at or accepted_at
     return {"kind": "create", "event_id": run.event_id, "body": body, "accepted_at": accepted_at}
 

@@ -6,6 +6,7 @@ pathological body is a 400 rather than deep recursion anywhere downstream.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from server.contract.errors import MalformedJson, ValidationFailed
 DEFAULT_MAX_DEPTH = 32
 
 
-def loads(raw: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+def loads(raw: bytes | bytearray | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse JSON; raise MalformedJson for bad syntax or nesting deeper than max_depth."""
     if not raw:
         raise ValidationFailed(
@@ -31,22 +32,31 @@ def loads(raw: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
 
 
 def nesting_depth(value: Any, *, limit: int) -> int:
-    """Depth of nested arrays/objects, counting stops once it passes limit."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """Depth of nested arrays/objects, counting stops once it passes limit.
+
+    Walks with one iterator per open container, so the walk costs memory in
+    the depth, not in the number of elements (a flat array of millions of
+    items must not cost millions of stack entries).
+    """
+    if not isinstance(value, (dict, list)):
+        return 0
+    deepest = 1
+    stack = [iter(_children(value))]
     while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
+        for child in stack[-1]:
+            if isinstance(child, (dict, list)):
+                stack.append(iter(_children(child)))
+                deepest = max(deepest, len(stack))
+                if deepest > limit:
+                    return deepest
+                break
         else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
+            stack.pop()
     return deepest
+
+
+def _children(node: dict[Any, Any] | list[Any]) -> Iterable[Any]:
+    return node.values() if isinstance(node, dict) else node
 
 
 def dumps(value: Any) -> bytes:

@@ -75,8 +75,9 @@ _ERRORS: dict[str, _Error] = {
     "429": ("RateLimited", "Rate limit exceeded (only when rate limiting is enabled)."),
     "503": (
         "ServiceUnavailable",
-        "Temporarily unable to answer (database busy or unavailable, shutting down); "
-        "retry after `Retry-After` seconds.",
+        "Busy (requests or body bytes in flight at their bound), or temporarily unable to "
+        "answer (database busy or unavailable, shutting down); retry after `Retry-After` "
+        "seconds.",
     ),
 }
 #: Headers an error answer may carry, by status.
@@ -381,6 +382,8 @@ def _error_codes(op_id: str, path: str, variant: ApiVariant, *, has_params: bool
         codes.discard("503")  # served from the writer's counters: no database read to fail
     if has_params:
         codes.add("422")
+    if path not in ("/health", "/metrics"):
+        codes.add("503")  # admission control (server.http.admission)
     if "{event_id}" in path:
         codes.add("404")
     # spoold relays the server's own 401 / 429 on reads; it has neither on writes.

@@ -7,19 +7,18 @@ from typing import Any
 from aiohttp import web
 
 from server.contract.codec import loads
-from server.contract.errors import BadRequest, NotFound
+from server.contract.errors import NotFound
 from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
+from server.http.admission import read_body
 
 MAX_JSON_DEPTH: web.AppKey[int] = web.AppKey("max_json_depth", int)
 
 
 async def read_json(request: web.Request) -> Any:
     """The parsed body. Any content type is read as JSON (curl without -H still works);
-    oversize bodies raise aiohttp's 413, which the error boundary answers as JSON."""
-    try:
-        raw = await request.read()
-    except web.RequestPayloadError as exc:
-        raise BadRequest("request body could not be decoded (check Content-Encoding)") from exc
+    oversize bodies raise aiohttp's 413, which the error boundary answers as JSON.
+    The bytes are read under admission control (``server.http.admission``)."""
+    raw = await read_body(request)
     return loads(raw, max_depth=request.app[MAX_JSON_DEPTH])
 
 

@@ -9,6 +9,9 @@ The thread is supervised: a group that fails in any unexpected way is rolled
 back and its requests answered 503 (retry), and the next group goes on. Should
 the thread die all the same, every waiting and later write is answered 503 at
 once (never left hanging) and ``failure`` says why, for /health.
+
+The queue is bounded by admission control, not here: handlers await ``run`` before
+they answer, and ``server.http.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -88,3 +89,16 @@ def test_empty_object_stays_object():
     """{} serialises as {} (not null, not [])."""
     assert dumps_text({}) == "{}"
     assert loads(b"{}") == {}
+
+
+def test_depth_check_costs_memory_in_depth_not_in_elements() -> None:
+    """Checking a flat array of a million items allocates next to nothing (it used to build a
+    stack entry per item: ~60 MiB here), so admission's bytes bound holds for large bodies."""
+    flat = {"a": [[] for _ in range(1_000_000)]}
+    tracemalloc.start()
+    try:
+        assert nesting_depth(flat, limit=32) == 3
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak
