@@ -171,6 +171,17 @@ class ServerConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _protect_reads_needs_auth(self) -> ServerConfig:
+        # Without auth there is no token to check: reads would stay open while the
+        # operator believes them protected.
+        if self.auth_protect_reads and not self.auth_enabled:
+            raise ValueError(
+                "TELEMETRY_API_AUTH_PROTECT_READS=true needs TELEMETRY_API_AUTH_ENABLED=true "
+                "(and a TELEMETRY_API_AUTH_TOKEN): without auth nothing would be protected"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         require_pair(
             self.tls_cert_file,
