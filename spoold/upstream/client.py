@@ -34,8 +34,15 @@ SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
 def run_path(event_id: str, *tail: str) -> str:
-    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment."""
-    return "/".join(("/api/v1/runs", quote(event_id, safe=""), *tail))
+    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment.
+
+    ``quote`` leaves dots alone, so an id ``.`` or ``..`` is escaped by hand: any HTTP
+    stack on the way may otherwise resolve it as a dot segment (``/api/v1/runs/..`` is
+    ``/api/v1/``)."""
+    segment = quote(event_id, safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    return "/".join(("/api/v1/runs", segment, *tail))
 
 
 class UpstreamUnavailable(Exception):

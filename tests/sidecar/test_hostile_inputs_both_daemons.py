@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 from sidecar_helpers import Api, make_run
+from yarl import URL
 
 START = '"event_id":"hostile","run_id":"r","agent_name":"a","job_type":"j",'
 START += '"start_time":"2026-01-12T10:30:00Z"'
@@ -112,3 +113,28 @@ async def test_ids_made_of_url_syntax_name_their_own_run_on_both_daemons(
         assert reply.status == 200, reply.body
         assert (reply.body["event_id"], reply.body["items_failed"]) == (event_id, 3)
     assert (await central.api.run("a"))["items_failed"] == 0
+
+
+@pytest.mark.parametrize("event_id", [".", ".."])
+async def test_dot_segment_ids_leave_spoold_encoded(central, make_sidecar, event_id):
+    """``quote`` leaves dots alone, and every HTTP stack between spoold and the server may
+    resolve a ``.``/``..`` segment (``/api/v1/runs/..`` is ``/api/v1/``): spoold sends such
+    an id as ``%2E`` escapes, which the server decodes back to the id."""
+    from spoold.upstream.client import run_path
+
+    assert run_path(event_id) == "/api/v1/runs/" + "%2E" * len(event_id)
+    assert (
+        run_path(event_id, "commit-url") == "/api/v1/runs/" + "%2E" * len(event_id) + "/commit-url"
+    )
+    await central.api.create(make_run(event_id=event_id))
+    sidecar = await make_sidecar(central.url)
+    async with sidecar.client.session.request(
+        "PATCH",
+        URL(sidecar.url + "/api/v1/runs/" + "%2E" * len(event_id), encoded=True),
+        json={"items_failed": 4},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    assert (await sidecar.wait_drained())["counters"]["dead_lettered"] == 0
+    stored_url = URL(central.url + "/api/v1/runs/" + "%2E" * len(event_id), encoded=True)
+    async with central.api.client.session.get(stored_url) as stored:
+        assert (await stored.json())["items_failed"] == 4
