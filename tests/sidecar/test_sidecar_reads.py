@@ -208,3 +208,21 @@ async def test_relayed_headers_are_matched_whatever_their_case(fake, make_sideca
     assert reply.status == 200
     assert reply.headers.get("X-Next-Cursor") == "next.page"
     assert reply.headers.get("Retry-After") == "3"
+
+
+async def test_associate_answer_never_takes_a_run_id_from_a_foreign_200(
+    fake, make_sidecar, central
+):
+    """associate-commit of a run known here without its run_id asks the server for it: an
+    answer about another run (or not a run) must not lend its run_id to this one."""
+    fake.batch_default = answer(503)
+    sidecar = await make_sidecar(fake.url)
+    run = make_run()
+    await central.api.create(run)
+    path = f"/api/v1/runs/{run['event_id']}"
+    assert (await sidecar.patch(path, json={"items_failed": 1})).status == 200
+    fake.read_default = answer(200, {"event_id": "another-run", "run_id": "not-this-run"})
+    commit = {"commit_hash": "abcdef1", "commit_source": "ci"}
+    reply = await sidecar.post(f"{path}/associate-commit", json=commit)
+    assert reply.status == 200, reply.body
+    assert reply.body["run_id"] in (None, run["run_id"])
