@@ -57,7 +57,8 @@ SETTINGS: tuple[Setting, ...] = (
         "auth_protect_reads",
         "Also require the token on every read of run data: queries and metadata (401 "
         "without it); /metrics agent names and the database path in /health and /metrics "
-        "(left out without it).",
+        "(left out without it). Needs TELEMETRY_API_AUTH_ENABLED=true: start-up refuses it "
+        "otherwise.",
     ),
     Setting(
         "TELEMETRY_TLS_CERT_FILE",
