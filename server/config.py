@@ -57,7 +57,8 @@ SETTINGS: tuple[Setting, ...] = (
         "auth_protect_reads",
         "Also require the token on every read of run data: queries and metadata (401 "
         "without it); /metrics agent names and the database path in /health and /metrics "
-        "(left out without it).",
+        "(left out without it). Needs TELEMETRY_API_AUTH_ENABLED=true: start-up refuses it "
+        "otherwise.",
     ),
     Setting(
         "TELEMETRY_TLS_CERT_FILE",
@@ -167,6 +168,17 @@ class ServerConfig(BaseModel):
         if self.auth_enabled and not self.auth_token:
             raise ValueError(
                 "TELEMETRY_API_AUTH_TOKEN must be set when TELEMETRY_API_AUTH_ENABLED=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _protect_reads_needs_auth(self) -> ServerConfig:
+        # Without auth there is no token to check: reads would stay open while the
+        # operator believes them protected.
+        if self.auth_protect_reads and not self.auth_enabled:
+            raise ValueError(
+                "TELEMETRY_API_AUTH_PROTECT_READS=true needs TELEMETRY_API_AUTH_ENABLED=true "
+                "(and a TELEMETRY_API_AUTH_TOKEN): without auth nothing would be protected"
             )
         return self
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from server import daemon
 from server.exposure import Exposure, warn_if_upstream_in_clear
 from server.logs import configure_logging
+from server.storage.compat import SqliteTooOld, check_sqlite_version
 from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, operator
 from spoold.app import create_app
@@ -137,6 +138,11 @@ def serve(config: SpooldConfig) -> int:
     except TLSSetupError as exc:
         print(f"spoold: TLS configuration error: {exc}", file=sys.stderr)
         return 2
+    try:  # before the spool is created: an old library fails at the first dead letter
+        check_sqlite_version("spoold", "INSERT ... RETURNING in its dead-letter store")
+    except SqliteTooOld as exc:
+        print(f"spoold: {exc}", file=sys.stderr)
+        return 1
     configure_logging(config.log_level)
     warn_if_upstream_in_clear(config.upstream_url)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

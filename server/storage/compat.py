@@ -20,13 +20,16 @@ class SqliteTooOld(RuntimeError):
     """The SQLite library linked into Python is older than the features the server uses."""
 
 
-def check_sqlite_version() -> None:
-    """Raise SqliteTooOld, with a message an operator can act on, if the library is too old."""
+def check_sqlite_version(program: str = "this server", needed_for: str = _NEEDED_FOR) -> None:
+    """Raise SqliteTooOld, with a message an operator can act on, if the library is too old.
+
+    spoold checks too (``program="spoold"``): its dead-letter store uses
+    ``INSERT ... RETURNING`` and its runs index UPSERT."""
     found = tuple(sqlite3.sqlite_version_info)
     if found < MINIMUM_SQLITE:
         needed = ".".join(str(part) for part in MINIMUM_SQLITE)
         raise SqliteTooOld(
-            f"SQLite {sqlite3.sqlite_version} is too old: this server needs SQLite {needed} or "
-            f"newer ({_NEEDED_FOR}). Use a Python built against a newer SQLite "
+            f"SQLite {sqlite3.sqlite_version} is too old: {program} needs SQLite {needed} or "
+            f"newer ({needed_for}). Use a Python built against a newer SQLite "
             "(python3 -c 'import sqlite3; print(sqlite3.sqlite_version)' shows it)."
         )

@@ -68,8 +68,11 @@ SIDECAR_API = ApiVariant(
         ),
         "503": (
             "ServiceUnavailable",
-            "Writes: the spool is full or the disk below its floor (back-pressure, with "
-            "`Retry-After`). Reads: the central server is unreachable.",
+            "Busy: requests or body bytes in flight at their bound (any operation but "
+            "/health and /metrics). Writes: the spool is full or the disk below its floor "
+            "(back-pressure). Reads: the central server is unreachable, or what answers at "
+            "SPOOLD_UPSTREAM_URL is not the telemetry server. Retry after `Retry-After` "
+            "seconds.",
         ),
     },
 )

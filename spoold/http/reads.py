@@ -79,12 +79,28 @@ async def get_run(request: web.Request) -> web.Response:
             return response
         raise
     if known is not None and known.pending and reply.status == 200:
-        run = orjson.loads(reply.body)
+        run = _the_run(reply, event_id)
         run.update(known.snapshot)  # updates still queued here are newer than the server's copy
         response = json_response(with_urls(run))
         response.headers[LOCAL_SOURCE_HEADER] = "server+local-queue"
         return response
     return relay(reply)
+
+
+def _the_run(reply: Reply, event_id: str) -> dict[str, Any]:
+    """The server's copy of this run from a 200, or 503: a 200 that is not this run (another
+    service, a proxy's page) must not be merged with the queued updates into a run."""
+    try:
+        run = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        run = None
+    if not isinstance(run, dict) or run.get("event_id") != event_id:
+        raise ServiceUnavailable(
+            "the telemetry server's answer was not this run (is SPOOLD_UPSTREAM_URL the "
+            "telemetry server?); writes are still accepted and queued",
+            headers=retry_after(5),
+        )
+    return run
 
 
 async def _url_answer(request: web.Request, kind: str) -> web.Response:

@@ -147,7 +147,8 @@ async def associate_commit(request: web.Request) -> web.Response:
     if run_id is None and not queued:  # a run the server confirmed earlier: ask for its run_id
         try:
             reply = await sidecar.client.lookup_run(event_id)
-            run_id = _run_id_of(reply.body) if reply.status == 200 else None
+            found = lookup_verdict(reply, event_id) == "found"  # this run, not any 200
+            run_id = _run_id_of(reply.body) if found else None
         except UpstreamUnavailable:
             run_id = None
     answer: dict[str, Any] = {

@@ -34,8 +34,15 @@ SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
 def run_path(event_id: str, *tail: str) -> str:
-    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment."""
-    return "/".join(("/api/v1/runs", quote(event_id, safe=""), *tail))
+    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment.
+
+    ``quote`` leaves dots alone, so an id ``.`` or ``..`` is escaped by hand: any HTTP
+    stack on the way may otherwise resolve it as a dot segment (``/api/v1/runs/..`` is
+    ``/api/v1/``)."""
+    segment = quote(event_id, safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    return "/".join(("/api/v1/runs", segment, *tail))
 
 
 class UpstreamUnavailable(Exception):
@@ -135,7 +142,11 @@ class UpstreamClient:
                     response.status,
                     raw,
                     response.content_type or "application/json",
-                    {key: value for key, value in response.headers.items() if key in _PASS_HEADERS},
+                    {
+                        key: value
+                        for key, value in response.headers.items()
+                        if key.lower() in _PASS_HEADERS
+                    },
                 )
         except TimeoutError as exc:
             raise UpstreamUnavailable("upstream server timed out", timeout=True) from exc
@@ -185,14 +196,16 @@ def classify(status: int, raw: bytes, items: int, retry_after: float | None) -> 
     )
 
 
+#: Answer headers relayed on proxied reads, lower case: names are matched whatever their
+#: case (a proxy, or HTTP/2, may lower-case them).
 _PASS_HEADERS = frozenset(
     {
-        "Retry-After",
-        "WWW-Authenticate",
-        "X-RateLimit-Limit",
-        "X-RateLimit-Remaining",
-        "X-RateLimit-Reset",
-        "X-Next-Cursor",  # the list's keyset cursor, so agents can page through spoold too
+        "retry-after",
+        "www-authenticate",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-next-cursor",  # the list's keyset cursor, so agents can page through spoold too
     }
 )
 

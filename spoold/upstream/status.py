@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.contract.timestamps import utc_now
+from server.http.prometheus import status_label
 from spoold.upstream.tls import is_tls_failure
 
 
@@ -53,7 +54,8 @@ class UpstreamStatus:
         elif unexpected:
             kind = "unexpected_answer"
         else:
-            kind = "connect" if status == 0 else f"http_{status}"
+            # A label of spoold_retries: statuses outside the fixed set are "http_other".
+            kind = "connect" if status == 0 else f"http_{status_label(status)}"
         self.retries[kind] = self.retries.get(kind, 0) + 1
 
     def as_json(self) -> dict[str, Any]:

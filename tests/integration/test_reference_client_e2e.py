@@ -237,10 +237,19 @@ def test_reference_client_patterns_server_down_then_up(tmp_path: Path) -> None:
             status, run = http("GET", server.url + run_path(item.wire.event_id))
             assert status == 200, (item.wire.event_id, run)
             assert run["status"] == item.status, run
-            assert run["end_time"] is not None
+            # end_run's own end_time and duration, as the client computed them
+            end = datetime.fromisoformat(item.wire.record["end_time"])
+            assert datetime.fromisoformat(run["end_time"]) == end, run
+            assert run["duration_ms"] == item.wire.record["duration_ms"], run
+            assert (run["run_id"], run["agent_name"], run["job_type"]) == (
+                item.wire.record["run_id"], item.wire.record["agent_name"],
+                item.wire.record["job_type"],
+            )  # fmt: skip
             for key, value in item.fields.items():
                 assert run[key] == value, (key, run)
         assert sum(1 for _ in expected) == 26 + 1 + 1 + 1 + 3
+        status, metrics = http("GET", server.url + "/metrics")
+        assert metrics["total_runs"] == len(expected)  # each run once, none left behind
         status, still_running = http(
             "GET", server.url + "/api/v1/runs", params={"status": "running"}
         )

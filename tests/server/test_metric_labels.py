@@ -141,3 +141,18 @@ def test_unknown_method_and_status_become_other() -> None:
         if s.name == "t_http_requests_total"
     }
     assert samples == {("other", "other"), ("GET", "200")}
+
+
+def test_spoold_retry_causes_are_a_fixed_set_whatever_the_upstream_answers() -> None:
+    """spoold_retries{cause}: an upstream (or whatever sits at its URL) answering any
+    5xx-or-stranger status never grows the label set; known statuses keep their name."""
+    from spoold.upstream.status import UpstreamStatus
+
+    status = UpstreamStatus(url="http://127.0.0.1:9")
+    for code in (*range(500, 1000), 429, 408):
+        status.failed(f"HTTP {code}", status=code)
+    status.failed("refused", status=0)
+    fixed = {f"http_{label}" for label in map(str, STATUS_LABELS)} | {"http_other", "connect"}
+    assert set(status.retries) <= fixed
+    assert {"http_503", "http_429", "http_other", "connect"} <= set(status.retries)
+    assert sum(status.retries.values()) == 500 + 2 + 1

@@ -41,6 +41,36 @@ def test_server_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
     assert not db.exists()
 
 
+_OLD_SQLITE_SPOOLD = """
+import sqlite3, sys
+sqlite3.sqlite_version_info = (3, 31, 1)
+sqlite3.sqlite_version = "3.31.1"
+from spoold.__main__ import main
+sys.exit(main(["serve", "--port", "0", "--spool-dir", sys.argv[1],
+               "--upstream", "http://127.0.0.1:9"]))
+"""
+
+
+def test_spoold_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
+    """spoold's dead-letter store uses INSERT ... RETURNING and its runs index UPSERT: an
+    old SQLite would fail at the first dead letter, in the middle of a drain. It exits
+    at once instead, naming the versions, and creates no spool."""
+    spool = tmp_path / "spool"
+    result = subprocess.run(
+        [sys.executable, "-c", _OLD_SQLITE_SPOOLD, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "SQLite 3.31.1 is too old" in result.stderr
+    assert "3.35.0" in result.stderr
+    assert "spoold" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not spool.exists()
+
+
 @pytest.mark.parametrize(
     ("version", "ok"),
     [((3, 34, 1), False), ((3, 35, 0), True), ((3, 7, 17), False), ((3, 45, 3), True)],

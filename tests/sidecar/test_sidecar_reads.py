@@ -175,3 +175,54 @@ async def test_list_cursor_walks_through_the_sidecar(central, make_sidecar):
     assert walked == everything
     forged = await sidecar.get("/api/v1/runs", params={"cursor": "forged.cursor"})
     assert forged.status == 422
+
+
+@pytest.mark.parametrize(
+    "foreign", [["not", "a", "run"], {"event_id": "another-run", "status": "success"}, "text"]
+)
+async def test_a_foreign_200_is_never_merged_with_queued_updates(
+    fake, make_sidecar, central, foreign
+):
+    """A run with an update queued here, and an upstream whose 200 is not this run (another
+    service, a proxy's page, another run): never a 500, never a record stitched from the
+    queue and someone else's data; 503, as when the server cannot be asked."""
+    fake.batch_default = answer(503)
+    sidecar = await make_sidecar(fake.url)
+    run = make_run()
+    await central.api.create(run)
+    assert (
+        await sidecar.patch(f"/api/v1/runs/{run['event_id']}", json={"items_failed": 1})
+    ).status == 200
+    fake.read_default = answer(200, foreign)
+    reply = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert reply.status == 503, reply.body
+    assert reply.headers["Retry-After"]
+
+
+async def test_relayed_headers_are_matched_whatever_their_case(fake, make_sidecar):
+    """A proxy in front of the server may lower-case header names (HTTP/2 does): the
+    list's X-Next-Cursor and a 429's Retry-After still reach the client."""
+    fake.read_default = answer(200, [], {"x-next-cursor": "next.page", "retry-after": "3"})
+    sidecar = await make_sidecar(fake.url)
+    reply = await sidecar.get("/api/v1/runs")
+    assert reply.status == 200
+    assert reply.headers.get("X-Next-Cursor") == "next.page"
+    assert reply.headers.get("Retry-After") == "3"
+
+
+async def test_associate_answer_never_takes_a_run_id_from_a_foreign_200(
+    fake, make_sidecar, central
+):
+    """associate-commit of a run known here without its run_id asks the server for it: an
+    answer about another run (or not a run) must not lend its run_id to this one."""
+    fake.batch_default = answer(503)
+    sidecar = await make_sidecar(fake.url)
+    run = make_run()
+    await central.api.create(run)
+    path = f"/api/v1/runs/{run['event_id']}"
+    assert (await sidecar.patch(path, json={"items_failed": 1})).status == 200
+    fake.read_default = answer(200, {"event_id": "another-run", "run_id": "not-this-run"})
+    commit = {"commit_hash": "abcdef1", "commit_source": "ci"}
+    reply = await sidecar.post(f"{path}/associate-commit", json=commit)
+    assert reply.status == 200, reply.body
+    assert reply.body["run_id"] in (None, run["run_id"])

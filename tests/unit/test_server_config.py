@@ -102,6 +102,23 @@ def test_auth_without_token_names_the_token_variable():
         )
 
 
+def test_protect_reads_without_auth_is_refused_not_silently_open():
+    """PROTECT_READS on with auth off would protect nothing (there is no token to check):
+    a ConfigError naming both variables, never a server that looks protected and is not."""
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig.from_env({"TELEMETRY_API_AUTH_PROTECT_READS": "true"})
+    assert "TELEMETRY_API_AUTH_PROTECT_READS" in str(caught.value)
+    assert "TELEMETRY_API_AUTH_ENABLED" in str(caught.value)
+    protected = ServerConfig.from_env(
+        {
+            "TELEMETRY_API_AUTH_PROTECT_READS": "true",
+            "TELEMETRY_API_AUTH_ENABLED": "true",
+            "TELEMETRY_API_AUTH_TOKEN": "tok",
+        }
+    )
+    assert protected.auth_protect_reads is True
+
+
 def test_overrides_win_over_environment_and_none_is_ignored():
     """CLI overrides replace environment values; a None override leaves them alone."""
     env = {"TELEMETRY_API_PORT": "9000", "TELEMETRY_API_HOST": "0.0.0.0"}
