@@ -31,6 +31,7 @@ from spoold import __version__, operator
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
 from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir
+from spoold.memory import fix_mmap_threshold
 
 DEV_SERVER_READY_S = 20.0
 
@@ -140,6 +141,7 @@ def serve(config: SpooldConfig) -> int:
     configure_logging(config.log_level)
     warn_if_upstream_in_clear(config.upstream_url)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    fix_mmap_threshold()  # large bodies' buffers go back to the system once freed
     daemon.run(
         create_app(config, upstream_ssl=upstream),
         host=config.host,
