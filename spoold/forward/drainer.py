@@ -223,7 +223,10 @@ class Drainer:
                     failures += 1
                     self.local_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.error("drain_round_failed", error=self.local_error, failures=failures)
-                    await self._sleep(self._backoff.delay(failures))
+                    try:
+                        await self._sleep(self._backoff.delay(failures))
+                    except Stopped:  # the deadline came during the backoff: a normal stop
+                        return
         finally:
             await self._wind_down()
 
