@@ -207,6 +207,13 @@ class SpooldConfig(BaseModel):
         return self
 
     @property
+    def drain_round_bytes(self) -> int:
+        """Spooled bytes the drainer reads (and decodes) per round: one batch's worth, and
+        never more than the admission budget, which is what the unit's MemoryMax is sized
+        for - a server that takes larger batches must not make spoold decode more."""
+        return min(self.upstream_max_body_bytes, self.max_inflight_bytes)
+
+    @property
     def max_spool_bytes(self) -> int:
         return int(self.max_spool_mb * 1024 * 1024)
 

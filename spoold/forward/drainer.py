@@ -1,6 +1,6 @@
 """The drainer: forwards the spool to the server, in FIFO order, until it has it all.
 
-It reads groups (bounded by ``batch_size`` operations and ``batch_max_bytes``
+It reads groups (bounded by ``batch_size`` operations and ``round_max_bytes``
 spooled bytes, whatever the backlog), folds the operations of each run into one
 upsert snapshot, packs the snapshots into batches under the server's body cap
 (``batch_max_bytes``; a snapshot too large alone goes as its separate
@@ -173,6 +173,7 @@ class Drainer:
         *,
         batch_size: int,
         batch_max_bytes: int,
+        round_max_bytes: int | None = None,
         backoff: Backoff,
         on_forward: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -185,6 +186,8 @@ class Drainer:
         self._status = status
         self._batch_size = batch_size
         self._batch_max_bytes = batch_max_bytes
+        #: Spooled bytes read per round (default: one batch's worth).
+        self._round_max_bytes = round_max_bytes or batch_max_bytes
         self._backoff = backoff
         self._deadline: float | None = None
         self._stop = asyncio.Event()
@@ -274,9 +277,9 @@ class Drainer:
 
     def _read_round(self) -> _Prepared:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
-        # Bounded in operations and in bytes (one batch's worth, or one group): a backlog of
-        # large operations never loads hundreds of them at once.
-        groups = self._spool.get_groups(self._batch_size, max_bytes=self._batch_max_bytes)
+        # Bounded in operations and in bytes (at most a batch's worth and the admission
+        # budget, or one group): a backlog of large operations never loads hundreds at once.
+        groups = self._spool.get_groups(self._batch_size, max_bytes=self._round_max_bytes)
         try:
             decoded = [op for group in groups for op in group.ops]
             batches: list[Chunk] = [
