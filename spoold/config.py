@@ -131,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
         "SPOOLD_MAX_INFLIGHT_BYTES",
         "max_inflight_bytes",
         "Request body bytes held at once (at least SPOOLD_MAX_BODY_BYTES); a request that "
-        "does not fit gets 503 with Retry-After, unread.",
+        "does not fit gets 503 with Retry-After, unread. Drain rounds are read at most this "
+        "many bytes at a time too.",
     ),
 )
 
