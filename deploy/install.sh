@@ -14,8 +14,8 @@
 #
 # Safety: --purge removes only the <daemon>.env files in CONF_DIR and the daemons' state
 # directories DESTDIR/var/lib/{,private/}<StateDirectory>, nothing else. Without --destdir it
-# touches the host's /var/lib only for a default install (PREFIX=/opt/local-telemetry); with
-# any other --prefix it refuses, so a test or a staged install can never delete a real one.
+# touches the host's /var/lib only for a default install (default prefix, unit and conf dirs);
+# with any other it refuses, so a test or a staged install can never delete a real one.
 # The prefix is removed whole only if this script installed it (its marker file is there).
 set -euo pipefail
 
@@ -30,7 +30,7 @@ START=1
 PYTHON=${PYTHON:-python3}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
-DEFAULT_PREFIX=$PREFIX
+DEFAULT_DIRS="$PREFIX:$UNIT_DIR:$CONF_DIR"
 MARKER=.local-telemetry-install
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -102,8 +102,8 @@ use_systemctl() {
 }
 
 do_uninstall() {
-  if [ "$PURGE" = 1 ] && [ -z "$DESTDIR" ] && [ "$PREFIX" != "$DEFAULT_PREFIX" ]; then
-    die "--purge with --prefix $PREFIX but no --destdir would delete the host's /var/lib data; pass --destdir for a staged install, or purge the default install"
+  if [ "$PURGE" = 1 ] && [ -z "$DESTDIR" ] && [ "$PREFIX:$UNIT_DIR:$CONF_DIR" != "$DEFAULT_DIRS" ]; then
+    die "--purge with a non-default --prefix/--unit-dir/--conf-dir but no --destdir would delete the host's /var/lib data; pass --destdir for a staged install, or purge the default install"
   fi
   if [ "$PURGE" = 1 ]; then find_state_dirs; fi
   if use_systemctl; then

@@ -31,7 +31,9 @@ from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, operator
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
-from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir
+from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir, read_env_file
+from spoold.memory import fix_mmap_threshold
+from spoold.upstream.limits import UpstreamLimits
 
 DEV_SERVER_READY_S = 20.0
 
@@ -146,6 +148,7 @@ def serve(config: SpooldConfig) -> int:
     configure_logging(config.log_level)
     warn_if_upstream_in_clear(config.upstream_url)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    fix_mmap_threshold()  # large bodies' buffers go back to the system once freed
     daemon.run(
         create_app(config, upstream_ssl=upstream),
         host=config.host,
@@ -193,6 +196,17 @@ def dev(config: SpooldConfig) -> int:
                 server.kill()
 
 
+def daemon_limits(env_file: Path) -> UpstreamLimits:
+    """The server's limits as the installed daemon applies them at its door: from its env
+    file, overridden by this environment (as for the spool directory)."""
+    try:
+        from_file = read_env_file(env_file)
+    except OSError:  # absent or unreadable: the environment and the defaults decide
+        from_file = {}
+    config = SpooldConfig.from_env({**from_file, **os.environ})
+    return UpstreamLimits(config.upstream_max_body_bytes, config.upstream_max_json_depth)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -221,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "show":
         return operator.deadletter_show(spool_dir, args.id)
     if args.action == "replay":
-        return operator.deadletter_replay(spool_dir, args.ids or None, force=args.force)
+        try:
+            limits = daemon_limits(args.env_file)
+        except ConfigError as exc:
+            print(f"spoold: configuration error in {args.env_file}: {exc}", file=sys.stderr)
+            return 2
+        return operator.deadletter_replay(
+            spool_dir, args.ids or None, force=args.force, limits=limits
+        )
     return operator.deadletter_purge(spool_dir, args.ids or None)
 
 

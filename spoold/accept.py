@@ -214,6 +214,7 @@ class Acceptor:
             if first is _STOP:
                 break
             group = [first]
+            item: Any = None
             deadline = time.monotonic() + self._window_s
             while len(group) < self._max_group:
                 remaining = deadline - time.monotonic()
@@ -236,6 +237,10 @@ class Acceptor:
             except Exception as exc:  # one failing group must not stop the others
                 self._fail(group, exc)
             self._group = []
+            # Answered: let go of the group before waiting for the next one. A large body
+            # decoded costs ~20-35 times its bytes; kept alive here until the next write,
+            # it would meet that write's (admission counts only bodies in flight).
+            group, first, item = [], None, None
         self._settle_debt()
 
     def _fail(self, group: list[_Pending], exc: Exception) -> None:

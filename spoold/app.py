@@ -150,6 +150,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         status,
         batch_size=config.batch_size,
         batch_max_bytes=config.upstream_max_body_bytes,
+        round_max_bytes=config.drain_round_bytes,
         backoff=Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s),
         on_forward=app[SIDECAR_METRICS].observe_forward,
     )

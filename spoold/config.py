@@ -131,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
         "SPOOLD_MAX_INFLIGHT_BYTES",
         "max_inflight_bytes",
         "Request body bytes held at once (at least SPOOLD_MAX_BODY_BYTES); a request that "
-        "does not fit gets 503 with Retry-After, unread.",
+        "does not fit gets 503 with Retry-After, unread. Drain rounds are read at most this "
+        "many bytes at a time too.",
     ),
 )
 
@@ -205,6 +206,13 @@ class SpooldConfig(BaseModel):
                 " (a largest body must fit)"
             )
         return self
+
+    @property
+    def drain_round_bytes(self) -> int:
+        """Spooled bytes the drainer reads (and decodes) per round: one batch's worth, and
+        never more than the admission budget, which is what the unit's MemoryMax is sized
+        for - a server that takes larger batches must not make spoold decode more."""
+        return min(self.upstream_max_body_bytes, self.max_inflight_bytes)
 
     @property
     def max_spool_bytes(self) -> int:

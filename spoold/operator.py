@@ -15,9 +15,11 @@ from typing import Any, TextIO
 import orjson
 
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
+from spoold.config import SpooldConfig
 from spoold.replay import open_and_replay
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetter, DeadLetterStore, SpoolLockedError, inspect_spool
+from spoold.upstream.limits import UpstreamLimits
 
 
 def _print(value: Any, out: TextIO) -> None:
@@ -66,11 +68,23 @@ def deadletter_purge(spool_dir: Path, ids: list[int] | None, *, out: TextIO = sy
 
 
 def deadletter_replay(
-    spool_dir: Path, ids: list[int] | None, *, force: bool = False, out: TextIO = sys.stdout
+    spool_dir: Path,
+    ids: list[int] | None,
+    *,
+    force: bool = False,
+    limits: UpstreamLimits | None = None,
+    out: TextIO = sys.stdout,
 ) -> int:
-    """Move dead letters back into the spool; exit 1 if some had to be left (said why)."""
+    """Move dead letters back into the spool; exit 1 if some had to be left (said why).
+
+    ``limits``: the server's, as the daemon applies them at its door (default: the
+    defaults of SPOOLD_UPSTREAM_MAX_BODY_BYTES / _MAX_JSON_DEPTH).
+    """
+    if limits is None:
+        defaults = SpooldConfig()
+        limits = UpstreamLimits(defaults.upstream_max_body_bytes, defaults.upstream_max_json_depth)
     try:
-        report = open_and_replay(spool_dir, ids, force=force)
+        report = open_and_replay(spool_dir, ids, force=force, limits=limits)
     except SpoolLockedError:
         print(
             "spoold: the daemon is running and owns the spool; stop it, then replay",
@@ -89,6 +103,14 @@ def deadletter_replay(
             f"spoold: {report.left_unverified} dead letters are of runs this spool no longer "
             "remembers, so their order cannot be checked; kept (replay --force sends them as "
             "they are)",
+            file=sys.stderr,
+        )
+    if report.left_refused:
+        print(
+            f"spoold: {report.left_refused} dead letters would be refused by the server again "
+            f"(larger than {limits.max_body_bytes} bytes or nested deeper than "
+            f"{limits.max_json_depth} levels once in its batch envelope); kept "
+            "(spoold deadletter show ID; purge them once read)",
             file=sys.stderr,
         )
     if report.not_found:

@@ -15,7 +15,10 @@ A create is always replayed: the server only inserts it if the run is missing.
 A run the index no longer knows (pruned after ``SPOOLD_INDEX_RETENTION_S``)
 cannot be checked: its letters are kept unless ``force`` says to replay them
 as they are. Letters that no longer validate are kept, counted, and skipped;
-the walk goes on past them (by id), so every page is replayed.
+the walk goes on past them (by id), so every page is replayed. So are letters
+the server would refuse again (``limits``: the daemon's door checks, the body
+cap and nesting depth once wrapped in the batch envelope): replayed, they could
+only be dead-lettered again.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.contract.errors import ApiError
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
 from spoold.operations import validate_op
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetter, DeadLetterStore, Spool
+from spoold.upstream.limits import UpstreamLimits
 
 PAGE = 500
 
@@ -41,11 +46,14 @@ class ReplayReport:
     fields_dropped: int = 0  # fields left out because a newer operation changed them
     left_invalid: int = 0  # kept: they no longer validate
     left_unverified: int = 0  # kept: run unknown to the index (use force)
+    left_refused: int = 0  # kept: the server would refuse it again (size, depth)
     not_found: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return not (self.left_invalid or self.left_unverified or self.not_found)
+        return not (
+            self.left_invalid or self.left_unverified or self.left_refused or self.not_found
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +62,7 @@ class ReplayReport:
             "fields_dropped": self.fields_dropped,
             "left_invalid": self.left_invalid,
             "left_unverified": self.left_unverified,
+            "left_refused": self.left_refused,
             "not_found": self.not_found,
         }
 
@@ -89,7 +98,13 @@ def _pages(store: DeadLetterStore, ids: list[int] | None) -> Iterator[list[DeadL
 
 
 def replay(
-    spool: Spool, store: DeadLetterStore, index: RunsIndex, ids: list[int] | None, *, force: bool
+    spool: Spool,
+    store: DeadLetterStore,
+    index: RunsIndex,
+    ids: list[int] | None,
+    *,
+    force: bool,
+    limits: UpstreamLimits | None = None,
 ) -> ReplayReport:
     """Move dead letters back into the spool (the daemon stopped: the caller holds the spool)."""
     report = ReplayReport()
@@ -118,6 +133,9 @@ def replay(
                     report.left_unverified += 1
                     continue
             op = letter.op if known is None else still_current(letter.op, known.snapshot)
+            if op is not None and limits is not None and not _fits(limits, op):
+                report.left_refused += 1
+                continue
             done.append(letter.id)
             if op is None:
                 report.superseded += 1
@@ -135,14 +153,29 @@ def replay(
     return report
 
 
-def open_and_replay(spool_dir: Path, ids: list[int] | None, *, force: bool) -> ReplayReport:
+def _fits(limits: UpstreamLimits, op: dict[str, Any]) -> bool:
+    """Whether the server would take ``op`` alone in a batch (the daemon's door check)."""
+    try:
+        limits.check(op)
+    except ApiError:
+        return False
+    return True
+
+
+def open_and_replay(
+    spool_dir: Path,
+    ids: list[int] | None,
+    *,
+    force: bool,
+    limits: UpstreamLimits | None = None,
+) -> ReplayReport:
     """Open the spool (its lock: the daemon must be stopped), the store and the index; replay."""
     spool = Spool(spool_dir)
     try:
         with DeadLetterStore(spool_dir / DEAD_LETTER_FILE) as store:
             index = RunsIndex(spool_dir / INDEX_FILE)
             try:
-                return replay(spool, store, index, ids, force=force)
+                return replay(spool, store, index, ids, force=force, limits=limits)
             finally:
                 index.close()
     finally:

@@ -1,6 +1,6 @@
 """The drainer: forwards the spool to the server, in FIFO order, until it has it all.
 
-It reads groups (bounded by ``batch_size`` operations and ``batch_max_bytes``
+It reads groups (bounded by ``batch_size`` operations and ``round_max_bytes``
 spooled bytes, whatever the backlog), folds the operations of each run into one
 upsert snapshot, packs the snapshots into batches under the server's body cap
 (``batch_max_bytes``; a snapshot too large alone goes as its separate
@@ -29,17 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
+import orjson
 import structlog
 
 from spoold.ledger import Ledger
-from spoold.operations import Snapshot, coalesce, encode_batch, expand, pack
-from spoold.runs_index import RunsIndex, op_counts
+from spoold.operations import Snapshot, coalesce, encode_batch, pack
+from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
 from spoold.upstream.client import BatchAnswer, UpstreamClient
 from spoold.upstream.retry import Backoff, next_wait
@@ -68,19 +70,79 @@ class DrainStats:
     last_forward_s: float = 0.0
 
 
+class RoundOps(Sequence[dict[str, Any]]):
+    """A round's operations, kept encoded: each is decoded again only when needed (a
+    split, a dead letter). Decoded, a large body costs ~20-35 times its bytes, and a
+    round is held for as long as the server takes to answer - forever while it is down,
+    with the next round read ahead meanwhile (spoold runs under MemoryMax)."""
+
+    def __init__(self, ops: Iterable[dict[str, Any]]) -> None:
+        self._encoded: list[bytes] = []
+        self.event_ids: list[str] = []
+        for op in ops:
+            self._encoded.append(orjson.dumps(op))
+            self.event_ids.append(op["event_id"])
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    @overload
+    def __getitem__(self, position: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, position: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(position, slice):
+            return [orjson.loads(encoded) for encoded in self._encoded[position]]
+        op: dict[str, Any] = orjson.loads(self._encoded[position])
+        return op
+
+    def counts(self, positions: Iterable[int]) -> dict[str, int]:
+        """Operations per event_id among ``positions``."""
+        counts: dict[str, int] = {}
+        for position in positions:
+            event_id = self.event_ids[position]
+            counts[event_id] = counts.get(event_id, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A snapshot to send, by reference: its run and the round positions of the
+    operations it folds (in order). Its body is the batch's, or is folded again from
+    the round's operations (``snapshot``) when a refusal splits the batch."""
+
+    event_id: str
+    positions: tuple[int, ...]
+
+    @property
+    def operations(self) -> int:
+        return len(self.positions)
+
+    def snapshot(self, ops: Sequence[dict[str, Any]]) -> Snapshot:
+        snapshot = Snapshot(self.event_id)
+        for position in self.positions:
+            snapshot.fold(ops[position], position)
+        return snapshot
+
+    def expand(self) -> list[Planned]:
+        """Its operations as snapshots of their own, in the order they were accepted."""
+        return [Planned(self.event_id, (position,)) for position in self.positions]
+
+
 #: A batch to send: its snapshots and, when encoded ahead of time, its body.
-Chunk = tuple[list[Snapshot], bytes | None]
+Chunk = tuple[list[Planned], bytes | None]
 #: Refused operations, by their position in the round: (reason, HTTP status).
 Refusals = dict[int, tuple[str, int | None]]
 
 
 @dataclass
 class _Prepared:
-    """A round read from the spool: its groups, their operations, and its batches
-    (one snapshot per run, packed under the body cap and encoded ahead of time)."""
+    """A round read from the spool: its groups (their ids), their operations (encoded)
+    and its batches (one snapshot per run, packed under the body cap and encoded ahead
+    of time). Nothing in it is decoded: see ``RoundOps``."""
 
     groups: list[SpoolGroup]
-    ops: list[dict[str, Any]]
+    ops: RoundOps
     batches: list[Chunk]
 
 
@@ -89,14 +151,14 @@ class _Delivered:
     """A round the server has answered: to settle in the index, then ack in the spool."""
 
     groups: list[SpoolGroup]
-    forwarded: list[dict[str, Any]]
-    dead: list[dict[str, Any]]
+    forwarded: dict[str, int]  # operations per event_id
+    dead: dict[str, int]
     started: float
     settled: bool = False
 
     @property
     def operations(self) -> int:
-        return len(self.forwarded) + len(self.dead)
+        return sum(self.forwarded.values()) + sum(self.dead.values())
 
 
 class Drainer:
@@ -111,6 +173,7 @@ class Drainer:
         *,
         batch_size: int,
         batch_max_bytes: int,
+        round_max_bytes: int | None = None,
         backoff: Backoff,
         on_forward: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -123,6 +186,8 @@ class Drainer:
         self._status = status
         self._batch_size = batch_size
         self._batch_max_bytes = batch_max_bytes
+        #: Spooled bytes read per round (default: one batch's worth).
+        self._round_max_bytes = round_max_bytes or batch_max_bytes
         self._backoff = backoff
         self._deadline: float | None = None
         self._stop = asyncio.Event()
@@ -161,7 +226,10 @@ class Drainer:
                     failures += 1
                     self.local_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.error("drain_round_failed", error=self.local_error, failures=failures)
-                    await self._sleep(self._backoff.delay(failures))
+                    try:
+                        await self._sleep(self._backoff.delay(failures))
+                    except Stopped:  # the deadline came during the backoff: a normal stop
+                        return
         finally:
             await self._wind_down()
 
@@ -209,18 +277,24 @@ class Drainer:
 
     def _read_round(self) -> _Prepared:
         """Read the next groups and fold them into snapshots (in a thread, ahead of time)."""
-        # Bounded in operations and in bytes (one batch's worth, or one group): a backlog of
-        # large operations never loads hundreds of them at once.
-        groups = self._spool.get_groups(self._batch_size, max_bytes=self._batch_max_bytes)
-        ops = [op for group in groups for op in group.ops]
+        # Bounded in operations and in bytes (at most a batch's worth and the admission
+        # budget, or one group): a backlog of large operations never loads hundreds at once.
+        groups = self._spool.get_groups(self._batch_size, max_bytes=self._round_max_bytes)
         try:
-            batches = pack(coalesce(ops), ops, self._batch_max_bytes)
+            decoded = [op for group in groups for op in group.ops]
+            batches: list[Chunk] = [
+                ([Planned(s.event_id, tuple(s.positions)) for s in members], body)
+                for members, body in pack(coalesce(decoded), decoded, self._batch_max_bytes)
+            ]
+            ops = RoundOps(decoded)
         except BaseException:
             # Taken but never to be sent: give them back rather than strand them in flight
             # (the round fails, visibly on /health, and is read again after a backoff).
             self._spool.nack(groups)
             raise
-        return _Prepared(groups, ops, list(batches))
+        # From here on the round holds bytes only (the groups keep their ids for the ack).
+        slim: list[SpoolGroup] = [dataclasses.replace(group, ops=[]) for group in groups]
+        return _Prepared(slim, ops, batches)
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
@@ -233,14 +307,14 @@ class Drainer:
     async def _take_prefetched(self) -> _Prepared:
         task = self._prefetch
         if task is None:
-            return _Prepared([], [], [])
+            return _Prepared([], RoundOps([]), [])
         try:
             # Shielded, and forgotten only once done: a cancelled round leaves the task
             # for _wind_down to give its groups back.
             return await asyncio.shield(task)
         except Exception as exc:  # a failed read-ahead is just an empty one
             log.warning("drain_read_ahead_failed", error=str(exc))
-            return _Prepared([], [], [])
+            return _Prepared([], RoundOps([]), [])
         finally:
             if task.done():
                 self._prefetch = None
@@ -253,13 +327,12 @@ class Drainer:
         """
         if not delivered.settled:
             self._index.settle(
-                op_counts(delivered.forwarded),
-                op_counts(delivered.dead),
-                [group.id for group in delivered.groups],
+                delivered.forwarded, delivered.dead, [group.id for group in delivered.groups]
             )
             delivered.settled = True
-            self._ledger.settled(len(delivered.forwarded), len(delivered.dead))
-            self.stats.operations_forwarded += len(delivered.forwarded)
+            forwarded = sum(delivered.forwarded.values())
+            self._ledger.settled(forwarded, sum(delivered.dead.values()))
+            self.stats.operations_forwarded += forwarded
             if self._on_forward is not None:
                 self._on_forward(delivered.operations, time.perf_counter() - delivered.started)
         self._spool.ack(delivered.groups)
@@ -323,23 +396,22 @@ class Drainer:
         started = time.perf_counter()
         groups, ops = prepared.groups, prepared.ops
         refused = await self._deliver(prepared.batches, ops)
-        dead_ops = [op for position, op in enumerate(ops) if position in refused]
-        if dead_ops:
+        if refused:
             entries = [(ops[position], *refused[position]) for position in sorted(refused)]
             await asyncio.to_thread(self._dead_letters.add_many, entries)
-            self.stats.dead_lettered += len(dead_ops)
+            self.stats.dead_lettered += len(refused)
             for _, _, status in entries:
                 reason = "item_refused" if status == 422 else f"batch_refused_{status}"
                 by_reason = self.stats.dead_lettered_by_reason
                 by_reason[reason] = by_reason.get(reason, 0) + 1
-            runs = len({op["event_id"] for op in dead_ops})
-            log.warning("operations_dead_lettered", operations=len(dead_ops), runs=runs)
+            runs = len({ops.event_ids[position] for position in refused})
+            log.warning("operations_dead_lettered", operations=len(refused), runs=runs)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
-        forwarded = [op for position, op in enumerate(ops) if position not in refused]
-        return _Delivered(groups, forwarded, dead_ops, started)
+        forwarded = ops.counts(p for p in range(len(ops)) if p not in refused)
+        return _Delivered(groups, forwarded, ops.counts(refused), started)
 
-    async def _deliver(self, batches: list[Chunk], ops: list[dict[str, Any]]) -> Refusals:
+    async def _deliver(self, batches: list[Chunk], ops: RoundOps) -> Refusals:
         """Send until the server has every operation; return the refused ones by position.
 
         A batch the server refuses whole is halved; a lone snapshot of several
@@ -351,7 +423,10 @@ class Drainer:
         attempt = 0
         while chunks:
             chunk, body = chunks[0]
-            answer = await self._send(body or encode_batch(chunk), len(chunk))
+            if body is None:  # a part of a refused batch: fold its snapshots again
+                body = await asyncio.to_thread(_encode, chunk, ops)
+                chunks[0] = (chunk, body)  # kept while the part is retried
+            answer = await self._send(body, len(chunk))
             if answer.verdict == "ok":
                 chunks.popleft()
                 attempt = 0
@@ -361,7 +436,7 @@ class Drainer:
                     snapshot = chunk[index]
                     if snapshot.operations > 1:  # which of its operations? ask again, one by one
                         self.stats.splits += 1
-                        chunks.appendleft((expand(snapshot, ops), None))
+                        chunks.appendleft((snapshot.expand(), None))
                     else:
                         refused.update(dict.fromkeys(snapshot.positions, (reason, 422)))
             elif answer.verdict == "split":
@@ -376,7 +451,7 @@ class Drainer:
                     middle = len(chunk) // 2
                     chunks.extendleft([(chunk[middle:], None), (chunk[:middle], None)])
                 else:
-                    chunks.appendleft((expand(chunk[0], ops), None))
+                    chunks.appendleft((chunk[0].expand(), None))
             else:
                 attempt += 1
                 self._status.failed(
@@ -390,7 +465,7 @@ class Drainer:
                 await self._sleep(next_wait(attempt, answer.retry_after_s, self._backoff))
         return refused
 
-    def _count_answer(self, chunk: list[Snapshot], body: dict[str, Any]) -> None:
+    def _count_answer(self, chunk: list[Planned], body: dict[str, Any]) -> None:
         self.stats.batches += 1
         self.stats.snapshots_sent += len(chunk)
         self.stats.duplicates_sent += int(body["duplicates"])
@@ -422,6 +497,11 @@ class Drainer:
         # Not stopping yet: a stop request ends the wait early (then the deadline rules).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def _encode(chunk: list[Planned], ops: Sequence[dict[str, Any]]) -> bytes:
+    """The batch body of ``chunk``, folded again from the round's operations."""
+    return encode_batch(planned.snapshot(ops) for planned in chunk)
 
 
 def _item_errors(body: dict[str, Any], items: int) -> list[tuple[int, str]]:

@@ -6,7 +6,8 @@ the event loop, where a bad op fails only its own caller). Keeping ``n`` at a
 fixed offset lets the spool count queued operations at start-up with one SQL
 aggregate over a short prefix of each row instead of parsing every group.
 persist-queue never sees Python objects: ``GroupSerializer`` passes bytes
-through on ``dumps`` (no pickle anywhere) and decodes groups on ``loads``.
+through on ``dumps`` (no pickle anywhere) and on ``loads`` (``RawGroup``: the spool
+decodes a group only when it hands it out).
 """
 
 from __future__ import annotations
@@ -72,6 +73,30 @@ def decode_group(data: bytes) -> DecodedGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class RawGroup:
+    """A group as read from the queue, not decoded yet.
+
+    Its size and operation count (from the header) are known without parsing it: the
+    spool decodes a group only when it hands it out, so a group read but held back (the
+    next round's first) costs its bytes, not its objects (~20-35 times more).
+    """
+
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def n_ops(self) -> int:
+        header = parse_header(self.data)
+        return header[0] if header is not None else 0
+
+    def decode(self) -> DecodedGroup:
+        return decode_group(self.data)
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolGroup:
     """One queue item handed to the drainer: ack or nack it as a whole."""
 
@@ -91,5 +116,5 @@ class GroupSerializer:
         return value
 
     @staticmethod
-    def loads(data: bytes) -> DecodedGroup:
-        return decode_group(data)
+    def loads(data: bytes) -> RawGroup:
+        return RawGroup(bytes(data))

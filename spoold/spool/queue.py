@@ -25,7 +25,7 @@ from persistqueue.exceptions import Empty
 
 from spoold.spool import layout, store
 from spoold.spool.checkpoint import WalCheckpointer
-from spoold.spool.codec import DecodedGroup, SpoolGroup, encode_group, encode_op
+from spoold.spool.codec import RawGroup, SpoolGroup, encode_group, encode_op
 from spoold.spool.errors import (
     SpoolClosedError,
     SpoolFull,
@@ -80,8 +80,11 @@ class Spool:
         self._vacuum_max_live = vacuum_max_live_bytes
         self._io_lock = threading.Lock()  # reader side: get/ack/nack/housekeeping
         self._counts_lock = threading.Lock()
-        self._inflight: dict[int, SpoolGroup] = {}
-        self._carry: SpoolGroup | None = None  # got from the queue, not yet handed out
+        #: Groups handed out and not yet acked or nacked: (operations, bytes) by id. Only
+        #: their sizes: the decoded operations are the caller's, and go when it drops them.
+        self._inflight: dict[int, tuple[int, int]] = {}
+        #: A row got from the queue, not yet handed out: kept as bytes, decoded when it is.
+        self._carry: tuple[int, RawGroup] | None = None
         self._cursor: int | None = None
         self._acked_uncleared, self._last_clear = 0, time.monotonic()
         self._acked_uncleared_bytes = 0
@@ -204,71 +207,87 @@ class Spool:
             _check_open(self._closed)
             while total < max_ops and not (groups and self._disk_tight):
                 try:
-                    group = self._carry or self._next_group()
+                    got = self._carry or self._next_row()
                 except SpoolWriteError as exc:
                     if not groups:
                         raise
                     log.warning("spool_read_cut_short", error=str(exc), groups=len(groups))
                     break
-                if group is None:
+                if got is None:
                     break
+                item_id, raw = got
                 with self._counts_lock:
                     published = self._published
-                if group.id > published:  # not recorded in the index yet: next time
-                    self._carry = group
+                if item_id > published:  # not recorded in the index yet: next time
+                    self._carry = got
                     break
-                over_bytes = max_bytes is not None and total_bytes + group.nbytes > max_bytes
-                if groups and (total + len(group.ops) > max_ops or over_bytes):
-                    self._carry = group  # already got: hand it out next time
+                over_bytes = max_bytes is not None and total_bytes + raw.nbytes > max_bytes
+                if groups and (total + raw.n_ops > max_ops or over_bytes):
+                    self._carry = got  # already got: hand it out next time
                     break
                 self._carry = None
-                self._inflight[group.id] = group
+                group = self._decoded(item_id, raw)
+                if group is None:
+                    continue
+                self._inflight[group.id] = (len(group.ops), group.nbytes)
                 groups.append(group)
                 total += len(group.ops)
                 total_bytes += group.nbytes
         return groups
 
-    def _next_group(self) -> SpoolGroup | None:
-        while True:  # bounded: each pass consumes one row or returns
-            try:
-                if self._cursor is None:
-                    raw = self._when_full_retry(lambda: self._queue.get(block=False, raw=True))
-                else:  # continue after the last id instead of rescanning in-flight rows
-                    cursor = self._cursor
-                    raw = self._when_full_retry(
-                        lambda c=cursor: self._queue.get(  # type: ignore[misc]
-                            block=False, raw=True, id=c, next_in_order=True
-                        )
+    def _next_row(self) -> tuple[int, RawGroup] | None:
+        """The next row after the cursor, not decoded (None when there is none)."""
+        try:
+            if self._cursor is None:
+                row = self._when_full_retry(lambda: self._queue.get(block=False, raw=True))
+            else:  # continue after the last id instead of rescanning in-flight rows
+                cursor = self._cursor
+                row = self._when_full_retry(
+                    lambda c=cursor: self._queue.get(  # type: ignore[misc]
+                        block=False, raw=True, id=c, next_in_order=True
                     )
-                pqid, decoded = int(raw["pqid"]), raw["data"]
-                assert isinstance(decoded, DecodedGroup)
-                self._cursor = pqid
-                if decoded.valid:
-                    return SpoolGroup(pqid, decoded.ops, decoded.enqueued_at, decoded.nbytes)
-                log.error("spool_group_undecodable", id=pqid, bytes=decoded.nbytes)
-                self._queue.ack_failed(id=pqid)  # deleted with the acked rows
-            except Empty:
-                return None
-            except sqlite3.Error as exc:
-                raise SpoolWriteError(f"spool read failed: {exc}") from exc
-            self._forget(decoded.n_ops, decoded.nbytes)
+                )
+        except Empty:
+            return None
+        except sqlite3.Error as exc:
+            raise SpoolWriteError(f"spool read failed: {exc}") from exc
+        pqid, raw = int(row["pqid"]), row["data"]
+        assert isinstance(raw, RawGroup)
+        self._cursor = pqid
+        return pqid, raw
+
+    def _decoded(self, item_id: int, raw: RawGroup) -> SpoolGroup | None:
+        """The row as a group; an undecodable row is set aside (None) rather than wedge
+        the reader."""
+        decoded = raw.decode()
+        if decoded.valid:
+            return SpoolGroup(item_id, decoded.ops, decoded.enqueued_at, decoded.nbytes)
+        log.error("spool_group_undecodable", id=item_id, bytes=decoded.nbytes)
+        try:
+            self._queue.ack_failed(id=item_id)  # deleted with the acked rows
+        except sqlite3.Error as exc:
+            raise SpoolWriteError(f"spool read failed: {exc}") from exc
+        self._forget(decoded.n_ops, decoded.nbytes)
+        return None
 
     def ack(self, groups: Iterable[SpoolGroup]) -> None:
         """Mark groups delivered (one commit each); their rows are deleted soon after."""
         with self._io_lock:
             _check_open(self._closed)
             for group in groups:
-                if self._inflight.pop(group.id, None) is None:
+                held = self._inflight.pop(group.id, None)
+                if held is None:
                     continue  # already acked or nacked: never count it twice
                 try:
                     self._when_full_retry(lambda i=group.id: self._queue.ack(id=i))  # type: ignore[misc]
                 except Exception as exc:  # kept in flight, so a retried ack covers it
-                    self._inflight[group.id] = group
+                    self._inflight[group.id] = held
                     raise SpoolWriteError(f"spool ack failed: {exc}") from exc
-                self._forget(len(group.ops), group.nbytes)
-                self._drain.add(group.nbytes)
+                n_ops, nbytes = held
+                self._forget(n_ops, nbytes)
+                self._drain.add(nbytes)
                 self._acked_uncleared += 1
-                self._acked_uncleared_bytes += group.nbytes
+                self._acked_uncleared_bytes += nbytes
             self._maintain(force=False)
             try:
                 oldest = store.oldest_enqueued_at(self._side)
@@ -288,7 +307,7 @@ class Spool:
             # anything nacked, and only this object knows it: nack it first, and keep
             # it as the carry until that commits, so a retried nack still covers it.
             if self._carry is not None:
-                self._nack_one(self._carry.id)
+                self._nack_one(self._carry[0])
                 self._carry = None
             for group in back:
                 # A group leaves the in-flight set only once its nack is committed: a

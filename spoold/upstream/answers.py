@@ -5,8 +5,9 @@ A 2xx is delivery only if its body is the server's batch answer (``inserted``,
 batch sent: an upstream URL that reaches another service answering 200 must not
 make spoold acknowledge and delete its queue. Likewise a 400/413/422 is about the
 items (split, then dead-letter a lone one) only when it is the server's own error
-JSON (``{"detail", "error"}`` with one of the server's error codes for that status);
-the same status from a proxy or an older server is retried, never dead-lettered.
+JSON (``{"detail", "error"}`` with one of the server's error codes for that status)
+about the body, not the query (``mode``); the same status from a proxy or an older
+server is retried, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def is_server_error(status: int, body: Any) -> bool:
         and {"detail", "error"} <= body.keys()
         and isinstance(body["error"], str)
         and (status, body["error"]) in SERVER_ERRORS
+    )
+
+
+def about_the_request(body: Any) -> bool:
+    """Whether a validation error names only the request's query (e.g. ``mode``), not
+    its items: splitting the batch cannot help, dead-lettering would throw it all away."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, list) or not detail:
+        return False
+    return all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("loc"), list)
+        and entry["loc"][:1] == ["query"]
+        for entry in detail
     )
 
 

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from spoold.upstream.answers import batch_answer_problem, is_server_error
+from spoold.upstream.answers import about_the_request, batch_answer_problem, is_server_error
 from spoold.upstream.retry import AUTH_STATUSES, RETRYABLE_STATUSES, parse_retry_after
 from spoold.upstream.tls import describe_tls_error
 
@@ -183,7 +183,7 @@ def classify(status: int, raw: bytes, items: int, retry_after: float | None) -> 
     if status in RETRYABLE_STATUSES or status >= 500:
         return BatchAnswer("retry", status, retry_after_s=retry_after, cause=f"HTTP {status}")
     body = _safe_json(raw)
-    if status in SPLIT_STATUSES and is_server_error(status, body):
+    if status in SPLIT_STATUSES and is_server_error(status, body) and not about_the_request(body):
         # About the content: split until the bad item stands alone.
         return BatchAnswer("split", status, body=body, cause=f"HTTP {status}")
     # A proxy's 413, a server without mode=upsert, a wrong URL (404/405…): not about the

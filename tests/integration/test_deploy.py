@@ -193,6 +193,23 @@ def test_purge_with_a_prefix_but_no_destdir_is_refused(tmp_path: Path) -> None:
     assert (units / "spoold.service").exists()
 
 
+@pytest.mark.parametrize("flag", ["--conf-dir", "--unit-dir"])
+def test_purge_with_any_non_default_dir_but_no_destdir_is_refused(
+    tmp_path: Path, flag: str
+) -> None:
+    """A test (or a staged install) that moves only its conf or unit directory to a
+    temporary one keeps the default prefix: without --destdir its --purge would still reach
+    the host's /var/lib and /opt. Refused (exit 2) before anything is removed."""
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    keep = directory / ("spoold.env" if flag == "--conf-dir" else "spoold.service")
+    keep.write_text("kept\n")
+    result = install_sh("--uninstall", "--purge", flag, str(directory), destdir=None)
+    assert result.returncode == 2, result.stdout
+    assert "--destdir" in result.stderr
+    assert keep.exists()
+
+
 @pytest.mark.parametrize("bad", ["/", "relative/dir", ""])
 def test_dangerous_paths_are_refused(tmp_path: Path, bad: str) -> None:
     """A prefix, conf dir or destdir of / or a relative path stops the script at once."""

@@ -124,6 +124,35 @@ async def test_replay_never_moves_a_run_back_to_an_older_state(
     assert stored["items_discovered"] == 7  # the old field nothing newer changed
 
 
+def test_replay_keeps_a_letter_the_server_would_refuse_again_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """A letter dead-lettered because the server refused its size or depth (413/400) is not
+    put back to be refused again: replay applies the daemon's door checks, with the limits
+    from its env file, keeps the letter, says why and exits 1; the good letter goes."""
+    spool_dir = tmp_path / "spool"
+    big = make_run()
+    big["error_details"] = "x" * 40_000  # fits the default 5 MiB, not the configured cap
+    deep = make_run()
+    nested: dict[str, Any] = {}
+    for _ in range(30):  # 30 levels: fits a body (<= 32), not once wrapped in the envelope
+        nested = {"a": nested}
+    deep["metrics_json"] = nested
+    good = make_run()
+    dead_letters(spool_dir, [create_op(big), create_op(deep), create_op(good)])
+    env_file = tmp_path / "spoold.env"
+    env_file.write_text(f"SPOOLD_SPOOL_DIR={spool_dir}\nSPOOLD_UPSTREAM_MAX_BODY_BYTES=32768\n")
+    result = _cli("--env-file", str(env_file), "deadletter", "replay", cwd=tmp_path, env={})
+    assert result.returncode == 1, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["replayed"] == 1
+    assert report["left_refused"] == 2
+    assert "2 dead letters would be refused by the server again" in result.stderr
+    _, stats = run_cli(operator.spool_stats, spool_dir)
+    assert stats["depth"] == 1
+    assert stats["dead_letters"] == 2
+
+
 # ---- finding the spool ------------------------------------------------------------------
 
 

@@ -263,6 +263,36 @@ async def test_batches_are_bounded_in_bytes_under_the_upstream_cap(
     assert_in_order(upstream, big["event_id"])
 
 
+async def test_drain_rounds_stay_within_the_admission_bytes_when_the_server_takes_more(
+    start_central, make_sidecar, aiohttp_server, dead_url
+):
+    """A server that takes large batches (SPOOLD_UPSTREAM_MAX_BODY_BYTES raised to match it)
+    must not make spoold decode rounds larger than the bytes it admits at its door
+    (SPOOLD_MAX_INFLIGHT_BYTES, the memory budget the unit's MemoryMax is sized for):
+    every batch is within that budget, and everything arrives."""
+    budget = 64 * 1024
+    settings = {
+        "max_body_bytes": 16 * 1024,
+        "max_inflight_bytes": budget,
+        "upstream_max_body_bytes": 4 * 1024 * 1024,
+    }
+    sidecar = await make_sidecar(dead_url, **settings)
+    runs = [make_run(error_details="x" * 12_000) for _ in range(24)]  # ~290 KB in all
+    for run in runs:
+        assert (await sidecar.create(run)).status == 201
+    await sidecar.close()
+    central = await start_central(max_body_bytes=4 * 1024 * 1024)
+    upstream = await recorder(aiohttp_server, central.url)
+    sidecar = await make_sidecar(upstream.url, **settings)
+    health = await sidecar.wait_drained()
+    assert health["counters"]["forwarded"] == len(runs)
+    sizes = [len(orjson.dumps(batch.body)) for batch in upstream.batches]
+    assert len(sizes) > 1
+    assert max(sizes) <= budget, sizes
+    for run in runs:
+        assert (await central.api.run(run["event_id"]))["error_details"] == "x" * 12_000
+
+
 async def test_only_the_lone_operation_the_server_rejects_is_dead_lettered(
     start_central, make_sidecar, aiohttp_server, dead_url
 ):

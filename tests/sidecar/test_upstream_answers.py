@@ -28,6 +28,12 @@ FOREIGN: dict[str, tuple[int, bytes, str]] = {
         b'{"detail": [{"loc": ["query", "mode"], "msg": "unexpected value", "type": "enum"}]}',
         "application/json",
     ),
+    "422 the server's own, about the query": (
+        422,
+        b'{"detail": [{"loc": ["query", "mode"], "msg": "mode must be \'insert\' or '
+        b'\'upsert\'", "type": "enum"}], "error": "validation_error"}',
+        "application/json",
+    ),
     "400 text": (400, b"Bad Request", "text/plain"),
     "413 html from a proxy": (
         413,
