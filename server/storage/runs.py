@@ -17,7 +17,14 @@ from server.contract.codec import dumps_text
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
 from server.storage.cursor import Position
-from server.storage.schema import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
+from server.storage.schema import (
+    EQUALITY_FILTERS,
+    LIST_INDEXES,
+    RUN_COLUMNS,
+    RUN_DATA_COLUMNS,
+    RUN_JSON_COLUMNS,
+    START_TIME_INDEX,
+)
 
 _INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
 _INSERT_SQL = (
@@ -181,8 +188,28 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     return None if row is None else row_to_run(row)
 
 
-def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list[Any]]:
-    """The SELECT for a list query; every filter is served by an index.
+#: A ``start_time`` window holding at most this many runs (of any filters) is read whole
+#: through ``START_TIME_INDEX`` and sorted; a wider one is a filter on the walk of the
+#: equality index, newest first (see ``query_runs``). Measured in ``bench/index_cost.py``.
+SMALL_WINDOW_RUNS = 2000
+
+
+def list_index(query: RunQuery) -> str:
+    """The index whose leading columns are exactly the query's equality filters."""
+    return LIST_INDEXES[
+        tuple(column for column in EQUALITY_FILTERS if getattr(query, column) is not None)
+    ]
+
+
+def query_sql(
+    query: RunQuery, after: Position | None = None, *, by_start_time: bool = False
+) -> tuple[str, list[Any]]:
+    """The SELECT for a list query, pinned to the index that serves it.
+
+    ``INDEXED BY`` names the equality filters' index (or, with ``by_start_time``, the
+    start_time index): the plan never depends on planner statistics, which on a server
+    that started on an empty file say nothing about the table (the planner then serves
+    agent+job from the job index and reads every run of that job).
 
     Rows carry their ``id`` last (for the next cursor) and one row more than the
     page is fetched, so the caller knows whether another page follows.
@@ -206,11 +233,45 @@ def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list
         clauses.append("(created_at, id) < (?, ?)")
         params.extend((after.created_at, after.row_id))
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    index = START_TIME_INDEX if by_start_time else list_index(query)
     sql = (
-        f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs{where} "
+        f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}{where} "
         "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     )
     return sql, [*params, query.limit + 1, query.offset]
+
+
+def window_runs(conn: sqlite3.Connection, query: RunQuery, cap: int) -> int:
+    """How many runs (of any filters) the query's start_time window holds, counted up
+    to ``cap + 1`` only: an index-only range read of at most cap + 1 entries."""
+    bounds = [
+        (clause, value)
+        for clause, value in (
+            ("start_time >= ?", query.start_time_from),
+            ("start_time <= ?", query.start_time_to),
+        )
+        if value is not None
+    ]
+    where = " AND ".join(clause for clause, _ in bounds)
+    sql = (
+        f"SELECT count(*) FROM (SELECT 1 FROM agent_runs INDEXED BY {START_TIME_INDEX}"
+        f" WHERE {where} LIMIT ?)"
+    )
+    return int(conn.execute(sql, [*(value for _, value in bounds), cap + 1]).fetchone()[0])
+
+
+def reads_window(conn: sqlite3.Connection, query: RunQuery) -> bool:
+    """Whether to serve the query through its start_time window rather than the walk.
+
+    The list order is created_at, so a start_time bound is a filter on the newest-first
+    walk of the equality index; that walk reads every matching-filter run newer than the
+    window before the first one in it, which for an old, narrow window (an hour last
+    month) is most of the table. Such a window is small: reading it whole and sorting
+    it costs at most SMALL_WINDOW_RUNS rows. A wide window is walked.
+    """
+    if query.start_time_from is None and query.start_time_to is None:
+        return False
+    return window_runs(conn, query, SMALL_WINDOW_RUNS) <= SMALL_WINDOW_RUNS
 
 
 @dataclass(frozen=True)
@@ -221,7 +282,7 @@ class Page:
 
 
 def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
-    sql, params = query_sql(query, after)
+    sql, params = query_sql(query, after, by_start_time=reads_window(conn, query))
     rows = conn.execute(sql, params).fetchall()
     page = rows[: query.limit]
     last = page[-1] if len(rows) > query.limit else None

@@ -2,8 +2,10 @@
 
 ``PRAGMA user_version`` records the version; each migration runs in its own
 transaction, so an interrupted upgrade resumes where it stopped. Every filter
-the guide documents, and the ``created_at DESC`` ordering, has an index here
-(``tests/server/test_query_plans.py`` checks the plans).
+the guide documents, and the ``created_at DESC`` ordering, has an index here:
+one per combination of the equality filters (``LIST_INDEXES``), which list
+queries name with ``INDEXED BY`` (``tests/server/test_query_plans.py`` checks
+the plans).
 """
 
 from __future__ import annotations
@@ -124,7 +126,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO server_meta (key, value) VALUES ('cursor_key', randomblob(32))",
         ),
     ),
+    Migration(
+        4,
+        "one index per combination of equality filters, each ending in the list order",
+        (
+            "CREATE INDEX idx_runs_agent_job_created"
+            " ON agent_runs(agent_name, job_type, created_at, id)",
+            "CREATE INDEX idx_runs_agent_status_created"
+            " ON agent_runs(agent_name, status, created_at, id)",
+            "CREATE INDEX idx_runs_job_status_created ON agent_runs(job_type, status, created_at, id)",
+            "CREATE INDEX idx_runs_agent_job_status_created"
+            " ON agent_runs(agent_name, job_type, status, created_at, id)",
+        ),
+    ),
 )
+
+#: The equality filters of a list query, in this order, name the index that serves it:
+#: its leading columns are exactly those filters, then ``created_at, id`` (the list
+#: order), so a page is a range read of matching entries, newest first, with no sort.
+EQUALITY_FILTERS: tuple[str, ...] = ("agent_name", "job_type", "status")
+LIST_INDEXES: dict[tuple[str, ...], str] = {
+    (): "idx_runs_created",
+    ("agent_name",): "idx_runs_agent_created",
+    ("job_type",): "idx_runs_job_created",
+    ("status",): "idx_runs_status_created",
+    ("agent_name", "job_type"): "idx_runs_agent_job_created",
+    ("agent_name", "status"): "idx_runs_agent_status_created",
+    ("job_type", "status"): "idx_runs_job_status_created",
+    ("agent_name", "job_type", "status"): "idx_runs_agent_job_status_created",
+}
+#: Serves a narrow ``start_time`` window (see ``runs.query_runs``).
+START_TIME_INDEX = "idx_runs_start_time"
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
