@@ -14,7 +14,7 @@ from typing import Any, Literal
 import orjson
 
 from server.contract.codec import dumps_text
-from server.contract.fields import TERMINAL_STATUSES
+from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
 from server.storage.cursor import Position
 from server.storage.schema import (
@@ -194,11 +194,14 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
 SMALL_WINDOW_RUNS = 2000
 
 
-def list_index(query: RunQuery) -> str:
-    """The index whose leading columns are exactly the query's equality filters."""
-    return LIST_INDEXES[
-        tuple(column for column in EQUALITY_FILTERS if getattr(query, column) is not None)
-    ]
+def list_index(query: RunQuery) -> tuple[str, bool]:
+    """The index serving the query's equality filters, and whether the query is a merge
+    of one range per status (filters without status, served by the index with it)."""
+    equalities = [column for column in EQUALITY_FILTERS if getattr(query, column) is not None]
+    merge = bool(equalities) and query.status is None
+    if merge:
+        equalities.append("status")
+    return LIST_INDEXES[tuple(equalities)], merge
 
 
 def query_sql(
@@ -206,10 +209,14 @@ def query_sql(
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
-    ``INDEXED BY`` names the equality filters' index (or, with ``by_start_time``, the
-    start_time index): the plan never depends on planner statistics, which on a server
-    that started on an empty file say nothing about the table (the planner then serves
-    agent+job from the job index and reads every run of that job).
+    ``INDEXED BY`` names the index whose leading columns are the equality filters (or,
+    with ``by_start_time``, the start_time index): the plan never depends on planner
+    statistics, which on a server that started on an empty file say nothing about the
+    table (the planner then serves agent+job from the job index, reading every run of
+    that job). Without a status filter, agent_name and job_type are served by their
+    index with status: one SELECT per status, each a range newest first, joined by
+    ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge of co-routines that
+    stops at the page (no sort, and no run of another agent or job is read).
 
     Rows carry their ``id`` last (for the next cursor) and one row more than the
     page is fetched, so the caller knows whether another page follows.
@@ -232,12 +239,15 @@ def query_sql(
     if after is not None:
         clauses.append("(created_at, id) < (?, ?)")
         params.extend((after.created_at, after.row_id))
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    index = START_TIME_INDEX if by_start_time else list_index(query)
-    sql = (
-        f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}{where} "
-        "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-    )
+    index, merge = (START_TIME_INDEX, False) if by_start_time else list_index(query)
+    select = f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}"
+    if merge:
+        where = " AND ".join((*clauses, "status = ?"))
+        body = " UNION ALL ".join(f"{select} WHERE {where}" for _ in CANONICAL_STATUSES)
+        params = [value for status in CANONICAL_STATUSES for value in (*params, status)]
+    else:
+        body = f"{select} WHERE {' AND '.join(clauses)}" if clauses else select
+    sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return sql, [*params, query.limit + 1, query.offset]
 
 
