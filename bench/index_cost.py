@@ -14,9 +14,9 @@ index sets so drift on a shared machine hits both alike:
    the guide's headline query ``agent_name=A&status=success&limit=100`` for
    agents drawn by popularity, plus the other equality pairs, old SQL (planner's
    choice, as before migration 4) against the new (``INDEXED BY``).
-4. The start_time window cut-over (``SMALL_WINDOW_RUNS``): a window of W runs a
-   month back, read through the start_time index and sorted, against the
-   newest-first walk of the equality index.
+4. start_time windows (``server.storage.window``): windows of W runs ending
+   0, 1 or 30 days back, read whole and sorted, walked within the created_at
+   span of their runs, walked unbounded; which one ``plan_window`` picks.
 5. Migration 4 on the old file: how long an upgrading server spends building
    the four new indexes at start-up.
 
@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.contract.models import RunCreate, RunQuery
 from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, insert_params, query_sql
-from server.storage.schema import MIGRATIONS, migrate
+from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
+from server.storage.window import WALK, WindowPlan, plan_window
 
 AGENTS = tuple(f"team-{i % 40:02d}.agent-{i:04d}" for i in range(2000))
 JOBS = tuple(f"job_type_{i:02d}" for i in range(20))
@@ -57,9 +58,16 @@ AGENT_CUM = tuple(
 HISTORY = timedelta(days=90)
 END = datetime(2026, 6, 1, tzinfo=UTC)
 BATCH = 500
-NEW_INDEXES = tuple(
-    statement.split()[2] for statement in MIGRATIONS[3].statements if "CREATE INDEX" in statement
+#: The rejected alternative, for the record: one index per combination of equality
+#: filters (eight), each ending in the list order, so no query needs a merge.
+ALL_EIGHT = (
+    "CREATE INDEX idx_runs_agent_job_created ON agent_runs(agent_name, job_type, created_at, id)",
+    "CREATE INDEX idx_runs_agent_status_created ON agent_runs(agent_name, status, created_at, id)",
+    "CREATE INDEX idx_runs_job_status_created ON agent_runs(job_type, status, created_at, id)",
+    "CREATE INDEX idx_runs_agent_job_status_created"
+    " ON agent_runs(agent_name, job_type, status, created_at, id)",
 )
+INDEX_SETS = ("old", "new", "eight")
 _AT = {column: _INSERT_COLUMNS.index(column) for column in _INSERT_COLUMNS}
 
 
@@ -116,7 +124,7 @@ def fleet_rows(total: int, seed: int = 10) -> Iterator[list[tuple[Any, ...]]]:
             start -= timedelta(days=rng.randrange(1, 8))
         row = list(pool[i % len(pool)])
         agent = rng.choices(AGENTS, cum_weights=AGENT_CUM)[0]
-        row[_AT["event_id"]] = f"{seed:04d}-{i:012d}"
+        row[_AT["event_id"]] = f"{rng.getrandbits(128):032x}"  # as random as a uuid4
         row[_AT["run_id"]] = f"{stamp(start)}-{agent}"
         row[_AT["agent_name"]] = agent
         row[_AT["job_type"]] = rng.choice(JOBS)
@@ -131,14 +139,26 @@ def fleet_rows(total: int, seed: int = 10) -> Iterator[list[tuple[Any, ...]]]:
         yield batch
 
 
+def migrate_to(conn: sqlite3.Connection, version: int) -> None:
+    """The schema as a server of that version left it."""
+    for migration in MIGRATIONS[:version]:
+        for statement in migration.statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version:d}")
+
+
 def open_db(path: Path, index_set: str, synchronous: str) -> sqlite3.Connection:
+    """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    migrate(conn)
-    if index_set == "old":
-        for index in NEW_INDEXES:
-            conn.execute(f"DROP INDEX {index}")
+    if index_set == "new":
+        migrate(conn)
+    else:
+        migrate_to(conn, 3)
+    if index_set == "eight":
+        for statement in ALL_EIGHT:
+            conn.execute(statement)
     return conn
 
 
@@ -166,8 +186,21 @@ def load(path: Path, index_set: str, synchronous: str, rows: int) -> Loaded:
 
 def old_sql(query: RunQuery) -> tuple[str, list[Any]]:
     """The list query as the server issued it before migration 4 (planner's choice)."""
-    sql, params = query_sql(query)
-    return sql.replace(f" INDEXED BY {sql.split(' INDEXED BY ')[1].split()[0]}", ""), params
+    clauses, params = [], []
+    for column, value in (
+        ("agent_name", query.agent_name),
+        ("job_type", query.job_type),
+        ("status", query.status),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT {', '.join(RUN_COLUMNS)}, id FROM agent_runs{where}"
+        " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, query.limit + 1, query.offset]
 
 
 def timed_ms(conn: sqlite3.Connection, sql: str, params: list[Any], repeat: int = 3) -> float:
@@ -189,6 +222,7 @@ def reader(path: Path) -> sqlite3.Connection:
 
 QUERIES: list[tuple[str, Callable[[str], RunQuery]]] = [
     ("agent+status=success", lambda a: RunQuery(agent_name=a, status="success")),
+    ("agent", lambda a: RunQuery(agent_name=a)),
     ("agent+status=failure", lambda a: RunQuery(agent_name=a, status="failure")),
     ("agent+job", lambda a: RunQuery(agent_name=a, job_type=JOBS[3])),
     ("job+status=failure", lambda a: RunQuery(job_type=JOBS[3], status="failure")),
@@ -217,33 +251,47 @@ def read_latency(old: Path, new: Path) -> list[str]:
 
 
 def window_cutover(new: Path, rows: int) -> list[str]:
-    """A start_time window of W runs a month back: read whole through the start_time
-    index and sorted (SMALL_WINDOW_RUNS and below) vs walked newest first."""
+    """start_time windows of W runs ending D days back, three ways: read whole through
+    the start_time index and sorted; walked newest first within the created_at span of
+    the window's runs; walked unbounded. ``plan_window``'s pick is marked *, and its one
+    index-only read of the window (done for every such page) timed."""
     conn = reader(new)
     lines = []
     per_second = rows / HISTORY.total_seconds()
-    low = END - timedelta(days=30)
     for equalities in ({}, {"status": "success"}, {"agent_name": AGENTS[0]}):
-        for window_runs in (100, 500, 2000, 8000, 32000):
-            high = low + timedelta(seconds=window_runs / per_second)
-            query = RunQuery.model_validate(
-                {**equalities, "start_time_from": stamp(low), "start_time_to": stamp(high)}
-            )
-            by_window = timed_ms(conn, *query_sql(query, by_start_time=True), repeat=2)
-            walked = timed_ms(conn, *query_sql(query), repeat=2)
-            label = "+".join(equalities) or "no equality"
-            lines.append(
-                f"  {label:12s} window of {window_runs:6d} runs, 30 days back:"
-                f" read window + sort {by_window:8.2f} ms   walk {walked:8.2f} ms"
-            )
+        for days_back in (0, 1, 30):
+            high = END - timedelta(days=days_back)
+            for window_runs in (100, 1000, 5000, 50000):
+                low = high - timedelta(seconds=window_runs / per_second)
+                query = RunQuery.model_validate(
+                    {**equalities, "start_time_from": stamp(low), "start_time_to": stamp(high)}
+                )
+                started = time.perf_counter()
+                chosen = plan_window(conn, query)
+                choice_ms = (time.perf_counter() - started) * 1000
+                spanned = plan_window(conn, query, read_max=0, bound_max=10**9)
+                timings = {
+                    "read": timed_ms(conn, *query_sql(query, None, WindowPlan(read_whole=True))),
+                    "span": timed_ms(conn, *query_sql(query, None, spanned)),
+                    "walk": timed_ms(conn, *query_sql(query, None, WALK)),
+                }
+                pick = "read" if chosen.read_whole else "span" if chosen.created_span else "walk"
+                label = "+".join(equalities) or "no equality"
+                cells = "  ".join(
+                    f"{name} {ms:8.2f} ms{'*' if name == pick else ' '}"
+                    for name, ms in timings.items()
+                )
+                lines.append(
+                    f"  {label:11s} {window_runs:6d} runs ending {days_back:2d} d back:"
+                    f"  {cells}  choice {choice_ms:5.2f} ms"
+                )
     conn.close()
     return lines
 
 
 def migration_cost(old: Path) -> float:
-    """Seconds to build migration 4's indexes on an existing file (a copy)."""
+    """Seconds an upgrading server spends in migration 4 (on the old file, last)."""
     conn = sqlite3.connect(str(old), isolation_level=None)
-    conn.execute("PRAGMA user_version = 3")
     started = time.perf_counter()
     migrate(conn)
     spent = time.perf_counter() - started
@@ -256,52 +304,57 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sync", default="FULL,OFF", help="comma-separated levels")
+    parser.add_argument("--sets", default=",".join(INDEX_SETS), help="of: old,new,eight")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     args = parser.parse_args()
     levels = [level.strip().upper() for level in args.sync.split(",")]
+    sets = [name.strip() for name in args.sets.split(",")]
     print(f"index cost, {args.rows:,} rows, {args.runs} run(s), sqlite {sqlite3.sqlite_version}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         rates: dict[tuple[str, str], list[float]] = {}
-        sizes: dict[str, list[int]] = {}
+        sizes: dict[str, int] = {}
         for run in range(args.runs):
             for level in levels:
-                order = ("old", "new") if run % 2 == 0 else ("new", "old")
-                for index_set in order:
+                shift = run % len(sets)  # rotate the order: drift hits every set alike
+                for index_set in sets[shift:] + sets[:shift]:
                     path = work / f"{index_set}-{level}.sqlite"
-                    path.unlink(missing_ok=True)
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{path}{suffix}").unlink(missing_ok=True)
                     loaded = load(path, index_set, level, args.rows)
                     rates.setdefault((index_set, level), []).append(loaded.rows_per_s)
-                    sizes.setdefault(index_set, []).append(loaded.file_bytes)
+                    sizes[index_set] = loaded.file_bytes
                     print(
-                        f"  run {run + 1} {level:4s} {index_set}: {loaded.rows_per_s:9,.0f} rows/s"
-                        f"  {loaded.file_bytes / 2**20:8.1f} MiB",
+                        f"  run {run + 1} {level:4s} {index_set:5s}: {loaded.rows_per_s:9,.0f}"
+                        f" rows/s  {loaded.file_bytes / 2**20:8.1f} MiB",
                         flush=True,
                     )
         print("\ninsert rate (executemany, 500 rows per transaction, WAL), median of runs:")
         for level in levels:
-            old = statistics.median(rates[("old", level)])
-            new = statistics.median(rates[("new", level)])
+            base = statistics.median(rates[(sets[0], level)])
+            for index_set in sets:
+                runs = rates[(index_set, level)]
+                median = statistics.median(runs)
+                print(
+                    f"  synchronous={level:4s} {index_set:5s}: {median:9,.0f} rows/s"
+                    f"  ({median / base:6.1%} of {sets[0]})   runs {[round(r) for r in runs]}"
+                )
+        print(f"\nfile size at {args.rows:,} rows (WAL checkpointed):")
+        for index_set in sets:
+            size = sizes[index_set]
             print(
-                f"  synchronous={level:4s}: old {old:9,.0f} rows/s   new {new:9,.0f} rows/s"
-                f"   new/old {new / old:6.1%}"
-                f"   (runs old {[round(r) for r in rates[('old', level)]]},"
-                f" new {[round(r) for r in rates[('new', level)]]})"
+                f"  {index_set:5s}: {size / 2**20:8.1f} MiB  {size / args.rows:5.0f} B/run"
+                f"  ({size / sizes[sets[0]]:6.1%} of {sets[0]})"
             )
-        old_size, new_size = sizes["old"][-1], sizes["new"][-1]
-        print(
-            f"\nfile size at {args.rows:,} rows: old {old_size / 2**20:.1f} MiB"
-            f" ({old_size / args.rows:.0f} B/run)   new {new_size / 2**20:.1f} MiB"
-            f" ({new_size / args.rows:.0f} B/run)   new/old {new_size / old_size:.1%}"
-        )
-        old_path, new_path = work / f"old-{levels[0]}.sqlite", work / f"new-{levels[0]}.sqlite"
-        print("\nlist query, limit 100, best of 3, after ANALYZE (old: planner's choice):")
-        for line in read_latency(old_path, new_path):
-            print(line, flush=True)
-        print("\nstart_time window: read through the window vs walk (new index set):")
-        for line in window_cutover(new_path, args.rows):
-            print(line, flush=True)
-        print(f"\nmigration 4 on the old file: {migration_cost(old_path):.2f} s")
+        if "old" in sets and "new" in sets:
+            old_path, new_path = work / f"old-{levels[0]}.sqlite", work / f"new-{levels[0]}.sqlite"
+            print("\nlist query, limit 100, best of 3, after ANALYZE (old: planner's choice):")
+            for line in read_latency(old_path, new_path):
+                print(line, flush=True)
+            print("\nstart_time windows, limit 100, best of 3 (new index set; * = chosen):")
+            for line in window_cutover(new_path, args.rows):
+                print(line, flush=True)
+            print(f"\nmigration 4 on the old file: {migration_cost(old_path):.2f} s")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from server.storage.schema import (
     RUN_JSON_COLUMNS,
     START_TIME_INDEX,
 )
+from server.storage.window import WALK, WindowPlan, plan_window
 
 _INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
 _INSERT_SQL = (
@@ -188,12 +189,6 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     return None if row is None else row_to_run(row)
 
 
-#: A ``start_time`` window holding at most this many runs (of any filters) is read whole
-#: through ``START_TIME_INDEX`` and sorted; a wider one is a filter on the walk of the
-#: equality index, newest first (see ``query_runs``). Measured in ``bench/index_cost.py``.
-SMALL_WINDOW_RUNS = 2000
-
-
 def list_index(query: RunQuery) -> tuple[str, bool]:
     """The index serving the query's equality filters, and whether the query is a merge
     of one range per status (filters without status, served by the index with it)."""
@@ -205,12 +200,12 @@ def list_index(query: RunQuery) -> tuple[str, bool]:
 
 
 def query_sql(
-    query: RunQuery, after: Position | None = None, *, by_start_time: bool = False
+    query: RunQuery, after: Position | None = None, window: WindowPlan = WALK
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
-    ``INDEXED BY`` names the index whose leading columns are the equality filters (or,
-    with ``by_start_time``, the start_time index): the plan never depends on planner
+    ``INDEXED BY`` names the index whose leading columns are the equality filters (or
+    the start_time index, for a window read whole; see ``window``): the plan never depends on planner
     statistics, which on a server that started on an empty file say nothing about the
     table (the planner then serves agent+job from the job index, reading every run of
     that job). Without a status filter, agent_name and job_type are served by their
@@ -239,7 +234,10 @@ def query_sql(
     if after is not None:
         clauses.append("(created_at, id) < (?, ?)")
         params.extend((after.created_at, after.row_id))
-    index, merge = (START_TIME_INDEX, False) if by_start_time else list_index(query)
+    if window.created_span is not None:
+        clauses.append("created_at BETWEEN ? AND ?")
+        params.extend(window.created_span)
+    index, merge = (START_TIME_INDEX, False) if window.read_whole else list_index(query)
     select = f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}"
     if merge:
         where = " AND ".join((*clauses, "status = ?"))
@@ -251,39 +249,6 @@ def query_sql(
     return sql, [*params, query.limit + 1, query.offset]
 
 
-def window_runs(conn: sqlite3.Connection, query: RunQuery, cap: int) -> int:
-    """How many runs (of any filters) the query's start_time window holds, counted up
-    to ``cap + 1`` only: an index-only range read of at most cap + 1 entries."""
-    bounds = [
-        (clause, value)
-        for clause, value in (
-            ("start_time >= ?", query.start_time_from),
-            ("start_time <= ?", query.start_time_to),
-        )
-        if value is not None
-    ]
-    where = " AND ".join(clause for clause, _ in bounds)
-    sql = (
-        f"SELECT count(*) FROM (SELECT 1 FROM agent_runs INDEXED BY {START_TIME_INDEX}"
-        f" WHERE {where} LIMIT ?)"
-    )
-    return int(conn.execute(sql, [*(value for _, value in bounds), cap + 1]).fetchone()[0])
-
-
-def reads_window(conn: sqlite3.Connection, query: RunQuery) -> bool:
-    """Whether to serve the query through its start_time window rather than the walk.
-
-    The list order is created_at, so a start_time bound is a filter on the newest-first
-    walk of the equality index; that walk reads every matching-filter run newer than the
-    window before the first one in it, which for an old, narrow window (an hour last
-    month) is most of the table. Such a window is small: reading it whole and sorting
-    it costs at most SMALL_WINDOW_RUNS rows. A wide window is walked.
-    """
-    if query.start_time_from is None and query.start_time_to is None:
-        return False
-    return window_runs(conn, query, SMALL_WINDOW_RUNS) <= SMALL_WINDOW_RUNS
-
-
 @dataclass(frozen=True)
 class Page:
     runs: list[dict[str, Any]]
@@ -292,8 +257,14 @@ class Page:
 
 
 def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
-    sql, params = query_sql(query, after, by_start_time=reads_window(conn, query))
-    rows = conn.execute(sql, params).fetchall()
+    if query.start_time_from is None and query.start_time_to is None:
+        rows = conn.execute(*query_sql(query, after)).fetchall()
+    else:
+        conn.execute("BEGIN")  # one snapshot for the window's plan and the page
+        try:
+            rows = conn.execute(*query_sql(query, after, plan_window(conn, query))).fetchall()
+        finally:
+            conn.execute("COMMIT")
     page = rows[: query.limit]
     last = page[-1] if len(rows) > query.limit else None
     return Page(

@@ -26,15 +26,9 @@ from server.contract.models import RunQuery
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
-from server.storage.runs import (
-    SMALL_WINDOW_RUNS,
-    distinct_values,
-    list_index,
-    query_runs,
-    query_sql,
-    reads_window,
-)
+from server.storage.runs import distinct_values, list_index, query_runs, query_sql
 from server.storage.schema import EQUALITY_FILTERS, LIST_INDEXES, START_TIME_INDEX
+from server.storage.window import WALK, WINDOW_READ_MAX_RUNS, WindowPlan, plan_window
 
 RUNS = 8000
 AGENTS = [f"agent-{i:04d}" for i in range(2000)]
@@ -129,8 +123,10 @@ EQUALITY_SETS = [
     combo for size in range(4) for combo in itertools.combinations(EQUALITY_FILTERS, size)
 ]
 EQUALITY_VALUES = {"agent_name": AGENT, "job_type": JOB, "status": STATUS}
-#: Wide: thousands of runs in the start_time window (walked). Narrow: a few hours of runs
-#: a week ago (read through the start_time index), holding late runs too.
+#: Wide: thousands of runs in the start_time window (walked within their created_at
+#: span). Narrow or recent: a few hours of runs, holding late runs too (read whole
+#: through the start_time index and sorted).
+READ_WHOLE = {"start_both_narrow", "start_to_narrow", "start_both_recent"}
 TIME_BOUNDS: dict[str, dict[str, str]] = {
     "none": {},
     "created_before": {"created_before": stamp(ORIGIN + timedelta(days=20))},
@@ -150,6 +146,10 @@ TIME_BOUNDS: dict[str, dict[str, str]] = {
         "start_time_to": stamp(ORIGIN + timedelta(days=20, hours=6)),
     },
     "start_to_narrow": {"start_time_to": stamp(ORIGIN + timedelta(hours=6))},
+    "start_both_recent": {
+        "start_time_from": stamp(ORIGIN + STEP * RUNS - timedelta(hours=6)),
+        "start_time_to": stamp(ORIGIN + STEP * RUNS - timedelta(hours=1)),
+    },
     "everything_wide": {
         "created_after": stamp(ORIGIN + timedelta(days=1)),
         "created_before": stamp(ORIGIN + timedelta(days=27)),
@@ -218,22 +218,24 @@ def test_every_combination_reads_only_matching_runs(
     a bounded read, checked to be small."""
     query = make_query(equalities, bounds)
     after = CURSOR if with_cursor else None
-    window = reads_window(conn, query)
-    text = plan(conn, *query_sql(query, after, by_start_time=window))
-    if window:
+    window = plan_window(conn, query)
+    text = plan(conn, *query_sql(query, after, window))
+    assert window.read_whole == (bounds in READ_WHOLE), text
+    if window.read_whole:
         step = text[0]
-        assert bounds.endswith("narrow"), text
         assert step.startswith(f"SEARCH agent_runs USING INDEX {START_TIME_INDEX} (start_time"), (
             text
         )
         assert text[1:] == ["USE TEMP B-TREE FOR ORDER BY"], text
         low, high = query.start_time_from or "", query.start_time_to or "~"
-        assert sum(1 for row in fleet[1] if low <= row[5] <= high) <= SMALL_WINDOW_RUNS
+        assert sum(1 for row in fleet[1] if low <= row[5] <= high) <= WINDOW_READ_MAX_RUNS
         return
-    assert not bounds.endswith("narrow"), text
+    # A walked window is bounded by its created_at span (all windows here are that small).
+    has_window = query.start_time_from is not None or query.start_time_to is not None
+    assert (window.created_span is not None) == has_window, text
     index, merge = list_index(query)
     assert not any("TEMP B-TREE" in step or step == "SCAN agent_runs" for step in text), text
-    ranged = with_cursor or bounds.startswith(("created", "everything"))
+    ranged = with_cursor or window.created_span is not None or bounds.startswith("created")
     if merge:
         # One range per status of the index with status, merged newest first.
         searches = [step for step in text if step.startswith("SEARCH")]
@@ -363,6 +365,45 @@ def test_every_combination_answers_like_brute_force(
     assert [int(run["event_id"][1:]) + 1 for run in page.runs] == expected_ids(rows, query, CURSOR)[
         :50
     ]
+
+
+def span(rows: list[tuple[Any, ...]], query: RunQuery) -> tuple[str, str]:
+    """The brute-force created_at span of the runs in the query's start_time window."""
+    low, high = query.start_time_from or "", query.start_time_to or "~"
+    created = [row[6] for row in rows if low <= row[5] <= high]
+    return min(created), max(created)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "read_max", "bound_max", "expected"),
+    [
+        ("none", 1000, 50_000, "walk"),
+        ("start_both_narrow", 1000, 50_000, "read"),  # a few hours: read whole
+        ("start_both_recent", 1000, 50_000, "read"),
+        ("start_both_narrow", 10, 50_000, "span"),  # more than read_max runs
+        ("start_from_wide", 1000, 50_000, "span"),
+        ("start_to_wide", 1000, 50_000, "span"),
+        ("start_both_wide", 10, 100, "walk"),  # more than bound_max: not counted on
+    ],
+)
+def test_window_plan(
+    conn: sqlite3.Connection,
+    fleet: tuple[Path, list[tuple[Any, ...]]],
+    bounds: str,
+    read_max: int,
+    bound_max: int,
+    expected: str,
+) -> None:
+    """A small window is read whole; a wider one is walked within the exact created_at
+    span of its runs (late-recorded runs included); a huge one is walked unbounded."""
+    query = make_query((), bounds)
+    got = plan_window(conn, query, read_max=read_max, bound_max=bound_max)
+    want = {
+        "walk": WALK,
+        "read": WindowPlan(read_whole=True),
+        "span": WindowPlan(created_span=span(fleet[1], query)) if expected == "span" else None,
+    }[expected]
+    assert got == want
 
 
 def test_the_skew_is_real(fleet: tuple[Path, list[tuple[Any, ...]]]) -> None:
