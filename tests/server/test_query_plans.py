@@ -212,10 +212,11 @@ def test_every_combination_reads_only_matching_runs(
     bounds: str,
     with_cursor: bool,
 ) -> None:
-    """The equality filters' index is searched by exactly those filters (a cursor or
-    created_at bound narrows the same range) and walked newest first: no table scan, no
-    sort, no other index. A narrow start_time window is read whole and sorted instead:
-    a bounded read, checked to be small."""
+    """The index whose leading columns are the equality filters is searched by them (a
+    cursor, a created_at bound or a start_time window's created_at span narrows the same
+    range) and walked newest first: no table scan, no sort, no other index. Without a
+    status filter: one such range per status, merged. A small start_time window is read
+    whole and sorted instead: a bounded read, checked to be small."""
     query = make_query(equalities, bounds)
     after = CURSOR if with_cursor else None
     window = plan_window(conn, query)
@@ -432,3 +433,45 @@ def test_distinct_values_use_index_seeks(conn: sqlite3.Connection) -> None:
     text = plan(conn, "SELECT MIN(agent_name) FROM agent_runs WHERE agent_name > ?", ["x"])
     assert any("USING" in step and "INDEX" in step for step in text), text
     assert not any(step.startswith("SCAN agent_runs") and "INDEX" not in step for step in text)
+
+
+def test_window_plan_and_page_share_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that land between the window's plan and its page do not tear the page:
+    a run moved into the window (outside the planned created_at span) and a run added
+    inside the span are both invisible, so the page is the answer before them. Read in
+    two snapshots it would hold the second and not the first: the answer of no moment."""
+    path = tmp_path / "snapshot.sqlite"
+    start_server_database(path)
+    rows = skewed_rows(random.Random(3))[:3000]
+    insert(path, rows)
+    query = make_query((), "start_both_wide", limit=1000)
+    window_from = query.start_time_from
+    assert window_from is not None
+    moved = next(i for i, row in enumerate(rows) if row[5] < window_from and row[6] < window_from)
+
+    def plan_then_write(conn: sqlite3.Connection, q: RunQuery) -> WindowPlan:
+        planned = plan_window(conn, q, read_max=0)
+        assert planned.created_span is not None
+        writer = sqlite3.connect(path, isolation_level=None)
+        inside = (*rows[moved][:5], window_from, planned.created_span[1])
+        writer.execute(
+            "UPDATE agent_runs SET start_time = ? WHERE id = ?", (window_from, moved + 1)
+        )
+        writer.execute(
+            "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status,"
+            " start_time, created_at) VALUES ('late', ?, ?, ?, ?, ?, ?)",
+            inside[1:],
+        )
+        writer.close()
+        return planned
+
+    monkeypatch.setattr("server.storage.runs.plan_window", plan_then_write)
+    reader = open_reader(path, busy_timeout_ms=1000)
+    try:
+        page = query_runs(reader, query)
+    finally:
+        reader.close()
+    got = [run["event_id"] for run in page.runs]
+    assert got == [rows[row_id - 1][0] for row_id in expected_ids(rows, query)][:1000]
