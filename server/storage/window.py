@@ -13,7 +13,15 @@ over every older run too. One index-only range read of the window through
   (exact: every run in the window has its created_at inside), so the walk starts
   at the window's newest run and stops at its oldest;
 - a window wider than ``bound_max`` runs is walked unbounded: its matches are
-  dense, so a page fills fast; only its last page walks on to the oldest run.
+  dense, so a page fills fast once the walk reaches it; but an old one is reached
+  only after every run recorded since (84 ms for 50,000 runs a month back, at 1M
+  runs), and its last page walks on to the oldest run.
+
+Measured with ``python bench/index_cost.py --rows 1000000 --runs 1 --sync FULL``: a
+window of 100 to 1,000 runs costs 0.03-3.4 ms read whole (a walk: up to 300 ms); a
+recent wider one 0.3 ms walked in its span; an old one of 5,000 runs 24 ms (runs
+recorded days late stretch its span). The choice itself reads at most 20,001 index
+entries (at most 5 ms).
 """
 
 from __future__ import annotations
