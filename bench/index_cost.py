@@ -147,9 +147,12 @@ def migrate_to(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(f"PRAGMA user_version = {version:d}")
 
 
-def open_db(path: Path, index_set: str, synchronous: str) -> sqlite3.Connection:
-    """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four."""
+def open_db(path: Path, index_set: str, synchronous: str, cache_mib: int = 0) -> sqlite3.Connection:
+    """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four.
+    cache_mib 0 keeps SQLite's default page cache (2 MiB), as the server does."""
     conn = sqlite3.connect(str(path), isolation_level=None)
+    if cache_mib:
+        conn.execute(f"PRAGMA cache_size = {-1024 * cache_mib:d}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     if index_set == "new":
@@ -168,10 +171,10 @@ class Loaded:
     file_bytes: int
 
 
-def load(path: Path, index_set: str, synchronous: str, rows: int) -> Loaded:
+def load(path: Path, index_set: str, synchronous: str, rows: int, cache_mib: int = 0) -> Loaded:
     """Insert rows in batches of BATCH, one transaction each (the insert rate's timing
     excludes building the rows)."""
-    conn = open_db(path, index_set, synchronous)
+    conn = open_db(path, index_set, synchronous, cache_mib)
     spent = 0.0
     for batch in fleet_rows(rows):
         started = time.perf_counter()
@@ -326,11 +329,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sync", default="FULL,OFF", help="comma-separated levels")
     parser.add_argument("--sets", default=",".join(INDEX_SETS), help="of: old,new,eight")
+    parser.add_argument(
+        "--cache-mib", type=int, default=0, help="writer page cache (default: SQLite's 2 MiB)"
+    )
+    parser.add_argument("--inserts-only", action="store_true", help="skip the read figures")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     args = parser.parse_args()
     levels = [level.strip().upper() for level in args.sync.split(",")]
     sets = [name.strip() for name in args.sets.split(",")]
-    print(f"index cost, {args.rows:,} rows, {args.runs} run(s), sqlite {sqlite3.sqlite_version}")
+    print(
+        f"index cost, {args.rows:,} rows, {args.runs} run(s), sqlite {sqlite3.sqlite_version},"
+        f" writer cache {f'{args.cache_mib} MiB' if args.cache_mib else 'default'}"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         rates: dict[tuple[str, str], list[float]] = {}
@@ -342,7 +352,7 @@ def main() -> None:
                     path = work / f"{index_set}-{level}.sqlite"
                     for suffix in ("", "-wal", "-shm"):
                         Path(f"{path}{suffix}").unlink(missing_ok=True)
-                    loaded = load(path, index_set, level, args.rows)
+                    loaded = load(path, index_set, level, args.rows, args.cache_mib)
                     rates.setdefault((index_set, level), []).append(loaded.rows_per_s)
                     sizes[index_set] = loaded.file_bytes
                     print(
@@ -367,7 +377,7 @@ def main() -> None:
                 f"  {index_set:5s}: {size / 2**20:8.1f} MiB  {size / args.rows:5.0f} B/run"
                 f"  ({size / sizes[sets[0]]:6.1%} of {sets[0]})"
             )
-        if "old" in sets and "new" in sets:
+        if "old" in sets and "new" in sets and not args.inserts_only:
             old_path, new_path = work / f"old-{levels[0]}.sqlite", work / f"new-{levels[0]}.sqlite"
             print("\nlist query, limit 100, best of 3 (old: the planner's choice):")
             for line in read_latency(old_path, new_path):
