@@ -14,10 +14,18 @@ from typing import Any, Literal
 import orjson
 
 from server.contract.codec import dumps_text
-from server.contract.fields import TERMINAL_STATUSES
+from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
 from server.storage.cursor import Position
-from server.storage.schema import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
+from server.storage.schema import (
+    EQUALITY_FILTERS,
+    LIST_INDEXES,
+    RUN_COLUMNS,
+    RUN_DATA_COLUMNS,
+    RUN_JSON_COLUMNS,
+    START_TIME_INDEX,
+)
+from server.storage.window import WALK, WindowPlan, plan_window
 
 _INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
 _INSERT_SQL = (
@@ -181,8 +189,29 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     return None if row is None else row_to_run(row)
 
 
-def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list[Any]]:
-    """The SELECT for a list query; every filter is served by an index.
+def list_index(query: RunQuery) -> tuple[str, bool]:
+    """The index serving the query's equality filters, and whether the query is a merge
+    of one range per status (filters without status, served by the index with it)."""
+    equalities = [column for column in EQUALITY_FILTERS if getattr(query, column) is not None]
+    merge = bool(equalities) and query.status is None
+    if merge:
+        equalities.append("status")
+    return LIST_INDEXES[tuple(equalities)], merge
+
+
+def query_sql(
+    query: RunQuery, after: Position | None = None, window: WindowPlan = WALK
+) -> tuple[str, list[Any]]:
+    """The SELECT for a list query, pinned to the index that serves it.
+
+    ``INDEXED BY`` names the index whose leading columns are the equality filters (or
+    the start_time index, for a window read whole; see ``window``): the plan never depends on planner
+    statistics, which on a server that started on an empty file say nothing about the
+    table (the planner then serves agent+job from the job index, reading every run of
+    that job). Without a status filter, agent_name and job_type are served by their
+    index with status: one SELECT per status, each a range newest first, joined by
+    ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge of co-routines that
+    stops at the page (no sort, and no run of another agent or job is read).
 
     Rows carry their ``id`` last (for the next cursor) and one row more than the
     page is fetched, so the caller knows whether another page follows.
@@ -205,11 +234,18 @@ def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list
     if after is not None:
         clauses.append("(created_at, id) < (?, ?)")
         params.extend((after.created_at, after.row_id))
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = (
-        f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs{where} "
-        "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-    )
+    if window.created_span is not None:
+        clauses.append("created_at BETWEEN ? AND ?")
+        params.extend(window.created_span)
+    index, merge = (START_TIME_INDEX, False) if window.read_whole else list_index(query)
+    select = f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}"
+    if merge:
+        where = " AND ".join((*clauses, "status = ?"))
+        body = " UNION ALL ".join(f"{select} WHERE {where}" for _ in CANONICAL_STATUSES)
+        params = [value for status in CANONICAL_STATUSES for value in (*params, status)]
+    else:
+        body = f"{select} WHERE {' AND '.join(clauses)}" if clauses else select
+    sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return sql, [*params, query.limit + 1, query.offset]
 
 
@@ -221,8 +257,14 @@ class Page:
 
 
 def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
-    sql, params = query_sql(query, after)
-    rows = conn.execute(sql, params).fetchall()
+    if query.start_time_from is None and query.start_time_to is None:
+        rows = conn.execute(*query_sql(query, after)).fetchall()
+    else:
+        conn.execute("BEGIN")  # one snapshot for the window's plan and the page
+        try:
+            rows = conn.execute(*query_sql(query, after, plan_window(conn, query))).fetchall()
+        finally:
+            conn.execute("COMMIT")
     page = rows[: query.limit]
     last = page[-1] if len(rows) > query.limit else None
     return Page(
