@@ -30,13 +30,14 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from index_cost import load  # noqa: E402
-from server_bench import HOST, ServerProcess  # noqa: E402
+from index_cost import load
+from server_bench import HOST, ServerProcess
 
-from server.contract.models import RunQuery  # noqa: E402
-from server.storage.connection import open_reader  # noqa: E402
-from server.storage.runs import query_sql  # noqa: E402
-from server.storage.window import plan_window  # noqa: E402
+from server.contract.models import RunQuery
+from server.storage.connection import open_reader
+from server.storage.cursor import Position
+from server.storage.runs import query_sql
+from server.storage.window import plan_window
 
 COMMITS = 3000
 LIMIT = 100
@@ -89,8 +90,6 @@ def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> 
             "SELECT created_at, id FROM agent_runs ORDER BY created_at DESC, id DESC"
             f" LIMIT 1 OFFSET {10 * LIMIT - 1}"
         ).fetchone()
-        from server.storage.cursor import Position
-
         after = Position(str(row[0]), int(row[1]))
     best = float("inf")
     for _ in range(5):
@@ -144,7 +143,9 @@ def main() -> None:
             cursor = client.getresponse()
             cursor.read()
             cases["cursor page"] = ({"cursor": cursor.getheader("X-Next-Cursor")}, True)
-            print(f"{'shape':16s} {'server CPU/page':>16s} {'floor':>8s} {'ratio':>6s} {'target':>7s}")
+            print(
+                f"{'shape':16s} {'server CPU/page':>16s} {'floor':>8s} {'ratio':>6s} {'target':>7s}"
+            )
             for name, (params, deep) in cases.items():
                 target = f"/api/v1/runs?{urlencode({**params, 'limit': LIMIT})}"
                 cpu, size = page_cpu_ms(server, client, target, args.pages)

@@ -2,7 +2,7 @@
 
 Building a dict of 42 values per row, parsing its JSON columns and serialising it all
 again cost more server CPU than the query itself. Here ``json_object()`` renders each
-row in C; Python only appends the two derived URLs (``server.urls.url_suffix``, cached
+row in C; Python only appends the two derived URLs (``url_suffix``, cached
 per distinct repository and commit) and joins the rows. The bytes are those of the
 Python rendering (``row_to_run`` + ``with_urls`` + orjson), key order included, which
 stays as the fallback:
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from server.contract.codec import dumps_text
+from server.contract.codec import dumps
 from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 
@@ -42,39 +42,44 @@ def _exact(column: str) -> str:
     return f"CASE WHEN json_valid({column}) THEN json({column}) = {column} ELSE 1 END"
 
 
-_OBJECT = "json_object({})".format(", ".join(f"'{column}', {_value(column)}" for column in RUN_COLUMNS))
+_OBJECT = "CAST(json_object({}) AS BLOB)".format(
+    ", ".join(f"'{column}', {_value(column)}" for column in RUN_COLUMNS)
+)
 _EXACT = " AND ".join(_exact(column) for column in (*RUN_COUNTER_COLUMNS, *RUN_JSON_COLUMNS))
 #: The select list of a rendered page; list queries add ``id`` after it.
 JSON_COLUMNS = f"{_OBJECT}, git_repo, git_commit_hash, {_EXACT}, created_at"
-#: Positions in a rendered row.
-BODY, REPO, COMMIT, EXACT, CREATED_AT, ROW_ID = range(6)
+#: Where a rendered row holds its created_at (its id is last).
+CREATED_AT = 4
 
 
 @functools.lru_cache(maxsize=4096)  # a page names the same few repositories and commits
-def url_suffix(git_repo: str | None, commit_hash: str | None) -> str:
+def url_suffix(git_repo: str | None, commit_hash: str | None) -> bytes:
     """The end of a run's JSON object: its commit_url and repo_url, then ``}``."""
-    commit_url = orjson.dumps(build_commit_url(git_repo, commit_hash)).decode()
-    repo_url = orjson.dumps(build_repo_url(git_repo)).decode()
-    return f',"commit_url":{commit_url},"repo_url":{repo_url}}}'
+    commit_url = orjson.dumps(build_commit_url(git_repo, commit_hash))
+    repo_url = orjson.dumps(build_repo_url(git_repo))
+    return b',"commit_url":' + commit_url + b',"repo_url":' + repo_url + b"}"
 
 
-def python_rendering(run: dict[str, Any]) -> str:
+def python_rendering(run: dict[str, Any]) -> bytes:
     """A run (as ``row_to_run`` gives it) rendered the Python way, URLs included."""
-    return dumps_text(run)[:-1] + url_suffix(run.get("git_repo"), run.get("git_commit_hash"))
+    return dumps(run)[:-1] + url_suffix(run.get("git_repo"), run.get("git_commit_hash"))
 
 
-def render_rows(rows: Sequence[Sequence[Any]], fallback: Any) -> bytes:
+def render_rows(rows: Sequence[Sequence[Any]], fallback: Callable[[int], bytes]) -> bytes:
     """The JSON array of rendered rows; ``fallback(row_id)`` renders an inexact row."""
-    parts = [
-        row[BODY][:-1] + url_suffix(row[REPO], row[COMMIT])
-        if row[EXACT]
-        else fallback(row[ROW_ID])
-        for row in rows
-    ]
-    return f"[{','.join(parts)}]".encode()
+    parts = [b"["]
+    for body, repo, commit, exact, _, row_id in rows:
+        if exact:
+            parts += (body[:-1], url_suffix(repo, commit), b",")
+        else:
+            parts += (fallback(row_id), b",")
+    if len(parts) > 1:
+        parts.pop()  # the last comma
+    parts.append(b"]")
+    return b"".join(parts)  # one copy of the page
 
 
-_PROBE_TEXT = "".join(chr(code) for code in range(0x80)) + "é€\u2028\U0001f600\"\\/"
+_PROBE_TEXT = "".join(chr(code) for code in range(0x80)) + 'é€\u2028\U0001f600"\\/'
 
 
 @functools.cache

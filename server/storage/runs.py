@@ -317,10 +317,10 @@ def query_page_json(
     as the Python way does (see ``run_json``), by ``row_to_run`` otherwise."""
     if not run_json.renders_like_orjson():
         page = query_runs(conn, query, after)
-        body = f"[{','.join(run_json.python_rendering(run) for run in page.runs)}]"
-        return JsonPage(body.encode(), page.next_position)
+        body = b",".join(run_json.python_rendering(run) for run in page.runs)
+        return JsonPage(b"[" + body + b"]", page.next_position)
 
-    def fallback(row_id: int) -> str:
+    def fallback(row_id: int) -> bytes:
         row = conn.execute(
             f"SELECT {_SELECT_COLUMNS} FROM agent_runs WHERE id = ?", (row_id,)
         ).fetchone()

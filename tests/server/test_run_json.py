@@ -31,7 +31,7 @@ TEXTS = (
     "plain",
     "é€😀",
     "\u2028\u2029",
-    "quote\" back\\ slash/",
+    'quote" back\\ slash/',
     "".join(chr(code) for code in range(0x20)) + "\x7f",
     "x" * 3000,
     "<script>&amp;",
@@ -207,3 +207,17 @@ def test_url_suffix_is_computed_once_per_distinct_value(conn: sqlite3.Connection
     info = run_json.url_suffix.cache_info()
     assert info.currsize <= len(REPOS) * len(COMMITS)
     assert info.hits >= 1000 - info.currsize - 1
+
+
+@pytest.mark.parametrize("params", QUERIES, ids=[str(index) for index in range(len(QUERIES))])
+def test_rendering_does_not_change_the_plan(
+    conn: sqlite3.Connection, params: dict[str, Any]
+) -> None:
+    """The select list is all that differs: same index, same merge, no sort added."""
+    query = RunQuery.model_validate({"limit": 100, **params})
+
+    def plan(columns: str) -> list[str]:
+        sql, values = runs.query_sql(query, columns=columns)
+        return [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", values)]
+
+    assert plan(run_json.JSON_COLUMNS) == plan(runs._SELECT_COLUMNS)
