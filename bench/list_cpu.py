@@ -11,7 +11,8 @@ in a row on one keep-alive connection. The server's CPU per page is its utime+st
 (``/proc/<pid>/stat``, all threads) over the pages, divided by N: HTTP parsing,
 validation, the query and the answer's bytes. The floor is the same query's rows
 fetched by this process straight from SQLite (``fetchall`` of the plain columns,
-best of 5 x 50): what any Python server pays before building an answer.
+best of 5 x 50): what any Python server pays before building an answer. ``/health``
+gives the HTTP share (aiohttp, middlewares, the request log line at INFO).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--pages", type=int, default=2000, help="pages per shape")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="TELEMETRY_LOG_LEVEL of the server (default INFO, its own: one line per request)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -132,9 +138,12 @@ def main() -> None:
         started = time.monotonic()
         prefill(db, args.rows)
         print(f"list CPU, {args.rows:,} rows (prefilled in {time.monotonic() - started:.0f} s),")
-        print(f"limit {LIMIT}, {args.pages} pages per shape, sqlite {sqlite3.sqlite_version}")
+        print(
+            f"limit {LIMIT}, {args.pages} pages per shape, sqlite {sqlite3.sqlite_version},"
+            f" server log level {args.log_level}"
+        )
         reader = open_reader(db, busy_timeout_ms=2000)
-        server = ServerProcess(db, Path(tmp) / "server.log", "WARNING")
+        server = ServerProcess(db, Path(tmp) / "server.log", args.log_level)
         server.start()
         try:
             client = http.client.HTTPConnection(HOST, int(server.base_url.rsplit(":", 1)[1]))
@@ -146,6 +155,8 @@ def main() -> None:
             print(
                 f"{'shape':16s} {'server CPU/page':>16s} {'floor':>8s} {'ratio':>6s} {'target':>7s}"
             )
+            health, _ = page_cpu_ms(server, client, "/health", args.pages)
+            print(f"{'/health (HTTP)':16s} {health:13.3f} ms  (no query: the HTTP share of a page)")
             for name, (params, deep) in cases.items():
                 target = f"/api/v1/runs?{urlencode({**params, 'limit': LIMIT})}"
                 cpu, size = page_cpu_ms(server, client, target, args.pages)
