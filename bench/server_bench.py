@@ -539,8 +539,9 @@ def batch_path_costs(batches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, f
 def list_path_costs(path: Path) -> dict[str, float]:
     """CPU of each step of GET /api/v1/runs?agent_name=X&limit=100, in this process (ms/answer).
 
-    Same functions as the server's handler (query_sql, row_to_run, with_urls, dumps),
-    on the same database file, one read-only connection.
+    The handler's path (query_page_json: rows rendered by SQLite, see run_json) and,
+    for comparison, the Python rendering it falls back to (row_to_run, with_urls,
+    dumps), on the same database file, one read-only connection.
     """
     from server.contract.codec import dumps
     from server.contract.models import RunQuery
@@ -562,6 +563,10 @@ def list_path_costs(path: Path) -> dict[str, float]:
                     with_urls(dict(run))
 
         return {
+            "query_page_json (the handler's path)": _per_item_us(
+                lambda: [runs.query_page_json(conn, query) for query in queries], n
+            )
+            / 1e3,
             "SQL fetch (43 columns)": _per_item_us(
                 lambda: [conn.execute(sql, params).fetchall() for sql, params in statements], n
             )

@@ -164,8 +164,8 @@ async def list_runs(request: web.Request) -> web.Response:
             raise ValidationFailed(
                 [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
             ) from exc
-    page = await database.query(query, after)
-    response = json_response([with_urls(run) for run in page.runs])
+    page = await database.query_json(query, after)
+    response = web.Response(body=page.body, content_type="application/json")
     if page.next_position is not None:
         response.headers[NEXT_CURSOR_HEADER] = database.cursors.encode(page.next_position, scope)
     return response

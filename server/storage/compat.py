@@ -3,9 +3,10 @@
 The features used, and the release that brought each: ``RETURNING`` (3.35.0, the
 newest), ``PRAGMA analysis_limit`` (3.32.0), ``INSERT ... ON CONFLICT DO NOTHING``
 (3.24.0), row values in keyset comparisons (3.15.0), ``WITH RECURSIVE`` (3.8.3),
-WAL (3.7.0). No JSON functions are used: JSON columns are stored as text and
-parsed in Python. An older library would fail in the middle of a request; we
-refuse to start instead.
+WAL (3.7.0). JSON functions (built in from 3.38, optional before) render list
+answers when present and exact (``run_json.renders_like_orjson``); without them
+the answers are rendered in Python, the same bytes. An older library would fail in
+the middle of a request; we refuse to start instead.
 """
 
 from __future__ import annotations

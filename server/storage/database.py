@@ -200,6 +200,10 @@ class Database:
     async def query(self, query: RunQuery, after: Position | None = None) -> runs.Page:
         return await self.reader.run(lambda conn: runs.query_runs(conn, query, after))
 
+    async def query_json(self, query: RunQuery, after: Position | None = None) -> runs.JsonPage:
+        """A page as the API answers it, JSON bytes (see ``run_json``)."""
+        return await self.reader.run(lambda conn: runs.query_page_json(conn, query, after))
+
     async def metadata(self) -> tuple[MetadataSnapshot, bool]:
         """The distinct values and whether they came from the cache."""
         cached = self.metadata_cache.get()

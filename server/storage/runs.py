@@ -7,7 +7,8 @@ read functions run on read-only connections (see ``reader``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ import orjson
 from server.contract.codec import dumps_text
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
+from server.storage import run_json
 from server.storage.cursor import Position
 from server.storage.schema import (
     EQUALITY_FILTERS,
@@ -200,7 +202,10 @@ def list_index(query: RunQuery) -> tuple[str, bool]:
 
 
 def query_sql(
-    query: RunQuery, after: Position | None = None, window: WindowPlan = WALK
+    query: RunQuery,
+    after: Position | None = None,
+    window: WindowPlan = WALK,
+    columns: str = _SELECT_COLUMNS,
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
@@ -213,7 +218,8 @@ def query_sql(
     ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge of co-routines that
     stops at the page (no sort, and no run of another agent or job is read).
 
-    Rows carry their ``id`` last (for the next cursor) and one row more than the
+    ``columns`` is the select list (``run_json.JSON_COLUMNS`` renders each row as JSON);
+    it must include ``created_at``. Rows carry their ``id`` last (for the next cursor) and one row more than the
     page is fetched, so the caller knows whether another page follows.
     ``after`` starts the page strictly after a cursor's position (keyset paging).
     """
@@ -238,7 +244,7 @@ def query_sql(
         clauses.append("created_at BETWEEN ? AND ?")
         params.extend(window.created_span)
     index, merge = (START_TIME_INDEX, False) if window.read_whole else list_index(query)
-    select = f"SELECT {_SELECT_COLUMNS}, id FROM agent_runs INDEXED BY {index}"
+    select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {index}"
     if merge:
         where = " AND ".join((*clauses, "status = ?"))
         body = " UNION ALL ".join(f"{select} WHERE {where}" for _ in CANONICAL_STATUSES)
@@ -256,21 +262,74 @@ class Page:
     next_position: Position | None
 
 
+def _fetch(
+    conn: sqlite3.Connection, query: RunQuery, after: Position | None, columns: str
+) -> list[Any]:
+    """The page's rows, plus one if another page follows. A start_time window is
+    planned by a read of its own: run this in a read transaction (``snapshot``)."""
+    window = WALK
+    if query.start_time_from is not None or query.start_time_to is not None:
+        window = plan_window(conn, query)
+    return conn.execute(*query_sql(query, after, window, columns)).fetchall()
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: every statement inside sees the same database."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _next_position(rows: list[Any], limit: int, created_at: int) -> Position | None:
+    if len(rows) <= limit:
+        return None
+    last = rows[limit - 1]
+    return Position(str(last[created_at]), int(last[-1]))
+
+
 def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
+    """A page of runs as dicts (the Python rendering; see ``query_page_json``)."""
     if query.start_time_from is None and query.start_time_to is None:
-        rows = conn.execute(*query_sql(query, after)).fetchall()
+        rows = _fetch(conn, query, after, _SELECT_COLUMNS)
     else:
-        conn.execute("BEGIN")  # one snapshot for the window's plan and the page
-        try:
-            rows = conn.execute(*query_sql(query, after, plan_window(conn, query))).fetchall()
-        finally:
-            conn.execute("COMMIT")
-    page = rows[: query.limit]
-    last = page[-1] if len(rows) > query.limit else None
+        with snapshot(conn):
+            rows = _fetch(conn, query, after, _SELECT_COLUMNS)
     return Page(
-        [row_to_run(row) for row in page],
-        None if last is None else Position(str(last[_CREATED_AT]), int(last[-1])),
+        [row_to_run(row) for row in rows[: query.limit]],
+        _next_position(rows, query.limit, _CREATED_AT),
     )
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    #: The page as the API answers it: a JSON array of runs with their URLs.
+    body: bytes
+    next_position: Position | None
+
+
+def query_page_json(
+    conn: sqlite3.Connection, query: RunQuery, after: Position | None = None
+) -> JsonPage:
+    """A page of runs as JSON bytes, rendered by SQLite where it renders them exactly
+    as the Python way does (see ``run_json``), by ``row_to_run`` otherwise."""
+    if not run_json.renders_like_orjson():
+        page = query_runs(conn, query, after)
+        body = b",".join(run_json.python_rendering(run) for run in page.runs)
+        return JsonPage(b"[" + body + b"]", page.next_position)
+
+    def fallback(row_id: int) -> bytes:
+        row = conn.execute(
+            f"SELECT {_SELECT_COLUMNS} FROM agent_runs WHERE id = ?", (row_id,)
+        ).fetchone()
+        return run_json.python_rendering(row_to_run(row))
+
+    with snapshot(conn):  # an inexact row is read again: the same version of it
+        rows = _fetch(conn, query, after, run_json.JSON_COLUMNS)
+        body = run_json.render_rows(rows[: query.limit], fallback)
+    return JsonPage(body, _next_position(rows, query.limit, run_json.CREATED_AT))
 
 
 def distinct_values(

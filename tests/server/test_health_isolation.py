@@ -23,7 +23,7 @@ async def test_health_answers_while_every_reader_is_busy(make_api, new_run, monk
     release = threading.Event()
     busy = 0
     all_busy = asyncio.Event()
-    slow_query = runs.query_runs
+    slow_query = runs.query_page_json
 
     def slow(conn: sqlite3.Connection, query: Any, after: Any = None) -> Any:
         nonlocal busy
@@ -33,7 +33,7 @@ async def test_health_answers_while_every_reader_is_busy(make_api, new_run, monk
         release.wait(30)  # a slow query, held until the test has looked
         return slow_query(conn, query, after)
 
-    monkeypatch.setattr(runs, "query_runs", slow)
+    monkeypatch.setattr(runs, "query_page_json", slow)
     queries = [asyncio.create_task(api.get("/api/v1/runs")) for _ in range(20)]
     try:
         await asyncio.wait_for(all_busy.wait(), 10)
