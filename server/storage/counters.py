@@ -18,6 +18,7 @@ designed to be; another process writing the file is seen only after a restart.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import sqlite3
 import threading
@@ -64,7 +65,7 @@ def minute_of(moment: datetime) -> str:
 @dataclass(frozen=True)
 class RunCounts:
     total_runs: int
-    agents: dict[str, int]
+    agents: dict[str, int]  # shared between snapshots until the counts change: read only
     recent_24h: int
     by_status: dict[str, int]
 
@@ -77,6 +78,10 @@ class RunCounters:
         self._lock = threading.Lock()
         self._total = 0
         self._agents: dict[str, int] = {}
+        # The agents busiest first (then by name), kept sorted as counts change, and the
+        # dict answers show, built from it once per change rather than sorted per read.
+        self._agent_order: list[tuple[int, str]] = []
+        self._agents_view: dict[str, int] | None = {}
         self._statuses: dict[str, int] = {}
         self._minutes: dict[str, int] = {}  # minutes still inside (or after) the window
         self._expiry: list[str] = []  # heap of the keys of _minutes
@@ -129,8 +134,9 @@ class RunCounters:
         """The current counts; O(agents + statuses), independent of the number of runs."""
         with self._lock:
             self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
-            agents = dict(sorted(self._agents.items(), key=lambda item: (-item[1], item[0])))
-            return RunCounts(self._total, agents, self._recent, dict(self._statuses))
+            if self._agents_view is None:
+                self._agents_view = {agent: -negated for negated, agent in self._agent_order}
+            return RunCounts(self._total, self._agents_view, self._recent, dict(self._statuses))
 
     @property
     def window_start(self) -> str:
@@ -142,8 +148,19 @@ class RunCounters:
 
     def _add(self, agent: str, status: str, n: int) -> None:
         self._total += n
+        before = self._agents.get(agent, 0)
         _bump(self._agents, agent, n)
         _bump(self._statuses, status, n)
+        if n:
+            self._reorder(agent, before, before + n)
+
+    def _reorder(self, agent: str, before: int, after: int) -> None:
+        """Move one agent in the busiest-first order: a bisect and a memmove, no sort."""
+        if before:
+            del self._agent_order[bisect.bisect_left(self._agent_order, (-before, agent))]
+        if after:
+            bisect.insort(self._agent_order, (-after, agent))
+        self._agents_view = None
 
     def _add_minute(self, minute: str, n: int) -> None:
         if minute < self._window_start:
