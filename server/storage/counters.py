@@ -107,7 +107,9 @@ class RunCounters:
         ).fetchall()
         with self._lock:
             for agent, status, n in rows:
-                self._add(str(agent), str(status), int(n))
+                self._add(str(agent), str(status), int(n), reorder=False)
+            self._agent_order = sorted((-n, agent) for agent, n in self._agents.items() if n)
+            self._agents_view = None
             for minute, n in recent:
                 self._add_minute(str(minute), int(n))
 
@@ -117,9 +119,9 @@ class RunCounters:
             f"SELECT agent_name, status, minute, SUM(n) FROM {_DELTAS} "
             "GROUP BY agent_name, status, minute HAVING SUM(n) != 0"
         ).fetchall()
+        conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
         if not deltas:
             return _nothing
-        conn.execute(f"DELETE FROM {_DELTAS}")
         return lambda: self.apply(deltas)
 
     def apply(self, deltas: Iterable[Delta]) -> None:
@@ -146,12 +148,12 @@ class RunCounters:
 
     # ---- internals (lock held) ------------------------------------------------------
 
-    def _add(self, agent: str, status: str, n: int) -> None:
+    def _add(self, agent: str, status: str, n: int, *, reorder: bool = True) -> None:
         self._total += n
         before = self._agents.get(agent, 0)
         _bump(self._agents, agent, n)
         _bump(self._statuses, status, n)
-        if n:
+        if n and reorder:
             self._reorder(agent, before, before + n)
 
     def _reorder(self, agent: str, before: int, after: int) -> None:

@@ -109,7 +109,7 @@ class Database:
             counters.install(conn)
             counters.load(conn)  # the one full count, at start-up; the writer keeps it after
             distinct.install(conn)
-            distinct.load(conn)
+            distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
             cursors = CursorCodec(cursor_key(conn))
         except BaseException:

@@ -1,11 +1,11 @@
 """Distinct agent names and job types kept in memory by the writer, so /api/v1/metadata
 never queries.
 
-Counted once at start-up (one pass over each column's index), then kept exact the
-way ``counters`` keeps the run counts: TEMP triggers on the writer's connection
-record every inserted, renamed or deleted row's values into a TEMP table inside
-the group's transaction; a rolled-back savepoint or a failed group takes its rows
-with it. The writer reads the group's net changes just before COMMIT and applies
+Counted once at start-up (agent names from the run counters' start-up pass, job
+types by one pass over their index), then kept exact the way ``counters`` keeps
+the run counts: TEMP triggers on the writer's connection record every inserted,
+renamed or deleted row's values into a TEMP table inside the group's transaction;
+a rolled-back savepoint or a failed group takes its rows with it. The writer reads the group's net changes just before COMMIT and applies
 them once COMMIT has succeeded, so a value is listed exactly while at least one
 stored run carries it, from the moment the write that added it is answered.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +66,11 @@ class _Values:
         self.counts: dict[str, int] = {}
         self.sorted: list[str] = []
 
+    def reset(self, counts: dict[str, int]) -> None:
+        """Start from these counts (one sort, not an insertion per value)."""
+        self.counts = counts
+        self.sorted = sorted(counts)
+
     def add(self, value: str, n: int) -> bool:
         """Apply a change in count; True if the set of values changed."""
         before = self.counts.get(value, 0)
@@ -98,13 +103,22 @@ class DistinctValues:
         for statement in _TRIGGERS:
             conn.execute(statement)
 
-    def load(self, conn: sqlite3.Connection) -> None:
-        """Count the runs per value (start-up: one pass over each column's index)."""
+    def load(
+        self, conn: sqlite3.Connection, known: Mapping[Column, Mapping[str, int]] | None = None
+    ) -> None:
+        """Count the runs per value (start-up: one pass over each column's index); a column
+        whose counts are ``known`` already (the run counters have agent_name's) is not read."""
+        known = known or {}
         for column in COLUMNS:
-            rows = conn.execute(
-                f"SELECT {column}, COUNT(*) FROM agent_runs GROUP BY {column}"
-            ).fetchall()
-            self.apply((column, str(value), int(n)) for value, n in rows)
+            if column in known:
+                counts = list(known[column].items())
+            else:
+                counts = conn.execute(
+                    f"SELECT {column}, COUNT(*) FROM agent_runs GROUP BY {column}"
+                ).fetchall()
+            self._values[column].reset({str(value): int(n) for value, n in counts if n > 0})
+        with self._lock:
+            self._snapshot = None
 
     def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
         """Inside the group transaction: take the group's net changes; apply once committed."""

@@ -108,3 +108,14 @@ def test_snapshot_is_reused_until_the_set_changes(conn: sqlite3.Connection) -> N
     insert(conn, "e2", "a", "j")
     commit(conn, values)
     assert values.snapshot() is first
+
+
+def test_load_takes_known_counts_for_a_column(conn: sqlite3.Connection) -> None:
+    """Counts already known (the run counters' agents) are used as they are, not re-read."""
+    conn.execute("BEGIN")
+    insert(conn, "e1", "stored-agent", "stored-job")
+    conn.execute("COMMIT")
+    values = DistinctValues()
+    values.load(conn, known={"agent_name": {"b": 2, "a": 1}})
+    snapshot = values.snapshot()
+    assert (snapshot.agent_names, snapshot.job_types) == (("a", "b"), ("stored-job",))
