@@ -54,7 +54,6 @@ def storage_settings(config: ServerConfig) -> StorageSettings:
         synchronous=config.synchronous,
         busy_timeout_ms=config.busy_timeout_ms,
         reader_threads=config.reader_threads,
-        metadata_ttl_s=config.metadata_ttl_s,
     )
 
 

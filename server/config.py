@@ -104,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TELEMETRY_METADATA_CACHE_TTL_S",
         "metadata_ttl_s",
-        "Seconds /api/v1/metadata may serve a cached answer.",
+        "Deprecated, ignored: /api/v1/metadata is kept current by the writer (no cache, no TTL); still accepted so configs keep working.",
     ),
     Setting(
         "TELEMETRY_SHUTDOWN_TIMEOUT_S",

@@ -18,6 +18,7 @@ designed to be; another process writing the file is seen only after a restart.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import sqlite3
 import threading
@@ -64,7 +65,7 @@ def minute_of(moment: datetime) -> str:
 @dataclass(frozen=True)
 class RunCounts:
     total_runs: int
-    agents: dict[str, int]
+    agents: dict[str, int]  # shared between snapshots until the counts change: read only
     recent_24h: int
     by_status: dict[str, int]
 
@@ -77,6 +78,10 @@ class RunCounters:
         self._lock = threading.Lock()
         self._total = 0
         self._agents: dict[str, int] = {}
+        # The agents busiest first (then by name), kept sorted as counts change, and the
+        # dict answers show, built from it once per change rather than sorted per read.
+        self._agent_order: list[tuple[int, str]] = []
+        self._agents_view: dict[str, int] | None = {}
         self._statuses: dict[str, int] = {}
         self._minutes: dict[str, int] = {}  # minutes still inside (or after) the window
         self._expiry: list[str] = []  # heap of the keys of _minutes
@@ -102,7 +107,9 @@ class RunCounters:
         ).fetchall()
         with self._lock:
             for agent, status, n in rows:
-                self._add(str(agent), str(status), int(n))
+                self._add(str(agent), str(status), int(n), reorder=False)
+            self._agent_order = sorted((-n, agent) for agent, n in self._agents.items() if n)
+            self._agents_view = None
             for minute, n in recent:
                 self._add_minute(str(minute), int(n))
 
@@ -112,9 +119,9 @@ class RunCounters:
             f"SELECT agent_name, status, minute, SUM(n) FROM {_DELTAS} "
             "GROUP BY agent_name, status, minute HAVING SUM(n) != 0"
         ).fetchall()
+        conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
         if not deltas:
             return _nothing
-        conn.execute(f"DELETE FROM {_DELTAS}")
         return lambda: self.apply(deltas)
 
     def apply(self, deltas: Iterable[Delta]) -> None:
@@ -129,8 +136,9 @@ class RunCounters:
         """The current counts; O(agents + statuses), independent of the number of runs."""
         with self._lock:
             self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
-            agents = dict(sorted(self._agents.items(), key=lambda item: (-item[1], item[0])))
-            return RunCounts(self._total, agents, self._recent, dict(self._statuses))
+            if self._agents_view is None:
+                self._agents_view = {agent: -negated for negated, agent in self._agent_order}
+            return RunCounts(self._total, self._agents_view, self._recent, dict(self._statuses))
 
     @property
     def window_start(self) -> str:
@@ -140,10 +148,21 @@ class RunCounters:
 
     # ---- internals (lock held) ------------------------------------------------------
 
-    def _add(self, agent: str, status: str, n: int) -> None:
+    def _add(self, agent: str, status: str, n: int, *, reorder: bool = True) -> None:
         self._total += n
+        before = self._agents.get(agent, 0)
         _bump(self._agents, agent, n)
         _bump(self._statuses, status, n)
+        if n and reorder:
+            self._reorder(agent, before, before + n)
+
+    def _reorder(self, agent: str, before: int, after: int) -> None:
+        """Move one agent in the busiest-first order: a bisect and a memmove, no sort."""
+        if before:
+            del self._agent_order[bisect.bisect_left(self._agent_order, (-before, agent))]
+        if after:
+            bisect.insort(self._agent_order, (-after, agent))
+        self._agents_view = None
 
     def _add_minute(self, minute: str, n: int) -> None:
         if minute < self._window_start:

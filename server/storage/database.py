@@ -1,4 +1,5 @@
-"""The database as the HTTP layer sees it: async operations over writer, readers and cache."""
+"""The database as the HTTP layer sees it: async operations over writer and readers, and the
+state the writer keeps in memory (run counts, distinct values)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
 from server.storage.cursor import CursorCodec, Position
-from server.storage.metadata import MetadataCache, MetadataSnapshot
+from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
 from server.storage.schema import cursor_key, migrate
@@ -33,7 +34,6 @@ class StorageSettings:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 2000
     reader_threads: int = 4
-    metadata_ttl_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class Database:
         reader: Reader,
         *,
         counters: RunCounters,
+        distinct: DistinctValues,
         size: DatabaseSize,
         cursors: CursorCodec,
     ) -> None:
@@ -78,10 +79,10 @@ class Database:
         self.writer = writer
         self.reader = reader
         self.counters = counters
+        self.distinct = distinct
         self.size = size
         self.cursors = cursors
         self.probe = HealthProbe(settings.path, busy_timeout_ms=settings.busy_timeout_ms)
-        self.metadata_cache = MetadataCache(settings.metadata_ttl_s)
         self.journal_mode = settings.journal_mode
         self.synchronous = settings.synchronous
 
@@ -98,7 +99,7 @@ class Database:
             synchronous=settings.synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
-        counters, size = RunCounters(), DatabaseSize()
+        counters, distinct, size = RunCounters(), DistinctValues(), DatabaseSize()
         try:
             applied = migrate(conn)
             # Planner statistics (bounded work even on a large table): PRAGMA optimize only
@@ -107,6 +108,8 @@ class Database:
             conn.execute("ANALYZE")
             counters.install(conn)
             counters.load(conn)  # the one full count, at start-up; the writer keeps it after
+            distinct.install(conn)
+            distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
             cursors = CursorCodec(cursor_key(conn))
         except BaseException:
@@ -114,13 +117,14 @@ class Database:
             raise
         db = cls(
             settings,
-            Writer(conn, on_group=on_write_group, hooks=(counters, size)),
+            Writer(conn, on_group=on_write_group, hooks=(counters, distinct, size)),
             Reader(
                 settings.path,
                 threads=settings.reader_threads,
                 busy_timeout_ms=settings.busy_timeout_ms,
             ),
             counters=counters,
+            distinct=distinct,
             size=size,
             cursors=cursors,
         )
@@ -147,18 +151,12 @@ class Database:
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
         params = runs.insert_params(run, utc_now())  # Python work here, not in the writer thread
-        created = await self.writer.run(lambda conn: runs.insert_row(conn, params))
-        if created:
-            self.metadata_cache.note_written((run.agent_name,), (run.job_type,))
-        return created
+        return await self.writer.run(lambda conn: runs.insert_row(conn, params))
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
         now = utc_now()
-        run_id = await self.writer.run(lambda conn: runs.update_run(conn, event_id, changes, now))
-        if run_id is not None and {"agent_name", "job_type"} & changes.keys():
-            self.metadata_cache.invalidate()
-        return run_id
+        return await self.writer.run(lambda conn: runs.update_run(conn, event_id, changes, now))
 
     async def insert_batch(self, batch: Sequence[RunCreate]) -> int:
         """Insert valid runs in one transaction; the number that were new."""
@@ -166,12 +164,7 @@ class Database:
             return 0
         now = utc_now()
         rows = [runs.insert_params(run, now) for run in batch]
-        inserted = await self.writer.run(lambda conn: runs.insert_rows(conn, rows))
-        if inserted:
-            self.metadata_cache.note_written(
-                (run.agent_name for run in batch), (run.job_type for run in batch)
-            )
-        return inserted
+        return await self.writer.run(lambda conn: runs.insert_rows(conn, rows))
 
     async def upsert_batch(self, items: Sequence[UpsertItem]) -> runs.UpsertSummary:
         """Apply sidecar snapshots in one transaction, in order."""
@@ -183,14 +176,7 @@ class Database:
             runs.insert_params(item.create, now) if item.create is not None else None
             for item in items
         ]
-        summary = await self.writer.run(lambda conn: runs.upsert_many(conn, items, params, now))
-        creates = [item.create for item in items if item.create is not None]
-        self.metadata_cache.note_written(
-            (run.agent_name for run in creates), (run.job_type for run in creates)
-        )
-        if any(runs.changes_touch_metadata(item.update) for item in items):
-            self.metadata_cache.invalidate()
-        return summary
+        return await self.writer.run(lambda conn: runs.upsert_many(conn, items, params, now))
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -204,18 +190,9 @@ class Database:
         """A page as the API answers it, JSON bytes (see ``run_json``)."""
         return await self.reader.run(lambda conn: runs.query_page_json(conn, query, after))
 
-    async def metadata(self) -> tuple[MetadataSnapshot, bool]:
-        """The distinct values and whether they came from the cache."""
-        cached = self.metadata_cache.get()
-        if cached is not None:
-            return cached, True
-        generation = self.metadata_cache.generation
-
-        def load(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
-            return runs.distinct_values(conn, "agent_name"), runs.distinct_values(conn, "job_type")
-
-        agents, jobs = await self.reader.run(load)
-        return self.metadata_cache.store(generation, agents, jobs), False
+    def metadata(self) -> MetadataSnapshot:
+        """The distinct agent names and job types, from the writer's state (no query)."""
+        return self.distinct.snapshot()
 
     def counts(self) -> RunCounts:
         """The run counts, from the writer's counters (no query)."""

@@ -16,7 +16,7 @@ import orjson
 
 from server.contract.codec import dumps_text
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
-from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
+from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.storage import run_json
 from server.storage.cursor import Position
 from server.storage.schema import (
@@ -160,11 +160,6 @@ def upsert(
     if inserted:
         return "inserted"
     return "updated" if diff else "unchanged"
-
-
-def changes_touch_metadata(update: RunUpdate | None) -> bool:
-    """Whether an update may remove a distinct agent_name/job_type value."""
-    return update is not None and bool({"agent_name", "job_type"} & update.model_fields_set)
 
 
 # ---- reads ---------------------------------------------------------------------------

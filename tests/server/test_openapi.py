@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import server.app
+import server.http.admission
 from server.http import docs
 from server.http.docs import docs_routes
 from server.http.openapi import build_openapi
@@ -439,9 +440,27 @@ async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, stat
         kwargs = {"json": _INVALID_BODIES[operation]} if body is not None else {}
         if operation == "GET /api/v1/runs":
             kwargs = {"params": {"limit": "0"}}
+    if status == "503" and operation in _MEMORY_ONLY:
+        return await _while_saturated(api, method, path)
     if status == "503":
         return await _while_locked(api, method, path, kwargs)
     return await api.request(method, path, **kwargs)
+
+
+#: Answered from the writer's in-memory state: a locked database cannot make them fail,
+#: only admission control can.
+_MEMORY_ONLY = frozenset({"GET /api/v1/metadata"})
+
+
+async def _while_saturated(api: Any, method: str, path: str) -> Any:
+    """The request answered while admission control has every request slot taken."""
+    admission = api.client.app[server.http.admission.ADMISSION]
+    tickets = [admission.admit(0) for _ in range(admission.max_requests)]
+    try:
+        return await api.request(method, path)
+    finally:
+        for ticket in tickets:
+            admission.release(ticket)
 
 
 async def _while_locked(api: Any, method: str, path: str, kwargs: dict[str, Any]) -> Any:
