@@ -82,7 +82,9 @@ def test_a_settled_run_keeps_only_what_the_answers_need(tmp_path: Path) -> None:
     assert _accept(index, _create(1)) == [("duplicate", "run-1")]
     assert _accept(index, _update(1, status="success")) == [("accepted", "run-1")]
     known = index.get("ev-1")
-    assert known is not None and not known.complete and known.pending == 1
+    assert known is not None
+    assert not known.complete
+    assert known.pending == 1
     assert known.snapshot == {"run_id": "run-1", "status": "success"}
     index.settle({"ev-1": 1}, {})
     assert index.counters()["forwarded"] == 2
@@ -96,7 +98,9 @@ def test_a_pending_run_keeps_its_whole_snapshot(tmp_path: Path) -> None:
     _accept(index, _create(1, metrics_bytes=100), _update(1, status="success"))
     index.settle({"ev-1": 1}, {})  # the create delivered, the update still queued
     known = index.get("ev-1")
-    assert known is not None and known.complete and known.pending == 1
+    assert known is not None
+    assert known.complete
+    assert known.pending == 1
     assert known.snapshot["metrics_json"] == {"blob": "m" * 100}
     assert known.snapshot["status"] == "success"
     index.close()
@@ -111,8 +115,10 @@ def test_a_run_with_dead_letters_keeps_its_snapshot_for_replay(tmp_path: Path) -
     _accept(index, _update(1, status="success"))
     index.settle({"ev-1": 1}, {})
     known = index.get("ev-1")
-    assert known is not None and known.complete
-    assert known.snapshot["status"] == "success" and known.snapshot["agent_name"] == "a"
+    assert known is not None
+    assert known.complete
+    assert known.snapshot["status"] == "success"
+    assert known.snapshot["agent_name"] == "a"
     letter = _update(1, status="running", items_succeeded=1)
     assert latest_to_check(letter, known) == known.snapshot
     index.close()
@@ -174,7 +180,10 @@ def test_an_index_from_before_shrinks_its_settled_runs_when_opened(tmp_path: Pat
     conn.close()
     index = RunsIndex(path)
     settled, queued = index.get("ev-1"), index.get("ev-2")
-    assert settled is not None and settled.snapshot == {"run_id": "run-1"}
-    assert queued is not None and queued.complete and "metrics_json" in queued.snapshot
+    assert settled is not None
+    assert settled.snapshot == {"run_id": "run-1"}
+    assert queued is not None
+    assert queued.complete
+    assert "metrics_json" in queued.snapshot
     assert _accept(index, _create(1)) == [("duplicate", "run-1")]
     index.close()
