@@ -96,6 +96,8 @@ _SHRINK = (
     f" SELECT event_id, {_SHRUNK}, has_create, pending, touched_at, 0, letters FROM runs"
     " WHERE event_id = ? AND pending = 0 AND letters = 0"
 )
+#: Shrink every settled run still whole (an upgraded index, or after ``recount_pending``).
+_SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ class RunsIndex:
         try:
             for name in missing:
                 self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
-            self._conn.execute(_SHRINK.replace("event_id = ? AND ", ""))
+            self._conn.execute(_SHRINK_SETTLED)
             self.commit()
         except BaseException:
             self.rollback()
@@ -347,6 +349,7 @@ class RunsIndex:
                         "UPDATE runs SET pending = pending + ?, touched_at = ? WHERE event_id = ?",
                         (n, now, event_id),
                     )
+            self._conn.execute(_SHRINK_SETTLED)  # runs whose settles were lost
             self.add_counter("forwarded", left_queue)
             self.commit()
         except BaseException:

@@ -187,3 +187,18 @@ def test_an_index_from_before_shrinks_its_settled_runs_when_opened(tmp_path: Pat
     assert "metrics_json" in queued.snapshot
     assert _accept(index, _create(1)) == [("duplicate", "run-1")]
     index.close()
+
+
+def test_runs_a_recount_finds_settled_are_shrunk_too(tmp_path: Path) -> None:
+    """An index that lost its settles (an old copy put back): the recount from the spool
+    finds the run no longer queued, and it shrinks like any delivered run."""
+    index = RunsIndex(tmp_path / "i.sqlite")
+    _accept(index, _create(1, metrics_bytes=1000), _create(2, metrics_bytes=1000))
+    index.recount_pending([[_create(2)]], left_queue=1)
+    settled, queued = index.get("ev-1"), index.get("ev-2")
+    assert settled is not None
+    assert (settled.snapshot, settled.complete, settled.pending) == ({"run_id": "run-1"}, False, 0)
+    assert queued is not None
+    assert queued.complete
+    assert queued.pending == 1
+    index.close()
