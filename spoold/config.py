@@ -124,7 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
         "index_max_mb",
         "Bound on the runs index (runs-index.sqlite): past it the oldest delivered runs are "
         "forgotten first, before their retention ends (runs still queued never are). A "
-        "delivered run costs about 150 bytes.",
+        "delivered run costs about 200 bytes.",
     ),
     Setting(
         "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
