@@ -121,11 +121,11 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def _prune(index: RunsIndex, retention_s: float) -> None:
-    """Forget long-settled runs so the index stays bounded."""
+async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
+    """Forget long-settled runs, and the oldest past the byte bound, so the index stays bounded."""
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
-        removed = await asyncio.to_thread(index.prune, keep_s=retention_s)
+        removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
         if removed:
             log.info("runs_index_pruned", removed=removed)
 
@@ -169,7 +169,10 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)
-    pruner = asyncio.create_task(_prune(drain_index, config.index_retention_s), name="spoold-prune")
+    pruner = asyncio.create_task(
+        _prune(drain_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
+        name="spoold-prune",
+    )
     log.info(
         "spoold_started",
         spool_dir=str(config.spool_dir),

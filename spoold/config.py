@@ -120,6 +120,13 @@ SETTINGS: tuple[Setting, ...] = (
         "How long forwarded runs are remembered for duplicate detection.",
     ),
     Setting(
+        "SPOOLD_INDEX_MAX_MB",
+        "index_max_mb",
+        "Bound on the runs index (runs-index.sqlite): past it the oldest delivered runs are "
+        "forgotten first, before their retention ends (runs still queued never are). A "
+        "delivered run costs about 200 bytes.",
+    ),
+    Setting(
         "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
     ),
     Setting(
@@ -171,6 +178,7 @@ class SpooldConfig(BaseModel):
     upstream_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
     upstream_max_json_depth: int = Field(default=32, ge=4, le=512)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
+    index_max_mb: int = Field(default=256, ge=1, le=1024**2)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)

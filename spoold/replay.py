@@ -12,9 +12,12 @@ replayed can then never move the run back, in whatever order it is applied
 relative to newer queued operations; it goes through the spool like any write.
 A create is always replayed: the server only inserts it if the run is missing.
 
-A run the index no longer knows (pruned after ``SPOOLD_INDEX_RETENTION_S``)
-cannot be checked: its letters are kept unless ``force`` says to replay them
-as they are. Letters that no longer validate are kept, counted, and skipped;
+A run the index no longer knows (pruned after ``SPOOLD_INDEX_RETENTION_S`` or
+past ``SPOOLD_INDEX_MAX_MB``) cannot be checked: its letters are kept unless
+``force`` says to replay them as they are. Nor can a letter whose fields a
+shrunk snapshot lacks (a run with dead letters keeps its whole snapshot, so
+that is a run shrunk by an index upgrade); one whose fields it holds can, since
+the letter was folded in after the shrink. Letters that no longer validate are kept, counted, and skipped;
 the walk goes on past them (by id), so every page is replayed. So are letters
 the server would refuse again (``limits``: the daemon's door checks, the body
 cap and nesting depth once wrapped in the batch envelope): replayed, they could
@@ -32,7 +35,7 @@ from server.contract.errors import ApiError
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
 from spoold.operations import validate_op
 from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex
+from spoold.runs_index import KnownRun, RunsIndex
 from spoold.spool import DeadLetter, DeadLetterStore, Spool
 from spoold.upstream.limits import UpstreamLimits
 
@@ -81,6 +84,14 @@ def still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] 
     return op if len(kept) == len(body) else {**op, "body": kept}
 
 
+def latest_to_check(op: dict[str, Any], known: KnownRun) -> dict[str, Any] | None:
+    """The run's latest accepted state to check ``op`` against; None if the index cannot
+    say (a shrunk snapshot that lacks some of the letter's fields: unverified)."""
+    if known.complete or set(op.get("body", {})) <= set(known.snapshot):
+        return known.snapshot
+    return None
+
+
 def _pages(store: DeadLetterStore, ids: list[int] | None) -> Iterator[list[DeadLetter]]:
     """Every requested letter, a page at a time, in id order; invalid ones do not stop it."""
     if ids is not None:
@@ -126,13 +137,14 @@ def replay(
             except (ValueError, KeyError, TypeError):
                 report.left_invalid += 1
                 continue
-            known = None
+            latest = None
             if letter.op["kind"] != "create":  # a create never overwrites: no check needed
                 known = index.get(event_id)
-                if known is None and not force:
+                latest = None if known is None else latest_to_check(letter.op, known)
+                if latest is None and not force:
                     report.left_unverified += 1
                     continue
-            op = letter.op if known is None else still_current(letter.op, known.snapshot)
+            op = letter.op if latest is None else still_current(letter.op, latest)
             if op is not None and limits is not None and not _fits(limits, op):
                 report.left_refused += 1
                 continue

@@ -18,6 +18,18 @@ index still disagree with the spool (restored from a backup, say), start-up
 recomputes the pending state from the spool (``recount_pending``). A forgotten
 run costs a ``created`` instead of ``duplicate`` or a question to the server.
 
+Footprint: a run's full snapshot is needed only while some operation of it is
+queued here (read-your-writes) or dead-lettered (replay checks letters against
+it). When a settle leaves a run with nothing pending and no dead letter, its row
+shrinks in that same commit to what the answers need - ``run_id`` (duplicate and
+PATCH/associate answers), ``has_create`` and ``touched_at`` - and is marked not
+``complete``: updates accepted later fold into that partial snapshot, which is
+then only ever merged over the server's copy, never answered alone. SQLite
+reuses the freed pages, the WAL is truncated after checkpoints
+(``journal_size_limit``), and ``prune`` forgets the oldest settled runs once the
+index passes its byte bound, so the file is bounded by the backlog plus that
+bound, not by the throughput.
+
 A damaged index file is set aside and a fresh one rebuilt from the spool
 (``spoold.storage``): the queued runs are known again, the history counters
 (``accepted``, ``forwarded``, ...) restart from what the spool holds.
@@ -43,7 +55,9 @@ _SCHEMA = (
         snapshot TEXT NOT NULL,
         has_create INTEGER NOT NULL,
         pending INTEGER NOT NULL DEFAULT 0,
-        touched_at REAL NOT NULL
+        touched_at REAL NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 1,
+        letters INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS runs_prunable ON runs(pending, touched_at)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -60,6 +74,30 @@ LAST_SPOOLED, SETTLING, SPOOL_ID = "last_spooled_id", "settling_ids", "spool_id"
 #: ``runs.has_create``: this sidecar accepted the create; the server confirmed the run
 #: exists; or only updates queued while the server could not be asked.
 CREATED, CONFIRMED, UNCONFIRMED = 1, 0, -1
+#: Columns added since the first schema (an older index gets them when opened).
+_ADDED_COLUMNS = {
+    "complete": "INTEGER NOT NULL DEFAULT 1",
+    "letters": "INTEGER NOT NULL DEFAULT 0",
+}
+#: The WAL is truncated to this after a checkpoint (it would otherwise keep its peak size).
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+#: What a settled run keeps: its run_id when it has one, else nothing.
+_SHRUNK = (
+    "CASE WHEN json_valid(snapshot) AND json_type(snapshot, '$.run_id') = 'text'"
+    " THEN json_object('run_id', json_extract(snapshot, '$.run_id')) ELSE '{}' END"
+)
+#: Shrink a settled run. Re-inserted (REPLACE gives it a new rowid at the table's end)
+#: rather than updated in place: a row that held a large snapshot had a leaf page to
+#: itself, which an in-place update would leave holding one small cell; deleted, the page
+#: is freed and reused, and the small rows pack densely.
+_SHRINK = (
+    "INSERT OR REPLACE INTO runs"
+    " (event_id, snapshot, has_create, pending, touched_at, complete, letters)"
+    f" SELECT event_id, {_SHRUNK}, has_create, pending, touched_at, 0, letters FROM runs"
+    " WHERE event_id = ? AND pending = 0 AND letters = 0"
+)
+#: Shrink every settled run still whole (an upgraded index, or after ``recount_pending``).
+_SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
 
 
 @dataclass(frozen=True)
@@ -68,6 +106,9 @@ class KnownRun:
     snapshot: dict[str, Any]
     has_create: bool
     pending: int
+    #: False once the run was delivered and shrunk: ``snapshot`` then holds its run_id and
+    #: the fields of updates accepted since, not the whole run.
+    complete: bool = True
 
 
 class RunsIndex:
@@ -84,14 +125,34 @@ class RunsIndex:
             if not readonly:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
+                self._add_columns()
                 self._conn.executemany(
                     "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
                     [(name,) for name in (*COUNTERS, *RECOVERY_COUNTERS)],
                 )
         except BaseException:  # a damaged file: leave nothing open, the caller sets it aside
             self._conn.close()
+            raise
+
+    def _add_columns(self) -> None:
+        """Upgrade an index from an older spoold, in one commit: add the new columns and
+        shrink its settled runs (it cannot know their dead letters: replay treats a letter
+        whose fields a shrunk snapshot lacks as unverified)."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+        missing = [name for name in _ADDED_COLUMNS if name not in have]
+        if not missing:
+            return
+        self.begin()
+        try:
+            for name in missing:
+                self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+            self._conn.execute(_SHRINK_SETTLED)
+            self.commit()
+        except BaseException:
+            self.rollback()
             raise
 
     def synchronous(self) -> int:
@@ -288,6 +349,7 @@ class RunsIndex:
                         "UPDATE runs SET pending = pending + ?, touched_at = ? WHERE event_id = ?",
                         (n, now, event_id),
                     )
+            self._conn.execute(_SHRINK_SETTLED)  # runs whose settles were lost
             self.add_counter("forwarded", left_queue)
             self.commit()
         except BaseException:
@@ -309,7 +371,8 @@ class RunsIndex:
         """Operations left the queue: forwarded to the server or dead-lettered.
 
         ``item_ids`` are the spool items they came from; kept until the next settle
-        so that a crash before the spool ack does not count them twice.
+        so that a crash before the spool ack does not count them twice. A run left with
+        nothing pending and no dead letter shrinks (module docstring) in the same commit.
         """
         self.begin()
         try:
@@ -318,6 +381,13 @@ class RunsIndex:
                     "UPDATE runs SET pending = MAX(0, pending - ?) WHERE event_id = ?",
                     [(n, event_id) for event_id, n in counts.items()],
                 )
+            self._conn.executemany(
+                "UPDATE runs SET letters = 1 WHERE event_id = ?",
+                [(event_id,) for event_id in dead_lettered],
+            )
+            self._conn.executemany(
+                _SHRINK, [(event_id,) for event_id in forwarded if event_id not in dead_lettered]
+            )
             self.add_counter("forwarded", sum(forwarded.values()))
             self.add_counter("dead_lettered", sum(dead_lettered.values()))
             self._set_mark(SETTLING, orjson.dumps(sorted(item_ids)).decode())
@@ -326,25 +396,62 @@ class RunsIndex:
             self.rollback()
             raise
 
-    def prune(self, *, keep_s: float, max_rows: int = 10_000) -> int:
-        """Forget settled runs not touched for keep_s seconds (bounded work per call)."""
+    def prune(self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = 10_000) -> int:
+        """Forget settled runs not touched for keep_s seconds, then, while the index holds
+        more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
+        operations pending is never forgotten: the bound is over settled runs)."""
         cutoff = time.time() - keep_s
         cursor = self._conn.execute(
             "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
             " WHERE pending = 0 AND touched_at < ? LIMIT ?)",
             (cutoff, max_rows),
         )
-        return int(cursor.rowcount)
+        removed = int(cursor.rowcount)
+        if max_bytes is not None:
+            removed += self._prune_to(max_bytes, max_rows=max_rows * 10)
+        return removed
+
+    def _prune_to(self, max_bytes: int, *, max_rows: int) -> int:
+        """Forget the oldest settled runs until the used pages fit 90% of ``max_bytes``: a
+        few passes, each forgetting the rows the excess is estimated to hold (from the mean
+        row's share of the used bytes), at most ``max_rows`` in all."""
+        removed = 0
+        for _ in range(8):
+            used = self.used_bytes()
+            rows = self.known_count()
+            if used <= max_bytes * 0.9 or rows == 0 or removed >= max_rows:
+                break
+            excess = used - int(max_bytes * 0.9)
+            count = min(max_rows - removed, max(100, -(-excess * rows // used)))
+            cursor = self._conn.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+                " WHERE pending = 0 ORDER BY touched_at LIMIT ?)",
+                (count,),
+            )
+            if cursor.rowcount <= 0:  # only pending runs left: the backlog, not bounded here
+                break
+            removed += int(cursor.rowcount)
+        return removed
+
+    def used_bytes(self) -> int:
+        """Bytes of the pages in use (the file's free pages are reused before it grows)."""
+        page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * page_size
 
     # ---- readers ---------------------------------------------------------------------
 
     def get(self, event_id: str) -> KnownRun | None:
         row = self._conn.execute(
-            "SELECT snapshot, has_create, pending FROM runs WHERE event_id = ?", (event_id,)
+            "SELECT snapshot, has_create, pending, complete FROM runs WHERE event_id = ?",
+            (event_id,),
         ).fetchone()
         if row is None:
             return None
-        return KnownRun(event_id, orjson.loads(row[0]), row[1] == CREATED, int(row[2]))
+        return KnownRun(
+            event_id, orjson.loads(row[0]), row[1] == CREATED, int(row[2]), bool(row[3])
+        )
 
     def counters(self) -> dict[str, int]:
         return {

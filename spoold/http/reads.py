@@ -66,14 +66,16 @@ async def get_run(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     event_id = event_id_of(request)
     known = await _known(sidecar, event_id)
-    if known is not None and known.pending and known.has_create:
+    if known is not None and known.pending and known.has_create and known.complete:
         response = json_response(local_record(known))
         response.headers[LOCAL_SOURCE_HEADER] = "local-queue"
         return response
     try:
         reply = await proxy(sidecar, request, run_path(event_id))
     except (ServiceUnavailable, UpstreamTimeout):
-        if known is not None and known.has_create:
+        # Only a run whose whole snapshot is kept (one with dead letters): a delivered run
+        # keeps its run_id, not its fields, and is answered by the server or not at all.
+        if known is not None and known.has_create and known.complete:
             response = json_response(local_record(known))
             response.headers[LOCAL_SOURCE_HEADER] = "local-index"
             return response
@@ -107,7 +109,7 @@ async def _url_answer(request: web.Request, kind: str) -> web.Response:
     sidecar = request.app[SIDECAR]
     event_id = event_id_of(request)
     known = await _known(sidecar, event_id)
-    if known is not None and known.pending and known.has_create:
+    if known is not None and known.pending and known.has_create and known.complete:
         snapshot = known.snapshot
         if kind == "commit-url":
             body = {

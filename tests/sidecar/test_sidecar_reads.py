@@ -49,19 +49,46 @@ async def test_the_local_answer_has_the_shape_of_the_servers(dead_url, make_side
     assert proxied.body == served
 
 
-async def test_a_delivered_run_is_answered_from_the_index_while_the_server_is_down(
+async def test_a_delivered_run_is_not_answered_from_the_index_while_the_server_is_down(
     central, make_sidecar
 ):
-    """A run forwarded earlier is still readable (X-Spoold-Source: local-index) if the server dies."""
+    """Once delivered, a run's snapshot is dropped from the index (footprint bounded by the
+    backlog): with the server down its GET is 503 like any read, never a partial record."""
     sidecar = await make_sidecar(central.url)
-    run = make_run()
+    run = make_run(metrics_json={"big": "m" * 5000})
     await sidecar.create(run)
     await sidecar.wait_drained()
     await central.stop()
     reply = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
-    assert reply.status == 200
-    assert reply.headers[SOURCE] == "local-index"
-    assert reply.body["run_id"] == run["run_id"]
+    assert reply.status == 503
+    assert SOURCE not in reply.headers
+
+
+async def test_an_update_of_a_delivered_run_queued_while_the_server_is_down_is_not_answered_partial(
+    central, make_sidecar, start_central
+):
+    """A delivered run patched while the server is down: its GET is 503 (the index holds only
+    the queued fields, not the run); once the server is back, the update is delivered and the
+    server's copy has both the created fields and the update."""
+    sidecar = await make_sidecar(central.url)
+    run = make_run(items_discovered=4)
+    await sidecar.create(run)
+    await sidecar.wait_drained()
+    port = int(central.url.rsplit(":", 1)[1])
+    await central.stop()
+    url = f"/api/v1/runs/{run['event_id']}"
+    assert (await sidecar.patch(url, json={"status": "success"})).status == 200
+    reply = await sidecar.get(url)
+    assert reply.status == 503
+    commit = await sidecar.get(f"{url}/commit-url")
+    assert commit.status == 503
+    back = await start_central(port=port)
+    await sidecar.wait_drained()
+    served = await back.api.run(run["event_id"])
+    assert (served["status"], served["items_discovered"]) == ("success", 4)
+    proxied = await sidecar.get(url)
+    assert proxied.status == 200
+    assert proxied.body["status"] == "success"
 
 
 @pytest.mark.parametrize(
