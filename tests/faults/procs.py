@@ -30,7 +30,7 @@ from random import Random
 from typing import Any, TypeVar
 
 import aiohttp
-from daemons import Daemon, start
+from daemons import Daemon, free_port, start
 
 T = TypeVar("T")
 
@@ -125,6 +125,23 @@ def start_spoold(
             client_ssl=client_ssl,
         )
     )
+
+
+def start_spoold_before_its_server(
+    reaper: Reaper, workdir: Path, *, env: Mapping[str, str] | None = None
+) -> tuple[Daemon, int]:
+    """spoold (spool in ``workdir/spool``) whose server is not up yet: its upstream is a free
+    port kept for the server the test starts later with ``start_server(port=...)``."""
+    server_port = free_port()
+    spoold = start_spoold(
+        reaper,
+        workdir,
+        port=free_port(),
+        upstream=f"http://127.0.0.1:{server_port}",
+        spool_dir=workdir / "spool",
+        env=env,
+    )
+    return spoold, server_port
 
 
 def spoold_cli(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:

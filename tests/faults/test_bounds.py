@@ -25,6 +25,7 @@ from procs import (
     server_rows,
     start_server,
     start_spoold,
+    start_spoold_before_its_server,
     tally,
     wait_drained,
     wait_until,
@@ -99,15 +100,9 @@ async def test_spool_cap_gives_503_with_retry_after_then_recovers(
     """A tiny SPOOLD_MAX_SPOOL_MB with the server down: writes past the cap get 503 with
     Retry-After, spoold stays up, and once the server is back the spool drains and writes
     are accepted again; refused writes were never spooled."""
-    server_port = free_port()
     db = tmp_path / "server.sqlite"
-    spoold = start_spoold(
-        reaper,
-        tmp_path,
-        port=free_port(),
-        upstream=f"http://127.0.0.1:{server_port}",
-        spool_dir=tmp_path / "spool",
-        env={"SPOOLD_MAX_SPOOL_MB": "0.05"},
+    spoold, server_port = start_spoold_before_its_server(
+        reaper, tmp_path, env={"SPOOLD_MAX_SPOOL_MB": "0.05"}
     )
     ledger: list[RunLedger] = []
     async with aiohttp.ClientSession() as http:

@@ -21,6 +21,7 @@ from procs import (
     server_rows,
     start_server,
     start_spoold,
+    start_spoold_before_its_server,
     wait_drained,
 )
 
@@ -65,17 +66,9 @@ async def test_snapshots_over_the_servers_cap_arrive_as_operations_nothing_dead_
     """Server down while agents work, then up with TELEMETRY_MAX_BODY_BYTES=4096. Whether
     spoold is told the cap (batches packed under it) or not (the server's 413 makes it
     re-send snapshots as their operations), every acked operation arrives in order."""
-    server_port = free_port()
     db = tmp_path / "server.sqlite"
     env = {"SPOOLD_UPSTREAM_MAX_BODY_BYTES": str(CAP)} if spoold_knows_the_cap else {}
-    spoold = start_spoold(
-        reaper,
-        tmp_path,
-        port=free_port(),
-        upstream=f"http://127.0.0.1:{server_port}",
-        spool_dir=tmp_path / "spool",
-        env=env,
-    )
+    spoold, server_port = start_spoold_before_its_server(reaper, tmp_path, env=env)
     event_ids = await _agent_runs(spoold.url)
     assert health(spoold)["spool"]["depth"] == RUNS * (1 + len(FIELDS))
     start_server(
@@ -148,15 +141,8 @@ async def test_draining_a_backlog_of_large_operations_stays_small_in_memory(
 ) -> None:
     """120 MiB of 2 MiB runs queued while the server is down are drained in rounds bounded
     in bytes: spoold's peak RSS stays well under its unit's MemoryMax."""
-    server_port = free_port()
     db = tmp_path / "server.sqlite"
-    spoold = start_spoold(
-        reaper,
-        tmp_path,
-        port=free_port(),
-        upstream=f"http://127.0.0.1:{server_port}",
-        spool_dir=tmp_path / "spool",
-    )
+    spoold, server_port = start_spoold_before_its_server(reaper, tmp_path)
     event_ids = [new_event_id() for _ in range(LARGE_OPS)]
     async with aiohttp.ClientSession() as http:
         for event_id in event_ids:

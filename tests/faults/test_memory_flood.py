@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 from daemons import Daemon, free_port
-from procs import Reaper, server_rows, start_server, start_spoold, wait_drained, wait_until
+from procs import (
+    Reaper,
+    server_rows,
+    start_server,
+    start_spoold_before_its_server,
+    wait_drained,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -276,15 +283,9 @@ def test_spoold_flooded_with_large_bodies_stays_under_memory_max(
     """spoold under CLIENTS concurrent near-cap bodies with the server down, then again while
     it drains to the server: peak RSS < MemoryMax, every acknowledged write delivered."""
     limit = memory_max("spoold.service")
-    server_port = free_port()
     db = tmp_path / "server.sqlite"
-    spoold = start_spoold(
-        reaper,
-        tmp_path,
-        port=free_port(),
-        upstream=f"http://127.0.0.1:{server_port}",
-        spool_dir=tmp_path / "spool",
-        env={"SPOOLD_MAX_SPOOL_MB": "4096"},
+    spoold, server_port = start_spoold_before_its_server(
+        reaper, tmp_path, env={"SPOOLD_MAX_SPOOL_MB": "4096"}
     )
     down, up = Flood(), Flood()
     with watched(spoold, limit) as watch:

@@ -23,16 +23,21 @@ sys.exit(main(["--port", "0", "--db", sys.argv[1]]))
 """
 
 
-def test_server_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
-    """telemetry-server exits non-zero at once, naming the versions, and creates nothing."""
-    db = tmp_path / "t.sqlite"
-    result = subprocess.run(
-        [sys.executable, "-c", _OLD_SQLITE, str(db)],
+def _run_on_old_sqlite(script: str, target: Path) -> subprocess.CompletedProcess[str]:
+    """Run a daemon entry point in a child that reports SQLite 3.31.1, from target's folder."""
+    return subprocess.run(
+        [sys.executable, "-c", script, str(target)],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=tmp_path,
+        cwd=target.parent,
     )
+
+
+def test_server_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
+    """telemetry-server exits non-zero at once, naming the versions, and creates nothing."""
+    db = tmp_path / "t.sqlite"
+    result = _run_on_old_sqlite(_OLD_SQLITE, db)
     assert result.returncode != 0
     assert "SQLite 3.31.1 is too old" in result.stderr
     assert "3.35.0" in result.stderr
@@ -56,13 +61,7 @@ def test_spoold_refuses_to_start_on_old_sqlite(tmp_path: Path) -> None:
     old SQLite would fail at the first dead letter, in the middle of a drain. It exits
     at once instead, naming the versions, and creates no spool."""
     spool = tmp_path / "spool"
-    result = subprocess.run(
-        [sys.executable, "-c", _OLD_SQLITE_SPOOLD, str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = _run_on_old_sqlite(_OLD_SQLITE_SPOOLD, spool)
     assert result.returncode != 0
     assert "SQLite 3.31.1 is too old" in result.stderr
     assert "3.35.0" in result.stderr
