@@ -47,7 +47,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ import orjson
 from loadgen import LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 from server_bench import Create, Lifecycle, Profiler, free_port
-from spoold_bench import HOST, ROOT, Daemon, Daemons, clean_env, fill_over_http, http_json
+from spoold_bench import HOST, ROOT, Daemon, Daemons, clean_env, fill_over_http
 
 CONCURRENCY = 32
 CREATES_TARGET = 3500.0
@@ -79,11 +78,11 @@ def ceiling_main(port: int, path: Path) -> None:
     """aiohttp + the contract's validation + one fsync per group of concurrent requests."""
     from aiohttp import web
 
+    from server.contract.errors import ApiError
     from server.contract.models import RunCreate
     from server.contract.timestamps import utc_now
     from server.contract.updates import patch_changes
     from server.contract.validation import parse_model
-    from server.contract.errors import ApiError
     from server.http.middleware import error_response
     from server.http.requests import MAX_JSON_DEPTH, event_id_of, json_fields_context, read_json
     from server.http.runs import json_response
@@ -144,7 +143,9 @@ def ceiling_main(port: int, path: Path) -> None:
             await read_json(request), event_id, context=json_fields_context(request)
         )
         await log.write(orjson.dumps(update_op(event_id, changes, utc_now())))
-        return json_response({"event_id": event_id, "updated": True, "fields_updated": list(changes)})
+        return json_response(
+            {"event_id": event_id, "updated": True, "fields_updated": list(changes)}
+        )
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
@@ -223,40 +224,41 @@ def measure(
             profiler.stop()
     round_ = Round(name, result, daemon.cpu_seconds() - cpu_before)
     print(result.format(), file=sys.stderr)
-    print(
-        f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr
-    )
+    print(f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr)
     return round_
 
 
 # ---- verification ------------------------------------------------------------------
 
 
-def spooled_ops(spool_dir: Path) -> list[dict[str, Any]]:
-    """Every operation still queued in a stopped spoold's spool (read-only)."""
+def spooled_event_ids(spool_dir: Path) -> tuple[set[str], set[str], int]:
+    """(event_ids with a create, with an update, operations) queued in a stopped spoold's
+    spool, read-only, a group at a time (a 1M-op backlog is not held decoded)."""
     from spoold.spool.codec import decode_group
     from spoold.spool.layout import DB_FILE
     from spoold.spool.store import _LIVE, TABLE
 
     uri = f"{(spool_dir / DB_FILE).resolve().as_uri()}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=30)
+    creates: set[str] = set()
+    updates: set[str] = set()
+    count = 0
     try:
-        ops: list[dict[str, Any]] = []
         for (data,) in conn.execute(f"SELECT data FROM {TABLE} WHERE {_LIVE} ORDER BY _id"):
             group = decode_group(bytes(data))
             if not group.valid:
                 raise RuntimeError("an undecodable group in the spool")
-            ops.extend(group.ops)
-        return ops
+            for op in group.ops:
+                (creates if op["kind"] == "create" else updates).add(op["event_id"])
+            count += len(group.ops)
     finally:
         conn.close()
+    return creates, updates, count
 
 
 def check_spool(spool_dir: Path, rounds: Sequence[Round]) -> list[str]:
     """Every acknowledged create and PATCH of these rounds is queued in the spool."""
-    ops = spooled_ops(spool_dir)
-    creates = {op["event_id"] for op in ops if op["kind"] == "create"}
-    updates = {op["event_id"] for op in ops if op["kind"] == "update"}
+    creates, updates, count = spooled_event_ids(spool_dir)
     problems = []
     for round_ in rounds:
         notes = round_.result.recording.notes
@@ -268,7 +270,7 @@ def check_spool(spool_dir: Path, rounds: Sequence[Round]) -> list[str]:
                 f"{round_.name}: {lost} of {len(acked)} acked creates and {lost_patches} of"
                 f" {len(patched)} acked PATCHes missing from the spool"
             )
-    print(f"spool check: {len(ops):,} ops queued; {problems or 'all acked writes found'}",
+    print(f"spool check: {count:,} ops queued; {problems or 'all acked writes found'}",
           file=sys.stderr)  # fmt: skip
     return problems
 
@@ -323,7 +325,8 @@ class CodeDaemons(Daemons):
         port = free_port()
         argv = [sys.executable, str(Path(__file__).resolve()), "ceiling", "--port", str(port),
                 "--file", str(path)]  # fmt: skip
-        daemon = Daemon(name, argv, clean_env({}), self.workdir / f"{name}.log")
+        env = clean_env({"PYTHONPATH": str(ROOT)})
+        daemon = Daemon(name, argv, env, self.workdir / f"{name}.log")
         self.started.append(daemon)
         return daemon
 
@@ -450,8 +453,12 @@ def live_round(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="each latency round")
-    parser.add_argument("--round-seconds", type=float, default=12.0,
-                        help="each throughput round (ceiling, spoold creates, lifecycles)")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=12.0,
+        help="each throughput round (ceiling, spoold creates, lifecycles)",
+    )
     parser.add_argument("--rows", type=int, default=0, help="backlog queued before the rounds")
     parser.add_argument("--baseline-root", type=Path, help="also measure the spoold of this tree")
     parser.add_argument("--profile", type=Path, help="py-spy of spoold per round into DIR")

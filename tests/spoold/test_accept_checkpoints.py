@@ -25,6 +25,10 @@ def create(name: str) -> dict[str, Any]:
     return {"kind": "create", "event_id": name, "body": body}
 
 
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size
+
+
 def checkpoint_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "index-checkpoint"]
 
@@ -40,14 +44,16 @@ async def test_accept_commits_do_not_checkpoint_and_the_wal_stays_bounded(
         assert index.wal_autocheckpoint() == 0  # no checkpoint inside an accept commit
         assert len(checkpoint_threads()) == 1
         for start in range(0, 6000, 200):  # ~30 groups, ~24 MiB of WAL if never checkpointed
-            await asyncio.gather(*(acceptor.submit(create(f"e{i}")) for i in range(start, start + 200)))
+            await asyncio.gather(
+                *(acceptor.submit(create(f"e{i}")) for i in range(start, start + 200))
+            )
         wal = Path(f"{path}-wal")
         for _ in range(500):  # the last checkpoint may still run: at most 5 s
-            if wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024:
+            if file_bytes(wal) <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024:
                 break
             await asyncio.sleep(0.01)
-        assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024
-        assert path.stat().st_size > 1024 * 1024  # the pages reached the database file
+        assert file_bytes(wal) <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024
+        assert file_bytes(path) > 1024 * 1024  # the pages reached the database file
     finally:
         await acceptor.close()
     assert checkpoint_threads() == []

@@ -49,7 +49,8 @@ async def test_a_group_is_answered_with_one_loop_wakeup_after_its_commit(
     assert [r.outcome for r in results] == ["created"] * 64
     assert acceptor.stats.operations == 64
     assert len(wakeups) == acceptor.stats.groups  # one per group, not one per write
-    assert wakeups[-1] == 64 and all(depth > 0 for depth in wakeups)
+    assert wakeups[-1] == 64
+    assert all(depth > 0 for depth in wakeups)
     assert ledger.snapshot().accepted == 64
 
 
