@@ -50,6 +50,8 @@ import sqlite3
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +211,7 @@ def measure(
     run_load(daemon.base_url, op, name="warmup", concurrency=CONCURRENCY, max_ops=warmup,
              max_seconds=20)  # fmt: skip
     profiler = Profiler.start(profile, daemon.pid, f"{daemon.name} {name}")
+    commits_before = commit_buckets(daemon)
     cpu_before = daemon.cpu_seconds()
     try:
         result = run_load(
@@ -225,7 +228,45 @@ def measure(
     round_ = Round(name, result, daemon.cpu_seconds() - cpu_before)
     print(result.format(), file=sys.stderr)
     print(f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr)
+    if commits_before:
+        print(f"  {describe_commits(commits_before, commit_buckets(daemon))}", file=sys.stderr)
     return round_
+
+
+def commit_buckets(daemon: Daemon) -> dict[str, float]:
+    """spoold's accept-commit histogram (``spoold_spool_commit_seconds``), cumulative
+    counts by upper bound ("+Inf", "sum" and "count" included); {} for the ceiling."""
+    request = urllib.request.Request(daemon.base_url + "/metrics", headers={"Accept": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except (OSError, urllib.error.HTTPError):
+        return {}
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("spoold_spool_commit_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        if 'le="' in name:
+            buckets[name.split('le="')[1].split('"')[0]] = float(value)
+        elif name.endswith(("_sum", "_count")):
+            buckets[name.rsplit("_", 1)[1]] = float(value)
+    return buckets
+
+
+def describe_commits(before: dict[str, float], after: dict[str, float]) -> str:
+    """Attribution of pauses to the accept commit (classify + spool fsync + index commit):
+    how many group commits the round made, their mean, and how many took longer than
+    25 / 100 ms (a request waiting on such a commit waited at least that long)."""
+    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    count = delta.get("count", 0.0)
+    if not count:
+        return "accept commits: none"
+    slow = {bound: count - delta.get(bound, count) for bound in ("0.025", "0.1")}
+    return (
+        f"accept commits: {count:,.0f}, mean {1e3 * delta.get('sum', 0.0) / count:.2f} ms;"
+        f" > 25 ms: {slow['0.025']:,.0f}; > 100 ms: {slow['0.1']:,.0f}"
+    )
 
 
 # ---- verification ------------------------------------------------------------------
