@@ -462,6 +462,13 @@ class RunsIndex:
     def known_count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
+    def wal_autocheckpoint(self, pages: int | None = None) -> int:
+        """Set (if ``pages`` is given) and return this connection's auto-checkpoint mark;
+        0: its commits never checkpoint (the accept path's, see ``spoold.accept``)."""
+        if pages is not None:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        return int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
 
 def op_counts(ops: Iterable[dict[str, Any]]) -> dict[str, int]:
     """Operations per event_id."""

@@ -1,4 +1,4 @@
-"""A background WAL checkpointer for the spool file.
+"""A background WAL checkpointer (the spool file's, and the runs index's for the accept path).
 
 SQLite's own auto-checkpoint (1000 pages, ~4 MiB) runs inside whichever commit
 crosses the mark, and lets the WAL hold megabytes that a full disk could no
@@ -24,14 +24,22 @@ log = structlog.get_logger("spoold.spool")
 class WalCheckpointer:
     """``note_written`` from the writer; the checkpoint runs on this object's thread."""
 
-    def __init__(self, db_path: Path, busy_timeout_s: float, every_bytes: int) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        busy_timeout_s: float,
+        every_bytes: int,
+        *,
+        name: str = "spool-checkpoint",
+    ) -> None:
         self._every = every_bytes
         self._written = 0
         self._lock = threading.Lock()
         self._due = threading.Event()
         self._closed = False
         self._conn = store.connect_side(db_path, busy_timeout_s)
-        self._thread = threading.Thread(target=self._loop, name="spool-checkpoint", daemon=True)
+        self._name = name
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     @property
@@ -57,7 +65,7 @@ class WalCheckpointer:
             try:
                 store.checkpoint(self._conn)
             except sqlite3.Error as exc:  # the puts are committed; this only bounds the WAL
-                log.warning("spool_checkpoint_failed", error=str(exc))
+                log.warning("wal_checkpoint_failed", thread=self._name, error=str(exc))
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True

@@ -1,0 +1,75 @@
+"""The runs index's WAL is checkpointed on a thread of its own, never inside an accept commit.
+
+SQLite's auto-checkpoint runs inside whichever commit crosses its mark (1000 pages):
+the accept thread then copied ~4 MiB into the database file and fsync'd it before it
+could answer its group (commits of 25-60 ms among ~0.2 ms ones). The accept
+connection has auto-checkpoint off and a checkpointer thread keeps the WAL bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from spool_helpers import SpoolFactory
+
+from spoold.accept import Acceptor
+from spoold.ledger import Ledger
+from spoold.runs_index import WAL_SIZE_LIMIT_BYTES, RunsIndex
+
+
+def create(name: str) -> dict[str, Any]:
+    body = {"event_id": name, "run_id": f"r-{name}", "output_summary": "x" * 400}
+    return {"kind": "create", "event_id": name, "body": body}
+
+
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size
+
+
+def checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "index-checkpoint"]
+
+
+async def test_accept_commits_do_not_checkpoint_and_the_wal_stays_bounded(
+    tmp_path: Path, make_spool: SpoolFactory
+) -> None:
+    path = tmp_path / "index.sqlite"
+    spool, index = make_spool(), RunsIndex(path)
+    acceptor = Acceptor(spool, index, Ledger(), checkpoint_every_bytes=256 * 1024)
+    acceptor.start()
+    try:
+        assert index.wal_autocheckpoint() == 0  # no checkpoint inside an accept commit
+        assert len(checkpoint_threads()) == 1
+        for start in range(0, 6000, 200):  # ~30 groups, ~24 MiB of WAL if never checkpointed
+            await asyncio.gather(
+                *(acceptor.submit(create(f"e{i}")) for i in range(start, start + 200))
+            )
+        wal = Path(f"{path}-wal")
+        for _ in range(500):  # the last checkpoint may still run: at most 5 s
+            if file_bytes(wal) <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024:
+                break
+            await asyncio.sleep(0.01)
+        assert file_bytes(wal) <= WAL_SIZE_LIMIT_BYTES + 1024 * 1024
+        assert file_bytes(path) > 1024 * 1024  # the pages reached the database file
+    finally:
+        await acceptor.close()
+    assert checkpoint_threads() == []
+    assert index.known_count() == 6000
+    assert spool.stats().depth_ops == 6000
+    index.close()
+
+
+async def test_without_a_checkpointer_the_connection_keeps_sqlite_auto_checkpoint(
+    tmp_path: Path, make_spool: SpoolFactory
+) -> None:
+    """Offline users of the index (replay, recovery) keep SQLite's own checkpoints."""
+    index = RunsIndex(tmp_path / "index.sqlite")
+    acceptor = Acceptor(make_spool(), index, Ledger(), checkpoint_every_bytes=None)
+    acceptor.start()
+    await acceptor.submit(create("one"))
+    await acceptor.close()
+    assert index.wal_autocheckpoint() == 1000
+    index.close()
