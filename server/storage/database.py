@@ -14,6 +14,7 @@ import structlog
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.storage import runs
+from server.storage.checkpoint import JOURNAL_SIZE_LIMIT_BYTES, RESTART_FRAMES, Checkpointer
 from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
@@ -34,6 +35,8 @@ class StorageSettings:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 2000
     reader_threads: int = 4
+    #: 0: SQLite checkpoints inside commits; else see ``checkpoint`` (WAL mode only).
+    wal_restart_pages: int = RESTART_FRAMES
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ class Database:
         distinct: DistinctValues,
         size: DatabaseSize,
         cursors: CursorCodec,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.settings = settings
+        self.checkpointer = checkpointer
         self.writer = writer
         self.reader = reader
         self.counters = counters
@@ -112,12 +117,18 @@ class Database:
             distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
             cursors = CursorCodec(cursor_key(conn))
+            checkpointer = _background_checkpoints(conn, settings)
         except BaseException:
             conn.close()
             raise
         db = cls(
             settings,
-            Writer(conn, on_group=on_write_group, hooks=(counters, distinct, size)),
+            Writer(
+                conn,
+                on_group=on_write_group,
+                hooks=(counters, distinct, size),
+                checkpointer=checkpointer,
+            ),
             Reader(
                 settings.path,
                 threads=settings.reader_threads,
@@ -127,9 +138,12 @@ class Database:
             distinct=distinct,
             size=size,
             cursors=cursors,
+            checkpointer=checkpointer,
         )
         db.journal_mode = pragma_value(conn, "journal_mode")
         db.synchronous = pragma_value(conn, "synchronous")
+        if checkpointer is not None:
+            checkpointer.start()
         db.writer.start()
         log.info(
             "db_opened",
@@ -143,6 +157,8 @@ class Database:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let the writer finish its queue (for at most timeout_s), then close."""
         await self.writer.close(timeout_s)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.reader.close()
         self.probe.close()
 
@@ -201,3 +217,19 @@ class Database:
     async def ping(self) -> None:
         """Touch the database for real, on the probe's own connection (not the readers')."""
         await self.probe.ping()
+
+
+def _background_checkpoints(
+    conn: sqlite3.Connection, settings: StorageSettings
+) -> Checkpointer | None:
+    """In WAL mode, take checkpoints off the writer's commits (see ``checkpoint``)."""
+    if settings.wal_restart_pages == 0 or pragma_value(conn, "journal_mode") != "WAL":
+        return None
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES:d}")
+    return Checkpointer(
+        settings.path,
+        synchronous=settings.synchronous,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        restart_frames=settings.wal_restart_pages,
+    )

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from server.contract.errors import ValidationFailed
+from server.storage.checkpoint import Checkpointer
 from server.storage.connection import StorageUnavailable, classify
 
 T = TypeVar("T")
@@ -93,8 +94,10 @@ class Writer:
         max_group: int = 512,
         on_group: GroupObserver | None = None,
         hooks: tuple[CommitHook, ...] = (),
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._conn = conn
+        self._checkpointer = checkpointer
         self.on_group = on_group
         self._hooks = hooks
         self._max_group = max_group
@@ -179,6 +182,8 @@ class Writer:
             self._current = group
             self._supervised(group)
             self._current = []
+            if self._checkpointer is not None and self._checkpointer.catch_up_due:
+                self._checkpointer.catch_up(self._conn)  # between groups: see checkpoint
         try:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as exc:
@@ -244,6 +249,8 @@ class Writer:
         self._observe(len(group), time.perf_counter() - started)
         for op, result, error in outcomes:
             _settle(op, result, error)
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
 
     def _observe(self, operations: int, seconds: float) -> None:
         """Tell the observer; its trouble is logged, never charged to committed writes."""
