@@ -165,7 +165,7 @@ class ServerConfig(BaseModel):
     metadata_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     reader_threads: int = Field(default=4, ge=1, le=64)
-    wal_restart_pages: int = Field(default=4000, ge=0, le=1_000_000)
+    wal_restart_pages: int = Field(default=8000, ge=0, le=1_000_000)
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 

@@ -38,9 +38,9 @@ import structlog
 
 log = structlog.get_logger("server.checkpoint")
 
-#: The WAL size (pages, ~16 MB at 4 KiB) at which it is started over: each restart costs
+#: The WAL size (pages, ~32 MB at 4 KiB) at which it is started over: each restart costs
 #: the writer one small copy and fsync (see ``catch_up``), so not too often.
-RESTART_FRAMES = 4000
+RESTART_FRAMES = 8000
 #: The writer copies at most about this many frames itself (then the WAL restarts).
 CATCH_UP_FRAMES = 64
 #: A pass runs at most this often while writes go on (each one fsyncs the database file).
@@ -170,25 +170,28 @@ class Checkpointer:
         return max(int(wal_frames), 0), max(int(copied), 0)
 
     def _chase(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL; past ``restart_frames``, copy again until the writer's lead is small
-        (or for at most MAX_CHASE_PASSES passes: the WAL must stay bounded even if the
-        copy cannot keep up), then hand what is left to the writer."""
+        """Copy the WAL; past ``restart_frames``, copy again while each pass leaves the
+        writer's lead smaller (a pass costs an fsync, during which the writer goes on),
+        then hand what is left to the writer. At most MAX_CHASE_PASSES passes: the WAL
+        stays bounded even if the copy cannot keep up."""
         try:
             wal_frames, copied = self._pass(conn)
             self.stats.frames_copied += copied
-            passes = 1
+            passes, lead = 1, wal_frames
             while wal_frames >= self.restart_frames:
-                if passes >= MAX_CHASE_PASSES:
-                    self._catch_up.set()
-                    return
                 previous = copied
                 wal_frames, copied = self._pass(conn)
                 passes += 1
                 fresh = copied - previous if copied >= previous else copied
                 self.stats.frames_copied += max(fresh, 0)
-                if fresh <= self.catch_up_frames:
+                if (
+                    fresh <= self.catch_up_frames
+                    or fresh >= lead  # no longer shrinking: the steady state
+                    or passes >= MAX_CHASE_PASSES
+                ):
                     self._catch_up.set()
                     return
+                lead = fresh
         except sqlite3.Error as exc:
             self.stats.failures += 1
             log.warning("db_checkpoint_failed", error=str(exc))

@@ -97,8 +97,8 @@ def test_bad_values_raise_config_error_naming_the_variable(variable, raw):
 
 
 def test_wal_restart_pages_default_and_zero_for_sqlite_checkpoints():
-    """Checkpoints off the writer by default (4,000 pages); 0 is SQLite's own behaviour."""
-    assert ServerConfig.from_env({}).wal_restart_pages == 4000
+    """Checkpoints off the writer by default (8,000 pages); 0 is SQLite's own behaviour."""
+    assert ServerConfig.from_env({}).wal_restart_pages == 8000
     assert ServerConfig.from_env({"TELEMETRY_DB_WAL_RESTART_PAGES": "0"}).wal_restart_pages == 0
     assert ServerConfig.from_env({"TELEMETRY_DB_WAL_RESTART_PAGES": "64"}).wal_restart_pages == 64
 
