@@ -14,7 +14,12 @@ import structlog
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.storage import runs
-from server.storage.checkpoint import JOURNAL_SIZE_LIMIT_BYTES, RESTART_FRAMES, Checkpointer
+from server.storage.checkpoint import (
+    JOURNAL_SIZE_LIMIT_BYTES,
+    PASS_INTERVAL_S,
+    RESTART_FRAMES,
+    Checkpointer,
+)
 from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
@@ -37,6 +42,7 @@ class StorageSettings:
     reader_threads: int = 4
     #: 0: SQLite checkpoints inside commits; else see ``checkpoint`` (WAL mode only).
     wal_restart_pages: int = RESTART_FRAMES
+    checkpoint_interval_s: float = PASS_INTERVAL_S
 
 
 @dataclass(frozen=True)
@@ -232,4 +238,5 @@ def _background_checkpoints(
         synchronous=settings.synchronous,
         busy_timeout_ms=settings.busy_timeout_ms,
         restart_frames=settings.wal_restart_pages,
+        interval_s=settings.checkpoint_interval_s,
     )

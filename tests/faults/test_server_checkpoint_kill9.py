@@ -1,10 +1,10 @@
 """kill -9 of the central server while its checkpoint thread copies the WAL and the WAL
-restarts: every write it acknowledged is in the file afterwards, and the WAL stayed bounded."""
+restarts: every write it acknowledged is in the file afterwards (the WAL's bound is checked
+in tests/server/test_wal_checkpoints.py, where the pass interval is scaled down)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import time
@@ -54,14 +54,6 @@ async def _load_until_killed(
         await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
 
 
-def _size(path: Path) -> int:
-    """The file's size, 0 while it does not exist (a stat: no need for a thread)."""
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _rows(db: Path) -> dict[str, tuple[str, int | None]]:
     """(status, items_succeeded) of every stored run; opening the file replays its WAL."""
     conn = sqlite3.connect(db, timeout=10)
@@ -81,12 +73,10 @@ async def test_kill_9_during_background_checkpoints_loses_nothing(
     """Each round: lifecycles at concurrency 12 until ACKS_BEFORE_KILL were acknowledged, then
     SIGKILL with requests in flight. After every round the file (recovered from its WAL by
     SQLite) holds every acknowledged create, every acknowledged PATCH applied; the server's
-    log shows its checkpoint thread copying the WAL, and the WAL file stayed small."""
+    log shows its checkpoint thread copying the WAL."""
     db = tmp_path / "server.sqlite"
-    wal = Path(f"{db}-wal")
     created: set[str] = set()
     finished: set[str] = set()
-    largest_wal = 0
     for round_no in range(ROUNDS):
         port = free_port()
         server = start_server(reaper, tmp_path, port=port, db=db, env=SERVER_ENV)
@@ -98,7 +88,6 @@ async def test_kill_9_during_background_checkpoints_loses_nothing(
         )
         deadline = time.monotonic() + ROUND_BOUND_S
         while time.monotonic() < deadline and not load.done():
-            largest_wal = max(largest_wal, _size(wal))
             if len(round_finished) >= ACKS_BEFORE_KILL:
                 break
             await asyncio.sleep(0.005)
@@ -115,5 +104,3 @@ async def test_kill_9_during_background_checkpoints_loses_nothing(
         unfinished = [e for e in finished if rows[e] != ("success", 7)]
         assert not unfinished, f"round {round_no}: {len(unfinished)} acknowledged PATCHes lost"
     assert len(finished) >= ROUNDS * ACKS_BEFORE_KILL
-    # 64-page restarts: far below the ~10 MB a never-restarted WAL reaches in these rounds.
-    assert largest_wal <= 4 * 1024 * 1024, f"WAL reached {largest_wal:,} bytes"

@@ -17,6 +17,9 @@ from server.storage.database import Database, StorageSettings
 
 PAGE = 4096
 RESTART_PAGES = 300
+#: Scaled down with the restart size: the WAL's bound is the restart size plus what is
+#: written between two passes (a second, in production, at 8,000 pages).
+PASS_INTERVAL_S = 0.05
 WRITERS = 16
 RUNS = 3000  # ~6 pages each with indexes: the WAL would reach ~70 MB if never restarted
 BOUND_S = 120.0
@@ -87,7 +90,12 @@ async def test_wal_stays_bounded_under_writes_that_never_pause(tmp_path: Path) -
     acknowledged run is in the database afterwards."""
     path = tmp_path / "t.sqlite"
     db = Database.open(
-        StorageSettings(path=path, synchronous="FULL", wal_restart_pages=RESTART_PAGES)
+        StorageSettings(
+            path=path,
+            synchronous="FULL",
+            wal_restart_pages=RESTART_PAGES,
+            checkpoint_interval_s=PASS_INTERVAL_S,
+        )
     )
     try:
         writer_conn = db.writer._conn
