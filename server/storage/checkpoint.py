@@ -7,7 +7,10 @@ hundreds of milliseconds under load. Here the writer's connection never
 checkpoints (``wal_autocheckpoint = 0``); a ``Checkpointer`` thread with its
 own connection, on the same ``synchronous`` setting (so the database file is
 fsynced before any WAL frame can be overwritten), copies the WAL in PASSIVE
-mode: it never takes the write lock, so commits go on while it copies.
+mode: it never takes the write lock, so commits go on while it copies. It
+copies at SQLite's own cadence (every ``PASS_FRAMES`` frames, read from the
+wal-index header every ``POLL_S`` while commits go on), and what is left once
+writes pause.
 
 A PASSIVE checkpoint alone does not bound the WAL: SQLite starts the WAL over
 from its beginning only when a write transaction begins with every frame
@@ -17,8 +20,8 @@ writer by the frames of its last commits. So once the WAL holds
 ``catch_up_frames``, then asks the writer (``catch_up_due``) to copy that small
 remainder itself between two groups; its next transaction then starts the WAL
 over. The WAL therefore stays near ``restart_frames`` plus what is written
-in one ``interval_s`` (a second), whatever the write rate; ``journal_size_limit`` gives the
-file back to the disk after a burst.
+during one poll and one chase, whatever the write rate; ``journal_size_limit``
+gives the file back to the disk after a burst.
 
 Durability does not depend on any of this: an acknowledged write is fsynced
 in the WAL by its COMMIT, and a crash during a checkpoint leaves the WAL
@@ -28,7 +31,9 @@ to be replayed at the next open.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -43,11 +48,20 @@ log = structlog.get_logger("server.checkpoint")
 RESTART_FRAMES = 8000
 #: The writer copies at most about this many frames itself (then the WAL restarts).
 CATCH_UP_FRAMES = 64
-#: A pass runs at most this often while writes go on. Each pass fsyncs the database file
-#: and copies every page written since the last one, hot index pages included: passes
-#: every 50 ms cost ~25% more server CPU per write than SQLite's own checkpoints (the
-#: same hot pages copied over and over); once a second costs ~15% less.
+#: A pass starts once this many frames wait to be copied: SQLite's own cadence. Each pass
+#: fsyncs the database file and copies every page written since the last one, hot index
+#: pages included, so passing far more often costs CPU (measured: passes every 50 ms cost
+#: ~25% more server CPU per write than SQLite's own checkpoints).
+PASS_FRAMES = 1000
+#: How often the thread looks at the WAL while commits go on (a read of 136 bytes).
+POLL_S = 0.05
+#: Frames left uncopied are copied after this long without commits (then the next write
+#: starts the WAL over by itself); also the pass interval if the WAL index is unreadable.
 PASS_INTERVAL_S = 1.0
+#: The wal-index header (https://www.sqlite.org/walformat.html): mxFrame, the frames in the
+#: WAL, at byte 16; nBackfill, the frames already copied, at byte 96. Native byte order.
+_MX_FRAME = struct.Struct("=I")
+_MX_FRAME_AT, _BACKFILL_AT, _HEADER_BYTES = 16, 96, 136
 #: Passes in a row chasing the writer before the thread gives up until the next wake-up.
 MAX_CHASE_PASSES = 8
 #: The WAL file is truncated to this size when it restarts after a burst.
@@ -77,6 +91,7 @@ class Checkpointer:
         restart_frames: int = RESTART_FRAMES,
         catch_up_frames: int = CATCH_UP_FRAMES,
         interval_s: float = PASS_INTERVAL_S,
+        pass_frames: int = PASS_FRAMES,
     ) -> None:
         self._path = path
         self._synchronous = synchronous
@@ -84,6 +99,8 @@ class Checkpointer:
         self.restart_frames = restart_frames
         self.catch_up_frames = min(catch_up_frames, max(restart_frames // 8, 1))
         self.interval_s = interval_s
+        self.pass_frames = min(pass_frames, restart_frames)
+        self._shm = Path(f"{path}-shm")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._catch_up = threading.Event()
@@ -129,15 +146,24 @@ class Checkpointer:
         conn: sqlite3.Connection | None = None
         try:
             conn = self._open()
+            last_pass = time.monotonic()
             while not self._stopping.is_set():
-                self._wake.wait()
+                nudged = self._wake.wait(self.interval_s)
                 self._wake.clear()
                 if self._stopping.is_set():
                     break
-                if not self._catch_up.is_set():
+                if self._catch_up.is_set():
+                    continue  # the writer copies the rest, then the WAL starts over
+                waiting = self._waiting_frames()
+                idle_for = time.monotonic() - last_pass
+                if (
+                    (waiting is None and idle_for >= self.interval_s)
+                    or (waiting is not None and waiting >= self.pass_frames)
+                    or (waiting and not nudged)  # writes paused: copy what is left
+                ):
                     self._chase(conn)
-                if not self._catch_up.is_set():
-                    self._stopping.wait(self.interval_s)
+                    last_pass = time.monotonic()
+                self._stopping.wait(POLL_S)
         except Exception as exc:  # never take the server down: SQLite would still work
             self.stats.failures += 1
             log.exception("db_checkpointer_stopped", error=str(exc))
@@ -145,6 +171,25 @@ class Checkpointer:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+
+    def _waiting_frames(self) -> int | None:
+        """Frames in the WAL not yet copied, from the wal-index header (read without a lock:
+        a torn read only moves a pass by one poll); None if it cannot be read."""
+        try:
+            fd = os.open(self._shm, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            header = os.pread(fd, _HEADER_BYTES, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(header) < _HEADER_BYTES:
+            return None
+        frames = _MX_FRAME.unpack_from(header, _MX_FRAME_AT)[0]
+        copied = _MX_FRAME.unpack_from(header, _BACKFILL_AT)[0]
+        return max(frames - copied, 0)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
