@@ -450,10 +450,7 @@ def prefill_fleet(path: Path, rows: int, history_end: datetime) -> float:
     started = time.monotonic()
     base = min(rows, PREFILL_BASE_ROWS)
     copies = math.ceil(rows / base) - 1
-    # The base covers the oldest base/rows of the history; each copy the next slice.
-    preload(
-        path, 0, base, rows, history_end - HISTORY * (1 - base / rows) if copies else history_end
-    )
+    preload(path, 0, base, rows, history_end)  # the oldest base/rows of the history
     if copies:
         conn = open_db(path, "OFF")
         conn.execute("PRAGMA cache_size = -262144")
