@@ -187,8 +187,8 @@ class Checkpointer:
             os.close(fd)
         if len(header) < _HEADER_BYTES:
             return None
-        frames = _MX_FRAME.unpack_from(header, _MX_FRAME_AT)[0]
-        copied = _MX_FRAME.unpack_from(header, _BACKFILL_AT)[0]
+        frames = int(_MX_FRAME.unpack_from(header, _MX_FRAME_AT)[0])
+        copied = int(_MX_FRAME.unpack_from(header, _BACKFILL_AT)[0])
         return max(frames - copied, 0)
 
     def _open(self) -> sqlite3.Connection:

@@ -6,11 +6,11 @@ read functions run on read-only connections (see ``reader``).
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal
 
 import orjson
@@ -48,7 +48,7 @@ def _db_value(column: str, value: Any) -> Any:
     return value
 
 
-_DATA_VALUES = operator.attrgetter(*RUN_DATA_COLUMNS)
+_DATA_VALUES = attrgetter(*RUN_DATA_COLUMNS)
 _JSON_POSITIONS = tuple(
     i for i, column in enumerate(RUN_DATA_COLUMNS) if column in RUN_JSON_COLUMNS
 )

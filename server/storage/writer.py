@@ -212,6 +212,8 @@ class Writer:
             committed = self._transaction(group, careful=False)
             if committed is None:  # an operation failed: redo the group, isolating each
                 committed = self._transaction(group, careful=True)
+            if committed is None:  # the careful attempt never gives up; say so if it did
+                raise RuntimeError("the careful attempt of a write group gave up")
         except sqlite3.Error as exc:
             self._rollback()
             self._fail(group, exc)
