@@ -55,11 +55,15 @@ class DatabaseSize:
 
     def __init__(self) -> None:
         self.bytes = 0
+        self._page_size = 0
 
     def measure(self, conn: sqlite3.Connection) -> int:
+        # The page size is fixed for the file's life (only a VACUUM could change it, and
+        # the server runs none): one statement per group, not two, on the writer thread.
+        if not self._page_size:
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int(pages) * int(page_size)
+        return int(pages) * self._page_size
 
     def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
         measured = self.measure(conn)
