@@ -55,6 +55,7 @@ def commit_times(template: Path, work: Path, mode: str, params: list[tuple[Any, 
     wal = Path(f"{path}-wal")
     largest = 0
     times: list[float] = []
+    catch_ups: list[float] = []
     started = time.perf_counter()
     for first in range(0, len(params), GROUP):
         conn.execute("BEGIN IMMEDIATE")
@@ -65,7 +66,9 @@ def commit_times(template: Path, work: Path, mode: str, params: list[tuple[Any, 
         if checkpointer is not None:
             checkpointer.nudge()
             if checkpointer.catch_up_due:
+                caught = time.perf_counter()
                 checkpointer.catch_up(conn)
+                catch_ups.append(1e3 * (time.perf_counter() - caught))
         times.append(1e3 * (time.perf_counter() - tick))
         largest = max(largest, wal.stat().st_size if wal.exists() else 0)
     elapsed = time.perf_counter() - started
@@ -81,6 +84,7 @@ def commit_times(template: Path, work: Path, mode: str, params: list[tuple[Any, 
         f"  max {times[-1]:6.1f}  >10 ms {sum(t > 10 for t in times):4d}"
         f"  >25 ms {sum(t > 25 for t in times):4d}  {len(params) / elapsed:8,.0f} rows/s"
         f"  WAL file up to {largest / 1e6:5.1f} MB"
+        + (f"; {len(catch_ups)} catch-ups, max {max(catch_ups):.1f} ms" if catch_ups else "")
     )
 
 
