@@ -17,9 +17,9 @@ from its beginning only when a write transaction begins with every frame
 already copied, and under continuous writes the copy always trails the
 writer by the frames of its last commits. So once the WAL holds
 ``restart_frames``, the thread copies again until it trails by at most
-``catch_up_frames``, then asks the writer (``catch_up_due``) to copy that small
-remainder itself between two groups; its next transaction then starts the WAL
-over. The WAL therefore stays near ``restart_frames`` plus what is written
+``catch_up_frames``, then asks the writer to copy that small remainder itself
+between two groups, when its queue is empty (or within half a second); its
+next transaction then starts the WAL over. The WAL therefore stays near ``restart_frames`` plus what is written
 during one poll and one chase, whatever the write rate; ``journal_size_limit``
 gives the file back to the disk after a burst.
 
@@ -62,6 +62,10 @@ PASS_INTERVAL_S = 1.0
 #: WAL, at byte 16; nBackfill, the frames already copied, at byte 96. Native byte order.
 _MX_FRAME = struct.Struct("=I")
 _MX_FRAME_AT, _BACKFILL_AT, _HEADER_BYTES = 16, 96, 136
+#: The writer copies the remainder when its queue is empty (nobody waits for it), or once
+#: it has been due for this share of ``interval_s`` (the WAL must stay bounded under load
+#: that never pauses): half a second by default.
+CATCH_UP_WITHIN = 0.5
 #: Passes in a row chasing the writer before the thread gives up until the next wake-up.
 MAX_CHASE_PASSES = 8
 #: The WAL file is truncated to this size when it restarts after a burst.
@@ -104,6 +108,7 @@ class Checkpointer:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._catch_up = threading.Event()
+        self._catch_up_since = 0.0
         self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
         self.stats = CheckpointStats()
 
@@ -123,10 +128,13 @@ class Checkpointer:
         """A group was committed: the WAL has grown."""
         self._wake.set()
 
-    @property
-    def catch_up_due(self) -> bool:
-        """True when the writer should copy the WAL's last frames before its next group."""
-        return self._catch_up.is_set()
+    def catch_up_now(self, *, idle: bool) -> bool:
+        """Whether the writer should catch up now: it is due, and the writer is idle (no
+        group waits behind it) or it has been due for half a pass interval already."""
+        if not self._catch_up.is_set():
+            return False
+        overdue = time.monotonic() - self._catch_up_since >= CATCH_UP_WITHIN * self.interval_s
+        return idle or overdue
 
     def catch_up(self, conn: sqlite3.Connection) -> None:
         """On the writer's connection, outside a transaction: copy the few frames left, so
@@ -171,6 +179,10 @@ class Checkpointer:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+
+    def _request_catch_up(self) -> None:
+        self._catch_up_since = time.monotonic()
+        self._catch_up.set()
 
     def _waiting_frames(self) -> int | None:
         """Frames in the WAL not yet copied, from the wal-index header (read without a lock:
@@ -237,7 +249,7 @@ class Checkpointer:
                     or fresh >= lead  # no longer shrinking: the steady state
                     or passes >= MAX_CHASE_PASSES
                 ):
-                    self._catch_up.set()
+                    self._request_catch_up()
                     return
                 lead = fresh
         except sqlite3.Error as exc:

@@ -184,8 +184,9 @@ class Writer:
             self._current = group
             self._supervised(group)
             self._current = []
-            if self._checkpointer is not None and self._checkpointer.catch_up_due:
-                self._checkpointer.catch_up(self._conn)  # between groups: see checkpoint
+            checkpointer = self._checkpointer
+            if checkpointer is not None and checkpointer.catch_up_now(idle=self._queue.empty()):
+                checkpointer.catch_up(self._conn)  # between groups: see checkpoint
         try:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as exc:
