@@ -1,32 +1,34 @@
-"""Benchmark of the central server: the real ``telemetry-server`` process over real HTTP.
+"""Benchmark of the central server's writes: the real ``telemetry-server`` over real HTTP.
 
-    python bench/server_bench.py                  # full run (1,000,000-row read phase)
-    python bench/server_bench.py --quick          # smoke run, small counts, < 60 s
-    python bench/server_bench.py --rows-large 300000 --rows-small 50000
+    python bench/server_bench.py --rows 1000000 --json out.json   # full run at 1M rows
+    python bench/server_bench.py                                  # 100,000 rows, 60 s lifecycle
+    python bench/server_bench.py --quick                          # smoke run, < 60 s
+    git worktree add --detach /tmp/base <base-commit>
+    python bench/server_bench.py --compare-root /tmp/base         # before/after, one run
 
-What it does, in order, printing one table at the end:
+What it does, in order, printing one table and the figures at the end:
 
-1. Starts ``telemetry-server`` on a free 127.0.0.1 port with an empty temp
-   database; measures the HTTP floor (``GET /health`` at concurrency 32),
-   then single creates at concurrency 32, the create + PATCH lifecycle at
-   concurrency 32, and ``POST /api/v1/runs/batch`` with 100 runs per batch.
-2. Baseline, same run, same disk: raw ``sqlite3`` ``executemany`` of exactly
-   the batch scenario's rows into a fresh database with the server's schema
-   (``server.storage.schema.migrate``, WAL, synchronous=FULL), one transaction
-   per 100 rows (the durability the batch endpoint promises per request) and,
-   for information, all in one transaction. Batch ingest is quoted as a % of
-   the per-100 ceiling.
-3. Stops that server and checks that every acknowledged write is in the file:
-   each event_id answered 201 ``created`` (or counted as inserted in a batch
-   answer) must exist, and each run whose PATCH was answered 200 must be in
-   its final state.
-4. Pre-loads a second database straight through ``sqlite3`` (rows built with
-   the server's own ``RunCreate`` model and ``insert_params``, so they are real
-   rows: 2,000 agents (Zipf-like), 85% success, 20 job types, every status, 90 days of timestamps),
-   starts a server on it and measures filtered lists and single GETs at
-   ``--rows-small`` rows; stops it, appends rows up to ``--rows-large``,
-   restarts, measures the same again plus ``/api/v1/metadata`` cached and right
-   after a write that adds a new agent name; stops and verifies those writes.
+1. Prefills a database with ``--rows`` fleet-shaped runs (2,000 agents, Zipf-like;
+   85% success, 8% failure, 3% running, every status; 20 job types; 90 days): the
+   first 100,000 are real server rows (``RunCreate`` + ``insert_params``), the rest
+   copies of them made by SQLite, each copy a later slice of the history.
+2. Starts ``telemetry-server`` on a free 127.0.0.1 port on a copy of that file and
+   measures ``POST /api/v1/runs/batch`` (100 runs per batch, concurrency 4), single
+   creates at concurrency 32, then the create + PATCH lifecycle at concurrency 32
+   for ``--seconds`` (p99 and max latency: the "no stalls" targets).
+3. Baseline, same run, same disk: raw ``sqlite3`` ``executemany`` of exactly the
+   batch scenario's rows, one transaction per batch (the durability the endpoint
+   promises per request), WAL + synchronous=FULL, into another copy of the
+   prefilled file (same schema, indexes and rows). Batch ingest is quoted as a %
+   of it, with the CPU per row of each Python step of the batch path.
+4. Stops the server and checks that every acknowledged write is in the file:
+   each event_id answered 201 ``created`` (or counted in a batch answer) must
+   exist, and each run whose PATCH was answered 200 must be in its final state.
+5. With ``--compare-root DIR``, steps 2 and 4 run first for the server of that
+   source tree (same prefill, same baseline), so before and after sit side by side.
+6. With ``--reads``, the older read phases follow (filtered lists, single GETs and
+   metadata at ``--rows-small`` and ``--rows-large``; bench/list_cpu.py and
+   bench/ops_reads.py measure list and operational reads in more depth).
 
 The client is ``bench/loadgen.py`` in this process (a different process from
 the server), on uvloop when installed; ``--client-procs N`` spreads it over N
@@ -34,6 +36,7 @@ forked processes instead. The machine has two cores, so the client's CPU is
 reported next to the server's for every scenario. The server runs with its
 default log level (INFO: one JSON line per request, as operators run it)
 unless ``--server-log-level`` says otherwise; its log is kept in the temp dir.
+``--json PATH`` writes the figures with their targets (bench/report.py).
 
 The server is always stopped by its PID at the end (SIGTERM, then SIGKILL
 after a grace), also when a scenario fails or the bench is interrupted.
@@ -69,10 +72,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import Client, LoadResult, event_loop_name, run_load
+from report import Figure, format_row, write_json
 
 from server.contract.models import RunCreate
 from server.storage.runs import _INSERT_SQL, insert_params
-from server.storage.schema import migrate
+from server.storage.schema import RUN_COLUMNS, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -218,8 +222,11 @@ def http_get_json(url: str, timeout: float = 5.0) -> Any:
 class ServerProcess:
     """One ``telemetry-server`` subprocess; stop() is idempotent and always by PID."""
 
-    def __init__(self, db: Path, log_path: Path, log_level: str) -> None:
+    def __init__(
+        self, db: Path, log_path: Path, log_level: str, code_root: Path | None = None
+    ) -> None:
         self.db = db
+        self.code_root = code_root
         self.log_path = log_path
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -231,6 +238,11 @@ class ServerProcess:
         command = [str(executable)] if executable.exists() else [sys.executable, "-m", "server"]
         port = free_port()
         env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level}
+        cwd = ROOT
+        if self.code_root is not None:  # another tree's server (--compare-root)
+            command = [sys.executable, "-m", "server"]
+            env["PYTHONPATH"] = str(self.code_root)
+            cwd = self.code_root
         for name in ("TELEMETRY_API_AUTH_ENABLED", "TELEMETRY_RATE_LIMIT_ENABLED"):
             env.pop(name, None)
         started = time.monotonic()
@@ -240,7 +252,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
             )
         self.base_url = f"http://{HOST}:{port}"
@@ -414,47 +426,83 @@ def preload(
     return sample, time.monotonic() - started
 
 
-@dataclass
-class Ceiling:
-    rows: int
-    chunked_s: float
-    single_tx_s: float
-
-    @property
-    def chunked_rows_per_s(self) -> float:
-        return self.rows / self.chunked_s
-
-    @property
-    def single_tx_rows_per_s(self) -> float:
-        return self.rows / self.single_tx_s
+#: Rows built in Python (RunCreate + insert_params) before the rest are replicated in SQL.
+PREFILL_BASE_ROWS = 100_000
 
 
-def executemany_ceiling(workdir: Path, batches: Sequence[Sequence[dict[str, Any]]]) -> Ceiling:
-    """Raw executemany of the batch rows, same schema, WAL + synchronous=FULL, same disk."""
+def _shifted(column: str, seconds: str) -> str:
+    """SQL: an instant column moved by whole seconds, its fraction and offset kept."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE "
+        f"strftime('%Y-%m-%dT%H:%M:%S', {column}, '+' || ({seconds}) || ' seconds')"
+        f" || substr({column}, 20) END"
+    )
+
+
+def prefill_fleet(path: Path, rows: int, history_end: datetime) -> float:
+    """A database of ``rows`` fleet-shaped runs over 90 days, ending at history_end.
+
+    The first PREFILL_BASE_ROWS are real server rows (``preload``); the rest are copies
+    of them made by SQLite, each copy a later slice of the history (timestamps shifted,
+    fresh event_ids), so 1,000,000 rows take about a minute, not ten. Agents, job types
+    and statuses keep the base's skew. Returns the seconds taken.
+    """
+    started = time.monotonic()
+    base = min(rows, PREFILL_BASE_ROWS)
+    copies = math.ceil(rows / base) - 1
+    preload(path, 0, base, rows, history_end)  # the oldest base/rows of the history
+    if copies:
+        conn = open_db(path, "OFF")
+        conn.execute("PRAGMA cache_size = -262144")
+        columns = [c for c in RUN_COLUMNS if c != "event_id"]
+        instants = {"created_at", "start_time", "end_time", "updated_at"}
+        slice_s = int((HISTORY * (base / rows)).total_seconds())
+        for copy in range(1, copies + 1):
+            n = min(base, rows - copy * base)
+            shift = str(copy * slice_s)
+            select = ", ".join(_shifted(c, shift) if c in instants else c for c in columns)
+            conn.execute("BEGIN")
+            conn.execute(
+                f"INSERT INTO agent_runs (event_id, {', '.join(columns)}) "
+                f"SELECT substr(event_id, 1, 24) || printf('%012x', {copy} * 100000000 + id), "
+                f"{select} FROM agent_runs WHERE id <= ?",
+                (n,),
+            )
+            conn.execute("COMMIT")
+            print(f"\r  replicating: {base + copy * base:,}/{rows:,} rows", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+    return time.monotonic() - started
+
+
+def executemany_rate(
+    template: Path, workdir: Path, batches: Sequence[Sequence[dict[str, Any]]]
+) -> tuple[float, int]:
+    """Raw ``executemany`` of the batch rows, one transaction per batch (the durability the
+    endpoint promises per request), WAL + synchronous=FULL, into a copy of the very
+    database the server started from (same schema, indexes and prefill, same disk).
+    Returns rows/s and the rows inserted."""
     now = iso(datetime.now(UTC))
     params = [to_params(batch, now) for batch in batches]
     rows = sum(len(p) for p in params)
-    timings = []
-    for name, per_batch in (("ceiling-per-batch", True), ("ceiling-one-tx", False)):
-        path = workdir / f"{name}.sqlite"
-        conn = open_db(path, "FULL")
-        started = time.perf_counter()
-        if per_batch:
-            for chunk in params:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_INSERT_SQL, chunk)
-                conn.execute("COMMIT")
-        else:
-            conn.execute("BEGIN IMMEDIATE")
-            for chunk in params:
-                conn.executemany(_INSERT_SQL, chunk)
-            conn.execute("COMMIT")
-        timings.append(time.perf_counter() - started)
-        stored = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
-        conn.close()
-        if stored != rows:
-            raise RuntimeError(f"baseline stored {stored} of {rows} rows")
-    return Ceiling(rows, timings[0], timings[1])
+    path = workdir / "baseline.sqlite"
+    shutil.copyfile(template, path)
+    conn = open_db(path, "FULL")
+    before = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
+    started = time.perf_counter()
+    for chunk in params:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_INSERT_SQL, chunk)
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    stored = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0] - before
+    conn.close()
+    for leftover in workdir.glob("baseline.sqlite*"):
+        leftover.unlink()
+    if stored != rows:
+        raise RuntimeError(f"baseline stored {stored} of {rows} rows")
+    return rows / seconds, rows
 
 
 @dataclass
@@ -766,6 +814,22 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+
+    def figure(
+        self,
+        scenario: str,
+        metric: str,
+        value: float,
+        target: float | None,
+        *,
+        higher_is_better: bool = True,
+        rows: int | None = None,
+        note: str = "",
+    ) -> None:
+        """One figure for ``--json`` (bench/report.py) and the closing list."""
+        self.figures.append(Figure(scenario, metric, value, target, higher_is_better, rows, note))
 
     def load(
         self,
@@ -909,85 +973,60 @@ def group_note(before: tuple[int, int], after: tuple[int, int]) -> str:
     return f", {operations / transactions:.1f} writes/commit"
 
 
+def server_cpu_ms_per_request(result: LoadResult, server_cpu_pct: float) -> float:
+    requests = result.requests_per_s() * result.elapsed_s
+    return 10 * server_cpu_pct * result.elapsed_s / requests if requests else math.nan
+
+
 def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
+    """Prefill ``--rows`` fleet rows once; measure this tree's server on a copy of them (and,
+    with ``--compare-root``, the other tree's first, on another copy, same run)."""
     args = bench.args
-    db = workdir / "writes.sqlite"
-    server = ServerProcess(db, workdir / "server-writes.log", args.server_log_level)
+    template = workdir / "prefill.sqlite"
+    print(f"prefilling {args.rows:,} fleet rows ...", file=sys.stderr)
+    seconds = prefill_fleet(template, args.rows, datetime.now(UTC) - timedelta(hours=1))
+    size_mb = template.stat().st_size / 1e6
+    bench.note_row(
+        f"setup: {args.rows:,} fleet rows prefilled",
+        f"{size_mb:,.0f} MB in {seconds:.0f} s (2,000 agents Zipf, 85/8/3% statuses)",
+    )
+    trees: list[tuple[str, Path | None]] = []
+    if args.compare_root is not None:
+        trees.append(("before", args.compare_root))
+    trees.append(("", None))
+    baseline: float | None = None
+    for label, root in trees:
+        baseline = measure_writes(bench, workdir, sizes, template, label, root, baseline)
+
+
+def measure_writes(
+    bench: Bench,
+    workdir: Path,
+    sizes: Sizes,
+    template: Path,
+    label: str,
+    root: Path | None,
+    baseline: float | None,
+) -> float:
+    """One server (code from ``root``, else this tree) on a copy of the prefilled file:
+    batches, then the raw executemany baseline (once per run), creates, lifecycle.
+    Returns the baseline's rows/s."""
+    args = bench.args
+    rows = args.rows
+    tag = f" [{label}: {root}]" if label else ""
+    db = workdir / f"writes{'-' + label if label else ''}.sqlite"
+    shutil.copyfile(template, db)
+    server = ServerProcess(
+        db,
+        workdir / f"server-writes{'-' + label if label else ''}.log",
+        args.server_log_level,
+        root,
+    )
     acked: list[str] = []
     patched: list[str] = []
     try:
         server.start()
-        print(f"server (writes) pid {server.pid} at {server.base_url}", file=sys.stderr)
-
-        result, cpu = bench.load(
-            server,
-            Health(),
-            name="GET /health c=32",
-            concurrency=32,
-            max_ops=sizes.health,
-            max_seconds=15,
-            warmup=500,
-        )
-        health_rps = result.requests_per_s()
-        bench.add(
-            result,
-            cpu,
-            scenario="HTTP floor: GET /health c=32",
-            rate=f"{health_rps:,.0f} req/s",
-        )
-
-        before = writer_stats(server)
-        result, cpu = bench.load(
-            server,
-            Create(),
-            name="creates c=32",
-            concurrency=32,
-            max_ops=sizes.creates,
-            max_seconds=30,
-            warmup=300,
-        )
-        after = writer_stats(server)
-        acked += result.recording.notes.get("acked", [])
-        rate = result.requests_per_s("create")
-        bench.add(
-            result,
-            cpu,
-            scenario="(1) single creates c=32",
-            label="create",
-            rate=f"{rate:,.0f} runs/s ({100 * rate / health_rps:.0f}% of floor"
-            f"{group_note(before, after)})",
-            target=">= 3,000 runs/s",
-            passed=rate >= 3000,
-        )
-
-        before = writer_stats(server)
-        result, cpu = bench.load(
-            server,
-            Lifecycle(),
-            name="lifecycle c=32",
-            concurrency=32,
-            max_ops=sizes.lifecycles,
-            max_seconds=30,
-            warmup=100,
-        )
-        after = writer_stats(server)
-        acked += result.recording.notes.get("acked", [])
-        patched += result.recording.notes.get("patched", [])
-        bench.add(
-            result,
-            cpu,
-            scenario="(2) lifecycle create+PATCH c=32",
-            rate=f"{result.ops_per_s:,.0f} runs/s, {result.requests_per_s():,.0f} req/s"
-            f"{group_note(before, after)}",
-        )
-        for label in ("create", "patch"):
-            bench.add(
-                result,
-                math.nan,
-                scenario=f"      {label} requests",
-                label=label,
-                rate=f"{result.requests_per_s(label):,.0f} req/s",
-            )
+        print(f"server (writes{tag}) pid {server.pid} at {server.base_url}", file=sys.stderr)
 
         rng = random.Random(1234)
         now = datetime.now(UTC)
@@ -1002,10 +1041,11 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
         bench.load(
             server, Batch(warm), name="batch warmup", concurrency=2, max_ops=10, max_seconds=30
         )
+        acked += [item["event_id"] for batch in warm for item in batch]
         result, cpu = bench.load(
             server,
             Batch(batches),
-            name=f"batches of {args.batch_size}",
+            name=f"batches of {args.batch_size}{tag}",
             concurrency=args.batch_concurrency,
             max_ops=len(batches),
             max_seconds=60,
@@ -1014,50 +1054,132 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
         acked += batch_acked
         batch_rate = len(batch_acked) / result.elapsed_s
         complete = result.recording.ops_done == len(batches)
-
-        print("  baseline: raw executemany of the same rows ...", file=sys.stderr)
-        ceiling = executemany_ceiling(workdir, batches)
-        share = 100 * batch_rate / ceiling.chunked_rows_per_s
+        if baseline is None:
+            print("  baseline: raw executemany of the same rows ...", file=sys.stderr)
+            baseline, _ = executemany_rate(template, workdir, batches)
+        share = 100 * batch_rate / baseline
         bench.add(
             result,
             cpu,
-            scenario=f"(3) batches of {args.batch_size} c={args.batch_concurrency}",
+            scenario=f"(3) batches of {args.batch_size} c={args.batch_concurrency}{tag}",
             rate=f"{batch_rate:,.0f} runs/s = {share:.0f}% of (4)"
             + ("" if complete else " [time bound hit]"),
-            target=">= 80% of ceiling (4)",
-            passed=share >= 80 and complete,
+            target="" if label else ">= 80% of (4)",
+            passed=None if label else share >= 80 and complete,
         )
-        bench.note_row(
-            f"(4) ceiling: executemany, {args.batch_size} rows/tx",
-            f"{ceiling.chunked_rows_per_s:,.0f} rows/s ({ceiling.rows:,} rows, WAL, sync=FULL)",
+        bench.figure(
+            f"server batch ingest, batches of {args.batch_size} c={args.batch_concurrency}{tag}",
+            "% of raw executemany",
+            share,
+            target=None if label else 80.0,
+            rows=rows,
+            note=f"{batch_rate:,.0f} vs {baseline:,.0f} rows/s",
         )
-        bench.notes.append(
-            f"ceiling variant, all {ceiling.rows:,} rows in one transaction:"
-            f" {ceiling.single_tx_rows_per_s:,.0f} rows/s"
-            f" (batch ingest = {100 * batch_rate / ceiling.single_tx_rows_per_s:.0f}% of it)"
+        if not label:
+            bench.note_row(
+                f"(4) raw executemany, {args.batch_size} rows/tx, same prefill",
+                f"{baseline:,.0f} rows/s (WAL, sync=FULL)",
+            )
+            costs = batch_path_costs(batches)
+            bench.notes.append(
+                "batch path CPU per row, in-process, same rows (server functions): "
+                + ", ".join(f"{step} {us:.1f} us" for step, us in costs.items())
+                + f"; raw executemany+commit takes {1e6 / baseline:.1f} us of wall time per row"
+            )
+
+        before = writer_stats(server)
+        result, cpu = bench.load(
+            server,
+            Create(),
+            name=f"creates c=32{tag}",
+            concurrency=32,
+            max_ops=sizes.creates,
+            max_seconds=30,
+            warmup=300,
         )
-        costs = batch_path_costs(batches)
-        python_us = sum(costs.values())
-        sqlite_us = 1e6 / ceiling.chunked_rows_per_s
-        bench.notes.append(
-            "batch path CPU per row, in-process, same rows (server functions): "
-            + ", ".join(f"{step} {us:.1f} us" for step, us in costs.items())
-            + f" = {python_us:.1f} us of Python per row vs {sqlite_us:.1f} us for executemany"
-            f"+commit; done one after the other that caps batch ingest at"
-            f" {100 * sqlite_us / (sqlite_us + python_us):.0f}% of the ceiling"
+        after = writer_stats(server)
+        acked += result.recording.notes.get("acked", [])
+        rate = result.requests_per_s("create")
+        bench.add(
+            result,
+            cpu,
+            scenario=f"(1) single creates c=32{tag}",
+            label="create",
+            rate=f"{rate:,.0f} runs/s{group_note(before, after)}",
+            target="" if label else ">= 3,000 runs/s",
+            passed=None if label else rate >= 3000,
+        )
+        bench.figure(
+            f"server creates c=32{tag}", "creates/s", rate, None if label else 3000.0, rows=rows
+        )
+        bench.figure(
+            f"server creates c=32{tag}",
+            "server CPU ms/create",
+            server_cpu_ms_per_request(result, cpu),
+            None,
+            higher_is_better=False,
+            rows=rows,
+        )
+
+        before = writer_stats(server)
+        result, cpu = bench.load(
+            server,
+            Lifecycle(),
+            name=f"lifecycle c=32 {args.seconds:g} s{tag}",
+            concurrency=32,
+            max_ops=10_000_000,
+            max_seconds=args.seconds,
+            warmup=100,
+        )
+        after = writer_stats(server)
+        acked += result.recording.notes.get("acked", [])
+        patched += result.recording.notes.get("patched", [])
+        _, p99, worst = result.stats().quantiles_ms()
+        scenario = f"server create+PATCH lifecycle c=32, {args.seconds:g} s{tag}"
+        bench.add(
+            result,
+            cpu,
+            scenario=f"(2) lifecycle create+PATCH c=32{tag}",
+            rate=f"{result.ops_per_s:,.0f} runs/s, {result.requests_per_s():,.0f} req/s"
+            f"{group_note(before, after)}",
+            target="" if label else "p99 <= 25 ms, max <= 100 ms",
+            passed=None if label else p99 <= 25 and worst <= 100,
+        )
+        for part in ("create", "patch"):
+            bench.add(
+                result,
+                math.nan,
+                scenario=f"      {part} requests",
+                label=part,
+                rate=f"{result.requests_per_s(part):,.0f} req/s",
+            )
+        bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
+        target = None if label else 25.0
+        bench.figure(scenario, "p99 ms", p99, target, higher_is_better=False, rows=rows)
+        target = None if label else 100.0
+        bench.figure(scenario, "max ms", worst, target, higher_is_better=False, rows=rows)
+        bench.figure(
+            scenario,
+            "server CPU ms/request",
+            server_cpu_ms_per_request(result, cpu),
+            None,
+            higher_is_better=False,
+            rows=rows,
         )
     finally:
         code = server.stop()
-        print(f"server (writes) stopped, exit code {code}", file=sys.stderr)
-    check = verify(db, "writes", acked, patched)
+        print(f"server (writes{tag}) stopped, exit code {code}", file=sys.stderr)
+    check = verify(db, f"writes{tag}", acked, patched)
     bench.note_row(
-        "verify: acknowledged writes stored",
-        check.describe(),
-        target="all",
-        passed=check.ok,
+        f"verify: acknowledged writes stored{tag}", check.describe(), target="all", passed=check.ok
     )
     if not check.ok:
         bench.broken.append(f"verification: {check.describe()}")
+        bench.unverified.append(check.describe())
+    db.unlink(missing_ok=True)
+    for leftover in workdir.glob(f"{db.name}-*"):
+        leftover.unlink()
+    return baseline
 
 
 def read_measurements(
@@ -1204,13 +1326,14 @@ def read_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     )
     if not check.ok:
         bench.broken.append(f"verification: {check.describe()}")
+        bench.unverified.append(check.describe())
 
 
 @dataclass(frozen=True)
 class Sizes:
     health: int
     creates: int
-    lifecycles: int
+    lifecycles: int  # unused: the lifecycle scenario runs for --seconds
     batches: int
     reads: int
     gets: int
@@ -1218,8 +1341,8 @@ class Sizes:
     metadata_writes: int
 
 
-FULL = Sizes(20_000, 40_000, 20_000, 400, 2_000, 5_000, 5_000, 500)
-QUICK = Sizes(2_000, 3_000, 1_000, 30, 200, 400, 400, 50)
+FULL = Sizes(20_000, 40_000, 0, 400, 2_000, 5_000, 5_000, 500)
+QUICK = Sizes(2_000, 3_000, 0, 30, 200, 400, 400, 50)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1227,6 +1350,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the real telemetry-server over HTTP (see the module docstring)."
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run < 60 s")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        help="fleet rows prefilled before the write scenarios (default 100,000; 10,000 quick)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="duration of the create+PATCH lifecycle scenario (default 60; 10 quick)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="write the figures there (bench/report.py)"
+    )
+    parser.add_argument(
+        "--compare-root",
+        type=Path,
+        metavar="DIR",
+        help="also measure the server of another source tree (e.g. a `git worktree` of the"
+        " base commit) on the same prefill, before this one, in the same run",
+    )
+    parser.add_argument(
+        "--reads",
+        action="store_true",
+        help="also run the read phases (bench/list_cpu.py and bench/ops_reads.py cover them)",
+    )
     parser.add_argument("--rows-small", type=int, help="first read phase (default 100,000)")
     parser.add_argument("--rows-large", type=int, help="second read phase (default 1,000,000)")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -1247,7 +1395,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TELEMETRY_LOG_LEVEL of the server (default INFO, its own default)",
     )
     parser.add_argument("--skip-writes", action="store_true", help="read phases only")
-    parser.add_argument("--skip-reads", action="store_true", help="write phase only")
+    parser.add_argument("--skip-reads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument(
@@ -1262,6 +1410,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rows_small = 10_000 if args.quick else 100_000
     if args.rows_large is None:
         args.rows_large = 50_000 if args.quick else 1_000_000
+    if args.rows is None:
+        args.rows = 10_000 if args.quick else 100_000
+    if args.seconds is None:
+        args.seconds = 10.0 if args.quick else 60.0
+    if args.rows < 1 or args.seconds <= 0:
+        parser.error("need --rows >= 1 and --seconds > 0")
+    if args.compare_root is not None and not (args.compare_root / "server").is_dir():
+        parser.error(f"--compare-root {args.compare_root}: no server/ package there")
     args.read_concurrency = [int(c) for c in str(args.read_concurrency).split(",") if c]
     if not 0 < args.rows_small <= args.rows_large:
         parser.error("need 0 < --rows-small <= --rows-large")
@@ -1290,7 +1446,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_writes:
             write_phase(bench, workdir, sizes)
-        if not args.skip_reads:
+        if args.reads and not args.skip_reads:
             read_phase(bench, workdir, sizes)
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
@@ -1328,6 +1484,13 @@ def main(argv: list[str] | None = None) -> int:
     end_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average at start {start_load}, at end {end_load} (1/5/15 min)")
     print(f"total time {time.monotonic() - started:.0f} s")
+    if bench.figures:
+        print()
+        for figure in bench.figures:
+            print(format_row(figure))
+    if args.json is not None:
+        write_json(args.json, bench.figures, verified=not bench.unverified and not bench.broken)
+        print(f"figures written to {args.json}")
     for problem in bench.broken:
         print(f"PROBLEM: {problem}")
     for miss in bench.missed:

@@ -54,6 +54,7 @@ def storage_settings(config: ServerConfig) -> StorageSettings:
         synchronous=config.synchronous,
         busy_timeout_ms=config.busy_timeout_ms,
         reader_threads=config.reader_threads,
+        wal_restart_pages=config.wal_restart_pages,
     )
 
 

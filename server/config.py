@@ -43,6 +43,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Threads (each with its own read-only connection) serving queries.",
     ),
     Setting(
+        "TELEMETRY_DB_WAL_RESTART_PAGES",
+        "wal_restart_pages",
+        "In WAL mode, checkpoints run on a thread of their own (never inside a commit) and "
+        "the WAL is started over once it holds this many pages (4 KiB each by default); "
+        "0 = SQLite's own checkpoint inside the commit that passes 1,000 pages.",
+    ),
+    Setting(
         "TELEMETRY_API_AUTH_ENABLED",
         "auth_enabled",
         "Require `Authorization: Bearer <token>` on writes.",
@@ -130,6 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
 #: itself (~60 MiB), SQLite caches and the reader threads' results.
 DEFAULT_MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 1024
+#: Below this the WAL would restart every few groups, each time costing the writer an fsync.
+MIN_WAL_RESTART_PAGES = 64
 
 
 class ServerConfig(BaseModel):
@@ -156,6 +165,7 @@ class ServerConfig(BaseModel):
     metadata_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     reader_threads: int = Field(default=4, ge=1, le=64)
+    wal_restart_pages: int = Field(default=8000, ge=0, le=1_000_000)
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
 
@@ -190,6 +200,15 @@ class ServerConfig(BaseModel):
             "TELEMETRY_TLS_CERT_FILE",
             "TELEMETRY_TLS_KEY_FILE",
         )
+        return self
+
+    @model_validator(mode="after")
+    def _wal_restart_sane(self) -> ServerConfig:
+        if 0 < self.wal_restart_pages < MIN_WAL_RESTART_PAGES:
+            raise ValueError(
+                f"TELEMETRY_DB_WAL_RESTART_PAGES must be 0 (SQLite's own checkpoints) or at "
+                f"least {MIN_WAL_RESTART_PAGES}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,12 @@ import structlog
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.storage import runs
+from server.storage.checkpoint import (
+    JOURNAL_SIZE_LIMIT_BYTES,
+    PASS_INTERVAL_S,
+    RESTART_FRAMES,
+    Checkpointer,
+)
 from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
@@ -34,6 +40,9 @@ class StorageSettings:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 2000
     reader_threads: int = 4
+    #: 0: SQLite checkpoints inside commits; else see ``checkpoint`` (WAL mode only).
+    wal_restart_pages: int = RESTART_FRAMES
+    checkpoint_interval_s: float = PASS_INTERVAL_S
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,15 @@ class DatabaseSize:
 
     def __init__(self) -> None:
         self.bytes = 0
+        self._page_size = 0
 
     def measure(self, conn: sqlite3.Connection) -> int:
+        # The page size is fixed for the file's life (only a VACUUM could change it, and
+        # the server runs none): one statement per group, not two, on the writer thread.
+        if not self._page_size:
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int(pages) * int(page_size)
+        return int(pages) * self._page_size
 
     def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
         measured = self.measure(conn)
@@ -74,8 +87,10 @@ class Database:
         distinct: DistinctValues,
         size: DatabaseSize,
         cursors: CursorCodec,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.settings = settings
+        self.checkpointer = checkpointer
         self.writer = writer
         self.reader = reader
         self.counters = counters
@@ -112,12 +127,18 @@ class Database:
             distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
             cursors = CursorCodec(cursor_key(conn))
+            checkpointer = _background_checkpoints(conn, settings)
         except BaseException:
             conn.close()
             raise
         db = cls(
             settings,
-            Writer(conn, on_group=on_write_group, hooks=(counters, distinct, size)),
+            Writer(
+                conn,
+                on_group=on_write_group,
+                hooks=(counters, distinct, size),
+                checkpointer=checkpointer,
+            ),
             Reader(
                 settings.path,
                 threads=settings.reader_threads,
@@ -127,9 +148,12 @@ class Database:
             distinct=distinct,
             size=size,
             cursors=cursors,
+            checkpointer=checkpointer,
         )
         db.journal_mode = pragma_value(conn, "journal_mode")
         db.synchronous = pragma_value(conn, "synchronous")
+        if checkpointer is not None:
+            checkpointer.start()
         db.writer.start()
         log.info(
             "db_opened",
@@ -143,6 +167,8 @@ class Database:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let the writer finish its queue (for at most timeout_s), then close."""
         await self.writer.close(timeout_s)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.reader.close()
         self.probe.close()
 
@@ -201,3 +227,20 @@ class Database:
     async def ping(self) -> None:
         """Touch the database for real, on the probe's own connection (not the readers')."""
         await self.probe.ping()
+
+
+def _background_checkpoints(
+    conn: sqlite3.Connection, settings: StorageSettings
+) -> Checkpointer | None:
+    """In WAL mode, take checkpoints off the writer's commits (see ``checkpoint``)."""
+    if settings.wal_restart_pages == 0 or pragma_value(conn, "journal_mode") != "WAL":
+        return None
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES:d}")
+    return Checkpointer(
+        settings.path,
+        synchronous=settings.synchronous,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        restart_frames=settings.wal_restart_pages,
+        interval_s=settings.checkpoint_interval_s,
+    )

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from server.contract.errors import ValidationFailed
+from server.storage.checkpoint import Checkpointer
 from server.storage.connection import StorageUnavailable, classify
 
 T = TypeVar("T")
@@ -49,6 +50,8 @@ class _Op:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
+
+_Outcome = tuple[_Op, Any, BaseException | None]
 
 #: Called from the writer thread after each committed group: (operations, seconds).
 GroupObserver = Callable[[int, float], None]
@@ -93,8 +96,10 @@ class Writer:
         max_group: int = 512,
         on_group: GroupObserver | None = None,
         hooks: tuple[CommitHook, ...] = (),
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._conn = conn
+        self._checkpointer = checkpointer
         self.on_group = on_group
         self._hooks = hooks
         self._max_group = max_group
@@ -179,6 +184,9 @@ class Writer:
             self._current = group
             self._supervised(group)
             self._current = []
+            checkpointer = self._checkpointer
+            if checkpointer is not None and checkpointer.catch_up_now(idle=self._queue.empty()):
+                checkpointer.catch_up(self._conn)  # between groups: see checkpoint
         try:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as exc:
@@ -201,32 +209,12 @@ class Writer:
 
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._fail(group, exc)
-            return
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            for op in group:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op.fn(conn)
-                except sqlite3.IntegrityError as exc:
-                    conn.execute("ROLLBACK TO op")
-                    log.warning("db_constraint_rejected", error=str(exc))
-                    outcomes.append((op, None, ValidationFailed("rejected by storage constraints")))
-                except sqlite3.OperationalError:
-                    raise
-                except Exception as exc:  # a bug or a domain error of this op only
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((op, None, exc))
-                else:
-                    outcomes.append((op, result, None))
-                conn.execute("RELEASE op")
-            after_commit = [hook.before_commit(conn) for hook in self._hooks]
-            conn.execute("COMMIT")
+            committed = self._transaction(group, careful=False)
+            if committed is None:  # an operation failed: redo the group, isolating each
+                committed = self._transaction(group, careful=True)
+            if committed is None:  # the careful attempt never gives up; say so if it did
+                raise RuntimeError("the careful attempt of a write group gave up")
         except sqlite3.Error as exc:
             self._rollback()
             self._fail(group, exc)
@@ -234,6 +222,7 @@ class Writer:
         except BaseException:
             self._rollback()
             raise
+        outcomes, after_commit = committed
         for apply in after_commit:
             try:
                 apply()
@@ -244,6 +233,49 @@ class Writer:
         self._observe(len(group), time.perf_counter() - started)
         for op, result, error in outcomes:
             _settle(op, result, error)
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
+
+    def _transaction(
+        self, group: list[_Op], *, careful: bool
+    ) -> tuple[list[_Outcome], list[Callable[[], None]]] | None:
+        """Run the group in one transaction and commit it; the outcomes, and the hooks'
+        work to do now that it is committed.
+
+        The first attempt runs the operations one after the other with nothing around
+        them: a SAVEPOINT per operation costs two more statements (each a hand-off of the
+        GIL) and a sub-journal copy of every page the operation touches. Should any
+        operation fail, that attempt is rolled back whole and returns None; the careful
+        attempt then wraps each operation in its own SAVEPOINT, so the failing one is
+        undone alone (with whatever it half did) and its neighbours commit. Operations
+        are functions of the connection only, so running one twice is safe.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[_Outcome] = []
+        for op in group:
+            if careful:
+                conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn)
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:  # a constraint, a bug or a domain error of this op
+                if not careful:
+                    self._rollback()
+                    return None
+                conn.execute("ROLLBACK TO op")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    log.warning("db_constraint_rejected", error=str(exc))
+                    exc = ValidationFailed("rejected by storage constraints")
+                outcomes.append((op, None, exc))
+            else:
+                outcomes.append((op, result, None))
+            if careful:
+                conn.execute("RELEASE op")
+        after_commit = [hook.before_commit(conn) for hook in self._hooks]
+        conn.execute("COMMIT")
+        return outcomes, after_commit
 
     def _observe(self, operations: int, seconds: float) -> None:
         """Tell the observer; its trouble is logged, never charged to committed writes."""

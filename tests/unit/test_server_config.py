@@ -83,6 +83,10 @@ def test_false_spellings(raw):
         ("TELEMETRY_BATCH_MAX_ITEMS", "0"),
         ("TELEMETRY_METADATA_CACHE_TTL_S", "soon"),
         ("TELEMETRY_SHUTDOWN_TIMEOUT_S", "-1"),
+        ("TELEMETRY_DB_WAL_RESTART_PAGES", "-1"),
+        ("TELEMETRY_DB_WAL_RESTART_PAGES", "10"),
+        ("TELEMETRY_DB_WAL_RESTART_PAGES", "lots"),
+        ("TELEMETRY_DB_WAL_RESTART_PAGES", "2000000"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(variable, raw):
@@ -90,6 +94,13 @@ def test_bad_values_raise_config_error_naming_the_variable(variable, raw):
     with pytest.raises(ConfigError) as caught:
         ServerConfig.from_env({variable: raw})
     assert variable in str(caught.value)
+
+
+def test_wal_restart_pages_default_and_zero_for_sqlite_checkpoints():
+    """Checkpoints off the writer by default (8,000 pages); 0 is SQLite's own behaviour."""
+    assert ServerConfig.from_env({}).wal_restart_pages == 8000
+    assert ServerConfig.from_env({"TELEMETRY_DB_WAL_RESTART_PAGES": "0"}).wal_restart_pages == 0
+    assert ServerConfig.from_env({"TELEMETRY_DB_WAL_RESTART_PAGES": "64"}).wal_restart_pages == 64
 
 
 def test_auth_without_token_names_the_token_variable():

@@ -1,0 +1,257 @@
+"""WAL checkpoints on a thread of their own, so no commit ever waits for one.
+
+SQLite's automatic checkpoint runs inside the COMMIT that pushes the WAL past
+1,000 pages: that commit copies the WAL into the database file and fsyncs it
+(synchronous=FULL) before its requests are answered, a pause of tens to
+hundreds of milliseconds under load. Here the writer's connection never
+checkpoints (``wal_autocheckpoint = 0``); a ``Checkpointer`` thread with its
+own connection, on the same ``synchronous`` setting (so the database file is
+fsynced before any WAL frame can be overwritten), copies the WAL in PASSIVE
+mode: it never takes the write lock, so commits go on while it copies. It
+copies at SQLite's own cadence (every ``PASS_FRAMES`` frames, read from the
+wal-index header every ``POLL_S`` while commits go on), and what is left once
+writes pause.
+
+A PASSIVE checkpoint alone does not bound the WAL: SQLite starts the WAL over
+from its beginning only when a write transaction begins with every frame
+already copied, and under continuous writes the copy always trails the
+writer by the frames of its last commits. So once the WAL holds
+``restart_frames``, the thread copies again until it trails by at most
+``catch_up_frames``, then asks the writer to copy that small remainder itself
+between two groups, when its queue is empty (or within half a second); its
+next transaction then starts the WAL over. The WAL therefore stays near ``restart_frames`` plus what is written
+during one poll and one chase, whatever the write rate; ``journal_size_limit``
+gives the file back to the disk after a burst.
+
+Durability does not depend on any of this: an acknowledged write is fsynced
+in the WAL by its COMMIT, and a crash during a checkpoint leaves the WAL
+to be replayed at the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("server.checkpoint")
+
+#: The WAL size (pages, ~32 MB at 4 KiB) at which it is started over: each restart costs
+#: the writer one small copy and fsync (see ``catch_up``), so not too often.
+RESTART_FRAMES = 8000
+#: The writer copies at most about this many frames itself (then the WAL restarts).
+CATCH_UP_FRAMES = 64
+#: A pass starts once this many frames wait to be copied: SQLite's own cadence. Each pass
+#: fsyncs the database file and copies every page written since the last one, hot index
+#: pages included, so passing far more often costs CPU (measured: passes every 50 ms cost
+#: ~25% more server CPU per write than SQLite's own checkpoints).
+PASS_FRAMES = 1000
+#: How often the thread looks at the WAL while commits go on (a read of 136 bytes).
+POLL_S = 0.05
+#: Frames left uncopied are copied after this long without commits (then the next write
+#: starts the WAL over by itself); also the pass interval if the WAL index is unreadable.
+PASS_INTERVAL_S = 1.0
+#: The wal-index header (https://www.sqlite.org/walformat.html): mxFrame, the frames in the
+#: WAL, at byte 16; nBackfill, the frames already copied, at byte 96. Native byte order.
+_MX_FRAME = struct.Struct("=I")
+_MX_FRAME_AT, _BACKFILL_AT, _HEADER_BYTES = 16, 96, 136
+#: The writer copies the remainder when its queue is empty (nobody waits for it), or once
+#: it has been due for this share of ``interval_s`` (the WAL must stay bounded under load
+#: that never pauses): half a second by default.
+CATCH_UP_WITHIN = 0.5
+#: Passes in a row chasing the writer before the thread gives up until the next wake-up.
+MAX_CHASE_PASSES = 8
+#: The WAL file is truncated to this size when it restarts after a burst.
+JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class CheckpointStats:
+    passes: int = 0
+    frames_copied: int = 0
+    busy: int = 0
+    writer_catch_ups: int = 0
+    failures: int = 0
+    #: Frames in the WAL at the last pass (0 right after a restart).
+    wal_frames: int = 0
+
+
+class Checkpointer:
+    """Copies the WAL into the database off the writer thread; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        busy_timeout_ms: int,
+        restart_frames: int = RESTART_FRAMES,
+        catch_up_frames: int = CATCH_UP_FRAMES,
+        interval_s: float = PASS_INTERVAL_S,
+        pass_frames: int = PASS_FRAMES,
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self.restart_frames = restart_frames
+        self.catch_up_frames = min(catch_up_frames, max(restart_frames // 8, 1))
+        self.interval_s = interval_s
+        self.pass_frames = min(pass_frames, restart_frames)
+        self._shm = Path(f"{path}-shm")
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._catch_up = threading.Event()
+        self._catch_up_since = 0.0
+        self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
+        self.stats = CheckpointStats()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the pass under way (if any) and close the connection."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    # ---- the writer's side ------------------------------------------------------------
+
+    def nudge(self) -> None:
+        """A group was committed: the WAL has grown."""
+        self._wake.set()
+
+    def catch_up_now(self, *, idle: bool) -> bool:
+        """Whether the writer should catch up now: it is due, and the writer is idle (no
+        group waits behind it) or it has been due for half a pass interval already."""
+        if not self._catch_up.is_set():
+            return False
+        overdue = time.monotonic() - self._catch_up_since >= CATCH_UP_WITHIN * self.interval_s
+        return idle or overdue
+
+    def catch_up(self, conn: sqlite3.Connection) -> None:
+        """On the writer's connection, outside a transaction: copy the few frames left, so
+        the next write transaction starts the WAL over."""
+        self._catch_up.clear()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("db_checkpoint_catch_up_failed", error=str(exc))
+            return
+        self.stats.writer_catch_ups += 1
+        self._wake.set()
+
+    # ---- the thread -------------------------------------------------------------------
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._open()
+            last_pass = time.monotonic()
+            while not self._stopping.is_set():
+                nudged = self._wake.wait(self.interval_s)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                if self._catch_up.is_set():
+                    continue  # the writer copies the rest, then the WAL starts over
+                waiting = self._waiting_frames()
+                idle_for = time.monotonic() - last_pass
+                if (
+                    (waiting is None and idle_for >= self.interval_s)
+                    or (waiting is not None and waiting >= self.pass_frames)
+                    or (waiting and not nudged)  # writes paused: copy what is left
+                ):
+                    self._chase(conn)
+                    last_pass = time.monotonic()
+                self._stopping.wait(POLL_S)
+        except Exception as exc:  # never take the server down: SQLite would still work
+            self.stats.failures += 1
+            log.exception("db_checkpointer_stopped", error=str(exc))
+        finally:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def _request_catch_up(self) -> None:
+        self._catch_up_since = time.monotonic()
+        self._catch_up.set()
+
+    def _waiting_frames(self) -> int | None:
+        """Frames in the WAL not yet copied, from the wal-index header (read without a lock:
+        a torn read only moves a pass by one poll); None if it cannot be read."""
+        try:
+            fd = os.open(self._shm, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            header = os.pread(fd, _HEADER_BYTES, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(header) < _HEADER_BYTES:
+            return None
+        frames = int(_MX_FRAME.unpack_from(header, _MX_FRAME_AT)[0])
+        copied = int(_MX_FRAME.unpack_from(header, _BACKFILL_AT)[0])
+        return max(frames - copied, 0)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self._path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_ms / 1000,
+        )
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _pass(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """One PASSIVE checkpoint: (frames in the WAL, frames copied so far)."""
+        started = time.perf_counter()
+        busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.stats.passes += 1
+        self.stats.wal_frames = max(int(wal_frames), 0)
+        if busy:
+            self.stats.busy += 1
+        log.debug(
+            "db_checkpoint",
+            wal_frames=wal_frames,
+            copied=copied,
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        return max(int(wal_frames), 0), max(int(copied), 0)
+
+    def _chase(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL; past ``restart_frames``, copy again while each pass leaves the
+        writer's lead smaller (a pass costs an fsync, during which the writer goes on),
+        then hand what is left to the writer. At most MAX_CHASE_PASSES passes: the WAL
+        stays bounded even if the copy cannot keep up."""
+        try:
+            wal_frames, copied = self._pass(conn)
+            self.stats.frames_copied += copied
+            passes, lead = 1, wal_frames
+            while wal_frames >= self.restart_frames:
+                previous = copied
+                wal_frames, copied = self._pass(conn)
+                passes += 1
+                fresh = copied - previous if copied >= previous else copied
+                self.stats.frames_copied += max(fresh, 0)
+                if (
+                    fresh <= self.catch_up_frames
+                    or fresh >= lead  # no longer shrinking: the steady state
+                    or passes >= MAX_CHASE_PASSES
+                ):
+                    self._request_catch_up()
+                    return
+                lead = fresh
+        except sqlite3.Error as exc:
+            self.stats.failures += 1
+            log.warning("db_checkpoint_failed", error=str(exc))
