@@ -3,11 +3,14 @@
 Most reads (a page of 100 runs, a run by id) take a few tenths of a millisecond in
 SQLite; handing them to a thread and back (queue, wake-up, self-pipe, two GIL
 hand-offs) cost the server as much CPU again. So a read first runs on the event
-loop's own connection under a budget (``inline_budget_s``): SQLite's progress
-handler interrupts it once the budget is spent, and it starts over on the thread
-pool. The loop is never held longer than the budget (plus one progress interval),
-and a slow read (a deep offset, a wide window, a large page) costs at most that
-budget twice.
+loop's own connection under a budget (``inline_budget_s`` of the loop thread's CPU
+time, and ten times that in wall time, for a read that waits on the disk or a
+preempted loop): SQLite's progress handler interrupts it once the budget is spent,
+and it starts over on the thread pool. The loop is never held longer than that
+(plus one progress interval), and a slow read (a deep offset, a wide window, a large
+page) costs at most the budget twice. CPU time, not wall time, is the main budget so
+that a loaded machine, which preempts the loop mid-read, does not send every read
+to the pool and pay for it twice.
 
 The loop's connection never waits for a lock (busy timeout 0): a read that would
 wait also moves to the pool, whose connections wait up to the busy timeout. In WAL
@@ -31,8 +34,10 @@ from server.storage.connection import classify, open_reader
 
 T = TypeVar("T")
 
-#: Longest a read holds the event loop before it moves to the thread pool.
+#: Most CPU time a read spends on the event loop before it moves to the thread pool.
 INLINE_BUDGET_S = 0.002
+#: Its wall-time bound, in budgets (a read waiting on the disk spends no CPU).
+WALL_BUDGETS = 10
 #: SQLite virtual-machine steps between two looks at the clock (about 10-50 us).
 PROGRESS_STEPS = 1000
 #: Primary result codes of a read that would wait for a lock: SQLITE_BUSY, SQLITE_LOCKED.
@@ -65,7 +70,8 @@ class Reader:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlite-reader")
         self._inline: sqlite3.Connection | None = None
         self._inline_thread: int | None = None
-        self._deadline = math.inf
+        self._deadline = math.inf  # thread CPU time
+        self._wall_deadline = math.inf
         self._interrupted = False
         #: Reads that moved to the pool after an inline attempt (for tests and profiles).
         self.deferred = 0
@@ -86,10 +92,11 @@ class Reader:
             raise classify(exc) from exc
 
     def _progress(self) -> int:
-        if time.perf_counter() <= self._deadline:
+        if time.thread_time() <= self._deadline and time.monotonic() <= self._wall_deadline:
             return 0
         self._interrupted = True
         self._deadline = math.inf  # interrupt once: the read's own cleanup (COMMIT) runs
+        self._wall_deadline = math.inf
         return 1
 
     def _inline_connection(self) -> sqlite3.Connection | None:
@@ -106,7 +113,8 @@ class Reader:
         if conn is None:
             raise _Deferred
         self._interrupted = False
-        self._deadline = time.perf_counter() + self._inline_budget_s
+        self._deadline = time.thread_time() + self._inline_budget_s
+        self._wall_deadline = time.monotonic() + self._inline_budget_s * WALL_BUDGETS
         try:
             result = fn(conn)
         except sqlite3.Error as exc:
@@ -114,7 +122,7 @@ class Reader:
                 raise _Deferred from exc
             raise classify(exc) from exc
         finally:
-            self._deadline = math.inf
+            self._deadline = self._wall_deadline = math.inf
             if conn.in_transaction:  # an interrupted read transaction ends here
                 conn.rollback()
         if self._interrupted:  # fn caught the interruption itself: its answer is partial
