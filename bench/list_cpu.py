@@ -28,7 +28,6 @@ import http.client
 import os
 import random
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -186,22 +185,23 @@ class Tree:
 def interleaved(
     trees: list[Tree], target: Callable[[Tree], str], pages: int, rounds: int
 ) -> tuple[list[float], list[bytes]]:
-    """Each tree's CPU per page (median of ``rounds`` rounds, trees taking turns, so a
-    neighbour's load on this shared machine falls on all of them alike) and its page."""
+    """Each tree's CPU per page (the least of ``rounds`` rounds: load from elsewhere on a
+    shared machine only adds; trees take turns, so it falls on all of them alike) and
+    its page."""
     samples: list[list[float]] = [[] for _ in trees]
     bodies: list[bytes] = [b"" for _ in trees]
     for _ in range(rounds):
         for index, tree in enumerate(trees):
             cpu, bodies[index] = tree.measure(target(tree), max(1, pages // rounds))
             samples[index].append(cpu)
-    return [statistics.median(values) for values in samples], bodies
+    return [min(values) for values in samples], bodies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--pages", type=int, default=2000, help="pages per shape (and tree)")
-    parser.add_argument("--rounds", type=int, default=5, help="turns the pages are split in")
+    parser.add_argument("--rounds", type=int, default=8, help="turns the pages are split in")
     parser.add_argument(
         "--log-level",
         default="INFO",
