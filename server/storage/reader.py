@@ -8,7 +8,9 @@ time, and ten times that in wall time, for a read that waits on the disk or a
 preempted loop): SQLite's progress handler interrupts it once the budget is spent,
 and it starts over on the thread pool. The loop is never held longer than that
 (plus one progress interval), and a slow read (a deep offset, a wide window, a large
-page) costs at most the budget twice. CPU time, not wall time, is the main budget so
+page) costs at most the budget twice; a caller that names the read's ``shape`` (what
+its cost depends on) pays that only once in a while: a shape interrupted on the loop
+goes straight to the pool for the next ``SLOW_SHAPE_MEMORY_S``. CPU time, not wall time, is the main budget so
 that a loaded machine, which preempts the loop mid-read, does not send every read
 to the pool and pay for it twice.
 
@@ -25,7 +27,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -40,6 +42,10 @@ INLINE_BUDGET_S = 0.002
 WALL_BUDGETS = 10
 #: SQLite virtual-machine steps between two looks at the clock (about 10-50 us).
 PROGRESS_STEPS = 1000
+#: How long a shape of read that overran its budget goes straight to the pool.
+SLOW_SHAPE_MEMORY_S = 10.0
+#: Most shapes remembered (beyond it, the memory starts over: a bound, not an LRU).
+SLOW_SHAPES_MAX = 1024
 #: Primary result codes of a read that would wait for a lock: SQLITE_BUSY, SQLITE_LOCKED.
 _WOULD_WAIT = frozenset({5, 6})
 
@@ -75,6 +81,8 @@ class Reader:
         self._interrupted = False
         #: Reads that moved to the pool after an inline attempt (for tests and profiles).
         self.deferred = 0
+        #: Shapes of read that overran the budget, and until when they skip the loop.
+        self._slow_until: dict[Hashable, float] = {}
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -129,14 +137,33 @@ class Reader:
             raise _Deferred
         return result
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._inline_budget_s > 0:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], shape: Hashable = None) -> T:
+        """fn(conn); ``shape`` (optional) names what the read's cost depends on."""
+        if self._inline_budget_s > 0 and not self._known_slow(shape):
             try:
                 return self._call_inline(fn)
             except _Deferred:
                 self.deferred += 1
+                if self._interrupted and shape is not None:
+                    self._remember_slow(shape)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, fn)
+
+    def _known_slow(self, shape: Hashable) -> bool:
+        if shape is None:
+            return False
+        until = self._slow_until.get(shape)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._slow_until[shape]  # its time is up: try the loop again
+        return False
+
+    def _remember_slow(self, shape: Hashable) -> None:
+        if len(self._slow_until) >= SLOW_SHAPES_MAX:
+            self._slow_until.clear()
+        self._slow_until[shape] = time.monotonic() + SLOW_SHAPE_MEMORY_S
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

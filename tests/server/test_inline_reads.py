@@ -138,3 +138,35 @@ async def test_other_storage_errors_are_still_reported(reader: Reader) -> None:
     with pytest.raises(StorageUnavailable):
         await reader.run(lambda conn: conn.execute("SELECT * FROM missing_table").fetchall())
     assert reader.deferred == 0
+
+
+async def test_a_shape_that_overran_goes_straight_to_the_pool(reader: Reader) -> None:
+    """A read of a shape known to overrun is not tried on the loop again (its budget
+    would be spent for nothing) until the memory of it expires; other shapes still are."""
+    loop_thread = threading.get_ident()
+
+    def slow(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(SLOW_SQL).fetchone()[0])
+
+    assert await asyncio.wait_for(reader.run(slow, shape="wide window"), 60) == 3000000
+    assert reader.deferred == 1
+    thread, _ = await reader.run(count, shape="wide window")
+    assert thread != loop_thread  # straight to the pool: no second interruption
+    assert reader.deferred == 1
+    thread, _ = await reader.run(count, shape="one agent")
+    assert thread == loop_thread
+    thread, _ = await reader.run(count)  # no shape: always tried on the loop
+    assert thread == loop_thread
+
+
+async def test_the_memory_of_a_slow_shape_expires(
+    reader: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.storage.reader.SLOW_SHAPE_MEMORY_S", 0.0)
+
+    def slow(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(SLOW_SQL).fetchone()[0])
+
+    assert await asyncio.wait_for(reader.run(slow, shape="s"), 60) == 3000000
+    thread, _ = await reader.run(count, shape="s")
+    assert thread == threading.get_ident()  # tried on the loop again
