@@ -1,18 +1,17 @@
 """Reads on their own read-only connections: a short one on the event loop, others off it.
 
 Most reads (a page of 100 runs, a run by id) take a few tenths of a millisecond in
-SQLite; handing them to a thread and back (queue, wake-up, self-pipe, two GIL
-hand-offs) cost the server as much CPU again. So a read first runs on the event
-loop's own connection under a budget (``inline_budget_s`` of the loop thread's CPU
-time, and ten times that in wall time, for a read that waits on the disk or a
-preempted loop): SQLite's progress handler interrupts it once the budget is spent,
-and it starts over on the thread pool. The loop is never held longer than that
-(plus one progress interval), and a slow read (a deep offset, a wide window, a large
-page) costs at most the budget twice; a caller that names the read's ``shape`` (what
-its cost depends on) pays that only once in a while: a shape interrupted on the loop
-goes straight to the pool for the next ``SLOW_SHAPE_MEMORY_S``. CPU time, not wall time, is the main budget so
-that a loaded machine, which preempts the loop mid-read, does not send every read
-to the pool and pay for it twice.
+SQLite; handing each to a thread and back (queue, wake-up, self-pipe, GIL hand-offs)
+added about 40 us of CPU and two context switches per read. So a read first runs on
+the event loop's own connection under a budget: ``inline_budget_s`` of the loop
+thread's CPU time (CPU, not wall time, so that a loaded machine preempting the loop
+mid-read does not send every read to the pool), and ten times that in wall time (a
+read waiting on the disk spends no CPU). SQLite's progress handler interrupts the
+read once either is spent, and it starts over on the thread pool: the loop is never
+held longer than that, plus one progress interval. A slow read (a deep offset, a wide
+start_time window, a large page) thus costs its budget twice; a caller that names the
+read's ``shape`` (what its cost depends on) pays that only once in a while, as a shape
+interrupted on the loop goes straight to the pool for ``SLOW_SHAPE_MEMORY_S``.
 
 The loop's connection never waits for a lock (busy timeout 0): a read that would
 wait also moves to the pool, whose connections wait up to the busy timeout. In WAL
