@@ -27,7 +27,9 @@ import argparse
 import http.client
 import os
 import random
+import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from index_cost import load
 from report import Figure, format_row, write_json
-from server_bench import HOST, ServerProcess
+from server_bench import HOST, ROOT, ServerProcess, free_port, http_get_json
 
 from server.contract.models import RunQuery
 from server.storage.connection import open_reader
@@ -144,12 +146,99 @@ def page_cpu_ms(
     return (cpu_seconds(server.pid) - before) / pages * 1000, body
 
 
+class CallgrindServer(ServerProcess):
+    """The server under valgrind's callgrind: instructions executed in user space, the
+    same whatever else runs on the machine (``--callgrind``; ~50x slower)."""
+
+    def __init__(self, db: Path, log_path: Path, log_level: str, out: Path) -> None:
+        super().__init__(db, log_path, log_level)
+        self.out = out
+        self.dumps = 0
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        port = free_port()
+        server = shutil.which("telemetry-server", path=str(Path(sys.executable).parent))
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",  # start-up at full speed; instrumented around the pages
+            f"--callgrind-out-file={self.out}",
+            sys.executable,
+            *([server] if server else ["-m", "server"]),
+            *("--host", HOST, "--port", str(port), "--db", str(self.db)),
+        ]
+        env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level}
+        for name in ("TELEMETRY_API_AUTH_ENABLED", "TELEMETRY_RATE_LIMIT_ENABLED"):
+            env.pop(name, None)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+            )
+        self.base_url = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if http_get_json(self.base_url + "/health", timeout=30).get("status") == "ok":
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server under valgrind not up in {timeout_s:.0f} s")
+
+    def control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def instructions(self, client: http.client.HTTPConnection, target: str, pages: int) -> float:
+        """Millions of instructions per page over ``pages`` asks of the same page."""
+        for _ in range(10):  # warm, uninstrumented
+            client.request("GET", target)
+            client.getresponse().read()
+        self.control("-i", "on")
+        for _ in range(5):
+            client.request("GET", target)
+            client.getresponse().read()
+        self.control("-z")
+        for _ in range(pages):
+            client.request("GET", target)
+            response = client.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"{target}: {response.status}")
+            response.read()
+        self.dumps += 1
+        self.control("-d", f"page{self.dumps}")
+        self.control("-i", "off")
+        dump = Path(f"{self.out}.{self.dumps}")
+        for _ in range(100):  # the dump is written asynchronously
+            text = dump.read_text() if dump.exists() else ""
+            for line in text.splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1]) / pages / 1e6
+            time.sleep(0.1)
+        raise RuntimeError(f"no callgrind summary in {dump}")
+
+
 class Tree:
     """One server under test: the code it runs (``--code-root``), its process and client."""
 
-    def __init__(self, root: Path, db: Path, log: Path, log_level: str) -> None:
+    def __init__(
+        self, root: Path, db: Path, log: Path, log_level: str, callgrind: Path | None = None
+    ) -> None:
         self.root = root
-        self.server = ServerProcess(db, log, log_level)
+        self.server = (
+            ServerProcess(db, log, log_level)
+            if callgrind is None
+            else CallgrindServer(db, log, log_level, callgrind)
+        )
         self.client: http.client.HTTPConnection | None = None
 
     def start(self) -> None:
@@ -162,10 +251,16 @@ class Tree:
                 del os.environ["PYTHONPATH"]
             else:
                 os.environ["PYTHONPATH"] = saved
-        self.client = http.client.HTTPConnection(HOST, int(self.server.base_url.rsplit(":", 1)[1]))
+        port = int(self.server.base_url.rsplit(":", 1)[1])
+        self.client = http.client.HTTPConnection(HOST, port, timeout=300)
 
     def measure(self, target: str, pages: int) -> tuple[float, bytes]:
+        """CPU ms per page, or with ``--callgrind`` millions of instructions per page."""
         assert self.client is not None
+        if isinstance(self.server, CallgrindServer):
+            millions = self.server.instructions(self.client, target, pages)
+            self.client.request("GET", target)
+            return millions, self.client.getresponse().read()
         return page_cpu_ms(self.server, self.client, target, pages)
 
     def cursor(self) -> str:
@@ -218,6 +313,12 @@ def main() -> None:
         " is the one the figures are for; default: this tree)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions (valgrind callgrind: the same on a busy machine) instead"
+        " of CPU time; use with --pages 100 --rounds 1 (about 50x slower)",
+    )
     args = parser.parse_args()
     roots = [root.resolve() for root in args.code_root or [Path(__file__).resolve().parents[1]]]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -233,9 +334,16 @@ def main() -> None:
             f" sqlite {sqlite3.sqlite_version}, server log level {args.log_level}"
         )
         trees = [
-            Tree(root, db, Path(tmp) / f"server-{index}.log", args.log_level)
+            Tree(
+                root,
+                db,
+                Path(tmp) / f"server-{index}.log",
+                args.log_level,
+                Path(tmp) / f"callgrind-{index}.out" if args.callgrind else None,
+            )
             for index, root in enumerate(roots)
         ]
+        unit = "M instructions" if args.callgrind else "ms of server CPU"
         figures: list[Figure] = []
         same_bytes = True
         try:
@@ -248,7 +356,7 @@ def main() -> None:
             header = f"{'shape':16s} " + " ".join(
                 f"{f'tree {i + 1}':>9s}" for i in range(len(trees))
             )
-            print(f"{header} {'floor':>8s}   (ms of server CPU per page)")
+            print(f"{header} {'floor':>8s}   ({unit} per page; floor: ms)")
             for index, root in enumerate(roots):
                 print(f"  tree {index + 1}: {root}")
             health, _ = interleaved(trees, lambda _: "/health", args.pages, args.rounds)
@@ -271,9 +379,9 @@ def main() -> None:
                 figures.append(
                     Figure(
                         f"list page, limit {LIMIT}: {name}",
-                        "server CPU ms/page",
+                        "M instructions/page" if args.callgrind else "server CPU ms/page",
                         cpu[0],
-                        TARGET_MS,
+                        None if args.callgrind else TARGET_MS,
                         higher_is_better=False,
                         rows=count,
                         note="; ".join(f"tree {i + 1}: {value:.3f}" for i, value in enumerate(cpu))
@@ -291,7 +399,12 @@ def main() -> None:
                     )
                 )
             figures.append(
-                Figure("/health (the HTTP share)", "server CPU ms/req", health[0], rows=count)
+                Figure(
+                    "/health (the HTTP share)",
+                    "M instructions/req" if args.callgrind else "server CPU ms/req",
+                    health[0],
+                    rows=count,
+                )
             )
         finally:
             for tree in trees:
