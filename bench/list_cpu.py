@@ -410,13 +410,13 @@ def main() -> None:
             for tree in trees:
                 tree.stop()
             rows.close()
+        if args.json is not None:  # first: a closed stdout (| head) must not lose it
+            write_json(args.json, figures, verified=same_bytes)
         print()
         for figure in figures:
             print(format_row(figure))
         if len(trees) > 1:
             print("answers identical across trees:", same_bytes)
-        if args.json is not None:
-            write_json(args.json, figures, verified=same_bytes)
 
 
 if __name__ == "__main__":

@@ -259,12 +259,12 @@ def main() -> None:
                 print(line, flush=True)
         figures = figures_of(results, rows)
         verified = all(r.stale == 0 and r.failed_writes == 0 for r in results)
+        if args.json is not None:  # first: a closed stdout (| head) must not lose it
+            write_json(args.json, figures, verified=verified)
         print()
         for figure in figures:
             print(format_row(figure))
         print(f"every write answered 201 and was listed by the next read: {verified}")
-        if args.json is not None:
-            write_json(args.json, figures, verified=verified)
 
 
 if __name__ == "__main__":
