@@ -1,29 +1,39 @@
 """Server CPU per page of ``GET /api/v1/runs?limit=100``, against the floor.
 
     python bench/list_cpu.py                 # 100k rows, 2,000 pages per shape (~1 min)
-    python bench/list_cpu.py --rows 1000000
+    python bench/list_cpu.py --rows 1000000 --json list.json
+    python bench/list_cpu.py --db /tmp/l.sqlite --code-root . --code-root /tmp/old  # side by side
 
 Prints figures, asserts nothing (not a test). Prefills a database with the fleet's skew
 (``bench/index_cost.py``: 2,000 agents, 20 job types, 85% success / 8% failure / 3%
 running; a git repository on every run and a commit hash, one of 3,000, on 90%), starts
 the real server on 127.0.0.1 and, for each query shape, asks for the same page N times
-in a row on one keep-alive connection. The server's CPU per page is its utime+stime
-(``/proc/<pid>/stat``, all threads) over the pages, divided by N: HTTP parsing,
+in a row on one keep-alive connection. The server's CPU per page is its CPU time
+(``/proc/<pid>/task/*/schedstat``, all threads) over the pages, divided by N: HTTP parsing,
 validation, the query and the answer's bytes. The floor is the same query's rows
 fetched by this process straight from SQLite (``fetchall`` of the plain columns,
 best of 5 x 50): what any Python server pays before building an answer. ``/health``
-gives the HTTP share (aiohttp, middlewares, the request log line at INFO).
+gives the HTTP share (aiohttp, middlewares, the request log line at INFO, and the probe's
+own read).
+
+With several ``--code-root`` trees, one server per tree serves the same file and they take
+turns (``--rounds``), so load from elsewhere on a shared machine falls on all alike; the
+answers must be byte for byte the same (``verified`` in ``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import random
+import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -32,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from index_cost import load
-from server_bench import HOST, ServerProcess
+from report import Figure, format_row, write_json
+from server_bench import HOST, ROOT, ServerProcess, free_port, http_get_json
 
 from server.contract.models import RunQuery
 from server.storage.connection import open_reader
@@ -42,6 +53,7 @@ from server.storage.window import plan_window
 
 COMMITS = 3000
 LIMIT = 100
+TARGET_MS = 0.6
 
 
 def prefill(path: Path, rows: int) -> None:
@@ -104,72 +116,307 @@ def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> 
     return best * 1000
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of a process, to the nanosecond (``schedstat``: /proc's
+    utime+stime tick at 10 ms, too coarse for a few hundred pages)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def page_cpu_ms(
     server: ServerProcess, client: http.client.HTTPConnection, target: str, pages: int
-) -> tuple[float, int]:
-    """Server CPU per page over ``pages`` sequential asks of the same page."""
-    size = 0
+) -> tuple[float, bytes]:
+    """Server CPU per page over ``pages`` sequential asks of the same page, and the page."""
+    body = b""
     for _ in range(20):  # warm: caches, thread pool
         client.request("GET", target)
-        size = len(client.getresponse().read())
-    before = server.cpu_seconds()
+        body = client.getresponse().read()
+    before = cpu_seconds(server.pid)
     for _ in range(pages):
         client.request("GET", target)
         response = client.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{target}: {response.status} {body[:200]!r}")
-    return (server.cpu_seconds() - before) / pages * 1000, size
+    return (cpu_seconds(server.pid) - before) / pages * 1000, body
+
+
+class CallgrindServer(ServerProcess):
+    """The server under valgrind's callgrind: instructions executed in user space, the
+    same whatever else runs on the machine (``--callgrind``; ~50x slower)."""
+
+    def __init__(self, db: Path, log_path: Path, log_level: str, out: Path) -> None:
+        super().__init__(db, log_path, log_level)
+        self.out = out
+        self.dumps = 0
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        port = free_port()
+        server = shutil.which("telemetry-server", path=str(Path(sys.executable).parent))
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",  # start-up at full speed; instrumented around the pages
+            f"--callgrind-out-file={self.out}",
+            sys.executable,
+            *([server] if server else ["-m", "server"]),
+            *("--host", HOST, "--port", str(port), "--db", str(self.db)),
+        ]
+        env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level}
+        for name in ("TELEMETRY_API_AUTH_ENABLED", "TELEMETRY_RATE_LIMIT_ENABLED"):
+            env.pop(name, None)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+            )
+        self.base_url = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if http_get_json(self.base_url + "/health", timeout=30).get("status") == "ok":
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server under valgrind not up in {timeout_s:.0f} s")
+
+    def control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def instructions(self, client: http.client.HTTPConnection, target: str, pages: int) -> float:
+        """Millions of instructions per page over ``pages`` asks of the same page."""
+        for _ in range(10):  # warm, uninstrumented
+            client.request("GET", target)
+            client.getresponse().read()
+        self.control("-i", "on")
+        for _ in range(5):
+            client.request("GET", target)
+            client.getresponse().read()
+        self.control("-z")
+        for _ in range(pages):
+            client.request("GET", target)
+            response = client.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"{target}: {response.status}")
+            response.read()
+        self.dumps += 1
+        self.control("-d", f"page{self.dumps}")
+        self.control("-i", "off")
+        dump = Path(f"{self.out}.{self.dumps}")
+        for _ in range(100):  # the dump is written asynchronously
+            text = dump.read_text() if dump.exists() else ""
+            for line in text.splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1]) / pages / 1e6
+            time.sleep(0.1)
+        raise RuntimeError(f"no callgrind summary in {dump}")
+
+
+class Tree:
+    """One server under test: the code it runs (``--code-root``), its process and client."""
+
+    def __init__(
+        self, root: Path, db: Path, log: Path, log_level: str, callgrind: Path | None = None
+    ) -> None:
+        self.root = root
+        self.server = (
+            ServerProcess(db, log, log_level)
+            if callgrind is None
+            else CallgrindServer(db, log, log_level, callgrind)
+        )
+        self.client: http.client.HTTPConnection | None = None
+
+    def start(self) -> None:
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(self.root)  # the daemon imports this tree
+        try:
+            self.server.start()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+        port = int(self.server.base_url.rsplit(":", 1)[1])
+        self.client = http.client.HTTPConnection(HOST, port, timeout=300)
+
+    def measure(self, target: str, pages: int) -> tuple[float, bytes]:
+        """CPU ms per page, or with ``--callgrind`` millions of instructions per page."""
+        assert self.client is not None
+        if isinstance(self.server, CallgrindServer):
+            millions = self.server.instructions(self.client, target, pages)
+            self.client.request("GET", target)
+            return millions, self.client.getresponse().read()
+        return page_cpu_ms(self.server, self.client, target, pages)
+
+    def cursor(self) -> str:
+        """The X-Next-Cursor after 10 pages of the unfiltered list (as this tree signs it)."""
+        assert self.client is not None
+        self.client.request("GET", f"/api/v1/runs?limit={LIMIT}&offset={9 * LIMIT}")
+        response = self.client.getresponse()
+        response.read()
+        return str(response.getheader("X-Next-Cursor"))
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.server.stop()
+
+
+def interleaved(
+    trees: list[Tree], target: Callable[[Tree], str], pages: int, rounds: int
+) -> tuple[list[float], list[bytes]]:
+    """Each tree's CPU per page (the least of ``rounds`` rounds: load from elsewhere on a
+    shared machine only adds; trees take turns, so it falls on all of them alike) and
+    its page."""
+    samples: list[list[float]] = [[] for _ in trees]
+    bodies: list[bytes] = [b"" for _ in trees]
+    for _ in range(rounds):
+        for index, tree in enumerate(trees):
+            cpu, bodies[index] = tree.measure(target(tree), max(1, pages // rounds))
+            samples[index].append(cpu)
+    return [min(values) for values in samples], bodies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--pages", type=int, default=2000, help="pages per shape")
+    parser.add_argument("--pages", type=int, default=2000, help="pages per shape (and tree)")
+    parser.add_argument("--rounds", type=int, default=8, help="turns the pages are split in")
     parser.add_argument(
         "--log-level",
         default="INFO",
         help="TELEMETRY_LOG_LEVEL of the server (default INFO, its own: one line per request)",
     )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
+    parser.add_argument("--db", type=Path, default=None, help="prefilled file to reuse/keep")
+    parser.add_argument(
+        "--code-root",
+        type=Path,
+        action="append",
+        default=None,
+        help="a source tree to serve from (repeat to compare trees side by side; the first"
+        " is the one the figures are for; default: this tree)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions (valgrind callgrind: the same on a busy machine) instead"
+        " of CPU time; use with --pages 100 --rounds 1 (about 50x slower)",
+    )
     args = parser.parse_args()
+    roots = [root.resolve() for root in args.code_root or [Path(__file__).resolve().parents[1]]]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        db = Path(tmp) / "telemetry.sqlite"
+        db = args.db or Path(tmp) / "telemetry.sqlite"
         started = time.monotonic()
-        prefill(db, args.rows)
-        print(f"list CPU, {args.rows:,} rows (prefilled in {time.monotonic() - started:.0f} s),")
+        if not db.exists():
+            prefill(db, args.rows)
+        rows = open_reader(db, busy_timeout_ms=2000)
+        count = int(rows.execute("SELECT count(*) FROM agent_runs").fetchone()[0])
+        print(f"list CPU, {count:,} rows (ready in {time.monotonic() - started:.0f} s),")
         print(
-            f"limit {LIMIT}, {args.pages} pages per shape, sqlite {sqlite3.sqlite_version},"
-            f" server log level {args.log_level}"
+            f"limit {LIMIT}, {args.pages} pages per shape in {args.rounds} turns,"
+            f" sqlite {sqlite3.sqlite_version}, server log level {args.log_level}"
         )
-        reader = open_reader(db, busy_timeout_ms=2000)
-        server = ServerProcess(db, Path(tmp) / "server.log", args.log_level)
-        server.start()
-        try:
-            client = http.client.HTTPConnection(HOST, int(server.base_url.rsplit(":", 1)[1]))
-            cases = {name: (params, False) for name, params in shapes(reader).items()}
-            client.request("GET", f"/api/v1/runs?limit={LIMIT}&offset={9 * LIMIT}")
-            cursor = client.getresponse()
-            cursor.read()
-            cases["cursor page"] = ({"cursor": cursor.getheader("X-Next-Cursor")}, True)
-            print(
-                f"{'shape':16s} {'server CPU/page':>16s} {'floor':>8s} {'ratio':>6s} {'target':>7s}"
+        trees = [
+            Tree(
+                root,
+                db,
+                Path(tmp) / f"server-{index}.log",
+                args.log_level,
+                Path(tmp) / f"callgrind-{index}.out" if args.callgrind else None,
             )
-            health, _ = page_cpu_ms(server, client, "/health", args.pages)
-            print(f"{'/health (HTTP)':16s} {health:13.3f} ms  (no query: the HTTP share of a page)")
+            for index, root in enumerate(roots)
+        ]
+        unit = "M instructions" if args.callgrind else "ms of server CPU"
+        figures: list[Figure] = []
+        same_bytes = True
+        try:
+            for tree in trees:
+                tree.start()
+            cases: dict[str, tuple[dict[str, Any], bool]] = {
+                name: (params, False) for name, params in shapes(rows).items()
+            }
+            cases["cursor page"] = ({}, True)
+            header = f"{'shape':16s} " + " ".join(
+                f"{f'tree {i + 1}':>9s}" for i in range(len(trees))
+            )
+            print(f"{header} {'floor':>8s}   ({unit} per page; floor: ms)")
+            for index, root in enumerate(roots):
+                print(f"  tree {index + 1}: {root}")
+            health, _ = interleaved(trees, lambda _: "/health", args.pages, args.rounds)
+            print(f"{'/health':16s} " + " ".join(f"{value:9.3f}" for value in health))
             for name, (params, deep) in cases.items():
-                target = f"/api/v1/runs?{urlencode({**params, 'limit': LIMIT})}"
-                cpu, size = page_cpu_ms(server, client, target, args.pages)
-                floor = floor_ms(reader, {k: v for k, v in params.items() if k != "cursor"}, deep)
+
+                def target(tree: Tree, params: dict[str, Any] = params, deep: bool = deep) -> str:
+                    query = {**params, "cursor": tree.cursor()} if deep else params
+                    return f"/api/v1/runs?{urlencode({**query, 'limit': LIMIT})}"
+
+                cpu, bodies = interleaved(trees, target, args.pages, args.rounds)
+                same_bytes &= all(body == bodies[0] for body in bodies)
+                floor = floor_ms(rows, params, deep)
                 print(
-                    f"{name:16s} {cpu:13.3f} ms {floor:5.3f} ms {cpu / floor:5.1f}x"
-                    f" {cpu / 0.6:6.0%}   ({size / 1024:.0f} KiB)",
+                    f"{name:16s} "
+                    + " ".join(f"{value:9.3f}" for value in cpu)
+                    + f" {floor:8.3f}   ({len(bodies[0]) / 1024:.0f} KiB)",
                     flush=True,
                 )
-            client.close()
+                figures.append(
+                    Figure(
+                        f"list page, limit {LIMIT}: {name}",
+                        "M instructions/page" if args.callgrind else "server CPU ms/page",
+                        cpu[0],
+                        None if args.callgrind else TARGET_MS,
+                        higher_is_better=False,
+                        rows=count,
+                        note="; ".join(f"tree {i + 1}: {value:.3f}" for i, value in enumerate(cpu))
+                        if len(cpu) > 1
+                        else "",
+                    )
+                )
+                figures.append(
+                    Figure(
+                        f"list page, limit {LIMIT}: {name}",
+                        "floor ms (SQLite)",
+                        floor,
+                        rows=count,
+                        note="plain columns fetched by the bench itself",
+                    )
+                )
+            figures.append(
+                Figure(
+                    "/health (the HTTP share)",
+                    "M instructions/req" if args.callgrind else "server CPU ms/req",
+                    health[0],
+                    rows=count,
+                )
+            )
         finally:
-            server.stop()
-            reader.close()
+            for tree in trees:
+                tree.stop()
+            rows.close()
+        if args.json is not None:  # first: a closed stdout (| head) must not lose it
+            write_json(args.json, figures, verified=same_bytes)
+        print()
+        for figure in figures:
+            print(format_row(figure))
+        if len(trees) > 1:
+            print("answers identical across trees:", same_bytes)
 
 
 if __name__ == "__main__":

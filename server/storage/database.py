@@ -214,7 +214,9 @@ class Database:
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> runs.JsonPage:
         """A page as the API answers it, JSON bytes (see ``run_json``)."""
-        return await self.reader.run(lambda conn: runs.query_page_json(conn, query, after))
+        return await self.reader.run(
+            lambda conn: runs.query_page_json(conn, query, after), shape=runs.cost_shape(query)
+        )
 
     def metadata(self) -> MetadataSnapshot:
         """The distinct agent names and job types, from the writer's state (no query)."""

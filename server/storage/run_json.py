@@ -36,16 +36,20 @@ def _value(column: str) -> str:
 
 
 def _exact(column: str) -> str:
-    if column in RUN_COUNTER_COLUMNS:
-        return f"typeof({column}) = 'integer'"
     # CASE, not OR: SQLite may evaluate json() of malformed text (an error) under an OR.
     return f"CASE WHEN json_valid({column}) THEN json({column}) = {column} ELSE 1 END"
+
+
+#: The counters are all integers iff their sum is one (a real, or an overflow, makes it a
+#: real; a NULL, NULL): one typeof() per row instead of one per counter. Text that reads
+#: as a number passes, and renders as the same JSON string both ways.
+_INTEGERS = f"typeof({' + '.join(RUN_COUNTER_COLUMNS)}) = 'integer'"
 
 
 _OBJECT = "CAST(json_object({}) AS BLOB)".format(
     ", ".join(f"'{column}', {_value(column)}" for column in RUN_COLUMNS)
 )
-_EXACT = " AND ".join(_exact(column) for column in (*RUN_COUNTER_COLUMNS, *RUN_JSON_COLUMNS))
+_EXACT = " AND ".join((_INTEGERS, *(_exact(column) for column in RUN_JSON_COLUMNS)))
 #: The select list of a rendered page; list queries add ``id`` after it.
 JSON_COLUMNS = f"{_OBJECT}, git_repo, git_commit_hash, {_EXACT}, created_at"
 #: Where a rendered row holds its created_at (its id is last).

@@ -307,6 +307,22 @@ def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None
     )
 
 
+def cost_shape(query: RunQuery) -> tuple[object, ...]:
+    """What a list read's cost depends on, beyond the page itself: which filters it has,
+    its start_time window (its width decides the plan), the page size and how deep an
+    offset goes. Reads of one shape cost about the same (see ``Reader.run``)."""
+    filters = tuple(column for column in EQUALITY_FILTERS if getattr(query, column) is not None)
+    created = (query.created_before is not None, query.created_after is not None)
+    return (
+        filters,
+        created,
+        query.start_time_from,
+        query.start_time_to,
+        query.limit,
+        query.offset.bit_length(),
+    )
+
+
 @dataclass(frozen=True)
 class JsonPage:
     #: The page as the API answers it: a JSON array of runs with their URLs.

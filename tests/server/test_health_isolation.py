@@ -12,6 +12,11 @@ from server.http.runs import DATABASE
 from server.storage import runs
 
 PROMPT_S = 1.5  # below the probe's own 2 s timeout: a queued probe would miss it
+#: A read slower than the inline budget: tried on the event loop, it moves to the readers.
+SLOW_SQL = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000)"
+    " SELECT count(*) FROM n"
+)
 
 
 async def test_health_answers_while_every_reader_is_busy(make_api, new_run, monkeypatch):
@@ -27,6 +32,8 @@ async def test_health_answers_while_every_reader_is_busy(make_api, new_run, monk
 
     def slow(conn: sqlite3.Connection, query: Any, after: Any = None) -> Any:
         nonlocal busy
+        if threading.current_thread() is threading.main_thread():
+            conn.execute(SLOW_SQL).fetchall()  # on the loop: interrupted at its budget
         busy += 1
         if busy >= 2:
             loop.call_soon_threadsafe(all_busy.set)

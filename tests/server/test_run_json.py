@@ -101,7 +101,8 @@ def hostile_rows(
             column = rng.choice(RUN_JSON_COLUMNS)
             row[column] = rng.choice(foreign)
         if rng.random() < 0.02:
-            row[rng.choice(RUN_COUNTER_COLUMNS)] = rng.choice((1.5, 1e20))
+            # reals, text (a number in a sum: 0) and a sum that overflows
+            row[rng.choice(RUN_COUNTER_COLUMNS)] = rng.choice((1.5, 1e20, "abc", "", 2**63 - 1))
         yield tuple(row[column] for column in _INSERT_COLUMNS)
 
 
@@ -184,6 +185,8 @@ def test_rows_cover_every_case(conn: sqlite3.Connection) -> None:
     assert {"{}", "[]", "null", '"just a string"', '{"a":1}', "7"} <= seen_json
     assert {run["status"] for run in body} == set(CANONICAL_STATUSES)
     assert any(isinstance(run[column], float) for run in body for column in RUN_COUNTER_COLUMNS)
+    counters = [run[column] for run in body for column in RUN_COUNTER_COLUMNS]
+    assert {"abc", "", 2**63 - 1} <= {value for value in counters if not isinstance(value, float)}
     assert {run["commit_url"] for run in body} >= {
         None,
         "https://github.com/o/r/commit/abcdef0123456789",
