@@ -97,6 +97,58 @@ CREATE TABLE agent_runs (
 )
 """
 
+
+def _json_value(column: str) -> str:
+    if column in RUN_JSON_COLUMNS:  # unparseable stored text is null, as row_to_run has it
+        return f"CASE WHEN json_valid({column}) THEN json({column}) END"
+    return column
+
+
+def _json_exact(column: str) -> str:
+    # CASE, not OR: SQLite may evaluate json() of malformed text (an error) under an OR.
+    return f"CASE WHEN json_valid({column}) THEN json({column}) = {column} ELSE 1 END"
+
+
+def rendered_run_sql(columns: tuple[str, ...]) -> str:
+    """A row as the JSON object the API answers (URLs excepted), or NULL when SQLite
+    cannot render it as the Python way does (``run_json`` falls back to Python): a
+    counter that is not an integer (their sum is one iff they all are: a real or an
+    overflow makes it a real, a NULL a NULL), or a JSON column whose text is not the
+    minified text ``json()`` gives back (only data written by something else)."""
+    counters = " + ".join(column for column in columns if column in RUN_COUNTER_COLUMNS)
+    exact = " AND ".join(
+        (
+            f"typeof({counters}) = 'integer'",
+            *(_json_exact(column) for column in columns if column in RUN_JSON_COLUMNS),
+        )
+    )
+    values = ", ".join(f"'{column}', {_json_value(column)}" for column in columns)
+    return f"CASE WHEN {exact} THEN CAST(json_object({values}) AS BLOB) END"
+
+
+#: The runs' columns as migration 5 rendered them, frozen: a later column needs a
+#: migration that rebuilds ``run_json`` (``tests/server/test_run_json.py`` compares).
+_V5_COLUMNS: tuple[str, ...] = RUN_COLUMNS
+_V5_TABLE = (
+    _V1_TABLE.replace("CREATE TABLE agent_runs (", "CREATE TABLE agent_runs_v5 (")
+    .rstrip()
+    .removesuffix(")")
+    .rstrip()
+    + ",\n    updated_at TEXT,"
+    + f"\n    run_json BLOB GENERATED ALWAYS AS ({rendered_run_sql(_V5_COLUMNS)}) STORED\n)"
+)
+_V5_COPIED = ", ".join(("id", *_V5_COLUMNS))
+#: Migration 4's indexes, made again on the rebuilt table.
+_V5_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX idx_runs_created ON agent_runs(created_at, id)",
+    "CREATE INDEX idx_runs_status_created ON agent_runs(status, created_at, id)",
+    "CREATE INDEX idx_runs_agent_status_created ON agent_runs(agent_name, status, created_at, id)",
+    "CREATE INDEX idx_runs_job_status_created ON agent_runs(job_type, status, created_at, id)",
+    "CREATE INDEX idx_runs_agent_job_status_created"
+    " ON agent_runs(agent_name, job_type, status, created_at, id)",
+    "CREATE INDEX idx_runs_start_created ON agent_runs(start_time, created_at)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -141,6 +193,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             # created_at too: a window's created_at span is read from the index alone.
             "DROP INDEX idx_runs_start_time",
             "CREATE INDEX idx_runs_start_created ON agent_runs(start_time, created_at)",
+        ),
+    ),
+    Migration(
+        5,
+        "run_json: each run's JSON object rendered when written (a STORED generated column,"
+        " so every writer keeps it current); a table rebuild, as SQLite adds no STORED column",
+        (
+            _V5_TABLE,
+            f"INSERT INTO agent_runs_v5 ({_V5_COPIED}) SELECT {_V5_COPIED} FROM agent_runs",
+            "DROP TABLE agent_runs",
+            "ALTER TABLE agent_runs_v5 RENAME TO agent_runs",
+            *_V5_INDEXES,
         ),
     ),
 )
