@@ -188,7 +188,7 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 4")
     conn.executemany(_INSERT_SQL, list(hostile_rows(random.Random(8)))[:50])
-    broken = MIGRATIONS[4].statements[:interrupted_at] + ("SELECT no_such_function()",)
+    broken = (*MIGRATIONS[4].statements[:interrupted_at], "SELECT no_such_function()")
     patched = (*MIGRATIONS[:4], schema.Migration(5, "broken", broken))
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(schema, "MIGRATIONS", patched)
