@@ -127,8 +127,51 @@ def rendered_run_sql(columns: tuple[str, ...]) -> str:
 
 
 #: The runs' columns as migration 5 rendered them, frozen: a later column needs a
-#: migration that rebuilds ``run_json`` (``tests/server/test_run_json.py`` compares).
-_V5_COLUMNS: tuple[str, ...] = RUN_COLUMNS
+#: migration that rebuilds ``run_json`` (``tests/server/test_run_json_stored.py`` checks).
+_V5_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "run_id",
+    "agent_name",
+    "job_type",
+    "status",
+    "start_time",
+    "end_time",
+    "agent_owner",
+    "product",
+    "product_family",
+    "platform",
+    "subdomain",
+    "website",
+    "website_section",
+    "item_name",
+    "input_summary",
+    "output_summary",
+    "source_ref",
+    "target_ref",
+    "error_summary",
+    "error_details",
+    "git_repo",
+    "git_branch",
+    "git_commit_hash",
+    "git_run_tag",
+    "git_commit_source",
+    "git_commit_author",
+    "git_commit_timestamp",
+    "host",
+    "environment",
+    "trigger_type",
+    "insight_id",
+    "parent_run_id",
+    "items_discovered",
+    "items_succeeded",
+    "items_failed",
+    "items_skipped",
+    "duration_ms",
+    "metrics_json",
+    "context_json",
+    "created_at",
+    "updated_at",
+)
 _V5_TABLE = (
     _V1_TABLE.replace("CREATE TABLE agent_runs (", "CREATE TABLE agent_runs_v5 (")
     .rstrip()
