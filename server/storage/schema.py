@@ -126,6 +126,14 @@ def rendered_run_sql(columns: tuple[str, ...]) -> str:
     return f"CASE WHEN {exact} THEN CAST(json_object({values}) AS BLOB) END"
 
 
+# Migration 5, measured (bench/list_cpu.py --callgrind, fleet rows, 100k): a list page
+# costs 2.5-3.1 M instructions instead of 7.2-8.0 M (json_object() over 42 columns at
+# every read was 39% of it; a flag vouching for the JSON columns would only save ~12%).
+# The price: ~1.4-1.5 KB more file per run (1.03 -> 2.57 KB at 100k, 1.09 -> 2.49 GB at
+# 1M), ~5-10% more SQLite CPU per insert or update, and a one-time rebuild at upgrade
+# (100k runs: 3.5 s CPU; 1M: 51 s CPU, 71 s on a loaded machine), during which the WAL
+# holds the whole new table (free disk: about twice the new file).
+
 #: The runs' columns as migration 5 rendered them, frozen: a later column needs a
 #: migration that rebuilds ``run_json`` (``tests/server/test_run_json_stored.py`` checks).
 _V5_COLUMNS: tuple[str, ...] = (
