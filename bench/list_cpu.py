@@ -333,10 +333,18 @@ def main() -> None:
             f"limit {LIMIT}, {args.pages} pages per shape in {args.rounds} turns,"
             f" sqlite {sqlite3.sqlite_version}, server log level {args.log_level}"
         )
+        # One copy of the file per tree: a tree may migrate it (schema 5 rebuilds the
+        # table), and then an older tree would refuse it.
+        copies = (
+            [db] if len(roots) == 1 else [Path(tmp) / f"tree-{i}.sqlite" for i in range(len(roots))]
+        )
+        for copy in copies:
+            if copy != db:
+                shutil.copyfile(db, copy)
         trees = [
             Tree(
                 root,
-                db,
+                copies[index],
                 Path(tmp) / f"server-{index}.log",
                 args.log_level,
                 Path(tmp) / f"callgrind-{index}.out" if args.callgrind else None,

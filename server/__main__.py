@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level)
     log = structlog.get_logger("server")
     try:
-        check_sqlite_version()
+        check_sqlite_version(needs_json=True)
     except SqliteTooOld as exc:
         log.error("sqlite_too_old", error=str(exc))
         print(f"telemetry-server: {exc}", file=sys.stderr)

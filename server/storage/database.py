@@ -107,7 +107,7 @@ class Database:
     ) -> Database:
         """Check SQLite, migrate, analyse, count the runs and start the writer (blocking;
         call at start-up)."""
-        check_sqlite_version()
+        check_sqlite_version(needs_json=True)
         conn = open_writer(
             settings.path,
             journal_mode=settings.journal_mode,

@@ -1,18 +1,21 @@
 """A page of runs rendered as JSON bytes by SQLite, with no Python object per column.
 
 Building a dict of 42 values per row, parsing its JSON columns and serialising it all
-again cost more server CPU than the query itself. Here ``json_object()`` renders each
-row in C; Python only appends the two derived URLs (``url_suffix``, cached
-per distinct repository and commit) and joins the rows. The bytes are those of the
-Python rendering (``row_to_run`` + ``with_urls`` + orjson), key order included, which
-stays as the fallback:
+again cost more server CPU than the query itself; so did ``json_object()`` over the 42
+columns at every read. Each run's JSON object is therefore rendered once, when it is
+written: the STORED generated column ``run_json`` (``schema.rendered_run_sql``,
+migration 5), which SQLite recomputes on every INSERT and UPDATE, whoever writes.
+A page is then one blob per row; Python only appends the two derived URLs
+(``url_suffix``, cached per distinct repository and commit) and joins the rows. The
+bytes are those of the Python rendering (``row_to_run`` + ``with_urls`` + orjson), key
+order included, which stays as the fallback:
 
-* for a row SQLite cannot render identically, said by a flag computed with the row:
-  a counter that is not an integer, or a JSON column whose text is not already the
-  minified text ``json()`` gives back (stored JSON is the server's own orjson output,
-  so that is only data written by something else); such rows go the Python way;
-* for a whole process whose SQLite lacks the JSON functions (they are optional before
-  3.38) or escapes strings unlike orjson: ``renders_like_orjson`` checks once.
+* for a row SQLite cannot render identically, ``run_json`` is NULL: a counter that is
+  not an integer, or a JSON column whose text is not already the minified text
+  ``json()`` gives back (stored JSON is the server's own orjson output, so that is
+  only data written by something else); such rows go the Python way;
+* for a whole process whose SQLite escapes strings unlike orjson:
+  ``renders_like_orjson`` checks once (the stored objects are then not used).
 """
 
 from __future__ import annotations
@@ -25,33 +28,10 @@ from typing import Any
 import orjson
 
 from server.contract.codec import dumps
-from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 
-
-def _value(column: str) -> str:
-    if column in RUN_JSON_COLUMNS:  # unparseable stored text is null, as row_to_run has it
-        return f"CASE WHEN json_valid({column}) THEN json({column}) END"
-    return column
-
-
-def _exact(column: str) -> str:
-    # CASE, not OR: SQLite may evaluate json() of malformed text (an error) under an OR.
-    return f"CASE WHEN json_valid({column}) THEN json({column}) = {column} ELSE 1 END"
-
-
-#: The counters are all integers iff their sum is one (a real, or an overflow, makes it a
-#: real; a NULL, NULL): one typeof() per row instead of one per counter. Text that reads
-#: as a number passes, and renders as the same JSON string both ways.
-_INTEGERS = f"typeof({' + '.join(RUN_COUNTER_COLUMNS)}) = 'integer'"
-
-
-_OBJECT = "CAST(json_object({}) AS BLOB)".format(
-    ", ".join(f"'{column}', {_value(column)}" for column in RUN_COLUMNS)
-)
-_EXACT = " AND ".join((_INTEGERS, *(_exact(column) for column in RUN_JSON_COLUMNS)))
 #: The select list of a rendered page; list queries add ``id`` after it.
-JSON_COLUMNS = f"{_OBJECT}, git_repo, git_commit_hash, {_EXACT}, created_at"
+JSON_COLUMNS = "run_json, git_repo, git_commit_hash, run_json IS NOT NULL, created_at"
 #: Where a rendered row holds its created_at (its id is last).
 CREATED_AT = 4
 

@@ -92,3 +92,30 @@ def test_database_open_checks_too(monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(SqliteTooOld):
         Database.open(StorageSettings(path=tmp_path / "t.sqlite"))
     assert not (tmp_path / "t.sqlite").exists()
+
+
+# A SQLite built without the JSON functions (before 3.38 they were a compile option):
+# every connection's json functions fail, as "no such function" would.
+_NO_JSON = """
+import sqlite3, sys
+_connect = sqlite3.connect
+def connect(*args, **kwargs):
+    conn = _connect(*args, **kwargs)
+    for name, arity in (("json_valid", 1), ("json", 1), ("json_object", -1)):
+        conn.create_function(name, arity, lambda *values: 1 / 0)
+    return conn
+sqlite3.connect = connect
+from server.__main__ import main
+sys.exit(main(["--port", "0", "--db", sys.argv[1]]))
+"""
+
+
+def test_server_refuses_a_sqlite_without_json_functions(tmp_path: Path) -> None:
+    """Schema 5 stores each run rendered by the JSON functions: without them every write
+    would fail. The server exits at once instead, saying why, and creates nothing."""
+    db = tmp_path / "t.sqlite"
+    result = _run_on_old_sqlite(_NO_JSON, db)
+    assert result.returncode != 0
+    assert "without the JSON functions" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists()

@@ -1,0 +1,203 @@
+"""``run_json``, each run's JSON object stored when written (migration 5), stays what the
+Python rendering gives after every kind of write: the server's own (create, PATCH,
+associate-commit, batch insert and upsert), other writers' (raw SQL, hostile values) and
+an older server's database brought up to date by the migration."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from server.contract.codec import dumps
+from server.contract.models import RunQuery
+from server.storage import schema
+from server.storage.connection import open_reader
+from server.storage.runs import _INSERT_SQL, get_run, query_page_json
+from server.storage.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, migrate
+from tests.server.test_run_json import FOREIGN_JSON, hostile_rows, python_page
+
+UPSERT = "/api/v1/runs/batch?mode=upsert"
+
+
+def stored_objects(conn: sqlite3.Connection) -> dict[str, bytes | None]:
+    return {
+        str(event_id): None if body is None else bytes(body)
+        for event_id, body in conn.execute("SELECT event_id, run_json FROM agent_runs")
+    }
+
+
+def expected_object(conn: sqlite3.Connection, event_id: str) -> bytes:
+    """The Python rendering of one stored run, without its URLs (as run_json holds it)."""
+    run = get_run(conn, event_id)
+    assert run is not None
+    return dumps(run)
+
+
+def assert_consistent(conn: sqlite3.Connection, *, all_exact: bool) -> None:
+    """Every stored object is the Python rendering of its row, or NULL (the row then
+    goes the Python way); every page answers the Python rendering byte for byte."""
+    objects = stored_objects(conn)
+    assert objects
+    for event_id, body in objects.items():
+        if body is not None:
+            assert body == expected_object(conn, event_id), event_id
+        else:
+            assert not all_exact, event_id
+    query = RunQuery(limit=1000)
+    assert query_page_json(conn, query).body == python_page(conn, query, None)
+
+
+def test_the_stored_columns_are_the_runs_columns() -> None:
+    """run_json renders the columns frozen at migration 5; a new column needs a new
+    migration that rebuilds it (else its key would be missing from every answer)."""
+    assert schema._V5_COLUMNS == RUN_COLUMNS
+    assert SCHEMA_VERSION == 5
+
+
+async def test_every_server_write_path_keeps_the_object_current(
+    api: Any, new_run: Any, tmp_path: Path
+) -> None:
+    runs = [new_run(metrics_json={"n": i, "s": "é\u2028"}) for i in range(6)]
+    for run in runs[:2]:
+        await api.create(run)
+    reply = await api.post("/api/v1/runs/batch", json=runs[2:4])
+    assert reply.body["inserted"] == 2
+    patched = await api.patch(
+        f"/api/v1/runs/{runs[0]['event_id']}",
+        json={"status": "failure", "metrics_json": {"after": [1, 2.5]}, "items_failed": 3},
+    )
+    assert patched.status == 200
+    linked = await api.post(
+        f"/api/v1/runs/{runs[1]['event_id']}/associate-commit",
+        json={"commit_hash": "abc1234", "commit_source": "manual"},
+    )
+    assert linked.status == 200, linked.body
+    upserted = await api.post(
+        UPSERT,
+        json=[
+            {"event_id": runs[4]["event_id"], "create": runs[4]},
+            {"event_id": runs[4]["event_id"], "update": {"status": "success", "duration_ms": 9}},
+            {"event_id": runs[2]["event_id"], "update": {"context_json": {"c": None}}},
+            {"event_id": runs[5]["event_id"], "create": runs[5]},
+        ],
+    )
+    assert upserted.status == 200, upserted.body
+    reply = await api.get("/api/v1/runs", params={"limit": "100"})
+    conn = open_reader(tmp_path / "t.sqlite", busy_timeout_ms=2000)
+    try:
+        assert_consistent(conn, all_exact=True)
+        assert reply.text.encode() == python_page(conn, RunQuery(limit=100), None)
+        stored = {run["event_id"]: run for run in orjson.loads(reply.text)}
+        assert stored[runs[0]["event_id"]]["metrics_json"] == {"after": [1, 2.5]}
+        assert stored[runs[1]["event_id"]]["git_commit_hash"] == "abc1234"
+        assert stored[runs[4]["event_id"]]["duration_ms"] == 9
+        assert stored[runs[2]["event_id"]]["context_json"] == {"c": None}
+    finally:
+        conn.close()
+
+
+def test_rows_written_and_updated_by_other_writers(tmp_path: Path) -> None:
+    """Raw SQL, hostile values included: SQLite recomputes the object on every write,
+    and an object it cannot render exactly is NULL (the row goes the Python way)."""
+    path = tmp_path / "raw.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    migrate(writer)
+    writer.execute("BEGIN")
+    writer.executemany(_INSERT_SQL, list(hostile_rows(random.Random(5))))
+    writer.execute("COMMIT")
+    reader = open_reader(path, busy_timeout_ms=2000)
+    try:
+        assert_consistent(reader, all_exact=False)
+        exact_before = sum(body is not None for body in stored_objects(reader).values())
+        # foreign text into exact rows, exact text into foreign rows, counters to reals
+        rng = random.Random(6)
+        ids = [row[0] for row in writer.execute("SELECT id FROM agent_runs")]
+        writer.execute("BEGIN")
+        for row_id in rng.sample(ids, 300):
+            column = rng.choice(("metrics_json", "context_json"))
+            value = rng.choice((*FOREIGN_JSON, '{"ok":[1,{}]}', None))
+            writer.execute(f"UPDATE agent_runs SET {column} = ? WHERE id = ?", (value, row_id))
+        writer.execute("UPDATE agent_runs SET items_failed = 2.5 WHERE id % 17 = 0")
+        writer.execute("UPDATE agent_runs SET status = 'partial', end_time = 'x' WHERE id % 5 = 0")
+        writer.execute("COMMIT")
+        assert_consistent(reader, all_exact=False)
+        objects = stored_objects(reader)
+        assert sum(body is not None for body in objects.values()) != exact_before
+        assert any(body is None for body in objects.values())
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_an_older_servers_database_is_migrated(tmp_path: Path) -> None:
+    """A version-4 file (rows, ids, statistics) gets the stored objects; its rows,
+    ids, indexes and answers stay; a fresh file and a migrated one have one schema."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:4]:
+        for statement in migration.statements:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 4")
+    old.execute("BEGIN")
+    old.executemany(
+        _INSERT_SQL.replace("ON CONFLICT(event_id) DO NOTHING", ""),
+        list(hostile_rows(random.Random(7))),
+    )
+    old.execute("DELETE FROM agent_runs WHERE id % 7 = 0")  # ids with holes
+    old.execute("COMMIT")
+    old.execute("ANALYZE")
+    renderable = old.execute(
+        f"SELECT count(*) FROM agent_runs WHERE ({schema.rendered_run_sql(RUN_COLUMNS)}) NOT NULL"
+    ).fetchone()[0]
+    before = old.execute(
+        f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
+    ).fetchall()
+    assert migrate(old) == [5]
+    after = old.execute(
+        f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
+    ).fetchall()
+    assert after == before
+    assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    fresh = sqlite3.connect(tmp_path / "fresh.sqlite", isolation_level=None)
+    migrate(fresh)
+    schema_sql = "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%' ORDER BY name"
+    assert old.execute(schema_sql).fetchall() == fresh.execute(schema_sql).fetchall()
+    fresh.close()
+    reader = open_reader(path, busy_timeout_ms=2000)
+    try:
+        assert_consistent(reader, all_exact=False)
+        exact = sum(body is not None for body in stored_objects(reader).values())
+        assert exact == renderable > 100
+    finally:
+        reader.close()
+        old.close()
+
+
+@pytest.mark.parametrize("interrupted_at", [1, 3])
+def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at: int) -> None:
+    """The rebuild runs in one transaction: a failure part way leaves version 4 whole."""
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:4]:
+        for statement in migration.statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.executemany(_INSERT_SQL, list(hostile_rows(random.Random(8)))[:50])
+    broken = (*MIGRATIONS[4].statements[:interrupted_at], "SELECT no_such_function()")
+    patched = (*MIGRATIONS[:4], schema.Migration(5, "broken", broken))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(schema, "MIGRATIONS", patched)
+        with pytest.raises(sqlite3.OperationalError):
+            schema.migrate(conn)
+    assert schema.current_version(conn) == 4
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "agent_runs_v5" not in names
+    assert conn.execute("SELECT count(*) FROM agent_runs").fetchone()[0] == 50
+    assert migrate(conn) == [5]
+    assert conn.execute("SELECT count(*) FROM agent_runs WHERE run_json IS NOT NULL").fetchone()[0]
+    conn.close()
