@@ -37,10 +37,12 @@ A damaged index file is set aside and a fresh one rebuilt from the spool
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +81,8 @@ _ADDED_COLUMNS = {
     "complete": "INTEGER NOT NULL DEFAULT 1",
     "letters": "INTEGER NOT NULL DEFAULT 0",
 }
+#: Runs ``prune`` deletes per write transaction.
+PRUNE_SLICE_ROWS = 256
 #: The WAL is truncated to this after a checkpoint (it would otherwise keep its peak size).
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 #: What a settled run keeps: its run_id when it has one, else nothing.
@@ -100,6 +104,104 @@ _SHRINK = (
 _SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
 
 
+class WriteGate:
+    """One write transaction at a time on an index file, within this process; the accept
+    path first.
+
+    SQLite's own lock makes a writer that finds the file busy sleep and poll
+    (1, 2, 5, 10, 20... ms): the accept path, waiting behind a drain settle, would
+    miss the moment it ends and sleep on while the drainer took the lock again.
+    Here a waiter is woken the moment the holder commits, and a *yielding* writer
+    (the drainer) does not start while an urgent one (the accept path) waits. SQLite's
+    lock still guards against other processes (the operator command).
+    """
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+        self._timeout_s = timeout_s
+        #: monotonic time of the last urgent acquire (0: never).
+        self.last_urgent = 0.0
+
+    def acquire(self, *, urgent: bool) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._held or (not urgent and self._urgent_waiting):
+                    left = deadline - time.monotonic()
+                    if left <= 0:  # what SQLite's busy timeout would say
+                        raise sqlite3.OperationalError("database is locked (index write gate)")
+                    self._cond.wait(left)
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+            self._held = True
+            if urgent:
+                self.last_urgent = time.monotonic()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def urgent_within(self, seconds: float) -> bool:
+        """Whether the accept path wrote in the last ``seconds``."""
+        return time.monotonic() - self.last_urgent < seconds
+
+
+_GATES: dict[str, WriteGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def write_gate(path: Path) -> WriteGate:
+    """The gate of the index file at ``path`` (one per file in this process)."""
+    key = os.path.realpath(path)
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, WriteGate())
+
+
+@dataclass(frozen=True)
+class Settling:
+    """The ``settling_ids`` mark: the spool items of the last settle and how far it got.
+
+    A round is settled in slices (short write transactions, so the accept path is
+    never kept waiting long); each slice's commit says how many of the items'
+    operations (in spool order) are settled so far and which of them were
+    dead-lettered. Start-up finishes a settle cut short by a crash
+    (``spoold.recovery``); ``ops`` is None for a settle done in one commit.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    ops: int | None = None
+    done: int = 0
+    dead: tuple[int, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.ops is None or self.done >= self.ops
+
+    def encoded(self) -> str:
+        if self.ops is None:
+            return orjson.dumps(sorted(self.ids)).decode()
+        mark = {"ids": sorted(self.ids), "ops": self.ops, "done": self.done, "dead": self.dead}
+        return orjson.dumps(mark).decode()
+
+    @classmethod
+    def decoded(cls, value: str | None) -> Settling:
+        mark = orjson.loads(value or "[]")
+        if isinstance(mark, list):  # settled in one commit (and every older spoold's mark)
+            return cls([int(i) for i in mark])
+        return cls(
+            [int(i) for i in mark["ids"]],
+            int(mark["ops"]),
+            int(mark["done"]),
+            tuple(int(p) for p in mark["dead"]),
+        )
+
+
 @dataclass(frozen=True)
 class KnownRun:
     event_id: str
@@ -115,10 +217,20 @@ class RunsIndex:
     """One connection per instance; the accept thread and reader use separate instances."""
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, synchronous: Synchronous = "NORMAL"
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        synchronous: Synchronous = "NORMAL",
+        yields: bool = False,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._synchronous = synchronous
+        #: Write transactions wait for the gate; ``yields``: behind the accept path's.
+        self.gate = write_gate(path)
+        self._yields = yields
+        self._holding = False
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA busy_timeout = 5000")
@@ -165,14 +277,29 @@ class RunsIndex:
     # ---- the accept thread ---------------------------------------------------------
 
     def begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self.gate.acquire(urgent=not self._yields)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.gate.release()
+            raise
+        self._holding = True
 
     def commit(self) -> None:
-        self._conn.execute("COMMIT")
+        self._conn.execute("COMMIT")  # a failed commit is rolled back by the caller
+        self._let_go()
 
     def rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        if self._holding and not self._conn.in_transaction:
+            self._holding = False
+            self.gate.release()
 
     def record(self, op: dict[str, Any], *, verified: bool) -> tuple[Outcome, str | None]:
         """Classify one operation and fold it into the run's snapshot (inside begin/commit).
@@ -264,7 +391,11 @@ class RunsIndex:
 
     def settling_ids(self) -> list[int]:
         """Spool items of the last settle: delivered, perhaps not yet acked in the spool."""
-        return [int(i) for i in orjson.loads(self._mark(SETTLING) or "[]")]
+        return self.settling().ids
+
+    def settling(self) -> Settling:
+        """The last settle's mark: its spool items, and how far a sliced one got."""
+        return Settling.decoded(self._mark(SETTLING))
 
     def spool_id(self) -> str | None:
         """The identity of the spool file the marks are about (None: not recorded yet)."""
@@ -374,6 +505,34 @@ class RunsIndex:
         so that a crash before the spool ack does not count them twice. A run left with
         nothing pending and no dead letter shrinks (module docstring) in the same commit.
         """
+        self.settle_slice(forwarded, dead_lettered, Settling(sorted(item_ids)))
+
+    def settle_slice(
+        self,
+        forwarded: dict[str, int],
+        dead_lettered: dict[str, int],
+        mark: Settling,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Settle a slice of a round, in one commit that also writes ``mark`` (the round's
+        items and the operations settled so far, this slice included).
+
+        ``durable=False`` commits without an fsync (synchronous=NORMAL): for the slices
+        before a round's last, whose FULL commit fsyncs the WAL with them. A power loss
+        can only drop a tail of slices with their marks; the spool ack follows the last.
+        """
+        if not durable and self._synchronous == "FULL":
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._settle(forwarded, dead_lettered, mark)
+        finally:
+            if not durable and self._synchronous == "FULL":
+                self._conn.execute("PRAGMA synchronous = FULL")
+
+    def _settle(
+        self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling
+    ) -> None:
         self.begin()
         try:
             for counts in (forwarded, dead_lettered):
@@ -390,7 +549,7 @@ class RunsIndex:
             )
             self.add_counter("forwarded", sum(forwarded.values()))
             self.add_counter("dead_lettered", sum(dead_lettered.values()))
-            self._set_mark(SETTLING, orjson.dumps(sorted(item_ids)).decode())
+            self._set_mark(SETTLING, mark.encoded())
             self.commit()
         except BaseException:
             self.rollback()
@@ -401,12 +560,9 @@ class RunsIndex:
         more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
         operations pending is never forgotten: the bound is over settled runs)."""
         cutoff = time.time() - keep_s
-        cursor = self._conn.execute(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-            " WHERE pending = 0 AND touched_at < ? LIMIT ?)",
-            (cutoff, max_rows),
+        removed = self._delete_settled(
+            "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
         )
-        removed = int(cursor.rowcount)
         if max_bytes is not None:
             removed += self._prune_to(max_bytes, max_rows=max_rows * 10)
         return removed
@@ -423,14 +579,32 @@ class RunsIndex:
                 break
             excess = used - int(max_bytes * 0.9)
             count = min(max_rows - removed, max(100, -(-excess * rows // used)))
-            cursor = self._conn.execute(
-                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-                " WHERE pending = 0 ORDER BY touched_at LIMIT ?)",
-                (count,),
-            )
-            if cursor.rowcount <= 0:  # only pending runs left: the backlog, not bounded here
+            deleted = self._delete_settled("WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count)
+            if deleted <= 0:  # only pending runs left: the backlog, not bounded here
                 break
-            removed += int(cursor.rowcount)
+            removed += deleted
+        return removed
+
+    def _delete_settled(self, where: str, params: tuple[Any, ...], count: int) -> int:
+        """Delete up to ``count`` runs chosen by ``where`` (ending in ``LIMIT ?``), in short
+        write transactions of at most ``PRUNE_SLICE_ROWS``: the accept path never waits
+        behind a long delete."""
+        removed = 0
+        while removed < count:
+            limit = min(PRUNE_SLICE_ROWS, count - removed)
+            self.begin()
+            try:
+                cursor = self._conn.execute(
+                    f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs {where})",
+                    (*params, limit),
+                )
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
+            removed += max(0, int(cursor.rowcount))
+            if cursor.rowcount < limit:
+                break
         return removed
 
     def used_bytes(self) -> int:

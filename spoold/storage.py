@@ -85,7 +85,7 @@ def open_storage(spool_dir: Path, *, capacity_bytes: int, min_free_disk_bytes: i
             index.count_now("index_rebuilds", len(set_aside_files(spool_dir / INDEX_FILE)))
         if letters_aside is not None:
             index.count_now("dead_letter_store_resets", 1)
-        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL")
+        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL", yields=True)
         opened.append(drain_index)
         return spool, dead_letters, index, drain_index, RunsIndex(spool_dir / INDEX_FILE)
     except BaseException:
