@@ -43,10 +43,12 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
+from spoold.spool import Spool
 from spoold.storage import DEAD_LETTER_FILE, INDEX_FILE, Storage, StorageRecoveries, open_storage
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus
+from spoold.verify import Deferred
 
 log = structlog.get_logger("spoold")
 
@@ -65,16 +67,19 @@ _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spoold_session", aioht
 _UPSTREAM_SSL: web.AppKey[ssl.SSLContext] = web.AppKey("spoold_upstream_ssl", ssl.SSLContext)
 
 
-def _open_storage(config: SpooldConfig) -> Storage:
+def _open_storage(config: SpooldConfig, deferred: Deferred) -> Storage:
     return open_storage(
         Path(config.spool_dir),
         capacity_bytes=config.max_spool_bytes,
         min_free_disk_bytes=config.min_free_disk_bytes,
+        check_max_bytes=config.startup_check_max_bytes,
+        deferred=deferred,
     )
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    storage = await asyncio.to_thread(_open_storage, app[CONFIG])
+    deferred = Deferred()
+    storage = await asyncio.to_thread(_open_storage, app[CONFIG], deferred)
     app[_STORAGE] = storage
     try:
         app[_LEDGER] = Ledger(await asyncio.to_thread(reconcile, storage[0], storage[2]))
@@ -82,8 +87,20 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await asyncio.to_thread(_close_storage, storage)
         raise
+    checks = asyncio.create_task(_check_after_start(deferred, storage[0]), name="spoold-checks")
     yield
+    checks.cancel()
     await asyncio.to_thread(_close_storage, storage)
+
+
+async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
+    """The whole-file checks start-up left for later (``spoold.verify``)."""
+    if not deferred:
+        return
+    try:
+        await asyncio.to_thread(deferred.run, spool)
+    except Exception as exc:  # not damage (a locked file, a closed spool): reported only
+        log.warning("check_after_start_failed", error=repr(exc)[:300])
 
 
 def _close_storage(storage: Storage) -> None:

@@ -579,7 +579,9 @@ class RunsIndex:
                 break
             excess = used - int(max_bytes * 0.9)
             count = min(max_rows - removed, max(100, -(-excess * rows // used)))
-            deleted = self._delete_settled("WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count)
+            deleted = self._delete_settled(
+                "WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count
+            )
             if deleted <= 0:  # only pending runs left: the backlog, not bounded here
                 break
             removed += deleted

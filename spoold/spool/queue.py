@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from persistqueue.exceptions import Empty
 
-from spoold.spool import layout, store
+from spoold.spool import layout, store, totals
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import RawGroup, SpoolGroup, encode_group, encode_op
 from spoold.spool.errors import (
@@ -69,6 +69,7 @@ class Spool:
         vacuum_max_live_bytes: int = 4 * MiB,
         busy_timeout_s: float = 10.0,
         reserve_bytes: int = 16 * MiB,
+        check_rows: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -107,8 +108,9 @@ class Spool:
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
-                self.directory, busy_timeout_s
+                self.directory, busy_timeout_s, check_rows=check_rows
             )
+            totals.install(self._side)
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
             )
@@ -362,8 +364,27 @@ class Spool:
                 self._recount()
         return len(live)
 
+    def verify_totals(self) -> tuple[int, int, int] | None:
+        """Count every live row (a full read: surfaces a damaged page) and correct the
+        kept totals if they differ; the difference, or None. For after start-up."""
+        with self._io_lock:
+            _check_open(self._closed)
+            db_path = self._db_path
+        side = store.connect_side(db_path, 10.0)  # its own connection: the reader goes on
+        try:
+            delta = totals.verify(side)
+        finally:
+            side.close()
+        if delta is not None:
+            log.error("spool_totals_corrected", groups=delta[0], bytes=delta[1], ops=delta[2])
+            with self._counts_lock:  # moved by the difference: puts meanwhile are counted
+                self._depth_groups += delta[0]
+                self._bytes += delta[1]
+                self._depth_ops += delta[2]
+        return delta
+
     def _recount(self) -> None:
-        groups, nbytes, ops = store.count_live(self._side)
+        groups, nbytes, ops = totals.read(self._side)
         oldest = store.oldest_enqueued_at(self._side)
         with self._counts_lock:
             self._depth_groups, self._bytes, self._depth_ops = groups, nbytes, ops
