@@ -48,6 +48,8 @@ from typing import Any, Literal
 
 import orjson
 
+from spoold.writegate import WriteGate
+
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
 Synchronous = Literal["NORMAL", "FULL"]
 
@@ -102,54 +104,6 @@ _SHRINK = (
 )
 #: Shrink every settled run still whole (an upgraded index, or after ``recount_pending``).
 _SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
-
-
-class WriteGate:
-    """One write transaction at a time on an index file, within this process; the accept
-    path first.
-
-    SQLite's own lock makes a writer that finds the file busy sleep and poll
-    (1, 2, 5, 10, 20... ms): the accept path, waiting behind a drain settle, would
-    miss the moment it ends and sleep on while the drainer took the lock again.
-    Here a waiter is woken the moment the holder commits, and a *yielding* writer
-    (the drainer) does not start while an urgent one (the accept path) waits. SQLite's
-    lock still guards against other processes (the operator command).
-    """
-
-    def __init__(self, timeout_s: float = 5.0) -> None:
-        self._cond = threading.Condition()
-        self._held = False
-        self._urgent_waiting = 0
-        self._timeout_s = timeout_s
-        #: monotonic time of the last urgent acquire (0: never).
-        self.last_urgent = 0.0
-
-    def acquire(self, *, urgent: bool) -> None:
-        deadline = time.monotonic() + self._timeout_s
-        with self._cond:
-            if urgent:
-                self._urgent_waiting += 1
-            try:
-                while self._held or (not urgent and self._urgent_waiting):
-                    left = deadline - time.monotonic()
-                    if left <= 0:  # what SQLite's busy timeout would say
-                        raise sqlite3.OperationalError("database is locked (index write gate)")
-                    self._cond.wait(left)
-            finally:
-                if urgent:
-                    self._urgent_waiting -= 1
-            self._held = True
-            if urgent:
-                self.last_urgent = time.monotonic()
-
-    def release(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
-
-    def urgent_within(self, seconds: float) -> bool:
-        """Whether the accept path wrote in the last ``seconds``."""
-        return time.monotonic() - self.last_urgent < seconds
 
 
 _GATES: dict[str, WriteGate] = {}

@@ -35,6 +35,7 @@ from spoold.spool.errors import (
 )
 from spoold.spool.reserve import DiskReserve
 from spoold.spool.stats import DiskFree, RateMeter, SpoolStats, age_s, retry_after_s
+from spoold.writegate import PutFirstLock
 
 log = structlog.get_logger("spoold.spool")
 
@@ -104,6 +105,7 @@ class Spool:
         #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
         self.identity = ""
         self._reserve = DiskReserve(self.directory, reserve_bytes)
+        self._put_lock = PutFirstLock()
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
             layout.check_format(self.directory)
@@ -111,6 +113,7 @@ class Spool:
                 self.directory, busy_timeout_s, check_rows=check_rows
             )
             totals.install(self._side)
+            self._queue.tran_lock = self._put_lock  # puts first (``spoold.writegate``)
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
             )
@@ -142,7 +145,8 @@ class Spool:
         enqueued_at = time.time()
         data = encode_group(encoded_ops, enqueued_at)
         try:
-            item_id = int(self._queue.put(data))
+            with self._put_lock.urgent():
+                item_id = int(self._queue.put(data))
         except (sqlite3.Error, OSError) as exc:
             raise translate_write_error(exc, retry_after_s(len(data), self._drain.rate())) from exc
         with self._counts_lock:

@@ -293,3 +293,42 @@ def test_prune_deletes_in_short_transactions(
     assert len(commits) == 3  # 4 + 4 + 2
     assert index.get("kept") is not None
     assert all(index.get(f"s{i}") is None for i in range(10))
+
+
+def test_a_waiting_put_goes_before_the_drainers_next_spool_write(
+    make_spool: SpoolFactory,
+) -> None:
+    """persist-queue's transaction lock is the spool's put-first lock: while a drain write
+    holds it, a put and the drainer's next ack both wait; the put goes first."""
+    spool = make_spool()
+    spool.put_group([create("a")])
+    groups = spool.get_groups(10)
+    lock = spool._queue.tran_lock
+    order: list[str] = []
+
+    def put() -> None:
+        spool.put_group([create("b")])
+        order.append("put")
+
+    def ack() -> None:
+        spool.ack(groups)
+        order.append("ack")
+
+    with lock:  # a drain write in progress (not urgent: not inside a put)
+        putter = threading.Thread(target=put)
+        putter.start()
+        for _ in range(500):  # bounded: until the put waits at the lock
+            if lock.gate._urgent_waiting:
+                break
+            time.sleep(0.002)
+        assert lock.gate._urgent_waiting == 1
+        acker = threading.Thread(target=ack)
+        acker.start()
+        time.sleep(0.05)
+        assert order == []
+    putter.join(5)
+    acker.join(5)
+
+    assert order == ["put", "ack"]
+    assert spool.stats().depth_ops == 1
+    assert [op["event_id"] for g in spool.get_groups(10) for op in g.ops] == ["b"]
