@@ -18,6 +18,11 @@ index still disagree with the spool (restored from a backup, say), start-up
 recomputes the pending state from the spool (``recount_pending``). A forgotten
 run costs a ``created`` instead of ``duplicate`` or a question to the server.
 
+Within this process, write transactions take the file's ``WriteGate``
+(``spoold.writegate``): the accept thread's go before the drainer's, which settles a
+round in short slices, each commit naming the round's items and how far it got
+(``Settling``), so start-up can finish a settle a crash cut short.
+
 Footprint: a run's full snapshot is needed only while some operation of it is
 queued here (read-your-writes) or dead-lettered (replay checks letters against
 it). When a settle leaves a run with nothing pending and no dead letter, its row

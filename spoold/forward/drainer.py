@@ -8,9 +8,13 @@ operations) and sends one batch at a time - so updates reach the server in the
 order they were accepted.
 
 Groups are acknowledged only after the server answered 2xx for every snapshot
-in them, in two commits: the runs index settles them first (counters, per-run
+in them, in two steps: the runs index settles them first (counters, per-run
 pending, and the groups' ids), then the spool acks them - in the background,
-while the next batch is with the server. A crash between the two is repaired
+while the next batch is with the server. While agents are writing, the settle
+goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
+fsync'd), and the index's write gate and the spool's put-first lock
+(``spoold.writegate``) let a waiting accept commit go between any two of the
+drainer's writes: the agent does not wait for the drain. A crash between the two is repaired
 at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
@@ -100,14 +104,6 @@ class RoundOps(Sequence[dict[str, Any]]):
             return [orjson.loads(encoded) for encoded in self._encoded[position]]
         op: dict[str, Any] = orjson.loads(self._encoded[position])
         return op
-
-    def counts(self, positions: Iterable[int]) -> dict[str, int]:
-        """Operations per event_id among ``positions``."""
-        counts: dict[str, int] = {}
-        for position in positions:
-            event_id = self.event_ids[position]
-            counts[event_id] = counts.get(event_id, 0) + 1
-        return counts
 
 
 @dataclass(frozen=True)
