@@ -187,7 +187,7 @@ class SpooldConfig(BaseModel):
     upstream_max_json_depth: int = Field(default=32, ge=4, le=512)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
     index_max_mb: int = Field(default=256, ge=1, le=1024**2)
-    startup_check_max_mb: float = Field(default=64, ge=0, le=1024**2)
+    startup_check_max_mb: float = Field(default=16, ge=0, le=1024**2)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)

@@ -17,6 +17,7 @@ from spool_helpers import SpoolFactory, accept, op
 from structlog.testing import capture_logs
 
 from spoold import verify
+from spoold.config import ConfigError, SpooldConfig
 from spoold.recovery import reconcile
 from spoold.spool import layout, totals
 from spoold.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
@@ -214,3 +215,11 @@ def test_small_files_are_still_checked_before_serving(
     assert [e["event"] for e in logs if e["event"] == "runs_index_corrupt"] == [
         "runs_index_corrupt"
     ]
+
+
+def test_the_startup_check_bound_is_a_validated_setting() -> None:
+    assert SpooldConfig.from_env({}).startup_check_max_bytes == 16 * 1024 * 1024
+    assert SpooldConfig.from_env({"SPOOLD_STARTUP_CHECK_MAX_MB": "0"}).startup_check_max_bytes == 0
+    for bad in ("-1", "lots"):
+        with pytest.raises(ConfigError, match="SPOOLD_STARTUP_CHECK_MAX_MB"):
+            SpooldConfig.from_env({"SPOOLD_STARTUP_CHECK_MAX_MB": bad})
