@@ -42,11 +42,12 @@ A damaged index file is set aside and a fresh one rebuilt from the spool
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -481,13 +482,11 @@ class RunsIndex:
         before a round's last, whose FULL commit fsyncs the WAL with them. A power loss
         can only drop a tail of slices with their marks; the spool ack follows the last.
         """
-        if not durable and self._synchronous == "FULL":
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-        try:
+        if durable:
             self._settle(forwarded, dead_lettered, mark)
-        finally:
-            if not durable and self._synchronous == "FULL":
-                self._conn.execute("PRAGMA synchronous = FULL")
+            return
+        with self._not_fsyncing():
+            self._settle(forwarded, dead_lettered, mark)
 
     def _settle(
         self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling
@@ -551,22 +550,36 @@ class RunsIndex:
         write transactions of at most ``PRUNE_SLICE_ROWS``: the accept path never waits
         behind a long delete."""
         removed = 0
-        while removed < count:
-            limit = min(PRUNE_SLICE_ROWS, count - removed)
-            self.begin()
-            try:
-                cursor = self._conn.execute(
-                    f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs {where})",
-                    (*params, limit),
-                )
-                self.commit()
-            except BaseException:
-                self.rollback()
-                raise
-            removed += max(0, int(cursor.rowcount))
-            if cursor.rowcount < limit:
-                break
+        with self._not_fsyncing():  # forgetting is redone after a crash: no fsync each time
+            while removed < count:
+                limit = min(PRUNE_SLICE_ROWS, count - removed)
+                self.begin()
+                try:
+                    cursor = self._conn.execute(
+                        f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs {where})",
+                        (*params, limit),
+                    )
+                    self.commit()
+                except BaseException:
+                    self.rollback()
+                    raise
+                removed += max(0, int(cursor.rowcount))
+                if cursor.rowcount < limit:
+                    break
         return removed
+
+    @contextlib.contextmanager
+    def _not_fsyncing(self) -> Iterator[None]:
+        """Commit with synchronous=NORMAL meanwhile (a FULL connection's next FULL commit
+        fsyncs the WAL with these)."""
+        if self._synchronous != "FULL":
+            yield
+            return
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
 
     def used_bytes(self) -> int:
         """Bytes of the pages in use (the file's free pages are reused before it grows)."""

@@ -270,10 +270,10 @@ async def test_without_accepts_a_round_settles_in_one_commit(
 def test_prune_deletes_in_short_transactions(
     index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each prune transaction deletes at most PRUNE_SLICE_ROWS runs; runs still pending
-    are never forgotten."""
+    """Each prune transaction deletes at most PRUNE_SLICE_ROWS runs, without an fsync
+    each (forgetting is redone after a crash); runs still pending are never forgotten."""
     monkeypatch.setattr(runs_index, "PRUNE_SLICE_ROWS", 4)
-    index = open_index(indexes, index_path, yields=True)
+    index = open_index(indexes, index_path, synchronous="FULL", yields=True)
     index.begin()
     for i in range(10):
         index.record(create(f"s{i}"), verified=True)
@@ -284,13 +284,14 @@ def test_prune_deletes_in_short_transactions(
     real_commit = index.commit
 
     def counting_commit() -> None:
-        commits.append(1)
+        commits.append(index.synchronous())
         real_commit()
 
     monkeypatch.setattr(index, "commit", counting_commit)
     removed = index.prune(keep_s=-1)
     assert removed == 10
-    assert len(commits) == 3  # 4 + 4 + 2
+    assert commits == [1, 1, 1]  # 4 + 4 + 2 runs, each commit NORMAL (no fsync)
+    assert index.synchronous() == 2  # FULL again for the settles
     assert index.get("kept") is not None
     assert all(index.get(f"s{i}") is None for i in range(10))
 
