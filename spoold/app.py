@@ -57,6 +57,8 @@ PRUNE_EVERY_S = 60.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.
 DRAINER_CANCEL_GRACE_S = 1.0
+#: The deferred whole-file checks start this long after start-up (``spoold.verify``).
+CHECK_AFTER_START_DELAY_S = 2.0
 ACCEPT_CLOSE_FLOOR_S = 1.0
 
 _STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", tuple)
@@ -94,9 +96,11 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
-    """The whole-file checks start-up left for later (``spoold.verify``)."""
+    """The whole-file checks start-up left for later (``spoold.verify``), once the first
+    requests had the CPU to themselves for a moment."""
     if not deferred:
         return
+    await asyncio.sleep(CHECK_AFTER_START_DELAY_S)
     try:
         await asyncio.to_thread(deferred.run, spool)
     except Exception as exc:  # not damage (a locked file, a closed spool): reported only
