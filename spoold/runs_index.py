@@ -516,7 +516,9 @@ class RunsIndex:
     def prune(self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = 10_000) -> int:
         """Forget settled runs not touched for keep_s seconds, then, while the index holds
         more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
-        operations pending is never forgotten: the bound is over settled runs)."""
+        operations pending is never forgotten: the bound is over settled runs).
+
+        Its commits are not fsync'd: give it a connection no other thread settles on."""
         cutoff = time.time() - keep_s
         removed = self._delete_settled(
             "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,13 @@ def check_now(path: Path, max_bytes: int | None) -> bool:
     return size <= max_bytes
 
 
+def lower_this_threads_priority() -> None:
+    """Nice 19 for the calling thread only (Linux schedules threads one by one); best
+    effort: elsewhere, or if refused, the check just runs at the usual priority."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _hard_exit() -> None:
     os._exit(DAMAGE_EXIT_CODE)
 
@@ -98,7 +106,9 @@ class Deferred:
         return self.spool is not None or self.index is not None
 
     def run(self, spool: Spool) -> bool:
-        """Run them (in a thread); False if one found damage (after ``on_damage``)."""
+        """Run them (in a thread of their own, at the lowest CPU priority: the drain and
+        the accept path go first; see ``spoold.app``); False if one found damage (after
+        ``on_damage``)."""
         if self.spool is not None:
             try:
                 spool.verify_totals()

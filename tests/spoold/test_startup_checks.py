@@ -6,7 +6,9 @@ file first, where it is set aside as before."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -223,3 +225,18 @@ def test_the_startup_check_bound_is_a_validated_setting() -> None:
     for bad in ("-1", "lots"):
         with pytest.raises(ConfigError, match="SPOOLD_STARTUP_CHECK_MAX_MB"):
             SpooldConfig.from_env({"SPOOLD_STARTUP_CHECK_MAX_MB": bad})
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
+def test_the_checks_after_start_run_at_the_lowest_priority_in_their_own_thread() -> None:
+    seen: list[int] = []
+
+    def check() -> None:
+        verify.lower_this_threads_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=check)
+    thread.start()
+    thread.join(5)
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # only that thread
