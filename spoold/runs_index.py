@@ -232,7 +232,10 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
-        self._conn.close()
+        self._conn.close()  # an open transaction is rolled back: let go of the gate too
+        if self._holding:
+            self._holding = False
+            self.gate.release()
 
     # ---- the accept thread ---------------------------------------------------------
 

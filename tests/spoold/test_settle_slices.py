@@ -333,3 +333,17 @@ def test_a_waiting_put_goes_before_the_drainers_next_spool_write(
     assert order == ["put", "ack"]
     assert spool.stats().depth_ops == 1
     assert [op["event_id"] for g in spool.get_groups(10) for op in g.ops] == ["b"]
+
+
+def test_closing_in_a_transaction_lets_go_of_the_gate(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """A connection closed mid-transaction (a stop at the wrong moment) does not leave the
+    other connections to the file waiting at the gate."""
+    first = RunsIndex(index_path)
+    first.begin()
+    first.close()
+    other = open_index(indexes, index_path, yields=True)
+    other.gate._timeout_s = 0.5
+    other.begin()
+    other.commit()
