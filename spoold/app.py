@@ -18,6 +18,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,23 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
+from spoold.spool import Spool
 from spoold.storage import DEAD_LETTER_FILE, INDEX_FILE, Storage, StorageRecoveries, open_storage
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus
+from spoold.verify import Deferred, lower_this_threads_priority
 
 log = structlog.get_logger("spoold")
 
 __all__ = ["DEAD_LETTER_FILE", "INDEX_FILE", "create_app"]
 PRUNE_EVERY_S = 60.0
+PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.
 DRAINER_CANCEL_GRACE_S = 1.0
+#: The deferred whole-file checks start this long after start-up (``spoold.verify``).
+CHECK_AFTER_START_DELAY_S = 2.0
 ACCEPT_CLOSE_FLOOR_S = 1.0
 
 _STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", tuple)
@@ -65,16 +71,19 @@ _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("spoold_session", aioht
 _UPSTREAM_SSL: web.AppKey[ssl.SSLContext] = web.AppKey("spoold_upstream_ssl", ssl.SSLContext)
 
 
-def _open_storage(config: SpooldConfig) -> Storage:
+def _open_storage(config: SpooldConfig, deferred: Deferred) -> Storage:
     return open_storage(
         Path(config.spool_dir),
         capacity_bytes=config.max_spool_bytes,
         min_free_disk_bytes=config.min_free_disk_bytes,
+        check_max_bytes=config.startup_check_max_bytes,
+        deferred=deferred,
     )
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    storage = await asyncio.to_thread(_open_storage, app[CONFIG])
+    deferred = Deferred()
+    storage = await asyncio.to_thread(_open_storage, app[CONFIG], deferred)
     app[_STORAGE] = storage
     try:
         app[_LEDGER] = Ledger(await asyncio.to_thread(reconcile, storage[0], storage[2]))
@@ -82,8 +91,28 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await asyncio.to_thread(_close_storage, storage)
         raise
+    checks = asyncio.create_task(_check_after_start(deferred, storage[0]), name="spoold-checks")
     yield
+    checks.cancel()
     await asyncio.to_thread(_close_storage, storage)
+
+
+async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
+    """The whole-file checks start-up left for later (``spoold.verify``), once the first
+    requests had the CPU to themselves for a moment."""
+    if not deferred:
+        return
+    await asyncio.sleep(CHECK_AFTER_START_DELAY_S)
+    # A thread of its own (it lowers its priority), not one of the pool the drainer uses.
+    executor = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="spoold-checks", initializer=lower_this_threads_priority
+    )
+    try:
+        await asyncio.get_running_loop().run_in_executor(executor, deferred.run, spool)
+    except Exception as exc:  # not damage (a locked file, a closed spool): reported only
+        log.warning("check_after_start_failed", error=repr(exc)[:300])
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _close_storage(storage: Storage) -> None:
@@ -169,8 +198,13 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)
+    # The pruner's own connection (synchronous=NORMAL: forgetting is redone after a crash),
+    # never the drainer's, whose settles must stay FULL whatever the pruner does.
+    prune_index = await asyncio.to_thread(
+        RunsIndex, Path(config.spool_dir) / INDEX_FILE, yields=True
+    )
     pruner = asyncio.create_task(
-        _prune(drain_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
+        _prune(prune_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
         name="spoold-prune",
     )
     log.info(
@@ -181,6 +215,8 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     pruner.cancel()
+    await asyncio.wait({pruner}, timeout=PRUNE_STOP_WAIT_S)
+    await asyncio.to_thread(prune_index.close)
     await _stop_drainer(drainer, task, _stop_deadline(app))
     stats = spool.stats()
     log.info(

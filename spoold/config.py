@@ -127,6 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
         "delivered run costs about 200 bytes.",
     ),
     Setting(
+        "SPOOLD_STARTUP_CHECK_MAX_MB",
+        "startup_check_max_mb",
+        "Whole-file checks at start-up (integrity of the runs index, a read of every queued "
+        "spool row) for files up to this size; larger files are checked just after start-up, "
+        "and damage found then makes spoold exit (status 70) and check the file before "
+        "serving at its next start.",
+    ),
+    Setting(
         "SPOOLD_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
     ),
     Setting(
@@ -179,6 +187,7 @@ class SpooldConfig(BaseModel):
     upstream_max_json_depth: int = Field(default=32, ge=4, le=512)
     index_retention_s: float = Field(default=7 * 86_400, ge=0)
     index_max_mb: int = Field(default=256, ge=1, le=1024**2)
+    startup_check_max_mb: float = Field(default=16, ge=0, le=1024**2)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
@@ -221,6 +230,10 @@ class SpooldConfig(BaseModel):
         never more than the admission budget, which is what the unit's MemoryMax is sized
         for - a server that takes larger batches must not make spoold decode more."""
         return min(self.upstream_max_body_bytes, self.max_inflight_bytes)
+
+    @property
+    def startup_check_max_bytes(self) -> int:
+        return int(self.startup_check_max_mb * 1024 * 1024)
 
     @property
     def max_spool_bytes(self) -> int:

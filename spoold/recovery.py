@@ -8,7 +8,10 @@ after a kill -9 at any point, at most one step is missing, and it is visible:
 - items above ``last_spooled_id`` are in the spool but not in the index: fold
   them in (they will be forwarded, so they count as accepted);
 - ``settling_ids`` still live in the spool were delivered (or dead-lettered)
-  and counted: ack them without sending them again.
+  and counted: ack them without sending them again. A settle goes in slices
+  (short transactions, see ``spoold.forward.drainer``); the mark says how many
+  of the items' operations were settled, and a settle cut short is finished
+  first (the rest of its operations counted, their runs' pending lowered).
 
 Each spool file has a random identity (``Spool.identity``) and the index
 records which one its marks are about. A spool file that was replaced (renamed
@@ -59,6 +62,7 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
     if replaced:
         _spool_replaced(spool, index)
     else:
+        _finish_settle(spool, index)
         discarded = spool.discard(index.settling_ids())
         if discarded:
             log.info("spool_delivered_items_acked", items=discarded)
@@ -82,6 +86,44 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
         duplicates=counters["duplicates"],
         quarantined=counters["quarantined"],
     )
+
+
+def _finish_settle(spool: Spool, index: RunsIndex) -> None:
+    """A crash cut a sliced settle short: settle the rest of its operations now.
+
+    The whole round was delivered (or dead-lettered) before its first slice, and its
+    items are acked only after its last, so they are all still in the spool: their
+    operations, in spool order, are the positions the mark counts.
+    """
+    mark = index.settling()
+    if mark.complete or mark.ops is None:
+        return
+    wanted = set(mark.ids)
+    ops: list[dict[str, Any]] = []
+    last = min(wanted) - 1
+    while wanted:  # bounded: each step moves past at least one live item, or stops
+        scanned_to, items = spool.items_after(last, max(1, len(wanted)))
+        if scanned_to == last:
+            break
+        for item in items:
+            if item.id in wanted:
+                wanted.discard(item.id)
+                ops += item.ops
+        last = scanned_to
+        if last >= max(mark.ids):
+            break
+    if len(ops) != mark.ops:  # cannot happen while the order above holds; never guess
+        log.error("settle_unfinished", expected=mark.ops, found=len(ops), items=mark.ids)
+        return
+    dead = set(mark.dead)
+    forwarded: dict[str, int] = {}
+    dead_lettered: dict[str, int] = {}
+    for position in range(mark.done, mark.ops):
+        into = dead_lettered if position in dead else forwarded
+        event_id = ops[position]["event_id"]
+        into[event_id] = into.get(event_id, 0) + 1
+    index.settle(forwarded, dead_lettered, mark.ids)
+    log.info("settle_finished", operations=mark.ops - mark.done, items=len(mark.ids))
 
 
 def _spool_replaced(spool: Spool, index: RunsIndex) -> None:

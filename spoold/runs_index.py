@@ -18,6 +18,11 @@ index still disagree with the spool (restored from a backup, say), start-up
 recomputes the pending state from the spool (``recount_pending``). A forgotten
 run costs a ``created`` instead of ``duplicate`` or a question to the server.
 
+Within this process, write transactions take the file's ``WriteGate``
+(``spoold.writegate``): the accept thread's go before the drainer's, which settles a
+round in short slices, each commit naming the round's items and how far it got
+(``Settling``), so start-up can finish a settle a crash cut short.
+
 Footprint: a run's full snapshot is needed only while some operation of it is
 queued here (read-your-writes) or dead-lettered (replay checks letters against
 it). When a settle leaves a run with nothing pending and no dead letter, its row
@@ -37,14 +42,19 @@ A damaged index file is set aside and a fresh one rebuilt from the spool
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+
+from spoold.writegate import WriteGate
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
 Synchronous = Literal["NORMAL", "FULL"]
@@ -79,6 +89,8 @@ _ADDED_COLUMNS = {
     "complete": "INTEGER NOT NULL DEFAULT 1",
     "letters": "INTEGER NOT NULL DEFAULT 0",
 }
+#: Runs ``prune`` deletes per write transaction.
+PRUNE_SLICE_ROWS = 256
 #: The WAL is truncated to this after a checkpoint (it would otherwise keep its peak size).
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 #: What a settled run keeps: its run_id when it has one, else nothing.
@@ -100,6 +112,56 @@ _SHRINK = (
 _SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
 
 
+_GATES: dict[str, WriteGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def write_gate(path: Path) -> WriteGate:
+    """The gate of the index file at ``path`` (one per file in this process)."""
+    key = os.path.realpath(path)
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, WriteGate())
+
+
+@dataclass(frozen=True)
+class Settling:
+    """The ``settling_ids`` mark: the spool items of the last settle and how far it got.
+
+    A round is settled in slices (short write transactions, so the accept path is
+    never kept waiting long); each slice's commit says how many of the items'
+    operations (in spool order) are settled so far and which of them were
+    dead-lettered. Start-up finishes a settle cut short by a crash
+    (``spoold.recovery``); ``ops`` is None for a settle done in one commit.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    ops: int | None = None
+    done: int = 0
+    dead: tuple[int, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.ops is None or self.done >= self.ops
+
+    def encoded(self) -> str:
+        if self.ops is None:
+            return orjson.dumps(sorted(self.ids)).decode()
+        mark = {"ids": sorted(self.ids), "ops": self.ops, "done": self.done, "dead": self.dead}
+        return orjson.dumps(mark).decode()
+
+    @classmethod
+    def decoded(cls, value: str | None) -> Settling:
+        mark = orjson.loads(value or "[]")
+        if isinstance(mark, list):  # settled in one commit (and every older spoold's mark)
+            return cls([int(i) for i in mark])
+        return cls(
+            [int(i) for i in mark["ids"]],
+            int(mark["ops"]),
+            int(mark["done"]),
+            tuple(int(p) for p in mark["dead"]),
+        )
+
+
 @dataclass(frozen=True)
 class KnownRun:
     event_id: str
@@ -115,10 +177,20 @@ class RunsIndex:
     """One connection per instance; the accept thread and reader use separate instances."""
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, synchronous: Synchronous = "NORMAL"
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        synchronous: Synchronous = "NORMAL",
+        yields: bool = False,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._synchronous = synchronous
+        #: Write transactions wait for the gate; ``yields``: behind the accept path's.
+        self.gate = write_gate(path)
+        self._yields = yields
+        self._holding = False
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA busy_timeout = 5000")
@@ -160,19 +232,37 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
-        self._conn.close()
+        self._conn.close()  # an open transaction is rolled back: let go of the gate too
+        if self._holding:
+            self._holding = False
+            self.gate.release()
 
     # ---- the accept thread ---------------------------------------------------------
 
     def begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self.gate.acquire(urgent=not self._yields)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.gate.release()
+            raise
+        self._holding = True
 
     def commit(self) -> None:
-        self._conn.execute("COMMIT")
+        self._conn.execute("COMMIT")  # a failed commit is rolled back by the caller
+        self._let_go()
 
     def rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        if self._holding and not self._conn.in_transaction:
+            self._holding = False
+            self.gate.release()
 
     def record(self, op: dict[str, Any], *, verified: bool) -> tuple[Outcome, str | None]:
         """Classify one operation and fold it into the run's snapshot (inside begin/commit).
@@ -264,7 +354,11 @@ class RunsIndex:
 
     def settling_ids(self) -> list[int]:
         """Spool items of the last settle: delivered, perhaps not yet acked in the spool."""
-        return [int(i) for i in orjson.loads(self._mark(SETTLING) or "[]")]
+        return self.settling().ids
+
+    def settling(self) -> Settling:
+        """The last settle's mark: its spool items, and how far a sliced one got."""
+        return Settling.decoded(self._mark(SETTLING))
 
     def spool_id(self) -> str | None:
         """The identity of the spool file the marks are about (None: not recorded yet)."""
@@ -374,6 +468,32 @@ class RunsIndex:
         so that a crash before the spool ack does not count them twice. A run left with
         nothing pending and no dead letter shrinks (module docstring) in the same commit.
         """
+        self.settle_slice(forwarded, dead_lettered, Settling(sorted(item_ids)))
+
+    def settle_slice(
+        self,
+        forwarded: dict[str, int],
+        dead_lettered: dict[str, int],
+        mark: Settling,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Settle a slice of a round, in one commit that also writes ``mark`` (the round's
+        items and the operations settled so far, this slice included).
+
+        ``durable=False`` commits without an fsync (synchronous=NORMAL): for the slices
+        before a round's last, whose FULL commit fsyncs the WAL with them. A power loss
+        can only drop a tail of slices with their marks; the spool ack follows the last.
+        """
+        if durable:
+            self._settle(forwarded, dead_lettered, mark)
+            return
+        with self._not_fsyncing():
+            self._settle(forwarded, dead_lettered, mark)
+
+    def _settle(
+        self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling
+    ) -> None:
         self.begin()
         try:
             for counts in (forwarded, dead_lettered):
@@ -390,7 +510,7 @@ class RunsIndex:
             )
             self.add_counter("forwarded", sum(forwarded.values()))
             self.add_counter("dead_lettered", sum(dead_lettered.values()))
-            self._set_mark(SETTLING, orjson.dumps(sorted(item_ids)).decode())
+            self._set_mark(SETTLING, mark.encoded())
             self.commit()
         except BaseException:
             self.rollback()
@@ -399,14 +519,13 @@ class RunsIndex:
     def prune(self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = 10_000) -> int:
         """Forget settled runs not touched for keep_s seconds, then, while the index holds
         more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
-        operations pending is never forgotten: the bound is over settled runs)."""
+        operations pending is never forgotten: the bound is over settled runs).
+
+        Its commits are not fsync'd: give it a connection no other thread settles on."""
         cutoff = time.time() - keep_s
-        cursor = self._conn.execute(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-            " WHERE pending = 0 AND touched_at < ? LIMIT ?)",
-            (cutoff, max_rows),
+        removed = self._delete_settled(
+            "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
         )
-        removed = int(cursor.rowcount)
         if max_bytes is not None:
             removed += self._prune_to(max_bytes, max_rows=max_rows * 10)
         return removed
@@ -423,15 +542,49 @@ class RunsIndex:
                 break
             excess = used - int(max_bytes * 0.9)
             count = min(max_rows - removed, max(100, -(-excess * rows // used)))
-            cursor = self._conn.execute(
-                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-                " WHERE pending = 0 ORDER BY touched_at LIMIT ?)",
-                (count,),
+            deleted = self._delete_settled(
+                "WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count
             )
-            if cursor.rowcount <= 0:  # only pending runs left: the backlog, not bounded here
+            if deleted <= 0:  # only pending runs left: the backlog, not bounded here
                 break
-            removed += int(cursor.rowcount)
+            removed += deleted
         return removed
+
+    def _delete_settled(self, where: str, params: tuple[Any, ...], count: int) -> int:
+        """Delete up to ``count`` runs chosen by ``where`` (ending in ``LIMIT ?``), in short
+        write transactions of at most ``PRUNE_SLICE_ROWS``: the accept path never waits
+        behind a long delete."""
+        removed = 0
+        with self._not_fsyncing():  # forgetting is redone after a crash: no fsync each time
+            while removed < count:
+                limit = min(PRUNE_SLICE_ROWS, count - removed)
+                self.begin()
+                try:
+                    cursor = self._conn.execute(
+                        f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs {where})",
+                        (*params, limit),
+                    )
+                    self.commit()
+                except BaseException:
+                    self.rollback()
+                    raise
+                removed += max(0, int(cursor.rowcount))
+                if cursor.rowcount < limit:
+                    break
+        return removed
+
+    @contextlib.contextmanager
+    def _not_fsyncing(self) -> Iterator[None]:
+        """Commit with synchronous=NORMAL meanwhile (a FULL connection's next FULL commit
+        fsyncs the WAL with these)."""
+        if self._synchronous != "FULL":
+            yield
+            return
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
 
     def used_bytes(self) -> int:
         """Bytes of the pages in use (the file's free pages are reused before it grows)."""

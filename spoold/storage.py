@@ -4,7 +4,8 @@ Three SQLite files live in the spool directory. Each is checked when opened; a
 damaged one (an error with a corruption code, or an integrity check that is not
 "ok") is renamed aside with its -wal/-shm to ``<name>.corrupt-<UTC stamp>``,
 kept for inspection, logged (``spool_corrupt_renamed``, ``dead_letter_store_corrupt``,
-``runs_index_corrupt``) and counted:
+``runs_index_corrupt``) and counted (the whole-file checks of a large spool or
+index run after start-up instead, see ``spoold.verify``):
 
 * ``spool.db`` - the queue (``spoold.spool.store``): a fresh spool; the
   operations the old one held are counted lost at start-up (``spoold.recovery``);
@@ -36,6 +37,8 @@ import structlog
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
 from spoold.spool.integrity import SetAside, check_file, open_or_set_aside
+from spoold.spool.layout import DB_FILE
+from spoold.verify import Deferred, check_now, clear_request
 
 log = structlog.get_logger("spoold.storage")
 
@@ -71,21 +74,45 @@ class StorageRecoveries:
         }
 
 
-def open_storage(spool_dir: Path, *, capacity_bytes: int, min_free_disk_bytes: int) -> Storage:
+def open_storage(
+    spool_dir: Path,
+    *,
+    capacity_bytes: int,
+    min_free_disk_bytes: int,
+    check_max_bytes: int | None = None,
+    deferred: Deferred | None = None,
+) -> Storage:
     """The spool, the dead-letter store and three runs-index connections (accept, drain
-    with synchronous=FULL, read), each damaged file set aside and counted."""
-    spool = Spool(spool_dir, capacity_bytes=capacity_bytes, min_free_disk_bytes=min_free_disk_bytes)
+    with synchronous=FULL, read), each damaged file set aside and counted.
+
+    With ``check_max_bytes``, the whole-file checks of a spool or runs index larger
+    than that are not made here but recorded in ``deferred``, to run after start-up
+    (``spoold.verify``); without it, every file is checked now."""
+    spool_path, index_path = spool_dir / DB_FILE, spool_dir / INDEX_FILE
+    check_spool = check_now(spool_path, check_max_bytes)
+    check_index = check_now(index_path, check_max_bytes)
+    spool = Spool(
+        spool_dir,
+        capacity_bytes=capacity_bytes,
+        min_free_disk_bytes=min_free_disk_bytes,
+        check_rows=check_spool,
+    )
+    clear_request(spool_path)  # checked (or set aside) now
     opened: list[RunsIndex | DeadLetterStore] = []
     try:
         dead_letters, letters_aside = open_dead_letters(spool_dir / DEAD_LETTER_FILE)
         opened.append(dead_letters)
-        index, index_aside = open_index(spool_dir / INDEX_FILE)
+        index, index_aside = open_index(index_path, check=check_index)
+        clear_request(index_path)
         opened.append(index)
+        if deferred is not None:
+            deferred.spool = None if check_spool else spool_path
+            deferred.index = None if check_index else index_path
         if index_aside is not None:
             index.count_now("index_rebuilds", len(set_aside_files(spool_dir / INDEX_FILE)))
         if letters_aside is not None:
             index.count_now("dead_letter_store_resets", 1)
-        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL")
+        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL", yields=True)
         opened.append(drain_index)
         return spool, dead_letters, index, drain_index, RunsIndex(spool_dir / INDEX_FILE)
     except BaseException:
@@ -95,10 +122,11 @@ def open_storage(spool_dir: Path, *, capacity_bytes: int, min_free_disk_bytes: i
         raise
 
 
-def open_index(path: Path) -> tuple[RunsIndex, SetAside | None]:
-    """The runs index, checked; a damaged one is set aside (the fresh one is rebuilt from
-    the spool by ``recovery.reconcile``, which folds in every item it has not recorded)."""
-    index, aside = open_or_set_aside(path, _checked_index)
+def open_index(path: Path, *, check: bool = True) -> tuple[RunsIndex, SetAside | None]:
+    """The runs index, checked (``check=False``: only what opening it reads); a damaged
+    one is set aside (the fresh one is rebuilt from the spool by ``recovery.reconcile``,
+    which folds in every item it has not recorded)."""
+    index, aside = open_or_set_aside(path, _checked_index if check else RunsIndex)
     if aside is not None:
         log.error(
             "runs_index_corrupt",

@@ -8,9 +8,13 @@ operations) and sends one batch at a time - so updates reach the server in the
 order they were accepted.
 
 Groups are acknowledged only after the server answered 2xx for every snapshot
-in them, in two commits: the runs index settles them first (counters, per-run
+in them, in two steps: the runs index settles them first (counters, per-run
 pending, and the groups' ids), then the spool acks them - in the background,
-while the next batch is with the server. A crash between the two is repaired
+while the next batch is with the server. While agents are writing, the settle
+goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
+fsync'd), and the index's write gate and the spool's put-first lock
+(``spoold.writegate``) let a waiting accept commit go between any two of the
+drainer's writes: the agent does not wait for the drain. A crash between the two is repaired
 at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
@@ -41,7 +45,7 @@ import structlog
 
 from spoold.ledger import Ledger
 from spoold.operations import Snapshot, coalesce, encode_batch, pack
-from spoold.runs_index import RunsIndex
+from spoold.runs_index import RunsIndex, Settling
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
 from spoold.upstream.client import BatchAnswer, UpstreamClient
 from spoold.upstream.retry import Backoff, next_wait
@@ -51,6 +55,11 @@ log = structlog.get_logger("spoold.drainer")
 
 IDLE_POLL_S = 0.05
 PROBE_EVERY_S = 5.0
+#: Operations per settle transaction while the accept path is writing (each is a few ms
+#: of the index's write lock; without accepts, a round settles in one transaction).
+SETTLE_SLICE_OPS = 32
+#: "Writing": an accept commit within this many seconds.
+ACCEPT_BUSY_S = 1.0
 
 
 class Stopped(Exception):
@@ -96,14 +105,6 @@ class RoundOps(Sequence[dict[str, Any]]):
         op: dict[str, Any] = orjson.loads(self._encoded[position])
         return op
 
-    def counts(self, positions: Iterable[int]) -> dict[str, int]:
-        """Operations per event_id among ``positions``."""
-        counts: dict[str, int] = {}
-        for position in positions:
-            event_id = self.event_ids[position]
-            counts[event_id] = counts.get(event_id, 0) + 1
-        return counts
-
 
 @dataclass(frozen=True)
 class Planned:
@@ -148,17 +149,37 @@ class _Prepared:
 
 @dataclass
 class _Delivered:
-    """A round the server has answered: to settle in the index, then ack in the spool."""
+    """A round the server has answered: to settle in the index (in slices), then ack in
+    the spool."""
 
     groups: list[SpoolGroup]
-    forwarded: dict[str, int]  # operations per event_id
-    dead: dict[str, int]
+    event_ids: list[str]  # by position in the round (spool order)
+    dead: frozenset[int]  # positions dead-lettered; every other one was forwarded
     started: float
-    settled: bool = False
+    done: int = 0  # positions settled so far
 
     @property
     def operations(self) -> int:
-        return sum(self.forwarded.values()) + sum(self.dead.values())
+        return len(self.event_ids)
+
+    @property
+    def settled(self) -> bool:
+        return self.done >= len(self.event_ids)
+
+    def mark(self, done: int) -> Settling:
+        return Settling(
+            [group.id for group in self.groups], self.operations, done, tuple(sorted(self.dead))
+        )
+
+    def counts(self, start: int, end: int) -> tuple[dict[str, int], dict[str, int]]:
+        """(forwarded, dead-lettered) operations per event_id among positions [start, end)."""
+        forwarded: dict[str, int] = {}
+        dead: dict[str, int] = {}
+        for position in range(start, end):
+            into = dead if position in self.dead else forwarded
+            event_id = self.event_ids[position]
+            into[event_id] = into.get(event_id, 0) + 1
+        return forwarded, dead
 
 
 class Drainer:
@@ -322,18 +343,26 @@ class Drainer:
     def _record(self, delivered: _Delivered) -> None:
         """Settle a delivered round in the index, then ack it in the spool (in a thread).
 
-        Each step runs once: if the ack fails, a retry only acks (the operations
-        were delivered and counted, they are never sent again).
+        The settle goes in slices, each a short write transaction (the index's write
+        gate lets a waiting accept commit in between), each naming the round's items
+        and how far it got; only the last is fsync'd, and the spool ack follows it.
+        While the accept path is writing, slices are ``SETTLE_SLICE_OPS`` operations;
+        otherwise the rest of the round goes at once. Each step runs once: if a slice or
+        the ack fails, a retry goes on from there (the operations were delivered and
+        counted, they are never sent again).
         """
-        if not delivered.settled:
-            self._index.settle(
-                delivered.forwarded, delivered.dead, [group.id for group in delivered.groups]
-            )
-            delivered.settled = True
-            forwarded = sum(delivered.forwarded.values())
-            self._ledger.settled(forwarded, sum(delivered.dead.values()))
-            self.stats.operations_forwarded += forwarded
-            if self._on_forward is not None:
+        while not delivered.settled:
+            end = len(delivered.event_ids)
+            if self._index.gate.urgent_within(ACCEPT_BUSY_S):
+                end = min(end, delivered.done + SETTLE_SLICE_OPS)
+            forwarded, dead = delivered.counts(delivered.done, end)
+            last = end >= len(delivered.event_ids)
+            self._index.settle_slice(forwarded, dead, delivered.mark(end), durable=last)
+            delivered.done = end
+            forwarded_ops, dead_ops = sum(forwarded.values()), sum(dead.values())
+            self._ledger.settled(forwarded_ops, dead_ops)
+            self.stats.operations_forwarded += forwarded_ops
+            if last and self._on_forward is not None:
                 self._on_forward(delivered.operations, time.perf_counter() - delivered.started)
         self._spool.ack(delivered.groups)
         self._delivered = None
@@ -408,8 +437,7 @@ class Drainer:
             log.warning("operations_dead_lettered", operations=len(refused), runs=runs)
         self.stats.last_batch_size = len(ops)
         self.stats.last_forward_s = time.perf_counter() - started
-        forwarded = ops.counts(p for p in range(len(ops)) if p not in refused)
-        return _Delivered(groups, forwarded, ops.counts(refused), started)
+        return _Delivered(groups, list(ops.event_ids), frozenset(refused), started)
 
     async def _deliver(self, batches: list[Chunk], ops: RoundOps) -> Refusals:
         """Send until the server has every operation; return the refused ones by position.

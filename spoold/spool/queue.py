@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from persistqueue.exceptions import Empty
 
-from spoold.spool import layout, store
+from spoold.spool import layout, store, totals
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import RawGroup, SpoolGroup, encode_group, encode_op
 from spoold.spool.errors import (
@@ -35,6 +35,7 @@ from spoold.spool.errors import (
 )
 from spoold.spool.reserve import DiskReserve
 from spoold.spool.stats import DiskFree, RateMeter, SpoolStats, age_s, retry_after_s
+from spoold.writegate import PutFirstLock
 
 log = structlog.get_logger("spoold.spool")
 
@@ -69,6 +70,7 @@ class Spool:
         vacuum_max_live_bytes: int = 4 * MiB,
         busy_timeout_s: float = 10.0,
         reserve_bytes: int = 16 * MiB,
+        check_rows: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -103,12 +105,15 @@ class Spool:
         #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
         self.identity = ""
         self._reserve = DiskReserve(self.directory, reserve_bytes)
+        self._put_lock = PutFirstLock()
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
-                self.directory, busy_timeout_s
+                self.directory, busy_timeout_s, check_rows=check_rows
             )
+            totals.install(self._side)
+            self._queue.tran_lock = self._put_lock  # puts first (``spoold.writegate``)
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
             )
@@ -140,7 +145,8 @@ class Spool:
         enqueued_at = time.time()
         data = encode_group(encoded_ops, enqueued_at)
         try:
-            item_id = int(self._queue.put(data))
+            with self._put_lock.urgent():
+                item_id = int(self._queue.put(data))
         except (sqlite3.Error, OSError) as exc:
             raise translate_write_error(exc, retry_after_s(len(data), self._drain.rate())) from exc
         with self._counts_lock:
@@ -362,8 +368,27 @@ class Spool:
                 self._recount()
         return len(live)
 
+    def verify_totals(self) -> tuple[int, int, int] | None:
+        """Count every live row (a full read: surfaces a damaged page) and correct the
+        kept totals if they differ; the difference, or None. For after start-up."""
+        with self._io_lock:
+            _check_open(self._closed)
+            db_path = self._db_path
+        side = store.connect_side(db_path, 10.0)  # its own connection: the reader goes on
+        try:
+            delta = totals.verify(side)
+        finally:
+            side.close()
+        if delta is not None:
+            log.error("spool_totals_corrected", groups=delta[0], bytes=delta[1], ops=delta[2])
+            with self._counts_lock:  # moved by the difference: puts meanwhile are counted
+                self._depth_groups += delta[0]
+                self._bytes += delta[1]
+                self._depth_ops += delta[2]
+        return delta
+
     def _recount(self) -> None:
-        groups, nbytes, ops = store.count_live(self._side)
+        groups, nbytes, ops = totals.read(self._side)
         oldest = store.oldest_enqueued_at(self._side)
         with self._counts_lock:
             self._depth_groups, self._bytes, self._depth_ops = groups, nbytes, ops

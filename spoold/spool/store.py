@@ -84,15 +84,16 @@ class DurableAckQueue(SQLiteAckQueue):
 
 
 def open_queue(
-    directory: Path, busy_timeout_s: float
+    directory: Path, busy_timeout_s: float, *, check_rows: bool = True
 ) -> tuple[Any, sqlite3.Connection, Path | None]:
     """Open the queue and its side connection; rename a corrupt file aside once.
 
-    The third value is where the corrupt file went, or None.
+    The third value is where the corrupt file went, or None. ``check_rows=False``
+    leaves reading every live row to a check after start-up (``spoold.verify``).
     """
     db_path = directory / layout.DB_FILE
     try:
-        return (*_open_once(directory, busy_timeout_s), None)
+        return (*_open_once(directory, busy_timeout_s, check_rows), None)
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
@@ -102,10 +103,12 @@ def open_queue(
     log.warning(
         "spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error, code=code
     )
-    return (*_open_once(directory, busy_timeout_s), moved)
+    return (*_open_once(directory, busy_timeout_s, True), moved)
 
 
-def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
+def _open_once(
+    directory: Path, busy_timeout_s: float, check_rows: bool
+) -> tuple[Any, sqlite3.Connection]:
     queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
@@ -119,7 +122,8 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
     side: sqlite3.Connection | None = None
     try:
         side = connect_side(directory / layout.DB_FILE, busy_timeout_s)
-        side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
+        if check_rows:
+            side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
         _probe_put(side)
     except BaseException:
         if side is not None:

@@ -1,0 +1,119 @@
+"""The spool's live totals (groups, bytes, operations), kept current by SQLite triggers.
+
+Opening a spool used to count its live rows with one aggregate over the queue
+table, which reads every row (a 1,000,000-operation backlog is ~800 MB): start-up
+grew with the backlog. Triggers on persist-queue's table keep the totals in a
+one-row table instead, in the same transaction as each put, ack, nack or delete
+(so a crash can never leave them apart), and opening reads that row.
+
+A spool file from before the triggers gets them at its first open, with the
+totals counted once in the same transaction. The totals are checked against a
+full count in the background after start-up (``spoold.verify``), which corrects
+them should they ever differ.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from persistqueue.sqlackqueue import AckStatus
+
+from spoold.spool.codec import SQL_OPS_COUNT
+
+TABLE = "spoold_live_totals"
+_QUEUE = '"ack_queue_spool"'  # persist-queue names its table ack_queue_<name>
+_ACKED = int(AckStatus.acked)
+
+
+def _ops(row: str) -> str:
+    return SQL_OPS_COUNT.replace("substr(data", f"substr({row}.data")
+
+
+def _change(sign: str, row: str) -> str:
+    return (
+        f"UPDATE {TABLE} SET groups = groups {sign} 1,"
+        f" bytes = bytes {sign} length({row}.data), ops = ops {sign} {_ops(row)} WHERE id = 1;"
+    )
+
+
+_TRIGGERS = (
+    f"CREATE TRIGGER IF NOT EXISTS spoold_totals_put AFTER INSERT ON {_QUEUE}"
+    f" WHEN NEW.status < {_ACKED} BEGIN {_change('+', 'NEW')} END",
+    f"CREATE TRIGGER IF NOT EXISTS spoold_totals_delete AFTER DELETE ON {_QUEUE}"
+    f" WHEN OLD.status < {_ACKED} BEGIN {_change('-', 'OLD')} END",
+    f"CREATE TRIGGER IF NOT EXISTS spoold_totals_leave AFTER UPDATE OF status ON {_QUEUE}"
+    f" WHEN OLD.status < {_ACKED} AND NEW.status >= {_ACKED} BEGIN {_change('-', 'OLD')} END",
+    f"CREATE TRIGGER IF NOT EXISTS spoold_totals_return AFTER UPDATE OF status ON {_QUEUE}"
+    f" WHEN OLD.status >= {_ACKED} AND NEW.status < {_ACKED} BEGIN {_change('+', 'NEW')} END",
+)
+_COUNT_SQL = (
+    f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0), COALESCE(SUM({SQL_OPS_COUNT}), 0)"
+    f" FROM {_QUEUE} WHERE status < {_ACKED}"
+)
+
+
+def install(side: sqlite3.Connection) -> bool:
+    """Make sure the totals and their triggers exist (one commit); True if they were new
+    (the totals were then counted from the rows, once)."""
+    side.execute("BEGIN IMMEDIATE")
+    try:
+        exists = side.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+        ).fetchone()
+        if not exists:
+            side.execute(
+                f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                " groups INTEGER NOT NULL, bytes INTEGER NOT NULL, ops INTEGER NOT NULL)"
+            )
+            side.execute(
+                f"INSERT INTO {TABLE} (id, groups, bytes, ops) SELECT 1, * FROM ({_COUNT_SQL})"
+            )
+        for statement in _TRIGGERS:
+            side.execute(statement)
+        side.execute("COMMIT")
+    except BaseException:
+        side.execute("ROLLBACK")
+        raise
+    return not exists
+
+
+def read(side: sqlite3.Connection) -> tuple[int, int, int]:
+    """(groups, serialised bytes, operations) not yet acked, in flight included."""
+    groups, nbytes, ops = side.execute(f"SELECT groups, bytes, ops FROM {TABLE}").fetchone()
+    return int(groups), int(nbytes), int(ops)
+
+
+def count(side: sqlite3.Connection) -> tuple[int, int, int]:
+    """The same, counted from every live row (reads them all: a check, not for start-up)."""
+    groups, nbytes, ops = side.execute(_COUNT_SQL).fetchone()
+    return int(groups), int(nbytes), int(ops)
+
+
+def verify(side: sqlite3.Connection) -> tuple[int, int, int] | None:
+    """Count every live row and compare with the totals, in one read snapshot; if they
+    differ, correct the totals by the difference (puts and acks may have moved them
+    since). Returns the difference (counted - kept), or None if there was none.
+
+    Reading every row is also what surfaces a damaged page (``spoold.verify``).
+    """
+    side.execute("BEGIN")  # one snapshot for both reads (WAL: writers go on meanwhile)
+    try:
+        counted = count(side)
+        kept = read(side)
+    finally:
+        side.execute("COMMIT")
+    if counted == kept:
+        return None
+    delta = (counted[0] - kept[0], counted[1] - kept[1], counted[2] - kept[2])
+    side.execute("BEGIN IMMEDIATE")
+    try:
+        side.execute(
+            f"UPDATE {TABLE} SET groups = groups + ?, bytes = bytes + ?, ops = ops + ?"
+            " WHERE id = 1",
+            delta,
+        )
+        side.execute("COMMIT")
+    except BaseException:
+        side.execute("ROLLBACK")
+        raise
+    return delta

@@ -1,0 +1,98 @@
+"""Write access to spoold's SQLite files shared by the accept path and the drainer,
+with the accept path first (an agent waits on it; the drain may slow down).
+
+``WriteGate`` orders the write transactions on the runs index (``spoold.runs_index``);
+``PutFirstLock`` replaces persist-queue's transaction lock on the spool, so that a
+put waiting for it goes before the drainer's next mark, ack or clear. Without them
+the drainer, releasing a lock and taking it again at once for its next group or
+slice, could keep the accept thread waiting for as long as it had work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+
+class WriteGate:
+    """One write transaction at a time on a file, within this process; the accept path
+    first.
+
+    SQLite's own lock makes a writer that finds the file busy sleep and poll
+    (1, 2, 5, 10, 20... ms): the accept path, waiting behind a drain settle, would
+    miss the moment it ends and sleep on while the drainer took the lock again.
+    Here a waiter is woken the moment the holder commits, and a *yielding* writer
+    (the drainer) does not start while an urgent one (the accept path) waits. SQLite's
+    lock still guards against other processes (the operator command).
+    """
+
+    def __init__(self, timeout_s: float | None = 5.0) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+        self._timeout_s = timeout_s
+        #: monotonic time of the last urgent acquire (0: never).
+        self.last_urgent = 0.0
+
+    def acquire(self, *, urgent: bool) -> None:
+        deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._held or (not urgent and self._urgent_waiting):
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:  # what SQLite's busy timeout would say
+                        raise sqlite3.OperationalError("database is locked (write gate)")
+                    self._cond.wait(left)
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+            self._held = True
+            if urgent:
+                self.last_urgent = time.monotonic()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def urgent_within(self, seconds: float) -> bool:
+        """Whether the accept path wrote in the last ``seconds``."""
+        return time.monotonic() - self.last_urgent < seconds
+
+
+class PutFirstLock:
+    """A drop-in for persist-queue's ``tran_lock`` (it only uses ``with``): writes made
+    inside ``urgent()`` (the spool's puts) go before the others that wait."""
+
+    def __init__(self) -> None:
+        self.gate = WriteGate(timeout_s=None)  # persist-queue's own lock never times out
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        self._local.urgent = True
+        try:
+            yield
+        finally:
+            self._local.urgent = False
+
+    def __enter__(self) -> PutFirstLock:
+        self.gate.acquire(urgent=bool(getattr(self._local, "urgent", False)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.gate.release()

@@ -1,0 +1,349 @@
+"""The drainer's settle in short slices, so the accept path never waits long behind it.
+
+A round is settled in several index commits while accepts arrive; the index's write
+gate lets a waiting accept transaction in between them, before the drainer's next
+slice; each slice's mark says how far the settle got, and start-up finishes a settle a
+crash cut short (counted once, never sent again). The prune deletes in slices too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spool_helpers import SpoolFactory, accept
+
+from spoold import runs_index
+from spoold.forward import drainer as drainer_module
+from spoold.forward.drainer import Drainer, _Delivered
+from spoold.ledger import Counts, Ledger
+from spoold.recovery import reconcile
+from spoold.runs_index import RunsIndex, Settling
+from spoold.upstream.retry import Backoff
+
+
+def create(name: str) -> dict[str, Any]:
+    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
+
+
+def update(name: str, **changes: Any) -> dict[str, Any]:
+    return {"kind": "update", "event_id": name, "body": changes}
+
+
+@pytest.fixture
+def index_path(tmp_path: Path) -> Path:
+    return tmp_path / "index.sqlite"
+
+
+@pytest.fixture
+def indexes(index_path: Path) -> Iterator[list[RunsIndex]]:
+    opened: list[RunsIndex] = []
+    yield opened
+    for index in opened:
+        index.close()
+
+
+def open_index(opened: list[RunsIndex], path: Path, **kwargs: Any) -> RunsIndex:
+    index = RunsIndex(path, **kwargs)
+    opened.append(index)
+    return index
+
+
+def test_a_waiting_accept_transaction_goes_before_the_drainers_next_slice(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """While a drain slice holds the index, an accept transaction and the next drain
+    slice both wait; the accept one gets the index first, at once when the slice ends."""
+    drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    drain_next = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    acceptor = open_index(indexes, index_path)
+    order: list[str] = []
+    got_at: dict[str, float] = {}
+
+    def write(index: RunsIndex, name: str) -> None:
+        index.begin()
+        got_at[name] = time.monotonic()
+        order.append(name)
+        index.add_counter("accepted", 1)
+        index.commit()
+
+    drain.begin()
+    accept_thread = threading.Thread(target=write, args=(acceptor, "accept"))
+    accept_thread.start()
+    for _ in range(500):  # bounded: until the accept transaction waits at the gate
+        if drain.gate._urgent_waiting:
+            break
+        time.sleep(0.002)
+    drain_thread = threading.Thread(target=write, args=(drain_next, "drain"))
+    drain_thread.start()
+    time.sleep(0.05)
+    assert order == []  # both wait while the slice holds the index
+    released = time.monotonic()
+    drain.commit()
+    accept_thread.join(5)
+    drain_thread.join(5)
+
+    assert order == ["accept", "drain"]
+    assert got_at["accept"] - released < 0.5  # woken by the commit, not a polling sleep
+    assert acceptor.counters()["accepted"] == 2
+
+
+def test_a_write_that_never_ends_times_out_at_the_gate(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """A writer stuck in its transaction makes the others fail like a busy SQLite file,
+    not hang forever."""
+    holder = open_index(indexes, index_path)
+    other = open_index(indexes, index_path, yields=True)
+    other.gate._timeout_s = 0.2
+    holder.begin()
+    try:
+        with pytest.raises(runs_index.sqlite3.OperationalError, match="locked"):
+            other.begin()
+    finally:
+        holder.rollback()
+    other.begin()  # free again once the holder let go
+    other.rollback()
+
+
+def test_a_failed_begin_or_rollback_lets_go_of_the_gate(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    index = open_index(indexes, index_path)
+    index.begin()
+    index.rollback()
+    index.rollback()  # a second rollback releases nothing twice
+    index.begin()
+    index.commit()
+    assert not index.gate._held
+
+
+async def test_a_settle_cut_short_between_slices_is_finished_at_start_up(
+    make_spool: SpoolFactory, index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """kill -9 after the first slices of a settle (no spool ack): start-up settles the
+    rest - forwarded and dead-lettered as delivered - and acks the items without
+    sending them again; the counters add up and the runs are settled once."""
+    spool, index = make_spool(), open_index(indexes, index_path)
+    await accept(spool, index, create("a"), create("b"))
+    await accept(spool, index, update("a", status="done"), create("c"), create("d"))
+    groups = spool.get_groups(100)
+    ops = [op for group in groups for op in group.ops]
+    assert [op["event_id"] for op in ops] == ["a", "b", "a", "c", "d"]
+    drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    mark = Settling([g.id for g in groups], ops=5, done=2, dead=(3,))  # "c" dead-lettered
+    drain.settle_slice({"a": 1, "b": 1}, {}, mark, durable=False)
+    spool.close()  # the crash: no further slice, no ack
+    for opened in indexes:
+        opened.close()
+    indexes.clear()
+
+    spool, index = make_spool(), open_index(indexes, index_path)
+    counts = reconcile(spool, index)
+
+    assert counts == Counts(accepted=5, forwarded=4, queued=0, dead_lettered=1)
+    assert counts.adds_up
+    assert index.settling().complete
+    assert spool.stats().depth_ops == 0
+    assert spool.get_groups(100) == []  # nothing is sent again
+    for name in "abcd":
+        run = index.get(name)
+        assert run is not None
+        assert run.pending == 0
+    assert reconcile(spool, index) == counts  # finished once, not at every start
+
+
+async def test_a_settle_mark_from_one_commit_still_reads(
+    make_spool: SpoolFactory, index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """The one-commit mark (a plain list, what older spoolds wrote) is a complete settle."""
+    index = open_index(indexes, index_path)
+    index.settle({}, {}, [3, 1])
+    assert index.settling() == Settling([1, 3])
+    assert index.settling().complete
+    assert index.settling_ids() == [1, 3]
+
+
+async def test_the_drainer_settles_in_slices_while_accepts_arrive(
+    make_spool: SpoolFactory,
+    index_path: Path,
+    indexes: list[RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the accept path writing, a round settles SETTLE_SLICE_OPS at a time, in order;
+    only the last slice is fsync'd, and the spool ack comes after it."""
+    spool, index = make_spool(), open_index(indexes, index_path)
+    await accept(spool, index, *(create(f"r{i}") for i in range(7)))
+    groups = spool.get_groups(100)
+    event_ids = [op["event_id"] for group in groups for op in group.ops]
+    drain_index = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    ledger = Ledger(Counts(accepted=7, queued=7))
+    drainer = Drainer(
+        spool,
+        None,  # type: ignore[arg-type]  # no dead letters, no upstream in this test
+        drain_index,
+        ledger,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        batch_size=100,
+        batch_max_bytes=1 << 20,
+        backoff=Backoff(base_s=1.0, cap_s=1.0),
+    )
+    monkeypatch.setattr(drainer_module, "SETTLE_SLICE_OPS", 3)
+    drain_index.gate.last_urgent = time.monotonic() + 60  # the accept path is busy
+    steps: list[tuple[str, int, bool]] = []
+    settle_slice, ack = drain_index.settle_slice, spool.ack
+
+    def recording_slice(
+        forwarded: dict[str, int], dead: dict[str, int], mark: Settling, *, durable: bool
+    ) -> None:
+        assert spool.stats().depth_ops == 7  # nothing acked before the settle is complete
+        steps.append(("slice", mark.done, durable))
+        settle_slice(forwarded, dead, mark, durable=durable)
+
+    def recording_ack(acked: Any) -> None:
+        steps.append(("ack", 0, True))
+        ack(acked)
+
+    monkeypatch.setattr(drain_index, "settle_slice", recording_slice)
+    monkeypatch.setattr(spool, "ack", recording_ack)
+
+    drainer._record(_Delivered(groups, event_ids, frozenset({4}), time.perf_counter()))
+
+    assert steps == [
+        ("slice", 3, False),
+        ("slice", 6, False),
+        ("slice", 7, True),
+        ("ack", 0, True),
+    ]
+    assert ledger.snapshot() == Counts(accepted=7, forwarded=6, dead_lettered=1, queued=0)
+    counters = drain_index.counters()
+    assert (counters["forwarded"], counters["dead_lettered"]) == (6, 1)
+    assert drain_index.settling().complete
+    assert spool.stats().depth_ops == 0
+    assert drainer.stats.operations_forwarded == 6
+
+
+async def test_without_accepts_a_round_settles_in_one_commit(
+    make_spool: SpoolFactory,
+    index_path: Path,
+    indexes: list[RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spool, index = make_spool(), open_index(indexes, index_path)
+    await accept(spool, index, *(create(f"r{i}") for i in range(7)))
+    groups = spool.get_groups(100)
+    event_ids = [op["event_id"] for group in groups for op in group.ops]
+    drain_index = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    drainer = Drainer(
+        spool,
+        None,  # type: ignore[arg-type]
+        drain_index,
+        Ledger(Counts(accepted=7, queued=7)),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        batch_size=100,
+        batch_max_bytes=1 << 20,
+        backoff=Backoff(base_s=1.0, cap_s=1.0),
+    )
+    monkeypatch.setattr(drainer_module, "SETTLE_SLICE_OPS", 3)
+    drain_index.gate.last_urgent = 0.0  # no accept for a long time
+    marks: list[Settling] = []
+    settle_slice = drain_index.settle_slice
+
+    def recording_slice(
+        forwarded: dict[str, int], dead: dict[str, int], mark: Settling, *, durable: bool
+    ) -> None:
+        marks.append(mark)
+        settle_slice(forwarded, dead, mark, durable=durable)
+
+    monkeypatch.setattr(drain_index, "settle_slice", recording_slice)
+    drainer._record(_Delivered(groups, event_ids, frozenset(), time.perf_counter()))
+    assert [m.done for m in marks] == [7]
+    assert drain_index.counters()["forwarded"] == 7
+
+
+def test_prune_deletes_in_short_transactions(
+    index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each prune transaction deletes at most PRUNE_SLICE_ROWS runs, without an fsync
+    each (forgetting is redone after a crash); runs still pending are never forgotten."""
+    monkeypatch.setattr(runs_index, "PRUNE_SLICE_ROWS", 4)
+    index = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    index.begin()
+    for i in range(10):
+        index.record(create(f"s{i}"), verified=True)
+    index.record(create("kept"), verified=True)
+    index.commit()
+    index.settle({f"s{i}": 1 for i in range(10)}, {})
+    commits: list[int] = []
+    real_commit = index.commit
+
+    def counting_commit() -> None:
+        commits.append(index.synchronous())
+        real_commit()
+
+    monkeypatch.setattr(index, "commit", counting_commit)
+    removed = index.prune(keep_s=-1)
+    assert removed == 10
+    assert commits == [1, 1, 1]  # 4 + 4 + 2 runs, each commit NORMAL (no fsync)
+    assert index.synchronous() == 2  # FULL again for the settles
+    assert index.get("kept") is not None
+    assert all(index.get(f"s{i}") is None for i in range(10))
+
+
+def test_a_waiting_put_goes_before_the_drainers_next_spool_write(
+    make_spool: SpoolFactory,
+) -> None:
+    """persist-queue's transaction lock is the spool's put-first lock: while a drain write
+    holds it, a put and the drainer's next ack both wait; the put goes first."""
+    spool = make_spool()
+    spool.put_group([create("a")])
+    groups = spool.get_groups(10)
+    lock = spool._queue.tran_lock
+    order: list[str] = []
+
+    def put() -> None:
+        spool.put_group([create("b")])
+        order.append("put")
+
+    def ack() -> None:
+        spool.ack(groups)
+        order.append("ack")
+
+    with lock:  # a drain write in progress (not urgent: not inside a put)
+        putter = threading.Thread(target=put)
+        putter.start()
+        for _ in range(500):  # bounded: until the put waits at the lock
+            if lock.gate._urgent_waiting:
+                break
+            time.sleep(0.002)
+        assert lock.gate._urgent_waiting == 1
+        acker = threading.Thread(target=ack)
+        acker.start()
+        time.sleep(0.05)
+        assert order == []
+    putter.join(5)
+    acker.join(5)
+
+    assert order == ["put", "ack"]
+    assert spool.stats().depth_ops == 1
+    assert [op["event_id"] for g in spool.get_groups(10) for op in g.ops] == ["b"]
+
+
+def test_closing_in_a_transaction_lets_go_of_the_gate(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """A connection closed mid-transaction (a stop at the wrong moment) does not leave the
+    other connections to the file waiting at the gate."""
+    first = RunsIndex(index_path)
+    first.begin()
+    first.close()
+    other = open_index(indexes, index_path, yields=True)
+    other.gate._timeout_s = 0.5
+    other.begin()
+    other.commit()
