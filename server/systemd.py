@@ -2,16 +2,19 @@
 
 ``READY=1`` once the socket is bound and storage is open, ``WATCHDOG=1`` from
 the event loop (so a wedged loop stops the pings and systemd restarts us),
-``STOPPING=1`` on shutdown. Abstract-namespace sockets (``@name``) included.
+``STOPPING=1`` on shutdown, ``EXTEND_TIMEOUT_USEC`` while long start-up work runs.
+Abstract-namespace sockets (``@name``) included.
 Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 
 import structlog
 
@@ -54,3 +57,34 @@ async def watchdog(interval_s: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def extending_start_timeout(
+    status: str, *, interval_s: float = 10.0, enabled: bool = True
+) -> Iterator[None]:
+    """Keep systemd's start timeout (and watchdog) from firing while a block runs.
+
+    A schema migration of a large database can outlast ``TimeoutStartSec``; killed
+    there, it rolls back and the next start begins it again, for ever. A thread asks
+    for ``3 * interval_s`` more every ``interval_s`` until the block ends.
+    """
+    if not enabled or not os.environ.get("NOTIFY_SOCKET"):
+        yield
+        return
+    done = threading.Event()
+    extend_usec = int(interval_s * 3 * 1_000_000)
+
+    def tick() -> None:
+        while True:
+            notify(f"EXTEND_TIMEOUT_USEC={extend_usec}\nWATCHDOG=1\nSTATUS={status}")
+            if done.wait(interval_s):
+                return
+
+    ticker = threading.Thread(target=tick, name="start-timeout", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()

@@ -27,8 +27,9 @@ from server.storage.cursor import CursorCodec, Position
 from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
-from server.storage.schema import cursor_key, migrate
+from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.writer import GroupObserver, Writer
+from server.systemd import extending_start_timeout
 
 log = structlog.get_logger("server.database")
 
@@ -116,7 +117,9 @@ class Database:
         )
         counters, distinct, size = RunCounters(), DistinctValues(), DatabaseSize()
         try:
-            applied = migrate(conn)
+            migrating = current_version(conn) < SCHEMA_VERSION  # a rebuild may take minutes
+            with extending_start_timeout("migrating the database schema", enabled=migrating):
+                applied = migrate(conn)
             # Planner statistics (bounded work even on a large table): PRAGMA optimize only
             # analyses on its own from SQLite 3.46, so ask for it explicitly.
             conn.execute("PRAGMA analysis_limit = 1000")

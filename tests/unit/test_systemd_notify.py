@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.systemd import notify, watchdog_interval_s
+from server.systemd import extending_start_timeout, notify, watchdog_interval_s
 
 
 @pytest.fixture
@@ -59,6 +59,33 @@ def test_watchdog_interval_is_half_the_timeout_and_only_for_this_pid() -> None:
     assert watchdog_interval_s({}) is None
 
 
+def test_a_long_start_step_keeps_extending_the_start_timeout(
+    path_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the block runs, EXTEND_TIMEOUT_USEC (3 intervals) and a watchdog ping arrive
+    every interval; after it, none; disabled or outside systemd, nothing is sent."""
+    sock, address = path_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    with extending_start_timeout("migrating", interval_s=0.05):
+        time.sleep(0.3)
+    sock.settimeout(0.3)
+    received: list[bytes] = []
+    for _ in range(50):  # bounded
+        try:
+            received.append(sock.recv(4096))
+        except TimeoutError:
+            break
+    assert len(received) >= 3
+    assert set(received) == {b"EXTEND_TIMEOUT_USEC=150000\nWATCHDOG=1\nSTATUS=migrating"}
+    with extending_start_timeout("migrating", interval_s=0.05, enabled=False):
+        time.sleep(0.1)
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    with extending_start_timeout("migrating", interval_s=0.05):
+        time.sleep(0.1)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -99,7 +126,12 @@ def test_daemon_sends_ready_watchdog_and_stopping(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and b"WATCHDOG=1" not in messages:
             messages.append(sock.recv(4096))
-        assert messages[0].startswith(b"READY=1")
+        extensions = [m for m in messages if m.startswith(b"EXTEND_TIMEOUT_USEC=")]
+        others = [m for m in messages if m not in extensions]
+        assert others[0].startswith(b"READY=1")
+        if module == "server":  # a new file is migrated from version 0: the start is extended
+            assert extensions
+            assert messages.index(extensions[0]) < messages.index(others[0])
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass  # READY came after the socket was bound
         assert b"WATCHDOG=1" in messages
