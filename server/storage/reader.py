@@ -125,7 +125,9 @@ class Reader:
         try:
             result = fn(conn)
         except sqlite3.Error as exc:
-            if self._interrupted or exc.sqlite_errorcode & 0xFF in _WOULD_WAIT:
+            # sqlite3's own errors (wrong bindings...) carry no SQLite code: None.
+            code = getattr(exc, "sqlite_errorcode", None)
+            if self._interrupted or (code is not None and code & 0xFF in _WOULD_WAIT):
                 raise _Deferred from exc
             raise classify(exc) from exc
         finally:
