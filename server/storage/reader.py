@@ -116,7 +116,10 @@ class Reader:
 
     def _call_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """fn on the loop's connection within the budget; _Deferred if it gave up."""
-        conn = self._inline_connection()
+        try:
+            conn = self._inline_connection()
+        except sqlite3.Error as exc:  # the pool opens its own, and classifies a failure
+            raise _Deferred from exc
         if conn is None:
             raise _Deferred
         self._interrupted = False

@@ -185,3 +185,17 @@ async def test_an_error_raised_by_the_sqlite3_module_itself_is_a_storage_error(
     with pytest.raises(StorageUnavailable):
         await reader.run(misbound)
     assert reader.deferred == 0
+
+
+async def test_a_loop_connection_that_cannot_be_opened_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection is opened at the first read; if that fails (no file, no
+    permission, no file descriptor left) the read is answered as the pool answers it,
+    a storage error (503 with a retry), not a raw sqlite3 error (a 500)."""
+    reader = Reader(tmp_path / "missing" / "reads.sqlite", threads=1, inline_budget_s=0.005)
+    try:
+        with pytest.raises(StorageUnavailable):
+            await reader.run(count)
+    finally:
+        reader.close()
