@@ -15,10 +15,11 @@ what it holds), then the files are closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +104,34 @@ async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
     if not deferred:
         return
     await asyncio.sleep(CHECK_AFTER_START_DELAY_S)
-    # A thread of its own (it lowers its priority), not one of the pool the drainer uses.
-    executor = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="spoold-checks", initializer=lower_this_threads_priority
-    )
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def report(error: BaseException | None) -> None:
+        if not finished.done():
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+    def check() -> None:
+        lower_this_threads_priority()
+        error: BaseException | None = None
+        try:
+            deferred.run(spool)
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: spoold is stopping
+            loop.call_soon_threadsafe(report, error)
+
+    # A daemon thread of its own (it lowers its priority), not one of a pool: the
+    # interpreter's exit joins pool threads, so a stop would wait for the check (minutes
+    # on a large spool at nice 19) until the hard-stop timer ended it with status 70.
+    threading.Thread(target=check, name="spoold-checks", daemon=True).start()
     try:
-        await asyncio.get_running_loop().run_in_executor(executor, deferred.run, spool)
+        await finished
     except Exception as exc:  # not damage (a locked file, a closed spool): reported only
         log.warning("check_after_start_failed", error=repr(exc)[:300])
-    finally:
-        executor.shutdown(wait=False)
 
 
 def _close_storage(storage: Storage) -> None:

@@ -144,7 +144,9 @@ class Settling:
         return self.ops is None or self.done >= self.ops
 
     def encoded(self) -> str:
-        if self.ops is None:
+        # Complete: the plain list of ids, which every older spoold parses too (a
+        # dict would stop one at start-up after a downgrade).
+        if self.complete:
             return orjson.dumps(sorted(self.ids)).decode()
         mark = {"ids": sorted(self.ids), "ops": self.ops, "done": self.done, "dead": self.dead}
         return orjson.dumps(mark).decode()

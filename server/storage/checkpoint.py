@@ -161,7 +161,11 @@ class Checkpointer:
                 if self._stopping.is_set():
                     break
                 if self._catch_up.is_set():
-                    continue  # the writer copies the rest, then the WAL starts over
+                    if nudged:
+                        continue  # the writer copies the rest, then the WAL starts over
+                    # Writes paused: the writer looks only between groups, perhaps not
+                    # before long; copy the rest here (its next write starts the WAL over).
+                    self._catch_up.clear()
                 waiting = self._waiting_frames()
                 idle_for = time.monotonic() - last_pass
                 if (

@@ -116,7 +116,10 @@ class Reader:
 
     def _call_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """fn on the loop's connection within the budget; _Deferred if it gave up."""
-        conn = self._inline_connection()
+        try:
+            conn = self._inline_connection()
+        except sqlite3.Error as exc:  # the pool opens its own, and classifies a failure
+            raise _Deferred from exc
         if conn is None:
             raise _Deferred
         self._interrupted = False
@@ -125,7 +128,9 @@ class Reader:
         try:
             result = fn(conn)
         except sqlite3.Error as exc:
-            if self._interrupted or exc.sqlite_errorcode & 0xFF in _WOULD_WAIT:
+            # sqlite3's own errors (wrong bindings...) carry no SQLite code: None.
+            code = getattr(exc, "sqlite_errorcode", None)
+            if self._interrupted or (code is not None and code & 0xFF in _WOULD_WAIT):
                 raise _Deferred from exc
             raise classify(exc) from exc
         finally:

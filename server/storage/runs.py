@@ -174,10 +174,17 @@ def upsert(
 # ---- reads ---------------------------------------------------------------------------
 
 
+def _text(value: Any) -> Any:
+    """A BLOB's bytes as text (JSON has no bytes), undecodable bytes replaced."""
+    return value.decode("utf-8", "replace") if type(value) is bytes else value
+
+
 def row_to_run(row: Sequence[Any]) -> dict[str, Any]:
     """A stored row as the API returns it: JSON columns parsed, objects kept objects.
     Columns after RUN_COLUMNS (a list query's row id) are not part of the run."""
     run = dict(zip(RUN_COLUMNS, row[: len(RUN_COLUMNS)], strict=True))
+    if any(type(value) is bytes for value in row):  # a BLOB: only another writer's
+        run = {key: _text(value) for key, value in run.items()}
     for column in RUN_JSON_COLUMNS:
         raw = run[column]
         if isinstance(raw, str):

@@ -112,12 +112,16 @@ def _json_exact(column: str) -> str:
 def rendered_run_sql(columns: tuple[str, ...]) -> str:
     """A row as the JSON object the API answers (URLs excepted), or NULL when SQLite
     cannot render it as the Python way does (``run_json`` falls back to Python): a
-    counter that is not an integer (their sum is one iff they all are: a real or an
+    BLOB in any column, a counter that is not an integer (their sum is one iff they all are: a real or an
     overflow makes it a real, a NULL a NULL), or a JSON column whose text is not the
     minified text ``json()`` gives back (only data written by something else)."""
     counters = " + ".join(column for column in columns if column in RUN_COUNTER_COLUMNS)
+    # 'blob' sorts first among typeof()'s answers: one min() says whether any value is
+    # a BLOB, which json_object() refuses (an error would fail the writer's statement).
+    types = ", ".join(f"typeof({column})" for column in columns)
     exact = " AND ".join(
         (
+            f"min({types}) != 'blob'",
             f"typeof({counters}) = 'integer'",
             *(_json_exact(column) for column in columns if column in RUN_JSON_COLUMNS),
         )

@@ -170,3 +170,32 @@ async def test_the_memory_of_a_slow_shape_expires(
     assert await asyncio.wait_for(reader.run(slow, shape="s"), 60) == 3000000
     thread, _ = await reader.run(count, shape="s")
     assert thread == threading.get_ident()  # tried on the loop again
+
+
+async def test_an_error_raised_by_the_sqlite3_module_itself_is_a_storage_error(
+    reader: Reader,
+) -> None:
+    """sqlite3's own errors (a ProgrammingError: wrong bindings, a closed cursor) carry
+    no SQLite error code: on the loop's connection they are classified like any other
+    (a 503 with a retry), as on the pool, not an AttributeError (a 500)."""
+
+    def misbound(conn: sqlite3.Connection) -> object:
+        return conn.execute("SELECT ?", (1, 2)).fetchone()
+
+    with pytest.raises(StorageUnavailable):
+        await reader.run(misbound)
+    assert reader.deferred == 0
+
+
+async def test_a_loop_connection_that_cannot_be_opened_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection is opened at the first read; if that fails (no file, no
+    permission, no file descriptor left) the read is answered as the pool answers it,
+    a storage error (503 with a retry), not a raw sqlite3 error (a 500)."""
+    reader = Reader(tmp_path / "missing" / "reads.sqlite", threads=1, inline_budget_s=0.005)
+    try:
+        with pytest.raises(StorageUnavailable):
+            await reader.run(count)
+    finally:
+        reader.close()

@@ -201,3 +201,40 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
     assert migrate(conn) == [5]
     assert conn.execute("SELECT count(*) FROM agent_runs WHERE run_json IS NOT NULL").fetchone()[0]
     conn.close()
+
+
+def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answer(
+    tmp_path: Path,
+) -> None:
+    """A BLOB in any column (only another writer can put one there): json_object()
+    refuses BLOBs, so such a row must render NULL (the Python way), not fail the
+    migration (the server would never start) or a later write; its answer has the
+    bytes as text."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:4]:
+        for statement in migration.statements:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 4")
+    old.executemany(_INSERT_SQL, list(hostile_rows(random.Random(9)))[:20])
+    old.execute("UPDATE agent_runs SET host = CAST('h\u00e9' AS BLOB) WHERE id = 2")
+    old.execute("UPDATE agent_runs SET metrics_json = CAST('{}' AS BLOB) WHERE id = 3")
+    old.execute("UPDATE agent_runs SET items_failed = x'01' WHERE id = 4")
+    assert migrate(old) == [5]
+    old.execute("UPDATE agent_runs SET product = x'ff' WHERE id = 5")  # after it, too
+    reader = open_reader(path, busy_timeout_ms=2000)
+    try:
+        nulls = {
+            row[0] for row in reader.execute("SELECT id FROM agent_runs WHERE run_json IS NULL")
+        }
+        assert {2, 3, 4, 5} <= nulls
+        page = orjson.loads(query_page_json(reader, RunQuery(limit=100)).body)
+        by_host = {run["event_id"]: run for run in page}
+        (blob_host,) = [run for run in by_host.values() if run["host"] == "h\u00e9"]
+        assert blob_host["product"] != "\ufffd"
+        assert any(run["product"] == "\ufffd" for run in page)
+        assert len(page) == 20
+        assert_consistent(reader, all_exact=False)
+    finally:
+        reader.close()
+        old.close()

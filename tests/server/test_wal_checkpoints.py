@@ -168,3 +168,41 @@ def test_writer_catches_up_when_idle_or_once_overdue(tmp_path: Path) -> None:
     assert not checkpointer.catch_up_now(idle=False)
     time.sleep(0.15)
     assert checkpointer.catch_up_now(idle=False)
+
+
+async def test_a_catch_up_left_to_an_idle_writer_is_done_by_the_thread(tmp_path: Path) -> None:
+    """The thread may hand the WAL's last frames to the writer just after the writer's
+    last group (the writer looks only between groups). Once writes pause, the thread
+    copies them itself (the module says so): the WAL is left fully copied, not holding
+    uncopied frames until some later write."""
+    path = tmp_path / "idle.sqlite"
+    db = Database.open(
+        StorageSettings(
+            path=path, synchronous="FULL", wal_restart_pages=64, checkpoint_interval_s=0.05
+        )
+    )
+    try:
+        checkpointer = db.checkpointer
+        assert checkpointer is not None
+        assert await db.create(_run(0))
+        checkpointer._request_catch_up()  # ... just after the writer's last group,
+        # whose frames (written here by another connection, as no group follows) wait
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("PRAGMA wal_autocheckpoint = 0")
+            other.execute("CREATE TABLE filler (b BLOB)")
+            other.execute("INSERT INTO filler VALUES (zeroblob(400000))")
+        finally:
+            other.close()
+        frames = checkpointer._waiting_frames()
+        assert frames is not None
+        assert frames > 64
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            frames = checkpointer._waiting_frames()
+            if frames == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert frames == 0, f"{frames} frames left uncopied while the writer idles"
+    finally:
+        await db.close()

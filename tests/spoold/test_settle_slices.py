@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from spool_helpers import SpoolFactory, accept
 
@@ -347,3 +348,22 @@ def test_closing_in_a_transaction_lets_go_of_the_gate(
     other.gate._timeout_s = 0.5
     other.begin()
     other.commit()
+
+
+def test_a_finished_sliced_settle_leaves_the_mark_an_older_spoold_reads(
+    index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """Once the last slice is committed the mark is a plain list of item ids again, the
+    form every older spoold parses (``[int(i) for i in mark]``): stopping this spoold
+    and starting an older one on the same directory must not fail at start-up (a dict
+    mark makes it raise). Only a crash between two slices leaves the longer form."""
+    drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    drain.settle_slice({"a": 1}, {}, Settling([7, 5], ops=3, done=1, dead=(2,)), durable=False)
+    assert not drain.settling().complete
+    drain.settle_slice({"b": 1}, {"c": 1}, Settling([7, 5], ops=3, done=3, dead=(2,)))
+    raw = drain._mark(runs_index.SETTLING)
+    assert raw is not None
+    older_spoolds_parse = [int(i) for i in orjson.loads(raw)]
+    assert older_spoolds_parse == [5, 7]
+    assert drain.settling().complete
+    assert drain.settling_ids() == [5, 7]

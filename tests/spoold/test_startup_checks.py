@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -240,3 +243,52 @@ def test_the_checks_after_start_run_at_the_lowest_priority_in_their_own_thread()
     thread.join(5)
     assert seen == [19]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # only that thread
+
+
+_STOP_DURING_THE_CHECK = """
+import asyncio, threading, time
+from pathlib import Path
+from spoold import app, verify
+
+app.CHECK_AFTER_START_DELAY_S = 0.0
+began = threading.Event()
+
+class Stuck(verify.Deferred):
+    def run(self, spool):  # a check of a large file at nice 19 on a busy machine
+        began.set()
+        time.sleep(600)
+        return True
+
+async def main():
+    task = asyncio.create_task(app._check_after_start(Stuck(spool=Path("spool.db")), None))
+    for _ in range(500):
+        if began.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert began.is_set()
+    task.cancel()  # the stop: storage_ctx cancels the checks and returns
+
+asyncio.run(main())
+print("returned", flush=True)
+"""
+
+
+def test_a_stop_while_the_check_after_start_runs_is_not_held_up_by_it(tmp_path: Path) -> None:
+    """spoold stopping during the check after start-up (which can take minutes on a large
+    spool at nice 19) exits at once: the check's thread must not be one the interpreter
+    joins at exit, or every such stop waits for the hard-stop timer and ends with its
+    exit status 70 (a clean stop reported as overrun)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STOP_DURING_THE_CHECK],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=10)
+        pytest.fail("the process did not exit: its exit joined the check's thread")
+    assert process.returncode == 0, output.decode(errors="replace")[-2000:]
+    assert b"returned" in output
