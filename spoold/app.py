@@ -45,7 +45,6 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
-from spoold.spool import Spool
 from spoold.storage import DEAD_LETTER_FILE, INDEX_FILE, Storage, StorageRecoveries, open_storage
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.retry import Backoff
@@ -92,14 +91,14 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await asyncio.to_thread(_close_storage, storage)
         raise
-    checks = asyncio.create_task(_check_after_start(deferred, storage[0]), name="spoold-checks")
+    checks = asyncio.create_task(_check_after_start(deferred), name="spoold-checks")
     yield
     checks.cancel()
     await asyncio.to_thread(_close_storage, storage)
 
 
-async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
-    """The whole-file checks start-up left for later (``spoold.verify``), once the first
+async def _check_after_start(deferred: Deferred) -> None:
+    """The runs-index check start-up left for later (``spoold.verify``), once the first
     requests had the CPU to themselves for a moment."""
     if not deferred:
         return
@@ -118,7 +117,7 @@ async def _check_after_start(deferred: Deferred, spool: Spool) -> None:
         lower_this_threads_priority()
         error: BaseException | None = None
         try:
-            deferred.run(spool)
+            deferred.run()
         except Exception as exc:
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: spoold is stopping

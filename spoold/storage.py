@@ -4,8 +4,9 @@ Three SQLite files live in the spool directory. Each is checked when opened; a
 damaged one (an error with a corruption code, or an integrity check that is not
 "ok") is renamed aside with its -wal/-shm to ``<name>.corrupt-<UTC stamp>``,
 kept for inspection, logged (``spool_corrupt_renamed``, ``dead_letter_store_corrupt``,
-``runs_index_corrupt``) and counted (the whole-file checks of a large spool or
-index run after start-up instead, see ``spoold.verify``):
+``runs_index_corrupt``) and counted (the integrity check of a large runs index
+runs after start-up instead, see ``spoold.verify``; the spool's rows are always read
+before serving):
 
 * ``spool.db`` - the queue (``spoold.spool.store``): a fresh spool; the
   operations the old one held are counted lost at start-up (``spoold.recovery``);
@@ -85,17 +86,18 @@ def open_storage(
     """The spool, the dead-letter store and three runs-index connections (accept, drain
     with synchronous=FULL, read), each damaged file set aside and counted.
 
-    With ``check_max_bytes``, the whole-file checks of a spool or runs index larger
-    than that are not made here but recorded in ``deferred``, to run after start-up
+    With ``check_max_bytes``, the integrity check of a runs index larger than that is
+    not made here but recorded in ``deferred``, to run after start-up
     (``spoold.verify``); without it, every file is checked now."""
     spool_path, index_path = spool_dir / DB_FILE, spool_dir / INDEX_FILE
-    check_spool = check_now(spool_path, check_max_bytes)
+    # The spool's rows are always read before serving: damage found later would set
+    # aside, at the next start, every write acknowledged meanwhile. Only the runs index
+    # (rebuilt from the spool, so nothing is lost with it) may be checked after start-up.
     check_index = check_now(index_path, check_max_bytes)
     spool = Spool(
         spool_dir,
         capacity_bytes=capacity_bytes,
         min_free_disk_bytes=min_free_disk_bytes,
-        check_rows=check_spool,
     )
     clear_request(spool_path)  # checked (or set aside) now
     opened: list[RunsIndex | DeadLetterStore] = []
@@ -106,7 +108,6 @@ def open_storage(
         clear_request(index_path)
         opened.append(index)
         if deferred is not None:
-            deferred.spool = None if check_spool else spool_path
             deferred.index = None if check_index else index_path
         if index_aside is not None:
             index.count_now("index_rebuilds", len(set_aside_files(spool_dir / INDEX_FILE)))

@@ -1,21 +1,20 @@
-"""Checks of the local files that start-up leaves for later, so it does not grow with
-the backlog.
+"""The check start-up leaves for later, so it does not grow with the backlog.
 
-Two start-up checks read a whole file: ``PRAGMA integrity_check`` of the runs index
-(~0.9 GB for a 1,000,000-operation backlog: seconds) and the read of every live
-spool row that surfaces a damaged page. For a file larger than
-``SPOOLD_STARTUP_CHECK_MAX_MB`` they run in a thread once spoold is serving; smaller
-files (and every file whose check was requested, below) are still checked before
-anything is accepted, exactly as before.
+``PRAGMA integrity_check`` of the runs index reads the whole file (~0.9 GB for a
+1,000,000-operation backlog: seconds). For an index larger than
+``SPOOLD_STARTUP_CHECK_MAX_MB`` it runs in a thread once spoold is serving; a smaller
+index (and one whose check was requested, below) is still checked before anything is
+accepted. The spool is never checked late: its rows are read before serving, because a
+damaged spool is set aside whole, and everything acknowledged into it since start-up
+would go with it.
 
-The checks protect availability, not acknowledged data: the spool is durable
-(FULL sync) whatever they say, and the runs index is rebuilt from it. What changes
-is *when* damage is acted on. If the check after start-up finds damage, spoold
-writes ``<file>.check-at-start`` beside the file, logs ``local_file_damaged``
-(critical) and exits at once with status 70 - the same as a kill -9, which loses
-nothing acknowledged - and systemd restarts it (``Restart=on-failure``). That next
-start sees the request and checks the file before serving: a damaged file is set
-aside and replaced as it always was (``spoold.storage``), and the request removed.
+Deferring the index's check loses nothing: the index is rebuilt from the spool. If the
+check after start-up finds damage, spoold writes ``<file>.check-at-start`` beside the
+file, logs ``local_file_damaged`` (critical) and exits at once with status 70 - the same
+as a kill -9, which loses nothing acknowledged - and systemd restarts it
+(``Restart=on-failure``). That next start sees the request and checks the index before
+serving: a damaged one is set aside and rebuilt from the spool (``spoold.storage``), and
+the request removed.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import structlog
 
-from spoold.spool import Spool
 from spoold.spool.errors import is_corruption
 from spoold.spool.integrity import check_file
 
@@ -96,27 +94,18 @@ def _hard_exit() -> None:
 
 @dataclass
 class Deferred:
-    """The checks start-up left for later."""
+    """The check start-up left for later."""
 
-    spool: Path | None = None  # the spool file, if its row read was deferred
     index: Path | None = None  # the runs index, if its integrity check was deferred
     on_damage: Callable[[], None] = field(default=_hard_exit)
 
     def __bool__(self) -> bool:
-        return self.spool is not None or self.index is not None
+        return self.index is not None
 
-    def run(self, spool: Spool) -> bool:
-        """Run them (in a thread of their own, at the lowest CPU priority: the drain and
-        the accept path go first; see ``spoold.app``); False if one found damage (after
+    def run(self) -> bool:
+        """Run it (in a thread of their own, at the lowest CPU priority: the drain and
+        the accept path go first; see ``spoold.app``); False if it found damage (after
         ``on_damage``)."""
-        if self.spool is not None:
-            try:
-                spool.verify_totals()
-            except sqlite3.DatabaseError as exc:
-                if not is_corruption(exc):
-                    raise
-                return self._damaged(self.spool, exc)
-            log.info("spool_checked_after_start", path=str(self.spool))
         if self.index is not None:
             try:
                 check_file(self.index)

@@ -70,7 +70,6 @@ class Spool:
         vacuum_max_live_bytes: int = 4 * MiB,
         busy_timeout_s: float = 10.0,
         reserve_bytes: int = 16 * MiB,
-        check_rows: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -110,7 +109,7 @@ class Spool:
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
-                self.directory, busy_timeout_s, check_rows=check_rows
+                self.directory, busy_timeout_s
             )
             totals.install(self._side)
             self._queue.tran_lock = self._put_lock  # puts first (``spoold.writegate``)
@@ -367,25 +366,6 @@ class Spool:
             finally:
                 self._recount()
         return len(live)
-
-    def verify_totals(self) -> tuple[int, int, int] | None:
-        """Count every live row (a full read: surfaces a damaged page) and correct the
-        kept totals if they differ; the difference, or None. For after start-up."""
-        with self._io_lock:
-            _check_open(self._closed)
-            db_path = self._db_path
-        side = store.connect_side(db_path, 10.0)  # its own connection: the reader goes on
-        try:
-            delta = totals.verify(side)
-        finally:
-            side.close()
-        if delta is not None:
-            log.error("spool_totals_corrected", groups=delta[0], bytes=delta[1], ops=delta[2])
-            with self._counts_lock:  # moved by the difference: puts meanwhile are counted
-                self._depth_groups += delta[0]
-                self._bytes += delta[1]
-                self._depth_ops += delta[2]
-        return delta
 
     def _recount(self) -> None:
         groups, nbytes, ops = totals.read(self._side)

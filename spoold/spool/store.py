@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
-from spoold.spool import layout
+from spoold.spool import layout, totals
 from spoold.spool.codec import (
     HEADER_BYTES,
     SQL_OPS_COUNT,
@@ -84,16 +84,15 @@ class DurableAckQueue(SQLiteAckQueue):
 
 
 def open_queue(
-    directory: Path, busy_timeout_s: float, *, check_rows: bool = True
+    directory: Path, busy_timeout_s: float
 ) -> tuple[Any, sqlite3.Connection, Path | None]:
     """Open the queue and its side connection; rename a corrupt file aside once.
 
-    The third value is where the corrupt file went, or None. ``check_rows=False``
-    leaves reading every live row to a check after start-up (``spoold.verify``).
+    The third value is where the corrupt file went, or None.
     """
     db_path = directory / layout.DB_FILE
     try:
-        return (*_open_once(directory, busy_timeout_s, check_rows), None)
+        return (*_open_once(directory, busy_timeout_s), None)
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
@@ -103,12 +102,10 @@ def open_queue(
     log.warning(
         "spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error, code=code
     )
-    return (*_open_once(directory, busy_timeout_s, True), moved)
+    return (*_open_once(directory, busy_timeout_s), moved)
 
 
-def _open_once(
-    directory: Path, busy_timeout_s: float, check_rows: bool
-) -> tuple[Any, sqlite3.Connection]:
+def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
     queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
@@ -122,8 +119,14 @@ def _open_once(
     side: sqlite3.Connection | None = None
     try:
         side = connect_side(directory / layout.DB_FILE, busy_timeout_s)
-        if check_rows:
-            side.execute(_COUNT_SQL).fetchall()  # reads every live row: surfaces corruption now
+        # Reads every live row before anything is accepted: surfaces corruption now.
+        if totals.installed(side):
+            corrected = totals.verify(side)  # and puts kept totals that drifted right
+            if corrected is not None:
+                groups, nbytes, ops = corrected
+                log.error("spool_totals_corrected", groups=groups, bytes=nbytes, ops=ops)
+        else:
+            side.execute(_COUNT_SQL).fetchall()
         _probe_put(side)
     except BaseException:
         if side is not None:

@@ -77,6 +77,14 @@ def install(side: sqlite3.Connection) -> bool:
     return not exists
 
 
+def installed(side: sqlite3.Connection) -> bool:
+    """Whether this spool file keeps its totals already (a file from before does not)."""
+    found = side.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+    ).fetchone()
+    return found is not None
+
+
 def read(side: sqlite3.Connection) -> tuple[int, int, int]:
     """(groups, serialised bytes, operations) not yet acked, in flight included."""
     groups, nbytes, ops = side.execute(f"SELECT groups, bytes, ops FROM {TABLE}").fetchone()

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from spoold import verify
 from spoold.config import ConfigError, SpooldConfig
 from spoold.recovery import reconcile
-from spoold.spool import layout, totals
+from spoold.spool import Spool, layout, totals
 from spoold.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
 
 
@@ -62,7 +62,7 @@ def test_the_kept_totals_follow_puts_gets_acks_nacks_and_clears(
         stats.depth_ops,
     )
     assert reopened.stats().bytes == stats.bytes
-    assert reopened.verify_totals() is None  # nothing to correct
+    assert kept_totals(spool_dir) == full_count(spool_dir)  # nothing to correct
 
 
 def test_a_spool_from_before_the_totals_gets_them_counted_once(
@@ -85,7 +85,7 @@ def test_a_spool_from_before_the_totals_gets_them_counted_once(
     assert kept_totals(spool_dir) == full_count(spool_dir)
 
 
-def test_totals_that_drifted_are_corrected_by_the_check_after_start(
+def test_totals_that_drifted_are_corrected_by_the_read_at_open(
     make_spool: SpoolFactory, spool_dir: Path
 ) -> None:
     spool = make_spool()
@@ -94,15 +94,16 @@ def test_totals_that_drifted_are_corrected_by_the_check_after_start(
     with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
         conn.execute(f"UPDATE {totals.TABLE} SET ops = ops + 5, groups = groups + 1")
         conn.commit()
-    spool = make_spool()
-    assert spool.stats().depth_ops == 7  # what the file says, until checked
+    assert kept_totals(spool_dir) != full_count(spool_dir)
 
     with capture_logs() as logs:
-        assert spool.verify_totals() == (-1, 0, -5)
+        spool = make_spool()
 
     assert (spool.stats().depth_groups, spool.stats().depth_ops) == (1, 2)
     assert kept_totals(spool_dir) == full_count(spool_dir)
-    assert [e["event"] for e in logs] == ["spool_totals_corrected"]
+    assert [e["event"] for e in logs if e["event"] == "spool_totals_corrected"] == [
+        "spool_totals_corrected"
+    ]
 
 
 # ---- whole-file checks after start-up -------------------------------------------------
@@ -168,10 +169,9 @@ def test_a_large_damaged_index_is_found_after_start_and_set_aside_at_the_next(
     assert not [e for e in logs if e["event"] == "runs_index_corrupt"]  # not checked yet
     assert counts.queued == 5
     assert deferred.index == path
-    assert deferred.spool == spool_dir / layout.DB_FILE
 
     with capture_logs() as logs:
-        assert deferred.run(spool) is False
+        assert deferred.run() is False
 
     assert damage_seen == [True]
     damaged = [e for e in logs if e["event"] == "local_file_damaged"]
@@ -202,9 +202,9 @@ def test_healthy_large_files_pass_the_check_after_start(
     _queue_some(spool_dir, storages)
     deferred = verify.Deferred()
     deferred.on_damage = lambda: pytest.fail("no damage here")
-    spool, *_ = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
+    _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
     assert deferred
-    assert deferred.run(spool) is True
+    assert deferred.run() is True
     assert not list(spool_dir.glob(f"*{verify.REQUEST_SUFFIX}"))
 
 
@@ -220,6 +220,31 @@ def test_small_files_are_still_checked_before_serving(
     assert [e["event"] for e in logs if e["event"] == "runs_index_corrupt"] == [
         "runs_index_corrupt"
     ]
+
+
+def test_a_large_spool_is_read_through_before_serving(
+    spool_dir: Path, storages: list[Storage]
+) -> None:
+    """Only the runs index's check may wait: a damaged spool found after start-up would be
+    set aside at the next start with every write acknowledged since in it, lost to the
+    server. So the spool's rows are read before anything is accepted, whatever its size."""
+    spool = Spool(spool_dir, capacity_bytes=1 << 30, min_free_disk_bytes=0)
+    for start in range(0, 4000, 40):
+        spool.put_group([op(i, size=400) for i in range(start, start + 40)])
+    spool.close()
+    path = spool_dir / layout.DB_FILE
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[-3 * 4096 :] = b"\xa5" * (3 * 4096)  # the last rows' pages; the schema is intact
+    path.write_bytes(bytes(data))
+    deferred = verify.Deferred()
+    with capture_logs() as logs:
+        spool, *_ = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
+    assert [e["event"] for e in logs if e["event"] == "spool_corrupt_renamed"] == [
+        "spool_corrupt_renamed"
+    ]
+    assert spool.stats().depth_ops == 0  # a fresh spool: new writes never go to the damaged one
 
 
 def test_the_startup_check_bound_is_a_validated_setting() -> None:
@@ -254,13 +279,13 @@ app.CHECK_AFTER_START_DELAY_S = 0.0
 began = threading.Event()
 
 class Stuck(verify.Deferred):
-    def run(self, spool):  # a check of a large file at nice 19 on a busy machine
+    def run(self):  # a check of a large file at nice 19 on a busy machine
         began.set()
         time.sleep(600)
         return True
 
 async def main():
-    task = asyncio.create_task(app._check_after_start(Stuck(spool=Path("spool.db")), None))
+    task = asyncio.create_task(app._check_after_start(Stuck(index=Path("runs-index.sqlite"))))
     for _ in range(500):
         if began.is_set():
             break
