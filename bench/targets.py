@@ -82,6 +82,15 @@ def run_script(script: Script, rows: int | None, workdir: Path, log_dir: Path) -
     return Outcome(label, seconds, done.returncode, verified, figures)
 
 
+def _number(value: float) -> str:
+    """Three significant figures, never in exponent form: 2,751 / 20.3 / 0.358."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
 def markdown(outcomes: list[Outcome]) -> str:
     """The README's performance table: one row per figure with a target, then the others."""
     lines = [
@@ -95,7 +104,7 @@ def markdown(outcomes: list[Outcome]) -> str:
             ratio = "" if figure.ratio is None else f"{figure.ratio:.2f}x"
             mark = {True: "", False: " **missed**", None: ""}[figure.met]
             lines.append(
-                f"| {figure.scenario} | {rows} | {figure.metric} | {figure.value:,.3g} "
+                f"| {figure.scenario} | {rows} | {figure.metric} | {_number(figure.value)} "
                 f"| {target} | {ratio}{mark} |"
             )
     return "\n".join(lines) + "\n"
@@ -118,12 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lt-targets-") as tmp:
-        workdir = Path(tmp)
-        log_dir = args.log_dir or workdir
+        log_dir = args.log_dir or Path(tmp)  # logs and figures (JSON) kept there
         log_dir.mkdir(parents=True, exist_ok=True)
         for script in chosen:
             for rows in args.sizes if script.sized else [None]:
-                outcomes.append(run_script(script, rows, workdir, log_dir))
+                outcomes.append(run_script(script, rows, log_dir, log_dir))
     print()
     print(f"one run, {time.monotonic() - started:.0f} s, {os.cpu_count()} cores")
     header = f"{'scenario':<52} {'metric':<18} {'value':>12} {'target':>10} {'ratio':>7}"
