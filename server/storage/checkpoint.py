@@ -8,9 +8,12 @@ checkpoints (``wal_autocheckpoint = 0``); a ``Checkpointer`` thread with its
 own connection, on the same ``synchronous`` setting (so the database file is
 fsynced before any WAL frame can be overwritten), copies the WAL in PASSIVE
 mode: it never takes the write lock, so commits go on while it copies. It
-copies at SQLite's own cadence (every ``PASS_FRAMES`` frames, read from the
-wal-index header every ``POLL_S`` while commits go on), and what is left once
-writes pause.
+copies once per ``interval_s`` (a second) while commits go on, and what is left
+once writes pause. It never looks at the WAL or its index through a file
+descriptor of its own: closing any descriptor of a database file releases every
+POSIX lock this process holds on it (SQLite's connections' included), and another
+process opening the database would then re-initialise the shared-memory index
+under our feet (SIGBUS, or worse). Only SQLite touches those files.
 
 A PASSIVE checkpoint alone does not bound the WAL: SQLite starts the WAL over
 from its beginning only when a write transaction begins with every frame
@@ -31,9 +34,7 @@ to be replayed at the next open.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -48,20 +49,14 @@ log = structlog.get_logger("server.checkpoint")
 RESTART_FRAMES = 8000
 #: The writer copies at most about this many frames itself (then the WAL restarts).
 CATCH_UP_FRAMES = 64
-#: A pass starts once this many frames wait to be copied: SQLite's own cadence. Each pass
-#: fsyncs the database file and copies every page written since the last one, hot index
-#: pages included, so passing far more often costs CPU (measured: passes every 50 ms cost
-#: ~25% more server CPU per write than SQLite's own checkpoints).
-PASS_FRAMES = 1000
-#: How often the thread looks at the WAL while commits go on (a read of 136 bytes).
-POLL_S = 0.05
-#: Frames left uncopied are copied after this long without commits (then the next write
-#: starts the WAL over by itself); also the pass interval if the WAL index is unreadable.
+#: One pass per this interval while commits go on, and one after this long without
+#: commits (then the next write starts the WAL over by itself). Each pass fsyncs the
+#: database file and copies every page written since the last one, hot index pages
+#: included, so passing far more often costs CPU (measured: passes every 50 ms cost ~25%
+#: more server CPU per write than SQLite's own checkpoints every 1,000 frames).
 PASS_INTERVAL_S = 1.0
-#: The wal-index header (https://www.sqlite.org/walformat.html): mxFrame, the frames in the
-#: WAL, at byte 16; nBackfill, the frames already copied, at byte 96. Native byte order.
-_MX_FRAME = struct.Struct("=I")
-_MX_FRAME_AT, _BACKFILL_AT, _HEADER_BYTES = 16, 96, 136
+#: The thread looks again this long after each wake-up (commits wake it at every group).
+POLL_S = 0.05
 #: The writer copies the remainder when its queue is empty (nobody waits for it), or once
 #: it has been due for this share of ``interval_s`` (the WAL must stay bounded under load
 #: that never pauses): half a second by default.
@@ -95,7 +90,6 @@ class Checkpointer:
         restart_frames: int = RESTART_FRAMES,
         catch_up_frames: int = CATCH_UP_FRAMES,
         interval_s: float = PASS_INTERVAL_S,
-        pass_frames: int = PASS_FRAMES,
     ) -> None:
         self._path = path
         self._synchronous = synchronous
@@ -103,8 +97,6 @@ class Checkpointer:
         self.restart_frames = restart_frames
         self.catch_up_frames = min(catch_up_frames, max(restart_frames // 8, 1))
         self.interval_s = interval_s
-        self.pass_frames = min(pass_frames, restart_frames)
-        self._shm = Path(f"{path}-shm")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._catch_up = threading.Event()
@@ -155,6 +147,7 @@ class Checkpointer:
         try:
             conn = self._open()
             last_pass = time.monotonic()
+            written = False  # commits since the last pass
             while not self._stopping.is_set():
                 nudged = self._wake.wait(self.interval_s)
                 self._wake.clear()
@@ -166,15 +159,14 @@ class Checkpointer:
                     # Writes paused: the writer looks only between groups, perhaps not
                     # before long; copy the rest here (its next write starts the WAL over).
                     self._catch_up.clear()
-                waiting = self._waiting_frames()
-                idle_for = time.monotonic() - last_pass
-                if (
-                    (waiting is None and idle_for >= self.interval_s)
-                    or (waiting is not None and waiting >= self.pass_frames)
-                    or (waiting and not nudged)  # writes paused: copy what is left
-                ):
+                    written = True
+                written = written or nudged
+                # Once per interval while commits go on; and once writes paused (the
+                # wait above timed out), to copy what is left.
+                due = time.monotonic() - last_pass >= self.interval_s
+                if written and (due or not nudged):
                     self._chase(conn)
-                    last_pass = time.monotonic()
+                    last_pass, written = time.monotonic(), False
                 self._stopping.wait(POLL_S)
         except Exception as exc:  # never take the server down: SQLite would still work
             self.stats.failures += 1
@@ -187,25 +179,6 @@ class Checkpointer:
     def _request_catch_up(self) -> None:
         self._catch_up_since = time.monotonic()
         self._catch_up.set()
-
-    def _waiting_frames(self) -> int | None:
-        """Frames in the WAL not yet copied, from the wal-index header (read without a lock:
-        a torn read only moves a pass by one poll); None if it cannot be read."""
-        try:
-            fd = os.open(self._shm, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            header = os.pread(fd, _HEADER_BYTES, 0)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if len(header) < _HEADER_BYTES:
-            return None
-        frames = int(_MX_FRAME.unpack_from(header, _MX_FRAME_AT)[0])
-        copied = int(_MX_FRAME.unpack_from(header, _BACKFILL_AT)[0])
-        return max(frames - copied, 0)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

@@ -28,7 +28,8 @@ from procs import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-STAMPS = ("event_id", "id", "created_at", "updated_at")
+#: Differ between the two copies of one run by construction (run_json renders them all).
+STAMPS = ("event_id", "id", "created_at", "updated_at", "run_json")
 
 
 async def _lifecycle_answers(http: aiohttp.ClientSession, base: str, event_id: str) -> list[Any]:

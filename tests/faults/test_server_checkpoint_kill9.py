@@ -70,8 +70,8 @@ def _rows(db: Path) -> dict[str, tuple[str, int | None]]:
 async def test_kill_9_during_background_checkpoints_loses_nothing(
     tmp_path: Path, reaper: Reaper
 ) -> None:
-    """Each round: lifecycles at concurrency 12 until ACKS_BEFORE_KILL were acknowledged, then
-    SIGKILL with requests in flight. After every round the file (recovered from its WAL by
+    """Each round: lifecycles at concurrency 12 until ACKS_BEFORE_KILL were acknowledged and
+    the checkpoint thread has made a pass, then SIGKILL with requests in flight. After every round the file (recovered from its WAL by
     SQLite) holds every acknowledged create, every acknowledged PATCH applied; the server's
     log shows its checkpoint thread copying the WAL."""
     db = tmp_path / "server.sqlite"
@@ -88,7 +88,8 @@ async def test_kill_9_during_background_checkpoints_loses_nothing(
         )
         deadline = time.monotonic() + ROUND_BOUND_S
         while time.monotonic() < deadline and not load.done():
-            if len(round_finished) >= ACKS_BEFORE_KILL:
+            # Enough acknowledged, and the checkpoint thread (a pass a second) at work.
+            if len(round_finished) >= ACKS_BEFORE_KILL and '"db_checkpoint"' in server.log():
                 break
             await asyncio.sleep(0.005)
         server.stop(signal.SIGKILL)  # requests in flight, some just acknowledged
