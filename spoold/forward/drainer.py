@@ -14,7 +14,9 @@ while the next batch is with the server. While agents are writing, the settle
 goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
 fsync'd), and the index's write gate and the spool's put-first lock
 (``spoold.writegate``) let a waiting accept commit go between any two of the
-drainer's writes: the agent does not wait for the drain. A crash between the two is repaired
+drainer's writes, and after each round the drain waits for its record and rests as
+long as the round took (``PACE_WHILE_ACCEPTING``), so the agents' commits get the disk
+and the GIL: the agent does not wait for the drain. A crash between the two is repaired
 at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
@@ -60,6 +62,9 @@ PROBE_EVERY_S = 5.0
 SETTLE_SLICE_OPS = 32
 #: "Writing": an accept commit within this many seconds.
 ACCEPT_BUSY_S = 1.0
+#: While agents write, the drain rests this share of each round's time before the next
+#: (it still drains faster than agents write; their commits get the disk and the GIL).
+PACE_WHILE_ACCEPTING = 1.0
 
 
 class Stopped(Exception):
@@ -294,6 +299,9 @@ class Drainer:
             raise
         self._delivered = delivered
         self._recording = asyncio.create_task(asyncio.to_thread(self._record, delivered))
+        if self._index.gate.urgent_within(ACCEPT_BUSY_S):
+            await self._finish_recording()
+            await self._sleep(PACE_WHILE_ACCEPTING * (time.perf_counter() - delivered.started))
         return True
 
     def _read_round(self) -> _Prepared:

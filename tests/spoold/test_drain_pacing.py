@@ -1,0 +1,71 @@
+"""While agents write, the drain rests between rounds (as long as the round took), so the
+accept path gets the disk and the GIL; with no agent writing it never rests. Measured: p99
+of 1,000 creates/s offered during a drain 178 -> 44 ms (bench/spoold_bench.py)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from spool_helpers import SpoolFactory, op
+
+from spoold.forward import drainer as drainer_module
+from spoold.forward.drainer import Drainer, _Delivered, _Prepared
+from spoold.upstream.retry import Backoff
+from spoold.writegate import WriteGate
+
+ROUND_S = 0.4
+
+
+@pytest.mark.parametrize("agents_writing", [True, False])
+async def test_the_drain_rests_between_rounds_only_while_agents_write(
+    make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch, agents_writing: bool
+) -> None:
+    spool = make_spool()
+    spool.put_group([op(1), op(2)])
+    gate = WriteGate()
+    if agents_writing:
+        gate.last_urgent = time.monotonic()  # the accept path has just committed
+    drainer = Drainer(
+        spool,
+        None,  # type: ignore[arg-type]  # the round's delivery and record are replaced here
+        SimpleNamespace(gate=gate),  # type: ignore[arg-type]  # only its gate is read
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        batch_size=10,
+        batch_max_bytes=1 << 20,
+        backoff=Backoff(base_s=1.0, cap_s=1.0),
+    )
+    recorded: list[_Delivered] = []
+    rests: list[float] = []
+
+    async def delivered_long_ago(prepared: _Prepared) -> _Delivered:
+        return _Delivered(
+            prepared.groups, ["ev-1", "ev-2"], frozenset(), time.perf_counter() - ROUND_S
+        )
+
+    def record(delivered: _Delivered) -> None:
+        recorded.append(delivered)
+        drainer._delivered = None
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+
+    monkeypatch.setattr(drainer, "_forward", delivered_long_ago)
+    monkeypatch.setattr(drainer, "_record", record)
+    monkeypatch.setattr(drainer, "_sleep", rest)
+
+    assert await drainer._round()
+
+    if agents_writing:
+        assert len(rests) == 1
+        assert rests[0] >= ROUND_S * drainer_module.PACE_WHILE_ACCEPTING
+        assert rests[0] < ROUND_S * drainer_module.PACE_WHILE_ACCEPTING + 5.0
+    else:
+        assert rests == []
+    await drainer._finish_recording()  # without agents, the record goes on in the background
+    assert len(recorded) == 1
+    await drainer._take_prefetched()  # the read-ahead of the next round (an empty one)
+    spool.close()
