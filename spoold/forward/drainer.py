@@ -65,6 +65,9 @@ ACCEPT_BUSY_S = 1.0
 #: While agents write, the drain rests this share of each round's time before the next
 #: (it still drains faster than agents write; their commits get the disk and the GIL).
 PACE_WHILE_ACCEPTING = 1.0
+#: ... but never longer than this: a round that took long (retries through an outage)
+#: must not hold the backlog back for as long again once the server is back.
+MAX_REST_S = 1.0
 
 
 class Stopped(Exception):
@@ -301,7 +304,8 @@ class Drainer:
         self._recording = asyncio.create_task(asyncio.to_thread(self._record, delivered))
         if self._index.gate.urgent_within(ACCEPT_BUSY_S):
             await self._finish_recording()
-            await self._sleep(PACE_WHILE_ACCEPTING * (time.perf_counter() - delivered.started))
+            took = time.perf_counter() - delivered.started
+            await self._sleep(min(PACE_WHILE_ACCEPTING * took, MAX_REST_S))
         return True
 
     def _read_round(self) -> _Prepared:
