@@ -29,8 +29,9 @@ from server.storage.schema import OWN_DEADLINE_SQL
 
 #: TELEMETRY_STALE_AFTER_S's default: six hours.
 DEFAULT_STALE_AFTER_S = 6 * 3600
-#: Runs reaped per write (one writer operation): a few milliseconds of the writer.
-REAP_BATCH = 500
+#: Runs reaped per write (one writer operation): measured ~100 us of CPU per run (the row,
+#: its run_json and its status indexes rewritten), so ~20 ms of the writer per batch.
+REAP_BATCH = 200
 
 _PAIR = re.compile(r"^(?P<job>[^=,]+)=(?P<seconds>[0-9]+)$")
 
@@ -171,7 +172,7 @@ _REAP_SQL = (
     " THEN json_set(context_json, '$.reaped_at', ?)"
     " ELSE context_json END,"
     " reaped_at = ?, updated_at = ?"
-    " WHERE status = 'running' AND id IN ({ids})"
+    " WHERE +status = 'running' AND id IN ({ids})"  # by row id: never walk every running run
 )
 
 
