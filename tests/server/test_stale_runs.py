@@ -362,7 +362,8 @@ async def test_upsert_heartbeat_and_metrics_patch_items(
     assert reply.body["updated"] == 1
     errors = {error["index"]: error["message"] for error in reply.body["errors"]}
     assert set(errors) == {1, 2, 3, 4}
-    assert "Run not found" in errors[1] and "Run not found" in errors[2]
+    assert "Run not found" in errors[1]
+    assert "Run not found" in errors[2]
     assert "heartbeat" in errors[3]
     assert (await api.run(run["event_id"]))["metrics_json"] == {"a": 1, "c": 3}
 
@@ -467,7 +468,8 @@ async def test_presence_is_recorded_with_the_batch_and_runs_carry_the_sidecar(
     reply = await api.post(UPSERT, json=[], headers={"X-Spoold-Id": "side-1"})
     assert reply.body == {"inserted": 0, "updated": 0, "duplicates": 0, "errors": [], "total": 0}
     ((_, later, queued),) = sidecars(api)
-    assert later > contact and queued is None
+    assert later > contact
+    assert queued is None
     # insert mode too
     reply = await api.post(BATCH, json=[inserted], headers={"X-Spoold-Id": "side-2"})
     assert reply.body["inserted"] == 1
@@ -481,7 +483,8 @@ async def test_presence_of_a_batch_whose_items_are_all_invalid_is_still_recorded
     api: Api,
 ) -> None:
     reply = await api.post(UPSERT, json=[{"event_id": "x"}], headers={"X-Spoold-Id": "s"})
-    assert reply.status == 200 and len(reply.body["errors"]) == 1
+    assert reply.status == 200
+    assert len(reply.body["errors"]) == 1
     assert [s[0] for s in sidecars(api)] == ["s"]
 
 
@@ -529,8 +532,8 @@ async def test_the_allowance_is_the_runs_own_else_its_job_types_else_the_default
         stale_after_by_job={"crawl": 1, "forever": 0, "slow": 3600},
     )
 
-    async def make(job: str, timeout: int | None) -> str:
-        run = new_run(job_type=job, heartbeat_timeout_s=timeout)
+    async def make(job: str, allowance: int | None) -> str:
+        run = new_run(job_type=job, heartbeat_timeout_s=allowance)
         await api.create(run)
         return str(run["event_id"])
 
