@@ -82,7 +82,8 @@ async def overdue_sidecar_run(
         json=[{"event_id": run["event_id"], "create": run, "seen_at": ago(3600)}],
         headers=headers,
     )
-    assert reply.status == 200 and reply.body["inserted"] == 1, reply.body
+    assert reply.status == 200, reply.body
+    assert reply.body["inserted"] == 1, reply.body
     return run
 
 
@@ -114,7 +115,8 @@ async def test_every_write_refreshes_last_seen_at_and_it_is_answered(
         reply = await write()
         assert reply.status in (200, 204), reply.body
         seen.append((await api.run(event_id))["last_seen_at"])
-    assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
+    assert seen == sorted(seen), seen
+    assert len(set(seen)) == len(seen), seen
     listed = await api.list(agent_name=run["agent_name"])
     assert [r["last_seen_at"] for r in listed] == [seen[-1]]
     conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
@@ -269,7 +271,8 @@ async def test_progress_that_would_grow_metrics_past_the_body_limit_is_413(
         if reply.status != 204:
             assert reply.body["error"] == "payload_too_large"
             break
-    assert answers[:3] == [204] * 3 and answers[-1] == 413, answers
+    assert answers[:3] == [204] * 3, answers
+    assert answers[-1] == 413, answers
     stored = (await api.run(run["event_id"]))["metrics_json"]
     assert len(orjson.dumps(stored)) <= 4096
     assert len(stored) == len(answers) - 1  # the refused one changed nothing
