@@ -16,7 +16,7 @@
    longest hold); then a pass with nothing stale (the probe) and a ``stale=true`` page.
 
 Nothing here is a test; figures are for the closing note (no targets but the
-writer-hold bound the brief names: a batch well under 50 ms).
+writer-hold bound: a batch's CPU under 50 ms; its wall time on a shared disk is shown).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ log = structlog.get_logger("server.reaper")
 
 #: Most batches in one pass: a pass ends, and the next interval starts, after this many
 #: (bounds a pass; a backlog larger than this takes a few passes).
-MAX_BATCHES_PER_PASS = 200
+MAX_BATCHES_PER_PASS = 500
 
 
 async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
