@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from server.storage.rollups import ROLLUP_STATEMENTS
+
 RUN_TEXT_COLUMNS: tuple[str, ...] = (
     "run_id",
     "agent_name",
@@ -261,6 +263,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE agent_runs_v5 RENAME TO agent_runs",
             *_V5_INDEXES,
         ),
+    ),
+    Migration(
+        6,
+        "stats: daily rollups of finished runs kept by triggers (backfilled), and a partial"
+        " index of running runs by start_time (see server/storage/rollups.py)",
+        ROLLUP_STATEMENTS,
     ),
 )
 

@@ -1,0 +1,398 @@
+"""Answering a stats query from the daily rollups and, where they cannot, the runs.
+
+A query is split into parts that each return partial aggregates per (group, status,
+duration bucket), merged in Python:
+
+- finished runs whose UTC start day lies whole inside the window: ``run_stats_daily``
+  (when nothing asked for needs what a rollup cell does not keep: an agent, an hour,
+  a created_at bound);
+- finished runs in the window's partial first and last days: the runs, through the
+  start_time index;
+- running runs: the runs, through the partial index of running runs;
+- anything else (an agent or hour grouping, an agent or created_at filter): the runs,
+  through the start_time index when there is a window.
+
+Percentiles come from the duration histogram (``rollups.duration_bucket_floors``), the
+same for every part, so one query never mixes exact and approximate figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+
+from server.contract.fields import CANONICAL_STATUSES
+from server.contract.stats import StatsQuery
+from server.storage.rollups import (
+    BUCKETS_PER_DOUBLING,
+    EXACT_BELOW_MS,
+    ROLLUP_TABLE,
+    RUNNING_INDEX,
+    bucket_sql,
+    duration_bucket_floors,
+)
+from server.storage.runs import snapshot
+from server.storage.schema import START_TIME_INDEX
+
+#: Most groups one answer holds; more is a 422 asking for a narrower query.
+MAX_GROUPS = 10_000
+_FLOORS = duration_bucket_floors()
+#: Largest relative error of a reported percentile (see ``representative``).
+PERCENTILE_MAX_ERROR = max(
+    math.sqrt((high - 1) / low) - 1 for low, high in zip(_FLOORS, _FLOORS[1:], strict=False)
+)
+PERCENTILES_NOTE = (
+    f"Nearest-rank p50/p95 over a log-scale histogram: exact below {EXACT_BELOW_MS} ms, "
+    f"then {BUCKETS_PER_DOUBLING} buckets per doubling, each reported at its geometric "
+    f"middle (at most {PERCENTILE_MAX_ERROR:.1%} off, never above max)."
+)
+_KEY_SQL = {
+    "agent_name": "agent_name",
+    "job_type": "job_type",
+    "status": "status",
+    "day": "substr(start_time, 1, 10)",
+    "hour": "substr(start_time, 1, 13)",
+}
+_DAY_START = "T00:00:00.000000+00:00"
+_DAY_END = "T23:59:59.999999+00:00"
+_HAS_DURATION = "status != 'running' AND duration_ms > 0"
+
+
+class TooManyGroups(ValueError):
+    """The answer would hold more than MAX_GROUPS groups."""
+
+
+@dataclass
+class _Group:
+    runs: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    hist: dict[int, int] = field(default_factory=dict)
+    duration_max: int | None = None
+    discovered: float = 0
+    succeeded: float = 0
+    failed: float = 0
+    first_start: str | None = None
+    last_start: str | None = None
+
+    def add(
+        self,
+        status: str,
+        runs: int,
+        items: tuple[float, float, float],
+        starts: tuple[str, str],
+        duration_max: int | None,
+        hist: Iterable[tuple[int, int]],
+    ) -> None:
+        self.runs += runs
+        self.by_status[status] = self.by_status.get(status, 0) + runs
+        self.discovered += items[0]
+        self.succeeded += items[1]
+        self.failed += items[2]
+        if self.first_start is None or starts[0] < self.first_start:
+            self.first_start = starts[0]
+        if self.last_start is None or starts[1] > self.last_start:
+            self.last_start = starts[1]
+        if duration_max is not None and (
+            self.duration_max is None or duration_max > self.duration_max
+        ):
+            self.duration_max = duration_max
+        for floor, count in hist:
+            self.hist[floor] = self.hist.get(floor, 0) + count
+
+
+def representative(floor: int) -> int:
+    """The value a bucket reports: its geometric middle (exact for 1-ms buckets)."""
+    index = bisect.bisect_left(_FLOORS, floor)
+    if index + 1 >= len(_FLOORS):
+        return floor
+    high = _FLOORS[index + 1] - 1
+    return round(math.sqrt(floor * high))
+
+
+def percentile(hist: dict[int, int], total: int, fraction: float, ceiling: int) -> int | None:
+    """Nearest-rank percentile of a histogram, capped at the exact maximum."""
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    for floor in sorted(hist):
+        seen += hist[floor]
+        if seen >= rank:
+            return min(representative(floor), ceiling)
+    return ceiling
+
+
+class _Parts:
+    """Partial aggregates, merged by group key."""
+
+    def __init__(self, group_by: list[str]) -> None:
+        self.group_by = group_by
+        self.groups: dict[tuple[str, ...], _Group] = {}
+
+    def group(self, key: tuple[str, ...]) -> _Group:
+        found = self.groups.get(key)
+        if found is None:
+            if len(self.groups) >= MAX_GROUPS:
+                raise TooManyGroups(
+                    f"more than {MAX_GROUPS:,} groups: narrow the window or the filters, "
+                    "or group by fewer keys"
+                )
+            found = self.groups[key] = _Group()
+        return found
+
+    def add_raw(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Rows of ``_raw_sql``: the key columns, then status, counts, bucket."""
+        width = len(self.group_by)
+        for row in rows:
+            key = tuple(str(value) for value in row[:width])
+            status, runs, disc, succ, fail, first, last, longest, floor = row[width:]
+            hist = ((int(floor), int(runs)),) if floor is not None else ()
+            self.group(key).add(
+                status, int(runs), (disc, succ, fail), (first, last), longest, hist
+            )
+
+    def answer(self) -> list[dict[str, Any]]:
+        groups = []
+        for key in sorted(self.groups):
+            group = self.groups[key]
+            finished = group.runs - group.by_status.get("running", 0)
+            durations = sum(group.hist.values())
+            ceiling = group.duration_max if group.duration_max is not None else 0
+            groups.append(
+                {
+                    "key": dict(zip(self.group_by, (_shown(k, v) for k, v in zip(
+                        self.group_by, key, strict=True
+                    )), strict=True)),
+                    "runs": group.runs,
+                    "by_status": {s: group.by_status.get(s, 0) for s in CANONICAL_STATUSES},
+                    "success_rate": (
+                        round(group.by_status.get("success", 0) / finished, 6)
+                        if finished
+                        else None
+                    ),
+                    "duration_ms": {
+                        "count": durations,
+                        "p50": percentile(group.hist, durations, 0.50, ceiling),
+                        "p95": percentile(group.hist, durations, 0.95, ceiling),
+                        "max": group.duration_max,
+                    },
+                    "items": {
+                        "discovered": int(group.discovered),
+                        "succeeded": int(group.succeeded),
+                        "failed": int(group.failed),
+                    },
+                    "first_start": group.first_start,
+                    "last_start": group.last_start,
+                }
+            )
+        return groups
+
+
+def _shown(name: str, value: str) -> str:
+    """An hour key as the instant it starts (``2026-06-01T13:00:00+00:00``)."""
+    return f"{value}:00:00+00:00" if name == "hour" else value
+
+
+def _filters(query: StatsQuery, *, running: bool | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms and parameters for the query's filters (the window excepted);
+    ``running`` True/False restricts to running / finished runs."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for column, operator, value in (
+        ("agent_name", "=", query.agent_name),
+        ("job_type", "=", query.job_type),
+        ("status", "=", query.status),
+        ("created_at", "<", query.created_before),
+        ("created_at", ">", query.created_after),
+    ):
+        if value is not None:
+            terms.append(f"{column} {operator} ?")
+            params.append(value)
+    if running is True:
+        terms.append("status = 'running'")  # a literal: it selects the partial index
+    elif running is False:
+        terms.append("status != 'running'")
+    return terms, params
+
+
+def _raw_sql(group_by: list[str], terms: list[str], index: str | None) -> str:
+    keys = [_KEY_SQL[name] for name in group_by]
+    floor = f"CASE WHEN {_HAS_DURATION} THEN {bucket_sql('duration_ms')} END"
+    indexed = f" INDEXED BY {index}" if index else ""
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    columns = ", ".join(
+        (
+            *keys,
+            "status",
+            "count(*)",
+            "total(items_discovered)",
+            "total(items_succeeded)",
+            "total(items_failed)",
+            "min(start_time)",
+            "max(start_time)",
+            f"max(CASE WHEN {_HAS_DURATION} THEN duration_ms END)",
+            f"{floor} AS floor",
+        )
+    )
+    grouped = ", ".join((*keys, "status", "floor"))
+    return f"SELECT {columns} FROM agent_runs{indexed}{where} GROUP BY {grouped}"
+
+
+def _read_raw(
+    conn: sqlite3.Connection,
+    parts: _Parts,
+    query: StatsQuery,
+    *,
+    window: tuple[str | None, str | None],
+    running: bool | None,
+    index: str | None,
+    low_exclusive: bool = False,
+    high_exclusive: bool = False,
+) -> None:
+    terms, params = _filters(query, running=running)
+    low, high = window
+    if low is not None:
+        terms.append(f"start_time {'>' if low_exclusive else '>='} ?")
+        params.append(low)
+    if high is not None:
+        terms.append(f"start_time {'<' if high_exclusive else '<='} ?")
+        params.append(high)
+    if low is None and high is None:
+        index = None if index == START_TIME_INDEX else index
+    parts.add_raw(conn.execute(_raw_sql(parts.group_by, terms, index), params))
+
+
+def rollups_serve(query: StatsQuery) -> bool:
+    """Whether the daily rollups can answer the query's finished runs."""
+    return (
+        query.agent_name is None
+        and query.created_before is None
+        and query.created_after is None
+        and not {"agent_name", "hour"} & set(query.group_by)
+    )
+
+
+def whole_days(low: str | None, high: str | None) -> tuple[str | None, str | None] | None:
+    """The first and last UTC day lying whole inside [low, high] (None: unbounded on
+    that side), or None when no day does."""
+    first = None if low is None else _day_at_or_after(low)
+    last = None if high is None else _day_at_or_before(high)
+    if first is not None and last is not None and first > last:
+        return None
+    return first, last
+
+
+def _day_at_or_after(instant: str) -> str:
+    day = instant[:10]
+    if instant == day + _DAY_START:
+        return day
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat() if day < "9999-12-31" else (
+        "9999-12-32"  # past any stored day: no whole day
+    )
+
+
+def _day_at_or_before(instant: str) -> str:
+    day = instant[:10]
+    if instant == day + _DAY_END:
+        return day
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat() if day > "0001-01-01" else (
+        "0000-00-00"
+    )
+
+
+def _read_rollups(
+    conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, days: tuple[str | None, str | None]
+) -> None:
+    terms, params = [], []
+    for column, value in (("job_type", query.job_type), ("status", query.status)):
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    for operator, value in ((">=", days[0]), ("<=", days[1])):
+        if value is not None:
+            terms.append(f"day {operator} ?")
+            params.append(value)
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    sql = (
+        "SELECT day, job_type, status, runs, duration_hist, duration_max, items_discovered,"
+        " items_succeeded, items_failed, first_start, last_start, stale_bounds"
+        f" FROM {ROLLUP_TABLE}{where}"
+    )
+    cells = conn.execute(sql, params).fetchall()
+    positions = {"day": 0, "job_type": 1, "status": 2}
+    for cell in cells:
+        day, job_type, status, runs, hist_text, longest, disc, succ, fail, first, last, stale = (
+            cell
+        )
+        if stale:
+            first, last, longest = _cell_bounds(conn, day, job_type, status)
+        key = tuple(str(cell[positions[name]]) for name in parts.group_by)
+        hist = ((int(floor), int(count)) for floor, count in orjson.loads(hist_text).items())
+        parts.group(key).add(status, int(runs), (disc, succ, fail), (first, last), longest, hist)
+
+
+def _cell_bounds(
+    conn: sqlite3.Connection, day: str, job_type: str, status: str
+) -> tuple[str, str, int | None]:
+    """First and last start and longest duration of a cell flagged stale, from its runs."""
+    row = conn.execute(
+        f"SELECT min(start_time), max(start_time), max(CASE WHEN {_HAS_DURATION}"
+        f" THEN duration_ms END) FROM agent_runs INDEXED BY {START_TIME_INDEX}"
+        " WHERE start_time >= ? AND start_time <= ? AND job_type = ? AND status = ?",
+        (day + _DAY_START, day + _DAY_END, job_type, status),
+    ).fetchone()
+    return str(row[0]), str(row[1]), row[2]
+
+
+def _edges(
+    window: tuple[str | None, str | None], days: tuple[str | None, str | None]
+) -> Iterator[tuple[tuple[str | None, str | None], bool, bool]]:
+    """The parts of the window outside its whole days: (bounds, low/high exclusive)."""
+    low, high = window
+    first, last = days
+    if first is not None:
+        yield (low, first + _DAY_START), False, True
+    if last is not None:
+        yield (last + _DAY_END, high), True, False
+
+
+def compute_stats(
+    conn: sqlite3.Connection, query: StatsQuery, *, use_rollups: bool = True,
+    raw_index: str | None = START_TIME_INDEX,
+) -> list[dict[str, Any]]:
+    """The answer's groups; run it in one read transaction (the parts must agree)."""
+    parts = _Parts(list(query.group_by))
+    window = (query.start_time_from, query.start_time_to)
+    days = whole_days(*window) if use_rollups and rollups_serve(query) else None
+    if days is None:
+        _read_raw(conn, parts, query, window=window, running=None, index=raw_index)
+        return parts.answer()
+    if query.status in (None, "running"):
+        _read_raw(conn, parts, query, window=window, running=True, index=RUNNING_INDEX)
+    if query.status != "running":
+        _read_rollups(conn, parts, query, days)
+        for bounds, low_exclusive, high_exclusive in _edges(window, days):
+            _read_raw(
+                conn,
+                parts,
+                query,
+                window=bounds,
+                running=False,
+                index=raw_index,
+                low_exclusive=low_exclusive,
+                high_exclusive=high_exclusive,
+            )
+    return parts.answer()
+
+
+def read_stats(conn: sqlite3.Connection, query: StatsQuery) -> list[dict[str, Any]]:
+    """compute_stats in one read transaction (a snapshot: rollups and runs agree)."""
+    with snapshot(conn):
+        return compute_stats(conn, query)
