@@ -24,9 +24,9 @@ Why these choices (``bench/stats_bench.py`` measures them):
   ``EXACT_BELOW_MS``, then 8 per doubling. The histogram is a JSON object
   ``{"<bucket floor ms>": count}``, merged in Python at query time.
 
-The statements are defined here once (``ROLLUP_STATEMENTS``, ``TRIGGERS``), so a
-later migration that rebuilds ``agent_runs`` (which drops its triggers) re-creates
-them with ``TRIGGERS``.
+The statements are defined here once (``ROLLUP_STATEMENTS``), so a later migration
+that rebuilds ``agent_runs`` (which drops its triggers and indexes) re-creates the
+triggers and the running runs' index with ``AFTER_REBUILD``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,13 @@ TRIGGERS: tuple[str, ...] = (
 )
 
 
+_RUNNING_INDEX_SQL = (
+    f"CREATE INDEX {RUNNING_INDEX} ON agent_runs(start_time) WHERE status = 'running'"
+)
+#: What a migration rebuilding agent_runs must run again after it (DROP TABLE drops them).
+AFTER_REBUILD: tuple[str, ...] = (_RUNNING_INDEX_SQL, *TRIGGERS)
+
+
 def _fill_buckets() -> str:
     values = ", ".join(f"({floor})" for floor in duration_bucket_floors())
     return f"INSERT INTO {BUCKET_TABLE} (lo) VALUES {values}"
@@ -218,7 +225,7 @@ ROLLUP_STATEMENTS: tuple[str, ...] = (
     f"CREATE TABLE {BUCKET_TABLE} (lo INTEGER PRIMARY KEY)",
     _fill_buckets(),
     _CREATE_TABLE,
-    f"CREATE INDEX {RUNNING_INDEX} ON agent_runs(start_time) WHERE status = 'running'",
+    _RUNNING_INDEX_SQL,
     _backfill(),
     *TRIGGERS,
 )

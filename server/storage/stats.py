@@ -44,15 +44,7 @@ from server.storage.schema import START_TIME_INDEX
 #: Most groups one answer holds; more is a 422 asking for a narrower query.
 MAX_GROUPS = 10_000
 _FLOORS = duration_bucket_floors()
-#: Largest relative error of a reported percentile (see ``representative``).
-PERCENTILE_MAX_ERROR = max(
-    math.sqrt((high - 1) / low) - 1 for low, high in zip(_FLOORS, _FLOORS[1:], strict=False)
-)
-PERCENTILES_NOTE = (
-    f"Nearest-rank p50/p95 over a log-scale histogram: exact below {EXACT_BELOW_MS} ms, "
-    f"then {BUCKETS_PER_DOUBLING} buckets per doubling, each reported at its geometric "
-    f"middle (at most {PERCENTILE_MAX_ERROR:.1%} off, never above max)."
-)
+
 _KEY_SQL = {
     "agent_name": "agent_name",
     "job_type": "job_type",
@@ -114,6 +106,24 @@ def representative(floor: int) -> int:
         return floor
     high = _FLOORS[index + 1] - 1
     return round(math.sqrt(floor * high))
+
+
+def _max_error() -> float:
+    """Largest relative error of a reported value, over every bucket's both ends."""
+    return max(
+        abs(representative(low) - value) / value
+        for low, high in zip(_FLOORS, _FLOORS[1:], strict=False)
+        for value in (low, high - 1)
+    )
+
+
+#: Largest relative error of a reported percentile (see ``representative``).
+PERCENTILE_MAX_ERROR = _max_error()
+PERCENTILES_NOTE = (
+    f"Nearest-rank p50/p95 over a log-scale histogram: exact below {EXACT_BELOW_MS} ms, "
+    f"then {BUCKETS_PER_DOUBLING} buckets per doubling, each reported at its geometric "
+    f"middle (at most {PERCENTILE_MAX_ERROR:.1%} off, never above max)."
+)
 
 
 def percentile(hist: dict[int, int], total: int, fraction: float, ceiling: int) -> int | None:
