@@ -32,6 +32,7 @@ triggers and the running runs' index with ``AFTER_REBUILD``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 #: Durations below this many milliseconds have one bucket per millisecond (exact).
 EXACT_BELOW_MS = 128
@@ -39,7 +40,6 @@ EXACT_BELOW_MS = 128
 BUCKETS_PER_DOUBLING = 8
 _MAX_MS = 2**63 - 1
 
-ROLLUP_TABLE = "run_stats_daily"
 BUCKET_TABLE = "stats_duration_buckets"
 #: Finished runs only; the partial index below serves the running ones.
 RUNNING_INDEX = "idx_runs_running_start"
@@ -69,11 +69,27 @@ def _key(prefix: str) -> str:
 
 
 _HAS_DURATION = "{row}.duration_ms > 0"
-_DAY = "substr({row}.start_time, 1, 10)"
 
-_CREATE_TABLE = f"""
-CREATE TABLE {ROLLUP_TABLE} (
-    day TEXT NOT NULL,
+
+@dataclass(frozen=True)
+class Grain:
+    """One rollup table: its cells are (``key`` of start_time, job_type, status)."""
+
+    table: str
+    key: str  # the column: day (YYYY-MM-DD) or hour (YYYY-MM-DDTHH), UTC
+    length: int  # that many leading characters of a canonical start_time
+
+    def of(self, row: str) -> str:
+        return f"substr({row}.start_time, 1, {self.length})"
+
+
+DAILY = Grain("run_stats_daily", "day", 10)
+HOURLY = Grain("run_stats_hourly", "hour", 13)
+GRAINS: tuple[Grain, ...] = (DAILY, HOURLY)
+
+_CREATE_TABLE = """
+CREATE TABLE {table} (
+    {key} TEXT NOT NULL,
     job_type TEXT NOT NULL,
     status TEXT NOT NULL,
     runs INTEGER NOT NULL,
@@ -86,21 +102,21 @@ CREATE TABLE {ROLLUP_TABLE} (
     first_start TEXT NOT NULL,
     last_start TEXT NOT NULL,
     stale_bounds INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, job_type, status)
+    PRIMARY KEY ({key}, job_type, status)
 ) WITHOUT ROWID
 """
 
 
-def _remove(row: str) -> tuple[str, ...]:
+def _remove(grain: Grain, row: str) -> tuple[str, ...]:
     """Statements taking run ``row`` (OLD) out of its cell, if it is a finished run."""
     has = _HAS_DURATION.format(row=row)
     key = _key(row)
     cell = (
-        f"day = {_DAY.format(row=row)} AND job_type = {row}.job_type AND status = {row}.status"
-        f" AND {row}.status != 'running'"
+        f"{grain.key} = {grain.of(row)} AND job_type = {row}.job_type"
+        f" AND status = {row}.status AND {row}.status != 'running'"
     )
     return (
-        f"""UPDATE {ROLLUP_TABLE} SET
+        f"""UPDATE {grain.table} SET
             runs = runs - 1,
             durations = durations - ({has}),
             duration_hist = CASE WHEN NOT ({has}) THEN duration_hist
@@ -114,25 +130,25 @@ def _remove(row: str) -> tuple[str, ...]:
                 OR {row}.start_time >= last_start
                 OR ({has} AND {row}.duration_ms >= duration_max)
             WHERE {cell}""",
-        f"DELETE FROM {ROLLUP_TABLE} WHERE {cell} AND runs <= 0",
+        f"DELETE FROM {grain.table} WHERE {cell} AND runs <= 0",
     )
 
 
-def _add(row: str) -> str:
+def _add(grain: Grain, row: str) -> str:
     """The statement putting run ``row`` (NEW) into its cell, if it is a finished run."""
     has = _HAS_DURATION.format(row=row)
     key = _key(row)
-    return f"""INSERT INTO {ROLLUP_TABLE} (day, job_type, status, runs, durations,
+    return f"""INSERT INTO {grain.table} ({grain.key}, job_type, status, runs, durations,
             duration_hist, duration_max, items_discovered, items_succeeded, items_failed,
             first_start, last_start)
-        SELECT {_DAY.format(row=row)}, {row}.job_type, {row}.status, 1, ({has}),
+        SELECT {grain.of(row)}, {row}.job_type, {row}.status, 1, ({has}),
             CASE WHEN {has} THEN json_object(CAST({bucket_sql(f"{row}.duration_ms")} AS TEXT), 1)
                 ELSE '{{}}' END,
             CASE WHEN {has} THEN {row}.duration_ms END,
             {row}.items_discovered, {row}.items_succeeded, {row}.items_failed,
             {row}.start_time, {row}.start_time
         WHERE {row}.status != 'running'
-        ON CONFLICT (day, job_type, status) DO UPDATE SET
+        ON CONFLICT ({grain.key}, job_type, status) DO UPDATE SET
             runs = runs + 1,
             durations = durations + excluded.durations,
             duration_hist = CASE WHEN NOT ({has}) THEN duration_hist
@@ -172,14 +188,27 @@ def _trigger(name: str, event: str, body: tuple[str, ...], when: str = "") -> st
 
 #: The triggers keeping ``run_stats_daily``; re-create them after rebuilding agent_runs.
 TRIGGERS: tuple[str, ...] = (
-    _trigger("trg_stats_insert", "INSERT", (_add("NEW"),), "NEW.status != 'running'"),
+    _trigger(
+        "trg_stats_insert",
+        "INSERT",
+        tuple(_add(grain, "NEW") for grain in GRAINS),
+        "NEW.status != 'running'",
+    ),
     _trigger(
         "trg_stats_update",
         f"UPDATE OF {', '.join(_COUNTED)}",
-        (*_remove("OLD"), _add("NEW")),
+        (
+            *(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
+            *(_add(grain, "NEW") for grain in GRAINS),
+        ),
         f"(OLD.status != 'running' OR NEW.status != 'running') AND ({_CHANGED})",
     ),
-    _trigger("trg_stats_delete", "DELETE", _remove("OLD"), "OLD.status != 'running'"),
+    _trigger(
+        "trg_stats_delete",
+        "DELETE",
+        tuple(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
+        "OLD.status != 'running'",
+    ),
 )
 
 
@@ -195,19 +224,19 @@ def _fill_buckets() -> str:
     return f"INSERT INTO {BUCKET_TABLE} (lo) VALUES {values}"
 
 
-def _backfill() -> str:
+def _backfill(grain: Grain) -> str:
     """Every finished run already stored, rolled up in one pass."""
     has = _HAS_DURATION.format(row="r")
-    return f"""INSERT INTO {ROLLUP_TABLE} (day, job_type, status, runs, durations,
+    return f"""INSERT INTO {grain.table} ({grain.key}, job_type, status, runs, durations,
             duration_hist, duration_max, items_discovered, items_succeeded, items_failed,
             first_start, last_start)
-        SELECT day, job_type, status, sum(runs), sum(durations),
+        SELECT cell, job_type, status, sum(runs), sum(durations),
             coalesce(json_group_object(CAST(bucket AS TEXT), durations) FILTER (WHERE bucket IS NOT NULL),
                 '{{}}'),
             max(duration_max), sum(discovered), sum(succeeded), sum(failed),
             min(first_start), max(last_start)
         FROM (
-            SELECT {_DAY.format(row="r")} AS day, r.job_type, r.status,
+            SELECT {grain.of("r")} AS cell, r.job_type, r.status,
                 CASE WHEN {has} THEN {bucket_sql("r.duration_ms")} END AS bucket,
                 count(*) AS runs, sum({has}) AS durations,
                 max(CASE WHEN {has} THEN r.duration_ms END) AS duration_max,
@@ -217,15 +246,15 @@ def _backfill() -> str:
             FROM agent_runs AS r WHERE r.status != 'running'
             GROUP BY 1, 2, 3, 4
         )
-        GROUP BY day, job_type, status"""
+        GROUP BY cell, job_type, status"""
 
 
 #: Migration statements: tables, the running runs' partial index, backfill, triggers.
 ROLLUP_STATEMENTS: tuple[str, ...] = (
     f"CREATE TABLE {BUCKET_TABLE} (lo INTEGER PRIMARY KEY)",
     _fill_buckets(),
-    _CREATE_TABLE,
+    *(_CREATE_TABLE.format(table=grain.table, key=grain.key) for grain in GRAINS),
     _RUNNING_INDEX_SQL,
-    _backfill(),
+    *(_backfill(grain) for grain in GRAINS),
     *TRIGGERS,
 )

@@ -19,11 +19,12 @@ same for every part, so one query never mixes exact and approximate figures.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,9 +33,11 @@ from server.contract.fields import CANONICAL_STATUSES
 from server.contract.stats import StatsQuery
 from server.storage.rollups import (
     BUCKETS_PER_DOUBLING,
+    DAILY,
     EXACT_BELOW_MS,
-    ROLLUP_TABLE,
+    HOURLY,
     RUNNING_INDEX,
+    Grain,
     bucket_sql,
     duration_bucket_floors,
 )
@@ -52,8 +55,6 @@ _KEY_SQL = {
     "day": "substr(start_time, 1, 10)",
     "hour": "substr(start_time, 1, 13)",
 }
-_DAY_START = "T00:00:00.000000+00:00"
-_DAY_END = "T23:59:59.999999+00:00"
 _HAS_DURATION = "status != 'running' AND duration_ms > 0"
 
 
@@ -112,7 +113,7 @@ def _max_error() -> float:
     """Largest relative error of a reported value, over every bucket's both ends."""
     return max(
         abs(representative(low) - value) / value
-        for low, high in zip(_FLOORS, _FLOORS[1:], strict=False)
+        for low, high in itertools.pairwise(_FLOORS)
         for value in (low, high - 1)
     )
 
@@ -260,145 +261,175 @@ def _read_raw(
     parts: _Parts,
     query: StatsQuery,
     *,
-    window: tuple[str | None, str | None],
+    window: Span,
     running: bool | None,
     index: str | None,
-    low_exclusive: bool = False,
-    high_exclusive: bool = False,
 ) -> None:
+    """Aggregates read from the runs in ``window`` (inclusive bounds)."""
     terms, params = _filters(query, running=running)
     low, high = window
     if low is not None:
-        terms.append(f"start_time {'>' if low_exclusive else '>='} ?")
+        terms.append("start_time >= ?")
         params.append(low)
     if high is not None:
-        terms.append(f"start_time {'<' if high_exclusive else '<='} ?")
+        terms.append("start_time <= ?")
         params.append(high)
-    if low is None and high is None:
-        index = None if index == START_TIME_INDEX else index
+    if low is None and high is None and index == START_TIME_INDEX:
+        index = None  # no window: the planner picks the filters' index
     parts.add_raw(conn.execute(_raw_sql(parts.group_by, terms, index), params))
 
 
 def rollups_serve(query: StatsQuery) -> bool:
-    """Whether the daily rollups can answer the query's finished runs."""
+    """Whether the rollups can answer the query's finished runs (they keep no agent and
+    no created_at)."""
     return (
         query.agent_name is None
         and query.created_before is None
         and query.created_after is None
-        and not {"agent_name", "hour"} & set(query.group_by)
+        and "agent_name" not in query.group_by
     )
 
 
-def whole_days(low: str | None, high: str | None) -> tuple[str | None, str | None] | None:
-    """The first and last UTC day lying whole inside [low, high] (None: unbounded on
-    that side), or None when no day does."""
-    first = None if low is None else _day_at_or_after(low)
-    last = None if high is None else _day_at_or_before(high)
-    if first is not None and last is not None and first > last:
-        return None
-    return first, last
+#: An inclusive window of canonical instants; None is unbounded on that side.
+Span = tuple[str | None, str | None]
+#: Whole cells of one grain: (first key, key past the last), None unbounded.
+Cells = tuple[Grain, str | None, str | None]
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def _day_at_or_after(instant: str) -> str:
-    day = instant[:10]
-    if instant == day + _DAY_START:
-        return day
-    return (date.fromisoformat(day) + timedelta(days=1)).isoformat() if day < "9999-12-31" else (
-        "9999-12-32"  # past any stored day: no whole day
-    )
+def _parse(instant: str) -> datetime:
+    return datetime.fromisoformat(instant)
 
 
-def _day_at_or_before(instant: str) -> str:
-    day = instant[:10]
-    if instant == day + _DAY_END:
-        return day
-    return (date.fromisoformat(day) - timedelta(days=1)).isoformat() if day > "0001-01-01" else (
-        "0000-00-00"
-    )
+def _format(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
 
 
-def _read_rollups(
-    conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, days: tuple[str | None, str | None]
+def _unit_start(moment: datetime, grain: Grain) -> datetime:
+    if grain is DAILY:
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _unit(grain: Grain) -> timedelta:
+    return timedelta(days=1) if grain is DAILY else timedelta(hours=1)
+
+
+def split(window: Span, grain: Grain) -> tuple[Cells | None, list[Span]]:
+    """The whole ``grain`` cells inside ``window`` and the spans left over at its ends."""
+    low, high = window
+    first_key = last_key = None
+    rest: list[Span] = []
+    if low is not None:
+        moment = _parse(low)
+        first = _unit_start(moment, grain)
+        if first != moment:
+            try:
+                first += _unit(grain)
+            except OverflowError:  # in the calendar's last unit: no whole cell
+                return None, [window]
+            rest.append((low, _format(first - _MICROSECOND)))
+        first_key = _format(first)[: grain.length]
+    if high is not None:
+        past: datetime | None
+        try:
+            past = _parse(high) + _MICROSECOND
+        except OverflowError:  # the last instant there is: unbounded, in effect
+            past = None
+        if past is not None:
+            end = _unit_start(past, grain)
+            last_key = _format(end)[: grain.length]
+            if end != past:
+                rest.append((_format(end), high))
+    if first_key is not None and last_key is not None and first_key >= last_key:
+        return None, [window]  # no whole cell: the window is one span
+    return (grain, first_key, last_key), rest
+
+
+def plan(window: Span, group_by: list[str]) -> tuple[list[Cells], list[Span]]:
+    """Cells of the rollups and spans of runs that together are exactly the window: whole
+    days, then whole hours at the ends, then the rest (hours only when grouping by hour)."""
+    cells: list[Cells] = []
+    spans: list[Span] = []
+    pending = [window]
+    if "hour" not in group_by:
+        days, pending = split(window, DAILY)
+        cells += [days] if days else []
+    for span in pending:
+        hours, rest = split(span, HOURLY)
+        cells += [hours] if hours else []
+        spans += rest
+    return cells, spans
+
+
+def _read_cells(
+    conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cells: Cells
 ) -> None:
+    grain, first, past = cells
     terms, params = [], []
     for column, value in (("job_type", query.job_type), ("status", query.status)):
         if value is not None:
             terms.append(f"{column} = ?")
             params.append(value)
-    for operator, value in ((">=", days[0]), ("<=", days[1])):
-        if value is not None:
-            terms.append(f"day {operator} ?")
-            params.append(value)
+    for operator, bound in ((">=", first), ("<", past)):
+        if bound is not None:
+            terms.append(f"{grain.key} {operator} ?")
+            params.append(bound)
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
     sql = (
-        "SELECT day, job_type, status, runs, duration_hist, duration_max, items_discovered,"
-        " items_succeeded, items_failed, first_start, last_start, stale_bounds"
-        f" FROM {ROLLUP_TABLE}{where}"
+        f"SELECT {grain.key}, job_type, status, runs, duration_hist, duration_max,"
+        " items_discovered, items_succeeded, items_failed, first_start, last_start,"
+        f" stale_bounds FROM {grain.table}{where}"
     )
-    cells = conn.execute(sql, params).fetchall()
-    positions = {"day": 0, "job_type": 1, "status": 2}
-    for cell in cells:
-        day, job_type, status, runs, hist_text, longest, disc, succ, fail, first, last, stale = (
-            cell
-        )
+    for row in conn.execute(sql, params).fetchall():
+        cell, job_type, status, runs, hist_text, longest, disc, succ, fail, first_start = row[:10]
+        last_start, stale = row[10:]
         if stale:
-            first, last, longest = _cell_bounds(conn, day, job_type, status)
-        key = tuple(str(cell[positions[name]]) for name in parts.group_by)
+            first_start, last_start, longest = _cell_bounds(conn, grain, cell, job_type, status)
+        named = {"day": cell[:10], "hour": cell, "job_type": job_type, "status": status}
+        key = tuple(named[name] for name in parts.group_by)
         hist = ((int(floor), int(count)) for floor, count in orjson.loads(hist_text).items())
-        parts.group(key).add(status, int(runs), (disc, succ, fail), (first, last), longest, hist)
+        parts.group(key).add(
+            status, int(runs), (disc, succ, fail), (first_start, last_start), longest, hist
+        )
 
 
 def _cell_bounds(
-    conn: sqlite3.Connection, day: str, job_type: str, status: str
+    conn: sqlite3.Connection, grain: Grain, cell: str, job_type: str, status: str
 ) -> tuple[str, str, int | None]:
     """First and last start and longest duration of a cell flagged stale, from its runs."""
+    start = _parse(f"{cell}T00:00:00+00:00" if grain is DAILY else f"{cell}:00:00+00:00")
     row = conn.execute(
         f"SELECT min(start_time), max(start_time), max(CASE WHEN {_HAS_DURATION}"
         f" THEN duration_ms END) FROM agent_runs INDEXED BY {START_TIME_INDEX}"
         " WHERE start_time >= ? AND start_time <= ? AND job_type = ? AND status = ?",
-        (day + _DAY_START, day + _DAY_END, job_type, status),
+        (_format(start), _format(start + _unit(grain) - _MICROSECOND), job_type, status),
     ).fetchone()
     return str(row[0]), str(row[1]), row[2]
 
 
-def _edges(
-    window: tuple[str | None, str | None], days: tuple[str | None, str | None]
-) -> Iterator[tuple[tuple[str | None, str | None], bool, bool]]:
-    """The parts of the window outside its whole days: (bounds, low/high exclusive)."""
-    low, high = window
-    first, last = days
-    if first is not None:
-        yield (low, first + _DAY_START), False, True
-    if last is not None:
-        yield (last + _DAY_END, high), True, False
-
-
 def compute_stats(
-    conn: sqlite3.Connection, query: StatsQuery, *, use_rollups: bool = True,
+    conn: sqlite3.Connection,
+    query: StatsQuery,
+    *,
+    use_rollups: bool = True,
     raw_index: str | None = START_TIME_INDEX,
 ) -> list[dict[str, Any]]:
-    """The answer's groups; run it in one read transaction (the parts must agree)."""
+    """The answer's groups; run it in one read transaction (the parts must agree).
+    ``use_rollups=False`` reads the runs alone (the index-only design, for comparison)."""
     parts = _Parts(list(query.group_by))
     window = (query.start_time_from, query.start_time_to)
-    days = whole_days(*window) if use_rollups and rollups_serve(query) else None
-    if days is None:
+    if not (use_rollups and rollups_serve(query)):
         _read_raw(conn, parts, query, window=window, running=None, index=raw_index)
         return parts.answer()
     if query.status in (None, "running"):
         _read_raw(conn, parts, query, window=window, running=True, index=RUNNING_INDEX)
     if query.status != "running":
-        _read_rollups(conn, parts, query, days)
-        for bounds, low_exclusive, high_exclusive in _edges(window, days):
-            _read_raw(
-                conn,
-                parts,
-                query,
-                window=bounds,
-                running=False,
-                index=raw_index,
-                low_exclusive=low_exclusive,
-                high_exclusive=high_exclusive,
-            )
+        cells, spans = plan(window, list(query.group_by))
+        for whole in cells:
+            _read_cells(conn, parts, query, whole)
+        for span in spans:
+            _read_raw(conn, parts, query, window=span, running=False, index=raw_index)
     return parts.answer()
 
 

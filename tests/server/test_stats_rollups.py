@@ -4,6 +4,7 @@ by their migration, re-creatable, and read without full scans."""
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import random
 import re
@@ -47,7 +48,9 @@ def open_db(path: Path, version: int | None = None) -> sqlite3.Connection:
 def stamp(rng: random.Random) -> str:
     day = rng.randrange(1, 5)
     # few distinct instants, so ties (equal first / last starts) happen
-    return f"2026-04-{day:02d}T{rng.choice((0, 7, 23)):02d}:{rng.choice((0, 59)):02d}:00.000000+00:00"
+    hour = rng.choice((0, 7, 23))
+    rest = rng.choice(("00:00.000000", "59:59.999999", "30:00.000000"))
+    return f"2026-04-{day:02d}T{hour:02d}:{rest}+00:00"
 
 
 def random_run(rng: random.Random, n: int) -> tuple[Any, ...]:
@@ -95,15 +98,17 @@ def random_write(conn: sqlite3.Connection, rng: random.Random, n: int) -> None:
     conn.execute(f"UPDATE agent_runs SET {column} = ? WHERE event_id = ?", (value, event_id))
 
 
-def recomputed(conn: sqlite3.Connection) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The rollup recomputed from the runs, in Python."""
+def recomputed(
+    conn: sqlite3.Connection, length: int = 10
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """A rollup (cells of ``length`` characters of start_time) recomputed in Python."""
     cells: dict[tuple[str, str, str], dict[str, Any]] = {}
     for job, status, start, duration, disc, succ, fail in conn.execute(
         "SELECT job_type, status, start_time, duration_ms, items_discovered, items_succeeded,"
         " items_failed FROM agent_runs WHERE status != 'running'"
     ):
         cell = cells.setdefault(
-            (start[:10], job, status),
+            (start[:length], job, status),
             {"runs": 0, "durations": 0, "hist": {}, "max": None, "items": [0, 0, 0],
              "first": start, "last": start},
         )
@@ -118,14 +123,14 @@ def recomputed(conn: sqlite3.Connection) -> dict[tuple[str, str, str], dict[str,
     return cells
 
 
-def stored(conn: sqlite3.Connection) -> dict[tuple[str, str, str], dict[str, Any]]:
-    import json
-
+def stored(
+    conn: sqlite3.Connection, grain: rollups.Grain = rollups.DAILY
+) -> dict[tuple[str, str, str], dict[str, Any]]:
     cells = {}
     for row in conn.execute(
-        "SELECT day, job_type, status, runs, durations, duration_hist, duration_max,"
+        f"SELECT {grain.key}, job_type, status, runs, durations, duration_hist, duration_max,"
         " items_discovered, items_succeeded, items_failed, first_start, last_start,"
-        " stale_bounds FROM run_stats_daily"
+        f" stale_bounds FROM {grain.table}"
     ):
         day, job, status, runs, durations, hist, longest, disc, succ, fail, first, last, stale = (
             row
@@ -138,7 +143,12 @@ def stored(conn: sqlite3.Connection) -> dict[tuple[str, str, str], dict[str, Any
 
 
 def assert_rollup_exact(conn: sqlite3.Connection) -> None:
-    want, have = recomputed(conn), stored(conn)
+    for grain in rollups.GRAINS:
+        assert_grain_exact(conn, grain)
+
+
+def assert_grain_exact(conn: sqlite3.Connection, grain: rollups.Grain) -> None:
+    want, have = recomputed(conn, grain.length), stored(conn, grain)
     assert set(have) == set(want)  # no empty cell is kept, none is missing
     for key, cell in want.items():
         got = have[key]
@@ -155,12 +165,16 @@ def assert_rollup_exact(conn: sqlite3.Connection) -> None:
 
 
 def random_query(rng: random.Random) -> StatsQuery:
-    keys = rng.sample([k for k in GROUP_KEYS if k != "hour"], rng.randrange(0, 3))
+    keys = rng.sample(GROUP_KEYS, rng.randrange(0, 3))
+    if "day" in keys and "hour" in keys:
+        keys.remove("day")
     params: dict[str, Any] = {"group_by": ",".join(keys)}
     if rng.random() < 0.7:
-        params["start_time_from"] = f"2026-04-0{rng.randrange(1, 5)}T0{rng.randrange(8)}:00:00Z"
+        minute = rng.choice(("00:00", "00:00.000001", "30:00", "59:59.999999"))
+        params["start_time_from"] = f"2026-04-0{rng.randrange(1, 5)}T0{rng.randrange(8)}:{minute}Z"
     if rng.random() < 0.7:
-        params["start_time_to"] = f"2026-04-0{rng.randrange(3, 6)}T{rng.randrange(24):02d}:59:00Z"
+        minute = rng.choice(("00:00", "59:59.999999", "59:00", "00:00.000001"))
+        params["start_time_to"] = f"2026-04-0{rng.randrange(3, 6)}T{rng.randrange(24):02d}:{minute}Z"
     if rng.random() < 0.3:
         params["job_type"] = f"job-{rng.randrange(3)}"
     if rng.random() < 0.3:
