@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import math
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -234,7 +235,12 @@ def main() -> None:
     parser.add_argument("--write-rows", type=int, default=50_000, help="prefill of the write test")
     parser.add_argument("--write-runs", type=int, default=4_000, help="lifecycles per design")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", type=Path, help="keep the database here (a directory)")
+    parser.add_argument(
+        "--prefilled",
+        type=Path,
+        help="a copy of the prefilled database (schema before the rollups) is kept here and "
+        "reused when present, for repeated runs",
+    )
     args = parser.parse_args()
 
     figures: list[Figure] = []
@@ -247,13 +253,18 @@ def main() -> None:
         figures.append(figure)
         print(format_row(figure), flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="stats-bench-", dir=args.keep) as tmp:
+    with tempfile.TemporaryDirectory(prefix="stats-bench-") as tmp:
         workdir = Path(tmp)
         db = workdir / "stats.sqlite"
-        print(f"prefilling {rows:,} fleet runs (schema {BEFORE}) ...", flush=True)
-        load_s = prefill(db, rows, BEFORE)
+        if args.prefilled is not None and args.prefilled.exists():
+            shutil.copyfile(args.prefilled, db)
+        else:
+            print(f"prefilling {rows:,} fleet runs (schema {BEFORE}) ...", flush=True)
+            load_s = prefill(db, rows, BEFORE)
+            add("prefill (schema before rollups)", "rows/s", rows / load_s, higher=True)
+            if args.prefilled is not None:
+                shutil.copyfile(db, args.prefilled)
         size_before = db.stat().st_size
-        add("prefill (schema before rollups)", "rows/s", rows / load_s, higher=True)
         wall, cpu = time_migration(db)
         add("rollups migration (backfill)", "wall s", wall, note=f"CPU {cpu:.1f} s")
         size_after = db.stat().st_size
@@ -280,7 +291,7 @@ def main() -> None:
 
         reader = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True,
                                  isolation_level=None)  # fmt: skip
-        slow_repeat = max(3, args.repeat // 8)
+        slow_repeat = max(2, args.repeat // 10)
         for name, params in SHAPES.items():
             fast, mine = in_process_ms(reader, params, args.repeat)
             raw, theirs = in_process_ms(reader, params, slow_repeat, use_rollups=False)

@@ -522,9 +522,9 @@ filters; `start_time_from` / `start_time_to` bound the window, on start_time. Pe
 runs, runs per status, success rate (success / finished runs), duration p50 / p95 / max
 over finished runs with a duration (duration_ms > 0: running runs and runs that reported
 none are left out of durations but counted as runs), item totals, first and last start.
-day and hour are UTC. Served from daily rollups the server keeps for finished runs when
-there is no agent_name, hour or created_at in the query; other shapes read the runs
-themselves (give them a window). More than 10,000 groups is a 422."""
+day and hour are UTC. Served from daily and hourly rollups the server keeps for finished
+runs when the query has no agent_name (filter or group) and no created_at bound; those
+read the runs themselves (give them a window). More than 10,000 groups is a 422."""
 
 
 def _stats_op(variant: ApiVariant) -> _Schema:

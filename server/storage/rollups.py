@@ -1,20 +1,23 @@
-"""Daily stats rollups of finished runs, kept by SQLite triggers.
+"""Stats rollups of finished runs, daily and hourly, kept by SQLite triggers.
 
-``run_stats_daily`` holds one row per (UTC day of ``start_time``, job_type, status) for
-the finished runs (every status but ``running``): run count, item totals, a duration
-histogram, the longest duration and the first and last start. Triggers on
-``agent_runs`` keep it, so every writer (the server's writer, the reaper, a prune, a
-restored backup opened by the server, the ``sqlite3`` shell) keeps it consistent in
-the same transaction as the run itself.
+``run_stats_daily`` and ``run_stats_hourly`` hold one row per (UTC day / hour of
+``start_time``, job_type, status) for the finished runs (every status but ``running``):
+run count, item totals, a duration histogram, the longest duration and the first and
+last start. Triggers on ``agent_runs`` keep both, so every writer (the server's writer,
+the reaper, a prune, the ``sqlite3`` shell) keeps them consistent in the same
+transaction as the run itself.
 
 Why these choices (``bench/stats_bench.py`` measures them):
 
-- Day and job type, not agent or hour: a fleet's runs are spread over 2,000 agents,
-  so a cell per agent (or per hour) holds about one run and the rollup would be as
-  large as the table. 20 job types x 5 statuses x a day is ~100 cells a day.
+- Job type, not agent: a fleet's runs are spread over 2,000 agents, so a cell per agent
+  holds about one run and the rollup would be as large as the table. 20 job types x 5
+  statuses is ~100 cells a day (or an hour, at a busy fleet's rate).
+- Days for long windows, hours for their ends: a window's whole days are read from the
+  daily cells, the whole hours of its partial first and last days from the hourly ones,
+  and only the partial hours at its two ends from the runs.
 - Running runs stay out: a run is inserted ``running`` and finished by an update, so
-  leaving them out makes the usual lifecycle one increment (no decrement). Queries
-  read running runs through the small partial index ``RUNNING_INDEX``.
+  leaving them out makes the usual lifecycle one increment per table (no decrement).
+  Queries read running runs through the small partial index ``RUNNING_INDEX``.
 - Counts, sums and the histogram are exact under decrements; a minimum or maximum is
   not. When a run leaves a cell (a finished run changing status, job type, start or
   duration; a delete) and held its first or last start or its longest duration, the
@@ -68,7 +71,7 @@ def _key(prefix: str) -> str:
     return f"'$.\"' || {bucket_sql(f'{prefix}.duration_ms')} || '\"'"
 
 
-_HAS_DURATION = "{row}.duration_ms > 0"
+_HAS_DURATION = "{row}.duration_ms >= 1"  # >= 1: a bucket for any value (0.5 has none)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
-"""Answering a stats query from the daily rollups and, where they cannot, the runs.
+"""Answering a stats query from the rollups and, where they cannot, from the runs.
 
-A query is split into parts that each return partial aggregates per (group, status,
+A query is split into parts that each give partial aggregates per (group, status,
 duration bucket), merged in Python:
 
-- finished runs whose UTC start day lies whole inside the window: ``run_stats_daily``
-  (when nothing asked for needs what a rollup cell does not keep: an agent, an hour,
-  a created_at bound);
-- finished runs in the window's partial first and last days: the runs, through the
+- finished runs in the window's whole UTC days: ``run_stats_daily``; in the whole
+  hours of its partial first and last days (or of the window, grouping by hour):
+  ``run_stats_hourly`` (see ``plan``);
+- finished runs in the partial hours at the window's two ends: the runs, through the
   start_time index;
 - running runs: the runs, through the partial index of running runs;
-- anything else (an agent or hour grouping, an agent or created_at filter): the runs,
-  through the start_time index when there is a window.
+- a query the rollups cannot answer (an agent filter or grouping, a created_at bound):
+  the runs alone, through the start_time index when there is a window.
 
 Percentiles come from the duration histogram (``rollups.duration_bucket_floors``), the
 same for every part, so one query never mixes exact and approximate figures.
@@ -55,7 +55,7 @@ _KEY_SQL = {
     "day": "substr(start_time, 1, 10)",
     "hour": "substr(start_time, 1, 13)",
 }
-_HAS_DURATION = "status != 'running' AND duration_ms > 0"
+_HAS_DURATION = "status != 'running' AND duration_ms >= 1"
 
 
 class TooManyGroups(ValueError):
@@ -78,26 +78,33 @@ class _Group:
         self,
         status: str,
         runs: int,
-        items: tuple[float, float, float],
+        items: tuple[object, object, object],
         starts: tuple[str, str],
-        duration_max: int | None,
+        duration_max: object,
         hist: Iterable[tuple[int, int]],
     ) -> None:
         self.runs += runs
         self.by_status[status] = self.by_status.get(status, 0) + runs
-        self.discovered += items[0]
-        self.succeeded += items[1]
-        self.failed += items[2]
-        if self.first_start is None or starts[0] < self.first_start:
-            self.first_start = starts[0]
-        if self.last_start is None or starts[1] > self.last_start:
-            self.last_start = starts[1]
-        if duration_max is not None and (
+        self.discovered += _number(items[0])
+        self.succeeded += _number(items[1])
+        self.failed += _number(items[2])
+        first, last = str(starts[0]), str(starts[1])
+        if self.first_start is None or first < self.first_start:
+            self.first_start = first
+        if self.last_start is None or last > self.last_start:
+            self.last_start = last
+        # Not an integer only if written by something else than the server: never a 500.
+        if isinstance(duration_max, int | float) and (
             self.duration_max is None or duration_max > self.duration_max
         ):
-            self.duration_max = duration_max
+            self.duration_max = int(duration_max)
         for floor, count in hist:
             self.hist[floor] = self.hist.get(floor, 0) + count
+
+
+def _number(value: object) -> float:
+    """A counter as stored: text or a BLOB only if another writer put it there (as 0)."""
+    return value if isinstance(value, int | float) else 0
 
 
 def representative(floor: int) -> int:
@@ -387,7 +394,7 @@ def _read_cells(
         if stale:
             first_start, last_start, longest = _cell_bounds(conn, grain, cell, job_type, status)
         named = {"day": cell[:10], "hour": cell, "job_type": job_type, "status": status}
-        key = tuple(named[name] for name in parts.group_by)
+        key = tuple(str(named[name]) for name in parts.group_by)
         hist = ((int(floor), int(count)) for floor, count in orjson.loads(hist_text).items())
         parts.group(key).add(
             status, int(runs), (disc, succ, fail), (first_start, last_start), longest, hist

@@ -333,3 +333,28 @@ def test_windowed_shapes_scan_no_table(tmp_path: Path, params: dict[str, str]) -
         for step in plan:
             if "agent_runs" in step or "run_stats_daily" in step:
                 assert step.startswith("SEARCH"), (statement, plan)
+
+
+def test_values_another_writer_stored_fail_neither_writes_nor_answers(tmp_path: Path) -> None:
+    """Reals, text and BLOBs (the sqlite3 shell can store them) never make a trigger fail
+    (which would refuse a later API write of that run) nor a stats answer."""
+    conn = open_db(tmp_path / "odd.sqlite")
+    odd = [(0.5, "a", "j"), (b"xx", "a", "j"), ("text", b"a", "j"), (5.5, "a", b"j"), (7, "a", "j")]
+    for n, (duration, agent, job) in enumerate(odd):
+        start = b"blob" if n == 1 else "2026-04-01T00:00:00.000000+00:00"
+        conn.execute(
+            "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
+            " duration_ms, items_failed, created_at) VALUES (?, 'r', ?, ?, 'success', ?, ?, ?,"
+            " '2026-04-01T00:00:00.000000+00:00')",
+            (f"e{n}", agent, job, start, duration, "zz" if n == 3 else 1),
+        )
+    queries = [StatsQuery(group_by=keys) for keys in ([], ["day", "job_type"], ["agent_name"])]
+    queries.append(StatsQuery(group_by=["hour", "status"]))
+    for query in queries:
+        assert compute_stats(conn, query)
+    for n in range(len(odd)):
+        conn.execute("UPDATE agent_runs SET status = 'timeout' WHERE event_id = ?", (f"e{n}",))
+        if n % 2:
+            conn.execute("DELETE FROM agent_runs WHERE event_id = ?", (f"e{n}",))
+    (group,) = compute_stats(conn, StatsQuery())
+    assert group["runs"] == 3 and group["by_status"]["timeout"] == 3
