@@ -66,7 +66,8 @@ class TooManyGroups(ValueError):
 class _Group:
     runs: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
-    hist: dict[int, int] = field(default_factory=dict)
+    #: Runs per duration bucket, keyed by the bucket's floor as text (as the rollups' JSON).
+    hist: dict[str, int] = field(default_factory=dict)
     duration_max: int | None = None
     discovered: float = 0
     succeeded: float = 0
@@ -81,7 +82,7 @@ class _Group:
         items: tuple[object, object, object],
         starts: tuple[str, str],
         duration_max: object,
-        hist: Iterable[tuple[int, int]],
+        hist: dict[str, int],
     ) -> None:
         self.runs += runs
         self.by_status[status] = self.by_status.get(status, 0) + runs
@@ -98,8 +99,9 @@ class _Group:
             self.duration_max is None or duration_max > self.duration_max
         ):
             self.duration_max = int(duration_max)
-        for floor, count in hist:
-            self.hist[floor] = self.hist.get(floor, 0) + count
+        mine = self.hist
+        for floor, count in hist.items():
+            mine[floor] = mine.get(floor, 0) + count
 
 
 def _number(value: object) -> float:
@@ -136,15 +138,26 @@ PERCENTILES_NOTE = (
 
 def percentile(hist: dict[int, int], total: int, fraction: float, ceiling: int) -> int | None:
     """Nearest-rank percentile of a histogram, capped at the exact maximum."""
+    return percentiles(sorted(hist.items()), total, (fraction,), ceiling)[0]
+
+
+def percentiles(
+    ordered: list[tuple[int, int]], total: int, fractions: tuple[float, ...], ceiling: int
+) -> list[int | None]:
+    """Nearest-rank percentiles of a histogram sorted by bucket, capped at the maximum."""
     if total <= 0:
-        return None
-    rank = max(1, math.ceil(fraction * total))
+        return [None] * len(fractions)
+    found: list[int | None] = []
     seen = 0
-    for floor in sorted(hist):
-        seen += hist[floor]
-        if seen >= rank:
-            return min(representative(floor), ceiling)
-    return ceiling
+    position = 0
+    for fraction in fractions:  # ascending
+        rank = max(1, math.ceil(fraction * total))
+        while position < len(ordered) and seen + ordered[position][1] < rank:
+            seen += ordered[position][1]
+            position += 1
+        floor = ordered[position][0] if position < len(ordered) else None
+        found.append(ceiling if floor is None else min(representative(floor), ceiling))
+    return found
 
 
 class _Parts:
@@ -171,7 +184,7 @@ class _Parts:
         for row in rows:
             key = tuple(str(value) for value in row[:width])
             status, runs, disc, succ, fail, first, last, longest, floor = row[width:]
-            hist = ((int(floor), int(runs)),) if floor is not None else ()
+            hist = {str(floor): int(runs)} if floor is not None else {}
             self.group(key).add(
                 status, int(runs), (disc, succ, fail), (first, last), longest, hist
             )
@@ -183,6 +196,8 @@ class _Parts:
             finished = group.runs - group.by_status.get("running", 0)
             durations = sum(group.hist.values())
             ceiling = group.duration_max if group.duration_max is not None else 0
+            ordered = sorted((int(floor), count) for floor, count in group.hist.items())
+            p50, p95 = percentiles(ordered, durations, (0.50, 0.95), ceiling)
             groups.append(
                 {
                     "key": dict(zip(self.group_by, (_shown(k, v) for k, v in zip(
@@ -197,8 +212,8 @@ class _Parts:
                     ),
                     "duration_ms": {
                         "count": durations,
-                        "p50": percentile(group.hist, durations, 0.50, ceiling),
-                        "p95": percentile(group.hist, durations, 0.95, ceiling),
+                        "p50": p50,
+                        "p95": p95,
                         "max": group.duration_max,
                     },
                     "items": {
@@ -240,9 +255,16 @@ def _filters(query: StatsQuery, *, running: bool | None) -> tuple[list[str], lis
     return terms, params
 
 
-def _raw_sql(group_by: list[str], terms: list[str], index: str | None) -> str:
+def _raw_sql(
+    group_by: list[str], terms: list[str], index: str | None, *, durations: bool = True
+) -> str:
+    """Partial aggregates of runs; without ``durations`` (running runs only, which have
+    none in stats) it reads no duration_ms, so ``RUNNING_INDEX`` covers it."""
     keys = [_KEY_SQL[name] for name in group_by]
     floor = f"CASE WHEN {_HAS_DURATION} THEN {bucket_sql('duration_ms')} END"
+    longest = f"max(CASE WHEN {_HAS_DURATION} THEN duration_ms END)"
+    if not durations:
+        floor = longest = "NULL"
     indexed = f" INDEXED BY {index}" if index else ""
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
     columns = ", ".join(
@@ -255,7 +277,7 @@ def _raw_sql(group_by: list[str], terms: list[str], index: str | None) -> str:
             "total(items_failed)",
             "min(start_time)",
             "max(start_time)",
-            f"max(CASE WHEN {_HAS_DURATION} THEN duration_ms END)",
+            longest,
             f"{floor} AS floor",
         )
     )
@@ -283,7 +305,8 @@ def _read_raw(
         params.append(high)
     if low is None and high is None and index == START_TIME_INDEX:
         index = None  # no window: the planner picks the filters' index
-    parts.add_raw(conn.execute(_raw_sql(parts.group_by, terms, index), params))
+    sql = _raw_sql(parts.group_by, terms, index, durations=running is not True)
+    parts.add_raw(conn.execute(sql, params))
 
 
 def rollups_serve(query: StatsQuery) -> bool:
@@ -395,7 +418,7 @@ def _read_cells(
             first_start, last_start, longest = _cell_bounds(conn, grain, cell, job_type, status)
         named = {"day": cell[:10], "hour": cell, "job_type": job_type, "status": status}
         key = tuple(str(named[name]) for name in parts.group_by)
-        hist = ((int(floor), int(count)) for floor, count in orjson.loads(hist_text).items())
+        hist = orjson.loads(hist_text)
         parts.group(key).add(
             status, int(runs), (disc, succ, fail), (first_start, last_start), longest, hist
         )
