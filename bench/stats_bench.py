@@ -162,9 +162,7 @@ def http_shape(server: ServerProcess, params: dict[str, str], repeat: int) -> Ti
         latencies.append((time.perf_counter() - started) * 1000)
     cpu = server.cpu_seconds() - cpu
     conn.close()
-    return Timed(
-        percentile(latencies, 0.5), percentile(latencies, 0.99), cpu * 1000 / repeat, body
-    )
+    return Timed(percentile(latencies, 0.5), percentile(latencies, 0.99), cpu * 1000 / repeat, body)
 
 
 def in_process_ms(

@@ -62,9 +62,7 @@ def duration_bucket_floors() -> tuple[int, ...]:
 def bucket_sql(duration: str) -> str:
     """The bucket floor of a positive duration expression, in SQL (no math functions:
     SQLite builds without them exist), one rowid seek."""
-    return (
-        f"(SELECT lo FROM {BUCKET_TABLE} WHERE lo <= {duration} ORDER BY lo DESC LIMIT 1)"
-    )
+    return f"(SELECT lo FROM {BUCKET_TABLE} WHERE lo <= {duration} ORDER BY lo DESC LIMIT 1)"
 
 
 def _key(prefix: str) -> str:

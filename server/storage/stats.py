@@ -188,9 +188,7 @@ class _Parts:
             for value in durations.split(",") if durations else ():
                 floor = _FLOOR_TEXTS[bisect.bisect_right(_FLOORS, int(value)) - 1]
                 hist[floor] = hist.get(floor, 0) + 1
-            self.group(key).add(
-                status, int(runs), (disc, succ, fail), (first, last), longest, hist
-            )
+            self.group(key).add(status, int(runs), (disc, succ, fail), (first, last), longest, hist)
 
     def answer(self) -> list[dict[str, Any]]:
         groups = []
@@ -203,15 +201,17 @@ class _Parts:
             p50, p95 = percentiles(ordered, durations, (0.50, 0.95), ceiling)
             groups.append(
                 {
-                    "key": dict(zip(self.group_by, (_shown(k, v) for k, v in zip(
-                        self.group_by, key, strict=True
-                    )), strict=True)),
+                    "key": dict(
+                        zip(
+                            self.group_by,
+                            (_shown(k, v) for k, v in zip(self.group_by, key, strict=True)),
+                            strict=True,
+                        )
+                    ),
                     "runs": group.runs,
                     "by_status": {s: group.by_status.get(s, 0) for s in CANONICAL_STATUSES},
                     "success_rate": (
-                        round(group.by_status.get("success", 0) / finished, 6)
-                        if finished
-                        else None
+                        round(group.by_status.get("success", 0) / finished, 6) if finished else None
                     ),
                     "duration_ms": {
                         "count": durations,
@@ -397,9 +397,7 @@ def plan(window: Span, group_by: list[str]) -> tuple[list[Cells], list[Span]]:
     return cells, spans
 
 
-def _read_cells(
-    conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cells: Cells
-) -> None:
+def _read_cells(conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cells: Cells) -> None:
     grain, first, past = cells
     terms, params = [], []
     for column, value in (("job_type", query.job_type), ("status", query.status)):

@@ -38,15 +38,32 @@ def by_key(answer: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
 
 FLEET = [
     # job a, day 1: three finished, one running
-    {"job_type": "a", "start_time": at(DAY1, "01:00"), "status": "success", "duration_ms": 100,
-     "items_discovered": 10, "items_succeeded": 9, "items_failed": 1},
+    {
+        "job_type": "a",
+        "start_time": at(DAY1, "01:00"),
+        "status": "success",
+        "duration_ms": 100,
+        "items_discovered": 10,
+        "items_succeeded": 9,
+        "items_failed": 1,
+    },
     {"job_type": "a", "start_time": at(DAY1, "02:00"), "status": "success", "duration_ms": 50},
-    {"job_type": "a", "start_time": at(DAY1, "03:00"), "status": "failure", "duration_ms": 10,
-     "items_discovered": 5},
+    {
+        "job_type": "a",
+        "start_time": at(DAY1, "03:00"),
+        "status": "failure",
+        "duration_ms": 10,
+        "items_discovered": 5,
+    },
     {"job_type": "a", "start_time": at(DAY1, "23:59"), "status": "running"},
     # job b, day 2, another agent
-    {"job_type": "b", "agent_name": "other", "start_time": at(DAY2, "00:00"),
-     "status": "timeout", "duration_ms": 7},
+    {
+        "job_type": "b",
+        "agent_name": "other",
+        "start_time": at(DAY2, "00:00"),
+        "status": "timeout",
+        "duration_ms": 7,
+    },
 ]
 
 
@@ -68,7 +85,12 @@ async def test_overall_group_figures(api, new_run):
     assert group["key"] == {}
     assert group["runs"] == 5
     assert group["by_status"] == {
-        "running": 1, "success": 2, "failure": 1, "partial": 0, "timeout": 1, "cancelled": 0
+        "running": 1,
+        "success": 2,
+        "failure": 1,
+        "partial": 0,
+        "timeout": 1,
+        "cancelled": 0,
     }
     assert group["success_rate"] == 0.5  # 2 successes of 4 finished runs
     # durations 7, 10, 50, 100 (exact below 128 ms); the running run has none
@@ -97,7 +119,8 @@ async def test_group_by_agent_hour_and_status(api, new_run):
     await seed(api, new_run, FLEET)
     agents = by_key(await stats(api, group_by="agent_name"))
     assert {key: group["runs"] for key, group in agents.items()} == {
-        ("other",): 1, ("test-agent",): 4
+        ("other",): 1,
+        ("test-agent",): 4,
     }
     hours = by_key(await stats(api, group_by="hour", job_type="a"))
     assert list(hours) == [
@@ -108,7 +131,10 @@ async def test_group_by_agent_hour_and_status(api, new_run):
     ]
     statuses = by_key(await stats(api, group_by="status"))
     assert {key: group["runs"] for key, group in statuses.items()} == {
-        ("failure",): 1, ("running",): 1, ("success",): 2, ("timeout",): 1
+        ("failure",): 1,
+        ("running",): 1,
+        ("success",): 2,
+        ("timeout",): 1,
     }
     assert statuses[("running",)]["success_rate"] is None  # no finished run in it
 
@@ -189,9 +215,7 @@ async def test_hostile_filter_strings_match_nothing_and_change_nothing(api, new_
 async def test_window_bounds_are_inclusive_and_on_start_time(api, new_run):
     """start_time_from/to include runs starting exactly on them; others are left out."""
     await seed(api, new_run, FLEET)
-    answer = await stats(
-        api, start_time_from=at(DAY1, "02:00"), start_time_to=at(DAY1, "23:59")
-    )
+    answer = await stats(api, start_time_from=at(DAY1, "02:00"), start_time_to=at(DAY1, "23:59"))
     (group,) = answer["groups"]
     assert group["runs"] == 3
     assert group["first_start"].startswith("2026-03-01T02:00")
@@ -226,8 +250,17 @@ async def test_created_filters_and_status_alias(api, new_run):
 async def test_a_run_changing_status_moves_between_groups(api, new_run):
     """success -> failure, and running -> timeout (as the reaper does), move the run."""
     runs = await seed(
-        api, new_run, [{"job_type": "a", "start_time": at(DAY1, "05:00"), "status": "success",
-                        "duration_ms": 40}, {"job_type": "a", "start_time": at(DAY1, "06:00")}]
+        api,
+        new_run,
+        [
+            {
+                "job_type": "a",
+                "start_time": at(DAY1, "05:00"),
+                "status": "success",
+                "duration_ms": 40,
+            },
+            {"job_type": "a", "start_time": at(DAY1, "06:00")},
+        ],
     )
     before = by_key(await stats(api, group_by="status,job_type,day"))
     assert set(before) == {("success", "a", DAY1), ("running", "a", DAY1)}
@@ -241,19 +274,26 @@ async def test_a_run_changing_status_moves_between_groups(api, new_run):
     assert set(after) == {("failure", "a", DAY1), ("timeout", "a", DAY1)}
     assert after[("failure", "a", DAY1)]["duration_ms"]["max"] == 40
     assert after[("timeout", "a", DAY1)]["duration_ms"] == {
-        "count": 1, "p50": 90, "p95": 90, "max": 90
+        "count": 1,
+        "p50": 90,
+        "p95": 90,
+        "max": 90,
     }
     # the same through the hour grouping (read from the runs, not the rollups)
     hours = by_key(await stats(api, group_by="status,hour"))
     assert set(hours) == {
-        ("failure", "2026-03-01T05:00:00+00:00"), ("timeout", "2026-03-01T06:00:00+00:00")
+        ("failure", "2026-03-01T05:00:00+00:00"),
+        ("timeout", "2026-03-01T06:00:00+00:00"),
     }
 
 
 async def test_a_changed_job_type_or_start_moves_the_run(api, new_run):
     """A PATCH of job_type or start_time moves the run to its new group."""
-    (run,) = await seed(api, new_run, [{"job_type": "a", "start_time": at(DAY1, "05:00"),
-                                       "status": "success", "duration_ms": 9}])
+    (run,) = await seed(
+        api,
+        new_run,
+        [{"job_type": "a", "start_time": at(DAY1, "05:00"), "status": "success", "duration_ms": 9}],
+    )
     reply = await api.patch(
         f"/api/v1/runs/{run['event_id']}", json={"job_type": "z", "start_time": at(DAY2, "07:00")}
     )
@@ -270,9 +310,7 @@ async def test_deleted_runs_leave_the_stats(api, new_run, make_config):
     with sqlite3.connect(path) as conn:
         conn.execute("DELETE FROM agent_runs WHERE job_type = 'a' AND status != 'running'")
     groups = by_key(await stats(api, group_by="job_type,day"))
-    assert {key: group["runs"] for key, group in groups.items()} == {
-        ("a", DAY1): 1, ("b", DAY2): 1
-    }
+    assert {key: group["runs"] for key, group in groups.items()} == {("a", DAY1): 1, ("b", DAY2): 1}
     assert groups[("a", DAY1)]["by_status"]["running"] == 1
     with sqlite3.connect(path) as conn:
         conn.execute("DELETE FROM agent_runs")
@@ -297,7 +335,5 @@ async def test_stats_are_a_read_protected_like_the_list(make_api):
     )
     reply = await api.get("/api/v1/stats")
     assert reply.status == 401
-    reply = await api.get(
-        "/api/v1/stats", headers={"Authorization": "Bearer s3cret-token-value"}
-    )
+    reply = await api.get("/api/v1/stats", headers={"Authorization": "Bearer s3cret-token-value"})
     assert reply.status == 200

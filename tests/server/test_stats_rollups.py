@@ -4,6 +4,7 @@ by their migration, re-creatable, and read without full scans."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import random
@@ -109,8 +110,15 @@ def recomputed(
     ):
         cell = cells.setdefault(
             (start[:length], job, status),
-            {"runs": 0, "durations": 0, "hist": {}, "max": None, "items": [0, 0, 0],
-             "first": start, "last": start},
+            {
+                "runs": 0,
+                "durations": 0,
+                "hist": {},
+                "max": None,
+                "items": [0, 0, 0],
+                "first": start,
+                "last": start,
+            },
         )
         cell["runs"] += 1
         cell["items"] = [a + b for a, b in zip(cell["items"], (disc, succ, fail), strict=True)]
@@ -132,12 +140,16 @@ def stored(
         " items_discovered, items_succeeded, items_failed, first_start, last_start,"
         f" stale_bounds FROM {grain.table}"
     ):
-        day, job, status, runs, durations, hist, longest, disc, succ, fail, first, last, stale = (
-            row
-        )
+        day, job, status, runs, durations, hist, longest, disc, succ, fail, first, last, stale = row
         cells[(day, job, status)] = {
-            "runs": runs, "durations": durations, "hist": json.loads(hist), "max": longest,
-            "items": [disc, succ, fail], "first": first, "last": last, "stale": stale,
+            "runs": runs,
+            "durations": durations,
+            "hist": json.loads(hist),
+            "max": longest,
+            "items": [disc, succ, fail],
+            "first": first,
+            "last": last,
+            "stale": stale,
         }
     return cells
 
@@ -156,11 +168,14 @@ def assert_grain_exact(conn: sqlite3.Connection, grain: rollups.Grain) -> None:
             assert got[name] == cell[name], (key, name)
         assert got["items"] == cell["items"], key
         if got["stale"]:  # bounds only: queries recompute them
-            assert got["first"] <= cell["first"] and got["last"] >= cell["last"]
+            assert got["first"] <= cell["first"]
+            assert got["last"] >= cell["last"]
             assert cell["max"] is None or got["max"] >= cell["max"]
         else:
             assert (got["first"], got["last"], got["max"]) == (
-                cell["first"], cell["last"], cell["max"]
+                cell["first"],
+                cell["last"],
+                cell["max"],
             ), key
 
 
@@ -174,7 +189,9 @@ def random_query(rng: random.Random) -> StatsQuery:
         params["start_time_from"] = f"2026-04-0{rng.randrange(1, 5)}T0{rng.randrange(8)}:{minute}Z"
     if rng.random() < 0.7:
         minute = rng.choice(("00:00", "59:59.999999", "59:00", "00:00.000001"))
-        params["start_time_to"] = f"2026-04-0{rng.randrange(3, 6)}T{rng.randrange(24):02d}:{minute}Z"
+        params["start_time_to"] = (
+            f"2026-04-0{rng.randrange(3, 6)}T{rng.randrange(24):02d}:{minute}Z"
+        )
     if rng.random() < 0.3:
         params["job_type"] = f"job-{rng.randrange(3)}"
     if rng.random() < 0.3:
@@ -212,8 +229,22 @@ def test_item_sums_past_2_63_do_not_fail_writes(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "big.sqlite")
     big = 2**63 - 1
     for n in range(3):
-        insert(conn, (f"e{n}", "r", "a", "j", "success", "2026-04-01T00:00:00.000000+00:00",
-                      5, big, big, big, "2026-04-01T00:00:00.000000+00:00"))
+        insert(
+            conn,
+            (
+                f"e{n}",
+                "r",
+                "a",
+                "j",
+                "success",
+                "2026-04-01T00:00:00.000000+00:00",
+                5,
+                big,
+                big,
+                big,
+                "2026-04-01T00:00:00.000000+00:00",
+            ),
+        )
     conn.execute("DELETE FROM agent_runs WHERE event_id = 'e0'")
     for use_rollups in (True, False):
         (group,) = compute_stats(conn, StatsQuery(), use_rollups=use_rollups)
@@ -260,20 +291,38 @@ def test_triggers_are_recreated_after_a_table_rebuild(tmp_path: Path) -> None:
 def test_an_update_of_other_columns_leaves_the_rollups_alone(tmp_path: Path) -> None:
     """A PATCH of descriptive fields (or one setting the same values) never marks a cell."""
     conn = open_db(tmp_path / "quiet.sqlite")
-    insert(conn, ("e1", "r", "a", "j", "success", "2026-04-01T00:00:00.000000+00:00", 5, 1, 1, 0,
-                  "2026-04-01T00:00:00.000000+00:00"))
-    conn.execute("UPDATE agent_runs SET output_summary = 'x', status = 'success',"
-                 " duration_ms = 5 WHERE event_id = 'e1'")
+    insert(
+        conn,
+        (
+            "e1",
+            "r",
+            "a",
+            "j",
+            "success",
+            "2026-04-01T00:00:00.000000+00:00",
+            5,
+            1,
+            1,
+            0,
+            "2026-04-01T00:00:00.000000+00:00",
+        ),
+    )
+    conn.execute(
+        "UPDATE agent_runs SET output_summary = 'x', status = 'success',"
+        " duration_ms = 5 WHERE event_id = 'e1'"
+    )
     (cell,) = stored(conn).values()
-    assert cell["stale"] == 0 and cell["runs"] == 1
+    assert cell["stale"] == 0
+    assert cell["runs"] == 1
 
 
 def test_bucket_error_bound_and_percentiles() -> None:
     """Every bucket reports within the documented error; small durations are exact."""
     floors = rollups.duration_bucket_floors()
-    assert floors[0] == 1 and floors[-1] <= 2**63 - 1
+    assert floors[0] == 1
+    assert floors[-1] <= 2**63 - 1
     assert PERCENTILE_MAX_ERROR < 0.05
-    for low, high in zip(floors, floors[1:], strict=False):
+    for low, high in itertools.pairwise(floors):
         middle = representative(low)
         assert low <= middle <= high - 1
         for value in (low, high - 1):
@@ -295,17 +344,31 @@ def test_bucket_error_bound_and_percentiles() -> None:
 
 
 WINDOWED = [
-    {"group_by": "job_type,day", "start_time_from": "2026-04-01T05:00:00Z",
-     "start_time_to": "2026-04-04T07:00:00Z"},
-    {"group_by": "agent_name", "start_time_from": "2026-04-02T00:00:00Z",
-     "start_time_to": "2026-04-03T00:00:00Z"},
-    {"group_by": "hour", "job_type": "job-1", "start_time_from": "2026-04-02T00:00:00Z",
-     "start_time_to": "2026-04-03T00:00:00Z"},
+    {
+        "group_by": "job_type,day",
+        "start_time_from": "2026-04-01T05:00:00Z",
+        "start_time_to": "2026-04-04T07:00:00Z",
+    },
+    {
+        "group_by": "agent_name",
+        "start_time_from": "2026-04-02T00:00:00Z",
+        "start_time_to": "2026-04-03T00:00:00Z",
+    },
+    {
+        "group_by": "hour",
+        "job_type": "job-1",
+        "start_time_from": "2026-04-02T00:00:00Z",
+        "start_time_to": "2026-04-03T00:00:00Z",
+    },
     {"group_by": "status", "start_time_from": "2026-04-01T00:00:00Z"},
     {"group_by": "status", "status": "running", "start_time_to": "2026-04-04T00:00:00Z"},
     {"group_by": "day", "agent_name": "agent-1", "start_time_from": "2026-04-01T00:00:00Z"},
-    {"group_by": "job_type", "created_after": "2026-04-01T00:00:00Z",
-     "start_time_from": "2026-04-01T00:00:00Z", "start_time_to": "2026-04-02T00:00:00Z"},
+    {
+        "group_by": "job_type",
+        "created_after": "2026-04-01T00:00:00Z",
+        "start_time_from": "2026-04-01T00:00:00Z",
+        "start_time_to": "2026-04-02T00:00:00Z",
+    },
 ]
 
 
@@ -317,8 +380,10 @@ def test_windowed_shapes_scan_no_table(tmp_path: Path, params: dict[str, str]) -
     conn = open_db(tmp_path / "plans.sqlite")
     for n in range(400):
         insert(conn, random_run(rng, n))
-    conn.execute("UPDATE agent_runs SET start_time = '2026-04-02T00:00:00.000000+00:00'"
-                 " WHERE event_id = 'e1' AND status != 'running'")  # a stale cell, maybe
+    conn.execute(
+        "UPDATE agent_runs SET start_time = '2026-04-02T00:00:00.000000+00:00'"
+        " WHERE event_id = 'e1' AND status != 'running'"
+    )  # a stale cell, maybe
     conn.execute("ANALYZE")
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
@@ -357,4 +422,5 @@ def test_values_another_writer_stored_fail_neither_writes_nor_answers(tmp_path: 
         if n % 2:
             conn.execute("DELETE FROM agent_runs WHERE event_id = ?", (f"e{n}",))
     (group,) = compute_stats(conn, StatsQuery())
-    assert group["runs"] == 3 and group["by_status"]["timeout"] == 3
+    assert group["runs"] == 3
+    assert group["by_status"]["timeout"] == 3
