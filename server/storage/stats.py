@@ -414,11 +414,15 @@ def _read_cells(conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cell
         " items_discovered, items_succeeded, items_failed, first_start, last_start,"
         f" stale_bounds FROM {grain.table}{where}"
     )
-    for row in conn.execute(sql, params).fetchall():
+    rows = conn.execute(sql, params).fetchall()
+    bounds = _stale_bounds(conn, grain, {row[0] for row in rows if row[11]})
+    for row in rows:
         cell, job_type, status, runs, hist_text, longest, disc, succ, fail, first_start = row[:10]
         last_start, stale = row[10:]
         if stale:
-            first_start, last_start, longest = _cell_bounds(conn, grain, cell, job_type, status)
+            first_start, last_start, longest = bounds.get((job_type, status), {}).get(
+                cell, (first_start, last_start, longest)
+            )
         named = {"day": cell[:10], "hour": cell, "job_type": job_type, "status": status}
         key = tuple(str(named[name]) for name in parts.group_by)
         hist = orjson.loads(hist_text)
@@ -427,18 +431,28 @@ def _read_cells(conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cell
         )
 
 
-def _cell_bounds(
-    conn: sqlite3.Connection, grain: Grain, cell: str, job_type: str, status: str
-) -> tuple[str, str, int | None]:
-    """First and last start and longest duration of a cell flagged stale, from its runs."""
-    start = _parse(f"{cell}T00:00:00+00:00" if grain is DAILY else f"{cell}:00:00+00:00")
-    row = conn.execute(
-        f"SELECT min(start_time), max(start_time), max(CASE WHEN {_HAS_DURATION}"
-        f" THEN duration_ms END) FROM agent_runs INDEXED BY {START_TIME_INDEX}"
-        " WHERE start_time >= ? AND start_time <= ? AND job_type = ? AND status = ?",
-        (_format(start), _format(start + _unit(grain) - _MICROSECOND), job_type, status),
-    ).fetchone()
-    return str(row[0]), str(row[1]), row[2]
+_Bounds = tuple[Any, Any, Any]
+
+
+def _stale_bounds(
+    conn: sqlite3.Connection, grain: Grain, cells: set[str]
+) -> dict[tuple[str, str], dict[str, _Bounds]]:
+    """First and last start and longest duration, from the runs, of every (job_type,
+    status) in the cells that hold a stale one: one read of each such day or hour (a
+    prune stopping mid-day leaves a whole day's cells stale)."""
+    found: dict[tuple[str, str], dict[str, _Bounds]] = {}
+    for cell in sorted(cells):
+        start = _parse(f"{cell}T00:00:00+00:00" if grain is DAILY else f"{cell}:00:00+00:00")
+        rows = conn.execute(
+            f"SELECT job_type, status, min(start_time), max(start_time), max(CASE WHEN"
+            f" {_HAS_DURATION} THEN duration_ms END) FROM agent_runs INDEXED BY"
+            f" {START_TIME_INDEX} WHERE start_time >= ? AND start_time <= ?"
+            " AND status != 'running' GROUP BY job_type, status",
+            (_format(start), _format(start + _unit(grain) - _MICROSECOND)),
+        )
+        for job_type, status, first, last, longest in rows:
+            found.setdefault((job_type, status), {})[cell] = (first, last, longest)
+    return found
 
 
 def compute_stats(
