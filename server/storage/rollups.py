@@ -195,14 +195,20 @@ TRIGGERS: tuple[str, ...] = (
         tuple(_add(grain, "NEW") for grain in GRAINS),
         "NEW.status != 'running'",
     ),
+    # Two triggers, each firing only when it has work: the usual update (running to
+    # finished) runs no removal. Their order does not matter: a cell gaining and losing
+    # a run in either order ends the same (or flagged stale, which is recomputed).
     _trigger(
-        "trg_stats_update",
+        "trg_stats_update_old",
         f"UPDATE OF {', '.join(_COUNTED)}",
-        (
-            *(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
-            *(_add(grain, "NEW") for grain in GRAINS),
-        ),
-        f"(OLD.status != 'running' OR NEW.status != 'running') AND ({_CHANGED})",
+        tuple(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
+        f"OLD.status != 'running' AND ({_CHANGED})",
+    ),
+    _trigger(
+        "trg_stats_update_new",
+        f"UPDATE OF {', '.join(_COUNTED)}",
+        tuple(_add(grain, "NEW") for grain in GRAINS),
+        f"NEW.status != 'running' AND ({_CHANGED})",
     ),
     _trigger(
         "trg_stats_delete",
