@@ -337,3 +337,22 @@ async def test_stats_are_a_read_protected_like_the_list(make_api):
     assert reply.status == 401
     reply = await api.get("/api/v1/stats", headers={"Authorization": "Bearer s3cret-token-value"})
     assert reply.status == 200
+
+
+async def test_a_run_without_duration_counts_as_a_run_not_a_duration(api, new_run):
+    """duration_ms null (stored 0) or absent: counted in runs and statuses, left out of
+    the duration figures, which are null when no run has one."""
+    await seed(
+        api,
+        new_run,
+        [
+            {"status": "success", "duration_ms": None},
+            {"status": "failure"},
+            {"status": "running", "duration_ms": 500},  # a running run's is not final
+        ],
+    )
+    (group,) = (await stats(api))["groups"]
+    assert group["runs"] == 3
+    assert group["duration_ms"] == {"count": 0, "p50": None, "p95": None, "max": None}
+    reply = await api.patch(f"/api/v1/runs/{new_run()['event_id']}", json={"duration_ms": None})
+    assert reply.status == 422  # a stored run's duration can never become null
