@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
-from server.http import heartbeat, ops, runs
+from server.http import heartbeat, ops, runs, stats
 from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
@@ -103,6 +103,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
     app.add_routes(heartbeat.routes)
     app.add_routes(runs.routes)
+    app.add_routes(stats.routes)
     app.add_routes(ops.routes)
     app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.append(database_ctx)

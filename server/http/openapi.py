@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from server.contract import fields, models
+from server.contract import stats as stats_models
 
 _Schema = dict[str, Any]
 _SCHEMA_REF = "#/components/schemas/{model}"
@@ -34,7 +35,7 @@ _REQUESTS = (
 _ANSWERS = (
     *(models.CreateResponse, models.DuplicateResponse, models.UpdateResponse),
     *(models.AssociateResponse, models.BatchResponse, models.UpsertResponse),
-    *(models.RunRecord, models.ErrorBody),
+    *(models.RunRecord, models.ErrorBody, stats_models.StatsAnswer),
 )
 _INSTANT = {
     "format": "date-time",
@@ -175,6 +176,7 @@ _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "health": ("service", "Health check", "200", "HealthResponse", "Service is up."),
     "metrics": ("service", "System-wide statistics", "200", "MetricsResponse", "Counts."),
     "metadata": ("service", "Distinct agents and job types", "200", "MetadataResponse", "Values."),
+    "runStats": ("runs", "Run statistics by group", "200", "StatsAnswer", "Groups, by key."),
 }
 
 _INSERT_DESCRIPTION = """\
@@ -380,10 +382,10 @@ def _service_schemas(variant: ApiVariant) -> dict[str, _Schema]:
     return schemas
 
 
-def _query_params() -> list[_Schema]:
+def _query_params(model: type[BaseModel] = models.RunQuery) -> list[_Schema]:
     """The filters of GET /api/v1/runs, from RunQuery; an absent one does not filter."""
-    schema = models.RunQuery.model_json_schema(ref_template=_SCHEMA_REF)
-    _add_hints(models.RunQuery, schema)
+    schema = model.model_json_schema(ref_template=_SCHEMA_REF)
+    _add_hints(model, schema)
     params = []
     for name, prop in schema["properties"].items():
         branch = next(b for b in prop.get("anyOf", [prop]) if b.get("type") != "null")
@@ -391,7 +393,11 @@ def _query_params() -> list[_Schema]:
         if prop.get("default") is not None:
             param_schema["default"] = prop["default"]
         text = prop.get("description") or _PARAM_TEXTS.get(name, "Exact match.")
-        params.append({"name": name, "in": "query", "description": text, "schema": param_schema})
+        param = {"name": name, "in": "query", "description": text, "schema": param_schema}
+        if param_schema.get("type") == "array":  # group_by: job_type,day
+            param.update(style="form", explode=False)
+            param_schema.pop("default", None)
+        params.append(param)
     return params
 
 
@@ -574,6 +580,23 @@ def _list_op(runs: str, variant: ApiVariant) -> _Schema:
     return op
 
 
+_STATS_DESCRIPTION = """\
+Runs grouped by `group_by` (none: one group of every matching run), with the list's
+filters; `start_time_from` / `start_time_to` bound the window, on start_time. Per group:
+runs, runs per status, success rate (success / finished runs), duration p50 / p95 / max
+over finished runs with a duration (duration_ms > 0: running runs and runs that reported
+none are left out of durations but counted as runs), item totals, first and last start.
+day and hour are UTC. Served from daily and hourly rollups the server keeps for finished
+runs when the query has no agent_name (filter or group) and no created_at bound; those
+read the runs themselves (give them a window). More than 10,000 groups is a 422."""
+
+
+def _stats_op(variant: ApiVariant) -> _Schema:
+    op = _op("runStats", "/api/v1/stats", variant, params=_query_params(stats_models.StatsQuery))
+    op["description"] = _STATS_DESCRIPTION
+    return op
+
+
 def _paths(variant: ApiVariant) -> dict[str, _Schema]:
     runs, run = "/api/v1/runs", "/api/v1/runs/{event_id}"
     update = _op("updateRun", run, variant, _ref("RunUpdate"))
@@ -594,6 +617,7 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         "/health": {"get": _health_op(variant)},
         "/metrics": {"get": _metrics_op(variant)},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata", variant)},
+        "/api/v1/stats": {"get": _stats_op(variant)},
     }
     if variant.heartbeat:
         paths[f"{run}/heartbeat"] = {"post": _heartbeat_op(run, variant)}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from server.storage.rollups import ROLLUP_STATEMENTS
+
 RUN_TEXT_COLUMNS: tuple[str, ...] = (
     "run_id",
     "agent_name",
@@ -334,6 +336,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             *STALE_INDEXES,
             _SIDECARS_TABLE,
         ),
+    ),
+    Migration(
+        7,
+        "stats: daily rollups of finished runs kept by triggers (backfilled), and a partial"
+        " index of running runs by start_time (see server/storage/rollups.py)",
+        ROLLUP_STATEMENTS,
     ),
 )
 

@@ -150,6 +150,11 @@ async def metadata(request: web.Request) -> web.Response:
     return relay(await proxy(request.app[SIDECAR], request, "/api/v1/metadata"))
 
 
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    return relay(await proxy(request.app[SIDECAR], request, "/api/v1/stats"))
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Scrapers get spoold's own Prometheus metrics; JSON clients the server's guide metrics."""

@@ -22,6 +22,7 @@ READS = (
     "/api/v1/runs/{event_id}/commit-url",
     "/api/v1/runs/{event_id}/repo-url",
     "/api/v1/metadata",
+    "/api/v1/stats",
 )
 
 

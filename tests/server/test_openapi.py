@@ -35,6 +35,7 @@ OPERATIONS = {
     ("/health", "get"),
     ("/metrics", "get"),
     ("/api/v1/metadata", "get"),
+    ("/api/v1/stats", "get"),
 }
 WRITES = {(path, method) for path, method in OPERATIONS if method in ("post", "patch")}
 MIN_ASSET_BYTES = {"text/javascript": 100_000, "text/css": 10_000, "image/png": 100}
@@ -467,6 +468,8 @@ async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, stat
         kwargs = {"json": _INVALID_BODIES[operation]} if body is not None else {}
         if operation == "GET /api/v1/runs":
             kwargs = {"params": {"limit": "0"}}
+        if operation == "GET /api/v1/stats":
+            kwargs = {"params": {"group_by": "nope"}}
     if status == "503" and operation in _MEMORY_ONLY:
         return await _while_saturated(api, method, path)
     if status == "503":

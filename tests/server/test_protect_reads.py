@@ -83,7 +83,14 @@ async def test_health_with_token_has_the_path(protected, make_config):
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/runs", "/api/v1/metadata", "/api/v1/runs/x", "/api/v1/runs/x/commit-url"]
+    "path",
+    [
+        "/api/v1/runs",
+        "/api/v1/metadata",
+        "/api/v1/runs/x",
+        "/api/v1/runs/x/commit-url",
+        "/api/v1/stats?group_by=agent_name",
+    ],
 )
 async def test_run_reads_need_the_token(protected, path):
     """Every other read of run data is 401 without the token."""

@@ -97,6 +97,7 @@ async def test_an_update_of_a_delivered_run_queued_while_the_server_is_down_is_n
         "/api/v1/runs",
         "/api/v1/runs?agent_name=a",
         "/api/v1/metadata",
+        "/api/v1/stats?group_by=job_type",
         "/metrics",
         "/api/v1/runs/unknown-here",
         "/api/v1/runs/unknown-here/commit-url",
@@ -114,7 +115,9 @@ async def test_reads_with_the_server_down_are_503_with_a_clear_message(
     assert int(reply.headers["Retry-After"]) >= 1
 
 
-@pytest.mark.parametrize("path", ["/api/v1/runs", "/api/v1/runs/slow-one", "/api/v1/metadata"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/runs", "/api/v1/runs/slow-one", "/api/v1/metadata", "/api/v1/stats"]
+)
 async def test_a_slow_server_gives_504(fake, make_sidecar, path):
     """The server does not answer within the look-up timeout: 504 JSON, not a hang."""
     fake.read_default = hang(2.0)
@@ -145,6 +148,11 @@ async def test_proxied_reads_pass_the_servers_status_and_body_through(central, m
         "/api/v1/runs/absent",
         "/api/v1/runs/absent/repo-url",
         "/api/v1/metadata",
+        "/api/v1/stats",
+        "/api/v1/stats?group_by=job_type,day&agent_name=sidecar-agent",
+        "/api/v1/stats?group_by=job_type&group_by=status",
+        "/api/v1/stats?group_by=nope",
+        "/api/v1/stats?start_time_from=2026-01-12T10:30:00",
     ]
     for path in paths:
         direct = await central.api.get(path)
