@@ -129,6 +129,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Request body bytes held at once (at least TELEMETRY_MAX_BODY_BYTES); a request that "
         "does not fit gets 503 with Retry-After, unread.",
     ),
+    # ---- retention ----
+    Setting(
+        "TELEMETRY_RETENTION_DAYS",
+        "retention_days",
+        "Delete finished runs older than this many days (created and ended before the cut), "
+        "in the background; 0 or empty = keep everything (the default).",
+    ),
+    Setting(
+        "TELEMETRY_RETENTION_INTERVAL_S",
+        "retention_interval_s",
+        "With retention on: seconds between two background prune passes (the first runs at "
+        "start-up).",
+    ),
 )
 
 #: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
@@ -168,10 +181,17 @@ class ServerConfig(BaseModel):
     wal_restart_pages: int = Field(default=8000, ge=0, le=1_000_000)
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
+    retention_days: int = Field(default=0, ge=0, le=36_500)
+    retention_interval_s: float = Field(default=3600.0, ge=1, le=7 * 86_400)
 
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
     )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_retention_is_off(cls, value: Any) -> Any:
+        return 0 if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _token_when_auth(self) -> ServerConfig:

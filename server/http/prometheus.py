@@ -98,6 +98,25 @@ class ServerMetrics:
         self.total_runs = Gauge(
             "telemetry_runs_total_stored", "Stored runs", registry=self.registry
         )
+        self.prune_passes = Counter(
+            "telemetry_prune_passes", "Prune passes completed", registry=self.registry
+        )
+        self.pruned_runs = Counter(
+            "telemetry_pruned_runs",
+            "Runs deleted by retention, by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.vacuumed_pages = Counter(
+            "telemetry_vacuumed_pages",
+            "Free pages given back to the file system after prunes",
+            registry=self.registry,
+        )
+        self.prune_max_batch_seconds = Gauge(
+            "telemetry_prune_max_batch_seconds",
+            "Longest writer hold of one delete batch in the last prune pass",
+            registry=self.registry,
+        )
 
     def observe_write_group(self, operations: int, seconds: float) -> None:
         self.write_batch_size.observe(operations)

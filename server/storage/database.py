@@ -27,6 +27,7 @@ from server.storage.cursor import CursorCodec, Position
 from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
+from server.storage.retention import prefer_incremental_vacuum
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.writer import GroupObserver, Writer
 from server.systemd import extending_start_timeout
@@ -117,6 +118,7 @@ class Database:
         )
         counters, distinct, size = RunCounters(), DistinctValues(), DatabaseSize()
         try:
+            prefer_incremental_vacuum(conn)  # a new file: so prunes can give space back
             migrating = current_version(conn) < SCHEMA_VERSION  # a rebuild may take minutes
             with extending_start_timeout("migrating the database schema", enabled=migrating):
                 applied = migrate(conn)
