@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.contract.errors import ValidationFailed
 from server.contract.models import RunQuery
 from server.contract.validation import parse_model
+from server.http.ops import METRICS
 from server.http.runs import DATABASE
 from server.storage.connection import classify
 from server.storage.export import CONTENT_TYPES, Export
@@ -94,6 +95,8 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
 async def _stream(
     request: web.Request, export: Export, fmt: Literal["ndjson", "csv"]
 ) -> web.StreamResponse:
+    """Write the export's chunks; ``cancelled``: aiohttp cancelled the handler (the client
+    left while a write waited, or the server is stopping)."""
     loop = asyncio.get_running_loop()
     fetch: asyncio.Future[bytes | None] | None = None
     outcome = "cancelled"
@@ -105,6 +108,8 @@ async def _stream(
         }
     )
     response.enable_chunked_encoding()
+    metrics = request.app[METRICS]
+    metrics.exports_active.inc()
     try:
         await response.prepare(request)
         while True:
@@ -130,5 +135,7 @@ async def _stream(
             with contextlib.suppress(BaseException):
                 await asyncio.wait([fetch])
         export.close()
+        metrics.exports_active.dec()
+        metrics.exports.labels(outcome).inc()
         log.info("export_finished", format=fmt, rows=export.rows, outcome=outcome)
     return response

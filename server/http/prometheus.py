@@ -112,6 +112,17 @@ class ServerMetrics:
             "Free pages given back to the file system after prunes",
             registry=self.registry,
         )
+        self.exports_active = Gauge(
+            "telemetry_exports_active",
+            "Exports streaming now (each holds a read transaction)",
+            registry=self.registry,
+        )
+        self.exports = Counter(
+            "telemetry_exports",
+            "Exports ended, by outcome (complete, client_gone, storage_error, cancelled)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.prune_max_batch_seconds = Gauge(
             "telemetry_prune_max_batch_seconds",
             "Longest writer hold of one delete batch in the last prune pass",
