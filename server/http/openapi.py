@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from server.contract import fields, models
+from server.http.openapi_export import export_op, maintenance_paths
 
 _Schema = dict[str, Any]
 _SCHEMA_REF = "#/components/schemas/{model}"
@@ -125,7 +126,7 @@ SERVER_API = ApiVariant(
     auth=True, rate_limit=True, upsert=True, health=SERVER_HEALTH, health_unhealthy_503=True
 )
 
-_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit"})
+_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit", "pruneRuns"})
 _OPEN = frozenset({"health", "metrics"})  # never a 401 (private fields left out instead)
 _RELAYED = " Relayed from the central server."
 _PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
@@ -165,6 +166,8 @@ _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "health": ("service", "Health check", "200", "HealthResponse", "Service is up."),
     "metrics": ("service", "System-wide statistics", "200", "MetricsResponse", "Counts."),
     "metadata": ("service", "Distinct agents and job types", "200", "MetadataResponse", "Values."),
+    "exportRuns": ("runs", "Export every matching run", "200", {}, "The runs, streamed."),
+    "pruneRuns": ("service", "Delete old finished runs", "200", {}, "What the pass did."),
 }
 
 _INSERT_DESCRIPTION = """\
@@ -518,6 +521,7 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         update = _queued(update, "QueuedUpdateResponse")
         associate = _queued(associate, "QueuedAssociateResponse")
     return {
+        f"{runs}/export": {"get": export_op(variant, _op, _query_params())},
         runs: {
             "post": _op("createRun", runs, variant, _ref("RunCreate")),
             "get": _list_op(runs, variant),
@@ -530,4 +534,5 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         "/health": {"get": _health_op(variant)},
         "/metrics": {"get": _metrics_op(variant)},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata", variant)},
+        **maintenance_paths(variant, _op),
     }

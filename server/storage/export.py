@@ -110,6 +110,8 @@ class Export:
     def begin(self) -> None:
         """Start the read transaction; the first statement fixes the snapshot."""
         self._conn.execute("BEGIN")
+        # The first read fixes the snapshot (and meets a lock now, before any answer).
+        self._conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         self._window = plan_window(self._conn, self._query)
 
     def next_chunk(self) -> bytes | None:

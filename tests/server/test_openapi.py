@@ -34,6 +34,8 @@ OPERATIONS = {
     ("/health", "get"),
     ("/metrics", "get"),
     ("/api/v1/metadata", "get"),
+    ("/api/v1/runs/export", "get"),
+    ("/api/v1/maintenance/prune", "post"),
 }
 WRITES = {(path, method) for path, method in OPERATIONS if method in ("post", "patch")}
 MIN_ASSET_BYTES = {"text/javascript": 100_000, "text/css": 10_000, "image/png": 100}
@@ -376,12 +378,14 @@ _VALID_BODIES: dict[str, Callable[[dict[str, Any]], Any]] = {
         "commit_hash": "abcdef1",
         "commit_source": "manual",
     },
+    "POST /api/v1/maintenance/prune": lambda run: {"older_than": "90d"},
 }
 _INVALID_BODIES: dict[str, Any] = {
     "POST /api/v1/runs": {"event_id": "x"},
     "POST /api/v1/runs/batch": {"not": "an array"},
     "PATCH /api/v1/runs/{event_id}": {"no_such_field": 1},
     "POST /api/v1/runs/{event_id}/associate-commit": {"commit_source": "manual"},
+    "POST /api/v1/maintenance/prune": {"older_than": "soon"},
 }
 #: The configuration that lets each status happen (the defaults otherwise).
 _SETUPS: dict[str, dict[str, Any]] = {
@@ -440,6 +444,11 @@ async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, stat
         kwargs = {"json": _INVALID_BODIES[operation]} if body is not None else {}
         if operation == "GET /api/v1/runs":
             kwargs = {"params": {"limit": "0"}}
+        if operation == "GET /api/v1/runs/export":
+            kwargs = {"params": {"format": "xml"}}
+    if operation == "GET /api/v1/runs/export" and status == "200":  # a stream, not JSON
+        async with api.client.get(path) as response:
+            return _Answer(response.status, await response.read())
     if status == "503" and operation in _MEMORY_ONLY:
         return await _while_saturated(api, method, path)
     if status == "503":
