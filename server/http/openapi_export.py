@@ -25,11 +25,11 @@ its snapshot (the WAL file grows until it ends).
 
 * `ndjson` (`application/x-ndjson`): one run per line, the JSON object the list answers.
 * `csv` (`text/csv; charset=utf-8`): RFC 4180, UTF-8 without BOM, CRLF line ends; a header
-  row `{",".join(CSV_COLUMNS)}`; a field is quoted when it holds a comma, quote, CR or LF
-  (quotes doubled); NULL and empty text are both an empty field; `metrics_json` and
-  `context_json` are their JSON text. Text is exported exactly as stored; with
-  `escape_formulas=true`, text starting with `=`, `+`, `-`, `@`, TAB or CR gets a leading
-  `'` (CSV injection: spreadsheets then show it rather than evaluate it).
+  row `{",".join(CSV_COLUMNS)}`; numbers bare, NULL an empty field, text always quoted
+  (quotes doubled; an empty text is `""`); `metrics_json` and `context_json` are their JSON
+  text. Text is exported exactly as stored; with `escape_formulas=true`, text starting with
+  `=`, `+`, `-`, `@`, TAB or CR gets a leading `'` (CSV injection: spreadsheets then show
+  it rather than evaluate it).
 
 The path is never an event_id: a run whose event_id is `export` is in the export and the
 list, and its PATCH and other sub-paths work. The paging parameters (`limit`, `offset`,

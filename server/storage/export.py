@@ -14,31 +14,29 @@ WAL file grows for as long as the export runs (it is started over by the first
 checkpoint after the export ends). ``close`` ends the transaction at once.
 
 NDJSON: one line per run, the bytes ``GET /api/v1/runs`` gives for that run.
-CSV (RFC 4180, UTF-8, no BOM, CRLF): a header of ``CSV_COLUMNS``; fields quoted
-when they hold a comma, quote, CR or LF (quotes doubled); NULL and empty text
-are both an empty field; ``metrics_json``/``context_json`` are their JSON text.
-Text is written exactly as stored unless ``escape_formulas`` is asked for: then a
-text field starting with ``=``, ``+``, ``-``, ``@``, TAB or CR gets a leading
-``'`` so spreadsheets show it instead of evaluating it (OWASP CSV injection).
+CSV (RFC 4180, UTF-8, no BOM, CRLF; see ``csv_lines``): a header of
+``CSV_COLUMNS``; numbers bare, NULL an empty field, text always quoted (quotes
+doubled); ``metrics_json``/``context_json`` are their JSON text. Text is written
+exactly as stored unless ``escape_formulas`` is asked for.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from server.contract.models import RunQuery
-from server.storage import run_json
+from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.runs import query_sql, row_to_run
-from server.storage.schema import RUN_COLUMNS, RUN_JSON_COLUMNS
+from server.storage.csv_lines import CSV_COLUMNS
+from server.storage.schema import RUN_COLUMNS
 from server.storage.window import WindowPlan, plan_window
-from server.urls import build_commit_url, build_repo_url
+
+__all__ = ["CONTENT_TYPES", "CSV_COLUMNS", "FORMATS", "Export", "Format"]
 
 Format = Literal["ndjson", "csv"]
 FORMATS: tuple[Format, ...] = ("ndjson", "csv")
@@ -48,18 +46,8 @@ CONTENT_TYPES: dict[Format, str] = {
 }
 #: Runs per chunk: ~2 MB of NDJSON at the fleet's sizes, a few ms of SQLite.
 CHUNK_ROWS = 1000
-CSV_COLUMNS: tuple[str, ...] = (*RUN_COLUMNS, "commit_url", "repo_url")
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _ALL_COLUMNS = ", ".join(RUN_COLUMNS)
-# JSON columns as their text when it is JSON (another writer's non-JSON text: NULL, as
-# the API's rendering gives null for it).
-_CSV_SELECT = ", ".join(
-    f"CASE WHEN json_valid({c}) THEN {c} END" if c in RUN_JSON_COLUMNS else c
-    for c in RUN_COLUMNS
-)
 _CREATED_AT = RUN_COLUMNS.index("created_at")
-_REPO = RUN_COLUMNS.index("git_repo")
-_COMMIT = RUN_COLUMNS.index("git_commit_hash")
 
 
 class Export:
@@ -77,7 +65,7 @@ class Export:
         self._conn = conn
         self._query = query.model_copy(update={"limit": chunk_rows, "offset": 0, "cursor": None})
         self._format = fmt
-        self._escape = escape_formulas
+        self._csv_columns = csv_lines.select_list(escape_formulas=escape_formulas)
         self._after: Position | None = None
         self._done = False
         self._window = WindowPlan()
@@ -118,11 +106,16 @@ class Export:
         """The next chunk of output, or None once every run was written."""
         if self._header_due:
             self._header_due = False
-            return _csv_text([CSV_COLUMNS]).encode()
+            return csv_lines.header()
         if self._done:
             return None
         ndjson = self._format == "ndjson"
-        columns = run_json.JSON_COLUMNS if ndjson and self._exact_json else _select(ndjson)
+        if not ndjson:
+            columns, created_at = self._csv_columns, csv_lines.CREATED_AT
+        elif self._exact_json:
+            columns, created_at = run_json.JSON_COLUMNS, run_json.CREATED_AT
+        else:
+            columns, created_at = _ALL_COLUMNS, _CREATED_AT
         sql, params = query_sql(self._query, self._after, self._window, columns)
         rows = self._conn.execute(sql, params).fetchall()
         limit = self._query.limit
@@ -131,7 +124,6 @@ class Export:
         rows = rows[:limit]
         if not rows:
             return None
-        created_at = run_json.CREATED_AT if columns == run_json.JSON_COLUMNS else _CREATED_AT
         self._after = Position(str(rows[-1][created_at]), int(rows[-1][-1]))
         self.rows += len(rows)
         if not ndjson:
@@ -173,34 +165,5 @@ class Export:
         return b"".join(parts)
 
     def _csv(self, rows: Sequence[Sequence[Any]]) -> bytes:
-        out = []
-        for row in rows:
-            values = [_text(value) for value in row[: len(RUN_COLUMNS)]]
-            values += (
-                build_commit_url(values[_REPO], values[_COMMIT]),
-                build_repo_url(values[_REPO]),
-            )
-            if self._escape:
-                values = [_defused(value) for value in values]
-            out.append(values)
-        return _csv_text(out).encode("utf-8", "surrogatepass")
-
-
-def _select(ndjson: bool) -> str:
-    return _ALL_COLUMNS if ndjson else _CSV_SELECT
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if type(value) is bytes else value
-
-
-def _defused(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
-    return buffer.getvalue()
+        end = csv_lines.line_end
+        return "".join([line + end(repo, commit) for line, _, repo, commit, _ in rows]).encode()

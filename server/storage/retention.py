@@ -40,10 +40,13 @@ from server.contract.timestamps import format_instant
 
 #: What one batch should hold the writer for; 50 ms is the bound, the rest is headroom for
 #: the commit hooks (run counters, distinct values) and the commit itself.
-TARGET_BATCH_S = 0.02
-FIRST_BATCH_ROWS = 200
+TARGET_BATCH_S = 0.015
+FIRST_BATCH_ROWS = 100
 MIN_BATCH_ROWS = 10
-MAX_BATCH_ROWS = 5000
+MAX_BATCH_ROWS = 2000
+#: A batch grows by at most this factor at a time (it shrinks by up to half): the cost
+#: per row varies (cold pages, a busy machine), so approach the target from below.
+MAX_GROWTH = 1.25
 #: Pages one ``incremental_vacuum`` step frees (4 MiB at 4 KiB pages).
 VACUUM_STEP_PAGES = 1024
 #: A pass rests between batches for as long as the batch took (the writer is the
@@ -245,7 +248,7 @@ class BatchSizer:
         if rows < self.rows:  # a short window (end of range) says nothing about the rate
             return
         scale = self.target_s / max(seconds, 1e-4)
-        scale = min(max(scale, 0.5), 2.0)  # never more than double or halve at once
+        scale = min(max(scale, 0.5), MAX_GROWTH)
         self.rows = int(min(max(self.rows * scale, MIN_BATCH_ROWS), MAX_BATCH_ROWS))
 
 

@@ -261,3 +261,19 @@ def _metrics_key() -> Any:
     from server.http.ops import METRICS
 
     return METRICS
+
+
+async def test_csv_tells_null_from_empty_text_and_keeps_numbers_bare(
+    api: Any, new_run: Any
+) -> None:
+    run = new_run(item_name="", items_discovered=7)
+    await api.create(run)
+    status, body, _ = await raw(api, {"format": "csv"})
+    assert status == 200
+    line = body.decode().split("\r\n")[1]
+    fields = next(csv.reader(io.StringIO(line)))
+    record = dict(zip(CSV_COLUMNS, fields, strict=True))
+    assert record["items_discovered"] == "7"
+    assert ',"",' in line  # item_name: empty text, quoted
+    assert ",," in line  # a NULL column (e.g. error_summary): nothing at all
+    assert record["error_summary"] == "" and record["item_name"] == ""

@@ -278,10 +278,10 @@ def test_batches_adapt_to_their_measured_time() -> None:
     sizer = BatchSizer(target_s=0.02, first=200)
     sizer.observe(200, 0.08)  # too slow: halve at most
     assert sizer.rows == 100
-    sizer.observe(100, 0.001)  # fast: double at most
-    assert sizer.rows == 200
+    sizer.observe(100, 0.001)  # fast: grow by a quarter at most
+    assert sizer.rows == 125
     sizer.observe(50, 5.0)  # a short window says nothing
-    assert sizer.rows == 200
+    assert sizer.rows == 125
 
 
 @pytest.mark.parametrize(
