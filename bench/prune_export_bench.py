@@ -42,9 +42,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import server_bench  # noqa: E402
-from loadgen import run_load  # noqa: E402
-from report import Figure, format_row, write_json  # noqa: E402
+import server_bench
+from loadgen import run_load
+from report import Figure, format_row, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 8
@@ -87,9 +87,7 @@ class RssSampler:
 
 
 def file_bytes(db: Path) -> int:
-    return sum(
-        Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists()
-    )
+    return sum(Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists())
 
 
 def export(base_url: str, fmt: str) -> tuple[int, int, float]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import sqlite3
+import ssl
 import sys
 import time
 import urllib.error
@@ -117,9 +117,13 @@ class _ServerRefused(Exception):
     pass
 
 
+_ANY_ADDRESS = frozenset(("", "0.0.0.0", "::"))  # noqa: S104 (compared, not bound)
+
+
 def server_url(config: ServerConfig) -> str:
+    """The configured server's URL (always http or https, built here)."""
     host = config.host
-    if host in ("", "0.0.0.0", "::"):
+    if host in _ANY_ADDRESS:  # the server listens everywhere: ask it on loopback
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
@@ -143,11 +147,10 @@ def _request(
     if config.auth_enabled and config.auth_token:
         headers["Authorization"] = f"Bearer {config.auth_token}"
     data = None if body is None else orjson.dumps(body)
-    request = urllib.request.Request(
-        server_url(config) + path, data=data, method=method, headers=headers
-    )
+    url = server_url(config) + path  # http(s) only: built by server_url
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s, context=_tls(config)) as reply:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=_tls(config)) as reply:  # noqa: S310
             return reply.status, orjson.loads(reply.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -190,16 +193,20 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
         return
     verb = "would delete" if report.get("dry_run") else "deleted"
     statuses = ", ".join(f"{s}={n}" for s, n in sorted(report.get("by_status", {}).items()))
-    print(f"prune ({report.get('mode')}): {verb} {report['deleted']} runs created and ended "
-          f"before {report['cut']}" + (f" ({statuses})" if statuses else ""))
+    print(
+        f"prune ({report.get('mode')}): {verb} {report['deleted']} runs created and ended "
+        f"before {report['cut']}" + (f" ({statuses})" if statuses else "")
+    )
     if not report.get("dry_run"):
         print(
             f"  {report['batches']} batches, longest {report['max_batch_ms']} ms; "
             f"{report['vacuumed_pages']} pages given back in {report['seconds']} s"
         )
     if not report.get("incremental_vacuum"):
-        print("  the file is not in incremental auto-vacuum mode: freed pages are reused, the "
-              "file does not shrink (see `telemetry-server vacuum`)")
+        print(
+            "  the file is not in incremental auto-vacuum mode: freed pages are reused, the "
+            "file does not shrink (see `telemetry-server vacuum`)"
+        )
 
 
 # ---- vacuum -----------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from server.http.runs import DATABASE, json_response
 from server.storage.connection import StorageUnavailable
 from server.storage.retention import (
     PrunePlan,
-    PruneReport,
     Pruner,
+    PruneReport,
     RetentionError,
     check_statuses,
     cut_for,
@@ -74,9 +74,7 @@ def plan_of(request: PruneRequest) -> PrunePlan:
     try:
         return PrunePlan(cut_for(parse_age(request.older_than)), check_statuses(request.statuses))
     except RetentionError as exc:
-        raise ValidationFailed(
-            [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
-        ) from exc
+        raise ValidationFailed([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from exc
 
 
 def _loopback(remote: str | None) -> bool:
@@ -109,9 +107,7 @@ def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
         metrics.prune_max_batch_seconds.set(report.max_batch_s)
         log.info("prune_pass", **report.as_dict())
 
-    return Pruner(
-        database.writer.run, database.reader.run, sleep=asyncio.sleep, on_report=observe
-    )
+    return Pruner(database.writer.run, database.reader.run, sleep=asyncio.sleep, on_report=observe)
 
 
 def retention_ctx(

@@ -54,7 +54,12 @@ def export_op(variant: ApiVariant, op: OpBuilder, list_params: list[_Schema]) ->
         param_schema = {k: v for k, v in prop.items() if k not in ("title", "description")}
         params.insert(
             0 if name == "format" else 1,
-            {"name": name, "in": "query", "description": prop["description"], "schema": param_schema},
+            {
+                "name": name,
+                "in": "query",
+                "description": prop["description"],
+                "schema": param_schema,
+            },
         )
     operation = op("exportRuns", "/api/v1/runs/export", variant, params=params)
     text = {"type": "string"}

@@ -30,9 +30,9 @@ from typing import Any, Literal
 from server.contract.models import RunQuery
 from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
+from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.cursor import Position
 from server.storage.runs import query_sql, row_to_run
-from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.schema import RUN_COLUMNS
 from server.storage.window import WindowPlan, plan_window
 

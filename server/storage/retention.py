@@ -27,6 +27,7 @@ in steps of ``VACUUM_STEP_PAGES``, each its own short writer operation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sqlite3
 import time
@@ -253,6 +254,12 @@ class BatchSizer:
         self.rows = int(min(max(self.rows * scale, MIN_BATCH_ROWS), MAX_BATCH_ROWS))
 
 
+def _batch(
+    plan: PrunePlan, after: tuple[str, int] | None, limit: int, conn: sqlite3.Connection
+) -> BatchResult:
+    return delete_batch(conn, plan, after, limit)
+
+
 async def prune_pass(
     write: WriteRunner,
     plan: PrunePlan,
@@ -270,9 +277,7 @@ async def prune_pass(
     after: tuple[str, int] | None = None
     while True:
         limit = sizer.rows
-        result: BatchResult = await write(
-            lambda conn, after=after, limit=limit: delete_batch(conn, plan, after, limit)
-        )
+        result: BatchResult = await write(functools.partial(_batch, plan, after, limit))
         report.batches += 1
         for status, n in result.deleted.items():
             report.by_status[status] = report.by_status.get(status, 0) + n

@@ -127,7 +127,8 @@ def test_prune_dry_run_and_file_mode_without_a_server(tmp_path: Path) -> None:
     assert wet.returncode == 0, wet.stderr
     assert "deleted 200 runs" in wet.stdout
     after = truth(db)
-    assert after["total"] == 100 and after["running"] == 100
+    assert after["total"] == 100
+    assert after["running"] == 100
     assert after["integrity"] == "ok"
 
 
@@ -170,7 +171,8 @@ def test_vacuum_converts_an_old_file_and_refuses_beside_a_server(tmp_path: Path)
     result = cli("vacuum", "--json", db=db, port=port)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["converted"] is True and report["incremental_vacuum"] is True
+    assert report["converted"] is True
+    assert report["incremental_vacuum"] is True
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
@@ -179,7 +181,8 @@ def test_vacuum_converts_an_old_file_and_refuses_beside_a_server(tmp_path: Path)
         conn.close()
     with running_server(tmp_path, db_path=db, port=port) as server:  # and prunes shrink it
         answer = post(server.url, "/api/v1/maintenance/prune", {"older_than": "90d"})
-        assert answer["deleted"] == 2000 and answer["vacuumed_pages"] > 0
+        assert answer["deleted"] == 2000
+        assert answer["vacuumed_pages"] > 0
 
 
 def test_export_cli_writes_the_same_bytes_as_the_api_atomically(tmp_path: Path) -> None:
@@ -190,8 +193,15 @@ def test_export_cli_writes_the_same_bytes_as_the_api_atomically(tmp_path: Path) 
         for fmt in ("csv", "ndjson"):
             target = out.with_suffix(f".{fmt}")
             result = cli(
-                "export", "--format", fmt, "--out", str(target), "--agent-name", "agent-1",
-                db=db, port=server.port,
+                "export",
+                "--format",
+                fmt,
+                "--out",
+                str(target),
+                "--agent-name",
+                "agent-1",
+                db=db,
+                port=server.port,
             )
             assert result.returncode == 0, result.stderr
             assert json.loads(result.stdout)["rows"] == 500
@@ -216,8 +226,18 @@ def test_kill_9_mid_prune_leaves_a_consistent_database_and_exact_counts(tmp_path
         seed(server.url, runs(30_000, old=True, prefix="old", running_every=7))
         total = get_json(server.url, "/metrics")["total_runs"]
         prune = subprocess.Popen(
-            [sys.executable, "-m", "server", "prune", "--older-than", "90d", "--db", str(db),
-             "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "prune",
+                "--older-than",
+                "90d",
+                "--db",
+                str(db),
+                "--port",
+                str(port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

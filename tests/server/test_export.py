@@ -79,7 +79,8 @@ async def fleet(api: Any, new_run: Any, n: int = 60) -> None:
             )
         )
     reply = await api.post("/api/v1/runs/batch", json=runs)
-    assert reply.status == 200 and reply.body["inserted"] == n, reply.body
+    assert reply.status == 200, reply.body
+    assert reply.body["inserted"] == n, reply.body
 
 
 FILTERS: list[dict[str, str]] = [
@@ -152,12 +153,12 @@ async def test_csv_round_trips_every_hostile_string(api: Any, new_run: Any) -> N
 
 
 async def test_csv_formula_escaping_is_opt_in(api: Any, new_run: Any) -> None:
-    run = new_run(error_summary="=HYPERLINK(\"http://x\")", item_name="@SUM(1)")
+    run = new_run(error_summary='=HYPERLINK("http://x")', item_name="@SUM(1)")
     await api.create(run)
     status, body, _ = await raw(api, {"format": "csv", "escape_formulas": "true"})
     assert status == 200
     row = next(csv.DictReader(io.StringIO(body.decode(), newline="")))
-    assert row["error_summary"] == "'=HYPERLINK(\"http://x\")"
+    assert row["error_summary"] == '\'=HYPERLINK("http://x")'
     assert row["item_name"] == "'@SUM(1)"
     assert row["agent_name"] == run["agent_name"]
 
@@ -202,7 +203,8 @@ async def test_export_is_never_taken_for_an_event_id(api: Any, new_run: Any) -> 
     assert patched.status == 200, patched.body
     assert (await api.get("/api/v1/runs/export/commit-url")).body["event_id"] == "export"
     listed = await api.list()
-    assert listed[0]["event_id"] == "export" and listed[0]["status"] == "success"
+    assert listed[0]["event_id"] == "export"
+    assert listed[0]["status"] == "success"
 
 
 async def test_the_export_is_one_snapshot(api: Any, new_run: Any) -> None:
@@ -276,4 +278,5 @@ async def test_csv_tells_null_from_empty_text_and_keeps_numbers_bare(
     assert record["items_discovered"] == "7"
     assert ',"",' in line  # item_name: empty text, quoted
     assert ",," in line  # a NULL column (e.g. error_summary): nothing at all
-    assert record["error_summary"] == "" and record["item_name"] == ""
+    assert record["error_summary"] == ""
+    assert record["item_name"] == ""

@@ -123,7 +123,8 @@ async def test_status_filter_deletes_only_those_statuses(
     assert reply.status == 200, reply.body
     assert reply.body["by_status"] == {"failure": 6, "timeout": 6}
     statuses = truth(tmp_path / "t.sqlite")["statuses"]
-    assert "failure" not in statuses and "timeout" not in statuses
+    assert "failure" not in statuses
+    assert "timeout" not in statuses
     assert statuses["cancelled"] == 6
 
 
@@ -170,9 +171,7 @@ async def test_a_run_made_running_again_is_never_pruned(api: Any, new_run: Any) 
 async def test_prune_racing_patches_never_deletes_a_running_run(api: Any, new_run: Any) -> None:
     """PATCHes flipping old runs to running while a pass runs: every run that is running
     when the pass ends still exists; every deleted run was finished."""
-    runs = [
-        new_run(status="success", created_at=ago(200), end_time=ago(200)) for _ in range(300)
-    ]
+    runs = [new_run(status="success", created_at=ago(200), end_time=ago(200)) for _ in range(300)]
     ids = [run["event_id"] for run in runs]
     for start in range(0, 300, 100):
         reply = await api.post("/api/v1/runs/batch", json=runs[start : start + 100])
@@ -286,8 +285,13 @@ def test_batches_adapt_to_their_measured_time() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("90d", timedelta(days=90)), ("90", timedelta(days=90)), ("2w", timedelta(days=14)),
-     ("36h", timedelta(hours=36)), (" 7d ", timedelta(days=7))],
+    [
+        ("90d", timedelta(days=90)),
+        ("90", timedelta(days=90)),
+        ("2w", timedelta(days=14)),
+        ("36h", timedelta(hours=36)),
+        (" 7d ", timedelta(days=7)),
+    ],
 )
 def test_ages(text: str, expected: timedelta) -> None:
     assert parse_age(text) == expected
