@@ -112,7 +112,7 @@ async def _stream(
     metrics.exports_active.inc()
     try:
         await response.prepare(request)
-        while True:
+        while request.method != "HEAD":  # HEAD: the headers only, no rows read
             fetch = loop.run_in_executor(None, export.next_chunk)
             chunk = await fetch
             fetch = None

@@ -280,3 +280,28 @@ async def test_csv_tells_null_from_empty_text_and_keeps_numbers_bare(
     assert ",," in line  # a NULL column (e.g. error_summary): nothing at all
     assert record["error_summary"] == ""
     assert record["item_name"] == ""
+
+
+async def test_head_answers_headers_without_reading_runs(
+    api: Any, new_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.storage.export import Export
+
+    await api.create(new_run())
+    chunks: list[bytes | None] = []
+    original = Export.next_chunk
+
+    def counted(self: Export) -> bytes | None:
+        chunk = original(self)
+        chunks.append(chunk)
+        return chunk
+
+    monkeypatch.setattr(Export, "next_chunk", counted)
+    async with api.client.head(EXPORT, params={"format": "csv"}) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/csv")
+        assert await response.read() == b""
+    assert chunks == []  # not one chunk read for a HEAD
+    async with api.client.get(EXPORT, params={"format": "csv"}) as response:
+        await response.read()
+    assert len(chunks) == 3  # header, the run, the end
