@@ -144,10 +144,11 @@ class BatchResult:
 
 
 def _old_filter(plan: PrunePlan) -> tuple[str, list[Any]]:
+    """Old and finished, beyond ``created_at < cut`` (which bounds the index walk)."""
     marks = ", ".join("?" for _ in plan.statuses)
     return (
-        f"created_at < ? AND COALESCE(end_time, created_at) < ? AND status IN ({marks})",
-        [plan.cut, plan.cut, *plan.statuses],
+        f"COALESCE(end_time, created_at) < ? AND status IN ({marks})",
+        [plan.cut, *plan.statuses],
     )
 
 
@@ -157,22 +158,29 @@ def delete_batch(
     """One batch, on the writer's connection inside its transaction: of the next ``limit``
     runs created before the cut (index order), delete the old finished ones."""
     started = time.perf_counter()
-    walk = "created_at < ?" + (" AND (created_at, id) > (?, ?)" if after else "")
-    walk_params: list[Any] = [plan.cut, *(after or ())]
+    lower, lower_params = "", []
+    if after is not None:  # one bound per side on created_at, so the walk is a range
+        lower, lower_params = "created_at >= ? AND (created_at, id) > (?, ?) AND ", [
+            after[0],
+            *after,
+        ]
     last = conn.execute(
-        f"SELECT created_at, id FROM agent_runs INDEXED BY idx_runs_created WHERE {walk} "
-        "ORDER BY created_at, id LIMIT 1 OFFSET ?",
-        [*walk_params, limit - 1],
+        f"SELECT created_at, id FROM agent_runs INDEXED BY idx_runs_created "
+        f"WHERE {lower}created_at < ? ORDER BY created_at, id LIMIT 1 OFFSET ?",
+        [*lower_params, plan.cut, limit - 1],
     ).fetchone()
     end: tuple[str, int] | None = None if last is None else (str(last[0]), int(last[1]))
+    if end is None:
+        upper, upper_params = "created_at < ?", [plan.cut]
+    else:
+        upper, upper_params = "created_at <= ? AND (created_at, id) <= (?, ?)", [end[0], *end]
     old, params = _old_filter(plan)
-    upto = " AND (created_at, id) <= (?, ?)" if end else ""
     # The plain DELETE statement (every trigger fires); its WHERE checks the status inside
     # the writer's transaction, so a run made running again is never deleted.
     statuses = conn.execute(
-        f"DELETE FROM agent_runs INDEXED BY idx_runs_created WHERE {walk}{upto} AND {old} "
+        f"DELETE FROM agent_runs INDEXED BY idx_runs_created WHERE {lower}{upper} AND {old} "
         "RETURNING status",
-        [*walk_params, *(end or ()), *params],
+        [*lower_params, *upper_params, *params],
     ).fetchall()
     deleted: dict[str, int] = {}
     for (status,) in statuses:
@@ -185,8 +193,9 @@ def preview(conn: sqlite3.Connection, plan: PrunePlan) -> PruneReport:
     old, params = _old_filter(plan)
     rows = conn.execute(
         f"SELECT status, COUNT(*), MIN(created_at), MAX(created_at) "
-        f"FROM agent_runs INDEXED BY idx_runs_created WHERE {old} GROUP BY status",
-        params,
+        f"FROM agent_runs INDEXED BY idx_runs_created WHERE created_at < ? AND {old} "
+        "GROUP BY status",
+        [plan.cut, *params],
     ).fetchall()
     report = PruneReport(plan.cut, list(plan.statuses), dry_run=True)
     for status, n, oldest, newest in rows:

@@ -326,3 +326,58 @@ def test_retention_settings_are_validated_at_start(env: dict[str, str], ok: bool
 
 def test_retention_is_off_by_default() -> None:
     assert ServerConfig.from_env({}).retention_days == 0
+
+
+def test_a_batch_reads_its_own_range_not_the_rest_of_the_old_runs(tmp_path: Path) -> None:
+    """The DELETE is bounded on both sides by index range: a 10-row batch at the start of
+    6,000 old runs does ~1/100 of the work of a 1,000-row batch (counted in SQLite VM
+    steps, not time), so a pass stays linear in the runs it deletes."""
+    from server.contract.models import RunCreate
+    from server.storage import runs as stored
+    from server.storage.retention import delete_batch
+    from server.storage.schema import migrate
+
+    conn = sqlite3.connect(tmp_path / "plain.sqlite", isolation_level=None)
+    migrate(conn)
+    now = datetime.now(UTC)
+    rows = [
+        stored.insert_params(
+            RunCreate.model_validate(
+                {
+                    "event_id": f"e{i}",
+                    "run_id": "r",
+                    "agent_name": "a",
+                    "job_type": "j",
+                    "start_time": ago(300),
+                    "status": "success",
+                    "created_at": (now - timedelta(days=300, seconds=-i)).isoformat(),
+                    "end_time": ago(300),
+                }
+            ),
+            now.isoformat(),
+        )
+        for i in range(6000)
+    ]
+    conn.execute("BEGIN")
+    stored.insert_rows(conn, rows)
+    conn.execute("COMMIT")
+    plan = PrunePlan(cut_for(parse_age("90d")), check_statuses(None))
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    work = {}
+    after = None
+    for limit in (10, 10, 1000):  # the second batch starts after the first (keyset)
+        steps[0] = 0
+        conn.execute("BEGIN IMMEDIATE")
+        result = delete_batch(conn, plan, after, limit)
+        conn.execute("COMMIT")
+        assert sum(result.deleted.values()) == limit
+        after = result.next_position
+        work[limit] = steps[0]
+    conn.close()
+    assert work[10] * 20 < work[1000], work
