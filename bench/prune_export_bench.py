@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{prune_report['deleted']:,} runs in {prune_report['batches']} batches")  # fmt: skip
             figure("prune 90d", "runs deleted/s", prune_report["deleted"] / outcome["seconds"])
             figure("prune 90d", "max batch statements ms", prune_report["max_batch_ms"], 50.0,
-                   False, f"commit excluded; largest batch {prune_report['max_batch_rows']} rows")  # fmt: skip
+                   False, f"commit excluded; {prune_report['max_batch_cpu_ms']:.1f} ms of it CPU; "
+                   f"largest batch {prune_report['max_batch_rows']} rows")  # fmt: skip
             figure("write transactions > 50 ms, lifecycle alone", "count", slow1 - slow0, None,
                    False, f"of {groups1 - groups0:,} (commit included)")  # fmt: skip
             figure("write transactions > 50 ms, lifecycle + whole prune", "count",

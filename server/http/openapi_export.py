@@ -87,7 +87,14 @@ def maintenance_paths(variant: ApiVariant, op: OpBuilder) -> dict[str, _Schema]:
             "deleted": {**count, "description": "Runs deleted (dry run: would be)."},
             "by_status": {"type": "object", "additionalProperties": count},
             "batches": count,
-            "max_batch_ms": {"type": "number", "description": "Longest writer hold."},
+            "max_batch_ms": {
+                "type": "number",
+                "description": "Longest batch's statements (its COMMIT not included).",
+            },
+            "max_batch_cpu_ms": {
+                "type": "number",
+                "description": "The writer thread's CPU time in that batch.",
+            },
             "max_batch_rows": count,
             "vacuumed_pages": count,
             "max_vacuum_step_ms": {"type": "number"},

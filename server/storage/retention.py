@@ -118,6 +118,9 @@ class PruneReport:
     by_status: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     max_batch_s: float = 0.0
+    #: The writer thread's CPU time in that longest batch: wall time beyond it was spent
+    #: waiting (another process holding the CPU, a page read), not deleting.
+    max_batch_cpu_s: float = 0.0
     max_batch_rows: int = 0
     vacuumed_pages: int = 0
     max_vacuum_step_s: float = 0.0
@@ -130,6 +133,7 @@ class PruneReport:
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
         body["max_batch_ms"] = round(body.pop("max_batch_s") * 1000, 3)
+        body["max_batch_cpu_ms"] = round(body.pop("max_batch_cpu_s") * 1000, 3)
         body["max_vacuum_step_ms"] = round(body.pop("max_vacuum_step_s") * 1000, 3)
         body["seconds"] = round(body["seconds"], 3)
         return body
@@ -141,6 +145,7 @@ class BatchResult:
     #: Where the next batch starts; None once the index range is walked.
     next_position: tuple[str, int] | None
     seconds: float
+    cpu_seconds: float = 0.0
 
 
 def _old_filter(plan: PrunePlan) -> tuple[str, list[Any]]:
@@ -157,19 +162,18 @@ def delete_batch(
 ) -> BatchResult:
     """One batch, on the writer's connection inside its transaction: of the next ``limit``
     runs created before the cut (index order), delete the old finished ones."""
-    started = time.perf_counter()
-    lower, lower_params = "", []
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    lower, lower_params = "", list[Any]()
     if after is not None:  # one bound per side on created_at, so the walk is a range
-        lower, lower_params = "created_at >= ? AND (created_at, id) > (?, ?) AND ", [
-            after[0],
-            *after,
-        ]
+        lower = "created_at >= ? AND (created_at, id) > (?, ?) AND "
+        lower_params = [after[0], *after]
     last = conn.execute(
         f"SELECT created_at, id FROM agent_runs INDEXED BY idx_runs_created "
         f"WHERE {lower}created_at < ? ORDER BY created_at, id LIMIT 1 OFFSET ?",
         [*lower_params, plan.cut, limit - 1],
     ).fetchone()
     end: tuple[str, int] | None = None if last is None else (str(last[0]), int(last[1]))
+    upper_params: list[Any]
     if end is None:
         upper, upper_params = "created_at < ?", [plan.cut]
     else:
@@ -185,7 +189,9 @@ def delete_batch(
     deleted: dict[str, int] = {}
     for (status,) in statuses:
         deleted[str(status)] = deleted.get(str(status), 0) + 1
-    return BatchResult(deleted, end, time.perf_counter() - started)
+    return BatchResult(
+        deleted, end, time.perf_counter() - started, time.thread_time() - cpu_started
+    )
 
 
 def preview(conn: sqlite3.Connection, plan: PrunePlan) -> PruneReport:
@@ -291,7 +297,8 @@ async def prune_pass(
         for status, n in result.deleted.items():
             report.by_status[status] = report.by_status.get(status, 0) + n
             report.deleted += n
-        report.max_batch_s = max(report.max_batch_s, result.seconds)
+        if result.seconds > report.max_batch_s:
+            report.max_batch_s, report.max_batch_cpu_s = result.seconds, result.cpu_seconds
         report.max_batch_rows = max(report.max_batch_rows, limit)
         sizer.observe(limit if result.next_position else 0, result.seconds)
         if result.next_position is None:
