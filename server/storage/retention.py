@@ -49,8 +49,8 @@ MAX_BATCH_ROWS = 2000
 #: A batch grows by at most this factor at a time (it shrinks by up to half): the cost
 #: per row varies (cold pages, a busy machine), so approach the target from below.
 MAX_GROWTH = 1.25
-#: Pages one ``incremental_vacuum`` step frees (1 MiB at 4 KiB pages; ~3-15 ms).
-VACUUM_STEP_PAGES = 256
+#: Pages the first ``incremental_vacuum`` step frees (then sized by its measured time).
+VACUUM_STEP_PAGES = 64
 #: A pass rests between batches for as long as the batch took (the writer is the
 #: clients' at least half of the time), and at least this long.
 MIN_REST_S = 0.001
@@ -217,7 +217,7 @@ def incremental_enabled(conn: sqlite3.Connection) -> bool:
     return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
 
 
-def vacuum_step(conn: sqlite3.Connection, pages: int = VACUUM_STEP_PAGES) -> tuple[int, float]:
+def vacuum_step(conn: sqlite3.Connection, *, pages: int = VACUUM_STEP_PAGES) -> tuple[int, float]:
     """Return up to ``pages`` free pages to the file system; (pages freed, seconds)."""
     started = time.perf_counter()
     before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -307,12 +307,17 @@ async def prune_pass(
         await sleep(max(result.seconds, MIN_REST_S))
     report.incremental_vacuum = bool(await write(incremental_enabled))
     if vacuum and report.incremental_vacuum:
+        # Moving a page can mean rewriting its parent's pointer: the cost per page varies,
+        # so the step is sized like the batches (from VACUUM_STEP_PAGES, toward the target).
+        steps = BatchSizer(first=VACUUM_STEP_PAGES)
         for _ in range(max_vacuum_steps):
-            freed, seconds = await write(vacuum_step)
+            pages = steps.rows
+            freed, seconds = await write(functools.partial(vacuum_step, pages=pages))
             report.vacuumed_pages += freed
             report.max_vacuum_step_s = max(report.max_vacuum_step_s, seconds)
             if not freed:
                 break
+            steps.observe(pages if freed == pages else 0, seconds)
             await sleep(max(seconds, MIN_REST_S))
     report.seconds = time.monotonic() - started
     return report
