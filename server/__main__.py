@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from server import __version__, daemon
+from server import __version__, daemon, maintenance_cli
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.exposure import Exposure
@@ -30,8 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "backup"],
-        help="serve (default), or backup DEST: a consistent online copy of the database",
+        choices=["serve", "backup", "prune", "vacuum", "export"],
+        help="serve (default); backup DEST: a consistent online copy of the database; "
+        "prune --older-than AGE: delete old finished runs; vacuum: rewrite the file so "
+        "prunes give space back; export --out FILE: every run matching the filters",
     )
     parser.add_argument("destination", nargs="?", type=Path, help="backup file or directory")
     parser.add_argument("--host", help="listen address (TELEMETRY_API_HOST, default 127.0.0.1)")
@@ -40,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db", type=Path, help="SQLite file (TELEMETRY_DB_PATH, default ./data/telemetry.sqlite)"
     )
     parser.add_argument("--version", action="version", version=__version__)
+    maintenance_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -75,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "backup":
         return run_backup(config, args.destination)
+    if args.command in ("prune", "vacuum", "export"):
+        configure_logging(config.log_level, stream=sys.stderr)  # stdout: the command's answer
+        command = {
+            "prune": maintenance_cli.run_prune,
+            "vacuum": maintenance_cli.run_vacuum,
+            "export": maintenance_cli.run_export,
+        }[args.command]
+        return command(config, args)
     try:
         tls = listener_context(config.tls_cert_file, config.tls_key_file)
     except TLSSetupError as exc:

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
-from server.http import heartbeat, ops, runs, stats
+from server.http import export, heartbeat, maintenance, ops, runs, stats
 from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
@@ -101,12 +101,18 @@ def create_app(config: ServerConfig) -> web.Application:
     app[REQUEST_OBSERVER] = metrics.http.observe
     app[MAX_JSON_DEPTH] = config.max_json_depth
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
+    app[maintenance.AUTH_ENABLED] = config.auth_enabled
+    app.add_routes(export.routes)  # before runs: /runs/export is not a run's event_id
     app.add_routes(heartbeat.routes)
     app.add_routes(runs.routes)
     app.add_routes(stats.routes)
+    app.add_routes(maintenance.routes)
     app.add_routes(ops.routes)
     app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.append(database_ctx)
     # After the database: started once it is open, stopped before it closes.
     app.cleanup_ctx.append(reaper_ctx(runs.DATABASE, config.reaper_interval_s))
+    app.cleanup_ctx.append(
+        maintenance.retention_ctx(metrics, config.retention_days, config.retention_interval_s)
+    )
     return app

@@ -163,6 +163,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between two passes of the stale-run reaper (a pass with nothing stale is "
         "one indexed read).",
     ),
+    # ---- retention ----
+    Setting(
+        "TELEMETRY_RETENTION_DAYS",
+        "retention_days",
+        "Delete finished runs older than this many days (created and ended before the cut), "
+        "in the background; 0 or empty = keep everything (the default).",
+    ),
+    Setting(
+        "TELEMETRY_RETENTION_INTERVAL_S",
+        "retention_interval_s",
+        "With retention on: seconds between two background prune passes (the first runs at "
+        "start-up).",
+    ),
 )
 
 #: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
@@ -209,10 +222,17 @@ class ServerConfig(BaseModel):
     reaper_interval_s: float = Field(default=30.0, ge=0.01, le=86_400)
 
     _job_allowances = field_validator("stale_after_by_job", mode="before")(parse_job_allowances)
+    retention_days: int = Field(default=0, ge=0, le=36_500)
+    retention_interval_s: float = Field(default=3600.0, ge=1, le=7 * 86_400)
 
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
     )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_retention_is_off(cls, value: Any) -> Any:
+        return 0 if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _token_when_auth(self) -> ServerConfig:

@@ -38,7 +38,7 @@ from spoold import __version__
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
-from spoold.http import health, reads, writes
+from spoold.http import export, health, reads, writes
 from spoold.http.openapi import SIDECAR_API
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
@@ -310,6 +310,7 @@ def create_app(
     app[SIDECAR_METRICS] = metrics
     app[REQUEST_OBSERVER] = metrics.observe_request
     app.add_routes(writes.routes)
+    app.add_routes(export.routes)  # before reads: /runs/export is not a run's event_id
     app.add_routes(reads.routes)
     app.add_routes(health.routes)
     app.add_routes(docs_routes(openapi_document()))

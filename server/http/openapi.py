@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from server.contract import fields, models
 from server.contract import stats as stats_models
+from server.http.openapi_export import export_op, maintenance_paths
 
 _Schema = dict[str, Any]
 _SCHEMA_REF = "#/components/schemas/{model}"
@@ -135,7 +136,9 @@ SERVER_API = ApiVariant(
     heartbeat=True,
 )
 
-_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit", "heartbeatRun"})
+_WRITES = frozenset(
+    {"createRun", "batchRuns", "updateRun", "associateCommit", "heartbeatRun", "pruneRuns"}
+)
 _OPEN = frozenset({"health", "metrics"})  # never a 401 (private fields left out instead)
 _RELAYED = " Relayed from the central server."
 _PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
@@ -177,6 +180,8 @@ _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "metrics": ("service", "System-wide statistics", "200", "MetricsResponse", "Counts."),
     "metadata": ("service", "Distinct agents and job types", "200", "MetadataResponse", "Values."),
     "runStats": ("runs", "Run statistics by group", "200", "StatsAnswer", "Groups, by key."),
+    "exportRuns": ("runs", "Export every matching run", "200", {}, "The runs, streamed."),
+    "pruneRuns": ("service", "Delete old finished runs", "200", {}, "What the pass did."),
 }
 
 _INSERT_DESCRIPTION = """\
@@ -605,6 +610,7 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         update = _queued(update, "QueuedUpdateResponse")
         associate = _queued(associate, "QueuedAssociateResponse")
     paths = {
+        f"{runs}/export": {"get": export_op(variant, _op, _query_params())},
         runs: {
             "post": _op("createRun", runs, variant, _ref("RunCreate")),
             "get": _list_op(runs, variant),
@@ -618,6 +624,7 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         "/metrics": {"get": _metrics_op(variant)},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata", variant)},
         "/api/v1/stats": {"get": _stats_op(variant)},
+        **maintenance_paths(variant, _op),
     }
     if variant.heartbeat:
         paths[f"{run}/heartbeat"] = {"post": _heartbeat_op(run, variant)}

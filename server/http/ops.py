@@ -9,6 +9,7 @@ from aiohttp import web
 from server import __version__
 from server.contract.fields import CANONICAL_STATUSES
 from server.http.auth import READ_GUARD
+from server.http.maintenance import PRUNER
 from server.http.prometheus import ServerMetrics, exposition, wants_prometheus
 from server.http.runs import DATABASE, json_response
 from server.storage.connection import StorageUnavailable
@@ -88,6 +89,16 @@ async def metrics(request: web.Request) -> web.Response:
         },
         "performance": performance,
     }
+    pruner = request.app.get(PRUNER)
+    if pruner is not None:
+        totals = pruner.totals
+        body["retention"] = {
+            "passes": totals.passes,
+            "failed_passes": totals.failed_passes,
+            "deleted_runs": totals.deleted,
+            "vacuumed_pages": totals.vacuumed_pages,
+            "last_pass": totals.last_pass,
+        }
     return json_response(body)
 
 

@@ -109,6 +109,36 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._reaped_seen = 0
+        self.prune_passes = Counter(
+            "telemetry_prune_passes", "Prune passes completed", registry=self.registry
+        )
+        self.pruned_runs = Counter(
+            "telemetry_pruned_runs",
+            "Runs deleted by retention, by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.vacuumed_pages = Counter(
+            "telemetry_vacuumed_pages",
+            "Free pages given back to the file system after prunes",
+            registry=self.registry,
+        )
+        self.exports_active = Gauge(
+            "telemetry_exports_active",
+            "Exports streaming now (each holds a read transaction)",
+            registry=self.registry,
+        )
+        self.exports = Counter(
+            "telemetry_exports",
+            "Exports ended, by outcome (complete, client_gone, storage_error, cancelled)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.prune_max_batch_seconds = Gauge(
+            "telemetry_prune_max_batch_seconds",
+            "Longest writer hold of one delete batch in the last prune pass",
+            registry=self.registry,
+        )
 
     def observe_reaped(self, stored: int, since_start: int) -> None:
         """Bring the reaper's figures up to date (at scrape time; both O(1))."""

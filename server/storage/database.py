@@ -28,6 +28,7 @@ from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
 from server.storage.reaped_count import ReapedCount
+from server.storage.retention import prefer_incremental_vacuum
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.sidecars import Presence, record
 from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
@@ -126,6 +127,7 @@ class Database:
         counters, distinct, size = RunCounters(), DistinctValues(), DatabaseSize()
         reaped = ReapedCount()
         try:
+            prefer_incremental_vacuum(conn)  # a new file: so prunes can give space back
             migrating = current_version(conn) < SCHEMA_VERSION  # a rebuild may take minutes
             with extending_start_timeout("migrating the database schema", enabled=migrating):
                 applied = migrate(conn)

@@ -32,15 +32,20 @@ async def proxy(sidecar: Sidecar, request: web.Request, path: str) -> Reply:
             path, query=request.query, authorization=request.headers.get("Authorization")
         )
     except UpstreamUnavailable as exc:
-        if exc.timeout:
-            raise UpstreamTimeout(
-                "the telemetry server did not answer in time; writes are still accepted and queued"
-            ) from exc
-        raise ServiceUnavailable(
-            "the telemetry server is unreachable; writes are still accepted and queued, "
-            "reads need the server",
-            headers=retry_after(5),
-        ) from exc
+        raise proxy_failure(exc) from exc
+
+
+def proxy_failure(exc: UpstreamUnavailable) -> UpstreamTimeout | ServiceUnavailable:
+    """504 if the server is too slow, 503 if it is unreachable."""
+    if exc.timeout:
+        return UpstreamTimeout(
+            "the telemetry server did not answer in time; writes are still accepted and queued"
+        )
+    return ServiceUnavailable(
+        "the telemetry server is unreachable; writes are still accepted and queued, "
+        "reads need the server",
+        headers=retry_after(5),
+    )
 
 
 def relay(reply: Reply) -> web.Response:

@@ -15,7 +15,9 @@ boundary, into ``UpstreamUnavailable`` keeping the cause.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -70,6 +72,10 @@ class Reply:
     headers: Mapping[str, str]
 
 
+#: A streamed read (export) fails when the server sends nothing for this long.
+STREAM_READ_TIMEOUT_S = 60.0
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -117,6 +123,31 @@ class UpstreamClient:
         """A proxied read, with the caller's own Authorization (if any) and nothing else."""
         headers = {"Authorization": authorization} if authorization else {}
         return await self._get(path, query=query, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, *, query: Mapping[str, str] | None, authorization: str | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A proxied read whose body the caller streams (an export): the lookup deadline
+        until the answer's headers, then only one between two reads of the body."""
+        headers = {"Authorization": authorization} if authorization else {}
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._lookup_timeout.total, sock_read=STREAM_READ_TIMEOUT_S
+        )
+        try:
+            context = self._session.get(
+                self._url(path), params=query, headers=headers, timeout=timeout
+            )
+            async with asyncio.timeout(self._lookup_timeout.total):  # until the headers
+                response = await context.__aenter__()
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("upstream server timed out", timeout=True) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"upstream server unreachable: {_describe(exc)}") from exc
+        try:
+            yield response
+        finally:
+            response.release()
 
     async def probe(self) -> Reply:
         """GET /health, an open path: no credentials."""

@@ -36,6 +36,8 @@ OPERATIONS = {
     ("/metrics", "get"),
     ("/api/v1/metadata", "get"),
     ("/api/v1/stats", "get"),
+    ("/api/v1/runs/export", "get"),
+    ("/api/v1/maintenance/prune", "post"),
 }
 WRITES = {(path, method) for path, method in OPERATIONS if method in ("post", "patch")}
 MIN_ASSET_BYTES = {"text/javascript": 100_000, "text/css": 10_000, "image/png": 100}
@@ -403,6 +405,7 @@ _VALID_BODIES: dict[str, Callable[[dict[str, Any]], Any]] = {
         "commit_source": "manual",
     },
     "POST /api/v1/runs/{event_id}/heartbeat": lambda run: {"progress": {"pct": 50}},
+    "POST /api/v1/maintenance/prune": lambda run: {"older_than": "90d"},
 }
 _INVALID_BODIES: dict[str, Any] = {
     "POST /api/v1/runs": {"event_id": "x"},
@@ -410,6 +413,7 @@ _INVALID_BODIES: dict[str, Any] = {
     "PATCH /api/v1/runs/{event_id}": {"no_such_field": 1},
     "POST /api/v1/runs/{event_id}/associate-commit": {"commit_source": "manual"},
     "POST /api/v1/runs/{event_id}/heartbeat": {"progress": [1, 2]},
+    "POST /api/v1/maintenance/prune": {"older_than": "soon"},
 }
 #: The configuration that lets each status happen (the defaults otherwise).
 _SETUPS: dict[str, dict[str, Any]] = {
@@ -470,6 +474,11 @@ async def _provoke(make_api: Callable[..., Awaitable[Any]], operation: str, stat
             kwargs = {"params": {"limit": "0"}}
         if operation == "GET /api/v1/stats":
             kwargs = {"params": {"group_by": "nope"}}
+        if operation == "GET /api/v1/runs/export":
+            kwargs = {"params": {"format": "xml"}}
+    if operation == "GET /api/v1/runs/export" and status == "200":  # a stream, not JSON
+        async with api.client.get(path) as response:
+            return _Answer(response.status, await response.read())
     if status == "503" and operation in _MEMORY_ONLY:
         return await _while_saturated(api, method, path)
     if status == "503":

@@ -176,7 +176,7 @@ def test_an_older_servers_database_is_migrated(tmp_path: Path) -> None:
         f"SELECT id, {', '.join(schema._V5_COLUMNS)}, NULL, COALESCE(updated_at, created_at)"
         " FROM agent_runs ORDER BY id"
     ).fetchall()
-    assert migrate(old) [:2] == [5, 6]  # then the later ones
+    assert migrate(old)[:2] == [5, 6]  # then the later ones
     after = old.execute(
         f"SELECT id, {', '.join(c for c in RUN_COLUMNS if c not in _NEW)}, heartbeat_timeout_s,"
         " last_seen_at FROM agent_runs ORDER BY id"
@@ -218,7 +218,7 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "agent_runs_v5" not in names
     assert conn.execute("SELECT count(*) FROM agent_runs").fetchone()[0] == 50
-    assert migrate(conn) [:2] == [5, 6]  # then the later ones
+    assert migrate(conn)[:2] == [5, 6]  # then the later ones
     assert conn.execute("SELECT count(*) FROM agent_runs WHERE run_json IS NOT NULL").fetchone()[0]
     conn.close()
 
@@ -240,7 +240,7 @@ def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answ
     old.execute("UPDATE agent_runs SET host = CAST('h\u00e9' AS BLOB) WHERE id = 2")
     old.execute("UPDATE agent_runs SET metrics_json = CAST('{}' AS BLOB) WHERE id = 3")
     old.execute("UPDATE agent_runs SET items_failed = x'01' WHERE id = 4")
-    assert migrate(old) [:2] == [5, 6]  # then the later ones
+    assert migrate(old)[:2] == [5, 6]  # then the later ones
     old.execute("UPDATE agent_runs SET product = x'ff' WHERE id = 5")  # after it, too
     reader = open_reader(path, busy_timeout_ms=2000)
     try:

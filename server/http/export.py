@@ -1,0 +1,141 @@
+"""``GET /api/v1/runs/export``: every run the list's filters match, streamed.
+
+Registered before ``/api/v1/runs/{event_id}``: aiohttp tries routes in order,
+so ``export`` is this endpoint, never a run's event_id (a run whose event_id is
+literally ``export`` stays readable through the list and its own PATCH).
+
+The export reads on a connection and transaction of its own (see
+``storage.export``); chunks are produced on a worker thread one at a time and
+written with the response's back-pressure, so memory stays one chunk however
+large the result and however slow the client. When the client goes away, the
+next write fails and the transaction and connection are released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from typing import Literal
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.contract.errors import ValidationFailed
+from server.contract.models import RunQuery
+from server.contract.validation import parse_model
+from server.http.ops import METRICS
+from server.http.runs import DATABASE
+from server.storage.connection import classify
+from server.storage.export import CONTENT_TYPES, Export
+
+log = structlog.get_logger("server.export")
+routes = web.RouteTableDef()
+
+#: The list's paging parameters: an export is the whole result, never a page.
+PAGING = ("limit", "offset", "cursor")
+
+
+class ExportOptions(BaseModel):
+    """The export's own query parameters (the rest are the list's filters)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["ndjson", "csv"] = Field(
+        default="ndjson",
+        description="`ndjson`: one run per line, as the list renders it. `csv`: a header "
+        "row, then one row per run (RFC 4180, UTF-8, CRLF).",
+    )
+    escape_formulas: bool = Field(
+        default=False,
+        description="CSV only: prefix `'` to text starting with `=`, `+`, `-`, `@`, TAB or "
+        "CR, so spreadsheets do not evaluate it (changes those values).",
+    )
+
+
+def parse_export(query: dict[str, str]) -> tuple[ExportOptions, RunQuery]:
+    paging = [name for name in PAGING if name in query]
+    if paging:
+        raise ValidationFailed(
+            [
+                {
+                    "loc": ["query", name],
+                    "msg": "an export is the whole result: it takes the list's filters, "
+                    "not its paging",
+                    "type": "extra_forbidden",
+                }
+                for name in paging
+            ]
+        )
+    options = parse_model(ExportOptions, query, location="query")
+    filters = {k: v for k, v in query.items() if k not in ExportOptions.model_fields}
+    return options, parse_model(RunQuery, filters, location="query")
+
+
+@routes.get("/api/v1/runs/export")
+async def export_runs(request: web.Request) -> web.StreamResponse:
+    params = {key: value for key, value in request.query.items() if value != ""}
+    options, query = parse_export(params)
+    database = request.app[DATABASE]
+    try:
+        export = await asyncio.to_thread(
+            Export.open,
+            database.settings.path,
+            query,
+            options.format,
+            busy_timeout_ms=database.settings.busy_timeout_ms,
+            escape_formulas=options.escape_formulas,
+        )
+    except sqlite3.Error as exc:
+        raise classify(exc) from exc
+    return await _stream(request, export, options.format)
+
+
+async def _stream(
+    request: web.Request, export: Export, fmt: Literal["ndjson", "csv"]
+) -> web.StreamResponse:
+    """Write the export's chunks; ``cancelled``: aiohttp cancelled the handler (the client
+    left while a write waited, or the server is stopping)."""
+    loop = asyncio.get_running_loop()
+    fetch: asyncio.Future[bytes | None] | None = None
+    outcome = "cancelled"
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "Content-Disposition": f'attachment; filename="runs.{fmt}"',
+            "Cache-Control": "no-store",
+        }
+    )
+    response.enable_chunked_encoding()
+    metrics = request.app[METRICS]
+    metrics.exports_active.inc()
+    try:
+        await response.prepare(request)
+        while request.method != "HEAD":  # HEAD: the headers only, no rows read
+            fetch = loop.run_in_executor(None, export.next_chunk)
+            chunk = await fetch
+            fetch = None
+            if chunk is None:
+                break
+            await response.write(chunk)
+        await response.write_eof()
+        outcome = "complete"
+    except ConnectionError:
+        outcome = "client_gone"
+    except sqlite3.Error as exc:
+        outcome = "storage_error"
+        log.warning("export_failed", error=str(exc), rows=export.rows)
+        # The headers are sent: the only honest signal left is a body cut short.
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        if fetch is not None and not fetch.done():
+            export.interrupt()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([fetch])
+        export.close()
+        metrics.exports_active.dec()
+        metrics.exports.labels(outcome).inc()
+        log.info("export_finished", format=fmt, rows=export.rows, outcome=outcome)
+    return response
