@@ -1,0 +1,149 @@
+"""Every slow accept commit is attributed: what the accept thread was doing meanwhile.
+
+A write's answer waits for its group's commit (classify in the runs index, the spool's
+put and fsync, the index commit). A commit slower than ``SLOW_COMMIT_S`` is logged as
+``accept_commit_slow`` with the time of each phase, the garbage collection that ran in
+the process meanwhile, and how long each WAL checkpointer (the spool's, the index's)
+was running during it, so a pause seen by an agent can be traced to its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spool_helpers import SpoolFactory
+from structlog.testing import capture_logs
+
+from spoold import accept
+from spoold.accept import Acceptor
+from spoold.ledger import Ledger
+from spoold.runs_index import RunsIndex
+from spoold.spool import store
+
+
+def create(name: str) -> dict[str, Any]:
+    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
+
+
+async def commit_once(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> list[dict[str, Any]]:
+    spool, index = make_spool(), RunsIndex(tmp_path / "index.sqlite")
+    acceptor = Acceptor(spool, index, Ledger())
+    if slow == "put":
+        real_put = spool.put_encoded
+
+        def slow_put(*args: Any, **kwargs: Any) -> int:
+            time.sleep(0.12)
+            return real_put(*args, **kwargs)
+
+        monkeypatch.setattr(spool, "put_encoded", slow_put)
+    elif slow == "index":
+        real_commit = index.commit
+
+        def slow_commit() -> None:
+            time.sleep(0.12)
+            real_commit()
+
+        monkeypatch.setattr(index, "commit", slow_commit)
+    elif slow == "gc":
+        real_put = spool.put_encoded
+
+        def collecting_put(*args: Any, **kwargs: Any) -> int:
+            garbage: list[Any] = []
+            for _ in range(300_000):  # a reference cycle per element: a real collection
+                node: list[Any] = []
+                node.append(node)
+                garbage.append(node)
+            del garbage, node
+            gc.collect()
+            time.sleep(accept.SLOW_COMMIT_S)  # slow enough to be logged, GC or not
+            return real_put(*args, **kwargs)
+
+        monkeypatch.setattr(spool, "put_encoded", collecting_put)
+    elif slow == "checkpoint":
+        real_checkpoint = store.checkpoint
+
+        def slow_checkpoint(conn: Any) -> None:
+            time.sleep(0.3)
+            real_checkpoint(conn)
+
+        monkeypatch.setattr(store, "checkpoint", slow_checkpoint)
+        real_put = spool.put_encoded
+        started = threading.Event()
+
+        def put_during_checkpoint(*args: Any, **kwargs: Any) -> int:
+            spool._checkpointer.note_written(1 << 40)  # type: ignore[union-attr]
+            started.set()
+            time.sleep(0.12)
+            return real_put(*args, **kwargs)
+
+        monkeypatch.setattr(spool, "put_encoded", put_during_checkpoint)
+    acceptor.start()
+    try:
+        with capture_logs() as logs:
+            results = await asyncio.gather(*(acceptor.submit(create(f"e{i}")) for i in range(3)))
+    finally:
+        await acceptor.close()
+        index.close()
+    assert [r.outcome for r in results] == ["created"] * 3  # slow, but committed as ever
+    return [entry for entry in logs if entry["event"] == "accept_commit_slow"]
+
+
+async def test_a_slow_spool_put_is_logged_as_such(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "put")
+    assert slow["spool_put_ms"] >= 120
+    assert slow["total_ms"] >= slow["spool_put_ms"]
+    assert slow["classify_ms"] < 100
+    assert slow["index_commit_ms"] < 100
+    assert slow["operations"] == 3
+    assert slow["slowest"] == "spool_put"
+
+
+async def test_a_slow_index_commit_is_logged_as_such(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "index")
+    assert slow["index_commit_ms"] >= 120
+    assert slow["spool_put_ms"] < 100
+    assert slow["slowest"] == "index_commit"
+
+
+async def test_garbage_collection_during_a_commit_is_counted(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "gc")
+    assert slow["gc_ms"] > 0
+    assert slow["gc_ms"] <= slow["total_ms"]
+
+
+async def test_a_spool_checkpoint_running_during_the_put_is_named(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "checkpoint")
+    assert slow["spool_checkpoint_ms"] >= 60  # it ran (asleep) through most of the put
+    assert slow["index_checkpoint_ms"] == 0
+
+
+async def test_fast_commits_are_not_logged(tmp_path: Path, make_spool: SpoolFactory) -> None:
+    spool, index = make_spool(), RunsIndex(tmp_path / "index.sqlite")
+    acceptor = Acceptor(spool, index, Ledger())
+    acceptor.start()
+    try:
+        with capture_logs() as logs:
+            for i in range(5):
+                await acceptor.submit(create(f"f{i}"))
+    finally:
+        await acceptor.close()
+        index.close()
+    slow = [entry for entry in logs if entry["event"] == "accept_commit_slow"]
+    assert all(entry["total_ms"] >= 1e3 * accept.SLOW_COMMIT_S for entry in slow)
+    assert acceptor.stats.slow_commits == len(slow)
