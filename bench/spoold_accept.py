@@ -211,6 +211,7 @@ def measure(
     run_load(daemon.base_url, op, name="warmup", concurrency=CONCURRENCY, max_ops=warmup,
              max_seconds=20)  # fmt: skip
     profiler = Profiler.start(profile, daemon.pid, f"{daemon.name} {name}")
+    log_offset = daemon.log_path.stat().st_size if daemon.log_path.exists() else 0
     commits_before = commit_buckets(daemon)
     cpu_before = daemon.cpu_seconds()
     try:
@@ -230,7 +231,40 @@ def measure(
     print(f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr)
     if commits_before:
         print(f"  {describe_commits(commits_before, commit_buckets(daemon))}", file=sys.stderr)
+        print(f"  {describe_slow(slow_commits(daemon.log_path, log_offset))}", file=sys.stderr)
     return round_
+
+
+def slow_commits(log_path: Path, offset: int) -> list[dict[str, Any]]:
+    """spoold's ``accept_commit_slow`` lines written since ``offset`` (its JSON log)."""
+    found = []
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            if b'"accept_commit_slow"' in line:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    found.append(orjson.loads(line))
+    return found
+
+
+def describe_slow(slow: list[dict[str, Any]]) -> str:
+    """What the accept thread was doing during each slow commit (spoold.accept logs them):
+    the slowest phase, and whether a GC or a WAL checkpoint ran for much of it."""
+    if not slow:
+        return "slow accept commits (>= 50 ms): none"
+    by_phase: dict[str, int] = {}
+    for entry in slow:
+        by_phase[entry["slowest"]] = by_phase.get(entry["slowest"], 0) + 1
+    gc = sum(1 for entry in slow if entry["gc_ms"] >= 0.25 * entry["total_ms"])
+    spool_cp = sum(1 for entry in slow if entry["spool_checkpoint_ms"] >= 0.25 * entry["total_ms"])
+    index_cp = sum(1 for entry in slow if entry["index_checkpoint_ms"] >= 0.25 * entry["total_ms"])
+    worst = max(slow, key=lambda entry: entry["total_ms"])
+    phases = ", ".join(f"{phase} {n}" for phase, n in sorted(by_phase.items()))
+    return (
+        f"slow accept commits (>= 50 ms): {len(slow)}; slowest phase: {phases}; GC for >= 1/4"
+        f" of it: {gc}; spool checkpoint running: {spool_cp}; index checkpoint running:"
+        f" {index_cp}; worst {orjson.dumps({k: v for k, v in worst.items() if k.endswith(('_ms', 'operations'))}).decode()}"
+    )
 
 
 def commit_buckets(daemon: Daemon) -> dict[str, float]:

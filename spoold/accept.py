@@ -39,7 +39,7 @@ from typing import Any
 import structlog
 
 from spoold.ledger import Ledger
-from spoold.pauses import GC_CLOCK
+from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
@@ -177,6 +177,9 @@ class Acceptor:
         self._group: list[_Pending] = []  # the group being committed, answered if we die
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
+        #: The accept thread's and the event loop thread's schedstat clocks (set at start).
+        self._thread_clock: ThreadClock | None = None
+        self._loop_clock: ThreadClock | None = None
         self.stats = AcceptStats()
 
     def start(self) -> None:
@@ -188,6 +191,7 @@ class Acceptor:
         (PASSIVE: it never blocks this thread's commits).
         """
         GC_CLOCK.install()
+        self._loop_clock = ThreadClock(threading.get_native_id())  # start runs on the loop
         if self._checkpoint_every is not None:
             self._index.wal_autocheckpoint(0)
             self._checkpointer = WalCheckpointer(
@@ -259,6 +263,7 @@ class Acceptor:
     def _run(self) -> None:
         """The thread's body: the loop, and whatever ends it answers every waiting write."""
         ended = AcceptStopped("spoold is shutting down")
+        self._thread_clock = ThreadClock(threading.get_native_id())
         try:
             self._loop()
         except BaseException as exc:  # supervised: recorded, answered, reported
@@ -271,6 +276,9 @@ class Acceptor:
                 waiting = [*self._group, *self._incoming]  # nothing is appended any more
                 self._incoming = []
             _answer([(item, None, ended) for item in waiting])
+            for clock in (self._thread_clock, self._loop_clock):
+                if clock is not None:
+                    clock.close()
 
     def _next_group(self) -> list[_Pending] | None:
         """The next group: every write waiting (at most ``max_group``), plus those arriving
@@ -395,13 +403,18 @@ class Acceptor:
             log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
         _answer([(item, result, None) for item, result in zip(group, results, strict=True)])
 
-    def _clocks(self) -> tuple[float, float, float]:
-        """GC and checkpoint busy times now (see ``spoold.pauses``)."""
+    def _clocks(self) -> tuple[float, ...]:
+        """GC, checkpoint and thread times now (see ``spoold.pauses``)."""
         index_checkpoints = self._checkpointer
+        idle = (0.0, 0.0)
+        thread = self._thread_clock.read() if self._thread_clock is not None else idle
+        loop = self._loop_clock.read() if self._loop_clock is not None else idle
         return (
             GC_CLOCK.total_s,
             self._spool.checkpoint_busy_s(),
             0.0 if index_checkpoints is None else index_checkpoints.busy.busy_s(),
+            *thread,
+            loop[1],
         )
 
     def _attribute(
@@ -409,7 +422,7 @@ class Acceptor:
         started: float,
         classified: float,
         put: float,
-        clocks: tuple[float, float, float],
+        clocks: tuple[float, ...],
         operations: int,
     ) -> None:
         """Log a slow commit with the time of each phase and what ran meanwhile."""
@@ -417,7 +430,7 @@ class Acceptor:
         if done - started < SLOW_COMMIT_S:
             return
         self.stats.slow_commits += 1
-        gc_s, spool_s, index_s = (
+        gc_s, spool_s, index_s, cpu_s, starved_s, loop_starved_s = (
             after - before for after, before in zip(self._clocks(), clocks, strict=True)
         )
         phases = {
@@ -433,6 +446,11 @@ class Acceptor:
             gc_ms=round(1e3 * gc_s, 1),
             spool_checkpoint_ms=round(1e3 * spool_s, 1),
             index_checkpoint_ms=round(1e3 * index_s, 1),
+            # The accept thread on a CPU, and waiting for one; the event loop's thread
+            # waiting for one (while it holds the GIL, this thread cannot run Python).
+            thread_cpu_ms=round(1e3 * cpu_s, 1),
+            thread_runqueue_ms=round(1e3 * starved_s, 1),
+            loop_runqueue_ms=round(1e3 * loop_starved_s, 1),
             operations=operations,
         )
 

@@ -4,12 +4,15 @@ Each is a cumulative busy time, read cheaply at the start and the end of a commi
 the difference is how long the thing ran *within* that commit. ``GcClock`` counts the
 process's garbage collections (any thread: a collection holds the GIL, so it stalls
 the accept thread too); ``BusyClock`` counts a background task such as a WAL
-checkpoint, whose fsync competes with the accept path's own.
+checkpoint, whose fsync competes with the accept path's own; ``ThreadClock`` counts a
+thread's time on a CPU and waiting for one (a busy machine starving the accept thread,
+or the event loop while it holds the GIL the accept thread needs).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from typing import Any
@@ -63,3 +66,30 @@ class GcClock:
 
 #: The process's GC clock, installed by the first Acceptor.
 GC_CLOCK = GcClock()
+
+
+class ThreadClock:
+    """One thread's time on a CPU and waiting for one (its run queue), from Linux's
+    ``/proc/self/task/<tid>/schedstat``: a thread that waited for a CPU was starved by
+    the machine, not slowed by its own work. (0, 0) where the file does not exist."""
+
+    def __init__(self, native_id: int) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds runnable but waiting for a CPU), cumulative."""
+        if self._fd is None:
+            return 0.0, 0.0
+        try:
+            fields = os.pread(self._fd, 64, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0, 0.0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

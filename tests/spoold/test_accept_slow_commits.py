@@ -27,6 +27,9 @@ from spoold.runs_index import RunsIndex
 from spoold.spool import store
 
 
+SCHEDSTAT = Path("/proc/self/schedstat").exists()
+
+
 def create(name: str) -> dict[str, Any]:
     return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
 
@@ -44,6 +47,17 @@ async def commit_once(
             return real_put(*args, **kwargs)
 
         monkeypatch.setattr(spool, "put_encoded", slow_put)
+    elif slow == "busy":
+        real_put = spool.put_encoded
+
+        def busy_put(*args: Any, **kwargs: Any) -> int:
+            deadline = time.thread_time() + 0.1  # 100 ms of this thread's own CPU
+            spins = 0
+            while time.thread_time() < deadline and spins < 10**9:
+                spins += 1
+            return real_put(*args, **kwargs)
+
+        monkeypatch.setattr(spool, "put_encoded", busy_put)
     elif slow == "index":
         real_commit = index.commit
 
@@ -106,6 +120,19 @@ async def test_a_slow_spool_put_is_logged_as_such(
     assert slow["index_commit_ms"] < 100
     assert slow["operations"] == 3
     assert slow["slowest"] == "spool_put"
+    assert slow["thread_cpu_ms"] < 60  # asleep (as in an fsync), not computing
+
+
+async def test_a_commit_slowed_by_the_threads_own_work_says_so(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "busy")
+    if not SCHEDSTAT:
+        pytest.skip("no schedstat on this system: thread times read 0")
+    assert slow["thread_cpu_ms"] >= 100
+    assert slow["thread_cpu_ms"] <= slow["total_ms"] + 1
+    assert slow["thread_runqueue_ms"] >= 0
+    assert slow["loop_runqueue_ms"] >= 0
 
 
 async def test_a_slow_index_commit_is_logged_as_such(
