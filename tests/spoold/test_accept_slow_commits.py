@@ -26,7 +26,6 @@ from spoold.ledger import Ledger
 from spoold.runs_index import RunsIndex
 from spoold.spool import store
 
-
 SCHEDSTAT = Path("/proc/self/schedstat").exists()
 
 
