@@ -477,8 +477,8 @@ class Acceptor:
         self._index.begin()
         results: list[Accepted] = []
         to_spool: list[_Pending] = []
-        for item in group:
-            outcome, run_id = self._index.record(item.op, verified=item.verified)
+        recorded = self._index.record_group([(item.op, item.verified) for item in group])
+        for item, (outcome, run_id) in zip(group, recorded, strict=True):
             results.append(Accepted(outcome, run_id))
             if outcome in ("created", "accepted"):
                 to_spool.append(item)
