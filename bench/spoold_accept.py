@@ -22,8 +22,17 @@ Processes, each on a free 127.0.0.1 port, stopped by PID at the end:
 - **latency rounds** of ``--seconds`` (60 by default): lifecycles at c=32, closed loop,
   every request timed; p99 and max over all requests. Once with the upstream down, once
   with a live ``telemetry-server`` that the drainer forwards to meanwhile.
+- after each spoold round, its accept commits: how many, their mean, how many took over
+  25 / 100 ms (``spoold_spool_commit_seconds``), and every commit of 50 ms or more
+  attributed from spoold's ``accept_commit_slow`` log lines (slowest phase: classify /
+  spool put + fsync / index commit; GC, a WAL checkpoint, or a thread waiting for a CPU
+  for a quarter of it or more).
 - with ``--baseline-root DIR``, the same spoold rounds (creates, lifecycles) against the
   spoold of another tree (e.g. ``git worktree add --detach /tmp/old <base>``), in this run.
+
+With ``--callgrind N``, spoold (and the baseline's) also runs under valgrind's callgrind
+for N creates and N/2 lifecycles: thousands of user-space instructions per 2xx request,
+all threads, the same whatever else runs on the machine (~50x slower; a few minutes).
 
 ``--rows N`` is the backlog spoold holds while it is measured: N runs put into its spool
 through its batch endpoint before the rounds (upstream down, so they stay queued; 0 by
@@ -47,6 +56,7 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -255,15 +265,28 @@ def describe_slow(slow: list[dict[str, Any]]) -> str:
     by_phase: dict[str, int] = {}
     for entry in slow:
         by_phase[entry["slowest"]] = by_phase.get(entry["slowest"], 0) + 1
-    gc = sum(1 for entry in slow if entry["gc_ms"] >= 0.25 * entry["total_ms"])
-    spool_cp = sum(1 for entry in slow if entry["spool_checkpoint_ms"] >= 0.25 * entry["total_ms"])
-    index_cp = sum(1 for entry in slow if entry["index_checkpoint_ms"] >= 0.25 * entry["total_ms"])
+    causes = {
+        "gc": lambda entry: entry["gc_ms"],
+        "spool_checkpoint": lambda entry: entry["spool_checkpoint_ms"],
+        "index_checkpoint": lambda entry: entry["index_checkpoint_ms"],
+        "cpu_wait": lambda entry: (
+            entry.get("thread_runqueue_ms", 0) + entry.get("loop_runqueue_ms", 0)
+        ),
+    }
+    hits = {
+        name: [entry for entry in slow if took(entry) >= 0.25 * entry["total_ms"]]
+        for name, took in causes.items()
+    }
+    gc, spool_cp, index_cp, starved = (len(found) for found in hits.values())
+    named = {id(entry) for found in hits.values() for entry in found}
+    alone = sum(1 for entry in slow if id(entry) not in named)
     worst = max(slow, key=lambda entry: entry["total_ms"])
     phases = ", ".join(f"{phase} {n}" for phase, n in sorted(by_phase.items()))
     return (
         f"slow accept commits (>= 50 ms): {len(slow)}; slowest phase: {phases}; GC for >= 1/4"
         f" of it: {gc}; spool checkpoint running: {spool_cp}; index checkpoint running:"
-        f" {index_cp}; worst {orjson.dumps({k: v for k, v in worst.items() if k.endswith(('_ms', 'operations'))}).decode()}"
+        f" {index_cp}; waiting for a CPU (accept or loop thread): {starved}; none of these (the disk alone):"
+        f" {alone}; worst {orjson.dumps({k: v for k, v in worst.items() if k.endswith(('_ms', 'operations'))}).decode()}"
     )
 
 
@@ -492,11 +515,67 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
                     problems.append(f"{label} {round_.name}: {round_.failures} failed requests")
 
         figures += live_round(daemons, workdir, args, problems)
+        if args.callgrind:
+            for label, owner in measured:
+                figures += callgrind_figures(owner, label, workdir, args.callgrind, rows)
     finally:
         daemons.stop_all()
         if old is not None:
             old.stop_all()
     return figures, problems
+
+
+def callgrind_figures(
+    owner: CodeDaemons, label: str, workdir: Path, requests: int, rows: int
+) -> list[Figure]:
+    """spoold under callgrind: k instructions per 2xx request, creates then lifecycles."""
+    figures = []
+    for scenario, op, count in (
+        ("creates", Create(random.Random(f"{label}-cg-c")), requests),
+        ("lifecycles", Lifecycle(random.Random(f"{label}-cg-l")), max(1, requests // 2)),
+    ):
+        out = workdir / f"{label}-{scenario}.callgrind"
+        sidecar = owner.spoold(f"{label}-cg-{scenario}", workdir / f"{label}-cg-{scenario}",
+                               f"http://{HOST}:{free_port()}")  # fmt: skip
+        sidecar.argv[:0] = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                            f"--callgrind-out-file={out}"]  # fmt: skip
+        sidecar.start(timeout_s=900)
+        try:
+            run_load(sidecar.base_url, op, name="warmup", concurrency=CONCURRENCY, max_ops=200,
+                     max_seconds=600)  # fmt: skip
+            callgrind_control(sidecar.pid, "-i", "on")
+            callgrind_control(sidecar.pid, "-z")
+            result = run_load(sidecar.base_url, op, name=f"{label} callgrind {scenario}",
+                              concurrency=CONCURRENCY, max_ops=count, max_seconds=900)  # fmt: skip
+            callgrind_control(sidecar.pid, "-d", "measured")
+            total = callgrind_summary(Path(f"{out}.1"))
+        finally:
+            sidecar.stop()
+        ok = Round(scenario, result, 0.0).ok_requests
+        per_request = total / ok / 1e3 if ok else math.nan
+        print(f"  {label} under callgrind, {scenario}: {per_request:,.1f} k instructions per 2xx"
+              f" request ({ok:,} requests)", file=sys.stderr)  # fmt: skip
+        figures.append(
+            Figure(f"{label} {scenario} c=32 under callgrind", "k instr/req", per_request,
+                   higher_is_better=False, rows=rows, note="user space, all threads")
+        )  # fmt: skip
+    return figures
+
+
+def callgrind_control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+
+
+def callgrind_summary(dump: Path) -> int:
+    """The instructions a callgrind dump counts (written asynchronously: waited for)."""
+    for _ in range(600):  # bounded: 60 s
+        text = dump.read_text() if dump.exists() else ""
+        for line in text.splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+        time.sleep(0.1)
+    raise RuntimeError(f"no callgrind summary in {dump}")
 
 
 def latency_figures(scenario: str, round_: Round, rows: int) -> list[Figure]:
@@ -544,6 +623,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=0, help="backlog queued before the rounds")
     parser.add_argument("--baseline-root", type=Path, help="also measure the spoold of this tree")
     parser.add_argument("--profile", type=Path, help="py-spy of spoold per round into DIR")
+    parser.add_argument(
+        "--callgrind",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also count instructions per request over N creates (valgrind)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here (bench/report.py)")
     parser.add_argument("--log-level", help="daemons' log level (default: theirs, INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
