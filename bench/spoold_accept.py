@@ -28,7 +28,8 @@ Processes, each on a free 127.0.0.1 port, stopped by PID at the end:
   spool put + fsync / index commit; GC, a WAL checkpoint, or a thread waiting for a CPU
   for a quarter of it or more).
 - with ``--baseline-root DIR``, the same spoold rounds (creates, lifecycles) against the
-  spoold of another tree (e.g. ``git worktree add --detach /tmp/old <base>``), in this run.
+  spoold of another tree (e.g. ``git worktree add --detach /tmp/old <base>``), in this run,
+  interleaved with this tree's (creates: new, old; lifecycles: old, new).
 
 With ``--callgrind N``, spoold (and the baseline's) also runs under valgrind's callgrind
 for N creates and N/2 lifecycles: thousands of user-space instructions per 2xx request,
@@ -429,9 +430,10 @@ class CodeDaemons(Daemons):
         return daemon
 
 
-def spoold_rounds(
+def start_sidecar(
     daemons: CodeDaemons, label: str, workdir: Path, args: argparse.Namespace
-) -> tuple[Round, Round, Daemon, Path]:
+) -> tuple[Daemon, Path]:
+    """A spoold with its upstream down, holding the ``--rows`` backlog."""
     spool_dir = workdir / f"{label}-spool"
     down = f"http://{HOST}:{free_port()}"  # nothing listens there
     # A 1M-op backlog takes ~0.8 GiB of spool: the cap is raised so that it stays below
@@ -441,11 +443,7 @@ def spoold_rounds(
     if args.rows:
         fill = fill_over_http(sidecar, args.rows, senders=3, max_seconds=600, keep_ids=False)
         print(f"{label} backlog: {fill.describe()}", file=sys.stderr)
-    creates = measure(sidecar, Create(random.Random(f"{label}-c")), "creates c=32",
-                      seconds=args.round_seconds, profile=args.profile)  # fmt: skip
-    lifecycles = measure(sidecar, Lifecycle(random.Random(f"{label}-l")), "lifecycles c=32",
-                         seconds=args.round_seconds, profile=args.profile)  # fmt: skip
-    return creates, lifecycles, sidecar, spool_dir
+    return sidecar, spool_dir
 
 
 def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str]]:
@@ -478,22 +476,36 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
         ]  # fmt: skip
 
         measured = [("spoold", daemons)] + ([("old-spoold", old)] if old is not None else [])
-        for label, owner in measured:
-            creates, lifecycles, sidecar, spool_dir = spoold_rounds(owner, label, workdir, args)
+        sidecars = {label: start_sidecar(owner, label, workdir, args) for label, owner in measured}
+        # Interleaved (A B, then B A), so that both trees meet the same machine: on a
+        # shared one, what else runs changes from one minute to the next.
+        creates: dict[str, Round] = {}
+        lifecycles: dict[str, Round] = {}
+        for label in sidecars:
+            creates[label] = measure(sidecars[label][0], Create(random.Random(f"{label}-c")),
+                                     "creates c=32", seconds=args.round_seconds,
+                                     profile=args.profile)  # fmt: skip
+        for label in reversed(sidecars):
+            lifecycles[label] = measure(sidecars[label][0],
+                                        Lifecycle(random.Random(f"{label}-l")),
+                                        "lifecycles c=32", seconds=args.round_seconds,
+                                        profile=args.profile)  # fmt: skip
+        for label, (sidecar, spool_dir) in sidecars.items():
             new = label == "spoold"
-            rate_c = creates.result.requests_per_s("create")
-            rate_l = lifecycles.result.ops_per_s
-            ops = creates.ok_requests + lifecycles.ok_requests
-            cpu_ms = 1e3 * (creates.cpu_s + lifecycles.cpu_s) / ops if ops else math.nan
+            rate_c = creates[label].result.requests_per_s("create")
+            rate_l = lifecycles[label].result.ops_per_s
+            ops = creates[label].ok_requests + lifecycles[label].ok_requests
+            cpu_s = creates[label].cpu_s + lifecycles[label].cpu_s
+            cpu_ms = 1e3 * cpu_s / ops if ops else math.nan
             figures += [
                 Figure(f"{label} creates c=32, upstream down", "creates/s", rate_c,
                        CREATES_TARGET if new else None, rows=rows,
                        note=f"{100 * rate_c / ceil_c:.0f}% of ceiling; CPU"
-                            f" {creates.cpu_ms_per_op:.3f} ms/op"),
+                            f" {creates[label].cpu_ms_per_op:.3f} ms/op"),
                 Figure(f"{label} create+PATCH c=32, upstream down", "lifecycles/s", rate_l,
                        LIFECYCLES_TARGET if new else None, rows=rows,
                        note=f"{100 * rate_l / ceil_l:.0f}% of ceiling; CPU"
-                            f" {lifecycles.cpu_ms_per_op:.3f} ms/op"),
+                            f" {lifecycles[label].cpu_ms_per_op:.3f} ms/op"),
                 Figure(f"{label} CPU per accepted op (both rounds)", "ms/op", cpu_ms,
                        CPU_MS_TARGET if new else None, higher_is_better=False, rows=rows),
                 Figure(f"{label} creates as share of ceiling", "%", 100 * rate_c / ceil_c,
@@ -501,7 +513,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
                 Figure(f"{label} lifecycles as share of ceiling", "%", 100 * rate_l / ceil_l,
                        rows=rows),
             ]  # fmt: skip
-            rounds = [creates, lifecycles]
+            rounds = [creates[label], lifecycles[label]]
             if new:
                 latency = measure(sidecar, Lifecycle(random.Random("lat-down")),
                                   f"{args.seconds:.0f}-s lifecycles c=32",
