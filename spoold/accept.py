@@ -177,6 +177,8 @@ class Acceptor:
         self._group: list[_Pending] = []  # the group being committed, answered if we die
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
+        #: How long the last group waited to begin its index transaction.
+        self._index_wait_s = 0.0
         #: The accept thread's and the event loop thread's schedstat clocks (set at start).
         self._thread_clock: ThreadClock | None = None
         self._loop_clock: ThreadClock | None = None
@@ -434,7 +436,8 @@ class Acceptor:
             after - before for after, before in zip(self._clocks(), clocks, strict=True)
         )
         phases = {
-            "classify": classified - started,
+            "index_wait": self._index_wait_s,
+            "classify": classified - started - self._index_wait_s,
             "spool_put": put - classified,
             "index_commit": done - put,
         }
@@ -474,7 +477,9 @@ class Acceptor:
 
     def _classify(self, group: list[_Pending]) -> tuple[list[Accepted], list[_Pending]]:
         self._index.rollback()  # a no-op, unless an earlier rollback failed: redo it first
-        self._index.begin()
+        waiting = time.perf_counter()
+        self._index.begin()  # waits for the index's write gate (a drain settle slice)
+        self._index_wait_s = time.perf_counter() - waiting
         results: list[Accepted] = []
         to_spool: list[_Pending] = []
         recorded = self._index.record_group([(item.op, item.verified) for item in group])

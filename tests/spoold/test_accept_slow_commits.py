@@ -102,12 +102,29 @@ async def commit_once(
             return real_put(*args, **kwargs)
 
         monkeypatch.setattr(spool, "put_encoded", put_during_checkpoint)
+    drain_index = RunsIndex(tmp_path / "index.sqlite", synchronous="FULL", yields=True)
+    holder: threading.Thread | None = None
+    if slow == "gate":  # the drainer's connection holds the index's write gate (a settle)
+        holding = threading.Event()
+
+        def settle_slice() -> None:
+            drain_index.begin()
+            holding.set()
+            time.sleep(PAUSE_S)
+            drain_index.commit()
+
+        holder = threading.Thread(target=settle_slice)
+        holder.start()
+        assert holding.wait(10)
     acceptor.start()
     try:
         with capture_logs() as logs:
             results = await asyncio.gather(*(acceptor.submit(create(f"e{i}")) for i in range(3)))
     finally:
         await acceptor.close()
+        if holder is not None:
+            holder.join(10)
+        drain_index.close()
         index.close()
     assert [r.outcome for r in results] == ["created"] * 3  # slow, but committed as ever
     return [entry for entry in logs if entry["event"] == "accept_commit_slow"]
@@ -142,6 +159,15 @@ async def test_a_slow_index_commit_is_logged_as_such(
     (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "index")
     assert slow["index_commit_ms"] >= 1e3 * PAUSE_S
     assert slow["slowest"] == "index_commit"
+
+
+async def test_a_commit_waiting_for_the_drains_index_transaction_is_logged_as_such(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (slow,) = await commit_once(tmp_path, make_spool, monkeypatch, "gate")
+    assert slow["index_wait_ms"] >= 0.5e3 * PAUSE_S  # the rest of the settle slice
+    assert slow["slowest"] == "index_wait"
+    assert slow["thread_cpu_ms"] < 0.25e3 * PAUSE_S  # waiting, not working
 
 
 async def test_garbage_collection_during_a_commit_is_counted(
