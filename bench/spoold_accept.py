@@ -22,8 +22,18 @@ Processes, each on a free 127.0.0.1 port, stopped by PID at the end:
 - **latency rounds** of ``--seconds`` (60 by default): lifecycles at c=32, closed loop,
   every request timed; p99 and max over all requests. Once with the upstream down, once
   with a live ``telemetry-server`` that the drainer forwards to meanwhile.
+- after each spoold round, its accept commits: how many, their mean, how many took over
+  25 / 100 ms (``spoold_spool_commit_seconds``), and every commit of 50 ms or more
+  attributed from spoold's ``accept_commit_slow`` log lines (slowest phase: classify /
+  spool put + fsync / index commit; GC, a WAL checkpoint, or a thread waiting for a CPU
+  for a quarter of it or more).
 - with ``--baseline-root DIR``, the same spoold rounds (creates, lifecycles) against the
-  spoold of another tree (e.g. ``git worktree add --detach /tmp/old <base>``), in this run.
+  spoold of another tree (e.g. ``git worktree add --detach /tmp/old <base>``), in this run,
+  interleaved with this tree's (creates: new, old; lifecycles: old, new).
+
+With ``--callgrind N``, spoold (and the baseline's) also runs under valgrind's callgrind
+for N creates and N/2 lifecycles: thousands of user-space instructions per 2xx request,
+all threads, the same whatever else runs on the machine (~50x slower; a few minutes).
 
 ``--rows N`` is the backlog spoold holds while it is measured: N runs put into its spool
 through its batch endpoint before the rounds (upstream down, so they stay queued; 0 by
@@ -47,6 +57,7 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -211,6 +222,7 @@ def measure(
     run_load(daemon.base_url, op, name="warmup", concurrency=CONCURRENCY, max_ops=warmup,
              max_seconds=20)  # fmt: skip
     profiler = Profiler.start(profile, daemon.pid, f"{daemon.name} {name}")
+    log_offset = daemon.log_path.stat().st_size if daemon.log_path.exists() else 0
     commits_before = commit_buckets(daemon)
     cpu_before = daemon.cpu_seconds()
     try:
@@ -230,7 +242,53 @@ def measure(
     print(f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr)
     if commits_before:
         print(f"  {describe_commits(commits_before, commit_buckets(daemon))}", file=sys.stderr)
+        print(f"  {describe_slow(slow_commits(daemon.log_path, log_offset))}", file=sys.stderr)
     return round_
+
+
+def slow_commits(log_path: Path, offset: int) -> list[dict[str, Any]]:
+    """spoold's ``accept_commit_slow`` lines written since ``offset`` (its JSON log)."""
+    found = []
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            if b'"accept_commit_slow"' in line:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    found.append(orjson.loads(line))
+    return found
+
+
+def describe_slow(slow: list[dict[str, Any]]) -> str:
+    """What the accept thread was doing during each slow commit (spoold.accept logs them):
+    the slowest phase, and whether a GC or a WAL checkpoint ran for much of it."""
+    if not slow:
+        return "slow accept commits (>= 50 ms): none"
+    by_phase: dict[str, int] = {}
+    for entry in slow:
+        by_phase[entry["slowest"]] = by_phase.get(entry["slowest"], 0) + 1
+    causes = {
+        "gc": lambda entry: entry["gc_ms"],
+        "spool_checkpoint": lambda entry: entry["spool_checkpoint_ms"],
+        "index_checkpoint": lambda entry: entry["index_checkpoint_ms"],
+        "cpu_wait": lambda entry: (
+            entry.get("thread_runqueue_ms", 0) + entry.get("loop_runqueue_ms", 0)
+        ),
+    }
+    hits = {
+        name: [entry for entry in slow if took(entry) >= 0.25 * entry["total_ms"]]
+        for name, took in causes.items()
+    }
+    gc, spool_cp, index_cp, starved = (len(found) for found in hits.values())
+    named = {id(entry) for found in hits.values() for entry in found}
+    alone = sum(1 for entry in slow if id(entry) not in named)
+    worst = max(slow, key=lambda entry: entry["total_ms"])
+    phases = ", ".join(f"{phase} {n}" for phase, n in sorted(by_phase.items()))
+    return (
+        f"slow accept commits (>= 50 ms): {len(slow)}; slowest phase: {phases}; GC for >= 1/4"
+        f" of it: {gc}; spool checkpoint running: {spool_cp}; index checkpoint running:"
+        f" {index_cp}; waiting for a CPU (accept or loop thread): {starved}; none of these (the disk alone):"
+        f" {alone}; worst {orjson.dumps({k: v for k, v in worst.items() if k.endswith(('_ms', 'operations'))}).decode()}"
+    )
 
 
 def commit_buckets(daemon: Daemon) -> dict[str, float]:
@@ -372,9 +430,10 @@ class CodeDaemons(Daemons):
         return daemon
 
 
-def spoold_rounds(
+def start_sidecar(
     daemons: CodeDaemons, label: str, workdir: Path, args: argparse.Namespace
-) -> tuple[Round, Round, Daemon, Path]:
+) -> tuple[Daemon, Path]:
+    """A spoold with its upstream down, holding the ``--rows`` backlog."""
     spool_dir = workdir / f"{label}-spool"
     down = f"http://{HOST}:{free_port()}"  # nothing listens there
     # A 1M-op backlog takes ~0.8 GiB of spool: the cap is raised so that it stays below
@@ -384,11 +443,7 @@ def spoold_rounds(
     if args.rows:
         fill = fill_over_http(sidecar, args.rows, senders=3, max_seconds=600, keep_ids=False)
         print(f"{label} backlog: {fill.describe()}", file=sys.stderr)
-    creates = measure(sidecar, Create(random.Random(f"{label}-c")), "creates c=32",
-                      seconds=args.round_seconds, profile=args.profile)  # fmt: skip
-    lifecycles = measure(sidecar, Lifecycle(random.Random(f"{label}-l")), "lifecycles c=32",
-                         seconds=args.round_seconds, profile=args.profile)  # fmt: skip
-    return creates, lifecycles, sidecar, spool_dir
+    return sidecar, spool_dir
 
 
 def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str]]:
@@ -421,22 +476,36 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
         ]  # fmt: skip
 
         measured = [("spoold", daemons)] + ([("old-spoold", old)] if old is not None else [])
-        for label, owner in measured:
-            creates, lifecycles, sidecar, spool_dir = spoold_rounds(owner, label, workdir, args)
+        sidecars = {label: start_sidecar(owner, label, workdir, args) for label, owner in measured}
+        # Interleaved (A B, then B A), so that both trees meet the same machine: on a
+        # shared one, what else runs changes from one minute to the next.
+        creates: dict[str, Round] = {}
+        lifecycles: dict[str, Round] = {}
+        for label in sidecars:
+            creates[label] = measure(sidecars[label][0], Create(random.Random(f"{label}-c")),
+                                     "creates c=32", seconds=args.round_seconds,
+                                     profile=args.profile)  # fmt: skip
+        for label in reversed(sidecars):
+            lifecycles[label] = measure(sidecars[label][0],
+                                        Lifecycle(random.Random(f"{label}-l")),
+                                        "lifecycles c=32", seconds=args.round_seconds,
+                                        profile=args.profile)  # fmt: skip
+        for label, (sidecar, spool_dir) in sidecars.items():
             new = label == "spoold"
-            rate_c = creates.result.requests_per_s("create")
-            rate_l = lifecycles.result.ops_per_s
-            ops = creates.ok_requests + lifecycles.ok_requests
-            cpu_ms = 1e3 * (creates.cpu_s + lifecycles.cpu_s) / ops if ops else math.nan
+            rate_c = creates[label].result.requests_per_s("create")
+            rate_l = lifecycles[label].result.ops_per_s
+            ops = creates[label].ok_requests + lifecycles[label].ok_requests
+            cpu_s = creates[label].cpu_s + lifecycles[label].cpu_s
+            cpu_ms = 1e3 * cpu_s / ops if ops else math.nan
             figures += [
                 Figure(f"{label} creates c=32, upstream down", "creates/s", rate_c,
                        CREATES_TARGET if new else None, rows=rows,
                        note=f"{100 * rate_c / ceil_c:.0f}% of ceiling; CPU"
-                            f" {creates.cpu_ms_per_op:.3f} ms/op"),
+                            f" {creates[label].cpu_ms_per_op:.3f} ms/op"),
                 Figure(f"{label} create+PATCH c=32, upstream down", "lifecycles/s", rate_l,
                        LIFECYCLES_TARGET if new else None, rows=rows,
                        note=f"{100 * rate_l / ceil_l:.0f}% of ceiling; CPU"
-                            f" {lifecycles.cpu_ms_per_op:.3f} ms/op"),
+                            f" {lifecycles[label].cpu_ms_per_op:.3f} ms/op"),
                 Figure(f"{label} CPU per accepted op (both rounds)", "ms/op", cpu_ms,
                        CPU_MS_TARGET if new else None, higher_is_better=False, rows=rows),
                 Figure(f"{label} creates as share of ceiling", "%", 100 * rate_c / ceil_c,
@@ -444,7 +513,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
                 Figure(f"{label} lifecycles as share of ceiling", "%", 100 * rate_l / ceil_l,
                        rows=rows),
             ]  # fmt: skip
-            rounds = [creates, lifecycles]
+            rounds = [creates[label], lifecycles[label]]
             if new:
                 latency = measure(sidecar, Lifecycle(random.Random("lat-down")),
                                   f"{args.seconds:.0f}-s lifecycles c=32",
@@ -458,11 +527,67 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
                     problems.append(f"{label} {round_.name}: {round_.failures} failed requests")
 
         figures += live_round(daemons, workdir, args, problems)
+        if args.callgrind:
+            for label, owner in measured:
+                figures += callgrind_figures(owner, label, workdir, args.callgrind, rows)
     finally:
         daemons.stop_all()
         if old is not None:
             old.stop_all()
     return figures, problems
+
+
+def callgrind_figures(
+    owner: CodeDaemons, label: str, workdir: Path, requests: int, rows: int
+) -> list[Figure]:
+    """spoold under callgrind: k instructions per 2xx request, creates then lifecycles."""
+    figures = []
+    for scenario, op, count in (
+        ("creates", Create(random.Random(f"{label}-cg-c")), requests),
+        ("lifecycles", Lifecycle(random.Random(f"{label}-cg-l")), max(1, requests // 2)),
+    ):
+        out = workdir / f"{label}-{scenario}.callgrind"
+        sidecar = owner.spoold(f"{label}-cg-{scenario}", workdir / f"{label}-cg-{scenario}",
+                               f"http://{HOST}:{free_port()}")  # fmt: skip
+        sidecar.argv[:0] = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                            f"--callgrind-out-file={out}"]  # fmt: skip
+        sidecar.start(timeout_s=900)
+        try:
+            run_load(sidecar.base_url, op, name="warmup", concurrency=CONCURRENCY, max_ops=200,
+                     max_seconds=600)  # fmt: skip
+            callgrind_control(sidecar.pid, "-i", "on")
+            callgrind_control(sidecar.pid, "-z")
+            result = run_load(sidecar.base_url, op, name=f"{label} callgrind {scenario}",
+                              concurrency=CONCURRENCY, max_ops=count, max_seconds=900)  # fmt: skip
+            callgrind_control(sidecar.pid, "-d", "measured")
+            total = callgrind_summary(Path(f"{out}.1"))
+        finally:
+            sidecar.stop()
+        ok = Round(scenario, result, 0.0).ok_requests
+        per_request = total / ok / 1e3 if ok else math.nan
+        print(f"  {label} under callgrind, {scenario}: {per_request:,.1f} k instructions per 2xx"
+              f" request ({ok:,} requests)", file=sys.stderr)  # fmt: skip
+        figures.append(
+            Figure(f"{label} {scenario} c=32 under callgrind", "k instr/req", per_request,
+                   higher_is_better=False, rows=rows, note="user space, all threads")
+        )  # fmt: skip
+    return figures
+
+
+def callgrind_control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+
+
+def callgrind_summary(dump: Path) -> int:
+    """The instructions a callgrind dump counts (written asynchronously: waited for)."""
+    for _ in range(600):  # bounded: 60 s
+        text = dump.read_text() if dump.exists() else ""
+        for line in text.splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+        time.sleep(0.1)
+    raise RuntimeError(f"no callgrind summary in {dump}")
 
 
 def latency_figures(scenario: str, round_: Round, rows: int) -> list[Figure]:
@@ -510,6 +635,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=0, help="backlog queued before the rounds")
     parser.add_argument("--baseline-root", type=Path, help="also measure the spoold of this tree")
     parser.add_argument("--profile", type=Path, help="py-spy of spoold per round into DIR")
+    parser.add_argument(
+        "--callgrind",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also count instructions per request over N creates (valgrind)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here (bench/report.py)")
     parser.add_argument("--log-level", help="daemons' log level (default: theirs, INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

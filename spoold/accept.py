@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from spoold.ledger import Ledger
+from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
@@ -53,6 +54,9 @@ INDEX_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: WAL bytes an operation's index row change is counted for: one b-tree page (its key is
 #: random, so it dirties a page of its own), plus what its snapshot adds.
 _PAGE_BYTES = 4096
+#: A group commit at least this slow is logged (``accept_commit_slow``) with what the
+#: thread was doing meanwhile: a write waiting on it waits at least that long.
+SLOW_COMMIT_S = 0.05
 
 
 class AcceptStopped(SpoolWriteError):
@@ -73,7 +77,7 @@ class Accepted:
     run_id: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     op: dict[str, Any]
     encoded: bytes
@@ -90,6 +94,7 @@ class AcceptStats:
     rejected_full: int = 0
     rejected_error: int = 0
     last_commit_s: float = 0.0
+    slow_commits: int = 0
 
 
 def _index_refusal(error: BaseException | None) -> SpoolError:
@@ -172,6 +177,11 @@ class Acceptor:
         self._group: list[_Pending] = []  # the group being committed, answered if we die
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
+        #: How long the last group waited to begin its index transaction.
+        self._index_wait_s = 0.0
+        #: The accept thread's and the event loop thread's schedstat clocks (set at start).
+        self._thread_clock: ThreadClock | None = None
+        self._loop_clock: ThreadClock | None = None
         self.stats = AcceptStats()
 
     def start(self) -> None:
@@ -182,6 +192,8 @@ class Acceptor:
         tens of ms every few thousand writes. The checkpointer thread does that instead
         (PASSIVE: it never blocks this thread's commits).
         """
+        GC_CLOCK.install()
+        self._loop_clock = ThreadClock(threading.get_native_id())  # start runs on the loop
         if self._checkpoint_every is not None:
             self._index.wal_autocheckpoint(0)
             self._checkpointer = WalCheckpointer(
@@ -210,7 +222,10 @@ class Acceptor:
         batch.append(_Pending(op, encoded, verified, future, loop))
         if len(batch) == 1:
             loop.call_soon(self._hand_over, loop)
-        return await asyncio.shield(future)
+        # Not shielded: a caller cancelled meanwhile cancels its future, whose answer the
+        # thread then skips (``_apply``); the write itself is committed with its group
+        # all the same. A shield cost a second future and two callbacks per write.
+        return await future
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, once per iteration: pass the writes submitted in it to the thread.
@@ -250,6 +265,7 @@ class Acceptor:
     def _run(self) -> None:
         """The thread's body: the loop, and whatever ends it answers every waiting write."""
         ended = AcceptStopped("spoold is shutting down")
+        self._thread_clock = ThreadClock(threading.get_native_id())
         try:
             self._loop()
         except BaseException as exc:  # supervised: recorded, answered, reported
@@ -262,6 +278,9 @@ class Acceptor:
                 waiting = [*self._group, *self._incoming]  # nothing is appended any more
                 self._incoming = []
             _answer([(item, None, ended) for item in waiting])
+            for clock in (self._thread_clock, self._loop_clock):
+                if clock is not None:
+                    clock.close()
 
     def _next_group(self) -> list[_Pending] | None:
         """The next group: every write waiting (at most ``max_group``), plus those arriving
@@ -345,13 +364,17 @@ class Acceptor:
             self._refuse(group, _index_refusal(self._debt_error))
             return
         item_id = 0
+        clocks = self._clocks()
         try:
             results, to_spool = self._classify(group)
+            classified = time.perf_counter()
             self._spool.check_capacity(sum(len(item.encoded) for item in to_spool) + 64)
             item_id = self._spool.put_encoded([item.encoded for item in to_spool], publish=False)
+            put = time.perf_counter()
             if item_id:
                 self._index.mark_spooled(item_id)
             self._index.commit()
+            self._attribute(started, classified, put, clocks, len(group))
         except SpoolError as exc:
             self._rollback()
             self._refuse(group, exc)
@@ -382,6 +405,58 @@ class Acceptor:
             log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
         _answer([(item, result, None) for item, result in zip(group, results, strict=True)])
 
+    def _clocks(self) -> tuple[float, ...]:
+        """GC, checkpoint and thread times now (see ``spoold.pauses``)."""
+        index_checkpoints = self._checkpointer
+        idle = (0.0, 0.0)
+        thread = self._thread_clock.read() if self._thread_clock is not None else idle
+        loop = self._loop_clock.read() if self._loop_clock is not None else idle
+        return (
+            GC_CLOCK.total_s,
+            self._spool.checkpoint_busy_s(),
+            0.0 if index_checkpoints is None else index_checkpoints.busy.busy_s(),
+            *thread,
+            loop[1],
+        )
+
+    def _attribute(
+        self,
+        started: float,
+        classified: float,
+        put: float,
+        clocks: tuple[float, ...],
+        operations: int,
+    ) -> None:
+        """Log a slow commit with the time of each phase and what ran meanwhile."""
+        done = time.perf_counter()
+        if done - started < SLOW_COMMIT_S:
+            return
+        self.stats.slow_commits += 1
+        gc_s, spool_s, index_s, cpu_s, starved_s, loop_starved_s = (
+            after - before for after, before in zip(self._clocks(), clocks, strict=True)
+        )
+        phases = {
+            "index_wait": self._index_wait_s,
+            "classify": classified - started - self._index_wait_s,
+            "spool_put": put - classified,
+            "index_commit": done - put,
+        }
+        log.warning(
+            "accept_commit_slow",
+            total_ms=round(1e3 * (done - started), 1),
+            slowest=max(phases, key=phases.__getitem__),
+            **{f"{name}_ms": round(1e3 * seconds, 1) for name, seconds in phases.items()},
+            gc_ms=round(1e3 * gc_s, 1),
+            spool_checkpoint_ms=round(1e3 * spool_s, 1),
+            index_checkpoint_ms=round(1e3 * index_s, 1),
+            # The accept thread on a CPU, and waiting for one; the event loop's thread
+            # waiting for one (while it holds the GIL, this thread cannot run Python).
+            thread_cpu_ms=round(1e3 * cpu_s, 1),
+            thread_runqueue_ms=round(1e3 * starved_s, 1),
+            loop_runqueue_ms=round(1e3 * loop_starved_s, 1),
+            operations=operations,
+        )
+
     def _after_commit(self, item_id: int, spooled: int, duplicates: int) -> None:
         """Count a durable group and let the drainer see it (unless it is still a debt)."""
         try:
@@ -402,11 +477,13 @@ class Acceptor:
 
     def _classify(self, group: list[_Pending]) -> tuple[list[Accepted], list[_Pending]]:
         self._index.rollback()  # a no-op, unless an earlier rollback failed: redo it first
-        self._index.begin()
+        waiting = time.perf_counter()
+        self._index.begin()  # waits for the index's write gate (a drain settle slice)
+        self._index_wait_s = time.perf_counter() - waiting
         results: list[Accepted] = []
         to_spool: list[_Pending] = []
-        for item in group:
-            outcome, run_id = self._index.record(item.op, verified=item.verified)
+        recorded = self._index.record_group([(item.op, item.verified) for item in group])
+        for item, (outcome, run_id) in zip(group, recorded, strict=True):
             results.append(Accepted(outcome, run_id))
             if outcome in ("created", "accepted"):
                 to_spool.append(item)

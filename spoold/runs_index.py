@@ -47,7 +47,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -175,6 +175,60 @@ class KnownRun:
     complete: bool = True
 
 
+#: Event ids per ``IN (...)`` read (older SQLite builds take at most 999 parameters).
+_READ_CHUNK = 500
+
+
+class _Run:
+    """One run while a group is classified: its row as read, then as the group leaves it."""
+
+    __slots__ = ("_snapshot", "_text", "added", "state")
+
+    def __init__(self, text: str | None, state: int | None) -> None:
+        self._text = text
+        self._snapshot: dict[str, Any] | None = None
+        self.state = state  #: has_create; None while the run is unknown here
+        self.added = 0  #: operations of the group recorded for it (its pending increment)
+
+    def snapshot(self) -> dict[str, Any]:
+        if self._snapshot is None:
+            self._snapshot = orjson.loads(self._text) if self._text is not None else {}
+        return self._snapshot
+
+    def _fold(self, snapshot: dict[str, Any], state: int) -> str | None:
+        self._snapshot, self.state = snapshot, state
+        self.added += 1
+        return snapshot.get("run_id")
+
+    def record(self, op: dict[str, Any], verified: bool) -> tuple[Outcome, str | None]:
+        """``RunsIndex.record``'s classification, on this run's state in memory."""
+        known = self.state is not None
+        if op["kind"] == "create":
+            if self.state == CREATED:
+                return "duplicate", self.snapshot().get("run_id")
+            snapshot = dict(op["body"])
+            if known:  # updates accepted before the create reached us
+                snapshot.update(self.snapshot())
+            return "created", self._fold(snapshot, CREATED)
+        unconfirmed = bool(op.get("unconfirmed"))
+        if not known or (self.state == UNCONFIRMED and not verified):
+            # Unknown here, or known only from updates queued while nobody could confirm
+            # the run: the caller asks the server (again).
+            if not verified:
+                return "unknown", None
+            snapshot = self.snapshot()
+            snapshot.update(op["body"])
+            state = UNCONFIRMED if unconfirmed else CONFIRMED
+            if self.state == CONFIRMED:
+                state = CONFIRMED
+            return "accepted", self._fold(snapshot, state)
+        snapshot = self.snapshot()
+        snapshot.update(op["body"])
+        assert self.state is not None
+        state = self.state if not (self.state == UNCONFIRMED and not unconfirmed) else CONFIRMED
+        return "accepted", self._fold(snapshot, state)
+
+
 class RunsIndex:
     """One connection per instance; the accept thread and reader use separate instances."""
 
@@ -272,37 +326,51 @@ class RunsIndex:
         ``verified`` marks an update the caller confirmed (the server knows the
         run, or could not be asked): it is recorded even for an unknown run.
         """
-        event_id = op["event_id"]
-        row = self._conn.execute(
-            "SELECT snapshot, has_create FROM runs WHERE event_id = ?", (event_id,)
-        ).fetchone()
+        return self.record_group([(op, verified)])[0]
+
+    def record_group(
+        self, ops: Sequence[tuple[dict[str, Any], bool]]
+    ) -> list[tuple[Outcome, str | None]]:
+        """``record`` each (operation, verified) in turn (inside begin/commit): one read of
+        the group's runs, the operations folded in memory, one write per run. The outcomes
+        and rows are those of recording the operations one by one; the statements per
+        operation (and the GIL hand-offs each costs) are gone."""
+        known = self._rows({op["event_id"] for op, _ in ops})
+        runs: dict[str, _Run] = {}
+        results: list[tuple[Outcome, str | None]] = []
+        for op, verified in ops:
+            event_id = op["event_id"]
+            run = runs.get(event_id)
+            if run is None:
+                run = runs[event_id] = _Run(*known.get(event_id, (None, None)))
+            results.append(run.record(op, verified))
         now = time.time()
-        if op["kind"] == "create":
-            if row is not None and row[1] == CREATED:
-                return "duplicate", orjson.loads(row[0]).get("run_id")
-            snapshot = dict(op["body"])
-            if row is not None:  # updates accepted before the create reached us
-                snapshot.update(orjson.loads(row[0]))
-            self._upsert(event_id, snapshot, has_create=CREATED, now=now)
-            return "created", snapshot.get("run_id")
-        unconfirmed = bool(op.get("unconfirmed"))
-        if row is None or (row[1] == UNCONFIRMED and not verified):
-            # Unknown here, or known only from updates queued while nobody could confirm
-            # the run: the caller asks the server (again).
-            if not verified:
-                return "unknown", None
-            snapshot = orjson.loads(row[0]) if row is not None else {}
-            snapshot.update(op["body"])
-            state = UNCONFIRMED if unconfirmed else CONFIRMED
-            if row is not None and row[1] == CONFIRMED:
-                state = CONFIRMED
-            self._upsert(event_id, snapshot, has_create=state, now=now)
-            return "accepted", snapshot.get("run_id")
-        snapshot = orjson.loads(row[0])
-        snapshot.update(op["body"])
-        state = row[1] if not (row[1] == UNCONFIRMED and not unconfirmed) else CONFIRMED
-        self._upsert(event_id, snapshot, has_create=state, now=now)
-        return "accepted", snapshot.get("run_id")
+        self._conn.executemany(
+            "INSERT INTO runs (event_id, snapshot, has_create, pending, touched_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(event_id) DO UPDATE SET"
+            " snapshot = excluded.snapshot, has_create = excluded.has_create,"
+            " pending = runs.pending + excluded.pending, touched_at = excluded.touched_at",
+            [
+                (event_id, orjson.dumps(run.snapshot()).decode(), run.state, run.added, now)
+                for event_id, run in runs.items()
+                if run.added
+            ],
+        )
+        return results
+
+    def _rows(self, event_ids: set[str]) -> dict[str, tuple[str, int]]:
+        """(snapshot, has_create) of the known runs among ``event_ids``."""
+        wanted = list(event_ids)
+        found: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(wanted), _READ_CHUNK):
+            chunk = wanted[start : start + _READ_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for event_id, snapshot, has_create in self._conn.execute(
+                f"SELECT event_id, snapshot, has_create FROM runs WHERE event_id IN ({marks})",
+                chunk,
+            ):
+                found[event_id] = (snapshot, has_create)
+        return found
 
     def _upsert(
         self, event_id: str, snapshot: dict[str, Any], *, has_create: int, now: float

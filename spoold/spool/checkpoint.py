@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from spoold.pauses import BusyClock
 from spoold.spool import store
 
 log = structlog.get_logger("spoold.spool")
@@ -39,6 +40,8 @@ class WalCheckpointer:
         self._closed = False
         self._conn = store.connect_side(db_path, busy_timeout_s)
         self._name = name
+        #: How long checkpoints have run (their fsyncs compete with the writer's).
+        self.busy = BusyClock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -62,10 +65,13 @@ class WalCheckpointer:
             self._due.clear()
             if self._closed:
                 return
+            self.busy.start()
             try:
                 store.checkpoint(self._conn)
             except sqlite3.Error as exc:  # the puts are committed; this only bounds the WAL
                 log.warning("wal_checkpoint_failed", thread=self._name, error=str(exc))
+            finally:
+                self.busy.stop()
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True

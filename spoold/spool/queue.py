@@ -163,6 +163,11 @@ class Spool:
             checkpointer.note_written(len(data))
         return item_id
 
+    def checkpoint_busy_s(self) -> float:
+        """Seconds the spool's WAL checkpoints have run so far (see ``spoold.pauses``)."""
+        checkpointer = self._checkpointer
+        return 0.0 if checkpointer is None else checkpointer.busy.busy_s()
+
     def publish(self, item_id: int) -> None:
         """Let the reader hand out items up to ``item_id``."""
         with self._counts_lock:

@@ -9,6 +9,7 @@ one call per event loop, and still only after its spool commit.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,42 @@ async def test_writes_after_close_are_refused_and_earlier_ones_answered(
     index.close()
     assert [r.outcome for r in results] == ["created"] * 20
     assert spool.stats().depth_ops == 20
+
+
+async def test_a_caller_cancelled_while_its_write_commits_leaves_the_group_whole(
+    tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cancelled while it waits (its client went away) is not answered, but its
+    write is committed with its group, the others are answered, and the thread goes on."""
+    spool, index, ledger = make_spool(), RunsIndex(tmp_path / "index.sqlite"), Ledger()
+    acceptor = Acceptor(spool, index, ledger)
+    putting, go_on = threading.Event(), threading.Event()
+    real_put = spool.put_encoded
+
+    def held_put(*args: Any, **kwargs: Any) -> int:
+        putting.set()
+        go_on.wait(10)
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(spool, "put_encoded", held_put)
+    acceptor.start()
+    try:
+        writes = [asyncio.ensure_future(acceptor.submit(create(f"c{i}"))) for i in range(6)]
+        assert await asyncio.to_thread(putting.wait, 10)  # the group is being committed
+        for write in writes[::2]:
+            write.cancel()
+        await asyncio.sleep(0)
+        go_on.set()
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        later = await acceptor.submit(create("later"))
+        again = await acceptor.submit(create("c0"))
+    finally:
+        await acceptor.close()
+    index.close()
+    assert [isinstance(o, asyncio.CancelledError) for o in outcomes] == [True, False] * 3
+    assert [o.outcome for o in outcomes[1::2]] == ["created"] * 3  # type: ignore[union-attr]
+    assert later.outcome == "created"
+    assert again.outcome == "duplicate"  # the cancelled write was committed all the same
+    assert spool.stats().depth_ops == 7
+    assert ledger.snapshot().accepted == 7
+    assert acceptor.failure is None

@@ -100,7 +100,7 @@ async def test_a_failing_group_gets_503_and_the_next_group_is_accepted(
     """The index fails mid-group and so does its rollback (a disk I/O error): that group is
     answered 503 with Retry-After, the thread lives on, later writes are accepted, and the
     refused run can be sent again (nothing of it was promised)."""
-    record, rollback = RunsIndex.record, RunsIndex.rollback
+    record, rollback = RunsIndex.record_group, RunsIndex.rollback
     faults = {"record": 1, "rollback": 0}
 
     def failing_record(self: RunsIndex, *args: Any, **kwargs: Any) -> Any:
@@ -115,7 +115,7 @@ async def test_a_failing_group_gets_503_and_the_next_group_is_accepted(
             raise sqlite3.OperationalError("disk I/O error")
         rollback(self)
 
-    monkeypatch.setattr(RunsIndex, "record", failing_record)
+    monkeypatch.setattr(RunsIndex, "record_group", failing_record)
     monkeypatch.setattr(RunsIndex, "rollback", failing_rollback)
     refused = _run()
     status, body, retry_after = await _post(sidecar, refused)
