@@ -54,6 +54,7 @@ from typing import Any, Literal
 
 import orjson
 
+from spoold.operations import fold_known
 from spoold.writegate import WriteGate
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
@@ -292,14 +293,14 @@ class RunsIndex:
             if not verified:
                 return "unknown", None
             snapshot = orjson.loads(row[0]) if row is not None else {}
-            snapshot.update(op["body"])
+            fold_known(snapshot, op)
             state = UNCONFIRMED if unconfirmed else CONFIRMED
             if row is not None and row[1] == CONFIRMED:
                 state = CONFIRMED
             self._upsert(event_id, snapshot, has_create=state, now=now)
             return "accepted", snapshot.get("run_id")
         snapshot = orjson.loads(row[0])
-        snapshot.update(op["body"])
+        fold_known(snapshot, op)
         state = row[1] if not (row[1] == UNCONFIRMED and not unconfirmed) else CONFIRMED
         self._upsert(event_id, snapshot, has_create=state, now=now)
         return "accepted", snapshot.get("run_id")
@@ -333,7 +334,7 @@ class RunsIndex:
                     snapshot = {**op["body"], **snapshot}
                     state = CREATED
                 else:
-                    snapshot.update(op["body"])
+                    fold_known(snapshot, op)
                     state = (
                         row[1]
                         if row is not None
