@@ -120,8 +120,15 @@ class Snapshot:
         return len(self.positions)
 
     def absorbs(self, op: dict[str, Any]) -> bool:
-        """Whether ``op`` folds into this snapshot; False only for a heartbeat whose patch
-        cannot be composed with the pending one (then it starts a snapshot of its own)."""
+        """Whether ``op`` folds into this snapshot; if not, it starts the run's next one.
+
+        Not: a heartbeat whose patch cannot be composed with the pending one, and an
+        update that ends the run while a patch is pending (the patch goes first, while
+        the run still runs: a finished run is never changed by a late "alive")."""
+        if self.metrics_patch is not None and op["kind"] in ("update", "commit"):
+            body = op["body"]
+            ends = body.get("status") in TERMINAL_STATUSES and "metrics_json" not in body
+            return not ends or self._status() in TERMINAL_STATUSES
         progress = op["body"].get("progress") if op["kind"] == "heartbeat" else None
         if not progress or self.metrics_patch is None:
             return True
