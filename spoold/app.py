@@ -40,7 +40,7 @@ from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.forward.presence import Presence, PresenceBeacon
 from spoold.http import health, heartbeat, reads, writes
-from spoold.http.openapi import SIDECAR_API
+from spoold.http.openapi import SIDECAR_API, with_heartbeat
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.identity import load_sidecar_id
@@ -295,7 +295,7 @@ async def _start_drain_deadline(app: web.Application) -> None:
 
 def openapi_document() -> dict[str, Any]:
     """The document spoold serves at /openapi.json: what spoold itself answers."""
-    return build_openapi(
+    document = build_openapi(
         title="spoold (Local Telemetry sidecar)",
         version=__version__,
         description=(
@@ -306,6 +306,7 @@ def openapi_document() -> dict[str, Any]:
         ),
         variant=SIDECAR_API,
     )
+    return with_heartbeat(document)
 
 
 def create_app(

@@ -90,13 +90,14 @@ class PresenceBeacon:
         self._client = client
         self._interval = interval_s
         self._clock = clock
+        #: Start-up counts as contact: the drainer's first round usually tells the server
+        #: sooner, and a presence batch is only for a sidecar with nothing to say.
+        self._started = clock()
         self.stats = BeaconStats()
 
     def due_in(self) -> float:
         """Seconds until a presence batch is due (0: now)."""
-        last = self._client.last_contact
-        if last is None:
-            return 0.0
+        last = max(self._client.last_contact or self._started, self._started)
         return max(0.0, last + self._interval - self._clock())
 
     async def run(self) -> None:
