@@ -398,3 +398,42 @@ async def test_only_the_servers_own_answer_to_a_presence_batch_is_contact(
         assert beacon.stats.answered == 1
         assert beacon.due_in() > 0  # start-up counts: never a tight loop
     assert [b.headers["X-Spoold-Id"] for b in recorder.batches] == ["test-sidecar"] * 2
+
+
+async def test_heartbeats_are_counted_in_spoolds_metrics_like_other_writes(
+    make_sidecar: Any, recorder: RecordingUpstream
+) -> None:
+    sidecar = await make_sidecar(recorder.url)
+    run = make_run()
+    await sidecar.create(run)
+    for _ in range(3):
+        assert (await beat(sidecar, run["event_id"]))[0] == 204
+    assert (await beat(sidecar, run["event_id"], {"progress": 1}))[0] == 422
+    await sidecar.wait_drained()
+    async with sidecar.client.get("/metrics", headers={"Accept": "text/plain"}) as response:
+        text = (await response.read()).decode()
+    beats = (
+        'spoold_http_requests_total{method="POST",'
+        'route="/api/v1/runs/{event_id}/heartbeat",status="204"} 3.0'
+    )
+    assert beats in text, text
+    assert re.search(r"spoold_accepted(_total)? 4\.0", text), text
+    assert re.search(r"spoold_forwarded(_total)? 4\.0", text), text
+    assert re.search(r'spoold_\w*rejected\w*{reason="invalid"} 1\.0', text), text
+
+
+async def test_a_queued_runs_progress_is_read_back_from_spoold(
+    make_sidecar: Any, recorder: RecordingUpstream
+) -> None:
+    recorder.down = True
+    sidecar = await make_sidecar(recorder.url)
+    run = make_run(metrics_json={"pct": 0, "stage": {"name": "fetch", "tries": 1}})
+    await sidecar.create(run)
+    status, _ = await beat(
+        sidecar, run["event_id"], {"progress": {"pct": 40, "stage": {"tries": None}}}
+    )
+    assert status == 204
+    reply = await sidecar.get(f"/api/v1/runs/{run['event_id']}")
+    assert reply.status == 200
+    assert reply.body["metrics_json"] == {"pct": 40, "stage": {"name": "fetch"}}
+    assert "progress" not in reply.body
