@@ -245,3 +245,18 @@ def test_coalesced_items_do_what_the_operations_did(guarded: bool) -> None:
         assert folded == one_by_one, (ops, items)
         assert items[-1]["seen_at"] == max(op["accepted_at"] for op in ops)
         assert sum(s.operations for s in coalesce(ops)) == len(ops)
+
+
+def test_a_replayed_heartbeat_keeps_only_the_progress_still_current() -> None:
+    from spoold.replay import latest_to_check, still_current
+    from spoold.runs_index import KnownRun
+
+    letter = beat(1, {"pct": 10, "stage": "fetch"})
+    latest = {"metrics_json": {"pct": 90, "stage": "fetch"}}  # a newer heartbeat moved pct
+    assert still_current(letter, latest) == {**letter, "body": {"progress": {"stage": "fetch"}}}
+    assert still_current(letter, {"metrics_json": {"pct": 10, "stage": "fetch"}}) == letter
+    assert still_current(letter, {"metrics_json": {"pct": 90}}) is None  # superseded
+    assert still_current(beat(2), {"metrics_json": {}}) is None  # a bare "alive" is long past
+    shrunk = KnownRun(EVENT, {"run_id": "r"}, True, 0, complete=False)
+    assert latest_to_check(letter, shrunk) is None  # cannot say: left unless forced
+    assert latest_to_check(beat(3), shrunk) == {"run_id": "r"}
