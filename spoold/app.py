@@ -184,7 +184,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     spool, dead_letters, _, drain_index, reader_index = app[_STORAGE]
     status = UpstreamStatus(url=config.upstream_url)
     sidecar_id = await asyncio.to_thread(load_sidecar_id, Path(config.spool_dir))
-    presence = Presence(sidecar_id.value, spool)
+    presence = Presence(sidecar_id.value, spool, persisted=sidecar_id.persisted)
     client = UpstreamClient(
         app[_SESSION],
         config.upstream_url,
@@ -219,6 +219,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         drainer=drainer,
         started_at=time.monotonic(),
         recoveries=app[_RECOVERIES],
+        presence=presence,
     )
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)

@@ -45,8 +45,10 @@ def oldest_accepted_at(ops: Iterable[dict[str, Any]]) -> str | None:
 class Presence:
     """The headers of every batch post; the drainer sets ``round_oldest`` while it sends."""
 
-    def __init__(self, sidecar_id: str, spool: Spool) -> None:
+    def __init__(self, sidecar_id: str, spool: Spool, *, persisted: bool = True) -> None:
         self.sidecar_id = sidecar_id
+        #: False: the id file could not be written; the id lasts this process only.
+        self.persisted = persisted
         self._spool = spool
         #: The oldest accepted_at of the round the drainer is sending, if any.
         self.round_oldest: str | None = None
@@ -60,6 +62,14 @@ class Presence:
         if enqueued is not None:
             candidates.append(format_instant(datetime.fromtimestamp(enqueued, UTC)))
         return min(candidates) if candidates else None
+
+    def as_json(self) -> dict[str, Any]:
+        """For /health: the id the server knows this sidecar by, and what it is told."""
+        return {
+            "sidecar_id": self.sidecar_id,
+            "sidecar_id_persisted": self.persisted,
+            "queued_since": self.queued_since(),
+        }
 
     def headers(self) -> dict[str, str]:
         headers = {SIDECAR_ID_HEADER: self.sidecar_id}

@@ -253,6 +253,10 @@ async def test_every_batch_carries_the_sidecar_id_and_the_spools_oldest_time(
     sidecar_id = (await asyncio.to_thread((spool_dir / SIDECAR_ID_FILE).read_text)).strip()
     assert re.fullmatch(r"[0-9a-f]{32}", sidecar_id)
     tried = list(recorder.batches)
+    presence = (await sidecar.health())["presence"]
+    assert presence["sidecar_id"] == sidecar_id
+    assert presence["sidecar_id_persisted"] is True
+    assert presence["queued_since"] == tried[-1].headers["X-Spoold-Queued-Since"]
     # Restarted during the outage: the same id, and the same oldest time.
     await sidecar.close()
     sidecar = await make_sidecar(recorder.url)
