@@ -209,7 +209,11 @@ class UpsertItem(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> UpsertItem:
-        if self.create is None and self.update is None and not (self.model_extra or {}).get("heartbeat"):
+        if (
+            self.create is None
+            and self.update is None
+            and not (self.model_extra or {}).get("heartbeat")
+        ):
             raise ValueError("an upsert item needs 'create', 'update' or both")
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")

@@ -60,6 +60,8 @@ async def test_a_heartbeat_is_204_empty_durable_and_travels_with_its_time(
     before = time.time()
     status, text = await beat(sidecar, run["event_id"])
     assert (status, text) == (204, b"")
+    status, text = await beat(sidecar, run["event_id"], raw=b" \r\n")  # whitespace: bare
+    assert (status, text) == (204, b"")
     status, text = await beat(sidecar, run["event_id"], {"progress": {"pct": 10}})
     assert (status, text) == (204, b"")
     await sidecar.wait_drained()
@@ -76,8 +78,8 @@ async def test_a_heartbeat_is_204_empty_durable_and_travels_with_its_time(
     assert seen == last["seen_at"]  # canonical, like created_at
     assert before - 1 <= _unix(seen) <= time.time() + 1
     counts = await counters(sidecar)
-    assert counts["accepted"] == 3
-    assert counts["forwarded"] == 3
+    assert counts["accepted"] == 4
+    assert counts["forwarded"] == 4
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,8 @@ async def test_a_heartbeat_is_204_empty_durable_and_travels_with_its_time(
         ({"progress": 5}, 422, "validation_error"),
         ({"progress": [1]}, 422, "validation_error"),
         ({"progress": "not json"}, 422, "validation_error"),
+        ({"progress": '{"a": 1}'}, 422, "validation_error"),  # an object, not JSON text
+        ({"progress": None, "extra": 1}, 422, "validation_error"),
         ({"status": "running"}, 422, "validation_error"),
         ([], 422, "validation_error"),
         (None, 400, "malformed_json"),  # raw b"{" below
