@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 from daemons import free_port
 from procs import (
+    FlakyProxy,
     Reaper,
     create_body,
     get_json,
@@ -136,7 +137,7 @@ ALLOWANCE_S = 3
 #: The agent: creates its run through spoold, then heartbeats until killed (bounded).
 AGENT = r"""
 import json, sys, time, urllib.request
-url, event_id, allowance = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, event_id, allowance, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 def post(path, body):
     request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"}, method="POST")
@@ -151,7 +152,7 @@ run = {"event_id": event_id, "run_id": "r-" + event_id[:8], "agent_name": "stale
 print("create", post("/api/v1/runs", run), flush=True)
 for n in range(2000):
     print("beat", n, post("/api/v1/runs/%s/heartbeat" % event_id, {"progress": {"beat": n}}), flush=True)
-    time.sleep(0.25)
+    time.sleep(every)
 """
 
 SERVER_STALE_ENV = {
@@ -162,11 +163,13 @@ SERVER_STALE_ENV = {
 
 
 @contextlib.contextmanager
-def agent(spoold_url: str, event_id: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The agent process, stopped by PID whatever happens."""
+def agent(
+    spoold_url: str, event_id: str, log: Path, *, every_s: float = 0.25
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The agent process (a heartbeat every ``every_s``), stopped by PID whatever happens."""
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", AGENT, spoold_url, event_id, str(ALLOWANCE_S)],
+            [sys.executable, "-c", AGENT, spoold_url, event_id, str(ALLOWANCE_S), str(every_s)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -267,3 +270,48 @@ def test_a_server_outage_longer_than_the_allowance_is_not_staleness(
         what="the run to be reaped once its agent is gone",
     )
     assert reaped["end_time"] == reaped["last_seen_at"]
+
+
+@needs_server_side
+def test_a_partition_shorter_than_the_presence_window_is_not_staleness(
+    reaper: Reaper, tmp_path: Path
+) -> None:
+    """The agent heartbeats less often than spoold's presence batches, so the server's last
+    word from the sidecar before the partition is "my spool is empty"; the partition lasts
+    longer than the run's allowance but less than TELEMETRY_SIDECAR_PRESENCE_S. The
+    heartbeats stuck in the spool meanwhile are the agent's: the run must not be reaped."""
+    env = {key: value for key, value in SERVER_STALE_ENV.items() if "PRESENCE" not in key}
+    server = start_server(reaper, tmp_path, port=free_port(), db=tmp_path / "t.sqlite", env=env)
+    with FlakyProxy(
+        server.port,
+        seed=11,
+        weights={"http_503": 1.0},
+        stall_s=0,
+        faulty_paths=("/api/v1/runs/batch",),
+    ) as proxy:
+        proxy.set_faulty(False)
+        spoold = start_spoold(
+            reaper,
+            tmp_path,
+            port=free_port(),
+            upstream=proxy.url,
+            spool_dir=tmp_path / "spool",
+            env={"SPOOLD_PRESENCE_INTERVAL_S": "0.3"},
+        )
+        event_id = new_event_id()
+        with agent(spoold.url, event_id, tmp_path / "agent.log", every_s=1.0) as process:
+            wait_until(lambda: server_run(server.url, event_id), timeout_s=20, what="the run")
+            time.sleep(1.5)
+            proxy.set_faulty(True)  # batches (and presence) refused: a partition
+            deadline = time.monotonic() + 3 * ALLOWANCE_S
+            while time.monotonic() < deadline:  # bounded by the deadline
+                run = server_run(server.url, event_id)
+                assert run is not None
+                assert run["status"] == "running", run
+                time.sleep(0.25)
+            proxy.set_faulty(False)
+            wait_drained(spoold)
+            run = server_run(server.url, event_id)
+            assert run is not None
+            assert run["status"] == "running", run
+            assert process.poll() is None
