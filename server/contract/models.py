@@ -201,7 +201,7 @@ class UpsertItem(BaseModel):
     replaced by ``running``. Applying the same item twice gives the same state.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     event_id: Identifier
     create: RunCreate | None = None
@@ -209,11 +209,7 @@ class UpsertItem(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> UpsertItem:
-        if (
-            self.create is None
-            and self.update is None
-            and not (self.model_extra or {}).get("heartbeat")
-        ):
+        if self.create is None and self.update is None:
             raise ValueError("an upsert item needs 'create', 'update' or both")
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")
