@@ -54,7 +54,7 @@ def answers_the_run_asked_for(case: Any, response: Response) -> None:
     reads or updates another run."""
     if "{event_id}" not in case.operation.path or not 200 <= response.status_code < 300:
         return
-    if response.status_code == 204:  # no body (a heartbeat)
+    if response.status_code == 204:  # no content (a heartbeat): nothing to compare
         return
     requested = urlsplit(response.request.url).path.split("/")[4]  # /api/v1/runs/{id}/...
     body = response.json()
