@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
-from server.http import ops, runs
+from server.http import heartbeat, ops, runs
 from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.auth import READ_GUARD, ReadGuard
 from server.http.docs import docs_routes
@@ -27,6 +27,7 @@ from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
 from server.http.requests import MAX_JSON_DEPTH
+from server.reaper import reaper_ctx
 from server.storage.database import Database, StorageSettings
 
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
@@ -55,6 +56,8 @@ def storage_settings(config: ServerConfig) -> StorageSettings:
         busy_timeout_ms=config.busy_timeout_ms,
         reader_threads=config.reader_threads,
         wal_restart_pages=config.wal_restart_pages,
+        stale=config.stale_policy(),
+        max_metrics_bytes=config.max_body_bytes,
     )
 
 
@@ -98,8 +101,11 @@ def create_app(config: ServerConfig) -> web.Application:
     app[REQUEST_OBSERVER] = metrics.http.observe
     app[MAX_JSON_DEPTH] = config.max_json_depth
     app[runs.BATCH_MAX_ITEMS] = config.batch_max_items
+    app.add_routes(heartbeat.routes)
     app.add_routes(runs.routes)
     app.add_routes(ops.routes)
     app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.append(database_ctx)
+    # After the database: started once it is open, stopped before it closes.
+    app.cleanup_ctx.append(reaper_ctx(runs.DATABASE, config.reaper_interval_s))
     return app

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
 from server.settings import ConfigError, Setting, load, require_pair, unset_if_empty
+from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
 
 __all__ = ["SETTINGS", "ConfigError", "ServerConfig", "Setting"]
 
@@ -129,6 +131,38 @@ SETTINGS: tuple[Setting, ...] = (
         "Request body bytes held at once (at least TELEMETRY_MAX_BODY_BYTES); a request that "
         "does not fit gets 503 with Retry-After, unread.",
     ),
+    Setting(
+        "TELEMETRY_STALE_AFTER_S",
+        "stale_after_s",
+        "Seconds without any write after which a `running` run is stale and the reaper "
+        "marks it `timeout`, for runs without their own heartbeat_timeout_s and job types "
+        "not in TELEMETRY_STALE_AFTER_BY_JOB; 0 = never.",
+    ),
+    Setting(
+        "TELEMETRY_STALE_AFTER_BY_JOB",
+        "stale_after_by_job",
+        "Per job type allowances, `job=seconds` pairs separated by commas (e.g. "
+        "`nightly-etl=7200,crawl=600`; 0 = never for that job type); bad syntax stops start-up.",
+    ),
+    Setting(
+        "TELEMETRY_SIDECAR_PRESENCE_S",
+        "sidecar_presence_s",
+        "A sidecar heard from within this many seconds is present: its overdue runs are "
+        "reaped once nothing it still queues is older than their deadline.",
+    ),
+    Setting(
+        "TELEMETRY_SIDECAR_LOST_S",
+        "sidecar_lost_s",
+        "A sidecar silent for longer than this is gone, and its overdue runs are reaped; "
+        "between the two, they wait (an outage is not staleness). More than "
+        "TELEMETRY_SIDECAR_PRESENCE_S.",
+    ),
+    Setting(
+        "TELEMETRY_REAPER_INTERVAL_S",
+        "reaper_interval_s",
+        "Seconds between two passes of the stale-run reaper (a pass with nothing stale is "
+        "one indexed read).",
+    ),
 )
 
 #: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
@@ -168,6 +202,13 @@ class ServerConfig(BaseModel):
     wal_restart_pages: int = Field(default=8000, ge=0, le=1_000_000)
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
+    stale_after_s: int = Field(default=DEFAULT_STALE_AFTER_S, ge=0, le=HEARTBEAT_TIMEOUT_MAX_S)
+    stale_after_by_job: dict[str, int] = Field(default_factory=dict)
+    sidecar_presence_s: float = Field(default=120.0, gt=0, le=86_400)
+    sidecar_lost_s: float = Field(default=86_400.0, gt=0, le=365 * 86_400)
+    reaper_interval_s: float = Field(default=30.0, ge=0.01, le=86_400)
+
+    _job_allowances = field_validator("stale_after_by_job", mode="before")(parse_job_allowances)
 
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
@@ -219,6 +260,23 @@ class ServerConfig(BaseModel):
                 " (a largest body must fit)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _lost_after_presence(self) -> ServerConfig:
+        if self.sidecar_lost_s <= self.sidecar_presence_s:
+            raise ValueError(
+                "TELEMETRY_SIDECAR_LOST_S must be more than TELEMETRY_SIDECAR_PRESENCE_S"
+            )
+        return self
+
+    def stale_policy(self) -> StalePolicy:
+        """The reaper's rule, from these settings."""
+        return StalePolicy(
+            default_s=self.stale_after_s,
+            by_job=tuple(sorted(self.stale_after_by_job.items())),
+            presence_s=self.sidecar_presence_s,
+            lost_s=self.sidecar_lost_s,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:

@@ -161,6 +161,10 @@ GitCommitHash = Annotated[
 CommitSource = Literal["manual", "llm", "ci"]
 Counter = Annotated[int, Field(strict=True, ge=0, le=SQLITE_INT_MAX)]
 CounterDefaultZero = Annotated[Counter, BeforeValidator(_null_to_zero)]
+#: The longest allowance a run may name for itself: 30 days.
+HEARTBEAT_TIMEOUT_MAX_S = 2_592_000
+HeartbeatTimeout = Annotated[int, Field(strict=True, ge=1, le=HEARTBEAT_TIMEOUT_MAX_S)]
+"""Seconds without a write after which a running run is stale (its own allowance)."""
 JsonObject = Annotated[
     dict[str, Any], BeforeValidator(_json_object, json_schema_input_type=dict[str, Any] | str)
 ]

@@ -18,6 +18,7 @@ from server.contract.fields import (
     Counter,
     CounterDefaultZero,
     GitCommitHash,
+    HeartbeatTimeout,
     Identifier,
     Instant,
     JsonObject,
@@ -73,6 +74,13 @@ class _Descriptive(BaseModel):
     )
     insight_id: str | None = None
     parent_run_id: str | None = None
+    heartbeat_timeout_s: HeartbeatTimeout | None = Field(
+        default=None,
+        description="Seconds without any write (PATCH, heartbeat, ...) after which this run, "
+        "while `running`, is stale and the server's reaper marks it `timeout`; 1 to "
+        "2,592,000 (30 days). Null: the job type's default (TELEMETRY_STALE_AFTER_BY_JOB), "
+        "else TELEMETRY_STALE_AFTER_S.",
+    )
 
 
 class RunCreate(_Descriptive):
@@ -115,7 +123,14 @@ class RunUpdate(_Descriptive):
     """
 
     model_config = ConfigDict(extra="forbid")
-    ECHOED: ClassVar[tuple[str, ...]] = ("created_at", "updated_at", "id", "commit_url", "repo_url")
+    ECHOED: ClassVar[tuple[str, ...]] = (
+        "created_at",
+        "updated_at",
+        "last_seen_at",
+        "id",
+        "commit_url",
+        "repo_url",
+    )
     NOT_NULL: ClassVar[frozenset[str]] = frozenset(
         {
             "run_id",
@@ -150,6 +165,7 @@ class RunUpdate(_Descriptive):
     )
     created_at: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
     updated_at: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
+    last_seen_at: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
     id: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
     commit_url: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
     repo_url: Any = Field(default=None, exclude=True, description=_ECHOED_NOTE)
@@ -198,7 +214,9 @@ class UpsertItem(BaseModel):
     ``create`` is inserted if the event_id is new and never overwrites an
     existing run (a duplicate create changes nothing, as a direct POST);
     ``update`` is then applied, except that a terminal status is never
-    replaced by ``running``. Applying the same item twice gives the same state.
+    replaced by ``running``; then ``metrics_patch``. Every item refreshes the
+    run's ``last_seen_at`` (to ``seen_at``, never past the server's clock, never
+    backwards). Applying the same item twice gives the same state.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -206,16 +224,52 @@ class UpsertItem(BaseModel):
     event_id: Identifier
     create: RunCreate | None = None
     update: RunUpdate | None = None
+    seen_at: Instant | None = Field(
+        default=None,
+        description="When the agent made the newest operation folded into this item (a "
+        "sidecar's accepted_at): the run's last_seen_at becomes the later of its stored "
+        "value and this instant, never later than the server's clock. Absent: the server's "
+        "clock.",
+    )
+    metrics_patch: JsonObject | None = Field(
+        default=None,
+        description="An RFC 7396 JSON merge patch applied to metrics_json after create and "
+        "update (heartbeats' progress, folded); on a finished run it is not applied.",
+    )
+    heartbeat: bool = Field(
+        default=False,
+        description="An item that only says the run is alive (refreshes last_seen_at).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> UpsertItem:
-        if self.create is None and self.update is None:
-            raise ValueError("an upsert item needs 'create', 'update' or both")
+        if (
+            self.create is None
+            and self.update is None
+            and self.metrics_patch is None
+            and not self.heartbeat
+        ):
+            raise ValueError(
+                "an upsert item needs at least one of 'create', 'update', 'metrics_patch' "
+                "or 'heartbeat': true"
+            )
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")
         if self.update is not None and self.update.event_id not in (None, self.event_id):
             raise ValueError("update.event_id must equal event_id (a run is never renamed)")
         return self
+
+
+class HeartbeatBody(BaseModel):
+    """Body of ``POST /api/v1/runs/{event_id}/heartbeat`` (an empty body is one too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    progress: dict[str, Any] | None = Field(
+        default=None,
+        description="Applied to the run's metrics_json as an RFC 7396 JSON merge patch "
+        "(null members remove keys; a run without metrics_json starts from {}).",
+    )
 
 
 #: The deepest ``offset`` a list query may ask for: deeper pages cost a walk over every
@@ -249,6 +303,13 @@ class RunQuery(BaseModel):
         description="Opaque: the `X-Next-Cursor` header of the previous page, sent with the "
         "same filters; the next page starts after it (no skips or repeats while runs are "
         "inserted). Not combined with `offset`.",
+    )
+    stale: Literal["true"] | None = Field(
+        default=None,
+        description="`true`: only runs still `running` whose time without a write exceeds "
+        "their allowance (heartbeat_timeout_s, else the job type's, else the server's "
+        "default), not yet reaped; this includes runs the reaper holds back while their "
+        "sidecar cannot deliver. Any other value is refused (omit the parameter for all runs).",
     )
 
     @field_validator("offset")
@@ -324,6 +385,11 @@ class RunRecord(RunCreate):
 
     created_at: str | None = None
     updated_at: str | None = None
+    last_seen_at: str | None = Field(
+        default=None,
+        description="The last time anything was heard of this run (created, updated, "
+        "heartbeat, sidecar item): same format as created_at, never moves backwards.",
+    )
     commit_url: str | None = None
     repo_url: str | None = None
 

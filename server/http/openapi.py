@@ -27,7 +27,10 @@ def _ref(name: str) -> _Schema:
     return {"$ref": _SCHEMA_REF.format(model=name)}
 
 
-_REQUESTS = (models.RunCreate, models.RunUpdate, models.CommitAssociation, models.UpsertItem)
+_REQUESTS = (
+    *(models.RunCreate, models.RunUpdate, models.CommitAssociation, models.UpsertItem),
+    models.HeartbeatBody,
+)
 _ANSWERS = (
     *(models.CreateResponse, models.DuplicateResponse, models.UpdateResponse),
     *(models.AssociateResponse, models.BatchResponse, models.UpsertResponse),
@@ -106,6 +109,7 @@ class ApiVariant:
     proxied_reads: bool = False
     run_source_header: dict[str, Any] | None = None  # a header GET run may carry
     errors: dict[str, _Error] = field(default_factory=dict)  # overrides of _ERRORS texts
+    heartbeat: bool = False  # serves POST /api/v1/runs/{event_id}/heartbeat
 
 
 _SERVER_HEALTH_TEXTS = ("version", "db_path", "journal_mode", "synchronous")
@@ -122,10 +126,15 @@ SERVER_HEALTH: dict[str, Any] = {
     "additionalProperties": True,
 }
 SERVER_API = ApiVariant(
-    auth=True, rate_limit=True, upsert=True, health=SERVER_HEALTH, health_unhealthy_503=True
+    auth=True,
+    rate_limit=True,
+    upsert=True,
+    health=SERVER_HEALTH,
+    health_unhealthy_503=True,
+    heartbeat=True,
 )
 
-_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit"})
+_WRITES = frozenset({"createRun", "batchRuns", "updateRun", "associateCommit", "heartbeatRun"})
 _OPEN = frozenset({"health", "metrics"})  # never a 401 (private fields left out instead)
 _RELAYED = " Relayed from the central server."
 _PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
@@ -160,6 +169,7 @@ _OPERATIONS: dict[str, tuple[str, str, str, str | _Schema, str]] = {
     "getRun": ("runs", "Get one run", "200", "RunRecord", "The run."),
     "updateRun": ("runs", "Update a run's given fields", "200", "UpdateResponse", "Fields set."),
     "associateCommit": ("git", "Link a git commit", "200", "AssociateResponse", "Linked."),
+    "heartbeatRun": ("runs", "Say a running run is alive", "204", {}, "Heard."),
     "getCommitUrl": ("git", "Web URL of the commit", "200", "CommitUrlResponse", "URL or null."),
     "getRepoUrl": ("git", "Web URL of the repository", "200", "RepoUrlResponse", "URL or null."),
     "health": ("service", "Health check", "200", "HealthResponse", "Service is up."),
@@ -321,6 +331,19 @@ def _service_schemas(variant: ApiVariant) -> dict[str, _Schema]:
     per_key = {"type": "object", "additionalProperties": count}
     metrics: _Schema = dict(total_runs=count, agents=per_key, recent_24h=count)
     metrics |= {"runs_by_status": per_key, "performance": _object({})}
+    if variant.heartbeat:  # the server's reaper
+        reaped = {
+            "reaped_runs": {
+                **count,
+                "description": "Stored runs the stale-run reaper marked timeout (no agent "
+                "has finished them since).",
+            },
+            "reaped_since_start": {
+                **count,
+                "description": "Runs the reaper marked timeout since the server started.",
+            },
+        }
+        metrics["stale"] = _object(reaped)
     metadata: _Schema = dict(agent_names=names, job_types=names, cache_hit={"type": "boolean"})
     metadata["counts"] = _object(dict(agent_names=count, job_types=count))
     schemas = {
@@ -440,7 +463,7 @@ def _batch_op(runs: str, variant: ApiVariant) -> _Schema:
     # anyOf, not oneOf: `[]` is a body of both modes and an UpsertResponse is also a
     # valid BatchResponse, so oneOf would reject valid exchanges; `mode` decides.
     batch = {"anyOf": [_array("RunCreate", "mode=insert"), _array("UpsertItem", "mode=upsert")]}
-    op = _op("batchRuns", f"{runs}/batch", variant, batch, [mode])
+    op = _op("batchRuns", f"{runs}/batch", variant, batch, [mode, *_PRESENCE_HEADERS])
     op["summary"] = "Create or upsert many runs"
     ok = op["responses"]["200"]
     ok["content"]["application/json"]["schema"] = {
@@ -451,6 +474,47 @@ def _batch_op(runs: str, variant: ApiVariant) -> _Schema:
         _INSERT_DESCRIPTION + _UPSERT_DESCRIPTION.format(upsert=upsert_doc) + _BATCH_LIMIT
     )
     return op
+
+
+_HEARTBEAT_DESCRIPTION = """\
+Refreshes the run's `last_seen_at` (so the stale-run reaper leaves it) and changes
+nothing else; `progress`, if given, is merged into `metrics_json` as an RFC 7396 JSON
+merge patch (null members remove keys; a run without metrics_json starts from `{}`), and
+only then does `updated_at` move. The body may be empty (no content type needed). A run
+that has already finished, the reaper's `timeout` included, is left as it is (204: a
+heartbeat never revives a run). The usual body size (413) and depth (400) limits apply,
+and to the merged metrics_json too (413)."""
+
+
+def _heartbeat_op(run: str, variant: ApiVariant) -> _Schema:
+    op = _op("heartbeatRun", f"{run}/heartbeat", variant, _ref("HeartbeatBody"))
+    op["requestBody"]["required"] = False
+    op["responses"]["204"] = {"description": "Heard (or the run had already finished)."}
+    op["description"] = _HEARTBEAT_DESCRIPTION
+    return op
+
+
+_PRESENCE_HEADERS: list[_Schema] = [
+    {
+        "name": "X-Spoold-Id",
+        "in": "header",
+        "required": False,
+        "description": "Sent by a sidecar: its stable id. The server records, in the batch's "
+        "own transaction, when it last heard from it, and which runs it delivered (the "
+        "stale-run reaper waits for a sidecar that cannot deliver). A malformed value: 400, "
+        "nothing applied. A presence batch is `[]` with these headers.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    },
+    {
+        "name": "X-Spoold-Queued-Since",
+        "in": "header",
+        "required": False,
+        "description": "With X-Spoold-Id: the accepted_at of the oldest operation in the "
+        "sidecar's spool when it sent the batch; absent or empty when its spool is empty. "
+        "Malformed: 400, nothing applied.",
+        "schema": {"type": "string", **_INSTANT},
+    },
+]
 
 
 def _queued(op: _Schema, answer: str) -> _Schema:
@@ -517,7 +581,7 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
     if variant.queues_unconfirmed:
         update = _queued(update, "QueuedUpdateResponse")
         associate = _queued(associate, "QueuedAssociateResponse")
-    return {
+    paths = {
         runs: {
             "post": _op("createRun", runs, variant, _ref("RunCreate")),
             "get": _list_op(runs, variant),
@@ -531,3 +595,6 @@ def _paths(variant: ApiVariant) -> dict[str, _Schema]:
         "/metrics": {"get": _metrics_op(variant)},
         "/api/v1/metadata": {"get": _op("metadata", "/api/v1/metadata", variant)},
     }
+    if variant.heartbeat:
+        paths[f"{run}/heartbeat"] = {"post": _heartbeat_op(run, variant)}
+    return paths

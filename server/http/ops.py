@@ -65,6 +65,7 @@ async def metrics(request: web.Request) -> web.Response:
         prometheus.total_runs.set(counts.total_runs)
         for status in CANONICAL_STATUSES:
             prometheus.runs.labels(status).set(counts.by_status.get(status, 0))
+        prometheus.observe_reaped(database.reaped.stored, database.reaped.reaped_since_start)
         return exposition(request, prometheus.registry)
     stats = database.writer.stats
     performance: dict[str, object] = {
@@ -81,6 +82,10 @@ async def metrics(request: web.Request) -> web.Response:
     body |= {
         "recent_24h": counts.recent_24h,
         "runs_by_status": counts.by_status,
+        "stale": {
+            "reaped_runs": database.reaped.stored,
+            "reaped_since_start": database.reaped.reaped_since_start,
+        },
         "performance": performance,
     }
     return json_response(body)

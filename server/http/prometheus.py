@@ -98,6 +98,24 @@ class ServerMetrics:
         self.total_runs = Gauge(
             "telemetry_runs_total_stored", "Stored runs", registry=self.registry
         )
+        self.reaped_runs = Gauge(
+            "telemetry_runs_reaped",
+            "Stored runs the stale-run reaper marked timeout (and no agent finished since)",
+            registry=self.registry,
+        )
+        self.reaped = Counter(
+            "telemetry_reaper_reaped_runs",
+            "Runs the stale-run reaper marked timeout since the server started",
+            registry=self.registry,
+        )
+        self._reaped_seen = 0
+
+    def observe_reaped(self, stored: int, since_start: int) -> None:
+        """Bring the reaper's figures up to date (at scrape time; both O(1))."""
+        self.reaped_runs.set(stored)
+        if since_start > self._reaped_seen:
+            self.reaped.inc(since_start - self._reaped_seen)
+            self._reaped_seen = since_start
 
     def observe_write_group(self, operations: int, seconds: float) -> None:
         self.write_batch_size.observe(operations)

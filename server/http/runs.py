@@ -8,7 +8,7 @@ from aiohttp import web
 
 from server.contract.batch import validate_batch
 from server.contract.codec import dumps
-from server.contract.errors import ValidationFailed
+from server.contract.errors import BadRequest, ValidationFailed
 from server.contract.models import (
     BatchItemError,
     CommitAssociation,
@@ -16,11 +16,13 @@ from server.contract.models import (
     RunQuery,
     UpsertItem,
 )
+from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
 from server.http.requests import event_id_of, json_fields_context, not_found, read_json
 from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
+from server.storage.sidecars import SIDECAR_ID, Presence
 from server.urls import build_commit_url, build_repo_url
 
 DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
@@ -90,6 +92,31 @@ async def associate_commit(request: web.Request) -> web.Response:
     )
 
 
+#: Request headers of a sidecar's batch (see ``server.storage.sidecars``).
+SIDECAR_ID_HEADER = "X-Spoold-Id"
+QUEUED_SINCE_HEADER = "X-Spoold-Queued-Since"
+
+
+def presence_of(request: web.Request) -> Presence | None:
+    """The sending sidecar's presence, from its headers; None for a direct client.
+    A malformed header is a 400 before anything is read or applied."""
+    ids = request.headers.getall(SIDECAR_ID_HEADER, [])
+    if not ids:
+        return None
+    if len(ids) > 1 or SIDECAR_ID.fullmatch(ids[0]) is None:
+        raise BadRequest(f"{SIDECAR_ID_HEADER} must be one value of 1-64 of A-Z a-z 0-9 . _ -")
+    since = request.headers.getall(QUEUED_SINCE_HEADER, [])
+    if len(since) > 1:
+        raise BadRequest(f"{QUEUED_SINCE_HEADER} must be given at most once")
+    queued_since = None
+    if since and since[0].strip():
+        try:
+            queued_since = normalize_timestamp(since[0])
+        except TimestampError as exc:
+            raise BadRequest(f"{QUEUED_SINCE_HEADER}: {exc}") from exc
+    return Presence(ids[0], queued_since)
+
+
 @routes.post("/api/v1/runs/batch")
 async def create_batch(request: web.Request) -> web.Response:
     mode = request.query.get("mode", "insert")
@@ -97,16 +124,17 @@ async def create_batch(request: web.Request) -> web.Response:
         raise ValidationFailed(
             [{"loc": ["query", "mode"], "msg": "mode must be 'insert' or 'upsert'", "type": "enum"}]
         )
+    presence = presence_of(request)
     body = await read_json(request)
     database = request.app[DATABASE]
     max_items = request.app[BATCH_MAX_ITEMS]
     if mode == "upsert":  # create/update sit at level 3: array > item > create
         context = json_fields_context(request, level=3)
-        return await _upsert_batch(database, body, max_items, context)
+        return await _upsert_batch(database, body, max_items, context, presence)
     batch = validate_batch(
         body, RunCreate, max_items=max_items, context=json_fields_context(request, level=2)
     )
-    inserted = await database.insert_batch([run for _, run in batch.valid])
+    inserted = await database.insert_batch([run for _, run in batch.valid], presence)
     return json_response(
         {
             "inserted": inserted,
@@ -118,10 +146,14 @@ async def create_batch(request: web.Request) -> web.Response:
 
 
 async def _upsert_batch(
-    database: Database, body: Any, max_items: int, context: dict[str, Any]
+    database: Database,
+    body: Any,
+    max_items: int,
+    context: dict[str, Any],
+    presence: Presence | None,
 ) -> web.Response:
     batch = validate_batch(body, UpsertItem, max_items=max_items, context=context)
-    summary = await database.upsert_batch([item for _, item in batch.valid])
+    summary = await database.upsert_batch([item for _, item in batch.valid], presence)
     errors = list(batch.errors)
     for position in summary.not_found:
         index, item = batch.valid[position]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ from server.storage.cursor import CursorCodec, Position
 from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
+from server.storage.reaped_count import ReapedCount
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
+from server.storage.sidecars import Presence, record
+from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
 from server.storage.writer import GroupObserver, Writer
 from server.systemd import extending_start_timeout
 
@@ -44,6 +47,9 @@ class StorageSettings:
     #: 0: SQLite checkpoints inside commits; else see ``checkpoint`` (WAL mode only).
     wal_restart_pages: int = RESTART_FRAMES
     checkpoint_interval_s: float = PASS_INTERVAL_S
+    stale: StalePolicy = field(default_factory=StalePolicy)
+    #: Largest metrics_json a heartbeat's merge patch may leave (the body limit).
+    max_metrics_bytes: int = 5 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,10 @@ class Database:
         size: DatabaseSize,
         cursors: CursorCodec,
         checkpointer: Checkpointer | None = None,
+        reaped: ReapedCount | None = None,
     ) -> None:
         self.settings = settings
+        self.reaped = reaped or ReapedCount()
         self.checkpointer = checkpointer
         self.writer = writer
         self.reader = reader
@@ -116,6 +124,7 @@ class Database:
             busy_timeout_ms=settings.busy_timeout_ms,
         )
         counters, distinct, size = RunCounters(), DistinctValues(), DatabaseSize()
+        reaped = ReapedCount()
         try:
             migrating = current_version(conn) < SCHEMA_VERSION  # a rebuild may take minutes
             with extending_start_timeout("migrating the database schema", enabled=migrating):
@@ -129,6 +138,8 @@ class Database:
             distinct.install(conn)
             distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
+            reaped.install(conn)
+            reaped.load(conn)
             cursors = CursorCodec(cursor_key(conn))
             checkpointer = _background_checkpoints(conn, settings)
         except BaseException:
@@ -139,7 +150,7 @@ class Database:
             Writer(
                 conn,
                 on_group=on_write_group,
-                hooks=(counters, distinct, size),
+                hooks=(counters, distinct, size, reaped),
                 checkpointer=checkpointer,
             ),
             Reader(
@@ -152,6 +163,7 @@ class Database:
             size=size,
             cursors=cursors,
             checkpointer=checkpointer,
+            reaped=reaped,
         )
         db.journal_mode = pragma_value(conn, "journal_mode")
         db.synchronous = pragma_value(conn, "synchronous")
@@ -187,25 +199,67 @@ class Database:
         now = utc_now()
         return await self.writer.run(lambda conn: runs.update_run(conn, event_id, changes, now))
 
-    async def insert_batch(self, batch: Sequence[RunCreate]) -> int:
-        """Insert valid runs in one transaction; the number that were new."""
-        if not batch:
+    async def insert_batch(
+        self, batch: Sequence[RunCreate], presence: Presence | None = None
+    ) -> int:
+        """Insert valid runs in one transaction (with the sending sidecar's presence, if
+        any); the number that were new."""
+        if not batch and presence is None:
             return 0
         now = utc_now()
-        rows = [runs.insert_params(run, now) for run in batch]
-        return await self.writer.run(lambda conn: runs.insert_rows(conn, rows))
+        sidecar = presence.sidecar_id if presence is not None else None
+        rows = [runs.insert_params(run, now, sidecar=sidecar) for run in batch]
 
-    async def upsert_batch(self, items: Sequence[UpsertItem]) -> runs.UpsertSummary:
-        """Apply sidecar snapshots in one transaction, in order."""
-        if not items:
+        def write(conn: sqlite3.Connection) -> int:
+            if presence is not None:
+                record(conn, presence, now)
+            return runs.insert_rows(conn, rows) if rows else 0
+
+        return await self.writer.run(write)
+
+    async def upsert_batch(
+        self, items: Sequence[UpsertItem], presence: Presence | None = None
+    ) -> runs.UpsertSummary:
+        """Apply sidecar snapshots in one transaction, in order, with the sidecar's
+        presence (a presence batch, ``[]``, records only that)."""
+        if not items and presence is None:
             return runs.UpsertSummary()
         now = utc_now()
+        sidecar = presence.sidecar_id if presence is not None else None
         # Built here, off the writer thread, as insert_batch does.
         params = [
-            runs.insert_params(item.create, now) if item.create is not None else None
+            runs.insert_params(item.create, now, runs.seen_instant(item.seen_at, now), sidecar)
+            if item.create is not None
+            else None
             for item in items
         ]
-        return await self.writer.run(lambda conn: runs.upsert_many(conn, items, params, now))
+
+        def write(conn: sqlite3.Connection) -> runs.UpsertSummary:
+            if presence is not None:
+                record(conn, presence, now)
+            return runs.upsert_many(conn, items, params, now, sidecar)
+
+        return await self.writer.run(write)
+
+    async def heartbeat(
+        self, event_id: str, progress: dict[str, Any] | None
+    ) -> runs.HeartbeatOutcome:
+        """A run says it is alive (see ``runs.heartbeat``)."""
+        now = utc_now()
+        limit = self.settings.max_metrics_bytes
+        return await self.writer.run(
+            lambda conn: runs.heartbeat(conn, event_id, progress, now, limit)
+        )
+
+    async def reap(self, limit: int) -> int:
+        """One batch of the reaper, through the writer: the runs marked ``timeout``."""
+        policy, now = self.settings.stale, now_utc()
+        return await self.writer.run(lambda conn: reap_batch(conn, policy, now, limit))
+
+    async def reapable(self) -> bool:
+        """Whether anything is due for the reaper: one indexed read, on a reader."""
+        policy, now = self.settings.stale, now_utc()
+        return await self.reader.run(lambda conn: any_reapable(conn, policy, now))
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -217,8 +271,14 @@ class Database:
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> runs.JsonPage:
         """A page as the API answers it, JSON bytes (see ``run_json``)."""
+        shape = runs.cost_shape(query)
+        if query.stale is not None:
+            overdue = overdue_ids_sql(self.settings.stale, now_utc())
+            return await self.reader.run(
+                lambda conn: runs.query_page_json(conn, query, after, overdue), shape=shape
+            )
         return await self.reader.run(
-            lambda conn: runs.query_page_json(conn, query, after), shape=runs.cost_shape(query)
+            lambda conn: runs.query_page_json(conn, query, after), shape=shape
         )
 
     def metadata(self) -> MetadataSnapshot:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from server.contract.codec import dumps_text
+from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.storage import run_json
@@ -30,7 +31,14 @@ from server.storage.schema import (
 )
 from server.storage.window import WALK, WindowPlan, plan_window
 
-_INSERT_COLUMNS = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
+_INSERT_COLUMNS = (
+    "event_id",
+    *RUN_DATA_COLUMNS,
+    "created_at",
+    "updated_at",
+    "last_seen_at",
+    "sidecar_id",
+)
 _INSERT_SQL = (
     f"INSERT INTO agent_runs ({', '.join(_INSERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
@@ -54,8 +62,12 @@ _JSON_POSITIONS = tuple(
 )
 
 
-def insert_params(run: RunCreate, now: str) -> tuple[Any, ...]:
-    """The INSERT parameters of a validated run; created_at defaults to now.
+def insert_params(
+    run: RunCreate, now: str, seen: str | None = None, sidecar: str | None = None
+) -> tuple[Any, ...]:
+    """The INSERT parameters of a validated run; created_at defaults to now, last_seen_at
+    to now (``seen``: a sidecar item's clamped seen_at); ``sidecar``: the id of the
+    sidecar that delivered it (None: a direct write).
 
     Every column read in one ``attrgetter`` call: this runs per row of every batch, on
     the event loop, while the writer inserts the previous batch."""
@@ -63,7 +75,13 @@ def insert_params(run: RunCreate, now: str) -> tuple[Any, ...]:
     for position in _JSON_POSITIONS:
         if values[position] is not None:
             values[position] = dumps_text(values[position])
-    return (run.event_id, *values, run.created_at or now, now)
+    return (run.event_id, *values, run.created_at or now, now, seen or now, sidecar)
+
+
+def seen_instant(seen_at: str | None, now: str) -> str:
+    """An item's last_seen_at: its seen_at, never later than the server's clock (a fast
+    agent clock must not keep a run alive), else now. Canonical instants compare as text."""
+    return now if seen_at is None or seen_at > now else seen_at
 
 
 def insert_run(conn: sqlite3.Connection, run: RunCreate, now: str) -> bool:
@@ -82,17 +100,120 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
     return max(conn.executemany(_INSERT_SQL, rows).rowcount, 0)
 
 
+#: A terminal status from the agent replaces the reaper's ``timeout``: the run is no
+#: longer reaped, and the reaper's reason goes (the update may give its own; SQLite
+#: keeps the rightmost assignment of a column, and reads the old row in all of them).
+_UNREAP = "error_summary = CASE WHEN reaped_at IS NULL THEN error_summary END, reaped_at = NULL, "
+#: A late ``running`` never revives a reaped run.
+_RUNNING_UNLESS_REAPED = "status = CASE WHEN reaped_at IS NULL THEN ? ELSE status END"
+_TOUCH = "last_seen_at = max(COALESCE(last_seen_at, ''), ?), sidecar_id = ?"
+
+
 def update_run(
-    conn: sqlite3.Connection, event_id: str, changes: dict[str, Any], now: str
+    conn: sqlite3.Connection,
+    event_id: str,
+    changes: dict[str, Any],
+    now: str,
+    *,
+    seen: str | None = None,
+    sidecar: str | None = None,
 ) -> str | None:
-    """Set the given columns; return the run_id, or None if the run does not exist."""
-    assignments = ", ".join(f"{column} = ?" for column in changes)
+    """Set the given columns and refresh last_seen_at (to ``seen``, else now; never
+    backwards); return the run_id, or None if the run does not exist."""
+    status = changes.get("status")
+    assignments = ", ".join(
+        _RUNNING_UNLESS_REAPED if column == "status" and status == "running" else f"{column} = ?"
+        for column in changes
+    )
+    if status in TERMINAL_STATUSES:
+        assignments = _UNREAP + assignments
     params = [_db_value(column, value) for column, value in changes.items()]
     row = conn.execute(
-        f"UPDATE agent_runs SET {assignments}, updated_at = ? WHERE event_id = ? RETURNING run_id",
-        (*params, now, event_id),
+        f"UPDATE agent_runs SET {assignments}, updated_at = ?, {_TOUCH}"
+        " WHERE event_id = ? RETURNING run_id",
+        (*params, now, seen or now, sidecar, event_id),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+_TOUCH_SQL = (
+    f"UPDATE agent_runs SET {_TOUCH} WHERE event_id = ?"
+    " AND (last_seen_at IS NULL OR last_seen_at < ? OR sidecar_id IS NOT ?)"
+)
+
+
+def touch(conn: sqlite3.Connection, event_id: str, seen: str, sidecar: str | None) -> None:
+    """Refresh last_seen_at (never backwards) and the delivering sidecar; nothing else.
+    A row already up to date is not written (no new row version, no index work)."""
+    conn.execute(_TOUCH_SQL, (seen, sidecar, event_id, seen, sidecar))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge member by member, null removes a
+    member, anything else replaces the target."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def _stored_json(text: Any) -> Any:
+    """A stored JSON column's value; unparseable text (another writer's) counts as null."""
+    if isinstance(text, (str, bytes)):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+    return None
+
+
+class MetricsTooLarge(PayloadTooLarge):
+    """A merge patch would make metrics_json larger than a request may be."""
+
+
+HeartbeatOutcome = Literal["applied", "finished", "not_found"]
+
+
+def heartbeat(
+    conn: sqlite3.Connection,
+    event_id: str,
+    progress: dict[str, Any] | None,
+    now: str,
+    max_metrics_bytes: int,
+) -> HeartbeatOutcome:
+    """A direct heartbeat: refresh last_seen_at and merge ``progress`` into metrics_json,
+    for a running run only (a heartbeat is a late "running": it never revives a run).
+    updated_at moves only when progress changed metrics_json (it stays the time the
+    run's data last changed)."""
+    row = conn.execute(
+        "SELECT id, status, metrics_json FROM agent_runs WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    if row is None:
+        return "not_found"
+    row_id, status, stored = row
+    if status in TERMINAL_STATUSES:
+        return "finished"
+    changed = ""
+    params: list[Any] = []
+    if progress:
+        merged = dumps_text(merge_patch(_stored_json(stored), progress))
+        if len(merged) > max_metrics_bytes:
+            raise MetricsTooLarge(
+                f"metrics_json with this progress would be {len(merged)} bytes; "
+                f"at most {max_metrics_bytes} are kept"
+            )
+        if merged != stored:
+            changed = "metrics_json = ?, updated_at = ?, "
+            params += (merged, now)
+    conn.execute(
+        f"UPDATE agent_runs SET {changed}{_TOUCH} WHERE id = ?", (*params, now, None, row_id)
+    )
+    return "applied"
 
 
 @dataclass
@@ -106,14 +227,20 @@ class UpsertSummary:
     not_found: list[int] = field(default_factory=list)
 
 
+def _create_only(item: UpsertItem) -> bool:
+    return item.update is None and item.metrics_patch is None and not item.heartbeat
+
+
 def upsert_many(
     conn: sqlite3.Connection,
     items: Sequence[UpsertItem],
     create_params: Sequence[tuple[Any, ...] | None],
     now: str,
+    sidecar: str | None = None,
 ) -> UpsertSummary:
     """Apply snapshots in order. Runs of consecutive create-only snapshots (a sidecar's
-    backlog of new runs) go in one ``executemany``, as a plain batch insert does."""
+    backlog of new runs) go in one ``executemany``, as a plain batch insert does.
+    ``create_params`` were built with each item's clamped seen_at and ``sidecar``."""
     summary = UpsertSummary()
     pending: list[tuple[Any, ...]] = []
 
@@ -121,14 +248,19 @@ def upsert_many(
         inserted = insert_rows(conn, pending)
         summary.inserted += inserted
         summary.unchanged += len(pending) - inserted
+        if inserted < len(pending):  # duplicates (a retried batch): refresh them too
+            conn.executemany(
+                _TOUCH_SQL,
+                [(row[-2], row[-1], row[0], row[-2], row[-1]) for row in pending],
+            )
         pending.clear()
 
     for position, (item, params) in enumerate(zip(items, create_params, strict=True)):
-        if item.update is None and params is not None:
+        if params is not None and _create_only(item):
             pending.append(params)
             continue
         flush()
-        outcome = upsert(conn, item, now, params)
+        outcome = upsert(conn, item, now, params, sidecar=sidecar)
         if outcome == "not_found":
             summary.not_found.append(position)
         else:
@@ -142,30 +274,45 @@ def upsert(
     item: UpsertItem,
     now: str,
     create_params: tuple[Any, ...] | None = None,
+    *,
+    sidecar: str | None = None,
 ) -> UpsertOutcome:
-    """Apply one sidecar snapshot idempotently: insert-if-new, then changed fields only."""
+    """Apply one sidecar snapshot idempotently: insert-if-new, then changed fields only,
+    then the metrics merge patch; refresh last_seen_at to the item's seen_at either way."""
+    seen = seen_instant(item.seen_at, now)
     if item.create is not None and create_params is None:
-        create_params = insert_params(item.create, now)
+        create_params = insert_params(item.create, now, seen, sidecar)
     inserted = create_params is not None and insert_row(conn, create_params)
-    if item.update is None:
+    if _create_only(item):
+        if not inserted:
+            touch(conn, item.event_id, seen, sidecar)
         return "inserted" if inserted else "unchanged"
-    changes = item.update.changes()
+    changes = item.update.changes() if item.update is not None else {}
     stored = conn.execute(
-        f"SELECT {', '.join(('status', *changes))} FROM agent_runs WHERE event_id = ?",
+        f"SELECT {', '.join(('status', 'metrics_json', *changes))} FROM agent_runs"
+        " WHERE event_id = ?",
         (item.event_id,),
     ).fetchone()
     if stored is None:
         return "not_found"
-    current_status, current = stored[0], dict(zip(changes, stored[1:], strict=True))
-    if changes.get("status") == "running" and current_status in TERMINAL_STATUSES:
+    current_status, current = stored[0], dict(zip(changes, stored[2:], strict=True))
+    finished = current_status in TERMINAL_STATUSES
+    if changes.get("status") == "running" and finished:
         del changes["status"]
     diff = {
         column: value
         for column, value in changes.items()
         if _db_value(column, value) != current[column]
     }
+    if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
+        base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(stored[1])
+        merged = merge_patch(base, item.metrics_patch)
+        if dumps_text(merged) != stored[1]:
+            diff["metrics_json"] = merged
     if diff:
-        update_run(conn, item.event_id, diff, now)
+        update_run(conn, item.event_id, diff, now, seen=seen, sidecar=sidecar)
+    else:
+        touch(conn, item.event_id, seen, sidecar)
     if inserted:
         return "inserted"
     return "updated" if diff else "unchanged"
@@ -212,6 +359,49 @@ def list_index(query: RunQuery) -> tuple[str, bool]:
     return LIST_INDEXES[tuple(equalities)], merge
 
 
+def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a list query's filters and cursor, and their parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, operator, value in (
+        ("agent_name", "=", query.agent_name),
+        ("job_type", "=", query.job_type),
+        ("status", "=", query.status),
+        ("created_at", "<", query.created_before),
+        ("created_at", ">", query.created_after),
+        ("start_time", ">=", query.start_time_from),
+        ("start_time", "<=", query.start_time_to),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
+    if after is not None:
+        clauses.append("(created_at, id) < (?, ?)")
+        params.extend((after.created_at, after.row_id))
+    return clauses, params
+
+
+#: An overdue-runs query (``stale.overdue_ids_sql``) and its parameters.
+Overdue = tuple[str, list[Any]]
+
+
+def stale_query_sql(
+    query: RunQuery, after: Position | None, overdue: Overdue, columns: str = _SELECT_COLUMNS
+) -> tuple[str, list[Any]]:
+    """The SELECT of ``?stale=true``: the overdue runs (a few index ranges over running
+    runs only, see ``stale``), then each run by its row id (CROSS JOIN keeps that order
+    of loops), the other filters applied to those rows, sorted in the list order."""
+    clauses, params = _filters(query, after)
+    ids, overdue_params = overdue
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT {columns}, agent_runs.id FROM (SELECT id AS overdue_id FROM ({ids})) AS o"
+        f" CROSS JOIN agent_runs ON agent_runs.id = o.overdue_id{where}"
+        " ORDER BY created_at DESC, agent_runs.id DESC LIMIT ? OFFSET ?"
+    )
+    return sql, [*overdue_params, *params, query.limit + 1, query.offset]
+
+
 def query_sql(
     query: RunQuery,
     after: Position | None = None,
@@ -234,23 +424,7 @@ def query_sql(
     page is fetched, so the caller knows whether another page follows.
     ``after`` starts the page strictly after a cursor's position (keyset paging).
     """
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, operator, value in (
-        ("agent_name", "=", query.agent_name),
-        ("job_type", "=", query.job_type),
-        ("status", "=", query.status),
-        ("created_at", "<", query.created_before),
-        ("created_at", ">", query.created_after),
-        ("start_time", ">=", query.start_time_from),
-        ("start_time", "<=", query.start_time_to),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            params.append(value)
-    if after is not None:
-        clauses.append("(created_at, id) < (?, ?)")
-        params.extend((after.created_at, after.row_id))
+    clauses, params = _filters(query, after)
     if window.created_span is not None:
         clauses.append("created_at BETWEEN ? AND ?")
         params.extend(window.created_span)
@@ -274,10 +448,19 @@ class Page:
 
 
 def _fetch(
-    conn: sqlite3.Connection, query: RunQuery, after: Position | None, columns: str
+    conn: sqlite3.Connection,
+    query: RunQuery,
+    after: Position | None,
+    columns: str,
+    overdue: Overdue | None = None,
 ) -> list[Any]:
     """The page's rows, plus one if another page follows. A start_time window is
-    planned by a read of its own: run this in a read transaction (``snapshot``)."""
+    planned by a read of its own: run this in a read transaction (``snapshot``).
+    ``overdue`` serves ``stale=true`` (required with it)."""
+    if query.stale is not None:
+        if overdue is None:
+            raise ValueError("a stale=true query needs the overdue-runs query")
+        return conn.execute(*stale_query_sql(query, after, overdue, columns)).fetchall()
     window = WALK
     if query.start_time_from is not None or query.start_time_to is not None:
         window = plan_window(conn, query)
@@ -301,13 +484,18 @@ def _next_position(rows: list[Any], limit: int, created_at: int) -> Position | N
     return Position(str(last[created_at]), int(last[-1]))
 
 
-def query_runs(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> Page:
+def query_runs(
+    conn: sqlite3.Connection,
+    query: RunQuery,
+    after: Position | None = None,
+    overdue: Overdue | None = None,
+) -> Page:
     """A page of runs as dicts (the Python rendering; see ``query_page_json``)."""
     if query.start_time_from is None and query.start_time_to is None:
-        rows = _fetch(conn, query, after, _SELECT_COLUMNS)
+        rows = _fetch(conn, query, after, _SELECT_COLUMNS, overdue)
     else:
         with snapshot(conn):
-            rows = _fetch(conn, query, after, _SELECT_COLUMNS)
+            rows = _fetch(conn, query, after, _SELECT_COLUMNS, overdue)
     return Page(
         [row_to_run(row) for row in rows[: query.limit]],
         _next_position(rows, query.limit, _CREATED_AT),
@@ -323,6 +511,7 @@ def cost_shape(query: RunQuery) -> tuple[object, ...]:
     return (
         filters,
         created,
+        query.stale,
         query.start_time_from,
         query.start_time_to,
         query.limit,
@@ -338,12 +527,15 @@ class JsonPage:
 
 
 def query_page_json(
-    conn: sqlite3.Connection, query: RunQuery, after: Position | None = None
+    conn: sqlite3.Connection,
+    query: RunQuery,
+    after: Position | None = None,
+    overdue: Overdue | None = None,
 ) -> JsonPage:
     """A page of runs as JSON bytes, rendered by SQLite where it renders them exactly
     as the Python way does (see ``run_json``), by ``row_to_run`` otherwise."""
     if not run_json.renders_like_orjson():
-        page = query_runs(conn, query, after)
+        page = query_runs(conn, query, after, overdue)
         body = b",".join(run_json.python_rendering(run) for run in page.runs)
         return JsonPage(b"[" + body + b"]", page.next_position)
 
@@ -354,7 +546,7 @@ def query_page_json(
         return run_json.python_rendering(row_to_run(row))
 
     with snapshot(conn):  # an inexact row is read again: the same version of it
-        rows = _fetch(conn, query, after, run_json.JSON_COLUMNS)
+        rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
         body = run_json.render_rows(rows[: query.limit], fallback)
     return JsonPage(body, _next_position(rows, query.limit, run_json.CREATED_AT))
 

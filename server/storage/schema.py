@@ -55,10 +55,20 @@ RUN_COUNTER_COLUMNS: tuple[str, ...] = (
     "duration_ms",
 )
 RUN_JSON_COLUMNS: tuple[str, ...] = ("metrics_json", "context_json")
+#: Settable by a client, answered, but neither text nor a counter (migration 6).
+RUN_STALENESS_COLUMNS: tuple[str, ...] = ("heartbeat_timeout_s",)
 #: Columns a client may set, in storage order (event_id and timestamps excluded).
-RUN_DATA_COLUMNS: tuple[str, ...] = RUN_TEXT_COLUMNS + RUN_COUNTER_COLUMNS + RUN_JSON_COLUMNS
+RUN_DATA_COLUMNS: tuple[str, ...] = (
+    RUN_TEXT_COLUMNS + RUN_COUNTER_COLUMNS + RUN_JSON_COLUMNS + RUN_STALENESS_COLUMNS
+)
 #: Every column of a stored run, as queries return them.
-RUN_COLUMNS: tuple[str, ...] = ("event_id", *RUN_DATA_COLUMNS, "created_at", "updated_at")
+RUN_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    *RUN_DATA_COLUMNS,
+    "created_at",
+    "updated_at",
+    "last_seen_at",
+)
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,54 @@ _V5_INDEXES: tuple[str, ...] = (
     "CREATE INDEX idx_runs_start_created ON agent_runs(start_time, created_at)",
 )
 
+# Migration 6: staleness (``server.storage.stale``). ``last_seen_at`` and
+# ``heartbeat_timeout_s`` are answered on runs, so run_json is rebuilt over them (a table
+# rebuild again); ``sidecar_id`` and ``reaped_at`` are bookkeeping, not answered.
+_V6_COLUMNS: tuple[str, ...] = (
+    *_V5_COLUMNS[: _V5_COLUMNS.index("created_at")],
+    "heartbeat_timeout_s",
+    "created_at",
+    "updated_at",
+    "last_seen_at",
+)
+_V6_TABLE = (
+    _V1_TABLE.replace("CREATE TABLE agent_runs (", "CREATE TABLE agent_runs_v6 (")
+    .rstrip()
+    .removesuffix(")")
+    .rstrip()
+    + ",\n    updated_at TEXT,"
+    + "\n    heartbeat_timeout_s INTEGER,"
+    + "\n    last_seen_at TEXT,"
+    + "\n    sidecar_id TEXT,"
+    + "\n    reaped_at TEXT,"
+    + f"\n    run_json BLOB GENERATED ALWAYS AS ({rendered_run_sql(_V6_COLUMNS)}) STORED\n)"
+)
+#: A running run's deadline in seconds (Julian day seconds), when it names its own
+#: allowance: the expression ``idx_runs_running_deadline`` is built on (queries must
+#: spell it the same way for SQLite to use the index).
+OWN_DEADLINE_SQL = "(julianday(last_seen_at) * 86400.0 + heartbeat_timeout_s)"
+#: Migration 6's indexes: the reaper's (all partial, over running runs only, so they
+#: cost nothing for finished runs) and the count of reaped runs (/metrics, at start).
+STALE_INDEXES: tuple[str, ...] = (
+    # Runs without their own allowance: the job type's, else the default.
+    "CREATE INDEX idx_runs_running_job_seen ON agent_runs(job_type, last_seen_at)"
+    " WHERE status = 'running' AND heartbeat_timeout_s IS NULL",
+    "CREATE INDEX idx_runs_running_seen ON agent_runs(last_seen_at)"
+    " WHERE status = 'running' AND heartbeat_timeout_s IS NULL",
+    # Runs with their own: ordered by their deadline.
+    f"CREATE INDEX idx_runs_running_deadline ON agent_runs({OWN_DEADLINE_SQL})"
+    " WHERE status = 'running' AND heartbeat_timeout_s IS NOT NULL",
+    "CREATE INDEX idx_runs_reaped ON agent_runs(reaped_at) WHERE reaped_at IS NOT NULL",
+)
+_V6_COPIED = ", ".join(("id", *_V5_COLUMNS))
+_SIDECARS_TABLE = """
+CREATE TABLE sidecars (
+    sidecar_id TEXT PRIMARY KEY,
+    last_contact_at TEXT NOT NULL,
+    queued_since TEXT
+) WITHOUT ROWID
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -260,6 +318,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE agent_runs",
             "ALTER TABLE agent_runs_v5 RENAME TO agent_runs",
             *_V5_INDEXES,
+        ),
+    ),
+    Migration(
+        6,
+        "stale runs: last_seen_at, heartbeat_timeout_s (both answered: run_json rebuilt),"
+        " sidecar_id, reaped_at, the sidecars table and the reaper's partial indexes",
+        (
+            _V6_TABLE,
+            f"INSERT INTO agent_runs_v6 ({_V6_COPIED}, last_seen_at)"
+            f" SELECT {_V6_COPIED}, COALESCE(updated_at, created_at) FROM agent_runs",
+            "DROP TABLE agent_runs",
+            "ALTER TABLE agent_runs_v6 RENAME TO agent_runs",
+            *_V5_INDEXES,
+            *STALE_INDEXES,
+            _SIDECARS_TABLE,
         ),
     ),
 )

@@ -29,6 +29,7 @@ OPERATIONS = {
     ("/api/v1/runs/{event_id}", "get"),
     ("/api/v1/runs/{event_id}", "patch"),
     ("/api/v1/runs/{event_id}/associate-commit", "post"),
+    ("/api/v1/runs/{event_id}/heartbeat", "post"),
     ("/api/v1/runs/{event_id}/commit-url", "get"),
     ("/api/v1/runs/{event_id}/repo-url", "get"),
     ("/health", "get"),
@@ -168,7 +169,7 @@ def test_server_document_has_no_spoold_answers() -> None:
     document = _daemon_document("server")
     text = orjson.dumps(document).decode()
     assert "X-Spoold-Source" not in text
-    assert "Queued" not in text
+    assert "Queued" not in text.replace("X-Spoold-Queued-Since", "")  # a request header
     statuses = {status for _, status in documented_statuses(document)}
     assert not {"202", "504"} & statuses
     assert "bearerAuth" in document["components"]["securitySchemes"]
@@ -246,6 +247,7 @@ def test_run_query_parameters(spec: dict[str, Any]) -> None:
         "limit",
         "offset",
         "cursor",
+        "stale",
     }
     assert all(p["in"] == "query" and "required" not in p for p in params.values())
     limit = params["limit"]["schema"]
@@ -262,8 +264,10 @@ def test_run_query_parameters(spec: dict[str, Any]) -> None:
 def test_batch_documents_both_modes(spec: dict[str, Any]) -> None:
     """POST /batch documents mode=insert|upsert, both bodies and both answers."""
     op = spec["paths"]["/api/v1/runs/batch"]["post"]
-    (mode,) = op["parameters"]
+    mode, sidecar_id, queued_since = op["parameters"]
     assert mode["schema"] == {"type": "string", "enum": ["insert", "upsert"], "default": "insert"}
+    assert (sidecar_id["name"], sidecar_id["in"]) == ("X-Spoold-Id", "header")
+    assert (queued_since["name"], queued_since["in"]) == ("X-Spoold-Queued-Since", "header")
     body = op["requestBody"]["content"]["application/json"]["schema"]
     assert {alt["items"]["$ref"].rsplit("/", 1)[1] for alt in body["anyOf"]} == {
         "RunCreate",
@@ -275,6 +279,27 @@ def test_batch_documents_both_modes(spec: dict[str, Any]) -> None:
         "UpsertResponse",
     }
     assert "terminal status is never replaced" in op["description"]
+
+
+def test_staleness_is_documented(spec: dict[str, Any]) -> None:
+    """The heartbeat (empty body allowed, 204), the run's new fields, the upsert item's
+    new fields and the stale filter are in the document."""
+    op = spec["paths"]["/api/v1/runs/{event_id}/heartbeat"]["post"]
+    assert op["requestBody"]["required"] is False
+    assert "content" not in op["responses"]["204"]
+    assert {"404", "413", "422"} <= set(op["responses"])
+    assert "RFC 7396" in op["description"]
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["HeartbeatBody"]["properties"]) == {"progress"}
+    timeout = schemas["RunCreate"]["properties"]["heartbeat_timeout_s"]["anyOf"][0]
+    assert (timeout["minimum"], timeout["maximum"]) == (1, 2_592_000)
+    assert "heartbeat_timeout_s" in schemas["RunUpdate"]["properties"]
+    assert "last_seen_at" in schemas["RunRecord"]["properties"]
+    assert {"seen_at", "metrics_patch", "heartbeat"} <= set(schemas["UpsertItem"]["properties"])
+    (stale,) = [
+        p for p in spec["paths"]["/api/v1/runs"]["get"]["parameters"] if p["name"] == "stale"
+    ]
+    assert stale["schema"].get("const", stale["schema"].get("enum")) in ("true", ["true"])
 
 
 def test_create_answers_created_or_duplicate(spec: dict[str, Any]) -> None:
@@ -376,12 +401,14 @@ _VALID_BODIES: dict[str, Callable[[dict[str, Any]], Any]] = {
         "commit_hash": "abcdef1",
         "commit_source": "manual",
     },
+    "POST /api/v1/runs/{event_id}/heartbeat": lambda run: {"progress": {"pct": 50}},
 }
 _INVALID_BODIES: dict[str, Any] = {
     "POST /api/v1/runs": {"event_id": "x"},
     "POST /api/v1/runs/batch": {"not": "an array"},
     "PATCH /api/v1/runs/{event_id}": {"no_such_field": 1},
     "POST /api/v1/runs/{event_id}/associate-commit": {"commit_source": "manual"},
+    "POST /api/v1/runs/{event_id}/heartbeat": {"progress": [1, 2]},
 }
 #: The configuration that lets each status happen (the defaults otherwise).
 _SETUPS: dict[str, dict[str, Any]] = {

@@ -26,8 +26,15 @@ from server.contract.models import RunQuery
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
-from server.storage.runs import distinct_values, list_index, query_runs, query_sql
+from server.storage.runs import (
+    distinct_values,
+    list_index,
+    query_runs,
+    query_sql,
+    stale_query_sql,
+)
 from server.storage.schema import EQUALITY_FILTERS, LIST_INDEXES, START_TIME_INDEX
+from server.storage.stale import _REAP_SQL, StalePolicy, overdue_ids_sql, reapable_ids_sql
 from server.storage.window import WALK, WINDOW_READ_MAX_RUNS, WindowPlan, plan_window
 
 RUNS = 8000
@@ -473,3 +480,84 @@ def test_window_plan_and_page_share_one_snapshot(
         reader.close()
     got = [run["event_id"] for run in page.runs]
     assert got == [rows[row_id - 1][0] for row_id in expected_ids(rows, query)][:1000]
+
+
+# ---- stale runs (the reaper and ?stale=true) ---------------------------------------------
+
+STALE_POLICY = StalePolicy(default_s=86_400, by_job=((JOBS[0], 3600), (JOBS[1], 0)))
+STALE_INDEXES = {"idx_runs_running_deadline", "idx_runs_running_job_seen", "idx_runs_running_seen"}
+
+
+def _stale_plans(sql: list[str]) -> None:
+    """Every read of the runs table is one of the reaper's partial indexes (over running
+    runs only) or a row-id lookup: no scan, and no walk of every running run."""
+    for line in sql:
+        if "agent_runs" in line or line.startswith(("SCAN", "SEARCH r ")):
+            assert not line.startswith("SCAN"), line
+            assert any(index in line for index in STALE_INDEXES) or "PRIMARY KEY" in line, line
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"agent_name": AGENT},
+        {"job_type": JOB, "status": "running"},
+        {"created_after": "2026-01-10T00:00:00Z"},
+    ],
+)
+def test_stale_lists_and_the_reaper_read_only_overdue_candidates(
+    conn: sqlite3.Connection, filters: dict[str, str]
+) -> None:
+    now = ORIGIN + STEP * RUNS
+    overdue = overdue_ids_sql(STALE_POLICY, now)
+    query = RunQuery.model_validate({"stale": "true", **filters})
+    sql, params = stale_query_sql(query, CURSOR, overdue)
+    lines = plan(conn, sql, params)
+    _stale_plans(lines)
+    assert sum("idx_runs_running" in line for line in lines) == 3  # own, one job, default
+    _stale_plans(plan(conn, *reapable_ids_sql(STALE_POLICY, now, 200)))
+    select, select_params = reapable_ids_sql(STALE_POLICY, now, 200)
+    update = _REAP_SQL.format(ids=select)
+    _stale_plans(plan(conn, update, ["x"] * _REAP_SQL.count("?") + select_params))
+
+
+def test_stale_answers_like_brute_force(
+    fleet: tuple[Path, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    """On a copy where every run was last seen at its creation, some with allowances of
+    their own: ``stale=true`` is exactly the running runs past their allowance."""
+    source, rows = fleet
+    path = tmp_path / "stale.sqlite"
+    copy = sqlite3.connect(source)
+    try:
+        copy.execute(f"VACUUM INTO '{path}'")
+    finally:
+        copy.close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute(
+        "UPDATE agent_runs SET last_seen_at = created_at,"
+        " heartbeat_timeout_s = CASE WHEN id % 7 = 0 THEN 60 WHEN id % 11 = 0 THEN 5000000"
+        " END"
+    )
+    writer.close()
+    now = ORIGIN + STEP * RUNS
+    allowance = dict(STALE_POLICY.by_job)
+    expected = []
+    for row_id, (_, _, _, job, status, _, created) in enumerate(rows, start=1):
+        own = 60 if row_id % 7 == 0 else 5000000 if row_id % 11 == 0 else None
+        seconds = own if own is not None else allowance.get(job, STALE_POLICY.default_s)
+        if status != "running" or not seconds:
+            continue
+        if (now - datetime.fromisoformat(created)).total_seconds() > seconds:
+            expected.append((created, row_id))
+    expected_page = [row_id for _, row_id in sorted(expected, reverse=True)][:1000]
+    reader = open_reader(path, busy_timeout_ms=1000)
+    try:
+        overdue = overdue_ids_sql(STALE_POLICY, now)
+        got = query_runs(reader, RunQuery(stale="true", limit=1000), None, overdue)
+        ids = {run["event_id"]: int(run["event_id"][1:]) + 1 for run in got.runs}
+        assert [ids[run["event_id"]] for run in got.runs] == expected_page
+        assert 20 < len(expected_page) < 1000
+    finally:
+        reader.close()

@@ -66,6 +66,10 @@ FOREIGN_JSON = ('{"a": 1}', " {}", "not json", "[1,2", "7", '{"a":1}\n')
 FOREIGN_EQUIVALENT = ('{"a":"\\u00e9"}', '{"a":1E5}', '{"a":1,"a":2}', '["\\/"]')
 
 
+#: Migration 6's columns (staleness).
+_STALENESS_COLUMNS = ("heartbeat_timeout_s", "last_seen_at", "sidecar_id")
+
+
 def stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
@@ -78,6 +82,8 @@ def hostile_rows(
         created = origin + timedelta(seconds=i // 3)  # ties in created_at
         row: dict[str, Any] = {column: None for column in _INSERT_COLUMNS}
         for column in _INSERT_COLUMNS:
+            if column in _STALENESS_COLUMNS:
+                continue  # drawn apart (below): the other columns' draws stay as they were
             if column in RUN_COUNTER_COLUMNS:
                 row[column] = rng.choice((0, 1, 2**63 - 1, rng.randrange(10**6)))
             elif column in RUN_JSON_COLUMNS:
@@ -96,6 +102,12 @@ def hostile_rows(
             git_commit_hash=rng.choice(COMMITS),
             created_at=stamp(created),
             updated_at=rng.choice((None, stamp(created))),
+        )
+        apart = random.Random(i)
+        row.update(
+            heartbeat_timeout_s=apart.choice((None, 1, 600, 2**63 - 1, 1.5, "x", "")),
+            last_seen_at=apart.choice((None, stamp(created), "garbage")),
+            sidecar_id=apart.choice((None, "s1")),
         )
         if rng.random() < 0.03:  # foreign data the contract would refuse
             column = rng.choice(RUN_JSON_COLUMNS)

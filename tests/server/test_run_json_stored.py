@@ -17,11 +17,24 @@ from server.contract.codec import dumps
 from server.contract.models import RunQuery
 from server.storage import schema
 from server.storage.connection import open_reader
-from server.storage.runs import _INSERT_SQL, get_run, query_page_json
+from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, get_run, query_page_json
 from server.storage.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, migrate
 from tests.server.test_run_json import FOREIGN_JSON, hostile_rows, python_page
 
 UPSERT = "/api/v1/runs/batch?mode=upsert"
+_NEW = ("heartbeat_timeout_s", "last_seen_at")  # migration 6's answered columns
+_OLD_COLUMNS = [c for c in _INSERT_COLUMNS if c not in (*_NEW, "sidecar_id")]
+#: An insert into a version 4 or 5 table (before migration 6's columns).
+_OLD_INSERT_SQL = (
+    f"INSERT INTO agent_runs ({', '.join(_OLD_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _OLD_COLUMNS)})"
+)
+
+
+def old_rows(rng: random.Random) -> list[tuple[Any, ...]]:
+    """hostile_rows without migration 6's columns."""
+    keep = [_INSERT_COLUMNS.index(column) for column in _OLD_COLUMNS]
+    return [tuple(row[i] for i in keep) for row in hostile_rows(rng)]
 
 
 def stored_objects(conn: sqlite3.Connection) -> dict[str, bytes | None]:
@@ -53,10 +66,15 @@ def assert_consistent(conn: sqlite3.Connection, *, all_exact: bool) -> None:
 
 
 def test_the_stored_columns_are_the_runs_columns() -> None:
-    """run_json renders the columns frozen at migration 5; a new column needs a new
-    migration that rebuilds it (else its key would be missing from every answer)."""
-    assert schema._V5_COLUMNS == RUN_COLUMNS
-    assert SCHEMA_VERSION == 5
+    """run_json renders the columns frozen at migration 6 (5's, plus last_seen_at and
+    heartbeat_timeout_s); a new column needs a new migration that rebuilds it (else its
+    key would be missing from every answer)."""
+    assert schema._V6_COLUMNS == RUN_COLUMNS
+    assert set(schema._V6_COLUMNS) - set(schema._V5_COLUMNS) == {
+        "last_seen_at",
+        "heartbeat_timeout_s",
+    }
+    assert SCHEMA_VERSION == 6
 
 
 async def test_every_server_write_path_keeps_the_object_current(
@@ -144,22 +162,22 @@ def test_an_older_servers_database_is_migrated(tmp_path: Path) -> None:
             old.execute(statement)
     old.execute("PRAGMA user_version = 4")
     old.execute("BEGIN")
-    old.executemany(
-        _INSERT_SQL.replace("ON CONFLICT(event_id) DO NOTHING", ""),
-        list(hostile_rows(random.Random(7))),
-    )
+    old.executemany(_OLD_INSERT_SQL, old_rows(random.Random(7)))
     old.execute("DELETE FROM agent_runs WHERE id % 7 = 0")  # ids with holes
     old.execute("COMMIT")
     old.execute("ANALYZE")
     renderable = old.execute(
-        f"SELECT count(*) FROM agent_runs WHERE ({schema.rendered_run_sql(RUN_COLUMNS)}) NOT NULL"
+        f"SELECT count(*) FROM agent_runs WHERE ({schema.rendered_run_sql(schema._V5_COLUMNS)})"
+        " NOT NULL"
     ).fetchone()[0]
-    before = old.execute(
-        f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
+    before = old.execute(  # migration 6 adds last_seen_at = COALESCE(updated_at, created_at)
+        f"SELECT id, {', '.join(schema._V5_COLUMNS)}, NULL, COALESCE(updated_at, created_at)"
+        " FROM agent_runs ORDER BY id"
     ).fetchall()
-    assert migrate(old) == [5]
+    assert migrate(old) == [5, 6]
     after = old.execute(
-        f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
+        f"SELECT id, {', '.join(c for c in RUN_COLUMNS if c not in _NEW)}, heartbeat_timeout_s,"
+        " last_seen_at FROM agent_runs ORDER BY id"
     ).fetchall()
     assert after == before
     assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -187,7 +205,7 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
         for statement in migration.statements:
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 4")
-    conn.executemany(_INSERT_SQL, list(hostile_rows(random.Random(8)))[:50])
+    conn.executemany(_OLD_INSERT_SQL, old_rows(random.Random(8))[:50])
     broken = (*MIGRATIONS[4].statements[:interrupted_at], "SELECT no_such_function()")
     patched = (*MIGRATIONS[:4], schema.Migration(5, "broken", broken))
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -198,7 +216,7 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "agent_runs_v5" not in names
     assert conn.execute("SELECT count(*) FROM agent_runs").fetchone()[0] == 50
-    assert migrate(conn) == [5]
+    assert migrate(conn) == [5, 6]
     assert conn.execute("SELECT count(*) FROM agent_runs WHERE run_json IS NOT NULL").fetchone()[0]
     conn.close()
 
@@ -216,11 +234,11 @@ def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answ
         for statement in migration.statements:
             old.execute(statement)
     old.execute("PRAGMA user_version = 4")
-    old.executemany(_INSERT_SQL, list(hostile_rows(random.Random(9)))[:20])
+    old.executemany(_OLD_INSERT_SQL, old_rows(random.Random(9))[:20])
     old.execute("UPDATE agent_runs SET host = CAST('h\u00e9' AS BLOB) WHERE id = 2")
     old.execute("UPDATE agent_runs SET metrics_json = CAST('{}' AS BLOB) WHERE id = 3")
     old.execute("UPDATE agent_runs SET items_failed = x'01' WHERE id = 4")
-    assert migrate(old) == [5]
+    assert migrate(old) == [5, 6]
     old.execute("UPDATE agent_runs SET product = x'ff' WHERE id = 5")  # after it, too
     reader = open_reader(path, busy_timeout_ms=2000)
     try:

@@ -182,14 +182,17 @@ async def test_upsert_updates_known_runs(api, new_run):
 
 
 async def test_upsert_create_of_known_run_is_a_duplicate(api, new_run):
-    """A create-only item for a stored run changes nothing and counts as a duplicate."""
+    """A create-only item for a stored run changes nothing (but last_seen_at: the run was
+    heard from) and counts as a duplicate."""
     run = new_run()
     await api.create(run)
     before = await api.run(run["event_id"])
     reply = await api.post(UPSERT, json=[upsert_item({**run, "status": "success"})])
     assert reply.body["duplicates"] == 1
     assert reply.body["inserted"] == 0
-    assert await api.run(run["event_id"]) == before
+    after = await api.run(run["event_id"])
+    assert after.pop("last_seen_at") > before.pop("last_seen_at")
+    assert after == before
 
 
 async def test_upsert_update_of_unknown_run_without_create_is_an_item_error(api, new_run):
@@ -241,7 +244,9 @@ async def test_upsert_only_stale_running_is_unchanged(api, new_run):
     )
     assert reply.body["duplicates"] == 1
     assert reply.body["updated"] == 0
-    assert await api.run(run["event_id"]) == before
+    after = await api.run(run["event_id"])
+    assert after.pop("last_seen_at") >= before.pop("last_seen_at")  # heard from, only
+    assert after == before
 
 
 async def test_upsert_running_to_terminal_and_terminal_to_terminal_apply(api, new_run):
@@ -287,8 +292,10 @@ async def test_upsert_replay_gives_identical_rows(api, new_run):
         "errors": [],
         "total": 4,
     }
-    for run in runs:
-        assert await api.run(run["event_id"]) == snapshot[run["event_id"]]
+    for run in runs:  # the same state, but for when each run was last heard from
+        stored, expected = await api.run(run["event_id"]), snapshot[run["event_id"]]
+        assert stored.pop("last_seen_at") > expected.pop("last_seen_at")
+        assert stored == expected
 
 
 async def test_upsert_normalises_aliases_in_create(api, new_run):

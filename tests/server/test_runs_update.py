@@ -56,7 +56,9 @@ async def test_patch_applies_values_and_leaves_the_rest(api, new_run):
     assert after["status"] == "failure"
     assert after["items_failed"] == 7
     assert after["error_details"] == "trace"
-    unchanged = set(before) - {"status", "items_failed", "error_details", "updated_at"}
+    unchanged = set(before) - {
+        *("status", "items_failed", "error_details", "updated_at", "last_seen_at")
+    }
     for field in unchanged:
         assert after[field] == before[field], field
 

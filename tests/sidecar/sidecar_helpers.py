@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
 #: Columns that legitimately differ between two copies of the same run.
-VOLATILE = frozenset({"created_at", "updated_at"})
+VOLATILE = frozenset({"created_at", "updated_at", "last_seen_at"})
 FORBIDDEN_IN_ANY_BODY = ("Traceback", 'File "')
 
 

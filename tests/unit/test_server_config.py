@@ -165,3 +165,68 @@ def test_every_setting_maps_to_a_field():
     assert set(fields) <= set(ServerConfig.model_fields)
     envs = [setting.env for setting in SETTINGS]
     assert all(env.startswith("TELEMETRY_") for env in envs)
+
+
+# ---- stale runs ----------------------------------------------------------------------------
+
+
+def test_stale_defaults_and_policy():
+    config = ServerConfig.from_env({})
+    assert (config.stale_after_s, config.stale_after_by_job) == (21_600, {})
+    assert (config.sidecar_presence_s, config.sidecar_lost_s) == (120.0, 86_400.0)
+    assert config.reaper_interval_s == 30.0
+    policy = ServerConfig.from_env(
+        {
+            "TELEMETRY_STALE_AFTER_S": "0",
+            "TELEMETRY_STALE_AFTER_BY_JOB": " nightly-etl=7200, crawl=600 ,,off=0 ",
+            "TELEMETRY_REAPER_INTERVAL_S": "0.05",
+        }
+    ).stale_policy()
+    assert policy.default_s == 0
+    assert policy.by_job == (("crawl", 600), ("nightly-etl", 7200), ("off", 0))
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("crawl", "'crawl' is not job=seconds"),
+        ("crawl=", "'crawl=' is not job=seconds"),
+        ("=600", "'=600' is not job=seconds"),
+        ("crawl=10m", "'crawl=10m' is not job=seconds"),
+        ("crawl=-1", "'crawl=-1' is not job=seconds"),
+        ("crawl=1.5", "'crawl=1.5' is not job=seconds"),
+        ("crawl=600;etl=60", "not job=seconds"),
+        ("crawl=600,crawl=60", "given twice"),
+        ("crawl=2592001", "at most 2592000"),
+        ("a/b=60", "must not contain '/'"),
+    ],
+)
+def test_a_bad_stale_after_by_job_names_the_variable_and_the_pair(raw, named):
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig.from_env({"TELEMETRY_STALE_AFTER_BY_JOB": raw})
+    assert "TELEMETRY_STALE_AFTER_BY_JOB" in str(caught.value)
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TELEMETRY_STALE_AFTER_S", "-1"),
+        ("TELEMETRY_STALE_AFTER_S", "6h"),
+        ("TELEMETRY_STALE_AFTER_S", "2592001"),
+        ("TELEMETRY_SIDECAR_PRESENCE_S", "0"),
+        ("TELEMETRY_SIDECAR_LOST_S", "-5"),
+        ("TELEMETRY_REAPER_INTERVAL_S", "0"),
+        ("TELEMETRY_REAPER_INTERVAL_S", "soon"),
+    ],
+)
+def test_bad_stale_settings_name_the_variable(variable, raw):
+    with pytest.raises(ConfigError, match=variable):
+        ServerConfig.from_env({variable: raw})
+
+
+def test_a_sidecar_is_lost_only_after_it_stops_being_present():
+    with pytest.raises(ConfigError, match="TELEMETRY_SIDECAR_LOST_S must be more than"):
+        ServerConfig.from_env(
+            {"TELEMETRY_SIDECAR_PRESENCE_S": "600", "TELEMETRY_SIDECAR_LOST_S": "600"}
+        )

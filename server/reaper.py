@@ -1,0 +1,72 @@
+"""The stale-run reaper: one task of the app's lifecycle, a pass every interval.
+
+A pass first asks a reader whether anything is due (one indexed read: nothing else
+happens while nothing is stale), then reaps through the single writer in batches of
+``REAP_BATCH`` runs, one writer operation each, so ordinary writes go between two
+batches and the writer is never held for long. Each batch is one statement in one
+transaction: a server killed between (or during) batches leaves every run either
+reaped whole or untouched, and the next pass carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from server.storage.connection import StorageUnavailable
+from server.storage.database import Database
+from server.storage.stale import REAP_BATCH
+
+log = structlog.get_logger("server.reaper")
+
+#: Most batches in one pass: a pass ends, and the next interval starts, after this many
+#: (bounds a pass; a backlog larger than this takes a few passes).
+MAX_BATCHES_PER_PASS = 500
+
+
+async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
+    """Reap what is due now; the number of runs marked ``timeout``."""
+    if not await database.reapable():
+        return 0
+    total = 0
+    for _ in range(MAX_BATCHES_PER_PASS):
+        reaped = await database.reap(batch)
+        total += reaped
+        if reaped < batch:
+            break
+        await asyncio.sleep(0)  # let waiting requests reach the writer between batches
+    if total:
+        log.info("runs_reaped", runs=total)
+    return total
+
+
+async def run_reaper(database: Database, interval_s: float) -> None:
+    """Pass after pass until cancelled; a failed pass is logged and retried next time."""
+    while True:
+        try:
+            await reap_pass(database)
+        except StorageUnavailable as exc:
+            log.warning("reaper_pass_failed", error=str(exc))
+        except Exception as exc:  # never let the task die silently: log, try again later
+            log.exception("reaper_pass_crashed", error=str(exc))
+        await asyncio.sleep(interval_s)
+
+
+def reaper_ctx(
+    database_key: web.AppKey[Database], interval_s: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context owning the task: started once the database is open, cancelled
+    (and awaited) before it closes."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run_reaper(app[database_key], interval_s), name="reaper")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
