@@ -26,8 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.heartbeat import Heartbeat
-from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+from server.contract.models import CommitAssociation, HeartbeatBody, RunCreate, RunUpdate
 from spoold import mergepatch
 
 Kind = Literal["create", "update", "commit", "heartbeat"]
@@ -60,13 +59,9 @@ def commit_op(event_id: str, association: CommitAssociation, accepted_at: str) -
     }
 
 
-def heartbeat_op(event_id: str, beat: Heartbeat, accepted_at: str) -> dict[str, Any]:
-    return {
-        "kind": "heartbeat",
-        "event_id": event_id,
-        "body": beat.body(),
-        "accepted_at": accepted_at,
-    }
+def heartbeat_op(event_id: str, beat: HeartbeatBody, accepted_at: str) -> dict[str, Any]:
+    body = {} if beat.progress is None else {"progress": beat.progress}
+    return {"kind": "heartbeat", "event_id": event_id, "body": body, "accepted_at": accepted_at}
 
 
 def fold_known(snapshot: dict[str, Any], op: dict[str, Any]) -> None:
@@ -231,7 +226,7 @@ def validate_op(op: dict[str, Any]) -> None:
     elif kind in ("update", "commit"):
         RunUpdate.model_validate(op["body"])
     elif kind == "heartbeat":
-        Heartbeat.model_validate(op["body"])
+        HeartbeatBody.model_validate(op["body"])
     else:
         raise ValueError(f"unknown operation kind {kind!r}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.contract.heartbeat import Heartbeat
 from server.http.openapi import ApiVariant
 from spoold.http.reads import LOCAL_SOURCE_HEADER
 
@@ -57,6 +56,7 @@ SIDECAR_API = ApiVariant(
     queues_unconfirmed=True,
     proxied_reads=True,
     run_source_header=_SOURCE,
+    heartbeat=True,
     errors={
         "401": (
             "Unauthorized",
@@ -80,75 +80,35 @@ SIDECAR_API = ApiVariant(
 
 
 HEARTBEAT_PATH = "/api/v1/runs/{event_id}/heartbeat"
-_HEARTBEAT_TEXT = (
-    "Says the run's agent is alive: refreshes the run's `last_seen_at` (so it is not "
-    "reaped as stale) and changes nothing else, except that `progress`, if given, is "
-    "merged into `metrics_json` as an RFC 7396 JSON merge patch. The body may be empty. "
-    "A heartbeat for a finished run changes nothing (it never revives one). spoold "
-    "spools it durably before answering and sends only the newest of a run's queued "
-    "heartbeats, with the time it was accepted here."
+_SPOOLD_HEARTBEAT = (
+    " spoold spools it durably before answering 204 (for a run it knows) and sends only the "
+    "newest of a run's queued heartbeats, with the time it accepted it (`seen_at`): a "
+    "heartbeat held here during a server outage still counts from when the agent sent it."
 )
+_QUEUED_HEARTBEAT = {
+    "type": "object",
+    "properties": {
+        "event_id": {"type": "string"},
+        "queued": {"const": True},
+        "message": {"type": "string"},
+    },
+    "required": ["event_id", "queued", "message"],
+    "additionalProperties": False,
+}
 
 
 def with_heartbeat(document: dict[str, Any]) -> dict[str, Any]:
-    """``document`` with spoold's heartbeat endpoint (unless the shared builder has it)."""
-    if HEARTBEAT_PATH in document["paths"]:
-        return document
-    schemas = document["components"]["schemas"]
-    schemas.setdefault("Heartbeat", Heartbeat.model_json_schema(ref_template=_REF))
-    refs = {
-        code: {"$ref": f"#/components/responses/{name}"}
-        for code, name in (
-            ("400", "BadRequest"),
-            ("404", "NotFound"),
-            ("413", "PayloadTooLarge"),
-            ("422", "ValidationError"),
-            ("503", "ServiceUnavailable"),
-        )
-        if name in document["components"]["responses"]
-    }
-    queued = {
-        "type": "object",
-        "properties": {
-            "event_id": {"type": "string"},
-            "queued": {"const": True},
-            "message": {"type": "string"},
+    """spoold's additions to the shared heartbeat operation: the 202 ``queued`` answer for
+    a run it does not know while the server cannot be asked, and how it forwards beats."""
+    op = document["paths"][HEARTBEAT_PATH]["post"]
+    op["description"] += _SPOOLD_HEARTBEAT
+    document["components"]["schemas"]["QueuedHeartbeatResponse"] = _QUEUED_HEARTBEAT
+    op["responses"]["202"] = {
+        "description": "The run is unknown here and the server could not be asked: the "
+        "heartbeat is queued and will be applied when it is back.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueuedHeartbeatResponse"}}
         },
-        "required": ["event_id", "queued", "message"],
-        "additionalProperties": False,
     }
-    document["paths"][HEARTBEAT_PATH] = {
-        "post": {
-            "operationId": "heartbeatRun",
-            "summary": "Say a run is alive",
-            "description": _HEARTBEAT_TEXT,
-            "tags": ["runs"],
-            "parameters": [
-                {
-                    "name": "event_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                }
-            ],
-            "requestBody": {
-                "required": False,
-                "content": {
-                    "application/json": {"schema": {"$ref": _REF.format(model="Heartbeat")}}
-                },
-            },
-            "responses": {
-                "202": {
-                    "description": "The run is unknown here and the server could not be asked: "
-                    "the heartbeat is queued and will be applied when it is back.",
-                    "content": {"application/json": {"schema": queued}},
-                },
-                "204": {"description": "Accepted (durable on local disk)."},
-                **refs,
-            },
-        }
-    }
+    op["responses"] = dict(sorted(op["responses"].items()))
     return document
-
-
-_REF = "#/components/schemas/{model}"

@@ -342,7 +342,7 @@ async def test_spoolds_openapi_document_has_the_heartbeat(
     document = (await sidecar.get("/openapi.json")).body
     op = document["paths"]["/api/v1/runs/{event_id}/heartbeat"]["post"]
     assert {"202", "204", "404", "413", "422"} <= set(op["responses"])
-    assert "Heartbeat" in document["components"]["schemas"]
+    assert "HeartbeatBody" in document["components"]["schemas"]
 
 
 # ---- helpers ---------------------------------------------------------------------------

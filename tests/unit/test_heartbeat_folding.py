@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.heartbeat import Heartbeat
+from server.contract.models import HeartbeatBody
 from spoold import mergepatch
 from spoold.operations import (
     coalesce,
@@ -37,7 +37,7 @@ def at(second: int) -> str:
 def beat(
     second: int, progress: dict[str, Any] | None = None, event_id: str = EVENT
 ) -> dict[str, Any]:
-    return heartbeat_op(event_id, Heartbeat(progress=progress), at(second))
+    return heartbeat_op(event_id, HeartbeatBody(progress=progress), at(second))
 
 
 def update(second: int, **changes: Any) -> dict[str, Any]:
