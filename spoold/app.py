@@ -38,10 +38,12 @@ from spoold import __version__
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
-from spoold.http import export, health, reads, writes
-from spoold.http.openapi import SIDECAR_API
+from spoold.forward.presence import Presence, PresenceBeacon
+from spoold.http import export, health, heartbeat, reads, writes
+from spoold.http.openapi import SIDECAR_API, with_heartbeat
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
+from spoold.identity import load_sidecar_id
 from spoold.ledger import Ledger
 from spoold.recovery import reconcile
 from spoold.runs_index import RunsIndex
@@ -181,12 +183,15 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     spool, dead_letters, _, drain_index, reader_index = app[_STORAGE]
     status = UpstreamStatus(url=config.upstream_url)
+    sidecar_id = await asyncio.to_thread(load_sidecar_id, Path(config.spool_dir))
+    presence = Presence(sidecar_id.value, spool, persisted=sidecar_id.persisted)
     client = UpstreamClient(
         app[_SESSION],
         config.upstream_url,
         token=config.upstream_token,
         batch_timeout_s=config.upstream_timeout_s,
         lookup_timeout_s=config.lookup_timeout_s,
+        presence=presence.headers,
     )
     drainer = Drainer(
         spool,
@@ -200,6 +205,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         round_max_bytes=config.drain_round_bytes,
         backoff=Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s),
         on_forward=app[SIDECAR_METRICS].observe_forward,
+        presence=presence,
     )
     app[SIDECAR] = Sidecar(
         config=config,
@@ -213,6 +219,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         drainer=drainer,
         started_at=time.monotonic(),
         recoveries=app[_RECOVERIES],
+        presence=presence,
     )
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)
@@ -243,6 +250,16 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         dead_lettered=drainer.stats.dead_lettered,
         left_in_spool=stats.depth_ops,
     )
+
+
+async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The presence beacon (``spoold.forward.presence``), from start-up to the stop."""
+    beacon = PresenceBeacon(app[SIDECAR].client, app[CONFIG].presence_interval_s)
+    task = asyncio.create_task(beacon.run(), name="spoold-presence")
+    task.add_done_callback(_report_exit)
+    yield
+    task.cancel()
+    await asyncio.wait({task}, timeout=PRUNE_STOP_WAIT_S)
 
 
 def _report_exit(task: asyncio.Task[None]) -> None:
@@ -279,7 +296,7 @@ async def _start_drain_deadline(app: web.Application) -> None:
 
 def openapi_document() -> dict[str, Any]:
     """The document spoold serves at /openapi.json: what spoold itself answers."""
-    return build_openapi(
+    document = build_openapi(
         title="spoold (Local Telemetry sidecar)",
         version=__version__,
         description=(
@@ -290,6 +307,7 @@ def openapi_document() -> dict[str, Any]:
         ),
         variant=SIDECAR_API,
     )
+    return with_heartbeat(document)
 
 
 def create_app(
@@ -311,9 +329,10 @@ def create_app(
     app[REQUEST_OBSERVER] = metrics.observe_request
     app.add_routes(writes.routes)
     app.add_routes(export.routes)  # before reads: /runs/export is not a run's event_id
+    app.add_routes(heartbeat.routes)
     app.add_routes(reads.routes)
     app.add_routes(health.routes)
     app.add_routes(docs_routes(openapi_document()))
-    app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx])
+    app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx, presence_ctx])
     app.on_shutdown.append(_start_drain_deadline)
     return app

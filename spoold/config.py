@@ -149,6 +149,14 @@ SETTINGS: tuple[Setting, ...] = (
         "does not fit gets 503 with Retry-After, unread. Drain rounds are read at most this "
         "many bytes at a time too.",
     ),
+    Setting(
+        "SPOOLD_PRESENCE_INTERVAL_S",
+        "presence_interval_s",
+        "When no batch reached the server for this long (an empty spool, say), spoold posts a "
+        "presence batch ([] with its X-Spoold-Id and X-Spoold-Queued-Since headers), so the "
+        "server knows the sidecar is alive and what it still holds; keep it well under the "
+        "server's TELEMETRY_SIDECAR_PRESENCE_S.",
+    ),
 )
 
 #: Admission defaults, from the unit's MemoryMax=512M. A parsed body costs up to ~35 times
@@ -191,6 +199,7 @@ class SpooldConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_inflight_requests: int = Field(default=DEFAULT_MAX_INFLIGHT_REQUESTS, ge=1, le=1_000_000)
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
+    presence_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("upstream_url")
     @classmethod

@@ -1,9 +1,20 @@
 """The operations spoold accepts and spools, and their coalescing into upsert items.
 
 An operation is a small JSON object: ``{"kind", "event_id", "body", "accepted_at"}``
-where kind is ``create``, ``update`` or ``commit`` and body is already validated
-and normalised by the shared contract models. The drainer folds the operations
-of one run, in FIFO order, into one ``UpsertItem`` snapshot for the server.
+where kind is ``create``, ``update``, ``commit`` or ``heartbeat`` and body is already
+validated and normalised by the shared contract models. The drainer folds the
+operations of one run, in FIFO order, into one ``UpsertItem`` snapshot for the server.
+
+Every snapshot carries ``seen_at``: the newest folded operation's ``accepted_at`` (the
+agent's time, so the server judges staleness on it, not on when the sidecar could
+deliver). Heartbeats fold as follows: their ``progress`` merge patches are composed
+into ``metrics_patch`` (applied by the server after ``create``/``update``); an update
+that sets ``metrics_json`` drops the pending patch (it replaces the whole object); a
+heartbeat after such an update is folded into that ``metrics_json``; a heartbeat after
+a terminal status changes nothing (a late "alive" never revives a run, as the server's
+own endpoint answers it); a snapshot of heartbeats only is a ``heartbeat: true`` item.
+Two patches no merge patch can compose (``spoold.mergepatch``) are not folded into one
+snapshot: ``coalesce`` starts another snapshot of the run, sent after the first.
 """
 
 from __future__ import annotations
@@ -15,9 +26,10 @@ from typing import Any, Literal
 import orjson
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.models import CommitAssociation, RunCreate, RunUpdate
+from server.contract.models import CommitAssociation, HeartbeatBody, RunCreate, RunUpdate
+from spoold import mergepatch
 
-Kind = Literal["create", "update", "commit"]
+Kind = Literal["create", "update", "commit", "heartbeat"]
 
 
 #: Free-form JSON fields, shared with the model rather than copied by model_dump: a copy
@@ -47,6 +59,43 @@ def commit_op(event_id: str, association: CommitAssociation, accepted_at: str) -
     }
 
 
+def heartbeat_op(event_id: str, beat: HeartbeatBody, accepted_at: str) -> dict[str, Any]:
+    body = {} if beat.progress is None else {"progress": beat.progress}
+    return {"kind": "heartbeat", "event_id": event_id, "body": body, "accepted_at": accepted_at}
+
+
+def fold_known(snapshot: dict[str, Any], op: dict[str, Any]) -> None:
+    """Fold an operation into the runs index's snapshot of its run (read-your-writes).
+
+    A heartbeat's progress is merged into a ``metrics_json`` the snapshot holds (from its
+    create or an update); one it does not hold is the server's, and is left to it."""
+    if op["kind"] != "heartbeat":
+        snapshot.update(op["body"])
+        return
+    progress = op["body"].get("progress")
+    if progress and "metrics_json" in snapshot and snapshot.get("status") not in TERMINAL_STATUSES:
+        snapshot["metrics_json"] = mergepatch.apply(snapshot["metrics_json"] or {}, progress)
+
+
+def heartbeat_still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] | None:
+    """A dead-lettered heartbeat, to replay: only the progress keys the run's latest
+    ``metrics_json`` still agrees with (a newer write changed the others); None when
+    none is left (its "alive" is long past: a replay cannot make it news)."""
+    progress = op["body"].get("progress") or {}
+    metrics = latest.get("metrics_json")
+    if not isinstance(metrics, dict):
+        return None
+    kept = {k: v for k, v in progress.items() if mergepatch.apply(metrics, {k: v}) == metrics}
+    if not kept:
+        return None
+    return op if len(kept) == len(progress) else {**op, "body": {"progress": kept}}
+
+
+def heartbeat_checkable(op: dict[str, Any], snapshot: dict[str, Any]) -> bool:
+    """Whether the runs index's snapshot can say what of a heartbeat is still current."""
+    return not op["body"].get("progress") or "metrics_json" in snapshot
+
+
 @dataclass
 class Snapshot:
     """Everything spooled for one run, folded in order; ``positions`` are the folded
@@ -56,21 +105,66 @@ class Snapshot:
     create: dict[str, Any] | None = None
     update: dict[str, Any] = field(default_factory=dict)
     positions: list[int] = field(default_factory=list)
+    #: The newest folded operation's accepted_at (canonical instants sort as strings).
+    seen_at: str | None = None
+    #: Folded heartbeats' progress, for the server to merge after create/update.
+    metrics_patch: dict[str, Any] | None = None
 
     @property
     def operations(self) -> int:
         return len(self.positions)
 
+    def absorbs(self, op: dict[str, Any]) -> bool:
+        """Whether ``op`` folds into this snapshot; if not, it starts the run's next one.
+
+        Not: a heartbeat whose patch cannot be composed with the pending one, and an
+        update that ends the run while a patch is pending (the patch goes first, while
+        the run still runs: a finished run is never changed by a late "alive")."""
+        if self.metrics_patch is not None and op["kind"] in ("update", "commit"):
+            body = op["body"]
+            ends = body.get("status") in TERMINAL_STATUSES and "metrics_json" not in body
+            return not ends or self._status() in TERMINAL_STATUSES
+        progress = op["body"].get("progress") if op["kind"] == "heartbeat" else None
+        if not progress or self.metrics_patch is None:
+            return True
+        if "metrics_json" in self.update or self._status() in TERMINAL_STATUSES:
+            return True
+        return mergepatch.compose(self.metrics_patch, progress) is not None
+
     def fold(self, op: dict[str, Any], position: int = 0) -> None:
         self.positions.append(position)
+        accepted_at = op.get("accepted_at")
+        if isinstance(accepted_at, str) and (self.seen_at is None or accepted_at > self.seen_at):
+            self.seen_at = accepted_at
         if op["kind"] == "create":
             if self.create is None:
                 self.create = dict(op["body"])
             return
+        if op["kind"] == "heartbeat":
+            self._beat(op["body"].get("progress"))
+            return
         body = op["body"]
         if body.get("status") == "running" and self._status() in TERMINAL_STATUSES:
             body = {key: value for key, value in body.items() if key != "status"}
+        if "metrics_json" in body:  # replaces the whole object: earlier patches are moot
+            self.metrics_patch = None
         self.update.update(body)
+
+    def _beat(self, progress: dict[str, Any] | None) -> None:
+        if not progress or self._status() in TERMINAL_STATUSES:
+            return  # alive, nothing to merge; or a late "alive" that changes nothing
+        if "metrics_json" in self.update:
+            self.update["metrics_json"] = mergepatch.apply(
+                self.update["metrics_json"] or {}, progress
+            )
+            return
+        if self.metrics_patch is None:
+            self.metrics_patch = dict(progress)
+            return
+        composed = mergepatch.compose(self.metrics_patch, progress)
+        if composed is None:  # absorbs() said no: coalesce never folds it here
+            raise ValueError("heartbeat progress cannot be composed with the pending patch")
+        self.metrics_patch = composed
 
     def _status(self) -> str | None:
         """The status this snapshot already carries (a later update wins over the create)."""
@@ -85,19 +179,30 @@ class Snapshot:
             item["create"] = self.create
         if self.update:
             item["update"] = self.update
+        if self.metrics_patch is not None:
+            item["metrics_patch"] = self.metrics_patch
+        if self.create is None and not self.update:
+            item["heartbeat"] = True  # heartbeats only: "alive" (and maybe progress)
+        if self.seen_at is not None:
+            item["seen_at"] = self.seen_at
         return item
 
 
 def coalesce(ops: Iterable[dict[str, Any]]) -> list[Snapshot]:
-    """Fold operations per run, keeping the order in which runs first appear."""
-    snapshots: dict[str, Snapshot] = {}
+    """Fold operations per run, keeping the order in which runs first appear.
+
+    A run whose heartbeats' patches cannot be composed gets a further snapshot, after
+    its first (the server applies a batch's items in order)."""
+    snapshots: list[Snapshot] = []
+    current: dict[str, Snapshot] = {}
     for position, op in enumerate(ops):
         event_id = op["event_id"]
-        snapshot = snapshots.get(event_id)
-        if snapshot is None:
-            snapshot = snapshots[event_id] = Snapshot(event_id)
+        snapshot = current.get(event_id)
+        if snapshot is None or not snapshot.absorbs(op):
+            snapshot = current[event_id] = Snapshot(event_id)
+            snapshots.append(snapshot)
         snapshot.fold(op, position)
-    return list(snapshots.values())
+    return snapshots
 
 
 def lone(op: dict[str, Any], position: int = 0) -> Snapshot:
@@ -120,6 +225,8 @@ def validate_op(op: dict[str, Any]) -> None:
         RunCreate.model_validate(op["body"])
     elif kind in ("update", "commit"):
         RunUpdate.model_validate(op["body"])
+    elif kind == "heartbeat":
+        HeartbeatBody.model_validate(op["body"])
     else:
         raise ValueError(f"unknown operation kind {kind!r}")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from server.contract.errors import ApiError
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.operations import validate_op
+from spoold.operations import heartbeat_checkable, heartbeat_still_current, validate_op
 from spoold.recovery import reconcile
 from spoold.runs_index import KnownRun, RunsIndex
 from spoold.spool import DeadLetter, DeadLetterStore, Spool
@@ -77,6 +77,8 @@ def still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] 
     """
     if op.get("kind") == "create":
         return op
+    if op.get("kind") == "heartbeat":
+        return heartbeat_still_current(op, latest)
     body = op["body"]
     kept = {key: value for key, value in body.items() if key not in latest or latest[key] == value}
     if not kept:
@@ -87,6 +89,8 @@ def still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] 
 def latest_to_check(op: dict[str, Any], known: KnownRun) -> dict[str, Any] | None:
     """The run's latest accepted state to check ``op`` against; None if the index cannot
     say (a shrunk snapshot that lacks some of the letter's fields: unverified)."""
+    if op.get("kind") == "heartbeat":
+        return known.snapshot if heartbeat_checkable(op, known.snapshot) else None
     if known.complete or set(op.get("body", {})) <= set(known.snapshot):
         return known.snapshot
     return None

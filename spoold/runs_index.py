@@ -54,6 +54,7 @@ from typing import Any, Literal
 
 import orjson
 
+from spoold.operations import fold_known
 from spoold.writegate import WriteGate
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
@@ -217,13 +218,13 @@ class _Run:
             if not verified:
                 return "unknown", None
             snapshot = self.snapshot()
-            snapshot.update(op["body"])
+            fold_known(snapshot, op)
             state = UNCONFIRMED if unconfirmed else CONFIRMED
             if self.state == CONFIRMED:
                 state = CONFIRMED
             return "accepted", self._fold(snapshot, state)
         snapshot = self.snapshot()
-        snapshot.update(op["body"])
+        fold_known(snapshot, op)
         assert self.state is not None
         state = self.state if not (self.state == UNCONFIRMED and not unconfirmed) else CONFIRMED
         return "accepted", self._fold(snapshot, state)
@@ -401,7 +402,7 @@ class RunsIndex:
                     snapshot = {**op["body"], **snapshot}
                     state = CREATED
                 else:
-                    snapshot.update(op["body"])
+                    fold_known(snapshot, op)
                     state = (
                         row[1]
                         if row is not None

@@ -10,8 +10,8 @@ each on a partial index over running runs only (migration 6): its own allowance
 job type). A pass with nothing overdue reads the first entry of each range and stops.
 
 A run written through a sidecar is reaped only once that sidecar has delivered
-everything its agent wrote before the deadline (present, and nothing queued older than
-it), or once the sidecar has been silent long enough to be gone (the contract in
+everything its agent wrote before the deadline (heard from after the deadline, with
+nothing queued older than it), or once the sidecar has been silent long enough to be gone (the contract in
 ``stale_protocol``): the time a sidecar could not reach the server is not staleness.
 """
 
@@ -153,12 +153,17 @@ def reapable_ids_sql(policy: StalePolicy, now: datetime, limit: int) -> tuple[st
         "SELECT r.id FROM agent_runs AS r LEFT JOIN sidecars AS s USING (sidecar_id)"
         f" WHERE r.id IN ({overdue}) AND ("
         " r.sidecar_id IS NULL OR s.sidecar_id IS NULL OR s.last_contact_at < ?"
-        " OR (s.last_contact_at >= ? AND (s.queued_since IS NULL"
+        " OR (s.last_contact_at >= ?"
+        # Heard from after the run's deadline: before it, an empty spool says nothing of
+        # what the agent wrote later, in a partition shorter than the presence window.
+        " AND julianday(s.last_contact_at) * 86400.0"
+        f" > julianday(r.last_seen_at) * 86400.0 + {allowance}"
+        " AND (s.queued_since IS NULL"
         " OR julianday(s.queued_since) * 86400.0"
         f" > julianday(r.last_seen_at) * 86400.0 + {allowance}))"
         ") LIMIT ?"
     )
-    return sql, [*params, at.lost, at.presence, *allowance_params, limit]
+    return sql, [*params, at.lost, at.presence, *allowance_params, *allowance_params, limit]
 
 
 _REAP_SQL = (

@@ -45,6 +45,7 @@ from typing import Any, overload
 import orjson
 import structlog
 
+from spoold.forward.presence import Presence, oldest_accepted_at
 from spoold.ledger import Ledger
 from spoold.operations import Snapshot, coalesce, encode_batch, pack
 from spoold.runs_index import RunsIndex, Settling
@@ -153,6 +154,7 @@ class _Prepared:
     groups: list[SpoolGroup]
     ops: RoundOps
     batches: list[Chunk]
+    oldest: str | None = None  # the round's oldest accepted_at (``forward.presence``)
 
 
 @dataclass
@@ -205,8 +207,10 @@ class Drainer:
         round_max_bytes: int | None = None,
         backoff: Backoff,
         on_forward: Callable[[int, float], None] | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self._on_forward = on_forward
+        self._presence = presence
         self._spool = spool
         self._dead_letters = dead_letters
         self._index = index
@@ -327,7 +331,7 @@ class Drainer:
             raise
         # From here on the round holds bytes only (the groups keep their ids for the ack).
         slim: list[SpoolGroup] = [dataclasses.replace(group, ops=[]) for group in groups]
-        return _Prepared(slim, ops, batches)
+        return _Prepared(slim, ops, batches, oldest_accepted_at(decoded))
 
     async def _take(self) -> _Prepared:
         """This round's groups: the ones read ahead, or a fresh read."""
@@ -436,7 +440,13 @@ class Drainer:
         """Deliver the groups' operations; refused ones go to the dead-letter store."""
         started = time.perf_counter()
         groups, ops = prepared.groups, prepared.ops
-        refused = await self._deliver(prepared.batches, ops)
+        if self._presence is not None:
+            self._presence.round_oldest = prepared.oldest
+        try:
+            refused = await self._deliver(prepared.batches, ops)
+        finally:
+            if self._presence is not None:
+                self._presence.round_oldest = None
         if refused:
             entries = [(ops[position], *refused[position]) for position in sorted(refused)]
             await asyncio.to_thread(self._dead_letters.add_many, entries)

@@ -127,6 +127,8 @@ async def health(request: web.Request) -> web.Response:
             "last_batch_size": drain.last_batch_size,
         },
     }
+    if sidecar.presence is not None:
+        body["presence"] = sidecar.presence.as_json()
     # Always 200: the daemon is alive and answering. A liveness probe must not restart a
     # sidecar because its spool is full or the server is away; read "status" instead.
     return json_response(body)

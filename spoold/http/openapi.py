@@ -56,6 +56,7 @@ SIDECAR_API = ApiVariant(
     queues_unconfirmed=True,
     proxied_reads=True,
     run_source_header=_SOURCE,
+    heartbeat=True,
     errors={
         "401": (
             "Unauthorized",
@@ -76,3 +77,38 @@ SIDECAR_API = ApiVariant(
         ),
     },
 )
+
+
+HEARTBEAT_PATH = "/api/v1/runs/{event_id}/heartbeat"
+_SPOOLD_HEARTBEAT = (
+    " spoold spools it durably before answering 204 (for a run it knows) and sends only the "
+    "newest of a run's queued heartbeats, with the time it accepted it (`seen_at`): a "
+    "heartbeat held here during a server outage still counts from when the agent sent it."
+)
+_QUEUED_HEARTBEAT = {
+    "type": "object",
+    "properties": {
+        "event_id": {"type": "string"},
+        "queued": {"const": True},
+        "message": {"type": "string"},
+    },
+    "required": ["event_id", "queued", "message"],
+    "additionalProperties": False,
+}
+
+
+def with_heartbeat(document: dict[str, Any]) -> dict[str, Any]:
+    """spoold's additions to the shared heartbeat operation: the 202 ``queued`` answer for
+    a run it does not know while the server cannot be asked, and how it forwards beats."""
+    op = document["paths"][HEARTBEAT_PATH]["post"]
+    op["description"] += _SPOOLD_HEARTBEAT
+    document["components"]["schemas"]["QueuedHeartbeatResponse"] = _QUEUED_HEARTBEAT
+    op["responses"]["202"] = {
+        "description": "The run is unknown here and the server could not be asked: the "
+        "heartbeat is queued and will be applied when it is back.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueuedHeartbeatResponse"}}
+        },
+    }
+    op["responses"] = dict(sorted(op["responses"].items()))
+    return document

@@ -9,6 +9,7 @@ from aiohttp import web
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
+from spoold.forward.presence import Presence
 from spoold.ledger import Ledger
 from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
@@ -33,6 +34,8 @@ class Sidecar:
     started_at: float
     #: Damaged local files set aside so far (counted at start-up, see ``spoold.storage``).
     recoveries: StorageRecoveries = field(default_factory=StorageRecoveries)
+    #: The sidecar id and the presence headers of every batch (``forward.presence``).
+    presence: Presence | None = None
 
 
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar", Sidecar)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -85,8 +86,13 @@ class UpstreamClient:
         token: str | None,
         batch_timeout_s: float,
         lookup_timeout_s: float,
+        presence: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._session = session
+        #: Headers every batch post carries (``spoold.forward.presence``).
+        self._presence = presence
+        #: When (monotonic) a batch post was last answered by the server itself.
+        self.last_contact: float | None = None
         self._base = base_url.rstrip("/")
         self._fleet = {"Authorization": f"Bearer {token}"} if token else {}
         self._batch_timeout = aiohttp.ClientTimeout(total=batch_timeout_s)
@@ -99,11 +105,12 @@ class UpstreamClient:
 
     async def send_batch(self, body: bytes, items: int) -> BatchAnswer:
         """POST a JSON array of ``items`` upsert items (already encoded); classify the answer."""
+        presence = self._presence() if self._presence is not None else {}
         try:
             async with self._session.post(
                 self._url("/api/v1/runs/batch?mode=upsert"),
                 data=body,
-                headers={**self._fleet, "Content-Type": "application/json"},
+                headers={**self._fleet, **presence, "Content-Type": "application/json"},
                 timeout=self._batch_timeout,
             ) as response:
                 raw = await response.read()
@@ -111,7 +118,10 @@ class UpstreamClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return BatchAnswer("retry", 0, cause=_describe(exc))
-        return classify(status, raw, items, retry_after)
+        answer = classify(status, raw, items, retry_after)
+        if answer.verdict in ("ok", "split"):  # the server's own answer
+            self.last_contact = time.monotonic()
+        return answer
 
     async def lookup_run(self, event_id: str) -> Reply:
         """GET the run for a write that needs it (with the fleet token)."""

@@ -20,6 +20,7 @@ import orjson
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
+from spoold.operations import lone
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,7 @@ class UpstreamLimits:
 
 
 def _upsert_item(op: dict[str, Any]) -> dict[str, Any]:
-    """The operation as the drainer sends it alone (``operations.lone(op).upsert_item()``),
-    without the snapshot's copies: a create's body under "create", an update's or a
-    commit association's under "update" (none when it changes nothing)."""
-    item: dict[str, Any] = {"event_id": op["event_id"]}
-    if op["kind"] == "create":
-        item["create"] = op["body"]
-    elif op["body"]:
-        item["update"] = op["body"]
-    return item
+    """The operation exactly as the drainer sends it alone (its ``seen_at``, a heartbeat's
+    ``metrics_patch`` or ``heartbeat`` flag included): the drainer's own folding, so the two
+    can never disagree on a byte."""
+    return lone(op).upsert_item()

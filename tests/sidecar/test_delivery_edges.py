@@ -36,8 +36,10 @@ def nested(levels: int) -> dict[str, Any]:
 
 
 def envelope_bytes(event_id: str, kind: str, body: dict[str, Any]) -> int:
-    """Size of the one-item upsert batch the server receives for this operation."""
-    return len(orjson.dumps([{"event_id": event_id, kind: body}]))
+    """Size of the one-item upsert batch the server receives for this operation (with
+    its ``seen_at``, a canonical instant: always 32 characters)."""
+    seen_at = "2026-01-12T10:30:00.000000+00:00"
+    return len(orjson.dumps([{"event_id": event_id, kind: body, "seen_at": seen_at}]))
 
 
 async def counters(sidecar: Any) -> dict[str, int]:
