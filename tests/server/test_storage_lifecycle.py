@@ -11,10 +11,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.storage.database import Database, StorageSettings
 from server.storage.schema import (
+    LATE_START_INDEX,
     LIST_INDEXES,
     MIGRATIONS,
     SCHEMA_VERSION,
-    START_TIME_INDEX,
     SchemaTooNew,
 )
 
@@ -82,9 +82,17 @@ async def test_upgraded_database_has_the_filter_indexes(make_api, make_config):
         }
     finally:
         conn.close()
-    assert {*LIST_INDEXES.values(), START_TIME_INDEX} <= indexes
-    # The indexes migration 4 replaced are gone (they would only slow writes down).
-    assert not {"idx_runs_agent_created", "idx_runs_job_created", "idx_runs_start_time"} & indexes
+    assert {*LIST_INDEXES.values(), LATE_START_INDEX} <= indexes
+    # The indexes migrations 4 and 6 replaced are gone (they would only slow writes down).
+    assert (
+        not {
+            "idx_runs_agent_created",
+            "idx_runs_job_created",
+            "idx_runs_start_time",
+            "idx_runs_start_created",
+        }
+        & indexes
+    )
 
 
 async def test_newer_schema_refuses_to_open(make_config):
