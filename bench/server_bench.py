@@ -983,8 +983,17 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     with ``--compare-root``, the other tree's first, on another copy, same run)."""
     args = bench.args
     template = workdir / "prefill.sqlite"
-    print(f"prefilling {args.rows:,} fleet rows ...", file=sys.stderr)
-    seconds = prefill_fleet(template, args.rows, datetime.now(UTC) - timedelta(hours=1))
+    kept: Path | None = args.prefilled
+    if kept is not None and kept.exists():
+        print(f"reusing the prefilled {kept} ...", file=sys.stderr)
+        started = time.monotonic()
+        shutil.copyfile(kept, template)
+        seconds = time.monotonic() - started
+    else:
+        print(f"prefilling {args.rows:,} fleet rows ...", file=sys.stderr)
+        seconds = prefill_fleet(template, args.rows, datetime.now(UTC) - timedelta(hours=1))
+        if kept is not None:
+            shutil.copyfile(template, kept)
     size_mb = template.stat().st_size / 1e6
     bench.note_row(
         f"setup: {args.rows:,} fleet rows prefilled",
@@ -1397,6 +1406,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-writes", action="store_true", help="read phases only")
     parser.add_argument("--skip-reads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
+    parser.add_argument(
+        "--prefilled",
+        type=Path,
+        metavar="FILE",
+        help="the prefill to reuse (copied; its history ends when it was made), or, if absent,"
+        " where to keep this run's for the next (a 1M prefill takes minutes)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument(
         "--profile",
