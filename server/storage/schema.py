@@ -292,8 +292,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "start_time windows: runs recorded late get a small partial index; the others are"
         " read through the list indexes within the window's created_at margin",
         (
-            f"CREATE INDEX idx_runs_start_late ON agent_runs"
-            f"(start_time, created_at, agent_name, job_type, status) WHERE NOT {PROMPT_RUN_SQL}",
+            # No status (nor other column a PATCH sets): an update leaves the index alone.
+            f"CREATE INDEX idx_runs_start_late ON agent_runs(start_time, created_at)"
+            f" WHERE NOT {PROMPT_RUN_SQL}",
             "DROP INDEX idx_runs_start_created",
         ),
     ),
