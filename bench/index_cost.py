@@ -15,8 +15,8 @@ index sets so drift on a shared machine hits both alike:
    agents drawn by popularity, plus the other equality pairs, old SQL (planner's
    choice, as before migration 4) against the new (``INDEXED BY``).
 4. start_time windows (``server.storage.window``): windows of W runs ending
-   0, 1 or 30 days back, read whole and sorted, walked within the created_at
-   span of their runs, walked unbounded; which one ``plan_window`` picks.
+   0, 1 or 30 days back, as the server reads them (prompt runs through the list
+   index within the window's created_at range, late runs through their partial index).
 5. Migration 4 on the old file: how long an upgrading server spends building
    the four new indexes at start-up.
 
@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server.contract.models import RunCreate, RunQuery
 from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, insert_params, query_sql
 from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
-from server.storage.window import WALK, WindowPlan, plan_window
 
 AGENTS = tuple(f"team-{i % 40:02d}.agent-{i:04d}" for i in range(2000))
 JOBS = tuple(f"job_type_{i:02d}" for i in range(20))
@@ -67,7 +66,7 @@ ALL_EIGHT = (
     "CREATE INDEX idx_runs_agent_job_status_created"
     " ON agent_runs(agent_name, job_type, status, created_at, id)",
 )
-INDEX_SETS = ("old", "new", "eight")
+INDEX_SETS = ("old", "new", "eight", "v5")
 _AT = {column: _INSERT_COLUMNS.index(column) for column in _INSERT_COLUMNS}
 
 
@@ -148,7 +147,8 @@ def migrate_to(conn: sqlite3.Connection, version: int) -> None:
 
 
 def open_db(path: Path, index_set: str, synchronous: str, cache_mib: int = 0) -> sqlite3.Connection:
-    """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four.
+    """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four;
+    v5: before migration 6 (a full start_time index instead of the late runs' partial one).
     cache_mib 0 keeps SQLite's default page cache (2 MiB), as the server does."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     if cache_mib:
@@ -157,6 +157,8 @@ def open_db(path: Path, index_set: str, synchronous: str, cache_mib: int = 0) ->
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     if index_set == "new":
         migrate(conn)
+    elif index_set == "v5":
+        migrate_to(conn, 5)
     else:
         migrate_to(conn, 3)
     if index_set == "eight":
@@ -275,40 +277,22 @@ def read_latency(old: Path, new: Path) -> list[str]:
 
 
 def window_cutover(new: Path, rows: int) -> list[str]:
-    """start_time windows of W runs ending D days back, three ways: read whole through
-    the start_time index and sorted; walked newest first within the created_at span of
-    the window's runs; walked unbounded. ``plan_window``'s pick is marked *, and its one
-    index-only read of the window (done for every such page) timed."""
+    """start_time windows of W runs ending D days back, as the server reads them."""
     conn = reader(new)
     lines = []
     per_second = rows / HISTORY.total_seconds()
     for equalities in ({}, {"status": "success"}, {"agent_name": AGENTS[0]}):
         for days_back in (0, 1, 30):
             high = END - timedelta(days=days_back)
+            cells = []
             for window_runs in (100, 1000, 5000, 50000):
                 low = high - timedelta(seconds=window_runs / per_second)
                 query = RunQuery.model_validate(
                     {**equalities, "start_time_from": stamp(low), "start_time_to": stamp(high)}
                 )
-                started = time.perf_counter()
-                chosen = plan_window(conn, query)
-                choice_ms = (time.perf_counter() - started) * 1000
-                spanned = plan_window(conn, query, read_max=0, bound_max=10**9)
-                timings = {
-                    "read": timed_ms(conn, *query_sql(query, None, WindowPlan(read_whole=True))),
-                    "span": timed_ms(conn, *query_sql(query, None, spanned)),
-                    "walk": timed_ms(conn, *query_sql(query, None, WALK)),
-                }
-                pick = "read" if chosen.read_whole else "span" if chosen.created_span else "walk"
-                label = "+".join(equalities) or "no equality"
-                cells = "  ".join(
-                    f"{name} {ms:8.2f} ms{'*' if name == pick else ' '}"
-                    for name, ms in timings.items()
-                )
-                lines.append(
-                    f"  {label:11s} {window_runs:6d} runs ending {days_back:2d} d back:"
-                    f"  {cells}  choice {choice_ms:5.2f} ms"
-                )
+                cells.append(f"{window_runs:6d} runs {timed_ms(conn, *query_sql(query)):7.2f} ms")
+            label = "+".join(equalities) or "no equality"
+            lines.append(f"  {label:11s} ending {days_back:2d} d back:  " + "  ".join(cells))
     conn.close()
     return lines
 
@@ -328,7 +312,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sync", default="FULL,OFF", help="comma-separated levels")
-    parser.add_argument("--sets", default=",".join(INDEX_SETS), help="of: old,new,eight")
+    parser.add_argument("--sets", default=",".join(INDEX_SETS), help="of: old,new,eight,v5")
     parser.add_argument(
         "--cache-mib", type=int, default=0, help="writer page cache (default: SQLite's 2 MiB)"
     )

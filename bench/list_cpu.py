@@ -49,7 +49,6 @@ from server.contract.models import RunQuery
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.runs import query_sql
-from server.storage.window import plan_window
 
 COMMITS = 3000
 LIMIT = 100
@@ -109,7 +108,7 @@ def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> 
         started = time.process_time()
         for _ in range(50):
             conn.execute("BEGIN")
-            sql = query_sql(query, after, plan_window(conn, query))
+            sql = query_sql(query, after)
             conn.execute(*sql).fetchall()
             conn.execute("COMMIT")
         best = min(best, (time.process_time() - started) / 50)
@@ -326,8 +325,9 @@ def main() -> None:
         started = time.monotonic()
         if not db.exists():
             prefill(db, args.rows)
-        rows = open_reader(db, busy_timeout_ms=2000)
-        count = int(rows.execute("SELECT count(*) FROM agent_runs").fetchone()[0])
+        counter = open_reader(db, busy_timeout_ms=2000)
+        count = int(counter.execute("SELECT count(*) FROM agent_runs").fetchone()[0])
+        counter.close()
         print(f"list CPU, {count:,} rows (ready in {time.monotonic() - started:.0f} s),")
         print(
             f"limit {LIMIT}, {args.pages} pages per shape in {args.rounds} turns,"
@@ -354,9 +354,12 @@ def main() -> None:
         unit = "M instructions" if args.callgrind else "ms of server CPU"
         figures: list[Figure] = []
         same_bytes = True
+        rows: sqlite3.Connection | None = None
         try:
             for tree in trees:
                 tree.start()
+            # The floor reads the first tree's copy, as that tree's server migrated it.
+            rows = open_reader(copies[0], busy_timeout_ms=2000)
             cases: dict[str, tuple[dict[str, Any], bool]] = {
                 name: (params, False) for name, params in shapes(rows).items()
             }
@@ -417,7 +420,8 @@ def main() -> None:
         finally:
             for tree in trees:
                 tree.stop()
-            rows.close()
+            if rows is not None:
+                rows.close()
         if args.json is not None:  # first: a closed stdout (| head) must not lose it
             write_json(args.json, figures, verified=same_bytes)
         print()

@@ -20,7 +20,9 @@ on 127.0.0.1 and, on one keep-alive connection:
 Latency is shown twice: the client's (request sent to answer read: HTTP, both processes'
 scheduling on a shared machine included) and the server's own (the handler's time, from
 the ``duration_ms`` of its request log line), and at rest the server's CPU per read
-(``/proc/<pid>/stat``). The target is 2 ms. The runs the bench adds are deleted (directly in the file) after each run, so
+(``/proc/<pid>/stat``). After writes, the slowest reads are shown with what the server's
+threads did meanwhile (``/proc/<pid>/task/*/schedstat``): the event loop's CPU, its time
+runnable but waiting for a CPU (the machine's load), the other threads' CPU. The target is 2 ms. The runs the bench adds are deleted (directly in the file) after each run, so
 every run, and every server version, sees the same database.
 """
 
@@ -97,6 +99,55 @@ def server_ms(log: Path, offset: int, path: str) -> list[float]:
     return durations
 
 
+def schedstat(pid: int, tid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns waiting on a run queue) of one thread of the server."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def others_cpu_ns(pid: int) -> int:
+    """CPU ns of every thread of the server but its event loop's (the writer, the
+    checkpointer, the readers)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name != str(pid):
+            total += schedstat(pid, int(task.name))[0]
+    return total
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What the server's threads did while one read was in flight (ms)."""
+
+    loop_cpu: float
+    loop_queued: float  # the event loop thread runnable but not running (the machine)
+    others_cpu: float
+
+    @classmethod
+    def between(cls, before: tuple[int, int, int], after: tuple[int, int, int]) -> Attribution:
+        return cls(*((b - a) / 1e6 for a, b in zip(before, after, strict=True)))
+
+
+def sample(pid: int) -> tuple[int, int, int]:
+    cpu, queued = schedstat(pid, pid)
+    return cpu, queued, others_cpu_ns(pid)
+
+
+def worst_reads(served: list[float], attributions: list[Attribution], count: int = 3) -> str:
+    """The slowest reads (server side) with what the server's threads did meanwhile."""
+    if len(served) != len(attributions):
+        return "  (attribution: log lines and reads do not pair up)"
+    worst = sorted(zip(served, attributions, strict=True), key=lambda pair: -pair[0])[:count]
+    return "  slowest: " + "; ".join(
+        f"{ms:.2f} ms (loop CPU {a.loop_cpu:.2f}, loop waiting for a CPU {a.loop_queued:.2f},"
+        f" other threads' CPU {a.others_cpu:.2f})"
+        for ms, a in worst
+    )
+
+
 def has_agent(path: str) -> Callable[[Any, str], bool]:
     if path == "/metrics":
         return lambda body, agent: agent in body.get("agents", {})
@@ -166,12 +217,15 @@ def one_run(db: Path, log: Path, run: int, rounds: int, log_level: str) -> RunRe
             time.sleep(0.2)
             offset = log.stat().st_size
             after, writes, stale = [], [], 0
+            attributions = []
             for i in range(rounds):
                 agent = f"{PREFIX}{run}-{path[-4:]}-{i}"
                 wrote, status, _ = request(client, "POST", "/api/v1/runs", new_run(agent))
                 result.failed_writes += status != 201
                 writes.append(wrote)
+                before = sample(server.pid)
                 elapsed, status, body = request(client, "GET", path)
+                attributions.append(Attribution.between(before, sample(server.pid)))
                 after.append(elapsed)
                 stale += status != 200 or not check(body, agent)
             result.stale += stale
@@ -181,6 +235,7 @@ def one_run(db: Path, log: Path, run: int, rounds: int, log_level: str) -> RunRe
             time.sleep(0.2)
             served = server_ms(log, offset, path)
             lines.append(summary("  (server side)", served))
+            lines.append(worst_reads(served, attributions))
             lines.append(summary("  (the writes themselves)", writes))
             result.samples[(path, AFTER_WRITE)] = Samples(after, served)
         client.close()

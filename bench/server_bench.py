@@ -76,7 +76,7 @@ from report import Figure, format_row, write_json
 
 from server.contract.models import RunCreate
 from server.storage.runs import _INSERT_SQL, insert_params
-from server.storage.schema import RUN_COLUMNS, migrate
+from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -382,12 +382,40 @@ def tail(path: Path, lines: int = 20) -> str:
 # ---- direct database work (pre-load, baseline, verification) -------------------------
 
 
+#: The schema the prefill is made at: with ``--compare-root``, the older tree's (each
+#: server then migrates its own copy at start, as an upgrade does); None: this tree's.
+PREFILL_SCHEMA: int | None = None
+
+
 def open_db(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    migrate(conn)
+    if PREFILL_SCHEMA is None:
+        migrate(conn)
+        return conn
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for migration in MIGRATIONS[found:PREFILL_SCHEMA]:
+        conn.execute("BEGIN")
+        for statement in migration.statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {migration.version:d}")
+        conn.execute("COMMIT")
     return conn
+
+
+def schema_of(root: Path) -> int:
+    """The schema version the server of another source tree writes."""
+    found = subprocess.run(
+        [sys.executable, "-c", "from server.storage.schema import SCHEMA_VERSION as v; print(v)"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(found.stdout.strip())
 
 
 def to_params(payloads: Sequence[dict[str, Any]], now: str) -> list[tuple[Any, ...]]:
@@ -981,10 +1009,22 @@ def server_cpu_ms_per_request(result: LoadResult, server_cpu_pct: float) -> floa
 def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     """Prefill ``--rows`` fleet rows once; measure this tree's server on a copy of them (and,
     with ``--compare-root``, the other tree's first, on another copy, same run)."""
+    global PREFILL_SCHEMA
     args = bench.args
     template = workdir / "prefill.sqlite"
-    print(f"prefilling {args.rows:,} fleet rows ...", file=sys.stderr)
-    seconds = prefill_fleet(template, args.rows, datetime.now(UTC) - timedelta(hours=1))
+    if args.compare_root is not None:
+        PREFILL_SCHEMA = min(schema_of(args.compare_root), MIGRATIONS[-1].version)
+    kept: Path | None = args.prefilled
+    if kept is not None and kept.exists():
+        print(f"reusing the prefilled {kept} ...", file=sys.stderr)
+        started = time.monotonic()
+        shutil.copyfile(kept, template)
+        seconds = time.monotonic() - started
+    else:
+        print(f"prefilling {args.rows:,} fleet rows ...", file=sys.stderr)
+        seconds = prefill_fleet(template, args.rows, datetime.now(UTC) - timedelta(hours=1))
+        if kept is not None:
+            shutil.copyfile(template, kept)
     size_mb = template.stat().st_size / 1e6
     bench.note_row(
         f"setup: {args.rows:,} fleet rows prefilled",
@@ -1397,6 +1437,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-writes", action="store_true", help="read phases only")
     parser.add_argument("--skip-reads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
+    parser.add_argument(
+        "--prefilled",
+        type=Path,
+        metavar="FILE",
+        help="the prefill to reuse (copied; its history ends when it was made), or, if absent,"
+        " where to keep this run's for the next (a 1M prefill takes minutes)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument(
         "--profile",

@@ -34,7 +34,6 @@ from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.cursor import Position
 from server.storage.runs import query_sql, row_to_run
 from server.storage.schema import RUN_COLUMNS
-from server.storage.window import WindowPlan, plan_window
 
 __all__ = ["CONTENT_TYPES", "CSV_COLUMNS", "FORMATS", "Export", "Format"]
 
@@ -68,7 +67,6 @@ class Export:
         self._csv_columns = csv_lines.select_list(escape_formulas=escape_formulas)
         self._after: Position | None = None
         self._done = False
-        self._window = WindowPlan()
         self._exact_json = run_json.renders_like_orjson()
         self.rows = 0
         #: The header (CSV) is the first chunk.
@@ -100,7 +98,6 @@ class Export:
         self._conn.execute("BEGIN")
         # The first read fixes the snapshot (and meets a lock now, before any answer).
         self._conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        self._window = plan_window(self._conn, self._query)
 
     def next_chunk(self) -> bytes | None:
         """The next chunk of output, or None once every run was written."""
@@ -116,7 +113,7 @@ class Export:
             columns, created_at = run_json.JSON_COLUMNS, run_json.CREATED_AT
         else:
             columns, created_at = _ALL_COLUMNS, _CREATED_AT
-        sql, params = query_sql(self._query, self._after, self._window, columns)
+        sql, params = query_sql(self._query, self._after, columns)
         rows = self._conn.execute(sql, params).fetchall()
         limit = self._query.limit
         if len(rows) <= limit:

@@ -19,7 +19,7 @@ from server.contract.codec import dumps_text
 from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, UpsertItem
-from server.storage import run_json
+from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.schema import (
     EQUALITY_FILTERS,
@@ -27,9 +27,7 @@ from server.storage.schema import (
     RUN_COLUMNS,
     RUN_DATA_COLUMNS,
     RUN_JSON_COLUMNS,
-    START_TIME_INDEX,
 )
-from server.storage.window import WALK, WindowPlan, plan_window
 
 _INSERT_COLUMNS = (
     "event_id",
@@ -405,19 +403,19 @@ def stale_query_sql(
 def query_sql(
     query: RunQuery,
     after: Position | None = None,
-    window: WindowPlan = WALK,
     columns: str = _SELECT_COLUMNS,
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
-    ``INDEXED BY`` names the index whose leading columns are the equality filters (or
-    the start_time index, for a window read whole; see ``window``): the plan never depends on planner
-    statistics, which on a server that started on an empty file say nothing about the
-    table (the planner then serves agent+job from the job index, reading every run of
-    that job). Without a status filter, agent_name and job_type are served by their
-    index with status: one SELECT per status, each a range newest first, joined by
-    ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge of co-routines that
-    stops at the page (no sort, and no run of another agent or job is read).
+    ``INDEXED BY`` names the index whose leading columns are the equality filters: the
+    plan never depends on planner statistics, which on a server that started on an empty
+    file say nothing about the table (the planner then serves agent+job from the job
+    index, reading every run of that job). Without a status filter, agent_name and
+    job_type are served by their index with status: one SELECT per status, each a range
+    newest first, joined by ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge
+    of co-routines that stops at the page (no sort, and no run of another agent or job is
+    read). A start_time window adds its created_at range to those arms, and one arm for
+    its late runs created outside that range (see ``window``).
 
     ``columns`` is the select list (``run_json.JSON_COLUMNS`` renders each row as JSON);
     it must include ``created_at``. Rows carry their ``id`` last (for the next cursor) and one row more than the
@@ -425,19 +423,38 @@ def query_sql(
     ``after`` starts the page strictly after a cursor's position (keyset paging).
     """
     clauses, params = _filters(query, after)
-    if window.created_span is not None:
-        clauses.append("created_at BETWEEN ? AND ?")
-        params.extend(window.created_span)
-    index, merge = (START_TIME_INDEX, False) if window.read_whole else list_index(query)
+    arms: list[tuple[str, list[Any]]] = []
+    windowed = window.has_window(query)
+    listed, listed_params = clauses, params
+    if windowed:
+        bounds = window.created_range(query)
+        listed = [*clauses, *(clause for clause, _ in bounds)]
+        listed_params = [*params, *(value for _, value in bounds)]
+    index, merge = list_index(query)
     select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {index}"
     if merge:
-        where = " AND ".join((*clauses, "status = ?"))
-        body = " UNION ALL ".join(f"{select} WHERE {where}" for _ in CANONICAL_STATUSES)
-        params = [value for status in CANONICAL_STATUSES for value in (*params, status)]
+        where = " AND ".join((*listed, "status = ?"))
+        arms += [
+            (f"{select} WHERE {where}", [*listed_params, status]) for status in CANONICAL_STATUSES
+        ]
     else:
-        body = f"{select} WHERE {' AND '.join(clauses)}" if clauses else select
+        arms.append((f"{select} WHERE {' AND '.join(listed)}" if listed else select, listed_params))
+    if windowed:  # sorted by ids alone: only the rows that can be in the page are read
+        outside, outside_params = window.outside_range(query)
+        late = (
+            f"SELECT id FROM agent_runs INDEXED BY {window.LATE_START_INDEX}"
+            f" WHERE {' AND '.join((*clauses, outside, window.LATE))}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        arms.append(
+            (
+                f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
+                [*params, *outside_params, query.limit + 1 + query.offset],
+            )
+        )
+    body = " UNION ALL ".join(sql for sql, _ in arms)
     sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-    return sql, [*params, query.limit + 1, query.offset]
+    return sql, [*(value for _, values in arms for value in values), query.limit + 1, query.offset]
 
 
 @dataclass(frozen=True)
@@ -454,17 +471,13 @@ def _fetch(
     columns: str,
     overdue: Overdue | None = None,
 ) -> list[Any]:
-    """The page's rows, plus one if another page follows. A start_time window is
-    planned by a read of its own: run this in a read transaction (``snapshot``).
+    """The page's rows, plus one if another page follows (one statement: one snapshot).
     ``overdue`` serves ``stale=true`` (required with it)."""
     if query.stale is not None:
         if overdue is None:
             raise ValueError("a stale=true query needs the overdue-runs query")
         return conn.execute(*stale_query_sql(query, after, overdue, columns)).fetchall()
-    window = WALK
-    if query.start_time_from is not None or query.start_time_to is not None:
-        window = plan_window(conn, query)
-    return conn.execute(*query_sql(query, after, window, columns)).fetchall()
+    return conn.execute(*query_sql(query, after, columns)).fetchall()
 
 
 @contextmanager
@@ -491,11 +504,7 @@ def query_runs(
     overdue: Overdue | None = None,
 ) -> Page:
     """A page of runs as dicts (the Python rendering; see ``query_page_json``)."""
-    if query.start_time_from is None and query.start_time_to is None:
-        rows = _fetch(conn, query, after, _SELECT_COLUMNS, overdue)
-    else:
-        with snapshot(conn):
-            rows = _fetch(conn, query, after, _SELECT_COLUMNS, overdue)
+    rows = _fetch(conn, query, after, _SELECT_COLUMNS, overdue)
     return Page(
         [row_to_run(row) for row in rows[: query.limit]],
         _next_position(rows, query.limit, _CREATED_AT),

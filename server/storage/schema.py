@@ -264,6 +264,32 @@ CREATE TABLE sidecars (
 ) WITHOUT ROWID
 """
 
+
+#: Migration 8: a run is *prompt* when both its instants are in the canonical form this
+#: server writes (so text order is time order) and created_at lies within PROMPT_LAG_S of
+#: start_time; the rest (recorded late, back-filled, foreign text) are *late*. Always 0 or
+#: 1, never NULL: every run is exactly one of the two. Frozen: the partial index
+#: ``LATE_START_INDEX`` is defined by it (a change needs a migration).
+PROMPT_LAG_S = 600
+
+
+def _canonical(column: str) -> str:
+    # strftime() is NULL for no date and, given a modifier, normalises an impossible one
+    # (Feb 30 is Mar 2): only canonical text survives the round trip (and fractions
+    # that round up to the next second, 0.05% of runs, count as late: harmless).
+    return (
+        f"strftime('%Y-%m-%dT%H:%M:%S', {column}, '+0 seconds') = substr({column}, 1, 19)"
+        f" AND substr({column}, 20) GLOB '.[0-9][0-9][0-9][0-9][0-9][0-9]+00:00'"
+    )
+
+
+PROMPT_RUN_SQL = (
+    f"coalesce({_canonical('start_time')} AND {_canonical('created_at')}"
+    # In whole milliseconds: julianday() is a double of days, inexact at a boundary.
+    f" AND abs(round((julianday(created_at) - julianday(start_time)) * 86400000))"
+    f" <= {PROMPT_LAG_S * 1000:d}, 0)"
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -343,6 +369,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         " index of running runs by start_time (see server/storage/rollups.py)",
         ROLLUP_STATEMENTS,
     ),
+    Migration(
+        8,
+        "start_time windows: runs recorded late get a small partial index; the others are"
+        " read through the list indexes within the window's created_at margin",
+        (
+            # No status (nor other column a PATCH sets): an update leaves the index alone.
+            f"CREATE INDEX idx_runs_start_late ON agent_runs(start_time, created_at)"
+            f" WHERE NOT {PROMPT_RUN_SQL}",
+        ),
+    ),
 )
 
 #: The equality filters of a list query, in index column order.
@@ -361,7 +397,11 @@ LIST_INDEXES: dict[tuple[str, ...], str] = {
     ("job_type", "status"): "idx_runs_job_status_created",
     ("agent_name", "job_type", "status"): "idx_runs_agent_job_status_created",
 }
-#: Serves ``start_time`` windows (see ``window``).
+#: Serves the late runs of ``start_time`` windows (see ``window``); prompt runs are read
+#: through ``LIST_INDEXES``.
+LATE_START_INDEX = "idx_runs_start_late"
+#: Every run by start_time: the stats' reads of raw runs (``stats``) walk it; list windows
+#: no longer do (migration 8 keeps it for the stats).
 START_TIME_INDEX = "idx_runs_start_created"
 
 

@@ -1,82 +1,84 @@
-"""How a list query with a ``start_time`` bound is read.
+"""How a list query with a ``start_time`` bound is read: two arms, each reading only
+runs of the window.
 
-The list order is ``created_at``, so a start_time window is not a range of the
-equality index that serves the page: walking that index newest first and filtering
-by start_time passes over every run recorded after the window, and, once the
-window's matches run out (the last page, or a window holding fewer than a page),
-over every older run too. One index-only range read of the window through
-``START_TIME_INDEX`` (start_time, created_at) settles it:
+The list order is ``created_at``, so a start_time window is not a range of the index
+that serves the page. Most runs are recorded as they start, though: a *prompt* run
+(``schema.PROMPT_RUN_SQL``: canonical instants, created_at within ``PROMPT_LAG_S`` of
+start_time) of a window ``[a, b]`` was created within ``[a - lag, b + lag]``
+(``created_range``). The others, *late* runs, are few, and ``LATE_START_INDEX`` is a
+partial index of them alone, on (start_time, created_at): no column a PATCH sets, so
+updates never touch it, and an insert pays one evaluation of the predicate instead of
+the full start_time index it replaced. So:
 
-- a window of at most ``read_max`` runs is read whole and sorted (bounded work,
-  whichever filters and however old);
-- a wider one is walked, bounded by the created_at span of the runs in it
-  (exact: every run in the window has its created_at inside), so the walk starts
-  at the window's newest run and stops at its oldest;
-- a window wider than ``bound_max`` runs is walked unbounded: its matches are
-  dense, so a page fills fast once the walk reaches it; but an old one is reached
-  only after every run recorded since (84 ms for 50,000 runs a month back, at 1M
-  runs), and its last page walks on to the oldest run.
+- the near arm walks the list index of the query's equality filters newest first,
+  within that created_at range, filtering by start_time: it reads the window's runs
+  plus at most ``lag``'s worth of others at each end, and stops at the page;
+- the far arm reads, from the late index, the window's late runs created outside that
+  range (``outside_range``; their rows too when equality filters must be checked), sorts
+  their ids, and fetches as many as a page can hold.
 
-Measured with ``python bench/index_cost.py --rows 1000000 --runs 1 --sync FULL``: a
-window of 100 to 1,000 runs costs 0.03-3.4 ms read whole (a walk: up to 300 ms); a
-recent wider one 0.3 ms walked in its span; an old one of 5,000 runs 24 ms (runs
-recorded days late stretch its span). The choice itself reads at most 20,001 index
-entries (at most 5 ms).
+Every run of the window is in exactly one arm: a prompt run is in the range, so near;
+a late one is near or far by its created_at. The prompt predicate is evaluated only when
+a row is written (to maintain the partial index), never when a page is read.
+``runs.query_sql`` merges the arms newest first in one statement: one snapshot.
+
+Measured at 1M fleet runs (``bench/list_cpu.py``; 1% of runs recorded days late): a
+one-day window costs 0.18 ms in SQLite (it was 2.4 ms: the old plan counted the
+window's ~11,000 index entries to choose), a day a month back 0.3 ms (was 49 ms).
+The far arm reads every late run of the window: a back-fill that records many old runs
+at once makes it a whole-window read (then a sort of ids), as the old plan's was. Write
+cost (``bench/index_cost.py --sets v5,new``, and create+PATCH groups in one process,
+alternating): within noise of migration 5's (inserts 111%, lifecycle ops 62 vs 63 us of
+SQLite CPU); the file 3% smaller (2,458 vs 2,540 B/run at 100k).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from server.contract.models import RunQuery
-from server.storage.schema import START_TIME_INDEX
+from server.storage.schema import LATE_START_INDEX, PROMPT_LAG_S, PROMPT_RUN_SQL
 
-#: Windows holding at most this many runs are read whole and sorted (measured in
-#: ``bench/index_cost.py``: ~2 ms at 1,000 runs, against a walk that can read the table).
-WINDOW_READ_MAX_RUNS = 1000
-#: Windows holding more than this many runs are walked without created_at bounds:
-#: finding the bounds reads every entry of the window (index-only, ~0.2 us each).
-WINDOW_BOUND_MAX_RUNS = 20_000
+__all__ = ["LATE", "LATE_START_INDEX", "created_range", "has_window", "outside_range"]
 
+#: The far arm's filter: word for word the partial index's WHERE (SQLite uses a partial
+#: index only for a query that has its WHERE among its terms).
+LATE = f"NOT {PROMPT_RUN_SQL}"
 
-@dataclass(frozen=True)
-class WindowPlan:
-    #: Read the window through START_TIME_INDEX and sort it.
-    read_whole: bool = False
-    #: Inclusive created_at bounds of every run in the window, for the walk.
-    created_span: tuple[str, str] | None = None
+#: One second more than the lag: julianday() arithmetic is exact to a millisecond.
+_MARGIN = timedelta(seconds=PROMPT_LAG_S + 1)
 
 
-WALK = WindowPlan()
+def has_window(query: RunQuery) -> bool:
+    return query.start_time_from is not None or query.start_time_to is not None
 
 
-def plan_window(
-    conn: sqlite3.Connection,
-    query: RunQuery,
-    *,
-    read_max: int = WINDOW_READ_MAX_RUNS,
-    bound_max: int = WINDOW_BOUND_MAX_RUNS,
-) -> WindowPlan:
-    """The plan for the query's start_time window; run it in the same read transaction
-    as the page, so the span holds for the rows the page sees."""
-    bounds = [
-        (f"start_time {operator} ?", value)
-        for operator, value in ((">=", query.start_time_from), ("<=", query.start_time_to))
-        if value is not None
-    ]
-    if not bounds:
-        return WALK
-    sql = (
-        "SELECT count(*), min(created_at), max(created_at) FROM (SELECT created_at"
-        f" FROM agent_runs INDEXED BY {START_TIME_INDEX}"
-        f" WHERE {' AND '.join(clause for clause, _ in bounds)} LIMIT ?)"
-    )
-    count, oldest, newest = conn.execute(
-        sql, [*(value for _, value in bounds), max(read_max, bound_max) + 1]
-    ).fetchone()
-    if count <= read_max:
-        return WindowPlan(read_whole=True)
-    if count <= bound_max:
-        return WindowPlan(created_span=(str(oldest), str(newest)))
-    return WALK
+def _shifted(instant: str, delta: timedelta) -> str:
+    """The canonical text of an instant moved by delta (clamped to the calendar)."""
+    moment = datetime.fromisoformat(instant)
+    try:
+        return (moment + delta).isoformat(timespec="microseconds")
+    except OverflowError:  # beyond year 1 or 9999: the bound is the calendar's end
+        return (
+            (datetime.min if delta < timedelta(0) else datetime.max)
+            .replace(tzinfo=moment.tzinfo)
+            .isoformat(timespec="microseconds")
+        )
+
+
+def created_range(query: RunQuery) -> list[tuple[str, str]]:
+    """The created_at clauses (with their value) that hold for every prompt run of the
+    query's start_time window."""
+    clauses = []
+    if query.start_time_from is not None:
+        clauses.append(("created_at >= ?", _shifted(query.start_time_from, -_MARGIN)))
+    if query.start_time_to is not None:
+        clauses.append(("created_at <= ?", _shifted(query.start_time_to, _MARGIN)))
+    return clauses
+
+
+def outside_range(query: RunQuery) -> tuple[str, list[str]]:
+    """The clause (and values) of a created_at outside ``created_range``: the far arm's."""
+    bounds = created_range(query)
+    flipped = [clause.replace(">=", "<").replace("<=", ">") for clause, _ in bounds]
+    return f"({' OR '.join(flipped)})", [value for _, value in bounds]

@@ -49,6 +49,7 @@ class _Op:
     fn: WriteFn
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    queued: float = 0.0  # perf_counter() when handed to the writer
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
@@ -110,6 +111,7 @@ class Writer:
         self._closed = False
         self._failure: str | None = None
         self._current: list[_Op] = []
+        self._commit_started = 0.0
         self.stats = WriterStats()
         self.pending = 0
 
@@ -131,7 +133,7 @@ class Writer:
                 raise _dead()
             if self._closed:
                 raise StorageUnavailable("server is shutting down", retry_after_s=5)
-            self._queue.put(_Op(fn, future, loop))
+            self._queue.put(_Op(fn, future, loop, time.perf_counter()))
         self.pending += 1
         try:
             return await asyncio.shield(future)
@@ -230,7 +232,15 @@ class Writer:
                 log.exception("db_commit_hook_failed", error=str(exc))
         self.stats.groups += 1
         self.stats.operations += len(group)
-        self._observe(len(group), time.perf_counter() - started)
+        finished = time.perf_counter()
+        self._observe(len(group), finished - started)
+        log.debug(  # where a write's latency goes (TELEMETRY_LOG_LEVEL=DEBUG)
+            "db_write_group",
+            operations=len(group),
+            waited_ms=round((started - group[0].queued) * 1000, 2),
+            run_ms=round((self._commit_started - started) * 1000, 2),
+            commit_ms=round((finished - self._commit_started) * 1000, 2),
+        )
         for op, result, error in outcomes:
             _settle(op, result, error)
         if self._checkpointer is not None:
@@ -274,6 +284,7 @@ class Writer:
             if careful:
                 conn.execute("RELEASE op")
         after_commit = [hook.before_commit(conn) for hook in self._hooks]
+        self._commit_started = time.perf_counter()
         conn.execute("COMMIT")
         return outcomes, after_commit
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from server.contract.errors import ValidationFailed
 from server.contract.models import RunCreate
@@ -116,3 +117,25 @@ async def test_a_failing_operation_is_undone_alone_with_what_it_half_did(db: Dat
     assert _stored(db, [*ids, half.event_id]) == set(ids)
     assert any(s.startswith("SAVEPOINT") for s in statements)  # the careful attempt ran
     assert db.writer.stats.failed_groups == 0
+
+
+async def test_each_group_says_where_its_writes_waited(db: Database) -> None:
+    """At DEBUG, every committed group logs its size and where its oldest write's time
+    went (queued behind the previous group, running, committing): the attribution of a
+    slow write (``bench/write_attribution.py`` reads these lines)."""
+    hold = threading.Event()
+    with capture_logs() as logs:
+        blocker = asyncio.ensure_future(db.writer.run(lambda conn: hold.wait(10)))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(db.create(_run())) for _ in range(3)]
+        await asyncio.sleep(0.1)  # the three wait behind the held group
+        hold.set()
+        await blocker
+        assert await asyncio.gather(*queued) == [True, True, True]
+    groups = [entry for entry in logs if entry["event"] == "db_write_group"]
+    assert [entry["operations"] for entry in groups] == [1, 3]
+    held, behind = groups
+    assert held["run_ms"] >= 50  # the held operation ran in its group
+    assert behind["waited_ms"] >= 80  # queued behind it (0.1 s)
+    assert behind["run_ms"] >= 0
+    assert behind["commit_ms"] >= 0
