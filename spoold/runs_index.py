@@ -110,18 +110,6 @@ _SHRINK = (
 )
 #: Shrink every settled run still whole (an upgraded index, or after ``recount_pending``).
 _SHRINK_SETTLED = _SHRINK.replace("event_id = ? AND ", "complete = 1 AND ")
-#: A settle's statements take their runs as one JSON parameter (``json_each``): an object
-#: {event_id: operations left the queue}, or an array of event_ids.
-_SETTLE_PENDING = (
-    "UPDATE runs SET pending = MAX(0, runs.pending - left.value)"
-    " FROM json_each(?) AS left WHERE runs.event_id = left.key"
-)
-_SETTLE_LETTERS = "UPDATE runs SET letters = 1 WHERE event_id IN (SELECT value FROM json_each(?))"
-#: (``+``: look the runs up by event_id, never by scanning ``runs_prunable`` for pending = 0.)
-_SHRINK_LISTED = _SHRINK.replace(
-    "event_id = ? AND pending = 0 AND letters = 0",
-    "event_id IN (SELECT value FROM json_each(?)) AND +pending = 0 AND +letters = 0",
-)
 
 
 _GATES: dict[str, WriteGate] = {}
@@ -508,20 +496,20 @@ class RunsIndex:
     def _settle(
         self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling
     ) -> None:
-        left = dict(forwarded)
-        for event_id, n in dead_lettered.items():
-            left[event_id] = left.get(event_id, 0) + n
-        shrink = [event_id for event_id in forwarded if event_id not in dead_lettered]
         self.begin()
         try:
-            # Set-based: one statement each, whatever the slice's size. A statement per
-            # run let go of the GIL and took it back once per row, and each take could
-            # wait for the event loop's switch interval while this write lock was held.
-            self._conn.execute(_SETTLE_PENDING, (_json(left),))
-            if dead_lettered:
-                self._conn.execute(_SETTLE_LETTERS, (_json(list(dead_lettered)),))
-            if shrink:
-                self._conn.execute(_SHRINK_LISTED, (_json(shrink),))
+            for counts in (forwarded, dead_lettered):
+                self._conn.executemany(
+                    "UPDATE runs SET pending = MAX(0, pending - ?) WHERE event_id = ?",
+                    [(n, event_id) for event_id, n in counts.items()],
+                )
+            self._conn.executemany(
+                "UPDATE runs SET letters = 1 WHERE event_id = ?",
+                [(event_id,) for event_id in dead_lettered],
+            )
+            self._conn.executemany(
+                _SHRINK, [(event_id,) for event_id in forwarded if event_id not in dead_lettered]
+            )
             self.add_counter("forwarded", sum(forwarded.values()))
             self.add_counter("dead_lettered", sum(dead_lettered.values()))
             self._set_mark(SETTLING, mark.encoded())
@@ -635,11 +623,6 @@ class RunsIndex:
         if pages is not None:
             self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
         return int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-
-
-def _json(value: dict[str, int] | list[str]) -> str:
-    """A settle's runs as JSON text (JSON functions refuse a BLOB before SQLite 3.45)."""
-    return orjson.dumps(value).decode()
 
 
 def op_counts(ops: Iterable[dict[str, Any]]) -> dict[str, int]:

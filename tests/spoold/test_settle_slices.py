@@ -369,33 +369,7 @@ def test_a_finished_sliced_settle_leaves_the_mark_an_older_spoold_reads(
     assert drain.settling_ids() == [5, 7]
 
 
-def _settle_statements(index: RunsIndex, runs: int) -> int:
-    """Statements SQLite runs for a settle of ``runs`` runs (each forwarded once)."""
-    executed: list[str] = []
-    index._conn.set_trace_callback(executed.append)
-    try:
-        index.settle_slice({f"r{i}": 1 for i in range(runs)}, {}, Settling([1], runs, runs))
-    finally:
-        index._conn.set_trace_callback(None)
-    return len(executed)
-
-
-async def test_a_settles_statements_do_not_grow_with_its_runs(
-    make_spool: SpoolFactory, index_path: Path, indexes: list[RunsIndex]
-) -> None:
-    """A settle runs a fixed handful of statements, not a few per run: each statement
-    lets go of the GIL and takes it back, and while the event loop parses requests each
-    take can wait a switch interval (5 ms) - with the index's write lock held, so the
-    accept path waited behind a settle stretched many times over its SQLite time."""
-    spool, index = make_spool(), open_index(indexes, index_path)
-    await accept(spool, index, *(create(f"r{i}") for i in range(200)))
-    drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
-    small, large = _settle_statements(drain, 4), _settle_statements(drain, 200)
-    assert small == large
-    assert large <= 10
-
-
-async def test_a_set_based_settle_keeps_every_runs_state(
+async def test_a_settle_keeps_every_runs_state(
     make_spool: SpoolFactory, index_path: Path, indexes: list[RunsIndex]
 ) -> None:
     """Forwarded and dead-lettered operations of one run both leave its pending count; a
