@@ -394,8 +394,10 @@ async def test_a_settle_keeps_every_runs_state(
 
     assert state("done") == (0, False, {"run_id": "r-done"}, 0)
     assert state("two") == (1, True, {"event_id": "two", "run_id": "r-two", "status": "success"}, 0)
-    assert state("dead")[:2] == (0, True) and state("dead")[3] == 1
-    assert state("mixed")[:2] == (0, True) and state("mixed")[3] == 1
+    assert state("dead")[:2] == (0, True)
+    assert state("dead")[3] == 1
+    assert state("mixed")[:2] == (0, True)
+    assert state("mixed")[3] == 1
     assert drain.get("unknown") is None
     counters = drain.counters()
     assert (counters["forwarded"], counters["dead_lettered"]) == (7, 2)
