@@ -7,11 +7,12 @@ put waiting for it goes before the drainer's next mark, ack or clear. Without th
 the drainer, releasing a lock and taking it again at once for its next group or
 slice, could keep the accept thread waiting for as long as it had work.
 
-While the accept path is writing, a yielding write also waits for the accept path's
-next commit (at most ``FOLLOW_WAIT_S``) and starts right after it: that is when the
-accept thread's next group is furthest away (it answers the group, then gathers the
-next for its window), so the drainer's short write is usually over before the accept
-path wants the file again, instead of starting just before it and making it wait.
+While the accept path commits often (its last commit within ``FOLLOW_WHILE_S``), a
+yielding write also waits for its next commit (at most ``FOLLOW_WAIT_S``) and starts
+right after it: that is when the accept thread's next group is furthest away (it
+answers the group, then gathers the next for its window), so the drainer's short write
+is usually over before the accept path wants the file again, instead of starting just
+before it and making it wait. Agents writing now and then cost the drain no wait.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 
-#: "Writing": an urgent (accept path) write within this many seconds.
-ACCEPT_ACTIVE_S = 1.0
+#: A yielding write follows the accept path's commits while the last one is this recent.
+FOLLOW_WHILE_S = 0.02
 #: How long a yielding write waits for the accept path's next commit before going anyway.
 FOLLOW_WAIT_S = 0.003
 
@@ -49,13 +50,14 @@ class WriteGate:
         #: Urgent write transactions ended so far (a yielding write waits for the next).
         self._urgent_releases = 0
         self._timeout_s = timeout_s
-        #: monotonic time of the last urgent acquire (0: never).
+        #: monotonic time of the last urgent acquire, and of the last urgent release (0: never).
         self.last_urgent = 0.0
+        self.last_urgent_release = 0.0
 
     def acquire(self, *, urgent: bool) -> None:
         deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
         with self._cond:
-            if not urgent and self.urgent_within(ACCEPT_ACTIVE_S):
+            if not urgent and time.monotonic() - self.last_urgent_release < FOLLOW_WHILE_S:
                 self._follow_next_urgent()
             if urgent:
                 self._urgent_waiting += 1
@@ -93,6 +95,7 @@ class WriteGate:
             if self._urgent_held:
                 self._urgent_held = False
                 self._urgent_releases += 1
+                self.last_urgent_release = time.monotonic()
             self._cond.notify_all()
 
     def urgent_within(self, seconds: float) -> bool:

@@ -52,6 +52,8 @@ def test_a_yielding_write_waits_for_the_accept_paths_next_commit(
 def test_with_no_accept_commit_coming_the_drainer_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(writegate, "FOLLOW_WHILE_S", 60.0, raising=False)  # a slow machine
+    monkeypatch.setattr(writegate, "FOLLOW_WHILE_S", 60.0, raising=False)  # a slow machine
     monkeypatch.setattr(writegate, "FOLLOW_WAIT_S", 0.05, raising=False)
     gate = WriteGate()
     gate.acquire(urgent=True)
@@ -69,15 +71,18 @@ def test_with_no_accept_commit_coming_the_drainer_goes_on(
 def test_with_the_accept_path_idle_the_drainer_does_not_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Never an accept commit, or the last one long ago (agents writing now and then):
+    the drainer writes at once."""
     monkeypatch.setattr(writegate, "FOLLOW_WAIT_S", 60.0, raising=False)
-    gate = WriteGate()  # no accept commit for ever
+    gate = WriteGate()  # no accept commit ever
     order: list[str] = []
     done = threading.Event()
     drain = _yielding_write(gate, order, done)
     assert done.wait(BOUND_S)
     drain.join(BOUND_S)
-    gate.last_urgent = time.monotonic() - 1.0 - 1  # long ago
-    assert gate.urgent_within(1.0) is False
+    gate.acquire(urgent=True)
+    gate.release()
+    gate.last_urgent_release = time.monotonic() - 0.5  # as if that commit were 0.5 s ago
     drain = _yielding_write(gate, order, done := threading.Event())
     assert done.wait(BOUND_S)
     drain.join(BOUND_S)
@@ -87,6 +92,7 @@ def test_with_the_accept_path_idle_the_drainer_does_not_wait(
 def test_a_drain_write_on_the_spool_follows_a_put(monkeypatch: pytest.MonkeyPatch) -> None:
     """The spool's lock (persist-queue's ``tran_lock``): a mark or an ack of the drainer
     goes right after a put, not before the next one."""
+    monkeypatch.setattr(writegate, "FOLLOW_WHILE_S", 60.0, raising=False)  # a slow machine
     monkeypatch.setattr(writegate, "FOLLOW_WAIT_S", 60.0, raising=False)
     lock = PutFirstLock()
     with lock.urgent(), lock:  # a put
