@@ -6,13 +6,6 @@ with the accept path first (an agent waits on it; the drain may slow down).
 put waiting for it goes before the drainer's next mark, ack or clear. Without them
 the drainer, releasing a lock and taking it again at once for its next group or
 slice, could keep the accept thread waiting for as long as it had work.
-
-While the accept path commits often (its last commit within ``FOLLOW_WHILE_S``), a
-yielding write also waits for its next commit (at most ``FOLLOW_WAIT_S``) and starts
-right after it: that is when the accept thread's next group is furthest away (it
-answers the group, then gathers the next for its window), so the drainer's short write
-is usually over before the accept path wants the file again, instead of starting just
-before it and making it wait. Agents writing now and then cost the drain no wait.
 """
 
 from __future__ import annotations
@@ -23,11 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
-
-#: A yielding write follows the accept path's commits while the last one is this recent.
-FOLLOW_WHILE_S = 0.02
-#: How long a yielding write waits for the accept path's next commit before going anyway.
-FOLLOW_WAIT_S = 0.003
 
 
 class WriteGate:
@@ -46,19 +34,13 @@ class WriteGate:
         self._cond = threading.Condition()
         self._held = False
         self._urgent_waiting = 0
-        self._urgent_held = False
-        #: Urgent write transactions ended so far (a yielding write waits for the next).
-        self._urgent_releases = 0
         self._timeout_s = timeout_s
-        #: monotonic time of the last urgent acquire, and of the last urgent release (0: never).
+        #: monotonic time of the last urgent acquire (0: never).
         self.last_urgent = 0.0
-        self.last_urgent_release = 0.0
 
     def acquire(self, *, urgent: bool) -> None:
         deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
         with self._cond:
-            if not urgent and time.monotonic() - self.last_urgent_release < FOLLOW_WHILE_S:
-                self._follow_next_urgent()
             if urgent:
                 self._urgent_waiting += 1
             try:
@@ -74,28 +56,12 @@ class WriteGate:
                 if urgent:
                     self._urgent_waiting -= 1
             self._held = True
-            self._urgent_held = urgent
             if urgent:
                 self.last_urgent = time.monotonic()
-
-    def _follow_next_urgent(self) -> None:
-        """(Holding the condition) wait until the next urgent write ends, at most
-        ``FOLLOW_WAIT_S``."""
-        seen = self._urgent_releases
-        until = time.monotonic() + FOLLOW_WAIT_S
-        while self._urgent_releases == seen:  # bounded by ``until``
-            left = until - time.monotonic()
-            if left <= 0:
-                return
-            self._cond.wait(left)
 
     def release(self) -> None:
         with self._cond:
             self._held = False
-            if self._urgent_held:
-                self._urgent_held = False
-                self._urgent_releases += 1
-                self.last_urgent_release = time.monotonic()
             self._cond.notify_all()
 
     def urgent_within(self, seconds: float) -> bool:

@@ -14,8 +14,7 @@ while the next batch is with the server. While agents are writing, the settle
 goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
 fsync'd), and the index's write gate and the spool's put-first lock
 (``spoold.writegate``) let a waiting accept commit go between any two of the
-drainer's writes (and, while accepts commit often, start each of them right after
-one), and after each round the drain waits for its record and rests as
+drainer's writes, and after each round the drain waits for its record and rests as
 long as the round took (``PACE_WHILE_ACCEPTING``), so the agents' commits get the disk
 and the GIL: the agent does not wait for the drain. A crash between the two is repaired
 at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
