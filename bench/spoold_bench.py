@@ -806,6 +806,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rows = 20_000
     if args.rows < 1000:
         parser.error("--rows must be at least 1000")
+    if not 0 < args.paced_rate <= 100_000:
+        parser.error("--paced-rate must be in (0, 100000]")
     return args
 
 
