@@ -522,6 +522,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.rows = int(args.rows)
+        self.paced_rate = float(args.paced_rate)
         self.workdir = workdir
         extra = dict(item.split("=", 1) for item in args.spoold_env)
         self.daemons = Daemons(workdir, args.log_level, extra, args.code_root)
@@ -654,11 +655,11 @@ class Bench:
             rate = half / clean_s
             left_s = (backlog - half) / rate if rate > 0 else 0.0
             paced_s = max(2.0, min(PACED_MAX_S, 0.8 * left_s))
-            print(f"  {half:,} ops in {clean_s:.1f} s = {rate:,.0f} ops/s; now {PACED_RATE:,.0f}"
+            print(f"  {half:,} ops in {clean_s:.1f} s = {rate:,.0f} ops/s; now {self.paced_rate:,.0f}"
                   f" creates/s for {paced_s:.1f} s", file=sys.stderr)  # fmt: skip
             before = int(sidecar.health()["drain"]["operations_forwarded"])
             cpu_before = sidecar.cpu_seconds()
-            paced = paced_load(sidecar.base_url, rate=PACED_RATE, seconds=paced_s, seed=22)
+            paced = paced_load(sidecar.base_url, rate=self.paced_rate, seconds=paced_s, seed=22)
             paced_cpu = 100 * (sidecar.cpu_seconds() - cpu_before) / max(paced.span_s, 1e-9)
             after = sidecar.health()
             during = int(after["drain"]["operations_forwarded"]) - before
@@ -679,11 +680,12 @@ class Bench:
         print(f"  paced: sent {paced.sent}/{paced.planned} at {paced.achieved_rate:,.0f}/s;"
               f" from schedule p50 {p50:.2f} p99 {p99:.2f} max {worst:.1f} ms; from send p99"
               f" {s99:.2f} ms; max send lag {paced.max_send_lag_ms:.1f} ms", file=sys.stderr)  # fmt: skip
+        at_target_rate = self.paced_rate == PACED_RATE  # the target is for 1,000/s only
         self.figure(
-            "spoold accept, 1,000 creates/s offered during the drain",
+            f"spoold accept, {self.paced_rate:,.0f} creates/s offered during the drain",
             "p99 ms",
             p99,
-            target=P99_TARGET_MS,
+            target=P99_TARGET_MS if at_target_rate else None,
             higher_is_better=False,
             note=f"p50 {p50:.1f}, max {worst:.0f} ms, {paced.sent:,} sent in {paced.span_s:.1f} s,"
             f" non2xx/err {paced.failures}, spoold CPU {paced_cpu:.0f}%"
@@ -699,7 +701,7 @@ class Bench:
             f" {100 * clean_cpu / clean_s:.0f}%",
         )
         self.figure(
-            "spoold drain rate while 1,000 creates/s are offered",
+            f"spoold drain rate while {self.paced_rate:,.0f} creates/s are offered",
             "ops/s",
             during / max(paced.span_s, 1e-9),
         )
@@ -783,6 +785,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level of both daemons (default: theirs, INFO)",
     )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=PACED_RATE,
+        metavar="N",
+        help=f"creates/s offered during the drain (default {PACED_RATE:,.0f}, the target's;"
+        " lower it to attribute pauses on a machine others are loading)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (spools, logs)")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument(
@@ -796,6 +806,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rows = 20_000
     if args.rows < 1000:
         parser.error("--rows must be at least 1000")
+    if not 0 < args.paced_rate <= 100_000:
+        parser.error("--paced-rate must be in (0, 100000]")
     return args
 
 

@@ -367,3 +367,38 @@ def test_a_finished_sliced_settle_leaves_the_mark_an_older_spoold_reads(
     assert older_spoolds_parse == [5, 7]
     assert drain.settling().complete
     assert drain.settling_ids() == [5, 7]
+
+
+async def test_a_settle_keeps_every_runs_state(
+    make_spool: SpoolFactory, index_path: Path, indexes: list[RunsIndex]
+) -> None:
+    """Forwarded and dead-lettered operations of one run both leave its pending count; a
+    run with operations still queued, or with a dead letter, keeps its whole snapshot; a
+    run settled in full shrinks to its run_id; a run the index does not know is skipped."""
+    spool, index = make_spool(), open_index(indexes, index_path)
+    ops = [create("done"), create("two"), update("two", status="success"), create("dead")]
+    ops += [create("mixed"), update("mixed", status="failure"), update("mixed", status="x")]
+    await accept(spool, index, *ops)
+    drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
+    forwarded = {"done": 1, "two": 1, "mixed": 2, "unknown": 3}
+    dead = {"dead": 1, "mixed": 1}
+    drain.settle_slice(forwarded, dead, Settling([1, 2], 8, 8))
+
+    def state(event_id: str) -> tuple[int, bool, dict[str, Any], int]:
+        run = drain.get(event_id)
+        assert run is not None
+        letters = drain._conn.execute(
+            "SELECT letters FROM runs WHERE event_id = ?", (event_id,)
+        ).fetchone()[0]
+        return run.pending, run.complete, run.snapshot, int(letters)
+
+    assert state("done") == (0, False, {"run_id": "r-done"}, 0)
+    assert state("two") == (1, True, {"event_id": "two", "run_id": "r-two", "status": "success"}, 0)
+    assert state("dead")[:2] == (0, True)
+    assert state("dead")[3] == 1
+    assert state("mixed")[:2] == (0, True)
+    assert state("mixed")[3] == 1
+    assert drain.get("unknown") is None
+    counters = drain.counters()
+    assert (counters["forwarded"], counters["dead_lettered"]) == (7, 2)
+    assert drain.settling() == Settling([1, 2])
