@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -361,8 +362,6 @@ async def test_a_run_without_duration_counts_as_a_run_not_a_duration(api, new_ru
 async def test_the_stale_filter_counts_only_overdue_runs(make_api, new_run):
     """``stale=true`` is one of the list's filters: stats over it count the runs the list
     gives (overdue, still running), never every run (a filter silently dropped)."""
-    import asyncio
-
     api = await make_api(reaper_interval_s=3600)
     await seed(
         api,
