@@ -42,6 +42,7 @@ class StatsQuery(BaseModel):
         default=None,
         description="Inclusive upper bound of the window (on start_time). Absent: unbounded.",
     )
+    stale: Literal["true"] | None = Field(default=None, description=_described("stale"))
 
     @field_validator("group_by", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ from server.http.ops import METRICS
 from server.http.runs import DATABASE
 from server.storage.connection import classify
 from server.storage.export import CONTENT_TYPES, Export
+from server.storage.stale import now_utc, overdue_ids_sql
 
 log = structlog.get_logger("server.export")
 routes = web.RouteTableDef()
@@ -78,6 +79,7 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
     params = {key: value for key, value in request.query.items() if value != ""}
     options, query = parse_export(params)
     database = request.app[DATABASE]
+    overdue = None if query.stale is None else overdue_ids_sql(database.settings.stale, now_utc())
     try:
         export = await asyncio.to_thread(
             Export.open,
@@ -86,6 +88,7 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
             options.format,
             busy_timeout_ms=database.settings.busy_timeout_ms,
             escape_formulas=options.escape_formulas,
+            overdue=overdue,
         )
     except sqlite3.Error as exc:
         raise classify(exc) from exc

@@ -8,6 +8,7 @@ from server.contract.errors import ValidationFailed
 from server.contract.stats import StatsQuery
 from server.contract.validation import parse_model
 from server.http.runs import DATABASE, json_response
+from server.storage.stale import now_utc, overdue_ids_sql
 from server.storage.stats import PERCENTILES_NOTE, TooManyGroups, read_stats, rollups_serve
 
 routes = web.RouteTableDef()
@@ -29,10 +30,12 @@ def parse_stats_query(request: web.Request) -> StatsQuery:
 async def stats(request: web.Request) -> web.Response:
     query = parse_stats_query(request)
     # What a read costs depends on which parts it reads (see Reader.run's shape).
-    shape = ("stats", tuple(query.group_by), rollups_serve(query))
+    shape = ("stats", tuple(query.group_by), rollups_serve(query), query.stale)
+    database = request.app[DATABASE]
+    overdue = None if query.stale is None else overdue_ids_sql(database.settings.stale, now_utc())
     try:
-        groups = await request.app[DATABASE].reader.run(
-            lambda conn: read_stats(conn, query), shape=shape
+        groups = await database.reader.run(
+            lambda conn: read_stats(conn, query, overdue), shape=shape
         )
     except TooManyGroups as exc:
         raise ValidationFailed(

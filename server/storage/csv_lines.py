@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS
+from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_STALENESS_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -35,6 +35,8 @@ def header() -> bytes:
     return (",".join(CSV_COLUMNS) + CRLF).encode()
 
 
+#: Integer columns: written bare.
+_INTEGERS = frozenset((*RUN_COUNTER_COLUMNS, *RUN_STALENESS_COLUMNS))
 #: Text columns that are never NULL (no test needed).
 _NOT_NULL = frozenset(
     ("event_id", "run_id", "agent_name", "job_type", "status", "start_time", "created_at")
@@ -49,8 +51,11 @@ def _field(column: str, *, escape_formulas: bool) -> str:
             f"THEN char(39) || {column} ELSE {column} END)"
         )
     quoted = f"char(34) || replace({text}, char(34), char(34, 34)) || char(34)"
-    if column in RUN_COUNTER_COLUMNS:  # integers (another writer's text: quoted)
-        return f"(CASE typeof({column}) WHEN 'integer' THEN {column} ELSE {quoted} END)"
+    if column in _INTEGERS:  # integers (another writer's text: quoted; NULL: empty)
+        return (
+            f"(CASE typeof({column}) WHEN 'integer' THEN {column} WHEN 'null' THEN ''"
+            f" ELSE {quoted} END)"
+        )
     if column in _NOT_NULL:
         return quoted
     # JSON columns too: their stored text (the server's own JSON)

@@ -32,7 +32,7 @@ from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
 from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.cursor import Position
-from server.storage.runs import query_sql, row_to_run
+from server.storage.runs import Overdue, query_sql, row_to_run, stale_query_sql
 from server.storage.schema import RUN_COLUMNS
 
 __all__ = ["CONTENT_TYPES", "CSV_COLUMNS", "FORMATS", "Export", "Format"]
@@ -60,8 +60,12 @@ class Export:
         *,
         escape_formulas: bool = False,
         chunk_rows: int = CHUNK_ROWS,
+        overdue: Overdue | None = None,
     ) -> None:
+        if query.stale is not None and overdue is None:
+            raise ValueError("a stale=true export needs the overdue-runs query")
         self._conn = conn
+        self._overdue = overdue
         self._query = query.model_copy(update={"limit": chunk_rows, "offset": 0, "cursor": None})
         self._format = fmt
         self._csv_columns = csv_lines.select_list(escape_formulas=escape_formulas)
@@ -82,11 +86,20 @@ class Export:
         busy_timeout_ms: int = 2000,
         escape_formulas: bool = False,
         chunk_rows: int = CHUNK_ROWS,
+        overdue: Overdue | None = None,
     ) -> Export:
-        """A read-only connection of its own, its snapshot taken now."""
+        """A read-only connection of its own, its snapshot taken now. ``overdue``
+        (``stale.overdue_ids_sql``) serves ``stale=true``, required with it."""
         conn = open_reader(path, busy_timeout_ms=busy_timeout_ms)
         try:
-            export = cls(conn, query, fmt, escape_formulas=escape_formulas, chunk_rows=chunk_rows)
+            export = cls(
+                conn,
+                query,
+                fmt,
+                escape_formulas=escape_formulas,
+                chunk_rows=chunk_rows,
+                overdue=overdue,
+            )
             export.begin()
         except BaseException:
             conn.close()
@@ -113,7 +126,10 @@ class Export:
             columns, created_at = run_json.JSON_COLUMNS, run_json.CREATED_AT
         else:
             columns, created_at = _ALL_COLUMNS, _CREATED_AT
-        sql, params = query_sql(self._query, self._after, columns)
+        if self._overdue is not None:  # stale=true: the list's own overdue-runs query
+            sql, params = stale_query_sql(self._query, self._after, self._overdue, columns)
+        else:
+            sql, params = query_sql(self._query, self._after, columns)
         rows = self._conn.execute(sql, params).fetchall()
         limit = self._query.limit
         if len(rows) <= limit:

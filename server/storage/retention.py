@@ -57,7 +57,9 @@ MIN_REST_S = 0.001
 #: Statuses a prune may delete: every status but running.
 FINISHED_STATUSES: tuple[str, ...] = tuple(s for s in CANONICAL_STATUSES if s != "running")
 
-_AGE = re.compile(r"^\s*(\d{1,6})\s*([dhw]?)\s*$")
+_AGE = re.compile(r"^\s*([0-9]{1,6})\s*([dhw]?)\s*$")
+#: The longest age a prune takes (as TELEMETRY_RETENTION_DAYS): its cut stays in the calendar.
+MAX_AGE = timedelta(days=36_500)
 _UNIT_DAYS = {"": 1.0, "d": 1.0, "w": 7.0, "h": 1 / 24}
 
 
@@ -76,6 +78,8 @@ def parse_age(text: str) -> timedelta:
     age = timedelta(days=int(match.group(1)) * _UNIT_DAYS[match.group(2)])
     if age < timedelta(hours=1):
         raise RetentionError(f"--older-than {text!r}: must be at least 1 hour")
+    if age > MAX_AGE:
+        raise RetentionError(f"--older-than {text!r}: must be at most {MAX_AGE.days} days")
     return age
 
 

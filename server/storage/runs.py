@@ -287,20 +287,22 @@ def upsert(
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes() if item.update is not None else {}
     stored = conn.execute(
-        f"SELECT {', '.join(('status', 'metrics_json', *changes))} FROM agent_runs"
+        f"SELECT {', '.join(('status', 'metrics_json', 'reaped_at', *changes))} FROM agent_runs"
         " WHERE event_id = ?",
         (item.event_id,),
     ).fetchone()
     if stored is None:
         return "not_found"
-    current_status, current = stored[0], dict(zip(changes, stored[2:], strict=True))
+    current_status, current = stored[0], dict(zip(changes, stored[3:], strict=True))
     finished = current_status in TERMINAL_STATUSES
     if changes.get("status") == "running" and finished:
         del changes["status"]
+    # The agent's own terminal status replaces the reaper's, even when it is `timeout` too.
+    agents_word = stored[2] is not None and changes.get("status") in TERMINAL_STATUSES
     diff = {
         column: value
         for column, value in changes.items()
-        if _db_value(column, value) != current[column]
+        if _db_value(column, value) != current[column] or (column == "status" and agents_word)
     }
     if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
         base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(stored[1])

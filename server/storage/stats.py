@@ -40,7 +40,7 @@ from server.storage.rollups import (
     Grain,
     duration_bucket_floors,
 )
-from server.storage.runs import snapshot
+from server.storage.runs import Overdue, snapshot
 from server.storage.schema import START_TIME_INDEX
 
 #: Most groups one answer holds; more is a 422 asking for a narrower query.
@@ -236,11 +236,17 @@ def _shown(name: str, value: str) -> str:
     return f"{value}:00:00+00:00" if name == "hour" else value
 
 
-def _filters(query: StatsQuery, *, running: bool | None) -> tuple[list[str], list[Any]]:
+def _filters(
+    query: StatsQuery, *, running: bool | None, overdue: Overdue | None = None
+) -> tuple[list[str], list[Any]]:
     """WHERE terms and parameters for the query's filters (the window excepted);
-    ``running`` True/False restricts to running / finished runs."""
+    ``running`` True/False restricts to running / finished runs; ``overdue`` (with
+    ``stale=true``) to the overdue runs."""
     terms: list[str] = []
     params: list[Any] = []
+    if overdue is not None:
+        terms.append(f"id IN ({overdue[0]})")
+        params += overdue[1]
     for column, operator, value in (
         ("agent_name", "=", query.agent_name),
         ("job_type", "=", query.job_type),
@@ -298,9 +304,10 @@ def _read_raw(
     window: Span,
     running: bool | None,
     index: str | None,
+    overdue: Overdue | None = None,
 ) -> None:
     """Aggregates read from the runs in ``window`` (inclusive bounds)."""
-    terms, params = _filters(query, running=running)
+    terms, params = _filters(query, running=running, overdue=overdue)
     low, high = window
     if low is not None:
         terms.append("start_time >= ?")
@@ -315,10 +322,11 @@ def _read_raw(
 
 
 def rollups_serve(query: StatsQuery) -> bool:
-    """Whether the rollups can answer the query's finished runs (they keep no agent and
-    no created_at)."""
+    """Whether the rollups can answer the query's finished runs (they keep no agent, no
+    created_at, and no staleness)."""
     return (
-        query.agent_name is None
+        query.stale is None
+        and query.agent_name is None
         and query.created_before is None
         and query.created_after is None
         and "agent_name" not in query.group_by
@@ -461,11 +469,18 @@ def compute_stats(
     *,
     use_rollups: bool = True,
     raw_index: str | None = START_TIME_INDEX,
+    overdue: Overdue | None = None,
 ) -> list[dict[str, Any]]:
     """The answer's groups; run it in one read transaction (the parts must agree).
-    ``use_rollups=False`` reads the runs alone (the index-only design, for comparison)."""
+    ``use_rollups=False`` reads the runs alone (the index-only design, for comparison).
+    ``overdue`` (``stale.overdue_ids_sql``) serves ``stale=true``, required with it."""
     parts = _Parts(list(query.group_by))
     window = (query.start_time_from, query.start_time_to)
+    if query.stale is not None:  # a few running runs, by the reaper's own indexes
+        if overdue is None:
+            raise ValueError("a stale=true query needs the overdue-runs query")
+        _read_raw(conn, parts, query, window=window, running=True, index=None, overdue=overdue)
+        return parts.answer()
     if not (use_rollups and rollups_serve(query)):
         _read_raw(conn, parts, query, window=window, running=None, index=raw_index)
         return parts.answer()
@@ -480,7 +495,9 @@ def compute_stats(
     return parts.answer()
 
 
-def read_stats(conn: sqlite3.Connection, query: StatsQuery) -> list[dict[str, Any]]:
+def read_stats(
+    conn: sqlite3.Connection, query: StatsQuery, overdue: Overdue | None = None
+) -> list[dict[str, Any]]:
     """compute_stats in one read transaction (a snapshot: rollups and runs agree)."""
     with snapshot(conn):
-        return compute_stats(conn, query)
+        return compute_stats(conn, query, overdue=overdue)

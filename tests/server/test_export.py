@@ -305,3 +305,38 @@ async def test_head_answers_headers_without_reading_runs(
     async with api.client.get(EXPORT, params={"format": "csv"}) as response:
         await response.read()
     assert len(chunks) == 3  # header, the run, the end
+
+
+async def test_csv_writes_heartbeat_timeout_as_a_number(api: Any, new_run: Any) -> None:
+    """heartbeat_timeout_s is an integer like the counters: bare in CSV, not quoted text."""
+    run = new_run(heartbeat_timeout_s=600)
+    await api.create(run)
+    status, body, _ = await raw(api, {"format": "csv"})
+    assert status == 200
+    line = body.decode().split("\r\n")[1]
+    fields = line.split(",")
+    assert fields[CSV_COLUMNS.index("heartbeat_timeout_s")] == "600", line
+
+
+async def test_stale_filter_exports_only_overdue_runs(make_api: Any, new_run: Any) -> None:
+    """``stale=true`` is one of the list's filters: the export holds the same runs as the
+    list, never every run (a filter silently dropped)."""
+    api = await make_api(reaper_interval_s=3600)
+    overdue = new_run(heartbeat_timeout_s=1)
+    fresh = new_run(heartbeat_timeout_s=3600)
+    await api.create(overdue)
+    await api.create(fresh)
+    await asyncio.sleep(1.1)
+    listed = [run["event_id"] for run in await api.list(stale="true")]
+    assert listed == [overdue["event_id"]]
+    for fmt in ("ndjson", "csv"):
+        status, body, _ = await raw(api, {"stale": "true", "format": fmt})
+        assert status == 200, body
+        lines = body.decode().splitlines()
+        if fmt == "csv":
+            rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+            assert [row["event_id"] for row in rows] == listed, fmt
+        else:
+            assert [orjson.loads(line)["event_id"] for line in lines] == listed, fmt
+    status, body, _ = await raw(api, {"stale": "maybe"})
+    assert status == 422, body

@@ -143,6 +143,8 @@ async def test_status_filter_deletes_only_those_statuses(
         {"older_than": "90d", "statuses": ["done"]},
         {"older_than": "90d", "dry_run": "maybe"},
         {"older_than": "90d", "surprise": 1},
+        {"older_than": "999999d"},  # before year 1: was a 500 (OverflowError)
+        {"older_than": "999999w"},
     ],
 )
 async def test_bad_prune_requests_get_422_and_change_nothing(
@@ -297,7 +299,13 @@ def test_ages(text: str, expected: timedelta) -> None:
     assert parse_age(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "d", "0", "0h", "1.5d", "-1d", "90m", "90 days", "1e3"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "d", "0", "0h", "1.5d", "-1d", "90m", "90 days", "1e3"),
+        *("36501d", "5215w", "999999h", "\u0669\u0669d"),  # past 100 years; not ASCII digits
+    ],
+)
 def test_bad_ages(text: str) -> None:
     with pytest.raises(RetentionError):
         parse_age(text)

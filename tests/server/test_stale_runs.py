@@ -660,6 +660,27 @@ async def test_a_late_terminal_status_replaces_the_reapers_timeout(
 
 
 @pytest.mark.parametrize("via", ["patch", "upsert"])
+async def test_the_agents_own_late_timeout_replaces_the_reapers(
+    make_api: MakeApi, new_run: Callable[..., dict[str, Any]], via: str
+) -> None:
+    """An agent that reports ``timeout`` itself, after the reaper, is the agent's word:
+    the run is no longer counted as reaped, PATCH and upsert alike."""
+    api = await quiet_api(make_api)
+    run = await reaped_run(api, new_run)
+    final = {"status": "timeout", "error_summary": "job limit hit"}
+    if via == "patch":
+        reply = await api.patch(f"/api/v1/runs/{run['event_id']}", json=final)
+    else:
+        reply = await api.post(UPSERT, json=[{"event_id": run["event_id"], "update": final}])
+    assert reply.status == 200, reply.body
+    after = await api.run(run["event_id"])
+    assert (after["status"], after["error_summary"]) == ("timeout", "job limit hit")
+    assert row(api, run["event_id"], "reaped_at") == (None,)
+    metrics = await api.get("/metrics")
+    assert metrics.body["stale"] == {"reaped_runs": 0, "reaped_since_start": 1}
+
+
+@pytest.mark.parametrize("via", ["patch", "upsert"])
 async def test_a_late_running_never_revives_a_reaped_run(
     make_api: MakeApi, new_run: Callable[..., dict[str, Any]], via: str
 ) -> None:

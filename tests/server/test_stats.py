@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -356,3 +357,31 @@ async def test_a_run_without_duration_counts_as_a_run_not_a_duration(api, new_ru
     assert group["duration_ms"] == {"count": 0, "p50": None, "p95": None, "max": None}
     reply = await api.patch(f"/api/v1/runs/{new_run()['event_id']}", json={"duration_ms": None})
     assert reply.status == 422  # a stored run's duration can never become null
+
+
+async def test_the_stale_filter_counts_only_overdue_runs(make_api, new_run):
+    """``stale=true`` is one of the list's filters: stats over it count the runs the list
+    gives (overdue, still running), never every run (a filter silently dropped)."""
+    api = await make_api(reaper_interval_s=3600)
+    await seed(
+        api,
+        new_run,
+        [
+            {"job_type": "a", "heartbeat_timeout_s": 1},
+            {"job_type": "a", "heartbeat_timeout_s": 1, "agent_name": "other"},
+            {"job_type": "b", "heartbeat_timeout_s": 1},
+            {"job_type": "a", "heartbeat_timeout_s": 3600},
+            {"job_type": "a", "status": "success", "duration_ms": 5},
+        ],
+    )
+    await asyncio.sleep(1.1)
+    listed = await api.list(stale="true")
+    assert len(listed) == 3
+    groups = by_key(await stats(api, stale="true", group_by="job_type"))
+    assert {key: group["runs"] for key, group in groups.items()} == {("a",): 2, ("b",): 1}
+    assert groups[("a",)]["by_status"]["running"] == 2
+    answer = await stats(api, stale="true", agent_name="other")
+    assert answer["groups"][0]["runs"] == 1
+    assert answer["filters"]["stale"] == "true"
+    reply = await api.get("/api/v1/stats", params={"stale": "false"})
+    assert reply.status == 422, reply.body
