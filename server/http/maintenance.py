@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from server.contract.errors import ApiError, ValidationFailed
 from server.contract.validation import parse_model
@@ -67,7 +67,10 @@ class PruneRequest(BaseModel):
         description="Finished statuses to delete (default: all but running; running runs "
         "are never deleted).",
     )
-    dry_run: bool = Field(default=False, description="Only count what would be deleted.")
+    # Strict: "no" or "0" read as false would delete for real what was meant as a dry run.
+    dry_run: StrictBool = Field(
+        default=False, description="Only count what would be deleted (a JSON true or false)."
+    )
 
 
 def plan_of(request: PruneRequest) -> PrunePlan:

@@ -142,6 +142,8 @@ async def test_status_filter_deletes_only_those_statuses(
         {"older_than": "90d", "statuses": ["running"]},
         {"older_than": "90d", "statuses": ["done"]},
         {"older_than": "90d", "dry_run": "maybe"},
+        {"older_than": "90d", "dry_run": "no"},  # lax parsing would make it a real prune
+        {"older_than": "90d", "dry_run": 0},
         {"older_than": "90d", "surprise": 1},
         {"older_than": "999999d"},  # before year 1: was a 500 (OverflowError)
         {"older_than": "999999w"},
