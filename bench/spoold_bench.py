@@ -27,13 +27,22 @@ a step fails or the bench is interrupted. In order:
    each request's *scheduled* time, so a stall is not hidden by the generator
    waiting for it) for up to 15 s, cut to what the drain has left: the accept
    p99 during the drain. The drain rate while that load runs is shown too.
+   **4b. The ceiling under the same load**, once spoold is stopped: the ceiling
+   process of bench/spoold_accept.py (aiohttp + the same validation + one fsync per
+   group of requests, no queue) gets the same open-loop creates for the same time
+   while a forked loader posts ``mode=upsert`` batches of fresh fleet-shaped runs
+   (``SPOOLD_BATCH_SIZE`` each, at most 2 in flight) to the same live server at the
+   drain rate just measured: the server, the generator and the cores compete as in
+   4, spoold's queue does not. Its p99 is an information figure next to spoold's,
+   with their ratio; the loader's runs are left out of the check below.
 5. **Check**: spoold is stopped, then the server; every create spoold
    acknowledged (fill, probes, paced load) must be a row on the server, once,
    with nothing extra (``verified``).
 
 ``--json PATH`` writes the figures (bench/report.py) with their targets: accept
 p99 at 1,000/s during the drain (<= 25 ms), start-up on the backlog (<= 1 s),
-drain as a % of the server's batch ingest (>= 80%), and information figures.
+drain as a % of the server's batch ingest (>= 80%), and information figures
+(among them the ceiling's accept p99 of 4b and spoold's as a multiple of it).
 ``--profile DIR`` records py-spy of spoold (and the server) during the drain.
 
 The load generator is bench/loadgen.py (uvloop when installed) in this process;
@@ -47,6 +56,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -59,6 +69,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -251,6 +262,17 @@ class Daemons:
         argv += ["--upstream", upstream, "--spool-dir", str(spool_dir)]
         daemon = Daemon(name, argv, self._env(settings), self.workdir / f"{name}.log")
         daemon.cwd = self.code_root
+        self.started.append(daemon)
+        return daemon
+
+    def ceiling(self, name: str, path: Path) -> Daemon:
+        """The ceiling process of bench/spoold_accept.py (aiohttp + the contract's validation
+        + one fsync per group, no queue), appending to ``path``; always this tree's code."""
+        argv = [sys.executable, str(ROOT / "bench" / "spoold_accept.py"), "ceiling",
+                "--port", str(free_port()), "--file", str(path)]  # fmt: skip
+        daemon = Daemon(
+            name, argv, clean_env({"PYTHONPATH": str(ROOT)}), self.workdir / f"{name}.log"
+        )
         self.started.append(daemon)
         return daemon
 
@@ -495,6 +517,126 @@ def paced_load(
     return asyncio.run(coro)
 
 
+# ---- the drain's load on the server, without spoold (for the ceiling) ----------------
+
+
+@dataclass
+class LoaderResult:
+    sent_ids: list[str]  # every run sent (a timed-out batch may still have landed)
+    acked: int  # runs the server answered 200 for
+    batches: int
+    span_s: float
+    failures: int  # batches answered non-200 or not at all
+
+    @property
+    def rate(self) -> float:
+        return self.acked / self.span_s if self.span_s > 0 else math.nan
+
+
+async def _send_upserts(
+    base_url: str, rate: float, batch: int, seconds: float, ready: Any
+) -> LoaderResult:
+    """``batch``-run ``mode=upsert`` batches of fresh fleet-shaped creates, ``rate`` runs/s
+    (one batch every batch/rate s, at most LOADER_INFLIGHT in flight), for ``seconds``."""
+    rng = random.Random("drain-loader")
+    now = datetime.now(UTC)
+    templates = [run_payload(rng, start=now) for _ in range(2000)]
+    sent_ids: list[str] = []
+    acked = failures = 0
+    slots = asyncio.Semaphore(LOADER_INFLIGHT)
+    connector = aiohttp.TCPConnector(limit=LOADER_INFLIGHT)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+
+        async def post(items: list[dict[str, Any]]) -> None:
+            nonlocal acked, failures
+            try:
+                async with session.post(
+                    base_url + "/api/v1/runs/batch?mode=upsert",
+                    data=orjson.dumps(items),
+                    headers={"Content-Type": "application/json"},
+                ) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            finally:
+                slots.release()
+            acked += len(items) if ok else 0
+            failures += not ok
+
+        ready.set()
+        interval = batch / rate
+        first = time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+        for i in range(int(seconds / interval) + 1):  # bounded: count, and seconds
+            delay = first + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.perf_counter() - first > seconds:
+                break
+            await slots.acquire()
+            items = []
+            for _ in range(batch):
+                event_id = str(uuid.uuid4())
+                run = {**rng.choice(templates), "event_id": event_id}
+                run["run_id"] = f"{run['run_id'][:-8]}{event_id[:8]}"
+                items.append({"event_id": event_id, "create": run})
+                sent_ids.append(event_id)
+            tasks.append(asyncio.create_task(post(items)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=70)
+        span = time.perf_counter() - first  # to the last answer
+    return LoaderResult(sent_ids, acked, len(tasks), span, failures)
+
+
+def _loader_child(conn: Any, ready: Any, base_url: str, rate: float, batch: int,
+                  seconds: float) -> None:  # fmt: skip
+    try:
+        coro = _send_upserts(base_url, rate, batch, seconds, ready)
+        conn.send(uvloop.run(coro) if uvloop is not None else asyncio.run(coro))
+    except BaseException as exc:  # report, do not hang the parent
+        conn.send(repr(exc))
+    finally:
+        conn.close()
+
+
+class DrainLoader:
+    """A forked process posting the drain's batches to the server (stopped by its PID)."""
+
+    def __init__(self, base_url: str, *, rate: float, seconds: float) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.ready = ctx.Event()
+        self.seconds = seconds
+        self._conn, child = ctx.Pipe(duplex=False)
+        batch = SpooldConfig().batch_size
+        self.process = ctx.Process(
+            target=_loader_child, args=(child, self.ready, base_url, rate, batch, seconds),
+            daemon=True,
+        )  # fmt: skip
+        self.process.start()
+        child.close()
+
+    def result(self) -> LoaderResult:
+        """Wait for the loader's report (bounded), then make sure it is gone."""
+        try:
+            if not self._conn.poll(self.seconds + 90):
+                raise RuntimeError(f"drain loader {self.process.pid} did not report")
+            answer = self._conn.recv()
+            if not isinstance(answer, LoaderResult):
+                raise RuntimeError(f"drain loader failed: {answer}")
+            return answer
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.process.join(5)
+        if self.process.is_alive() and self.process.pid is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.join(10)
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 #: Concurrent ``POST /api/v1/runs/batch`` senders that fill the backlog.
@@ -506,6 +648,8 @@ PACED_MAX_S = 15.0
 P99_TARGET_MS = 25.0
 START_TARGET_S = 1.0
 DRAIN_TARGET_PCT = 80.0
+#: Batches the drain loader keeps in flight (the ceiling scenario).
+LOADER_INFLIGHT = 2
 
 
 def failures_of(result: LoadResult, label: str | None = None) -> str:
@@ -516,6 +660,12 @@ def failures_of(result: LoadResult, label: str | None = None) -> str:
 def quantiles(stats: LabelStats) -> tuple[float, float, float]:
     """p50, p99 and max in ms."""
     return stats.quantiles_ms()
+
+
+@dataclass
+class CeilingRun:
+    paced: PacedResult  # the creates offered to the ceiling
+    loader: LoaderResult  # the drain's load on the server meanwhile
 
 
 class Bench:
@@ -532,6 +682,9 @@ class Bench:
         self.figures: list[Figure] = []
         self.problems: list[str] = []
         self.acked: list[str] = []
+        #: Runs the ceiling scenario's loader sent to the drain's server (not spoold's).
+        self.loader_ids: list[str] = []
+        self.loader_acked = 0
         self.ingest_rate = math.nan
         #: Every create spoold acknowledged is on the server, once, and nothing else is.
         self.verified = False
@@ -673,6 +826,8 @@ class Bench:
         health = sidecar.health()
         counters = health["counters"]
         self.stop(sidecar)
+        drain_rate = during / max(paced.span_s, 1e-9) if overlap else rate
+        ceiling = self.ceiling_during_ingest(server, drain_rate, paced_s)
         self.stop(server)
         p50, p99, worst = quantiles(paced.from_schedule)
         _, s99, _ = quantiles(paced.service)
@@ -691,6 +846,25 @@ class Bench:
             f" non2xx/err {paced.failures}, spoold CPU {paced_cpu:.0f}%"
             + ("" if overlap else "; the drain ended before the load did"),
         )
+        if ceiling is not None:
+            c50, c99, cworst = quantiles(ceiling.paced.from_schedule)
+            self.figure(
+                f"ceiling accept {self.paced_rate:,.0f}/s, server ingesting drain load",
+                "p99 ms",
+                c99,
+                higher_is_better=False,  # information: what this machine allows under that load
+                note=f"aiohttp+validation+group fsync, no queue (bench/spoold_accept.py);"
+                f" p50 {c50:.1f}, max {cworst:.0f} ms, non2xx/err {ceiling.paced.failures};"
+                f" loader {ceiling.loader.rate:,.0f} runs/s of the drain's {drain_rate:,.0f};"
+                f" the {P99_TARGET_MS:g} ms target "
+                + ("is within reach" if c99 <= P99_TARGET_MS else "is not reached even here"),
+            )
+            self.figure(
+                "spoold accept p99 during the drain / ceiling's, same load",
+                "x",
+                p99 / c99,
+                higher_is_better=False,  # 1.0: spoold adds nothing to what the machine allows
+            )
         share = 100 * rate / self.ingest_rate
         self.figure(
             "spoold drain to a live server, % of the server's batch ingest",
@@ -720,6 +894,40 @@ class Bench:
         self.check(counters["dead_lettered"] == 0, f"dead letters: {counters}")
         self.verify(db)
 
+    def ceiling_during_ingest(
+        self, server: Daemon, drain_rate: float, seconds: float
+    ) -> CeilingRun | None:
+        """The same open-loop creates against the ceiling process of bench/spoold_accept.py
+        while a loader posts the drain's batches (``drain_rate`` runs/s) to the same server:
+        the accept latency this machine allows under that competition, without spoold."""
+        if not drain_rate > 0:
+            self.check(False, f"ceiling: no drain rate to replay ({drain_rate})")
+            return None
+        ceiling = self.daemons.ceiling("ceiling-drain", self.workdir / "ceiling-drain.bin")
+        ceiling.start()
+        print(f"4b. ceiling: {self.paced_rate:,.0f} creates/s for {seconds:.1f} s while"
+              f" {drain_rate:,.0f} runs/s of upsert batches go to the server", file=sys.stderr)  # fmt: skip
+        loader = DrainLoader(server.base_url, rate=drain_rate, seconds=seconds + 1.0)
+        try:
+            if not loader.ready.wait(60):
+                raise RuntimeError("drain loader not ready in 60 s")
+            time.sleep(0.5)  # the server is ingesting before the first create
+            paced = paced_load(ceiling.base_url, rate=self.paced_rate, seconds=seconds, seed=23)
+            sent = loader.result()
+        finally:
+            loader.stop()
+            self.stop(ceiling)
+        self.loader_ids += sent.sent_ids
+        self.loader_acked += sent.acked
+        p50, p99, worst = quantiles(paced.from_schedule)
+        print(f"  ceiling: sent {paced.sent}/{paced.planned}; from schedule p50 {p50:.2f} p99"
+              f" {p99:.2f} max {worst:.1f} ms; loader {sent.acked:,} runs in {sent.span_s:.1f} s"
+              f" ({sent.batches} batches, {sent.failures} failed)", file=sys.stderr)  # fmt: skip
+        self.check(paced.sent >= 0.95 * paced.planned, "ceiling: the generator fell behind")
+        self.check(not paced.from_schedule.errors, f"ceiling: errors {paced.failures}")
+        self.check(sent.failures == 0, f"drain loader: {sent.failures} batches failed")
+        return CeilingRun(paced, sent)
+
     def wait_forwarded(
         self, sidecar: Daemon, target: int | None, bound_s: float
     ) -> tuple[int, float, int]:
@@ -741,9 +949,19 @@ class Bench:
         with contextlib.closing(sqlite3.connect(db)) as conn:
             conn.execute("CREATE TEMP TABLE acked (event_id TEXT PRIMARY KEY)")
             conn.executemany("INSERT OR IGNORE INTO acked VALUES (?)", [(e,) for e in self.acked])
+            # The ceiling's loader wrote to this server too: its runs are not spoold's.
+            conn.execute("CREATE TEMP TABLE loader (event_id TEXT PRIMARY KEY)")
+            conn.executemany("INSERT OR IGNORE INTO loader VALUES (?)",
+                             [(e,) for e in self.loader_ids])  # fmt: skip
             expected = conn.execute("SELECT COUNT(*) FROM acked").fetchone()[0]
-            rows = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
-            distinct = conn.execute("SELECT COUNT(DISTINCT event_id) FROM agent_runs").fetchone()[0]
+            spoold_rows = "agent_runs WHERE event_id NOT IN (SELECT event_id FROM loader)"
+            rows = conn.execute(f"SELECT COUNT(*) FROM {spoold_rows}").fetchone()[0]
+            distinct = conn.execute(
+                f"SELECT COUNT(DISTINCT event_id) FROM {spoold_rows}"
+            ).fetchone()[0]
+            loader_rows = conn.execute(
+                "SELECT COUNT(*) FROM agent_runs JOIN loader USING (event_id)"
+            ).fetchone()[0]
             missing = conn.execute(
                 "SELECT COUNT(*) FROM acked a LEFT JOIN agent_runs r USING (event_id)"
                 " WHERE r.event_id IS NULL"
@@ -751,6 +969,10 @@ class Bench:
         print(f"5. check: {rows:,} rows on the server, {expected:,} acked, {missing} missing,"
               f" {rows - distinct} doubles", file=sys.stderr)  # fmt: skip
         self.verified = missing == 0 and rows == distinct == expected
+        self.check(
+            loader_rows >= self.loader_acked,
+            f"ceiling loader: {loader_rows:,} rows for {self.loader_acked:,} acknowledged",
+        )
         self.check(
             self.verified,
             f"server holds {rows:,} rows ({distinct:,} distinct) for {expected:,} acked creates,"
