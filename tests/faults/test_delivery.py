@@ -29,7 +29,11 @@ from procs import (
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 #: Differ between the two copies of one run by construction (run_json renders them all).
-STAMPS = ("event_id", "id", "created_at", "updated_at", "run_json")
+#: Columns that say when or through which path a run was written, not what it holds.
+STAMPS = (
+    *("event_id", "id", "created_at", "updated_at", "run_json"),
+    *("last_seen_at", "sidecar_id"),
+)
 
 
 async def _lifecycle_answers(http: aiohttp.ClientSession, base: str, event_id: str) -> list[Any]:
