@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import math
+import os
 import shutil
 import sqlite3
 import statistics
@@ -290,6 +291,9 @@ def main() -> None:
         add("file size before rollups", "MB", size_before / 1e6)
         add("file growth from the rollups", "MB", (size_after - size_before) / 1e6)
 
+        # The reaper off: the fleet's old `running` runs would be reaped while the answers
+        # are taken, so the HTTP answers and the later in-process ones would differ.
+        os.environ["TELEMETRY_STALE_AFTER_S"] = "0"
         server = ServerProcess(db, workdir / "server.log", "warning")
         server.start()
         answers: dict[str, dict[str, Any]] = {}
@@ -314,9 +318,12 @@ def main() -> None:
         for name, params in SHAPES.items():
             fast, mine = in_process_ms(reader, params, args.repeat)
             raw, theirs = in_process_ms(reader, params, slow_repeat, use_rollups=False)
-            if mine != theirs or mine != answers[name]["groups"]:
+            if mine != theirs:
                 verified = False
                 print(f"MISMATCH: {name}: rollups and runs disagree", flush=True)
+            if mine != answers[name]["groups"]:
+                verified = False
+                print(f"MISMATCH: {name}: the server's answer and the rollups disagree", flush=True)
             add(f"stats {name} (in-process, rollups)", "median CPU ms", fast, TARGET_MS)
             add(f"stats {name} (in-process, runs via start index)", "median CPU ms", raw, TARGET_MS)
         reader.close()
