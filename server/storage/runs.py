@@ -19,6 +19,7 @@ from server.contract.codec import dumps_text
 from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.schema import (
@@ -359,8 +360,9 @@ def list_index(query: RunQuery) -> tuple[str, bool]:
     return LIST_INDEXES[tuple(equalities)], merge
 
 
-def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses of a list query's filters and cursor, and their parameters."""
+def filter_terms(query: RunQuery | StatsQuery) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of the equality and created_at filters the list and the stats
+    share, and their parameters (a start_time window is each one's own)."""
     clauses: list[str] = []
     params: list[Any] = []
     for column, operator, value in (
@@ -369,6 +371,17 @@ def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[A
         ("status", "=", query.status),
         ("created_at", "<", query.created_before),
         ("created_at", ">", query.created_after),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
+    return clauses, params
+
+
+def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a list query's filters and cursor, and their parameters."""
+    clauses, params = filter_terms(query)
+    for column, operator, value in (
         ("start_time", ">=", query.start_time_from),
         ("start_time", "<=", query.start_time_to),
     ):

@@ -40,7 +40,7 @@ from server.storage.rollups import (
     Grain,
     duration_bucket_floors,
 )
-from server.storage.runs import Overdue, snapshot
+from server.storage.runs import Overdue, filter_terms, snapshot
 from server.storage.schema import START_TIME_INDEX
 
 #: Most groups one answer holds; more is a 422 asking for a narrower query.
@@ -247,16 +247,9 @@ def _filters(
     if overdue is not None:
         terms.append(f"id IN ({overdue[0]})")
         params += overdue[1]
-    for column, operator, value in (
-        ("agent_name", "=", query.agent_name),
-        ("job_type", "=", query.job_type),
-        ("status", "=", query.status),
-        ("created_at", "<", query.created_before),
-        ("created_at", ">", query.created_after),
-    ):
-        if value is not None:
-            terms.append(f"{column} {operator} ?")
-            params.append(value)
+    shared, shared_params = filter_terms(query)
+    terms += shared
+    params += shared_params
     if running is True:
         terms.append("status = 'running'")  # a literal: it selects the partial index
     elif running is False:
