@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -104,6 +105,18 @@ def _index_refusal(error: BaseException | None) -> SpoolError:
             "the spool's disk is full (runs index)", retry_after_s=DISK_FULL_RETRY_AFTER_S
         )
     return SpoolWriteError("local state write failed; retrying")
+
+
+def _accepted_since(items: list[_Pending]) -> float | None:
+    """When the oldest of these writes was accepted (epoch seconds), if they say."""
+    stamps = [item.op.get("accepted_at") for item in items]
+    oldest = min((stamp for stamp in stamps if isinstance(stamp, str)), default=None)
+    if oldest is None:
+        return None
+    try:
+        return datetime.fromisoformat(oldest).timestamp()
+    except ValueError:
+        return None
 
 
 def _apply(answers: list[tuple[_Pending, Accepted | None, BaseException | None]]) -> None:
@@ -183,6 +196,9 @@ class Acceptor:
         self._thread_clock: ThreadClock | None = None
         self._loop_clock: ThreadClock | None = None
         self.stats = AcceptStats()
+        #: accepted_at of the writes submitted and not yet answered (on the event loop):
+        #: they are the sidecar's before the spool has them (``oldest_pending``).
+        self._pending_since: dict[str, int] = {}
 
     def start(self) -> None:
         """Start the thread; the runs index's checkpoints move to a thread of their own.
@@ -222,10 +238,29 @@ class Acceptor:
         batch.append(_Pending(op, encoded, verified, future, loop))
         if len(batch) == 1:
             loop.call_soon(self._hand_over, loop)
+        since = op.get("accepted_at")
+        pending = self._pending_since
+        if isinstance(since, str):
+            pending[since] = pending.get(since, 0) + 1
         # Not shielded: a caller cancelled meanwhile cancels its future, whose answer the
         # thread then skips (``_apply``); the write itself is committed with its group
         # all the same. A shield cost a second future and two callbacks per write.
-        return await future
+        try:
+            return await future
+        finally:
+            if isinstance(since, str):
+                left = pending[since] - 1
+                if left:
+                    pending[since] = left
+                else:
+                    del pending[since]
+
+    def oldest_pending(self) -> str | None:
+        """The accepted_at of the oldest write on its way into the spool (submitted, not
+        yet answered); None if there is none. Once answered, a write is in the spool,
+        whose group time is never later (``_commit``): ``X-Spoold-Queued-Since`` covers
+        a write from its accepted_at on, even while a slow commit holds it."""
+        return min(self._pending_since) if self._pending_since else None
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, once per iteration: pass the writes submitted in it to the thread.
@@ -369,7 +404,11 @@ class Acceptor:
             results, to_spool = self._classify(group)
             classified = time.perf_counter()
             self._spool.check_capacity(sum(len(item.encoded) for item in to_spool) + 64)
-            item_id = self._spool.put_encoded([item.encoded for item in to_spool], publish=False)
+            item_id = self._spool.put_encoded(
+                [item.encoded for item in to_spool],
+                publish=False,
+                accepted_since=_accepted_since(to_spool),
+            )
             put = time.perf_counter()
             if item_id:
                 self._index.mark_spooled(item_id)
