@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -44,7 +43,7 @@ from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
-from spoold.spool.codec import encode_op
+from spoold.spool.codec import accepted_since, encode_op
 from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
 
 log = structlog.get_logger("spoold.accept")
@@ -105,18 +104,6 @@ def _index_refusal(error: BaseException | None) -> SpoolError:
             "the spool's disk is full (runs index)", retry_after_s=DISK_FULL_RETRY_AFTER_S
         )
     return SpoolWriteError("local state write failed; retrying")
-
-
-def _accepted_since(items: list[_Pending]) -> float | None:
-    """When the oldest of these writes was accepted (epoch seconds), if they say."""
-    stamps = [item.op.get("accepted_at") for item in items]
-    oldest = min((stamp for stamp in stamps if isinstance(stamp, str)), default=None)
-    if oldest is None:
-        return None
-    try:
-        return datetime.fromisoformat(oldest).timestamp()
-    except ValueError:
-        return None
 
 
 def _apply(answers: list[tuple[_Pending, Accepted | None, BaseException | None]]) -> None:
@@ -407,7 +394,7 @@ class Acceptor:
             item_id = self._spool.put_encoded(
                 [item.encoded for item in to_spool],
                 publish=False,
-                accepted_since=_accepted_since(to_spool),
+                accepted_since=accepted_since(item.op for item in to_spool),
             )
             put = time.perf_counter()
             if item_id:

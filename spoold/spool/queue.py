@@ -25,7 +25,13 @@ from persistqueue.exceptions import Empty
 
 from spoold.spool import layout, store, totals
 from spoold.spool.checkpoint import WalCheckpointer
-from spoold.spool.codec import RawGroup, SpoolGroup, encode_group, encode_op
+from spoold.spool.codec import (
+    RawGroup,
+    SpoolGroup,
+    accepted_since,
+    encode_group,
+    encode_op,
+)
 from spoold.spool.errors import (
     SpoolClosedError,
     SpoolFull,
@@ -131,7 +137,7 @@ class Spool:
     # -- writing (the accept thread) --------------------------------------------------------
     def put_group(self, ops: Sequence[dict[str, Any]]) -> int:
         """Durably append ``ops`` as one queue item (one commit, one fsync); its id."""
-        return self.put_encoded([encode_op(op) for op in ops])
+        return self.put_encoded([encode_op(op) for op in ops], accepted_since=accepted_since(ops))
 
     def put_encoded(
         self,
@@ -154,7 +160,7 @@ class Spool:
         if not encoded_ops:
             return 0
         enqueued_at = time.time()
-        if accepted_since is not None and accepted_since < enqueued_at:
+        if accepted_since is not None and 0 < accepted_since < enqueued_at:
             enqueued_at = accepted_since
         data = encode_group(encoded_ops, enqueued_at)
         try:

@@ -120,3 +120,14 @@ async def test_an_operation_waiting_for_its_commit_is_already_counted(
         index.close()
     assert presence.queued_since() is not None  # now in the spool
     assert acceptor.oldest_pending() is None  # answered: no longer pending
+
+
+def test_a_replayed_dead_letter_keeps_its_accepted_at(make_spool: SpoolFactory) -> None:
+    """``spoold deadletter replay`` puts old operations back (``Spool.put_group``): the
+    group's time is theirs, not the replay's."""
+    spool = make_spool()
+    accepted_at = _at(3600.0)
+    spool.put_group([_create("letter", accepted_at)])
+    since = Presence("sidecar-1", spool).queued_since()
+    assert since is not None
+    assert since <= accepted_at, (since, accepted_at)
