@@ -464,12 +464,11 @@ async def test_a_write_that_waited_for_its_lookup_is_not_older_than_the_header(
     for run in others:
         await sidecar.create(run)
     assert (await slow)[0] == 204
-    await wait_until(
-        lambda: any(
-            b.body and b.body[0]["event_id"] == others[0]["event_id"] for b in recorder.batches
-        ),
-        "the others to be tried",
-    )
+    async def others_tried() -> bool:
+        first = others[0]["event_id"]
+        return any(b.body and b.body[0]["event_id"] == first for b in recorder.batches)
+
+    await wait_until(others_tried, "the others to be tried")
     told = (await sidecar.health())["presence"]["queued_since"]
     headers = [b.headers.get("X-Spoold-Queued-Since") for b in recorder.batches if b.body]
     recorder.batches_down = False
