@@ -464,6 +464,7 @@ async def test_a_write_that_waited_for_its_lookup_is_not_older_than_the_header(
     for run in others:
         await sidecar.create(run)
     assert (await slow)[0] == 204
+
     async def others_tried() -> bool:
         first = others[0]["event_id"]
         return any(b.body and b.body[0]["event_id"] == first for b in recorder.batches)
