@@ -43,7 +43,7 @@ from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
-from spoold.spool.codec import encode_op
+from spoold.spool.codec import accepted_since, encode_op
 from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
 
 log = structlog.get_logger("spoold.accept")
@@ -183,6 +183,9 @@ class Acceptor:
         self._thread_clock: ThreadClock | None = None
         self._loop_clock: ThreadClock | None = None
         self.stats = AcceptStats()
+        #: accepted_at of the writes submitted and not yet answered (on the event loop):
+        #: they are the sidecar's before the spool has them (``oldest_pending``).
+        self._pending_since: dict[str, int] = {}
 
     def start(self) -> None:
         """Start the thread; the runs index's checkpoints move to a thread of their own.
@@ -222,10 +225,29 @@ class Acceptor:
         batch.append(_Pending(op, encoded, verified, future, loop))
         if len(batch) == 1:
             loop.call_soon(self._hand_over, loop)
+        since = op.get("accepted_at")
+        pending = self._pending_since
+        if isinstance(since, str):
+            pending[since] = pending.get(since, 0) + 1
         # Not shielded: a caller cancelled meanwhile cancels its future, whose answer the
         # thread then skips (``_apply``); the write itself is committed with its group
         # all the same. A shield cost a second future and two callbacks per write.
-        return await future
+        try:
+            return await future
+        finally:
+            if isinstance(since, str):
+                left = pending[since] - 1
+                if left:
+                    pending[since] = left
+                else:
+                    del pending[since]
+
+    def oldest_pending(self) -> str | None:
+        """The accepted_at of the oldest write on its way into the spool (submitted, not
+        yet answered); None if there is none. Once answered, a write is in the spool,
+        whose group time is never later (``_commit``): ``X-Spoold-Queued-Since`` covers
+        a write from its accepted_at on, even while a slow commit holds it."""
+        return min(self._pending_since) if self._pending_since else None
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, once per iteration: pass the writes submitted in it to the thread.
@@ -369,7 +391,11 @@ class Acceptor:
             results, to_spool = self._classify(group)
             classified = time.perf_counter()
             self._spool.check_capacity(sum(len(item.encoded) for item in to_spool) + 64)
-            item_id = self._spool.put_encoded([item.encoded for item in to_spool], publish=False)
+            item_id = self._spool.put_encoded(
+                [item.encoded for item in to_spool],
+                publish=False,
+                accepted_since=accepted_since(item.op for item in to_spool),
+            )
             put = time.perf_counter()
             if item_id:
                 self._index.mark_spooled(item_id)

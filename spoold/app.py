@@ -184,7 +184,12 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     spool, dead_letters, _, drain_index, reader_index = app[_STORAGE]
     status = UpstreamStatus(url=config.upstream_url)
     sidecar_id = await asyncio.to_thread(load_sidecar_id, Path(config.spool_dir))
-    presence = Presence(sidecar_id.value, spool, persisted=sidecar_id.persisted)
+    presence = Presence(
+        sidecar_id.value,
+        spool,
+        persisted=sidecar_id.persisted,
+        accepting=app[_ACCEPTOR].oldest_pending,
+    )
     client = UpstreamClient(
         app[_SESSION],
         config.upstream_url,

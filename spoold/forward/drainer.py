@@ -482,7 +482,9 @@ class Drainer:
                 attempt = 0
                 self._status.succeeded()
                 self._count_answer(chunk, answer.body)
-                for index, reason in _item_errors(answer.body, len(chunk)):
+                # Last first: each goes to the front, so they are sent in batch order (a
+                # run's two snapshots - patches that do not compose - stay in order).
+                for index, reason in reversed(_item_errors(answer.body, len(chunk))):
                     snapshot = chunk[index]
                     if snapshot.operations > 1:  # which of its operations? ask again, one by one
                         self.stats.splits += 1

@@ -4,9 +4,12 @@ Every batch post carries ``X-Spoold-Id`` (``spoold.identity``) and, while anythi
 spooled, ``X-Spoold-Queued-Since``: the ``accepted_at`` of the oldest operation in the
 spool, the batch's own included. The server reaps a run of this sidecar only when
 everything the agent wrote before the run's deadline has arrived, so the value must
-never be later than the truth: it is the earlier of the oldest ``accepted_at`` in the
-round being sent and the enqueue time of the oldest group still in the spool (a group
-delivered but not yet acked makes it a little early, which only makes the server wait).
+never be later than the truth: it is the earliest of the oldest ``accepted_at`` in the
+round being sent, the time of the oldest group still in the spool (never later than
+its operations' ``accepted_at``: the accept path stamps it so, and groups are put in
+the order their writes were accepted) and the oldest ``accepted_at`` of the writes on
+their way into the spool (a slow commit). A group delivered but not yet acked makes it
+a little early, which only makes the server wait.
 
 When the drainer has sent nothing for ``SPOOLD_PRESENCE_INTERVAL_S`` (an empty spool,
 say), ``PresenceBeacon`` sends a presence batch: ``[]`` with both headers. Its answer is
@@ -45,11 +48,21 @@ def oldest_accepted_at(ops: Iterable[dict[str, Any]]) -> str | None:
 class Presence:
     """The headers of every batch post; the drainer sets ``round_oldest`` while it sends."""
 
-    def __init__(self, sidecar_id: str, spool: Spool, *, persisted: bool = True) -> None:
+    def __init__(
+        self,
+        sidecar_id: str,
+        spool: Spool,
+        *,
+        persisted: bool = True,
+        accepting: Callable[[], str | None] | None = None,
+    ) -> None:
         self.sidecar_id = sidecar_id
         #: False: the id file could not be written; the id lasts this process only.
         self.persisted = persisted
         self._spool = spool
+        #: The oldest accepted_at of the writes on their way into the spool (the accept
+        #: path's ``Acceptor.oldest_pending``).
+        self._accepting = accepting
         #: The oldest accepted_at of the round the drainer is sending, if any.
         self.round_oldest: str | None = None
 
@@ -58,6 +71,9 @@ class Presence:
         candidates: list[str] = []
         if self.round_oldest is not None:
             candidates.append(self.round_oldest)
+        accepting = self._accepting() if self._accepting is not None else None
+        if accepting is not None:
+            candidates.append(accepting)
         enqueued = self._spool.stats().oldest_enqueued_at
         if enqueued is not None:
             candidates.append(format_instant(datetime.fromtimestamp(enqueued, UTC)))

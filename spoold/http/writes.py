@@ -82,14 +82,23 @@ async def _accept_update(
     try:
         reply = await sidecar.client.lookup_run(event_id)
     except UpstreamUnavailable:
+        op = _accepted_now(op)
         return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
     verdict = lookup_verdict(reply, event_id)
     if verdict == "missing":
         raise not_found(event_id)
+    op = _accepted_now(op)
     if verdict == "unknown":  # the server cannot say now: keep the update, deliver later
         return await spool(sidecar, {**op, "unconfirmed": True}, verified=True), True
     result = await spool(sidecar, op, verified=True)
     return Accepted(result.outcome, result.run_id or _run_id_of(reply.body)), False
+
+
+def _accepted_now(op: dict[str, Any]) -> dict[str, Any]:
+    """The write stamped after its lookup: the agent was alive while it waited for the
+    answer, and a write spooled behind writes accepted after it would be older than the
+    spool's oldest group, which ``X-Spoold-Queued-Since`` is read from."""
+    return {**op, "accepted_at": utc_now()}
 
 
 def _run_id_of(body: bytes) -> str | None:

@@ -13,8 +13,9 @@ decodes a group only when it hands it out).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,6 +27,19 @@ SQL_OPS_COUNT = f"CAST(substr(data, {len(_PREFIX) + 1}, 12) AS INTEGER)"
 #: Bytes of a row needed to read its header (count and enqueue time).
 HEADER_BYTES = 64
 _HEADER_RE = re.compile(rb'^\{"v":1,"n":(\d+),"t":([0-9.]+),')
+
+
+def accepted_since(ops: Iterable[Mapping[str, Any]]) -> float | None:
+    """When the oldest of ``ops`` was accepted (their ``accepted_at``, epoch seconds), if
+    they say: a group's time is never later than that (``Spool.put_encoded``)."""
+    stamps = (op.get("accepted_at") for op in ops)
+    oldest = min((stamp for stamp in stamps if isinstance(stamp, str)), default=None)
+    if oldest is None:
+        return None
+    try:
+        return datetime.fromisoformat(oldest).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,13 @@ from persistqueue.exceptions import Empty
 
 from spoold.spool import layout, store, totals
 from spoold.spool.checkpoint import WalCheckpointer
-from spoold.spool.codec import RawGroup, SpoolGroup, encode_group, encode_op
+from spoold.spool.codec import (
+    RawGroup,
+    SpoolGroup,
+    accepted_since,
+    encode_group,
+    encode_op,
+)
 from spoold.spool.errors import (
     SpoolClosedError,
     SpoolFull,
@@ -98,6 +104,9 @@ class Spool:
         self._disk, self._drain = DiskFree(self.directory), RateMeter()
         self._depth_groups = self._depth_ops = self._bytes = 0
         self._oldest: float | None = None
+        #: The earliest group put since an ack began reading the oldest live group: a put
+        #: that commits after that read must not be hidden by it (``ack``).
+        self._put_since_read: float | None = None
         self._published = 0
         #: Where a corrupt spool file was renamed at open, if it was.
         self.quarantined_to: Path | None = None
@@ -128,20 +137,31 @@ class Spool:
     # -- writing (the accept thread) --------------------------------------------------------
     def put_group(self, ops: Sequence[dict[str, Any]]) -> int:
         """Durably append ``ops`` as one queue item (one commit, one fsync); its id."""
-        return self.put_encoded([encode_op(op) for op in ops])
+        return self.put_encoded([encode_op(op) for op in ops], accepted_since=accepted_since(ops))
 
-    def put_encoded(self, encoded_ops: Sequence[bytes], *, publish: bool = True) -> int:
+    def put_encoded(
+        self,
+        encoded_ops: Sequence[bytes],
+        *,
+        publish: bool = True,
+        accepted_since: float | None = None,
+    ) -> int:
         """Like ``put_group`` for operations already serialised with ``encode_op``.
 
         With ``publish=False`` the reader does not see the item until ``publish``
         is called with its id: the accept thread first records it in the runs
         index, so the drainer never settles an item the index does not know yet.
-        Returns 0 (and writes nothing) for no operations.
+        ``accepted_since`` (epoch seconds) is when the oldest of the operations was
+        accepted, if earlier than now: the group's time is never later than its
+        operations' (``X-Spoold-Queued-Since`` is read from it, see
+        ``spoold.forward.presence``). Returns 0 (and writes nothing) for no operations.
         """
         _check_open(self._closed)
         if not encoded_ops:
             return 0
         enqueued_at = time.time()
+        if accepted_since is not None and 0 < accepted_since < enqueued_at:
+            enqueued_at = accepted_since
         data = encode_group(encoded_ops, enqueued_at)
         try:
             with self._put_lock.urgent():
@@ -154,6 +174,8 @@ class Spool:
             self._bytes += len(data)
             if self._oldest is None:
                 self._oldest = enqueued_at
+            if self._put_since_read is None or enqueued_at < self._put_since_read:
+                self._put_since_read = enqueued_at
             if publish:
                 self._published = max(self._published, item_id)
         self._disk.wrote(len(data))
@@ -299,12 +321,20 @@ class Spool:
                 self._acked_uncleared += 1
                 self._acked_uncleared_bytes += nbytes
             self._maintain(force=False)
+            with self._counts_lock:
+                self._put_since_read = None
             try:
                 oldest = store.oldest_enqueued_at(self._side)
             except sqlite3.Error as exc:  # the acks are done; a stale age is no reason to fail
                 log.warning("spool_maintenance_failed", error=str(exc))
                 return
             with self._counts_lock:
+                # A put that committed after the read is not in it: "empty" would hide it
+                # (no X-Spoold-Queued-Since while it is queued), and the next put would
+                # take its place. Only acks (this thread) remove groups: a time read is
+                # still live, and puts only add later ones.
+                if oldest is None:
+                    oldest = self._put_since_read
                 self._oldest = oldest
 
     def nack(self, groups: Iterable[SpoolGroup]) -> None:

@@ -43,10 +43,18 @@ def is_server_error(status: int, body: Any) -> bool:
     )
 
 
+#: The server's 400 for a malformed presence header names it first (``X-Spoold-Id``,
+#: ``X-Spoold-Queued-Since``): every part of the batch is sent with the same headers.
+PRESENCE_HEADER_PREFIX = "X-Spoold-"
+
+
 def about_the_request(body: Any) -> bool:
-    """Whether a validation error names only the request's query (e.g. ``mode``), not
-    its items: splitting the batch cannot help, dead-lettering would throw it all away."""
+    """Whether an error is about the request rather than its items - a validation error
+    naming only its query (e.g. ``mode``), or a refusal of its presence headers:
+    splitting the batch cannot help, dead-lettering would throw it all away."""
     detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str) and detail.startswith(PRESENCE_HEADER_PREFIX):
+        return True
     if not isinstance(detail, list) or not detail:
         return False
     return all(

@@ -10,6 +10,7 @@ not a batch answer (another service behind the URL).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,10 @@ class RecordingUpstream:
     url: str = ""
     down: bool = False
     foreign: bool = False
+    #: Batch posts only answer 503 (lookups still answered).
+    batches_down: bool = False
+    #: Seconds a lookup of a run waits before its answer.
+    lookup_delay_s: float = 0.0
     known: set[str] = field(default_factory=set)
     requests: list[Seen] = field(default_factory=list)
 
@@ -72,6 +77,8 @@ class RecordingUpstream:
             time.time(),
         )
         self.requests.append(seen)
+        if request.method == "GET" and request.path.startswith("/api/v1/runs/"):
+            await asyncio.sleep(self.lookup_delay_s)
         response = self._answer(request, seen)
         seen.answered = response.status
         return response
@@ -82,6 +89,11 @@ class RecordingUpstream:
                 {"detail": "down for the test", "error": "service_unavailable"}, status=503
             )
         if request.method == "POST" and request.path == "/api/v1/runs/batch":
+            if self.batches_down:
+                return web.json_response(
+                    {"detail": "batches down for the test", "error": "service_unavailable"},
+                    status=503,
+                )
             if self.foreign:
                 return web.json_response({"ok": True})
             return web.json_response(self._apply(seen.body))

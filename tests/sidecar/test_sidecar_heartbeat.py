@@ -445,3 +445,38 @@ async def test_a_queued_runs_progress_is_read_back_from_spoold(
     assert reply.status == 200
     assert reply.body["metrics_json"] == {"pct": 40, "stage": {"name": "fetch"}}
     assert "progress" not in reply.body
+
+
+async def test_a_write_that_waited_for_its_lookup_is_not_older_than_the_header(
+    make_sidecar: Any, recorder: RecordingUpstream
+) -> None:
+    """A heartbeat of a run spoold does not know waits for the server's answer; writes
+    accepted meanwhile are spooled before it. Stamped at its request, it would sit in
+    the spool older than ``X-Spoold-Queued-Since`` (read from the oldest group): the
+    server could reap its run while it is queued."""
+    recorder.known.add("made-elsewhere")
+    recorder.batches_down = True
+    recorder.lookup_delay_s = 0.5
+    sidecar = await make_sidecar(recorder.url)
+    slow = asyncio.ensure_future(beat(sidecar, "made-elsewhere", {"progress": {"n": 1}}))
+    await asyncio.sleep(0.1)  # its lookup is on the way
+    others = [make_run() for _ in range(3)]
+    for run in others:
+        await sidecar.create(run)
+    assert (await slow)[0] == 204
+
+    async def others_tried() -> bool:
+        first = others[0]["event_id"]
+        return any(b.body and b.body[0]["event_id"] == first for b in recorder.batches)
+
+    await wait_until(others_tried, "the others to be tried")
+    told = (await sidecar.health())["presence"]["queued_since"]
+    headers = [b.headers.get("X-Spoold-Queued-Since") for b in recorder.batches if b.body]
+    recorder.batches_down = False
+    await sidecar.wait_drained()
+    [item] = recorder.items("made-elsewhere")
+    assert told is not None
+    assert told <= item["seen_at"], (told, item["seen_at"])
+    assert all(h is not None and h <= item["seen_at"] for h in headers), headers
+    for run in others:
+        assert recorder.items(run["event_id"])[0]["seen_at"] >= told
