@@ -248,6 +248,9 @@ class RunsIndex:
         self.gate = write_gate(path)
         self._yields = yields
         self._holding = False
+        #: ``get`` runs on pool threads (a request cancelled at a stop leaves its thread
+        #: running): ``close`` waits for it, as closing under a statement crashes.
+        self._use = threading.Lock()
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA busy_timeout = 5000")
@@ -289,7 +292,8 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
-        self._conn.close()  # an open transaction is rolled back: let go of the gate too
+        with self._use:
+            self._conn.close()  # an open transaction is rolled back: let go of the gate too
         if self._holding:
             self._holding = False
             self.gate.release()
@@ -667,10 +671,11 @@ class RunsIndex:
     # ---- readers ---------------------------------------------------------------------
 
     def get(self, event_id: str) -> KnownRun | None:
-        row = self._conn.execute(
-            "SELECT snapshot, has_create, pending, complete FROM runs WHERE event_id = ?",
-            (event_id,),
-        ).fetchone()
+        with self._use:
+            row = self._conn.execute(
+                "SELECT snapshot, has_create, pending, complete FROM runs WHERE event_id = ?",
+                (event_id,),
+            ).fetchone()
         if row is None:
             return None
         return KnownRun(

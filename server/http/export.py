@@ -14,7 +14,6 @@ next write fails and the transaction and connection are released at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from typing import Literal
 
@@ -101,7 +100,6 @@ async def _stream(
     """Write the export's chunks; ``cancelled``: aiohttp cancelled the handler (the client
     left while a write waited, or the server is stopping)."""
     loop = asyncio.get_running_loop()
-    fetch: asyncio.Future[bytes | None] | None = None
     outcome = "cancelled"
     response = web.StreamResponse(
         headers={
@@ -116,9 +114,7 @@ async def _stream(
     try:
         await response.prepare(request)
         while request.method != "HEAD":  # HEAD: the headers only, no rows read
-            fetch = loop.run_in_executor(None, export.next_chunk)
-            chunk = await fetch
-            fetch = None
+            chunk = await loop.run_in_executor(None, export.next_chunk)
             if chunk is None:
                 break
             await response.write(chunk)
@@ -133,10 +129,8 @@ async def _stream(
         if request.transport is not None:
             request.transport.close()
     finally:
-        if fetch is not None and not fetch.done():
-            export.interrupt()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait([fetch])
+        # A chunk may still be read on its thread (awaiting it was cancelled, which does
+        # not stop the thread): close interrupts it and leaves the closing to that thread.
         export.close()
         metrics.exports_active.dec()
         metrics.exports.labels(outcome).inc()

@@ -11,7 +11,9 @@ own SQL (``runs.query_sql``), so an export holds exactly the runs that paging
 A long read transaction pins the WAL: a checkpoint cannot copy frames written
 after the snapshot began back into the database past the reader's mark, so the
 WAL file grows for as long as the export runs (it is started over by the first
-checkpoint after the export ends). ``close`` ends the transaction at once.
+checkpoint after the export ends). ``close`` ends the transaction at once, or, when
+another thread is reading a chunk, interrupts that read and leaves the closing to it:
+closing a SQLite connection under a running statement crashes the process.
 
 NDJSON: one line per run, the bytes ``GET /api/v1/runs`` gives for that run.
 CSV (RFC 4180, UTF-8, no BOM, CRLF; see ``csv_lines``): a header of
@@ -23,6 +25,7 @@ exactly as stored unless ``escape_formulas`` is asked for.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +78,11 @@ class Export:
         self.rows = 0
         #: The header (CSV) is the first chunk.
         self._header_due = fmt == "csv"
+        #: Guards the three flags below: a chunk's thread and ``close``'s may differ.
+        self._state = threading.Lock()
+        self._reading = False
+        self._close_asked = False
+        self._closed = False
 
     @classmethod
     def open(
@@ -113,7 +121,22 @@ class Export:
         self._conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 
     def next_chunk(self) -> bytes | None:
-        """The next chunk of output, or None once every run was written."""
+        """The next chunk of output, or None once every run was written (or the export
+        was closed). Raises ``sqlite3.OperationalError`` when ``close`` interrupted it."""
+        with self._state:
+            if self._closed or self._close_asked:
+                return None
+            self._reading = True
+        try:
+            return self._read_chunk()
+        finally:
+            with self._state:
+                self._reading = False
+                close_now = self._close_asked
+            if close_now:
+                self._release()
+
+    def _read_chunk(self) -> bytes | None:
         if self._header_due:
             self._header_due = False
             return csv_lines.header()
@@ -149,12 +172,22 @@ class Export:
         while (chunk := self.next_chunk()) is not None:
             yield chunk
 
-    def interrupt(self) -> None:
-        """Stop a chunk being read on another thread (it raises there)."""
-        self._conn.interrupt()
-
     def close(self) -> None:
-        """End the transaction and close the connection (idempotent)."""
+        """End the transaction and close the connection (idempotent, any thread). A chunk
+        being read on another thread is interrupted; that thread closes when it ends."""
+        with self._state:
+            if self._closed or self._close_asked:
+                return
+            if self._reading:
+                self._close_asked = True
+                self._conn.interrupt()  # safe from any thread while the connection is open
+                return
+            self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        with self._state:
+            self._closed = True
         try:
             if self._conn.in_transaction:
                 self._conn.rollback()
