@@ -23,6 +23,7 @@ _FILTERS = {
     "duration": fmt.duration,
     "count": fmt.count,
     "rate": fmt.rate,
+    "plural": fmt.plural,
     "instant": fmt.instant,
 }
 

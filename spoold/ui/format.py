@@ -45,6 +45,11 @@ def count(value: int | None) -> str:
     return "unknown" if value is None else f"{value:,}".replace(",", "\u202f")
 
 
+def plural(value: int, word: str) -> str:
+    """(1, 'group') -> '1 group'; (3, 'group') -> '3 groups'."""
+    return f"{count(value)} {word}{'' if value == 1 else 's'}"
+
+
 def rate(per_s: float) -> str:
     """Operations per second, with the precision a glance needs."""
     if per_s == 0:

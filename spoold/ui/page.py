@@ -18,11 +18,10 @@ from spoold import __version__
 from spoold.forward.drainer import PROBE_EVERY_S
 from spoold.http.health import DEGRADED_FILL, assess
 from spoold.http.state import Sidecar
-from spoold.ledger import Counts
 from spoold.spool.stats import SpoolStats
 from spoold.ui import format as fmt
 from spoold.ui.letters import LetterPage
-from spoold.ui.rates import Rates
+from spoold.ui.rates import Counters, Rates
 
 #: ok, warn, bad, unknown: each drawn with its own shape and word, not only its colour.
 Tone = Literal["ok", "warn", "bad", "unknown"]
@@ -72,7 +71,7 @@ class StatusPage:
     generated_at: str
     stats: SpoolStats
     oldest_at: str | None
-    counts: Counts
+    counts: Counters
     rates: Rates | None
     upstream: Upstream
     capacity: Capacity
@@ -82,7 +81,7 @@ class StatusPage:
 def build(
     sidecar: Sidecar,
     stats: SpoolStats,
-    counts: Counts,
+    counts: Counters,
     rates: Rates | None,
     letters: LetterPage,
     *,

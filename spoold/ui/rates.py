@@ -14,8 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from spoold.ledger import Counts, Ledger
+from typing import Protocol
 
 #: The rates are over the last this many seconds (or since start-up, when younger).
 WINDOW_S = 60.0
@@ -23,6 +22,25 @@ WINDOW_S = 60.0
 EVERY_S = 1.0
 
 Clock = Callable[[], float]
+
+
+class Counters(Protocol):
+    """What the page reads of the ledger's counts (``spoold.ledger.Counts``)."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def forwarded(self) -> int: ...
+    @property
+    def dead_lettered(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+
+
+class CounterSource(Protocol):
+    """The ledger (``spoold.ledger.Ledger``): one consistent snapshot of its counts."""
+
+    def snapshot(self) -> Counters: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +72,10 @@ class RateRing:
         self._clock = clock
         self._samples: deque[Sample] = deque(maxlen=int(window_s / every_s) + 1)
 
-    def add(self, counts: Counts) -> None:
+    def add(self, counts: Counters) -> None:
         self._samples.append(_sample(counts, self._clock()))
 
-    def rates(self, counts: Counts) -> Rates | None:
+    def rates(self, counts: Counters) -> Rates | None:
         """The rates from the oldest sample inside the window to ``counts`` (read now);
         None until a sample at least ``every_s`` old exists."""
         now = _sample(counts, self._clock())
@@ -79,11 +97,11 @@ class RateRing:
         )
 
 
-def _sample(counts: Counts, at: float) -> Sample:
+def _sample(counts: Counters, at: float) -> Sample:
     return Sample(at, counts.accepted, counts.forwarded, counts.dead_lettered)
 
 
-async def sample_forever(ring: RateRing, ledger: Ledger) -> None:
+async def sample_forever(ring: RateRing, ledger: CounterSource) -> None:
     """Record the ledger's counters every ``ring.every_s`` until cancelled."""
     while True:
         ring.add(ledger.snapshot())

@@ -157,7 +157,7 @@ async def test_dead_letters_from_the_real_server_are_listed_escaped(
     assert drained["counters"]["dead_lettered"] == 1
     page = await ui(sidecar)
     letters = page.text("dead-letters")
-    assert "1 operations the server refused" in letters
+    assert "1 operation the server refused" in letters
     assert HOSTILE in letters  # the text a person reads
     assert HOSTILE not in page.raw  # ... never markup
     assert html.escape(HOSTILE, quote=False) in page.raw
