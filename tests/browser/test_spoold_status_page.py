@@ -147,12 +147,12 @@ def test_spoold_status_page(browser: Browser, spoold: tuple[Daemon, int], tmp_pa
     rows = browser.driver.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")
     assert len(rows) == len(unknown)
     assert all("not found" in row.text.lower() for row in rows)
+    overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert browser.driver.execute_script(overflow) <= 0
     browser.screenshot("spoold-status", 1440)
 
     browser.driver.set_window_size(360, 900)
-    wide = browser.driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-    )
+    wide = browser.driver.execute_script(overflow)
     assert wide <= 0, f"the page is {wide} px wider than a 360 px screen"
     browser.screenshot("spoold-status-360", 360)
     browser.driver.set_window_size(1440, 1000)
