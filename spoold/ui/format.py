@@ -67,7 +67,10 @@ def instant(unix: float | None) -> str | None:
     """Unix seconds -> '2026-01-12T10:30:00Z' (UTC, whole seconds); None stays None."""
     if unix is None:
         return None
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a damaged record's time: not a failure
+        return None
 
 
 def parse_instant(text: str | None) -> float | None:

@@ -42,9 +42,9 @@ class Letter:
     kind: str | None
     reason: str
     status: int | None
-    first_failed_at: float
-    last_failed_at: float
-    attempts: int
+    first_failed_at: float | None
+    last_failed_at: float | None
+    attempts: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +121,22 @@ def _exists(conn: sqlite3.Connection, where: str, value: int) -> bool:
 
 
 def _letter(row: tuple[Any, ...]) -> Letter:
+    """A row as the page shows it; a damaged value (wrong type) shows as unknown."""
     event_id, kind, reason, status = row[1], row[2], row[3], row[4]
     return Letter(
-        id=int(row[0]),
+        id=int(row[0]),  # the rowid: always an integer
         event_id=event_id if isinstance(event_id, str) else None,
         kind=kind if isinstance(kind, str) else None,
-        reason=str(reason),
+        reason=reason if isinstance(reason, str) else "",
         status=status if isinstance(status, int) else None,
-        first_failed_at=float(row[5]),
-        last_failed_at=float(row[6]),
-        attempts=int(row[7]),
+        first_failed_at=_number(row[5]),
+        last_failed_at=_number(row[6]),
+        attempts=row[7] if isinstance(row[7], int) else None,
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _why(exc: sqlite3.Error) -> str:

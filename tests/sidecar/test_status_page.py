@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -326,3 +327,29 @@ async def test_root_redirects_browsers_and_is_unchanged_for_api_clients(dead_url
             assert response.status == 404, (method, accept)
             if method != "HEAD":
                 assert await response.json() == unknown.body
+
+
+async def test_damaged_records_and_huge_reasons_still_render(dead_url, make_sidecar):
+    """A record whose operation is not JSON, whose time is out of range, a 1 MB reason, a
+    right-to-left override in an id: the page answers 200 and shows what it can."""
+    sidecar = await make_sidecar(dead_url)
+    store = _store(sidecar)
+    store.add(_op("rtl-\u202eevil"), "x" * (1 << 20), 422)
+    conn = sqlite3.connect(store.path)
+    try:
+        conn.execute(
+            "INSERT INTO dead_letters (op_key, op, error, status, first_failed_at, last_failed_at)"
+            " VALUES ('k', '{broken', 'bad row', NULL, 1e300, 1e300)"
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    page = await ui(sidecar)
+    assert page.status == 200
+    letters = page.text("dead-letters")
+    assert "2 operations the server refused" in letters
+    assert "(unreadable) ? none" in letters
+    assert "bad row" in letters
+    assert "rtl-\u202eevil" in letters
+    assert "x" * 2000 in page.raw
+    assert "x" * 2001 not in page.raw  # the reason is cut for the page (the CLI shows it all)
