@@ -21,6 +21,7 @@ from urllib.parse import quote
 PAGE_SIZE = 25
 #: A busy writer (a checkpoint, another process) is waited for this long at most.
 BUSY_TIMEOUT_S = 1.0
+_MAX_ID = 2**63 - 1  # SQLite's largest rowid
 #: Longest reason shown; the rest is cut (the CLI shows it whole).
 REASON_MAX_CHARS = 2000
 
@@ -98,7 +99,7 @@ def _read(
         else:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE id < ? ORDER BY id DESC LIMIT ?",
-                (REASON_MAX_CHARS, before if before is not None else 2**63 - 1, limit),
+                (REASON_MAX_CHARS, before if before is not None else _MAX_ID, limit),
             ).fetchall()
         letters = [_letter(row) for row in rows]
         older = newer = None
@@ -109,7 +110,7 @@ def _read(
             if _exists(conn, "id > ?", high):
                 newer = high
         elif after is not None and _exists(conn, "id <= ?", after):
-            older = after + 1  # past the newest: offer the way back
+            older = min(after + 1, _MAX_ID)  # past the newest: offer the way back
     finally:
         conn.execute("COMMIT")
     return LetterPage(total=int(total), letters=letters, older_than=older, newer_than=newer)

@@ -252,6 +252,11 @@ async def test_dead_letters_page_newest_first_by_id(dead_url, make_sidecar):
     # The last page held run-6 .. run-0: the page above it is the PAGE_SIZE letters after run-6.
     assert shown(back) == [str(n) for n in range(6 + PAGE_SIZE, 6, -1)]
     assert len(ids) == total
+    beyond = await ui(sidecar, f"/ui/?after={ids[-1] + 1000}")  # a stale link: past the newest
+    assert beyond.status == 200
+    assert shown(beyond) == []
+    way_back = await ui(sidecar, "/ui/" + beyond.links("Older →")[0].removeprefix("./"))
+    assert shown(way_back) == first
 
 
 async def test_a_missing_or_damaged_dead_letter_store_is_a_state_not_a_500(
