@@ -358,3 +358,18 @@ async def test_damaged_records_and_huge_reasons_still_render(dead_url, make_side
     assert "rtl-\u202eevil" in letters
     assert "x" * 2000 in page.raw
     assert "x" * 2001 not in page.raw  # the reason is cut for the page (the CLI shows it all)
+
+
+async def test_the_page_reads_the_file_not_the_daemons_handle(dead_url, make_sidecar):
+    """The drainer's store handle closed (as at a stop): the page still lists the letters, from
+    its own read-only connection, and leaves the database file as it was (SQLite may add the
+    empty -wal/-shm files a reader of a WAL database needs)."""
+    sidecar = await make_sidecar(dead_url)
+    store = _store(sidecar)
+    store.add(_op("kept"), "refused", 422)
+    store.close()  # the last connection: SQLite checkpoints the WAL into the file here
+    before = Path(store.path).read_bytes()  # noqa: ASYNC240
+    page = await ui(sidecar)
+    assert page.status == 200
+    assert "kept" in page.text("dead-letters")
+    assert Path(store.path).read_bytes() == before  # noqa: ASYNC240
