@@ -102,6 +102,7 @@ def test_spoold_status_page(browser: Browser, spoold: tuple[Daemon, int], tmp_pa
     """Queue, rates, upstream down then up, real dead letters with a hostile id, at 1440 and
     360 px; / leads a browser there; auto-refresh follows the drain."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     daemon, server_port = spoold
     # Server down: updates for runs nobody knows are queued (202), with valid runs.
@@ -156,6 +157,13 @@ def test_spoold_status_page(browser: Browser, spoold: tuple[Daemon, int], tmp_pa
     assert wide <= 0, f"the page is {wide} px wider than a 360 px screen"
     browser.screenshot("spoold-status-360", 360)
     browser.driver.set_window_size(1440, 1000)
+
+    # Keyboard: Tab reaches the page's links (paging, refresh, /health) in document order.
+    body = browser.driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    focused = browser.driver.switch_to.active_element
+    assert focused.tag_name == "a"
+    assert focused.text == "off"  # the first link: auto-refresh off (the current setting)
 
     # Server back: the page, refreshing itself every 5 s, shows the queue drained.
     with running_server(tmp_path, port=server_port):
