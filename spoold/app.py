@@ -34,7 +34,7 @@ from server.http.middleware import REQUEST_OBSERVER, error_boundary
 from server.http.openapi import build_openapi
 from server.http.requests import MAX_JSON_DEPTH
 from server.tls import upstream_context
-from spoold import __version__
+from spoold import __version__, ui
 from spoold.accept import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
@@ -339,5 +339,6 @@ def create_app(
     app.add_routes(health.routes)
     app.add_routes(docs_routes(openapi_document()))
     app.cleanup_ctx.extend([storage_ctx, accept_ctx, upstream_ctx, drainer_ctx, presence_ctx])
+    ui.install(app)  # the status page at /ui/; its rate sampler runs after the drainer's ctx
     app.on_shutdown.append(_start_drain_deadline)
     return app
