@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 XSS_AGENT = "<img src=x onerror=alert(1)>"
-XSS_JOB = "\"><svg onload=alert(2)>"
+XSS_JOB = '"><svg onload=alert(2)>'
 XSS_ERROR = '<b>boom</b> & "quotes" <script>alert(3)</script>'
 #: An event_id full of URL metacharacters and unicode ("/" is refused by the API).
 HOSTILE_EVENT_ID = "evt <x>?a=1&b=%2F #frag ünï 🚀"
@@ -185,4 +185,5 @@ def seed_over_http(base_url: str, fleet: Fleet, headers: dict[str, str] | None =
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())
-        assert answer[key] == len(items) and not answer["errors"], answer
+        assert answer[key] == len(items), answer
+        assert not answer["errors"], answer

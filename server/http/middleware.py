@@ -124,8 +124,10 @@ def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The dashboard asks for the token itself (a login page; see server.ui.security).
-        if not is_open_path(request.path) and not is_ui_request(request) and (
-            protect_reads or request.method not in ("GET", "HEAD", "OPTIONS")
+        if (
+            not is_open_path(request.path)
+            and not is_ui_request(request)
+            and (protect_reads or request.method not in ("GET", "HEAD", "OPTIONS"))
         ):
             check_bearer(request.headers.get("Authorization"), token)
         return await handler(request)

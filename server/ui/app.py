@@ -18,8 +18,8 @@ from server.config import ServerConfig
 from server.contract.errors import ApiError, ValidationFailed
 from server.storage.connection import StorageUnavailable
 from server.ui import pages
-from server.ui.paths import is_ui_request, wants_html
 from server.ui.format import FILTERS, STATUS_SHAPES, ago, query
+from server.ui.paths import is_ui_request, wants_html
 from server.ui.security import HEADERS, PAGE_CACHE, SESSION, STATIC_CACHE, Session
 from server.ui.window import WINDOWS, BadParameter
 

@@ -49,7 +49,9 @@ DEFAULT_PAGE_SIZE = 50
 RECENT_RUNS = 20
 
 
-def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
+def render(
+    request: web.Request, template: str, context: dict[str, Any], status: int = 200
+) -> web.Response:
     """A page with what every page shows (navigation, the session, the clock)."""
     context.setdefault("now", now_utc())
     context.setdefault("window", None)
@@ -77,9 +79,7 @@ def hour_keys(window: Window) -> list[str]:
     """The UTC hours the window touches, oldest first, as stats name them."""
     first = (window.now - window.span).replace(minute=0, second=0, microsecond=0)
     count = int((window.now - first).total_seconds() // 3600) + 1
-    return [
-        (first + timedelta(hours=i)).strftime("%Y-%m-%dT%H:00:00+00:00") for i in range(count)
-    ]
+    return [(first + timedelta(hours=i)).strftime("%Y-%m-%dT%H:00:00+00:00") for i in range(count)]
 
 
 def chart_days(now: datetime) -> tuple[str, list[str]]:

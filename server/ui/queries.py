@@ -154,9 +154,7 @@ def last_failures(
     """The newest failed runs (failure or timeout) started since ``start``."""
     found: list[dict[str, Any]] = []
     for status in FAILED:
-        query = RunQuery(
-            status=status, job_type=job_type, start_time_from=start, limit=SHORT_LIST
-        )
+        query = RunQuery(status=status, job_type=job_type, start_time_from=start, limit=SHORT_LIST)
         found += query_runs(conn, query).runs
     found.sort(key=lambda run: str(run["created_at"]), reverse=True)
     return found[:SHORT_LIST]
@@ -182,15 +180,23 @@ class Failing:
 
 
 _FAILED_SQL = ", ".join(f"'{status}'" for status in FAILED)
-_LAST_OK_SQL = "max(" + ", ".join(
-    f"coalesce((SELECT max(created_at) FROM agent_runs INDEXED BY {PAIR_INDEX}"
-    f" WHERE agent_name = f.agent_name AND job_type = f.job_type AND status = '{status}'), '')"
-    for status in RECOVERED
-) + ")"
+_LAST_OK_SQL = (
+    "max("
+    + ", ".join(
+        f"coalesce((SELECT max(created_at) FROM agent_runs INDEXED BY {PAIR_INDEX}"
+        f" WHERE agent_name = f.agent_name AND job_type = f.job_type AND status = '{status}'), '')"
+        for status in RECOVERED
+    )
+    + ")"
+)
 
 
 def failing_now(
-    conn: sqlite3.Connection, since: str, *, job_type: str | None = None, agent_name: str | None = None
+    conn: sqlite3.Connection,
+    since: str,
+    *,
+    job_type: str | None = None,
+    agent_name: str | None = None,
 ) -> tuple[int, list[Failing]]:
     """Agent + job pairs with a failed run recorded since ``since`` and no finished,
     non-failed run after it (a run still ``running`` does not clear the alarm), newest

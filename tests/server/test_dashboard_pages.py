@@ -4,8 +4,8 @@ headers on every answer; bad parameters a 400 page; unknown runs a 404 page."""
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from collections.abc import Awaitable, Callable
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +41,8 @@ async def seeded(client: TestClient[Any, Any]) -> None:
     ):
         async with client.post(path, json=items) as response:
             body = await response.json()
-            assert response.status == 200 and not body["errors"], body
+            assert response.status == 200, body
+            assert not body["errors"], body
 
 
 @pytest.fixture
@@ -66,7 +67,8 @@ async def page(client: TestClient[Any, Any], path: str, status: int = 200) -> st
 
 def check_headers(headers: Any) -> None:
     csp = headers["Content-Security-Policy"]
-    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "default-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
     assert "unsafe-inline" not in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
 
@@ -92,11 +94,14 @@ def no_inline_code(text: str) -> None:
             assert attrs.get("src", "").startswith("/ui/static/"), attrs
 
 
-async def test_overview_shows_the_failing_streak_stale_and_silent_agents(ui: TestClient[Any, Any]) -> None:
+async def test_overview_shows_the_failing_streak_stale_and_silent_agents(
+    ui: TestClient[Any, Any],
+) -> None:
     """The overview answers what failed, where and since when, with every number linked."""
     text = await page(ui, "/ui/")
     no_inline_code(text)
-    assert FAILING_AGENT in text and FAILING_ERROR.replace("<", "&lt;").replace(">", "&gt;") in text
+    assert FAILING_AGENT in text
+    assert FAILING_ERROR.replace("<", "&lt;").replace(">", "&gt;") in text
     assert SILENT_AGENT in text
     assert STALE_EVENT_ID in text
     assert "/ui/runs?stale=true" in text
@@ -107,7 +112,9 @@ async def test_xss_names_are_text(ui: TestClient[Any, Any]) -> None:
     """A run named like markup is shown escaped everywhere it appears."""
     for path in ("/ui/", "/ui/runs", "/ui/agents", "/ui/jobs", "/ui/runs?window=7d"):
         text = await page(ui, path)
-        assert "<img src=x" not in text and "<script>alert" not in text and "<svg onload" not in text
+        assert "<img src=x" not in text
+        assert "<script>alert" not in text
+        assert "<svg onload" not in text
         no_inline_code(text)
     text = await page(ui, "/ui/runs")
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
@@ -115,7 +122,9 @@ async def test_xss_names_are_text(ui: TestClient[Any, Any]) -> None:
     assert XSS_ERROR not in text
 
 
-async def test_hostile_event_id_is_linked_quoted_and_its_page_opens(ui: TestClient[Any, Any]) -> None:
+async def test_hostile_event_id_is_linked_quoted_and_its_page_opens(
+    ui: TestClient[Any, Any],
+) -> None:
     """An event_id holding ? % # & spaces and unicode links to its own detail page."""
     text = await page(ui, "/ui/runs")
     link = "/ui/runs/" + quote(HOSTILE_EVENT_ID, safe="")
@@ -123,12 +132,14 @@ async def test_hostile_event_id_is_linked_quoted_and_its_page_opens(ui: TestClie
     detail = await page(ui, link)
     assert 'href="javascript' not in detail  # shown, never made a link
     assert "&lt;script&gt;alert(4)" in detail
-    assert XSS_AGENT not in detail and XSS_JOB not in detail
+    assert XSS_AGENT not in detail
+    assert XSS_JOB not in detail
 
 
 async def test_run_detail_has_timeline_links_json_and_relatives(ui: TestClient[Any, Any]) -> None:
     text = await page(ui, "/ui/runs/etl-parent-1")
-    assert "Timeline" in text and "Recorded by the server" in text
+    assert "Timeline" in text
+    assert "Recorded by the server" in text
     assert RETRY_EVENT_ID in text  # shares its run_id
     assert CHILD_EVENT_ID in text  # its parent_run_id is this run_id
     assert PARENT_RUN_ID in text
@@ -157,7 +168,9 @@ async def test_unknown_run_is_a_404_page(ui: TestClient[Any, Any]) -> None:
         ("cursor=x&offset=5&agent_name=" + "a" * 300, "cursor"),
     ],
 )
-async def test_bad_parameters_are_a_400_page(ui: TestClient[Any, Any], query: str, says: str) -> None:
+async def test_bad_parameters_are_a_400_page(
+    ui: TestClient[Any, Any], query: str, says: str
+) -> None:
     path = "/ui/" if query.startswith("window") else "/ui/runs"
     text = await page(ui, f"{path}?{query}", status=400)
     assert says in text
@@ -174,20 +187,25 @@ async def test_runs_filters_and_cursor_paging(ui: TestClient[Any, Any]) -> None:
     assert nxt is not None
     second = await page(ui, nxt.group(1).replace("&amp;", "&"))
     more = re.findall(r'href="/ui/runs/(e-\d+)"', second)
-    assert len(more) == 25 and not set(ids) & set(more)
+    assert len(more) == 25
+    assert not set(ids) & set(more)
     # A time without an offset is UTC, as the form's placeholder says.
     await page(ui, "/ui/runs?start_time_from=2026-01-01T00:00")
 
 
 async def test_agents_jobs_and_their_pages(ui: TestClient[Any, Any]) -> None:
     agents = await page(ui, "/ui/agents?window=7d")
-    assert "silent" in agents and UNICODE_AGENT in agents
+    assert "silent" in agents
+    assert UNICODE_AGENT in agents
     agent = await page(ui, "/ui/agents/" + quote(FAILING_AGENT))
-    assert "<svg" in agent and "<title>" in agent and "p95" in agent
+    assert "<svg" in agent
+    assert "<title>" in agent
+    assert "p95" in agent
     await page(ui, "/ui/agents/" + quote(UNICODE_AGENT, safe=""))
     await page(ui, "/ui/agents/" + quote(XSS_AGENT, safe=""))
     jobs = await page(ui, "/ui/jobs")
-    assert "nightly-etl" in jobs and 'class="spark"' in jobs
+    assert "nightly-etl" in jobs
+    assert 'class="spark"' in jobs
     job = await page(ui, "/ui/jobs/nightly-etl?window=7d")
     assert 'class="chart"' in job
     await page(ui, "/ui/jobs/" + quote(XSS_JOB, safe=""))
@@ -197,7 +215,8 @@ async def test_agents_jobs_and_their_pages(ui: TestClient[Any, Any]) -> None:
 
 async def test_root_redirects_browsers_only(ui: TestClient[Any, Any]) -> None:
     async with ui.get("/", headers={"Accept": HTML}, allow_redirects=False) as response:
-        assert response.status == 302 and response.headers["Location"] == "/ui/"
+        assert response.status == 302
+        assert response.headers["Location"] == "/ui/"
     async with ui.get("/", headers={"Accept": "application/json"}) as response:
         assert response.status == 404
         assert response.content_type == "application/json"
@@ -208,7 +227,8 @@ async def test_root_redirects_browsers_only(ui: TestClient[Any, Any]) -> None:
 async def test_static_files_carry_the_headers(ui: TestClient[Any, Any]) -> None:
     for name, kind in (("dashboard.css", "text/css"), ("dashboard.js", "javascript")):
         async with ui.get(f"/ui/static/{name}") as response:
-            assert response.status == 200 and kind in response.content_type
+            assert response.status == 200
+            assert kind in response.content_type
             check_headers(response.headers)
     async with ui.get("/ui/static/../templates/base.html") as response:
         assert response.status in (403, 404)
