@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 STATUS_SHAPES: dict[str, str] = {
     "success": "✓",
     "failure": "✗",
-    "timeout": "⧖",
+    "timeout": "◷",
     "partial": "◐",
     "cancelled": "⊘",
     "running": "▶",

@@ -315,12 +315,31 @@ _SHOWN_APART = frozenset({"metrics_json", "context_json", "error_details"})
 # ---- agents and job types --------------------------------------------------------------
 
 
+#: Agents listed per page of /ui/agents (a fleet has thousands: the page stays small).
+AGENTS_PER_PAGE = 100
+
+
+def page_number(request: web.Request) -> int:
+    raw = request.query.get("page", "") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise BadParameter(f"page must be a whole number from 1 (got {raw[:40]!r})")
+    return int(raw)
+
+
 @routes.get("/ui/agents")
 async def agents_page(request: web.Request) -> web.Response:
     now = now_utc()
     window = window_of(request, now)
+    number = page_number(request)
+    needle = request.query.get("q", "").strip()
     database: Database = request.app[DATABASE]
-    agents = database.metadata().agent_names
+    matching = [
+        name for name in database.metadata().agent_names if needle.casefold() in name.casefold()
+    ]
+    pages = max(1, -(-len(matching) // AGENTS_PER_PAGE))
+    if number > pages:
+        raise BadParameter(f"page must be at most {pages} (the last page of agents)")
+    agents = matching[(number - 1) * AGENTS_PER_PAGE : number * AGENTS_PER_PAGE]
     rhythm_since = window.ago(RHYTHM_LOOKBACK)
 
     def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -335,6 +354,7 @@ async def agents_page(request: web.Request) -> web.Response:
     data = await read(request, ("ui-agents", window.name), fetch)
     rhythm = data["rhythm"] if data["rhythm"] is not None else data["activity"]
     silent = {agent.name: agent for agent in queries.silent_agents(rhythm, now)}
+    keep = {"window": window.name, "q": needle or None}
     return render(
         request,
         "agents.html",
@@ -342,6 +362,16 @@ async def agents_page(request: web.Request) -> web.Response:
             "now": now,
             "window": window,
             "agents": agents,
+            "matching": len(matching),
+            "needle": needle,
+            "page": number,
+            "pages": pages,
+            "previous_link": "/ui/agents" + query_string({**keep, "page": number - 1})
+            if number > 1
+            else None,
+            "next_link": "/ui/agents" + query_string({**keep, "page": number + 1})
+            if number < pages
+            else None,
             "activity": data["activity"],
             "seen": data["seen"],
             "silent": silent,

@@ -164,6 +164,8 @@ async def test_unknown_run_is_a_404_page(ui: TestClient[Any, Any]) -> None:
         ("limit=7", "limit must be one of"),
         ("cursor=garbage", "cursor"),
         ("stale=false", "stale"),
+        ("page=0", "page must be a whole number"),
+        ("page=99", "page must be at most 1"),
         ("created_after=" + "9" * 80, "created_after"),
         ("cursor=x&offset=5&agent_name=" + "a" * 300, "cursor"),
     ],
@@ -172,6 +174,7 @@ async def test_bad_parameters_are_a_400_page(
     ui: TestClient[Any, Any], query: str, says: str
 ) -> None:
     path = "/ui/" if query.startswith("window") else "/ui/runs"
+    path = "/ui/agents" if query.startswith("page") else path
     text = await page(ui, f"{path}?{query}", status=400)
     assert says in text
 
@@ -197,6 +200,8 @@ async def test_agents_jobs_and_their_pages(ui: TestClient[Any, Any]) -> None:
     agents = await page(ui, "/ui/agents?window=7d")
     assert "silent" in agents
     assert UNICODE_AGENT in agents
+    found = await page(ui, "/ui/agents?q=CRAWL")
+    assert FAILING_AGENT in found and "beta-etl" not in found
     agent = await page(ui, "/ui/agents/" + quote(FAILING_AGENT))
     assert "<svg" in agent
     assert "<title>" in agent
