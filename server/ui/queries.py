@@ -268,15 +268,22 @@ def agent_activity(
     """Runs recorded after ``since`` per agent and status: one range of the agent index
     per (agent, status), read from the index alone."""
     found: dict[str, AgentActivity] = {}
+    # Scalar subqueries per (agent, status) over one index range: a count (the one that
+    # steps through entries) and a min and max (one seek each). A join grouped by agent
+    # and status sorted every entry instead: 65 ms against 40 for a 7-day lookback at
+    # 1M runs.
+    where = (
+        f"FROM agent_runs INDEXED BY {AGENT_INDEX}"
+        " WHERE agent_name = a.value AND status = s.value AND created_at > ?1"
+    )
     rows = conn.execute(
-        "SELECT r.agent_name, r.status, count(*), min(r.created_at), max(r.created_at)"
-        " FROM json_each(?) AS a CROSS JOIN json_each(?) AS s"
-        f" CROSS JOIN agent_runs AS r INDEXED BY {AGENT_INDEX}"
-        " ON r.agent_name = a.value AND r.status = s.value AND r.created_at > ?"
-        " GROUP BY r.agent_name, r.status",
-        (orjson.dumps(list(agents)).decode(), _STATUS_JSON, since),
+        f"SELECT a.value, s.value, (SELECT count(*) {where}), (SELECT min(created_at) {where}),"
+        f" (SELECT max(created_at) {where}) FROM json_each(?2) AS a CROSS JOIN json_each(?3) AS s",
+        (since, orjson.dumps(list(agents)).decode(), _STATUS_JSON),
     )
     for agent, status, count, first, last in rows:
+        if not count:
+            continue
         activity = found.setdefault(agent, AgentActivity(agent))
         activity.by_status[status] = int(count)
         activity.first = first if activity.first is None else min(activity.first, first)

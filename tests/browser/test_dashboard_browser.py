@@ -219,7 +219,5 @@ def test_keyboard_reaches_the_filters_and_refresh_is_off(browser: Browser, serve
     toggle = driver.find_element(By.ID, "auto-refresh")
     assert toggle.is_displayed() and not toggle.is_selected()
     for control in driver.find_elements(By.CSS_SELECTOR, ".filters input, .filters select"):
-        label = driver.find_elements(
-            By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']"
-        )
+        label = driver.find_elements(By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']")
         assert label, control.get_attribute("name")

@@ -237,3 +237,24 @@ async def test_static_files_carry_the_headers(ui: TestClient[Any, Any]) -> None:
             check_headers(response.headers)
     async with ui.get("/ui/static/../templates/base.html") as response:
         assert response.status in (403, 404)
+
+
+def test_every_template_and_static_file_ships_in_the_wheel() -> None:
+    """pyproject's package-data covers every file the dashboard reads at run time."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["server.ui"]
+    package = root / "server" / "ui"
+    files = [
+        p.relative_to(package).as_posix()
+        for d in ("templates", "static")
+        for p in (package / d).iterdir()
+    ]
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
