@@ -85,12 +85,14 @@ def test_overview_answers_what_failed_where_and_since_when(
     assert driver.current_url == server.url + "/ui/"
     assert driver.find_element(By.TAG_NAME, "h1").text.startswith("Fleet overview")
     failing = driver.find_element(By.CSS_SELECTOR, "#failing-now ~ .scroll table").text
-    assert FAILING_AGENT in failing and FAILING_ERROR in failing
+    assert FAILING_AGENT in failing
+    assert FAILING_ERROR in failing
     assert SILENT_AGENT in driver.find_element(By.CSS_SELECTOR, "#silent ~ .scroll table").text
     assert STALE_EVENT_ID in driver.find_element(By.CSS_SELECTOR, "#stale ~ .scroll table").text
     # Status is told by text and shape, not colour alone.
     tile = driver.find_element(By.CSS_SELECTOR, ".tile.t-failure").text
-    assert "failure" in tile and "✗" in tile
+    assert "failure" in tile
+    assert "✗" in tile
     # Click 1: the failing streak's count -> that agent + job's runs since it began.
     row = driver.find_element(By.XPATH, f"//tr[td/a[text()='{FAILING_AGENT}']]")
     streak = row.find_element(By.CSS_SELECTOR, "td.num a")
@@ -98,7 +100,8 @@ def test_overview_answers_what_failed_where_and_since_when(
     follow(browser, streak)
     assert "/ui/runs?" in driver.current_url
     statuses = texts(browser, "table.runs tbody td:first-child")
-    assert len(statuses) == 4 and all("failure" in s for s in statuses)
+    assert len(statuses) == 4
+    assert all("failure" in s for s in statuses)
     # Click 2: the newest failure's own page: its error and when it started.
     follow(browser, driver.find_element(By.CSS_SELECTOR, "table.runs tbody td.id a"))
     assert "/ui/runs/" in driver.current_url
@@ -124,7 +127,8 @@ def test_a_status_tile_opens_its_filtered_list(browser: Browser, server: Daemon)
     Select(driver.find_element(By.ID, "f-limit")).select_by_visible_text("200")
     submit(browser, "limit=200")
     rows = texts(browser, "table.runs tbody td:first-child")
-    assert len(rows) == expected and all("success" in s for s in rows)
+    assert len(rows) == expected
+    assert all("success" in s for s in rows)
 
 
 def test_runs_filters_paging_and_back(browser: Browser, server: Daemon) -> None:
@@ -135,11 +139,13 @@ def test_runs_filters_paging_and_back(browser: Browser, server: Daemon) -> None:
     submit(browser, "agent_name=gamma-indexer")
     first = texts(browser, "table.runs tbody td.id")
     agents = texts(browser, "table.runs tbody td:nth-child(2)")
-    assert len(first) == 25 and set(agents) == {SILENT_AGENT}
+    assert len(first) == 25
+    assert set(agents) == {SILENT_AGENT}
     browser.screenshot("dashboard-runs", 1440)
     follow(browser, driver.find_element(By.CSS_SELECTOR, "a[rel=next]"))
     second = texts(browser, "table.runs tbody td.id")
-    assert len(second) == 25 and not set(first) & set(second)
+    assert len(second) == 25
+    assert not set(first) & set(second)
     assert driver.find_element(By.ID, "f-agent").get_attribute("value") == SILENT_AGENT
     old = driver.find_element(By.TAG_NAME, "html")
     driver.back()
@@ -161,7 +167,9 @@ def test_hostile_names_render_as_text(browser: Browser, server: Daemon) -> None:
     no_alert(browser)
     cells = driver.find_elements(By.CSS_SELECTOR, "table.runs tbody td")
     shown = [cell.text for cell in cells]
-    assert XSS_AGENT in shown and XSS_JOB in shown and XSS_ERROR in shown
+    assert XSS_AGENT in shown
+    assert XSS_JOB in shown
+    assert XSS_ERROR in shown
     assert not driver.find_elements(By.CSS_SELECTOR, "main img, main svg[onload]")
     # The event_id full of ? % # & and unicode links to its own page.
     follow(browser, driver.find_element(By.CSS_SELECTOR, "table.runs tbody td.id a"))
@@ -173,7 +181,8 @@ def test_run_detail_shows_fields_json_and_relatives(browser: Browser, server: Da
     browser.get(server.url + "/ui/runs/etl-parent-1")
     driver = browser.driver
     related = driver.find_element(By.CSS_SELECTOR, "#related").find_element(By.XPATH, "..").text
-    assert CHILD_EVENT_ID in related and "etl-retry-1" in related
+    assert CHILD_EVENT_ID in related
+    assert "etl-retry-1" in related
     follow(browser, driver.find_element(By.LINK_TEXT, CHILD_EVENT_ID))
     assert driver.find_element(By.CSS_SELECTOR, "h1 .id").text == CHILD_EVENT_ID
     browser.get(server.url + "/ui/runs/e-0030")
@@ -192,12 +201,14 @@ def test_agents_and_job_types(browser: Browser, server: Daemon) -> None:
     driver = browser.driver
     browser.get(server.url + "/ui/agents?window=7d")
     table = driver.find_element(By.CSS_SELECTOR, "main table").text
-    assert XSS_AGENT in table and "silent" in table
+    assert XSS_AGENT in table
+    assert "silent" in table
     browser.screenshot("dashboard-agents", 1440)
     follow(browser, driver.find_element(By.LINK_TEXT, FAILING_AGENT))
     assert driver.find_element(By.CSS_SELECTOR, "h1 .id").text == FAILING_AGENT
     chart = driver.find_element(By.CSS_SELECTOR, "svg.chart")
-    assert "p50" in chart.get_attribute("innerHTML") and "UTC day" in chart.text
+    assert "p50" in chart.get_attribute("innerHTML")
+    assert "UTC day" in chart.text
     assert driver.find_elements(By.CSS_SELECTOR, "svg.spark rect.bar")
     browser.screenshot("dashboard-agent", 1440)
     browser.get(server.url + "/ui/jobs?window=7d")
@@ -217,7 +228,8 @@ def test_keyboard_reaches_the_filters_and_refresh_is_off(browser: Browser, serve
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
     assert driver.switch_to.active_element.text == "Skip to content"
     toggle = driver.find_element(By.ID, "auto-refresh")
-    assert toggle.is_displayed() and not toggle.is_selected()
+    assert toggle.is_displayed()
+    assert not toggle.is_selected()
     for control in driver.find_elements(By.CSS_SELECTOR, ".filters input, .filters select"):
         label = driver.find_elements(By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']")
         assert label, control.get_attribute("name")

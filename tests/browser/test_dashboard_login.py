@@ -59,7 +59,8 @@ def test_login_flow(browser: Browser, server: Daemon) -> None:
     assert FAILING_AGENT in driver.find_element(By.CSS_SELECTOR, "main table").text
     cookie = driver.get_cookie("lt_ui_session")
     assert cookie is not None
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
     assert TOKEN not in cookie["value"]
     assert driver.execute_script("return document.cookie") == ""  # HttpOnly: not for scripts
     browser.get(server.url + "/ui/")  # the session holds across pages
