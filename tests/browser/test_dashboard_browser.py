@@ -183,6 +183,7 @@ def test_run_detail_shows_fields_json_and_relatives(browser: Browser, server: Da
     related = driver.find_element(By.CSS_SELECTOR, "#related").find_element(By.XPATH, "..").text
     assert CHILD_EVENT_ID in related
     assert "etl-retry-1" in related
+    browser.screenshot("dashboard-run", 1440)
     follow(browser, driver.find_element(By.LINK_TEXT, CHILD_EVENT_ID))
     assert driver.find_element(By.CSS_SELECTOR, "h1 .id").text == CHILD_EVENT_ID
     browser.get(server.url + "/ui/runs/e-0030")
@@ -191,7 +192,6 @@ def test_run_detail_shows_fields_json_and_relatives(browser: Browser, server: Da
     browser.get(server.url + "/ui/runs/e-0000")
     link = driver.find_element(By.PARTIAL_LINK_TEXT, "0123456789abcdef")
     assert link.get_attribute("href").startswith("https://github.com/example-org/crawler/commit/")
-    browser.screenshot("dashboard-run", 1440)
     browser.get(server.url + "/ui/runs/" + quote("missing run", safe=""))
     assert "404" in driver.find_element(By.TAG_NAME, "h1").text
     browser.drain_logs()  # the 404 is logged by the browser as a failed load
@@ -233,3 +233,29 @@ def test_keyboard_reaches_the_filters_and_refresh_is_off(browser: Browser, serve
     for control in driver.find_elements(By.CSS_SELECTOR, ".filters input, .filters select"):
         label = driver.find_elements(By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']")
         assert label, control.get_attribute("name")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/?window=7d",
+        "/ui/runs",
+        "/ui/runs/" + quote(HOSTILE_EVENT_ID, safe=""),
+        "/ui/runs/etl-parent-1",
+        "/ui/agents",
+        "/ui/agents/" + quote(FAILING_AGENT, safe=""),
+        "/ui/jobs",
+        "/ui/jobs/nightly-etl",
+    ],
+)
+def test_every_page_fits_360_px(browser: Browser, server: Daemon, path: str) -> None:
+    """A phone's width: the page body never scrolls sideways (wide tables scroll in
+    their own box), and the navigation stays reachable."""
+    driver = browser.driver
+    driver.set_window_size(360, 800)
+    try:
+        browser.get(server.url + path)
+        fits(browser)
+        assert driver.find_element(By.LINK_TEXT, "Runs").is_displayed()
+    finally:
+        driver.set_window_size(1440, 1000)

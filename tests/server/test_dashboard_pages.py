@@ -3,6 +3,7 @@ headers on every answer; bad parameters a 400 page; unknown runs a 404 page."""
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
@@ -259,3 +260,24 @@ def test_every_template_and_static_file_ships_in_the_wheel() -> None:
     assert files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+_PARAMS = ("window", "agent_name", "job_type", "status", "start_time_from", "start_time_to",
+           "created_after", "created_before", "stale", "limit", "cursor", "page", "q", "offset")  # fmt: skip
+_VALUES = ("24h", "7d", "1y", "", " ", "true", "TRUE", "50", "7", "-1", "0", "99999999999999999999",
+           "failure", "failed", "2026-06-01T00:00Z", "2026-06-01T00:00", "2026-02-30T00:00Z",
+           "\x00", "%00", "é🚀", "<script>", "a" * 600, "../../etc/passwd", "1e3", "NaN")  # fmt: skip
+
+
+async def test_any_query_string_is_a_page_or_a_400_never_a_500(ui: TestClient[Any, Any]) -> None:
+    """Random combinations of every parameter, hostile values included (300 requests)."""
+    rng = random.Random(12)
+    paths = ("/ui/", "/ui/runs", "/ui/agents", "/ui/jobs", "/ui/jobs/crawl", "/ui/agents/beta-etl")
+    for _ in range(300):
+        path = rng.choice(paths)
+        params = [(rng.choice(_PARAMS), rng.choice(_VALUES)) for _ in range(rng.randint(0, 4))]
+        async with ui.get(path, params=params, headers={"Accept": HTML}) as response:
+            text = await response.text()
+            assert response.status in (200, 400), (path, params, response.status, text[:500])
+            assert "Traceback" not in text
+            check_headers(response.headers)
