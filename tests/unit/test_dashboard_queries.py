@@ -140,3 +140,21 @@ def test_run_detail_finds_relatives_near_it(conn: sqlite3.Connection) -> None:
     assert child_detail is not None
     assert {r["event_id"] for r in child_detail.parents} == {parent, retry}
     assert queries.run_detail(conn, "missing") is None
+
+
+def test_activity_reads_created_at_as_another_writer_left_it(conn: sqlite3.Connection) -> None:
+    """Text with spaces (not this server's form) is still each run's own first and last."""
+    first = add(conn, 3, agent_name="foreign")
+    last = add(conn, 2, agent_name="foreign")
+    conn.execute(
+        "UPDATE agent_runs SET created_at = '2026-06-01 09:00 x y' WHERE event_id = ?", (first,)
+    )
+    conn.execute(
+        "UPDATE agent_runs SET created_at = '2026-06-01 10:00 z' WHERE event_id = ?", (last,)
+    )
+    activity = queries.agent_activity(conn, ["foreign"], "2026-05-01")["foreign"]
+    assert (activity.first, activity.last, activity.runs) == (
+        "2026-06-01 09:00 x y",
+        "2026-06-01 10:00 z",
+        2,
+    )
