@@ -206,13 +206,16 @@ def failing_now(
         if value is not None:
             terms.append(f"{column} = ?")
             params.append(value)
+    # MATERIALIZED (SQLite 3.35, the server's minimum): a flattened subquery computed
+    # each pair's last_ok twice, once for the WHERE and once for the answer.
     rows = conn.execute(
-        f"SELECT agent_name, job_type, last_failed, last_ok FROM ("
-        f" SELECT f.agent_name, f.job_type, f.last_failed, {_LAST_OK_SQL} AS last_ok FROM ("
-        f"  SELECT agent_name, job_type, max(created_at) AS last_failed FROM agent_runs"
+        "WITH f AS MATERIALIZED ("
+        "  SELECT agent_name, job_type, max(created_at) AS last_failed FROM agent_runs"
         f"  INDEXED BY idx_runs_status_created WHERE {' AND '.join(terms)}"
-        "   GROUP BY agent_name, job_type) AS f"
-        ") WHERE last_ok < last_failed ORDER BY last_failed DESC",
+        "  GROUP BY agent_name, job_type),"
+        f" g AS MATERIALIZED (SELECT f.*, {_LAST_OK_SQL} AS last_ok FROM f)"
+        " SELECT agent_name, job_type, last_failed, last_ok FROM g"
+        " WHERE last_ok < last_failed ORDER BY last_failed DESC",
         params,
     ).fetchall()
     shown: list[Failing] = []
