@@ -17,9 +17,10 @@ from aiohttp.typedefs import Handler
 from server.config import ServerConfig
 from server.contract.errors import ApiError, ValidationFailed
 from server.storage.connection import StorageUnavailable
-from server.ui import pages
+from server.ui import fleet, login, pages
 from server.ui.format import FILTERS, STATUS_SHAPES, ago, query
 from server.ui.paths import is_ui_request, wants_html
+from server.ui.render import render
 from server.ui.security import HEADERS, PAGE_CACHE, SESSION, STATIC_CACHE, Session
 from server.ui.window import WINDOWS, BadParameter
 
@@ -33,7 +34,7 @@ _OPEN = ("/ui/login", "/ui/logout")
 
 
 def _error_page(request: web.Request, status: int, title: str, messages: list[str]) -> web.Response:
-    return pages.render(
+    return render(
         request, "error.html", {"status": status, "title": title, "messages": messages}, status
     )
 
@@ -131,5 +132,6 @@ def setup_ui(app: web.Application, config: ServerConfig) -> None:
         tls=config.tls_cert_file is not None,
     )
     app.router.add_route("*", "/", root)  # every method: 404 as before, but a browser's GET
-    app.add_routes(pages.routes)
+    for module in (login, pages, fleet):
+        app.add_routes(module.routes)
     app.router.add_static(STATIC_ROUTE, _HERE / "static")

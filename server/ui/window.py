@@ -12,7 +12,7 @@ WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(day
 DEFAULT_WINDOW = "24h"
 #: Days the duration charts cover, whatever the window (a 24 h window has only 1-2 days).
 CHART_DAYS = 14
-#: Lookback over which an agent's usual rhythm is measured (see ``queries.silent_agents``).
+#: Lookback over which an agent's usual rhythm is measured (see ``agent_stats.silent_agents``).
 RHYTHM_LOOKBACK = timedelta(days=7)
 
 

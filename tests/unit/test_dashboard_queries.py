@@ -14,7 +14,7 @@ import pytest
 from server.contract.models import RunCreate
 from server.storage.runs import insert_run
 from server.storage.schema import migrate
-from server.ui import queries
+from server.ui import agent_stats, queries
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -97,12 +97,12 @@ def test_silent_agents_by_their_own_rhythm(conn: sqlite3.Connection) -> None:
         add(conn, hours, agent_name="on-time")
     for hours in (30, 20):  # two runs: no rhythm yet
         add(conn, hours, agent_name="newcomer")
-    activity = queries.agent_activity(
+    activity = agent_stats.agent_activity(
         conn, ["steady-then-quiet", "on-time", "newcomer", "nobody"], stamp(NOW - timedelta(days=7))
     )
     assert activity["on-time"].runs == 48
     assert "nobody" not in activity
-    silent = queries.silent_agents(activity, NOW)
+    silent = agent_stats.silent_agents(activity, NOW)
     assert [s.name for s in silent] == ["steady-then-quiet"]
     assert silent[0].usual_gap == timedelta(minutes=30)
     assert silent[0].silent_for == timedelta(hours=5, minutes=30)
@@ -113,18 +113,18 @@ def test_activity_counts_statuses_and_last_seen_spans_all_time(conn: sqlite3.Con
     add(conn, 3, agent_name="new", status="failure")
     add(conn, 2, agent_name="new", status="running")
     add(conn, 1, agent_name="new")
-    activity = queries.agent_activity(conn, ["old", "new"], stamp(NOW - timedelta(days=1)))
+    activity = agent_stats.agent_activity(conn, ["old", "new"], stamp(NOW - timedelta(days=1)))
     assert "old" not in activity
     new = activity["new"]
     assert new.by_status == {"failure": 1, "running": 1, "success": 1}
     assert new.success_rate == 0.5  # running runs are not finished
     assert new.failed == 1
-    seen = queries.last_seen(conn, "agent_name", ["old", "new", "nobody"])
+    seen = agent_stats.last_seen(conn, "agent_name", ["old", "new", "nobody"])
     assert seen == {
         "old": stamp(NOW - timedelta(hours=200)),
         "new": stamp(NOW - timedelta(hours=1)),
     }
-    assert queries.last_seen(conn, "job_type", ["j"]) == {"j": stamp(NOW - timedelta(hours=1))}
+    assert agent_stats.last_seen(conn, "job_type", ["j"]) == {"j": stamp(NOW - timedelta(hours=1))}
 
 
 def test_run_detail_finds_relatives_near_it(conn: sqlite3.Connection) -> None:
@@ -152,7 +152,7 @@ def test_activity_reads_created_at_as_another_writer_left_it(conn: sqlite3.Conne
     conn.execute(
         "UPDATE agent_runs SET created_at = '2026-06-01 10:00 z' WHERE event_id = ?", (last,)
     )
-    activity = queries.agent_activity(conn, ["foreign"], "2026-05-01")["foreign"]
+    activity = agent_stats.agent_activity(conn, ["foreign"], "2026-05-01")["foreign"]
     assert (activity.first, activity.last, activity.runs) == (
         "2026-06-01 09:00 x y",
         "2026-06-01 10:00 z",
