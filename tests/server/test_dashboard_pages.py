@@ -281,3 +281,17 @@ async def test_any_query_string_is_a_page_or_a_400_never_a_500(ui: TestClient[An
             assert response.status in (200, 400), (path, params, response.status, text[:500])
             assert "Traceback" not in text
             check_headers(response.headers)
+
+
+@pytest.mark.parametrize("path", ["/ui/", "/ui/?window=7d", "/ui/agents", "/ui/jobs"])
+async def test_every_number_links_to_the_runs_behind_it(
+    ui: TestClient[Any, Any], path: str
+) -> None:
+    text = await page(ui, path)
+    cells = re.findall(r'<td class="num"[^>]*>(.*?)</td>', text, flags=re.S)
+    tiles = re.findall(r'<li class="tile[^"]*">(.*?)</li>', text, flags=re.S)
+    assert cells or tiles
+    for cell in cells + tiles:
+        if cell.strip() in ("", "—"):
+            continue
+        assert cell.lstrip().startswith('<a href="/ui/runs'), cell
