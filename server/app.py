@@ -29,6 +29,7 @@ from server.http.ratelimit import RateLimiter
 from server.http.requests import MAX_JSON_DEPTH
 from server.reaper import reaper_ctx
 from server.storage.database import Database, StorageSettings
+from server.ui.app import setup_ui, ui_middleware
 
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
 
@@ -89,6 +90,7 @@ def create_app(config: ServerConfig) -> web.Application:
         middlewares.append(
             auth_middleware(config.auth_token, protect_reads=config.auth_protect_reads)
         )
+    middlewares.append(ui_middleware)  # the dashboard's own login, headers and error pages
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[READ_GUARD] = ReadGuard(
@@ -109,6 +111,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.add_routes(maintenance.routes)
     app.add_routes(ops.routes)
     app.add_routes(docs_routes(openapi_document()))
+    setup_ui(app, config)
     app.cleanup_ctx.append(database_ctx)
     # After the database: started once it is open, stopped before it closes.
     app.cleanup_ctx.append(reaper_ctx(runs.DATABASE, config.reaper_interval_s))

@@ -28,6 +28,7 @@ from server.contract.errors import (
 from server.http.auth import check_bearer
 from server.http.ratelimit import RateLimiter
 from server.storage.connection import StorageUnavailable
+from server.ui.paths import is_ui_request
 
 log = structlog.get_logger("server.http")
 
@@ -122,8 +123,11 @@ def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not is_open_path(request.path) and (
-            protect_reads or request.method not in ("GET", "HEAD", "OPTIONS")
+        # The dashboard asks for the token itself (a login page; see server.ui.security).
+        if (
+            not is_open_path(request.path)
+            and not is_ui_request(request)
+            and (protect_reads or request.method not in ("GET", "HEAD", "OPTIONS"))
         ):
             check_bearer(request.headers.get("Authorization"), token)
         return await handler(request)

@@ -1,0 +1,248 @@
+"""The agents and job types: lists with their activity over the window, and a page
+each with its duration chart and runs-per-hour sparkline."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+
+from server.contract.fields import CANONICAL_STATUSES
+from server.contract.models import RunQuery
+from server.contract.stats import StatsQuery
+from server.http.runs import DATABASE
+from server.storage.database import Database
+from server.storage.stale import now_utc, overdue_ids_sql
+from server.storage.stats import TooManyGroups
+from server.ui import agent_stats, queries
+from server.ui.charts import sparkline
+from server.ui.format import query as query_string
+from server.ui.render import (
+    chart,
+    chart_days,
+    hour_keys,
+    name_of,
+    page_number,
+    read,
+    render,
+    window_of,
+)
+from server.ui.window import (
+    DEFAULT_WINDOW,
+    RHYTHM_LOOKBACK,
+    BadParameter,
+    Window,
+)
+
+routes = web.RouteTableDef()
+#: Newest runs an agent's or a job type's page lists.
+RECENT_RUNS = 20
+
+
+# ---- agents and job types --------------------------------------------------------------
+
+
+#: Agents listed per page of /ui/agents (a fleet has thousands: the page stays small).
+AGENTS_PER_PAGE = 100
+
+
+@routes.get("/ui/agents")
+async def agents_page(request: web.Request) -> web.Response:
+    now = now_utc()
+    window = window_of(request, now)
+    number = page_number(request)
+    needle = request.query.get("q", "").strip()
+    database: Database = request.app[DATABASE]
+    matching = [
+        name for name in database.metadata().agent_names if needle.casefold() in name.casefold()
+    ]
+    pages = max(1, -(-len(matching) // AGENTS_PER_PAGE))
+    if number > pages:
+        raise BadParameter(f"page must be at most {pages} (the last page of agents)")
+    agents = matching[(number - 1) * AGENTS_PER_PAGE : number * AGENTS_PER_PAGE]
+    rhythm_since = window.ago(RHYTHM_LOOKBACK)
+
+    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+        return {
+            "activity": agent_stats.agent_activity(conn, agents, window.start),
+            "rhythm": agent_stats.agent_activity(conn, agents, rhythm_since)
+            if window.span != RHYTHM_LOOKBACK
+            else None,
+            "seen": agent_stats.last_seen(conn, "agent_name", agents),
+        }
+
+    data = await read(request, ("ui-agents", window.name), fetch)
+    rhythm = data["rhythm"] if data["rhythm"] is not None else data["activity"]
+    silent = {agent.name: agent for agent in agent_stats.silent_agents(rhythm, now)}
+    keep = {"window": window.name, "q": needle or None}
+    return render(
+        request,
+        "agents.html",
+        {
+            "now": now,
+            "window": window,
+            "agents": agents,
+            "matching": len(matching),
+            "needle": needle,
+            "page": number,
+            "pages": pages,
+            "previous_link": "/ui/agents" + query_string({**keep, "page": number - 1})
+            if number > 1
+            else None,
+            "next_link": "/ui/agents" + query_string({**keep, "page": number + 1})
+            if number < pages
+            else None,
+            "activity": data["activity"],
+            "seen": data["seen"],
+            "silent": silent,
+        },
+    )
+
+
+@routes.get("/ui/agents/{name}")
+async def agent_page(request: web.Request) -> web.Response:
+    now = now_utc()
+    window = window_of(request, now)
+    name = name_of(request, "name", "agent")
+    since, days = chart_days(now)
+
+    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+        seen = agent_stats.last_seen(conn, "agent_name", [name])
+        if name not in seen:
+            return {}
+        return {
+            "seen": seen[name],
+            "activity": agent_stats.agent_activity(conn, [name], window.start).get(name),
+            "days": queries.daily_durations(conn, since, window.end, agent_name=name),
+            "hours": queries.hourly_counts(conn, window.start, window.end, agent_name=name),
+            "jobs": queries.stats_groups(
+                conn,
+                StatsQuery(group_by=["job_type"], agent_name=name, created_after=window.start),
+                raw_index=queries.AGENT_INDEX,
+            ),
+            "failing": queries.failing_now(conn, window.start, agent_name=name),
+            "recent": queries.runs_page(
+                conn, RunQuery(agent_name=name, limit=RECENT_RUNS), None, None
+            ).runs,
+        }
+
+    data = await read(request, ("ui-agent", window.name), fetch)
+    if not data:
+        raise web.HTTPNotFound(reason=f"No run names the agent {name!r}")
+    hours = hour_keys(window)
+    return render(
+        request,
+        "agent.html",
+        {
+            **data,
+            "now": now,
+            "window": window,
+            "name": name,
+            "chart": chart(days, data["days"], f"Duration of {name}'s runs per day, p50 and p95"),
+            "spark": sparkline(
+                [data["hours"].get((hour,), 0) for hour in hours], f"{name}: runs per hour"
+            ),
+            "statuses": CANONICAL_STATUSES,
+        },
+    )
+
+
+@routes.get("/ui/jobs")
+async def jobs_page(request: web.Request) -> web.Response:
+    now = now_utc()
+    window = window_of(request, now)
+    database: Database = request.app[DATABASE]
+    job_types = database.metadata().job_types
+    # The list's sparklines cover the last 24 h whatever the window: 168 hours of every
+    # job type were 100 ms of rollup cells at 1M runs (a job's own page draws its window).
+    spark = Window(DEFAULT_WINDOW, now)
+
+    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+        try:
+            hourly: dict[tuple[str, ...], int] | None = queries.hourly_counts(
+                conn, spark.start, spark.end, by_job=True
+            )
+        except TooManyGroups:  # hundreds of job types over 7 days: no sparklines
+            hourly = None
+        return {
+            "summaries": {
+                group["key"]["job_type"]: group
+                for group in queries.job_summaries(conn, window.start, window.end)
+            },
+            "seen": agent_stats.last_seen(conn, "job_type", job_types),
+            "hourly": hourly,
+        }
+
+    data = await read(request, ("ui-jobs", window.name), fetch)
+    hours = hour_keys(spark)
+    sparks = {}
+    if data["hourly"] is not None:
+        for job in job_types:
+            sparks[job] = sparkline(
+                [data["hourly"].get((hour, job), 0) for hour in hours], f"{job}: runs per hour"
+            )
+    return render(
+        request,
+        "jobs.html",
+        {
+            "now": now,
+            "window": window,
+            "job_types": job_types,
+            "summaries": data["summaries"],
+            "seen": data["seen"],
+            "sparks": sparks,
+            "window_filter": {"start_time_from": window.start, "start_time_to": window.end},
+        },
+    )
+
+
+@routes.get("/ui/jobs/{job_type}")
+async def job_page(request: web.Request) -> web.Response:
+    now = now_utc()
+    window = window_of(request, now)
+    job = name_of(request, "job_type", "job type")
+    since, days = chart_days(now)
+    database: Database = request.app[DATABASE]
+    overdue = overdue_ids_sql(database.settings.stale, now)
+
+    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+        seen = agent_stats.last_seen(conn, "job_type", [job])
+        if job not in seen:
+            return {}
+        summary = queries.job_summaries(conn, window.start, window.end, job_type=job)
+        stale_total, stale_runs = queries.stale_summary(conn, overdue, job_type=job)
+        return {
+            "seen": seen[job],
+            "summary": summary[0] if summary else None,
+            "days": queries.daily_durations(conn, since, window.end, job_type=job),
+            "hours": queries.hourly_counts(conn, window.start, window.end, job_type=job),
+            "failing": queries.failing_now(conn, window.start, job_type=job),
+            "failures": queries.last_failures(conn, window.start, job_type=job),
+            "stale_total": stale_total,
+            "stale_runs": stale_runs,
+            "recent": queries.runs_page(
+                conn, RunQuery(job_type=job, limit=RECENT_RUNS), None, None
+            ).runs,
+        }
+
+    data = await read(request, ("ui-job", window.name), fetch)
+    if not data:
+        raise web.HTTPNotFound(reason=f"No run has the job type {job!r}")
+    hours = hour_keys(window)
+    return render(
+        request,
+        "job.html",
+        {
+            **data,
+            "now": now,
+            "window": window,
+            "job": job,
+            "chart": chart(days, data["days"], f"Duration of {job} runs per day, p50 and p95"),
+            "spark": sparkline(
+                [data["hours"].get((hour,), 0) for hour in hours], f"{job}: runs per hour"
+            ),
+            "statuses": CANONICAL_STATUSES,
+            "window_filter": {"start_time_from": window.start, "start_time_to": window.end},
+        },
+    )

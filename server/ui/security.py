@@ -1,0 +1,91 @@
+"""The dashboard's security: response headers (a strict CSP) and the login session.
+
+With ``TELEMETRY_API_AUTH_PROTECT_READS`` on, the dashboard asks for the API token once
+(a POST form) and keeps, in an HttpOnly, SameSite=Strict cookie, a value *derived* from
+the token (an HMAC of a fixed label): the cookie proves the token was given, yet is not
+the token, so it cannot be replayed as a bearer token, and it never authorises the API
+(which reads only ``Authorization``: no cross-site request can write through it).
+Changing the token ends every session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+#: Every dashboard response carries these (pages, static files, error pages).
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+#: Pages hold run data: never kept by a shared cache (or the browser's back-forward
+#: cache beyond the session).
+PAGE_CACHE = "no-store"
+STATIC_CACHE = "public, max-age=300"
+
+COOKIE = "lt_ui_session"
+_LABEL = b"local-telemetry dashboard session v1"
+
+
+def session_value(token: str) -> str:
+    """The cookie's value for a token (hex HMAC-SHA256 of a fixed label)."""
+    return hmac.new(token.encode("utf-8", "surrogateescape"), _LABEL, hashlib.sha256).hexdigest()
+
+
+class Session:
+    """Whether a request may see the dashboard's data, and the cookie that says so."""
+
+    def __init__(self, token: str | None, *, protect_reads: bool, tls: bool) -> None:
+        self.required = bool(protect_reads and token)
+        self._token = token or ""
+        self._value = session_value(self._token) if self.required else ""
+        self.tls = tls
+
+    def token_matches(self, presented: str) -> bool:
+        return hmac.compare_digest(
+            presented.encode("utf-8", "surrogateescape"),
+            self._token.encode("utf-8", "surrogateescape"),
+        )
+
+    def allows(self, request: web.Request) -> bool:
+        if not self.required:
+            return True
+        cookie = request.cookies.get(COOKIE, "")
+        return hmac.compare_digest(cookie.encode("ascii", "replace"), self._value.encode())
+
+    def sign_in(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.set_cookie(
+            COOKIE,
+            self._value,
+            path="/ui/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.tls or request.secure,
+        )
+
+    def sign_out(self, response: web.StreamResponse) -> None:
+        response.del_cookie(COOKIE, path="/ui/")
+
+
+SESSION: web.AppKey[Session] = web.AppKey("ui_session", Session)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after the login: a dashboard path of this server, else the overview
+    (never another host: ``//evil.example`` and ``https://...`` are refused)."""
+    if not target:
+        return "/ui/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/ui/"):
+        return "/ui/"
+    if "\\" in target or any(ord(ch) < 0x20 for ch in target):
+        return "/ui/"
+    return target
