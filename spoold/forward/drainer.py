@@ -13,11 +13,11 @@ pending, and the groups' ids), then the spool acks them - in the background,
 while the next batch is with the server. While agents are writing, the settle
 goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
 fsync'd), and the index's write gate and the spool's put-first lock
-(``spoold.writegate``) let a waiting accept commit go between any two of the
+(``spoold.spool.writegate``) let a waiting accept commit go between any two of the
 drainer's writes, and after each round the drain waits for its record and rests as
 long as the round took (``PACE_WHILE_ACCEPTING``), so the agents' commits get the disk
 and the GIL: the agent does not wait for the drain. A crash between the two is repaired
-at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
+at start-up (``spoold.state.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
 Only the server's own answers move the queue (``spoold.upstream.answers``).
@@ -45,11 +45,11 @@ from typing import Any, overload
 import orjson
 import structlog
 
+from spoold.forward.coalesce import Snapshot, coalesce, encode_batch, pack
 from spoold.forward.presence import Presence, oldest_accepted_at
-from spoold.ledger import Ledger
-from spoold.operations import Snapshot, coalesce, encode_batch, pack
-from spoold.runs_index import RunsIndex, Settling
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex, Settling
 from spoold.upstream.client import BatchAnswer, UpstreamClient
 from spoold.upstream.retry import Backoff, next_wait
 from spoold.upstream.status import UpstreamStatus

@@ -41,7 +41,7 @@ from spoold.spool.errors import (
 )
 from spoold.spool.reserve import DiskReserve
 from spoold.spool.stats import DiskFree, RateMeter, SpoolStats, age_s, retry_after_s
-from spoold.writegate import PutFirstLock
+from spoold.spool.writegate import PutFirstLock
 
 log = structlog.get_logger("spoold.spool")
 
@@ -121,7 +121,7 @@ class Spool:
                 self.directory, busy_timeout_s
             )
             totals.install(self._side)
-            self._queue.tran_lock = self._put_lock  # puts first (``spoold.writegate``)
+            self._queue.tran_lock = self._put_lock  # puts first (``spoold.spool.writegate``)
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
             )

@@ -6,10 +6,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import Spool
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 SpoolFactory = Callable[..., Spool]
 

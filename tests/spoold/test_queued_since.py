@@ -20,11 +20,11 @@ import pytest
 from spool_helpers import SpoolFactory
 
 from server.contract.timestamps import format_instant
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.forward.presence import Presence
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
 from spoold.spool import queue as spool_queue
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 
 def _at(seconds_ago: float) -> str:

@@ -1,4 +1,4 @@
-"""Start-up repair between the spool and the runs index (``spoold.recovery.reconcile``)."""
+"""Start-up repair between the spool and the runs index (``spoold.state.recovery.reconcile``)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from spool_helpers import SpoolFactory, accept
 from structlog.testing import capture_logs
 
-from spoold import recovery
-from spoold.accept import Acceptor
-from spoold.ledger import Counts, Ledger
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, op_counts
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import Spool, SpoolGroup
+from spoold.state import recovery
+from spoold.state.ledger import Counts, Ledger
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, op_counts
 
 IndexFactory = Callable[[], RunsIndex]
 RECOVERY_EVENTS = {

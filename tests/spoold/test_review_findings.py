@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from spool_helpers import SpoolFactory, accept, disk_full
 
-from spoold import operator
+from spoold import cli
 from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, op_counts
 from spoold.spool import DeadLetterStore
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, op_counts
 
 
 class Killed(BaseException):
@@ -97,7 +97,7 @@ async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
             [({"kind": "update", "event_id": "a", "body": {"status": "success"}}, "refused", 422)]
         )
 
-    assert operator.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
+    assert cli.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
 
     spool, index = make_spool(), open_index(spool_dir, indexes)
     counts = reconcile(spool, index)
