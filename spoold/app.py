@@ -48,7 +48,6 @@ from spoold.state.ledger import Ledger
 from spoold.state.recovery import reconcile
 from spoold.state.runs_index import RunsIndex
 from spoold.state.storage import (
-    DEAD_LETTER_FILE,
     INDEX_FILE,
     Storage,
     StorageRecoveries,
@@ -61,7 +60,6 @@ from spoold.upstream.status import UpstreamStatus
 
 log = structlog.get_logger("spoold")
 
-__all__ = ["DEAD_LETTER_FILE", "INDEX_FILE", "create_app"]
 PRUNE_EVERY_S = 60.0
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,

@@ -91,7 +91,6 @@ class AcceptStats:
     groups: int = 0
     operations: int = 0
     duplicates: int = 0
-    rejected_full: int = 0
     rejected_error: int = 0
     last_commit_s: float = 0.0
     slow_commits: int = 0
@@ -521,6 +520,4 @@ class Acceptor:
         if isinstance(error, SpoolWriteError):
             self.stats.rejected_error += len(group)
             log.warning("accept_refused", error=str(error), operations=len(group))
-        else:
-            self.stats.rejected_full += len(group)
         _answer([(item, None, error) for item in group])

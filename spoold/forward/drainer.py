@@ -79,13 +79,11 @@ class Stopped(Exception):
 class DrainStats:
     batches: int = 0
     operations_forwarded: int = 0
-    snapshots_sent: int = 0
     duplicates_sent: int = 0
     dead_lettered: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     splits: int = 0
     last_batch_size: int = 0
-    last_forward_s: float = 0.0
 
 
 class RoundOps(Sequence[dict[str, Any]]):
@@ -458,7 +456,6 @@ class Drainer:
             runs = len({ops.event_ids[position] for position in refused})
             log.warning("operations_dead_lettered", operations=len(refused), runs=runs)
         self.stats.last_batch_size = len(ops)
-        self.stats.last_forward_s = time.perf_counter() - started
         return _Delivered(groups, list(ops.event_ids), frozenset(refused), started)
 
     async def _deliver(self, batches: list[Chunk], ops: RoundOps) -> Refusals:
@@ -519,7 +516,6 @@ class Drainer:
 
     def _count_answer(self, chunk: list[Planned], body: dict[str, Any]) -> None:
         self.stats.batches += 1
-        self.stats.snapshots_sent += len(chunk)
         self.stats.duplicates_sent += int(body["duplicates"])
 
     async def _send(self, body: bytes, items: int) -> BatchAnswer:

@@ -8,12 +8,9 @@ the accept thread spools them, the drainer folds them (``spoold.forward.coalesce
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from server.contract.models import CommitAssociation, HeartbeatBody, RunCreate, RunUpdate
-
-Kind = Literal["create", "update", "commit", "heartbeat"]
-
 
 #: Free-form JSON fields, shared with the model rather than copied by model_dump: a copy
 #: would double the memory of a large body (its Python objects cost many times its bytes).

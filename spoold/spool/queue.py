@@ -1,13 +1,15 @@
 """The durable local spool: a capped FIFO of operation groups on persist-queue.
 
 persist-queue commits (and fsyncs) once per ``put``, ``get`` and ``ack`` and has
-no batch API, so one queue item is a *group* of operations (see ``spoold.accept``)
+no batch API, so one queue item is a *group* of operations (see ``spoold.accept.acceptor``)
 and the drainer gets and acks whole groups. Groups got but never acked (crash,
 kill -9, close without ack) are ready again at the next open (``auto_resume``).
 persist-queue only *marks* rows acked: the spool deletes them at least every
 ``clear_interval_s`` and vacuums once little live data remains. The accept
-path never waits on the drainer: ``put_encoded`` takes no lock that the reader
-holds during I/O; the counters have their own short lock.
+path and the drainer share one transaction lock on the file (persist-queue's,
+replaced by ``spoold.spool.writegate.PutFirstLock``): a put waits at most for the
+drainer's transaction in progress, never for its next one; the counters have their
+own short lock.
 """
 
 from __future__ import annotations
@@ -320,7 +322,7 @@ class Spool:
                 self._drain.add(nbytes)
                 self._acked_uncleared += 1
                 self._acked_uncleared_bytes += nbytes
-            self._maintain(force=False)
+            self._maintain()
             with self._counts_lock:
                 self._put_since_read = None
             try:
@@ -440,24 +442,18 @@ class Spool:
             if self._closed or time.monotonic() - self._last_put < _VACUUM_AFTER_IDLE_S:
                 return
             self._acked_uncleared = max(self._acked_uncleared, 1)  # due: run it now
-            self._maintain(force=False)
+            self._maintain()
 
-    def compact(self) -> None:
-        """Delete acked rows now and vacuum if enough of the file is free."""
-        with self._io_lock:
-            _check_open(self._closed)
-            self._maintain(force=True)
-
-    def _maintain(self, *, force: bool) -> None:
+    def _maintain(self) -> None:
         due = (
             self._acked_uncleared_bytes >= _CLEAR_EVERY_BYTES
             or time.monotonic() - self._last_clear >= self._clear_interval_s
             or self._depth_groups == 0
         )
-        if not force and not (self._acked_uncleared and due):
+        if not (self._acked_uncleared and due):
             return
         # Vacuuming copies the live rows while puts wait: only when few are left.
-        may_vacuum = force or (
+        may_vacuum = (
             self._bytes <= self._vacuum_max_live
             and time.monotonic() - self._last_put >= _VACUUM_AFTER_IDLE_S
         )
@@ -514,7 +510,7 @@ class Spool:
         self._closed = True
         with self._io_lock:
             if self._queue is not None:
-                self._maintain(force=False)
+                self._maintain()
                 self._queue.close()
                 self._queue = None
             if self._checkpointer is not None:

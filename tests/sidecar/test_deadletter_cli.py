@@ -16,7 +16,6 @@ import pytest
 from sidecar_helpers import answer, make_run, proxy, refuse_runs
 
 from spoold import cli
-from spoold.app import DEAD_LETTER_FILE
 from spoold.locate import (
     DEFAULT_ENV_FILE,
     DEFAULT_STATE_DIRS,
@@ -25,6 +24,7 @@ from spoold.locate import (
     locate_spool_dir,
 )
 from spoold.spool import DeadLetterStore
+from spoold.state.storage import DEAD_LETTER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
