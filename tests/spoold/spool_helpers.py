@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from spoold.accept.acceptor import Acceptor
-from spoold.spool import Spool, queue
+from spoold.spool import Spool, housekeeping
 from spoold.state.ledger import Ledger
 from spoold.state.runs_index import RunsIndex
 
@@ -43,8 +43,8 @@ def clear_acked_now(spool: Spool) -> None:
     """Delete the acked rows now, through the drainer's idle housekeeping (as if the spool
     had been idle and enough acked bytes had piled up)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(queue, "_VACUUM_AFTER_IDLE_S", 0.0)
-        patch.setattr(queue, "_CLEAR_EVERY_BYTES", 0)
+        patch.setattr(housekeeping, "VACUUM_AFTER_IDLE_S", 0.0)
+        patch.setattr(housekeeping, "CLEAR_EVERY_BYTES", 0)
         spool.housekeep_when_idle()
 
 
