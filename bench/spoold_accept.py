@@ -100,7 +100,7 @@ def ceiling_main(port: int, path: Path) -> None:
     from server.http.requests import MAX_JSON_DEPTH, event_id_of, json_fields_context, read_json
     from server.http.runs import json_response
     from spoold.config import SpooldConfig
-    from spoold.operations import create_op, update_op
+    from spoold.spool.operations import create_op, update_op
 
     class GroupCommit:
         """Requests arriving while one write+fsync runs are written together by the next."""

@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import run_payload
 
 from server.contract.models import RunCreate
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.forward import drainer as drainer_module
-from spoold.ledger import Ledger
-from spoold.operations import create_op
-from spoold.recovery import reconcile
-from spoold.runs_index import op_counts
-from spoold.storage import open_storage
+from spoold.spool.operations import create_op
+from spoold.state.ledger import Ledger
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import op_counts
+from spoold.state.storage import open_storage
 
 RATE = 1000.0
 ROUND_OPS = 500
@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--no-drain", action="store_true")
     args = parser.parse_args()
     storage = open_storage(args.spool_dir, capacity_bytes=8 << 30, min_free_disk_bytes=0)
-    spool, letters, index, drain_index, _ = storage
+    spool, letters = storage.spool, storage.dead_letters
+    index, drain_index = storage.accept_index, storage.drain_index
     ledger = Ledger(reconcile(spool, index))
     sliced = hasattr(drainer_module, "SETTLE_SLICE_OPS")  # the tree with sliced settles
     stop = threading.Event()
@@ -123,10 +124,7 @@ def main() -> None:
     try:
         latencies = asyncio.run(load())
     finally:
-        for connection in storage[2:]:
-            connection.close()
-        letters.close()
-        spool.close()
+        storage.close()
     tree = "sliced settles" if sliced else "one-commit settles"
     print(
         f"{tree}: accept p50 {quantile_ms(latencies, 0.5):.1f} p99"

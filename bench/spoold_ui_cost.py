@@ -38,7 +38,7 @@ from daemons import free_port, start
 from server_bench import run_payload
 
 from spoold.spool import DeadLetterStore
-from spoold.storage import DEAD_LETTER_FILE
+from spoold.state.storage import DEAD_LETTER_FILE
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

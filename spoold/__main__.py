@@ -28,12 +28,12 @@ from server.exposure import Exposure, warn_if_upstream_in_clear
 from server.logs import configure_logging
 from server.storage.compat import SqliteTooOld, check_sqlite_version
 from server.tls import TLSSetupError, listener_context, upstream_context
-from spoold import __version__, operator
+from spoold import __version__, cli
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
+from spoold.forward.limits import UpstreamLimits
 from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir, read_env_file
 from spoold.memory import fix_mmap_threshold
-from spoold.upstream.limits import UpstreamLimits
 
 DEV_SERVER_READY_S = 20.0
 
@@ -229,21 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"spoold: using spool directory {located.path} (from {located.source})", file=sys.stderr)
     spool_dir = located.path
     if command == "spool":
-        return operator.spool_stats(spool_dir)
+        return cli.spool_stats(spool_dir)
     if args.action == "list":
-        return operator.deadletter_list(spool_dir, limit=args.limit, offset=args.offset)
+        return cli.deadletter_list(spool_dir, limit=args.limit, offset=args.offset)
     if args.action == "show":
-        return operator.deadletter_show(spool_dir, args.id)
+        return cli.deadletter_show(spool_dir, args.id)
     if args.action == "replay":
         try:
             limits = daemon_limits(args.env_file)
         except ConfigError as exc:
             print(f"spoold: configuration error in {args.env_file}: {exc}", file=sys.stderr)
             return 2
-        return operator.deadletter_replay(
-            spool_dir, args.ids or None, force=args.force, limits=limits
-        )
-    return operator.deadletter_purge(spool_dir, args.ids or None)
+        return cli.deadletter_replay(spool_dir, args.ids or None, force=args.force, limits=limits)
+    return cli.deadletter_purge(spool_dir, args.ids or None)
 
 
 if __name__ == "__main__":

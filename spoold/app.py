@@ -35,7 +35,7 @@ from server.http.openapi import build_openapi
 from server.http.requests import MAX_JSON_DEPTH
 from server.tls import upstream_context
 from spoold import __version__, ui
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.forward.presence import Presence, PresenceBeacon
@@ -44,28 +44,32 @@ from spoold.http.openapi import SIDECAR_API, with_heartbeat
 from spoold.http.prometheus import SIDECAR_METRICS, SidecarMetrics
 from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.identity import load_sidecar_id
-from spoold.ledger import Ledger
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex
-from spoold.storage import DEAD_LETTER_FILE, INDEX_FILE, Storage, StorageRecoveries, open_storage
+from spoold.state.ledger import Ledger
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import (
+    INDEX_FILE,
+    Storage,
+    StorageRecoveries,
+    open_storage,
+)
+from spoold.state.verify import Deferred, lower_this_threads_priority
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus
-from spoold.verify import Deferred, lower_this_threads_priority
 
 log = structlog.get_logger("spoold")
 
-__all__ = ["DEAD_LETTER_FILE", "INDEX_FILE", "create_app"]
 PRUNE_EVERY_S = 60.0
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.
 DRAINER_CANCEL_GRACE_S = 1.0
-#: The deferred whole-file checks start this long after start-up (``spoold.verify``).
+#: The deferred whole-file checks start this long after start-up (``spoold.state.verify``).
 CHECK_AFTER_START_DELAY_S = 2.0
 ACCEPT_CLOSE_FLOOR_S = 1.0
 
-_STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", tuple)
+_STORAGE: web.AppKey[Storage] = web.AppKey("spoold_storage", Storage)
 _RECOVERIES: web.AppKey[StorageRecoveries] = web.AppKey("spoold_recoveries", StorageRecoveries)
 _LEDGER: web.AppKey[Ledger] = web.AppKey("spoold_ledger", Ledger)
 _ACCEPTOR: web.AppKey[Acceptor] = web.AppKey("spoold_acceptor", Acceptor)
@@ -88,19 +92,21 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = await asyncio.to_thread(_open_storage, app[CONFIG], deferred)
     app[_STORAGE] = storage
     try:
-        app[_LEDGER] = Ledger(await asyncio.to_thread(reconcile, storage[0], storage[2]))
-        app[_RECOVERIES] = await asyncio.to_thread(StorageRecoveries.read, storage[2])
+        app[_LEDGER] = Ledger(
+            await asyncio.to_thread(reconcile, storage.spool, storage.accept_index)
+        )
+        app[_RECOVERIES] = await asyncio.to_thread(StorageRecoveries.read, storage.accept_index)
     except BaseException:
-        await asyncio.to_thread(_close_storage, storage)
+        await asyncio.to_thread(storage.close)
         raise
     checks = asyncio.create_task(_check_after_start(deferred), name="spoold-checks")
     yield
     checks.cancel()
-    await asyncio.to_thread(_close_storage, storage)
+    await asyncio.to_thread(storage.close)
 
 
 async def _check_after_start(deferred: Deferred) -> None:
-    """The runs-index check start-up left for later (``spoold.verify``), once the first
+    """The runs-index check start-up left for later (``spoold.state.verify``), once the first
     requests had the CPU to themselves for a moment."""
     if not deferred:
         return
@@ -135,20 +141,12 @@ async def _check_after_start(deferred: Deferred) -> None:
         log.warning("check_after_start_failed", error=repr(exc)[:300])
 
 
-def _close_storage(storage: Storage) -> None:
-    spool, dead_letters, *indexes = storage
-    for index in indexes:
-        index.close()
-    dead_letters.close()
-    spool.close()
-
-
 async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
-    spool, _, accept_index, _, _ = app[_STORAGE]
+    storage = app[_STORAGE]
     config = app[CONFIG]
     acceptor = Acceptor(
-        spool,
-        accept_index,
+        storage.spool,
+        storage.accept_index,
         app[_LEDGER],
         window_s=config.group_window_ms / 1000,
         max_group=config.max_group,
@@ -181,7 +179,8 @@ async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
 
 async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    spool, dead_letters, _, drain_index, reader_index = app[_STORAGE]
+    storage = app[_STORAGE]
+    spool = storage.spool
     status = UpstreamStatus(url=config.upstream_url)
     sidecar_id = await asyncio.to_thread(load_sidecar_id, Path(config.spool_dir))
     presence = Presence(
@@ -200,8 +199,8 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     drainer = Drainer(
         spool,
-        dead_letters,
-        drain_index,
+        storage.dead_letters,
+        storage.drain_index,
         app[_LEDGER],
         client,
         status,
@@ -215,9 +214,9 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SIDECAR] = Sidecar(
         config=config,
         spool=spool,
-        dead_letters=dead_letters,
+        dead_letters=storage.dead_letters,
         acceptor=app[_ACCEPTOR],
-        reader_index=reader_index,
+        reader_index=storage.reader_index,
         ledger=app[_LEDGER],
         client=client,
         upstream=status,

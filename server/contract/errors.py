@@ -66,11 +66,6 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(ApiError):
-    status = 415
-    code = "unsupported_media_type"
-
-
 class ValidationFailed(ApiError):
     """422 with a list of ``{loc, msg, type}`` entries, as FastAPI answers."""
 
@@ -81,11 +76,6 @@ class ValidationFailed(ApiError):
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
-
-
-class UpstreamError(ApiError):
-    status = 502
-    code = "upstream_error"
 
 
 class ServiceUnavailable(ApiError):

@@ -26,7 +26,6 @@ STATUS_ALIASES: dict[str, str] = {
     "completed": "success",
     "succeeded": "success",
 }
-COMMIT_SOURCES: tuple[str, ...] = ("manual", "llm", "ci")
 SQLITE_INT_MAX = 2**63 - 1
 IDENTIFIER_MAX_LEN = 255
 COMMIT_HASH_MIN_LEN, COMMIT_HASH_MAX_LEN = 7, 40

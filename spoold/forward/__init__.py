@@ -1,1 +1,2 @@
-"""Forwarding the spool upstream: coalescing operations and the drain loop."""
+"""Forwarding the spool upstream: coalescing operations, the server's limits on them,
+the drain loop and the presence beacon."""

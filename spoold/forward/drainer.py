@@ -13,11 +13,11 @@ pending, and the groups' ids), then the spool acks them - in the background,
 while the next batch is with the server. While agents are writing, the settle
 goes in short slices (``SETTLE_SLICE_OPS`` operations per commit, the last one
 fsync'd), and the index's write gate and the spool's put-first lock
-(``spoold.writegate``) let a waiting accept commit go between any two of the
+(``spoold.spool.writegate``) let a waiting accept commit go between any two of the
 drainer's writes, and after each round the drain waits for its record and rests as
 long as the round took (``PACE_WHILE_ACCEPTING``), so the agents' commits get the disk
 and the GIL: the agent does not wait for the drain. A crash between the two is repaired
-at start-up (``spoold.recovery``); a failed ack (full disk) is retried, never
+at start-up (``spoold.state.recovery``); a failed ack (full disk) is retried, never
 by sending the groups again.
 
 Only the server's own answers move the queue (``spoold.upstream.answers``).
@@ -45,11 +45,11 @@ from typing import Any, overload
 import orjson
 import structlog
 
+from spoold.forward.coalesce import Snapshot, coalesce, encode_batch, pack
 from spoold.forward.presence import Presence, oldest_accepted_at
-from spoold.ledger import Ledger
-from spoold.operations import Snapshot, coalesce, encode_batch, pack
-from spoold.runs_index import RunsIndex, Settling
 from spoold.spool import DeadLetterStore, Spool, SpoolGroup
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex, Settling
 from spoold.upstream.client import BatchAnswer, UpstreamClient
 from spoold.upstream.retry import Backoff, next_wait
 from spoold.upstream.status import UpstreamStatus
@@ -79,13 +79,11 @@ class Stopped(Exception):
 class DrainStats:
     batches: int = 0
     operations_forwarded: int = 0
-    snapshots_sent: int = 0
     duplicates_sent: int = 0
     dead_lettered: int = 0
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     splits: int = 0
     last_batch_size: int = 0
-    last_forward_s: float = 0.0
 
 
 class RoundOps(Sequence[dict[str, Any]]):
@@ -458,7 +456,6 @@ class Drainer:
             runs = len({ops.event_ids[position] for position in refused})
             log.warning("operations_dead_lettered", operations=len(refused), runs=runs)
         self.stats.last_batch_size = len(ops)
-        self.stats.last_forward_s = time.perf_counter() - started
         return _Delivered(groups, list(ops.event_ids), frozenset(refused), started)
 
     async def _deliver(self, batches: list[Chunk], ops: RoundOps) -> Refusals:
@@ -519,7 +516,6 @@ class Drainer:
 
     def _count_answer(self, chunk: list[Planned], body: dict[str, Any]) -> None:
         self.stats.batches += 1
-        self.stats.snapshots_sent += len(chunk)
         self.stats.duplicates_sent += int(body["duplicates"])
 
     async def _send(self, body: bytes, items: int) -> BatchAnswer:

@@ -97,7 +97,6 @@ class Presence:
 
 @dataclass
 class BeaconStats:
-    sent: int = 0
     answered: int = 0
     failed: int = 0
     last_problem: str | None = None
@@ -138,7 +137,6 @@ class PresenceBeacon:
 
     async def send_once(self) -> bool:
         """One presence batch; True if the server itself answered it."""
-        self.stats.sent += 1
         answer = await self._client.send_batch(PRESENCE_BODY, 0)
         if answer.verdict == "ok":
             self.stats.answered += 1

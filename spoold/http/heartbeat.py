@@ -7,7 +7,7 @@ durably before the 204, like every write here (and counted like them: accepted,
 queued, forwarded). A run this sidecar does not know is handled as a PATCH of it is:
 the server is asked (its 404 is relayed), and while it cannot be asked the heartbeat
 is spooled and answered 202 ``queued``. The drainer coalesces a run's heartbeats, so
-only the newest travels (``spoold.operations``).
+only the newest travels (``spoold.forward.coalesce``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from server.http.requests import MAX_JSON_DEPTH, event_id_of
 from server.http.runs import json_response
 from spoold.http.state import SIDECAR
 from spoold.http.writes import _accept_update
-from spoold.operations import heartbeat_op
+from spoold.spool.operations import heartbeat_op
 
 routes = web.RouteTableDef()
 

@@ -16,7 +16,7 @@ from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
-from spoold.runs_index import KnownRun
+from spoold.state.runs_index import KnownRun
 from spoold.upstream.client import Reply, UpstreamUnavailable, run_path
 
 routes = web.RouteTableDef()

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.config import SpooldConfig
 from spoold.forward.drainer import Drainer
 from spoold.forward.presence import Presence
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
-from spoold.storage import StorageRecoveries
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import StorageRecoveries
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.status import UpstreamStatus
 
@@ -32,7 +32,7 @@ class Sidecar:
     upstream: UpstreamStatus
     drainer: Drainer
     started_at: float
-    #: Damaged local files set aside so far (counted at start-up, see ``spoold.storage``).
+    #: Damaged local files set aside so far (counted at start-up, see ``spoold.state.storage``).
     recoveries: StorageRecoveries = field(default_factory=StorageRecoveries)
     #: The sidecar id and the presence headers of every batch (``forward.presence``).
     presence: Presence | None = None

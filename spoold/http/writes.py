@@ -16,12 +16,12 @@ from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
 from server.http.requests import event_id_of, json_fields_context, not_found, read_json
 from server.http.runs import json_response
-from spoold.accept import Accepted
+from spoold.accept.acceptor import Accepted
+from spoold.forward.limits import UpstreamLimits
 from spoold.http.state import SIDECAR, Sidecar
-from spoold.operations import commit_op, create_op, update_op
 from spoold.spool import SpoolError, SpoolFull
+from spoold.spool.operations import commit_op, create_op, update_op
 from spoold.upstream.client import UpstreamUnavailable, lookup_verdict
-from spoold.upstream.limits import UpstreamLimits
 
 routes = web.RouteTableDef()
 

@@ -1,6 +1,6 @@
 """spoold's storage layer: the durable local spool and the dead-letter store.
 
-Data flow: the HTTP layer ``await``s ``spoold.accept.Acceptor.submit(op)``, which
+Data flow: the HTTP layer ``await``s ``spoold.accept.acceptor.Acceptor.submit(op)``, which
 writes concurrent operations as one group into ``Spool`` (persist-queue on
 SQLite) and answers only after the fsync; the drainer reads groups with
 ``Spool.get_groups``, acks them once the server has them, and moves refused

@@ -1,4 +1,4 @@
-"""Errors of the storage layer, each carrying the HTTP status the accept path answers.
+"""Errors of the spool (and of the runs index as the accept path sees it).
 
 SQLite and OS errors are translated here, at one boundary, so that the HTTP
 layer and the drainer only ever see this small hierarchy (the original error
@@ -21,9 +21,8 @@ DISK_FULL_RETRY_AFTER_S = 5.0
 
 
 class SpoolError(Exception):
-    """Base class: the spool could not do what was asked; nothing was half-done."""
-
-    status: int = 503
+    """Base class: the spool could not do what was asked; nothing was half-done (the HTTP
+    handlers answer 503 to any of them, ``spoold.http.writes``)."""
 
 
 class SpoolFull(SpoolError):
@@ -45,13 +44,9 @@ class SpoolClosedError(SpoolWriteError):
 class SpoolLockedError(SpoolError):
     """Another process already owns this spool directory."""
 
-    status = 500
-
 
 class SpoolFormatError(SpoolError):
     """The spool (or dead-letter store) on disk has a format this code does not understand."""
-
-    status = 500
 
 
 def primary_code(exc: BaseException) -> int | None:

@@ -2,7 +2,7 @@
 
 persist-queue's ``full()`` never says full, so spoold enforces its own cap. The
 pieces here are small and mostly pure so they can be tested without a disk:
-the cap decision is ``Spool.check_capacity``; what to tell the client to wait
+the cap decision is ``spoold.spool.capacity``; what to tell the client to wait
 is ``retry_after_s``, from the drain rate measured by ``RateMeter``.
 """
 

@@ -8,7 +8,7 @@ one-row table instead, in the same transaction as each put, ack, nack or delete
 
 A spool file from before the triggers gets them at its first open, with the
 totals counted once in the same transaction. The totals are checked against a
-full count in the background after start-up (``spoold.verify``), which corrects
+full count in the background after start-up (``spoold.state.verify``), which corrects
 them should they ever differ.
 """
 
@@ -102,7 +102,7 @@ def verify(side: sqlite3.Connection) -> tuple[int, int, int] | None:
     differ, correct the totals by the difference (puts and acks may have moved them
     since). Returns the difference (counted - kept), or None if there was none.
 
-    Reading every row is also what surfaces a damaged page (``spoold.verify``).
+    Reading every row is also what surfaces a damaged page (``spoold.state.verify``).
     """
     side.execute("BEGIN")  # one snapshot for both reads (WAL: writers go on meanwhile)
     try:

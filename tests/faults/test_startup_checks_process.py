@@ -20,7 +20,7 @@ import pytest
 from daemons import free_port
 from procs import Reaper, RunLedger, call, create_body, health, log_events, start_spoold
 
-from spoold.verify import DAMAGE_EXIT_CODE, REQUEST_SUFFIX
+from spoold.state.verify import DAMAGE_EXIT_CODE, REQUEST_SUFFIX
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

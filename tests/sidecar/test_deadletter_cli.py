@@ -15,8 +15,7 @@ import orjson
 import pytest
 from sidecar_helpers import answer, make_run, proxy, refuse_runs
 
-from spoold import operator
-from spoold.app import DEAD_LETTER_FILE
+from spoold import cli
 from spoold.locate import (
     DEFAULT_ENV_FILE,
     DEFAULT_STATE_DIRS,
@@ -25,6 +24,7 @@ from spoold.locate import (
     locate_spool_dir,
 )
 from spoold.spool import DeadLetterStore
+from spoold.state.storage import DEAD_LETTER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,11 +62,11 @@ def test_replay_walks_past_a_first_page_of_invalid_letters(spool_dir: Path) -> N
     the invalid ones kept and counted, and the exit code says something was left."""
     good = [make_run() for _ in range(3)]
     dead_letters(spool_dir, [invalid_op(n) for n in range(600)] + [create_op(r) for r in good])
-    code, report = run_cli(operator.deadletter_replay, spool_dir, None)
+    code, report = run_cli(cli.deadletter_replay, spool_dir, None)
     assert report["replayed"] == 3
     assert report["left_invalid"] == 600
     assert code == 1
-    _, stats = run_cli(operator.spool_stats, spool_dir)
+    _, stats = run_cli(cli.spool_stats, spool_dir)
     assert stats["depth"] == 3
     assert stats["dead_letters"] == 600
 
@@ -75,11 +75,11 @@ def test_replay_of_explicit_ids_has_no_cap(spool_dir: Path) -> None:
     """700 ids named on the command line: all 700 are replayed (not the first 500); an id
     that does not exist is reported, not silently ignored."""
     ids = dead_letters(spool_dir, [create_op(make_run()) for _ in range(700)])
-    code, report = run_cli(operator.deadletter_replay, spool_dir, [*ids, 999_999])
+    code, report = run_cli(cli.deadletter_replay, spool_dir, [*ids, 999_999])
     assert report["replayed"] == 700
     assert report["not_found"] == [999_999]
     assert code == 1
-    _, stats = run_cli(operator.spool_stats, spool_dir)
+    _, stats = run_cli(cli.spool_stats, spool_dir)
     assert stats["depth"] == 700
     assert stats["dead_letters"] == 0
 
@@ -110,7 +110,7 @@ async def test_replay_never_moves_a_run_back_to_an_older_state(
         await sidecar.wait_drained()
     await sidecar.close()
 
-    code, report = run_cli(operator.deadletter_replay, spool_dir, None)
+    code, report = run_cli(cli.deadletter_replay, spool_dir, None)
     assert code == 0
     assert (report["replayed"], report["superseded"], report["fields_dropped"]) == (1, 1, 3)
 
@@ -148,7 +148,7 @@ def test_replay_keeps_a_letter_the_server_would_refuse_again_and_says_why(
     assert report["replayed"] == 1
     assert report["left_refused"] == 2
     assert "2 dead letters would be refused by the server again" in result.stderr
-    _, stats = run_cli(operator.spool_stats, spool_dir)
+    _, stats = run_cli(cli.spool_stats, spool_dir)
     assert stats["depth"] == 1
     assert stats["dead_letters"] == 2
 

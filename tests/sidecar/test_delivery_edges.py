@@ -14,7 +14,7 @@ from sidecar_helpers import FakeUpstream, make_run
 
 import spoold.forward.drainer as drainer_module
 from server.contract.codec import nesting_depth
-from spoold.operations import coalesce, encode_batch, pack
+from spoold.forward.coalesce import coalesce, encode_batch, pack
 
 CAP = 4096  # a small server body cap (bytes), so the edges are cheap to reach
 

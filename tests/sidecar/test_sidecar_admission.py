@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from server.contract.models import RunCreate
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig
-from spoold.operations import create_op
+from spoold.spool.operations import create_op
 
 Serve = Callable[..., Any]
 

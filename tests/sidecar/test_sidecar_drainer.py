@@ -21,7 +21,7 @@ from sidecar_helpers import (
     wait_until,
 )
 
-from spoold.app import INDEX_FILE
+from spoold.state.storage import INDEX_FILE
 
 
 async def prefill(make_sidecar: Any, dead_url: str, runs: list[dict[str, Any]]) -> None:

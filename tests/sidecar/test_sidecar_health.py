@@ -10,7 +10,7 @@ from aiohttp import web
 from sidecar_helpers import FakeUpstream, answer, make_run, proxy, refuse_runs, wait_until
 
 from spoold import __version__
-from spoold.app import INDEX_FILE
+from spoold.state.storage import INDEX_FILE
 
 
 def identity_holds(health: dict[str, Any]) -> bool:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sidecar_helpers import make_run, refuse_runs
 
-from spoold import operator
+from spoold import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ async def poisoned(fake, make_sidecar, spool_dir: Path) -> dict[str, Any]:
 
 async def test_deadletter_list_shows_each_refused_operation(poisoned, spool_dir):
     """list prints total and one summary per dead letter: id, event_id, kind, error, status."""
-    code, listing = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    code, listing = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     assert code == 0
     assert listing["total"] == 2
     assert [item["kind"] for item in listing["items"]] == ["create", "update"]
@@ -51,21 +51,21 @@ async def test_deadletter_list_shows_each_refused_operation(poisoned, spool_dir)
         assert item["error"] == "refused by the test"
         assert item["status"] == 422
         assert item["attempts"] == 1
-    code, page = run_cli(operator.deadletter_list, spool_dir, limit=1, offset=1)
+    code, page = run_cli(cli.deadletter_list, spool_dir, limit=1, offset=1)
     assert page["total"] == 2
     assert [i["id"] for i in page["items"]] == [listing["items"][1]["id"]]
 
 
 async def test_deadletter_show_prints_the_operation(poisoned, spool_dir, capsys):
     """show prints the whole stored operation; an unknown id exits 1 with a message."""
-    _, listing = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    _, listing = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     update_id = listing["items"][1]["id"]
-    code, shown = run_cli(operator.deadletter_show, spool_dir, update_id)
+    code, shown = run_cli(cli.deadletter_show, spool_dir, update_id)
     assert code == 0
     assert shown["operation"]["kind"] == "update"
     assert shown["operation"]["event_id"] == poisoned["event_id"]
     assert shown["operation"]["body"] == {"status": "success"}
-    code, nothing = run_cli(operator.deadletter_show, spool_dir, 999_999)
+    code, nothing = run_cli(cli.deadletter_show, spool_dir, 999_999)
     assert code == 1
     assert nothing is None
     assert "999999" in capsys.readouterr().err
@@ -73,11 +73,11 @@ async def test_deadletter_show_prints_the_operation(poisoned, spool_dir, capsys)
 
 async def test_deadletter_purge_by_id_then_all(poisoned, spool_dir):
     """purge with ids removes those; purge without ids removes the rest."""
-    _, listing = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    _, listing = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     first = listing["items"][0]["id"]
-    assert run_cli(operator.deadletter_purge, spool_dir, [first, 424242]) == (0, {"purged": 1})
-    assert run_cli(operator.deadletter_purge, spool_dir, None) == (0, {"purged": 1})
-    _, after = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    assert run_cli(cli.deadletter_purge, spool_dir, [first, 424242]) == (0, {"purged": 1})
+    assert run_cli(cli.deadletter_purge, spool_dir, None) == (0, {"purged": 1})
+    _, after = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     assert after == {"total": 0, "items": []}
 
 
@@ -85,11 +85,11 @@ async def test_deadletter_replay_requeues_and_the_restarted_daemon_delivers(
     poisoned, spool_dir, make_sidecar, central
 ):
     """replay moves dead letters back to the spool; spoold then delivers them and counts add up."""
-    code, replayed = run_cli(operator.deadletter_replay, spool_dir, None)
+    code, replayed = run_cli(cli.deadletter_replay, spool_dir, None)
     assert code == 0
     assert replayed["replayed"] == 2
     assert replayed["left_invalid"] == replayed["superseded"] == 0
-    _, stats = run_cli(operator.spool_stats, spool_dir)
+    _, stats = run_cli(cli.spool_stats, spool_dir)
     assert stats["depth"] == 2
     assert stats["dead_letters"] == 0
     sidecar = await make_sidecar(central.url)
@@ -103,14 +103,14 @@ async def test_deadletter_replay_requeues_and_the_restarted_daemon_delivers(
 
 async def test_deadletter_replay_of_chosen_ids_only(poisoned, spool_dir):
     """replay with ids moves only those letters; the others stay in the store."""
-    _, listing = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    _, listing = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     first = listing["items"][0]["id"]
-    code, replayed = run_cli(operator.deadletter_replay, spool_dir, [first])
+    code, replayed = run_cli(cli.deadletter_replay, spool_dir, [first])
     assert code == 0
     assert (replayed["replayed"], replayed["left_invalid"], replayed["not_found"]) == (1, 0, [])
-    _, after = run_cli(operator.deadletter_list, spool_dir, limit=100, offset=0)
+    _, after = run_cli(cli.deadletter_list, spool_dir, limit=100, offset=0)
     assert [item["id"] for item in after["items"]] == [listing["items"][1]["id"]]
-    _, stats = run_cli(operator.spool_stats, spool_dir)
+    _, stats = run_cli(cli.spool_stats, spool_dir)
     assert stats["depth"] == 1
 
 
@@ -119,13 +119,13 @@ async def test_deadletter_replay_refuses_while_spoold_owns_the_spool(
 ):
     """replay exits 2 with a message while a running spoold holds the spool lock; nothing moves."""
     sidecar = await make_sidecar(dead_url)
-    code, output = run_cli(operator.deadletter_replay, spool_dir, None)
+    code, output = run_cli(cli.deadletter_replay, spool_dir, None)
     assert (code, output) == (2, None)
     assert "stop it" in capsys.readouterr().err
     health = await sidecar.health()
     assert health["spool"]["dead_letters"] == 2
     assert health["spool"]["depth"] == 0
-    code, listing = run_cli(operator.deadletter_list, spool_dir, limit=10, offset=0)
+    code, listing = run_cli(cli.deadletter_list, spool_dir, limit=10, offset=0)
     assert code == 0
     assert listing["total"] == 2
 
@@ -137,7 +137,7 @@ async def test_spool_stats_on_a_stopped_daemon(dead_url, make_sidecar, spool_dir
         await sidecar.create(make_run())
     live = (await sidecar.health())["spool"]
     await sidecar.close()
-    code, stats = run_cli(operator.spool_stats, spool_dir)
+    code, stats = run_cli(cli.spool_stats, spool_dir)
     assert code == 0
     assert stats["depth"] == 3
     assert stats["bytes"] == live["bytes"]
@@ -149,7 +149,7 @@ async def test_spool_stats_on_a_stopped_daemon(dead_url, make_sidecar, spool_dir
 
 async def test_spool_stats_of_an_empty_directory(tmp_path):
     """spool stats on a directory spoold never used reports an empty spool, exit 0."""
-    code, stats = run_cli(operator.spool_stats, tmp_path / "never-used")
+    code, stats = run_cli(cli.spool_stats, tmp_path / "never-used")
     assert code == 0
     assert stats["depth"] == 0
     assert stats["bytes"] == 0

@@ -6,10 +6,12 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
-from spoold.spool import Spool
+import pytest
+
+from spoold.accept.acceptor import Acceptor
+from spoold.spool import Spool, housekeeping
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 SpoolFactory = Callable[..., Spool]
 
@@ -35,6 +37,15 @@ def all_seqs(spool: Spool, max_ops: int = 1000) -> list[int]:
             return seqs
         seqs.extend(o["seq"] for g in groups for o in g.ops)
     raise AssertionError("spool did not run dry")
+
+
+def clear_acked_now(spool: Spool) -> None:
+    """Delete the acked rows now, through the drainer's idle housekeeping (as if the spool
+    had been idle and enough acked bytes had piled up)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(housekeeping, "VACUUM_AFTER_IDLE_S", 0.0)
+        patch.setattr(housekeeping, "CLEAR_EVERY_BYTES", 0)
+        spool.housekeep_when_idle()
 
 
 def disk_full() -> sqlite3.OperationalError:

@@ -15,9 +15,9 @@ from typing import Any
 
 from spool_helpers import SpoolFactory
 
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import WAL_SIZE_LIMIT_BYTES, RunsIndex
+from spoold.accept.acceptor import Acceptor
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import WAL_SIZE_LIMIT_BYTES, RunsIndex
 
 
 def create(name: str) -> dict[str, Any]:

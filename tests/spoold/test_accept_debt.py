@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from spool_helpers import SpoolFactory
 
-from spoold import accept
-from spoold.accept import Acceptor
-from spoold.ledger import Counts, Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept import acceptor as acceptor_module
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import Spool, SpoolClosedError, SpoolWriteError
+from spoold.state.ledger import Counts, Ledger
+from spoold.state.runs_index import RunsIndex
 
 
 def create(name: str) -> dict[str, Any]:
@@ -53,7 +53,9 @@ async def parts(
     tmp_path: Path, make_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Parts]:
     """A started Acceptor on a real spool and index whose commit can be made to fail."""
-    monkeypatch.setattr(accept, "DEBT_RETRY_S", 30.0)  # no timer retry unless a test wants it
+    monkeypatch.setattr(
+        acceptor_module, "DEBT_RETRY_S", 30.0
+    )  # no timer retry unless a test wants it
     spool, index, ledger = make_spool(), RunsIndex(tmp_path / "index.sqlite"), Ledger()
     commit = FlakyCommit(index.commit)
     monkeypatch.setattr(index, "commit", commit)
@@ -106,7 +108,7 @@ async def test_debt_is_folded_by_the_retry_timer(
 ) -> None:
     """With nothing else arriving, the accept thread retries the debt every DEBT_RETRY_S
     and publishes it once the index can be written again."""
-    monkeypatch.setattr(accept, "DEBT_RETRY_S", 0.01)
+    monkeypatch.setattr(acceptor_module, "DEBT_RETRY_S", 0.01)
     parts.commit.failures = 1_000_000
     assert (await parts.acceptor.submit(create("a"))).outcome == "created"
     await until(lambda: parts.commit.calls >= 4)  # the put's commit, then timer retries

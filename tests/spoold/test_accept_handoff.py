@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from spool_helpers import SpoolFactory
 
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import SpoolClosedError
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 
 def create(name: str) -> dict[str, Any]:

@@ -20,11 +20,11 @@ import pytest
 from spool_helpers import SpoolFactory
 from structlog.testing import capture_logs
 
-from spoold import accept
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept import acceptor as acceptor_module
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import store
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 SCHEDSTAT = Path("/proc/self/schedstat").exists()
 #: The pause injected in one phase: long beside what a loaded machine adds to the others.
@@ -78,7 +78,7 @@ async def commit_once(
                 garbage.append(node)
             del garbage, node
             gc.collect()
-            time.sleep(accept.SLOW_COMMIT_S)  # slow enough to be logged, GC or not
+            time.sleep(acceptor_module.SLOW_COMMIT_S)  # slow enough to be logged, GC or not
             return real_put(*args, **kwargs)
 
         monkeypatch.setattr(spool, "put_encoded", collecting_put)
@@ -198,5 +198,5 @@ async def test_fast_commits_are_not_logged(tmp_path: Path, make_spool: SpoolFact
         await acceptor.close()
         index.close()
     slow = [entry for entry in logs if entry["event"] == "accept_commit_slow"]
-    assert all(entry["total_ms"] >= 1e3 * accept.SLOW_COMMIT_S for entry in slow)
+    assert all(entry["total_ms"] >= 1e3 * acceptor_module.SLOW_COMMIT_S for entry in slow)
     assert acceptor.stats.slow_commits == len(slow)

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from spoold.app import create_app
 from spoold.config import SpooldConfig
-from spoold.runs_index import RunsIndex
 from spoold.spool import Spool
+from spoold.state.runs_index import RunsIndex
 
 #: A hang shows up as a timeout here instead of blocking the suite.
 PROMPT_S = 5.0

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from spoold.recovery import reconcile
 from spoold.spool import DeadLetterStore, SpoolFormatError
-from spoold.storage import (
+from spoold.state.recovery import reconcile
+from spoold.state.storage import (
     DEAD_LETTER_FILE,
     Storage,
     StorageRecoveries,
@@ -131,16 +131,12 @@ def test_open_storage_counts_the_reset_durably(tmp_path: Path) -> None:
         (spool_dir / DEAD_LETTER_FILE).write_bytes(os.urandom(8192))
         storage: Storage = open_storage(spool_dir, capacity_bytes=1 << 20, min_free_disk_bytes=0)
         try:
-            reconcile(storage[0], storage[2])
-            assert StorageRecoveries.read(storage[2]) == StorageRecoveries(
+            reconcile(storage.spool, storage.accept_index)
+            assert StorageRecoveries.read(storage.accept_index) == StorageRecoveries(
                 dead_letter_store_resets=expected
             )
         finally:
-            spool, letters, *indexes = storage
-            for index in indexes:
-                index.close()
-            letters.close()
-            spool.close()
+            storage.close()
     assert len(list(spool_dir.glob(f"{DEAD_LETTER_FILE}.corrupt-*"))) == 2
 
 

@@ -12,8 +12,8 @@ from spool_helpers import SpoolFactory, op
 
 from spoold.forward import drainer as drainer_module
 from spoold.forward.drainer import Drainer, _Delivered, _Prepared
+from spoold.spool.writegate import WriteGate
 from spoold.upstream.retry import Backoff
-from spoold.writegate import WriteGate
 
 ROUND_S = 0.4
 

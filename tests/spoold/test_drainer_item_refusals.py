@@ -3,7 +3,7 @@
 When the server refuses several snapshots of a batch as items (its 200 answer lists
 them), each snapshot of several operations is re-sent as those operations. They must
 go in the order they were accepted: a run can have two snapshots in one batch (two
-heartbeats' patches no merge patch composes, ``spoold.operations``), and its second
+heartbeats' patches no merge patch composes, ``spoold.forward.coalesce``), and its second
 snapshot's operations sent before its first's would apply an older progress last.
 """
 
@@ -14,8 +14,9 @@ from typing import Any, cast
 import orjson
 
 from server.contract.models import HeartbeatBody
+from spoold.forward.coalesce import coalesce
 from spoold.forward.drainer import Drainer, Planned, RoundOps
-from spoold.operations import coalesce, heartbeat_op
+from spoold.spool.operations import heartbeat_op
 from spoold.upstream.client import BatchAnswer
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus

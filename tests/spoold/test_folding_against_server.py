@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from server.contract.models import HeartbeatBody, RunCreate
-from spoold.operations import coalesce, create_op, heartbeat_op, pack, update_op
+from spoold.forward.coalesce import coalesce, pack
+from spoold.spool.operations import create_op, heartbeat_op, update_op
 
 COMPARED = ("status", "metrics_json", "items_succeeded", "items_failed", "error_summary")
 BASE = {"a": {"x": 1, "y": 2}, "b": {"z": {"x": 0}}, "c": 3}

@@ -15,12 +15,12 @@ import pytest
 from spool_helpers import SpoolFactory, accept, op
 from structlog.testing import capture_logs
 
-from spoold.ledger import Counts
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex
 from spoold.spool.errors import is_corruption, is_disk_full, primary_code
 from spoold.spool.integrity import open_or_set_aside
-from spoold.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
+from spoold.state.ledger import Counts
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
 
 # ---- the classifier, one SQLite result code at a time ---------------------------------
 
@@ -204,11 +204,8 @@ def update(name: str, **changes: Any) -> dict[str, Any]:
 def storages() -> Iterator[list[Storage]]:
     opened: list[Storage] = []
     yield opened
-    for spool, letters, *indexes in opened:
-        for index in indexes:
-            index.close()
-        letters.close()
-        spool.close()
+    for storage in opened:
+        storage.close()
 
 
 def _open(spool_dir: Path, storages: list[Storage]) -> Storage:
@@ -218,16 +215,13 @@ def _open(spool_dir: Path, storages: list[Storage]) -> Storage:
 
 
 def _close(storage: Storage) -> None:
-    spool, letters, *indexes = storage
-    for index in indexes:
-        index.close()
-    letters.close()
-    spool.close()
+    storage.close()
 
 
 def _history(spool_dir: Path, storages: list[Storage]) -> None:
     """40 runs accepted and delivered, then a, b (with an update) and c left queued."""
-    spool, _, index, drain_index, _ = _open(spool_dir, storages)
+    storage = _open(spool_dir, storages)
+    spool, index, drain_index = storage.spool, storage.accept_index, storage.drain_index
     reconcile(spool, index)
     asyncio.run(accept(spool, index, *(create(f"old-{k}") for k in range(40))))
     delivered = spool.get_groups(40)
@@ -252,7 +246,8 @@ def test_damaged_index_is_set_aside_and_rebuilt_from_the_spool(
     DAMAGE[damage](path)
 
     with capture_logs() as logs:
-        spool, _, index, _, reader = _open(spool_dir, storages)
+        storage = _open(spool_dir, storages)
+        spool, index, reader = storage.spool, storage.accept_index, storage.reader_index
         counts = reconcile(spool, index)
 
     corrupt = [e for e in logs if e["event"] == "runs_index_corrupt"]
@@ -284,8 +279,8 @@ def test_a_second_rebuild_counts_two(spool_dir: Path, storages: list[Storage]) -
     for expected in (1, 2):
         _garbage(spool_dir / INDEX_FILE)
         storage = _open(spool_dir, storages)
-        reconcile(storage[0], storage[2])
-        assert StorageRecoveries.read(storage[2]).index_rebuilds == expected
+        reconcile(storage.spool, storage.accept_index)
+        assert StorageRecoveries.read(storage.accept_index).index_rebuilds == expected
         _close(storages.pop())
 
 
@@ -293,7 +288,8 @@ def test_a_healthy_index_is_opened_as_it_is(spool_dir: Path, storages: list[Stor
     """No false alarm: a consistent index is checked and kept, nothing set aside."""
     _history(spool_dir, storages)
     with capture_logs() as logs:
-        spool, _, index, _, _ = _open(spool_dir, storages)
+        storage = _open(spool_dir, storages)
+        spool, index = storage.spool, storage.accept_index
         counts = reconcile(spool, index)
     assert counts == Counts(accepted=44, forwarded=40, queued=4)
     assert [e for e in logs if "corrupt" in e["event"]] == []

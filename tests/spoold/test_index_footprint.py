@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from spoold.replay import latest_to_check
-from spoold.runs_index import RunsIndex
+from spoold.cli.replay import latest_to_check
+from spoold.state.runs_index import RunsIndex
 
 
 def _create(i: int, metrics_bytes: int = 0) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from spoold.runs_index import CONFIRMED, CREATED, UNCONFIRMED, RunsIndex
+from spoold.state.runs_index import CONFIRMED, CREATED, UNCONFIRMED, RunsIndex
 
 
 def oracle_record(index: RunsIndex, op: dict[str, Any], verified: bool) -> tuple[str, Any]:

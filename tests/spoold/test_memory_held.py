@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 from spool_helpers import SpoolFactory
 
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.forward.drainer import Drainer
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
 from spoold.spool import Spool
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 LISTS = 200_000  # ~600 KB of JSON, ~13 MB of Python objects once decoded
 

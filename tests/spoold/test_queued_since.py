@@ -20,11 +20,11 @@ import pytest
 from spool_helpers import SpoolFactory
 
 from server.contract.timestamps import format_instant
-from spoold.accept import Acceptor
+from spoold.accept.acceptor import Acceptor
 from spoold.forward.presence import Presence
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
-from spoold.spool import queue as spool_queue
+from spoold.spool import store as spool_store
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 
 def _at(seconds_ago: float) -> str:
@@ -44,7 +44,7 @@ def test_a_put_while_an_ack_empties_the_spool_keeps_its_time(
     spool = make_spool()
     spool.put_group([_create("first", _at(0))])
     [group] = spool.get_groups(10)
-    real = spool_queue.store.oldest_enqueued_at
+    real = spool_store.oldest_enqueued_at
     landed: list[float] = []
 
     def read_then_a_put_lands(side: Any) -> float | None:
@@ -54,9 +54,9 @@ def test_a_put_while_an_ack_empties_the_spool_keeps_its_time(
             landed.append(time.time())
         return oldest
 
-    monkeypatch.setattr(spool_queue.store, "oldest_enqueued_at", read_then_a_put_lands)
+    monkeypatch.setattr(spool_store, "oldest_enqueued_at", read_then_a_put_lands)
     spool.ack([group])
-    monkeypatch.setattr(spool_queue.store, "oldest_enqueued_at", real)
+    monkeypatch.setattr(spool_store, "oldest_enqueued_at", real)
     stats = spool.stats()
     assert stats.depth_groups == 1
     assert stats.oldest_enqueued_at is not None, "a queued group with no time: header absent"

@@ -1,4 +1,4 @@
-"""Start-up repair between the spool and the runs index (``spoold.recovery.reconcile``)."""
+"""Start-up repair between the spool and the runs index (``spoold.state.recovery.reconcile``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_helpers import SpoolFactory, accept
+from spool_helpers import SpoolFactory, accept, clear_acked_now
 from structlog.testing import capture_logs
 
-from spoold import recovery
-from spoold.accept import Acceptor
-from spoold.ledger import Counts, Ledger
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, op_counts
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import Spool, SpoolGroup
+from spoold.state import recovery
+from spoold.state.ledger import Counts, Ledger
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, op_counts
 
 IndexFactory = Callable[[], RunsIndex]
 RECOVERY_EVENTS = {
@@ -110,7 +110,7 @@ async def test_settled_items_still_in_the_spool_are_discarded(
     assert [g.id for g in groups] == [1, 2]
     settle(index, groups, dead=frozenset({"b"}))
     spool.ack(groups[:1])  # crash between the two acks: item 1 acked, item 2 not
-    spool.compact()  # item 1's row is gone from the file
+    clear_acked_now(spool)  # item 1's row is gone from the file
     spool, index = restart(spool, index, make_spool, open_index)
     assert index.settling_ids() == [1, 2]
     assert spool.stats().depth_ops == 2

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from spool_helpers import SpoolFactory, accept
 
-from spoold import runs_index
 from spoold.forward import drainer as drainer_module
 from spoold.forward.drainer import Drainer, _Delivered
-from spoold.ledger import Counts, Ledger
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, Settling
+from spoold.state import runs_index
+from spoold.state.ledger import Counts, Ledger
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, Settling
 from spoold.upstream.retry import Backoff
 
 

@@ -19,10 +19,10 @@ import pytest
 from spool_helpers import SpoolFactory, accept, op
 from structlog.testing import capture_logs
 
-from spoold.ledger import Counts
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, op_counts
-from spoold.storage import INDEX_FILE, open_storage
+from spoold.state.ledger import Counts
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, op_counts
+from spoold.state.storage import INDEX_FILE, open_storage
 
 FULL, NORMAL = 2, 1
 
@@ -62,18 +62,15 @@ def test_every_spool_connection_is_full_whatever_the_build_default(
 def test_the_drainers_index_connection_settles_with_full(tmp_path: Path) -> None:
     """open_storage: the accept and read connections of the runs index stay NORMAL (their
     commits are repaired from the spool), the drainer's (settles) is FULL."""
-    spool, letters, accept_index, drain_index, reader = open_storage(
-        tmp_path / "spool", capacity_bytes=1 << 20, min_free_disk_bytes=0
-    )
+    storage = open_storage(tmp_path / "spool", capacity_bytes=1 << 20, min_free_disk_bytes=0)
+    spool, accept_index, drain_index = storage.spool, storage.accept_index, storage.drain_index
+    reader = storage.reader_index
     try:
         assert spool.synchronous_modes() == [FULL] * 4
         assert (accept_index.synchronous(), drain_index.synchronous()) == (NORMAL, FULL)
         assert reader.synchronous() == NORMAL
     finally:
-        for index in (accept_index, drain_index, reader):
-            index.close()
-        letters.close()
-        spool.close()
+        storage.close()
 
 
 def create(name: str) -> dict[str, Any]:

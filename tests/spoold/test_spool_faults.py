@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 from spool_helpers import SpoolFactory, all_seqs, op
 
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept.acceptor import Acceptor
 from spoold.spool import Spool, SpoolFull, SpoolWriteError
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = """
 import asyncio, sys
 from pathlib import Path
 import structlog
-from spoold.accept import Acceptor
-from spoold.ledger import Ledger
-from spoold.runs_index import RunsIndex
+from spoold.accept.acceptor import Acceptor
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import RunsIndex
 from spoold.spool import Spool
 
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -13,13 +13,13 @@ import pytest
 from spool_helpers import SpoolFactory, all_seqs, op
 from structlog.testing import capture_logs
 
-import spoold.spool.queue as queue_module
 from spoold.spool import (
     Spool,
     SpoolClosedError,
     SpoolFormatError,
     SpoolFull,
     SpoolLockedError,
+    housekeeping,
     inspect_spool,
 )
 from spoold.spool.store import TABLE
@@ -114,8 +114,8 @@ def test_acked_rows_are_deleted_and_file_shrinks(
     make_spool: SpoolFactory, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Acked rows leave the table and, once the queue is empty (and no put came for
-    _VACUUM_AFTER_IDLE_S, 0 here), the file is vacuumed."""
-    monkeypatch.setattr(queue_module, "_VACUUM_AFTER_IDLE_S", 0.0)
+    VACUUM_AFTER_IDLE_S, 0 here), the file is vacuumed."""
+    monkeypatch.setattr(housekeeping, "VACUUM_AFTER_IDLE_S", 0.0)
     spool = make_spool(vacuum_threshold_bytes=64 * 1024)
     put_groups(spool, 40, 50, size=200)
     big = spool.stats().file_bytes
@@ -143,7 +143,7 @@ def test_no_vacuum_while_puts_are_recent_until_idle(
     assert spool.stats().file_bytes >= big / 4  # puts just happened: not vacuumed yet
     spool.housekeep_when_idle()
     assert spool.stats().file_bytes >= big / 4  # still within the idle delay
-    monkeypatch.setattr(queue_module, "_VACUUM_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(housekeeping, "VACUUM_AFTER_IDLE_S", 0.0)
     spool.housekeep_when_idle()
     assert spool.stats().file_bytes < big / 4
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_helpers import SpoolFactory, accept, op
+from spool_helpers import SpoolFactory, accept, clear_acked_now, op
 from structlog.testing import capture_logs
 
 from spoold import verify
 from spoold.config import ConfigError, SpooldConfig
-from spoold.recovery import reconcile
 from spoold.spool import Spool, layout, totals
-from spoold.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
+from spoold.state.recovery import reconcile
+from spoold.state.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
 
 
 def full_count(spool_dir: Path) -> tuple[int, int, int]:
@@ -49,7 +49,7 @@ def test_the_kept_totals_follow_puts_gets_acks_nacks_and_clears(
     spool.ack(groups[:2])
     spool.nack(groups[2:])
     assert kept_totals(spool_dir) == full_count(spool_dir)
-    spool.compact()  # deletes acked rows, vacuums
+    clear_acked_now(spool)  # deletes acked rows
     again = spool.get_groups(100)
     spool.ack(again[:1])
     assert kept_totals(spool_dir) == full_count(spool_dir)
@@ -125,11 +125,8 @@ def _index_entries_damaged(path: Path) -> None:
 def storages() -> Iterator[list[Storage]]:
     opened: list[Storage] = []
     yield opened
-    for spool, letters, *indexes in opened:
-        for index in indexes:
-            index.close()
-        letters.close()
-        spool.close()
+    for storage in opened:
+        storage.close()
 
 
 def _open(spool_dir: Path, storages: list[Storage], **kwargs: Any) -> Storage:
@@ -139,15 +136,12 @@ def _open(spool_dir: Path, storages: list[Storage], **kwargs: Any) -> Storage:
 
 
 def _close(storage: Storage) -> None:
-    spool, letters, *indexes = storage
-    for index in indexes:
-        index.close()
-    letters.close()
-    spool.close()
+    storage.close()
 
 
 def _queue_some(spool_dir: Path, storages: list[Storage]) -> None:
-    spool, _, index, _, _ = _open(spool_dir, storages)
+    storage = _open(spool_dir, storages)
+    spool, index = storage.spool, storage.accept_index
     reconcile(spool, index)
     asyncio.run(accept(spool, index, *(op(i) for i in range(5))))
     _close(storages.pop())
@@ -164,7 +158,8 @@ def test_a_large_damaged_index_is_found_after_start_and_set_aside_at_the_next(
     deferred.on_damage = lambda: damage_seen.append(True)
 
     with capture_logs() as logs:
-        spool, _, index, _, _ = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
+        storage = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
+        spool, index = storage.spool, storage.accept_index
         counts = reconcile(spool, index)
     assert not [e for e in logs if e["event"] == "runs_index_corrupt"]  # not checked yet
     assert counts.queued == 5
@@ -182,7 +177,8 @@ def test_a_large_damaged_index_is_found_after_start_and_set_aside_at_the_next(
 
     again = verify.Deferred()
     with capture_logs() as logs:
-        spool, _, index, _, reader = _open(spool_dir, storages, check_max_bytes=0, deferred=again)
+        storage = _open(spool_dir, storages, check_max_bytes=0, deferred=again)
+        spool, index, reader = storage.spool, storage.accept_index, storage.reader_index
         counts = reconcile(spool, index)
 
     assert [e["event"] for e in logs if e["event"] == "runs_index_corrupt"] == [
@@ -240,7 +236,7 @@ def test_a_large_spool_is_read_through_before_serving(
     path.write_bytes(bytes(data))
     deferred = verify.Deferred()
     with capture_logs() as logs:
-        spool, *_ = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred)
+        spool = _open(spool_dir, storages, check_max_bytes=0, deferred=deferred).spool
     assert [e["event"] for e in logs if e["event"] == "spool_corrupt_renamed"] == [
         "spool_corrupt_renamed"
     ]
@@ -273,7 +269,8 @@ def test_the_checks_after_start_run_at_the_lowest_priority_in_their_own_thread()
 _STOP_DURING_THE_CHECK = """
 import asyncio, threading, time
 from pathlib import Path
-from spoold import app, verify
+from spoold import app
+from spoold.state import verify
 
 app.CHECK_AFTER_START_DELAY_S = 0.0
 began = threading.Event()

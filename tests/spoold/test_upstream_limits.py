@@ -16,8 +16,8 @@ import pytest
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
-from spoold.operations import encode_batch, lone
-from spoold.upstream.limits import UpstreamLimits
+from spoold.forward.coalesce import encode_batch, lone
+from spoold.forward.limits import UpstreamLimits
 
 
 def nested(depth: int, leaf: Any = 1, *, kind: str = "dict") -> Any:

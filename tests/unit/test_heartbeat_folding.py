@@ -17,15 +17,9 @@ import pytest
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import HeartbeatBody
 from spoold import mergepatch
-from spoold.operations import (
-    coalesce,
-    expand,
-    heartbeat_op,
-    lone,
-    pack,
-    update_op,
-)
-from spoold.upstream.limits import UpstreamLimits
+from spoold.forward.coalesce import coalesce, expand, lone, pack
+from spoold.forward.limits import UpstreamLimits
+from spoold.spool.operations import heartbeat_op, update_op
 
 EVENT = "run-1"
 
@@ -248,8 +242,8 @@ def test_coalesced_items_do_what_the_operations_did(guarded: bool) -> None:
 
 
 def test_a_replayed_heartbeat_keeps_only_the_progress_still_current() -> None:
-    from spoold.replay import latest_to_check, still_current
-    from spoold.runs_index import KnownRun
+    from spoold.cli.replay import latest_to_check, still_current
+    from spoold.state.runs_index import KnownRun
 
     letter = beat(1, {"pct": 10, "stage": "fetch"})
     latest = {"metrics_json": {"pct": 90, "stage": "fetch"}}  # a newer heartbeat moved pct

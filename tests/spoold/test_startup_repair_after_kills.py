@@ -1,7 +1,6 @@
-"""Review findings (spool/index accounting across crashes): each test shows one bug.
-
-Each was xfail (strict) until its fix; they now guard the fixes.
-"""
+"""Start-up repair between the spool and the runs index (``spoold.state.recovery``) after
+a kill -9 at its worst moments: during the repair itself, before a dead-letter replay, and
+while settled items are discarded on a full disk."""
 
 from __future__ import annotations
 
@@ -13,12 +12,12 @@ from typing import Any
 import pytest
 from spool_helpers import SpoolFactory, accept, disk_full
 
-from spoold import operator
-from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.recovery import reconcile
-from spoold.runs_index import RunsIndex, op_counts
+from spoold import cli
 from spoold.spool import DeadLetterStore
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import RunsIndex, op_counts
+from spoold.state.storage import DEAD_LETTER_FILE, INDEX_FILE
 
 
 class Killed(BaseException):
@@ -87,6 +86,8 @@ async def test_kill_during_the_repair_of_a_replaced_spool_is_repaired(
 async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
     spool_dir: Path, make_spool: SpoolFactory, indexes: list[RunsIndex]
 ) -> None:
+    """An item spooled but not recorded in the index (kill -9 between the two) is still
+    found by the next start's repair after a replay has put letters behind it."""
     spool, index = make_spool(), open_index(spool_dir, indexes)
     await accept(spool, index, create("a"))
     spool.put_group([create("b")])  # kill -9 after the spool put, before the index commit
@@ -97,13 +98,13 @@ async def test_replay_does_not_hide_an_unrecorded_item_from_startup_repair(
             [({"kind": "update", "event_id": "a", "body": {"status": "success"}}, "refused", 422)]
         )
 
-    assert operator.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
+    assert cli.deadletter_replay(spool_dir, None, out=io.StringIO()) == 0
 
     spool, index = make_spool(), open_index(spool_dir, indexes)
     counts = reconcile(spool, index)
 
     assert counts.queued == 3
-    assert counts.adds_up, counts  # today: accepted=2, queued=3
+    assert counts.adds_up, counts
     assert index.get("b") is not None
 
 
@@ -113,6 +114,8 @@ async def test_startup_discard_on_a_full_disk_uses_the_reserve(
     indexes: list[RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Settled items left in the spool (kill -9 before the ack) are discarded at start-up
+    even when the disk is full: the reserve file is given up to make the ack fit."""
     spool, index = make_spool(reserve_bytes=MIN_BYTES), open_index(spool_dir, indexes)
     await accept(spool, index, create("a"), create("b"))
     groups = spool.get_groups(100)

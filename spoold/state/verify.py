@@ -13,7 +13,7 @@ check after start-up finds damage, spoold writes ``<file>.check-at-start`` besid
 file, logs ``local_file_damaged`` (critical) and exits at once with status 70 - the same
 as a kill -9, which loses nothing acknowledged - and systemd restarts it
 (``Restart=on-failure``). That next start sees the request and checks the index before
-serving: a damaged one is set aside and rebuilt from the spool (``spoold.storage``), and
+serving: a damaged one is set aside and rebuilt from the spool (``spoold.state.storage``), and
 the request removed.
 """
 
@@ -32,7 +32,7 @@ import structlog
 from spoold.spool.errors import is_corruption
 from spoold.spool.integrity import check_file
 
-log = structlog.get_logger("spoold.verify")
+log = structlog.get_logger("spoold.state.verify")
 
 #: Exit status after damage found by a check after start-up (EX_SOFTWARE): a failure, so
 #: systemd's ``Restart=on-failure`` starts spoold again, which then checks the file first.

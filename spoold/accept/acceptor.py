@@ -14,7 +14,7 @@ kept as a *debt*, recorded in the index (``fold_spooled``) before any new
 write is taken, retried every ``DEBT_RETRY_S`` while nothing arrives. Until
 then the drainer does not see the item (``Spool.publish``), so nothing is
 settled that the index does not know. A crash with a debt is repaired at
-start-up (``spoold.recovery``).
+start-up (``spoold.state.recovery``).
 
 The thread is supervised: a group that fails in any unforeseen way is answered
 503 (nothing of it is promised) and the thread goes on with the next group. If
@@ -38,13 +38,13 @@ from typing import Any
 
 import structlog
 
-from spoold.ledger import Ledger
 from spoold.pauses import GC_CLOCK, ThreadClock
-from spoold.runs_index import Outcome, RunsIndex
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import accepted_since, encode_op
 from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
+from spoold.state.ledger import Ledger
+from spoold.state.runs_index import Outcome, RunsIndex
 
 log = structlog.get_logger("spoold.accept")
 DEBT_RETRY_S = 0.5
@@ -91,7 +91,6 @@ class AcceptStats:
     groups: int = 0
     operations: int = 0
     duplicates: int = 0
-    rejected_full: int = 0
     rejected_error: int = 0
     last_commit_s: float = 0.0
     slow_commits: int = 0
@@ -521,6 +520,4 @@ class Acceptor:
         if isinstance(error, SpoolWriteError):
             self.stats.rejected_error += len(group)
             log.warning("accept_refused", error=str(error), operations=len(group))
-        else:
-            self.stats.rejected_full += len(group)
         _answer([(item, None, error) for item in group])

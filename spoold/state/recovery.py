@@ -21,7 +21,7 @@ commit the index forgets their runs (so they can be sent again), counts them
 as dead-lettered and ``quarantined`` and takes the new file's identity; a log
 line says how many.
 
-A new index (the old one was damaged and set aside, see ``spoold.storage``)
+A new index (the old one was damaged and set aside, see ``spoold.state.storage``)
 has no marks: every live spool item is folded in, which rebuilds it.
 
 Last, the counters are checked against the spool. An index that still counts
@@ -38,11 +38,11 @@ from typing import Any
 
 import structlog
 
-from spoold.ledger import Counts
-from spoold.runs_index import RunsIndex
 from spoold.spool import Spool
+from spoold.state.ledger import Counts
+from spoold.state.runs_index import RunsIndex
 
-log = structlog.get_logger("spoold.recovery")
+log = structlog.get_logger("spoold.state.recovery")
 
 FOLD_CHUNK = 256  # spool items read per step: memory stays bounded whatever the backlog
 

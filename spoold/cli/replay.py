@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from server.contract.errors import ApiError
-from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
-from spoold.operations import heartbeat_checkable, heartbeat_still_current, validate_op
-from spoold.recovery import reconcile
-from spoold.runs_index import KnownRun, RunsIndex
+from spoold.forward.limits import UpstreamLimits
 from spoold.spool import DeadLetter, DeadLetterStore, Spool
-from spoold.upstream.limits import UpstreamLimits
+from spoold.spool.operations import validate_op
+from spoold.state.known import heartbeat_checkable, heartbeat_still_current
+from spoold.state.recovery import reconcile
+from spoold.state.runs_index import KnownRun, RunsIndex
+from spoold.state.storage import DEAD_LETTER_FILE, INDEX_FILE
 
 PAGE = 500
 

@@ -5,11 +5,11 @@ damaged one (an error with a corruption code, or an integrity check that is not
 "ok") is renamed aside with its -wal/-shm to ``<name>.corrupt-<UTC stamp>``,
 kept for inspection, logged (``spool_corrupt_renamed``, ``dead_letter_store_corrupt``,
 ``runs_index_corrupt``) and counted (the integrity check of a large runs index
-runs after start-up instead, see ``spoold.verify``; the spool's rows are always read
+runs after start-up instead, see ``spoold.state.verify``; the spool's rows are always read
 before serving):
 
 * ``spool.db`` - the queue (``spoold.spool.store``): a fresh spool; the
-  operations the old one held are counted lost at start-up (``spoold.recovery``);
+  operations the old one held are counted lost at start-up (``spoold.state.recovery``);
 * ``deadletters.sqlite`` - a fresh, empty dead-letter store; the letters the old
   file held (counted, if it can still be read) are in the set-aside file only;
 * ``runs-index.sqlite`` - a fresh index, rebuilt from the spool by
@@ -35,18 +35,38 @@ from pathlib import Path
 
 import structlog
 
-from spoold.runs_index import RunsIndex
 from spoold.spool import DeadLetterStore, Spool
 from spoold.spool.integrity import SetAside, check_file, open_or_set_aside
 from spoold.spool.layout import DB_FILE
-from spoold.verify import Deferred, check_now, clear_request
+from spoold.state.runs_index import RunsIndex
+from spoold.state.verify import Deferred, check_now, clear_request
 
-log = structlog.get_logger("spoold.storage")
+log = structlog.get_logger("spoold.state.storage")
 
 INDEX_FILE = "runs-index.sqlite"
 DEAD_LETTER_FILE = "deadletters.sqlite"
 
-Storage = tuple[Spool, DeadLetterStore, RunsIndex, RunsIndex, RunsIndex]
+
+@dataclass(frozen=True)
+class Storage:
+    """spoold's open local files: the spool, the dead-letter store and three connections
+    to the runs index, one per user (their durability and write order differ)."""
+
+    spool: Spool
+    dead_letters: DeadLetterStore
+    #: The accept thread's (synchronous=NORMAL: its commits are repaired from the spool).
+    accept_index: RunsIndex
+    #: The drainer's (synchronous=FULL: a settle is never redone).
+    drain_index: RunsIndex
+    #: The HTTP reads'.
+    reader_index: RunsIndex
+
+    def close(self) -> None:
+        """Close the index connections, then the dead-letter store, then the spool."""
+        for index in (self.accept_index, self.drain_index, self.reader_index):
+            index.close()
+        self.dead_letters.close()
+        self.spool.close()
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,7 @@ def open_storage(
 
     With ``check_max_bytes``, the integrity check of a runs index larger than that is
     not made here but recorded in ``deferred``, to run after start-up
-    (``spoold.verify``); without it, every file is checked now."""
+    (``spoold.state.verify``); without it, every file is checked now."""
     spool_path, index_path = spool_dir / DB_FILE, spool_dir / INDEX_FILE
     # The spool's rows are always read before serving: damage found later would set
     # aside, at the next start, every write acknowledged meanwhile. Only the runs index
@@ -115,7 +135,9 @@ def open_storage(
             index.count_now("dead_letter_store_resets", 1)
         drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL", yields=True)
         opened.append(drain_index)
-        return spool, dead_letters, index, drain_index, RunsIndex(spool_dir / INDEX_FILE)
+        reader_index = RunsIndex(spool_dir / INDEX_FILE)
+        opened.append(reader_index)
+        return Storage(spool, dead_letters, index, drain_index, reader_index)
     except BaseException:
         for thing in opened:
             thing.close()

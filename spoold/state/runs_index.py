@@ -9,7 +9,7 @@ inside the same group cycle as the spool put (committed after it, so it never
 claims an operation that is not spooled) and by the drainer when operations
 leave the queue. Each commit also records which spool items it covers
 (``marks``), so start-up can repair what a crash between the two files left
-half done (``spoold.recovery``). WAL; the accept connection commits with
+half done (``spoold.state.recovery``). WAL; the accept connection commits with
 synchronous=NORMAL (it survives kill -9; after a power loss it may forget its
 last commits, which start-up folds in again from the fsync'd spool), the
 drainer's with synchronous=FULL: a settle is on disk before the spool ack that
@@ -19,7 +19,7 @@ recomputes the pending state from the spool (``recount_pending``). A forgotten
 run costs a ``created`` instead of ``duplicate`` or a question to the server.
 
 Within this process, write transactions take the file's ``WriteGate``
-(``spoold.writegate``): the accept thread's go before the drainer's, which settles a
+(``spoold.spool.writegate``): the accept thread's go before the drainer's, which settles a
 round in short slices, each commit naming the round's items and how far it got
 (``Settling``), so start-up can finish a settle a crash cut short.
 
@@ -36,7 +36,7 @@ index passes its byte bound, so the file is bounded by the backlog plus that
 bound, not by the throughput.
 
 A damaged index file is set aside and a fresh one rebuilt from the spool
-(``spoold.storage``): the queued runs are known again, the history counters
+(``spoold.state.storage``): the queued runs are known again, the history counters
 (``accepted``, ``forwarded``, ...) restart from what the spool holds.
 """
 
@@ -54,8 +54,8 @@ from typing import Any, Literal
 
 import orjson
 
-from spoold.operations import fold_known
-from spoold.writegate import WriteGate
+from spoold.spool.writegate import WriteGate
+from spoold.state.known import fold_known
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
 Synchronous = Literal["NORMAL", "FULL"]
@@ -75,12 +75,12 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 COUNTERS = ("accepted", "forwarded", "dead_lettered", "duplicates", "quarantined")
-#: How often a damaged local file was set aside (see ``spoold.storage``); kept with the
+#: How often a damaged local file was set aside (see ``spoold.state.storage``); kept with the
 #: accounting counters, so a rebuilt index starts ``index_rebuilds`` from the set-aside files.
 RECOVERY_COUNTERS = ("index_rebuilds", "dead_letter_store_resets", "spool_resets")
 #: ``marks``: which spool file the marks are about, the last spool item recorded
 #: here, and the items of the last settle (delivered, maybe not yet acked in the
-#: spool); see ``spoold.recovery``.
+#: spool); see ``spoold.state.recovery``.
 LAST_SPOOLED, SETTLING, SPOOL_ID = "last_spooled_id", "settling_ids", "spool_id"
 #: ``runs.has_create``: this sidecar accepted the create; the server confirmed the run
 #: exists; or only updates queued while the server could not be asked.
@@ -132,7 +132,7 @@ class Settling:
     never kept waiting long); each slice's commit says how many of the items'
     operations (in spool order) are settled so far and which of them were
     dead-lettered. Start-up finishes a settle cut short by a crash
-    (``spoold.recovery``); ``ops`` is None for a settle done in one commit.
+    (``spoold.state.recovery``); ``ops`` is None for a settle done in one commit.
     """
 
     ids: list[int] = field(default_factory=list)

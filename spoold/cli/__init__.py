@@ -1,6 +1,6 @@
 """Operator commands that work while the daemon is stopped: dead letters and spool stats.
 
-``replay`` re-enqueues dead letters into the spool (``spoold.replay``: every
+``replay`` re-enqueues dead letters into the spool (``spoold.cli.replay``: every
 page, and never older than the run's latest state), so it needs the spool's
 directory lock: stop spoold first (systemctl stop spoold), replay, start it.
 Which directory the commands use is decided by ``spoold.locate``.
@@ -14,12 +14,12 @@ from typing import Any, TextIO
 
 import orjson
 
-from spoold.app import DEAD_LETTER_FILE, INDEX_FILE
+from spoold.cli.replay import open_and_replay
 from spoold.config import SpooldConfig
-from spoold.replay import open_and_replay
-from spoold.runs_index import RunsIndex
+from spoold.forward.limits import UpstreamLimits
 from spoold.spool import DeadLetter, DeadLetterStore, SpoolLockedError, inspect_spool
-from spoold.upstream.limits import UpstreamLimits
+from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import DEAD_LETTER_FILE, INDEX_FILE
 
 
 def _print(value: Any, out: TextIO) -> None:

@@ -1,9 +1,7 @@
-"""The operations spoold accepts and spools, and their coalescing into upsert items.
+"""Coalescing spooled operations (``spoold.spool.operations``) into upsert items.
 
-An operation is a small JSON object: ``{"kind", "event_id", "body", "accepted_at"}``
-where kind is ``create``, ``update``, ``commit`` or ``heartbeat`` and body is already
-validated and normalised by the shared contract models. The drainer folds the
-operations of one run, in FIFO order, into one ``UpsertItem`` snapshot for the server.
+The drainer folds the operations of one run, in FIFO order, into one ``UpsertItem``
+snapshot for the server.
 
 Every snapshot carries ``seen_at``: the newest folded operation's ``accepted_at`` (the
 agent's time, so the server judges staleness on it, not on when the sidecar could
@@ -21,79 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.models import CommitAssociation, HeartbeatBody, RunCreate, RunUpdate
 from spoold import mergepatch
-
-Kind = Literal["create", "update", "commit", "heartbeat"]
-
-
-#: Free-form JSON fields, shared with the model rather than copied by model_dump: a copy
-#: would double the memory of a large body (its Python objects cost many times its bytes).
-_SHARED_FIELDS = frozenset({"metrics_json", "context_json"})
-
-
-def create_op(run: RunCreate, accepted_at: str) -> dict[str, Any]:
-    body = run.model_dump(exclude_none=True, exclude=set(_SHARED_FIELDS))
-    for name in sorted(_SHARED_FIELDS):
-        if getattr(run, name) is not None:
-            body[name] = getattr(run, name)
-    body["created_at"] = run.created_at or accepted_at
-    return {"kind": "create", "event_id": run.event_id, "body": body, "accepted_at": accepted_at}
-
-
-def update_op(event_id: str, changes: dict[str, Any], accepted_at: str) -> dict[str, Any]:
-    return {"kind": "update", "event_id": event_id, "body": changes, "accepted_at": accepted_at}
-
-
-def commit_op(event_id: str, association: CommitAssociation, accepted_at: str) -> dict[str, Any]:
-    return {
-        "kind": "commit",
-        "event_id": event_id,
-        "body": association.changes(),
-        "accepted_at": accepted_at,
-    }
-
-
-def heartbeat_op(event_id: str, beat: HeartbeatBody, accepted_at: str) -> dict[str, Any]:
-    body = {} if beat.progress is None else {"progress": beat.progress}
-    return {"kind": "heartbeat", "event_id": event_id, "body": body, "accepted_at": accepted_at}
-
-
-def fold_known(snapshot: dict[str, Any], op: dict[str, Any]) -> None:
-    """Fold an operation into the runs index's snapshot of its run (read-your-writes).
-
-    A heartbeat's progress is merged into a ``metrics_json`` the snapshot holds (from its
-    create or an update); one it does not hold is the server's, and is left to it."""
-    if op["kind"] != "heartbeat":
-        snapshot.update(op["body"])
-        return
-    progress = op["body"].get("progress")
-    if progress and "metrics_json" in snapshot and snapshot.get("status") not in TERMINAL_STATUSES:
-        snapshot["metrics_json"] = mergepatch.apply(snapshot["metrics_json"] or {}, progress)
-
-
-def heartbeat_still_current(op: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any] | None:
-    """A dead-lettered heartbeat, to replay: only the progress keys the run's latest
-    ``metrics_json`` still agrees with (a newer write changed the others); None when
-    none is left (its "alive" is long past: a replay cannot make it news)."""
-    progress = op["body"].get("progress") or {}
-    metrics = latest.get("metrics_json")
-    if not isinstance(metrics, dict):
-        return None
-    kept = {k: v for k, v in progress.items() if mergepatch.apply(metrics, {k: v}) == metrics}
-    if not kept:
-        return None
-    return op if len(kept) == len(progress) else {**op, "body": {"progress": kept}}
-
-
-def heartbeat_checkable(op: dict[str, Any], snapshot: dict[str, Any]) -> bool:
-    """Whether the runs index's snapshot can say what of a heartbeat is still current."""
-    return not op["body"].get("progress") or "metrics_json" in snapshot
 
 
 @dataclass
@@ -216,19 +147,6 @@ def expand(snapshot: Snapshot, ops: Sequence[dict[str, Any]]) -> list[Snapshot]:
     """A snapshot's operations as snapshots of their own, in the order they were accepted
     (the create first, each update after the ones before it)."""
     return [lone(ops[position], position) for position in snapshot.positions]
-
-
-def validate_op(op: dict[str, Any]) -> None:
-    """Re-validate a spooled operation (e.g. one replayed from the dead-letter store)."""
-    kind = op.get("kind")
-    if kind == "create":
-        RunCreate.model_validate(op["body"])
-    elif kind in ("update", "commit"):
-        RunUpdate.model_validate(op["body"])
-    elif kind == "heartbeat":
-        HeartbeatBody.model_validate(op["body"])
-    else:
-        raise ValueError(f"unknown operation kind {kind!r}")
 
 
 def encode_batch(snapshots: Iterable[Snapshot]) -> bytes:

@@ -1,7 +1,7 @@
 """Write access to spoold's SQLite files shared by the accept path and the drainer,
 with the accept path first (an agent waits on it; the drain may slow down).
 
-``WriteGate`` orders the write transactions on the runs index (``spoold.runs_index``);
+``WriteGate`` orders the write transactions on the runs index (``spoold.state.runs_index``);
 ``PutFirstLock`` replaces persist-queue's transaction lock on the spool, so that a
 put waiting for it goes before the drainer's next mark, ack or clear. Without them
 the drainer, releasing a lock and taking it again at once for its next group or

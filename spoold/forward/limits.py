@@ -20,7 +20,7 @@ import orjson
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
-from spoold.operations import lone
+from spoold.forward.coalesce import lone
 
 
 @dataclass(frozen=True)
