@@ -1,6 +1,6 @@
 """Accept and drain rates for the status page, from the ledger's counters sampled in memory.
 
-The ledger (``spoold.ledger``) only counts up; a rate is the difference between
+The ledger (``spoold.state.ledger``) only counts up; a rate is the difference between
 its counters now and a sample taken up to ``WINDOW_S`` ago, divided by the
 time between them. A sampler task owned by the app's lifecycle (``sampling``)
 records one sample a second into a ring of ``WINDOW_S / EVERY_S + 1`` entries:
@@ -25,7 +25,7 @@ Clock = Callable[[], float]
 
 
 class Counters(Protocol):
-    """What the page reads of the ledger's counts (``spoold.ledger.Counts``)."""
+    """What the page reads of the ledger's counts (``spoold.state.ledger.Counts``)."""
 
     @property
     def accepted(self) -> int: ...
@@ -38,7 +38,7 @@ class Counters(Protocol):
 
 
 class CounterSource(Protocol):
-    """The ledger (``spoold.ledger.Ledger``): one consistent snapshot of its counts."""
+    """The ledger (``spoold.state.ledger.Ledger``): one consistent snapshot of its counts."""
 
     def snapshot(self) -> Counters: ...
 

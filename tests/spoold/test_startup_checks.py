@@ -21,7 +21,7 @@ import pytest
 from spool_helpers import SpoolFactory, accept, clear_acked_now, op
 from structlog.testing import capture_logs
 
-from spoold import verify
+from spoold.state import verify
 from spoold.config import ConfigError, SpooldConfig
 from spoold.spool import Spool, layout, totals
 from spoold.state.recovery import reconcile
