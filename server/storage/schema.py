@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from server.storage.rollups import ROLLUP_STATEMENTS
+from server.storage.rollups import HIST_STATEMENTS, ROLLUP_STATEMENTS
 
 RUN_TEXT_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -378,6 +378,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"CREATE INDEX idx_runs_start_late ON agent_runs(start_time, created_at)"
             f" WHERE NOT {PROMPT_RUN_SQL}",
         ),
+    ),
+    Migration(
+        9,
+        "cheaper writes: the rollups' duration histograms as rows (one n = n + 1 per"
+        " finished run, not a JSON rewrite; converted from the JSON) and one reaper index"
+        " fewer (see server/storage/rollups.py and server/storage/stale.py)",
+        HIST_STATEMENTS,
     ),
 )
 
