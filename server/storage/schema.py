@@ -384,7 +384,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "cheaper writes: the rollups' duration histograms as rows (one n = n + 1 per"
         " finished run, not a JSON rewrite; converted from the JSON) and one reaper index"
         " fewer (see server/storage/rollups.py and server/storage/stale.py)",
-        HIST_STATEMENTS,
+        (*HIST_STATEMENTS, "DROP INDEX idx_runs_running_seen"),
     ),
 )
 
