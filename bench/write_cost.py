@@ -5,7 +5,8 @@
 
 The server's own write functions (``runs.insert_row``, ``runs.heartbeat``, ``runs.touch``,
 ``runs.update_run``), in the writer's shape (one transaction per group of ``--group``
-operations, WAL, synchronous=NORMAL), over a copy of a prefill made by
+operations, WAL, synchronous=NORMAL, the writer's TEMP triggers for the run counters
+and distinct values and their reads before COMMIT), over a copy of a prefill made by
 ``server_bench.prefill_fleet`` at the older tree's schema; each tree migrates its copy
 first (the upgrade's time is printed). Per round and tree: ``--ops`` running runs
 inserted, each given a heartbeat with progress (``heartbeat``), a sidecar-style refresh
@@ -67,6 +68,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     from server.contract.models import RunCreate, RunUpdate
     from server.storage import runs
+    from server.storage.counters import RunCounters
+    from server.storage.metadata import DistinctValues
     from server.storage.schema import migrate
 
     path = Path(args.db)
@@ -77,6 +80,11 @@ def _worker(args: argparse.Namespace) -> None:
     migrate(conn)
     migration = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    # The writer's own TEMP triggers and the reads of their deltas before each COMMIT:
+    # a trigger on the table (these too) makes every write keep a statement journal.
+    hooks = (RunCounters(), DistinctValues())
+    for hook in hooks:
+        hook.install(conn)
     results: dict[str, list[float]] = {kind: [] for kind in KINDS}
     rng = random.Random(args.seed)
     now_dt = datetime.now(UTC)
@@ -99,6 +107,8 @@ def _worker(args: argparse.Namespace) -> None:
                 conn.execute("BEGIN IMMEDIATE")
                 for i in range(first, min(first + args.group, args.ops)):
                     step(i)
+                for hook in hooks:
+                    hook.before_commit(conn)  # its SQL; applying it is Python
                 conn.execute("COMMIT")
             results[kind].append((time.process_time() - started) / args.ops * 1e6)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -185,6 +195,7 @@ def migrated_copy(root: Path, template: Path, workdir: Path, name: str) -> Path:
     subprocess.run(
         [sys.executable, "-c", script, str(from_path)],
         env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,  # python -c puts the working directory first on sys.path
         check=True,
         timeout=7200,
     )
