@@ -35,7 +35,6 @@ triggers and the running runs' index with ``AFTER_REBUILD``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Durations below this many milliseconds have one bucket per millisecond (exact).
@@ -66,7 +65,7 @@ def bucket_sql(duration: str) -> str:
     return f"(SELECT lo FROM {BUCKET_TABLE} WHERE lo <= {duration} ORDER BY lo DESC LIMIT 1)"
 
 
-def _v7_key(prefix: str) -> str:
+def _key(prefix: str) -> str:
     return f"'$.\"' || {bucket_sql(f'{prefix}.duration_ms')} || '\"'"
 
 
@@ -83,11 +82,6 @@ class Grain:
 
     def of(self, row: str) -> str:
         return f"substr({row}.start_time, 1, {self.length})"
-
-    @property
-    def hist(self) -> str:
-        """The table of its cells' duration histograms: one row per non-empty bucket."""
-        return f"{self.table}_hist"
 
 
 DAILY = Grain("run_stats_daily", "day", 10)
@@ -114,10 +108,10 @@ CREATE TABLE {table} (
 """
 
 
-def _v7_remove(grain: Grain, row: str) -> tuple[str, ...]:
-    """Migration 7's statements taking run ``row`` (OLD) out of its cell (JSON histogram)."""
+def _remove(grain: Grain, row: str) -> tuple[str, ...]:
+    """Statements taking run ``row`` (OLD) out of its cell, if it is a finished run."""
     has = _HAS_DURATION.format(row=row)
-    key = _v7_key(row)
+    key = _key(row)
     cell = (
         f"{grain.key} = {grain.of(row)} AND job_type = {row}.job_type"
         f" AND status = {row}.status AND {row}.status != 'running'"
@@ -141,10 +135,10 @@ def _v7_remove(grain: Grain, row: str) -> tuple[str, ...]:
     )
 
 
-def _v7_add(grain: Grain, row: str) -> str:
-    """Migration 7's statement putting run ``row`` (NEW) into its cell (JSON histogram)."""
+def _add(grain: Grain, row: str) -> str:
+    """The statement putting run ``row`` (NEW) into its cell, if it is a finished run."""
     has = _HAS_DURATION.format(row=row)
-    key = _v7_key(row)
+    key = _key(row)
     return f"""INSERT INTO {grain.table} ({grain.key}, job_type, status, runs, durations,
             duration_hist, duration_max, items_discovered, items_succeeded, items_failed,
             first_start, last_start)
@@ -193,48 +187,35 @@ def _trigger(name: str, event: str, body: tuple[str, ...], when: str = "") -> st
     )
 
 
-def _triggers(
-    add: Callable[[Grain, str], tuple[str, ...]], remove: Callable[[Grain, str], tuple[str, ...]]
-) -> tuple[str, ...]:
-    """The four triggers keeping the rollups, from a design's add and remove statements."""
-    return (
-        _trigger(
-            "trg_stats_insert",
-            "INSERT",
-            tuple(statement for grain in GRAINS for statement in add(grain, "NEW")),
-            "NEW.status != 'running'",
-        ),
-        # Two triggers, each firing only when it has work: the usual update (running to
-        # finished) runs no removal. Their order does not matter: a cell gaining and losing
-        # a run in either order ends the same (or flagged stale, which is recomputed).
-        _trigger(
-            "trg_stats_update_old",
-            f"UPDATE OF {', '.join(_COUNTED)}",
-            tuple(statement for grain in GRAINS for statement in remove(grain, "OLD")),
-            f"OLD.status != 'running' AND ({_CHANGED})",
-        ),
-        _trigger(
-            "trg_stats_update_new",
-            f"UPDATE OF {', '.join(_COUNTED)}",
-            tuple(statement for grain in GRAINS for statement in add(grain, "NEW")),
-            f"NEW.status != 'running' AND ({_CHANGED})",
-        ),
-        _trigger(
-            "trg_stats_delete",
-            "DELETE",
-            tuple(statement for grain in GRAINS for statement in remove(grain, "OLD")),
-            "OLD.status != 'running'",
-        ),
-    )
-
-
-#: Migration 7's triggers (JSON histograms), frozen: migration 9 replaces them.
-_V7_TRIGGERS = _triggers(lambda grain, row: (_v7_add(grain, row),), _v7_remove)
-_TRIGGER_NAMES = (
-    "trg_stats_insert",
-    "trg_stats_update_old",
-    "trg_stats_update_new",
-    "trg_stats_delete",
+#: The triggers keeping ``run_stats_daily``; re-create them after rebuilding agent_runs.
+TRIGGERS: tuple[str, ...] = (
+    _trigger(
+        "trg_stats_insert",
+        "INSERT",
+        tuple(_add(grain, "NEW") for grain in GRAINS),
+        "NEW.status != 'running'",
+    ),
+    # Two triggers, each firing only when it has work: the usual update (running to
+    # finished) runs no removal. Their order does not matter: a cell gaining and losing
+    # a run in either order ends the same (or flagged stale, which is recomputed).
+    _trigger(
+        "trg_stats_update_old",
+        f"UPDATE OF {', '.join(_COUNTED)}",
+        tuple(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
+        f"OLD.status != 'running' AND ({_CHANGED})",
+    ),
+    _trigger(
+        "trg_stats_update_new",
+        f"UPDATE OF {', '.join(_COUNTED)}",
+        tuple(_add(grain, "NEW") for grain in GRAINS),
+        f"NEW.status != 'running' AND ({_CHANGED})",
+    ),
+    _trigger(
+        "trg_stats_delete",
+        "DELETE",
+        tuple(statement for grain in GRAINS for statement in _remove(grain, "OLD")),
+        "OLD.status != 'running'",
+    ),
 )
 
 
@@ -245,6 +226,7 @@ _RUNNING_INDEX_SQL = (
     " items_discovered, items_succeeded, items_failed) WHERE status = 'running'"
 )
 #: What a migration rebuilding agent_runs must run again after it (DROP TABLE drops them).
+AFTER_REBUILD: tuple[str, ...] = (_RUNNING_INDEX_SQL, *TRIGGERS)
 
 
 def _fill_buckets() -> str:
@@ -252,8 +234,8 @@ def _fill_buckets() -> str:
     return f"INSERT INTO {BUCKET_TABLE} (lo) VALUES {values}"
 
 
-def _v7_backfill(grain: Grain) -> str:
-    """Every finished run already stored, rolled up in one pass (migration 7's cells)."""
+def _backfill(grain: Grain) -> str:
+    """Every finished run already stored, rolled up in one pass."""
     has = _HAS_DURATION.format(row="r")
     return f"""INSERT INTO {grain.table} ({grain.key}, job_type, status, runs, durations,
             duration_hist, duration_max, items_discovered, items_succeeded, items_failed,
@@ -283,112 +265,6 @@ ROLLUP_STATEMENTS: tuple[str, ...] = (
     _fill_buckets(),
     *(_CREATE_TABLE.format(table=grain.table, key=grain.key) for grain in GRAINS),
     _RUNNING_INDEX_SQL,
-    *(_v7_backfill(grain) for grain in GRAINS),
-    *_V7_TRIGGERS,
-)
-
-
-# ---- migration 9: histograms as rows ---------------------------------------------------
-#
-# Migration 7 kept each cell's histogram as JSON text updated with json_set: every
-# finished run parsed and re-serialised two whole histograms (daily and hourly), most of
-# the rollups' cost per write. Now a bucket is a row of ``<table>_hist`` and a write is
-# one ``n = n + 1`` on it (``bench/write_cost.py`` measures both).
-
-_CREATE_HIST = """
-CREATE TABLE {table} (
-    {key} TEXT NOT NULL,
-    job_type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY ({key}, job_type, status, bucket)
-) WITHOUT ROWID
-"""
-
-
-def _cell(grain: Grain, row: str) -> str:
-    return (
-        f"{grain.key} = {grain.of(row)} AND job_type = {row}.job_type"
-        f" AND status = {row}.status AND {row}.status != 'running'"
-    )
-
-
-def _remove(grain: Grain, row: str) -> tuple[str, ...]:
-    """Statements taking run ``row`` (OLD) out of its cell and its histogram bucket, if it
-    is a finished run; a cell or bucket left empty is deleted."""
-    has = _HAS_DURATION.format(row=row)
-    cell = _cell(grain, row)
-    bucket = f"{cell} AND ({has}) AND bucket = {bucket_sql(f'{row}.duration_ms')}"
-    return (
-        f"""UPDATE {grain.table} SET
-            runs = runs - 1,
-            durations = durations - ({has}),
-            items_discovered = items_discovered - {row}.items_discovered,
-            items_succeeded = items_succeeded - {row}.items_succeeded,
-            items_failed = items_failed - {row}.items_failed,
-            stale_bounds = stale_bounds OR {row}.start_time <= first_start
-                OR {row}.start_time >= last_start
-                OR ({has} AND {row}.duration_ms >= duration_max)
-            WHERE {cell}""",
-        f"DELETE FROM {grain.table} WHERE {cell} AND runs <= 0",
-        f"DELETE FROM {grain.hist} WHERE {bucket} AND n <= 1",
-        f"UPDATE {grain.hist} SET n = n - 1 WHERE {bucket}",
-    )
-
-
-def _add(grain: Grain, row: str) -> tuple[str, ...]:
-    """The statements putting run ``row`` (NEW) into its cell and its bucket, if it is a
-    finished run: two upserts of one small row each."""
-    has = _HAS_DURATION.format(row=row)
-    return (
-        f"""INSERT INTO {grain.table} ({grain.key}, job_type, status, runs, durations,
-            duration_max, items_discovered, items_succeeded, items_failed,
-            first_start, last_start)
-        SELECT {grain.of(row)}, {row}.job_type, {row}.status, 1, ({has}),
-            CASE WHEN {has} THEN {row}.duration_ms END,
-            {row}.items_discovered, {row}.items_succeeded, {row}.items_failed,
-            {row}.start_time, {row}.start_time
-        WHERE {row}.status != 'running'
-        ON CONFLICT ({grain.key}, job_type, status) DO UPDATE SET
-            runs = runs + 1,
-            durations = durations + excluded.durations,
-            duration_max = CASE WHEN duration_max IS NULL
-                OR excluded.duration_max > duration_max
-                THEN excluded.duration_max ELSE duration_max END,
-            items_discovered = items_discovered + excluded.items_discovered,
-            items_succeeded = items_succeeded + excluded.items_succeeded,
-            items_failed = items_failed + excluded.items_failed,
-            first_start = min(first_start, excluded.first_start),
-            last_start = max(last_start, excluded.last_start)""",
-        f"""INSERT INTO {grain.hist} ({grain.key}, job_type, status, bucket, n)
-        SELECT {grain.of(row)}, {row}.job_type, {row}.status,
-            {bucket_sql(f"{row}.duration_ms")}, 1
-        WHERE {row}.status != 'running' AND {has}
-        ON CONFLICT ({grain.key}, job_type, status, bucket) DO UPDATE SET n = n + 1""",
-    )
-
-
-#: The triggers keeping the rollups; re-create them after rebuilding agent_runs.
-TRIGGERS: tuple[str, ...] = _triggers(_add, _remove)
-#: What a migration rebuilding agent_runs must run again after it (DROP TABLE drops them).
-AFTER_REBUILD: tuple[str, ...] = (_RUNNING_INDEX_SQL, *TRIGGERS)
-
-
-def _hist_backfill(grain: Grain) -> str:
-    """Migration 7's JSON histograms as rows: the same counts, not recomputed from runs."""
-    return f"""INSERT INTO {grain.hist} ({grain.key}, job_type, status, bucket, n)
-        SELECT c.{grain.key}, c.job_type, c.status, CAST(h.key AS INTEGER), h.value
-        FROM {grain.table} AS c, json_each(c.duration_hist) AS h
-        WHERE h.value > 0"""
-
-
-#: Migration 9: histogram tables filled from the JSON, the JSON column dropped (the
-#: triggers naming it go first), the new triggers.
-HIST_STATEMENTS: tuple[str, ...] = (
-    *(_CREATE_HIST.format(table=grain.hist, key=grain.key) for grain in GRAINS),
-    *(_hist_backfill(grain) for grain in GRAINS),
-    *(f"DROP TRIGGER {name}" for name in _TRIGGER_NAMES),
-    *(f"ALTER TABLE {grain.table} DROP COLUMN duration_hist" for grain in GRAINS),
+    *(_backfill(grain) for grain in GRAINS),
     *TRIGGERS,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from server.storage.rollups import HIST_STATEMENTS, ROLLUP_STATEMENTS
+from server.storage.rollups import ROLLUP_STATEMENTS
 
 RUN_TEXT_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -381,10 +381,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         9,
-        "cheaper writes: the rollups' duration histograms as rows (one n = n + 1 per"
-        " finished run, not a JSON rewrite; converted from the JSON) and one reaper index"
-        " fewer (see server/storage/rollups.py and server/storage/stale.py)",
-        (*HIST_STATEMENTS, "DROP INDEX idx_runs_running_seen"),
+        "one reaper index fewer: the default allowance's overdue runs are read through"
+        " idx_runs_running_job_seen, one range per job type (see server/storage/stale.py);"
+        " every write to a running run updated both",
+        ("DROP INDEX idx_runs_running_seen",),
     ),
 )
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.stats import StatsQuery
 from server.storage.rollups import (
@@ -409,46 +411,25 @@ def _read_cells(conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cell
             params.append(bound)
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
     sql = (
-        f"SELECT {grain.key}, job_type, status, runs, duration_max,"
+        f"SELECT {grain.key}, job_type, status, runs, duration_hist, duration_max,"
         " items_discovered, items_succeeded, items_failed, first_start, last_start,"
         f" stale_bounds FROM {grain.table}{where}"
     )
     rows = conn.execute(sql, params).fetchall()
-    bounds = _stale_bounds(conn, grain, {row[0] for row in rows if row[10]})
+    bounds = _stale_bounds(conn, grain, {row[0] for row in rows if row[11]})
     for row in rows:
-        cell, job_type, status, runs, longest, disc, succ, fail, first_start = row[:9]
-        last_start, stale = row[9:]
+        cell, job_type, status, runs, hist_text, longest, disc, succ, fail, first_start = row[:10]
+        last_start, stale = row[10:]
         if stale:
             first_start, last_start, longest = bounds.get((job_type, status), {}).get(
                 cell, (first_start, last_start, longest)
             )
         named = {"day": cell[:10], "hour": cell, "job_type": job_type, "status": status}
         key = tuple(str(named[name]) for name in parts.group_by)
+        hist = orjson.loads(hist_text)
         parts.group(key).add(
-            status, int(runs), (disc, succ, fail), (first_start, last_start), longest, {}
+            status, int(runs), (disc, succ, fail), (first_start, last_start), longest, hist
         )
-    _read_hist(conn, parts, grain, where, params)
-
-
-def _read_hist(
-    conn: sqlite3.Connection, parts: _Parts, grain: Grain, where: str, params: list[Any]
-) -> None:
-    """The same cells' histograms, summed by SQLite per group and bucket (the cells
-    were read first: every bucket's group exists)."""
-    named = {
-        "day": f"substr({grain.key}, 1, 10)",
-        "hour": grain.key,
-        "job_type": "job_type",
-        "status": "status",
-    }
-    keys = [named[name] for name in parts.group_by]
-    grouped = ", ".join((*keys, "bucket"))
-    sql = f"SELECT {grouped}, sum(n) FROM {grain.hist}{where} GROUP BY {grouped}"
-    width = len(keys)
-    for row in conn.execute(sql, params):
-        hist = parts.group(tuple(str(value) for value in row[:width])).hist
-        floor = str(row[width])
-        hist[floor] = hist.get(floor, 0) + int(row[width + 1])
 
 
 _Bounds = tuple[Any, Any, Any]

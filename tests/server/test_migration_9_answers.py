@@ -1,26 +1,27 @@
-"""Migration 9 (histograms as rows) on a version-8 database with data: every bucket of
-the JSON histograms becomes a row, and the server answers /api/v1/stats as before."""
+"""Migration 9 on a version-8 database with data: the server answers /api/v1/stats as
+before it, and the overdue runs (``stale=true``) are the same, read through one index."""
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from server.contract.stats import StatsQuery
-from server.storage import rollups
+from server.contract.timestamps import format_instant
 from server.storage.schema import MIGRATIONS
+from server.storage.stale import StalePolicy, overdue_ids_sql
 from server.storage.stats import compute_stats
 
 STATUSES = ("running", "success", "failure", "partial", "timeout", "cancelled")
 COLUMNS = (
     "event_id, run_id, agent_name, job_type, status, start_time, duration_ms,"
-    " items_discovered, items_succeeded, items_failed, created_at"
+    " items_discovered, items_succeeded, items_failed, created_at, last_seen_at"
 )
 QUERIES: tuple[dict[str, str], ...] = (
     {},
@@ -48,8 +49,8 @@ def stamp(rng: random.Random) -> str:
 
 
 def version_8(path: Path, rng: random.Random) -> None:
-    """A database written by the version-8 schema (its JSON triggers): inserts, then
-    finishing, re-labelling and deleting runs (stale cells among them)."""
+    """A database written by the version-8 schema (its triggers and indexes): inserts,
+    then finishing, re-labelling and deleting runs (stale rollup cells among them)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     for migration in MIGRATIONS[:8]:
@@ -59,20 +60,22 @@ def version_8(path: Path, rng: random.Random) -> None:
     durations = (0, 1, 5, 127, 128, 129, 4000, 60_000, 10**6, 2**40)
     conn.execute("BEGIN")
     for n in range(600):
+        start = stamp(rng)
         conn.execute(
-            f"INSERT INTO agent_runs ({COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            f"INSERT INTO agent_runs ({COLUMNS}) VALUES ({', '.join('?' * 12)})",
             (
                 f"e{n}",
                 f"r{n}",
                 f"agent-{rng.randrange(4)}",
                 f"job-{rng.randrange(3)}",
                 rng.choice(STATUSES),
-                stamp(rng),
+                start,
                 rng.choice(durations),
                 rng.randrange(20),
                 rng.randrange(20),
                 rng.randrange(3),
-                f"2026-04-0{rng.randrange(1, 5)}T00:00:00.000000+00:00",
+                start,
+                start,
             ),
         )
     for _ in range(300):
@@ -91,67 +94,65 @@ def version_8(path: Path, rng: random.Random) -> None:
     conn.close()
 
 
-def json_histograms(conn: sqlite3.Connection, grain: rollups.Grain) -> dict[Any, dict[str, int]]:
-    return {
-        (cell, job, status): json.loads(hist)
-        for cell, job, status, hist in conn.execute(
-            f"SELECT {grain.key}, job_type, status, duration_hist FROM {grain.table}"
-        )
-    }
+def answers(path: Path) -> list[Any]:
+    conn = sqlite3.connect(path)
+    try:
+        stale = conn.execute("SELECT count(*) FROM run_stats_daily WHERE stale_bounds").fetchone()[
+            0
+        ]
+        assert stale  # the rollups' harder case is there
+        return [
+            orjson.loads(orjson.dumps(compute_stats(conn, StatsQuery.model_validate(params))))
+            for params in QUERIES
+        ]
+    finally:
+        conn.close()
 
 
-def cells(conn: sqlite3.Connection, grain: rollups.Grain) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        f"SELECT {grain.key}, job_type, status, runs, durations, duration_max, items_discovered,"
-        " items_succeeded, items_failed, first_start, last_start, stale_bounds"
-        f" FROM {grain.table} ORDER BY 1, 2, 3"
-    ).fetchall()
+def assert_overdue_like_brute_force(path: Path) -> None:
+    """The reaper's query, its default range now one range per job type, selects exactly
+    the running runs past their allowance (a configured job, one that is never stale,
+    and the default)."""
+    policy = StalePolicy(default_s=3600, by_job=(("job-1", 60), ("job-2", 0)))
+    now = datetime(2026, 4, 3, tzinfo=UTC)
+    conn = sqlite3.connect(path)
+    try:
+        sql, params = overdue_ids_sql(policy, now)
+        found = {row[0] for row in conn.execute(sql, params)}
+        allowance = {"job-1": 60, "job-2": 0}
+        expected = {
+            row_id
+            for row_id, job, seen in conn.execute(
+                "SELECT id, job_type, last_seen_at FROM agent_runs WHERE status = 'running'"
+            )
+            if allowance.get(job, 3600)
+            and seen < format_instant(now - timedelta(seconds=allowance.get(job, 3600)))
+        }
+    finally:
+        conn.close()
+    assert expected  # some overdue, some not
+    assert found == expected
 
 
-def test_every_json_bucket_becomes_a_row_and_the_cells_stay(tmp_path: Path) -> None:
-    path = tmp_path / "v8.sqlite"
-    version_8(path, random.Random(11))
-    conn = sqlite3.connect(path, isolation_level=None)
-    before = {grain: (json_histograms(conn, grain), cells(conn, grain)) for grain in rollups.GRAINS}
-    assert any(row[-1] for grain in rollups.GRAINS for row in before[grain][1])  # stale cells
-    for statement in MIGRATIONS[8].statements:
-        conn.execute(statement)
-    for grain in rollups.GRAINS:
-        histograms, kept = before[grain]
-        rows: dict[Any, dict[str, int]] = {key: {} for key in histograms}
-        for cell, job, status, bucket, n in conn.execute(
-            f"SELECT {grain.key}, job_type, status, bucket, n FROM {grain.hist}"
-        ):
-            rows[(cell, job, status)][str(bucket)] = n
-        assert rows == histograms
-        assert cells(conn, grain) == kept
-
-
-async def test_stats_answers_are_the_same_after_the_migration(
+async def test_stats_and_stale_answers_are_the_same_after_the_migration(
     tmp_path: Path, make_api: Callable[..., Awaitable[Any]]
 ) -> None:
-    """Before: the answers of the version-8 database (its runs, which its rollups were
-    kept equal to, ``test_stats_rollups``); after: the real server's, having migrated
-    the file at start and then taken more writes through its new triggers."""
+    """Before: the version-8 file's answers (its rollups); after: the real server's,
+    having migrated the file at start, then again after a lifecycle through the API."""
     path = tmp_path / "t.sqlite"  # make_config's database
     version_8(path, random.Random(5))
-    conn = sqlite3.connect(path)
-    expected = [
-        orjson.loads(
-            orjson.dumps(compute_stats(conn, StatsQuery.model_validate(params), use_rollups=False))
-        )
-        for params in QUERIES
-    ]
-    conn.close()
-    api = await make_api()
-    for params, want in zip(QUERIES, expected, strict=True):
+    before = answers(path)
+    api = await make_api(stale_after_s=0)  # no reaping: the answers stay the file's
+    for params, want in zip(QUERIES, before, strict=True):
         reply = await api.get("/api/v1/stats", params=params)
         assert reply.status == 200, reply.body
         assert reply.body["groups"] == want, params
-    migrated = sqlite3.connect(path)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS[-1].version
-    migrated.close()
-    # the new triggers keep the answers: a lifecycle through the API, then the same
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS[-1].version
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "idx_runs_running_seen" not in names
+    conn.close()
+    assert_overdue_like_brute_force(path)
     run = {
         "event_id": "fresh-1",
         "run_id": "r",
@@ -164,10 +165,8 @@ async def test_stats_answers_are_the_same_after_the_migration(
         "/api/v1/runs/fresh-1", json={"status": "success", "duration_ms": 129}
     )
     assert patched.status == 200, patched.body
-    conn = sqlite3.connect(path)
-    for params in QUERIES:
-        query = StatsQuery.model_validate(params)
-        want = orjson.loads(orjson.dumps(compute_stats(conn, query, use_rollups=False)))
+    after = answers(path)
+    assert after != before
+    for params, want in zip(QUERIES, after, strict=True):
         reply = await api.get("/api/v1/stats", params=params)
         assert reply.body["groups"] == want, params
-    conn.close()
