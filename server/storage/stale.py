@@ -4,10 +4,13 @@ A run's allowance is its own ``heartbeat_timeout_s``, else its job type's
 (``TELEMETRY_STALE_AFTER_BY_JOB``), else the default (``TELEMETRY_STALE_AFTER_S``); an
 allowance of 0 means never. A run is overdue when ``now - last_seen_at`` exceeds it.
 
-Every query here is a union of index ranges, one per way a run gets its allowance,
-each on a partial index over running runs only (migration 6): its own allowance
-(ordered by deadline), one range per configured job type, and the default (every other
-job type). A pass with nothing overdue reads the first entry of each range and stops.
+Every query here is a union of index ranges on two partial indexes over running runs
+only (migration 6), each run in one of them: runs with an allowance of their own, ordered
+by deadline; the others by (job_type, last_seen_at), one range per configured job type
+and, for the default, one per job type of the running runs (found one seek each). A
+pass with nothing overdue reads the first entry of each range and stops. (Migration 9
+dropped a third index, by last_seen_at alone, that served the default: every write to a
+running run, a heartbeat included, updated it too; ``bench/write_cost.py`` measures it.)
 
 A run written through a sidecar is reaped only once that sidecar has delivered
 everything its agent wrote before the deadline (heard from after the deadline, with
