@@ -30,9 +30,9 @@ Why these choices (``bench/stats_bench.py`` measures them):
 Measured (``bench/write_cost.py --callgrind``, 100k fleet runs, the writer's TEMP
 triggers installed): these triggers cost ~156k of a terminal PATCH's ~577k SQLite
 instructions: ~69k per grain's upsert, of which ~37k is the JSON histogram and ~32k the
-upsert itself, plus ~15k of trigger calls (a running run's insert pays ~17k for a trigger
+upsert itself, plus ~20k of trigger calls (a running run's insert pays ~17k for a trigger
 that does nothing). Histograms as rows (one ``n = n + 1`` row per bucket, tried in
-migration 9's first version) cost ~60k per grain in two upserts, saving only ~5% of a
+migration 9's first version) cost ~60k per grain in two upserts, saving ~20k (3.5%) of a
 terminal PATCH, and made stats reads 1.4-2.3x the CPU (``bench/stats_bench.py``: tens of
 thousands of bucket rows to sum where a JSON text per cell is parsed in C): the JSON stays.
 
