@@ -27,6 +27,15 @@ Why these choices (``bench/stats_bench.py`` measures them):
   ``EXACT_BELOW_MS``, then 8 per doubling. The histogram is a JSON object
   ``{"<bucket floor ms>": count}``, merged in Python at query time.
 
+Measured (``bench/write_cost.py --callgrind``, 100k fleet runs, the writer's TEMP
+triggers installed): these triggers cost ~156k of a terminal PATCH's ~577k SQLite
+instructions: ~69k per grain's upsert, of which ~37k is the JSON histogram and ~32k the
+upsert itself, plus ~20k of trigger calls (a running run's insert pays ~17k for a trigger
+that does nothing). Histograms as rows (one ``n = n + 1`` row per bucket, tried in
+migration 9's first version) cost ~60k per grain in two upserts, saving ~20k (3.5%) of a
+terminal PATCH, and made stats reads 1.4-2.3x the CPU (``bench/stats_bench.py``: tens of
+thousands of bucket rows to sum where a JSON text per cell is parsed in C): the JSON stays.
+
 The statements are defined here once (``ROLLUP_STATEMENTS``), so a later migration
 that rebuilds ``agent_runs`` (which drops its triggers and indexes) re-creates the
 triggers and the running runs' index with ``AFTER_REBUILD``.

@@ -248,6 +248,7 @@ STALE_INDEXES: tuple[str, ...] = (
     # Runs without their own allowance: the job type's, else the default.
     "CREATE INDEX idx_runs_running_job_seen ON agent_runs(job_type, last_seen_at)"
     " WHERE status = 'running' AND heartbeat_timeout_s IS NULL",
+    # Dropped by migration 9: the one above serves the default too (``stale``).
     "CREATE INDEX idx_runs_running_seen ON agent_runs(last_seen_at)"
     " WHERE status = 'running' AND heartbeat_timeout_s IS NULL",
     # Runs with their own: ordered by their deadline.
@@ -378,6 +379,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"CREATE INDEX idx_runs_start_late ON agent_runs(start_time, created_at)"
             f" WHERE NOT {PROMPT_RUN_SQL}",
         ),
+    ),
+    Migration(
+        9,
+        "one reaper index fewer: the default allowance's overdue runs are read through"
+        " idx_runs_running_job_seen, one range per job type (see server/storage/stale.py);"
+        " every write to a running run updated both",
+        ("DROP INDEX idx_runs_running_seen",),
     ),
 )
 

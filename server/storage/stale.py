@@ -4,10 +4,13 @@ A run's allowance is its own ``heartbeat_timeout_s``, else its job type's
 (``TELEMETRY_STALE_AFTER_BY_JOB``), else the default (``TELEMETRY_STALE_AFTER_S``); an
 allowance of 0 means never. A run is overdue when ``now - last_seen_at`` exceeds it.
 
-Every query here is a union of index ranges, one per way a run gets its allowance,
-each on a partial index over running runs only (migration 6): its own allowance
-(ordered by deadline), one range per configured job type, and the default (every other
-job type). A pass with nothing overdue reads the first entry of each range and stops.
+Every query here is a union of index ranges on two partial indexes over running runs
+only (migration 6), each run in one of them: runs with an allowance of their own, ordered
+by deadline; the others by (job_type, last_seen_at), one range per configured job type
+and, for the default, one per job type of the running runs (found one seek each). A
+pass with nothing overdue reads the first entry of each range and stops. (Migration 9
+dropped a third index, by last_seen_at alone, that served the default: every write to a
+running run, a heartbeat included, updated it too; ``bench/write_cost.py`` measures it.)
 
 A run written through a sidecar is reaped only once that sidecar has delivered
 everything its agent wrote before the deadline (heard from after the deadline, with
@@ -33,6 +36,16 @@ DEFAULT_STALE_AFTER_S = 6 * 3600
 #: of CPU per run at 20k runs, 300 us at 1M (the row, its run_json, its four status
 #: indexes and a cold cache after the upgrade), so a batch holds the writer ~5-20 ms.
 REAP_BATCH = 64
+
+#: Running runs without an allowance of their own, by job type and last_seen_at (migration
+#: 6); it serves both the configured job types and the default (migration 9 dropped the
+#: last_seen_at-only index that did: every write to a running run updated both).
+JOB_SEEN_INDEX = "idx_runs_running_job_seen"
+#: The first job type of that index (after ``jobs.job`` when appended with AND).
+_FIRST_JOB = (
+    f"SELECT min(job_type) FROM agent_runs INDEXED BY {JOB_SEEN_INDEX}"
+    " WHERE status = 'running' AND heartbeat_timeout_s IS NULL"
+)
 
 _PAIR = re.compile(r"^(?P<job>[^=,]+)=(?P<seconds>[0-9]+)$")
 
@@ -111,22 +124,37 @@ def overdue_ids_sql(policy: StalePolicy, now: datetime) -> tuple[str, list[Any]]
     for job, seconds in policy.by_job:
         if seconds > 0:
             selects.append(
-                "SELECT id FROM agent_runs INDEXED BY idx_runs_running_job_seen"
+                f"SELECT id FROM agent_runs INDEXED BY {JOB_SEEN_INDEX}"
                 " WHERE status = 'running' AND heartbeat_timeout_s IS NULL"
                 " AND job_type = ? AND last_seen_at < ?"
             )
             params += (job, _before(now, seconds))
     if policy.default_s > 0:
         configured = [job for job, _ in policy.by_job]
-        not_configured = (
-            f" AND job_type NOT IN ({', '.join('?' for _ in configured)})" if configured else ""
+        # likelihood(): the planner's estimate of the job types is that of a recursive
+        # CTE (a million rows); a few is the truth, and a large estimate would have a
+        # join with the overdue ids (``runs.stale_query_sql``) build a Bloom filter, a
+        # read of the whole table.
+        not_configured = " WHERE likelihood(job IS NOT NULL, 0.000001)" + (
+            f" AND job NOT IN ({', '.join('?' for _ in configured)})" if configured else ""
         )
+        # The job types of the running runs, one index seek each (a loose index scan),
+        # then each one's range: the job type index serves the default too, so a run
+        # is in one reaper index, not two (a heartbeat moves one entry).
         selects.append(
-            "SELECT id FROM agent_runs INDEXED BY idx_runs_running_seen"
+            f"SELECT id FROM (WITH RECURSIVE jobs(job) AS (SELECT ({_FIRST_JOB})"
+            f" UNION ALL SELECT ({_FIRST_JOB} AND job_type > jobs.job) FROM jobs"
+            " WHERE jobs.job IS NOT NULL)"
+            f" SELECT id FROM (SELECT job FROM jobs{not_configured}) AS j"
+            f" CROSS JOIN agent_runs INDEXED BY {JOB_SEEN_INDEX}"
             " WHERE status = 'running' AND heartbeat_timeout_s IS NULL"
-            f" AND last_seen_at < ?{not_configured}"
+            # job_type = j.job AND last_seen_at < ?, as one range of row values: an
+            # equality would let SQLite (given ANALYZE's statistics) build a Bloom filter
+            # first, a walk of every running run. -9e999 is -infinity: no bound.
+            " AND (job_type, last_seen_at) >= (j.job, -9e999)"
+            " AND (job_type, last_seen_at) < (j.job, ?))"
         )
-        params += (_before(now, policy.default_s), *configured)
+        params += (*configured, _before(now, policy.default_s))
     return " UNION ALL ".join(selects), params
 
 
