@@ -1,0 +1,277 @@
+"""An adversarial review of the dashboard: malformed logins, the session at /ui, HEAD at
+/, huge error summaries, and every count on the overview equal to the rows of the list
+it links to (window edges, mixed failing streaks, running runs among failures)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import ServerConfig
+
+HTML = {"Accept": "text/html"}
+TOKEN = "review-token-0123456789"
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def _at(now: datetime, **delta: float) -> str:
+    return (now - timedelta(**delta)).isoformat()
+
+
+async def _client(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig], **overrides: Any
+) -> TestClient[Any, Any]:
+    config = make_config(reaper_interval_s=86_400, **overrides)
+    return await aiohttp_client(create_app(config))
+
+
+async def _seed(client: TestClient[Any, Any], runs: list[dict[str, Any]], **kw: Any) -> None:
+    async with client.post("/api/v1/runs/batch", json=runs, **kw) as response:
+        body = await response.json()
+        assert response.status == 200, body
+        assert not body["errors"], body
+
+
+async def _text(client: TestClient[Any, Any], path: str, status: int = 200) -> str:
+    async with client.get(path, headers=HTML, allow_redirects=False) as response:
+        text = await response.text()
+        assert response.status == status, (path, response.status, text[:1000])
+        return text
+
+
+async def _rows_behind(client: TestClient[Any, Any], href: str) -> int:
+    """Rows of a runs list, every page of it followed (bounded)."""
+    rows, link = 0, html.unescape(href)
+    for _ in range(50):
+        text = await _text(client, link)
+        rows += text.count('data-label="Status"')
+        found = re.search(r'<a href="([^"]+)" rel="next">', text)
+        if found is None:
+            return rows
+        link = html.unescape(found[1])
+    raise AssertionError(f"more than 50 pages behind {href}")
+
+
+# ---- robustness of the login and the root ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\xff\xfe=\xff", "application/x-www-form-urlencoded"),
+        (b"not a multipart body", "multipart/form-data; boundary=zz"),
+        (b"--zz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--zz--\r\n", "multipart/form-data"),
+    ],
+)
+async def test_a_malformed_login_form_is_a_400_page_not_a_500(
+    aiohttp_client: ClientFactory,
+    make_config: Callable[..., ServerConfig],
+    body: bytes,
+    content_type: str,
+) -> None:
+    client = await _client(
+        aiohttp_client, make_config, auth_enabled=True, auth_token=TOKEN, auth_protect_reads=True
+    )
+    async with client.post(
+        "/ui/login", data=body, headers={"Content-Type": content_type, **HTML}
+    ) as response:
+        text = await response.text()
+        assert response.status == 400, (response.status, text[:500])
+        assert "Set-Cookie" not in response.headers
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+async def test_ui_without_its_slash_reaches_the_overview_when_signed_in(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """The session cookie's path is /ui/: a browser does not send it to /ui, which must
+    not send a signed-in person back to the login page (it holds no data)."""
+    client = await _client(
+        aiohttp_client, make_config, auth_enabled=True, auth_token=TOKEN, auth_protect_reads=True
+    )
+    async with client.post("/ui/login", data={"token": TOKEN}, allow_redirects=False) as reply:
+        assert reply.status == 303
+    async with client.get("/ui", headers=HTML, allow_redirects=False) as response:
+        assert response.status == 302, response.status
+        assert response.headers["Location"] == "/ui/"
+    async with client.get("/ui", headers=HTML) as response:  # followed: the overview
+        assert response.status == 200
+        assert "Fleet overview" in await response.text()
+
+
+async def test_head_at_the_root_answers_a_browser_as_get_does(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    client = await _client(aiohttp_client, make_config)
+    for method in ("GET", "HEAD"):
+        async with client.request(method, "/", headers=HTML, allow_redirects=False) as response:
+            assert response.status == 302, (method, response.status)
+            assert response.headers["Location"] == "/ui/"
+        async with client.request(method, "/", allow_redirects=False) as response:
+            assert response.status == 404, (method, response.status)
+            assert response.content_type == "application/json"
+
+
+# ---- huge values -----------------------------------------------------------------------
+
+
+async def test_a_megabyte_error_summary_is_cut_in_lists_and_whole_on_its_own_page(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """Fifty runs each with a 1 MB error summary were a 50 MB runs page (and the overview
+    showed each twice): lists show the start of it, the run's page all of it."""
+    client = await _client(aiohttp_client, make_config)
+    now = datetime.now(UTC)
+    summary = "<b>E</b>" + "é" * 500_000 + "TAIL-MARK"  # 1 MB of UTF-8
+    for run in [
+            {
+                "event_id": f"huge-{i}",
+                "run_id": f"huge-{i}",
+                "agent_name": "big-agent",
+                "job_type": "big-job",
+                "status": "failure",
+                "start_time": _at(now, minutes=10 + i),
+                "end_time": _at(now, minutes=9 + i),
+                "error_summary": summary,
+            }
+            for i in range(5)
+        ]:
+        async with client.post("/api/v1/runs", json=run) as response:
+            assert response.status == 201, await response.text()
+    for path in ("/ui/", "/ui/runs", "/ui/jobs/big-job", "/ui/agents/big-agent"):
+        text = await _text(client, path)
+        assert len(text.encode()) < 300_000, (path, len(text))
+        assert "&lt;b&gt;E&lt;/b&gt;" in text, path
+        assert "TAIL-MARK" not in text, path
+    text = await _text(client, "/ui/runs/huge-0")
+    assert text.count("TAIL-MARK") == 1  # the alert at the top; the field table cuts it
+    assert "&lt;b&gt;E&lt;/b&gt;" in text
+
+
+# ---- the numbers and the rows behind them ----------------------------------------------
+
+
+def _fleet(now: datetime) -> list[dict[str, Any]]:
+    """Runs at the windows' edges (just in, just out), of every status, in three jobs."""
+    runs: list[dict[str, Any]] = []
+    offsets = (
+        timedelta(minutes=1),
+        timedelta(hours=23, minutes=58),
+        timedelta(hours=24, minutes=2),
+        timedelta(days=3),
+        timedelta(days=6, hours=23, minutes=58),
+        timedelta(days=7, minutes=2),
+    )
+    statuses = ("success", "failure", "timeout", "partial", "cancelled", "running")
+    for i, offset in enumerate(offsets):
+        for j, status in enumerate(statuses):
+            for k, job in enumerate(("alpha job", "b&ta=1#x", "γ δ+%")):
+                if (i + j + k) % 3 == 0:
+                    continue
+                start = now - offset - timedelta(seconds=j * 3 + k)
+                run: dict[str, Any] = {
+                    "event_id": f"n-{i}-{j}-{k}",
+                    "run_id": f"n-{i}-{j}-{k}",
+                    "agent_name": f"agent {k % 2}",
+                    "job_type": job,
+                    "status": status,
+                    "start_time": start.isoformat(),
+                }
+                if status != "running":
+                    run["end_time"] = (start + timedelta(seconds=30 + j)).isoformat()
+                runs.append(run)
+    return runs
+
+
+_COUNT_LINK = re.compile(
+    r'<a href="(/ui/runs[^"]*)">(?:<span class="big">)?([0-9][0-9,]*)(?:</span>|</a>| )'
+)
+
+
+@pytest.mark.parametrize("window", ["24h", "7d"])
+async def test_every_count_on_the_overview_equals_the_rows_it_links_to(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig], window: str
+) -> None:
+    client = await _client(aiohttp_client, make_config)
+    await _seed(client, _fleet(datetime.now(UTC)))
+    text = await _text(client, f"/ui/?window={window}")
+    links = _COUNT_LINK.findall(text)
+    assert len(links) > 15, links
+    for href, number in links:
+        if "stale=true" in href:
+            continue  # overdue is judged at each request's now (covered by its own test)
+        assert await _rows_behind(client, href) == int(number.replace(",", "")), href
+
+
+async def test_a_failing_streak_counts_the_rows_it_links_to(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """Failed runs since the last good one, with a run still running among them (it does
+    not clear the alarm, nor is it a failure) and both failure and timeout in the streak."""
+    client = await _client(aiohttp_client, make_config)
+    now = datetime.now(UTC)
+
+    def run(name: str, status: str, hours: float) -> dict[str, Any]:
+        start = now - timedelta(hours=hours)
+        fields = {"end_time": (start + timedelta(minutes=1)).isoformat()}
+        return {
+            "event_id": name,
+            "run_id": name,
+            "agent_name": "streaky",
+            "job_type": "nightly",
+            "status": status,
+            "start_time": start.isoformat(),
+            "created_at": start.isoformat(),  # recorded as it started
+            **(fields if status != "running" else {}),
+        }
+
+    await _seed(
+        client,
+        [
+            run("old-failure", "failure", 9),
+            run("last-good", "success", 8),
+            run("f1", "failure", 6),
+            run("still-running", "running", 5),
+            run("t1", "timeout", 4),
+            run("f2", "failure", 3),
+        ],
+    )
+    text = await _text(client, "/ui/")
+    section = text[text.index('id="failing-now"') : text.index('id="last-failures"')]
+    links = _COUNT_LINK.findall(section)
+    assert links, section
+    assert sum(int(n) for _, n in links) == 3, links
+    for href, number in links:
+        assert await _rows_behind(client, href) == int(number), href
+
+
+# ---- relatives -------------------------------------------------------------------------
+
+
+async def test_the_run_page_lists_the_runs_sharing_its_parent_run_id(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """Issue 12: "runs sharing its run_id or parent_run_id": its siblings too."""
+    client = await _client(aiohttp_client, make_config)
+    now = datetime.now(UTC)
+    base = {"agent_name": "etl", "job_type": "load", "status": "running"}
+    await _seed(
+        client,
+        [
+            {**base, "event_id": "parent", "run_id": "P", "start_time": _at(now, hours=3)},
+            {**base, "event_id": "kid-a", "run_id": "A", "parent_run_id": "P",
+             "start_time": _at(now, hours=2)},  # fmt: skip
+            {**base, "event_id": "kid-b", "run_id": "B", "parent_run_id": "P",
+             "start_time": _at(now, hours=1)},  # fmt: skip
+        ],
+    )
+    text = await _text(client, "/ui/runs/kid-a")
+    assert 'href="/ui/runs/kid-b"' in text
+    assert 'href="/ui/runs/parent"' in text
