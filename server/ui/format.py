@@ -94,6 +94,19 @@ def query(params: dict[str, Any]) -> str:
     return "?" + urlencode(kept) if kept else ""
 
 
+#: Longest text a table cell shows (an error summary may be megabytes; the run's page
+#: shows it whole once).
+CLIP_CHARS = 300
+
+
+def clip(value: Any, limit: int = CLIP_CHARS) -> str:
+    """The start of a long text, with how much was left out."""
+    text = "" if value is None else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
 def pretty_json(value: Any) -> str:
     import json
 
@@ -108,4 +121,5 @@ FILTERS = {
     "number": number,
     "segment": segment,
     "pretty_json": pretty_json,
+    "clip": clip,
 }

@@ -131,18 +131,18 @@ async def test_a_megabyte_error_summary_is_cut_in_lists_and_whole_on_its_own_pag
     now = datetime.now(UTC)
     summary = "<b>E</b>" + "é" * 500_000 + "TAIL-MARK"  # 1 MB of UTF-8
     for run in [
-            {
-                "event_id": f"huge-{i}",
-                "run_id": f"huge-{i}",
-                "agent_name": "big-agent",
-                "job_type": "big-job",
-                "status": "failure",
-                "start_time": _at(now, minutes=10 + i),
-                "end_time": _at(now, minutes=9 + i),
-                "error_summary": summary,
-            }
-            for i in range(5)
-        ]:
+        {
+            "event_id": f"huge-{i}",
+            "run_id": f"huge-{i}",
+            "agent_name": "big-agent",
+            "job_type": "big-job",
+            "status": "failure",
+            "start_time": _at(now, minutes=10 + i),
+            "end_time": _at(now, minutes=9 + i),
+            "error_summary": summary,
+        }
+        for i in range(5)
+    ]:
         async with client.post("/api/v1/runs", json=run) as response:
             assert response.status == 201, await response.text()
     for path in ("/ui/", "/ui/runs", "/ui/jobs/big-job", "/ui/agents/big-agent"):
@@ -172,7 +172,7 @@ def _fleet(now: datetime) -> list[dict[str, Any]]:
     statuses = ("success", "failure", "timeout", "partial", "cancelled", "running")
     for i, offset in enumerate(offsets):
         for j, status in enumerate(statuses):
-            for k, job in enumerate(("alpha job", "b&ta=1#x", "γ δ+%")):
+            for k, job in enumerate(("alpha job", "b&ta=1#x", "\u03b3 \u03b4+%")):
                 if (i + j + k) % 3 == 0:
                     continue
                 start = now - offset - timedelta(seconds=j * 3 + k)
@@ -266,10 +266,20 @@ async def test_the_run_page_lists_the_runs_sharing_its_parent_run_id(
         client,
         [
             {**base, "event_id": "parent", "run_id": "P", "start_time": _at(now, hours=3)},
-            {**base, "event_id": "kid-a", "run_id": "A", "parent_run_id": "P",
-             "start_time": _at(now, hours=2)},  # fmt: skip
-            {**base, "event_id": "kid-b", "run_id": "B", "parent_run_id": "P",
-             "start_time": _at(now, hours=1)},  # fmt: skip
+            {
+                **base,
+                "event_id": "kid-a",
+                "run_id": "A",
+                "parent_run_id": "P",
+                "start_time": _at(now, hours=2),
+            },
+            {
+                **base,
+                "event_id": "kid-b",
+                "run_id": "B",
+                "parent_run_id": "P",
+                "start_time": _at(now, hours=1),
+            },
         ],
     )
     text = await _text(client, "/ui/runs/kid-a")
