@@ -285,3 +285,45 @@ async def test_the_run_page_lists_the_runs_sharing_its_parent_run_id(
     text = await _text(client, "/ui/runs/kid-a")
     assert 'href="/ui/runs/kid-b"' in text
     assert 'href="/ui/runs/parent"' in text
+
+
+# ---- silent agents ---------------------------------------------------------------------
+
+
+async def test_an_agent_silent_for_more_than_the_lookback_is_still_listed(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """An hourly agent that stopped 8 days ago has no run in the last 7 days: it was
+    dropped from the silent list (the longest silence of all). Its rhythm is measured over
+    the 7 days before its last run; an agent gone for more than 30 days is retired."""
+    client = await _client(aiohttp_client, make_config)
+    now = datetime.now(UTC)
+    runs = []
+    for name, stopped in (("gone-8-days", 8), ("gone-3-days", 3), ("retired-40-days", 40)):
+        for hour in range(48):
+            start = now - timedelta(days=stopped, hours=hour)
+            runs.append(
+                {
+                    "event_id": f"{name}-{hour}",
+                    "run_id": f"{name}-{hour}",
+                    "agent_name": name,
+                    "job_type": "hourly",
+                    "status": "success",
+                    "start_time": start.isoformat(),
+                    "created_at": start.isoformat(),
+                    "end_time": (start + timedelta(minutes=1)).isoformat(),
+                }
+            )
+    await _seed(client, runs)
+    for window in ("24h", "7d"):
+        text = await _text(client, f"/ui/?window={window}")
+        section = text[text.index('id="silent"') :]
+        assert ">gone-8-days</a>" in section, window
+        assert ">gone-3-days</a>" in section, window
+        assert "retired-40-days" not in section, window
+        links = _COUNT_LINK.findall(section)
+        assert len(links) == 2, links
+        for href, number in links:
+            assert await _rows_behind(client, href) == int(number), href
+    text = await _text(client, "/ui/agents")
+    assert text.count("s-silent") == 2, text
