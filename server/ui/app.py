@@ -74,8 +74,17 @@ def _redirect(location: str, status: int = 303, cookies: Any = None) -> web.Resp
     return response
 
 
+#: What a browser says of a request's origin (``Sec-Fetch-Site``) when another site's
+#: page sent it: the dashboard's forms (sign in, sign out) are only its own.
+_FOREIGN = ("cross-site", "same-site")
+
+
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     session = request.app[SESSION]
+    if request.method == "POST" and request.headers.get("Sec-Fetch-Site") in _FOREIGN:
+        return _error_page(
+            request, 403, "Forbidden", ["The dashboard's forms are sent from its own pages."]
+        )
     if (
         request.path != "/"
         and not request.path.startswith(STATIC_PREFIX)

@@ -327,3 +327,37 @@ async def test_an_agent_silent_for_more_than_the_lookback_is_still_listed(
             assert await _rows_behind(client, href) == int(number), href
     text = await _text(client, "/ui/agents")
     assert text.count("s-silent") == 2, text
+
+
+# ---- cross-site forms ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/ui/logout", "/ui/login"])
+async def test_a_cross_site_form_post_is_refused(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig], path: str
+) -> None:
+    """SameSite=Strict keeps the cookie off a cross-site POST, but the answer's Set-Cookie
+    would still sign a person out (or in): a page elsewhere must not drive the forms."""
+    client = await _client(
+        aiohttp_client, make_config, auth_enabled=True, auth_token=TOKEN, auth_protect_reads=True
+    )
+    async with client.post("/ui/login", data={"token": TOKEN}, allow_redirects=False) as reply:
+        assert reply.status == 303
+    for site in ("cross-site", "same-site"):
+        async with client.post(
+            path,
+            data={"token": TOKEN},
+            headers={"Sec-Fetch-Site": site, "Origin": "https://evil.example", **HTML},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 403, (site, response.status)
+            assert "Set-Cookie" not in response.headers
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    async with client.post(  # the dashboard's own form (same-origin) still works
+        path,
+        data={"token": TOKEN},
+        headers={"Sec-Fetch-Site": "same-origin", **HTML},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303
+        assert "Set-Cookie" in response.headers
