@@ -361,3 +361,95 @@ async def test_a_cross_site_form_post_is_refused(
     ) as response:
         assert response.status == 303
         assert "Set-Cookie" in response.headers
+
+
+# ---- fuzzing the routes ----------------------------------------------------------------
+
+_ROUTES = ("/ui/runs/", "/ui/agents/", "/ui/jobs/")
+_QUERY_KEYS = ("window", "agent_name", "job_type", "status", "start_time_from", "start_time_to",
+               "created_after", "created_before", "stale", "limit", "cursor", "page", "q", "next")  # fmt: skip
+
+
+async def test_any_path_segment_or_query_is_a_page_never_a_500(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """Random unicode (surrogates, controls, %-escapes, slashes) in the names of runs,
+    agents and jobs and in every parameter: an HTML page with its headers, never a 500
+    (400 examples, seeded)."""
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    client = await _client(aiohttp_client, make_config)
+    await _seed(client, _fleet(datetime.now(UTC))[:20])
+    answers: list[tuple[str, int]] = []
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
+        ["%", "%2F", "..", ".", "%00", "\\", "//evil", "24h", "7d", "true", "50", "-1", "\u2028"]
+    )
+
+    @seed(12)
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        route=st.sampled_from((*_ROUTES, "/ui/", "/ui/runs", "/ui/agents", "/ui/jobs")),
+        segment=text,
+        params=st.lists(st.tuples(st.sampled_from(_QUERY_KEYS), text), max_size=4),
+    )
+    def collect(route: str, segment: str, params: list[tuple[str, str]]) -> None:
+        from urllib.parse import quote, urlencode
+
+        safe = "".join(ch for ch in segment if not 0xD800 <= ord(ch) <= 0xDFFF)
+        path = route + (quote(safe, safe="") if route in _ROUTES else "")
+        pairs = [(k, "".join(ch for ch in v if not 0xD800 <= ord(ch) <= 0xDFFF)) for k, v in params]
+        answers.append((path + ("?" + urlencode(pairs) if pairs else ""), 0))
+
+    collect()
+    assert len(answers) >= 100
+    for url, _ in answers:
+        async with client.get(url, headers=HTML, allow_redirects=False) as response:
+            body = await response.text()
+            assert response.status in (200, 400, 404), (url, response.status, body[:300])
+            assert response.content_type == "text/html", url
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"], url
+            assert "Traceback" not in body
+
+
+# ---- links that carry a name -----------------------------------------------------------
+
+_ODD_NAME = "a&b=c#d?e%25f x+y/ü"  # no "/" in a name: replaced below
+ODD = _ODD_NAME.replace("/", "|")
+
+
+@pytest.mark.parametrize("kind", ["agents", "jobs"])
+async def test_the_window_switch_keeps_a_name_full_of_url_metacharacters(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig], kind: str
+) -> None:
+    """The window links were built from the decoded path: an agent named ``a?b`` linked
+    to ``/ui/agents/a?b?window=7d`` (the agent ``a``)."""
+    from urllib.parse import quote, unquote, urlsplit
+
+    client = await _client(aiohttp_client, make_config)
+    now = datetime.now(UTC)
+    await _seed(
+        client,
+        [
+            {
+                "event_id": "odd-1",
+                "run_id": "odd-1",
+                "agent_name": ODD,
+                "job_type": ODD,
+                "status": "success",
+                "start_time": _at(now, hours=1),
+                "end_time": _at(now, minutes=50),
+            }
+        ],
+    )
+    base = f"/ui/{kind}/{quote(ODD, safe='')}"
+    text = await _text(client, base)
+    switch = re.findall(r'<a href="([^"]+)"[^>]*>7d</a>', text)
+    assert switch, text[:2000]
+    target = html.unescape(switch[0])
+    parts = urlsplit(target)
+    assert unquote(parts.path) == f"/ui/{kind}/{ODD}", target  # the same name, whole
+    assert parts.query == "window=7d", target
+    followed = await _text(client, target)
+    assert html.escape(ODD) in followed
+    assert re.search(r'aria-current="true">7d<', followed), "the 7d window is not shown"
