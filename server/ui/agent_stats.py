@@ -153,9 +153,15 @@ def silent_fleet(
     over the lookback before their own last run (one that stopped 8 days ago was the most
     silent agent, and was not listed). Retired agents (RETIRED_AFTER) are left out."""
     found = silent_agents(activity, now, since)
-    judged = {name for name, agent in activity.items() if agent.runs >= SILENT_MIN_RUNS}
-    unjudged = [name for name in agents if name not in judged]
-    seen = last_seen(conn, "agent_name", unjudged) if unjudged else {}
+    # Too few runs after ``since``: their last is known; none at all: looked up.
+    seen = {
+        name: agent.last
+        for name, agent in activity.items()
+        if agent.runs < SILENT_MIN_RUNS and agent.last is not None
+    }
+    absent = [name for name in agents if name not in activity]
+    if absent:
+        seen.update(last_seen(conn, "agent_name", absent))
     horizon = format_instant(now - RETIRED_AFTER)
     recent = sorted(((last, name) for name, last in seen.items() if last >= horizon), reverse=True)
     for last, name in recent[:LONG_SILENT_CHECKED]:
