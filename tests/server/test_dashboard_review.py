@@ -453,3 +453,35 @@ async def test_the_window_switch_keeps_a_name_full_of_url_metacharacters(
     followed = await _text(client, target)
     assert html.escape(ODD) in followed
     assert re.search(r'aria-current="true">7d<', followed), "the 7d window is not shown"
+
+
+# ---- sessions and the token -------------------------------------------------------------
+
+
+async def test_a_new_token_ends_every_session(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig]
+) -> None:
+    """The cookie of a server started with one token opens nothing once it runs with
+    another (the rotation a leaked token calls for)."""
+    from server.ui.security import COOKIE
+
+    first = await _client(
+        aiohttp_client, make_config, auth_enabled=True, auth_token=TOKEN, auth_protect_reads=True
+    )
+    async with first.post("/ui/login", data={"token": TOKEN}, allow_redirects=False) as reply:
+        assert reply.status == 303
+        value = reply.cookies[COOKIE].value
+    cookie = {"Cookie": f"{COOKIE}={value}", **HTML}
+    async with first.get("/ui/", headers=cookie, allow_redirects=False) as response:
+        assert response.status == 200
+    await first.close()
+    second = await _client(
+        aiohttp_client,
+        make_config,
+        auth_enabled=True,
+        auth_token=TOKEN + "-rotated",
+        auth_protect_reads=True,
+    )
+    async with second.get("/ui/", headers=cookie, allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"].startswith("/ui/login")
