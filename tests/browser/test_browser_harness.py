@@ -56,7 +56,7 @@ def test_the_browser_sends_everything_but_loopback_to_a_dead_local_proxy(
     driver.set_page_load_timeout(10)
     try:
         browser.get("http://192.0.2.1/")
-    except Exception:  # noqa: S110 - an error page or a timeout: what is asserted is below
+    except Exception:  # an error page or a timeout: what is asserted is below
         pass
     finally:
         driver.set_page_load_timeout(20)
