@@ -485,3 +485,14 @@ async def test_a_new_token_ends_every_session(
     async with second.get("/ui/", headers=cookie, allow_redirects=False) as response:
         assert response.status == 303
         assert response.headers["Location"].startswith("/ui/login")
+
+
+def test_an_instant_with_another_offset_is_shown_in_utc() -> None:
+    """Rows another writer stored with an offset (or a legacy row) are still shown in UTC,
+    as the footer promises, not as their local time labelled UTC."""
+    from server.ui.format import when
+
+    assert when("2026-06-01T15:04:05+02:00") == "2026-06-01 13:04:05 UTC"
+    assert when("2026-06-01T00:30:00-05:30") == "2026-06-01 06:00:00 UTC"
+    assert when(datetime(2026, 6, 1, 15, 4, 5, tzinfo=UTC)) == "2026-06-01 15:04:05 UTC"
+    assert when("0001-01-01T00:00:00+01:00") == "0001-01-01T00:00:00+01:00"  # no year 0
