@@ -496,3 +496,39 @@ def test_an_instant_with_another_offset_is_shown_in_utc() -> None:
     assert when("2026-06-01T00:30:00-05:30") == "2026-06-01 06:00:00 UTC"
     assert when(datetime(2026, 6, 1, 15, 4, 5, tzinfo=UTC)) == "2026-06-01 15:04:05 UTC"
     assert when("0001-01-01T00:00:00+01:00") == "0001-01-01T00:00:00+01:00"  # no year 0
+
+
+# ---- sparse databases ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contents", ["empty", "only running runs"])
+async def test_every_page_of_a_sparse_database(
+    aiohttp_client: ClientFactory, make_config: Callable[..., ServerConfig], contents: str
+) -> None:
+    client = await _client(aiohttp_client, make_config)
+    paths = ["/ui/", "/ui/?window=7d", "/ui/runs", "/ui/runs?stale=true", "/ui/agents", "/ui/jobs"]
+    if contents != "empty":
+        now = datetime.now(UTC)
+        await _seed(
+            client,
+            [
+                {
+                    "event_id": f"only-{i}",
+                    "run_id": "only",
+                    "parent_run_id": "only" if i else None,
+                    "agent_name": "lonely",
+                    "job_type": "forever",
+                    "status": "running",
+                    "start_time": _at(now, days=i * 3),
+                    "created_at": _at(now, days=i * 3),
+                }
+                for i in range(3)
+            ],
+        )
+        paths += ["/ui/runs/only-0", "/ui/runs/only-2", "/ui/agents/lonely", "/ui/jobs/forever"]
+    for path in paths:
+        text = await _text(client, path)
+        assert "Traceback" not in text
+    if contents == "empty":
+        assert "No runs in the window." in await _text(client, "/ui/")
+        await _text(client, "/ui/agents/lonely", status=404)
