@@ -538,3 +538,13 @@ async def test_every_page_of_a_sparse_database(
     if contents == "empty":
         assert "No runs in the window." in await _text(client, "/ui/")
         await _text(client, "/ui/agents/lonely", status=404)
+
+
+@pytest.mark.parametrize(
+    "target", ["/ui/../api/v1/runs", "/ui/..//evil.example", "/ui/%2e%2e/api/v1/runs", "/ui/./."]
+)
+def test_after_login_no_dot_segment_leaves_the_dashboard(target: str) -> None:
+    """``/ui/../x`` is the server's ``/x`` to a browser: not a dashboard path."""
+    from server.ui.security import safe_next
+
+    assert safe_next(target) == "/ui/"
