@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sidecar_helpers import make_run, wait_until
 
 
@@ -26,3 +27,23 @@ async def test_credentials_in_the_upstream_url_and_the_token_are_never_shown(
     for secret in ("pa55-w0rd-secret", "fleet-user"):
         assert secret not in text, secret  # ...without a credential
     assert dead_url.removeprefix("http://") in text
+
+
+def test_credentials_in_the_upstream_url_with_a_token_are_refused_at_start() -> None:
+    """Both make aiohttp refuse every request ("Cannot combine AUTHORIZATION header with
+    ... credentials encoded in URL"): spoold queued forever while its status page said
+    "not contacted yet, 0 failures". The start is refused instead, naming the variable."""
+    from spoold.config import ConfigError, SpooldConfig
+
+    with pytest.raises(ConfigError) as caught:
+        SpooldConfig.from_env(
+            {
+                "SPOOLD_UPSTREAM_URL": "http://fleet-user:s3cr3t-pw@127.0.0.1:8766",
+                "SPOOLD_UPSTREAM_TOKEN": "t0ken",
+            }
+        )
+    assert "SPOOLD_UPSTREAM_URL" in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value)  # the message does not repeat the secret
+    SpooldConfig.from_env(
+        {"SPOOLD_UPSTREAM_URL": "http://127.0.0.1:8766", "SPOOLD_UPSTREAM_TOKEN": "t"}
+    )
