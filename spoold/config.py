@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -221,6 +222,16 @@ class SpooldConfig(BaseModel):
             raise ValueError(
                 "SPOOLD_UPSTREAM_CA_FILE is set but SPOOLD_UPSTREAM_URL is not https://: "
                 "the CA would never be used and batches would travel in clear text"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_credential_upstream(self) -> SpooldConfig:
+        # aiohttp refuses every request that has both: nothing would ever be delivered.
+        if self.upstream_token is not None and "@" in urlsplit(self.upstream_url).netloc:
+            raise ValueError(
+                "SPOOLD_UPSTREAM_URL carries credentials (user:password@) and "
+                "SPOOLD_UPSTREAM_TOKEN is set: no request can send both; remove them from the URL"
             )
         return self
 

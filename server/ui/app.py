@@ -29,8 +29,9 @@ log = structlog.get_logger("server.ui")
 _HERE = Path(__file__).resolve().parent
 STATIC_PREFIX = "/ui/static/"
 STATIC_ROUTE = "/ui/static"
-#: Dashboard paths anyone may fetch: the login page and the stylesheet it needs.
-_OPEN = ("/ui/login", "/ui/logout")
+#: Dashboard paths anyone may fetch: the login page, the logout, and /ui (a redirect to
+#: /ui/, no data; the session cookie's path is /ui/, so a browser does not send it there).
+_OPEN = ("/ui", "/ui/login", "/ui/logout")
 
 
 def _error_page(request: web.Request, status: int, title: str, messages: list[str]) -> web.Response:
@@ -73,8 +74,17 @@ def _redirect(location: str, status: int = 303, cookies: Any = None) -> web.Resp
     return response
 
 
+#: What a browser says of a request's origin (``Sec-Fetch-Site``) when another site's
+#: page sent it: the dashboard's forms (sign in, sign out) are only its own.
+_FOREIGN = ("cross-site", "same-site")
+
+
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     session = request.app[SESSION]
+    if request.method == "POST" and request.headers.get("Sec-Fetch-Site") in _FOREIGN:
+        return _error_page(
+            request, 403, "Forbidden", ["The dashboard's forms are sent from its own pages."]
+        )
     if (
         request.path != "/"
         and not request.path.startswith(STATIC_PREFIX)
@@ -107,7 +117,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def root(request: web.Request) -> web.StreamResponse:
     """``/``: a browser goes to the dashboard; anyone else gets the 404 as before."""
-    if request.method == "GET" and wants_html(request):
+    if request.method in ("GET", "HEAD") and wants_html(request):
         raise web.HTTPFound("/ui/")
     raise web.HTTPNotFound()
 

@@ -72,9 +72,15 @@ async def agents_page(request: web.Request) -> web.Response:
             "seen": agent_stats.last_seen(conn, "agent_name", agents),
         }
 
-    data = await read(request, ("ui-agents", window.name), fetch)
-    rhythm = data["rhythm"] if data["rhythm"] is not None else data["activity"]
-    silent = {agent.name: agent for agent in agent_stats.silent_agents(rhythm, now)}
+    def fetch_all(conn: sqlite3.Connection) -> dict[str, Any]:
+        data = fetch(conn)
+        rhythm = data["rhythm"] if data["rhythm"] is not None else data["activity"]
+        found = agent_stats.silent_fleet(conn, agents, rhythm, rhythm_since, now)
+        data["silent"] = {agent.name: agent for agent in found}
+        return data
+
+    data = await read(request, ("ui-agents", window.name), fetch_all)
+    silent = data["silent"]
     keep = {"window": window.name, "q": needle or None}
     return render(
         request,

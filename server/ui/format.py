@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -43,7 +43,8 @@ def span(delta: timedelta) -> str:
 def when(instant: Any) -> str:
     """A stored instant as ``2026-06-01 13:04:05 UTC`` (no fraction); other text as is."""
     if isinstance(instant, datetime):
-        return instant.strftime("%Y-%m-%d %H:%M:%S UTC")
+        moment = instant.astimezone(UTC) if instant.tzinfo is not None else instant
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
     if not isinstance(instant, str) or not instant:
         return "—"
     try:
@@ -52,7 +53,10 @@ def when(instant: Any) -> str:
         return instant
     if moment.tzinfo is None:
         return instant
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        return instant
 
 
 def ago(instant: Any, now: datetime) -> str:
@@ -94,6 +98,19 @@ def query(params: dict[str, Any]) -> str:
     return "?" + urlencode(kept) if kept else ""
 
 
+#: Longest text a table cell shows (an error summary may be megabytes; the run's page
+#: shows it whole once).
+CLIP_CHARS = 300
+
+
+def clip(value: Any, limit: int = CLIP_CHARS) -> str:
+    """The start of a long text, with how much was left out."""
+    text = "" if value is None else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
 def pretty_json(value: Any) -> str:
     import json
 
@@ -108,4 +125,5 @@ FILTERS = {
     "number": number,
     "segment": segment,
     "pretty_json": pretty_json,
+    "clip": clip,
 }

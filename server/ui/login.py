@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server.ui.render import render
 from server.ui.security import SESSION, safe_next
+from server.ui.window import BadParameter
 
 routes = web.RouteTableDef()
 
@@ -26,7 +27,12 @@ async def login_page(request: web.Request) -> web.Response:
 @routes.post("/ui/login")
 async def login(request: web.Request) -> web.Response:
     session = request.app[SESSION]
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as exc:  # not a form (bad UTF-8, a multipart body without its boundary)
+        raise BadParameter(
+            "the sign-in form could not be read; send it from the login page"
+        ) from exc
     target = safe_next(str(form.get("next", "")))
     token = form.get("token")
     if not session.required:

@@ -68,7 +68,7 @@ async def overview(request: web.Request) -> web.Response:
             "failing_total": failing_total,
             "failing": failing,
             "failures": queries.last_failures(conn, window.start),
-            "silent": agent_stats.silent_agents(activity, now),
+            "silent": agent_stats.silent_fleet(conn, agents, activity, rhythm_since, now),
         }
 
     data = await read(request, ("ui-overview", window.name), fetch)

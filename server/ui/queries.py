@@ -13,7 +13,7 @@ agents' windows are on created_at (when the server recorded the run; within
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -171,6 +171,8 @@ class Failing:
     event_id: str = ""
     status: str = ""
     error_summary: str | None = None
+    #: The streak per failed status (a list filters on one status: each is a link).
+    by_status: dict[str, int] = field(default_factory=dict)
 
 
 _FAILED_SQL = ", ".join(f"'{status}'" for status in FAILED)
@@ -214,13 +216,16 @@ def failing_now(
     ).fetchall()
     shown: list[Failing] = []
     for agent, job, last_failed, last_ok in rows[:FAILING_SHOWN]:
-        count, first = conn.execute(
-            f"SELECT count(*), min(created_at) FROM agent_runs INDEXED BY {PAIR_INDEX}"
+        streak = conn.execute(
+            f"SELECT status, count(*), min(created_at) FROM agent_runs INDEXED BY {PAIR_INDEX}"
             f" WHERE agent_name = ? AND job_type = ? AND status IN ({_FAILED_SQL})"
-            " AND created_at > ?",
+            " AND created_at > ? GROUP BY status",
             (agent, job, last_ok),
-        ).fetchone()
-        item = Failing(agent, job, last_failed, int(count), str(first), last_ok or None)
+        ).fetchall()
+        by_status = {str(status): int(count) for status, count, _ in streak}
+        first = min(str(earliest) for _, _, earliest in streak)
+        item = Failing(agent, job, last_failed, sum(by_status.values()), first, last_ok or None)
+        item.by_status = {status: by_status[status] for status in FAILED if status in by_status}
         latest = conn.execute(
             f"SELECT event_id, status, error_summary FROM agent_runs INDEXED BY {PAIR_INDEX}"
             f" WHERE agent_name = ? AND job_type = ? AND status IN ({_FAILED_SQL})"
@@ -250,6 +255,8 @@ class RunDetail:
     same_run_id: list[dict[str, Any]]
     parents: list[dict[str, Any]]
     children: list[dict[str, Any]]
+    #: Runs sharing its parent_run_id (none without one).
+    siblings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_detail(conn: sqlite3.Connection, event_id: str) -> RunDetail | None:
@@ -270,11 +277,11 @@ def run_detail(conn: sqlite3.Connection, event_id: str) -> RunDetail | None:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM agent_runs INDEXED BY idx_runs_created"
         " WHERE created_at >= ? AND created_at <= ? AND event_id != ?"
-        " AND (run_id = ? OR parent_run_id = ? OR run_id = ?)"
+        " AND (run_id = ? OR parent_run_id = ? OR run_id = ? OR parent_run_id = ?)"
         " ORDER BY created_at DESC LIMIT ?",
-        (low, high, event_id, run_id, run_id, parent, RELATED_SHOWN * 3),
+        (low, high, event_id, run_id, run_id, parent, parent, RELATED_SHOWN * 4),
     ).fetchall()
-    same, parents, children = [], [], []
+    same, parents, children, siblings = [], [], [], []
     for row in rows:
         other = row_to_run(row)
         if other["run_id"] == run_id:
@@ -283,6 +290,8 @@ def run_detail(conn: sqlite3.Connection, event_id: str) -> RunDetail | None:
             parents.append(other)
         if other.get("parent_run_id") == run_id:
             children.append(other)
+        if parent is not None and other.get("parent_run_id") == parent:
+            siblings.append(other)
     return RunDetail(
         run,
         reaped_at,
@@ -290,4 +299,5 @@ def run_detail(conn: sqlite3.Connection, event_id: str) -> RunDetail | None:
         same[:RELATED_SHOWN],
         parents[:RELATED_SHOWN],
         children[:RELATED_SHOWN],
+        siblings[:RELATED_SHOWN],
     )

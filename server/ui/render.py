@@ -35,7 +35,9 @@ def render(
     context.setdefault("now", now_utc())
     context.setdefault("window", None)
     context["signed_in"] = request.app[SESSION].required
-    context["path"] = request.path
+    # Encoded, as the browser sent it: the page's own links append a query to it (the
+    # decoded path of an agent named "a?b" linked to the agent "a").
+    context["path"] = request.rel_url.raw_path
     return aiohttp_jinja2.render_template(template, request, context, status=status)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -87,5 +87,8 @@ def safe_next(target: str | None) -> str:
     if parts.scheme or parts.netloc or not parts.path.startswith("/ui/"):
         return "/ui/"
     if "\\" in target or any(ord(ch) < 0x20 for ch in target):
+        return "/ui/"
+    # A browser resolves dot segments, even percent-encoded: /ui/../x is the server's /x.
+    if any(unquote(part) in (".", "..") for part in parts.path.split("/")):
         return "/ui/"
     return target

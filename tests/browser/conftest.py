@@ -25,6 +25,10 @@ if _INTEGRATION not in sys.path:
 
 from browser_harness import CHROMEDRIVER, CHROMIUM, Browser, foreign, require_browser  # noqa: E402
 
+#: The browser's proxy for everything but loopback: a port nothing listens on (the
+#: discard port; refused), so no request a page makes can leave the machine.
+DEAD_PROXY = "http://127.0.0.1:9"
+
 
 @pytest.fixture(scope="session")
 def _chromium() -> Iterator[Any]:
@@ -48,17 +52,26 @@ def _chromium() -> Iterator[Any]:
         "--disable-default-apps",
         "--disable-extensions",
         "--window-size=1440,1000",
+        f"--proxy-server={DEAD_PROXY}",
+        "--proxy-bypass-list=<-loopback>;127.0.0.1",  # only the daemons under test go direct
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    service = Service(CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(20)
     try:
         yield driver
     finally:
-        driver.quit()  # ends chromedriver and the browser it started
-        shutil.rmtree(profile, ignore_errors=True)
+        try:
+            driver.quit()  # ends chromedriver and the browser it started
+        finally:
+            process = service.process  # a quit that failed: chromedriver stopped by its PID
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+            shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture

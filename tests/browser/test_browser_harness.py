@@ -28,7 +28,8 @@ def test_foreign_requests_are_told_apart() -> None:
 
 def test_a_request_leaving_the_machine_is_recorded(browser: Browser, tmp_path: Path) -> None:
     page = tmp_path / "foreign.html"
-    # 192.0.2.1 (TEST-NET-1) is never routed: the request is logged, then it fails.
+    # The browser's proxy is a closed port on 127.0.0.1: the request is logged, then it
+    # fails there, without a packet leaving the machine.
     page.write_text(
         "<!doctype html><title>t</title><link rel=stylesheet href='http://192.0.2.1/x.css'>"
     )
@@ -42,3 +43,24 @@ def test_a_request_leaving_the_machine_is_recorded(browser: Browser, tmp_path: P
         driver.set_page_load_timeout(20)
     _, urls = browser.drain_logs()
     assert "http://192.0.2.1/x.css" in foreign(urls)
+
+
+def test_the_browser_sends_everything_but_loopback_to_a_dead_local_proxy(
+    browser: Browser,
+) -> None:
+    """Nothing a page asks for can leave 127.0.0.1 (the brief's rule), whatever the
+    page: the browser's only route out is a proxy on a closed local port."""
+    from conftest import DEAD_PROXY
+
+    driver: Any = browser.driver
+    driver.set_page_load_timeout(10)
+    try:
+        browser.get("http://192.0.2.1/")
+    except Exception:  # an error page or a timeout: what is asserted is below
+        pass
+    finally:
+        driver.set_page_load_timeout(20)
+    text = str(driver.execute_script("return document.body ? document.body.innerText : ''"))
+    assert "ERR_PROXY_CONNECTION_FAILED" in text, text[:500]
+    assert DEAD_PROXY.startswith("http://127.0.0.1:")
+    browser.drain_logs()  # the foreign URL was the point; the fixture must not fail on it
