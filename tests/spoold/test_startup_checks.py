@@ -21,9 +21,9 @@ import pytest
 from spool_helpers import SpoolFactory, accept, clear_acked_now, op
 from structlog.testing import capture_logs
 
-from spoold.state import verify
 from spoold.config import ConfigError, SpooldConfig
 from spoold.spool import Spool, layout, totals
+from spoold.state import verify
 from spoold.state.recovery import reconcile
 from spoold.state.storage import INDEX_FILE, Storage, StorageRecoveries, open_storage
 
