@@ -70,6 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
         "otherwise.",
     ),
     Setting(
+        "TELEMETRY_UI_SESSION_HOURS",
+        "ui_session_hours",
+        "With protected reads, how long a dashboard sign-in lasts (1-720 hours); the "
+        "browser then asks for the token again.",
+    ),
+    Setting(
         "TELEMETRY_TLS_CERT_FILE",
         "tls_cert_file",
         "PEM certificate (chain) to serve HTTPS with; set together with TELEMETRY_TLS_KEY_FILE.",
@@ -200,6 +206,7 @@ class ServerConfig(BaseModel):
     auth_enabled: bool = False
     auth_token: str | None = Field(default=None, repr=False)
     auth_protect_reads: bool = False
+    ui_session_hours: int = Field(default=12, ge=1, le=720)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     rate_limit_enabled: bool = False

@@ -140,6 +140,7 @@ def setup_ui(app: web.Application, config: ServerConfig) -> None:
         config.auth_token if config.auth_enabled else None,
         protect_reads=config.auth_protect_reads,
         tls=config.tls_cert_file is not None,
+        lifetime_s=config.ui_session_hours * 3600.0,
     )
     app.router.add_route("*", "/", root)  # every method: 404 as before, but a browser's GET
     for module in (login, pages, fleet):

@@ -2,16 +2,21 @@
 
 With ``TELEMETRY_API_AUTH_PROTECT_READS`` on, the dashboard asks for the API token once
 (a POST form) and keeps, in an HttpOnly, SameSite=Strict cookie, a value *derived* from
-the token (an HMAC of a fixed label): the cookie proves the token was given, yet is not
-the token, so it cannot be replayed as a bearer token, and it never authorises the API
-(which reads only ``Authorization``: no cross-site request can write through it).
-Changing the token ends every session.
+the token (an HMAC, keyed by the token, of a fixed label and the cookie's issue time):
+the cookie proves the token was given, yet is not the token, so it cannot be replayed as
+a bearer token, and it never authorises the API (which reads only ``Authorization``: no
+cross-site request can write through it). Changing the token ends every session; so does
+``TELEMETRY_UI_SESSION_HOURS`` after the sign-in (a copied cookie stops working, and the
+issue time cannot be moved without breaking the HMAC). Signing out deletes the browser's
+copy only: the server keeps no session state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -32,22 +37,36 @@ PAGE_CACHE = "no-store"
 STATIC_CACHE = "public, max-age=300"
 
 COOKIE = "lt_ui_session"
-_LABEL = b"local-telemetry dashboard session v1"
+_VERSION = "v1"
+_LABEL = b"local-telemetry dashboard session v1|"
+DEFAULT_LIFETIME_S = 12 * 3600.0
 
 
-def session_value(token: str) -> str:
-    """The cookie's value for a token (hex HMAC-SHA256 of a fixed label)."""
-    return hmac.new(token.encode("utf-8", "surrogateescape"), _LABEL, hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int) -> str:
+    """The cookie's value for a token and an issue time: ``v1.<issued>.<hex HMAC>``."""
+    mac = hmac.new(
+        token.encode("utf-8", "surrogateescape"), _LABEL + str(issued).encode(), hashlib.sha256
+    ).hexdigest()
+    return f"{_VERSION}.{issued}.{mac}"
 
 
 class Session:
     """Whether a request may see the dashboard's data, and the cookie that says so."""
 
-    def __init__(self, token: str | None, *, protect_reads: bool, tls: bool) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        *,
+        protect_reads: bool,
+        tls: bool,
+        lifetime_s: float = DEFAULT_LIFETIME_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.required = bool(protect_reads and token)
         self._token = token or ""
-        self._value = session_value(self._token) if self.required else ""
         self.tls = tls
+        self.lifetime_s = lifetime_s
+        self._clock = clock
 
     def token_matches(self, presented: str) -> bool:
         return hmac.compare_digest(
@@ -58,14 +77,24 @@ class Session:
     def allows(self, request: web.Request) -> bool:
         if not self.required:
             return True
-        cookie = request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(cookie.encode("ascii", "replace"), self._value.encode())
+        version, _, rest = request.cookies.get(COOKIE, "").partition(".")
+        issued_text, _, _ = rest.partition(".")
+        if version != _VERSION or not issued_text.isdigit() or len(issued_text) > 12:
+            return False
+        issued = int(issued_text)
+        age = self._clock() - issued
+        if not 0 <= age < self.lifetime_s:  # expired, or issued "in the future"
+            return False
+        expected = session_value(self._token, issued)
+        presented = request.cookies[COOKIE]
+        return hmac.compare_digest(presented.encode("ascii", "replace"), expected.encode())
 
     def sign_in(self, request: web.Request, response: web.StreamResponse) -> None:
         response.set_cookie(
             COOKIE,
-            self._value,
+            session_value(self._token, int(self._clock())),
             path="/ui/",
+            max_age=int(self.lifetime_s),
             httponly=True,
             samesite="Strict",
             secure=self.tls or request.secure,
