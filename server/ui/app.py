@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from server.config import ServerConfig
 from server.contract.errors import ApiError, ValidationFailed
 from server.storage.connection import StorageUnavailable
+from server.storage.stats import TooManyGroups
 from server.ui import fleet, login, pages
 from server.ui.format import FILTERS, STATUS_SHAPES, ago, query
 from server.ui.paths import is_ui_request, wants_html
@@ -101,6 +102,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_page(request, 400, "Bad request", _validation_messages(exc))
     except StorageUnavailable as exc:
         return _error_page(request, 503, "Database busy", [f"{exc}; try again shortly."])
+    except TooManyGroups as exc:  # more job types in the window than a summary holds
+        return _error_page(
+            request, 422, "Too much to summarise", [str(exc), "The runs list still works."]
+        )
     except web.HTTPException as exc:
         if exc.status < 400:  # a redirect (a login, the root)
             return _redirect(exc.headers["Location"], exc.status, exc.cookies)
