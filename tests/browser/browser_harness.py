@@ -13,6 +13,9 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+#: The browser's proxy for everything but loopback: a port nothing listens on (the
+#: discard port; refused), so no request a page makes can leave the machine.
+DEAD_PROXY = "http://127.0.0.1:9"
 #: Where screenshots go: the README shows the ones this directory holds.
 SCREENSHOTS = Path(
     os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).resolve().parent / "screenshots")

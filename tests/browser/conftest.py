@@ -23,11 +23,7 @@ _INTEGRATION = str(Path(__file__).resolve().parent.parent / "integration")
 if _INTEGRATION not in sys.path:
     sys.path.insert(0, _INTEGRATION)
 
-from browser_harness import CHROMEDRIVER, CHROMIUM, Browser, foreign, require_browser  # noqa: E402
-
-#: The browser's proxy for everything but loopback: a port nothing listens on (the
-#: discard port; refused), so no request a page makes can leave the machine.
-DEAD_PROXY = "http://127.0.0.1:9"
+from browser_harness import CHROMEDRIVER, CHROMIUM, DEAD_PROXY, Browser, foreign, require_browser  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_the_browser_sends_everything_but_loopback_to_a_dead_local_proxy(
 ) -> None:
     """Nothing a page asks for can leave 127.0.0.1 (the brief's rule), whatever the
     page: the browser's only route out is a proxy on a closed local port."""
-    from conftest import DEAD_PROXY
+    from browser_harness import DEAD_PROXY
 
     driver: Any = browser.driver
     driver.set_page_load_timeout(10)
