@@ -136,22 +136,29 @@ async def agent_page(request: web.Request) -> web.Response:
     data = await read(request, ("ui-agent", window.name), fetch)
     if not data:
         raise web.HTTPNotFound(reason=f"No run names the agent {name!r}")
-    hours = hour_keys(window)
     return render(
         request,
         "agent.html",
         {
             **data,
+            **_charts(data, window, days, f"{name}'s runs", f"{name}: runs per hour"),
             "now": now,
             "window": window,
             "name": name,
-            "chart": chart(days, data["days"], f"Duration of {name}'s runs per day, p50 and p95"),
-            "spark": sparkline(
-                [data["hours"].get((hour,), 0) for hour in hours], f"{name}: runs per hour"
-            ),
-            "statuses": CANONICAL_STATUSES,
         },
     )
+
+
+def _charts(
+    data: dict[str, Any], window: Window, days: list[str], runs: str, per_hour: str
+) -> dict[str, Any]:
+    """The duration chart and the runs-per-hour sparkline of an agent's or a job's page."""
+    hours = hour_keys(window)
+    return {
+        "chart": chart(days, data["days"], f"Duration of {runs} per day, p50 and p95"),
+        "spark": sparkline([data["hours"].get((hour,), 0) for hour in hours], per_hour),
+        "statuses": CANONICAL_STATUSES,
+    }
 
 
 @routes.get("/ui/jobs")
@@ -235,20 +242,15 @@ async def job_page(request: web.Request) -> web.Response:
     data = await read(request, ("ui-job", window.name), fetch)
     if not data:
         raise web.HTTPNotFound(reason=f"No run has the job type {job!r}")
-    hours = hour_keys(window)
     return render(
         request,
         "job.html",
         {
             **data,
+            **_charts(data, window, days, f"{job} runs", f"{job}: runs per hour"),
             "now": now,
             "window": window,
             "job": job,
-            "chart": chart(days, data["days"], f"Duration of {job} runs per day, p50 and p95"),
-            "spark": sparkline(
-                [data["hours"].get((hour,), 0) for hour in hours], f"{job}: runs per hour"
-            ),
-            "statuses": CANONICAL_STATUSES,
             "window_filter": {"start_time_from": window.start, "start_time_to": window.end},
         },
     )
