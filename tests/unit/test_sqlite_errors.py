@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,13 @@ def _raised(conn: sqlite3.Connection, sql: str) -> sqlite3.Error:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
+def db(tmp_path: Path) -> Path:
     path = tmp_path / "t.sqlite"
     conn = connect(path, busy_timeout_ms=1000, journal_mode="WAL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, full_name TEXT NOT NULL UNIQUE)")
     conn.execute("INSERT INTO t (full_name) VALUES ('a')")
     conn.close()
-    yield path
+    return path
 
 
 def test_a_write_lock_held_by_another_connection_is_busy(db: Path) -> None:
@@ -53,8 +52,10 @@ def test_a_write_lock_held_by_another_connection_is_busy(db: Path) -> None:
         holder.execute("BEGIN IMMEDIATE")
         exc = _raised(other, "BEGIN IMMEDIATE")
         assert primary_code(exc) == sqlite3.SQLITE_BUSY
-        assert kind(exc) is Kind.BUSY and is_busy(exc)
-        assert not is_corruption(exc) and not is_disk_full(exc)
+        assert kind(exc) is Kind.BUSY
+        assert is_busy(exc)
+        assert not is_corruption(exc)
+        assert not is_disk_full(exc)
         assert classify(exc).retry_after_s == 1
         holder.execute("ROLLBACK")
     finally:
@@ -83,12 +84,13 @@ def test_a_file_that_reached_its_page_limit_is_full(db: Path) -> None:
     conn = connect(db, busy_timeout_ms=0)
     try:
         conn.execute("PRAGMA max_page_count = 16").fetchall()
+        rows = [(f"{n}" * 4096,) for n in range(64)]  # 64 rows of 4 KiB exceed 16 pages
         with pytest.raises(sqlite3.Error) as info:
-            for n in range(64):  # bounded: 64 blobs of 4 KiB exceed 16 pages
-                conn.execute("INSERT INTO t (full_name) VALUES (?)", (f"{n}" * 4096,))
+            conn.executemany("INSERT INTO t (full_name) VALUES (?)", rows)
         exc = info.value
         assert primary_code(exc) == sqlite3.SQLITE_FULL
-        assert kind(exc) is Kind.FULL and is_disk_full(exc)
+        assert kind(exc) is Kind.FULL
+        assert is_disk_full(exc)
         assert classify(exc).retry_after_s == 30
     finally:
         conn.close()
@@ -102,8 +104,10 @@ def test_a_file_of_garbage_bytes_is_corrupt(tmp_path: Path) -> None:
         connect(path, busy_timeout_ms=0, journal_mode="WAL")
     exc = info.value
     assert primary_code(exc) == sqlite3.SQLITE_NOTADB
-    assert kind(exc) is Kind.CORRUPT and is_corruption(exc)
-    assert not is_busy(exc) and not is_disk_full(exc)
+    assert kind(exc) is Kind.CORRUPT
+    assert is_corruption(exc)
+    assert not is_busy(exc)
+    assert not is_disk_full(exc)
     assert classify(exc).retry_after_s == 5
 
 
@@ -121,7 +125,8 @@ def test_a_damaged_page_is_corrupt(tmp_path: Path) -> None:
     try:
         exc = _raised(conn, "SELECT COUNT(*), MAX(length(x)) FROM t")
         assert primary_code(exc) == sqlite3.SQLITE_CORRUPT
-        assert kind(exc) is Kind.CORRUPT and is_corruption(exc)
+        assert kind(exc) is Kind.CORRUPT
+        assert is_corruption(exc)
     finally:
         conn.close()
 
@@ -238,7 +243,8 @@ def test_errors_without_an_sqlite_code_are_other() -> None:
     conn = sqlite3.connect(":memory:")
     with pytest.raises(sqlite3.ProgrammingError) as info:
         conn.execute("SELECT ?", (1, 2))
-    assert primary_code(info.value) is None and kind(info.value) is Kind.OTHER
+    assert primary_code(info.value) is None
+    assert kind(info.value) is Kind.OTHER
     conn.close()
     with pytest.raises(sqlite3.ProgrammingError) as info:
         conn.execute("SELECT 1")
@@ -280,4 +286,5 @@ def test_the_write_gate_times_out_as_sqlite_busy_would() -> None:
 def test_a_coded_error_is_classified_like_sqlites_own() -> None:
     """An error built with a code (a corruption an integrity check reported) classifies."""
     exc = coded_error(sqlite3.DatabaseError, "x", sqlite3.SQLITE_CORRUPT_INDEX, "X")
-    assert isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc)
+    assert isinstance(exc, sqlite3.DatabaseError)
+    assert is_corruption(exc)
