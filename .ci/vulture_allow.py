@@ -53,6 +53,8 @@ _.metadata_ttl_s
 _.disabled  # server/logs.py: logging.Logger.disabled, set to silence aiohttp's access log
 _.tran_lock  # spoold/spool/queue.py: persist-queue's transaction lock, replaced by ours
 _.sort_keys  # spoold/spool/codec.py: persist-queue calls serializer.dumps(value, sort_keys=...)
+_._new_db_connection  # spoold/spool/store.py: persist-queue's connection factory, replaced by ours
+_.multithreading  # its argument: always True for the spool (our connections cross threads)
 _.exc_info  # __exit__(*exc_info) of the spool and the dead-letter store
 _.exc_type  # spoold/spool/writegate.py: __exit__(exc_type, exc, traceback)
 _.traceback

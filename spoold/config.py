@@ -167,6 +167,12 @@ SETTINGS: tuple[Setting, ...] = (
 #: drainer's decoded batches.
 DEFAULT_MAX_INFLIGHT_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 256
+#: How long a statement waits for another connection's lock on spoold's SQLite files before
+#: it fails (passed to ``server.sqlite.connect``). The spool and the dead letters: 10 s
+#: (the operator's command may hold them while it replays). The runs index: 5 s, as long
+#: as its in-process write gate waits (``spoold.spool.writegate``).
+SPOOL_BUSY_TIMEOUT_MS = 10_000
+INDEX_BUSY_TIMEOUT_MS = 5_000
 
 
 class SpooldConfig(BaseModel):

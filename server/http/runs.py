@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.contract import answers
 from server.contract.batch import validate_batch
 from server.contract.codec import dumps
 from server.contract.errors import BadRequest, ValidationFailed
@@ -46,17 +47,8 @@ def with_urls(run: dict[str, Any]) -> dict[str, Any]:
 async def create_run(request: web.Request) -> web.Response:
     run = parse_model(RunCreate, await read_json(request), context=json_fields_context(request))
     if await request.app[DATABASE].create(run):
-        return json_response(
-            {"status": "created", "event_id": run.event_id, "run_id": run.run_id}, 201
-        )
-    return json_response(
-        {
-            "status": "duplicate",
-            "event_id": run.event_id,
-            "message": "Event already exists (idempotent)",
-        },
-        201,
-    )
+        return json_response(answers.created(run.event_id, run.run_id), 201)
+    return json_response(answers.duplicate(run.event_id), 201)
 
 
 @routes.patch("/api/v1/runs/{event_id}")
@@ -72,7 +64,7 @@ async def update_run(request: web.Request) -> web.Response:
         changes = without_unchanged_run_id(changes, stored["run_id"])
     if await database.update(event_id, changes) is None:
         raise not_found(event_id)
-    return json_response({"event_id": event_id, "updated": True, "fields_updated": list(changes)})
+    return json_response(answers.updated(event_id, changes))
 
 
 @routes.post("/api/v1/runs/{event_id}/associate-commit")
@@ -82,14 +74,7 @@ async def associate_commit(request: web.Request) -> web.Response:
     run_id = await request.app[DATABASE].update(event_id, association.changes())
     if run_id is None:
         raise not_found(event_id)
-    return json_response(
-        {
-            "status": "success",
-            "event_id": event_id,
-            "run_id": run_id,
-            "commit_hash": association.commit_hash,
-        }
-    )
+    return json_response(answers.associated(event_id, run_id, association.commit_hash))
 
 
 #: Request headers of a sidecar's batch (see ``server.storage.sidecars``).
@@ -136,12 +121,7 @@ async def create_batch(request: web.Request) -> web.Response:
     )
     inserted = await database.insert_batch([run for _, run in batch.valid], presence)
     return json_response(
-        {
-            "inserted": inserted,
-            "duplicates": len(batch.valid) - inserted,
-            "errors": [error.model_dump() for error in batch.errors],
-            "total": batch.total,
-        }
+        answers.batch_inserted(inserted, len(batch.valid), batch.errors, batch.total)
     )
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import structlog
 
+from server.sqlite.connect import connect
+
 log = structlog.get_logger("server.checkpoint")
 
 #: The WAL size (pages, ~32 MB at 4 KiB) at which it is started over: each restart costs
@@ -181,14 +183,9 @@ class Checkpointer:
         self._catch_up.set()
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            str(self._path),
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=self._busy_timeout_ms / 1000,
+        return connect(
+            self._path, busy_timeout_ms=self._busy_timeout_ms, synchronous=self._synchronous
         )
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return conn
 
     def _pass(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """One PASSIVE checkpoint: (frames in the WAL, frames copied so far)."""

@@ -1,9 +1,13 @@
-"""Opening SQLite connections with the configured journal and sync modes."""
+"""The server's SQLite connections (writer, readers) from its configured journal and sync
+modes, and its answer to a failed statement (both through ``server.sqlite``)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+
+from server.sqlite.connect import connect
+from server.sqlite.errors import Kind, kind
 
 JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY")
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -21,32 +25,26 @@ def open_writer(
     path: Path, *, journal_mode: str, synchronous: str, busy_timeout_ms: int
 ) -> sqlite3.Connection:
     """The single read-write connection, in autocommit mode (we issue BEGIN ourselves)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    conn = connect(
+        path,
+        busy_timeout_ms=busy_timeout_ms,
+        journal_mode=journal_mode,
+        synchronous=synchronous,
+        pragmas=("foreign_keys = ON",),
+        make_parent=True,
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
-    mode = conn.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0]
-    if str(mode).upper() != journal_mode:
+    mode = pragma_value(conn, "journal_mode")
+    if mode != journal_mode:
         conn.close()
-        raise RuntimeError(f"SQLite refused journal_mode={journal_mode} (got {mode})")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute("PRAGMA foreign_keys = ON")
+        raise RuntimeError(f"SQLite refused journal_mode={journal_mode} (got {mode.lower()})")
     return conn
 
 
 def open_reader(path: Path, *, busy_timeout_ms: int) -> sqlite3.Connection:
     """A read-only connection; it can never take the write lock."""
-    conn = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=ro",
-        uri=True,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=busy_timeout_ms / 1000,
+    return connect(
+        path, busy_timeout_ms=busy_timeout_ms, read_only=True, pragmas=("query_only = ON",)
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
-    conn.execute("PRAGMA query_only = ON")
-    return conn
 
 
 def pragma_value(conn: sqlite3.Connection, name: str) -> str:
@@ -59,9 +57,9 @@ def pragma_value(conn: sqlite3.Connection, name: str) -> str:
 
 def classify(exc: sqlite3.Error) -> StorageUnavailable:
     """Translate an sqlite3 error into a client-safe StorageUnavailable (no SQL text)."""
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
+    found = kind(exc)
+    if found is Kind.BUSY:
         return StorageUnavailable("database is busy; retry shortly", retry_after_s=1)
-    if "full" in text:
+    if found is Kind.FULL:
         return StorageUnavailable("database storage is full", retry_after_s=30)
     return StorageUnavailable("database unavailable", retry_after_s=5)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from server.sqlite.errors import is_busy
 from server.storage.connection import classify, open_reader
 
 T = TypeVar("T")
@@ -45,8 +46,6 @@ PROGRESS_STEPS = 1000
 SLOW_SHAPE_MEMORY_S = 10.0
 #: Most shapes remembered (beyond it, the memory starts over: a bound, not an LRU).
 SLOW_SHAPES_MAX = 1024
-#: Primary result codes of a read that would wait for a lock: SQLITE_BUSY, SQLITE_LOCKED.
-_WOULD_WAIT = frozenset({5, 6})
 
 
 class _Deferred(Exception):
@@ -128,9 +127,8 @@ class Reader:
         try:
             result = fn(conn)
         except sqlite3.Error as exc:
-            # sqlite3's own errors (wrong bindings...) carry no SQLite code: None.
-            code = getattr(exc, "sqlite_errorcode", None)
-            if self._interrupted or (code is not None and code & 0xFF in _WOULD_WAIT):
+            # A read that would wait for a lock (SQLITE_BUSY, SQLITE_LOCKED) waits on the pool.
+            if self._interrupted or is_busy(exc):
                 raise _Deferred from exc
             raise classify(exc) from exc
         finally:

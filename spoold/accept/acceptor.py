@@ -38,11 +38,13 @@ from typing import Any
 
 import structlog
 
+from server.sqlite.errors import is_disk_full
+from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import accepted_since, encode_op
-from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S, is_disk_full
+from spoold.spool.errors import DISK_FULL_RETRY_AFTER_S
 from spoold.state.ledger import Ledger
 from spoold.state.runs_index import Outcome, RunsIndex
 
@@ -199,7 +201,10 @@ class Acceptor:
         if self._checkpoint_every is not None:
             self._index.wal_autocheckpoint(0)
             self._checkpointer = WalCheckpointer(
-                self._index.path, 5.0, self._checkpoint_every, name="index-checkpoint"
+                self._index.path,
+                INDEX_BUSY_TIMEOUT_MS,
+                self._checkpoint_every,
+                name="index-checkpoint",
             )
         self._thread.start()
 

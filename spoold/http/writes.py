@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from server.contract import answers
 from server.contract.batch import validate_batch
 from server.contract.errors import ServiceUnavailable, ValidationFailed, retry_after
 from server.contract.models import CommitAssociation, RunCreate
@@ -58,15 +59,8 @@ async def create_run(request: web.Request) -> web.Response:
     run = parse_model(RunCreate, await read_json(request), context=json_fields_context(request))
     result = await accept(request.app[SIDECAR], create_op(run, utc_now()))
     if result.outcome == "duplicate":
-        return json_response(
-            {
-                "status": "duplicate",
-                "event_id": run.event_id,
-                "message": "Event already exists (idempotent)",
-            },
-            201,
-        )
-    return json_response({"status": "created", "event_id": run.event_id, "run_id": run.run_id}, 201)
+        return json_response(answers.duplicate(run.event_id), 201)
+    return json_response(answers.created(run.event_id, run.run_id), 201)
 
 
 async def _accept_update(
@@ -132,11 +126,7 @@ async def update_run(request: web.Request) -> web.Response:
     if "run_id" in changes:
         changes = without_unchanged_run_id(changes, await _stored_run_id(sidecar, event_id))
     _, queued = await _accept_update(sidecar, event_id, update_op(event_id, changes, utc_now()))
-    answer: dict[str, Any] = {
-        "event_id": event_id,
-        "updated": True,
-        "fields_updated": list(changes),
-    }
+    answer = answers.updated(event_id, changes)
     if queued:
         answer["queued"] = True
         answer["message"] = "server unreachable: update queued and will be applied when it is back"
@@ -160,13 +150,9 @@ async def associate_commit(request: web.Request) -> web.Response:
             run_id = _run_id_of(reply.body) if found else None
         except UpstreamUnavailable:
             run_id = None
-    answer: dict[str, Any] = {
-        "status": "queued" if queued else "success",
-        "event_id": event_id,
-        "run_id": run_id,
-        "commit_hash": association.commit_hash,
-    }
+    answer = answers.associated(event_id, run_id, association.commit_hash)
     if queued:
+        answer["status"] = "queued"
         answer["message"] = (
             "server unreachable: association queued and will be applied when it is back"
         )
@@ -199,11 +185,4 @@ async def create_batch(request: web.Request) -> web.Response:
         fits_upstream(sidecar, op)
     results = await asyncio.gather(*(spool(sidecar, op) for op in ops))
     inserted = sum(1 for result in results if result.outcome == "created")
-    return json_response(
-        {
-            "inserted": inserted,
-            "duplicates": len(results) - inserted,
-            "errors": [error.model_dump() for error in batch.errors],
-            "total": batch.total,
-        }
-    )
+    return json_response(answers.batch_inserted(inserted, len(results), batch.errors, batch.total))

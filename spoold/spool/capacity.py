@@ -15,7 +15,8 @@ from typing import TypeVar
 
 import structlog
 
-from spoold.spool.errors import SpoolFull, SpoolWriteError, is_disk_full
+from server.sqlite.errors import is_disk_full
+from spoold.spool.errors import SpoolFull, SpoolWriteError
 from spoold.spool.reserve import DiskReserve
 from spoold.spool.stats import DiskFree, RateMeter, retry_after_s
 

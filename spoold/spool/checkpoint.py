@@ -28,7 +28,7 @@ class WalCheckpointer:
     def __init__(
         self,
         db_path: Path,
-        busy_timeout_s: float,
+        busy_timeout_ms: int,
         every_bytes: int,
         *,
         name: str = "spool-checkpoint",
@@ -38,7 +38,7 @@ class WalCheckpointer:
         self._lock = threading.Lock()
         self._due = threading.Event()
         self._closed = False
-        self._conn = store.connect_side(db_path, busy_timeout_s)
+        self._conn = store.connect_side(db_path, busy_timeout_ms)
         self._name = name
         #: How long checkpoints have run (their fsyncs compete with the writer's).
         self.busy = BusyClock()

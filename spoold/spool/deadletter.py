@@ -5,7 +5,7 @@ one poison item never blocks the items behind it. The store is its own small
 SQLite database (WAL, ``synchronous=FULL``: every add is fsync'd before it
 returns) because it must be usable by the operator CLI while the daemon is
 stopped *and* while it runs: two processes share it through SQLite's locking,
-waiting up to ``busy_timeout_s`` for each other. The same operation failing
+waiting up to ``busy_timeout_ms`` for each other. The same operation failing
 again updates its record (``last_failed_at``, ``attempts``) instead of
 duplicating it. Replay is two steps so nothing is lost in between: the caller
 re-enqueues what ``take_for_replay`` returns, then ``remove``s those ids.
@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from server.sqlite.connect import connect
+from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool.errors import SpoolFormatError
 
 SCHEMA_VERSION = 1
@@ -82,16 +84,19 @@ def _op_key(op: Mapping[str, Any]) -> tuple[str, str]:
 class DeadLetterStore:
     """A durable, append-mostly table of refused operations at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout_ms: int = SPOOL_BUSY_TIMEOUT_MS
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        self._conn = connect(
+            self.path,
+            busy_timeout_ms=busy_timeout_ms,
+            journal_mode="WAL",
+            synchronous="FULL",
+            make_parent=True,
         )
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
             with self._write() as conn:
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 if version > SCHEMA_VERSION:

@@ -7,14 +7,9 @@ stays reachable as ``__cause__``).
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: Primary result codes meaning "this file is damaged". SQLite reports extended codes
-#: (SQLITE_CORRUPT_VTAB 267, _SEQUENCE 523, _INDEX 779, ...) whose low byte is the
-#: primary code, so errors are classified by ``code & 0xFF``, never by their message.
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+from server.sqlite.errors import coded_error, is_disk_full
 
 #: Retry-After suggested when the disk itself is full and no drain rate is known.
 DISK_FULL_RETRY_AFTER_S = 5.0
@@ -49,33 +44,13 @@ class SpoolFormatError(SpoolError):
     """The spool (or dead-letter store) on disk has a format this code does not understand."""
 
 
-def primary_code(exc: BaseException) -> int | None:
-    """The primary SQLite result code of an error (extended codes folded), or None."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(code, int) else None
-
-
-def is_corruption(exc: BaseException) -> bool:
-    """True when SQLite says the file is not a database or is malformed (any extended code)."""
-    return isinstance(exc, sqlite3.DatabaseError) and primary_code(exc) in _CORRUPT_CODES
-
-
 def corruption_found(path: object, findings: list[str]) -> sqlite3.DatabaseError:
     """An error for damage an integrity check reported as rows rather than raised.
 
     It carries SQLITE_CORRUPT, so every caller classifies it like SQLite's own.
     """
-    exc = sqlite3.DatabaseError(f"{path}: integrity check failed: {'; '.join(findings)}")
-    exc.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
-    exc.sqlite_errorname = "SQLITE_CORRUPT"
-    return exc
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for SQLITE_FULL or an OS error meaning no space (or quota) is left."""
-    return primary_code(exc) == sqlite3.SQLITE_FULL or (
-        isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
-    )
+    message = f"{path}: integrity check failed: {'; '.join(findings)}"
+    return coded_error(sqlite3.DatabaseError, message, sqlite3.SQLITE_CORRUPT, "SQLITE_CORRUPT")
 
 
 def translate_write_error(exc: BaseException, retry_after_s: float) -> SpoolError:

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from server.sqlite.connect import connect
+from server.sqlite.errors import is_corruption
+from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout
-from spoold.spool.errors import corruption_found, is_corruption
+from spoold.spool.errors import corruption_found
 
 T = TypeVar("T")
 #: Findings an integrity check reports at most (it stops there: a wrecked file is quick).
@@ -36,7 +39,7 @@ class SetAside:
     code: str | None  # SQLite's error name, e.g. SQLITE_NOTADB or SQLITE_CORRUPT_INDEX
 
 
-def check_file(path: Path, busy_timeout_s: float = 10.0) -> None:
+def check_file(path: Path, busy_timeout_ms: int = SPOOL_BUSY_TIMEOUT_MS) -> None:
     """Raise a corruption error if SQLite finds ``path`` damaged (nothing if it is absent).
 
     ``PRAGMA integrity_check`` reads every page and cross-checks tables and their
@@ -47,7 +50,7 @@ def check_file(path: Path, busy_timeout_s: float = 10.0) -> None:
     """
     if not path.exists():
         return
-    conn = sqlite3.connect(path, timeout=busy_timeout_s)
+    conn = connect(path, busy_timeout_ms=busy_timeout_ms)
     try:
         rows = conn.execute(f"PRAGMA integrity_check({MAX_FINDINGS})").fetchall()
         sequence = conn.execute(

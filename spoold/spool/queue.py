@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, repair, store, totals
 from spoold.spool.capacity import Capacity
 from spoold.spool.checkpoint import WalCheckpointer
@@ -60,7 +61,7 @@ class Spool:
         clear_interval_s: float = 1.0,
         vacuum_threshold_bytes: int = 16 * MiB,
         vacuum_max_live_bytes: int = 4 * MiB,
-        busy_timeout_s: float = 10.0,
+        busy_timeout_ms: int = SPOOL_BUSY_TIMEOUT_MS,
         reserve_bytes: int = 16 * MiB,
     ) -> None:
         self.directory = Path(directory)
@@ -95,12 +96,12 @@ class Spool:
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
-                self.directory, busy_timeout_s
+                self.directory, busy_timeout_ms
             )
             totals.install(self._side)
             self._queue.tran_lock = self._put_lock  # puts first (``spoold.spool.writegate``)
             self._checkpointer = WalCheckpointer(
-                self._db_path, busy_timeout_s, WAL_CHECKPOINT_BYTES
+                self._db_path, busy_timeout_ms, WAL_CHECKPOINT_BYTES
             )
             self.identity = store.spool_identity(self._side)
             repair.recount(self._side, self._depth)

@@ -25,6 +25,9 @@ from typing import Any
 import structlog
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
+from server.sqlite.connect import connect
+from server.sqlite.errors import is_corruption
+from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, totals
 from spoold.spool.codec import (
     HEADER_BYTES,
@@ -34,7 +37,7 @@ from spoold.spool.codec import (
     decode_group,
     parse_header,
 )
-from spoold.spool.errors import SpoolWriteError, is_corruption
+from spoold.spool.errors import SpoolWriteError
 from spoold.spool.stats import SpoolStats, age_s
 
 log = structlog.get_logger("spoold.spool")
@@ -57,18 +60,14 @@ _PROBE_PUT_SQL = (
 SYNCHRONOUS = "FULL"
 
 
-def make_durable(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """Set ``synchronous=FULL`` on a connection to the spool file (see the module doc)."""
-    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-    return conn
-
-
 class DurableAckQueue(SQLiteAckQueue):
     """persist-queue's SQLiteAckQueue whose every connection commits with synchronous=FULL.
 
     ``_new_db_connection`` is the factory persist-queue calls for each of its
-    connections (the getter, and the putter with ``multithreading``); the
-    connections made are kept in ``connections`` so tests can read the setting back.
+    connections (the getter, and the putter with ``multithreading``). It is replaced by
+    the daemons' one recipe with persist-queue's own settings (WAL, sqlite3's implicit
+    transactions, its timeout) plus synchronous=FULL; the connections made are kept in
+    ``connections`` so tests can read the setting back.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -78,13 +77,19 @@ class DurableAckQueue(SQLiteAckQueue):
     def _new_db_connection(
         self, path: str, multithreading: bool, timeout: float
     ) -> sqlite3.Connection:
-        conn = make_durable(super()._new_db_connection(path, multithreading, timeout))
+        conn = connect(
+            Path(path) / self.db_file_name,
+            busy_timeout_ms=round(timeout * 1000),
+            journal_mode="WAL",
+            synchronous=SYNCHRONOUS,
+            implicit_transactions=True,
+        )
         self.connections.append(conn)
         return conn
 
 
 def open_queue(
-    directory: Path, busy_timeout_s: float
+    directory: Path, busy_timeout_ms: int
 ) -> tuple[Any, sqlite3.Connection, Path | None]:
     """Open the queue and its side connection; rename a corrupt file aside once.
 
@@ -92,7 +97,7 @@ def open_queue(
     """
     db_path = directory / layout.DB_FILE
     try:
-        return (*_open_once(directory, busy_timeout_s), None)
+        return (*_open_once(directory, busy_timeout_ms), None)
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
@@ -102,10 +107,10 @@ def open_queue(
     log.warning(
         "spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error, code=code
     )
-    return (*_open_once(directory, busy_timeout_s), moved)
+    return (*_open_once(directory, busy_timeout_ms), moved)
 
 
-def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Connection]:
+def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Connection]:
     queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
@@ -114,11 +119,11 @@ def _open_once(directory: Path, busy_timeout_s: float) -> tuple[Any, sqlite3.Con
         auto_commit=True,
         auto_resume=True,  # got-but-unacked rows become ready again here
         serializer=GroupSerializer,
-        timeout=busy_timeout_s,
+        timeout=busy_timeout_ms / 1000,  # persist-queue's unit; back to ms in the factory
     )
     side: sqlite3.Connection | None = None
     try:
-        side = connect_side(directory / layout.DB_FILE, busy_timeout_s)
+        side = connect_side(directory / layout.DB_FILE, busy_timeout_ms)
         # Reads every live row before anything is accepted: surfaces corruption now.
         if totals.installed(side):
             corrected = totals.verify(side)  # and puts kept totals that drifted right
@@ -241,9 +246,14 @@ def housekeep(queue: Any, side: Any, vacuum_threshold: int | None) -> None:
         log.info("spool_vacuumed", freed_bytes=free)
 
 
-def connect_side(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+def connect_side(db_path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """A plain connection to the queue's file, for reads and checkpoints."""
-    return make_durable(sqlite3.connect(db_path, timeout=busy_timeout_s, check_same_thread=False))
+    return connect(
+        db_path,
+        busy_timeout_ms=busy_timeout_ms,
+        synchronous=SYNCHRONOUS,
+        implicit_transactions=True,
+    )
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
@@ -262,7 +272,7 @@ def inspect_spool(directory: Path, capacity_bytes: int = 0) -> SpoolStats:
     groups = nbytes = ops = 0
     oldest: float | None = None
     if db_path.exists():
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn = connect(db_path, busy_timeout_ms=SPOOL_BUSY_TIMEOUT_MS, read_only=True)
         try:
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE.strip('"'),)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 
+from server.sqlite.errors import coded_error
+
 
 class WriteGate:
     """One write transaction at a time on a file, within this process; the accept path
@@ -50,7 +52,12 @@ class WriteGate:
                         continue
                     left = deadline - time.monotonic()
                     if left <= 0:  # what SQLite's busy timeout would say
-                        raise sqlite3.OperationalError("database is locked (write gate)")
+                        raise coded_error(
+                            sqlite3.OperationalError,
+                            "database is locked (write gate)",
+                            sqlite3.SQLITE_BUSY,
+                            "SQLITE_BUSY",
+                        )
                     self._cond.wait(left)
             finally:
                 if urgent:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,6 +53,8 @@ from typing import Any, Literal
 
 import orjson
 
+from server.sqlite.connect import connect
+from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.spool.writegate import WriteGate
 from spoold.state.known import fold_known
 
@@ -251,13 +252,16 @@ class RunsIndex:
         #: ``get`` runs on pool threads (a request cancelled at a stop leaves its thread
         #: running): ``close`` waits for it, as closing under a statement crashes.
         self._use = threading.Lock()
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn = connect(
+            path,
+            busy_timeout_ms=INDEX_BUSY_TIMEOUT_MS,
+            # ``readonly`` (the operator's look) configures nothing and creates nothing.
+            journal_mode=None if readonly else "WAL",
+            synchronous=None if readonly else synchronous,
+            pragmas=() if readonly else (f"journal_size_limit = {WAL_SIZE_LIMIT_BYTES}",),
+        )
         try:
-            self._conn.execute("PRAGMA busy_timeout = 5000")
             if not readonly:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
-                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
                 self._add_columns()

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from server.sqlite.connect import connect
 from spoold.spool import DeadLetterStore, Spool
 from spoold.spool.integrity import SetAside, check_file, open_or_set_aside
 from spoold.spool.layout import DB_FILE
@@ -45,6 +46,8 @@ log = structlog.get_logger("spoold.state.storage")
 
 INDEX_FILE = "runs-index.sqlite"
 DEAD_LETTER_FILE = "deadletters.sqlite"
+#: How long a look at a damaged dead-letter file waits for a lock (it only counts letters).
+PEEK_BUSY_TIMEOUT_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def open_dead_letters(path: Path) -> tuple[DeadLetterStore, SetAside | None]:
 def readable_letters(path: Path) -> int | None:
     """How many dead letters a damaged file still shows (None: it cannot say)."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        conn = connect(path, busy_timeout_ms=PEEK_BUSY_TIMEOUT_MS, read_only=True)
     except sqlite3.Error:
         return None
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import structlog
 
-from spoold.spool.errors import is_corruption
+from server.sqlite.errors import is_corruption
 from spoold.spool.integrity import check_file
 
 log = structlog.get_logger("spoold.state.verify")

@@ -15,7 +15,7 @@ import pytest
 from spool_helpers import SpoolFactory, accept, op
 from structlog.testing import capture_logs
 
-from spoold.spool.errors import is_corruption, is_disk_full, primary_code
+from server.sqlite.errors import is_corruption, is_disk_full, primary_code
 from spoold.spool.integrity import open_or_set_aside
 from spoold.state.ledger import Counts
 from spoold.state.recovery import reconcile

@@ -8,6 +8,7 @@ crash cut short (counted once, never sent again). The prune deletes in slices to
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -103,7 +104,7 @@ def test_a_write_that_never_ends_times_out_at_the_gate(
     other.gate._timeout_s = 0.2
     holder.begin()
     try:
-        with pytest.raises(runs_index.sqlite3.OperationalError, match="locked"):
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
             other.begin()
     finally:
         holder.rollback()
