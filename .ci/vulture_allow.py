@@ -72,17 +72,13 @@ _.synchronous_modes  # spoold/spool/queue.py (tests/spoold/test_spool_durability
 _.inflight_groups  # spoold/spool/stats.py: SpoolStats (tests/spoold/test_spool_nack_retry.py)
 _.adds_up  # spoold/state/ledger.py: Counts (the recovery and durability tests)
 
-# -- server/storage/: reported unused, left to that package's owner (issue 9) -----------------
-# Remove a line here with the dead code it names; some are read by tests only.
+# -- server/storage/: read by tests only, or read through asdict() ---------------------------
 _.frames_copied  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)
 _.writer_catch_ups  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)
-_.JOURNAL_MODES  # server/storage/connection.py: dead
-_.UpsertResult  # server/storage/database.py: dead
-_.max_batch_cpu_s  # server/storage/retention.py: written, never read
+_.max_batch_cpu_s  # server/storage/retention.py: PruneReport, answered via asdict()
 _.AFTER_REBUILD  # server/storage/rollups.py (tests/server/test_stats_rollups.py)
-_.insert_run  # server/storage/runs.py: dead
 _.distinct_values  # server/storage/runs.py (tests/server/test_query_plans.py)
-_.new_distinct  # server/storage/runs.py: dead
+_.insert_run  # server/storage/runs.py (tests/unit/test_dashboard_queries.py)
 _.percentile  # server/storage/stats.py (tests, bench/loadgen.py, bench/stats_bench.py)
 
 # -- Jinja templates: page data read only by server/ui/templates and spoold/ui/templates ------

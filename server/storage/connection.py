@@ -9,7 +9,6 @@ from pathlib import Path
 from server.sqlite.connect import connect
 from server.sqlite.errors import Kind, kind
 
-JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY")
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 

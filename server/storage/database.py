@@ -53,11 +53,6 @@ class StorageSettings:
     max_metrics_bytes: int = 5 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class UpsertResult:
-    outcomes: list[runs.UpsertOutcome]
-
-
 class DatabaseSize:
     """The file's size as the writer last saw it (read inside each group, so free)."""
 

@@ -7,7 +7,7 @@ read functions run on read-only connections (see ``reader``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -588,13 +588,3 @@ def distinct_values(
         f") SELECT v FROM seen WHERE v IS NOT NULL"
     )
     return [str(row[0]) for row in conn.execute(sql)]
-
-
-def new_distinct(known: set[str], values: Iterable[str]) -> bool:
-    """Record values into known; True if any was not known before."""
-    added = False
-    for value in values:
-        if value not in known:
-            known.add(value)
-            added = True
-    return added
