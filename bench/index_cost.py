@@ -44,8 +44,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.contract.models import RunCreate, RunQuery
+from server.contract.run_record import RUN_COLUMNS
 from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, insert_params, query_sql
-from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
+from server.storage.schema import MIGRATIONS, migrate
 
 AGENTS = tuple(f"team-{i % 40:02d}.agent-{i:04d}" for i in range(2000))
 JOBS = tuple(f"job_type_{i:02d}" for i in range(20))

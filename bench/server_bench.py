@@ -75,8 +75,9 @@ from loadgen import Client, LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 
 from server.contract.models import RunCreate
+from server.contract.run_record import RUN_COLUMNS
 from server.storage.runs import _INSERT_SQL, insert_params
-from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
+from server.storage.schema import MIGRATIONS, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -622,7 +623,7 @@ def list_path_costs(path: Path) -> dict[str, float]:
     """
     from server.contract.codec import dumps
     from server.contract.models import RunQuery
-    from server.http.runs import with_urls
+    from server.contract.run_record import with_urls
     from server.storage import runs
     from server.storage.connection import open_reader
 

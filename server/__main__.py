@@ -15,8 +15,8 @@ from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.exposure import Exposure
 from server.logs import configure_logging
+from server.sqlite.version import SqliteTooOld, check_sqlite_version
 from server.storage.backup import BackupError, backup
-from server.storage.compat import SqliteTooOld, check_sqlite_version
 from server.tls import TLSSetupError, listener_context
 
 

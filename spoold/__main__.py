@@ -26,7 +26,7 @@ from pathlib import Path
 from server import daemon
 from server.exposure import Exposure, warn_if_upstream_in_clear
 from server.logs import configure_logging
-from server.storage.compat import SqliteTooOld, check_sqlite_version
+from server.sqlite.version import SqliteTooOld, check_sqlite_version
 from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, cli
 from spoold.app import create_app

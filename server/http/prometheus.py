@@ -14,6 +14,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from server.metric_labels import method_label, status_label
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -55,22 +57,6 @@ class HttpMetrics:
         label set (a method "FOO<script>" is counted as "other")."""
         self.requests.labels(route, method_label(method), status_label(status)).inc()
         self.latency.labels(route).observe(seconds)
-
-
-#: The only values the ``method`` and ``status`` labels take (others: "other").
-METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-STATUS_LABELS = frozenset(
-    {200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 422}
-    | {429, 431, 500, 501, 502, 503, 504}
-)
-
-
-def method_label(method: str) -> str:
-    return method if method in METHOD_LABELS else "other"
-
-
-def status_label(status: int) -> str:
-    return str(status) if status in STATUS_LABELS else "other"
 
 
 class ServerMetrics:

@@ -17,6 +17,7 @@ from server.contract.models import (
     RunQuery,
     UpsertItem,
 )
+from server.contract.run_record import with_urls as with_urls  # for server/ui/pages.py, see below
 from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
@@ -31,16 +32,13 @@ BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)
 
 routes = web.RouteTableDef()
 
+# with_urls (the run record as answered) lives in server.contract.run_record; it is
+# re-exported here only because server/ui/pages.py still imports it from here (server/ui is
+# another branch's): once that import names the contract, drop the "as with_urls".
+
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=dumps(body), status=status, content_type="application/json")
-
-
-def with_urls(run: dict[str, Any]) -> dict[str, Any]:
-    """A stored run with its derived commit_url and repo_url."""
-    run["commit_url"] = build_commit_url(run.get("git_repo"), run.get("git_commit_hash"))
-    run["repo_url"] = build_repo_url(run.get("git_repo"))
-    return run
 
 
 @routes.post("/api/v1/runs")

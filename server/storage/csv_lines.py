@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_STALENESS_COLUMNS
+from server.contract.run_record import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_STALENESS_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -13,6 +13,7 @@ import structlog
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
+from server.sqlite.version import check_sqlite_version
 from server.storage import runs
 from server.storage.checkpoint import (
     JOURNAL_SIZE_LIMIT_BYTES,
@@ -20,7 +21,6 @@ from server.storage.checkpoint import (
     RESTART_FRAMES,
     Checkpointer,
 )
-from server.storage.compat import check_sqlite_version
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
 from server.storage.cursor import CursorCodec, Position

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from server.contract.models import RunQuery
+from server.contract.run_record import RUN_COLUMNS
 from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
 from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.cursor import Position
 from server.storage.runs import Overdue, query_sql, row_to_run, stale_query_sql
-from server.storage.schema import RUN_COLUMNS
 
 __all__ = ["CONTENT_TYPES", "CSV_COLUMNS", "FORMATS", "Export", "Format"]
 

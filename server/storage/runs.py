@@ -19,16 +19,11 @@ from server.contract.codec import dumps_text
 from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.run_record import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
 from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
-from server.storage.schema import (
-    EQUALITY_FILTERS,
-    LIST_INDEXES,
-    RUN_COLUMNS,
-    RUN_DATA_COLUMNS,
-    RUN_JSON_COLUMNS,
-)
+from server.storage.schema import EQUALITY_FILTERS, LIST_INDEXES
 
 _INSERT_COLUMNS = (
     "event_id",

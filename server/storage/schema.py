@@ -13,64 +13,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+# The columns of agent_runs that are answered are the fields of the run record as
+# answered, which the API contract owns. RUN_COLUMNS is re-exported for server/ui/queries.py
+# (server/ui is another branch's: once it imports from the contract, drop the re-export).
+from server.contract.run_record import RUN_COLUMNS as RUN_COLUMNS
+from server.contract.run_record import RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS
 from server.storage.rollups import ROLLUP_STATEMENTS
-
-RUN_TEXT_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "agent_name",
-    "job_type",
-    "status",
-    "start_time",
-    "end_time",
-    "agent_owner",
-    "product",
-    "product_family",
-    "platform",
-    "subdomain",
-    "website",
-    "website_section",
-    "item_name",
-    "input_summary",
-    "output_summary",
-    "source_ref",
-    "target_ref",
-    "error_summary",
-    "error_details",
-    "git_repo",
-    "git_branch",
-    "git_commit_hash",
-    "git_run_tag",
-    "git_commit_source",
-    "git_commit_author",
-    "git_commit_timestamp",
-    "host",
-    "environment",
-    "trigger_type",
-    "insight_id",
-    "parent_run_id",
-)
-RUN_COUNTER_COLUMNS: tuple[str, ...] = (
-    "items_discovered",
-    "items_succeeded",
-    "items_failed",
-    "items_skipped",
-    "duration_ms",
-)
-RUN_JSON_COLUMNS: tuple[str, ...] = ("metrics_json", "context_json")
-#: Settable by a client, answered, but neither text nor a counter (migration 6).
-RUN_STALENESS_COLUMNS: tuple[str, ...] = ("heartbeat_timeout_s",)
-#: Columns a client may set, in storage order (event_id and timestamps excluded).
-RUN_DATA_COLUMNS: tuple[str, ...] = (
-    RUN_TEXT_COLUMNS + RUN_COUNTER_COLUMNS + RUN_JSON_COLUMNS + RUN_STALENESS_COLUMNS
-)
-#: Every column of a stored run, as queries return them.
-RUN_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    *RUN_DATA_COLUMNS,
-    "created_at",
-    "updated_at",
-    "last_seen_at",
-)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import orjson
 from aiohttp import web
 
 from server.contract.errors import ServiceUnavailable, UpstreamTimeout, retry_after
+from server.contract.run_record import unstored_run, with_urls
 from server.http.prometheus import exposition, wants_prometheus
 from server.http.requests import event_id_of
-from server.http.runs import json_response, with_urls
-from server.storage.schema import RUN_COLUMNS, RUN_COUNTER_COLUMNS
+from server.http.runs import json_response
 from server.urls import build_commit_url, build_repo_url
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
@@ -58,21 +58,13 @@ async def _known(sidecar: Sidecar, event_id: str) -> KnownRun | None:
     return await asyncio.to_thread(sidecar.reader_index.get, event_id)
 
 
-def local_record(known: KnownRun) -> dict[str, Any]:
-    """A run known only here, shaped like the server's answer."""
-    record: dict[str, Any] = dict.fromkeys(RUN_COLUMNS)
-    record.update(dict.fromkeys(RUN_COUNTER_COLUMNS, 0), status="running")
-    record.update({key: value for key, value in known.snapshot.items() if key in record})
-    return with_urls(record)
-
-
 @routes.get("/api/v1/runs/{event_id}")
 async def get_run(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     event_id = event_id_of(request)
     known = await _known(sidecar, event_id)
     if known is not None and known.pending and known.has_create and known.complete:
-        response = json_response(local_record(known))
+        response = json_response(unstored_run(known.snapshot))
         response.headers[LOCAL_SOURCE_HEADER] = "local-queue"
         return response
     try:
@@ -81,7 +73,7 @@ async def get_run(request: web.Request) -> web.Response:
         # Only a run whose whole snapshot is kept (one with dead letters): a delivered run
         # keeps its run_id, not its fields, and is answered by the server or not at all.
         if known is not None and known.has_create and known.complete:
-            response = json_response(local_record(known))
+            response = json_response(unstored_run(known.snapshot))
             response.headers[LOCAL_SOURCE_HEADER] = "local-index"
             return response
         raise

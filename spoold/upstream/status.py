@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.contract.timestamps import utc_now
-from server.http.prometheus import status_label
+from server.metric_labels import status_label
 from spoold.upstream.tls import is_tls_failure
 
 

@@ -16,12 +16,12 @@ import pytest
 from server.contract.codec import dumps, dumps_text
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
-from server.http.runs import with_urls
+from server.contract.run_record import RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS, with_urls
 from server.storage import run_json, runs
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, query_page_json, query_runs
-from server.storage.schema import RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS, migrate
+from server.storage.schema import migrate
 
 ROWS = 1500
 AGENTS = ("a", "b", "ünï", "c\"'\\")

@@ -15,10 +15,11 @@ import pytest
 
 from server.contract.codec import dumps
 from server.contract.models import RunQuery
+from server.contract.run_record import RUN_COLUMNS
 from server.storage import schema
 from server.storage.connection import open_reader
 from server.storage.runs import _INSERT_COLUMNS, _INSERT_SQL, get_run, query_page_json
-from server.storage.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, migrate
+from server.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from tests.server.test_run_json import FOREIGN_JSON, hostile_rows, python_page
 
 UPSERT = "/api/v1/runs/batch?mode=upsert"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.storage.compat import MINIMUM_SQLITE, SqliteTooOld, check_sqlite_version
+from server.sqlite.version import MINIMUM_SQLITE, SqliteTooOld, check_sqlite_version
 from server.storage.database import Database, StorageSettings
 
 # Runs the real entry point with the version the check reads replaced, as an old build

@@ -19,7 +19,8 @@ import pytest
 
 from server.contract.codec import dumps
 from server.contract.models import RunQuery
-from server.http.runs import DATABASE, with_urls
+from server.contract.run_record import with_urls
+from server.http.runs import DATABASE
 from server.reaper import reap_pass
 from server.storage.connection import open_reader
 from server.storage.database import Database

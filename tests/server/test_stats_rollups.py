@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from server.contract.run_record import RUN_COLUMNS
 from server.contract.stats import GROUP_KEYS, StatsQuery
 from server.storage import rollups
-from server.storage.schema import MIGRATIONS, RUN_COLUMNS, migrate
+from server.storage.schema import MIGRATIONS, migrate
 from server.storage.stats import (
     PERCENTILE_MAX_ERROR,
     compute_stats,

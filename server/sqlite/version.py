@@ -1,12 +1,13 @@
-"""The oldest SQLite this server can run on, checked once at start-up.
+"""The oldest SQLite the two daemons can run on, checked once by each at start-up.
 
-The features used, and the release that brought each: ``RETURNING`` (3.35.0, the
+The server's features, and the release that brought each: ``RETURNING`` (3.35.0, the
 newest), ``PRAGMA analysis_limit`` (3.32.0), ``INSERT ... ON CONFLICT DO NOTHING``
 (3.24.0), row values in keyset comparisons (3.15.0), ``WITH RECURSIVE`` (3.8.3),
 WAL (3.7.0), STORED generated columns (3.31.0). The server also needs the JSON
 functions (built in from 3.38, a compile-time option before, on in nearly every
 build): schema 5 stores each run's rendered JSON object (``run_json``) as a generated
-column. An older library would fail in the middle of a request; we refuse to start
+column. spoold needs ``RETURNING`` and UPSERT too (see ``check_sqlite_version``). An
+older library would fail in the middle of a request; both daemons refuse to start
 instead.
 """
 
