@@ -17,7 +17,7 @@ from server.contract.models import (
     RunQuery,
     UpsertItem,
 )
-from server.contract.run_record import with_urls as with_urls  # for server/ui/pages.py, see below
+from server.contract.run_record import with_urls
 from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
@@ -31,10 +31,6 @@ DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)
 
 routes = web.RouteTableDef()
-
-# with_urls (the run record as answered) lives in server.contract.run_record; it is
-# re-exported here only because server/ui/pages.py still imports it from here (server/ui is
-# another branch's): once that import names the contract, drop the "as with_urls".
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

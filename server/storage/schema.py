@@ -14,9 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 
 # The columns of agent_runs that are answered are the fields of the run record as
-# answered, which the API contract owns. RUN_COLUMNS is re-exported for server/ui/queries.py
-# (server/ui is another branch's: once it imports from the contract, drop the re-export).
-from server.contract.run_record import RUN_COLUMNS as RUN_COLUMNS
+# answered, which the API contract owns.
 from server.contract.run_record import RUN_COUNTER_COLUMNS, RUN_JSON_COLUMNS
 from server.storage.rollups import ROLLUP_STATEMENTS
 

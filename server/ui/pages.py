@@ -12,8 +12,9 @@ from aiohttp import web
 from server.contract.codec import dumps
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
+from server.contract.run_record import with_urls
 from server.contract.validation import parse_model
-from server.http.runs import DATABASE, with_urls
+from server.http.runs import DATABASE
 from server.storage.cursor import InvalidCursor, Position
 from server.storage.database import Database
 from server.storage.runs import cost_shape

@@ -21,9 +21,9 @@ import orjson
 
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
+from server.contract.run_record import RUN_COLUMNS
 from server.contract.stats import StatsQuery
 from server.storage.runs import Overdue, Page, get_run, query_runs, row_to_run
-from server.storage.schema import RUN_COLUMNS
 from server.storage.stats import compute_stats
 
 #: Statuses that count as a failed run on the dashboard.
