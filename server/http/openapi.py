@@ -417,7 +417,7 @@ def _error_codes(op_id: str, path: str, variant: ApiVariant, *, has_params: bool
     if has_params:
         codes.add("422")
     if path not in ("/health", "/metrics"):
-        codes.add("503")  # admission control (server.http.admission)
+        codes.add("503")  # admission control (server.edge.admission)
     if "{event_id}" in path:
         codes.add("404")
     # spoold relays the server's own 401 / 429 on reads; it has neither on writes.

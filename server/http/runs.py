@@ -21,8 +21,8 @@ from server.contract.run_record import with_urls
 from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
+from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
 from server.edge.responses import json_response
-from server.http.requests import event_id_of, json_fields_context, not_found, read_json
 from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
 from server.storage.sidecars import SIDECAR_ID, Presence
