@@ -15,10 +15,10 @@ from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
 from server.edge.admission import ADMISSION, Admission, admission_middleware
 from server.edge.boundary import REQUEST_OBSERVER, error_boundary
+from server.edge.docs import docs_routes
 from server.edge.requests import MAX_JSON_DEPTH
 from server.http import export, heartbeat, maintenance, ops, runs, stats
 from server.http.auth import READ_GUARD, ReadGuard
-from server.http.docs import docs_routes
 from server.http.middleware import auth_middleware, rate_limit_middleware, storage_errors
 from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics

@@ -30,8 +30,8 @@ from aiohttp import web
 from server.daemon import STOP_DEADLINE, StopDeadline
 from server.edge.admission import ADMISSION, Admission, admission_middleware
 from server.edge.boundary import REQUEST_OBSERVER, error_boundary
+from server.edge.docs import docs_routes
 from server.edge.requests import MAX_JSON_DEPTH
-from server.http.docs import docs_routes
 from server.http.openapi import build_openapi
 from server.tls import upstream_context
 from spoold import __version__, ui

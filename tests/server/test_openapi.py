@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 
 import server.app
 import server.edge.admission
-from server.http import docs
-from server.http.docs import docs_routes
+from server.edge import docs
+from server.edge.docs import docs_routes
 from server.http.openapi import build_openapi
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
