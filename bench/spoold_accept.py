@@ -96,9 +96,8 @@ def ceiling_main(port: int, path: Path) -> None:
     from server.contract.timestamps import utc_now
     from server.contract.updates import patch_changes
     from server.contract.validation import parse_model
-    from server.http.middleware import error_response
-    from server.http.requests import MAX_JSON_DEPTH, event_id_of, json_fields_context, read_json
-    from server.http.runs import json_response
+    from server.edge.requests import MAX_JSON_DEPTH, event_id_of, json_fields_context, read_json
+    from server.edge.responses import error_response, json_response
     from spoold.config import SpooldConfig
     from spoold.spool.operations import create_op, update_op
 

@@ -13,20 +13,16 @@ from aiohttp.typedefs import Middleware
 from server import __version__
 from server.config import ServerConfig
 from server.daemon import STOP_DEADLINE
+from server.edge.admission import ADMISSION, Admission, admission_middleware
+from server.edge.boundary import REQUEST_OBSERVER, error_boundary
+from server.edge.docs import docs_routes
+from server.edge.requests import MAX_JSON_DEPTH
 from server.http import export, heartbeat, maintenance, ops, runs, stats
-from server.http.admission import ADMISSION, Admission, admission_middleware
 from server.http.auth import READ_GUARD, ReadGuard
-from server.http.docs import docs_routes
-from server.http.middleware import (
-    REQUEST_OBSERVER,
-    auth_middleware,
-    error_boundary,
-    rate_limit_middleware,
-)
+from server.http.middleware import auth_middleware, rate_limit_middleware, storage_errors
 from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
-from server.http.requests import MAX_JSON_DEPTH
 from server.reaper import reaper_ctx
 from server.storage.database import Database, StorageSettings
 from server.ui.app import setup_ui, ui_middleware
@@ -82,7 +78,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: ServerConfig) -> web.Application:
     """The central server as an aiohttp application."""
-    middlewares: list[Middleware] = [error_boundary, admission_middleware]
+    middlewares: list[Middleware] = [
+        error_boundary([storage_errors]),
+        admission_middleware,
+    ]
     if config.rate_limit_enabled:
         limiter = RateLimiter(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
         middlewares.append(rate_limit_middleware(limiter))

@@ -28,11 +28,11 @@ import structlog
 from aiohttp import web
 
 from server.daemon import STOP_DEADLINE, StopDeadline
-from server.http.admission import ADMISSION, Admission, admission_middleware
-from server.http.docs import docs_routes
-from server.http.middleware import REQUEST_OBSERVER, error_boundary
-from server.http.openapi import build_openapi
-from server.http.requests import MAX_JSON_DEPTH
+from server.edge.admission import ADMISSION, Admission, admission_middleware
+from server.edge.boundary import REQUEST_OBSERVER, error_boundary
+from server.edge.docs import docs_routes
+from server.edge.openapi import build_document
+from server.edge.requests import MAX_JSON_DEPTH
 from server.tls import upstream_context
 from spoold import __version__, ui
 from spoold.accept.acceptor import Acceptor
@@ -300,7 +300,7 @@ async def _start_drain_deadline(app: web.Application) -> None:
 
 def openapi_document() -> dict[str, Any]:
     """The document spoold serves at /openapi.json: what spoold itself answers."""
-    document = build_openapi(
+    document = build_document(
         title="spoold (Local Telemetry sidecar)",
         version=__version__,
         description=(
@@ -319,7 +319,7 @@ def create_app(
 ) -> web.Application:
     """The sidecar as an aiohttp application; upstream_ssl defaults to one built from config."""
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[error_boundary, admission_middleware]
+        client_max_size=config.max_body_bytes, middlewares=[error_boundary(), admission_middleware]
     )
     app[CONFIG] = config
     app[ADMISSION] = Admission(config.max_inflight_requests, config.max_inflight_bytes)

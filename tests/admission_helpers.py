@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from server.http.admission import ADMISSION, Admission
+from server.edge.admission import ADMISSION, Admission
 
 KIB = 1024
 FORBIDDEN_IN_ANY_BODY = ("Traceback", 'File "')

@@ -19,9 +19,9 @@ from typing import Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
 from server.contract.errors import ValidationFailed
+from server.contract.export import PAGING, ExportOptions
 from server.contract.models import RunQuery
 from server.contract.validation import parse_model
 from server.http.ops import METRICS
@@ -32,26 +32,6 @@ from server.storage.stale import now_utc, overdue_ids_sql
 
 log = structlog.get_logger("server.export")
 routes = web.RouteTableDef()
-
-#: The list's paging parameters: an export is the whole result, never a page.
-PAGING = ("limit", "offset", "cursor")
-
-
-class ExportOptions(BaseModel):
-    """The export's own query parameters (the rest are the list's filters)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    format: Literal["ndjson", "csv"] = Field(
-        default="ndjson",
-        description="`ndjson`: one run per line, as the list renders it. `csv`: a header "
-        "row, then one row per run (RFC 4180, UTF-8, CRLF).",
-    )
-    escape_formulas: bool = Field(
-        default=False,
-        description="CSV only: prefix `'` to text starting with `=`, `+`, `-`, `@`, TAB or "
-        "CR, so spreadsheets do not evaluate it (changes those values).",
-    )
 
 
 def parse_export(query: dict[str, str]) -> tuple[ExportOptions, RunQuery]:

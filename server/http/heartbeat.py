@@ -13,8 +13,8 @@ from aiohttp import web
 from server.contract.codec import loads
 from server.contract.models import HeartbeatBody
 from server.contract.validation import parse_model
-from server.http.admission import read_body
-from server.http.requests import MAX_JSON_DEPTH, event_id_of, not_found
+from server.edge.admission import read_body
+from server.edge.requests import MAX_JSON_DEPTH, event_id_of, not_found
 from server.http.runs import DATABASE
 
 routes = web.RouteTableDef()

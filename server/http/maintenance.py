@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from server.contract.errors import ApiError, ValidationFailed
 from server.contract.validation import parse_model
+from server.edge.requests import read_json
+from server.edge.responses import json_response
 from server.http.prometheus import ServerMetrics
-from server.http.requests import read_json
-from server.http.runs import DATABASE, json_response
+from server.http.runs import DATABASE
 from server.storage.connection import StorageUnavailable
 from server.storage.retention import (
     PrunePlan,

@@ -1,40 +1,19 @@
-"""Middlewares: the error boundary and request log, bearer auth, rate limiting.
+"""The server's own middlewares: bearer auth, rate limiting, and its storage errors as 503.
 
-The error boundary is the one place where every failure — ours, pydantic's,
-aiohttp's 404/405/413, storage trouble, anything unexpected — becomes one
-JSON shape. No traceback ever leaves the process in a response.
+The error boundary itself is shared (``server.edge.boundary``); the server
+plugs ``storage_errors`` into it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from server.contract.codec import dumps
-from server.contract.errors import (
-    ApiError,
-    BadRequest,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    ServiceUnavailable,
-    retry_after,
-)
+from server.contract.errors import ApiError, RateLimited, ServiceUnavailable, retry_after
 from server.http.auth import check_bearer
 from server.http.ratelimit import RateLimiter
 from server.storage.connection import StorageUnavailable
 from server.ui.paths import is_ui_request
-
-log = structlog.get_logger("server.http")
-
-#: Called once per request with (route, method, status, seconds), e.g. for Prometheus.
-RequestObserver = Callable[[str, str, int, float], None]
-REQUEST_OBSERVER: web.AppKey[RequestObserver] = web.AppKey("request_observer", object)  # type: ignore[arg-type]
 
 #: Paths that never need a token (/health and /metrics hide private fields instead).
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc"})
@@ -52,70 +31,11 @@ def is_unlimited_path(path: str) -> bool:
     return path in UNLIMITED_PATHS or path.startswith("/docs/")
 
 
-def error_response(error: ApiError) -> web.Response:
-    response = web.Response(
-        body=dumps(error.body()), status=error.status, content_type="application/json"
-    )
-    response.headers.update(error.headers)
-    return response
-
-
-def _translate_http(exc: web.HTTPException) -> ApiError:
-    if exc.status == 404:
-        return NotFound("Not Found: no such route")
-    if exc.status == 405:
-        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
-        error: ApiError = MethodNotAllowed(
-            "Method Not Allowed", headers={"Allow": allowed} if allowed else None
-        )
-        return error
-    if exc.status == 413:
-        return PayloadTooLarge("request body too large")
-    if exc.status < 500:
-        error = BadRequest(exc.reason or "bad request")
-        error.status = exc.status
-        return error
-    return ServiceUnavailable("service unavailable", headers=retry_after(1))
-
-
-def _route_of(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape; log one line per request."""
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = error_response(exc)
-    except StorageUnavailable as exc:
-        response = error_response(
-            ServiceUnavailable(str(exc), headers=retry_after(exc.retry_after_s))
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = error_response(_translate_http(exc))
-    except Exception:
-        log.exception("unhandled_error", method=request.method, route=_route_of(request))
-        response = error_response(ApiError("internal error; see the server log"))
-    seconds = time.perf_counter() - started
-    route = _route_of(request)
-    log.info(
-        "http_request",
-        method=request.method,
-        route=route,
-        status=response.status,
-        duration_ms=round(seconds * 1000, 3),
-        remote=request.remote,
-    )
-    observer = request.app.get(REQUEST_OBSERVER)
-    if observer is not None:
-        observer(route, request.method, response.status, seconds)
-    return response
+def storage_errors(exc: Exception) -> ApiError | None:
+    """The error boundary's translator for the server's storage: busy or full is a 503."""
+    if isinstance(exc, StorageUnavailable):
+        return ServiceUnavailable(str(exc), headers=retry_after(exc.retry_after_s))
+    return None
 
 
 def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:

@@ -8,10 +8,12 @@ from aiohttp import web
 
 from server import __version__
 from server.contract.fields import CANONICAL_STATUSES
+from server.edge.prometheus import exposition, wants_prometheus
+from server.edge.responses import json_response
 from server.http.auth import READ_GUARD
 from server.http.maintenance import PRUNER
-from server.http.prometheus import ServerMetrics, exposition, wants_prometheus
-from server.http.runs import DATABASE, json_response
+from server.http.prometheus import ServerMetrics
+from server.http.runs import DATABASE
 from server.storage.connection import StorageUnavailable
 from server.storage.schema import SCHEMA_VERSION
 

@@ -21,7 +21,8 @@ from server.contract.run_record import with_urls
 from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
-from server.http.requests import event_id_of, json_fields_context, not_found, read_json
+from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
+from server.edge.responses import json_response
 from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
 from server.storage.sidecars import SIDECAR_ID, Presence
@@ -31,10 +32,6 @@ DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)
 
 routes = web.RouteTableDef()
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(body), status=status, content_type="application/json")
 
 
 @routes.post("/api/v1/runs")

@@ -7,7 +7,8 @@ from aiohttp import web
 from server.contract.errors import ValidationFailed
 from server.contract.stats import StatsQuery
 from server.contract.validation import parse_model
-from server.http.runs import DATABASE, json_response
+from server.edge.responses import json_response
+from server.http.runs import DATABASE
 from server.storage.stale import now_utc, overdue_ids_sql
 from server.storage.stats import PERCENTILES_NOTE, TooManyGroups, read_stats, rollups_serve
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import functools
 
+from server.contract.export import CSV_COLUMNS
 from server.contract.run_record import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_STALENESS_COLUMNS
 from server.urls import build_commit_url, build_repo_url
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-CSV_COLUMNS: tuple[str, ...] = (*RUN_COLUMNS, "commit_url", "repo_url")
 CRLF = "\r\n"
 _QUOTE = '"'
 _SQL_STARTS = ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS)

@@ -17,7 +17,7 @@ closing a SQLite connection under a running statement crashes the process.
 
 NDJSON: one line per run, the bytes ``GET /api/v1/runs`` gives for that run.
 CSV (RFC 4180, UTF-8, no BOM, CRLF; see ``csv_lines``): a header of
-``CSV_COLUMNS``; numbers bare, NULL an empty field, text always quoted (quotes
+``server.contract.export.CSV_COLUMNS``; numbers bare, NULL an empty field, text always quoted (quotes
 doubled); ``metrics_json``/``context_json`` are their JSON text. Text is written
 exactly as stored unless ``escape_formulas`` is asked for.
 """
@@ -34,11 +34,10 @@ from server.contract.models import RunQuery
 from server.contract.run_record import RUN_COLUMNS
 from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
-from server.storage.csv_lines import CSV_COLUMNS
 from server.storage.cursor import Position
 from server.storage.runs import Overdue, query_sql, row_to_run, stale_query_sql
 
-__all__ = ["CONTENT_TYPES", "CSV_COLUMNS", "FORMATS", "Export", "Format"]
+__all__ = ["CONTENT_TYPES", "FORMATS", "Export", "Format"]
 
 Format = Literal["ndjson", "csv"]
 FORMATS: tuple[Format, ...] = ("ndjson", "csv")

@@ -11,7 +11,7 @@ the thread die all the same, every waiting and later write is answered 503 at
 once (never left hanging) and ``failure`` says why, for /health.
 
 The queue is bounded by admission control, not here: handlers await ``run`` before
-they answer, and ``server.http.admission`` counts a request's body until then.
+they answer, and ``server.edge.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ refused at once with 503 instead of hanging, and ``failure`` says why, for
 /health.
 
 The queue is bounded by admission control, not here: handlers await ``submit``
-before they answer, and ``server.http.admission`` counts a request's body until then.
+before they answer, and ``server.edge.admission`` counts a request's body until then.
 """
 
 from __future__ import annotations

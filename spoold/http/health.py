@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.http.runs import json_response
+from server.edge.responses import json_response
 from spoold import __version__
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar

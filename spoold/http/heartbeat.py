@@ -18,9 +18,9 @@ from server.contract.codec import loads
 from server.contract.models import HeartbeatBody
 from server.contract.timestamps import utc_now
 from server.contract.validation import parse_model
-from server.http.admission import read_body
-from server.http.requests import MAX_JSON_DEPTH, event_id_of
-from server.http.runs import json_response
+from server.edge.admission import read_body
+from server.edge.requests import MAX_JSON_DEPTH, event_id_of
+from server.edge.responses import json_response
 from spoold.http.state import SIDECAR
 from spoold.http.writes import _accept_update
 from spoold.spool.operations import heartbeat_op

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.http.openapi import ApiVariant
+from server.edge.openapi import ApiVariant
 from spoold.http.reads import LOCAL_SOURCE_HEADER
 
 _COUNT = {"type": "integer", "minimum": 0}

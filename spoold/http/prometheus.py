@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.http.prometheus import LATENCY_BUCKETS, SIZE_BUCKETS, HttpMetrics
+from server.edge.prometheus import LATENCY_BUCKETS, SIZE_BUCKETS, HttpMetrics
 from spoold.http.state import Sidecar
 
 #: Write-route answers that mean "not accepted", by reason.

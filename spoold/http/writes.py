@@ -15,8 +15,8 @@ from server.contract.models import CommitAssociation, RunCreate
 from server.contract.timestamps import utc_now
 from server.contract.updates import patch_changes, without_unchanged_run_id
 from server.contract.validation import parse_model
-from server.http.requests import event_id_of, json_fields_context, not_found, read_json
-from server.http.runs import json_response
+from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
+from server.edge.responses import json_response
 from spoold.accept.acceptor import Accepted
 from spoold.forward.limits import UpstreamLimits
 from spoold.http.state import SIDECAR, Sidecar

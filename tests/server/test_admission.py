@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.contract.errors import ServiceUnavailable
-from server.http.admission import Admission
+from server.edge.admission import Admission
 from server.http.runs import DATABASE
 
 # ---- the counter itself -------------------------------------------------------------------

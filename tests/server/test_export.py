@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from server.contract.export import CSV_COLUMNS
 from server.http.runs import DATABASE
-from server.storage.export import CSV_COLUMNS
 
 EXPORT = "/api/v1/runs/export"
 

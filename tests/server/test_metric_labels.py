@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.http.prometheus import HttpMetrics
+from server.edge.prometheus import HttpMetrics
 from server.metric_labels import METHOD_LABELS, STATUS_LABELS
 from spoold.app import create_app as create_sidecar_app
 from spoold.config import SpooldConfig

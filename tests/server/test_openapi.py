@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import server.app
-import server.http.admission
-from server.http import docs
-from server.http.docs import docs_routes
+import server.edge.admission
+from server.edge import docs
+from server.edge.docs import docs_routes
 from server.http.openapi import build_openapi
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -493,7 +493,7 @@ _MEMORY_ONLY = frozenset({"GET /api/v1/metadata"})
 
 async def _while_saturated(api: Any, method: str, path: str) -> Any:
     """The request answered while admission control has every request slot taken."""
-    admission = api.client.app[server.http.admission.ADMISSION]
+    admission = api.client.app[server.edge.admission.ADMISSION]
     tickets = [admission.admit(0) for _ in range(admission.max_requests)]
     try:
         return await api.request(method, path)

@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from server.contract.errors import BadRequest, ServiceUnavailable, retry_after
-from server.http.middleware import error_response
+from server.edge.responses import error_response
 
 #: Never refused, never counted.
 EXEMPT_PATHS = frozenset({"/health", "/metrics"})

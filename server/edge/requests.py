@@ -9,7 +9,7 @@ from aiohttp import web
 from server.contract.codec import loads
 from server.contract.errors import NotFound
 from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
-from server.http.admission import read_body
+from server.edge.admission import read_body
 
 MAX_JSON_DEPTH: web.AppKey[int] = web.AppKey("max_json_depth", int)
 
@@ -17,7 +17,7 @@ MAX_JSON_DEPTH: web.AppKey[int] = web.AppKey("max_json_depth", int)
 async def read_json(request: web.Request) -> Any:
     """The parsed body. Any content type is read as JSON (curl without -H still works);
     oversize bodies raise aiohttp's 413, which the error boundary answers as JSON.
-    The bytes are read under admission control (``server.http.admission``)."""
+    The bytes are read under admission control (``server.edge.admission``)."""
     raw = await read_body(request)
     return loads(raw, max_depth=request.app[MAX_JSON_DEPTH])
 
