@@ -22,13 +22,14 @@ from server.storage.metadata import DistinctValues
 
 _TABLE = "run_deltas"
 _DELTAS = f"temp.{_TABLE}"
-_NEW = "NEW.agent_name, NEW.status, substr(NEW.created_at, 1, 16), NEW.job_type"
-_OLD = "OLD.agent_name, OLD.status, substr(OLD.created_at, 1, 16), OLD.job_type"
+# The trigger bodies copy columns only; the minute is cut once per group when read.
+_NEW = "NEW.agent_name, NEW.status, NEW.created_at, NEW.job_type"
+_OLD = "OLD.agent_name, OLD.status, OLD.created_at, OLD.job_type"
 
 _STATEMENTS = (
     "PRAGMA temp_store = MEMORY",
     f"CREATE TEMP TABLE IF NOT EXISTS {_TABLE} "
-    "(agent_name TEXT, status TEXT, minute TEXT, job_type TEXT, n INTEGER NOT NULL)",
+    "(agent_name TEXT, status TEXT, created_at TEXT, job_type TEXT, n INTEGER NOT NULL)",
     "CREATE TEMP TRIGGER IF NOT EXISTS run_deltas_insert AFTER INSERT ON main.agent_runs "
     f"BEGIN INSERT INTO {_TABLE} VALUES ({_NEW}, 1); END",
     "CREATE TEMP TRIGGER IF NOT EXISTS run_deltas_delete AFTER DELETE ON main.agent_runs "
@@ -37,7 +38,8 @@ _STATEMENTS = (
     "AFTER UPDATE OF agent_name, status, created_at, job_type ON main.agent_runs "
     "WHEN OLD.agent_name IS NOT NEW.agent_name OR OLD.status IS NOT NEW.status "
     "OR OLD.created_at IS NOT NEW.created_at OR OLD.job_type IS NOT NEW.job_type "
-    f"BEGIN INSERT INTO {_TABLE} VALUES ({_OLD}, -1), ({_NEW}, 1); END",
+    # Two statements, not one two-row VALUES (a co-routine): fewer instructions per PATCH.
+    f"BEGIN INSERT INTO {_TABLE} VALUES ({_OLD}, -1); INSERT INTO {_TABLE} VALUES ({_NEW}, 1); END",
 )
 
 
@@ -56,8 +58,8 @@ class RunDeltas:
     def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
         """Inside the group transaction: take the group's net changes; apply once committed."""
         rows = conn.execute(
-            f"SELECT agent_name, status, minute, job_type, SUM(n) FROM {_DELTAS} "
-            "GROUP BY agent_name, status, minute, job_type HAVING SUM(n) != 0"
+            f"SELECT agent_name, status, substr(created_at, 1, 16) AS minute, job_type, SUM(n)"
+            f" FROM {_DELTAS} GROUP BY agent_name, status, minute, job_type HAVING SUM(n) != 0"
         ).fetchall()
         conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
         if not rows:
