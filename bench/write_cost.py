@@ -82,7 +82,13 @@ def _worker(args: argparse.Namespace) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     # The writer's own TEMP triggers and the reads of their deltas before each COMMIT:
     # a trigger on the table (these too) makes every write keep a statement journal.
-    hooks = (RunCounters(), DistinctValues())
+    hooks: tuple[Any, ...]
+    try:  # one TEMP trigger per change for both (from the tree that merged them)
+        from server.storage.run_deltas import RunDeltas
+
+        hooks = (RunDeltas(RunCounters(), DistinctValues()),)
+    except ImportError:  # an older tree: one set of triggers each
+        hooks = (RunCounters(), DistinctValues())
     for hook in hooks:
         hook.install(conn)
     results: dict[str, list[float]] = {kind: [] for kind in KINDS}

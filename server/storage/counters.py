@@ -1,12 +1,11 @@
 """Run counts kept in memory by the writer, so /metrics never scans the table.
 
 Counted once at start-up (one pass over an index: the only full scan), then kept
-exact by the writer: TEMP triggers on the writer's connection record every
-inserted, re-labelled or deleted row into a TEMP table inside the group's
-transaction. A savepoint rolled back takes its delta rows with it, and so does
-a failed group; the writer reads the deltas just before COMMIT and applies them
-only once COMMIT has succeeded. Whatever code path writes (create, batch,
-upsert, patch, a future delete), the counts follow, with no bookkeeping in it.
+exact by the writer: ``run_deltas``' TEMP triggers record every inserted,
+re-labelled or deleted row inside the group's transaction (a rolled-back savepoint
+or group takes its rows with it) and hand the group's net changes to ``apply``
+once COMMIT has succeeded. Whatever code path writes, the counts follow, with no
+bookkeeping in it.
 
 ``recent_24h`` counts by whole minute: a run counts while its ``created_at``
 minute is one of the last 1,440 minutes, the current minute included (future
@@ -30,29 +29,6 @@ from server.contract.timestamps import format_instant
 
 WINDOW_MINUTES = 24 * 60
 _MINUTE_CHARS = 16  # "2026-01-12T10:30" of the canonical created_at
-_TABLE = "run_count_deltas"
-_DELTAS = f"temp.{_TABLE}"
-
-_TRIGGERS = (
-    "PRAGMA temp_store = MEMORY",
-    f"CREATE TEMP TABLE IF NOT EXISTS {_TABLE} "
-    "(agent_name TEXT, status TEXT, minute TEXT, n INTEGER NOT NULL)",
-    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_insert AFTER INSERT ON main.agent_runs BEGIN "
-    f"INSERT INTO {_TABLE} VALUES "
-    "(NEW.agent_name, NEW.status, substr(NEW.created_at, 1, 16), 1); END",
-    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_delete AFTER DELETE ON main.agent_runs BEGIN "
-    f"INSERT INTO {_TABLE} VALUES "
-    "(OLD.agent_name, OLD.status, substr(OLD.created_at, 1, 16), -1); END",
-    "CREATE TEMP TRIGGER IF NOT EXISTS run_counts_update "
-    "AFTER UPDATE OF agent_name, status, created_at ON main.agent_runs "
-    "WHEN OLD.agent_name IS NOT NEW.agent_name OR OLD.status IS NOT NEW.status "
-    "OR OLD.created_at IS NOT NEW.created_at BEGIN "
-    f"INSERT INTO {_TABLE} VALUES "
-    "(OLD.agent_name, OLD.status, substr(OLD.created_at, 1, 16), -1); "
-    f"INSERT INTO {_TABLE} VALUES "
-    "(NEW.agent_name, NEW.status, substr(NEW.created_at, 1, 16), 1); END",
-)
-
 #: (agent_name, status, created_at minute, change in count)
 Delta = tuple[str, str, str, int]
 
@@ -90,11 +66,6 @@ class RunCounters:
 
     # ---- writer side ----------------------------------------------------------------
 
-    def install(self, conn: sqlite3.Connection) -> None:
-        """Create the TEMP delta table and triggers on the writer's connection."""
-        for statement in _TRIGGERS:
-            conn.execute(statement)
-
     def load(self, conn: sqlite3.Connection) -> None:
         """Count what is stored (start-up: one pass over the agent index, one range scan)."""
         rows = conn.execute(
@@ -112,17 +83,6 @@ class RunCounters:
             self._agents_view = None
             for minute, n in recent:
                 self._add_minute(str(minute), int(n))
-
-    def before_commit(self, conn: sqlite3.Connection) -> Callable[[], None]:
-        """Inside the group transaction: take the group's deltas; apply them once committed."""
-        deltas: list[Delta] = conn.execute(
-            f"SELECT agent_name, status, minute, SUM(n) FROM {_DELTAS} "
-            "GROUP BY agent_name, status, minute HAVING SUM(n) != 0"
-        ).fetchall()
-        conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
-        if not deltas:
-            return _nothing
-        return lambda: self.apply(deltas)
 
     def apply(self, deltas: Iterable[Delta]) -> None:
         with self._lock:
@@ -186,7 +146,3 @@ def _bump(counts: dict[str, int], key: str, n: int, *, keep_zero: bool = False) 
         counts[key] = value
     else:
         counts.pop(key, None)
-
-
-def _nothing() -> None:
-    return None

@@ -29,6 +29,7 @@ from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
 from server.storage.reaped_count import ReapedCount
 from server.storage.retention import prefer_incremental_vacuum
+from server.storage.run_deltas import RunDeltas
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.sidecars import Presence, record
 from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
@@ -130,9 +131,9 @@ class Database:
             # analyses on its own from SQLite 3.46, so ask for it explicitly.
             conn.execute("PRAGMA analysis_limit = 1000")
             conn.execute("ANALYZE")
-            counters.install(conn)
+            deltas = RunDeltas(counters, distinct)
+            deltas.install(conn)  # one TEMP trigger per kind of change feeds both
             counters.load(conn)  # the one full count, at start-up; the writer keeps it after
-            distinct.install(conn)
             distinct.load(conn, known={"agent_name": counters.snapshot().agents})
             size.bytes = size.measure(conn)
             reaped.install(conn)
@@ -147,7 +148,7 @@ class Database:
             Writer(
                 conn,
                 on_group=on_write_group,
-                hooks=(counters, distinct, size, reaped),
+                hooks=(deltas, size, reaped),
                 checkpointer=checkpointer,
             ),
             Reader(

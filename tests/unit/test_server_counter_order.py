@@ -7,6 +7,8 @@ import random
 import sqlite3
 
 from server.storage.counters import RunCounters
+from server.storage.metadata import DistinctValues
+from server.storage.run_deltas import RunDeltas
 from server.storage.schema import migrate
 
 MINUTE = "2026-01-01T00:00"
@@ -75,16 +77,17 @@ def test_changes_netting_to_zero_do_not_pile_up() -> None:
     try:
         migrate(conn)
         counters = RunCounters()
-        counters.install(conn)
+        deltas = RunDeltas(counters, DistinctValues())
+        deltas.install(conn)
         conn.execute("BEGIN")
         conn.execute(
             "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, start_time,"
             " created_at) VALUES ('e', 'r', 'a', 'j', 't', '2026-01-01T00:00:00Z')"
         )
         conn.execute("DELETE FROM agent_runs")
-        counters.before_commit(conn)()
+        deltas.before_commit(conn)()
         conn.execute("COMMIT")
-        left = conn.execute("SELECT COUNT(*) FROM temp.run_count_deltas").fetchone()[0]
+        left = conn.execute("SELECT COUNT(*) FROM temp.run_deltas").fetchone()[0]
     finally:
         conn.close()
     assert left == 0

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from server.storage.counters import RunCounters
 from server.storage.metadata import DistinctValues
+from server.storage.run_deltas import RunDeltas
 from server.storage.schema import migrate
 
 
@@ -27,9 +29,16 @@ def insert(conn: sqlite3.Connection, event_id: str, agent: str, job: str) -> Non
     )
 
 
-def commit(conn: sqlite3.Connection, values: DistinctValues) -> None:
+def install(conn: sqlite3.Connection, values: DistinctValues) -> RunDeltas:
+    """The writer's TEMP triggers, feeding ``values`` (and run counters nobody reads here)."""
+    deltas = RunDeltas(RunCounters(), values)
+    deltas.install(conn)
+    return deltas
+
+
+def commit(conn: sqlite3.Connection, deltas: RunDeltas) -> None:
     """What the writer does: take the group's changes before COMMIT, apply them after."""
-    apply = values.before_commit(conn)
+    apply = deltas.before_commit(conn)
     conn.execute("COMMIT")
     apply()
 
@@ -56,30 +65,30 @@ def test_load_sorts_as_sqlite_orders(conn: sqlite3.Connection) -> None:
 def test_changes_follow_inserts_renames_deletes(conn: sqlite3.Connection) -> None:
     """A value is listed while a run carries it: added on insert, gone with its last run."""
     values = DistinctValues()
-    values.install(conn)
+    deltas = install(conn, values)
     values.load(conn)
     conn.execute("BEGIN")
     insert(conn, "e1", "a", "j")
     insert(conn, "e2", "a", "j")
     snapshot_before_commit = values.snapshot()
-    commit(conn, values)
+    commit(conn, deltas)
     assert snapshot_before_commit.agent_names == ()  # nothing visible before COMMIT
     assert values.snapshot().agent_names == ("a",)
     conn.execute("BEGIN")
     conn.execute("UPDATE agent_runs SET agent_name = 'b', job_type = 'k' WHERE event_id = 'e1'")
-    commit(conn, values)
+    commit(conn, deltas)
     assert (values.snapshot().agent_names, values.snapshot().job_types) == (("a", "b"), ("j", "k"))
     conn.execute("BEGIN")
     conn.execute("UPDATE agent_runs SET agent_name = 'b' WHERE event_id = 'e2'")
     conn.execute("DELETE FROM agent_runs WHERE event_id = 'e1'")
-    commit(conn, values)
+    commit(conn, deltas)
     assert (values.snapshot().agent_names, values.snapshot().job_types) == (("b",), ("j",))
 
 
 def test_rolled_back_savepoint_and_group_leave_no_trace(conn: sqlite3.Connection) -> None:
     """Writes undone by ROLLBACK TO, or a whole ROLLBACK, never reach the values."""
     values = DistinctValues()
-    values.install(conn)
+    deltas = install(conn, values)
     conn.execute("BEGIN")
     insert(conn, "e1", "kept", "j")
     conn.execute("SAVEPOINT op")
@@ -87,26 +96,26 @@ def test_rolled_back_savepoint_and_group_leave_no_trace(conn: sqlite3.Connection
     conn.execute("UPDATE agent_runs SET agent_name = 'ghost2'")
     conn.execute("ROLLBACK TO op")
     conn.execute("RELEASE op")
-    commit(conn, values)
+    commit(conn, deltas)
     conn.execute("BEGIN")
     insert(conn, "e3", "ghost3", "j3")
-    values.before_commit(conn)
+    deltas.before_commit(conn)
     conn.execute("ROLLBACK")
     assert (values.snapshot().agent_names, values.snapshot().job_types) == (("kept",), ("j",))
-    assert conn.execute("SELECT COUNT(*) FROM temp.distinct_value_deltas").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM temp.run_deltas").fetchone()[0] == 0
 
 
 def test_snapshot_is_reused_until_the_set_changes(conn: sqlite3.Connection) -> None:
     """Writes that add no value keep the same snapshot object (no copy per read)."""
     values = DistinctValues()
-    values.install(conn)
+    deltas = install(conn, values)
     conn.execute("BEGIN")
     insert(conn, "e1", "a", "j")
-    commit(conn, values)
+    commit(conn, deltas)
     first = values.snapshot()
     conn.execute("BEGIN")
     insert(conn, "e2", "a", "j")
-    commit(conn, values)
+    commit(conn, deltas)
     assert values.snapshot() is first
 
 
