@@ -109,6 +109,13 @@ def _number(value: object) -> float:
     return value if isinstance(value, int | float) else 0
 
 
+def _total(value: float) -> float:
+    """An item total as JSON can carry it: an integer while it fits 64 bits (SQLite's own
+    totals turn to REAL past that), else the float (each run may count up to 2**63-1)."""
+    whole = int(value)
+    return whole if -(2**63) <= whole < 2**63 else float(value)
+
+
 def representative(floor: int) -> int:
     """The value a bucket reports: its geometric middle (exact for 1-ms buckets)."""
     index = bisect.bisect_left(_FLOORS, floor)
@@ -220,9 +227,9 @@ class _Parts:
                         "max": group.duration_max,
                     },
                     "items": {
-                        "discovered": int(group.discovered),
-                        "succeeded": int(group.succeeded),
-                        "failed": int(group.failed),
+                        "discovered": _total(group.discovered),
+                        "succeeded": _total(group.succeeded),
+                        "failed": _total(group.failed),
                     },
                     "first_start": group.first_start,
                     "last_start": group.last_start,
