@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from server.contract import codec
+from server.edge.files import listed_files
 
 ASSETS_PATH = "/docs/assets"
 _PACKAGE = "openapi_ui_bundles"
@@ -105,12 +106,7 @@ def docs_routes(spec: dict[str, Any]) -> list[web.RouteDef]:
     async def redoc_page(request: web.Request) -> web.Response:
         return web.Response(text=redoc, content_type="text/html", headers=_PAGE_HEADERS)
 
-    async def asset(request: web.Request) -> web.FileResponse:
-        found = assets.get(request.match_info["name"])
-        if found is None:
-            raise web.HTTPNotFound()
-        path, content_type = found
-        return web.FileResponse(path, headers={**_ASSET_HEADERS, "Content-Type": content_type})
+    asset = listed_files(assets, _ASSET_HEADERS)
 
     return [
         web.get("/openapi.json", openapi_json),

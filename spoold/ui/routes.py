@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from server.contract.errors import BadRequest, ServiceUnavailable, retry_after
+from server.edge.files import listed_files
 from spoold.http.health import REFUSAL_WINDOW_S
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
@@ -169,14 +170,7 @@ def _redirect(location: str) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     """The page's routes; reads the static files' locations once (at app creation)."""
-    files = static_files()
-
-    async def static(request: web.Request) -> web.FileResponse:
-        found = files.get(request.match_info["name"])
-        if found is None:
-            raise web.HTTPNotFound()
-        path, content_type = found
-        return web.FileResponse(path, headers={**_STATIC_HEADERS, "Content-Type": content_type})
+    static = listed_files(static_files(), _STATIC_HEADERS)
 
     return [
         web.route("*", "/", root),
