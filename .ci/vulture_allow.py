@@ -50,7 +50,7 @@ _.success_rate
 _.metadata_ttl_s
 
 # -- the standard library and persist-queue call these ---------------------------------------
-_.disabled  # server/logs.py: logging.Logger.disabled, set to silence aiohttp's access log
+_.disabled  # server/runtime/logs.py: logging.Logger.disabled, set to silence aiohttp's access log
 _.tran_lock  # spoold/spool/queue.py: persist-queue's transaction lock, replaced by ours
 _.sort_keys  # spoold/spool/codec.py: persist-queue calls serializer.dumps(value, sort_keys=...)
 _._new_db_connection  # spoold/spool/store.py: persist-queue's connection factory, replaced by ours
@@ -60,7 +60,7 @@ _.exc_type  # spoold/spool/writegate.py: __exit__(exc_type, exc, traceback)
 _.traceback
 
 # -- documentation kept beside the code -------------------------------------------------------
-_.help  # server/settings.py: Setting.help, the one-line meaning of each setting
+_.help  # server/runtime/settings.py: Setting.help, the one-line meaning of each setting
 
 # -- read by tests and benches only: observability and test seams ----------------------------
 _.ECHOED  # server/contract/models.py: RunUpdate's echoed fields (tests/unit/test_contract_compat.py)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import _STATUSES, iso, open_db, prefill_fleet, run_payload
 
 from server.contract.models import RunCreate
-from server.logs import configure_logging
+from server.runtime.logs import configure_logging
 from server.storage.checkpoint import Checkpointer
 from server.storage.database import StorageSettings
 from server.storage.runs import _INSERT_SQL, insert_params

@@ -10,14 +10,15 @@ from pathlib import Path
 import orjson
 import structlog
 
-from server import __version__, daemon, maintenance_cli
+from server import __version__, maintenance_cli
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
-from server.exposure import Exposure
-from server.logs import configure_logging
+from server.runtime import daemon
+from server.runtime.exposure import Exposure
+from server.runtime.logs import configure_logging
+from server.runtime.tls import TLSSetupError, listener_context
 from server.sqlite.version import SqliteTooOld, check_sqlite_version
 from server.storage.backup import BackupError, backup
-from server.tls import TLSSetupError, listener_context
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

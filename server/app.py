@@ -12,7 +12,6 @@ from aiohttp.typedefs import Middleware
 
 from server import __version__
 from server.config import ServerConfig
-from server.daemon import STOP_DEADLINE
 from server.edge.admission import ADMISSION, Admission, admission_middleware
 from server.edge.boundary import REQUEST_OBSERVER, error_boundary
 from server.edge.docs import docs_routes
@@ -24,6 +23,7 @@ from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
 from server.reaper import reaper_ctx
+from server.runtime.daemon import STOP_DEADLINE
 from server.storage.database import Database, StorageSettings
 from server.ui.app import setup_ui, ui_middleware
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
-from server.settings import ConfigError, Setting, load, require_pair, unset_if_empty
+from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
 
 __all__ = ["SETTINGS", "ConfigError", "ServerConfig", "Setting"]

@@ -23,11 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from server import daemon
-from server.exposure import Exposure, warn_if_upstream_in_clear
-from server.logs import configure_logging
+from server.runtime import daemon
+from server.runtime.exposure import Exposure, warn_if_upstream_in_clear
+from server.runtime.logs import configure_logging
+from server.runtime.tls import TLSSetupError, listener_context, upstream_context
 from server.sqlite.version import SqliteTooOld, check_sqlite_version
-from server.tls import TLSSetupError, listener_context, upstream_context
 from spoold import __version__, cli
 from spoold.app import create_app
 from spoold.config import ConfigError, SpooldConfig

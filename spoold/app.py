@@ -5,7 +5,7 @@ runs index, each damaged file set aside by ``storage.open_storage``, then
 repaired and counted by ``recovery.reconcile``) -> the accept thread -> the
 upstream HTTP session -> the drainer.
 Shutdown has one deadline, ``SPOOLD_SHUTDOWN_DEADLINE_S`` from SIGTERM
-(``server.daemon.StopDeadline``), for all of it: in-flight requests are
+(``server.runtime.daemon.StopDeadline``), for all of it: in-flight requests are
 answered and the drainer drains until then, concurrently; the cleanups run in
 reverse and take only what is left of it (the drainer is cancelled at the
 deadline, the accept thread gets at least ``ACCEPT_CLOSE_FLOOR_S`` to answer
@@ -27,13 +27,13 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from server.daemon import STOP_DEADLINE, StopDeadline
 from server.edge.admission import ADMISSION, Admission, admission_middleware
 from server.edge.boundary import REQUEST_OBSERVER, error_boundary
 from server.edge.docs import docs_routes
 from server.edge.openapi import build_document
 from server.edge.requests import MAX_JSON_DEPTH
-from server.tls import upstream_context
+from server.runtime.daemon import STOP_DEADLINE, StopDeadline
+from server.runtime.tls import upstream_context
 from spoold import __version__, ui
 from spoold.accept.acceptor import Acceptor
 from spoold.config import SpooldConfig

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.settings import ConfigError, Setting, load, require_pair, unset_if_empty
+from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
 

@@ -2,7 +2,7 @@
 and raw HTTP/1.1 connections that hold a request open mid-body.
 
 The app runs on an ``AppRunner`` on 127.0.0.1 with handler cancellation off, as
-``server.daemon`` runs it (aiohttp's test server turns cancellation on, which
+``server.runtime.daemon`` runs it (aiohttp's test server turns cancellation on, which
 would hide what a real daemon does when a client goes away mid-body).
 """
 

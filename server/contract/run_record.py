@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.urls import build_commit_url, build_repo_url
+from server.contract.urls import build_commit_url, build_repo_url
 
 RUN_TEXT_COLUMNS: tuple[str, ...] = (
     "run_id",

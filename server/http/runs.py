@@ -20,13 +20,13 @@ from server.contract.models import (
 from server.contract.run_record import with_urls
 from server.contract.timestamps import TimestampError, normalize_timestamp
 from server.contract.updates import patch_changes, without_unchanged_run_id
+from server.contract.urls import build_commit_url, build_repo_url
 from server.contract.validation import parse_model
 from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
 from server.edge.responses import json_response
 from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
 from server.storage.sidecars import SIDECAR_ID, Presence
-from server.urls import build_commit_url, build_repo_url
 
 DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)

@@ -16,7 +16,7 @@ import functools
 
 from server.contract.export import CSV_COLUMNS
 from server.contract.run_record import RUN_COLUMNS, RUN_COUNTER_COLUMNS, RUN_STALENESS_COLUMNS
-from server.urls import build_commit_url, build_repo_url
+from server.contract.urls import build_commit_url, build_repo_url
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CRLF = "\r\n"

@@ -13,6 +13,7 @@ import structlog
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
+from server.runtime.systemd import extending_start_timeout
 from server.sqlite.version import check_sqlite_version
 from server.storage import runs
 from server.storage.checkpoint import (
@@ -34,7 +35,6 @@ from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, m
 from server.storage.sidecars import Presence, record
 from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
 from server.storage.writer import GroupObserver, Writer
-from server.systemd import extending_start_timeout
 
 log = structlog.get_logger("server.database")
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from server.contract.codec import dumps
-from server.urls import build_commit_url, build_repo_url
+from server.contract.urls import build_commit_url, build_repo_url
 
 #: The select list of a rendered page; list queries add ``id`` after it.
 JSON_COLUMNS = "run_json, git_repo, git_commit_hash, run_json IS NOT NULL, created_at"

@@ -10,10 +10,10 @@ from aiohttp import web
 
 from server.contract.errors import ServiceUnavailable, UpstreamTimeout, retry_after
 from server.contract.run_record import unstored_run, with_urls
+from server.contract.urls import build_commit_url, build_repo_url
 from server.edge.prometheus import exposition, wants_prometheus
 from server.edge.requests import event_id_of
 from server.edge.responses import json_response
-from server.urls import build_commit_url, build_repo_url
 from spoold.http.prometheus import SIDECAR_METRICS
 from spoold.http.state import SIDECAR, Sidecar
 from spoold.state.runs_index import KnownRun

@@ -37,7 +37,7 @@ from procs import (
 )
 
 from server.config import ServerConfig
-from server.daemon import HARD_STOP_EXIT_CODE, HARD_STOP_GRACE_S
+from server.runtime.daemon import HARD_STOP_EXIT_CODE, HARD_STOP_GRACE_S
 from spoold.config import SpooldConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(240)]
@@ -208,7 +208,7 @@ def test_a_stop_that_overruns_its_deadline_is_ended_by_the_hard_stop(tmp_path: P
     once with exit code 70 and says so in its log, instead of waiting for systemd's SIGKILL."""
     script = (
         "import threading, time\n"
-        "from server.daemon import arm_hard_stop\n"
+        "from server.runtime.daemon import arm_hard_stop\n"
         "arm_hard_stop(0.3, 'test')\n"
         "threading.Event().wait(30)  # a stop that never finishes\n"
     )

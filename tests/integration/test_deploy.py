@@ -75,7 +75,7 @@ def test_stop_timeout_covers_the_whole_stop(unit: str) -> None:
     """TimeoutStopSec leaves 2 s beyond the daemon's default stop deadline plus the hard-stop
     grace, so systemd never has to SIGKILL a stopping daemon."""
     from server.config import ServerConfig
-    from server.daemon import HARD_STOP_GRACE_S
+    from server.runtime.daemon import HARD_STOP_GRACE_S
     from spoold.config import SpooldConfig
 
     text = (ROOT / "systemd" / unit).read_text()

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
 from server.contract.models import CommitAssociation, RunCreate, RunUpdate, UpsertItem
-from server.urls import build_commit_url
+from server.contract.urls import build_commit_url
 
 BASE: dict[str, Any] = {
     "event_id": "e-1",

@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, os, signal, sys
     from aiohttp import web
-    from server import daemon
+    from server.runtime import daemon
 
     seen = {}
 

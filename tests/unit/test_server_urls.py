@@ -1,4 +1,4 @@
-"""server.urls: one repo_url for every spelling of a repository, commit URLs per host."""
+"""server.contract.urls: one repo_url for every spelling of a repository, commit URLs per host."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from server.urls import build_commit_url, build_repo_url, parse_repo
+from server.contract.urls import build_commit_url, build_repo_url, parse_repo
 
 PUBLIC_HOSTS = {
     "github.com": "/commit/",

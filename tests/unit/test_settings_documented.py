@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from server.config import SETTINGS as SERVER_SETTINGS
 from server.config import ServerConfig
-from server.settings import Setting
+from server.runtime.settings import Setting
 from spoold.config import SETTINGS as SPOOLD_SETTINGS
 from spoold.config import SpooldConfig
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.systemd import extending_start_timeout, notify, watchdog_interval_s
+from server.runtime.systemd import extending_start_timeout, notify, watchdog_interval_s
 
 
 @pytest.fixture

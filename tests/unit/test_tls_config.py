@@ -17,8 +17,13 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from server.config import ConfigError, ServerConfig
-from server.exposure import Exposure, beyond_loopback, warn_if_exposed, warn_if_upstream_in_clear
-from server.tls import TLSSetupError, listener_context, upstream_context
+from server.runtime.exposure import (
+    Exposure,
+    beyond_loopback,
+    warn_if_exposed,
+    warn_if_upstream_in_clear,
+)
+from server.runtime.tls import TLSSetupError, listener_context, upstream_context
 from spoold.config import SpooldConfig
 from spoold.upstream.client import UpstreamClient
 from spoold.upstream.status import UpstreamStatus

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from server.settings import ConfigError
+from server.runtime.settings import ConfigError
 
 #: Oldest protocol either side of a connection may negotiate.
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from server.exposure import Exposure, warn_if_exposed
-from server.systemd import notify, watchdog, watchdog_interval_s
+from server.runtime.exposure import Exposure, warn_if_exposed
+from server.runtime.systemd import notify, watchdog, watchdog_interval_s
 
 log = structlog.get_logger("daemon")
 
