@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host", help="listen address (SPOOLD_HOST, default 127.0.0.1)")
         sub.add_argument("--port", type=int, help="listen port (SPOOLD_PORT, default 8765)")
         sub.add_argument(
-            "--upstream", help="server URL, or replicas' URLs separated by commas, most preferred first "
-            "(SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)"
+            "--upstream",
+            help="server URL, or replicas' URLs separated by commas, most preferred first "
+            "(SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)",
         )
         sub.add_argument(
             "--spool-dir",

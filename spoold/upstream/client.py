@@ -122,9 +122,7 @@ class UpstreamClient:
                     )
                 self.selection.succeeded(index)
                 return answer
-            self.selection.failed(
-                index, problem_of(answer), answer.cause, answer.retry_after_s
-            )
+            self.selection.failed(index, problem_of(answer), answer.cause, answer.retry_after_s)
             failures.append(self._named(index, answer))
         waits = [answer.retry_after_s for answer in failures]
         soonest = None if None in waits else min(w for w in waits if w is not None)
