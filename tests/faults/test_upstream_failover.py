@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 import pytest
+from aiohttp import web
 from daemons import Daemon, free_port
 from procs import (
     AGENT,
