@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from server.edge.prometheus import LATENCY_BUCKETS, SIZE_BUCKETS, HttpMetrics
 from spoold.http.state import Sidecar
+from spoold.upstream.status import UpstreamStatus
 
 #: Write-route answers that mean "not accepted", by reason.
 REJECTION_REASONS = {
@@ -127,7 +128,7 @@ class _SidecarCollector(Collector):
 UPSTREAM_LABELS = ["upstream", "url"]
 
 
-def _per_upstream(upstream: Any) -> Iterator[GaugeMetricFamily]:
+def _per_upstream(upstream: UpstreamStatus) -> Iterator[GaugeMetricFamily]:
     """One series per upstream of the list: up, current, failures in a row, last success."""
     selection = upstream.selection
     if selection is None:
