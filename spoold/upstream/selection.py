@@ -41,10 +41,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from server.contract.timestamps import utc_now
+from server.contract.timestamps import format_instant, utc_now
 from spoold.upstream.retry import Backoff
 
 State = Literal["unknown", "up", "down"]
@@ -66,6 +67,10 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def _instant(unix: float | None) -> str | None:
+    return None if unix is None else format_instant(datetime.fromtimestamp(unix, UTC))
+
+
 @dataclass
 class Member:
     """One upstream of the list, as the policy knows it."""
@@ -81,7 +86,6 @@ class Member:
     #: ``unexpected_answer``, ``http_5xx``...), None once it answered again.
     problem: str | None = None
     error: str | None = None
-    last_success: str | None = None
     last_success_unix: float | None = None
     last_failure: str | None = None
     probing: bool = False
@@ -93,7 +97,7 @@ class Member:
             "state": self.state,
             "current": current,
             "problem": self.problem,
-            "last_success": self.last_success,
+            "last_success": _instant(self.last_success_unix),
             "last_failure": self.last_failure,
             "error": self.error,
             "consecutive_failures": self.failures,
@@ -143,8 +147,7 @@ class Selection:
         member.failures = 0
         member.retry_at = 0.0
         member.problem = member.error = None
-        member.last_success = utc_now()
-        member.last_success_unix = time.time()
+        member.last_success_unix = time.time()  # formatted when shown: this is per batch
 
     def failed(self, index: int, problem: str, error: str, retry_after_s: float | None) -> None:
         """No server's answer (a batch or a probe): down, its back-off one step longer."""
