@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host", help="listen address (SPOOLD_HOST, default 127.0.0.1)")
         sub.add_argument("--port", type=int, help="listen port (SPOOLD_PORT, default 8765)")
         sub.add_argument(
-            "--upstream", help="server URL (SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)"
+            "--upstream",
+            help="server URL, or replicas' URLs separated by commas, most preferred first "
+            "(SPOOLD_UPSTREAM_URL, default http://127.0.0.1:8766)",
         )
         sub.add_argument(
             "--spool-dir",
@@ -146,7 +148,8 @@ def serve(config: SpooldConfig) -> int:
         print(f"spoold: {exc}", file=sys.stderr)
         return 1
     configure_logging(config.log_level)
-    warn_if_upstream_in_clear(config.upstream_url)
+    for url in config.upstream_urls:
+        warn_if_upstream_in_clear(url)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     fix_mmap_threshold()  # large bodies' buffers go back to the system once freed
     daemon.run(
@@ -174,7 +177,7 @@ def dev(config: SpooldConfig) -> int:
         deadline = time.monotonic() + DEV_SERVER_READY_S
         while time.monotonic() < deadline and server.poll() is None:
             try:
-                with urllib.request.urlopen(f"{config.upstream_url}/health", timeout=0.5):  # noqa: S310
+                with urllib.request.urlopen(f"{config.upstream_urls[0]}/health", timeout=0.5):  # noqa: S310
                     break
             except OSError:
                 time.sleep(0.1)

@@ -181,7 +181,6 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     storage = app[_STORAGE]
     spool = storage.spool
-    status = UpstreamStatus(url=config.upstream_url)
     sidecar_id = await asyncio.to_thread(load_sidecar_id, Path(config.spool_dir))
     presence = Presence(
         sidecar_id.value,
@@ -189,14 +188,17 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         persisted=sidecar_id.persisted,
         accepting=app[_ACCEPTOR].oldest_pending,
     )
+    backoff = Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s)
     client = UpstreamClient(
         app[_SESSION],
-        config.upstream_url,
+        config.upstream_urls,
         token=config.upstream_token,
         batch_timeout_s=config.upstream_timeout_s,
         lookup_timeout_s=config.lookup_timeout_s,
         presence=presence.headers,
+        backoff=backoff,
     )
+    status = UpstreamStatus(url=config.upstream_url, selection=client.selection)
     drainer = Drainer(
         spool,
         storage.dead_letters,
@@ -207,7 +209,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_size=config.batch_size,
         batch_max_bytes=config.upstream_max_body_bytes,
         round_max_bytes=config.drain_round_bytes,
-        backoff=Backoff(base_s=config.backoff_base_s, cap_s=config.backoff_cap_s),
+        backoff=backoff,
         on_forward=app[SIDECAR_METRICS].observe_forward,
         presence=presence,
     )
@@ -239,7 +241,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info(
         "spoold_started",
         spool_dir=str(config.spool_dir),
-        upstream=config.upstream_url,
+        upstream=",".join(member.url for member in client.selection.members),
         queued=spool.stats().depth_ops,
     )
     yield
@@ -247,6 +249,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.wait({pruner}, timeout=PRUNE_STOP_WAIT_S)
     await asyncio.to_thread(prune_index.close)
     await _stop_drainer(drainer, task, _stop_deadline(app))
+    await client.close()
     stats = spool.stats()
     log.info(
         "spoold_stopped",

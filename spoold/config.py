@@ -24,7 +24,13 @@ SETTINGS: tuple[Setting, ...] = (
         "port",
         "TCP port to listen on; agents use TELEMETRY_API_URL=http://localhost:8765.",
     ),
-    Setting("SPOOLD_UPSTREAM_URL", "upstream_url", "Base URL of the central telemetry-server."),
+    Setting(
+        "SPOOLD_UPSTREAM_URL",
+        "upstream_url",
+        "Base URL of the central telemetry-server, or a comma-separated list of replicas of it "
+        "(sharing one database), most preferred first: the drainer fails over to the next "
+        "when one is down and comes back to the first when it is healthy again.",
+    ),
     Setting(
         "SPOOLD_UPSTREAM_TOKEN", "upstream_token", "Bearer token sent upstream (never logged)."
     ),
@@ -175,6 +181,48 @@ SPOOL_BUSY_TIMEOUT_MS = 10_000
 INDEX_BUSY_TIMEOUT_MS = 5_000
 
 
+def split_upstream_urls(value: str) -> tuple[str, ...]:
+    """``SPOOLD_UPSTREAM_URL`` as its list of base URLs, in preference order.
+
+    Each is an http(s) URL with a host (trailing ``/`` dropped); an empty element (``a,,b``,
+    a trailing comma) and the same upstream twice (compared without a trailing ``/`` and
+    case-insensitively in scheme and host) are refused: either is a typo that would
+    otherwise skew the failover order. Messages name an element by its position and host,
+    never by its credentials."""
+    urls: list[str] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    items = value.split(",")
+    for position, item in enumerate(items, start=1):
+        url = item.strip().rstrip("/")
+        where = f"item {position} of {len(items)} " if len(items) > 1 else ""
+        if not url:
+            raise ValueError(f"{where}is empty" + (" (a stray comma?)" if where else ""))
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{where}must be an http:// or https:// URL")
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ValueError(f"{where}is not a valid URL (bad host or port)") from exc
+        if not parts.hostname:
+            raise ValueError(f"{where}has no host")
+        key = (parts.scheme.lower(), f"{parts.hostname.lower()}:{port}", parts.path)
+        if key in seen:
+            raise ValueError(
+                f"{where}repeats item {seen[key]} ({parts.hostname}): list each upstream once"
+            )
+        seen[key] = position
+        urls.append(url)
+    return tuple(urls)
+
+
+def _which(some: list[str], every: tuple[str, ...]) -> str:
+    """Which items of a list a message is about (nothing for a single URL)."""
+    if len(every) == 1:
+        return ""
+    return " (item " + ", ".join(str(every.index(url) + 1) for url in some) + ")"
+
+
 class SpooldConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -210,10 +258,8 @@ class SpooldConfig(BaseModel):
 
     @field_validator("upstream_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+    def _http_urls(cls, value: str) -> str:
+        return ",".join(split_upstream_urls(value))
 
     _empty_is_unset = field_validator(
         "upstream_ca_file", "tls_cert_file", "tls_key_file", mode="before"
@@ -224,20 +270,24 @@ class SpooldConfig(BaseModel):
         require_pair(
             self.tls_cert_file, self.tls_key_file, "SPOOLD_TLS_CERT_FILE", "SPOOLD_TLS_KEY_FILE"
         )
-        if self.upstream_ca_file is not None and not self.upstream_url.startswith("https://"):
+        plain = [url for url in self.upstream_urls if not url.startswith("https://")]
+        if self.upstream_ca_file is not None and plain:
             raise ValueError(
-                "SPOOLD_UPSTREAM_CA_FILE is set but SPOOLD_UPSTREAM_URL is not https://: "
-                "the CA would never be used and batches would travel in clear text"
+                "SPOOLD_UPSTREAM_CA_FILE is set but SPOOLD_UPSTREAM_URL is not https://"
+                f"{_which(plain, self.upstream_urls)}: the CA would never be used and batches "
+                "would travel in clear text"
             )
         return self
 
     @model_validator(mode="after")
     def _one_credential_upstream(self) -> SpooldConfig:
         # aiohttp refuses every request that has both: nothing would ever be delivered.
-        if self.upstream_token is not None and "@" in urlsplit(self.upstream_url).netloc:
+        with_credentials = [url for url in self.upstream_urls if "@" in urlsplit(url).netloc]
+        if self.upstream_token is not None and with_credentials:
             raise ValueError(
-                "SPOOLD_UPSTREAM_URL carries credentials (user:password@) and "
-                "SPOOLD_UPSTREAM_TOKEN is set: no request can send both; remove them from the URL"
+                "SPOOLD_UPSTREAM_URL carries credentials (user:password@)"
+                f"{_which(with_credentials, self.upstream_urls)} and SPOOLD_UPSTREAM_TOKEN is "
+                "set: no request can send both; remove them from the URL"
             )
         return self
 
@@ -249,6 +299,11 @@ class SpooldConfig(BaseModel):
                 " (a largest body must fit)"
             )
         return self
+
+    @property
+    def upstream_urls(self) -> tuple[str, ...]:
+        """The upstreams, most preferred first (one for a single URL)."""
+        return tuple(self.upstream_url.split(","))
 
     @property
     def drain_round_bytes(self) -> int:

@@ -67,6 +67,7 @@ def assess(
         reasons.append("upstream unreachable; writes are queued")
     elif upstream.consecutive_failures:
         reasons.append("upstream failing; retrying")
+    reasons.extend(standby_reasons(sidecar))
     if stats.depth_ops and (stats.oldest_age_s or 0) > STALE_UPSTREAM_S:
         reasons.append(f"oldest queued operation is {int(stats.oldest_age_s)}s old")
     if dead_letters:
@@ -74,6 +75,25 @@ def assess(
     if unhealthy:
         return "unhealthy", reasons
     return ("degraded" if reasons else "ok"), reasons
+
+
+def standby_reasons(sidecar: Sidecar) -> list[str]:
+    """With several upstreams: each one down while another is in use (degraded: one
+    failure fewer before nothing is delivered). When every one is down, the reasons
+    above already say so."""
+    selection = sidecar.upstream.selection
+    if selection is None or not selection.several:
+        return []
+    members = selection.members
+    if all(member.state == "down" for member in members):
+        return []
+    current = members[selection.current]
+    return [
+        f"upstream {member.index + 1} of {len(members)} ({member.url}) is down "
+        f"({member.problem}: {member.error}); using {current.url}"
+        for member in members
+        if member.state == "down"
+    ]
 
 
 @routes.get("/health")

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from server.edge.prometheus import LATENCY_BUCKETS, SIZE_BUCKETS, HttpMetrics
 from spoold.http.state import Sidecar
+from spoold.upstream.status import UpstreamStatus
 
 #: Write-route answers that mean "not accepted", by reason.
 REJECTION_REASONS = {
@@ -115,10 +116,53 @@ class _SidecarCollector(Collector):
         for file, value in snap["recoveries"].by_file().items():
             recovered.add_metric([file], float(value))
         yield recovered
+        yield from _per_upstream(upstream)
         retries = CounterMetricFamily("spoold_retries", "Upstream batch retries", labels=["cause"])
         for cause, value in upstream.retries.items():
             retries.add_metric([cause], float(value))
         yield retries
+
+
+#: Labels of the per-upstream gauges: the position in SPOOLD_UPSTREAM_URL (0 = preferred)
+#: and the URL without credentials; both bounded by the operator's list.
+UPSTREAM_LABELS = ["upstream", "url"]
+
+
+def _per_upstream(upstream: UpstreamStatus) -> Iterator[GaugeMetricFamily]:
+    """One series per upstream of the list: up, current, failures in a row, last success."""
+    selection = upstream.selection
+    if selection is None:
+        return
+    families = {
+        "up": GaugeMetricFamily(
+            "spoold_upstreams_up",
+            "1 if this upstream gave the server's answer to its last batch or probe",
+            labels=UPSTREAM_LABELS,
+        ),
+        "current": GaugeMetricFamily(
+            "spoold_upstreams_current",
+            "1 for the upstream batches go to now",
+            labels=UPSTREAM_LABELS,
+        ),
+        "failures": GaugeMetricFamily(
+            "spoold_upstreams_consecutive_failures",
+            "Attempts in a row this upstream did not answer as the server",
+            labels=UPSTREAM_LABELS,
+        ),
+        "success": GaugeMetricFamily(
+            "spoold_upstreams_last_success_timestamp_seconds",
+            "Unix time this upstream last took a batch (0: never)",
+            labels=UPSTREAM_LABELS,
+        ),
+    }
+    current = selection.current
+    for member in selection.members:
+        labels = [str(member.index), member.url]
+        families["up"].add_metric(labels, 1.0 if member.state == "up" else 0.0)
+        families["current"].add_metric(labels, 1.0 if member.index == current else 0.0)
+        families["failures"].add_metric(labels, float(member.failures))
+        families["success"].add_metric(labels, float(member.last_success_unix or 0))
+    yield from families.values()
 
 
 class SidecarMetrics:

@@ -29,6 +29,21 @@ _VERDICT_TONES: dict[str, Tone] = {"ok": "ok", "degraded": "warn", "unhealthy": 
 
 
 @dataclass(frozen=True)
+class Member:
+    """One upstream of SPOOLD_UPSTREAM_URL (shown when there are several)."""
+
+    position: int  # 1-based, in preference order
+    url: str
+    state: str
+    tone: Tone
+    current: bool
+    last_success: str | None
+    last_failure: str | None
+    error: str | None
+    consecutive_failures: int
+
+
+@dataclass(frozen=True)
 class Upstream:
     url: str
     state: str
@@ -43,6 +58,8 @@ class Upstream:
     retries: list[tuple[str, int]]
     #: What the drainer does next, in words (retrying with which back-off, or idle).
     next_step: str
+    #: Each upstream, when SPOOLD_UPSTREAM_URL lists several (else empty).
+    members: list[Member]
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,7 @@ def _upstream(sidecar: Sidecar, stats: SpoolStats, now: float) -> Upstream:
     else:
         next_step = f"nothing to send; checking the server every {fmt.duration(PROBE_EVERY_S)}"
     return Upstream(
-        url=fmt.public_url(status.url),
+        url=status.current_url,
         state=state,
         tone=tone,
         last_success=fmt.instant(success_unix),
@@ -161,7 +178,40 @@ def _upstream(sidecar: Sidecar, stats: SpoolStats, now: float) -> Upstream:
         in_flight_batches=status.in_flight_batches,
         retries=sorted(status.retries.items()),
         next_step=next_step,
+        members=_members(sidecar),
     )
+
+
+_MEMBER_STATES: dict[str, tuple[str, Tone]] = {
+    "up": ("answering", "ok"),
+    "unknown": ("not contacted yet", "unknown"),
+}
+
+
+def _members(sidecar: Sidecar) -> list[Member]:
+    selection = sidecar.upstream.selection
+    if selection is None or not selection.several:
+        return []
+    current = selection.current
+    members = []
+    for member in selection.members:
+        state, tone = _MEMBER_STATES.get(member.state, ("down", "bad"))
+        if member.state == "down" and member.problem:
+            state = f"down: {member.problem.replace('_', ' ')}"
+        members.append(
+            Member(
+                position=member.index + 1,
+                url=member.url,
+                state=state,
+                tone=tone,
+                current=member.index == current,
+                last_success=fmt.instant(member.last_success_unix),
+                last_failure=member.last_failure,
+                error=member.error,
+                consecutive_failures=member.failures,
+            )
+        )
+    return members
 
 
 def _capacity(stats: SpoolStats) -> Capacity:

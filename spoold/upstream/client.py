@@ -1,263 +1,270 @@
-"""The HTTP client to the central server: batches, run look-ups and proxied reads.
+"""The client to the central server: one object for the drainer, the presence beacon and
+the handlers, whatever the number of upstreams in ``SPOOLD_UPSTREAM_URL``.
 
-Credentials: the fleet token (``SPOOLD_UPSTREAM_TOKEN``) authorises spoold's own
-writes - the batches it delivers, and the look-ups a write needs (does this run
-exist, its ``run_id`` for the answer). Proxied reads carry the caller's own
-``Authorization`` header and never the fleet token: a local user reads only what
-their own credentials allow.
+Each URL has its ``Endpoint`` (``spoold.upstream.endpoint``: the HTTP, the credentials,
+the classification of answers); ``Selection`` (``spoold.upstream.selection``) decides
+which one is asked, and says why. With one URL this is exactly that URL's endpoint.
 
-Every path segment built from an id is percent-encoded (``run_path``) and sent
-as is: an id with ``?``, ``#`` or ``%`` names its own run, never another one.
-
-Foreign exceptions (aiohttp's, asyncio's timeouts) are translated here, at one
-boundary, into ``UpstreamUnavailable`` keeping the cause.
+* A batch goes to the current upstream; if it does not give the server's own answer, the
+  same body goes at once to the next usable one, in preference order, one attempt after
+  the other (never two at once). Only when every one tried failed does the caller get
+  the failure (the drainer then backs off as it always did): its cause names the last
+  upstream tried, its ``Retry-After`` is the soonest any of them asked for.
+* Run look-ups and proxied reads (lists, a run, export, stats, metadata) go to the
+  current upstream, and to the next ones only if it gives no answer at all (refused,
+  reset, timed out); any answer it gives, an error too, is relayed. Reads never move
+  the selection (a slow query is not a dead replica): batches and probes do.
+* Down upstreams are probed (``GET /health``) in the background once their back-off
+  ends, so the sidecar fails back to a preferred upstream without sending it a batch
+  first. Probes are started by the calls above, at most one per upstream at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import quote
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 import orjson
-from yarl import URL
+import structlog
 
-from spoold.upstream.answers import about_the_request, batch_answer_problem, is_server_error
-from spoold.upstream.retry import AUTH_STATUSES, RETRYABLE_STATUSES, parse_retry_after
-from spoold.upstream.tls import describe_tls_error
+from server.metric_labels import status_label
+from spoold.upstream.endpoint import (
+    BatchAnswer,
+    BatchVerdict,
+    Endpoint,
+    Reply,
+    UpstreamUnavailable,
+    classify,
+    lookup_verdict,
+    run_path,
+)
+from spoold.upstream.retry import Backoff
+from spoold.upstream.selection import Selection
+from spoold.upstream.tls import is_tls_failure
 
-BatchVerdict = Literal["ok", "retry", "auth", "split", "unexpected"]
-#: Whole-batch answers that are about the items themselves (when the server's own).
-SPLIT_STATUSES = frozenset({400, 413, 422})
+__all__ = [
+    "BatchAnswer",
+    "BatchVerdict",
+    "Reply",
+    "UpstreamClient",
+    "UpstreamUnavailable",
+    "classify",
+    "lookup_verdict",
+    "run_path",
+]
 
+log = structlog.get_logger("spoold.upstream")
 
-def run_path(event_id: str, *tail: str) -> str:
-    """``/api/v1/runs/{event_id}[/tail…]`` with the id percent-encoded as one segment.
-
-    ``quote`` leaves dots alone, so an id ``.`` or ``..`` is escaped by hand: any HTTP
-    stack on the way may otherwise resolve it as a dot segment (``/api/v1/runs/..`` is
-    ``/api/v1/``)."""
-    segment = quote(event_id, safe="")
-    if segment in (".", ".."):
-        segment = segment.replace(".", "%2E")
-    return "/".join(("/api/v1/runs", segment, *tail))
-
-
-class UpstreamUnavailable(Exception):
-    """The server could not be reached or did not answer in time."""
-
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-
-
-@dataclass(frozen=True)
-class BatchAnswer:
-    verdict: BatchVerdict
-    status: int
-    body: Any = None
-    retry_after_s: float | None = None
-    cause: str = ""
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    content_type: str
-    headers: Mapping[str, str]
-
-
-#: A streamed read (export) fails when the server sends nothing for this long.
-STREAM_READ_TIMEOUT_S = 60.0
+#: Verdicts that are the server's own answer: that upstream is up.
+ANSWERED: frozenset[BatchVerdict] = frozenset({"ok", "split"})
 
 
 class UpstreamClient:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         token: str | None,
         batch_timeout_s: float,
         lookup_timeout_s: float,
         presence: Callable[[], Mapping[str, str]] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
-        self._session = session
-        #: Headers every batch post carries (``spoold.forward.presence``).
-        self._presence = presence
-        #: When (monotonic) a batch post was last answered by the server itself.
-        self.last_contact: float | None = None
-        self._base = base_url.rstrip("/")
-        self._fleet = {"Authorization": f"Bearer {token}"} if token else {}
-        self._batch_timeout = aiohttp.ClientTimeout(total=batch_timeout_s)
-        self._lookup_timeout = aiohttp.ClientTimeout(total=lookup_timeout_s)
-        self.base_url = self._base
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.endpoints = [
+            Endpoint(
+                session,
+                url,
+                token=token,
+                batch_timeout_s=batch_timeout_s,
+                lookup_timeout_s=lookup_timeout_s,
+                presence=presence,
+            )
+            for url in urls
+        ]
+        self.selection = Selection(
+            [endpoint.base_url for endpoint in self.endpoints], backoff or Backoff()
+        )
+        self._probes: set[asyncio.Task[None]] = set()
 
-    def _url(self, path: str) -> URL:
-        """The base URL plus an already percent-encoded path, not re-quoted."""
-        return URL(str(URL(self._base)) + path, encoded=True)
+    @property
+    def base_url(self) -> str:
+        """The current upstream's base URL (as configured)."""
+        return self.endpoints[self.selection.current].base_url
+
+    @property
+    def last_contact(self) -> float | None:
+        """When (monotonic) a batch post was last answered by the server itself, by any."""
+        contacts = [e.last_contact for e in self.endpoints if e.last_contact is not None]
+        return max(contacts) if contacts else None
+
+    @last_contact.setter
+    def last_contact(self, value: float | None) -> None:
+        for endpoint in self.endpoints:
+            endpoint.last_contact = value
 
     async def send_batch(self, body: bytes, items: int) -> BatchAnswer:
-        """POST a JSON array of ``items`` upsert items (already encoded); classify the answer."""
-        presence = self._presence() if self._presence is not None else {}
-        try:
-            async with self._session.post(
-                self._url("/api/v1/runs/batch?mode=upsert"),
-                data=body,
-                headers={**self._fleet, **presence, "Content-Type": "application/json"},
-                timeout=self._batch_timeout,
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return BatchAnswer("retry", 0, cause=_describe(exc))
-        answer = classify(status, raw, items, retry_after)
-        if answer.verdict in ("ok", "split"):  # the server's own answer
-            self.last_contact = time.monotonic()
-        return answer
+        """POST the batch to the current upstream, failing over in order (module docstring)."""
+        self._start_due_probes()
+        failures: list[BatchAnswer] = []
+        for index in self.selection.order():
+            answer = await self.endpoints[index].send_batch(body, items)
+            if answer.verdict in ANSWERED:
+                if failures:
+                    log.warning(
+                        "upstream_failover",
+                        to=self.selection.members[index].url,
+                        index=index,
+                        failed=len(failures),
+                    )
+                self.selection.succeeded(index)
+                return answer
+            self.selection.failed(index, problem_of(answer), answer.cause, answer.retry_after_s)
+            failures.append(self._named(index, answer))
+        waits = [answer.retry_after_s for answer in failures]
+        soonest = None if None in waits else min(w for w in waits if w is not None)
+        last = failures[-1]
+        return BatchAnswer(last.verdict, last.status, last.body, soonest, last.cause)
 
     async def lookup_run(self, event_id: str) -> Reply:
         """GET the run for a write that needs it (with the fleet token)."""
-        return await self._get(run_path(event_id), headers=self._fleet)
+        return await self._read_any(lambda endpoint: endpoint.lookup_run(event_id))
 
     async def read(
         self, path: str, *, query: Mapping[str, str] | None, authorization: str | None
     ) -> Reply:
         """A proxied read, with the caller's own Authorization (if any) and nothing else."""
-        headers = {"Authorization": authorization} if authorization else {}
-        return await self._get(path, query=query, headers=headers)
+        return await self._read_any(
+            lambda endpoint: endpoint.read(path, query=query, authorization=authorization)
+        )
 
     @contextlib.asynccontextmanager
     async def stream(
         self, path: str, *, query: Mapping[str, str] | None, authorization: str | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A proxied read whose body the caller streams (an export): the lookup deadline
-        until the answer's headers, then only one between two reads of the body."""
-        headers = {"Authorization": authorization} if authorization else {}
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._lookup_timeout.total, sock_read=STREAM_READ_TIMEOUT_S
-        )
-        try:
-            context = self._session.get(
-                self._url(path), params=query, headers=headers, timeout=timeout
-            )
-            async with asyncio.timeout(self._lookup_timeout.total):  # until the headers
-                response = await context.__aenter__()
-        except TimeoutError as exc:
-            raise UpstreamUnavailable("upstream server timed out", timeout=True) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"upstream server unreachable: {_describe(exc)}") from exc
-        try:
-            yield response
-        finally:
-            response.release()
+        """A proxied read whose body the caller streams (an export): from the first upstream
+        that answers its headers; once streaming, it stays with that one."""
+        self._start_due_probes()
+        error: UpstreamUnavailable | None = None
+        for index in self.selection.order():
+            endpoint = self.endpoints[index]
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    response = await stack.enter_async_context(
+                        endpoint.stream(path, query=query, authorization=authorization)
+                    )
+                except UpstreamUnavailable as exc:
+                    error = exc
+                    continue
+                yield response
+                return
+        assert error is not None  # order() is never empty
+        raise error
 
     async def probe(self) -> Reply:
-        """GET /health, an open path: no credentials."""
-        return await self._get("/health", headers={})
+        """GET /health of every usable upstream (and the down ones whose back-off ended),
+        recording each verdict; the current one's answer, or UpstreamUnavailable. With one
+        upstream, just its /health (the drainer's retries are its probe)."""
+        if not self.selection.several:
+            return await self.endpoints[0].probe()
+        due = self.selection.take_due_probes()
+        usable = [m.index for m in self.selection.members if m.state != "down"]
+        indexes = sorted(set(due) | set(usable))
+        replies = await asyncio.gather(*(self._probe_one(index) for index in indexes))
+        by_index = dict(zip(indexes, replies, strict=True))
+        reply = by_index.get(self.selection.current)
+        if reply is None:
+            reply = next((r for r in replies if r is not None), None)
+        if reply is None:
+            raise UpstreamUnavailable("no upstream answered its /health")
+        return reply
 
-    async def _get(
-        self,
-        path: str,
-        *,
-        headers: Mapping[str, str],
-        query: Mapping[str, str] | None = None,
-    ) -> Reply:
-        """A GET; raise UpstreamUnavailable if the server cannot answer."""
+    async def close(self) -> None:
+        """Cancel the probes still running (the session closes after this)."""
+        for task in list(self._probes):
+            task.cancel()
+        if self._probes:
+            await asyncio.wait(self._probes, timeout=1.0)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    async def _read_any(self, ask: Callable[[Endpoint], Awaitable[Reply]]) -> Reply:
+        self._start_due_probes()
+        error: UpstreamUnavailable | None = None
+        for index in self.selection.order():
+            try:
+                return await ask(self.endpoints[index])
+            except UpstreamUnavailable as exc:
+                error = exc
+        assert error is not None  # order() is never empty
+        raise error
+
+    def _named(self, index: int, answer: BatchAnswer) -> BatchAnswer:
+        """The answer with its cause naming the upstream (only when there are several)."""
+        if not self.selection.several:
+            return answer
+        url = self.selection.members[index].url
+        cause = f"{url}: {answer.cause}" if answer.cause else url
+        return BatchAnswer(answer.verdict, answer.status, answer.body, answer.retry_after_s, cause)
+
+    def _start_due_probes(self) -> None:
+        for index in self.selection.take_due_probes():
+            task = asyncio.create_task(self._background_probe(index), name=f"spoold-probe-{index}")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _background_probe(self, index: int) -> None:
+        await self._probe_one(index)
+
+    async def _probe_one(self, index: int) -> Reply | None:
+        """Probe one upstream and record the verdict in the selection."""
         try:
-            async with self._session.get(
-                self._url(path),
-                params=query,
-                headers=headers,
-                timeout=self._lookup_timeout,
-            ) as response:
-                raw = await response.read()
-                return Reply(
-                    response.status,
-                    raw,
-                    response.content_type or "application/json",
-                    {
-                        key: value
-                        for key, value in response.headers.items()
-                        if key.lower() in _PASS_HEADERS
-                    },
-                )
-        except TimeoutError as exc:
-            raise UpstreamUnavailable("upstream server timed out", timeout=True) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"upstream server unreachable: {_describe(exc)}") from exc
+            reply = await self.endpoints[index].probe()
+        except UpstreamUnavailable as exc:
+            problem = "tls" if is_tls_failure(str(exc)) else "unreachable"
+            self.selection.probed(index, healthy=False, problem=problem, error=str(exc))
+            return None
+        except BaseException:
+            self.selection.members[index].probing = False
+            raise
+        if is_server_health(reply):
+            self.selection.probed(index, healthy=True)
+        else:
+            self.selection.probed(
+                index,
+                healthy=False,
+                problem="unexpected_answer" if reply.status < 500 else _http(reply.status),
+                error=f"/health answered HTTP {reply.status}, not the server's status ok",
+            )
+        return reply
 
 
-LookupVerdict = Literal["found", "missing", "unknown"]
-
-
-def lookup_verdict(reply: Reply, event_id: str) -> LookupVerdict:
-    """What a run look-up says: the server's run, the server's own 404, or nothing sure
-    (a proxy's 404, another service's 200, a 5xx…) - then the update is kept, unconfirmed."""
-    body = _safe_json(reply.body)
-    if reply.status == 404 and is_server_error(404, body):
-        return "missing"
-    if reply.status == 200 and isinstance(body, dict) and body.get("event_id") == event_id:
-        return "found"
-    return "unknown"
-
-
-def classify(status: int, raw: bytes, items: int, retry_after: float | None) -> BatchAnswer:
-    """What the answer to a batch of ``items`` items means for the drainer."""
-    if 200 <= status < 300:
-        body = _safe_json(raw)
-        problem = batch_answer_problem(body, items)
-        if problem is None:
-            return BatchAnswer("ok", status, body)
-        return BatchAnswer(
-            "unexpected", status, cause=f"unexpected answer: HTTP {status}, {problem}"
-        )
-    if status in AUTH_STATUSES:
-        return BatchAnswer("auth", status, cause=f"HTTP {status}", retry_after_s=retry_after)
-    if status in RETRYABLE_STATUSES or status >= 500:
-        return BatchAnswer("retry", status, retry_after_s=retry_after, cause=f"HTTP {status}")
-    body = _safe_json(raw)
-    if status in SPLIT_STATUSES and is_server_error(status, body) and not about_the_request(body):
-        # About the content: split until the bad item stands alone.
-        return BatchAnswer("split", status, body=body, cause=f"HTTP {status}")
-    # A proxy's 413, a server without mode=upsert, a wrong URL (404/405…): not about the
-    # items. Retried (an operator can fix it) and shown on /health; never dead-lettered.
-    return BatchAnswer(
-        "unexpected",
-        status,
-        retry_after_s=retry_after,
-        cause=f"unexpected answer: HTTP {status}, not this server's error for a batch",
-    )
-
-
-#: Answer headers relayed on proxied reads, lower case: names are matched whatever their
-#: case (a proxy, or HTTP/2, may lower-case them).
-_PASS_HEADERS = frozenset(
-    {
-        "retry-after",
-        "www-authenticate",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "x-next-cursor",  # the list's keyset cursor, so agents can page through spoold too
-    }
-)
-
-
-def _safe_json(raw: bytes) -> Any:
+def is_server_health(reply: Reply) -> bool:
+    """Whether a /health answer is the telemetry server's, saying it is ok."""
+    if reply.status != 200:
+        return False
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(reply.body)
     except orjson.JSONDecodeError:
-        return None
+        return False
+    return isinstance(body, dict) and body.get("status") == "ok" and "version" in body
 
 
-def _describe(exc: BaseException) -> str:
-    text = describe_tls_error(exc) or str(exc) or type(exc).__name__
-    return text[:200]
+def problem_of(answer: BatchAnswer) -> str:
+    """A short, bounded name for why an attempt failed (per-upstream ``problem``)."""
+    if answer.verdict == "auth":
+        return "auth"
+    if answer.verdict == "unexpected":
+        return "unexpected_answer"
+    if is_tls_failure(answer.cause):
+        return "tls"
+    if answer.status == 0:
+        return "unreachable"
+    return _http(answer.status)
+
+
+def _http(status: int) -> str:
+    return f"http_{status_label(status)}"

@@ -1,4 +1,9 @@
-"""What spoold knows about the upstream server, for /health and the operator."""
+"""What spoold knows about the upstream server, for /health and the operator.
+
+These fields are about the upstream service as a whole, as the drainer saw it (with
+several upstreams: a failure here means every one tried failed); each upstream's own
+state is in ``selection`` (``spoold.upstream.selection``), listed under ``upstreams``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 from server.contract.timestamps import utc_now
 from server.metric_labels import status_label
+from spoold.upstream.selection import Selection, public_url
 from spoold.upstream.tls import is_tls_failure
 
 
@@ -27,6 +33,15 @@ class UpstreamStatus:
     consecutive_failures: int = 0
     in_flight_batches: int = 0
     retries: dict[str, int] = field(default_factory=dict)
+    #: The upstreams one by one, when the client has them (``spoold.app`` sets it).
+    selection: Selection | None = None
+
+    @property
+    def current_url(self) -> str:
+        """The URL batches go to now, without credentials."""
+        if self.selection is not None:
+            return self.selection.members[self.selection.current].url
+        return public_url(self.url)
 
     def succeeded(self) -> None:
         self.reachable = True
@@ -59,8 +74,8 @@ class UpstreamStatus:
         self.retries[kind] = self.retries.get(kind, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
+        body: dict[str, Any] = {
+            "url": self.current_url,
             "reachable": self.reachable,
             "auth_failing": self.auth_failing,
             "tls_failing": self.tls_failing,
@@ -72,3 +87,7 @@ class UpstreamStatus:
             "in_flight_batches": self.in_flight_batches,
             "retries": dict(self.retries),
         }
+        if self.selection is not None:
+            body["current"] = self.selection.current
+            body["upstreams"] = self.selection.as_json()
+        return body
