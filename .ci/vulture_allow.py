@@ -95,3 +95,6 @@ _.oldest_at
 _.accepted_per_s
 _.forwarded_per_s
 _.dead_lettered_per_s
+
+# -- PostgreSQL backend (issue 13): used by tests until it is wired into the app -------------
+_.url_from_environment  # server/postgres/url.py (tests/postgres/test_pg_url.py)

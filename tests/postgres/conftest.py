@@ -3,11 +3,15 @@ database per test. Every test here is marked ``postgres`` (select with ``-m post
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pg_cluster
 import pytest
+
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.url import parse_url
+from server.storage.database import Database, StorageSettings
 
 _HERE = Path(__file__).resolve().parent
 
@@ -35,3 +39,23 @@ def pg_url(postgres_cluster: pg_cluster.Cluster) -> Iterator[str]:
         yield postgres_cluster.url(name)
     finally:
         postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+async def pgdb(pg_url: str) -> AsyncIterator[PostgresDatabase]:
+    """The PostgreSQL backend, migrated, on a fresh database."""
+    database = await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_url)))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def sqlitedb(tmp_path: Path) -> AsyncIterator[Database]:
+    """The SQLite backend on a fresh file: the reference the PostgreSQL one must match."""
+    database = Database.open(StorageSettings(path=tmp_path / "reference.sqlite"))
+    try:
+        yield database
+    finally:
+        await database.close()
