@@ -19,6 +19,7 @@ import structlog
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.postgres import runs
+from server.postgres.errors import available
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.url import DatabaseUrl
 from server.storage.cursor import CursorCodec, Position
@@ -102,13 +103,13 @@ class PostgresDatabase:
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
         params = insert_params(run, utc_now())
-        async with self.pool.acquire() as conn:
+        async with available(), self.pool.acquire() as conn:
             return await runs.insert_row(conn, params)
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
         now = utc_now()
-        async with self.pool.acquire() as conn:
+        async with available(), self.pool.acquire() as conn:
             return await runs.update_run(conn, event_id, changes, now)
 
     async def insert_batch(
@@ -121,7 +122,7 @@ class PostgresDatabase:
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
         rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with available(), self.pool.acquire() as conn, conn.transaction():
             await runs.lock_runs(conn, [run.event_id for run in batch])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -142,7 +143,7 @@ class PostgresDatabase:
             else None
             for item in items
         ]
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with available(), self.pool.acquire() as conn, conn.transaction():
             await runs.lock_runs(conn, [item.event_id for item in items])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -151,11 +152,11 @@ class PostgresDatabase:
     # ---- reads ----------------------------------------------------------------------
 
     async def get(self, event_id: str) -> dict[str, Any] | None:
-        async with self.pool.acquire() as conn:
+        async with available(), self.pool.acquire() as conn:
             return await runs.get_run(conn, event_id)
 
     async def query(self, query: RunQuery, after: Position | None = None) -> Page:
-        async with self.pool.acquire() as conn:
+        async with available(), self.pool.acquire() as conn:
             return await runs.query_runs(conn, query, after)
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage:
@@ -167,5 +168,5 @@ class PostgresDatabase:
 
     async def ping(self) -> None:
         """Touch the database for real."""
-        async with self.pool.acquire() as conn:
+        async with available(), self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")

@@ -55,14 +55,20 @@ def parse_url(raw: str) -> DatabaseUrl:
 
 def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
     """The configured URL (``TELEMETRY_DATABASE_URL``, else ``DATABASE_URL``), or None:
-    SQLite. An empty value counts as absent."""
+    SQLite. An empty value counts as absent. ``DATABASE_URL`` is a name other software
+    reads too (often ``sqlite:///...``): only a ``postgresql://`` or ``postgres://`` one
+    is taken as meant for this server, any other is left alone, so an environment shared
+    with such tools keeps the SQLite default."""
     for name in URL_SETTINGS:
         value = environ.get(name, "").strip()
-        if value:
-            try:
-                return parse_url(value)
-            except InvalidDatabaseUrl as exc:
-                raise InvalidDatabaseUrl(f"{name}: {exc}") from None
+        if not value:
+            continue
+        if name != URL_SETTINGS[0] and value.partition(":")[0].lower() not in _SCHEMES:
+            continue
+        try:
+            return parse_url(value)
+        except InvalidDatabaseUrl as exc:
+            raise InvalidDatabaseUrl(f"{name}: {exc}") from None
     return None
 
 

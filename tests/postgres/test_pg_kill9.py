@@ -48,6 +48,7 @@ class Ledger:
         self.batches: list[list[str]] = []
         self.finished: set[str] = set()
         self.unsure_batches: list[list[str]] = []
+        self.failures: set[str] = set()
 
 
 async def _writer(db: PostgresDatabase, ledger: Ledger, name: str, rng: random.Random) -> None:
@@ -70,7 +71,8 @@ async def _writer(db: PostgresDatabase, ledger: Ledger, name: str, rng: random.R
                 await db.upsert_batch(items)
                 ledger.batches.append(ids)
                 ledger.finished.update(done)
-        except Exception:  # the server died under this operation: outcome unknown
+        except Exception as exc:  # the server died under this operation: outcome unknown
+            ledger.failures.add(type(exc).__name__)
             if len(ids) > 1:
                 ledger.unsure_batches.append(ids)
             return
@@ -117,3 +119,5 @@ async def test_kill9_mid_transaction_loses_nothing_committed(
         assert all(present) or not any(present), "a batch was half applied"
     assert all(stored[event_id] == "success" for event_id in ledger.finished)
     assert len(ledger.created) + len(ledger.batches) > ROUNDS
+    # what the HTTP layer answers with 503 + Retry-After, never a driver error (a 500)
+    assert ledger.failures == {"StorageUnavailable"}

@@ -23,6 +23,14 @@ def test_telemetry_database_url_wins_then_database_url_then_sqlite() -> None:
     assert url_from_environment({"TELEMETRY_DB_PATH": "/var/lib/x.sqlite"}) is None
 
 
+@pytest.mark.parametrize("other", ["sqlite:///var/lib/app.db", "mysql://u:p@h/db", "redis://h"])
+def test_a_database_url_meant_for_other_software_keeps_sqlite(other: str) -> None:
+    """DATABASE_URL is a common name: only a postgresql:// one is taken as ours."""
+    assert url_from_environment({"DATABASE_URL": other}) is None
+    with pytest.raises(InvalidDatabaseUrl, match=r"TELEMETRY_DATABASE_URL.*scheme"):
+        url_from_environment({"TELEMETRY_DATABASE_URL": other})
+
+
 @pytest.mark.parametrize(
     ("url", "word"),
     [
@@ -43,9 +51,12 @@ def test_bad_urls_are_refused_without_the_password(url: str, word: str) -> None:
         parse_url(url.replace("SECRET", SECRET))
     assert SECRET not in str(caught.value)
     assert "s3cr" not in str(caught.value)
-    with pytest.raises(InvalidDatabaseUrl, match="TELEMETRY_DATABASE_URL") as named:
-        url_from_environment({"TELEMETRY_DATABASE_URL": url.replace("SECRET", SECRET)})
-    assert "s3cr" not in str(named.value)
+    for name in ("TELEMETRY_DATABASE_URL", "DATABASE_URL"):
+        if name == "DATABASE_URL" and not url.startswith("postgres"):
+            continue  # not meant for this server: left alone (test above)
+        with pytest.raises(InvalidDatabaseUrl, match=name) as named:
+            url_from_environment({name: url.replace("SECRET", SECRET)})
+        assert "s3cr" not in str(named.value)
 
 
 @pytest.mark.parametrize(
