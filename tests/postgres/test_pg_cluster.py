@@ -34,7 +34,7 @@ async def test_the_cluster_runs_unprivileged_with_fsync_on_loopback_only(
         assert uid != 0, "PostgreSQL must not run as root"
 
 
-async def test_each_test_database_is_fresh_and_separate(
+async def test_each_test_schema_and_database_is_fresh_and_separate(
     postgres_cluster: pg_cluster.Cluster, pg_url: str
 ) -> None:
     other = postgres_cluster.new_database("other")
@@ -45,6 +45,7 @@ async def test_each_test_database_is_fresh_and_separate(
             await first.execute("CREATE TABLE only_here (x int)")
             assert await second.fetchval("SELECT to_regclass('only_here')") is None
             assert await first.fetchval("SELECT to_regclass('only_here')") is not None
+            assert await first.fetchval("SELECT current_schema()") != "public"
         finally:
             await first.close()
             await second.close()

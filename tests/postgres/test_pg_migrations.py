@@ -139,7 +139,7 @@ async def test_the_table_holds_the_run_record_in_byte_order_text(pg_url: str) ->
             row["column_name"]: row
             for row in await conn.fetch(
                 "SELECT column_name, data_type, collation_name FROM information_schema.columns"
-                " WHERE table_name = 'agent_runs'"
+                " WHERE table_name = 'agent_runs' AND table_schema = current_schema()"
             )
         }
     finally:

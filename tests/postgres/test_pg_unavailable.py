@@ -45,10 +45,10 @@ async def test_a_row_locked_past_the_command_timeout_is_busy(pg_url: str) -> Non
 
 
 async def test_connections_cut_under_the_pool_are_unavailable_then_recover(
-    pgdb: PostgresDatabase, pg_url: str
+    pgdb: PostgresDatabase, pg_migrated_url: str
 ) -> None:
     assert await pgdb.create(_run("before"))
-    killer = await asyncpg.connect(pg_url, timeout=10)
+    killer = await asyncpg.connect(pg_migrated_url, timeout=10)
     try:
         await killer.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
