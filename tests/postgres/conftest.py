@@ -128,7 +128,8 @@ async def make_api(
     the PostgreSQL backend: create, PATCH, associate-commit, batch and upsert, one run,
     its URLs, lists and cursors (``server.http.runs``). The rest of the app (health,
     metrics, stats, export, heartbeat, the reaper) stays on SQLite until the storage
-    protocol covers them."""
+    protocol covers them. ``make_api.sqlite(db_path=...)``: the same app all on SQLite
+    (give it a file of its own), for tests that compare the two."""
     opened: list[PostgresDatabase] = []
 
     async def make(**overrides: Any) -> Any:
@@ -140,6 +141,7 @@ async def make_api(
             api.client.app[run_handlers.DATABASE] = database
         return api
 
+    make.sqlite = make_api  # type: ignore[attr-defined]  # the reference: all on SQLite
     try:
         yield make
     finally:

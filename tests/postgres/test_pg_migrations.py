@@ -5,12 +5,14 @@ a newer database refused; and the table holds every field of the run record."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
+import pg_cluster
 import pytest
 
 from server.contract.run_record import RUN_COLUMNS
-from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.database import NotUtf8, PostgresDatabase, PostgresSettings
 from server.postgres.schema import (
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -149,3 +151,25 @@ async def test_the_table_holds_the_run_record_in_byte_order_text(pg_url: str) ->
     assert len(texts) > 30
     # SQLite compares text byte by byte; so does "C", whatever the database's locale.
     assert {row["collation_name"] for row in texts} == {"C"}
+
+
+async def test_a_database_not_in_utf8_is_refused_before_any_change(
+    postgres_cluster: pg_cluster.Cluster,
+) -> None:
+    name = f"ascii_{os.getpid()}"
+    postgres_cluster.psql(
+        f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+        " TEMPLATE template0"
+    )
+    try:
+        url = postgres_cluster.url(name)
+        with pytest.raises(NotUtf8, match="SQL_ASCII") as caught:
+            await PostgresDatabase.open(PostgresSettings(url=parse_url(url)))
+        assert postgres_cluster.password not in str(caught.value)
+        conn = await _connect(url)
+        try:
+            assert await current_version(conn) == 0
+        finally:
+            await conn.close()
+    finally:
+        postgres_cluster.drop_database(name)
