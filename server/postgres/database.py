@@ -24,7 +24,14 @@ from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.url import DatabaseUrl
 from server.storage.cursor import CursorCodec, Position
 from server.storage.run_json import python_rendering
-from server.storage.runs import JsonPage, Page, UpsertSummary, insert_params, seen_instant
+from server.storage.runs import (
+    HeartbeatOutcome,
+    JsonPage,
+    Page,
+    UpsertSummary,
+    insert_params,
+    seen_instant,
+)
 from server.storage.sidecars import Presence
 
 log = structlog.get_logger("server.postgres")
@@ -40,6 +47,8 @@ class PostgresSettings:
     command_timeout_s: float = 60.0
     #: How long start-up waits for another replica's migration.
     migration_wait_s: float = 600.0
+    #: Largest metrics_json a heartbeat's merge patch may leave (the body limit).
+    max_metrics_bytes: int = 5 * 1024 * 1024
 
 
 class NotUtf8(RuntimeError):
@@ -148,6 +157,13 @@ class PostgresDatabase:
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
             return await runs.upsert_many(conn, items, params, now, sidecar)
+
+    async def heartbeat(self, event_id: str, progress: dict[str, Any] | None) -> HeartbeatOutcome:
+        """A run says it is alive (see ``runs.heartbeat``)."""
+        now = utc_now()
+        limit = self.settings.max_metrics_bytes
+        async with available(), self.pool.acquire() as conn, conn.transaction():
+            return await runs.heartbeat(conn, event_id, progress, now, limit)
 
     # ---- reads ----------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from server.contract.run_record import (
 from server.postgres.text import decode, encode
 from server.storage.cursor import Position
 from server.storage.runs import (
+    HeartbeatOutcome,
+    MetricsTooLarge,
     Page,
     UpsertOutcome,
     UpsertSummary,
@@ -281,6 +283,45 @@ async def upsert(
     if inserted:
         return "inserted"
     return "updated" if diff else "unchanged"
+
+
+async def heartbeat(
+    conn: Any,
+    event_id: str,
+    progress: dict[str, Any] | None,
+    now: str,
+    max_metrics_bytes: int,
+) -> HeartbeatOutcome:
+    """``server.storage.runs.heartbeat``: refresh last_seen_at and merge ``progress``
+    into metrics_json, for a running run only; updated_at moves only when metrics_json
+    changed. Call inside a transaction: the row is read ``FOR UPDATE``."""
+    row = await conn.fetchrow(
+        "SELECT id, status, metrics_json FROM agent_runs WHERE event_id = $1 FOR UPDATE",
+        encode(event_id),
+    )
+    if row is None:
+        return "not_found"
+    row_id, status, stored = row
+    if status in TERMINAL_STATUSES:
+        return "finished"
+    changed = ""
+    params: list[Any] = []
+    if progress:
+        merged = dumps_text(merge_patch(_stored_json(stored), progress))
+        if len(merged) > max_metrics_bytes:
+            raise MetricsTooLarge(
+                f"metrics_json with this progress would be {len(merged)} bytes; "
+                f"at most {max_metrics_bytes} are kept"
+            )
+        if merged != stored:
+            changed = "metrics_json = $1, updated_at = $2, "
+            params += (merged, now)
+    n = len(params)
+    touch = _TOUCH.format(seen=f"${n + 1}", sidecar=f"${n + 2}")
+    await conn.execute(
+        f"UPDATE agent_runs SET {changed}{touch} WHERE id = ${n + 3}", *params, now, None, row_id
+    )
+    return "applied"
 
 
 async def record_presence(conn: Any, presence: Presence, now: str) -> None:

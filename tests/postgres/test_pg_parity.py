@@ -24,6 +24,7 @@ from server.postgres.database import PostgresDatabase
 from server.storage import database as sqlite_database
 from server.storage.cursor import Position
 from server.storage.database import Database
+from server.storage.runs import MetricsTooLarge
 from server.storage.sidecars import Presence
 
 #: Strings the API accepts in free-text fields, at their most hostile.
@@ -326,3 +327,18 @@ async def test_random_operation_sequences_answer_alike(pair: Pair, seed: int) ->
     ]
     for query in queries:
         await pair.same_pages(query)
+
+
+async def test_heartbeats_merge_progress_and_never_revive(pair: Pair) -> None:
+    await pair.both(lambda db: db.create(_run("h", metrics_json={"a": 1, "keep": [1]})))
+    assert await pair.both(lambda db: db.heartbeat("missing", None)) == "not_found"
+    for progress in (None, {}, {"a": None, "b": {"c": "\x00"}}, {"b": {"c": "\x00"}}, {"z": [1]}):
+        assert await pair.both(lambda db, p=progress: db.heartbeat("h", p)) == "applied"
+        await pair.same_runs(["h"])
+    huge = {"blob": "x" * (5 * 1024 * 1024)}
+    for db in (pair.sqlite, pair.pg):
+        with pytest.raises(MetricsTooLarge):
+            await db.heartbeat("h", huge)
+    await pair.both(lambda db: db.update("h", {"status": "success"}))
+    assert await pair.both(lambda db: db.heartbeat("h", {"late": 1})) == "finished"
+    await pair.same_runs(["h"])
