@@ -16,6 +16,7 @@ import asyncpg
 import pg_cluster
 import pytest
 
+from server.app import CONFIG
 from server.http import runs as run_handlers
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.schema import migrate
@@ -134,7 +135,11 @@ async def make_api(
 
     async def make(**overrides: Any) -> Any:
         api = await make_api(**overrides)
-        database = await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_migrated_url)))
+        config = api.client.app[CONFIG]
+        settings = PostgresSettings(
+            url=parse_url(pg_migrated_url), max_metrics_bytes=config.max_body_bytes
+        )
+        database = await PostgresDatabase.open(settings)
         opened.append(database)
         with warnings.catch_warnings():  # set after start-up: aiohttp's state is frozen
             warnings.simplefilter("ignore", DeprecationWarning)
