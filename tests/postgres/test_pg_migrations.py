@@ -10,6 +10,7 @@ import os
 import asyncpg
 import pg_cluster
 import pytest
+from structlog.testing import capture_logs
 
 from server.contract.run_record import RUN_COLUMNS
 from server.postgres.database import NotUtf8, PostgresDatabase, PostgresSettings
@@ -173,3 +174,16 @@ async def test_a_database_not_in_utf8_is_refused_before_any_change(
             await conn.close()
     finally:
         postgres_cluster.drop_database(name)
+
+
+async def test_opening_logs_the_database_without_its_password(
+    postgres_cluster: pg_cluster.Cluster, pg_url: str
+) -> None:
+    with capture_logs() as logs:
+        database = await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_url)))
+        await database.close()
+    opened = [event for event in logs if event["event"] == "db_opened"]
+    assert len(opened) == 1
+    assert opened[0]["database"].startswith(f"postgresql://{pg_cluster.SUPERUSER}:***@")
+    assert opened[0]["migrations_applied"] == [m.version for m in MIGRATIONS]
+    assert postgres_cluster.password not in repr(logs)
