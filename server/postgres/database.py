@@ -1,0 +1,188 @@
+"""The PostgreSQL database as the HTTP layer will see it: the async run operations of
+``server.storage.database.Database`` (same names, arguments and answers) over an asyncpg
+pool. Open with ``await PostgresDatabase.open(url)``; close with ``await db.close()``.
+
+Several server processes may share one database: each operation is one transaction
+(``runs`` explains the locks), committed before it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.timestamps import utc_now
+from server.postgres import runs
+from server.postgres.errors import available
+from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
+from server.postgres.url import DatabaseUrl
+from server.storage.cursor import CursorCodec, Position
+from server.storage.run_json import python_rendering
+from server.storage.runs import (
+    HeartbeatOutcome,
+    JsonPage,
+    Page,
+    UpsertSummary,
+    insert_params,
+    seen_instant,
+)
+from server.storage.sidecars import Presence
+
+log = structlog.get_logger("server.postgres")
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    url: DatabaseUrl
+    #: Connections this process keeps to the database (its share of max_connections).
+    pool_size: int = 10
+    connect_timeout_s: float = 10.0
+    #: The longest any one statement may take (a lock wait included) before it fails.
+    command_timeout_s: float = 60.0
+    #: How long start-up waits for another replica's migration.
+    migration_wait_s: float = 600.0
+    #: Largest metrics_json a heartbeat's merge patch may leave (the body limit).
+    max_metrics_bytes: int = 5 * 1024 * 1024
+
+
+class NotUtf8(RuntimeError):
+    """The database's encoding is not UTF8: it cannot store every run SQLite stores."""
+
+
+class PostgresDatabase:
+    def __init__(self, settings: PostgresSettings, pool: Any, cursors: CursorCodec) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.cursors = cursors
+
+    @classmethod
+    async def open(cls, settings: PostgresSettings) -> PostgresDatabase:
+        """Connect, check the encoding, migrate (one replica at a time), then open the pool."""
+        conn = await asyncpg.connect(settings.url.dsn, timeout=settings.connect_timeout_s)
+        try:
+            encoding = await conn.fetchval("SHOW server_encoding")
+            if encoding != "UTF8":
+                raise NotUtf8(
+                    f"database encoding is {encoding}; create it with ENCODING 'UTF8'"
+                    f" ({settings.url.redacted})"
+                )
+            applied = await migrate(conn, lock_wait_s=settings.migration_wait_s)
+            cursors = CursorCodec(await cursor_key(conn))
+            durability = {
+                name: await conn.fetchval(f"SHOW {name}")
+                for name in ("fsync", "synchronous_commit")
+            }
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(
+            settings.url.dsn,
+            min_size=1,
+            max_size=settings.pool_size,
+            timeout=settings.connect_timeout_s,
+            command_timeout=settings.command_timeout_s,
+            server_settings={"application_name": "telemetry-server"},
+        )
+        if durability["fsync"] != "on" or durability["synchronous_commit"] in ("off", "local"):
+            log.warning("postgres_not_durable", database=settings.url.redacted, **durability)
+        log.info(
+            "db_opened",
+            backend="postgresql",
+            database=settings.url.redacted,
+            migrations_applied=applied,
+            schema_version=SCHEMA_VERSION,
+            **durability,
+        )
+        return cls(settings, pool, cursors)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let operations in flight finish (for at most timeout_s), then close."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout_s)
+        except TimeoutError:
+            self.pool.terminate()
+
+    # ---- writes ---------------------------------------------------------------------
+
+    async def create(self, run: RunCreate) -> bool:
+        """Insert a run; False when its event_id already exists."""
+        params = insert_params(run, utc_now())
+        async with available(), self.pool.acquire() as conn:
+            return await runs.insert_row(conn, params)
+
+    async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
+        """Set fields of a run; its run_id, or None if unknown."""
+        now = utc_now()
+        async with available(), self.pool.acquire() as conn:
+            return await runs.update_run(conn, event_id, changes, now)
+
+    async def insert_batch(
+        self, batch: Sequence[RunCreate], presence: Presence | None = None
+    ) -> int:
+        """Insert valid runs in one transaction (with the sending sidecar's presence, if
+        any); the number that were new."""
+        if not batch and presence is None:
+            return 0
+        now = utc_now()
+        sidecar = presence.sidecar_id if presence is not None else None
+        rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
+        async with available(), self.pool.acquire() as conn, conn.transaction():
+            await runs.lock_runs(conn, [run.event_id for run in batch])
+            if presence is not None:
+                await runs.record_presence(conn, presence, now)
+            return await runs.insert_rows(conn, rows)
+
+    async def upsert_batch(
+        self, items: Sequence[UpsertItem], presence: Presence | None = None
+    ) -> UpsertSummary:
+        """Apply sidecar snapshots in one transaction, in order, with the sidecar's
+        presence (a presence batch, ``[]``, records only that)."""
+        if not items and presence is None:
+            return UpsertSummary()
+        now = utc_now()
+        sidecar = presence.sidecar_id if presence is not None else None
+        params = [
+            insert_params(item.create, now, seen_instant(item.seen_at, now), sidecar)
+            if item.create is not None
+            else None
+            for item in items
+        ]
+        async with available(), self.pool.acquire() as conn, conn.transaction():
+            await runs.lock_runs(conn, [item.event_id for item in items])
+            if presence is not None:
+                await runs.record_presence(conn, presence, now)
+            return await runs.upsert_many(conn, items, params, now, sidecar)
+
+    async def heartbeat(self, event_id: str, progress: dict[str, Any] | None) -> HeartbeatOutcome:
+        """A run says it is alive (see ``runs.heartbeat``)."""
+        now = utc_now()
+        limit = self.settings.max_metrics_bytes
+        async with available(), self.pool.acquire() as conn, conn.transaction():
+            return await runs.heartbeat(conn, event_id, progress, now, limit)
+
+    # ---- reads ----------------------------------------------------------------------
+
+    async def get(self, event_id: str) -> dict[str, Any] | None:
+        async with available(), self.pool.acquire() as conn:
+            return await runs.get_run(conn, event_id)
+
+    async def query(self, query: RunQuery, after: Position | None = None) -> Page:
+        async with available(), self.pool.acquire() as conn:
+            return await runs.query_runs(conn, query, after)
+
+    async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage:
+        """A page as the API answers it, JSON bytes: the Python rendering, which SQLite's
+        stored ``run_json`` reproduces byte for byte (``server.storage.run_json``)."""
+        page = await self.query(query, after)
+        body = b",".join(python_rendering(run) for run in page.runs)
+        return JsonPage(b"[" + body + b"]", page.next_position)
+
+    async def ping(self) -> None:
+        """Touch the database for real."""
+        async with available(), self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")

@@ -1,0 +1,58 @@
+"""PostgreSQL failures the server answers with 503 and ``Retry-After``, as SQLite's busy,
+full and unavailable are (``server.storage.connection.StorageUnavailable``, which the
+HTTP layer already translates). Classified by exception class (SQLSTATE), never by
+message; the message answered is fixed (no SQL, no values, no host)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from server.storage.connection import StorageUnavailable
+
+#: Another transaction is in the way: retry soon.
+_BUSY: tuple[type[BaseException], ...] = (
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,  # statement_timeout, lock_timeout
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,  # the pool's acquire or command timeout
+)
+_FULL: tuple[type[BaseException], ...] = (asyncpg.DiskFullError, asyncpg.OutOfMemoryError)
+#: The server is gone, restarting, read-only (a standby), or the connection broke.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InterfaceError,  # the connection was closed under the operation
+    # asyncpg's protocol state machine, when the server vanished mid-statement ("cannot
+    # switch to state 12; another operation (2) is in progress", seen in the kill -9 test)
+    asyncpg.InternalClientError,
+    OSError,  # refused, reset, unreachable
+)
+
+
+def classify(exc: BaseException) -> StorageUnavailable | None:
+    """The 503 for a failure of the database rather than of the request; None otherwise."""
+    if isinstance(exc, _BUSY):
+        return StorageUnavailable("database is busy; retry shortly", retry_after_s=1)
+    if isinstance(exc, _FULL):
+        return StorageUnavailable("database storage is full", retry_after_s=30)
+    if isinstance(exc, _UNAVAILABLE):
+        return StorageUnavailable("database unavailable", retry_after_s=5)
+    return None
+
+
+@asynccontextmanager
+async def available() -> AsyncIterator[None]:
+    """Raise what ``classify`` makes of a database failure inside the block."""
+    try:
+        yield
+    except Exception as exc:
+        translated = classify(exc)
+        if translated is None:
+            raise
+        raise translated from exc

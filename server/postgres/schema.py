@@ -1,0 +1,178 @@
+"""The PostgreSQL schema as numbered migrations, as ``server.storage.schema`` is SQLite's.
+
+``schema_migrations`` records each version applied. Each migration runs in its own
+transaction; the whole run holds a session advisory lock, so replicas starting at once
+migrate one after the other (the second finds the work done). Columns have the meaning
+and the stored form of SQLite's ``agent_runs`` (instants as canonical text, JSON columns
+as the server's own JSON text), so answers come out byte for byte the same; text is
+``COLLATE "C"`` (byte order, as SQLite's BINARY) whatever the database's locale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+#: The advisory lock (two-int key space: never one of the per-run bigint locks) that
+#: serialises migrations across replicas: "te13" and 1.
+MIGRATION_LOCK: tuple[int, int] = (0x74653133, 1)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_STATUSES = "'running','success','failure','partial','timeout','cancelled'"
+
+# Frozen: a later column is a new migration (the contract's columns are checked against
+# this table by tests/postgres/test_pg_schema.py).
+_V1_RUNS = f"""
+CREATE TABLE agent_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id text COLLATE "C" NOT NULL UNIQUE,
+    run_id text COLLATE "C" NOT NULL,
+    agent_name text COLLATE "C" NOT NULL,
+    job_type text COLLATE "C" NOT NULL,
+    status text COLLATE "C" NOT NULL DEFAULT 'running' CHECK (status IN ({_STATUSES})),
+    start_time text COLLATE "C" NOT NULL,
+    end_time text COLLATE "C",
+    agent_owner text COLLATE "C", product text COLLATE "C", product_family text COLLATE "C",
+    platform text COLLATE "C", subdomain text COLLATE "C", website text COLLATE "C",
+    website_section text COLLATE "C", item_name text COLLATE "C",
+    input_summary text COLLATE "C", output_summary text COLLATE "C",
+    source_ref text COLLATE "C", target_ref text COLLATE "C",
+    error_summary text COLLATE "C", error_details text COLLATE "C",
+    git_repo text COLLATE "C", git_branch text COLLATE "C", git_commit_hash text COLLATE "C",
+    git_run_tag text COLLATE "C", git_commit_source text COLLATE "C",
+    git_commit_author text COLLATE "C", git_commit_timestamp text COLLATE "C",
+    host text COLLATE "C", environment text COLLATE "C", trigger_type text COLLATE "C",
+    insight_id text COLLATE "C", parent_run_id text COLLATE "C",
+    items_discovered bigint NOT NULL DEFAULT 0 CHECK (items_discovered >= 0),
+    items_succeeded bigint NOT NULL DEFAULT 0 CHECK (items_succeeded >= 0),
+    items_failed bigint NOT NULL DEFAULT 0 CHECK (items_failed >= 0),
+    items_skipped bigint NOT NULL DEFAULT 0 CHECK (items_skipped >= 0),
+    duration_ms bigint NOT NULL DEFAULT 0 CHECK (duration_ms >= 0),
+    metrics_json text COLLATE "C",
+    context_json text COLLATE "C",
+    heartbeat_timeout_s bigint,
+    created_at text COLLATE "C" NOT NULL,
+    updated_at text COLLATE "C",
+    last_seen_at text COLLATE "C",
+    sidecar_id text COLLATE "C",
+    reaped_at text COLLATE "C"
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "agent_runs (the SQLite table's columns and stored forms), the list indexes, the"
+        " cursor key, sidecar presence",
+        (
+            _V1_RUNS,
+            # The list order, and one index per combination of the equality filters
+            # followed by it: PostgreSQL has no merge of one range per status (SQLite's
+            # UNION ALL arms), so agent and job alone have their own.
+            "CREATE INDEX idx_runs_created ON agent_runs (created_at, id)",
+            "CREATE INDEX idx_runs_status_created ON agent_runs (status, created_at, id)",
+            "CREATE INDEX idx_runs_agent_created ON agent_runs (agent_name, created_at, id)",
+            "CREATE INDEX idx_runs_job_created ON agent_runs (job_type, created_at, id)",
+            "CREATE INDEX idx_runs_agent_status_created"
+            " ON agent_runs (agent_name, status, created_at, id)",
+            "CREATE INDEX idx_runs_job_status_created"
+            " ON agent_runs (job_type, status, created_at, id)",
+            "CREATE INDEX idx_runs_agent_job_created"
+            " ON agent_runs (agent_name, job_type, created_at, id)",
+            "CREATE INDEX idx_runs_agent_job_status_created"
+            " ON agent_runs (agent_name, job_type, status, created_at, id)",
+            "CREATE INDEX idx_runs_start_created ON agent_runs (start_time, created_at)",
+            'CREATE TABLE server_meta (key text COLLATE "C" PRIMARY KEY, value bytea NOT NULL)',
+            # 32 random bytes (gen_random_uuid is core from PostgreSQL 13; 244 random bits).
+            "INSERT INTO server_meta (key, value) VALUES ('cursor_key',"
+            " uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))",
+            'CREATE TABLE sidecars (sidecar_id text COLLATE "C" PRIMARY KEY,'
+            ' last_contact_at text COLLATE "C" NOT NULL, queued_since text COLLATE "C")',
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_LEDGER = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version integer PRIMARY KEY,"
+    " description text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer server; refusing to touch it."""
+
+
+class MigrationLockTimeout(RuntimeError):
+    """Another replica held the migration lock for longer than we may wait."""
+
+
+async def current_version(conn: Any) -> int:
+    """The newest version applied, 0 for a database never migrated."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+async def migrate(
+    conn: Any,
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+    *,
+    lock_wait_s: float = 600.0,
+) -> list[int]:
+    """Bring the database up to the last of ``migrations``; the versions applied here
+    (none when another replica did the work first). ``conn``: an asyncpg connection of
+    its own (the advisory lock is held by its session)."""
+    await _lock(conn, lock_wait_s)
+    try:
+        await conn.execute(_LEDGER)
+        found = await current_version(conn)
+        latest = migrations[-1].version
+        if found > latest:
+            raise SchemaTooNew(
+                f"database schema version {found} is newer than this server's {latest}"
+            )
+        applied = []
+        for migration in migrations:
+            if migration.version <= found:
+                continue
+            async with conn.transaction():
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+                    migration.version,
+                    migration.description,
+                )
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", *MIGRATION_LOCK)
+
+
+async def _lock(conn: Any, wait_s: float) -> None:
+    """Take the migration lock, polling (a bounded wait, unlike pg_advisory_lock)."""
+    deadline = time.monotonic() + wait_s
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *MIGRATION_LOCK):
+        if time.monotonic() >= deadline:
+            raise MigrationLockTimeout(
+                f"another server held the migration lock for over {wait_s:g} s"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def cursor_key(conn: Any) -> bytes:
+    """The secret that signs list cursors (made by migration 1, shared by replicas)."""
+    return bytes(await conn.fetchval("SELECT value FROM server_meta WHERE key = 'cursor_key'"))

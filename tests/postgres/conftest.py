@@ -1,0 +1,154 @@
+"""PostgreSQL backend tests: one throwaway cluster per session (``pg_cluster``), a fresh
+database per test. Every test here is marked ``postgres`` (select with ``-m postgres``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pg_cluster
+import pytest
+
+from server.app import CONFIG
+from server.http import runs as run_handlers
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.schema import migrate
+from server.postgres.url import parse_url
+from server.storage.database import Database, StorageSettings
+
+_HERE = Path(__file__).resolve().parent
+_SCHEMAS = itertools.count(1)
+# The handler tests of tests/server are collected again here, on PostgreSQL
+# (test_pg_handlers.py imports them by their unique basenames).
+_SERVER_TESTS = str(_HERE.parent / "server")
+if _SERVER_TESTS not in sys.path:
+    sys.path.append(_SERVER_TESTS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg_cluster.Cluster]:
+    cluster = pg_cluster.Cluster.start(pg_cluster.require_postgres())
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_cluster: pg_cluster.Cluster) -> str:
+    """The session's database; each test works in a fresh schema of it (``pg_url``)."""
+    return postgres_cluster.new_database("tests")
+
+
+@pytest.fixture
+async def pg_url(
+    postgres_cluster: pg_cluster.Cluster, postgres_database: str
+) -> AsyncIterator[str]:
+    """The URL of a fresh, empty schema (``?search_path=``: every table the backend makes
+    or reads is there), dropped after the test. A schema costs a fraction of a fresh
+    database (CREATE DATABASE with fsync on: ~0.4 s here); tests that need a whole
+    database of their own use ``Cluster.new_database``."""
+    url = postgres_cluster.url(postgres_database)
+    schema = f"s_{os.getpid()}_{next(_SCHEMAS)}"
+    admin = await asyncpg.connect(url, timeout=10)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{url}?search_path={schema}"
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_schema(postgres_cluster: pg_cluster.Cluster, postgres_database: str) -> str:
+    """A schema migrated once for the session, emptied before each test that uses it
+    (``pg_migrated_url``): most tests need the tables, not a migration of their own."""
+    url = f"{postgres_cluster.url(postgres_database)}?search_path=migrated"
+
+    async def make() -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute("CREATE SCHEMA migrated")
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(make())
+    return url
+
+
+@pytest.fixture
+async def pg_migrated_url(migrated_schema: str) -> str:
+    """The URL of the session's migrated schema, its tables emptied (as if new)."""
+    conn = await asyncpg.connect(migrated_schema, timeout=10)
+    try:
+        await conn.execute("DELETE FROM agent_runs; DELETE FROM sidecars")
+    finally:
+        await conn.close()
+    return migrated_schema
+
+
+@pytest.fixture
+async def pgdb(pg_migrated_url: str) -> AsyncIterator[PostgresDatabase]:
+    """The PostgreSQL backend on empty tables."""
+    database = await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_migrated_url)))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def sqlitedb(tmp_path: Path) -> AsyncIterator[Database]:
+    """The SQLite backend on a fresh file: the reference the PostgreSQL one must match."""
+    database = Database.open(StorageSettings(path=tmp_path / "reference.sqlite"))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def make_api(
+    make_api: Callable[..., Awaitable[Any]], pg_migrated_url: str
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """The real app (tests/conftest.py's ``make_api``) with its run endpoints served by
+    the PostgreSQL backend: create, PATCH, associate-commit, batch and upsert, one run,
+    its URLs, lists and cursors (``server.http.runs``). The rest of the app (health,
+    metrics, stats, export, heartbeat, the reaper) stays on SQLite until the storage
+    protocol covers them. ``make_api.sqlite(db_path=...)``: the same app all on SQLite
+    (give it a file of its own), for tests that compare the two."""
+    opened: list[PostgresDatabase] = []
+
+    async def make(**overrides: Any) -> Any:
+        api = await make_api(**overrides)
+        config = api.client.app[CONFIG]
+        settings = PostgresSettings(
+            url=parse_url(pg_migrated_url), max_metrics_bytes=config.max_body_bytes
+        )
+        database = await PostgresDatabase.open(settings)
+        opened.append(database)
+        with warnings.catch_warnings():  # set after start-up: aiohttp's state is frozen
+            warnings.simplefilter("ignore", DeprecationWarning)
+            api.client.app[run_handlers.DATABASE] = database
+        return api
+
+    make.sqlite = make_api  # type: ignore[attr-defined]  # the reference: all on SQLite
+    try:
+        yield make
+    finally:
+        for database in opened:
+            await database.close()

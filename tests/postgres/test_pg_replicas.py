@@ -1,0 +1,154 @@
+"""Several servers on one PostgreSQL database (three facades, three separate asyncpg
+pools): idempotent creates, and upsert batches that never regress a terminal status,
+never deadlock, and count each run's creation once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from server.contract.fields import TERMINAL_STATUSES
+from server.contract.models import RunCreate, UpsertItem
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.url import parse_url
+
+
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[list[PostgresDatabase]]:
+    settings = PostgresSettings(url=parse_url(pg_url), pool_size=8)
+    opened = list(await asyncio.gather(*(PostgresDatabase.open(settings) for _ in range(3))))
+    try:
+        yield opened
+    finally:
+        await asyncio.gather(*(db.close() for db in opened))
+
+
+def _run(event_id: str, **fields: Any) -> RunCreate:
+    return RunCreate.model_validate(
+        {
+            "event_id": event_id,
+            "run_id": f"run-{event_id}",
+            "agent_name": "agent",
+            "job_type": "job",
+            "start_time": "2026-03-01T11:00:00Z",
+            **fields,
+        }
+    )
+
+
+async def test_100_concurrent_creates_of_one_event_over_3_replicas(
+    replicas: list[PostgresDatabase],
+) -> None:
+    run = _run("the-one")
+    answers = await asyncio.gather(*(replicas[n % 3].create(run) for n in range(100)))
+    assert answers.count(True) == 1
+    assert answers.count(False) == 99
+    async with replicas[0].pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM agent_runs") == 1
+
+
+async def test_concurrent_batches_of_one_run_insert_it_once(
+    replicas: list[PostgresDatabase],
+) -> None:
+    """Batches and upserts from three replicas race to create the same runs, in
+    different orders: each run is counted inserted exactly once, nothing deadlocks."""
+    ids = [f"shared-{n}" for n in range(30)]
+    rng = random.Random(7)
+    jobs = []
+    for n in range(30):
+        order = rng.sample(ids, len(ids))
+        db = replicas[n % 3]
+        if n % 2:
+            jobs.append(db.insert_batch([_run(e) for e in order]))
+        else:
+            jobs.append(db.upsert_batch([UpsertItem(event_id=e, create=_run(e)) for e in order]))
+    results = await asyncio.gather(*jobs)
+    inserted = sum(r if isinstance(r, int) else r.inserted for r in results)
+    assert inserted == len(ids)
+    async with replicas[0].pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM agent_runs") == len(ids)
+
+
+async def test_concurrent_upserts_never_regress_a_terminal_status(
+    replicas: list[PostgresDatabase],
+) -> None:
+    """Three replicas apply a sidecar's snapshots to the same runs at once, each batch
+    in its own order: creates, late ``running`` updates, metrics patches, and one
+    terminal status per run. Once a run is seen finished it is never seen running
+    again, and every run ends with its terminal status."""
+    ids = [f"race-{n}" for n in range(40)]
+    final = {
+        event_id: random.Random(event_id).choice(sorted(TERMINAL_STATUSES)) for event_id in ids
+    }
+    rng = random.Random(13)
+    seen_finished: set[str] = set()
+    regressions: list[str] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        """Poll statuses all along: a finished run read back running is a regression."""
+        async with replicas[2].pool.acquire() as conn:
+            for _ in range(100_000):
+                if stop.is_set():
+                    return
+                for event_id, status in await conn.fetch("SELECT event_id, status FROM agent_runs"):
+                    if status in TERMINAL_STATUSES:
+                        seen_finished.add(event_id)
+                    elif event_id in seen_finished:
+                        regressions.append(event_id)
+                await asyncio.sleep(0)
+
+    def batch() -> list[UpsertItem]:
+        items = []
+        for event_id in rng.sample(ids, 25):
+            body: dict[str, Any] = {"event_id": event_id}
+            kind = rng.random()
+            if kind < 0.3:
+                body["create"] = _run(event_id).model_dump(exclude_unset=True)
+                body["update"] = {"status": "running", "items_discovered": rng.randrange(5)}
+            elif kind < 0.55:
+                body["update"] = {"status": "running", "product": f"p{rng.randrange(3)}"}
+            elif kind < 0.8:
+                body["metrics_patch"] = {"progress": rng.randrange(100)}
+                body["heartbeat"] = True
+            else:
+                body["create"] = _run(event_id).model_dump(exclude_unset=True)
+                body["update"] = {"status": final[event_id], "error_summary": None}
+            items.append(UpsertItem.model_validate(body))
+        return items
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        batches = [batch() for _ in range(60)]
+        await asyncio.gather(*(replicas[n % 3].upsert_batch(b) for n, b in enumerate(batches)))
+        # Every run gets its terminal status at least once (a last round, also racing).
+        closing = [
+            [
+                UpsertItem(event_id=e, create=_run(e), update={"status": final[e]})  # type: ignore[arg-type]
+                for e in rng.sample(ids, len(ids))
+            ]
+            for _ in range(3)
+        ]
+        await asyncio.gather(*(replicas[n].upsert_batch(b) for n, b in enumerate(closing)))
+        # and late "running" snapshots after it change nothing
+        late = [
+            [
+                UpsertItem.model_validate({"event_id": e, "update": {"status": "running"}})
+                for e in ids
+            ]
+            for _ in range(3)
+        ]
+        results = await asyncio.gather(*(replicas[n].upsert_batch(b) for n, b in enumerate(late)))
+        assert all(r.updated == 0 and r.unchanged == len(ids) for r in results)
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 30)
+    assert regressions == []
+    for event_id in ids:
+        run = await replicas[0].get(event_id)
+        assert run is not None
+        assert run["status"] == final[event_id]

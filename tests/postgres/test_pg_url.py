@@ -1,0 +1,83 @@
+"""The database URL: which setting wins, what is refused, and the password never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.postgres.url import InvalidDatabaseUrl, parse_url, url_from_environment
+
+SECRET = "s3cr%40t-pässword"
+
+
+def test_telemetry_database_url_wins_then_database_url_then_sqlite() -> None:
+    ours = "postgresql://u:p@db1:5432/telemetry"
+    theirs = "postgres://u:p@db2/telemetry"
+    assert (
+        url_from_environment({"TELEMETRY_DATABASE_URL": ours, "DATABASE_URL": theirs}).dsn == ours
+    )  # type: ignore[union-attr]
+    assert url_from_environment({"DATABASE_URL": theirs}).dsn == theirs  # type: ignore[union-attr]
+    assert (
+        url_from_environment({"TELEMETRY_DATABASE_URL": "  ", "DATABASE_URL": theirs}).dsn == theirs
+    )  # type: ignore[union-attr]
+    assert url_from_environment({}) is None
+    assert url_from_environment({"TELEMETRY_DB_PATH": "/var/lib/x.sqlite"}) is None
+
+
+@pytest.mark.parametrize("other", ["sqlite:///var/lib/app.db", "mysql://u:p@h/db", "redis://h"])
+def test_a_database_url_meant_for_other_software_keeps_sqlite(other: str) -> None:
+    """DATABASE_URL is a common name: only a postgresql:// one is taken as ours."""
+    assert url_from_environment({"DATABASE_URL": other}) is None
+    with pytest.raises(InvalidDatabaseUrl, match=r"TELEMETRY_DATABASE_URL.*scheme"):
+        url_from_environment({"TELEMETRY_DATABASE_URL": other})
+
+
+@pytest.mark.parametrize(
+    ("url", "word"),
+    [
+        ("mysql://u:SECRET@h/db", "scheme"),
+        ("sqlite:///var/lib/t.sqlite", "scheme"),
+        ("postgresql://u:SECRET@/db", "no host"),
+        ("postgresql://u:SECRET@h", "no database"),
+        ("postgresql://u:SECRET@h/", "no database"),
+        ("postgresql://u:SECRET@h:99999/db", "port"),
+        ("postgresql://u:SECRET@h:x/db", "port"),
+        ("postgresql://u:SECRET@h:0/db", "port"),
+        ("postgresql://u:SECRET@h/db#frag", "fragment"),
+        ("postgresql://u:SECRET@[::1/db", "malformed"),
+    ],
+)
+def test_bad_urls_are_refused_without_the_password(url: str, word: str) -> None:
+    with pytest.raises(InvalidDatabaseUrl, match=word) as caught:
+        parse_url(url.replace("SECRET", SECRET))
+    assert SECRET not in str(caught.value)
+    assert "s3cr" not in str(caught.value)
+    for name in ("TELEMETRY_DATABASE_URL", "DATABASE_URL"):
+        if name == "DATABASE_URL" and not url.startswith("postgres"):
+            continue  # not meant for this server: left alone (test above)
+        with pytest.raises(InvalidDatabaseUrl, match=name) as named:
+            url_from_environment({name: url.replace("SECRET", SECRET)})
+        assert "s3cr" not in str(named.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql://telemetry:{SECRET}@db.example:5433/runs",
+            "postgresql://telemetry:***@db.example:5433/runs",
+        ),
+        (f"postgres://:{SECRET}@db/runs", "postgres://:***@db/runs"),
+        ("postgresql://telemetry@db/runs", "postgresql://telemetry@db/runs"),
+        (
+            f"postgresql://db/runs?password={SECRET}&sslmode=require",
+            "postgresql://db/runs?password=***&sslmode=require",
+        ),
+        ("postgresql:///runs?host=/run/postgresql", "postgresql:///runs?host=/run/postgresql"),
+    ],
+)
+def test_the_shown_form_hides_the_password(url: str, shown: str) -> None:
+    parsed = parse_url(url)
+    assert parsed.dsn == url
+    assert parsed.redacted == shown
+    assert "s3cr" not in repr(parsed)
+    assert "s3cr" not in parsed.redacted
