@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,9 +17,11 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 #: The browser's proxy for everything but loopback: a port nothing listens on (the
 #: discard port; refused), so no request a page makes can leave the machine.
 DEAD_PROXY = "http://127.0.0.1:9"
-#: Where screenshots go: the README shows the ones this directory holds.
+#: Where screenshots go. The README shows the ones tests/browser/screenshots holds; they are
+#: refreshed on purpose (``UI_SCREENSHOT_DIR=tests/browser/screenshots pytest tests/browser``),
+#: so an ordinary test run leaves the checkout unchanged.
 SCREENSHOTS = Path(
-    os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).resolve().parent / "screenshots")
+    os.environ.get("UI_SCREENSHOT_DIR", Path(tempfile.gettempdir()) / "telemetry-ui-screenshots")
 )
 #: Schemes a page may load without leaving the machine.
 _LOCAL_SCHEMES = {"data", "about", "blob", "file", "chrome", "chrome-extension", "devtools"}
