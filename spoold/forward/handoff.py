@@ -110,17 +110,29 @@ class StopClock:
 
     async def within(self, call: Coroutine[Any, Any, T]) -> T:
         """``call``'s result, or ``Stopped`` if the deadline comes first (``call`` is
-        then cancelled: past the deadline, a batch in flight is abandoned)."""
-        if self.deadline is None:
-            return await call
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            call.close()  # never started
-            raise Stopped
+        then cancelled: past the deadline, a batch in flight is abandoned). A stop
+        requested while ``call`` runs puts it under the deadline from then on."""
+        task = asyncio.ensure_future(call)
         try:
-            return await asyncio.wait_for(call, remaining)
-        except TimeoutError as exc:
-            raise Stopped from exc
+            if self.deadline is None:
+                stop = asyncio.ensure_future(self.requested.wait())
+                try:
+                    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                if task.done():
+                    return task.result()
+            assert self.deadline is not None  # set with ``requested``
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise Stopped
+            try:
+                return await asyncio.wait_for(task, remaining)
+            except TimeoutError as exc:
+                raise Stopped from exc
+        finally:
+            if not task.done():
+                task.cancel()
 
 
 class LocalFaults:
