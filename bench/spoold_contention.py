@@ -35,11 +35,12 @@ from server_bench import run_payload
 
 from server.contract.models import RunCreate
 from spoold.accept.acceptor import Acceptor
-from spoold.forward import drainer as drainer_module
+from spoold.forward.handoff import LocalFaults, Slot, StopClock
+from spoold.forward.record import RecordStage
+from spoold.forward.rounds import Delivered, DrainStats
 from spoold.spool.operations import create_op
 from spoold.state.ledger import Ledger
 from spoold.state.recovery import reconcile
-from spoold.state.runs_index import op_counts
 from spoold.state.storage import open_storage
 
 RATE = 1000.0
@@ -58,35 +59,27 @@ def main() -> None:
     parser.add_argument("--no-drain", action="store_true")
     args = parser.parse_args()
     storage = open_storage(args.spool_dir, capacity_bytes=8 << 30, min_free_disk_bytes=0)
-    spool, letters = storage.spool, storage.dead_letters
+    spool = storage.spool
     index, drain_index = storage.accept_index, storage.drain_index
     ledger = Ledger(reconcile(spool, index))
-    sliced = hasattr(drainer_module, "SETTLE_SLICE_OPS")  # the tree with sliced settles
     stop = threading.Event()
     drained: list[int] = []
     records: list[float] = []
 
     def drain() -> None:
-        drainer: Any = None
-        if sliced:
-            drainer = drainer_module.Drainer(
-                spool, letters, drain_index, ledger, None, None,  # type: ignore[arg-type]
-                batch_size=ROUND_OPS, batch_max_bytes=5 << 20, backoff=None,  # type: ignore[arg-type]
-            )  # fmt: skip
+        clock = StopClock()
+        recorder = RecordStage(
+            Slot(), spool, drain_index, ledger, DrainStats(),
+            LocalFaults(None, clock),  # type: ignore[arg-type]  # nothing fails here
+        )  # fmt: skip
         while not stop.is_set():  # bounded by the backlog and by the load's end
             groups = spool.get_groups(ROUND_OPS, max_bytes=5 << 20)
             if not groups:
                 return
             ops = [op for group in groups for op in group.ops]
             started = time.perf_counter()
-            if sliced:
-                delivered = drainer_module._Delivered(  # type: ignore[call-arg]
-                    groups, [op["event_id"] for op in ops], frozenset(), started
-                )
-                drainer._record(delivered)
-            else:
-                drain_index.settle(op_counts(ops), {}, [group.id for group in groups])
-                spool.ack(groups)
+            event_ids = [op["event_id"] for op in ops]
+            recorder.record(Delivered(groups, event_ids, frozenset(), started))  # settle, ack
             records.append(time.perf_counter() - started)
             drained.append(len(ops))
 
@@ -125,7 +118,7 @@ def main() -> None:
         latencies = asyncio.run(load())
     finally:
         storage.close()
-    tree = "sliced settles" if sliced else "one-commit settles"
+    tree = "sliced settles (the record stage)"
     print(
         f"{tree}: accept p50 {quantile_ms(latencies, 0.5):.1f} p99"
         f" {quantile_ms(latencies, 0.99):.1f} max {max(latencies) * 1e3:.1f} ms;"

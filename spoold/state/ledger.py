@@ -9,7 +9,7 @@ thread and the drainer move *after* their durable step, under one lock:
 - accept: ``accepted`` and ``queued`` grow together once the group is in the
   spool and the index;
 - drain: ``queued`` shrinks while ``forwarded`` / ``dead_lettered`` grow, once
-  the settle is committed (the spool ack follows; see ``forward.drainer``).
+  the settle is committed (the spool ack follows; see ``forward.record``).
 
 At start-up it is loaded from the index and the spool's real depth (after
 ``recovery.reconcile``), so a restart checks the persisted counters against

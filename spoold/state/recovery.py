@@ -9,7 +9,7 @@ after a kill -9 at any point, at most one step is missing, and it is visible:
   them in (they will be forwarded, so they count as accepted);
 - ``settling_ids`` still live in the spool were delivered (or dead-lettered)
   and counted: ack them without sending them again. A settle goes in slices
-  (short transactions, see ``spoold.forward.drainer``); the mark says how many
+  (short transactions, see ``spoold.forward.record``); the mark says how many
   of the items' operations were settled, and a settle cut short is finished
   first (the rest of its operations counted, their runs' pending lowered).
 

@@ -104,11 +104,13 @@ def start_spoold(
     spool_dir: Path,
     env: Mapping[str, str] | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    module: str = "spoold",
 ) -> Daemon:
-    """The real sidecar (``python -m spoold serve``), ready once it serves HTTP(S)."""
+    """The real sidecar (``python -m spoold serve``, or a test's wrapper ``module`` of it),
+    ready once it serves HTTP(S)."""
     return reaper.add(
         start(
-            "spoold",
+            module,
             [
                 "serve",
                 "--port",

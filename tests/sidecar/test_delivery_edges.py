@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sidecar_helpers import FakeUpstream, make_run
 
-import spoold.forward.drainer as drainer_module
+import spoold.forward.read as read_module
 from server.contract.codec import nesting_depth
 from spoold.forward.coalesce import coalesce, encode_batch, pack
 
@@ -487,7 +487,7 @@ async def test_a_round_that_fails_after_its_read_gives_its_groups_back(
     """If preparing a round fails once its groups are taken (here: packing raises), the
     groups go back to the spool: the failure shows on /health, then everything arrives
     without a restart."""
-    real_pack = drainer_module.pack
+    real_pack = read_module.pack
     failures = {"left": 3}
 
     def flaky_pack(*args: Any, **kwargs: Any) -> Any:
@@ -496,7 +496,7 @@ async def test_a_round_that_fails_after_its_read_gives_its_groups_back(
             raise RuntimeError("injected packing failure")
         return real_pack(*args, **kwargs)
 
-    monkeypatch.setattr(drainer_module, "pack", flaky_pack)
+    monkeypatch.setattr(read_module, "pack", flaky_pack)
     sidecar = await make_sidecar(central.url)
     runs = [make_run() for _ in range(3)]
     for run in runs:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sidecar_helpers import make_run
 
-from spoold.forward import drainer as drainer_module
+from spoold.forward import read as read_module
 
 
 async def test_a_failed_read_ahead_does_not_strand_its_groups(
@@ -16,7 +16,7 @@ async def test_a_failed_read_ahead_does_not_strand_its_groups(
 ) -> None:
     """Packing the second (read-ahead) round into batches raises once while the server is
     down; once the server is up every run is delivered and the spool drains to zero."""
-    pack = drainer_module.pack
+    pack = read_module.pack
     calls = {"with_snapshots": 0}
 
     def failing_pack(snapshots: Any, *args: Any) -> Any:
@@ -26,7 +26,7 @@ async def test_a_failed_read_ahead_does_not_strand_its_groups(
                 raise MemoryError("injected: read-ahead failed")
         return pack(snapshots, *args)
 
-    monkeypatch.setattr(drainer_module, "pack", failing_pack)
+    monkeypatch.setattr(read_module, "pack", failing_pack)
     sidecar = await make_sidecar(dead_url, batch_size=1)
     runs = [make_run() for _ in range(4)]
     for run in runs:

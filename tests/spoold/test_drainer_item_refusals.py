@@ -15,8 +15,11 @@ import orjson
 
 from server.contract.models import HeartbeatBody
 from spoold.forward.coalesce import coalesce
-from spoold.forward.drainer import Drainer, Planned, RoundOps
+from spoold.forward.handoff import LocalFaults, Slot, StopClock
+from spoold.forward.rounds import DrainStats, Planned, RoundOps
+from spoold.forward.send import SendStage
 from spoold.spool.operations import heartbeat_op
+from spoold.spool.writegate import WriteGate
 from spoold.upstream.client import BatchAnswer
 from spoold.upstream.retry import Backoff
 from spoold.upstream.status import UpstreamStatus
@@ -61,19 +64,22 @@ async def test_refused_snapshots_of_one_run_are_resent_in_accept_order() -> None
     snapshots = coalesce(ops)
     assert [s.positions for s in snapshots] == [[0, 1], [2, 3]]
     client = RefuseFirstBatch()
-    drainer = Drainer(
-        cast(Any, None),
-        cast(Any, None),
-        cast(Any, None),
-        cast(Any, None),
+    backoff = Backoff(base_s=0.01, cap_s=0.01)
+    clock = StopClock()
+    sender = SendStage(
+        Slot(),
+        Slot(),
         cast(Any, client),
         UpstreamStatus(url="http://127.0.0.1:9"),
-        batch_size=100,
-        batch_max_bytes=1 << 20,
-        backoff=Backoff(base_s=0.01, cap_s=0.01),
+        cast(Any, None),  # nothing is dead-lettered here
+        DrainStats(),
+        clock,
+        LocalFaults(backoff, clock),
+        WriteGate(),
+        backoff=backoff,
     )
     chunk = [Planned(s.event_id, tuple(s.positions)) for s in snapshots]
-    refused = await drainer._deliver([(chunk, None)], RoundOps(ops))
+    refused = await sender.deliver([(chunk, None)], RoundOps(ops))
     assert refused == {}
     resent = [item["metrics_patch"] for batch in client.sent[1:] for item in batch]
     assert resent == progress  # each operation alone, in the order it was accepted

@@ -5,11 +5,14 @@ no ``drainer_crashed`` log at every such shutdown)."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from spool_helpers import SpoolFactory
 
-from spoold.forward.drainer import Drainer, _Prepared
+from spoold.forward.drainer import Drainer
+from spoold.forward.rounds import Round
+from spoold.spool.writegate import WriteGate
 from spoold.upstream.retry import Backoff
 
 
@@ -19,7 +22,7 @@ async def test_a_stop_during_the_backoff_after_a_local_failure_ends_run_cleanly(
     drainer = Drainer(
         make_spool(),
         None,  # type: ignore[arg-type]  # the round fails before any of these is used
-        None,  # type: ignore[arg-type]
+        SimpleNamespace(gate=WriteGate()),  # type: ignore[arg-type]  # only its gate is read
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
@@ -29,11 +32,11 @@ async def test_a_stop_during_the_backoff_after_a_local_failure_ends_run_cleanly(
     )
     failures = []
 
-    def failing_read() -> _Prepared:
+    def failing_read() -> Round:
         failures.append(1)
         raise OSError("injected: local state unreadable")
 
-    monkeypatch.setattr(drainer, "_read_round", failing_read)
+    monkeypatch.setattr(drainer.reader, "read_round", failing_read)
     task = asyncio.create_task(drainer.run())
     for _ in range(200):  # bounded: the first failure comes at once
         if failures:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from spool_helpers import SpoolFactory
 from spoold.accept.acceptor import Acceptor
 from spoold.forward.drainer import Drainer
 from spoold.spool import Spool
+from spoold.spool.writegate import WriteGate
 from spoold.state.ledger import Ledger
 from spoold.state.runs_index import RunsIndex
 
@@ -78,7 +80,7 @@ def test_a_prepared_round_holds_its_batches_not_its_decoded_operations(
     drainer = Drainer(
         spool,
         None,  # type: ignore[arg-type]  # reading a round needs only the spool
-        None,  # type: ignore[arg-type]
+        SimpleNamespace(gate=WriteGate()),  # type: ignore[arg-type]  # (and a gate to start)
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
@@ -87,8 +89,8 @@ def test_a_prepared_round_holds_its_batches_not_its_decoded_operations(
         backoff=None,  # type: ignore[arg-type]
     )
     baseline = containers()
-    first = drainer._read_round()
-    ahead = drainer._read_round()
+    first = drainer.reader.read_round()
+    ahead = drainer.reader.read_round()
     assert len(first.groups) == 1
     assert len(ahead.groups) == 1
     assert first.batches

@@ -19,8 +19,10 @@ import orjson
 import pytest
 from spool_helpers import SpoolFactory, accept
 
-from spoold.forward import drainer as drainer_module
-from spoold.forward.drainer import Drainer, _Delivered
+from spoold.forward import record as record_module
+from spoold.forward.handoff import LocalFaults, Slot, StopClock
+from spoold.forward.record import RecordStage
+from spoold.forward.rounds import Delivered, DrainStats
 from spoold.state import runs_index
 from spoold.state.ledger import Counts, Ledger
 from spoold.state.recovery import reconcile
@@ -47,6 +49,12 @@ def indexes(index_path: Path) -> Iterator[list[RunsIndex]]:
     yield opened
     for index in opened:
         index.close()
+
+
+def recorder(spool: Any, index: RunsIndex, ledger: Ledger, stats: DrainStats) -> RecordStage:
+    """The drain's record stage alone (no upstream, no dead letters in these tests)."""
+    faults = LocalFaults(Backoff(base_s=1.0, cap_s=1.0), StopClock())
+    return RecordStage(Slot(), spool, index, ledger, stats, faults)
 
 
 def open_index(opened: list[RunsIndex], path: Path, **kwargs: Any) -> RunsIndex:
@@ -184,18 +192,9 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
     event_ids = [op["event_id"] for group in groups for op in group.ops]
     drain_index = open_index(indexes, index_path, synchronous="FULL", yields=True)
     ledger = Ledger(Counts(accepted=7, queued=7))
-    drainer = Drainer(
-        spool,
-        None,  # type: ignore[arg-type]  # no dead letters, no upstream in this test
-        drain_index,
-        ledger,
-        None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        batch_size=100,
-        batch_max_bytes=1 << 20,
-        backoff=Backoff(base_s=1.0, cap_s=1.0),
-    )
-    monkeypatch.setattr(drainer_module, "SETTLE_SLICE_OPS", 3)
+    stats = DrainStats()
+    stage = recorder(spool, drain_index, ledger, stats)
+    monkeypatch.setattr(record_module, "SETTLE_SLICE_OPS", 3)
     drain_index.gate.last_urgent = time.monotonic() + 60  # the accept path is busy
     steps: list[tuple[str, int, bool]] = []
     settle_slice, ack = drain_index.settle_slice, spool.ack
@@ -214,7 +213,7 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
     monkeypatch.setattr(drain_index, "settle_slice", recording_slice)
     monkeypatch.setattr(spool, "ack", recording_ack)
 
-    drainer._record(_Delivered(groups, event_ids, frozenset({4}), time.perf_counter()))
+    stage.record(Delivered(groups, event_ids, frozenset({4}), time.perf_counter()))
 
     assert steps == [
         ("slice", 3, False),
@@ -227,7 +226,7 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
     assert (counters["forwarded"], counters["dead_lettered"]) == (6, 1)
     assert drain_index.settling().complete
     assert spool.stats().depth_ops == 0
-    assert drainer.stats.operations_forwarded == 6
+    assert stats.operations_forwarded == 6
 
 
 async def test_without_accepts_a_round_settles_in_one_commit(
@@ -241,18 +240,8 @@ async def test_without_accepts_a_round_settles_in_one_commit(
     groups = spool.get_groups(100)
     event_ids = [op["event_id"] for group in groups for op in group.ops]
     drain_index = open_index(indexes, index_path, synchronous="FULL", yields=True)
-    drainer = Drainer(
-        spool,
-        None,  # type: ignore[arg-type]
-        drain_index,
-        Ledger(Counts(accepted=7, queued=7)),
-        None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        batch_size=100,
-        batch_max_bytes=1 << 20,
-        backoff=Backoff(base_s=1.0, cap_s=1.0),
-    )
-    monkeypatch.setattr(drainer_module, "SETTLE_SLICE_OPS", 3)
+    stage = recorder(spool, drain_index, Ledger(Counts(accepted=7, queued=7)), DrainStats())
+    monkeypatch.setattr(record_module, "SETTLE_SLICE_OPS", 3)
     drain_index.gate.last_urgent = 0.0  # no accept for a long time
     marks: list[Settling] = []
     settle_slice = drain_index.settle_slice
@@ -264,7 +253,7 @@ async def test_without_accepts_a_round_settles_in_one_commit(
         settle_slice(forwarded, dead, mark, durable=durable)
 
     monkeypatch.setattr(drain_index, "settle_slice", recording_slice)
-    drainer._record(_Delivered(groups, event_ids, frozenset(), time.perf_counter()))
+    stage.record(Delivered(groups, event_ids, frozenset(), time.perf_counter()))
     assert [m.done for m in marks] == [7]
     assert drain_index.counters()["forwarded"] == 7
 
