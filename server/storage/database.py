@@ -193,6 +193,12 @@ class Database:
         prepared = runs.prepare_insert(runs.insert_params(run, utc_now()))
         return await self.writer.run(lambda conn: runs.insert_row(conn, prepared))
 
+    async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
+        """Set fields of a run (a PATCH); False if unknown. Cheaper than ``update``: no
+        run_id to return."""
+        statement = runs.update_statement(event_id, changes, utc_now(), returning=False)
+        return await self.writer.run(lambda conn: runs.run_patch(conn, statement))
+
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
         statement = runs.update_statement(event_id, changes, utc_now())

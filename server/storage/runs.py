@@ -150,8 +150,11 @@ def update_statement(
     *,
     seen: str | None = None,
     sidecar: str | None = None,
+    returning: bool = True,
 ) -> UpdateStatement:
-    """The UPDATE of ``update_run``, built where the caller likes (off the writer thread)."""
+    """The UPDATE of ``update_run``, built where the caller likes (off the writer thread).
+    ``returning=False`` for ``run_patch``: without RETURNING, SQLite buffers no result
+    row (about 5% of a terminal PATCH's instructions)."""
     status = changes.get("status")
     parts: list[str] = []
     params: list[Any] = []
@@ -172,8 +175,8 @@ def update_statement(
     if sidecar is not None:
         tail = (now, seen or now, sidecar, event_id)
     return (
-        f"UPDATE agent_runs SET {assignments}, updated_at = ?, {touch}"
-        " WHERE event_id = ? RETURNING run_id",
+        f"UPDATE agent_runs SET {assignments}, updated_at = ?, {touch} WHERE event_id = ?"
+        + (" RETURNING run_id" if returning else ""),
         (*params, *tail),
     )
 
@@ -182,6 +185,12 @@ def run_update(conn: sqlite3.Connection, statement: UpdateStatement) -> str | No
     """Run an ``update_statement``; the run_id, or None if the run does not exist."""
     row = conn.execute(*statement).fetchone()
     return None if row is None else str(row[0])
+
+
+def run_patch(conn: sqlite3.Connection, statement: UpdateStatement) -> bool:
+    """Run an ``update_statement(..., returning=False)``; False if the run does not exist.
+    (rowcount counts the statement's own row only, never the triggers' rows.)"""
+    return conn.execute(*statement).rowcount == 1
 
 
 def update_run(

@@ -140,3 +140,19 @@ def test_a_patch_that_clears_fields_stores_what_binding_did(pair: Any, sidecar: 
         )
     assert _dump(new) == _dump(old)
     assert runs.update_run(new, "no-such-run", {"status": "success"}, LATER) is None
+
+
+def test_a_patch_without_returning_finds_and_stores_what_update_run_does(pair: Any) -> None:
+    made = _creates(seed=5, count=12)
+    _write_both(pair, made)
+    new, old = pair
+    changes: dict[str, Any] = {"status": "success", "duration_ms": 5, "error_summary": None}
+    for run in made:
+        statement = runs.update_statement(run.event_id, dict(changes), LATER, returning=False)
+        new.execute("BEGIN IMMEDIATE")
+        assert runs.run_patch(new, statement) is True
+        new.execute("COMMIT")
+        assert runs.update_run(old, run.event_id, dict(changes), LATER) == run.run_id
+    assert _dump(new) == _dump(old)
+    missing = runs.update_statement("no-such-run", {"status": "success"}, LATER, returning=False)
+    assert runs.run_patch(new, missing) is False
