@@ -70,6 +70,12 @@ def run_backup(config: ServerConfig, destination: Path | None) -> int:
     return 0
 
 
+#: GIL switch interval. The writer thread hands the GIL back for every SQLite statement
+#: and needs it again after; at the default 5 ms it can wait that long behind the event
+#: loop's Python (and the loop behind it), which is queueing the requests feel.
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"telemetry-server: TLS configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     log = structlog.get_logger("server")
     try:
         check_sqlite_version(needs_json=True)

@@ -26,7 +26,14 @@ def loads(raw: bytes | bytearray | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedJson(f"malformed JSON: {exc}") from exc
-    if nesting_depth(value, limit=max_depth) > max_depth:
+    # Depth never exceeds the count of opening brackets (those inside strings included):
+    # only a body with more of them than the limit is walked (one C pass, not a Python one).
+    brackets = (
+        raw.count("{") + raw.count("[")
+        if isinstance(raw, str)
+        else (raw.count(b"{") + raw.count(b"["))
+    )
+    if brackets > max_depth and nesting_depth(value, limit=max_depth) > max_depth:
         raise MalformedJson(f"JSON nested deeper than {max_depth} levels")
     return value
 

@@ -10,6 +10,8 @@ sets are "other"; agent names never become labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -50,10 +52,18 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Each label set's two children, so a request costs one dict lookup, not two
+        # ``labels`` calls. Bounded as the label sets are (routes, fixed methods/statuses).
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answer. ``route`` is the router's pattern (or "unmatched"), never the
         path; method and status are mapped onto fixed sets, so no client can grow the
         label set (a method "FOO<script>" is counted as "other")."""
-        self.requests.labels(route, method_label(method), status_label(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method_label(method), status_label(status))
+        children = self._children.get(key)
+        if children is None:  # once per label set: ``labels`` locks and validates per call
+            children = (self.requests.labels(*key), self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

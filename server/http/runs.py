@@ -53,7 +53,7 @@ async def update_run(request: web.Request) -> web.Response:
         if stored is None:
             raise not_found(event_id)
         changes = without_unchanged_run_id(changes, stored["run_id"])
-    if await database.update(event_id, changes) is None:
+    if not await database.patch(event_id, changes):
         raise not_found(event_id)
     return json_response(answers.updated(event_id, changes))
 

@@ -78,17 +78,29 @@ class RunCounters:
         ).fetchall()
         with self._lock:
             for agent, status, n in rows:
-                self._add(str(agent), str(status), int(n), reorder=False)
+                self._add(str(agent), str(status), int(n))
             self._agent_order = sorted((-n, agent) for agent, n in self._agents.items() if n)
             self._agents_view = None
             for minute, n in recent:
                 self._add_minute(str(minute), int(n))
 
     def apply(self, deltas: Iterable[Delta]) -> None:
+        # Netted per agent first: a finished run is -1 on its agent's ``running`` row and
+        # +1 on another status of the same agent, which moves nobody in the busiest-first
+        # order (two reorders per finished run: a bisect and two memmoves each).
+        agents: dict[str, int] = {}
         with self._lock:
             for agent, status, minute, n in deltas:
-                self._add(str(agent), str(status), int(n))
-                self._add_minute(str(minute), int(n))
+                key, count = str(agent), int(n)
+                agents[key] = agents.get(key, 0) + count
+                self._total += count
+                _bump(self._statuses, str(status), count)
+                self._add_minute(str(minute), count)
+            for agent, net in agents.items():
+                if net:
+                    before = self._agents.get(agent, 0)
+                    _bump(self._agents, agent, net)
+                    self._reorder(agent, before, before + net)
 
     # ---- readers --------------------------------------------------------------------
 
@@ -108,13 +120,10 @@ class RunCounters:
 
     # ---- internals (lock held) ------------------------------------------------------
 
-    def _add(self, agent: str, status: str, n: int, *, reorder: bool = True) -> None:
+    def _add(self, agent: str, status: str, n: int) -> None:
         self._total += n
-        before = self._agents.get(agent, 0)
         _bump(self._agents, agent, n)
         _bump(self._statuses, status, n)
-        if n and reorder:
-            self._reorder(agent, before, before + n)
 
     def _reorder(self, agent: str, before: int, after: int) -> None:
         """Move one agent in the busiest-first order: a bisect and a memmove, no sort."""

@@ -189,13 +189,20 @@ class Database:
 
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
-        params = runs.insert_params(run, utc_now())  # Python work here, not in the writer thread
-        return await self.writer.run(lambda conn: runs.insert_row(conn, params))
+        # Python work here, not in the writer thread (it is the one every write waits for).
+        prepared = runs.prepare_insert(runs.insert_params(run, utc_now()))
+        return await self.writer.run(lambda conn: runs.insert_row(conn, prepared))
+
+    async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
+        """Set fields of a run (a PATCH); False if unknown. Cheaper than ``update``: no
+        run_id to return."""
+        statement = runs.update_statement(event_id, changes, utc_now(), returning=False)
+        return await self.writer.run(lambda conn: runs.run_patch(conn, statement))
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
-        now = utc_now()
-        return await self.writer.run(lambda conn: runs.update_run(conn, event_id, changes, now))
+        statement = runs.update_statement(event_id, changes, utc_now())
+        return await self.writer.run(lambda conn: runs.run_update(conn, statement))
 
     async def insert_batch(
         self, batch: Sequence[RunCreate], presence: Presence | None = None

@@ -61,9 +61,9 @@ class RunDeltas:
         rows = conn.execute(
             f"SELECT agent_name, status, created_at, job_type, n FROM {_DELTAS}"
         ).fetchall()
-        conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
-        if not rows:
+        if not rows:  # a group that added, removed and re-labelled no run: nothing to empty
             return _nothing
+        conn.execute(f"DELETE FROM {_DELTAS}")  # rows netting to zero too: never piled up
         # Net per key of each consumer, so neither sees a value pass through zero or below
         # on its way to the group's result (a rename shows as -1 on one row, +1 on another).
         runs: dict[tuple[str, str, str], int] = {}
