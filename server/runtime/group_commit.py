@@ -43,7 +43,8 @@ class GroupWork(ABC, Generic[ItemT, ResultT]):
     """What a daemon's writer does with a group; everything but ``commit`` is optional.
 
     Every method is called on the worker's thread, except ``refusal`` and ``closing``
-    (also on an event loop, for a submit that comes too late).
+    (also on an event loop, for a submit that comes too late). ``failed`` and ``died``
+    are called while their error is being handled (``log.exception`` shows it).
     """
 
     @abstractmethod
