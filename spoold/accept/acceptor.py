@@ -30,7 +30,6 @@ before they answer, and ``server.edge.admission`` counts a request's body until 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ import structlog
 
 from server.runtime.group_commit import Answer, GroupCommit, GroupWork
 from server.sqlite.errors import is_disk_full
+from spoold.accept.slow_commits import CommitTimer
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
-from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import accepted_since, encode_op
@@ -57,9 +56,6 @@ INDEX_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: WAL bytes an operation's index row change is counted for: one b-tree page (its key is
 #: random, so it dirties a page of its own), plus what its snapshot adds.
 _PAGE_BYTES = 4096
-#: A group commit at least this slow is logged (``accept_commit_slow``) with what the
-#: thread was doing meanwhile: a write waiting on it waits at least that long.
-SLOW_COMMIT_S = 0.05
 
 
 class AcceptStopped(SpoolWriteError):
@@ -137,11 +133,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         )
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
-        #: How long the last group waited to begin its index transaction.
-        self._index_wait_s = 0.0
-        #: The accept thread's and the event loop thread's schedstat clocks (set at start).
-        self._thread_clock: ThreadClock | None = None
-        self._loop_clock: ThreadClock | None = None
+        self._timer = CommitTimer(spool)
         self.stats = AcceptStats()
         #: accepted_at of the writes submitted and not yet answered (on the event loop):
         #: they are the sidecar's before the spool has them (``oldest_pending``).
@@ -155,8 +147,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         tens of ms every few thousand writes. The checkpointer thread does that instead
         (PASSIVE: it never blocks this thread's commits).
         """
-        GC_CLOCK.install()
-        self._loop_clock = ThreadClock(threading.get_native_id())  # start runs on the loop
+        self._timer.on_loop()  # start runs on the loop
         if self._checkpoint_every is not None:
             self._index.wal_autocheckpoint(0)
             self._checkpointer = WalCheckpointer(
@@ -165,6 +156,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
                 self._checkpoint_every,
                 name="index-checkpoint",
             )
+            self._timer.index_checkpoints = self._checkpointer
         self._worker.start()
 
     @property
@@ -220,12 +212,10 @@ class Acceptor(GroupWork[_Write, Accepted]):
         log.critical("accept_thread_died", error=_describe(error))
 
     def started(self) -> None:
-        self._thread_clock = ThreadClock(threading.get_native_id())
+        self._timer.on_thread()
 
     def exited(self) -> None:
-        for clock in (self._thread_clock, self._loop_clock):
-            if clock is not None:
-                clock.close()
+        self._timer.close()
 
     def wait_s(self) -> float | None:
         return DEBT_RETRY_S if self._debt else None
@@ -274,7 +264,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         if not self._settle_debt():
             return self._refused(group, _index_refusal(self._debt_error))
         item_id = 0
-        clocks = self._clocks()
+        clocks = self._timer.clocks()
         try:
             results, to_spool = self._classify(group)
             classified = time.perf_counter()
@@ -288,7 +278,8 @@ class Acceptor(GroupWork[_Write, Accepted]):
             if item_id:
                 self._index.mark_spooled(item_id)
             self._index.commit()
-            self._attribute(started, classified, put, clocks, len(group))
+            if self._timer.attribute(started, classified, put, clocks, len(group)):
+                self.stats.slow_commits += 1
         except SpoolError as exc:
             self._rollback()
             return self._refused(group, exc)
@@ -317,58 +308,6 @@ class Acceptor(GroupWork[_Write, Accepted]):
             log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
         return [(result, None) for result in results]
 
-    def _clocks(self) -> tuple[float, ...]:
-        """GC, checkpoint and thread times now (see ``spoold.pauses``)."""
-        index_checkpoints = self._checkpointer
-        idle = (0.0, 0.0)
-        thread = self._thread_clock.read() if self._thread_clock is not None else idle
-        loop = self._loop_clock.read() if self._loop_clock is not None else idle
-        return (
-            GC_CLOCK.total_s,
-            self._spool.checkpoint_busy_s(),
-            0.0 if index_checkpoints is None else index_checkpoints.busy.busy_s(),
-            *thread,
-            loop[1],
-        )
-
-    def _attribute(
-        self,
-        started: float,
-        classified: float,
-        put: float,
-        clocks: tuple[float, ...],
-        operations: int,
-    ) -> None:
-        """Log a slow commit with the time of each phase and what ran meanwhile."""
-        done = time.perf_counter()
-        if done - started < SLOW_COMMIT_S:
-            return
-        self.stats.slow_commits += 1
-        gc_s, spool_s, index_s, cpu_s, starved_s, loop_starved_s = (
-            after - before for after, before in zip(self._clocks(), clocks, strict=True)
-        )
-        phases = {
-            "index_wait": self._index_wait_s,
-            "classify": classified - started - self._index_wait_s,
-            "spool_put": put - classified,
-            "index_commit": done - put,
-        }
-        log.warning(
-            "accept_commit_slow",
-            total_ms=round(1e3 * (done - started), 1),
-            slowest=max(phases, key=phases.__getitem__),
-            **{f"{name}_ms": round(1e3 * seconds, 1) for name, seconds in phases.items()},
-            gc_ms=round(1e3 * gc_s, 1),
-            spool_checkpoint_ms=round(1e3 * spool_s, 1),
-            index_checkpoint_ms=round(1e3 * index_s, 1),
-            # The accept thread on a CPU, and waiting for one; the event loop's thread
-            # waiting for one (while it holds the GIL, this thread cannot run Python).
-            thread_cpu_ms=round(1e3 * cpu_s, 1),
-            thread_runqueue_ms=round(1e3 * starved_s, 1),
-            loop_runqueue_ms=round(1e3 * loop_starved_s, 1),
-            operations=operations,
-        )
-
     def _after_commit(self, item_id: int, spooled: int, duplicates: int) -> None:
         """Count a durable group and let the drainer see it (unless it is still a debt)."""
         try:
@@ -391,7 +330,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         self._index.rollback()  # a no-op, unless an earlier rollback failed: redo it first
         waiting = time.perf_counter()
         self._index.begin()  # waits for the index's write gate (a drain settle slice)
-        self._index_wait_s = time.perf_counter() - waiting
+        self._timer.index_wait_s = time.perf_counter() - waiting
         results: list[Accepted] = []
         to_spool: list[_Write] = []
         recorded = self._index.record_group([(item.op, item.verified) for item in group])
