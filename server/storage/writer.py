@@ -75,16 +75,16 @@ class Writer(GroupWork[_Op, Any]):
         self,
         conn: sqlite3.Connection,
         *,
-        max_group: int = 512,
-        on_group: GroupObserver | None = None,
         hooks: tuple[CommitHook, ...] = (),
         checkpointer: Checkpointer | None = None,
+        on_group: GroupObserver | None = None,
+        max_group: int = 512,
     ) -> None:
+        self._worker = GroupCommit(self, name="sqlite-writer", max_group=max_group)
         self._conn = conn
         self._checkpointer = checkpointer
         self.on_group = on_group
         self._hooks = hooks
-        self._worker = GroupCommit(self, name="sqlite-writer", max_group=max_group)
         self._commit_started = 0.0
         self.stats = WriterStats()
         self.pending = 0

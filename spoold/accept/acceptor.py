@@ -87,9 +87,7 @@ class _Write:
 class AcceptStats:
     groups: int = 0
     operations: int = 0
-    duplicates: int = 0
     rejected_error: int = 0
-    last_commit_s: float = 0.0
     slow_commits: int = 0
 
 
@@ -300,15 +298,13 @@ class Acceptor(GroupWork[_Write, Accepted]):
         duplicates = sum(1 for result in results if result.outcome == "duplicate")
         self.stats.groups += 1
         self.stats.operations += len(to_spool)
-        self.stats.duplicates += duplicates
-        self.stats.last_commit_s = time.perf_counter() - started
         try:
-            self._after_commit(item_id, len(to_spool), duplicates)
+            self._after_commit(item_id, len(to_spool), duplicates, time.perf_counter() - started)
         except Exception as exc:  # bookkeeping only: the group is durable, answer it as such
             log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
         return [(result, None) for result in results]
 
-    def _after_commit(self, item_id: int, spooled: int, duplicates: int) -> None:
+    def _after_commit(self, item_id: int, spooled: int, duplicates: int, seconds: float) -> None:
         """Count a durable group and let the drainer see it (unless it is still a debt)."""
         try:
             if self._debt is None and (spooled or duplicates):
@@ -317,7 +313,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
             if self._debt is None and item_id:
                 self._spool.publish(item_id)
         if self._on_commit is not None and spooled:
-            self._on_commit(spooled, self.stats.last_commit_s)
+            self._on_commit(spooled, seconds)
 
     def _rollback(self) -> None:
         """Undo the index transaction; a rollback that fails too must not end the thread."""

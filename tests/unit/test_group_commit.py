@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -104,6 +104,15 @@ def work() -> Work:
 
 
 @pytest.fixture
+async def worker(work: Work) -> AsyncIterator[GroupCommit[int, int]]:
+    """A started worker with default options, closed after the test."""
+    started = GroupCommit(work, name="t-worker")
+    started.start()
+    yield started
+    await started.close(PROMPT_S)
+
+
+@pytest.fixture
 def thread_errors() -> Iterator[list[threading.ExceptHookArgs]]:
     """Exceptions escaping any thread (the worker must never let one out)."""
     seen: list[threading.ExceptHookArgs] = []
@@ -118,6 +127,20 @@ def submit(worker: GroupCommit[int, int], work: Work, item: int) -> asyncio.Futu
     return worker.submit(item)
 
 
+async def behind_a_held_group(
+    worker: GroupCommit[int, int], work: Work, first: int, then: range | tuple[int, ...]
+) -> list[Any]:
+    """Submit first and hold its group's commit; submit then meanwhile (they wait for the
+    thread); release, and return every outcome, first's first."""
+    work.hold.clear()
+    held = submit(worker, work, first)
+    assert await asyncio.to_thread(work.entered.wait, PROMPT_S)  # [first] is committing
+    waiting = [submit(worker, work, n) for n in then]
+    await asyncio.sleep(0)  # the loop hands them over (one hand-over per iteration)
+    work.hold.set()
+    return await settle(held, *waiting)
+
+
 async def settle(*futures: asyncio.Future[int]) -> list[Any]:
     return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), PROMPT_S)
 
@@ -127,13 +150,8 @@ async def test_items_waiting_while_a_group_commits_form_the_next_group_in_order(
 ) -> None:
     worker = GroupCommit(work, name="t-group")
     worker.start()
-    work.hold.clear()
-    first = submit(worker, work, 0)
-    assert await asyncio.to_thread(work.entered.wait, PROMPT_S)  # group [0] is committing
-    rest = [submit(worker, work, n) for n in range(1, 21)]
-    await asyncio.sleep(0)  # the loop hands them over (one hand-over per iteration)
-    work.hold.set()
-    assert await settle(first, *rest) == [n * 10 for n in range(21)]
+    outcomes = await behind_a_held_group(worker, work, 0, range(1, 21))
+    assert outcomes == [n * 10 for n in range(21)]
     assert work.groups == [[0], list(range(1, 21))]
     assert await worker.close()
     assert work.calls == ["started", "finish", "exited"]
@@ -163,64 +181,43 @@ async def test_a_window_gathers_items_arriving_within_it(work: Work) -> None:
     await worker.close()
 
 
-async def test_per_item_errors_are_raised_to_their_caller_only(work: Work) -> None:
-    worker = GroupCommit(work, name="t-items")
-    worker.start()
+async def test_per_item_errors_are_raised_to_their_caller_only(
+    work: Work, worker: GroupCommit[int, int]
+) -> None:
     results = await settle(*(submit(worker, work, n) for n in (1, -2, 3)))
     assert results[0] == 10
     assert isinstance(results[1], ValueError)
     assert results[2] == 30
-    await worker.close()
 
 
 async def test_a_failing_group_is_answered_with_failed_and_the_next_goes_on(
-    work: Work, thread_errors: list[Any]
+    work: Work, worker: GroupCommit[int, int], thread_errors: list[Any]
 ) -> None:
-    worker = GroupCommit(work, name="t-fail")
-    worker.start()
     work.raise_on[2] = RuntimeError("bug in this group")
-    work.hold.clear()
-    first = submit(worker, work, 0)
-    assert await asyncio.to_thread(work.entered.wait, PROMPT_S)
-    doomed = [submit(worker, work, n) for n in (1, 2, 3)]
-    await asyncio.sleep(0)
-    work.hold.set()
-    outcomes = await settle(first, *doomed)
+    outcomes = await behind_a_held_group(worker, work, 0, (1, 2, 3))
     assert outcomes[0] == 0
     assert all(isinstance(o, Failed) and "bug in this group" in str(o) for o in outcomes[1:])
     assert [group for group, _ in work.failed_groups] == [[1, 2, 3]]
     assert await settle(submit(worker, work, 4)) == [40]
     assert worker.died is None
-    await worker.close()
     assert thread_errors == []
 
 
 async def test_a_commit_answering_too_few_items_fails_its_group_not_the_thread(
-    work: Work,
+    work: Work, worker: GroupCommit[int, int]
 ) -> None:
-    worker = GroupCommit(work, name="t-short")
-    worker.start()
     work.answers_short = True
     outcomes = await settle(submit(worker, work, 1), submit(worker, work, 2))
     assert all(isinstance(o, Failed) for o in outcomes)
     work.answers_short = False
     assert await settle(submit(worker, work, 3)) == [30]
-    await worker.close()
 
 
 async def test_a_dying_thread_answers_its_group_the_waiting_and_later_items_at_once(
-    work: Work, thread_errors: list[Any]
+    work: Work, worker: GroupCommit[int, int], thread_errors: list[Any]
 ) -> None:
-    worker = GroupCommit(work, name="t-die")
-    worker.start()
     work.raise_on[0] = Fatal("thread killer")
-    work.hold.clear()
-    dying = submit(worker, work, 0)
-    assert await asyncio.to_thread(work.entered.wait, PROMPT_S)
-    queued = [submit(worker, work, n) for n in range(1, 6)]
-    await asyncio.sleep(0)  # handed over: they wait behind the dying group
-    work.hold.set()
-    outcomes = await settle(dying, *queued)
+    outcomes = await behind_a_held_group(worker, work, 0, range(1, 6))
     assert all(isinstance(o, Refused) and isinstance(o.died, Fatal) for o in outcomes)
     assert isinstance(worker.died, Fatal)
     with pytest.raises(Refused) as later:
@@ -302,9 +299,9 @@ async def test_close_gives_up_waiting_after_its_timeout(work: Work) -> None:
     assert await worker.close(timeout_s=PROMPT_S)
 
 
-async def test_a_cancelled_caller_is_skipped_and_its_item_committed(work: Work) -> None:
-    worker = GroupCommit(work, name="t-cancel")
-    worker.start()
+async def test_a_cancelled_caller_is_skipped_and_its_item_committed(
+    work: Work, worker: GroupCommit[int, int]
+) -> None:
     work.hold.clear()
     futures = [submit(worker, work, n) for n in range(4)]
     assert await asyncio.to_thread(work.entered.wait, PROMPT_S)
@@ -315,7 +312,6 @@ async def test_a_cancelled_caller_is_skipped_and_its_item_committed(work: Work) 
     assert [outcomes[0], *outcomes[2:]] == [0, 20, 30]
     assert [item for group in work.groups for item in group] == [0, 1, 2, 3]
     assert await settle(submit(worker, work, 5)) == [50]
-    await worker.close()
 
 
 def test_a_loop_closed_before_its_answer_does_not_hurt_the_thread(
