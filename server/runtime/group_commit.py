@@ -159,13 +159,9 @@ class GroupCommit(Generic[ItemT, ResultT]):
 
     @property
     def died(self) -> BaseException | None:
-        """What ended the thread unexpectedly; None while it serves (or after ``close``)."""
+        """What ended the thread unexpectedly (kept after ``close``); None while it serves
+        and once it ended normally."""
         return self._died
-
-    @property
-    def waiting(self) -> bool:
-        """Items wait for the thread (a hint: read without the lock)."""
-        return bool(self._incoming)
 
     def start(self) -> None:
         self._thread.start()
