@@ -349,8 +349,9 @@ def test_a_loop_closed_before_its_answer_does_not_hurt_the_thread(
 def test_close_racing_submits_from_another_loop_never_leaves_one_waiting(
     work: Work, thread_errors: list[Any]
 ) -> None:
-    """One event loop submits as fast as it can while another closes the worker: every
-    item is committed (its result) or refused (closing / refusal), none hangs."""
+    """One event loop submits steadily while another closes the worker: every item is
+    committed (its result) or refused (closing / refusal), none hangs, and what was
+    committed is a prefix, in order."""
     worker = GroupCommit(work, name="t-race")
     worker.start()
     outcomes: list[Any] = []
@@ -365,8 +366,8 @@ def test_close_racing_submits_from_another_loop_never_leaves_one_waiting(
                 outcomes.append(exc)
             if n == 100:
                 submitted.set()
-            if n % 10 == 0:
-                await asyncio.sleep(0)
+            if n % 10 == 0:  # paced (at least ~0.2 s in all), so close lands mid-stream
+                await asyncio.sleep(0.001)
         outcomes.extend(await settle(*futures))
 
     async def closer() -> None:
@@ -383,7 +384,7 @@ def test_close_racing_submits_from_another_loop_never_leaves_one_waiting(
     refusals = [o for o in outcomes if not isinstance(o, int)]
     assert all(isinstance(o, (Closing, Refused)) for o in refusals), refusals[:3]
     assert results == [n * 10 for n in range(len(results))]  # a prefix, in order
-    assert len(results) > 100
+    assert len(results) > 90  # handed over (at n == 90) before close was called
     assert thread_errors == []
 
 
