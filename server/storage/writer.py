@@ -1,9 +1,10 @@
 """The single writer: one thread owns the read-write connection and commits in groups.
 
-Requests hand it small functions; the thread takes every function waiting in
-its queue, runs them in one transaction (each inside its own SAVEPOINT, so one
-failing operation does not undo its neighbours) and commits once. Under load
-many requests share one fsync — group commit — with no added latency when idle.
+Requests hand it small functions; the thread (``server.runtime.group_commit``) takes
+every function waiting, and here they run in one transaction (each inside its own
+SAVEPOINT, so one failing operation does not undo its neighbours) and commit once.
+Under load many requests share one fsync — group commit — with no added latency when
+idle.
 
 The thread is supervised: a group that fails in any unexpected way is rolled
 back and its requests answered 503 (retry), and the next group goes on. Should
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from server.contract.errors import ValidationFailed
+from server.runtime.group_commit import Answer, GroupCommit, GroupWork
 from server.storage.checkpoint import Checkpointer
 from server.storage.connection import StorageUnavailable, classify
 
@@ -36,7 +36,6 @@ T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
 
 log = structlog.get_logger("server.writer")
-_STOP = object()
 
 #: Seconds a client is told to wait after a group failed for an unexpected reason.
 FAILED_GROUP_RETRY_S = 1.0
@@ -44,15 +43,11 @@ FAILED_GROUP_RETRY_S = 1.0
 DEAD_WRITER_RETRY_S = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Op:
     fn: WriteFn
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    queued: float = 0.0  # perf_counter() when handed to the writer
+    queued: float  # perf_counter() when handed to the writer
 
-
-_Outcome = tuple[_Op, Any, BaseException | None]
 
 #: Called from the writer thread after each committed group: (operations, seconds).
 GroupObserver = Callable[[int, float], None]
@@ -73,44 +68,23 @@ class WriterStats:
     failed_groups: int = 0
 
 
-def _settle(op: _Op, result: Any, error: BaseException | None) -> None:
-    def apply() -> None:
-        if op.future.done():
-            return
-        if error is not None:
-            op.future.set_exception(error)
-        else:
-            op.future.set_result(result)
-
-    # RuntimeError: the request's loop is closed, so nobody is waiting any more.
-    with contextlib.suppress(RuntimeError):
-        op.loop.call_soon_threadsafe(apply)
-
-
-class Writer:
+class Writer(GroupWork[_Op, Any]):
     """Owns the write connection; ``await writer.run(fn)`` returns after fn's commit."""
 
     def __init__(
         self,
         conn: sqlite3.Connection,
         *,
-        max_group: int = 512,
-        on_group: GroupObserver | None = None,
         hooks: tuple[CommitHook, ...] = (),
         checkpointer: Checkpointer | None = None,
+        on_group: GroupObserver | None = None,
+        max_group: int = 512,
     ) -> None:
+        self._worker = GroupCommit(self, name="sqlite-writer", max_group=max_group)
         self._conn = conn
         self._checkpointer = checkpointer
         self.on_group = on_group
         self._hooks = hooks
-        self._max_group = max_group
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name="sqlite-writer", daemon=True)
-        # Guards the decision "may this op still be queued?" against the thread's exit.
-        self._gate = threading.Lock()
-        self._closed = False
-        self._failure: str | None = None
-        self._current: list[_Op] = []
         self._commit_started = 0.0
         self.stats = WriterStats()
         self.pending = 0
@@ -119,97 +93,67 @@ class Writer:
     def failure(self) -> str | None:
         """Why the writer thread stopped unexpectedly (the exception's type, details are in
         the log); None while it is serving."""
-        return self._failure
+        died = self._worker.died
+        return None if died is None else type(died).__name__
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn in the writer thread inside a group transaction; raise its error if any."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._gate:
-            if self._failure is not None:
-                raise _dead()
-            if self._closed:
-                raise StorageUnavailable("server is shutting down", retry_after_s=5)
-            self._queue.put(_Op(fn, future, loop, time.perf_counter()))
+        future = self._worker.submit(_Op(fn, time.perf_counter()))
         self.pending += 1
         try:
-            return await asyncio.shield(future)
+            result: T = await asyncio.shield(future)
+            return result
         finally:
             self.pending -= 1
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Finish queued work, optimise and close the connection."""
-        with self._gate:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout_s)
+        await self._worker.close(timeout_s)
 
-    # ---- writer thread --------------------------------------------------------------
+    # ---- writer thread (GroupWork) ----------------------------------------------------
 
-    def _main(self) -> None:
-        """The thread's body: serve groups; if anything escapes, fail every waiting op."""
-        try:
-            self._loop()
-        except BaseException as exc:
-            log.exception("db_writer_died", error=f"{type(exc).__name__}: {exc}")
-            with self._gate:
-                self._failure = type(exc).__name__
-            self._fail_ops(self._current, _dead())
-        finally:
-            with self._gate:
-                self._closed = True
-            self._drain()
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
+    def refusal(self, died: BaseException | None) -> StorageUnavailable:
+        if died is None:
+            return StorageUnavailable("server is shutting down", retry_after_s=5)
+        return StorageUnavailable(
+            "the database writer has stopped; restart the server (see its log)",
+            retry_after_s=DEAD_WRITER_RETRY_S,
+        )
 
-    def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            group: list[_Op] = [first]
-            while len(group) < self._max_group:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)
-            self._current = group
-            self._supervised(group)
-            self._current = []
-            checkpointer = self._checkpointer
-            if checkpointer is not None and checkpointer.catch_up_now(idle=self._queue.empty()):
-                checkpointer.catch_up(self._conn)  # between groups: see checkpoint
+    def closing(self) -> StorageUnavailable:
+        return self.refusal(self._worker.died)
+
+    def died(self, error: BaseException) -> None:
+        log.exception("db_writer_died", error=f"{type(error).__name__}: {error}")
+
+    def finish(self) -> None:
         try:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as exc:
             log.warning("db_optimize_failed", error=str(exc))
 
-    def _supervised(self, group: list[_Op]) -> None:
-        """Commit one group; an unexpected failure fails that group only (503, retry)."""
-        try:
-            self._commit(group)
-        except Exception as exc:
-            log.exception("db_write_group_crashed", operations=len(group), error=str(exc))
-            self._rollback()
-            self.stats.failed_groups += 1
-            self._fail_ops(
-                group,
-                StorageUnavailable(
-                    "write failed unexpectedly; retry", retry_after_s=FAILED_GROUP_RETRY_S
-                ),
-            )
+    def exited(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
 
-    def _commit(self, group: list[_Op]) -> None:
+    def after_group(self, waiting: bool) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.catch_up_now(idle=not waiting):
+            checkpointer.catch_up(self._conn)  # between groups: see checkpoint
+
+    def failed(self, group: list[_Op], error: Exception) -> StorageUnavailable:
+        """An unexpected failure fails that group only (503, retry)."""
+        log.exception("db_write_group_crashed", operations=len(group), error=str(error))
+        self._rollback()
+        self.stats.failed_groups += 1
+        return StorageUnavailable(
+            "write failed unexpectedly; retry", retry_after_s=FAILED_GROUP_RETRY_S
+        )
+
+    def commit(self, group: list[_Op]) -> list[Answer[Any]]:
         started = time.perf_counter()
         try:
             committed = self._transaction(group, careful=False)
@@ -219,8 +163,7 @@ class Writer:
                 raise RuntimeError("the careful attempt of a write group gave up")
         except sqlite3.Error as exc:
             self._rollback()
-            self._fail(group, exc)
-            return
+            return self._fail(group, exc)
         except BaseException:
             self._rollback()
             raise
@@ -241,14 +184,13 @@ class Writer:
             run_ms=round((self._commit_started - started) * 1000, 2),
             commit_ms=round((finished - self._commit_started) * 1000, 2),
         )
-        for op, result, error in outcomes:
-            _settle(op, result, error)
         if self._checkpointer is not None:
             self._checkpointer.nudge()
+        return outcomes
 
     def _transaction(
         self, group: list[_Op], *, careful: bool
-    ) -> tuple[list[_Outcome], list[Callable[[], None]]] | None:
+    ) -> tuple[list[Answer[Any]], list[Callable[[], None]]] | None:
         """Run the group in one transaction and commit it; the outcomes, and the hooks'
         work to do now that it is committed.
 
@@ -262,7 +204,7 @@ class Writer:
         """
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[_Outcome] = []
+        outcomes: list[Answer[Any]] = []
         for op in group:
             if careful:
                 conn.execute("SAVEPOINT op")
@@ -278,9 +220,9 @@ class Writer:
                 if isinstance(exc, sqlite3.IntegrityError):
                     log.warning("db_constraint_rejected", error=str(exc))
                     exc = ValidationFailed("rejected by storage constraints")
-                outcomes.append((op, None, exc))
+                outcomes.append((None, exc))
             else:
-                outcomes.append((op, result, None))
+                outcomes.append((result, None))
             if careful:
                 conn.execute("RELEASE op")
         after_commit = [hook.before_commit(conn) for hook in self._hooks]
@@ -302,36 +244,9 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
 
-    def _fail(self, group: list[_Op], exc: sqlite3.Error) -> None:
+    def _fail(self, group: list[_Op], exc: sqlite3.Error) -> list[Answer[Any]]:
         self.stats.failed_groups += 1
         log.warning("db_write_failed", error=str(exc), operations=len(group))
         unavailable = classify(exc)
-        self._fail_ops(
-            group, StorageUnavailable(str(unavailable), retry_after_s=unavailable.retry_after_s)
-        )
-
-    def _fail_ops(self, group: list[_Op], error: StorageUnavailable) -> None:
-        for op in group:
-            _settle(op, None, error)
-
-    def _drain(self) -> None:
-        """Answer every op still queued once the thread is leaving (nothing waits forever)."""
-        error = (
-            _dead()
-            if self._failure is not None
-            else StorageUnavailable("server is shutting down", retry_after_s=5)
-        )
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                _settle(item, None, error)
-
-
-def _dead() -> StorageUnavailable:
-    return StorageUnavailable(
-        "the database writer has stopped; restart the server (see its log)",
-        retry_after_s=DEAD_WRITER_RETRY_S,
-    )
+        error = StorageUnavailable(str(unavailable), retry_after_s=unavailable.retry_after_s)
+        return [(None, error)] * len(group)

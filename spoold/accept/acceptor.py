@@ -1,6 +1,7 @@
 """The accept path: classify each write against the runs index and spool it durably.
 
-One thread owns the index's write connection and the spool's write side. It
+One thread (``server.runtime.group_commit``, the worker the server's writer runs on
+too) owns the index's write connection and the spool's write side. It
 takes every operation waiting (plus those arriving within the group window, a
 few ms, cut short once as many wait as the previous group held),
 classifies them (created / duplicate / accepted / unknown), appends the ones
@@ -29,8 +30,6 @@ before they answer, and ``server.edge.admission`` counts a request's body until 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,9 +37,10 @@ from typing import Any
 
 import structlog
 
+from server.runtime.group_commit import Answer, GroupCommit, GroupWork
 from server.sqlite.errors import is_disk_full
+from spoold.accept.slow_commits import CommitTimer
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
-from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import accepted_since, encode_op
@@ -56,9 +56,6 @@ INDEX_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: WAL bytes an operation's index row change is counted for: one b-tree page (its key is
 #: random, so it dirties a page of its own), plus what its snapshot adds.
 _PAGE_BYTES = 4096
-#: A group commit at least this slow is logged (``accept_commit_slow``) with what the
-#: thread was doing meanwhile: a write waiting on it waits at least that long.
-SLOW_COMMIT_S = 0.05
 
 
 class AcceptStopped(SpoolWriteError):
@@ -79,23 +76,22 @@ class Accepted:
     run_id: str | None
 
 
-@dataclass(slots=True)
-class _Pending:
-    op: dict[str, Any]
-    encoded: bytes
-    verified: bool
-    future: asyncio.Future[Accepted]
-    loop: asyncio.AbstractEventLoop
+#: A write handed to the accept thread: (operation, its encoding, verified). A tuple, not
+#: a class: one is made per write, and a tuple costs a tenth as much.
+_Write = tuple[dict[str, Any], bytes, bool]
 
 
 @dataclass
 class AcceptStats:
     groups: int = 0
     operations: int = 0
-    duplicates: int = 0
     rejected_error: int = 0
-    last_commit_s: float = 0.0
     slow_commits: int = 0
+
+
+def _describe(error: BaseException) -> str:
+    """What ended the accept thread, for /health and its refusals."""
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def _index_refusal(error: BaseException | None) -> SpoolError:
@@ -107,32 +103,7 @@ def _index_refusal(error: BaseException | None) -> SpoolError:
     return SpoolWriteError("local state write failed; retrying")
 
 
-def _apply(answers: list[tuple[_Pending, Accepted | None, BaseException | None]]) -> None:
-    """On the event loop: resolve the futures of one group's writes."""
-    for item, result, error in answers:
-        if item.future.done():
-            continue
-        if result is not None:
-            item.future.set_result(result)
-        else:
-            item.future.set_exception(error or SpoolWriteError("not accepted"))
-
-
-def _answer(answers: list[tuple[_Pending, Accepted | None, BaseException | None]]) -> None:
-    """Answer a group's writes with ONE wake-up of each event loop they wait on.
-
-    One ``call_soon_threadsafe`` per write (a write to the loop's self-pipe each) cost a
-    noticeable share of a write's CPU; a group's answers travel together.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-    for answer in answers:
-        by_loop.setdefault(answer[0].loop, []).append(answer)
-    for loop, batch in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # its event loop is already closed
-            loop.call_soon_threadsafe(_apply, batch)
-
-
-class Acceptor:
+class Acceptor(GroupWork[_Write, Accepted]):
     """``await acceptor.submit(op)`` returns once op is durable (or refused)."""
 
     def __init__(
@@ -153,36 +124,12 @@ class Acceptor:
         self._debt: _Debt | None = None
         self._debt_failures = 0
         self._debt_error: Exception | None = None
-        self._window_s = window_s
-        #: Close a group without waiting once this many operations are in it: the size of
-        #: the last group. Under steady load every waiting client is in by then, and
-        #: waiting out the window would only add latency; when load drops, it shrinks.
-        self._enough = 1
-        self._max_group = max_group
-        #: The hand-over: writes waiting for the thread, appended under ``_arrived``'s lock.
-        #: Once the thread has ended (``_ended`` set under it), nothing more is appended, so
-        #: no write can wait for a thread that is gone.
-        self._arrived = threading.Condition(threading.Lock())
-        self._incoming: list[_Pending] = []
-        #: Writes submitted during the current iteration of each event loop (see _hand_over).
-        self._batches: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
-        #: The thread is woken once this many writes wait (1 while it is idle, the group
-        #: size it hopes for during the window, never while it commits: it looks at
-        #: ``_incoming`` again when it is done). One wake-up per group, not per write.
-        self._wake_at = 1
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="spoold-accept", daemon=True)
-        self._closed = False
-        self._ended: AcceptStopped | None = None
-        self._died: str | None = None
-        self._group: list[_Pending] = []  # the group being committed, answered if we die
+        self._worker = GroupCommit(
+            self, name="spoold-accept", max_group=max_group, window_s=window_s
+        )
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
-        #: How long the last group waited to begin its index transaction.
-        self._index_wait_s = 0.0
-        #: The accept thread's and the event loop thread's schedstat clocks (set at start).
-        self._thread_clock: ThreadClock | None = None
-        self._loop_clock: ThreadClock | None = None
+        self._timer = CommitTimer(spool)
         self.stats = AcceptStats()
         #: accepted_at of the writes submitted and not yet answered (on the event loop):
         #: they are the sidecar's before the spool has them (``oldest_pending``).
@@ -196,8 +143,7 @@ class Acceptor:
         tens of ms every few thousand writes. The checkpointer thread does that instead
         (PASSIVE: it never blocks this thread's commits).
         """
-        GC_CLOCK.install()
-        self._loop_clock = ThreadClock(threading.get_native_id())  # start runs on the loop
+        self._timer.on_loop()  # start runs on the loop
         if self._checkpoint_every is not None:
             self._index.wal_autocheckpoint(0)
             self._checkpointer = WalCheckpointer(
@@ -206,36 +152,24 @@ class Acceptor:
                 self._checkpoint_every,
                 name="index-checkpoint",
             )
-        self._thread.start()
+            self._timer.index_checkpoints = self._checkpointer
+        self._worker.start()
 
     @property
     def failure(self) -> str | None:
         """Why the accept thread is gone while spoold still runs; None while it is healthy."""
-        if self._died is not None:
-            return self._died
-        if self._thread.ident is not None and not self._thread.is_alive() and not self._closed:
-            return "the accept thread ended"
-        return None
+        died = self._worker.died
+        return None if died is None else _describe(died)
 
     async def submit(self, op: dict[str, Any], *, verified: bool = False) -> Accepted:
-        if self._closed:
-            raise SpoolClosedError("spoold is shutting down")
-        encoded = encode_op(op)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Accepted] = loop.create_future()
-        if self._ended is not None:
-            raise self._ended
-        batch = self._batches.setdefault(loop, [])
-        batch.append(_Pending(op, encoded, verified, future, loop))
-        if len(batch) == 1:
-            loop.call_soon(self._hand_over, loop)
+        future = self._worker.submit((op, encode_op(op), verified))
         since = op.get("accepted_at")
         pending = self._pending_since
         if isinstance(since, str):
             pending[since] = pending.get(since, 0) + 1
         # Not shielded: a caller cancelled meanwhile cancels its future, whose answer the
-        # thread then skips (``_apply``); the write itself is committed with its group
-        # all the same. A shield cost a second future and two callbacks per write.
+        # thread then skips; the write itself is committed with its group all the same.
+        # A shield cost a second future and two callbacks per write.
         try:
             return await future
         finally:
@@ -249,115 +183,52 @@ class Acceptor:
     def oldest_pending(self) -> str | None:
         """The accepted_at of the oldest write on its way into the spool (submitted, not
         yet answered); None if there is none. Once answered, a write is in the spool,
-        whose group time is never later (``_commit``): ``X-Spoold-Queued-Since`` covers
+        whose group time is never later (``commit``): ``X-Spoold-Queued-Since`` covers
         a write from its accepted_at on, even while a slow commit holds it."""
         return min(self._pending_since) if self._pending_since else None
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop, once per iteration: pass the writes submitted in it to the thread.
-
-        Waking the thread once per request (a futex wake and a GIL hand-off each) cost
-        a noticeable share of a write's CPU; the writes one loop iteration parsed travel
-        together.
-        """
-        batch = self._batches.pop(loop, None)
-        if not batch:
-            return
-        with self._arrived:
-            ended = self._ended
-            if ended is None:
-                self._incoming += batch
-                if len(self._incoming) >= self._wake_at:
-                    self._arrived.notify()
-                return
-        _apply([(item, None, ended) for item in batch])
-
     async def close(self, timeout_s: float = 10.0) -> None:
         """Answer everything already submitted, then stop the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self._hand_over(asyncio.get_running_loop())  # what was submitted before close
-        with self._arrived:
-            self._stopping = True
-            self._arrived.notify()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout_s)
-        if self._checkpointer is not None and not self._thread.is_alive():
+        ended = await self._worker.close(timeout_s)
+        if self._checkpointer is not None and ended:
             checkpointer, self._checkpointer = self._checkpointer, None
             await asyncio.get_running_loop().run_in_executor(None, checkpointer.close)
 
-    # ---- the accept thread ----------------------------------------------------------
+    # ---- the accept thread (GroupWork) ------------------------------------------------
 
-    def _run(self) -> None:
-        """The thread's body: the loop, and whatever ends it answers every waiting write."""
-        ended = AcceptStopped("spoold is shutting down")
-        self._thread_clock = ThreadClock(threading.get_native_id())
-        try:
-            self._loop()
-        except BaseException as exc:  # supervised: recorded, answered, reported
-            self._died = f"{type(exc).__name__}: {exc}"[:300]
-            log.critical("accept_thread_died", error=self._died)
-            ended = AcceptStopped(f"accept thread stopped ({self._died}); restart spoold")
-        finally:
-            with self._arrived:
-                self._ended = ended
-                waiting = [*self._group, *self._incoming]  # nothing is appended any more
-                self._incoming = []
-            _answer([(item, None, ended) for item in waiting])
-            for clock in (self._thread_clock, self._loop_clock):
-                if clock is not None:
-                    clock.close()
+    def closing(self) -> SpoolClosedError:
+        return SpoolClosedError("spoold is shutting down")
 
-    def _next_group(self) -> list[_Pending] | None:
-        """The next group: every write waiting (at most ``max_group``), plus those arriving
-        within the window until as many wait as the last group held. [] when the debt
-        timer is due with nothing waiting; None once stopping with nothing left."""
-        with self._arrived:
-            self._wake_at = 1
-            if not self._incoming:
-                if self._stopping:
-                    return None
-                self._arrived.wait(DEBT_RETRY_S if self._debt else None)
-                if not self._incoming:
-                    return None if self._stopping else []
-            self._wake_at = self._enough
-            deadline = time.monotonic() + self._window_s
-            for _ in range(self._max_group):  # bounded: each wait ends by the deadline
-                remaining = deadline - time.monotonic()
-                if len(self._incoming) >= self._enough or remaining <= 0 or self._stopping:
-                    break
-                self._arrived.wait(remaining)
-            self._wake_at = 1 << 62  # busy: the thread looks at _incoming when it is done
-            group = self._incoming[: self._max_group]
-            del self._incoming[: self._max_group]
-            return group
+    def refusal(self, died: BaseException | None) -> AcceptStopped:
+        if died is None:
+            return AcceptStopped("spoold is shutting down")
+        return AcceptStopped(f"accept thread stopped ({_describe(died)}); restart spoold")
 
-    def _loop(self) -> None:
-        while True:  # until _next_group says stop
-            group = self._next_group()
-            if group is None:
-                break
-            if not group:
-                self._settle_debt()
-                continue
-            self._enough = len(group)
-            self._group = group
-            try:
-                self._commit(group)
-            except Exception as exc:  # one failing group must not stop the others
-                self._fail(group, exc)
-            self._group = []
-            # Answered: let go of the group before waiting for the next one. A large body
-            # decoded costs ~20-35 times its bytes; kept alive here until the next write,
-            # it would meet that write's (admission counts only bodies in flight).
-            group = []
+    def died(self, error: BaseException) -> None:
+        log.critical("accept_thread_died", error=_describe(error))
+
+    def started(self) -> None:
+        self._timer.on_thread()
+
+    def exited(self) -> None:
+        self._timer.close()
+
+    def wait_s(self) -> float | None:
+        return DEBT_RETRY_S if self._debt else None
+
+    def idle(self) -> None:
         self._settle_debt()
 
-    def _fail(self, group: list[_Pending], exc: Exception) -> None:
+    def finish(self) -> None:
+        self._settle_debt()
+
+    def failed(self, group: list[_Write], error: Exception) -> SpoolError:
         """A group failed in an unforeseen way: nothing of it is promised, answer 503."""
-        log.error("accept_group_failed", error=repr(exc)[:300], operations=len(group))
+        log.error("accept_group_failed", error=repr(error)[:300], operations=len(group))
         self._rollback()
-        self._refuse(group, SpoolWriteError(f"local state write failed: {type(exc).__name__}"))
+        refusal = SpoolWriteError(f"local state write failed: {type(error).__name__}")
+        self._refused(group, refusal)
+        return refusal
 
     def _settle_debt(self) -> bool:
         """Record the debt in the index and publish it; False if it is still owed."""
@@ -384,110 +255,54 @@ class Acceptor:
         log.info("accept_index_caught_up", item=debt.item_id, operations=len(debt.ops))
         return True
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def commit(self, group: list[_Write]) -> list[Answer[Accepted]]:
         started = time.perf_counter()
         if not self._settle_debt():
-            self._refuse(group, _index_refusal(self._debt_error))
-            return
+            return self._refused(group, _index_refusal(self._debt_error))
         item_id = 0
-        clocks = self._clocks()
+        clocks = self._timer.clocks()
         try:
             results, to_spool = self._classify(group)
             classified = time.perf_counter()
-            self._spool.check_capacity(sum(len(item.encoded) for item in to_spool) + 64)
+            self._spool.check_capacity(sum(len(encoded) for _, encoded, _ in to_spool) + 64)
             item_id = self._spool.put_encoded(
-                [item.encoded for item in to_spool],
+                [encoded for _, encoded, _ in to_spool],
                 publish=False,
-                accepted_since=accepted_since(item.op for item in to_spool),
+                accepted_since=accepted_since(op for op, _, _ in to_spool),
             )
             put = time.perf_counter()
             if item_id:
                 self._index.mark_spooled(item_id)
             self._index.commit()
-            self._attribute(started, classified, put, clocks, len(group))
+            if self._timer.attribute(started, classified, put, clocks, len(group)):
+                self.stats.slow_commits += 1
         except SpoolError as exc:
             self._rollback()
-            self._refuse(group, exc)
-            return
+            return self._refused(group, exc)
         except Exception as exc:  # index trouble
             self._rollback()
             if not item_id:  # nothing was spooled, nothing promised
                 log.error("accept_failed", error=str(exc), operations=len(group))
-                self._refuse(
+                return self._refused(
                     group, SpoolWriteError(f"local state write failed: {type(exc).__name__}")
                 )
-                return
             # The item is durable: answer as classified, record it in the index later.
             log.warning("accept_index_behind", error=str(exc), item=item_id)
-            self._debt = _Debt(item_id, [item.op for item in to_spool])
+            self._debt = _Debt(item_id, [op for op, _, _ in to_spool])
         if self._checkpointer is not None:
             self._checkpointer.note_written(
-                sum(_PAGE_BYTES + len(item.encoded) for item in to_spool) + 2 * _PAGE_BYTES
+                sum(_PAGE_BYTES + len(encoded) for _, encoded, _ in to_spool) + 2 * _PAGE_BYTES
             )
         duplicates = sum(1 for result in results if result.outcome == "duplicate")
         self.stats.groups += 1
         self.stats.operations += len(to_spool)
-        self.stats.duplicates += duplicates
-        self.stats.last_commit_s = time.perf_counter() - started
         try:
-            self._after_commit(item_id, len(to_spool), duplicates)
+            self._after_commit(item_id, len(to_spool), duplicates, time.perf_counter() - started)
         except Exception as exc:  # bookkeeping only: the group is durable, answer it as such
             log.error("accept_bookkeeping_failed", error=repr(exc)[:300], item=item_id)
-        _answer([(item, result, None) for item, result in zip(group, results, strict=True)])
+        return [(result, None) for result in results]
 
-    def _clocks(self) -> tuple[float, ...]:
-        """GC, checkpoint and thread times now (see ``spoold.pauses``)."""
-        index_checkpoints = self._checkpointer
-        idle = (0.0, 0.0)
-        thread = self._thread_clock.read() if self._thread_clock is not None else idle
-        loop = self._loop_clock.read() if self._loop_clock is not None else idle
-        return (
-            GC_CLOCK.total_s,
-            self._spool.checkpoint_busy_s(),
-            0.0 if index_checkpoints is None else index_checkpoints.busy.busy_s(),
-            *thread,
-            loop[1],
-        )
-
-    def _attribute(
-        self,
-        started: float,
-        classified: float,
-        put: float,
-        clocks: tuple[float, ...],
-        operations: int,
-    ) -> None:
-        """Log a slow commit with the time of each phase and what ran meanwhile."""
-        done = time.perf_counter()
-        if done - started < SLOW_COMMIT_S:
-            return
-        self.stats.slow_commits += 1
-        gc_s, spool_s, index_s, cpu_s, starved_s, loop_starved_s = (
-            after - before for after, before in zip(self._clocks(), clocks, strict=True)
-        )
-        phases = {
-            "index_wait": self._index_wait_s,
-            "classify": classified - started - self._index_wait_s,
-            "spool_put": put - classified,
-            "index_commit": done - put,
-        }
-        log.warning(
-            "accept_commit_slow",
-            total_ms=round(1e3 * (done - started), 1),
-            slowest=max(phases, key=phases.__getitem__),
-            **{f"{name}_ms": round(1e3 * seconds, 1) for name, seconds in phases.items()},
-            gc_ms=round(1e3 * gc_s, 1),
-            spool_checkpoint_ms=round(1e3 * spool_s, 1),
-            index_checkpoint_ms=round(1e3 * index_s, 1),
-            # The accept thread on a CPU, and waiting for one; the event loop's thread
-            # waiting for one (while it holds the GIL, this thread cannot run Python).
-            thread_cpu_ms=round(1e3 * cpu_s, 1),
-            thread_runqueue_ms=round(1e3 * starved_s, 1),
-            loop_runqueue_ms=round(1e3 * loop_starved_s, 1),
-            operations=operations,
-        )
-
-    def _after_commit(self, item_id: int, spooled: int, duplicates: int) -> None:
+    def _after_commit(self, item_id: int, spooled: int, duplicates: int, seconds: float) -> None:
         """Count a durable group and let the drainer see it (unless it is still a debt)."""
         try:
             if self._debt is None and (spooled or duplicates):
@@ -496,7 +311,7 @@ class Acceptor:
             if self._debt is None and item_id:
                 self._spool.publish(item_id)
         if self._on_commit is not None and spooled:
-            self._on_commit(spooled, self.stats.last_commit_s)
+            self._on_commit(spooled, seconds)
 
     def _rollback(self) -> None:
         """Undo the index transaction; a rollback that fails too must not end the thread."""
@@ -505,14 +320,14 @@ class Acceptor:
         except Exception as exc:
             log.error("accept_rollback_failed", error=repr(exc)[:300])
 
-    def _classify(self, group: list[_Pending]) -> tuple[list[Accepted], list[_Pending]]:
+    def _classify(self, group: list[_Write]) -> tuple[list[Accepted], list[_Write]]:
         self._index.rollback()  # a no-op, unless an earlier rollback failed: redo it first
         waiting = time.perf_counter()
         self._index.begin()  # waits for the index's write gate (a drain settle slice)
-        self._index_wait_s = time.perf_counter() - waiting
+        self._timer.index_wait_s = time.perf_counter() - waiting
         results: list[Accepted] = []
-        to_spool: list[_Pending] = []
-        recorded = self._index.record_group([(item.op, item.verified) for item in group])
+        to_spool: list[_Write] = []
+        recorded = self._index.record_group([(op, verified) for op, _, verified in group])
         for item, (outcome, run_id) in zip(group, recorded, strict=True):
             results.append(Accepted(outcome, run_id))
             if outcome in ("created", "accepted"):
@@ -521,8 +336,9 @@ class Acceptor:
         self._index.add_counter("duplicates", sum(1 for r in results if r.outcome == "duplicate"))
         return results, to_spool
 
-    def _refuse(self, group: list[_Pending], error: SpoolError) -> None:
+    def _refused(self, group: list[_Write], error: SpoolError) -> list[Answer[Accepted]]:
+        """Every write of the group is refused with error (counted and logged here)."""
         if isinstance(error, SpoolWriteError):
             self.stats.rejected_error += len(group)
             log.warning("accept_refused", error=str(error), operations=len(group))
-        _answer([(item, None, error) for item in group])
+        return [(None, error)] * len(group)

@@ -20,7 +20,7 @@ import pytest
 from spool_helpers import SpoolFactory
 from structlog.testing import capture_logs
 
-from spoold.accept import acceptor as acceptor_module
+from spoold.accept import slow_commits
 from spoold.accept.acceptor import Acceptor
 from spoold.spool import store
 from spoold.state.ledger import Ledger
@@ -78,7 +78,7 @@ async def commit_once(
                 garbage.append(node)
             del garbage, node
             gc.collect()
-            time.sleep(acceptor_module.SLOW_COMMIT_S)  # slow enough to be logged, GC or not
+            time.sleep(slow_commits.SLOW_COMMIT_S)  # slow enough to be logged, GC or not
             return real_put(*args, **kwargs)
 
         monkeypatch.setattr(spool, "put_encoded", collecting_put)
@@ -198,5 +198,5 @@ async def test_fast_commits_are_not_logged(tmp_path: Path, make_spool: SpoolFact
         await acceptor.close()
         index.close()
     slow = [entry for entry in logs if entry["event"] == "accept_commit_slow"]
-    assert all(entry["total_ms"] >= 1e3 * acceptor_module.SLOW_COMMIT_S for entry in slow)
+    assert all(entry["total_ms"] >= 1e3 * slow_commits.SLOW_COMMIT_S for entry in slow)
     assert acceptor.stats.slow_commits == len(slow)
