@@ -71,6 +71,7 @@ _.answered  # spoold/forward/presence.py: BeaconStats (tests/sidecar/test_sideca
 _.synchronous_modes  # spoold/spool/queue.py (tests/spoold/test_spool_durability.py)
 _.inflight_groups  # spoold/spool/stats.py: SpoolStats (tests/spoold/test_spool_nack_retry.py)
 _.adds_up  # spoold/state/ledger.py: Counts (the recovery and durability tests)
+_.empty  # spoold/forward/handoff.py: Slot (the drain stage tests check a slot is free)
 
 # -- server/storage/: read by tests only, or read through asdict() ---------------------------
 _.frames_copied  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)

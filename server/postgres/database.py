@@ -121,6 +121,10 @@ class PostgresDatabase:
         async with available(), self.pool.acquire() as conn:
             return await runs.update_run(conn, event_id, changes, now)
 
+    async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
+        """Set fields of a run (PATCH); whether it exists."""
+        return await self.update(event_id, changes) is not None
+
     async def insert_batch(
         self, batch: Sequence[RunCreate], presence: Presence | None = None
     ) -> int:
