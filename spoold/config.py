@@ -13,7 +13,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
+from server.runtime.settings import (
+    ConfigError,
+    Setting,
+    load,
+    require_inflight_fits_a_body,
+    require_pair,
+    unset_if_empty,
+)
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
 
@@ -293,11 +300,7 @@ class SpooldConfig(BaseModel):
 
     @model_validator(mode="after")
     def _inflight_fits_a_body(self) -> SpooldConfig:
-        if self.max_inflight_bytes < self.max_body_bytes:
-            raise ValueError(
-                "SPOOLD_MAX_INFLIGHT_BYTES must be at least SPOOLD_MAX_BODY_BYTES"
-                " (a largest body must fit)"
-            )
+        require_inflight_fits_a_body("SPOOLD", self.max_inflight_bytes, self.max_body_bytes)
         return self
 
     @property

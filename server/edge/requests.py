@@ -9,6 +9,7 @@ from aiohttp import web
 from server.contract.codec import loads
 from server.contract.errors import NotFound
 from server.contract.fields import JSON_DEPTH_BUDGET, identifier_problem
+from server.contract.updates import patch_changes
 from server.edge.admission import read_body
 
 MAX_JSON_DEPTH: web.AppKey[int] = web.AppKey("max_json_depth", int)
@@ -35,6 +36,14 @@ def event_id_of(request: web.Request) -> str:
     if identifier_problem(event_id) is not None:
         raise NotFound("Run not found")
     return event_id
+
+
+async def read_patch(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """A PATCH of a run: its event_id and the fields to set (echoed server fields dropped,
+    so they are never stored nor spooled), as both daemons read it."""
+    event_id = event_id_of(request)
+    body = await read_json(request)
+    return event_id, patch_changes(body, event_id, context=json_fields_context(request))
 
 
 def not_found(event_id: str) -> NotFound:

@@ -19,10 +19,16 @@ from server.contract.models import (
 )
 from server.contract.run_record import with_urls
 from server.contract.timestamps import TimestampError, normalize_timestamp
-from server.contract.updates import patch_changes, without_unchanged_run_id
+from server.contract.updates import without_unchanged_run_id
 from server.contract.urls import build_commit_url, build_repo_url
 from server.contract.validation import parse_model
-from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
+from server.edge.requests import (
+    event_id_of,
+    json_fields_context,
+    not_found,
+    read_json,
+    read_patch,
+)
 from server.edge.responses import json_response
 from server.storage.cursor import InvalidCursor
 from server.storage.database import Database
@@ -44,9 +50,7 @@ async def create_run(request: web.Request) -> web.Response:
 
 @routes.patch("/api/v1/runs/{event_id}")
 async def update_run(request: web.Request) -> web.Response:
-    event_id = event_id_of(request)
-    body = await read_json(request)
-    changes = patch_changes(body, event_id, context=json_fields_context(request))
+    event_id, changes = await read_patch(request)
     database = request.app[DATABASE]
     if "run_id" in changes:  # rare: an echoed run_id equal to the stored one is no update
         stored = await database.get(event_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from server.contract import mergepatch
 from server.contract.codec import dumps_text
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import RunQuery, UpsertItem
@@ -40,7 +41,6 @@ from server.storage.runs import (
     UpsertOutcome,
     UpsertSummary,
     insert_params,
-    merge_patch,
     row_to_run,
     seen_instant,
 )
@@ -273,7 +273,7 @@ async def upsert(
     }
     if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
         base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(values[1])
-        merged = merge_patch(base, item.metrics_patch)
+        merged = mergepatch.apply(base, item.metrics_patch)
         if dumps_text(merged) != values[1]:
             diff["metrics_json"] = merged
     if diff:
@@ -307,7 +307,7 @@ async def heartbeat(
     changed = ""
     params: list[Any] = []
     if progress:
-        merged = dumps_text(merge_patch(_stored_json(stored), progress))
+        merged = dumps_text(mergepatch.apply(_stored_json(stored), progress))
         if len(merged) > max_metrics_bytes:
             raise MetricsTooLarge(
                 f"metrics_json with this progress would be {len(merged)} bytes; "

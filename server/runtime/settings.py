@@ -85,3 +85,12 @@ def _describe(exc: ValidationError, settings: Sequence[Setting]) -> str:
         # A check across fields (loc empty) names its variables in the message itself.
         messages.append(f"{by_field.get(field, field)}: {message}" if field else message)
     return "; ".join(messages)
+
+
+def require_inflight_fits_a_body(prefix: str, max_inflight_bytes: int, max_body_bytes: int) -> None:
+    """Admission must be able to admit one largest body, or such a request waits forever."""
+    if max_inflight_bytes < max_body_bytes:
+        raise ValueError(
+            f"{prefix}_MAX_INFLIGHT_BYTES must be at least {prefix}_MAX_BODY_BYTES"
+            " (a largest body must fit)"
+        )

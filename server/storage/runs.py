@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
+from server.contract import mergepatch
 from server.contract.codec import dumps_text
 from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
@@ -219,20 +220,6 @@ def touch(conn: sqlite3.Connection, event_id: str, seen: str, sidecar: str | Non
     conn.execute(_TOUCH_SQL, (seen, sidecar, event_id, seen, sidecar))
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 JSON merge patch: objects merge member by member, null removes a
-    member, anything else replaces the target."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
-
-
 def _stored_json(text: Any) -> Any:
     """A stored JSON column's value; unparseable text (another writer's) counts as null."""
     if isinstance(text, (str, bytes)):
@@ -272,7 +259,7 @@ def heartbeat(
     changed = ""
     params: list[Any] = []
     if progress:
-        merged = dumps_text(merge_patch(_stored_json(stored), progress))
+        merged = dumps_text(mergepatch.apply(_stored_json(stored), progress))
         if len(merged) > max_metrics_bytes:
             raise MetricsTooLarge(
                 f"metrics_json with this progress would be {len(merged)} bytes; "
@@ -379,7 +366,7 @@ def upsert(
     }
     if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
         base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(stored[1])
-        merged = merge_patch(base, item.metrics_patch)
+        merged = mergepatch.apply(base, item.metrics_patch)
         if dumps_text(merged) != stored[1]:
             diff["metrics_json"] = merged
     if diff:

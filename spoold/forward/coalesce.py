@@ -11,7 +11,7 @@ that sets ``metrics_json`` drops the pending patch (it replaces the whole object
 heartbeat after such an update is folded into that ``metrics_json``; a heartbeat after
 a terminal status changes nothing (a late "alive" never revives a run, as the server's
 own endpoint answers it); a snapshot of heartbeats only is a ``heartbeat: true`` item.
-Two patches no merge patch can compose (``spoold.mergepatch``) are not folded into one
+Two patches no merge patch can compose (``server.contract.mergepatch``) are not folded into one
 snapshot: ``coalesce`` starts another snapshot of the run, sent after the first.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
+from server.contract import mergepatch
 from server.contract.fields import TERMINAL_STATUSES
-from spoold import mergepatch
 
 
 @dataclass

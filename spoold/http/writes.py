@@ -13,9 +13,15 @@ from server.contract.batch import validate_batch
 from server.contract.errors import ServiceUnavailable, ValidationFailed, retry_after
 from server.contract.models import CommitAssociation, RunCreate
 from server.contract.timestamps import utc_now
-from server.contract.updates import patch_changes, without_unchanged_run_id
+from server.contract.updates import without_unchanged_run_id
 from server.contract.validation import parse_model
-from server.edge.requests import event_id_of, json_fields_context, not_found, read_json
+from server.edge.requests import (
+    event_id_of,
+    json_fields_context,
+    not_found,
+    read_json,
+    read_patch,
+)
 from server.edge.responses import json_response
 from spoold.accept.acceptor import Accepted
 from spoold.forward.limits import UpstreamLimits
@@ -118,10 +124,7 @@ async def _stored_run_id(sidecar: Sidecar, event_id: str) -> str | None:
 
 @routes.patch("/api/v1/runs/{event_id}")
 async def update_run(request: web.Request) -> web.Response:
-    event_id = event_id_of(request)
-    body = await read_json(request)
-    # Echoed server fields are dropped here, so they never travel in the spool.
-    changes = patch_changes(body, event_id, context=json_fields_context(request))
+    event_id, changes = await read_patch(request)
     sidecar = request.app[SIDECAR]
     if "run_id" in changes:
         changes = without_unchanged_run_id(changes, await _stored_run_id(sidecar, event_id))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.contract import mergepatch
 from server.contract.fields import TERMINAL_STATUSES
-from spoold import mergepatch
 
 
 def fold_known(snapshot: dict[str, Any], op: dict[str, Any]) -> None:

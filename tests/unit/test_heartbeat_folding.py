@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
+from server.contract import mergepatch
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import HeartbeatBody
-from spoold import mergepatch
 from spoold.forward.coalesce import coalesce, expand, lone, pack
 from spoold.forward.limits import UpstreamLimits
 from spoold.spool.operations import heartbeat_op, update_op
