@@ -14,14 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
-from server.runtime.settings import (
-    ConfigError,
-    Setting,
-    load,
-    require_inflight_fits_a_body,
-    require_pair,
-    unset_if_empty,
-)
+from server.runtime import settings as runtime_settings
+from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
 
 __all__ = ["SETTINGS", "ConfigError", "ServerConfig", "Setting"]
@@ -288,7 +282,9 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _inflight_fits_a_body(self) -> ServerConfig:
-        require_inflight_fits_a_body("TELEMETRY", self.max_inflight_bytes, self.max_body_bytes)
+        runtime_settings.require_inflight_fits_a_body(
+            "TELEMETRY", self.max_inflight_bytes, self.max_body_bytes
+        )
         return self
 
     @model_validator(mode="after")

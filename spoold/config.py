@@ -13,14 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.runtime.settings import (
-    ConfigError,
-    Setting,
-    load,
-    require_inflight_fits_a_body,
-    require_pair,
-    unset_if_empty,
-)
+from server.runtime import settings as runtime_settings
+from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
 
@@ -300,7 +294,9 @@ class SpooldConfig(BaseModel):
 
     @model_validator(mode="after")
     def _inflight_fits_a_body(self) -> SpooldConfig:
-        require_inflight_fits_a_body("SPOOLD", self.max_inflight_bytes, self.max_body_bytes)
+        runtime_settings.require_inflight_fits_a_body(
+            "SPOOLD", self.max_inflight_bytes, self.max_body_bytes
+        )
         return self
 
     @property
