@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
+from server.postgres.store import RunStore
 from server.storage.connection import StorageUnavailable
-from server.storage.database import Database
 from server.storage.stale import REAP_BATCH
 
 log = structlog.get_logger("server.reaper")
@@ -28,7 +28,7 @@ log = structlog.get_logger("server.reaper")
 MAX_BATCHES_PER_PASS = 500
 
 
-async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
+async def reap_pass(database: RunStore, batch: int = REAP_BATCH) -> int:
     """Reap what is due now; the number of runs marked ``timeout``."""
     if not await database.reapable():
         return 0
@@ -44,11 +44,12 @@ async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
     return total
 
 
-async def run_reaper(database: Database, interval_s: float) -> None:
+async def run_reaper(database: RunStore, interval_s: float) -> None:
     """Pass after pass until cancelled; a failed pass is logged and retried next time."""
     while True:
         try:
-            await reap_pass(database)
+            if await database.lead():  # on PostgreSQL, one replica of all reaps
+                await reap_pass(database)
         except StorageUnavailable as exc:
             log.warning("reaper_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently: log, try again later
@@ -57,7 +58,7 @@ async def run_reaper(database: Database, interval_s: float) -> None:
 
 
 def reaper_ctx(
-    database_key: web.AppKey[Database], interval_s: float
+    database_key: web.AppKey[RunStore], interval_s: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context owning the task: started once the database is open, cancelled
     (and awaited) before it closes."""

@@ -24,8 +24,8 @@ from server.contract.errors import ValidationFailed
 from server.contract.export import PAGING, ExportOptions
 from server.contract.models import RunQuery
 from server.contract.validation import parse_model
+from server.http.backend import sqlite_only
 from server.http.ops import METRICS
-from server.http.runs import DATABASE
 from server.storage.connection import classify
 from server.storage.export import CONTENT_TYPES, Export
 from server.storage.stale import now_utc, overdue_ids_sql
@@ -57,7 +57,9 @@ def parse_export(query: dict[str, str]) -> tuple[ExportOptions, RunQuery]:
 async def export_runs(request: web.Request) -> web.StreamResponse:
     params = {key: value for key, value in request.query.items() if value != ""}
     options, query = parse_export(params)
-    database = request.app[DATABASE]
+    database = sqlite_only(
+        request.app, "GET /api/v1/runs/export", "walk GET /api/v1/runs with its cursor"
+    )
     overdue = None if query.stale is None else overdue_ids_sql(database.settings.stale, now_utc())
     try:
         export = await asyncio.to_thread(

@@ -25,9 +25,11 @@ from server.contract.errors import ApiError, ValidationFailed
 from server.contract.validation import parse_model
 from server.edge.requests import read_json
 from server.edge.responses import json_response
+from server.http.backend import sqlite_only
 from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
 from server.storage.connection import StorageUnavailable
+from server.storage.database import Database
 from server.storage.retention import (
     PrunePlan,
     Pruner,
@@ -94,6 +96,7 @@ async def prune(request: web.Request) -> web.Response:
     if not request.app[AUTH_ENABLED] and not _loopback(request.remote):
         raise Forbidden("pruning without auth is only allowed from the server's own host")
     body = parse_model(PruneRequest, await read_json(request))
+    sqlite_only(request.app, "POST /api/v1/maintenance/prune", "use TELEMETRY_RETENTION_DAYS")
     report = await request.app[PRUNER].run(plan_of(body), dry_run=body.dry_run)
     if body.dry_run:
         log.info("prune_previewed", **report.as_dict())
@@ -102,6 +105,7 @@ async def prune(request: web.Request) -> web.Response:
 
 def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
     database = app[DATABASE]
+    assert isinstance(database, Database)  # the caller checked: SQLite only
 
     def observe(report: PruneReport) -> None:
         metrics.prune_passes.inc()
@@ -122,6 +126,9 @@ def retention_ctx(
     the database closes."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if not isinstance(app[DATABASE], Database):
+            yield  # PostgreSQL: see server.postgres.retention (not yet)
+            return
         pruner = create_pruner(app, metrics)
         app[PRUNER] = pruner
         task = asyncio.create_task(_every(pruner, days, interval_s)) if days > 0 else None
