@@ -129,8 +129,9 @@ async def test_a_database_from_a_newer_server_is_refused(pg_url: str) -> None:
         )
         with pytest.raises(SchemaTooNew, match="newer"):
             await migrate(conn)
-        with pytest.raises(SchemaTooNew):
+        with pytest.raises(CannotOpen, match="newer than this server") as caught:
             await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_url)))
+        assert isinstance(caught.value.__cause__, SchemaTooNew)
     finally:
         await conn.close()
 
