@@ -26,8 +26,3 @@ class StoreStatus:
     failed_write_transactions: int = 0
     reaped_runs: int = 0
     reaped_since_start: int = 0
-
-
-class UnsupportedOnBackend(RuntimeError):
-    """An operation only the other backend has (SQLite's VACUUM, backup, checkpoints);
-    the message says what to use instead. The HTTP layer answers 501."""

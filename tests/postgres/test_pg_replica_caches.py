@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from server.http.runs import DATABASE
-from server.postgres.database import PostgresDatabase
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.schema import MIGRATIONS
+from server.postgres.url import parse_url
 
 #: The issue's bound for the metadata cache across replicas.
 BOUND_S = 1.0
@@ -86,3 +88,17 @@ async def test_names_whose_runs_are_all_deleted_drop_out(make_api: Any) -> None:
     database.snapshots.changed()  # what a prune tells the cache
     body = (await api.request("GET", "/api/v1/metadata")).body
     assert (body["agent_names"], body["job_types"]) == ([], [])
+
+
+async def test_replicas_starting_together_migrate_once_and_both_serve(pg_url: str) -> None:
+    settings = PostgresSettings(url=parse_url(pg_url))
+    opened = await asyncio.gather(*(PostgresDatabase.open(settings) for _ in range(3)))
+    try:
+        async with opened[0].pool.acquire() as conn:
+            versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+        assert [row[0] for row in versions] == [m.version for m in MIGRATIONS]
+        for database in opened:
+            await database.ping()
+    finally:
+        for database in opened:
+            await database.close()

@@ -32,11 +32,11 @@ def _env(**settings: str) -> dict[str, str]:
 
 def _request(url: str, method: str = "GET", body: Any = None) -> tuple[int, dict[str, str], Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+    request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), json.loads(exc.read())
@@ -85,7 +85,8 @@ def test_the_server_runs_on_postgresql_from_one_setting(
         assert [(r["event_id"], r["status"]) for r in listed] == [("ev-proc-1", "success")]
         status, _, health = _request(base + "/health")
         assert (status, health["backend"], health["status"]) == (200, "postgresql", "ok")
-        assert "db_path" not in health and "journal_mode" not in health
+        assert "db_path" not in health
+        assert "journal_mode" not in health
         status, _, metadata = _request(base + "/api/v1/metadata")
         assert metadata["agent_names"] == ["agent-proc"]
         # SQLite-only endpoints: a clear 501 in the API's error shape, never a 500.
@@ -154,7 +155,8 @@ def test_a_wrong_database_url_stops_start_up_with_one_line(
     assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert "TELEMETRY_DATABASE_URL" in lines[0] and says in lines[0], lines[0]
+    assert "TELEMETRY_DATABASE_URL" in lines[0], lines[0]
+    assert says in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     for secret in (postgres_cluster.password, "wrong-secret-1234"):
         assert secret not in result.stdout + result.stderr
@@ -181,7 +183,8 @@ def test_sqlite_only_commands_point_elsewhere_on_postgresql(
         check=False,
     )
     assert result.returncode == 2
-    assert "PostgreSQL" in result.stderr and "Traceback" not in result.stderr
+    assert "PostgreSQL" in result.stderr
+    assert "Traceback" not in result.stderr
     assert postgres_cluster.password not in result.stderr
     assert not (tmp_path / "x.db").exists()
     if command == "backup":
