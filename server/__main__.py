@@ -153,8 +153,8 @@ _ON_POSTGRES = {
     "backup": "use pg_dump (or pg_basebackup and WAL archiving) on the PostgreSQL database",
     "vacuum": "PostgreSQL reclaims space itself (autovacuum); VACUUM FULL is the DBA's tool",
     "export": "export is not available on PostgreSQL yet; walk GET /api/v1/runs with its cursor",
-    "prune": "on PostgreSQL set TELEMETRY_RETENTION_DAYS on the servers"
-    " (the elected replica prunes)",
+    "prune": "set TELEMETRY_RETENTION_DAYS on the servers (the elected replica prunes), or"
+    " POST /api/v1/maintenance/prune to a running server",
 }
 
 

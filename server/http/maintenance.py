@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -25,9 +26,10 @@ from server.contract.errors import ApiError, ValidationFailed
 from server.contract.validation import parse_model
 from server.edge.requests import read_json
 from server.edge.responses import json_response
-from server.http.backend import sqlite_only
 from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
+from server.postgres.database import PostgresDatabase
+from server.postgres.retention import PostgresPruner
 from server.storage.connection import StorageUnavailable
 from server.storage.database import Database
 from server.storage.retention import (
@@ -35,12 +37,22 @@ from server.storage.retention import (
     Pruner,
     PruneReport,
     RetentionError,
+    RetentionTotals,
     check_statuses,
     cut_for,
     parse_age,
 )
 
-PRUNER: web.AppKey[Pruner] = web.AppKey("pruner", Pruner)
+
+class PruneRunner(Protocol):
+    """A backend's pruner: SQLite's ``Pruner`` (through its writer) or PostgreSQL's."""
+
+    totals: RetentionTotals
+
+    async def run(self, plan: PrunePlan, *, dry_run: bool = False) -> PruneReport: ...
+
+
+PRUNER: web.AppKey[PruneRunner] = web.AppKey("pruner", PruneRunner)
 #: Whether a caller without a token may prune (auth off): loopback callers only.
 AUTH_ENABLED: web.AppKey[bool] = web.AppKey("maintenance_auth_enabled", bool)
 
@@ -96,16 +108,14 @@ async def prune(request: web.Request) -> web.Response:
     if not request.app[AUTH_ENABLED] and not _loopback(request.remote):
         raise Forbidden("pruning without auth is only allowed from the server's own host")
     body = parse_model(PruneRequest, await read_json(request))
-    sqlite_only(request.app, "POST /api/v1/maintenance/prune", "use TELEMETRY_RETENTION_DAYS")
     report = await request.app[PRUNER].run(plan_of(body), dry_run=body.dry_run)
     if body.dry_run:
         log.info("prune_previewed", **report.as_dict())
     return json_response(report.as_dict())
 
 
-def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
+def create_pruner(app: web.Application, metrics: ServerMetrics) -> PruneRunner:
     database = app[DATABASE]
-    assert isinstance(database, Database)  # the caller checked: SQLite only
 
     def observe(report: PruneReport) -> None:
         metrics.prune_passes.inc()
@@ -115,6 +125,11 @@ def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
         metrics.prune_max_batch_seconds.set(report.max_batch_s)
         log.info("prune_pass", **report.as_dict())
 
+    if isinstance(database, PostgresDatabase):
+        return PostgresPruner(
+            database.pool, on_change=database.snapshots.changed, on_report=observe
+        )
+    assert isinstance(database, Database)
     return Pruner(database.writer.run, database.reader.run, sleep=asyncio.sleep, on_report=observe)
 
 
@@ -126,12 +141,10 @@ def retention_ctx(
     the database closes."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        if not isinstance(app[DATABASE], Database):
-            yield  # PostgreSQL: see server.postgres.retention (not yet)
-            return
         pruner = create_pruner(app, metrics)
         app[PRUNER] = pruner
-        task = asyncio.create_task(_every(pruner, days, interval_s)) if days > 0 else None
+        lead = app[DATABASE].lead
+        task = asyncio.create_task(_every(pruner, days, interval_s, lead)) if days > 0 else None
         yield
         if task is not None:
             task.cancel()
@@ -140,12 +153,16 @@ def retention_ctx(
     return ctx
 
 
-async def _every(pruner: Pruner, days: int, interval_s: float) -> None:
+async def _every(
+    pruner: PruneRunner, days: int, interval_s: float, lead: Callable[[], Awaitable[bool]]
+) -> None:
+    """A pass now and every ``interval_s``, on the elected replica only (PostgreSQL)."""
     plan_statuses = check_statuses(None)
     while True:
         plan = PrunePlan(cut_for(parse_age(f"{days}d")), plan_statuses)
         try:
-            await pruner.run(plan)
+            if await lead():
+                await pruner.run(plan)
         except StorageUnavailable as exc:  # the database is busy or full: next time
             log.warning("prune_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently
