@@ -260,7 +260,7 @@ class PostgresDatabase:
 
     async def query(self, query: RunQuery, after: Position | None = None) -> Page:
         async with available(), self.pool.acquire() as conn:
-            return await runs.query_runs(conn, query, after)
+            return await runs.query_runs(conn, query, after, (self.settings.stale, now_utc()))
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage:
         """A page as the API answers it, JSON bytes: the Python rendering, which SQLite's

@@ -45,6 +45,25 @@ _MARK = (
 )
 
 
+def overdue_clause(policy: StalePolicy, now: datetime, first: int) -> tuple[str, list[Any]]:
+    """A WHERE clause of the running runs past their allowance (``GET /api/v1/runs
+    ?stale=true``: reaped or not yet, held back for their sidecar included), its
+    parameters numbered from ``$first``."""
+    allowance = (
+        "COALESCE(heartbeat_timeout_s, (SELECT a.s FROM"
+        f" unnest(${first + 1}::text[], ${first + 2}::bigint[]) AS a(j, s)"
+        f" WHERE a.j = job_type), ${first}::bigint)"
+    )
+    sql = (
+        f"status = 'running' AND {allowance} > 0"
+        f" AND last_seen_at::timestamptz + {allowance} * interval '1 second'"
+        f" < ${first + 3}::timestamptz"
+    )
+    jobs = [job for job, _ in policy.by_job]
+    seconds = [s for _, s in policy.by_job]
+    return sql, [policy.default_s, jobs, seconds, now]
+
+
 def _params(policy: StalePolicy, now: datetime, limit: int) -> list[Any]:
     at = cuts(policy, now)
     jobs = [job for job, _ in policy.by_job]

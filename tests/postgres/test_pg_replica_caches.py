@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from server.http.runs import DATABASE
@@ -102,3 +103,35 @@ async def test_replicas_starting_together_migrate_once_and_both_serve(pg_url: st
     finally:
         for database in opened:
             await database.close()
+
+
+async def test_stale_listing_answers_as_on_sqlite(make_api: Any, tmp_path: Path) -> None:
+    """``GET /api/v1/runs?stale=true``: running runs past their allowance (own, the job
+    type's, or the default), the reaper not having passed yet."""
+    settings = {"reaper_interval_s": 86_400, "stale_after_by_job": {"slow": 3600}}
+    apis = [
+        await make_api(stale_after_s=1, **settings),
+        await make_api.sqlite(db_path=tmp_path / "r.sqlite", stale_after_s=1, **settings),
+    ]
+    for api in apis:
+        for event_id, job, own in (
+            ("own", "job", 1),
+            ("own-long", "job", 3600),
+            ("default", "job", None),
+            ("slow-job", "slow", None),
+            ("finished", "job", 1),
+        ):
+            run = {**_run(event_id, "agent", job), "heartbeat_timeout_s": own}
+            assert (await api.request("POST", "/api/v1/runs", json=run)).status == 201
+        await api.request("PATCH", "/api/v1/runs/finished", json={"status": "success"})
+    await asyncio.sleep(1.3)
+    listed = [
+        [run["event_id"] for run in (await api.request("GET", "/api/v1/runs?stale=true")).body]
+        for api in apis
+    ]
+    assert listed[0] == listed[1]
+    assert sorted(listed[0]) == ["default", "own"]
+    filtered = [
+        (await api.request("GET", "/api/v1/runs?stale=true&job_type=slow")).body for api in apis
+    ]
+    assert filtered == [[], []]
