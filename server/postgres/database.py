@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import structlog
@@ -21,6 +21,7 @@ from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
 from server.postgres import runs, stale
 from server.postgres.errors import available, describe_open_failure
+from server.postgres.export import PostgresExport
 from server.postgres.leader import Leadership
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.snapshot import Snapshots
@@ -268,6 +269,21 @@ class PostgresDatabase:
         page = await self.query(query, after)
         body = b",".join(python_rendering(run) for run in page.runs)
         return JsonPage(b"[" + body + b"]", page.next_position)
+
+    async def export(
+        self, query: RunQuery, fmt: Literal["ndjson", "csv"], *, escape_formulas: bool
+    ) -> PostgresExport:
+        """An export of the runs ``query`` matches, its snapshot taken (see ``export``);
+        the caller closes it."""
+        export = PostgresExport(
+            self.pool,
+            query,
+            fmt,
+            escape_formulas=escape_formulas,
+            stale=(self.settings.stale, now_utc()),
+        )
+        await export.open()
+        return export
 
     async def ping(self) -> None:
         """Touch the database for real."""
