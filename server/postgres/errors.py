@@ -5,6 +5,7 @@ message; the message answered is fixed (no SQL, no values, no host)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl, urlsplit
@@ -53,6 +54,11 @@ async def available() -> AsyncIterator[None]:
     try:
         yield
     except Exception as exc:
+        # asyncpg may turn a cancellation in the middle of connecting into an error of
+        # its own: a task being cancelled must end, not carry on with a 503.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from exc
         translated = classify(exc)
         if translated is None:
             raise

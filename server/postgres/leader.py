@@ -26,6 +26,14 @@ LEADER_LOCK: tuple[int, int] = (0x74653133, 2)
 ANSWER_TIMEOUT_S = 5.0
 
 
+def _reraise_cancellation() -> None:
+    """asyncpg may turn a cancellation in the middle of connecting into an error of its
+    own: a task being cancelled must still end (its owner awaits it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Leadership:
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
@@ -41,6 +49,7 @@ class Leadership:
             try:
                 return await asyncio.wait_for(self._lead(), ANSWER_TIMEOUT_S)
             except Exception as exc:
+                _reraise_cancellation()
                 if self._held:
                     log.warning("leadership_lost", error=type(exc).__name__)
                 await self._drop()

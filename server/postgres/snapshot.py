@@ -39,6 +39,8 @@ CHANNEL = "telemetry_metadata"
 COUNTS_TTL_S = 1.0
 #: The names are reloaded at least this often (deletes send no notification).
 FULL_RELOAD_S = 30.0
+#: Longest wait for the listener to end at close.
+STOP_WAIT_S = 5.0
 #: Pause between two attempts to re-open the listening connection.
 RELISTEN_PAUSE_S = 1.0
 
@@ -79,8 +81,8 @@ class Snapshots:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            # Bounded: the listener's connection is its own, never needed after this.
+            await asyncio.wait({self._listener}, timeout=STOP_WAIT_S)
 
     # ---- what writes tell -----------------------------------------------------------
 
@@ -170,6 +172,9 @@ class Snapshots:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # asyncpg may hide a cancel
+                    raise asyncio.CancelledError from exc
                 log.warning("postgres_listener_lost", error=type(exc).__name__)
             finally:
                 self.listening.clear()
