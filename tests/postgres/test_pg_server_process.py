@@ -90,9 +90,11 @@ def test_the_server_runs_on_postgresql_from_one_setting(
         status, _, metadata = _request(base + "/api/v1/metadata")
         assert metadata["agent_names"] == ["agent-proc"]
         # SQLite-only endpoints: a clear 501 in the API's error shape, never a 500.
-        for path in ("/api/v1/stats", "/api/v1/runs/export?format=csv"):
-            status, _, body = _request(base + path)
-            assert (status, body["error"]) == (501, "not_supported_on_postgresql"), path
+        status, _, body = _request(base + "/api/v1/stats")
+        assert (status, body["error"]) == (501, "not_supported_on_postgresql")
+        with urllib.request.urlopen(base + "/api/v1/runs/export?format=ndjson") as response:
+            exported = [json.loads(line) for line in response.read().splitlines()]
+        assert [run["event_id"] for run in exported] == ["ev-proc-1"]
         # The data is in PostgreSQL, and the SQLite file was never made.
         stored = postgres_cluster.psql(
             "SELECT status FROM agent_runs WHERE event_id = 'ev-proc-1'",
