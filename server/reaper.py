@@ -11,7 +11,6 @@ reaped whole or untouched, and the next pass carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -26,6 +25,8 @@ log = structlog.get_logger("server.reaper")
 #: Most batches in one pass: a pass ends, and the next interval starts, after this many
 #: (bounds a pass; a backlog larger than this takes a few passes).
 MAX_BATCHES_PER_PASS = 500
+#: Longest wait for the task to end at stop.
+STOP_WAIT_S = 5.0
 
 
 async def reap_pass(database: RunStore, batch: int = REAP_BATCH) -> int:
@@ -54,7 +55,17 @@ async def run_reaper(database: RunStore, interval_s: float) -> None:
             log.warning("reaper_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently: log, try again later
             log.exception("reaper_pass_crashed", error=str(exc))
+        raise_if_cancelled()
         await asyncio.sleep(interval_s)
+
+
+def raise_if_cancelled() -> None:
+    """End a task whose cancellation was swallowed on the way (Python 3.11's wait_for
+    returns a result that completed as it was cancelled; asyncpg may turn one into its
+    own error): its owner is waiting for it to end."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def reaper_ctx(
@@ -67,7 +78,6 @@ def reaper_ctx(
         task = asyncio.create_task(run_reaper(app[database_key], interval_s), name="reaper")
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=STOP_WAIT_S)  # bounded, whatever the task does
 
     return ctx

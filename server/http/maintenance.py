@@ -30,6 +30,7 @@ from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
 from server.postgres.database import PostgresDatabase
 from server.postgres.retention import PostgresPruner
+from server.reaper import STOP_WAIT_S, raise_if_cancelled
 from server.storage.connection import StorageUnavailable
 from server.storage.database import Database
 from server.storage.retention import (
@@ -148,7 +149,7 @@ def retention_ctx(
         yield
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # bounded, whatever it does
 
     return ctx
 
@@ -167,4 +168,5 @@ async def _every(
             log.warning("prune_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently
             log.exception("prune_pass_crashed", error=str(exc))
+        raise_if_cancelled()
         await asyncio.sleep(interval_s)

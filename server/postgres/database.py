@@ -150,7 +150,7 @@ class PostgresDatabase:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let operations in flight finish (for at most timeout_s), then close."""
         await self.snapshots.stop()
-        await self.leadership.close()
+        await asyncio.wait({asyncio.ensure_future(self.leadership.close())}, timeout=5)
         try:
             await asyncio.wait_for(self.pool.close(), timeout_s)
         except TimeoutError:
