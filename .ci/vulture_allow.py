@@ -98,5 +98,4 @@ _.forwarded_per_s
 _.dead_lettered_per_s
 
 # -- PostgreSQL backend (issue 13): used by tests until it is wired into the app -------------
-_.url_from_environment  # server/postgres/url.py (tests/postgres/test_pg_url.py)
 _._both_conform  # server/postgres/store.py: never called, mypy checks both backends against RunStore

@@ -13,6 +13,7 @@ import structlog
 from server import __version__, maintenance_cli
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
+from server.postgres.errors import CannotOpen
 from server.runtime import daemon
 from server.runtime.exposure import Exposure
 from server.runtime.logs import configure_logging
@@ -83,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"telemetry-server: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command in _ON_POSTGRES and config.postgres_url() is not None:
+        print(
+            f"telemetry-server {args.command}: the server's database is PostgreSQL"
+            f" (TELEMETRY_DATABASE_URL): {_ON_POSTGRES[args.command]}",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "backup":
         return run_backup(config, args.destination)
     if args.command in ("prune", "vacuum", "export"):
@@ -111,22 +119,50 @@ def main(argv: list[str] | None = None) -> int:
         "server_starting",
         host=config.host,
         port=config.port,
-        db_path=str(config.db_path),
+        **_database_shown(config),
         version=__version__,
         auth_enabled=config.auth_enabled,
         rate_limit_enabled=config.rate_limit_enabled,
         tls=tls is not None,
     )
-    daemon.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        shutdown_timeout_s=config.shutdown_timeout_s,
-        name="server",
-        ssl_context=tls,
-        exposure=exposure(config, tls=tls is not None),
-    )
+    try:
+        daemon.run(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            shutdown_timeout_s=config.shutdown_timeout_s,
+            name="server",
+            ssl_context=tls,
+            exposure=exposure(config, tls=tls is not None),
+        )
+    except CannotOpen as exc:  # PostgreSQL refused or absent: one line, no traceback
+        setting = (
+            "TELEMETRY_DATABASE_URL"
+            if os.environ.get("TELEMETRY_DATABASE_URL", "").strip()
+            else "DATABASE_URL"
+        )
+        log.error("db_open_failed", setting=setting, error=str(exc))
+        print(f"telemetry-server: {setting}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _database_shown(config: ServerConfig) -> dict[str, str]:
+    """The database as the start-up log shows it: the file, or the URL without password."""
+    url = config.postgres_url()
+    if url is None:
+        return {"backend": "sqlite", "db_path": str(config.db_path)}
+    return {"backend": "postgresql", "database_url": url.redacted}
+
+
+#: The maintenance commands on PostgreSQL: what to use instead (they work on SQLite's file).
+_ON_POSTGRES = {
+    "backup": "use pg_dump (or pg_basebackup and WAL archiving) on the PostgreSQL database",
+    "vacuum": "PostgreSQL reclaims space itself (autovacuum); VACUUM FULL is the DBA's tool",
+    "export": "export is not available on PostgreSQL yet; walk GET /api/v1/runs with its cursor",
+    "prune": "set TELEMETRY_RETENTION_DAYS on the servers (the elected replica prunes), or"
+    " POST /api/v1/maintenance/prune to a running server",
+}
 
 
 def exposure(config: ServerConfig, *, tls: bool) -> Exposure:

@@ -22,6 +22,9 @@ from server.http.middleware import auth_middleware, rate_limit_middleware, stora
 from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.store import RunStore
+from server.postgres.url import DatabaseUrl
 from server.reaper import reaper_ctx
 from server.runtime.daemon import STOP_DEADLINE
 from server.storage.database import Database, StorageSettings
@@ -58,21 +61,37 @@ def storage_settings(config: ServerConfig) -> StorageSettings:
     )
 
 
+def postgres_settings(config: ServerConfig, url: DatabaseUrl) -> PostgresSettings:
+    return PostgresSettings(
+        url=url, stale=config.stale_policy(), max_metrics_bytes=config.max_body_bytes
+    )
+
+
+async def open_database(app: web.Application) -> RunStore:
+    """The backend chosen once, from the validated config: PostgreSQL when
+    TELEMETRY_DATABASE_URL (or a postgresql:// DATABASE_URL) is set, else SQLite."""
+    config = app[CONFIG]
+    url = config.postgres_url()
+    if url is not None:
+        return await PostgresDatabase.open(postgres_settings(config, url))
+    observer = app[ops.METRICS].observe_write_group
+    return await asyncio.to_thread(Database.open, storage_settings(config), on_write_group=observer)
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open (and migrate) the database before serving; close it after the last request."""
-    settings = storage_settings(app[CONFIG])
-    observer = app[ops.METRICS].observe_write_group
-    database = await asyncio.to_thread(Database.open, settings, on_write_group=observer)
+    database = await open_database(app)
     app[runs.DATABASE] = database
     yield
     stop = app.get(STOP_DEADLINE)  # the stop's one deadline: the writer gets what is left
     await database.close(timeout_s=stop.remaining(WRITER_CLOSE_FLOOR_S) if stop else 10.0)
-    stats = database.writer.stats
+    status = database.status()
     log.info(
         "server_stopped",
-        write_transactions=stats.groups,
-        write_operations=stats.operations,
-        failed_write_transactions=stats.failed_groups,
+        backend=status.backend,
+        write_transactions=status.write_transactions,
+        write_operations=status.write_operations,
+        failed_write_transactions=status.failed_write_transactions,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
+from server.postgres.url import DatabaseUrl, InvalidDatabaseUrl, parse_url, url_from_environment
 from server.runtime import settings as runtime_settings
 from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
@@ -25,6 +26,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TELEMETRY_API_HOST", "host", "Address to listen on."),
     Setting("TELEMETRY_API_PORT", "port", "TCP port to listen on."),
     Setting("TELEMETRY_DB_PATH", "db_path", "SQLite database file (created if absent)."),
+    Setting(
+        "TELEMETRY_DATABASE_URL",
+        "database_url",
+        "A `postgresql://user:password@host:port/database` URL: the server runs on that "
+        "PostgreSQL database instead of the SQLite file (several servers may share it). "
+        "Empty or absent: SQLite at TELEMETRY_DB_PATH. A `postgresql://` DATABASE_URL is "
+        "taken when this is absent. The password is never logged.",
+    ),
     Setting(
         "TELEMETRY_DB_JOURNAL_MODE",
         "journal_mode",
@@ -201,6 +210,8 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8766, ge=0, le=65535)
     db_path: Path = Path("data/telemetry.sqlite")
+    #: PostgreSQL instead of SQLite (checked here, once: ``postgres_url``).
+    database_url: str | None = Field(default=None, repr=False)
     journal_mode: Literal["WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY"] = "WAL"
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
     busy_timeout_ms: int = Field(default=2000, ge=0, le=600_000)
@@ -236,6 +247,14 @@ class ServerConfig(BaseModel):
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_usable(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_url(value)  # InvalidDatabaseUrl is a ValueError: its message hides the password
+        return value
 
     @field_validator("retention_days", mode="before")
     @classmethod
@@ -304,7 +323,20 @@ class ServerConfig(BaseModel):
             lost_s=self.sidecar_lost_s,
         )
 
+    def postgres_url(self) -> DatabaseUrl | None:
+        """The PostgreSQL database to serve from, or None: SQLite at ``db_path``."""
+        return parse_url(self.database_url) if self.database_url else None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
-        """Build from environment variables, then explicit overrides (CLI flags)."""
+        """Build from environment variables, then explicit overrides (CLI flags).
+        ``DATABASE_URL`` (the reference's name) counts only when it is a PostgreSQL URL
+        and TELEMETRY_DATABASE_URL is absent (see ``url_from_environment``)."""
+        if not env.get("TELEMETRY_DATABASE_URL", "").strip():
+            try:
+                fallback = url_from_environment(env)
+            except InvalidDatabaseUrl as exc:
+                raise ConfigError(str(exc)) from None
+            if fallback is not None:
+                overrides = {"database_url": fallback.dsn, **overrides}
         return load(cls, SETTINGS, env, overrides)

@@ -11,14 +11,13 @@ reaped whole or untouched, and the next pass carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
+from server.postgres.store import RunStore
 from server.storage.connection import StorageUnavailable
-from server.storage.database import Database
 from server.storage.stale import REAP_BATCH
 
 log = structlog.get_logger("server.reaper")
@@ -26,9 +25,11 @@ log = structlog.get_logger("server.reaper")
 #: Most batches in one pass: a pass ends, and the next interval starts, after this many
 #: (bounds a pass; a backlog larger than this takes a few passes).
 MAX_BATCHES_PER_PASS = 500
+#: Longest wait for the task to end at stop.
+STOP_WAIT_S = 5.0
 
 
-async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
+async def reap_pass(database: RunStore, batch: int = REAP_BATCH) -> int:
     """Reap what is due now; the number of runs marked ``timeout``."""
     if not await database.reapable():
         return 0
@@ -44,20 +45,31 @@ async def reap_pass(database: Database, batch: int = REAP_BATCH) -> int:
     return total
 
 
-async def run_reaper(database: Database, interval_s: float) -> None:
+async def run_reaper(database: RunStore, interval_s: float) -> None:
     """Pass after pass until cancelled; a failed pass is logged and retried next time."""
     while True:
         try:
-            await reap_pass(database)
+            if await database.lead():  # on PostgreSQL, one replica of all reaps
+                await reap_pass(database)
         except StorageUnavailable as exc:
             log.warning("reaper_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently: log, try again later
             log.exception("reaper_pass_crashed", error=str(exc))
+        raise_if_cancelled()
         await asyncio.sleep(interval_s)
 
 
+def raise_if_cancelled() -> None:
+    """End a task whose cancellation was swallowed on the way (Python 3.11's wait_for
+    returns a result that completed as it was cancelled; asyncpg may turn one into its
+    own error): its owner is waiting for it to end."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def reaper_ctx(
-    database_key: web.AppKey[Database], interval_s: float
+    database_key: web.AppKey[RunStore], interval_s: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context owning the task: started once the database is open, cancelled
     (and awaited) before it closes."""
@@ -66,7 +78,6 @@ def reaper_ctx(
         task = asyncio.create_task(run_reaper(app[database_key], interval_s), name="reaper")
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=STOP_WAIT_S)  # bounded, whatever the task does
 
     return ctx

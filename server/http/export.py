@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 from aiohttp import web
@@ -24,9 +24,11 @@ from server.contract.errors import ValidationFailed
 from server.contract.export import PAGING, ExportOptions
 from server.contract.models import RunQuery
 from server.contract.validation import parse_model
+from server.http.backend import sqlite_only
 from server.http.ops import METRICS
 from server.http.runs import DATABASE
-from server.storage.connection import classify
+from server.postgres.database import PostgresDatabase
+from server.storage.connection import StorageUnavailable, classify
 from server.storage.export import CONTENT_TYPES, Export
 from server.storage.stale import now_utc, overdue_ids_sql
 
@@ -57,7 +59,13 @@ def parse_export(query: dict[str, str]) -> tuple[ExportOptions, RunQuery]:
 async def export_runs(request: web.Request) -> web.StreamResponse:
     params = {key: value for key, value in request.query.items() if value != ""}
     options, query = parse_export(params)
-    database = request.app[DATABASE]
+    store = request.app[DATABASE]
+    if isinstance(store, PostgresDatabase):
+        chunks = await store.export(query, options.format, escape_formulas=options.escape_formulas)
+        return await _stream(request, chunks, options.format)
+    database = sqlite_only(
+        request.app, "GET /api/v1/runs/export", "walk GET /api/v1/runs with its cursor"
+    )
     overdue = None if query.stale is None else overdue_ids_sql(database.settings.stale, now_utc())
     try:
         export = await asyncio.to_thread(
@@ -71,15 +79,45 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
         )
     except sqlite3.Error as exc:
         raise classify(exc) from exc
-    return await _stream(request, export, options.format)
+    return await _stream(request, _InThreads(export), options.format)
+
+
+class Chunks(Protocol):
+    """An export as the stream reads it: chunk after chunk, then closed."""
+
+    @property
+    def rows(self) -> int: ...
+
+    async def next_chunk(self) -> bytes | None: ...
+
+    async def close(self) -> None: ...
+
+
+class _InThreads:
+    """SQLite's export, whose reads block: each chunk on a worker thread."""
+
+    def __init__(self, export: Export) -> None:
+        self._export = export
+
+    @property
+    def rows(self) -> int:
+        return self._export.rows
+
+    async def next_chunk(self) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._export.next_chunk)
+
+    async def close(self) -> None:
+        # A chunk may still be read on its thread (awaiting it was cancelled, which does
+        # not stop the thread): close interrupts it and leaves the closing to that thread.
+        self._export.close()
 
 
 async def _stream(
-    request: web.Request, export: Export, fmt: Literal["ndjson", "csv"]
+    request: web.Request, export: Chunks, fmt: Literal["ndjson", "csv"]
 ) -> web.StreamResponse:
     """Write the export's chunks; ``cancelled``: aiohttp cancelled the handler (the client
     left while a write waited, or the server is stopping)."""
-    loop = asyncio.get_running_loop()
     outcome = "cancelled"
     response = web.StreamResponse(
         headers={
@@ -94,7 +132,7 @@ async def _stream(
     try:
         await response.prepare(request)
         while request.method != "HEAD":  # HEAD: the headers only, no rows read
-            chunk = await loop.run_in_executor(None, export.next_chunk)
+            chunk = await export.next_chunk()
             if chunk is None:
                 break
             await response.write(chunk)
@@ -102,16 +140,14 @@ async def _stream(
         outcome = "complete"
     except ConnectionError:
         outcome = "client_gone"
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StorageUnavailable) as exc:
         outcome = "storage_error"
         log.warning("export_failed", error=str(exc), rows=export.rows)
         # The headers are sent: the only honest signal left is a body cut short.
         if request.transport is not None:
             request.transport.close()
     finally:
-        # A chunk may still be read on its thread (awaiting it was cancelled, which does
-        # not stop the thread): close interrupts it and leaves the closing to that thread.
-        export.close()
+        await export.close()
         metrics.exports_active.dec()
         metrics.exports.labels(outcome).inc()
         log.info("export_finished", format=fmt, rows=export.rows, outcome=outcome)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -27,18 +28,32 @@ from server.edge.requests import read_json
 from server.edge.responses import json_response
 from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
+from server.postgres.database import PostgresDatabase
+from server.postgres.retention import PostgresPruner
+from server.reaper import STOP_WAIT_S, raise_if_cancelled
 from server.storage.connection import StorageUnavailable
+from server.storage.database import Database
 from server.storage.retention import (
     PrunePlan,
     Pruner,
     PruneReport,
     RetentionError,
+    RetentionTotals,
     check_statuses,
     cut_for,
     parse_age,
 )
 
-PRUNER: web.AppKey[Pruner] = web.AppKey("pruner", Pruner)
+
+class PruneRunner(Protocol):
+    """A backend's pruner: SQLite's ``Pruner`` (through its writer) or PostgreSQL's."""
+
+    totals: RetentionTotals
+
+    async def run(self, plan: PrunePlan, *, dry_run: bool = False) -> PruneReport: ...
+
+
+PRUNER: web.AppKey[PruneRunner] = web.AppKey("pruner", PruneRunner)
 #: Whether a caller without a token may prune (auth off): loopback callers only.
 AUTH_ENABLED: web.AppKey[bool] = web.AppKey("maintenance_auth_enabled", bool)
 
@@ -100,7 +115,7 @@ async def prune(request: web.Request) -> web.Response:
     return json_response(report.as_dict())
 
 
-def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
+def create_pruner(app: web.Application, metrics: ServerMetrics) -> PruneRunner:
     database = app[DATABASE]
 
     def observe(report: PruneReport) -> None:
@@ -111,6 +126,11 @@ def create_pruner(app: web.Application, metrics: ServerMetrics) -> Pruner:
         metrics.prune_max_batch_seconds.set(report.max_batch_s)
         log.info("prune_pass", **report.as_dict())
 
+    if isinstance(database, PostgresDatabase):
+        return PostgresPruner(
+            database.pool, on_change=database.snapshots.changed, on_report=observe
+        )
+    assert isinstance(database, Database)
     return Pruner(database.writer.run, database.reader.run, sleep=asyncio.sleep, on_report=observe)
 
 
@@ -124,23 +144,29 @@ def retention_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pruner = create_pruner(app, metrics)
         app[PRUNER] = pruner
-        task = asyncio.create_task(_every(pruner, days, interval_s)) if days > 0 else None
+        lead = app[DATABASE].lead
+        task = asyncio.create_task(_every(pruner, days, interval_s, lead)) if days > 0 else None
         yield
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # bounded, whatever it does
 
     return ctx
 
 
-async def _every(pruner: Pruner, days: int, interval_s: float) -> None:
+async def _every(
+    pruner: PruneRunner, days: int, interval_s: float, lead: Callable[[], Awaitable[bool]]
+) -> None:
+    """A pass now and every ``interval_s``, on the elected replica only (PostgreSQL)."""
     plan_statuses = check_statuses(None)
     while True:
         plan = PrunePlan(cut_for(parse_age(f"{days}d")), plan_statuses)
         try:
-            await pruner.run(plan)
+            if await lead():
+                await pruner.run(plan)
         except StorageUnavailable as exc:  # the database is busy or full: next time
             log.warning("prune_pass_failed", error=str(exc))
         except Exception as exc:  # never let the task die silently
             log.exception("prune_pass_crashed", error=str(exc))
+        raise_if_cancelled()
         await asyncio.sleep(interval_s)

@@ -15,9 +15,11 @@ from server.http.maintenance import PRUNER
 from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
 from server.storage.connection import StorageUnavailable
-from server.storage.schema import SCHEMA_VERSION
 
 HEALTH_PING_TIMEOUT_S = 2.0
+#: Where the database is, under the name /health and /metrics show it (to readers only):
+#: a file path, or the URL without its password.
+_LOCATION = {"sqlite": "db_path", "postgresql": "database_url"}
 
 METRICS: web.AppKey[ServerMetrics] = web.AppKey("server_metrics", ServerMetrics)
 
@@ -27,19 +29,21 @@ routes = web.RouteTableDef()
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     """Really touches the database, on its own connection: answers while a write waits for
-    a lock and while every reader is busy. Unhealthy (503) if the writer thread is gone."""
+    a lock and while every reader is busy. Unhealthy (503) if the writer thread is gone
+    or the database does not answer."""
     database = request.app[DATABASE]
+    status = database.status()
     body: dict[str, object] = {
         "status": "ok",
         "version": __version__,
-        "journal_mode": database.journal_mode,
-        "synchronous": database.synchronous,
-        "schema_version": SCHEMA_VERSION,
-        "pending_writes": database.writer.pending,
+        "backend": status.backend,
+        **status.settings,
+        "schema_version": status.schema_version,
+        "pending_writes": status.pending_writes,
     }
     if request.app[READ_GUARD].reveals(request.headers.get("Authorization")):
-        body["db_path"] = str(database.settings.path)
-    failure = database.writer.failure
+        body[_LOCATION[status.backend]] = status.location
+    failure = status.failure
     if failure is not None:
         return _unhealthy(body, f"database writer stopped ({failure}); writes are refused")
     try:
@@ -58,36 +62,37 @@ def _unhealthy(body: dict[str, object], reason: str) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """The guide's JSON, or Prometheus text when a scraper asks for it (Accept). Served from
-    the writer's counters: no query. Agent names and the path only for a caller that may
+    the counts the database keeps (SQLite: the writer's, no query; PostgreSQL: counted at
+    most once a second, see ``server.postgres.snapshot``). Agent names and the path only for a caller that may
     read run data (TELEMETRY_API_AUTH_PROTECT_READS)."""
     database = request.app[DATABASE]
-    counts = database.counts()
+    counts = await database.read_counts()
+    status = database.status()
     if wants_prometheus(request):
         prometheus = request.app[METRICS]
-        prometheus.db_size.set(database.size.bytes)
+        prometheus.db_size.set(status.size_bytes)
         prometheus.total_runs.set(counts.total_runs)
-        for status in CANONICAL_STATUSES:
-            prometheus.runs.labels(status).set(counts.by_status.get(status, 0))
-        prometheus.observe_reaped(database.reaped.stored, database.reaped.reaped_since_start)
+        for name in CANONICAL_STATUSES:
+            prometheus.runs.labels(name).set(counts.by_status.get(name, 0))
+        prometheus.observe_reaped(status.reaped_runs, status.reaped_since_start)
         return exposition(request, prometheus.registry)
-    stats = database.writer.stats
     performance: dict[str, object] = {
-        "journal_mode": database.journal_mode,
-        "synchronous": database.synchronous,
-        "write_transactions": stats.groups,
-        "write_operations": stats.operations,
-        "failed_write_transactions": stats.failed_groups,
+        "backend": status.backend,
+        **status.settings,
+        "write_transactions": status.write_transactions,
+        "write_operations": status.write_operations,
+        "failed_write_transactions": status.failed_write_transactions,
     }
     body: dict[str, object] = {"total_runs": counts.total_runs}
     if request.app[READ_GUARD].reveals(request.headers.get("Authorization")):
         body["agents"] = counts.agents
-        performance = {"db_path": str(database.settings.path), **performance}
+        performance = {_LOCATION[status.backend]: status.location, **performance}
     body |= {
         "recent_24h": counts.recent_24h,
         "runs_by_status": counts.by_status,
         "stale": {
-            "reaped_runs": database.reaped.stored,
-            "reaped_since_start": database.reaped.reaped_since_start,
+            "reaped_runs": status.reaped_runs,
+            "reaped_since_start": status.reaped_since_start,
         },
         "performance": performance,
     }
@@ -106,9 +111,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/metadata")
 async def metadata(request: web.Request) -> web.Response:
-    """Distinct values the writer keeps current: no query. ``cache_hit`` stays in the answer
+    """Distinct values the database keeps current (no query on SQLite; on PostgreSQL a
+    reload only after a replica wrote a new one). ``cache_hit`` stays in the answer
     (the guide shows it) and is always true: the answer always comes from memory."""
-    snapshot = request.app[DATABASE].metadata()
+    snapshot = await request.app[DATABASE].read_metadata()
     return json_response(
         {
             "agent_names": list(snapshot.agent_names),

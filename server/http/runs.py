@@ -30,11 +30,12 @@ from server.edge.requests import (
     read_patch,
 )
 from server.edge.responses import json_response
+from server.postgres.store import RunStore
 from server.storage.cursor import InvalidCursor
-from server.storage.database import Database
 from server.storage.sidecars import SIDECAR_ID, Presence
 
-DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
+#: The database the app factory chose at start-up (``server.app.open_database``).
+DATABASE: web.AppKey[RunStore] = web.AppKey("database", RunStore)
 BATCH_MAX_ITEMS: web.AppKey[int] = web.AppKey("batch_max_items", int)
 
 routes = web.RouteTableDef()
@@ -121,7 +122,7 @@ async def create_batch(request: web.Request) -> web.Response:
 
 
 async def _upsert_batch(
-    database: Database,
+    database: RunStore,
     body: Any,
     max_items: int,
     context: dict[str, Any],

@@ -9,20 +9,26 @@ Several server processes may share one database: each operation is one transacti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.timestamps import utc_now
-from server.postgres import runs
-from server.postgres.errors import available
+from server.postgres import runs, stale
+from server.postgres.errors import available, describe_open_failure
+from server.postgres.export import PostgresExport
+from server.postgres.leader import Leadership
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
+from server.postgres.snapshot import Snapshots
 from server.postgres.url import DatabaseUrl
+from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
+from server.storage.metadata import MetadataSnapshot
 from server.storage.run_json import python_rendering
 from server.storage.runs import (
     HeartbeatOutcome,
@@ -33,6 +39,8 @@ from server.storage.runs import (
     seen_instant,
 )
 from server.storage.sidecars import Presence
+from server.storage.stale import StalePolicy, now_utc
+from server.storage.status import StoreStatus
 
 log = structlog.get_logger("server.postgres")
 
@@ -49,6 +57,7 @@ class PostgresSettings:
     migration_wait_s: float = 600.0
     #: Largest metrics_json a heartbeat's merge patch may leave (the body limit).
     max_metrics_bytes: int = 5 * 1024 * 1024
+    stale: StalePolicy = field(default_factory=StalePolicy)
 
 
 class NotUtf8(RuntimeError):
@@ -56,14 +65,46 @@ class NotUtf8(RuntimeError):
 
 
 class PostgresDatabase:
-    def __init__(self, settings: PostgresSettings, pool: Any, cursors: CursorCodec) -> None:
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        pool: Any,
+        cursors: CursorCodec,
+        durability: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.cursors = cursors
+        self.durability = durability or {}
+        self.snapshots = Snapshots(pool, self._connect)
+        self.leadership = Leadership(self._connect)
+        self.writes = 0
+        self.failed_writes = 0
+        self.reaped_since_start = 0
+
+    def _connect(self) -> Any:
+        """A connection of its own, outside the pool (the LISTEN, the leader's lock)."""
+        return asyncpg.connect(
+            self.settings.url.dsn,
+            timeout=self.settings.connect_timeout_s,
+            server_settings={"application_name": "telemetry-server"},
+        )
 
     @classmethod
     async def open(cls, settings: PostgresSettings) -> PostgresDatabase:
-        """Connect, check the encoding, migrate (one replica at a time), then open the pool."""
+        """Connect, check the encoding, migrate (one replica at a time), then open the pool.
+        Any failure is a ``CannotOpen`` with one line for the operator (no password)."""
+        try:
+            return await cls._open(settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise describe_open_failure(exc, settings.url.dsn, settings.url.redacted) from exc
+
+    @classmethod
+    async def _open(cls, settings: PostgresSettings) -> PostgresDatabase:
         conn = await asyncpg.connect(settings.url.dsn, timeout=settings.connect_timeout_s)
         try:
             encoding = await conn.fetchval("SHOW server_encoding")
@@ -98,10 +139,18 @@ class PostgresDatabase:
             schema_version=SCHEMA_VERSION,
             **durability,
         )
-        return cls(settings, pool, cursors)
+        database = cls(settings, pool, cursors, durability)
+        try:
+            await database.snapshots.start()
+        except BaseException:
+            await pool.close()
+            raise
+        return database
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let operations in flight finish (for at most timeout_s), then close."""
+        await self.snapshots.stop()
+        await asyncio.wait({asyncio.ensure_future(self.leadership.close())}, timeout=5)
         try:
             await asyncio.wait_for(self.pool.close(), timeout_s)
         except TimeoutError:
@@ -109,16 +158,32 @@ class PostgresDatabase:
 
     # ---- writes ---------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _writing(self, agents: set[str], jobs: set[str]) -> AsyncIterator[None]:
+        """A write: its failures as 503s (``available``), counted for /metrics, and the
+        cached counts and names told (even a failed write may have committed)."""
+        try:
+            async with available():
+                yield
+        except BaseException:
+            self.failed_writes += 1
+            raise
+        finally:
+            self.writes += 1
+            self.snapshots.wrote(agents, jobs)
+
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
         params = insert_params(run, utc_now())
-        async with available(), self.pool.acquire() as conn:
+        async with self._writing({run.agent_name}, {run.job_type}), self.pool.acquire() as conn:
             return await runs.insert_row(conn, params)
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
         now = utc_now()
-        async with available(), self.pool.acquire() as conn:
+        agents = {changes["agent_name"]} if isinstance(changes.get("agent_name"), str) else set()
+        jobs = {changes["job_type"]} if isinstance(changes.get("job_type"), str) else set()
+        async with self._writing(agents, jobs), self.pool.acquire() as conn:
             return await runs.update_run(conn, event_id, changes, now)
 
     async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
@@ -135,7 +200,9 @@ class PostgresDatabase:
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
         rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
-        async with available(), self.pool.acquire() as conn, conn.transaction():
+        agents = {run.agent_name for run in batch}
+        jobs = {run.job_type for run in batch}
+        async with self._writing(agents, jobs), self.pool.acquire() as conn, conn.transaction():
             await runs.lock_runs(conn, [run.event_id for run in batch])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -156,7 +223,10 @@ class PostgresDatabase:
             else None
             for item in items
         ]
-        async with available(), self.pool.acquire() as conn, conn.transaction():
+        creates = [item.create for item in items if item.create is not None]
+        agents = {run.agent_name for run in creates}
+        jobs = {run.job_type for run in creates}
+        async with self._writing(agents, jobs), self.pool.acquire() as conn, conn.transaction():
             await runs.lock_runs(conn, [item.event_id for item in items])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -166,8 +236,26 @@ class PostgresDatabase:
         """A run says it is alive (see ``runs.heartbeat``)."""
         now = utc_now()
         limit = self.settings.max_metrics_bytes
-        async with available(), self.pool.acquire() as conn, conn.transaction():
+        async with self._writing(set(), set()), self.pool.acquire() as conn, conn.transaction():
             return await runs.heartbeat(conn, event_id, progress, now, limit)
+
+    async def lead(self) -> bool:
+        """Whether this replica is the one that does background work (``leader``)."""
+        return await self.leadership.lead()
+
+    async def reap(self, limit: int) -> int:
+        """One batch of the reaper (see ``stale``): the runs marked ``timeout``."""
+        policy, now = self.settings.stale, now_utc()
+        async with self._writing(set(), set()), self.pool.acquire() as conn, conn.transaction():
+            reaped = await stale.reap_batch(conn, policy, now, limit)
+        self.reaped_since_start += reaped
+        return reaped
+
+    async def reapable(self) -> bool:
+        """Whether anything is due for the reaper: one read."""
+        policy, now = self.settings.stale, now_utc()
+        async with available(), self.pool.acquire() as conn:
+            return await stale.any_reapable(conn, policy, now)
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -177,7 +265,7 @@ class PostgresDatabase:
 
     async def query(self, query: RunQuery, after: Position | None = None) -> Page:
         async with available(), self.pool.acquire() as conn:
-            return await runs.query_runs(conn, query, after)
+            return await runs.query_runs(conn, query, after, (self.settings.stale, now_utc()))
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage:
         """A page as the API answers it, JSON bytes: the Python rendering, which SQLite's
@@ -186,7 +274,57 @@ class PostgresDatabase:
         body = b",".join(python_rendering(run) for run in page.runs)
         return JsonPage(b"[" + body + b"]", page.next_position)
 
+    async def export(
+        self, query: RunQuery, fmt: Literal["ndjson", "csv"], *, escape_formulas: bool
+    ) -> PostgresExport:
+        """An export of the runs ``query`` matches, its snapshot taken (see ``export``);
+        the caller closes it."""
+        export = PostgresExport(
+            self.pool,
+            query,
+            fmt,
+            escape_formulas=escape_formulas,
+            stale=(self.settings.stale, now_utc()),
+        )
+        await export.open()
+        return export
+
     async def ping(self) -> None:
         """Touch the database for real."""
         async with available(), self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
+
+    # ---- what the process keeps (``snapshot``) ---------------------------------------
+
+    def metadata(self) -> MetadataSnapshot:
+        """The distinct values as last loaded (no query; ``read_metadata`` reloads)."""
+        return self.snapshots.metadata
+
+    def counts(self) -> RunCounts:
+        """The run counts as last counted (no query; ``read_counts`` recounts)."""
+        return self.snapshots.counts
+
+    async def read_metadata(self) -> MetadataSnapshot:
+        """The distinct values, reloaded first if a replica wrote a new one."""
+        async with available():
+            return await self.snapshots.read_metadata()
+
+    async def read_counts(self) -> RunCounts:
+        """The run counts, at most ``snapshot.COUNTS_TTL_S`` old (fresh after our writes)."""
+        async with available():
+            return await self.snapshots.read_counts()
+
+    def status(self) -> StoreStatus:
+        """/health's and /metrics' view (no query)."""
+        return StoreStatus(
+            backend=self.backend,
+            schema_version=SCHEMA_VERSION,
+            settings={"synchronous": self.durability.get("synchronous_commit", "")},
+            location=self.settings.url.redacted,
+            pending_writes=self.pool.get_size() - self.pool.get_idle_size(),
+            write_transactions=self.writes,
+            write_operations=self.writes,
+            failed_write_transactions=self.failed_writes,
+            reaped_runs=self.snapshots.reaped_runs,
+            reaped_since_start=self.reaped_since_start,
+        )

@@ -5,8 +5,10 @@ message; the message answered is fixed (no SQL, no values, no host)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -52,7 +54,35 @@ async def available() -> AsyncIterator[None]:
     try:
         yield
     except Exception as exc:
+        # asyncpg may turn a cancellation in the middle of connecting into an error of
+        # its own: a task being cancelled must end, not carry on with a 503.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from exc
         translated = classify(exc)
         if translated is None:
             raise
         raise translated from exc
+
+
+class CannotOpen(RuntimeError):
+    """The database could not be opened at start-up; the message is one line for the
+    operator, with the URL's password removed."""
+
+
+def describe_open_failure(exc: BaseException, dsn: str, redacted: str) -> CannotOpen:
+    """``exc`` (from connecting, checking or migrating) as one line naming the database
+    without its password, whatever the driver put in its message."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    for secret in _secrets(dsn):
+        reason = reason.replace(secret, "***")
+    if isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    return CannotOpen(f"cannot open {redacted}: {reason} ({type(exc).__name__})")
+
+
+def _secrets(dsn: str) -> list[str]:
+    parts = urlsplit(dsn)
+    found = [parts.password] if parts.password else []
+    found += [value for key, value in parse_qsl(parts.query) if key == "password" and value]
+    return [secret for secret in found if len(secret) >= 1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from server.contract.run_record import (
     RUN_STALENESS_COLUMNS,
     RUN_TEXT_COLUMNS,
 )
+from server.postgres.stale import overdue_clause
 from server.postgres.text import decode, encode
 from server.storage.cursor import Position
 from server.storage.runs import (
@@ -45,6 +47,10 @@ from server.storage.runs import (
     seen_instant,
 )
 from server.storage.sidecars import Presence
+from server.storage.stale import StalePolicy, now_utc
+
+#: The reaper's rule and the instant it is judged at (``stale=true``).
+StaleRule = tuple[StalePolicy, datetime]
 
 #: The columns of ``server.storage.runs.insert_params``' tuple, in its order.
 INSERT_COLUMNS: tuple[str, ...] = (
@@ -354,14 +360,20 @@ async def get_run(conn: Any, event_id: str) -> dict[str, Any] | None:
     return None if row is None else _run(row)
 
 
-def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list[Any]]:
+def query_sql(
+    query: RunQuery, after: Position | None = None, stale: StaleRule | None = None
+) -> tuple[str, list[Any]]:
     """A list query's SELECT (the filters and keyset cursor of ``server.storage.runs``,
     in the list order ``created_at DESC, id DESC``) and its parameters; one row more
-    than the page, each with its id last."""
-    if query.stale is not None:
-        raise NotImplementedError("stale=true is not served by the PostgreSQL backend yet")
+    than the page, each with its id last. ``stale``: the reaper's rule and the instant,
+    for ``stale=true`` (the SQLite backend's default rule when not given)."""
     clauses: list[str] = []
     params: list[Any] = []
+    if query.stale is not None:
+        policy, now = stale if stale is not None else (StalePolicy(), now_utc())
+        clause, clause_params = overdue_clause(policy, now, 1)
+        clauses.append(clause)
+        params.extend(clause_params)
     for column, operator, value in (
         ("agent_name", "=", encode(query.agent_name)),
         ("job_type", "=", encode(query.job_type)),
@@ -386,9 +398,11 @@ def query_sql(query: RunQuery, after: Position | None = None) -> tuple[str, list
     return sql, params
 
 
-async def query_runs(conn: Any, query: RunQuery, after: Position | None = None) -> Page:
+async def query_runs(
+    conn: Any, query: RunQuery, after: Position | None = None, stale: StaleRule | None = None
+) -> Page:
     """A page of runs as dicts, and where the next page starts (None on the last)."""
-    rows = await conn.fetch(*_bound(query_sql(query, after)))
+    rows = await conn.fetch(*_bound(query_sql(query, after, stale)))
     following = None
     if len(rows) > query.limit:
         last = rows[query.limit - 1]

@@ -99,6 +99,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             ' last_contact_at text COLLATE "C" NOT NULL, queued_since text COLLATE "C")',
         ),
     ),
+    Migration(
+        2,
+        "the distinct agent names and job types ever stored, kept by a trigger that notifies"
+        " the replicas (LISTEN telemetry_metadata) when a new one appears; the reaper's index",
+        (
+            'CREATE TABLE run_agent_names (name text COLLATE "C" PRIMARY KEY)',
+            'CREATE TABLE run_job_types (name text COLLATE "C" PRIMARY KEY)',
+            "INSERT INTO run_agent_names SELECT DISTINCT agent_name FROM agent_runs",
+            "INSERT INTO run_job_types SELECT DISTINCT job_type FROM agent_runs",
+            # One index probe per written row while the names are known (the usual
+            # case); a NOTIFY, which serialises commits, only when one is new.
+            """CREATE FUNCTION telemetry_note_names() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM run_agent_names WHERE name = NEW.agent_name) THEN
+        INSERT INTO run_agent_names (name) VALUES (NEW.agent_name) ON CONFLICT DO NOTHING;
+        PERFORM pg_notify('telemetry_metadata', '');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM run_job_types WHERE name = NEW.job_type) THEN
+        INSERT INTO run_job_types (name) VALUES (NEW.job_type) ON CONFLICT DO NOTHING;
+        PERFORM pg_notify('telemetry_metadata', '');
+    END IF;
+    RETURN NULL;
+END
+$$""",
+            "CREATE TRIGGER agent_runs_note_names AFTER INSERT OR UPDATE OF agent_name, job_type"
+            " ON agent_runs FOR EACH ROW EXECUTE FUNCTION telemetry_note_names()",
+            # Reaped runs (the /metrics count), as SQLite's idx_runs_reaped.
+            "CREATE INDEX idx_runs_reaped ON agent_runs (reaped_at) WHERE reaped_at IS NOT NULL",
+            # The reaper's candidates: running runs by last_seen_at.
+            "CREATE INDEX idx_runs_running_seen ON agent_runs (last_seen_at)"
+            " WHERE status = 'running'",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -1,8 +1,10 @@
-"""The run operations both backends offer, as one protocol: what the run endpoints
-(``server.http.runs``) need from a database. ``server.storage.database.Database`` and
-``PostgresDatabase`` both satisfy it, which mypy checks here (``_both_conform``); the
-next step of issue 13 is to type the endpoints' database with it and pick the backend
-from ``TELEMETRY_DATABASE_URL`` at start-up."""
+"""What the HTTP layer needs from a database, as one protocol both backends implement:
+the run operations, the metadata and counts each keeps in memory, and its status for
+/health and /metrics. ``server.storage.database.Database`` and ``PostgresDatabase`` both
+satisfy it, which mypy checks here (``_both_conform``). The app factory picks the
+backend once at start-up (``TELEMETRY_DATABASE_URL``); handlers see only this protocol.
+What only SQLite has (its writer and readers, VACUUM, backup, checkpoints) is reached
+through ``server.http.backend.sqlite_only``, a 501 on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,13 +13,18 @@ from typing import Any, Protocol
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.postgres.database import PostgresDatabase
+from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
 from server.storage.database import Database
+from server.storage.metadata import MetadataSnapshot
 from server.storage.runs import HeartbeatOutcome, JsonPage, Page, UpsertSummary
 from server.storage.sidecars import Presence
+from server.storage.status import StoreStatus
 
 
 class RunStore(Protocol):
+    #: "sqlite" or "postgresql".
+    backend: str
     #: Signs and checks list cursors with the database's own key.
     cursors: CursorCodec
 
@@ -46,6 +53,22 @@ class RunStore(Protocol):
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage: ...
 
     async def ping(self) -> None: ...
+
+    def metadata(self) -> MetadataSnapshot: ...
+
+    def counts(self) -> RunCounts: ...
+
+    async def read_metadata(self) -> MetadataSnapshot: ...
+
+    async def read_counts(self) -> RunCounts: ...
+
+    def status(self) -> StoreStatus: ...
+
+    async def lead(self) -> bool: ...
+
+    async def reapable(self) -> bool: ...
+
+    async def reap(self, limit: int) -> int: ...
 
     async def close(self, timeout_s: float = 10.0) -> None: ...
 

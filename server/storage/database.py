@@ -34,6 +34,7 @@ from server.storage.run_deltas import RunDeltas
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.sidecars import Presence, record
 from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
+from server.storage.status import StoreStatus
 from server.storage.writer import GroupObserver, Writer
 
 log = structlog.get_logger("server.database")
@@ -80,6 +81,8 @@ class DatabaseSize:
 
 class Database:
     """Open with ``Database.open(settings)``; close with ``await db.close()``."""
+
+    backend = "sqlite"
 
     def __init__(
         self,
@@ -256,6 +259,10 @@ class Database:
             lambda conn: runs.heartbeat(conn, event_id, progress, now, limit)
         )
 
+    async def lead(self) -> bool:
+        """The one server on its file always does the background work."""
+        return True
+
     async def reap(self, limit: int) -> int:
         """One batch of the reaper, through the writer: the runs marked ``timeout``."""
         policy, now = self.settings.stale, now_utc()
@@ -297,6 +304,32 @@ class Database:
     async def ping(self) -> None:
         """Touch the database for real, on the probe's own connection (not the readers')."""
         await self.probe.ping()
+
+    async def read_metadata(self) -> MetadataSnapshot:
+        """``metadata``: the writer keeps it exact, so there is nothing to read."""
+        return self.distinct.snapshot()
+
+    async def read_counts(self) -> RunCounts:
+        """``counts``: the writer keeps them exact, so there is nothing to read."""
+        return self.counters.snapshot()
+
+    def status(self) -> StoreStatus:
+        """/health's and /metrics' view, from the writer's state (no query)."""
+        stats = self.writer.stats
+        return StoreStatus(
+            backend=self.backend,
+            schema_version=SCHEMA_VERSION,
+            settings={"journal_mode": self.journal_mode, "synchronous": self.synchronous},
+            location=str(self.settings.path),
+            pending_writes=self.writer.pending,
+            failure=self.writer.failure,
+            size_bytes=self.size.bytes,
+            write_transactions=stats.groups,
+            write_operations=stats.operations,
+            failed_write_transactions=stats.failed_groups,
+            reaped_runs=self.reaped.stored,
+            reaped_since_start=self.reaped.reaped_since_start,
+        )
 
 
 def _background_checkpoints(

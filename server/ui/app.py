@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from server.config import ServerConfig
 from server.contract.errors import ApiError, ValidationFailed
+from server.http.backend import NotOnThisBackend
 from server.storage.connection import StorageUnavailable
 from server.storage.stats import TooManyGroups
 from server.ui import fleet, login, pages
@@ -102,6 +103,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_page(request, 400, "Bad request", _validation_messages(exc))
     except StorageUnavailable as exc:
         return _error_page(request, 503, "Database busy", [f"{exc}; try again shortly."])
+    except NotOnThisBackend as exc:
+        return _error_page(request, 501, "Not available", [str(exc.detail)])
     except TooManyGroups as exc:  # more job types in the window than a summary holds
         return _error_page(
             request, 422, "Too much to summarise", [str(exc), "The runs list still works."]

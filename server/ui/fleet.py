@@ -11,8 +11,7 @@ from aiohttp import web
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
 from server.contract.stats import StatsQuery
-from server.http.runs import DATABASE
-from server.storage.database import Database
+from server.http.backend import dashboard_database
 from server.storage.stale import now_utc, overdue_ids_sql
 from server.storage.stats import TooManyGroups
 from server.ui import agent_stats, queries
@@ -53,7 +52,7 @@ async def agents_page(request: web.Request) -> web.Response:
     window = window_of(request, now)
     number = page_number(request)
     needle = request.query.get("q", "").strip()
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
     matching = [
         name for name in database.metadata().agent_names if needle.casefold() in name.casefold()
     ]
@@ -165,7 +164,7 @@ def _charts(
 async def jobs_page(request: web.Request) -> web.Response:
     now = now_utc()
     window = window_of(request, now)
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
     job_types = database.metadata().job_types
     # The list's sparklines cover the last 24 h whatever the window: 168 hours of every
     # job type were 100 ms of rollup cells at 1M runs (a job's own page draws its window).
@@ -216,7 +215,7 @@ async def job_page(request: web.Request) -> web.Response:
     window = window_of(request, now)
     job = name_of(request, "job_type", "job type")
     since, days = chart_days(now)
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
     overdue = overdue_ids_sql(database.settings.stale, now)
 
     def fetch(conn: sqlite3.Connection) -> dict[str, Any]:

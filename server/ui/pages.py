@@ -14,9 +14,8 @@ from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
 from server.contract.run_record import with_urls
 from server.contract.validation import parse_model
-from server.http.runs import DATABASE
+from server.http.backend import dashboard_database
 from server.storage.cursor import InvalidCursor, Position
-from server.storage.database import Database
 from server.storage.runs import cost_shape
 from server.storage.stale import now_utc, overdue_ids_sql
 from server.ui import agent_stats, queries
@@ -51,7 +50,7 @@ DEFAULT_PAGE_SIZE = 50
 async def overview(request: web.Request) -> web.Response:
     now = now_utc()
     window = window_of(request, now)
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
     overdue = overdue_ids_sql(database.settings.stale, now)
     agents = database.metadata().agent_names
     rhythm_since = window.ago(RHYTHM_LOOKBACK)
@@ -127,7 +126,7 @@ def run_query_of(request: web.Request) -> tuple[RunQuery, dict[str, str]]:
 async def runs_list(request: web.Request) -> web.Response:
     now = now_utc()
     query, given = run_query_of(request)
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
     scope = dumps(query.filters()).decode()
     after: Position | None = None
     if query.cursor is not None:

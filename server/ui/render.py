@@ -12,8 +12,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from server.contract.fields import identifier_problem
-from server.http.runs import DATABASE
-from server.storage.database import Database
+from server.http.backend import dashboard_database
 from server.storage.runs import snapshot
 from server.storage.stale import now_utc
 from server.ui.charts import duration_chart
@@ -43,7 +42,7 @@ def render(
 
 async def read(request: web.Request, shape: Hashable, fn: Callable[[sqlite3.Connection], T]) -> T:
     """fn in one read transaction (the page's numbers agree), on a reader."""
-    database: Database = request.app[DATABASE]
+    database = dashboard_database(request.app)
 
     def in_snapshot(conn: sqlite3.Connection) -> T:
         with snapshot(conn):

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import os
 import sys
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ import asyncpg
 import pg_cluster
 import pytest
 
-from server.app import CONFIG
-from server.http import runs as run_handlers
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.schema import migrate
 from server.postgres.url import parse_url
@@ -30,6 +27,10 @@ _SCHEMAS = itertools.count(1)
 _SERVER_TESTS = str(_HERE.parent / "server")
 if _SERVER_TESTS not in sys.path:
     sys.path.append(_SERVER_TESTS)
+# The real-process helpers (tests/integration/daemons.py) for the server subprocess tests.
+_INTEGRATION = str(_HERE.parent / "integration")
+if _INTEGRATION not in sys.path:
+    sys.path.append(_INTEGRATION)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,7 +96,10 @@ async def pg_migrated_url(migrated_schema: str) -> str:
     """The URL of the session's migrated schema, its tables emptied (as if new)."""
     conn = await asyncpg.connect(migrated_schema, timeout=10)
     try:
-        await conn.execute("DELETE FROM agent_runs; DELETE FROM sidecars")
+        await conn.execute(
+            "DELETE FROM agent_runs; DELETE FROM sidecars;"
+            " DELETE FROM run_agent_names; DELETE FROM run_job_types"
+        )
     finally:
         await conn.close()
     return migrated_schema
@@ -124,31 +128,15 @@ async def sqlitedb(tmp_path: Path) -> AsyncIterator[Database]:
 @pytest.fixture
 async def make_api(
     make_api: Callable[..., Awaitable[Any]], pg_migrated_url: str
-) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """The real app (tests/conftest.py's ``make_api``) with its run endpoints served by
-    the PostgreSQL backend: create, PATCH, associate-commit, batch and upsert, one run,
-    its URLs, lists and cursors (``server.http.runs``). The rest of the app (health,
-    metrics, stats, export, heartbeat, the reaper) stays on SQLite until the storage
-    protocol covers them. ``make_api.sqlite(db_path=...)``: the same app all on SQLite
-    (give it a file of its own), for tests that compare the two."""
-    opened: list[PostgresDatabase] = []
+) -> Callable[..., Awaitable[Any]]:
+    """The real app (tests/conftest.py's ``make_api``) on PostgreSQL: its config names
+    the database (``database_url``, as TELEMETRY_DATABASE_URL does), so the app factory
+    opens the PostgreSQL backend and every endpoint, the reaper and the caches run on it.
+    ``make_api.sqlite(db_path=...)``: the same app on SQLite (give it a file of its own),
+    for tests that compare the two."""
 
     async def make(**overrides: Any) -> Any:
-        api = await make_api(**overrides)
-        config = api.client.app[CONFIG]
-        settings = PostgresSettings(
-            url=parse_url(pg_migrated_url), max_metrics_bytes=config.max_body_bytes
-        )
-        database = await PostgresDatabase.open(settings)
-        opened.append(database)
-        with warnings.catch_warnings():  # set after start-up: aiohttp's state is frozen
-            warnings.simplefilter("ignore", DeprecationWarning)
-            api.client.app[run_handlers.DATABASE] = database
-        return api
+        return await make_api(**{"database_url": pg_migrated_url, **overrides})
 
     make.sqlite = make_api  # type: ignore[attr-defined]  # the reference: all on SQLite
-    try:
-        yield make
-    finally:
-        for database in opened:
-            await database.close()
+    return make

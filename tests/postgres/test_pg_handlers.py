@@ -1,14 +1,19 @@
-"""The run endpoints' handler tests of tests/server, run again with the endpoints on
-PostgreSQL (``make_api`` in this directory's conftest): same statuses, same bodies.
+"""Handler tests of tests/server, run again with the whole app on PostgreSQL
+(``make_api`` in this directory's conftest: the config names the database, as
+TELEMETRY_DATABASE_URL does): same statuses, same bodies.
 
-Whole modules where nearly every test reaches the database; from test_runs_create, the
+Whole modules where every test holds on both backends; from test_runs_create, the
 tests that store something (its other ~200 cases are validation, answered before any
 storage is touched, so they would only repeat the SQLite run); from test_stale_runs,
-the heartbeat endpoint and seen_at (the rest reads SQLite's file or runs the reaper,
-which the PostgreSQL backend does not have yet)."""
+the heartbeat endpoint and seen_at (the rest reads SQLite's file directly). Left out
+of a module, each with its reason: tests that read /api/v1/stats (not served on
+PostgreSQL yet: 501) and tests that reach into SQLite's file or its export class."""
 
 from __future__ import annotations
 
+from test_admission import *  # noqa: F403
+from test_auth_and_rate_limit import *  # noqa: F403
+from test_export import *  # noqa: F403
 from test_list_cursor import *  # noqa: F403
 from test_runs_batch import *  # noqa: F403
 from test_runs_create import (  # noqa: F401
@@ -46,3 +51,10 @@ from test_stale_runs import (  # noqa: F401
     test_stale_takes_only_true,
     test_upsert_heartbeat_and_metrics_patch_items,
 )
+
+# /api/v1/stats is among their reads: 501 on PostgreSQL until stats are ported.
+del test_reads_open_by_default_with_auth  # noqa: F821
+del test_protect_reads_requires_the_token_on_reads  # noqa: F821
+# They open SQLite's file, or count the chunks of SQLite's Export class.
+del test_a_client_that_leaves_releases_the_transaction_at_once  # noqa: F821
+del test_head_answers_headers_without_reading_runs  # noqa: F821

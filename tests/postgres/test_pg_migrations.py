@@ -13,7 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from server.contract.run_record import RUN_COLUMNS
-from server.postgres.database import NotUtf8, PostgresDatabase, PostgresSettings
+from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.errors import CannotOpen
 from server.postgres.schema import (
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -128,8 +129,9 @@ async def test_a_database_from_a_newer_server_is_refused(pg_url: str) -> None:
         )
         with pytest.raises(SchemaTooNew, match="newer"):
             await migrate(conn)
-        with pytest.raises(SchemaTooNew):
+        with pytest.raises(CannotOpen, match="newer than this server") as caught:
             await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_url)))
+        assert isinstance(caught.value.__cause__, SchemaTooNew)
     finally:
         await conn.close()
 
@@ -164,7 +166,7 @@ async def test_a_database_not_in_utf8_is_refused_before_any_change(
     )
     try:
         url = postgres_cluster.url(name)
-        with pytest.raises(NotUtf8, match="SQL_ASCII") as caught:
+        with pytest.raises(CannotOpen, match="SQL_ASCII") as caught:
             await PostgresDatabase.open(PostgresSettings(url=parse_url(url)))
         assert postgres_cluster.password not in str(caught.value)
         conn = await _connect(url)
