@@ -80,11 +80,6 @@ def seen_instant(seen_at: str | None, now: str) -> str:
     return now if seen_at is None or seen_at > now else seen_at
 
 
-def insert_run(conn: sqlite3.Connection, run: RunCreate, now: str) -> bool:
-    """Insert one run; False if its event_id already exists (idempotent create)."""
-    return insert_row(conn, insert_params(run, now))
-
-
 #: The INSERT's text per set of null columns, each NULL a literal: the sqlite3 module
 #: binds None through its adapter lookup (an AttributeError formatted and dropped twice
 #: per parameter), about 5% of the writer thread's instructions at 15-20 nulls a run.
