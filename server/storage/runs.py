@@ -627,18 +627,3 @@ def query_page_json(
         rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
         body = run_json.render_rows(rows[: query.limit], fallback)
     return JsonPage(body, _next_position(rows, query.limit, run_json.CREATED_AT))
-
-
-def distinct_values(
-    conn: sqlite3.Connection, column: Literal["agent_name", "job_type"]
-) -> list[str]:
-    """Distinct values by a loose index scan: one index seek per value, not per row."""
-    sql = (
-        f"WITH RECURSIVE seen(v) AS ("
-        f" SELECT MIN({column}) FROM agent_runs"
-        f" UNION ALL"
-        f" SELECT (SELECT MIN({column}) FROM agent_runs WHERE {column} > seen.v)"
-        f" FROM seen WHERE seen.v IS NOT NULL"
-        f") SELECT v FROM seen WHERE v IS NOT NULL"
-    )
-    return [str(row[0]) for row in conn.execute(sql)]
