@@ -78,8 +78,6 @@ _.frames_copied  # server/storage/checkpoint.py (tests/server/test_wal_checkpoin
 _.writer_catch_ups  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)
 _.max_batch_cpu_s  # server/storage/retention.py: PruneReport, answered via asdict()
 _.AFTER_REBUILD  # server/storage/rollups.py (tests/server/test_stats_rollups.py)
-_.distinct_values  # server/storage/runs.py (tests/server/test_query_plans.py)
-_.insert_run  # server/storage/runs.py (tests/unit/test_dashboard_queries.py)
 _.percentile  # server/storage/stats.py (tests, bench/loadgen.py, bench/stats_bench.py)
 
 # -- Jinja templates: page data read only by server/ui/templates and spoold/ui/templates ------

@@ -30,9 +30,9 @@ from server.runtime.tls import TLSSetupError, listener_context, upstream_context
 from server.sqlite.version import SqliteTooOld, check_sqlite_version
 from spoold import __version__, cli
 from spoold.app import create_app
+from spoold.cli.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir, read_env_file
 from spoold.config import ConfigError, SpooldConfig
 from spoold.forward.limits import UpstreamLimits
-from spoold.locate import DEFAULT_ENV_FILE, SpoolNotFound, locate_spool_dir, read_env_file
 from spoold.memory import fix_mmap_threshold
 
 DEV_SERVER_READY_S = 20.0

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.sqlite.connect import connect
 from server.storage.connection import open_reader
 
 
@@ -44,7 +45,7 @@ def backup(source: Path, destination: Path, *, busy_timeout_ms: int = 5000) -> B
     src = open_reader(source, busy_timeout_ms=busy_timeout_ms)
     try:
         partial.unlink(missing_ok=True)
-        dst = sqlite3.connect(partial)
+        dst = connect(partial, busy_timeout_ms=busy_timeout_ms)
         try:
             src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode = DELETE")

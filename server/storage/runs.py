@@ -80,11 +80,6 @@ def seen_instant(seen_at: str | None, now: str) -> str:
     return now if seen_at is None or seen_at > now else seen_at
 
 
-def insert_run(conn: sqlite3.Connection, run: RunCreate, now: str) -> bool:
-    """Insert one run; False if its event_id already exists (idempotent create)."""
-    return insert_row(conn, insert_params(run, now))
-
-
 #: The INSERT's text per set of null columns, each NULL a literal: the sqlite3 module
 #: binds None through its adapter lookup (an AttributeError formatted and dropped twice
 #: per parameter), about 5% of the writer thread's instructions at 15-20 nulls a run.
@@ -632,18 +627,3 @@ def query_page_json(
         rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
         body = run_json.render_rows(rows[: query.limit], fallback)
     return JsonPage(body, _next_position(rows, query.limit, run_json.CREATED_AT))
-
-
-def distinct_values(
-    conn: sqlite3.Connection, column: Literal["agent_name", "job_type"]
-) -> list[str]:
-    """Distinct values by a loose index scan: one index seek per value, not per row."""
-    sql = (
-        f"WITH RECURSIVE seen(v) AS ("
-        f" SELECT MIN({column}) FROM agent_runs"
-        f" UNION ALL"
-        f" SELECT (SELECT MIN({column}) FROM agent_runs WHERE {column} > seen.v)"
-        f" FROM seen WHERE seen.v IS NOT NULL"
-        f") SELECT v FROM seen WHERE v IS NOT NULL"
-    )
-    return [str(row[0]) for row in conn.execute(sql)]

@@ -1,8 +1,9 @@
 """The single writer: one thread owns the read-write connection and commits in groups.
 
 Requests hand it small functions; the thread (``server.runtime.group_commit``) takes
-every function waiting, and here they run in one transaction (each inside its own
-SAVEPOINT, so one failing operation does not undo its neighbours) and commit once.
+every function waiting, and here they run in one transaction and commit once. Should
+one of them fail, the group is run again with each inside its own SAVEPOINT, so the
+failing operation is undone alone and its neighbours commit (``_transaction``).
 Under load many requests share one fsync — group commit — with no added latency when
 idle.
 

@@ -3,7 +3,7 @@
 ``replay`` re-enqueues dead letters into the spool (``spoold.cli.replay``: every
 page, and never older than the run's latest state), so it needs the spool's
 directory lock: stop spoold first (systemctl stop spoold), replay, start it.
-Which directory the commands use is decided by ``spoold.locate``.
+Which directory the commands use is decided by ``spoold.cli.locate``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Data flow: the HTTP layer ``await``s ``spoold.accept.acceptor.Acceptor.submit(op)``, which
 writes concurrent operations as one group into ``Spool`` (persist-queue on
 SQLite) and answers only after the fsync; the drainer reads groups with
-``Spool.get_groups``, acks them once the server has them, and moves refused
-operations to ``DeadLetterStore``.
+``Spool.get_groups``, acks them once the server has them and the runs index has
+recorded that, and moves refused operations to ``DeadLetterStore``.
 """
 
 from spoold.spool.codec import SpoolGroup

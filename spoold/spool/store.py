@@ -2,8 +2,8 @@
 
 The queue itself is only driven through persist-queue's public API. Next to
 it the spool keeps one plain "side" connection to the same file for what that
-API cannot answer cheaply: counting live operations and bytes at open (one
-aggregate over the rows, well under a second for a million operations), the
+API cannot answer: reading every live row at open (a damaged file is found before
+anything is accepted; the live totals are checked then, ``spoold.spool.totals``), the
 oldest live group, the free-page count and a WAL truncation after a vacuum.
 
 Every connection to the file, persist-queue's own included, is set to
@@ -31,7 +31,6 @@ from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, totals
 from spoold.spool.codec import (
     HEADER_BYTES,
-    SQL_OPS_COUNT,
     DecodedGroup,
     GroupSerializer,
     decode_group,
@@ -45,10 +44,6 @@ log = structlog.get_logger("spoold.spool")
 QUEUE_NAME = "spool"
 TABLE = f'"ack_queue_{QUEUE_NAME}"'  # persist-queue names its table ack_queue_<name>
 _LIVE = f"status < {int(AckStatus.acked)}"  # inited, ready or unack (in flight)
-_COUNT_SQL = (
-    f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0), COALESCE(SUM({SQL_OPS_COUNT}), 0) "
-    f"FROM {TABLE} WHERE {_LIVE}"
-)
 _OLDEST_SQL = (
     f"SELECT substr(data, 1, {HEADER_BYTES}) FROM {TABLE} WHERE {_LIVE} ORDER BY _id LIMIT 1"
 )
@@ -131,7 +126,7 @@ def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Conn
                 groups, nbytes, ops = corrected
                 log.error("spool_totals_corrected", groups=groups, bytes=nbytes, ops=ops)
         else:
-            side.execute(_COUNT_SQL).fetchall()
+            totals.count(side)
         _probe_put(side)
     except BaseException:
         if side is not None:
@@ -163,12 +158,6 @@ def spool_identity(side: sqlite3.Connection) -> str:
     side.execute("INSERT INTO spoold_identity (spool_id) VALUES (?)", (spool_id,))
     side.commit()
     return spool_id
-
-
-def count_live(side: sqlite3.Connection) -> tuple[int, int, int]:
-    """(groups, serialised bytes, operations) not yet acked, in flight included."""
-    groups, nbytes, ops = side.execute(_COUNT_SQL).fetchone()
-    return int(groups), int(nbytes), int(ops)
 
 
 def oldest_enqueued_at(side: sqlite3.Connection) -> float | None:
@@ -277,7 +266,7 @@ def inspect_spool(directory: Path, capacity_bytes: int = 0) -> SpoolStats:
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE.strip('"'),)
             ).fetchall():
-                groups, nbytes, ops = count_live(conn)
+                groups, nbytes, ops = totals.count(conn)
                 oldest = oldest_enqueued_at(conn)
         finally:
             conn.close()

@@ -4,12 +4,14 @@ Opening a spool used to count its live rows with one aggregate over the queue
 table, which reads every row (a 1,000,000-operation backlog is ~800 MB): start-up
 grew with the backlog. Triggers on persist-queue's table keep the totals in a
 one-row table instead, in the same transaction as each put, ack, nack or delete
-(so a crash can never leave them apart), and opening reads that row.
+(so a crash can never leave them apart): the in-memory counts are read from that row,
+at open and after start-up repair (``spoold.spool.repair``).
 
 A spool file from before the triggers gets them at its first open, with the
-totals counted once in the same transaction. The totals are checked against a
-full count in the background after start-up (``spoold.state.verify``), which corrects
-them should they ever differ.
+totals counted once in the same transaction. Opening still reads every live row once
+(``spoold.spool.store``), not for the counts but to find a damaged spool before
+anything is accepted (``spoold.state.verify`` says why the spool is never checked
+late); that read is ``verify`` below, which also corrects totals that ever drifted.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def read(side: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def count(side: sqlite3.Connection) -> tuple[int, int, int]:
-    """The same, counted from every live row (reads them all: a check, not for start-up)."""
+    """The same, counted from every live row (reads them all: the check at open, the CLI)."""
     groups, nbytes, ops = side.execute(_COUNT_SQL).fetchone()
     return int(groups), int(nbytes), int(ops)
 

@@ -15,12 +15,13 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+
+from server.sqlite.connect import connect
 
 #: Dead letters per page.
 PAGE_SIZE = 25
 #: A busy writer (a checkpoint, another process) is waited for this long at most.
-BUSY_TIMEOUT_S = 1.0
+BUSY_TIMEOUT_MS = 1000
 _MAX_ID = 2**63 - 1  # SQLite's largest rowid
 #: Longest reason shown; the rest is cut (the CLI shows it whole).
 REASON_MAX_CHARS = 2000
@@ -66,16 +67,12 @@ def read_page(
     """Newest first: the ``limit`` letters below ``before``, or just above ``after``, or the
     newest. Blocking: run it in a thread."""
     try:
-        conn = sqlite3.connect(
-            f"file:{quote(str(path.resolve()))}?mode=ro",
-            uri=True,
-            timeout=BUSY_TIMEOUT_S,
-            isolation_level=None,
+        conn = connect(
+            path, busy_timeout_ms=BUSY_TIMEOUT_MS, read_only=True, pragmas=("query_only = ON",)
         )
     except sqlite3.Error as exc:
         return LetterPage(error=_why(exc))
     try:
-        conn.execute("PRAGMA query_only = ON")
         return _read(conn, before=before, after=after, limit=limit)
     except sqlite3.Error as exc:
         return LetterPage(error=_why(exc))

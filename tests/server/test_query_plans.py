@@ -28,7 +28,6 @@ from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
 from server.storage.runs import (
-    distinct_values,
     list_index,
     query_page_json,
     query_runs,
@@ -414,15 +413,6 @@ def test_the_skew_is_real(fleet: tuple[Path, list[tuple[Any, ...]]]) -> None:
         and row[6] > narrow.start_time_to
     ]
     assert late
-
-
-def test_distinct_values_use_index_seeks(conn: sqlite3.Connection) -> None:
-    """Metadata's distinct values come from index seeks, not a table scan."""
-    _ = distinct_values(conn, "agent_name")
-    assert distinct_values(conn, "job_type") == JOBS
-    text = plan(conn, "SELECT MIN(agent_name) FROM agent_runs WHERE agent_name > ?", ["x"])
-    assert any("USING" in step and "INDEX" in step for step in text), text
-    assert not any(step.startswith("SCAN agent_runs") and "INDEX" not in step for step in text)
 
 
 def late_in_window(rows: list[tuple[Any, ...]], query: RunQuery) -> int:

@@ -16,7 +16,7 @@ import pytest
 from sidecar_helpers import answer, make_run, proxy, refuse_runs
 
 from spoold import cli
-from spoold.locate import (
+from spoold.cli.locate import (
     DEFAULT_ENV_FILE,
     DEFAULT_STATE_DIRS,
     UNIT_STATE_DIRECTORY,

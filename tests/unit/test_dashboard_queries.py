@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from server.contract.models import RunCreate
-from server.storage.runs import insert_run
+from server.storage.runs import insert_params, insert_row
 from server.storage.schema import migrate
 from server.ui import agent_stats, queries
 
@@ -49,7 +49,7 @@ def add(conn: sqlite3.Connection, hours_ago: float, **fields: Any) -> str:
             **fields,
         }
     )
-    insert_run(conn, run, stamp(at))
+    insert_row(conn, insert_params(run, stamp(at)))
     return event_id
 
 

@@ -1,4 +1,4 @@
-"""An adversarial review of the dashboard: malformed logins, the session at /ui, HEAD at
+"""The dashboard at its edges: malformed logins, the session at /ui, HEAD at
 /, huge error summaries, and every count on the overview equal to the rows of the list
 it links to (window edges, mixed failing streaks, running runs among failures)."""
 
