@@ -42,6 +42,9 @@ TEMPLATE = "telemetry_template"
 _START_ATTEMPTS = 3  # a free port can be taken between choosing and binding it
 _READY_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
+_PREFIX = "telemetry-pg-"
+#: The PID of the test session that made a cluster (``sweep_orphans`` reads it).
+_OWNER_FILE = "owner.pid"
 
 
 def bin_dir() -> Path | None:
@@ -120,7 +123,9 @@ class Cluster:
     def start(cls, bin_path: Path) -> Cluster:
         """initdb, then start the postmaster and wait until it accepts connections."""
         owner = _run_as()
-        root = Path(tempfile.mkdtemp(prefix="telemetry-pg-"))
+        sweep_orphans()
+        root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (root / _OWNER_FILE).write_text(str(os.getpid()))
         try:
             (root / "socket").mkdir()
             password = secrets.token_urlsafe(18)
@@ -301,6 +306,42 @@ class Cluster:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_orphans() -> None:
+    """Stop the clusters of test sessions that died without stopping theirs (a pytest killed
+    by a timeout or SIGKILL cannot run its finalizers), so they do not pile up. A cluster
+    whose session still runs is left alone."""
+    for root in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner_pid = int((root / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made
+        if _alive(owner_pid):
+            continue
+        try:
+            postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            postmaster = 0  # not running
+        else:
+            if str(root / "data").encode() not in cmdline:
+                postmaster = 0  # the PID was reused by another process
+        if postmaster:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
+            _wait_group_gone(postmaster)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _wait_group_gone(pgid: int) -> None:

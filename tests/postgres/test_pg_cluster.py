@@ -4,6 +4,7 @@ databases that share nothing."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import asyncpg
 import pg_cluster
@@ -61,3 +62,24 @@ def test_missing_binaries_skip_locally_but_fail_in_ci(monkeypatch: pytest.Monkey
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="apt-get install postgresql"):
         pg_cluster.require_postgres()
+
+
+@pytest.mark.slow
+def test_a_cluster_left_by_a_dead_session_is_stopped_by_the_next_one() -> None:
+    """A pytest killed by a timeout cannot stop its cluster; the next session's start does,
+    and leaves the clusters of live sessions (this one's included) alone."""
+    orphan = pg_cluster.Cluster.start(pg_cluster.require_postgres())
+    try:
+        finished = subprocess.Popen(["true"])
+        finished.wait(timeout=10)
+        (orphan.root / "owner.pid").write_text(str(finished.pid))
+        live = pg_cluster.Cluster.start(pg_cluster.require_postgres())
+        try:
+            assert orphan.process.wait(timeout=30) is not None, "the orphan still runs"
+            assert not orphan.root.exists()
+            assert live.process.poll() is None, "a live session's cluster was stopped"
+            assert live.wait_ready()
+        finally:
+            live.destroy()
+    finally:
+        orphan.destroy()
