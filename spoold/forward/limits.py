@@ -20,7 +20,12 @@ import orjson
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
-from spoold.forward.coalesce import lone
+from server.contract.fields import SQLITE_INT_MAX
+from spoold.forward.coalesce import Origin, lone
+
+#: The widest origin a snapshot can carry (its source and sequence at their longest), so
+#: an operation judged here fits whatever the drainer stamps on it.
+_WIDEST = Origin("x" * 128, [SQLITE_INT_MAX])
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,6 @@ class UpstreamLimits:
 
 def _upsert_item(op: dict[str, Any]) -> dict[str, Any]:
     """The operation exactly as the drainer sends it alone (its ``seen_at``, a heartbeat's
-    ``metrics_patch`` or ``heartbeat`` flag included): the drainer's own folding, so the two
-    can never disagree on a byte."""
-    return lone(op).upsert_item()
+    ``metrics_patch`` or ``heartbeat`` flag included; its source and sequence at their
+    widest): the drainer's own folding, so the two can never disagree on a byte."""
+    return lone(op, 0, _WIDEST).upsert_item()
