@@ -223,7 +223,9 @@ def pack(
         encoded = orjson.dumps(snapshot.upsert_item())
         pieces = [(snapshot, encoded)]
         if snapshot.operations > 1 and len(encoded) + 2 > max_bytes:
-            pieces = [(one, orjson.dumps(one.upsert_item())) for one in expand(snapshot, ops, origin)]
+            pieces = [
+                (one, orjson.dumps(one.upsert_item())) for one in expand(snapshot, ops, origin)
+            ]
         for member, part in pieces:
             extra = len(part) + (1 if members else 0)
             if members and size + extra > max_bytes:

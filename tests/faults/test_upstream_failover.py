@@ -530,6 +530,6 @@ async def test_a_batch_in_doubt_committed_late_by_one_replica_never_regresses_a_
         assert replica.late_answer is not None
         status, answer = replica.late_answer
         assert status == 200, answer
-        assert answer["duplicates"] == 1 and answer["updated"] == 0, answer
+        assert (answer["duplicates"], answer["updated"]) == (1, 0), answer
     finally:
         await replica.close()

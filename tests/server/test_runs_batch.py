@@ -452,7 +452,8 @@ async def test_upsert_skips_a_snapshot_older_than_the_last_one_of_its_source(api
     reply = await api.post(
         UPSERT, json=[stamped(event_id, 30, items_failed=1), stamped(event_id, 29, items_failed=5)]
     )
-    assert reply.body["updated"] == 1 and reply.body["duplicates"] == 1
+    assert reply.body["updated"] == 1
+    assert reply.body["duplicates"] == 1
     assert (await api.run(event_id))["items_failed"] == 1
 
 
@@ -490,7 +491,8 @@ async def test_a_direct_patch_between_snapshots_keeps_the_kept_sequence(api, new
     reply = await api.post(UPSERT, json=[stamped(event_id, 11, status="success")])
     assert reply.body["updated"] == 1
     stored = await api.run(event_id)
-    assert stored["status"] == "success" and stored["items_succeeded"] == 7
+    assert stored["status"] == "success"
+    assert stored["items_succeeded"] == 7
 
 
 @pytest.mark.parametrize(
