@@ -45,6 +45,11 @@ def op_sequence(group_id: int, index: int) -> int:
     return min(group_id * OPS_PER_GROUP + min(index, OPS_PER_GROUP - 1), SQLITE_INT_MAX)
 
 
+#: The longest source spoold sends: a sidecar id (at most 64 characters,
+#: ``spoold.identity``), "/", a spool file id (a uuid4 in hex, ``Spool.identity``).
+SOURCE_MAX_LEN = 64 + 1 + 32
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where a round's snapshots were made: the source, and each operation's sequence
@@ -55,6 +60,12 @@ class Origin:
 
     def at(self, position: int) -> int | None:
         return self.sequences[position] if 0 <= position < len(self.sequences) else None
+
+
+#: The widest origin a snapshot can carry (its source and sequence at their longest):
+#: the door check (``spoold.forward.limits``) judges an operation with it, so whatever
+#: the drainer stamps on the operation later still fits the server's cap.
+WIDEST_ORIGIN = Origin("x" * SOURCE_MAX_LEN, [SQLITE_INT_MAX])
 
 
 @dataclass

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
 
-from spoold.forward.coalesce import Origin, coalesce, op_sequence, pack
+from server.contract.fields import SNAPSHOT_SOURCE_PATTERN
+from spoold.forward.coalesce import SOURCE_MAX_LEN, Origin, coalesce, op_sequence, pack
 from spoold.forward.handoff import LocalFaults, Slot, StopClock, Stopped
 from spoold.forward.presence import oldest_accepted_at
 from spoold.forward.rounds import Chunk, Planned, Round, RoundOps
 from spoold.spool import Spool, SpoolGroup
 
 log = structlog.get_logger("spoold.drainer")
+
+SOURCE_PATTERN = re.compile(SNAPSHOT_SOURCE_PATTERN)
 
 
 class Downstream(Protocol):
@@ -145,6 +149,8 @@ class ReadStage:
         if not spool_id:
             return None
         source = f"{self._sidecar_id}/{spool_id}" if self._sidecar_id else spool_id
+        if len(source) > SOURCE_MAX_LEN or not SOURCE_PATTERN.fullmatch(source):
+            return None  # not ours (a hand-edited file): unstamped, applied as before
         sequences = [
             op_sequence(group.id, index) for group in groups for index in range(len(group.ops))
         ]

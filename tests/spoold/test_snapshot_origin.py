@@ -19,7 +19,14 @@ from test_index_corruption import _sequence_table_damaged
 
 from server.contract.fields import SQLITE_INT_MAX
 from server.contract.models import UpsertItem
-from spoold.forward.coalesce import OPS_PER_GROUP, Origin, coalesce, op_sequence, pack
+from spoold.forward.coalesce import (
+    OPS_PER_GROUP,
+    WIDEST_ORIGIN,
+    Origin,
+    coalesce,
+    op_sequence,
+    pack,
+)
 from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.read import ReadStage
 from spoold.forward.rounds import Round, encode_chunk
@@ -208,3 +215,38 @@ def test_the_spools_id_counter_survives_an_emptied_table(spool_dir: Path) -> Non
         conn.execute("DELETE FROM t")
         conn.execute("VACUUM")
         assert conn.execute("INSERT INTO t (v) VALUES (9) RETURNING id").fetchone() == (6,)
+
+
+def test_the_widest_source_is_the_widest_spoold_can_send(make_spool: SpoolFactory) -> None:
+    """The door judges operations with ``WIDEST_ORIGIN``: a 64-character sidecar id and a
+    spool id make a source of exactly its length; anything longer or not of the source's
+    alphabet (a hand-edited file) is not stamped at all, never sent longer."""
+    spool = make_spool()
+    spool.put_group([create("w")])
+    clock = StopClock()
+
+    async def idle() -> None:
+        await asyncio.sleep(0)
+
+    def stage(sidecar_id: str) -> ReadStage:
+        return ReadStage(
+            spool,
+            Slot(),
+            clock,
+            LocalFaults(Backoff(base_s=0.01, cap_s=0.01), clock),
+            Downstream(),
+            idle,
+            batch_size=10,
+            batch_max_bytes=1 << 20,
+            sidecar_id=sidecar_id,
+        )
+
+    groups = spool.get_groups(10)
+    widest = stage("s" * 64)._origin(groups)
+    assert widest is not None
+    assert len(widest.source) == len(WIDEST_ORIGIN.source)
+    spool.identity = "y" * 40  # not a spool id spoold makes
+    assert stage("s" * 64)._origin(groups) is None
+    spool.identity = "bad id"
+    assert stage("s")._origin(groups) is None
+    spool.nack(groups)
