@@ -511,6 +511,7 @@ async def test_a_direct_patch_between_snapshots_keeps_the_kept_sequence(api, new
         ({"source": "x" * 129, "sequence": 1}, "source"),
         ({"source": "a b", "sequence": 1}, "source"),
         ({"source": "nul\x00", "sequence": 1}, "source"),
+        ({"source": "trailing-newline\n", "sequence": 1}, "source"),
         ({"source": "é", "sequence": 1}, "source"),
         ({"source": 7, "sequence": 1}, "source"),
         ({"source": {"id": "a"}, "sequence": 1}, "source"),
