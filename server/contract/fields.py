@@ -162,6 +162,12 @@ Counter = Annotated[int, Field(strict=True, ge=0, le=SQLITE_INT_MAX)]
 CounterDefaultZero = Annotated[Counter, BeforeValidator(_null_to_zero)]
 #: The longest allowance a run may name for itself: 30 days.
 HEARTBEAT_TIMEOUT_MAX_S = 2_592_000
+#: Where an upsert snapshot was made (``UpsertItem.source``): an opaque id a client keeps
+#: stable for as long as its ``sequence`` keeps growing (spoold: sidecar id / spool file id).
+SNAPSHOT_SOURCE_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+SnapshotSource = Annotated[StrictStr, Field(pattern=SNAPSHOT_SOURCE_PATTERN)]
+#: An upsert snapshot's place in its source's order (``UpsertItem.sequence``).
+SnapshotSequence = Annotated[int, Field(strict=True, ge=0, le=SQLITE_INT_MAX)]
 HeartbeatTimeout = Annotated[int, Field(strict=True, ge=1, le=HEARTBEAT_TIMEOUT_MAX_S)]
 """Seconds without a write after which a running run is stale (its own allowance)."""
 JsonObject = Annotated[

@@ -22,6 +22,8 @@ from server.contract.fields import (
     Identifier,
     Instant,
     JsonObject,
+    SnapshotSequence,
+    SnapshotSource,
 )
 
 _JSON_TEXT_NOTE = (
@@ -240,6 +242,23 @@ class UpsertItem(BaseModel):
         default=False,
         description="An item that only says the run is alive (refreshes last_seen_at).",
     )
+    source: SnapshotSource | None = Field(
+        default=None,
+        description="Where this snapshot was made (a sidecar: its id and its spool's), an "
+        "opaque id of 1-128 characters A-Z a-z 0-9 . _ : / -. Sent with sequence; both or "
+        "neither.",
+    )
+    sequence: SnapshotSequence | None = Field(
+        default=None,
+        description="This snapshot's place in its source's order (0..2^63-1, growing with "
+        "every operation the source folds in). The server keeps per run the source and "
+        "sequence of the last snapshot applied; an item from the same source with a lower "
+        "sequence was overtaken by a newer snapshot (a batch committed late by one replica "
+        "after its re-sent copy and newer snapshots went to another): its create, update "
+        "and metrics_patch are not applied and it is counted in duplicates. An item from "
+        "another source, or without one, is applied. Direct writes leave the kept pair "
+        "alone.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> UpsertItem:
@@ -253,6 +272,8 @@ class UpsertItem(BaseModel):
                 "an upsert item needs at least one of 'create', 'update', 'metrics_patch' "
                 "or 'heartbeat': true"
             )
+        if (self.source is None) != (self.sequence is None):
+            raise ValueError("'source' and 'sequence' go together: send both or neither")
         if self.create is not None and self.create.event_id != self.event_id:
             raise ValueError("create.event_id must equal event_id")
         if self.update is not None and self.update.event_id not in (None, self.event_id):

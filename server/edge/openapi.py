@@ -173,7 +173,9 @@ _UPSERT_DESCRIPTION = """
 body is an array of UpsertItem. {upsert}
 An item with only `update` for an unknown event_id is reported in `errors`. Answers an
 UpsertResponse: `updated` counts runs changed by an update, `duplicates` items that
-changed nothing."""
+changed nothing (an item whose `source` and `sequence` are older than the last snapshot
+of that source applied to the run is one: a batch committed late is never applied over
+a newer snapshot)."""
 _BATCH_LIMIT = "\n\nA batch with more items than the limit is refused whole with 413."
 _QUEUED = (
     "Accepted and queued without confirmation: the run is unknown here and the server "

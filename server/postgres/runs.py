@@ -40,9 +40,12 @@ from server.storage.runs import (
     HeartbeatOutcome,
     MetricsTooLarge,
     Page,
+    Snapshot,
     UpsertOutcome,
     UpsertSummary,
     insert_params,
+    item_snapshot,
+    overtaken,
     row_to_run,
     seen_instant,
 )
@@ -142,9 +145,11 @@ async def update_run(
     *,
     seen: str | None = None,
     sidecar: str | None = None,
+    snapshot: Snapshot | None = None,
 ) -> str | None:
     """``server.storage.runs.update_run``: set the given columns, refresh last_seen_at
-    (never backwards); the run_id, or None if the run does not exist."""
+    (never backwards) and keep ``snapshot`` if given; the run_id, or None if the run
+    does not exist."""
     status = changes.get("status")
     params: list[Any] = []
     assignments = []
@@ -156,6 +161,9 @@ async def update_run(
             )
         else:
             assignments.append(f"{column} = ${len(params)}")
+    if snapshot is not None:
+        params.extend(snapshot)
+        assignments.append(f"snapshot_source = ${len(params) - 1}, snapshot_seq = ${len(params)}")
     prefix = ""
     if status in TERMINAL_STATUSES:
         # The agent's terminal status replaces the reaper's: the reaper's reason goes
@@ -182,10 +190,27 @@ _TOUCH_SQL = (
 )
 
 
-async def touch(conn: Any, event_id: str, seen: str, sidecar: str | None) -> None:
-    """Refresh last_seen_at (never backwards) and the delivering sidecar; a row already
-    up to date is not written."""
-    await conn.execute(_TOUCH_SQL, seen, sidecar, encode(event_id))
+_TOUCH_SNAPSHOT_SQL = (
+    f"UPDATE agent_runs SET {_TOUCH.format(seen='$1', sidecar='$2')},"
+    " snapshot_source = $4, snapshot_seq = $5 WHERE event_id = $3"
+    " AND (last_seen_at IS NULL OR last_seen_at < $1 OR sidecar_id IS DISTINCT FROM $2"
+    " OR snapshot_source IS DISTINCT FROM $4 OR snapshot_seq IS DISTINCT FROM $5)"
+)
+
+
+async def touch(
+    conn: Any, event_id: str, seen: str, sidecar: str | None, snapshot: Snapshot | None = None
+) -> None:
+    """Refresh last_seen_at (never backwards), the delivering sidecar and, if given, the
+    snapshot kept; a row already up to date is not written."""
+    if snapshot is None:
+        await conn.execute(_TOUCH_SQL, seen, sidecar, encode(event_id))
+        return
+    await conn.execute(_TOUCH_SNAPSHOT_SQL, seen, sidecar, encode(event_id), *snapshot)
+
+
+#: What ``upsert`` reads of the stored run before the columns the item changes.
+_KEPT = ("status", "metrics_json", "reaped_at", "snapshot_source", "snapshot_seq")
 
 
 def _create_only(item: UpsertItem) -> bool:
@@ -249,8 +274,10 @@ async def upsert(
 ) -> UpsertOutcome:
     """``server.storage.runs.upsert``: insert-if-new, then changed fields only, then the
     metrics merge patch; last_seen_at refreshed either way. The row is read ``FOR
-    UPDATE``: what is compared is what is changed."""
+    UPDATE``: what is compared is what is changed (and the snapshot kept: an item
+    ``overtaken`` by a newer one of its source changes no field)."""
     seen = seen_instant(item.seen_at, now)
+    snapshot = item_snapshot(item)
     if item.create is not None and create_params is None:
         create_params = insert_params(item.create, now, seen, sidecar)
     inserted = create_params is not None and await insert_row(conn, create_params)
@@ -260,14 +287,16 @@ async def upsert(
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes() if item.update is not None else {}
     stored = await conn.fetchrow(
-        f"SELECT {', '.join(('status', 'metrics_json', 'reaped_at', *changes))}"
-        " FROM agent_runs WHERE event_id = $1 FOR UPDATE",
+        f"SELECT {', '.join((*_KEPT, *changes))} FROM agent_runs WHERE event_id = $1 FOR UPDATE",
         encode(item.event_id),
     )
     if stored is None:
         return "not_found"
     values = [decode(value) for value in stored]
-    current_status, current = values[0], dict(zip(changes, values[3:], strict=True))
+    if overtaken(snapshot, values[3], values[4]):
+        await touch(conn, item.event_id, seen, sidecar)
+        return "unchanged"
+    current_status, current = values[0], dict(zip(changes, values[5:], strict=True))
     finished = current_status in TERMINAL_STATUSES
     if changes.get("status") == "running" and finished:
         del changes["status"]
@@ -283,9 +312,11 @@ async def upsert(
         if dumps_text(merged) != values[1]:
             diff["metrics_json"] = merged
     if diff:
-        await update_run(conn, item.event_id, diff, now, seen=seen, sidecar=sidecar)
+        await update_run(
+            conn, item.event_id, diff, now, seen=seen, sidecar=sidecar, snapshot=snapshot
+        )
     else:
-        await touch(conn, item.event_id, seen, sidecar)
+        await touch(conn, item.event_id, seen, sidecar, snapshot)
     if inserted:
         return "inserted"
     return "updated" if diff else "unchanged"

@@ -133,6 +133,15 @@ $$""",
             " WHERE status = 'running'",
         ),
     ),
+    Migration(
+        3,
+        "upsert staleness: the source and sequence of the last sidecar snapshot applied to"
+        " each run (NULL for existing runs and direct writes; see runs.upsert)",
+        (
+            'ALTER TABLE agent_runs ADD COLUMN snapshot_source text COLLATE "C"',
+            "ALTER TABLE agent_runs ADD COLUMN snapshot_seq bigint",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

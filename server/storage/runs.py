@@ -134,6 +134,10 @@ _RUNNING_UNLESS_REAPED = "status = CASE WHEN reaped_at IS NULL THEN ? ELSE statu
 _TOUCH = "last_seen_at = max(COALESCE(last_seen_at, ''), ?), sidecar_id = ?"
 #: The same for a direct write (no sidecar): its NULL written, not bound (see _INSERT_BY_NULLS).
 _TOUCH_DIRECT = "last_seen_at = max(COALESCE(last_seen_at, ''), ?), sidecar_id = NULL"
+#: The sidecar snapshot applied last (``upsert``): direct writes never set it.
+_SNAPSHOT = "snapshot_source = ?, snapshot_seq = ?"
+#: An upsert item's (source, sequence): where and in what order its snapshot was made.
+Snapshot = tuple[str, int]
 
 #: An UPDATE's text and parameters (``update_statement``).
 UpdateStatement = tuple[str, tuple[Any, ...]]
@@ -146,11 +150,13 @@ def update_statement(
     *,
     seen: str | None = None,
     sidecar: str | None = None,
+    snapshot: Snapshot | None = None,
     returning: bool = True,
 ) -> UpdateStatement:
     """The UPDATE of ``update_run``, built where the caller likes (off the writer thread).
     ``returning=False`` for ``run_patch``: without RETURNING, SQLite buffers no result
-    row (about 5% of a terminal PATCH's instructions)."""
+    row (about 5% of a terminal PATCH's instructions). ``snapshot``: the (source,
+    sequence) of the sidecar snapshot being applied, kept on the row (``upsert``)."""
     status = changes.get("status")
     parts: list[str] = []
     params: list[Any] = []
@@ -163,6 +169,9 @@ def update_statement(
         else:
             parts.append(f"{column} = ?")
         params.append(_db_value(column, value))
+    if snapshot is not None:
+        parts.append(_SNAPSHOT)
+        params.extend(snapshot)
     assignments = ", ".join(parts)
     if status in TERMINAL_STATUSES:
         assignments = _UNREAP + assignments
@@ -197,10 +206,14 @@ def update_run(
     *,
     seen: str | None = None,
     sidecar: str | None = None,
+    snapshot: Snapshot | None = None,
 ) -> str | None:
     """Set the given columns and refresh last_seen_at (to ``seen``, else now; never
     backwards); return the run_id, or None if the run does not exist."""
-    return run_update(conn, update_statement(event_id, changes, now, seen=seen, sidecar=sidecar))
+    statement = update_statement(
+        event_id, changes, now, seen=seen, sidecar=sidecar, snapshot=snapshot
+    )
+    return run_update(conn, statement)
 
 
 _TOUCH_SQL = (
@@ -209,10 +222,46 @@ _TOUCH_SQL = (
 )
 
 
-def touch(conn: sqlite3.Connection, event_id: str, seen: str, sidecar: str | None) -> None:
-    """Refresh last_seen_at (never backwards) and the delivering sidecar; nothing else.
-    A row already up to date is not written (no new row version, no index work)."""
-    conn.execute(_TOUCH_SQL, (seen, sidecar, event_id, seen, sidecar))
+_TOUCH_SNAPSHOT_SQL = (
+    f"UPDATE agent_runs SET {_TOUCH}, {_SNAPSHOT} WHERE event_id = ?"
+    " AND (last_seen_at IS NULL OR last_seen_at < ? OR sidecar_id IS NOT ?"
+    " OR snapshot_source IS NOT ? OR snapshot_seq IS NOT ?)"
+)
+
+
+def touch(
+    conn: sqlite3.Connection,
+    event_id: str,
+    seen: str,
+    sidecar: str | None,
+    snapshot: Snapshot | None = None,
+) -> None:
+    """Refresh last_seen_at (never backwards), the delivering sidecar and, if given, the
+    snapshot kept; nothing else. A row already up to date is not written (no new row
+    version, no index work)."""
+    if snapshot is None:
+        conn.execute(_TOUCH_SQL, (seen, sidecar, event_id, seen, sidecar))
+        return
+    conn.execute(
+        _TOUCH_SNAPSHOT_SQL, (seen, sidecar, *snapshot, event_id, seen, sidecar, *snapshot)
+    )
+
+
+def item_snapshot(item: UpsertItem) -> Snapshot | None:
+    """An upsert item's (source, sequence), if it carries them (the model: both or neither)."""
+    if item.source is None or item.sequence is None:
+        return None
+    return item.source, item.sequence
+
+
+def overtaken(snapshot: Snapshot | None, stored_source: Any, stored_seq: Any) -> bool:
+    """Whether a run already holds a newer snapshot from the same source than this item's:
+    then the item is a batch committed late (by one replica, after its re-sent copy and
+    newer snapshots went to another) and applying it would regress the run. Another
+    source, no source, or nothing kept: not overtaken (applied as before)."""
+    if snapshot is None or stored_source != snapshot[0] or not isinstance(stored_seq, int):
+        return False
+    return snapshot[1] < stored_seq
 
 
 def _stored_json(text: Any) -> Any:
@@ -280,6 +329,10 @@ class UpsertSummary:
     not_found: list[int] = field(default_factory=list)
 
 
+#: What ``upsert`` reads of the stored run before the columns the item changes.
+_KEPT = ("status", "metrics_json", "reaped_at", "snapshot_source", "snapshot_seq")
+
+
 def _create_only(item: UpsertItem) -> bool:
     return item.update is None and item.metrics_patch is None and not item.heartbeat
 
@@ -331,8 +384,10 @@ def upsert(
     sidecar: str | None = None,
 ) -> UpsertOutcome:
     """Apply one sidecar snapshot idempotently: insert-if-new, then changed fields only,
-    then the metrics merge patch; refresh last_seen_at to the item's seen_at either way."""
+    then the metrics merge patch; refresh last_seen_at to the item's seen_at either way.
+    A snapshot ``overtaken`` by a newer one of its source changes no field (unchanged)."""
     seen = seen_instant(item.seen_at, now)
+    snapshot = item_snapshot(item)
     if item.create is not None and create_params is None:
         create_params = insert_params(item.create, now, seen, sidecar)
     inserted = create_params is not None and insert_row(conn, create_params)
@@ -342,13 +397,15 @@ def upsert(
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes() if item.update is not None else {}
     stored = conn.execute(
-        f"SELECT {', '.join(('status', 'metrics_json', 'reaped_at', *changes))} FROM agent_runs"
-        " WHERE event_id = ?",
+        f"SELECT {', '.join((*_KEPT, *changes))} FROM agent_runs WHERE event_id = ?",
         (item.event_id,),
     ).fetchone()
     if stored is None:
         return "not_found"
-    current_status, current = stored[0], dict(zip(changes, stored[3:], strict=True))
+    if overtaken(snapshot, stored[3], stored[4]):
+        touch(conn, item.event_id, seen, sidecar)
+        return "unchanged"
+    current_status, current = stored[0], dict(zip(changes, stored[5:], strict=True))
     finished = current_status in TERMINAL_STATUSES
     if changes.get("status") == "running" and finished:
         del changes["status"]
@@ -365,9 +422,9 @@ def upsert(
         if dumps_text(merged) != stored[1]:
             diff["metrics_json"] = merged
     if diff:
-        update_run(conn, item.event_id, diff, now, seen=seen, sidecar=sidecar)
+        update_run(conn, item.event_id, diff, now, seen=seen, sidecar=sidecar, snapshot=snapshot)
     else:
-        touch(conn, item.event_id, seen, sidecar)
+        touch(conn, item.event_id, seen, sidecar, snapshot)
     if inserted:
         return "inserted"
     return "updated" if diff else "unchanged"

@@ -333,6 +333,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         " every write to a running run updated both",
         ("DROP INDEX idx_runs_running_seen",),
     ),
+    Migration(
+        10,
+        "upsert staleness: the source and sequence of the last sidecar snapshot applied to"
+        " each run (NULL for existing runs and direct writes; see runs.upsert)",
+        (
+            "ALTER TABLE agent_runs ADD COLUMN snapshot_source TEXT",
+            "ALTER TABLE agent_runs ADD COLUMN snapshot_seq INTEGER",
+        ),
+    ),
 )
 
 #: The equality filters of a list query, in index column order.

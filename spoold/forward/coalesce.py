@@ -13,6 +13,15 @@ a terminal status changes nothing (a late "alive" never revives a run, as the se
 own endpoint answers it); a snapshot of heartbeats only is a ``heartbeat: true`` item.
 Two patches no merge patch can compose (``server.contract.mergepatch``) are not folded into one
 snapshot: ``coalesce`` starts another snapshot of the run, sent after the first.
+
+A snapshot read from the spool also carries where and in what order it was made
+(``Origin``): ``source`` (the sidecar's id and its spool file's, so a replaced spool is
+another source) and ``sequence``, its newest operation's place in the spool (the queue
+item's AUTOINCREMENT id, which never goes back after deletes and vacuums, times
+``OPS_PER_GROUP``, plus the operation's index in its group). The server keeps the pair of
+the last snapshot it applied to a run and skips an older one from the same source: a
+batch one replica commits late, after its re-sent copy and newer snapshots went to
+another, never regresses the run.
 """
 
 from __future__ import annotations
@@ -24,7 +33,39 @@ from typing import Any
 import orjson
 
 from server.contract import mergepatch
-from server.contract.fields import TERMINAL_STATUSES
+from server.contract.fields import SQLITE_INT_MAX, TERMINAL_STATUSES
+
+#: Sequences per spool group: an operation's is ``group id * OPS_PER_GROUP + index``
+#: (indexes past it share the last one: equal sequences are applied, never skipped).
+OPS_PER_GROUP = 1 << 24
+
+
+def op_sequence(group_id: int, index: int) -> int:
+    """The sequence of the ``index``-th operation of spool group ``group_id``."""
+    return min(group_id * OPS_PER_GROUP + min(index, OPS_PER_GROUP - 1), SQLITE_INT_MAX)
+
+
+#: The longest source spoold sends: a sidecar id (at most 64 characters,
+#: ``spoold.identity``), "/", a spool file id (a uuid4 in hex, ``Spool.identity``).
+SOURCE_MAX_LEN = 64 + 1 + 32
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a round's snapshots were made: the source, and each operation's sequence
+    by its position in the round."""
+
+    source: str
+    sequences: Sequence[int]
+
+    def at(self, position: int) -> int | None:
+        return self.sequences[position] if 0 <= position < len(self.sequences) else None
+
+
+#: The widest origin a snapshot can carry (its source and sequence at their longest):
+#: the door check (``spoold.forward.limits``) judges an operation with it, so whatever
+#: the drainer stamps on the operation later still fits the server's cap.
+WIDEST_ORIGIN = Origin("x" * SOURCE_MAX_LEN, [SQLITE_INT_MAX])
 
 
 @dataclass
@@ -40,6 +81,9 @@ class Snapshot:
     seen_at: str | None = None
     #: Folded heartbeats' progress, for the server to merge after create/update.
     metrics_patch: dict[str, Any] | None = None
+    #: The round's source, and the newest folded operation's sequence (``Origin``).
+    source: str | None = None
+    sequence: int | None = None
 
     @property
     def operations(self) -> int:
@@ -62,8 +106,12 @@ class Snapshot:
             return True
         return mergepatch.compose(self.metrics_patch, progress) is not None
 
-    def fold(self, op: dict[str, Any], position: int = 0) -> None:
+    def fold(self, op: dict[str, Any], position: int = 0, origin: Origin | None = None) -> None:
         self.positions.append(position)
+        if origin is not None:
+            sequence = origin.at(position)
+            if sequence is not None and (self.sequence is None or sequence > self.sequence):
+                self.source, self.sequence = origin.source, sequence
         accepted_at = op.get("accepted_at")
         if isinstance(accepted_at, str) and (self.seen_at is None or accepted_at > self.seen_at):
             self.seen_at = accepted_at
@@ -116,10 +164,13 @@ class Snapshot:
             item["heartbeat"] = True  # heartbeats only: "alive" (and maybe progress)
         if self.seen_at is not None:
             item["seen_at"] = self.seen_at
+        if self.source is not None and self.sequence is not None:
+            item["source"] = self.source
+            item["sequence"] = self.sequence
         return item
 
 
-def coalesce(ops: Iterable[dict[str, Any]]) -> list[Snapshot]:
+def coalesce(ops: Iterable[dict[str, Any]], origin: Origin | None = None) -> list[Snapshot]:
     """Fold operations per run, keeping the order in which runs first appear.
 
     A run whose heartbeats' patches cannot be composed gets a further snapshot, after
@@ -132,21 +183,23 @@ def coalesce(ops: Iterable[dict[str, Any]]) -> list[Snapshot]:
         if snapshot is None or not snapshot.absorbs(op):
             snapshot = current[event_id] = Snapshot(event_id)
             snapshots.append(snapshot)
-        snapshot.fold(op, position)
+        snapshot.fold(op, position, origin)
     return snapshots
 
 
-def lone(op: dict[str, Any], position: int = 0) -> Snapshot:
+def lone(op: dict[str, Any], position: int = 0, origin: Origin | None = None) -> Snapshot:
     """One operation as a snapshot of its own."""
     snapshot = Snapshot(op["event_id"])
-    snapshot.fold(op, position)
+    snapshot.fold(op, position, origin)
     return snapshot
 
 
-def expand(snapshot: Snapshot, ops: Sequence[dict[str, Any]]) -> list[Snapshot]:
+def expand(
+    snapshot: Snapshot, ops: Sequence[dict[str, Any]], origin: Origin | None = None
+) -> list[Snapshot]:
     """A snapshot's operations as snapshots of their own, in the order they were accepted
     (the create first, each update after the ones before it)."""
-    return [lone(ops[position], position) for position in snapshot.positions]
+    return [lone(ops[position], position, origin) for position in snapshot.positions]
 
 
 def encode_batch(snapshots: Iterable[Snapshot]) -> bytes:
@@ -155,7 +208,10 @@ def encode_batch(snapshots: Iterable[Snapshot]) -> bytes:
 
 
 def pack(
-    snapshots: Iterable[Snapshot], ops: Sequence[dict[str, Any]], max_bytes: int
+    snapshots: Iterable[Snapshot],
+    ops: Sequence[dict[str, Any]],
+    max_bytes: int,
+    origin: Origin | None = None,
 ) -> list[tuple[list[Snapshot], bytes]]:
     """Batches of at most ``max_bytes`` each (the server's body cap), in order, with
     their encoded bodies. A snapshot too large alone goes as its separate operations;
@@ -178,7 +234,9 @@ def pack(
         encoded = orjson.dumps(snapshot.upsert_item())
         pieces = [(snapshot, encoded)]
         if snapshot.operations > 1 and len(encoded) + 2 > max_bytes:
-            pieces = [(one, orjson.dumps(one.upsert_item())) for one in expand(snapshot, ops)]
+            pieces = [
+                (one, orjson.dumps(one.upsert_item())) for one in expand(snapshot, ops, origin)
+            ]
         for member, part in pieces:
             extra = len(part) + (1 if members else 0)
             if members and size + extra > max_bytes:

@@ -88,6 +88,7 @@ class Drainer:
             batch_size=batch_size,
             batch_max_bytes=batch_max_bytes,
             round_max_bytes=round_max_bytes,
+            sidecar_id=None if presence is None else presence.sidecar_id,
         )
         self.sender = SendStage(
             self._to_send,

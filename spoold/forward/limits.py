@@ -3,7 +3,9 @@
 The server judges the batch body, not the agent's request: an operation reaches it
 wrapped in the envelope ``[{"event_id": …, "create"|"update": {…}}]``, two levels
 deeper than a POST/PATCH body and a few dozen bytes larger (more once normalised,
-e.g. ``created_at`` added). An operation the server would refuse even alone could
+e.g. ``created_at`` added; and its ``source`` and ``sequence``, which are judged at
+their widest, ``WIDEST_ORIGIN``: the stamp the drainer puts on it later may be a few
+dozen bytes shorter, never longer). An operation the server would refuse even alone could
 only be acknowledged and then dead-lettered; it is refused here instead, with the
 server's own error (413 ``payload_too_large``, 400 ``malformed_json``). The limits
 are configuration mirroring the server's (``SPOOLD_UPSTREAM_MAX_BODY_BYTES`` /
@@ -20,7 +22,7 @@ import orjson
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
-from spoold.forward.coalesce import lone
+from spoold.forward.coalesce import WIDEST_ORIGIN, lone
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,6 @@ class UpstreamLimits:
 
 def _upsert_item(op: dict[str, Any]) -> dict[str, Any]:
     """The operation exactly as the drainer sends it alone (its ``seen_at``, a heartbeat's
-    ``metrics_patch`` or ``heartbeat`` flag included): the drainer's own folding, so the two
-    can never disagree on a byte."""
-    return lone(op).upsert_item()
+    ``metrics_patch`` or ``heartbeat`` flag included; its source and sequence at their
+    widest): the drainer's own folding, so the two can never disagree on a byte."""
+    return lone(op, 0, WIDEST_ORIGIN).upsert_item()

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
 
-from spoold.forward.coalesce import coalesce, pack
+from server.contract.fields import SNAPSHOT_SOURCE_PATTERN
+from spoold.forward.coalesce import SOURCE_MAX_LEN, Origin, coalesce, op_sequence, pack
 from spoold.forward.handoff import LocalFaults, Slot, StopClock, Stopped
 from spoold.forward.presence import oldest_accepted_at
 from spoold.forward.rounds import Chunk, Planned, Round, RoundOps
 from spoold.spool import Spool, SpoolGroup
 
 log = structlog.get_logger("spoold.drainer")
+
+SOURCE_PATTERN = re.compile(SNAPSHOT_SOURCE_PATTERN)
 
 
 class Downstream(Protocol):
@@ -64,8 +68,11 @@ class ReadStage:
         batch_size: int,
         batch_max_bytes: int,
         round_max_bytes: int | None = None,
+        sidecar_id: str | None = None,
     ) -> None:
         self._spool = spool
+        #: This sidecar's id: with the spool file's, the source of its snapshots.
+        self._sidecar_id = sidecar_id
         self._out = out
         self._clock = clock
         self._faults = faults
@@ -118,11 +125,14 @@ class ReadStage:
         groups = self._spool.get_groups(self._batch_size, max_bytes=self._round_max_bytes)
         try:
             decoded = [op for group in groups for op in group.ops]
+            origin = self._origin(groups)
             batches: list[Chunk] = [
                 ([Planned(s.event_id, tuple(s.positions)) for s in members], body)
-                for members, body in pack(coalesce(decoded), decoded, self._batch_max_bytes)
+                for members, body in pack(
+                    coalesce(decoded, origin), decoded, self._batch_max_bytes, origin
+                )
             ]
-            ops = RoundOps(decoded)
+            ops = RoundOps(decoded, origin)
         except BaseException:
             # Taken but never to be sent: give them back rather than strand them in flight
             # (the failure is visible on /health, and the round is read again).
@@ -131,6 +141,20 @@ class ReadStage:
         # From here on the round holds bytes only (the groups keep their ids for the ack).
         slim: list[SpoolGroup] = [dataclasses.replace(group, ops=[]) for group in groups]
         return Round(slim, ops, batches, oldest_accepted_at(decoded))
+
+    def _origin(self, groups: list[SpoolGroup]) -> Origin | None:
+        """The round's source (this sidecar and its spool file: a replaced spool starts
+        its ids again, so it is another source) and each operation's sequence."""
+        spool_id = self._spool.identity
+        if not spool_id:
+            return None
+        source = f"{self._sidecar_id}/{spool_id}" if self._sidecar_id else spool_id
+        if len(source) > SOURCE_MAX_LEN or not SOURCE_PATTERN.fullmatch(source):
+            return None  # not ours (a hand-edited file): unstamped, applied as before
+        sequences = [
+            op_sequence(group.id, index) for group in groups for index in range(len(group.ops))
+        ]
+        return Origin(source, sequences)
 
     async def _read(self) -> Round:
         task = self._reading

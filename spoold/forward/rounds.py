@@ -15,7 +15,7 @@ from typing import Any, overload
 
 import orjson
 
-from spoold.forward.coalesce import Snapshot, encode_batch
+from spoold.forward.coalesce import Origin, Snapshot, encode_batch
 from spoold.spool import SpoolGroup
 from spoold.state.runs_index import Settling
 
@@ -37,7 +37,9 @@ class RoundOps(Sequence[dict[str, Any]]):
     round is held for as long as the server takes to answer - forever while it is down,
     with the next round read ahead meanwhile (spoold runs under MemoryMax)."""
 
-    def __init__(self, ops: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, ops: Iterable[dict[str, Any]], origin: Origin | None = None) -> None:
+        #: Where the round's snapshots were made (their source and sequences).
+        self.origin = origin
         self._encoded: list[bytes] = []
         self.event_ids: list[str] = []
         for op in ops:
@@ -72,9 +74,10 @@ class Planned:
         return len(self.positions)
 
     def snapshot(self, ops: Sequence[dict[str, Any]]) -> Snapshot:
+        origin = ops.origin if isinstance(ops, RoundOps) else None
         snapshot = Snapshot(self.event_id)
         for position in self.positions:
-            snapshot.fold(ops[position], position)
+            snapshot.fold(ops[position], position, origin)
         return snapshot
 
     def expand(self) -> list[Planned]:

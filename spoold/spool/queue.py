@@ -232,6 +232,15 @@ class Spool:
             _check_open(self._closed)
             return store.last_allocated_id(self._side)
 
+    def raise_ids_to(self, floor: int) -> None:
+        """Give out only ids above ``floor`` from now on (start-up: the runs index saw
+        ids up to it, so the file is an older copy). Item ids are the drainer's snapshot
+        sequences, which the server compares: they must never go back."""
+        with self._io_lock, self._put_lock:
+            _check_open(self._closed)
+            store.raise_last_id(self._side, floor)
+            self._depth.publish(floor)
+
     def discard(self, item_ids: Iterable[int]) -> int:
         """Ack items by id without handing them out (start-up repair: already delivered).
 

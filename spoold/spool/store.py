@@ -175,6 +175,17 @@ def last_allocated_id(side: sqlite3.Connection) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def raise_last_id(side: sqlite3.Connection, floor: int) -> None:
+    """Make the queue's AUTOINCREMENT hand out ids above ``floor`` from now on."""
+    name = TABLE.strip('"')
+    updated = side.execute(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?", (floor, name, floor)
+    ).rowcount
+    if not updated and last_allocated_id(side) < floor:  # no row yet: nothing was ever put
+        side.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, floor))
+    side.commit()
+
+
 def live_rows_after(
     side: sqlite3.Connection, item_id: int, limit: int
 ) -> list[tuple[int, DecodedGroup]]:

@@ -21,6 +21,10 @@ commit the index forgets their runs (so they can be sent again), counts them
 as dead-lettered and ``quarantined`` and takes the new file's identity; a log
 line says how many.
 
+A spool file older than the index (a copy put back: the index saw ids it never gave
+out) gives out ids above the index's from then on (``Spool.raise_ids_to``): ids are the
+drainer's snapshot sequences, which must never go back (``spoold.forward.coalesce``).
+
 A new index (the old one was damaged and set aside, see ``spoold.state.storage``)
 has no marks: every live spool item is folded in, which rebuilds it.
 
@@ -62,6 +66,7 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
     if replaced:
         _spool_replaced(spool, index)
     else:
+        _keep_ids_growing(spool, index)
         _finish_settle(spool, index)
         discarded = spool.discard(index.settling_ids())
         if discarded:
@@ -86,6 +91,17 @@ def reconcile(spool: Spool, index: RunsIndex) -> Counts:
         duplicates=counters["duplicates"],
         quarantined=counters["quarantined"],
     )
+
+
+def _keep_ids_growing(spool: Spool, index: RunsIndex) -> None:
+    """The index recorded spool ids this file never gave out: it is an older copy put
+    back. Its next ids must still be above every id the index saw (and so above every
+    snapshot sequence sent from this spool, which the server keeps per run and compares:
+    a lower one would be skipped as older)."""
+    recorded, allocated = index.last_spooled_id(), spool.last_allocated_id()
+    if recorded > allocated:
+        spool.raise_ids_to(recorded)
+        log.warning("spool_ids_raised", last_allocated_id=allocated, raised_to=recorded)
 
 
 def _finish_settle(spool: Spool, index: RunsIndex) -> None:

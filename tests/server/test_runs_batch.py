@@ -408,3 +408,142 @@ async def test_upsert_mixed_batch_counts_each_item_once_in_order(api, new_run):
     }
     assert (await api.run(other["event_id"]))["items_failed"] == 3
     assert (await api.run(full["event_id"]))["status"] == "failure"
+
+
+# ---- upsert staleness: (source, sequence) -------------------------------------------
+
+SOURCE = "sidecar-a/0123456789abcdef0123456789abcdef"
+
+
+def stamped(event_id, sequence, source=SOURCE, **update):
+    return {"event_id": event_id, "update": update, "source": source, "sequence": sequence}
+
+
+async def test_upsert_skips_a_snapshot_older_than_the_last_one_of_its_source(api, new_run):
+    """A late batch's older snapshot changes no field and counts as a duplicate (so the
+    sidecar that sent it takes it as delivered); an equal one re-sent is idempotent; a
+    newer one applies."""
+    run = new_run()
+    event_id = run["event_id"]
+    first = {**stamped(event_id, 10, items_succeeded=1), "create": run}
+    assert (await api.post(UPSERT, json=[first])).body["inserted"] == 1
+    newer = stamped(event_id, 20, items_succeeded=2, product="newer")
+    assert (await api.post(UPSERT, json=[newer])).body["updated"] == 1
+    at_twenty = await api.run(event_id)
+
+    older = stamped(event_id, 15, items_succeeded=9, product="older", status="success")
+    reply = await api.post(UPSERT, json=[older])
+    assert reply.status == 200
+    assert reply.body == {"inserted": 0, "updated": 0, "duplicates": 1, "errors": [], "total": 1}
+    again = await api.run(event_id)
+    assert again.pop("last_seen_at") >= at_twenty.pop("last_seen_at")  # heard from, only
+    assert again == at_twenty
+
+    reply = await api.post(UPSERT, json=[newer])  # the same snapshot re-sent
+    assert reply.body["duplicates"] == 1
+    same = await api.run(event_id)
+    assert same["updated_at"] == at_twenty["updated_at"]
+    assert same["items_succeeded"] == 2
+
+    newest = stamped(event_id, 21, items_succeeded=3)
+    assert (await api.post(UPSERT, json=[newest])).body["updated"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 3
+    # ... and the older one within one batch, after the newer: skipped too
+    reply = await api.post(
+        UPSERT, json=[stamped(event_id, 30, items_failed=1), stamped(event_id, 29, items_failed=5)]
+    )
+    assert reply.body["updated"] == 1
+    assert reply.body["duplicates"] == 1
+    assert (await api.run(event_id))["items_failed"] == 1
+
+
+async def test_upsert_applies_snapshots_of_another_source_or_of_none(api, new_run):
+    """Sequences are compared within one source only: another source's snapshot, or one
+    without a source (another client, an older sidecar), is applied as before."""
+    run = new_run()
+    event_id = run["event_id"]
+    await api.post(UPSERT, json=[{**stamped(event_id, 100, items_succeeded=1), "create": run}])
+    other = stamped(event_id, 1, source="sidecar-b/ffff", items_succeeded=2)
+    assert (await api.post(UPSERT, json=[other])).body["updated"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 2
+    plain = {"event_id": event_id, "update": {"items_succeeded": 3}}
+    assert (await api.post(UPSERT, json=[plain])).body["updated"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 3
+    # the run now keeps sidecar-b's 1 (the plain item kept nothing): A's 50 is "another"
+    back = stamped(event_id, 50, items_succeeded=4)
+    assert (await api.post(UPSERT, json=[back])).body["updated"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 4
+    older_b = stamped(event_id, 0, source="sidecar-b/ffff", items_succeeded=5)
+    assert (await api.post(UPSERT, json=[older_b])).body["updated"] == 1
+
+
+async def test_a_direct_patch_between_snapshots_keeps_the_kept_sequence(api, new_run):
+    """A PATCH writes its fields and leaves the kept (source, sequence) alone: an older
+    snapshot after it is still skipped, a newer one applies over it."""
+    run = new_run()
+    event_id = run["event_id"]
+    await api.post(UPSERT, json=[{**stamped(event_id, 10, items_succeeded=1), "create": run}])
+    reply = await api.patch(f"/api/v1/runs/{event_id}", json={"items_succeeded": 7})
+    assert reply.status == 200, reply.body
+    reply = await api.post(UPSERT, json=[stamped(event_id, 5, items_succeeded=0)])
+    assert reply.body["duplicates"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 7
+    reply = await api.post(UPSERT, json=[stamped(event_id, 11, status="success")])
+    assert reply.body["updated"] == 1
+    stored = await api.run(event_id)
+    assert stored["status"] == "success"
+    assert stored["items_succeeded"] == 7
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"source": SOURCE, "sequence": -1}, "sequence"),
+        ({"source": SOURCE, "sequence": 2**63}, "sequence"),
+        ({"source": SOURCE, "sequence": 2**64 + 5}, "sequence"),
+        ({"source": SOURCE, "sequence": 10**30}, "sequence"),
+        ({"source": SOURCE, "sequence": 1.5}, "sequence"),
+        ({"source": SOURCE, "sequence": 1.0}, "sequence"),
+        ({"source": SOURCE, "sequence": "12"}, "sequence"),
+        ({"source": SOURCE, "sequence": True}, "sequence"),
+        ({"source": SOURCE, "sequence": [1]}, "sequence"),
+        ({"source": "", "sequence": 1}, "source"),
+        ({"source": "x" * 129, "sequence": 1}, "source"),
+        ({"source": "a b", "sequence": 1}, "source"),
+        ({"source": "nul\x00", "sequence": 1}, "source"),
+        ({"source": "trailing-newline\n", "sequence": 1}, "source"),
+        ({"source": "é", "sequence": 1}, "source"),
+        ({"source": 7, "sequence": 1}, "source"),
+        ({"source": {"id": "a"}, "sequence": 1}, "source"),
+        ({"source": SOURCE}, "go together"),
+        ({"sequence": 1}, "go together"),
+        ({"source": SOURCE, "sequence": None}, "go together"),
+    ],
+)
+async def test_upsert_refuses_hostile_sources_and_sequences_per_item(api, new_run, extra, field):
+    """A bad source or sequence is that item's error naming the field (the sidecar
+    dead-letters just it); the batch's other items apply; never a 500."""
+    good, bad = new_run(), new_run()
+    reply = await api.post(
+        UPSERT, json=[upsert_item(good), {**upsert_item(bad), **extra}, upsert_item(new_run())]
+    )
+    assert reply.status == 200, reply.body
+    assert reply.body["inserted"] == 2
+    [error] = reply.body["errors"]
+    assert error["index"] == 1
+    assert field in error["message"], error
+    assert (await api.get(f"/api/v1/runs/{bad['event_id']}")).status == 404
+
+
+async def test_upsert_with_the_largest_sequence_is_kept_exactly(api, new_run):
+    """2^63-1 is a sequence like any other: kept and compared without overflow."""
+    run = new_run()
+    event_id = run["event_id"]
+    top = 2**63 - 1
+    await api.post(UPSERT, json=[{**stamped(event_id, top - 1, items_succeeded=1), "create": run}])
+    assert (await api.post(UPSERT, json=[stamped(event_id, top, items_succeeded=2)])).body[
+        "updated"
+    ] == 1
+    reply = await api.post(UPSERT, json=[stamped(event_id, 0, items_succeeded=3)])
+    assert reply.body["duplicates"] == 1
+    assert (await api.run(event_id))["items_succeeded"] == 2

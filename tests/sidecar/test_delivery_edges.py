@@ -14,7 +14,7 @@ from sidecar_helpers import FakeUpstream, make_run
 
 import spoold.forward.read as read_module
 from server.contract.codec import nesting_depth
-from spoold.forward.coalesce import coalesce, encode_batch, pack
+from spoold.forward.coalesce import WIDEST_ORIGIN, coalesce, encode_batch, pack
 
 CAP = 4096  # a small server body cap (bytes), so the edges are cheap to reach
 
@@ -35,11 +35,17 @@ def nested(levels: int) -> dict[str, Any]:
     return value
 
 
+def widest(item: dict[str, Any]) -> dict[str, Any]:
+    """The item with its source and sequence at their widest, as the door judges it."""
+    return {**item, "source": WIDEST_ORIGIN.source, "sequence": WIDEST_ORIGIN.sequences[0]}
+
+
 def envelope_bytes(event_id: str, kind: str, body: dict[str, Any]) -> int:
-    """Size of the one-item upsert batch the server receives for this operation (with
-    its ``seen_at``, a canonical instant: always 32 characters)."""
+    """Size of the one-item upsert batch the server may receive for this operation (with
+    its ``seen_at``, a canonical instant: always 32 characters; and its source and
+    sequence at their widest: the real ones may be shorter, never longer)."""
     seen_at = "2026-01-12T10:30:00.000000+00:00"
-    return len(orjson.dumps([{"event_id": event_id, kind: body, "seen_at": seen_at}]))
+    return len(orjson.dumps([widest({"event_id": event_id, kind: body, "seen_at": seen_at})]))
 
 
 async def counters(sidecar: Any) -> dict[str, int]:
@@ -173,7 +179,8 @@ async def test_a_create_is_refused_exactly_where_its_envelope_passes_the_cap(
     for event_id in accepted.values():
         assert (await central.api.get(f"/api/v1/runs/{event_id}")).status == 200
     [item] = upstream.items_sent(accepted[low])
-    assert len(orjson.dumps([item])) == CAP
+    assert len(orjson.dumps([widest(item)])) == CAP
+    assert len(orjson.dumps([item])) <= CAP
 
 
 async def test_a_batch_with_one_item_the_server_would_refuse_is_refused_whole(

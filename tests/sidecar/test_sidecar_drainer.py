@@ -140,9 +140,13 @@ async def test_a_per_item_error_dead_letters_only_that_run(dead_url, make_sideca
     health = await sidecar.wait_drained()
     assert len(fake.batches) == 2  # the others are not re-sent; the poison run's ops are
     assert [sorted(item) for item in fake.batches[1].body] == [
-        ["create", "event_id", "seen_at"],
-        ["event_id", "seen_at", "update"],
+        ["create", "event_id", "seen_at", "sequence", "source"],
+        ["event_id", "seen_at", "sequence", "source", "update"],
     ]
+    # the poison run's two operations, sent apart: the later one is the newer snapshot
+    first, second = fake.batches[1].body
+    assert first["source"] == second["source"]
+    assert first["sequence"] < second["sequence"]
     assert health["spool"]["depth"] == 0
     assert health["spool"]["dead_letters"] == 2
     assert health["counters"]["forwarded"] == 6

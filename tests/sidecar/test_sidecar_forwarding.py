@@ -95,7 +95,8 @@ async def test_operations_of_many_runs_coalesce_into_fewer_items(
     assert health["counters"]["forwarded"] == 60
     delivered = fake.delivered_batches()
     assert [len(batch) for batch in delivered] == [20]
-    assert all(set(item) == {"event_id", "create", "update", "seen_at"} for item in delivered[0])
+    keys = {"event_id", "create", "update", "seen_at", "source", "sequence"}
+    assert all(set(item) == keys for item in delivered[0])
     for n, run in enumerate(runs):
         stored = await central.api.run(run["event_id"])
         assert (stored["status"], stored["items_succeeded"]) == ("success", n)

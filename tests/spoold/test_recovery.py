@@ -239,3 +239,37 @@ def test_fold_reads_the_spool_in_chunks(
     assert index.last_spooled_id() == 5
     pending = [run.pending if (run := index.get(f"e{k}")) else None for k in range(5)]
     assert pending == [1, 2, 3, 4, 5]
+
+
+async def test_an_older_spool_copy_put_back_never_reuses_ids_the_index_saw(
+    spool_dir: Path, make_spool: SpoolFactory, open_index: IndexFactory, tmp_path: Path
+) -> None:
+    """Spool ids are the drainer's snapshot sequences, which the server compares per run:
+    after an older copy of the spool file is put back under a current index, new items
+    get ids above every id the index recorded, never one it saw."""
+    spool, index = make_spool(), open_index()
+    reconcile(spool, index)  # as at every start: the index records the spool's identity
+    await accept(spool, index, create("a"))
+    spool.close()
+    saved = tmp_path / "older-copy"
+    shutil.copytree(spool_dir, saved)
+    spool = make_spool()
+    reconcile(spool, index)
+    await accept(spool, index, update("a", items_succeeded=1), update("a", items_succeeded=2))
+    seen = index.last_spooled_id()
+    assert seen == 3
+    spool.close()
+    shutil.rmtree(spool_dir)
+    shutil.copytree(saved, spool_dir)
+    spool = make_spool()
+    assert spool.last_allocated_id() == 1
+    with capture_logs() as logs:
+        reconcile(spool, index)
+    assert [e for e in logs if e["event"] == "spool_ids_raised"]
+    assert spool.last_allocated_id() == seen
+    await accept(spool, index, update("a", items_succeeded=3))
+    assert index.last_spooled_id() == seen + 1
+    # the copy's own item, then the new one above the floor: both handed out, in order
+    groups = spool.get_groups(10)
+    assert [group.id for group in groups] == [1, seen + 1]
+    assert groups[1].ops[0]["body"] == {"items_succeeded": 3}

@@ -16,7 +16,7 @@ import pytest
 
 from server.contract.codec import nesting_depth
 from server.contract.errors import MalformedJson, PayloadTooLarge
-from spoold.forward.coalesce import encode_batch, lone
+from spoold.forward.coalesce import WIDEST_ORIGIN, encode_batch, lone
 from spoold.forward.limits import UpstreamLimits
 
 
@@ -32,8 +32,9 @@ def op(kind: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference(operation: dict[str, Any], limits: UpstreamLimits) -> str | None:
-    """What the server says of the drainer's batch holding only this operation."""
-    body = encode_batch([lone(operation)])
+    """What the server says of the drainer's batch holding only this operation (its
+    source and sequence at their widest)."""
+    body = encode_batch([lone(operation, 0, WIDEST_ORIGIN)])
     if len(body) > limits.max_body_bytes:
         return "413"
     depth = nesting_depth(orjson.loads(body), limit=limits.max_json_depth)
@@ -103,7 +104,7 @@ def test_the_door_check_refuses_exactly_what_the_servers_batch_would(kind: str) 
 
 def test_the_size_is_judged_to_the_byte() -> None:
     operation = op("update", {"metrics_json": {"pad": ""}})
-    size = len(encode_batch([lone(operation)]))
+    size = len(encode_batch([lone(operation, 0, WIDEST_ORIGIN)]))
     operation["body"]["metrics_json"]["pad"] = "x" * 100
     at_cap = UpstreamLimits(max_body_bytes=size + 100, max_json_depth=32)
     assert verdict(operation, at_cap) is None
