@@ -11,7 +11,9 @@ the README. Rollups per replica (summed at read) are the way on if large windows
 fast; the answers would not change.
 
 Durations are aggregated as text lists and bucketed in Python, as on SQLite, so both
-backends build the same histogram; item totals are exact (``numeric`` sums).
+backends build the same histogram. Item totals are summed exactly (``numeric``) and
+answered as SQLite answers its ``total()``: as floats (exact under 2**53; past 2**63 a
+float in the JSON, where SQLite's own integers end).
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ def stats_sql(query: StatsQuery, policy: StalePolicy, now: Any) -> tuple[str, li
     return f"SELECT {columns} FROM agent_runs{where} GROUP BY {grouped}", params
 
 
-def _exact(value: Any) -> int:
-    """A numeric sum as an exact integer (0 for the sum of no rows)."""
-    return int(value) if isinstance(value, int | Decimal) else 0
+def _total(value: Any) -> float:
+    """An exact numeric sum as SQLite's ``total()`` gives it: a float (0.0 for none)."""
+    return float(value) if isinstance(value, int | Decimal) else 0.0
 
 
 async def read_stats(
@@ -99,7 +101,7 @@ async def read_stats(
                 for value, enc in zip(values[:width], encoded, strict=True)
             )
             status, runs, disc, succ, fail, *rest = values[width:]
-            rows.append((*key, status, runs, _exact(disc), _exact(succ), _exact(fail), *rest))
+            rows.append((*key, status, runs, _total(disc), _total(succ), _total(fail), *rest))
             if len(rows) >= 1000:
                 parts.add_raw(rows)
                 rows = []
