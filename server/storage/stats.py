@@ -405,7 +405,9 @@ def plan(window: Span, group_by: list[str]) -> tuple[list[Cells], list[Span]]:
     return cells, spans
 
 
-def _read_cells(conn: sqlite3.Connection, parts: StatsParts, query: StatsQuery, cells: Cells) -> None:
+def _read_cells(
+    conn: sqlite3.Connection, parts: StatsParts, query: StatsQuery, cells: Cells
+) -> None:
     grain, first, past = cells
     terms, params = [], []
     for column, value in (("job_type", query.job_type), ("status", query.status)):

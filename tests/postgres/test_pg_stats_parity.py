@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from test_pg_parity import NAMES, Pair, _run
-from test_pg_parity import pair as pair  # noqa: F401  (the fixture)
+from test_pg_parity import pair as pair
 
 from server.contract.stats import GROUP_KEYS, StatsQuery
 from server.storage import stats as stats_storage
@@ -58,7 +58,11 @@ def _status(rng: random.Random) -> str:
 
 def _fleet_run(rng: random.Random, event_id: str) -> Any:
     # Skewed: agent-0 has a third of the runs, 60 agents the rest.
-    agent = "agent-0" if rng.random() < 0.33 else rng.choice((*NAMES, *(f"agent-{n}" for n in range(60))))
+    agent = (
+        "agent-0"
+        if rng.random() < 0.33
+        else rng.choice((*NAMES, *(f"agent-{n}" for n in range(60))))
+    )
     start = f"2026-03-0{rng.randrange(1, 7)}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00"
     start += rng.choice(("Z", ".000001Z", ".999999Z", "+05:30", "-11:00"))
     fields: dict[str, Any] = {
@@ -87,7 +91,11 @@ def _close(found: Any, expected: Any) -> bool:
         )
     if isinstance(expected, list) and isinstance(found, list):
         return len(found) == len(expected) and all(map(_close, found, expected))
-    if isinstance(expected, int | float) and not isinstance(expected, bool) and abs(expected) >= BIG:
+    if (
+        isinstance(expected, int | float)
+        and not isinstance(expected, bool)
+        and abs(expected) >= BIG
+    ):
         return isinstance(found, int | float) and math.isclose(found, expected, rel_tol=1e-12)
     return bool(found == expected) and type(found) is type(expected)
 
