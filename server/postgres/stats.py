@@ -24,6 +24,7 @@ from typing import Any
 from server.contract.stats import StatsQuery
 from server.postgres.stale import overdue_clause
 from server.postgres.text import decode, encode
+from server.storage.rollups import duration_bucket_floors
 from server.storage.stale import StalePolicy
 from server.storage.stats import StatsParts
 
@@ -36,11 +37,18 @@ _KEY_SQL = {
 }
 _HAS_DURATION = "status <> 'running' AND duration_ms >= 1"
 _ENCODED_KEYS = frozenset(("agent_name", "job_type"))
+#: The duration histogram's bucket floors (SQLite's), and each as the text key it uses.
+FLOORS = duration_bucket_floors()
+_FLOOR_TEXTS = tuple(str(floor) for floor in FLOORS)
 
 
-def stats_sql(query: StatsQuery, policy: StalePolicy, now: Any) -> tuple[str, list[Any]]:
-    """The one SELECT of a stats query: per group key and status, the counts, exact item
-    totals, first and last start, longest duration and the durations themselves."""
+def stats_sql(
+    query: StatsQuery, policy: StalePolicy, now: Any, *, buckets: bool = True
+) -> tuple[str, list[Any]]:
+    """The one SELECT of a stats query: per group key, status and duration bucket (the
+    bucket's index in ``FLOORS``, NULL for a run without a duration), the counts, exact
+    item totals, first and last start and longest duration. ``buckets=False``: the
+    durations as a text list per key and status instead (as SQLite reads its runs)."""
     clauses: list[str] = []
     params: list[Any] = []
     if query.stale is not None:
@@ -60,6 +68,13 @@ def stats_sql(query: StatsQuery, policy: StalePolicy, now: Any) -> tuple[str, li
             params.append(value)
             clauses.append(f"{column} {operator} ${len(params)}::text")
     keys = [_KEY_SQL[name] for name in query.group_by]
+    if buckets:
+        params.append(list(FLOORS))
+        durations = f"CASE WHEN {_HAS_DURATION} THEN width_bucket(duration_ms, ${len(params)}::bigint[]) END"
+        grouped = ", ".join((*keys, "status", durations))
+    else:
+        durations = f"string_agg(duration_ms::text, ',') FILTER (WHERE {_HAS_DURATION})"
+        grouped = ", ".join((*keys, "status"))
     columns = ", ".join(
         (
             *keys,
@@ -71,11 +86,10 @@ def stats_sql(query: StatsQuery, policy: StalePolicy, now: Any) -> tuple[str, li
             "min(start_time)",
             "max(start_time)",
             f"max(duration_ms) FILTER (WHERE {_HAS_DURATION})",
-            f"string_agg(duration_ms::text, ',') FILTER (WHERE {_HAS_DURATION})",
+            durations,
         )
     )
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    grouped = ", ".join((*keys, "status"))
     return f"SELECT {columns} FROM agent_runs{where} GROUP BY {grouped}", params
 
 
@@ -85,13 +99,13 @@ def _total(value: Any) -> float:
 
 
 async def read_stats(
-    conn: Any, query: StatsQuery, policy: StalePolicy, now: Any
+    conn: Any, query: StatsQuery, policy: StalePolicy, now: Any, *, buckets: bool = True
 ) -> list[dict[str, Any]]:
     """The answer's groups (``TooManyGroups`` past ``MAX_GROUPS``)."""
     parts = StatsParts(list(query.group_by))
     width = len(query.group_by)
     encoded = [name in _ENCODED_KEYS for name in query.group_by]
-    sql, params = stats_sql(query, policy, now)
+    sql, params = stats_sql(query, policy, now, buckets=buckets)
     rows = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         async for row in conn.cursor(sql, *params, prefetch=1000):
@@ -100,10 +114,14 @@ async def read_stats(
                 decode(value) if enc else value
                 for value, enc in zip(values[:width], encoded, strict=True)
             )
-            status, runs, disc, succ, fail, *rest = values[width:]
-            rows.append((*key, status, runs, _total(disc), _total(succ), _total(fail), *rest))
-            if len(rows) >= 1000:
-                parts.add_raw(rows)
-                rows = []
+            status, runs, disc, succ, fail, first, last, longest, durations = values[width:]
+            totals = (_total(disc), _total(succ), _total(fail))
+            if not buckets:
+                rows.append((*key, status, runs, *totals, first, last, longest, durations))
+                continue
+            hist = {} if durations is None else {_FLOOR_TEXTS[durations - 1]: runs}
+            parts.group(tuple(str(k) for k in key)).add(
+                status, runs, totals, (first, last), longest, hist
+            )
     parts.add_raw(rows)
     return parts.answer()
