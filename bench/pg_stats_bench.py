@@ -30,10 +30,8 @@ import asyncpg
 from server.contract.models import RunCreate
 from server.contract.stats import StatsQuery
 from server.postgres.database import PostgresDatabase, PostgresSettings
-from server.postgres.stats import read_stats
 from server.postgres.url import parse_url
 from server.storage.database import Database, StorageSettings
-from server.storage.stale import now_utc
 
 DAYS = 30
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -90,12 +88,6 @@ async def _median_ms(read: Callable[[], Awaitable[Any]], repeat: int) -> float:
     return statistics.median(times)
 
 
-async def _text_lists(pg: PostgresDatabase, query: StatsQuery) -> Any:
-    """The alternative read: durations as text lists, bucketed in Python (SQLite's way)."""
-    async with pg.pool.acquire() as conn:
-        return await read_stats(conn, query, pg.settings.stale, now_utc(), buckets=False)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
@@ -119,16 +111,14 @@ async def main() -> None:
             finally:
                 await conn.close()
             print(f"{args.rows:,} runs; median of {args.repeat} reads, wall ms")
-            print("postgres: buckets counted in SQL (served); text lists: bucketed in Python")
-            print(f"{'shape':<24} {'sqlite':>9} {'postgres':>9} {'ratio':>7} {'text lists':>11}")
+            print(f"{'shape':<24} {'sqlite':>9} {'postgres':>9} {'ratio':>7}")
             for name, params in _shapes().items():
                 query = StatsQuery.model_validate(params)
                 expected = await sqlite.stats(query)
-                assert await pg.stats(query) == expected == await _text_lists(pg, query), name
+                assert await pg.stats(query) == expected, name
                 lite = await _median_ms(lambda q=query: sqlite.stats(q), args.repeat)
                 post = await _median_ms(lambda q=query: pg.stats(q), args.repeat)
-                text = await _median_ms(lambda q=query: _text_lists(pg, q), args.repeat)
-                print(f"{name:<24} {lite:>9.1f} {post:>9.1f} {post / lite:>6.1f}x {text:>11.1f}")
+                print(f"{name:<24} {lite:>9.1f} {post:>9.1f} {post / lite:>6.1f}x")
         finally:
             await sqlite.close()
             await pg.close()
