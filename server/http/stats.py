@@ -8,9 +8,8 @@ from server.contract.errors import ValidationFailed
 from server.contract.stats import StatsQuery
 from server.contract.validation import parse_model
 from server.edge.responses import json_response
-from server.http.backend import sqlite_only
-from server.storage.stale import now_utc, overdue_ids_sql
-from server.storage.stats import PERCENTILES_NOTE, TooManyGroups, read_stats, rollups_serve
+from server.http.runs import DATABASE
+from server.storage.stats import PERCENTILES_NOTE, TooManyGroups
 
 routes = web.RouteTableDef()
 
@@ -30,14 +29,8 @@ def parse_stats_query(request: web.Request) -> StatsQuery:
 @routes.get("/api/v1/stats")
 async def stats(request: web.Request) -> web.Response:
     query = parse_stats_query(request)
-    # What a read costs depends on which parts it reads (see Reader.run's shape).
-    shape = ("stats", tuple(query.group_by), rollups_serve(query), query.stale)
-    database = sqlite_only(request.app, "GET /api/v1/stats", "read the runs with GET /api/v1/runs")
-    overdue = None if query.stale is None else overdue_ids_sql(database.settings.stale, now_utc())
     try:
-        groups = await database.reader.run(
-            lambda conn: read_stats(conn, query, overdue), shape=shape
-        )
+        groups = await request.app[DATABASE].stats(query)
     except TooManyGroups as exc:
         raise ValidationFailed(
             [{"loc": ["query", "group_by"], "msg": str(exc), "type": "too_many_groups"}]

@@ -18,8 +18,9 @@ import asyncpg
 import structlog
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.stats import StatsQuery
 from server.contract.timestamps import utc_now
-from server.postgres import runs, stale
+from server.postgres import runs, stale, stats
 from server.postgres.errors import available, describe_open_failure
 from server.postgres.export import PostgresExport
 from server.postgres.leader import Leadership
@@ -288,6 +289,11 @@ class PostgresDatabase:
         )
         await export.open()
         return export
+
+    async def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
+        """The groups of ``GET /api/v1/stats``, as SQLite answers them (see ``stats``)."""
+        async with available(), self.pool.acquire() as conn:
+            return await stats.read_stats(conn, query, self.settings.stale, now_utc())
 
     async def ping(self) -> None:
         """Touch the database for real."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.stats import StatsQuery
 from server.postgres.database import PostgresDatabase
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
@@ -51,6 +52,8 @@ class RunStore(Protocol):
     async def query(self, query: RunQuery, after: Position | None = None) -> Page: ...
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage: ...
+
+    async def stats(self, query: StatsQuery) -> list[dict[str, Any]]: ...
 
     async def ping(self) -> None: ...
 

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.stats import StatsQuery
 from server.contract.timestamps import utc_now
 from server.runtime.systemd import extending_start_timeout
 from server.sqlite.version import check_sqlite_version
@@ -34,6 +35,7 @@ from server.storage.run_deltas import RunDeltas
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.sidecars import Presence, record
 from server.storage.stale import StalePolicy, any_reapable, now_utc, overdue_ids_sql, reap_batch
+from server.storage.stats import read_stats, rollups_serve
 from server.storage.status import StoreStatus
 from server.storage.writer import GroupObserver, Writer
 
@@ -292,6 +294,13 @@ class Database:
         return await self.reader.run(
             lambda conn: runs.query_page_json(conn, query, after), shape=shape
         )
+
+    async def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
+        """The groups of ``GET /api/v1/stats`` (``stats.TooManyGroups`` past the limit)."""
+        # What a read costs depends on which parts it reads (see Reader.run's shape).
+        shape = ("stats", tuple(query.group_by), rollups_serve(query), query.stale)
+        overdue = None if query.stale is None else overdue_ids_sql(self.settings.stale, now_utc())
+        return await self.reader.run(lambda conn: read_stats(conn, query, overdue), shape=shape)
 
     def metadata(self) -> MetadataSnapshot:
         """The distinct agent names and job types, from the writer's state (no query)."""

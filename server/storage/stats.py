@@ -167,7 +167,7 @@ def percentiles(
     return found
 
 
-class _Parts:
+class StatsParts:
     """Partial aggregates, merged by group key."""
 
     def __init__(self, group_by: list[str]) -> None:
@@ -298,7 +298,7 @@ def _raw_sql(
 
 def _read_raw(
     conn: sqlite3.Connection,
-    parts: _Parts,
+    parts: StatsParts,
     query: StatsQuery,
     *,
     window: Span,
@@ -405,7 +405,9 @@ def plan(window: Span, group_by: list[str]) -> tuple[list[Cells], list[Span]]:
     return cells, spans
 
 
-def _read_cells(conn: sqlite3.Connection, parts: _Parts, query: StatsQuery, cells: Cells) -> None:
+def _read_cells(
+    conn: sqlite3.Connection, parts: StatsParts, query: StatsQuery, cells: Cells
+) -> None:
     grain, first, past = cells
     terms, params = [], []
     for column, value in (("job_type", query.job_type), ("status", query.status)):
@@ -474,7 +476,7 @@ def compute_stats(
     """The answer's groups; run it in one read transaction (the parts must agree).
     ``use_rollups=False`` reads the runs alone (the index-only design, for comparison).
     ``overdue`` (``stale.overdue_ids_sql``) serves ``stale=true``, required with it."""
-    parts = _Parts(list(query.group_by))
+    parts = StatsParts(list(query.group_by))
     window = (query.start_time_from, query.start_time_to)
     if query.stale is not None:  # a few running runs, by the reaper's own indexes
         if overdue is None:

@@ -6,8 +6,8 @@ Whole modules where every test holds on both backends; from test_runs_create, th
 tests that store something (its other ~200 cases are validation, answered before any
 storage is touched, so they would only repeat the SQLite run); from test_stale_runs,
 the heartbeat endpoint and seen_at (the rest reads SQLite's file directly). Left out
-of a module, each with its reason: tests that read /api/v1/stats (not served on
-PostgreSQL yet: 501) and tests that reach into SQLite's file or its export class."""
+of a module, each with its reason: tests that reach into SQLite's file or its export
+class. The stats tests are run again in ``test_pg_stats_handlers``."""
 
 from __future__ import annotations
 
@@ -52,9 +52,6 @@ from test_stale_runs import (  # noqa: F401
     test_upsert_heartbeat_and_metrics_patch_items,
 )
 
-# /api/v1/stats is among their reads: 501 on PostgreSQL until stats are ported.
-del test_reads_open_by_default_with_auth  # noqa: F821
-del test_protect_reads_requires_the_token_on_reads  # noqa: F821
 # They open SQLite's file, or count the chunks of SQLite's Export class.
 del test_a_client_that_leaves_releases_the_transaction_at_once  # noqa: F821
 del test_head_answers_headers_without_reading_runs  # noqa: F821

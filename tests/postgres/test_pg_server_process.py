@@ -89,9 +89,11 @@ def test_the_server_runs_on_postgresql_from_one_setting(
         assert "journal_mode" not in health
         status, _, metadata = _request(base + "/api/v1/metadata")
         assert metadata["agent_names"] == ["agent-proc"]
-        # SQLite-only endpoints: a clear 501 in the API's error shape, never a 500.
-        status, _, body = _request(base + "/api/v1/stats")
-        assert (status, body["error"]) == (501, "not_supported_on_postgresql")
+        status, _, body = _request(base + "/api/v1/stats?group_by=agent_name,status")
+        assert status == 200
+        assert [(g["key"], g["runs"]) for g in body["groups"]] == [
+            ({"agent_name": "agent-proc", "status": "success"}, 1)
+        ]
         with urllib.request.urlopen(base + "/api/v1/runs/export?format=ndjson") as response:
             exported = [json.loads(line) for line in response.read().splitlines()]
         assert [run["event_id"] for run in exported] == ["ev-proc-1"]

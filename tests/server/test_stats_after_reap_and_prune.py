@@ -16,6 +16,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from server.http.runs import DATABASE
+from server.postgres.database import PostgresDatabase
 from server.reaper import reap_pass
 from server.storage.rollups import duration_bucket_floors
 from server.storage.stats import percentiles
@@ -31,15 +33,32 @@ def stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+_ROWS = (
+    "SELECT job_type, status, start_time, duration_ms, items_discovered, items_succeeded,"
+    " items_failed FROM agent_runs"
+)
+
+
+async def stored_rows(api: Any) -> list[tuple[Any, ...]]:
+    """The stored runs' columns the stats summarise, read on a connection of its own
+    (of either backend: tests/postgres runs this test on PostgreSQL)."""
+    store = api.client.app[DATABASE]
+    if isinstance(store, PostgresDatabase):
+        async with store.pool.acquire() as conn:
+            return [tuple(row) for row in await conn.fetch(_ROWS)]
+    conn = sqlite3.connect(store.settings.path)
+    try:
+        return conn.execute(_ROWS).fetchall()
+    finally:
+        conn.close()
+
+
 def expected(
-    conn: sqlite3.Connection, group_by: list[str], low: str | None, high: str | None
+    rows: list[tuple[Any, ...]], group_by: list[str], low: str | None, high: str | None
 ) -> dict[tuple[str, ...], dict[str, Any]]:
     """The stats answer recomputed from the stored runs, in Python."""
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
-    for job, status, start, duration, disc, succ, fail in conn.execute(
-        "SELECT job_type, status, start_time, duration_ms, items_discovered, items_succeeded,"
-        " items_failed FROM agent_runs"
-    ):
+    for job, status, start, duration, disc, succ, fail in rows:
         if (low is not None and start < low) or (high is not None and start > high):
             continue
         named = {"job_type": job, "status": status, "day": start[:10]}
@@ -158,23 +177,20 @@ async def test_stats_equal_the_raw_rows_after_reaper_late_updates_and_prune(
             stamp(BASE + timedelta(days=3) - timedelta(microseconds=1)),
         ),
     ]
-    conn = sqlite3.connect(database(api).settings.path)
-    try:
-        for group_by in (["job_type", "day"], ["status"], ["job_type", "status", "day"], []):
-            for low, high in windows:
-                params = {"group_by": ",".join(group_by)}
-                if low is not None:
-                    params["start_time_from"] = low
-                if high is not None:
-                    params["start_time_to"] = high
-                reply = await api.get("/api/v1/stats", params=params)
-                assert reply.status == 200, reply.body
-                got = {
-                    tuple(group["key"][name] for name in group_by): {
-                        name: value for name, value in group.items() if name != "key"
-                    }
-                    for group in reply.body["groups"]
+    rows = await stored_rows(api)
+    for group_by in (["job_type", "day"], ["status"], ["job_type", "status", "day"], []):
+        for low, high in windows:
+            params = {"group_by": ",".join(group_by)}
+            if low is not None:
+                params["start_time_from"] = low
+            if high is not None:
+                params["start_time_to"] = high
+            reply = await api.get("/api/v1/stats", params=params)
+            assert reply.status == 200, reply.body
+            got = {
+                tuple(group["key"][name] for name in group_by): {
+                    name: value for name, value in group.items() if name != "key"
                 }
-                assert got == expected(conn, group_by, low, high), (group_by, low, high)
-    finally:
-        conn.close()
+                for group in reply.body["groups"]
+            }
+            assert got == expected(rows, group_by, low, high), (group_by, low, high)
