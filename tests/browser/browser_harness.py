@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,6 +49,20 @@ class Browser:
 
     def get(self, url: str) -> None:
         self.driver.get(url)
+
+    def navigate(self, action: Callable[[], None], timeout_s: float = 10.0) -> None:
+        """Run ``action`` (a click, a submit, ``back()``) and wait until another document
+        has loaded. The old page is marked with a fresh token that the next document lacks:
+        waiting for the old ``<html>`` element to go stale instead raced Chromium, which
+        sometimes answers "Node with given id does not belong to the document" mid-way."""
+        token = uuid.uuid4().hex
+        self.driver.execute_script("window.__ltNavigation = arguments[0]", token)
+        action()
+        loaded = (
+            "return document.readyState === 'complete' && window.__ltNavigation !== arguments[0]"
+        )
+        wait = WebDriverWait(self.driver, timeout_s, ignored_exceptions=(WebDriverException,))
+        wait.until(lambda driver: driver.execute_script(loaded, token))
 
     def reset(self) -> None:
         self.driver.delete_all_cookies()

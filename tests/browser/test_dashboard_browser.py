@@ -28,7 +28,6 @@ from dashboard_seed import (
 )
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.integration
@@ -55,18 +54,15 @@ def no_alert(browser: Browser) -> None:
 
 def submit(browser: Browser, expect: str) -> None:
     """Submit the filters and wait for the page they lead to."""
-    old = browser.driver.find_element(By.TAG_NAME, "html")
-    browser.driver.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
-    wait = WebDriverWait(browser.driver, 10)
-    wait.until(staleness_of(old))
-    wait.until(lambda d: expect in d.current_url)
+    browser.navigate(
+        browser.driver.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click
+    )
+    WebDriverWait(browser.driver, 10).until(lambda d: expect in d.current_url)
 
 
 def follow(browser: Browser, element: Any) -> None:
     """Click a link and wait for the page it leads to."""
-    old = browser.driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    WebDriverWait(browser.driver, 10).until(staleness_of(old))
+    browser.navigate(element.click)
 
 
 def fits(browser: Browser) -> None:
@@ -147,9 +143,7 @@ def test_runs_filters_paging_and_back(browser: Browser, server: Daemon) -> None:
     assert len(second) == 25
     assert not set(first) & set(second)
     assert driver.find_element(By.ID, "f-agent").get_attribute("value") == SILENT_AGENT
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.back()
-    WebDriverWait(driver, 10).until(staleness_of(old))
+    browser.navigate(driver.back)
     assert texts(browser, "table.runs tbody td.id") == first
     # A status filter narrows them further; a bad instant is a 400 page saying why.
     Select(driver.find_element(By.ID, "f-status")).select_by_visible_text("failure")

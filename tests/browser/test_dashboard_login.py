@@ -13,8 +13,6 @@ from browser_harness import Browser
 from daemons import Daemon, running_server
 from dashboard_seed import FAILING_AGENT, build_fleet, seed_over_http
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
-from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.integration
 TOKEN = "browser-test-token-7f3a"
@@ -39,9 +37,7 @@ def sign_in(browser: Browser, token: str) -> None:
     field = driver.find_element(By.ID, "token")
     field.clear()
     field.send_keys(token)
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
-    WebDriverWait(driver, 10).until(staleness_of(old))
+    browser.navigate(driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click)
 
 
 def test_login_flow(browser: Browser, server: Daemon) -> None:
@@ -65,9 +61,7 @@ def test_login_flow(browser: Browser, server: Daemon) -> None:
     assert driver.execute_script("return document.cookie") == ""  # HttpOnly: not for scripts
     browser.get(server.url + "/ui/")  # the session holds across pages
     assert FAILING_AGENT in driver.page_source
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
-    WebDriverWait(driver, 10).until(staleness_of(old))
+    browser.navigate(driver.find_element(By.CSS_SELECTOR, "form.logout button").click)
     assert "/ui/login" in driver.current_url
     browser.get(server.url + "/ui/runs")
     assert "/ui/login" in driver.current_url

@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 STAMPS = (
     *("event_id", "id", "created_at", "updated_at", "run_json"),
     *("last_seen_at", "sidecar_id"),
+    *("snapshot_source", "snapshot_seq"),
 )
 
 
