@@ -190,7 +190,7 @@ def _base_backup(primary: pg_cluster.Cluster) -> pg_cluster.Cluster:
             capture_output=True,
             timeout=120,
             check=False,
-            **pg_cluster._credentials(primary.owner),  # type: ignore[arg-type]
+            **pg_cluster._credentials(primary.owner),
         )
         if done.returncode != 0:
             raise RuntimeError(f"pg_basebackup failed: {done.stderr.decode(errors='replace')}")
