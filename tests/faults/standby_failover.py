@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class Outcome:
     resume_s: float  # promotion begun -> first direct write acknowledged
     spoold_resume_s: float  # promotion begun -> spoold forwards again
     duplicate_rows: int
+    #: statuses of the direct writes not acknowledged (503 while no primary; never 500)
+    refusals: dict[int | None, int] = field(default_factory=dict)
     direct_runs: int = 0
     spooled_runs: int = 0
     notes: list[str] = field(default_factory=list)
@@ -91,15 +94,18 @@ class Outcome:
             f" lost: direct {self.direct.lost}, spooled {self.spooled.lost};"
             f" acked while the standby lagged: {self.acked_while_lagging};"
             f" promote {self.promote_s:.3f} s; promotion -> first write {self.resume_s:.3f} s"
-            f" (spoold forwarding again after {self.spoold_resume_s:.3f} s)"
+            f" (spoold forwarding again after {self.spoold_resume_s:.3f} s);"
+            f" direct writes refused: {self.refusals}"
         )
 
 
 class Acks:
-    """The monotonic times of every direct acknowledgement."""
+    """The monotonic times of every direct acknowledgement, and the statuses of the
+    answers that were not (``None``: no answer)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.refusals: Counter[int | None] = Counter()
 
     def after(self, instant: float) -> list[float]:
         return [t for t in self.times if t >= instant]
@@ -116,6 +122,7 @@ async def _timed_lifecycle(
             acks.times.append(time.monotonic())
             return True
         run.ambiguous += answer.status is None and answer.sent
+        acks.refusals[answer.status] += 1
         return False
 
     if not await step("POST", f"{base}/api/v1/runs", create_body(run.event_id)):
@@ -283,6 +290,7 @@ async def failover_round(
             resume_s=resumed - promote_started,
             spoold_resume_s=spoold_resumed - promote_started,
             duplicate_rows=duplicates,
+            refusals=dict(acks.refusals),
             direct_runs=len(direct),
             spooled_runs=len(spooled),
         )

@@ -37,6 +37,10 @@ def _assert_nothing_lost(outcome: Outcome) -> None:
     assert outcome.spooled.problems == []
     assert outcome.lost == 0
     assert outcome.duplicate_rows == 0
+    # between the kill and the promotion the server said 503 (or the connection broke
+    # under a request): never a 500, never a 4xx that would make a client drop the run
+    assert set(outcome.refusals) <= {503, None}, outcome.refusals
+    assert outcome.refusals.get(503, 0) > 0
     # the agents behind spoold never noticed: every lifecycle acknowledged in full
     assert outcome.spooled_incomplete == 0
     assert outcome.resume_s < RESUME_BOUND_S
