@@ -81,7 +81,6 @@ class Outcome:
     refusals: dict[int | None, int] = field(default_factory=dict)
     direct_runs: int = 0
     spooled_runs: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -92,7 +91,9 @@ class Outcome:
             f"acked ops: direct {self.direct.acked} ({self.direct_runs} runs),"
             f" spooled {self.spooled.acked} ({self.spooled_runs} runs);"
             f" lost: direct {self.direct.lost}, spooled {self.spooled.lost};"
-            f" acked while the standby lagged: {self.acked_while_lagging};"
+            f" acked before the kill: {self.acked_before_kill},"
+            f" while the standby lagged: {self.acked_while_lagging};"
+            f" kill -> promote {self.kill_to_promote_s:.3f} s;"
             f" promote {self.promote_s:.3f} s; promotion -> first write {self.resume_s:.3f} s"
             f" (spoold forwarding again after {self.spoold_resume_s:.3f} s);"
             f" direct writes refused: {self.refusals}"
