@@ -270,6 +270,7 @@ async def failover_round(
         acked_while_lagging = len(acks.after(lag_started)) if lagging else 0
         await asyncio.to_thread(pair.promote)
         promoted = time.monotonic()
+        assert not await asyncio.to_thread(pair.in_recovery), "the standby is still a standby"
         await _until(lambda: bool(acks.after(promote_started)), "a write after promotion")
         resumed = min(acks.after(promote_started))
         spoold_resumed = await _until(
