@@ -52,6 +52,8 @@ SCRIPTS: tuple[Script, ...] = (
     Script("prune_export_bench", sized=True),
     # Migration 6's table rebuild at 1M rows takes minutes: measured on request.
     Script("stale_bench", sized=True, default=False),
+    # Needs PostgreSQL's binaries; ~30 s a round: on request (``--only pg_failover_bench``).
+    Script("pg_failover_bench", sized=False, default=False),
 )
 
 

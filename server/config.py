@@ -32,7 +32,10 @@ SETTINGS: tuple[Setting, ...] = (
         "A `postgresql://user:password@host:port/database` URL: the server runs on that "
         "PostgreSQL database instead of the SQLite file (several servers may share it). "
         "Empty or absent: SQLite at TELEMETRY_DB_PATH. A `postgresql://` DATABASE_URL is "
-        "taken when this is absent. The password is never logged.",
+        "taken when this is absent. Several hosts, as libpq writes them "
+        "(`postgresql://u:p@db1:5432,db2:5432/db?target_session_attrs=read-write`): the "
+        "server uses the first writable one, so it follows a promoted standby. The password "
+        "is never logged.",
     ),
     Setting(
         "TELEMETRY_DB_JOURNAL_MODE",

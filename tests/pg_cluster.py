@@ -29,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,9 @@ class Cluster:
     password: str
     process: subprocess.Popen[bytes]
     owner: tuple[int, int] | None
+    #: Server settings given on the postmaster's command line after the defaults (a
+    #: primary's replication settings, ``tests/pg_standby.py``); kept across restarts.
+    settings: dict[str, str] = field(default_factory=dict)
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -120,8 +124,9 @@ class Cluster:
     # ---- lifecycle ----------------------------------------------------------------
 
     @classmethod
-    def start(cls, bin_path: Path) -> Cluster:
-        """initdb, then start the postmaster and wait until it accepts connections."""
+    def start(cls, bin_path: Path, settings: Mapping[str, str] | None = None) -> Cluster:
+        """initdb, then start the postmaster (with ``settings`` besides the defaults)
+        and wait until it accepts connections."""
         owner = _run_as()
         sweep_orphans()
         root = Path(tempfile.mkdtemp(prefix=_PREFIX))
@@ -153,7 +158,7 @@ class Cluster:
             pwfile.unlink()
             last_error = ""
             for _ in range(_START_ATTEMPTS):
-                cluster = cls._postmaster(bin_path, root, password, owner)
+                cluster = cls._postmaster(bin_path, root, password, owner, settings=settings)
                 if cluster.wait_ready():
                     cluster.create_template()
                     return cluster
@@ -172,8 +177,10 @@ class Cluster:
         password: str,
         owner: tuple[int, int] | None,
         port: int | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> Cluster:
         port = port or _free_port()
+        extra = [arg for key, value in (settings or {}).items() for arg in ("-c", f"{key}={value}")]
         log = open(root / "postgres.log", "ab")  # noqa: SIM115 (the child keeps it)
         try:
             process = subprocess.Popen(
@@ -199,6 +206,7 @@ class Cluster:
                     "log_min_messages=warning",
                     "-c",
                     "log_min_error_statement=panic",  # no statements (or values) in the log
+                    *extra,
                 ],
                 cwd=root,
                 stdin=subprocess.DEVNULL,
@@ -209,7 +217,7 @@ class Cluster:
             )
         finally:
             log.close()
-        return cls(bin_path, root, port, password, process, owner)
+        return cls(bin_path, root, port, password, process, owner, dict(settings or {}))
 
     def wait_ready(self) -> bool:
         """Until the postmaster accepts connections (bounded); False if it exited."""
@@ -283,7 +291,7 @@ class Cluster:
         """Start the postmaster again on the same data directory and port (crash recovery
         runs first); bounded, like the first start."""
         self.process = self._postmaster(
-            self.bin, self.root, self.password, self.owner, port=self.port
+            self.bin, self.root, self.password, self.owner, port=self.port, settings=self.settings
         ).process
         if not self.wait_ready():
             raise RuntimeError(

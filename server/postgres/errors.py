@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
+from server.postgres.url import host_list
 from server.storage.connection import StorageUnavailable
 
 #: Another transaction is in the way: retry soon.
@@ -78,7 +79,23 @@ def describe_open_failure(exc: BaseException, dsn: str, redacted: str) -> Cannot
         reason = reason.replace(secret, "***")
     if isinstance(exc, TimeoutError):
         reason = "no answer in time"
+    hosts = _host_count(dsn)
+    if hosts > 1:
+        # asyncpg raises the last host's failure (often "connection refused") even when
+        # an earlier host answered but was not what target_session_attrs asks: say both.
+        attrs = dict(parse_qsl(urlsplit(dsn).query)).get("target_session_attrs", "any")
+        reason = (
+            f"none of its {hosts} hosts was usable as target_session_attrs={attrs}"
+            f" (down, or another role); last failure: {reason}"
+        )
     return CannotOpen(f"cannot open {redacted}: {reason} ({type(exc).__name__})")
+
+
+def _host_count(dsn: str) -> int:
+    try:
+        return len(host_list(urlsplit(dsn).netloc))
+    except ValueError:
+        return 0
 
 
 def _secrets(dsn: str) -> list[str]:

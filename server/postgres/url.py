@@ -1,5 +1,10 @@
 """The PostgreSQL database URL: read from the environment, checked, and shown without
-its password (a log line or an error message never carries it)."""
+its password (a log line or an error message never carries it).
+
+A URL may name several hosts, as libpq's do (``postgresql://u:p@h1:5432,h2:5432/db
+?target_session_attrs=read-write``): asyncpg tries them in order and keeps the first
+that has the asked attributes, so after a standby is promoted the server's next
+connection reaches the new primary with no setting changed."""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 #: reference implementation reads) is accepted when it is absent.
 URL_SETTINGS: tuple[str, ...] = ("TELEMETRY_DATABASE_URL", "DATABASE_URL")
 _SCHEMES = frozenset({"postgresql", "postgres"})
+#: What ``target_session_attrs`` may ask (asyncpg's ``SessionAttribute``, libpq's names).
+SESSION_ATTRS = frozenset(
+    {"any", "primary", "standby", "prefer-standby", "read-write", "read-only"}
+)
+_MAX_PORT = 65535
 
 
 class InvalidDatabaseUrl(ValueError):
@@ -29,11 +39,11 @@ class DatabaseUrl:
 
 
 def parse_url(raw: str) -> DatabaseUrl:
-    """Check a ``postgresql://`` URL (scheme, host or socket, database name, port)."""
+    """Check a ``postgresql://`` URL (scheme, hosts or socket, database name, ports,
+    ``target_session_attrs``)."""
     text = raw.strip()
     try:
         parts = urlsplit(text)
-        port = parts.port  # raises ValueError when not a number in 0..65535
     except ValueError as exc:
         raise InvalidDatabaseUrl(f"malformed database URL: {_reason(exc)}") from None
     redacted = _redact(text, parts)
@@ -42,15 +52,52 @@ def parse_url(raw: str) -> DatabaseUrl:
             f"database URL scheme must be postgresql:// or postgres://, not {parts.scheme!r}"
             f" ({redacted})"
         )
-    if not parts.hostname and "host" not in dict(parse_qsl(parts.query)):
+    hosts = host_list(parts.netloc, redacted)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if not hosts and "host" not in query:
         raise InvalidDatabaseUrl(f"database URL names no host ({redacted})")
-    if port == 0:
-        raise InvalidDatabaseUrl(f"database URL port must be 1-65535 ({redacted})")
     if not parts.path.strip("/"):
         raise InvalidDatabaseUrl(f"database URL names no database ({redacted})")
     if parts.fragment:
         raise InvalidDatabaseUrl(f"database URL must not have a #fragment ({redacted})")
+    attrs = query.get("target_session_attrs")
+    if attrs is not None and attrs not in SESSION_ATTRS:
+        raise InvalidDatabaseUrl(
+            f"database URL target_session_attrs must be one of {', '.join(sorted(SESSION_ATTRS))}"
+            f" ({redacted})"
+        )
     return DatabaseUrl(dsn=text, redacted=redacted)
+
+
+def host_list(netloc: str, redacted: str = "") -> list[tuple[str, int | None]]:
+    """The ``host[:port]`` entries of a URL's network location, in order (a ``[v6]``
+    address in brackets); [] when it names none (a socket given by ``?host=``).
+    The user part is never looked at, so a password cannot end up in an error."""
+    hostlist = netloc.rpartition("@")[2]
+    if not hostlist:
+        return []
+    where = f" ({redacted})" if redacted else ""
+    hosts: list[tuple[str, int | None]] = []
+    for entry in hostlist.split(","):
+        if entry.startswith("["):
+            close = entry.find("]")
+            host, rest = entry[1:close], entry[close + 1 :]
+            if close < 0 or (rest and not rest.startswith(":")):
+                raise InvalidDatabaseUrl(f"malformed database URL: cannot be parsed{where}")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = entry.partition(":")
+        if not host:
+            raise InvalidDatabaseUrl(f"database URL has an empty host in its host list{where}")
+        port: int | None = None
+        if port_text:
+            if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > _MAX_PORT:
+                raise InvalidDatabaseUrl(f"malformed database URL: invalid port{where}")
+            port = int(port_text)
+            if port == 0:
+                raise InvalidDatabaseUrl(f"database URL port must be 1-65535{where}")
+        hosts.append((host, port))
+    return hosts
 
 
 def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.postgres.url import InvalidDatabaseUrl, parse_url, url_from_environment
+from server.postgres.url import InvalidDatabaseUrl, host_list, parse_url, url_from_environment
 
 SECRET = "s3cr%40t-pässword"
 
@@ -81,3 +81,58 @@ def test_the_shown_form_hides_the_password(url: str, shown: str) -> None:
     assert parsed.redacted == shown
     assert "s3cr" not in repr(parsed)
     assert "s3cr" not in parsed.redacted
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts"),
+    [
+        (
+            "postgresql://u:SECRET@10.0.0.1:5432,10.0.0.2:5433/runs"
+            "?target_session_attrs=read-write",
+            [("10.0.0.1", 5432), ("10.0.0.2", 5433)],
+        ),
+        ("postgresql://u:SECRET@db1,db2:5433/runs", [("db1", None), ("db2", 5433)]),
+        ("postgresql://u:SECRET@db1:5432,db2/runs", [("db1", 5432), ("db2", None)]),
+        (
+            "postgres://u:SECRET@[::1]:5432,[fe80::2],db3:1/runs",
+            [("::1", 5432), ("fe80::2", None), ("db3", 1)],
+        ),
+        ("postgresql://u:SECRET@db:5432/runs", [("db", 5432)]),
+    ],
+)
+def test_several_hosts_are_accepted_as_libpq_writes_them(
+    url: str, hosts: list[tuple[str, int | None]]
+) -> None:
+    """What operators write for a primary and its standbys: the driver tries them in
+    order (``target_session_attrs`` picks the writable one after a promotion)."""
+    parsed = parse_url(url.replace("SECRET", SECRET))
+    assert parsed.dsn == url.replace("SECRET", SECRET)
+    assert parsed.redacted == url.replace("SECRET", "***")
+    assert "s3cr" not in repr(parsed)
+    assert host_list(parsed.dsn.split("//", 1)[1].split("/", 1)[0]) == hosts
+
+
+@pytest.mark.parametrize(
+    ("url", "word"),
+    [
+        ("postgresql://u:SECRET@db1:5432,db2:99999/runs", "port"),
+        ("postgresql://u:SECRET@db1:5432,db2:x/runs", "port"),
+        ("postgresql://u:SECRET@db1:5432,db2:0/runs", "port"),
+        ("postgresql://u:SECRET@db1:5432,db2:+5/runs", "port"),
+        ("postgresql://u:SECRET@db1:5432,db2:\uff15\uff14/runs", "port"),
+        ("postgresql://u:SECRET@db1:5432,,db2/runs", "empty host"),
+        ("postgresql://u:SECRET@db1:5432,/runs", "empty host"),
+        ("postgresql://u:SECRET@,db1/runs", "empty host"),
+        ("postgresql://u:SECRET@db1:1:2/runs", "port"),
+        ("postgresql://u:SECRET@[::1]x,db2/runs", "malformed"),
+        ("postgresql://u:SECRET@db1,db2/runs?target_session_attrs=writable", "target_session"),
+        ("postgresql://u:SECRET@db1,db2/runs?target_session_attrs=", "target_session"),
+    ],
+)
+def test_bad_host_lists_are_refused_without_the_password(url: str, word: str) -> None:
+    with pytest.raises(InvalidDatabaseUrl, match=word) as caught:
+        parse_url(url.replace("SECRET", SECRET))
+    assert "s3cr" not in str(caught.value)
+    with pytest.raises(InvalidDatabaseUrl, match="TELEMETRY_DATABASE_URL") as named:
+        url_from_environment({"TELEMETRY_DATABASE_URL": url.replace("SECRET", SECRET)})
+    assert "s3cr" not in str(named.value)
