@@ -10,6 +10,7 @@ themselves (``DashboardReads``) are compared answer for answer.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from html import unescape
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 from dashboard_seed import (
     FAILING_AGENT,
@@ -458,3 +460,42 @@ async def test_the_reads_answer_alike(backends: Backends) -> None:
     detail = lite["detail etl-parent-1"]
     assert [r["event_id"] for r in detail.children] == ["child-load-1", META_EVENT_IDS[0]]
     assert lite[f"detail {REAPED_EVENT_ID}"].reaped_at == format_instant(WRITE_AT)
+
+
+async def test_a_connection_cut_under_a_page_is_a_503_page_then_pages_recover(
+    make_api: Any, pg_url: str
+) -> None:
+    """PostgreSQL ends the server's connections (a restart, a failover) while a page is
+    reading: that page answers the dashboard's 503 page (never a 500, never a
+    traceback), and the next pages are whole again. The page is held mid-read by a
+    lock on the runs (a schema of this test's own), so the cut lands inside its read."""
+    api = await make_api.sqlite(database_url=pg_url, reaper_interval_s=86_400)
+    await _post(api.client, "/api/v1/runs/batch", build_fleet().creates)
+    assert (await fetch(api, "/ui/"))[0] == 200
+    locker = await asyncpg.connect(pg_url, timeout=10)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE agent_runs IN ACCESS EXCLUSIVE MODE")
+            page = asyncio.create_task(fetch(api, "/ui/"))
+            waiting = 0
+            for _ in range(200):  # at most 10 s for the page's read to queue on the lock
+                waiting = await locker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND application_name = 'telemetry-server'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the page never waited for the lock"
+            await locker.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'telemetry-server'"
+            )
+        status, html = await asyncio.wait_for(page, 30)
+    finally:
+        await locker.close()
+    assert status == 503, html[:1000]
+    assert "Database busy" in html
+    assert "Traceback" not in html
+    answers = [(await fetch(api, "/ui/"))[0] for _ in range(3)]
+    assert answers[-1] == 200, answers
