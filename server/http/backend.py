@@ -1,5 +1,6 @@
-"""Endpoints that need what only SQLite has (its readers' SQL, the file, VACUUM): on
-PostgreSQL they answer 501 with a JSON error saying what to use instead, never a 500."""
+"""Endpoints that need what only SQLite has (the file, its backup, VACUUM): on
+PostgreSQL they answer 501 with a JSON error saying what to use instead, never a 500.
+The dashboard is not one of them: it reads through ``RunStore.read_dashboard``."""
 
 from __future__ import annotations
 
@@ -22,10 +23,3 @@ def sqlite_only(app: web.Application, what: str, instead: str) -> Database:
     if isinstance(database, Database):
         return database
     raise NotOnThisBackend(f"{what} is not available on PostgreSQL yet: {instead}")
-
-
-def dashboard_database(app: web.Application) -> Database:
-    """The dashboard's database: its pages read SQLite's own SQL (``server.ui.queries``)."""
-    return sqlite_only(
-        app, "the dashboard", "read the runs through GET /api/v1/runs and /api/v1/metadata"
-    )

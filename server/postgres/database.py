@@ -9,10 +9,11 @@ Several server processes may share one database: each operation is one transacti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import structlog
@@ -21,6 +22,7 @@ from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.stats import StatsQuery
 from server.contract.timestamps import utc_now
 from server.postgres import runs, stale, stats
+from server.postgres.dashboard import PostgresDashboardReads
 from server.postgres.errors import available, describe_open_failure
 from server.postgres.export import PostgresExport
 from server.postgres.leader import Leadership
@@ -29,6 +31,7 @@ from server.postgres.snapshot import Snapshots
 from server.postgres.url import DatabaseUrl
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
+from server.storage.dashboard import DashboardFetch
 from server.storage.metadata import MetadataSnapshot
 from server.storage.run_json import python_rendering
 from server.storage.runs import (
@@ -44,6 +47,8 @@ from server.storage.stale import StalePolicy, now_utc
 from server.storage.status import StoreStatus
 
 log = structlog.get_logger("server.postgres")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,20 @@ class PostgresDatabase:
         """The groups of ``GET /api/v1/stats``, as SQLite answers them (see ``stats``)."""
         async with available(), self.pool.acquire() as conn:
             return await stats.read_stats(conn, query, self.settings.stale, now_utc())
+
+    async def read_dashboard(
+        self, fetch: DashboardFetch[T], now: datetime, shape: Hashable = None
+    ) -> T:
+        """A dashboard page's reads (``dashboard.PostgresDashboardReads``) in one
+        read-only snapshot, ``stale`` judged at ``now`` (``shape``: SQLite's reader's)."""
+        del shape
+        reads_at = (self.settings.stale, now)
+        async with (
+            available(),
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return await fetch(PostgresDashboardReads(conn, *reads_at))
 
     async def ping(self) -> None:
         """Touch the database for real."""

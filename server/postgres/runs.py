@@ -378,6 +378,11 @@ async def record_presence(conn: Any, presence: Presence, now: str) -> None:
 
 
 def _run(row: Sequence[Any]) -> dict[str, Any]:
+    return stored_run(row)
+
+
+def stored_run(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of ``RUN_COLUMNS`` (any columns after them ignored) as the API answers it."""
     values = list(row)
     for position in _DECODED_POSITIONS:
         values[position] = decode(values[position])

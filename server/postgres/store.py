@@ -3,24 +3,29 @@ the run operations, the metadata and counts each keeps in memory, and its status
 /health and /metrics. ``server.storage.database.Database`` and ``PostgresDatabase`` both
 satisfy it, which mypy checks here (``_both_conform``). The app factory picks the
 backend once at start-up (``TELEMETRY_DATABASE_URL``); handlers see only this protocol.
+The dashboard reads through ``read_dashboard`` (``server.storage.dashboard``'s protocol).
 What only SQLite has (its writer and readers, VACUUM, backup, checkpoints) is reached
 through ``server.http.backend.sqlite_only``, a 501 on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Hashable, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.stats import StatsQuery
 from server.postgres.database import PostgresDatabase
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
+from server.storage.dashboard import DashboardFetch
 from server.storage.database import Database
 from server.storage.metadata import MetadataSnapshot
 from server.storage.runs import HeartbeatOutcome, JsonPage, Page, UpsertSummary
 from server.storage.sidecars import Presence
 from server.storage.status import StoreStatus
+
+T = TypeVar("T")
 
 
 class RunStore(Protocol):
@@ -54,6 +59,13 @@ class RunStore(Protocol):
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage: ...
 
     async def stats(self, query: StatsQuery) -> list[dict[str, Any]]: ...
+
+    async def read_dashboard(
+        self, fetch: DashboardFetch[T], now: datetime, shape: Hashable = None
+    ) -> T:
+        """A dashboard page's reads (``server.storage.dashboard.DashboardReads``) in one
+        snapshot: the dashboard's one way to its data."""
+        ...
 
     async def ping(self) -> None: ...
 

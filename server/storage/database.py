@@ -4,10 +4,11 @@ state the writer keeps in memory (run counts, distinct values)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -26,6 +27,8 @@ from server.storage.checkpoint import (
 from server.storage.connection import open_writer, pragma_value
 from server.storage.counters import RunCounters, RunCounts
 from server.storage.cursor import CursorCodec, Position
+from server.storage.dashboard import DashboardFetch
+from server.storage.dashboard_sqlite import SqliteDashboardReads, complete
 from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
@@ -40,6 +43,8 @@ from server.storage.status import StoreStatus
 from server.storage.writer import GroupObserver, Writer
 
 log = structlog.get_logger("server.database")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,19 @@ class Database:
         shape = ("stats", tuple(query.group_by), rollups_serve(query), query.stale)
         overdue = None if query.stale is None else overdue_ids_sql(self.settings.stale, now_utc())
         return await self.reader.run(lambda conn: read_stats(conn, query, overdue), shape=shape)
+
+    async def read_dashboard(
+        self, fetch: DashboardFetch[T], now: datetime, shape: Hashable = None
+    ) -> T:
+        """A dashboard page's reads (``dashboard.DashboardReads``) in one read transaction
+        on a reader, ``stale`` judged at ``now``; ``shape`` as ``Reader.run``'s."""
+        policy = self.settings.stale
+
+        def in_snapshot(conn: sqlite3.Connection) -> T:
+            with runs.snapshot(conn):
+                return complete(fetch(SqliteDashboardReads(conn, policy, now)))
+
+        return await self.reader.run(in_snapshot, shape=shape)
 
     def metadata(self) -> MetadataSnapshot:
         """The distinct agent names and job types, from the writer's state (no query)."""

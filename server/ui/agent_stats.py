@@ -1,20 +1,16 @@
-"""What the dashboard knows of agents: their runs per status since a cut, when each was
-last seen, and which fell silent (longer than usual without a run).
-
-Read from ``idx_runs_agent_status_created`` (agent, status, created_at): one index range
-per (agent, status), from the index alone, so the agents' windows are on created_at.
+"""What the dashboard knows of agents: their runs per status since a cut
+(``DashboardReads.agent_activity``), when each was last seen, and which fell silent
+(longer than usual without a run). The windows are on created_at (the backends read
+each agent's runs through their (agent, status, created_at) index).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import orjson
-
 from server.contract.timestamps import format_instant
-from server.ui.queries import AGENT_INDEX, FAILED, STATUS_JSON
+from server.storage.dashboard import AgentActivity, DashboardReads
 from server.ui.window import RHYTHM_LOOKBACK
 
 #: An agent is silent when its last run is older than SILENT_FACTOR x its mean gap
@@ -32,78 +28,6 @@ LONG_SILENT_CHECKED = 50
 
 def _parse(instant: str) -> datetime:
     return datetime.fromisoformat(instant)
-
-
-@dataclass
-class AgentActivity:
-    """An agent's runs recorded since a cut, per status, and when."""
-
-    name: str
-    by_status: dict[str, int] = field(default_factory=dict)
-    first: str | None = None
-    last: str | None = None
-
-    @property
-    def runs(self) -> int:
-        return sum(self.by_status.values())
-
-    @property
-    def success_rate(self) -> float | None:
-        finished = self.runs - self.by_status.get("running", 0)
-        return self.by_status.get("success", 0) / finished if finished else None
-
-    @property
-    def failed(self) -> int:
-        return sum(self.by_status.get(status, 0) for status in FAILED)
-
-
-def agent_activity(
-    conn: sqlite3.Connection, agents: list[str] | tuple[str, ...], since: str
-) -> dict[str, AgentActivity]:
-    """Runs recorded after ``since`` per agent and status: one range of the agent index
-    per (agent, status), read from the index alone."""
-    found: dict[str, AgentActivity] = {}
-    # One scalar subquery per (agent, status): three aggregates over one index range,
-    # packed in one text as "count length(first) first last" (length-prefixed: whatever
-    # another writer put in created_at). A join grouped by agent and status sorted every
-    # entry (65 ms for a 7-day lookback at 1M runs); three subqueries each cost a seek per
-    # pair (48 ms); this, about 40.
-    rows = conn.execute(
-        "SELECT a.value, s.value, (SELECT count(*) || ' ' || length(min(created_at)) || ' '"
-        f" || min(created_at) || max(created_at) FROM agent_runs INDEXED BY {AGENT_INDEX}"
-        "  WHERE agent_name = a.value AND status = s.value AND created_at > ?)"
-        " FROM json_each(?) AS a CROSS JOIN json_each(?) AS s",
-        (since, orjson.dumps(list(agents)).decode(), STATUS_JSON),
-    )
-    for agent, status, packed in rows:
-        if packed is None:  # no run: min() is NULL, and so is the text
-            continue
-        count, width, both = str(packed).split(" ", 2)
-        first, last = both[: int(width)], both[int(width) :]
-        activity = found.setdefault(agent, AgentActivity(agent))
-        activity.by_status[status] = int(count)
-        activity.first = first if activity.first is None else min(activity.first, first)
-        activity.last = last if activity.last is None else max(activity.last, last)
-    return found
-
-
-_LAST_SEEN_INDEX = {"agent_name": AGENT_INDEX, "job_type": "idx_runs_job_status_created"}
-
-
-def last_seen(
-    conn: sqlite3.Connection, column: str, values: list[str] | tuple[str, ...]
-) -> dict[str, str]:
-    """Each agent's (job type's) newest run's created_at: one index seek per (value,
-    status), on the list index that leads with the column."""
-    index = _LAST_SEEN_INDEX[column]
-    rows = conn.execute(
-        "SELECT a.value, max(("
-        f"  SELECT max(created_at) FROM agent_runs INDEXED BY {index}"
-        f"   WHERE {column} = a.value AND status = s.value))"
-        " FROM json_each(?) AS a CROSS JOIN json_each(?) AS s GROUP BY a.value",
-        (orjson.dumps(list(values)).decode(), STATUS_JSON),
-    )
-    return {str(agent): str(last) for agent, last in rows if last is not None}
 
 
 @dataclass(frozen=True)
@@ -141,8 +65,8 @@ def _by_silence(found: list[Silent]) -> None:
     found.sort(key=lambda s: s.silent_for / max(s.usual_gap, timedelta(seconds=1)), reverse=True)
 
 
-def silent_fleet(
-    conn: sqlite3.Connection,
+async def silent_fleet(
+    reads: DashboardReads,
     agents: list[str] | tuple[str, ...],
     activity: dict[str, AgentActivity],
     since: str,
@@ -161,11 +85,11 @@ def silent_fleet(
     }
     absent = [name for name in agents if name not in activity]
     if absent:
-        seen.update(last_seen(conn, "agent_name", absent))
+        seen.update(await reads.last_seen("agent_name", absent))
     horizon = format_instant(now - RETIRED_AFTER)
     recent = sorted(((last, name) for name, last in seen.items() if last >= horizon), reverse=True)
     for last, name in recent[:LONG_SILENT_CHECKED]:
         before = format_instant(_parse(last) - RHYTHM_LOOKBACK)
-        found += silent_agents(agent_activity(conn, [name], before), now, before)
+        found += silent_agents(await reads.agent_activity([name], before), now, before)
     _by_silence(found)
     return found

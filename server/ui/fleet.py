@@ -3,7 +3,6 @@ each with its duration chart and runs-per-hour sparkline."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -11,8 +10,9 @@ from aiohttp import web
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
 from server.contract.stats import StatsQuery
-from server.http.backend import dashboard_database
-from server.storage.stale import now_utc, overdue_ids_sql
+from server.http.runs import DATABASE
+from server.storage.dashboard import DashboardReads
+from server.storage.stale import now_utc
 from server.storage.stats import TooManyGroups
 from server.ui import agent_stats, queries
 from server.ui.charts import sparkline
@@ -52,33 +52,29 @@ async def agents_page(request: web.Request) -> web.Response:
     window = window_of(request, now)
     number = page_number(request)
     needle = request.query.get("q", "").strip()
-    database = dashboard_database(request.app)
-    matching = [
-        name for name in database.metadata().agent_names if needle.casefold() in name.casefold()
-    ]
+    metadata = await request.app[DATABASE].read_metadata()
+    matching = [name for name in metadata.agent_names if needle.casefold() in name.casefold()]
     pages = max(1, -(-len(matching) // AGENTS_PER_PAGE))
     if number > pages:
         raise BadParameter(f"page must be at most {pages} (the last page of agents)")
     agents = matching[(number - 1) * AGENTS_PER_PAGE : number * AGENTS_PER_PAGE]
     rhythm_since = window.ago(RHYTHM_LOOKBACK)
 
-    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
-        return {
-            "activity": agent_stats.agent_activity(conn, agents, window.start),
-            "rhythm": agent_stats.agent_activity(conn, agents, rhythm_since)
+    async def fetch(reads: DashboardReads) -> dict[str, Any]:
+        activity = await reads.agent_activity(agents, window.start)
+        rhythm = (
+            await reads.agent_activity(agents, rhythm_since)
             if window.span != RHYTHM_LOOKBACK
-            else None,
-            "seen": agent_stats.last_seen(conn, "agent_name", agents),
+            else activity
+        )
+        found = await agent_stats.silent_fleet(reads, agents, rhythm, rhythm_since, now)
+        return {
+            "activity": activity,
+            "seen": await reads.last_seen("agent_name", agents),
+            "silent": {agent.name: agent for agent in found},
         }
 
-    def fetch_all(conn: sqlite3.Connection) -> dict[str, Any]:
-        data = fetch(conn)
-        rhythm = data["rhythm"] if data["rhythm"] is not None else data["activity"]
-        found = agent_stats.silent_fleet(conn, agents, rhythm, rhythm_since, now)
-        data["silent"] = {agent.name: agent for agent in found}
-        return data
-
-    data = await read(request, ("ui-agents", window.name), fetch_all)
+    data = await read(request, ("ui-agents", window.name), fetch, now)
     silent = data["silent"]
     keep = {"window": window.name, "q": needle or None}
     return render(
@@ -112,27 +108,22 @@ async def agent_page(request: web.Request) -> web.Response:
     name = name_of(request, "name", "agent")
     since, days = chart_days(now)
 
-    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
-        seen = agent_stats.last_seen(conn, "agent_name", [name])
+    async def fetch(reads: DashboardReads) -> dict[str, Any]:
+        seen = await reads.last_seen("agent_name", [name])
         if name not in seen:
             return {}
+        jobs = StatsQuery(group_by=["job_type"], agent_name=name, created_after=window.start)
         return {
             "seen": seen[name],
-            "activity": agent_stats.agent_activity(conn, [name], window.start).get(name),
-            "days": queries.daily_durations(conn, since, window.end, agent_name=name),
-            "hours": queries.hourly_counts(conn, window.start, window.end, agent_name=name),
-            "jobs": queries.stats_groups(
-                conn,
-                StatsQuery(group_by=["job_type"], agent_name=name, created_after=window.start),
-                raw_index=queries.AGENT_INDEX,
-            ),
-            "failing": queries.failing_now(conn, window.start, agent_name=name),
-            "recent": queries.runs_page(
-                conn, RunQuery(agent_name=name, limit=RECENT_RUNS), None, None
-            ).runs,
+            "activity": (await reads.agent_activity([name], window.start)).get(name),
+            "days": await queries.daily_durations(reads, since, window.end, agent_name=name),
+            "hours": await queries.hourly_counts(reads, window.start, window.end, agent_name=name),
+            "jobs": await reads.stats(jobs, agent_index=True),
+            "failing": await reads.failing_now(window.start, agent_name=name),
+            "recent": (await reads.runs(RunQuery(agent_name=name, limit=RECENT_RUNS))).runs,
         }
 
-    data = await read(request, ("ui-agent", window.name), fetch)
+    data = await read(request, ("ui-agent", window.name), fetch, now)
     if not data:
         raise web.HTTPNotFound(reason=f"No run names the agent {name!r}")
     return render(
@@ -164,29 +155,26 @@ def _charts(
 async def jobs_page(request: web.Request) -> web.Response:
     now = now_utc()
     window = window_of(request, now)
-    database = dashboard_database(request.app)
-    job_types = database.metadata().job_types
+    job_types = (await request.app[DATABASE].read_metadata()).job_types
     # The list's sparklines cover the last 24 h whatever the window: 168 hours of every
     # job type were 100 ms of rollup cells at 1M runs (a job's own page draws its window).
     spark = Window(DEFAULT_WINDOW, now)
 
-    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+    async def fetch(reads: DashboardReads) -> dict[str, Any]:
         try:
-            hourly: dict[tuple[str, ...], int] | None = queries.hourly_counts(
-                conn, spark.start, spark.end, by_job=True
+            hourly: dict[tuple[str, ...], int] | None = await queries.hourly_counts(
+                reads, spark.start, spark.end, by_job=True
             )
         except TooManyGroups:  # hundreds of job types over 7 days: no sparklines
             hourly = None
+        summaries = await queries.job_summaries(reads, window.start, window.end)
         return {
-            "summaries": {
-                group["key"]["job_type"]: group
-                for group in queries.job_summaries(conn, window.start, window.end)
-            },
-            "seen": agent_stats.last_seen(conn, "job_type", job_types),
+            "summaries": {group["key"]["job_type"]: group for group in summaries},
+            "seen": await reads.last_seen("job_type", job_types),
             "hourly": hourly,
         }
 
-    data = await read(request, ("ui-jobs", window.name), fetch)
+    data = await read(request, ("ui-jobs", window.name), fetch, now)
     hours = hour_keys(spark)
     sparks = {}
     if data["hourly"] is not None:
@@ -215,30 +203,26 @@ async def job_page(request: web.Request) -> web.Response:
     window = window_of(request, now)
     job = name_of(request, "job_type", "job type")
     since, days = chart_days(now)
-    database = dashboard_database(request.app)
-    overdue = overdue_ids_sql(database.settings.stale, now)
 
-    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
-        seen = agent_stats.last_seen(conn, "job_type", [job])
+    async def fetch(reads: DashboardReads) -> dict[str, Any]:
+        seen = await reads.last_seen("job_type", [job])
         if job not in seen:
             return {}
-        summary = queries.job_summaries(conn, window.start, window.end, job_type=job)
-        stale_total, stale_runs = queries.stale_summary(conn, overdue, job_type=job)
+        summary = await queries.job_summaries(reads, window.start, window.end, job_type=job)
+        stale_total, stale_runs = await queries.stale_summary(reads, job_type=job)
         return {
             "seen": seen[job],
             "summary": summary[0] if summary else None,
-            "days": queries.daily_durations(conn, since, window.end, job_type=job),
-            "hours": queries.hourly_counts(conn, window.start, window.end, job_type=job),
-            "failing": queries.failing_now(conn, window.start, job_type=job),
-            "failures": queries.last_failures(conn, window.start, job_type=job),
+            "days": await queries.daily_durations(reads, since, window.end, job_type=job),
+            "hours": await queries.hourly_counts(reads, window.start, window.end, job_type=job),
+            "failing": await reads.failing_now(window.start, job_type=job),
+            "failures": await queries.last_failures(reads, window.start, job_type=job),
             "stale_total": stale_total,
             "stale_runs": stale_runs,
-            "recent": queries.runs_page(
-                conn, RunQuery(job_type=job, limit=RECENT_RUNS), None, None
-            ).runs,
+            "recent": (await reads.runs(RunQuery(job_type=job, limit=RECENT_RUNS))).runs,
         }
 
-    data = await read(request, ("ui-job", window.name), fetch)
+    data = await read(request, ("ui-job", window.name), fetch, now)
     if not data:
         raise web.HTTPNotFound(reason=f"No run has the job type {job!r}")
     return render(

@@ -3,7 +3,6 @@ snapshot, render."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,10 +13,11 @@ from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunQuery
 from server.contract.run_record import with_urls
 from server.contract.validation import parse_model
-from server.http.backend import dashboard_database
+from server.http.runs import DATABASE
 from server.storage.cursor import InvalidCursor, Position
-from server.storage.runs import cost_shape
-from server.storage.stale import now_utc, overdue_ids_sql
+from server.storage.dashboard import DashboardReads, RunDetail
+from server.storage.runs import Page, cost_shape
+from server.storage.stale import now_utc
 from server.ui import agent_stats, queries
 from server.ui.format import query as query_string
 from server.ui.render import name_of, read, render, window_of
@@ -50,16 +50,14 @@ DEFAULT_PAGE_SIZE = 50
 async def overview(request: web.Request) -> web.Response:
     now = now_utc()
     window = window_of(request, now)
-    database = dashboard_database(request.app)
-    overdue = overdue_ids_sql(database.settings.stale, now)
-    agents = database.metadata().agent_names
+    agents = (await request.app[DATABASE].read_metadata()).agent_names
     rhythm_since = window.ago(RHYTHM_LOOKBACK)
 
-    def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
-        jobs = queries.job_summaries(conn, window.start, window.end)
-        stale_total, stale_runs = queries.stale_summary(conn, overdue)
-        failing_total, failing = queries.failing_now(conn, window.start)
-        activity = agent_stats.agent_activity(conn, agents, rhythm_since)
+    async def fetch(reads: DashboardReads) -> dict[str, Any]:
+        jobs = await queries.job_summaries(reads, window.start, window.end)
+        stale_total, stale_runs = await queries.stale_summary(reads)
+        failing_total, failing = await reads.failing_now(window.start)
+        activity = await reads.agent_activity(agents, rhythm_since)
         return {
             "jobs": jobs,
             "status_counts": queries.by_status(jobs),
@@ -67,11 +65,11 @@ async def overview(request: web.Request) -> web.Response:
             "stale_runs": stale_runs,
             "failing_total": failing_total,
             "failing": failing,
-            "failures": queries.last_failures(conn, window.start),
-            "silent": agent_stats.silent_fleet(conn, agents, activity, rhythm_since, now),
+            "failures": await queries.last_failures(reads, window.start),
+            "silent": await agent_stats.silent_fleet(reads, agents, activity, rhythm_since, now),
         }
 
-    data = await read(request, ("ui-overview", window.name), fetch)
+    data = await read(request, ("ui-overview", window.name), fetch, now)
     data["total"] = sum(data["status_counts"].values())
     data["failed_jobs"] = sorted(
         (job for job in data["jobs"] if queries.failed_count(job)),
@@ -126,7 +124,7 @@ def run_query_of(request: web.Request) -> tuple[RunQuery, dict[str, str]]:
 async def runs_list(request: web.Request) -> web.Response:
     now = now_utc()
     query, given = run_query_of(request)
-    database = dashboard_database(request.app)
+    database = request.app[DATABASE]
     scope = dumps(query.filters()).decode()
     after: Position | None = None
     if query.cursor is not None:
@@ -136,18 +134,17 @@ async def runs_list(request: web.Request) -> web.Response:
             raise BadParameter(
                 f"cursor: {exc} (a cursor continues the list it came from, with its filters)"
             ) from exc
-    overdue = overdue_ids_sql(database.settings.stale, now) if query.stale else None
-    page = await read(
-        request,
-        ("ui-runs", *cost_shape(query)),
-        lambda conn: queries.runs_page(conn, query, after, overdue),
-    )
+
+    async def fetch(reads: DashboardReads) -> Page:
+        return await reads.runs(query, after)
+
+    page = await read(request, ("ui-runs", *cost_shape(query)), fetch, now)
     filters = {key: value for key, value in given.items() if key != "cursor"}
     next_link = None
     if page.next_position is not None:
         cursor = database.cursors.encode(page.next_position, scope)
         next_link = "/ui/runs" + query_string({**filters, "cursor": cursor})
-    metadata = database.metadata()
+    metadata = await database.read_metadata()
     return render(
         request,
         "runs.html",
@@ -171,7 +168,11 @@ async def runs_list(request: web.Request) -> web.Response:
 async def run_page(request: web.Request) -> web.Response:
     now = now_utc()
     event_id = name_of(request, "event_id", "run")
-    detail = await read(request, "ui-run", lambda conn: queries.run_detail(conn, event_id))
+
+    async def fetch(reads: DashboardReads) -> RunDetail | None:
+        return await reads.run_detail(event_id)
+
+    detail = await read(request, "ui-run", fetch, now)
     if detail is None:
         raise web.HTTPNotFound(reason=f"No run has the event_id {event_id!r}")
     run = with_urls(detail.run)

@@ -3,8 +3,7 @@ transaction, the window and chart axes, path names and page numbers."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -12,8 +11,8 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from server.contract.fields import identifier_problem
-from server.http.backend import dashboard_database
-from server.storage.runs import snapshot
+from server.http.runs import DATABASE
+from server.storage.dashboard import DashboardFetch
 from server.storage.stale import now_utc
 from server.ui.charts import duration_chart
 from server.ui.security import SESSION
@@ -40,15 +39,10 @@ def render(
     return aiohttp_jinja2.render_template(template, request, context, status=status)
 
 
-async def read(request: web.Request, shape: Hashable, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """fn in one read transaction (the page's numbers agree), on a reader."""
-    database = dashboard_database(request.app)
-
-    def in_snapshot(conn: sqlite3.Connection) -> T:
-        with snapshot(conn):
-            return fn(conn)
-
-    return await database.reader.run(in_snapshot, shape=shape)
+async def read(request: web.Request, shape: Hashable, fetch: DashboardFetch[T], now: datetime) -> T:
+    """A page's reads in one snapshot (its numbers agree), on either backend;
+    ``stale`` is judged at ``now``, the page's clock."""
+    return await request.app[DATABASE].read_dashboard(fetch, now, shape)
 
 
 def window_of(request: web.Request, now: datetime) -> Window:

@@ -1,4 +1,5 @@
-"""The dashboard's reads on a real SQLite file: what counts as failing now and since
+"""The dashboard's reads on a real SQLite file (``dashboard_sqlite``, driven as the pages
+drive them, one coroutine that never suspends): what counts as failing now and since
 when, which agents are silent, agents' activity and last seen, a run's relatives."""
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 import pytest
 
 from server.contract.models import RunCreate
+from server.storage.dashboard_sqlite import SqliteDashboardReads, complete
 from server.storage.runs import insert_params, insert_row
 from server.storage.schema import migrate
-from server.ui import agent_stats, queries
+from server.storage.stale import StalePolicy
+from server.ui import agent_stats
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -32,6 +35,17 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 counter = iter(range(1_000_000))
+
+
+class reads:  # read as a function: reads(conn).failing_now(...)
+    """The SQLite reads of ``conn`` at NOW, each method called to its answer."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.inner = SqliteDashboardReads(conn, StalePolicy(), NOW)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        return lambda *args, **kwargs: complete(method(*args, **kwargs))
 
 
 def add(conn: sqlite3.Connection, hours_ago: float, **fields: Any) -> str:
@@ -65,7 +79,7 @@ def test_failing_now_is_the_latest_finished_run_and_its_streak(conn: sqlite3.Con
     add(conn, 9, agent_name="b", status="failure")
     add(conn, 8, agent_name="b", status="success")  # recovered
     add(conn, 30, agent_name="c", status="failure")  # failed before the window only
-    total, failing = queries.failing_now(conn, stamp(NOW - timedelta(hours=24)))
+    total, failing = reads(conn).failing_now(stamp(NOW - timedelta(hours=24)))
     assert total == 1
     (item,) = failing
     assert (item.agent_name, item.job_type, item.failures) == ("a", "j", 3)
@@ -74,8 +88,8 @@ def test_failing_now_is_the_latest_finished_run_and_its_streak(conn: sqlite3.Con
     assert (item.event_id, item.error_summary) == (last, "the newest")
     assert first != last
     # Filters narrow it to a job or an agent.
-    assert queries.failing_now(conn, stamp(NOW - timedelta(days=1)), job_type="x") == (0, [])
-    assert queries.failing_now(conn, stamp(NOW - timedelta(days=2)), agent_name="c")[0] == 1
+    assert reads(conn).failing_now(stamp(NOW - timedelta(days=1)), job_type="x") == (0, [])
+    assert reads(conn).failing_now(stamp(NOW - timedelta(days=2)), agent_name="c")[0] == 1
 
 
 def test_a_pair_that_never_succeeded_fails_since_its_first_failure(
@@ -83,7 +97,7 @@ def test_a_pair_that_never_succeeded_fails_since_its_first_failure(
 ) -> None:
     add(conn, 3, status="failure")
     add(conn, 2, status="failure")
-    _, (item,) = queries.failing_now(conn, stamp(NOW - timedelta(days=1)))
+    _, (item,) = reads(conn).failing_now(stamp(NOW - timedelta(days=1)))
     assert item.last_ok is None
     assert item.failures == 2
     assert item.since == stamp(NOW - timedelta(hours=3))
@@ -97,8 +111,8 @@ def test_silent_agents_by_their_own_rhythm(conn: sqlite3.Connection) -> None:
         add(conn, hours, agent_name="on-time")
     for hours in (30, 20):  # two runs: no rhythm yet
         add(conn, hours, agent_name="newcomer")
-    activity = agent_stats.agent_activity(
-        conn, ["steady-then-quiet", "on-time", "newcomer", "nobody"], stamp(NOW - timedelta(days=7))
+    activity = reads(conn).agent_activity(
+        ["steady-then-quiet", "on-time", "newcomer", "nobody"], stamp(NOW - timedelta(days=7))
     )
     assert activity["on-time"].runs == 48
     assert "nobody" not in activity
@@ -113,18 +127,18 @@ def test_activity_counts_statuses_and_last_seen_spans_all_time(conn: sqlite3.Con
     add(conn, 3, agent_name="new", status="failure")
     add(conn, 2, agent_name="new", status="running")
     add(conn, 1, agent_name="new")
-    activity = agent_stats.agent_activity(conn, ["old", "new"], stamp(NOW - timedelta(days=1)))
+    activity = reads(conn).agent_activity(["old", "new"], stamp(NOW - timedelta(days=1)))
     assert "old" not in activity
     new = activity["new"]
     assert new.by_status == {"failure": 1, "running": 1, "success": 1}
     assert new.success_rate == 0.5  # running runs are not finished
     assert new.failed == 1
-    seen = agent_stats.last_seen(conn, "agent_name", ["old", "new", "nobody"])
+    seen = reads(conn).last_seen("agent_name", ["old", "new", "nobody"])
     assert seen == {
         "old": stamp(NOW - timedelta(hours=200)),
         "new": stamp(NOW - timedelta(hours=1)),
     }
-    assert agent_stats.last_seen(conn, "job_type", ["j"]) == {"j": stamp(NOW - timedelta(hours=1))}
+    assert reads(conn).last_seen("job_type", ["j"]) == {"j": stamp(NOW - timedelta(hours=1))}
 
 
 def test_run_detail_finds_relatives_near_it(conn: sqlite3.Connection) -> None:
@@ -132,14 +146,14 @@ def test_run_detail_finds_relatives_near_it(conn: sqlite3.Connection) -> None:
     retry = add(conn, 4, run_id="R")
     child = add(conn, 4, run_id="C", parent_run_id="R")
     add(conn, 100, run_id="R", event_id="too-far")  # outside the 24 h neighbourhood
-    detail = queries.run_detail(conn, parent)
+    detail = reads(conn).run_detail(parent)
     assert detail is not None
     assert [r["event_id"] for r in detail.same_run_id] == [retry]
     assert [r["event_id"] for r in detail.children] == [child]
-    child_detail = queries.run_detail(conn, child)
+    child_detail = reads(conn).run_detail(child)
     assert child_detail is not None
     assert {r["event_id"] for r in child_detail.parents} == {parent, retry}
-    assert queries.run_detail(conn, "missing") is None
+    assert reads(conn).run_detail("missing") is None
 
 
 def test_activity_reads_created_at_as_another_writer_left_it(conn: sqlite3.Connection) -> None:
@@ -152,7 +166,7 @@ def test_activity_reads_created_at_as_another_writer_left_it(conn: sqlite3.Conne
     conn.execute(
         "UPDATE agent_runs SET created_at = '2026-06-01 10:00 z' WHERE event_id = ?", (last,)
     )
-    activity = agent_stats.agent_activity(conn, ["foreign"], "2026-05-01")["foreign"]
+    activity = reads(conn).agent_activity(["foreign"], "2026-05-01")["foreign"]
     assert (activity.first, activity.last, activity.runs) == (
         "2026-06-01 09:00 x y",
         "2026-06-01 10:00 z",
