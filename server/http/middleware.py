@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from server.contract.errors import ApiError, RateLimited, ServiceUnavailable, retry_after
 from server.http.auth import check_bearer
-from server.http.ratelimit import RateLimiter
+from server.http.ratelimit import Limiter
 from server.storage.connection import StorageUnavailable
 from server.ui.paths import is_ui_request
 
@@ -55,7 +55,7 @@ def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:
     return authenticate
 
 
-def rate_limit_middleware(limiter: RateLimiter) -> Middleware:
+def rate_limit_middleware(limiter: Limiter) -> Middleware:
     """429 with Retry-After and X-RateLimit-* once a client spends its budget."""
 
     @web.middleware

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class Decision:
         if not self.allowed:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
         return headers
+
+
+class Limiter(Protocol):
+    """What the middleware asks: this process's buckets, or the replicas' shared ones
+    (``server.http.shared_ratelimit``)."""
+
+    rpm: int
+
+    def check(self, client: str) -> Decision: ...
 
 
 class RateLimiter:

@@ -1,0 +1,309 @@
+"""The rate limit shared by replicas on one PostgreSQL database: about ``rpm``
+requests per minute per client address in total, however a load balancer spreads them.
+
+The decision (issue 13): a token bucket per client, as on one server (burst ``rpm``,
+refill rpm/60 per second), whose tokens live in the database; replicas lease them.
+
+- Each client has one *pool* of tokens in an UNLOGGED table (soft state). Every tick
+  (``TICK_S``, 0.1 s) a background task owned by the app's lifecycle makes one call per
+  replica (``server.postgres.ratelimit``) for the clients it saw lately: it returns
+  what is left of its lease (or charges what it spent beyond it), the pool refills
+  from the database's clock, and the replica takes its *share*: the pool divided by
+  the replicas that served that client in the last ``WINDOW_S`` (at least one token
+  when the pool has one). All to one replica: it leases the whole pool; round robin
+  over three: a third each, and what one does not spend comes back next tick.
+- The hot path never waits for the database: ``check`` spends a token of the local
+  lease, or refuses. A client new to this replica (or back after ``IDLE_S`` idle) is
+  granted a provisional lease at once: its estimated pool divided by the replicas
+  alive; what it spends is charged to the pool at the next tick, so a pool may go
+  negative (a debt the refill pays back before the client is served again). Leases and
+  charges are what keeps the total right: nothing is granted twice, and what a replica
+  spends between ticks is at most its lease.
+- Errors of the total: a provisional lease spent within one tick on several replicas
+  (then paid back as debt); a replica killed while it holds a lease (those tokens are
+  lost and refill brings them back: an under-grant); a replica idle for a client for
+  ``IDLE_S`` gives its lease back, so traffic moving between replicas finds the pool.
+- Bounded: ``max_clients`` clients per replica (least recently seen forgotten first,
+  their lease given back at the next tick), at most ``MAX_REPORTS`` per call (the
+  oldest reported first); in the database, a pool full again is deleted (as good as
+  none), and so are the leases and rows of replicas silent for ``WINDOW_S``.
+- The database down or slow (no answer for ``STALE_S``): the limit *fails open* to
+  a bucket per replica (``RateLimiter``, the SQLite behaviour): a client may then get
+  up to ``rpm`` per replica, never a refusal because the store is down, never a 500.
+  What is granted that way is never charged. Replicas should share one ``rpm``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from server.http.ratelimit import Decision, RateLimiter
+from server.http.runs import DATABASE
+from server.postgres.database import PostgresDatabase
+from server.postgres.ratelimit import Grant, PostgresBudget, Report
+
+log = structlog.get_logger("server.ratelimit")
+
+#: How often a replica reports and renews its leases.
+TICK_S = 0.1
+#: A replica that has not served a client for this long stops counting in its share.
+WINDOW_S = 1.0
+#: A client not seen here for this long gives its lease back.
+IDLE_S = 1.0
+#: Without a successful exchange for this long, the limit fails open (per replica).
+STALE_S = 1.0
+#: Clients reported per call at most (the longest unreported first).
+MAX_REPORTS = 2000
+#: How often a replica sweeps the shared tables.
+SWEEP_EVERY_S = 5.0
+#: Client keys longer than this are stored as a digest (bounded index entries).
+MAX_KEY_BYTES = 64
+
+
+class Budget(Protocol):
+    async def exchange(
+        self, replica: str, rpm: int, window_s: float, reports: Sequence[Report]
+    ) -> tuple[int, list[Grant]]: ...
+
+    async def sweep(self, window_s: float) -> None: ...
+
+
+def client_key(client: str) -> bytes:
+    """The stored key of an address: its bytes, or a digest when long."""
+    raw = client.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_KEY_BYTES:
+        return raw
+    return b"#" + hashlib.sha256(raw).digest()
+
+
+@dataclass
+class _Client:
+    #: Tokens this replica may still grant (negative: spent past its lease).
+    lease: float
+    #: The part of ``lease`` not taken from the pool (a provisional lease).
+    owed: float
+    #: The pool (and when) at the last answer: the estimate for provisional leases.
+    pool: float
+    pool_at: float
+    seen: float
+    #: Holds a lease row (or reported spending) that a release must settle.
+    serving: bool = False
+    reported_at: float = -math.inf
+    #: ``lease`` as it was when the exchange in flight was sent (None: none in flight).
+    sent: float | None = None
+    sent_returned: float = 0.0
+    #: The report in flight gives the lease back.
+    releasing: bool = False
+
+
+class SharedRateLimiter:
+    def __init__(
+        self,
+        rpm: int,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        replica: str | None = None,
+    ) -> None:
+        self.rpm = rpm
+        self.max_clients = max_clients
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._rate = rpm / 60.0
+        self._clock = clock
+        self._clients: OrderedDict[bytes, _Client] = OrderedDict()
+        #: Forgotten clients whose lease or spending the next exchange settles.
+        self._evicted: OrderedDict[bytes, float] = OrderedDict()
+        self._live = 1
+        self._fresh_until = -math.inf
+        self.fallback = RateLimiter(rpm, max_clients=max_clients, clock=clock)
+        self.exchanges = 0
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    @property
+    def shared(self) -> bool:
+        """Whether decisions use the shared pools (else the per-replica fallback)."""
+        return self._clock() <= self._fresh_until
+
+    def check(self, client: str) -> Decision:
+        """Spend one token of this replica's lease for client, if it has one."""
+        now = self._clock()
+        if now > self._fresh_until:
+            return self.fallback.check(client)
+        key = client_key(client)
+        state = self._clients.pop(key, None)
+        if state is None:
+            state = _Client(0.0, 0.0, float(self.rpm), now, now)
+            if key in self._evicted:  # forgotten lately: its balance is still ours
+                state.lease, state.serving = self._evicted.pop(key), True
+        self._clients[key] = state
+        self._evict()
+        pool = self._estimate(state, now)
+        if not state.serving:
+            provisional = max(0.0, pool) / self._live
+            state.lease += provisional
+            state.owed += provisional
+            state.serving = True
+        state.seen = now
+        allowed = state.lease >= 1.0
+        if allowed:
+            state.lease -= 1.0
+        left = max(0.0, state.lease)
+        reset = max(0.0, self.rpm - max(0.0, pool) - left) / self._rate
+        retry = 0.0 if allowed else max(TICK_S, (1.0 - pool) / self._rate)
+        return Decision(allowed, self.rpm, int(left), retry, reset)
+
+    def _estimate(self, state: _Client, now: float) -> float:
+        return min(float(self.rpm), state.pool + (now - state.pool_at) * self._rate)
+
+    def _evict(self) -> None:
+        while len(self._clients) > self.max_clients:
+            key, state = self._clients.popitem(last=False)
+            if state.serving:
+                self._credit(key, state.lease - state.owed)
+        while len(self._evicted) > self.max_clients:
+            self._evicted.popitem(last=False)
+
+    def _credit(self, key: bytes, tokens: float) -> None:
+        """Tokens (or a debt) of a client that are ours but no lease's: to its state
+        if it is back, else to be settled at the next exchange."""
+        state = self._clients.get(key)
+        if state is not None and state.sent is None:
+            state.lease += tokens
+            state.serving = True
+        else:
+            self._evicted[key] = self._evicted.pop(key, 0.0) + tokens
+
+    def _reports(self, now: float) -> tuple[list[Report], list[Report]]:
+        """The clients to report now, each marked as sent: (settled balances of
+        forgotten clients, reports of the clients served)."""
+        for key in [k for k in self._evicted if k in self._clients]:
+            self._credit(key, self._evicted.pop(key))  # back meanwhile: one report
+        forgotten = [
+            Report(key, tokens, True) for key, tokens in list(self._evicted.items())[:MAX_REPORTS]
+        ]
+        for report in forgotten:
+            del self._evicted[report.client]
+        serving = sorted((s.reported_at, key) for key, s in self._clients.items() if s.serving)
+        served = []
+        for _, key in serving[: MAX_REPORTS - len(forgotten)]:
+            state = self._clients[key]
+            returned = state.lease - state.owed
+            state.sent, state.sent_returned = state.lease, returned
+            state.owed = state.lease  # given back: none of what is left is ours now
+            state.reported_at = now
+            state.releasing = now - state.seen > IDLE_S
+            served.append(Report(key, returned, state.releasing))
+        return forgotten, served
+
+    def _settle(self, served: Sequence[Report], live: int, grants: Sequence[Grant]) -> None:
+        now = self._clock()
+        self._live = max(1, live)
+        answers = {grant.client: grant for grant in grants}
+        for report in served:
+            grant = answers.get(report.client)
+            state = self._clients.get(report.client)
+            if grant is None:  # not answered (cannot happen): as if it failed
+                self._unsend([report])
+                continue
+            if state is None or state.sent is None:  # forgotten since: keep its share
+                self._credit(report.client, grant.share)
+                continue
+            flight = state.lease - state.owed  # spent since sent (<= 0)
+            state.lease, state.owed = grant.share + flight, 0.0
+            state.pool, state.pool_at = grant.pool, now
+            if state.releasing and now - state.seen > IDLE_S:
+                state.serving = state.lease != 0.0  # a debt left is still reported
+            state.sent = None
+
+    def _unsend(self, reports: Sequence[Report]) -> None:
+        """An exchange failed: nothing of it was applied; keep what each client owes."""
+        for report in reports:
+            state = self._clients.get(report.client)
+            if state is not None and state.sent is not None:
+                state.owed -= state.sent_returned
+                state.sent = None
+            else:  # a forgotten client's balance, or one forgotten in flight
+                self._credit(report.client, report.returned)
+
+    async def tick(self, budget: Budget) -> bool:
+        """One exchange with the shared pools; whether it succeeded."""
+        forgotten, served = self._reports(self._clock())
+        try:
+            live, grants = await budget.exchange(
+                self.replica, self.rpm, WINDOW_S, forgotten + served
+            )
+        except Exception as exc:  # any failure of the store: fail open, never raise
+            self._unsend(forgotten + served)
+            self.failures += 1
+            if self._fresh_until > -math.inf:
+                log.warning("rate_limit_store_unavailable", error=type(exc).__name__)
+            self._fresh_until = -math.inf
+            return False
+        if self._clock() > self._fresh_until:
+            log.info("rate_limit_shared", replicas=live, replica=self.replica)
+        self._settle(served, live, grants)
+        self._fresh_until = self._clock() + STALE_S
+        self.exchanges += 1
+        return True
+
+    async def run(self, budget: Budget, stop: asyncio.Event) -> None:
+        """Exchange every tick and sweep now and then, until stop is set."""
+        next_sweep = self._clock() + SWEEP_EVERY_S
+        while not stop.is_set():
+            await self.tick(budget)
+            if self._clock() >= next_sweep:
+                next_sweep = self._clock() + SWEEP_EVERY_S
+                with contextlib.suppress(Exception):
+                    await budget.sweep(WINDOW_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+
+    async def release_all(self, budget: Budget) -> None:
+        """At shutdown: give every lease back (best effort: a lost lease refills)."""
+        for state in self._clients.values():
+            state.seen = -math.inf
+        forgotten, served = self._reports(self._clock())
+        with contextlib.suppress(Exception):
+            await budget.exchange(self.replica, self.rpm, WINDOW_S, forgotten + served)
+
+
+def shared_rate_limit_ctx(
+    limiter: SharedRateLimiter,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The limiter's exchanges as a background task of the app (after the database:
+    started once it is open, stopped and its leases given back before it closes)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        database: Any = app[DATABASE]
+        if not isinstance(database, PostgresDatabase):  # one process: its own buckets
+            yield
+            return
+        budget = PostgresBudget(database.pool)
+        await limiter.tick(budget)  # serve with the shared pools from the first request
+        stop = asyncio.Event()
+        task = asyncio.create_task(limiter.run(budget, stop), name="shared-rate-limit")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            await limiter.release_all(budget)
+
+    return ctx
