@@ -18,7 +18,12 @@ from server.edge.docs import docs_routes
 from server.edge.requests import MAX_JSON_DEPTH
 from server.http import export, heartbeat, maintenance, ops, runs, stats
 from server.http.auth import READ_GUARD, ReadGuard
-from server.http.middleware import auth_middleware, rate_limit_middleware, storage_errors
+from server.http.middleware import (
+    RATE_LIMITER,
+    auth_middleware,
+    rate_limit_middleware,
+    storage_errors,
+)
 from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
@@ -115,6 +120,8 @@ def create_app(config: ServerConfig) -> web.Application:
     middlewares.append(ui_middleware)  # the dashboard's own login, headers and error pages
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    if limiter is not None:
+        app[RATE_LIMITER] = limiter
     app[READ_GUARD] = ReadGuard(
         config.auth_token if config.auth_enabled else None,
         protect_reads=config.auth_protect_reads,

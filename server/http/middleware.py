@@ -23,6 +23,10 @@ OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc
 UNLIMITED_PATHS = OPEN_PATHS - {"/metrics"}
 
 
+#: The app's rate limiter, when one is on (for /metrics and tests).
+RATE_LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
+
+
 def is_open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith("/docs/")
 
