@@ -160,6 +160,8 @@ class SharedRateLimiter:
             state.lease += provisional
             state.owed += provisional
             state.serving = True
+            pool -= provisional
+            state.pool, state.pool_at = pool, now
         state.seen = now
         allowed = state.lease >= 1.0
         if allowed:

@@ -23,7 +23,7 @@ class Tally:
     unreachable: int = 0
     elapsed_s: float = 0.0
     by_replica: Counter[int] = field(default_factory=Counter)
-    refusals: list[Mapping[str, str]] = field(default_factory=list)
+    refusals: list[Mapping[str, str]] = field(default_factory=list, repr=False)
 
     @property
     def sent(self) -> int:
