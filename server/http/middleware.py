@@ -66,7 +66,7 @@ def rate_limit_middleware(limiter: Limiter) -> Middleware:
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_unlimited_path(request.path):
             return await handler(request)
-        decision = limiter.check(request.remote or "unknown")
+        decision = await limiter.decide(request.remote or "unknown")
         if not decision.allowed:
             raise RateLimited(
                 f"Rate limit exceeded. Max {limiter.rpm} requests per minute.",

@@ -41,7 +41,7 @@ class Limiter(Protocol):
 
     rpm: int
 
-    def check(self, client: str) -> Decision: ...
+    async def decide(self, client: str) -> Decision: ...
 
 
 class RateLimiter:
@@ -56,6 +56,9 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    async def decide(self, client: str) -> Decision:
+        return self.check(client)
 
     def check(self, client: str) -> Decision:
         """Take one token for client if it has one."""

@@ -94,14 +94,16 @@ def client_key(client: str) -> bytes:
 class _Client:
     #: Tokens this replica may still grant (negative: spent past its lease).
     lease: float
-    #: The part of ``lease`` not taken from the pool (a provisional lease).
-    owed: float
-    #: The pool (and when) at the last answer: the estimate for provisional leases.
+    #: The pool (and when) at the last answer: Retry-After and X-RateLimit-Reset.
     pool: float
     pool_at: float
     seen: float
+    #: The part of ``lease`` that is no longer ours (given back by the report in flight).
+    owed: float = 0.0
     #: Holds a lease row (or reported spending) that a release must settle.
     serving: bool = False
+    #: Set until the first answer for this client: its first requests wait for it.
+    pending: asyncio.Future[bool] | None = None
     reported_at: float = -math.inf
     #: ``lease`` as it was when the exchange in flight was sent (None: none in flight).
     sent: float | None = None
@@ -129,6 +131,8 @@ class SharedRateLimiter:
         self._evicted: OrderedDict[bytes, float] = OrderedDict()
         self._live = 1
         self._fresh_until = -math.inf
+        self._wake = asyncio.Event()
+        self._stopping = False
         self.fallback = RateLimiter(rpm, max_clients=max_clients, clock=clock)
         self.exchanges = 0
         self.failures = 0
@@ -141,28 +145,33 @@ class SharedRateLimiter:
         """Whether decisions use the shared pools (else the per-replica fallback)."""
         return self._clock() <= self._fresh_until
 
-    def check(self, client: str) -> Decision:
-        """Spend one token of this replica's lease for client, if it has one."""
+    async def decide(self, client: str) -> Decision:
+        """Spend one token of this replica's lease for client, if it has one. A client
+        new here waits for the next exchange (started at once, shared by every client
+        new meanwhile), never for more than ``STALE_S``: then the fallback decides."""
         now = self._clock()
         if now > self._fresh_until:
             return self.fallback.check(client)
         key = client_key(client)
         state = self._clients.pop(key, None)
         if state is None:
-            state = _Client(0.0, 0.0, float(self.rpm), now, now)
-            if key in self._evicted:  # forgotten lately: its balance is still ours
-                state.lease, state.serving = self._evicted.pop(key), True
+            state = _Client(self._evicted.pop(key, 0.0), float(self.rpm), now, now)
         self._clients[key] = state
-        self._evict()
-        pool = self._estimate(state, now)
-        if not state.serving:
-            provisional = max(0.0, pool) / self._live
-            state.lease += provisional
-            state.owed += provisional
-            state.serving = True
-            pool -= provisional
-            state.pool, state.pool_at = pool, now
         state.seen = now
+        self._evict()
+        if not state.serving:
+            state.serving = True
+            state.pending = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        if state.pending is not None:
+            try:
+                answered = await asyncio.wait_for(asyncio.shield(state.pending), STALE_S)
+            except TimeoutError:
+                answered = False
+            if not answered:
+                return self.fallback.check(client)
+            now = self._clock()
+        pool = self._estimate(state, now)
         allowed = state.lease >= 1.0
         if allowed:
             state.lease -= 1.0
@@ -177,6 +186,7 @@ class SharedRateLimiter:
     def _evict(self) -> None:
         while len(self._clients) > self.max_clients:
             key, state = self._clients.popitem(last=False)
+            _answer(state, False)
             if state.serving:
                 self._credit(key, state.lease - state.owed)
         while len(self._evicted) > self.max_clients:
@@ -186,9 +196,8 @@ class SharedRateLimiter:
         """Tokens (or a debt) of a client that are ours but no lease's: to its state
         if it is back, else to be settled at the next exchange."""
         state = self._clients.get(key)
-        if state is not None and state.sent is None:
+        if state is not None and state.sent is None and state.serving:
             state.lease += tokens
-            state.serving = True
         else:
             self._evicted[key] = self._evicted.pop(key, 0.0) + tokens
 
@@ -196,15 +205,18 @@ class SharedRateLimiter:
         """The clients to report now, each marked as sent: (settled balances of
         forgotten clients, reports of the clients served)."""
         for key in [k for k in self._evicted if k in self._clients]:
-            self._credit(key, self._evicted.pop(key))  # back meanwhile: one report
+            if self._clients[key].serving:  # back meanwhile: one report of it
+                self._clients[key].lease += self._evicted.pop(key)
         forgotten = [
             Report(key, tokens, True) for key, tokens in list(self._evicted.items())[:MAX_REPORTS]
         ]
         for report in forgotten:
             del self._evicted[report.client]
-        serving = sorted((s.reported_at, key) for key, s in self._clients.items() if s.serving)
+        serving = sorted(  # clients waiting for their first answer first
+            (s.pending is None, s.reported_at, key) for key, s in self._clients.items() if s.serving
+        )
         served = []
-        for _, key in serving[: MAX_REPORTS - len(forgotten)]:
+        for _, _, key in serving[: MAX_REPORTS - len(forgotten)]:
             state = self._clients[key]
             returned = state.lease - state.owed
             state.sent, state.sent_returned = state.lease, returned
@@ -233,6 +245,7 @@ class SharedRateLimiter:
             if state.releasing and now - state.seen > IDLE_S:
                 state.serving = state.lease != 0.0  # a debt left is still reported
             state.sent = None
+            _answer(state, True)
 
     def _unsend(self, reports: Sequence[Report]) -> None:
         """An exchange failed: nothing of it was applied; keep what each client owes."""
@@ -241,6 +254,7 @@ class SharedRateLimiter:
             if state is not None and state.sent is not None:
                 state.owed -= state.sent_returned
                 state.sent = None
+                _answer(state, False)
             else:  # a forgotten client's balance, or one forgotten in flight
                 self._credit(report.client, report.returned)
 
@@ -265,25 +279,40 @@ class SharedRateLimiter:
         self.exchanges += 1
         return True
 
-    async def run(self, budget: Budget, stop: asyncio.Event) -> None:
-        """Exchange every tick and sweep now and then, until stop is set."""
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self, budget: Budget) -> None:
+        """Exchange every tick (or at once for a client new here) and sweep now and
+        then, until ``stop``."""
         next_sweep = self._clock() + SWEEP_EVERY_S
-        while not stop.is_set():
+        while not self._stopping:
             await self.tick(budget)
             if self._clock() >= next_sweep:
                 next_sweep = self._clock() + SWEEP_EVERY_S
                 with contextlib.suppress(Exception):
                     await budget.sweep(WINDOW_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+            with contextlib.suppress(TimeoutError):  # a client new here wakes it early
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
 
     async def release_all(self, budget: Budget) -> None:
         """At shutdown: give every lease back (best effort: a lost lease refills)."""
         for state in self._clients.values():
             state.seen = -math.inf
+            _answer(state, False)
         forgotten, served = self._reports(self._clock())
         with contextlib.suppress(Exception):
             await budget.exchange(self.replica, self.rpm, WINDOW_S, forgotten + served)
+
+
+def _answer(state: _Client, answered: bool) -> None:
+    """Wake the requests waiting for a client's first answer (False: the fallback decides)."""
+    if state.pending is not None:
+        if not state.pending.done():
+            state.pending.set_result(answered)
+        state.pending = None
 
 
 def shared_rate_limit_ctx(
@@ -299,12 +328,11 @@ def shared_rate_limit_ctx(
             return
         budget = PostgresBudget(database.pool)
         await limiter.tick(budget)  # serve with the shared pools from the first request
-        stop = asyncio.Event()
-        task = asyncio.create_task(limiter.run(budget, stop), name="shared-rate-limit")
+        task = asyncio.create_task(limiter.run(budget), name="shared-rate-limit")
         try:
             yield
         finally:
-            stop.set()
+            limiter.stop()
             await task
             await limiter.release_all(budget)
 

@@ -44,9 +44,10 @@ async def drive(
     workers: int = 6,
     headers: Callable[[int], Mapping[str, str]] | None = None,
     alive: Callable[[int], bool] = lambda _: True,
+    until: asyncio.Event | None = None,
 ) -> Tally:
-    """Send requests for duration_s from ``source``; request n goes to
-    ``urls[pick(n)]`` (to the next alive replica when that one is not)."""
+    """Send requests for duration_s (or until ``until`` is set) from ``source``;
+    request n goes to ``urls[pick(n)]`` (to the next alive replica when that one is not)."""
     tally = Tally()
     numbers = itertools.count()
     start = time.monotonic()
@@ -56,7 +57,7 @@ async def drive(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (until and until.is_set()):
                 n = next(numbers)
                 index = pick(n)
                 for _ in range(len(urls)):  # the balancer skips replicas it knows dead

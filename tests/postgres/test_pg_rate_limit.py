@@ -18,7 +18,7 @@ from server.http.shared_ratelimit import TICK_S, SharedRateLimiter
 from server.postgres.database import PostgresDatabase
 
 #: High enough that a test of a few seconds spends the burst and sees the refill.
-RPM = 600
+RPM = 300
 DURATION_S = 2.5
 TOLERANCE = 0.2
 
@@ -32,7 +32,6 @@ PATTERNS = {
 
 async def _replicas(make_api: Any, count: int = 3, rpm: int = RPM) -> list[Any]:
     apis = [await make_api(rate_limit_enabled=True, rate_limit_rpm=rpm) for _ in range(count)]
-    await asyncio.sleep(2 * TICK_S)  # each has seen the others at least once
     return apis
 
 
@@ -42,7 +41,6 @@ def _urls(apis: list[Any]) -> list[str]:
 
 def _assert_within_budget(tally: Tally, rpm: int = RPM) -> None:
     expected = budget(rpm, tally.elapsed_s)
-    print("TALLY", tally.allowed, tally.refused, round(tally.elapsed_s, 2), dict(tally.by_replica), round(expected))
     assert tally.sent > (1 + TOLERANCE) * expected, f"too slow a client to tell: {tally}"
     assert abs(tally.allowed - expected) <= TOLERANCE * expected, (tally, expected)
 
@@ -64,9 +62,8 @@ async def test_the_refill_is_shared_once_the_burst_is_spent(make_api: Any) -> No
     urls = _urls(apis)
     burst = await drive(urls, PATTERNS["round_robin"], DURATION_S)  # spends the burst
     assert burst.refused > 100, burst
-    tally = await drive(urls, PATTERNS["round_robin"], 3.0, workers=3)
+    tally = await drive(urls, PATTERNS["round_robin"], 4.0, workers=3)
     expected = RPM / 60.0 * tally.elapsed_s
-    print("REFILL", tally.allowed, tally.refused, round(tally.elapsed_s, 2), dict(tally.by_replica), round(expected))
     assert tally.refused > 0
     # A few tokens may wait in the pool or a lease at either end of the window.
     assert abs(tally.allowed - expected) <= TOLERANCE * expected + 3, (tally, expected)
@@ -138,11 +135,11 @@ async def test_hostile_client_keys_are_stored_and_limited(make_api: Any) -> None
     shared = [_shared(api) for api in apis]
     names = ["\x00", "\udcff", "y" * 100_000, "\u202e1.2.3.4", "'; DROP TABLE x; --", "unknown"]
     for name in names:
-        decisions = [shared[n % 2].check(name) for n in range(6)]
+        decisions = [await shared[n % 2].decide(name) for n in range(6)]
         assert [d.allowed for d in decisions[:3]].count(True) >= 2
     await asyncio.sleep(3 * TICK_S)  # exchanged, and the pools know every one
     for name in names:
-        allowed = sum(shared[n % 2].check(name).allowed for n in range(6))
+        allowed = sum([(await shared[n % 2].decide(name)).allowed for n in range(6)])
         assert allowed <= 1, name  # spent: at most a token refilled since
     database = apis[0].client.server.app[DATABASE]
     assert isinstance(database, PostgresDatabase)

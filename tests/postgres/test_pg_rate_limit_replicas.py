@@ -17,7 +17,10 @@ import pytest
 from rate_traffic import budget, drive
 
 RPM = 600
-DURATION_S = 4.0
+#: The traffic: until AFTER_KILL_S after the kill, at most MAX_S.
+MAX_S = 30.0
+AFTER_KILL_S = 1.5
+#: The kill: at least this long into the traffic, and after the third replica has joined.
 KILL_AT_S = 2.0
 
 _CLEAN_ENV = {
@@ -73,15 +76,18 @@ async def test_a_replica_joining_and_one_killed_mid_traffic_keep_the_budget(
             started.append(third)
             urls[2] = third.url
             ready[2] = True
-            await asyncio.sleep(max(0.0, KILL_AT_S - (time.monotonic() - begun)))
+            await asyncio.sleep(max(0.5, KILL_AT_S - (time.monotonic() - begun)))
             ready[0] = False
             os.kill(started[0].process.pid, signal.SIGKILL)
+            await asyncio.sleep(AFTER_KILL_S)
+            done.set()
 
         begun = time.monotonic()
         joined: list[float] = []
+        done = asyncio.Event()
         events = asyncio.create_task(chaos())
         tally = await drive(
-            urls, lambda n: n % 3, DURATION_S, workers=3, alive=lambda i: ready[i]
+            urls, lambda n: n % 3, MAX_S, workers=3, alive=lambda i: ready[i], until=done
         )
         await events
         assert ready[2], "the third replica never joined"
@@ -89,8 +95,9 @@ async def test_a_replica_joining_and_one_killed_mid_traffic_keep_the_budget(
         expected = budget(RPM, tally.elapsed_s)
         assert tally.sent > 1.2 * expected, tally
         assert abs(tally.allowed - expected) <= 0.2 * expected, (tally, expected)
-        print("JOINED", joined, tally)
-        assert tally.by_replica[1] > 0 and tally.by_replica[2] > 0, tally
+        assert done.is_set(), f"the third replica took over {MAX_S} s to join"
+        assert tally.by_replica[1] > 0, tally
+        assert tally.by_replica[2] > 0, tally  # the replica that joined took its share
         for daemon in started[1:]:
             assert "Traceback" not in daemon.log()
     finally:
