@@ -1,36 +1,35 @@
 """The rate limit shared by replicas on one PostgreSQL database: about ``rpm``
 requests per minute per client address in total, however a load balancer spreads them.
 
-The decision (issue 13): a token bucket per client, as on one server (burst ``rpm``,
-refill rpm/60 per second), whose tokens live in the database; replicas lease them.
+The decision (issue 13): the token bucket of one server (burst ``rpm``, refill rpm/60
+a second) whose tokens live in the database, and that replicas *lease*.
 
-- Each client has one *pool* of tokens in an UNLOGGED table (soft state). Every tick
-  (``TICK_S``, 0.1 s) a background task owned by the app's lifecycle makes one call per
-  replica (``server.postgres.ratelimit``) for the clients it saw lately: it returns
-  what is left of its lease (or charges what it spent beyond it), the pool refills
-  from the database's clock, and the replica takes its *share*: the pool divided by
-  the replicas that served that client in the last ``WINDOW_S`` (at least one token
-  when the pool has one). All to one replica: it leases the whole pool; round robin
-  over three: a third each, and what one does not spend comes back next tick.
-- The hot path never waits for the database: ``check`` spends a token of the local
-  lease, or refuses. A client new to this replica (or back after ``IDLE_S`` idle) is
-  granted a provisional lease at once: its estimated pool divided by the replicas
-  alive; what it spends is charged to the pool at the next tick, so a pool may go
-  negative (a debt the refill pays back before the client is served again). Leases and
-  charges are what keeps the total right: nothing is granted twice, and what a replica
-  spends between ticks is at most its lease.
-- Errors of the total: a provisional lease spent within one tick on several replicas
-  (then paid back as debt); a replica killed while it holds a lease (those tokens are
-  lost and refill brings them back: an under-grant); a replica idle for a client for
-  ``IDLE_S`` gives its lease back, so traffic moving between replicas finds the pool.
-- Bounded: ``max_clients`` clients per replica (least recently seen forgotten first,
-  their lease given back at the next tick), at most ``MAX_REPORTS`` per call (the
-  oldest reported first); in the database, a pool full again is deleted (as good as
-  none), and so are the leases and rows of replicas silent for ``WINDOW_S``.
-- The database down or slow (no answer for ``STALE_S``): the limit *fails open* to
-  a bucket per replica (``RateLimiter``, the SQLite behaviour): a client may then get
-  up to ``rpm`` per replica, never a refusal because the store is down, never a 500.
-  What is granted that way is never charged. Replicas should share one ``rpm``.
+- Each client has one *pool* of tokens in an UNLOGGED table (soft state: a crash of
+  PostgreSQL empties it, which only refills every budget). Every ``TICK_S`` (0.1 s) a
+  background task owned by the app's lifecycle makes one call for all the clients this
+  replica serves (``server.postgres.ratelimit``): it gives back what is left of each
+  lease (or is charged what it spent past it), the pool refills by the database's clock
+  (the one clock replicas share), and the replica takes its *share*: the pool divided
+  by the replicas that served that client within ``WINDOW_S`` (at least one token when
+  the pool has one). All to one replica: it leases the whole pool; round robin over
+  three: a third each, and what one does not spend goes back at its next tick.
+- The hot path never waits for the database but once per client and replica: a
+  client new to this replica (or back after ``IDLE_S`` idle, or forgotten) waits for
+  the next exchange, started at once and shared by every client new meanwhile. Then
+  ``decide`` spends a token of the local lease, or refuses.
+- Every grant comes from a lease, so the total is never above the budget but by what
+  a replica spends while its own report is in flight (charged at its next tick, a
+  debt the refill pays). Below it: a replica killed holding a lease loses those tokens
+  (refill brings them back), and a lease waits up to a tick for the replica to return
+  it when traffic moves.
+- Bounded: ``max_clients`` clients per replica (the least recently seen forgotten
+  first, their lease given back at the next tick), at most ``MAX_REPORTS`` per call;
+  in the database a pool full again is deleted (as good as none), and so are leases
+  and replicas silent for ``WINDOW_S`` (``PostgresBudget.sweep``, every few seconds).
+- The database down or slow (no answer for ``STALE_S``): the limit *fails open* to a
+  bucket per replica (``RateLimiter``, the SQLite behaviour): a client may then get up
+  to ``rpm`` from each replica, is never refused because the store is down, and never
+  sees a 500. What is granted that way is not charged. Replicas must share one ``rpm``.
 """
 
 from __future__ import annotations
@@ -288,7 +287,11 @@ class SharedRateLimiter:
         then, until ``stop``."""
         next_sweep = self._clock() + SWEEP_EVERY_S
         while not self._stopping:
-            await self.tick(budget)
+            try:
+                await self.tick(budget)
+            except Exception:  # a bug of ours: noticed, and the limit fails open
+                log.exception("rate_limit_exchange_failed")
+                self._fresh_until = -math.inf
             if self._clock() >= next_sweep:
                 next_sweep = self._clock() + SWEEP_EVERY_S
                 with contextlib.suppress(Exception):
