@@ -66,7 +66,7 @@ IDLE_S = 1.0
 #: Without a successful exchange for this long, the limit fails open (per replica).
 STALE_S = 1.0
 #: Clients reported per call at most (the longest unreported first).
-MAX_REPORTS = 2000
+MAX_REPORTS = 500
 #: How often a replica sweeps the shared tables.
 SWEEP_EVERY_S = 5.0
 #: Client keys longer than this are stored as a digest (bounded index entries).
