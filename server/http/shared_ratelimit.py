@@ -109,6 +109,8 @@ class _Client:
     sent_returned: float = 0.0
     #: The report in flight gives the lease back.
     releasing: bool = False
+    #: The first answer left nothing here while others hold leases: one more tick.
+    waited: bool = False
 
 
 class SharedRateLimiter:
@@ -244,6 +246,11 @@ class SharedRateLimiter:
             if state.releasing and now - state.seen > IDLE_S:
                 state.serving = state.lease != 0.0  # a debt left is still reported
             state.sent = None
+            starved = state.lease < 1.0 and grant.others >= 1.0
+            if state.pending is not None and starved and not state.waited:
+                state.waited = True  # another replica leases it all: wait for its tick
+                continue
+            state.waited = False
             _answer(state, True)
 
     def _unsend(self, reports: Sequence[Report]) -> None:

@@ -20,7 +20,8 @@ CALL_TIMEOUT_S = 1.0
 SWEEP_LIMIT = 5000
 
 _EXCHANGE = (
-    "SELECT client, share, pool, active FROM telemetry_rate_exchange($1, $2, $3, $4, $5, $6)"
+    "SELECT client, share, pool, active, others"
+    " FROM telemetry_rate_exchange($1, $2, $3, $4, $5, $6)"
 )
 
 _SWEEP = (
@@ -60,6 +61,8 @@ class Grant:
     share: float
     pool: float
     active: int
+    #: What the other replicas hold of the client's tokens.
+    others: float = 0.0
 
 
 class PostgresBudget:
@@ -90,7 +93,13 @@ class PostgresBudget:
                 live = max(1, int(row["active"]))
             else:
                 grants.append(
-                    Grant(bytes(row["client"]), row["share"], row["pool"], int(row["active"]))
+                    Grant(
+                        bytes(row["client"]),
+                        row["share"],
+                        row["pool"],
+                        int(row["active"]),
+                        row["others"],
+                    )
                 )
         return live, grants
 

@@ -83,12 +83,13 @@ _V4_RATE_LIMIT: tuple[str, ...] = (
     " seen double precision NOT NULL)",
     # One call per replica per tick: for each client (in key order, so two replicas
     # lock pools in one order and never deadlock) return what the replica reports,
-    # refill the pool, and lease the replica its share. The first row (client NULL)
-    # counts the replicas alive.
+    # refill the pool, and lease the replica its share; ``others``: what the other
+    # replicas hold of it. The first row (client NULL) counts the replicas alive.
     """CREATE FUNCTION telemetry_rate_exchange(
     p_replica text, p_rpm double precision, p_window double precision,
     p_clients bytea[], p_returned double precision[], p_release boolean[])
-RETURNS TABLE (client bytea, share double precision, pool double precision, active integer)
+RETURNS TABLE (client bytea, share double precision, pool double precision, active integer,
+    others double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     now_s double precision := extract(epoch FROM clock_timestamp())::double precision;
@@ -104,7 +105,8 @@ BEGIN
     INSERT INTO rate_limit_replicas AS r (replica, seen) VALUES (p_replica, now_s)
         ON CONFLICT (replica) DO UPDATE SET seen = now_s;
     RETURN QUERY SELECT NULL::bytea, 0::double precision, 0::double precision,
-        (SELECT count(*)::integer FROM rate_limit_replicas r WHERE r.seen >= now_s - p_window);
+        (SELECT count(*)::integer FROM rate_limit_replicas r WHERE r.seen >= now_s - p_window),
+        0::double precision;
     FOR i IN SELECT u.ord FROM unnest(p_clients) WITH ORDINALITY AS u(k, ord) ORDER BY u.k LOOP
         c := p_clients[i];
         LOOP  -- again if a sweep deleted the row while we waited for it
@@ -136,7 +138,8 @@ BEGIN
         END IF;
         UPDATE rate_limit_pools p SET tokens = t, stamp = now_s,
             full_at = now_s + greatest(0, p_rpm - t) / rate WHERE p.client = c;
-        RETURN QUERY SELECT c, s, t, n;
+        RETURN QUERY SELECT c, s, t, n, (SELECT coalesce(sum(l.held), 0) FROM rate_limit_leases l
+            WHERE l.client = c AND l.replica <> p_replica);
     END LOOP;
 END
 $$""",

@@ -69,6 +69,17 @@ async def test_the_refill_is_shared_once_the_burst_is_spent(make_api: Any) -> No
     assert abs(tally.allowed - expected) <= TOLERANCE * expected + 3, (tally, expected)
 
 
+async def test_a_client_well_under_its_budget_is_never_refused(make_api: Any) -> None:
+    """A client far below rpm, spread over the replicas at any pace, gets no 429: the
+    replica that leased the whole pool gives its share back when another needs it."""
+    apis = await _replicas(make_api, rpm=60)
+    statuses = []
+    for n, pause in enumerate([0.0, 0.05, 0.0, 0.3, 0.0, 1.2, 0.0, 0.0, 0.1, 0.0] * 2):
+        await asyncio.sleep(pause)
+        statuses.append((await apis[n % 3].request("GET", "/api/v1/metadata")).status)
+    assert statuses == [200] * 20
+
+
 async def test_two_clients_have_budgets_of_their_own(make_api: Any) -> None:
     """A second address hammering the same replicas takes nothing from the first's budget."""
     apis = await _replicas(make_api)
