@@ -15,8 +15,10 @@ a second) whose tokens live in the database, and that replicas *lease*.
   three: a third each, and what one does not spend goes back at its next tick.
 - The hot path never waits for the database but once per client and replica: a
   client new to this replica (or back after ``IDLE_S`` idle, or forgotten) waits for
-  the next exchange, started at once and shared by every client new meanwhile. Then
-  ``decide`` spends a token of the local lease, or refuses.
+  the next exchange, started at once and shared by every client new meanwhile (one
+  round trip; one tick more when another replica holds the whole pool, so that one
+  gives its share back instead of this request being refused). Then ``decide`` spends
+  a token of the local lease, or refuses.
 - Every grant comes from a lease, so the total is never above the budget but by what
   a replica spends while its own report is in flight (charged at its next tick, a
   debt the refill pays). Below it: a replica killed holding a lease loses those tokens
