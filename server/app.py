@@ -18,10 +18,16 @@ from server.edge.docs import docs_routes
 from server.edge.requests import MAX_JSON_DEPTH
 from server.http import export, heartbeat, maintenance, ops, runs, stats
 from server.http.auth import READ_GUARD, ReadGuard
-from server.http.middleware import auth_middleware, rate_limit_middleware, storage_errors
+from server.http.middleware import (
+    RATE_LIMITER,
+    auth_middleware,
+    rate_limit_middleware,
+    storage_errors,
+)
 from server.http.openapi import build_openapi
 from server.http.prometheus import ServerMetrics
 from server.http.ratelimit import RateLimiter
+from server.http.shared_ratelimit import SharedRateLimiter, shared_rate_limit_ctx
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.store import RunStore
 from server.postgres.url import DatabaseUrl
@@ -101,8 +107,11 @@ def create_app(config: ServerConfig) -> web.Application:
         error_boundary([storage_errors]),
         admission_middleware,
     ]
+    limiter: RateLimiter | SharedRateLimiter | None = None
     if config.rate_limit_enabled:
-        limiter = RateLimiter(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
+        # On PostgreSQL the replicas share each client's budget (shared_ratelimit).
+        kind = RateLimiter if config.postgres_url() is None else SharedRateLimiter
+        limiter = kind(config.rate_limit_rpm, max_clients=config.rate_limit_max_clients)
         middlewares.append(rate_limit_middleware(limiter))
     if config.auth_enabled and config.auth_token:
         middlewares.append(
@@ -111,6 +120,8 @@ def create_app(config: ServerConfig) -> web.Application:
     middlewares.append(ui_middleware)  # the dashboard's own login, headers and error pages
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    if limiter is not None:
+        app[RATE_LIMITER] = limiter
     app[READ_GUARD] = ReadGuard(
         config.auth_token if config.auth_enabled else None,
         protect_reads=config.auth_protect_reads,
@@ -131,6 +142,8 @@ def create_app(config: ServerConfig) -> web.Application:
     app.add_routes(docs_routes(openapi_document()))
     setup_ui(app, config)
     app.cleanup_ctx.append(database_ctx)
+    if isinstance(limiter, SharedRateLimiter):
+        app.cleanup_ctx.append(shared_rate_limit_ctx(limiter))
     # After the database: started once it is open, stopped before it closes.
     app.cleanup_ctx.append(reaper_ctx(runs.DATABASE, config.reaper_interval_s))
     app.cleanup_ctx.append(

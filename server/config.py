@@ -104,7 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TELEMETRY_RATE_LIMIT_RPM",
         "rate_limit_rpm",
-        "Requests per minute allowed per client (token bucket, burst = RPM).",
+        "Requests per minute allowed per client (token bucket, burst = RPM); on"
+        " PostgreSQL one budget shared by all replicas (give them the same value).",
     ),
     Setting(
         "TELEMETRY_RATE_LIMIT_MAX_CLIENTS",

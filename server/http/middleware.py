@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from server.contract.errors import ApiError, RateLimited, ServiceUnavailable, retry_after
 from server.http.auth import check_bearer
-from server.http.ratelimit import RateLimiter
+from server.http.ratelimit import Limiter
 from server.storage.connection import StorageUnavailable
 from server.ui.paths import is_ui_request
 
@@ -21,6 +21,10 @@ OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc
 #: at a time, and a load balancer must never be told 429) and the static docs.
 #: /metrics is limited like any read.
 UNLIMITED_PATHS = OPEN_PATHS - {"/metrics"}
+
+
+#: The app's rate limiter, when one is on (for /metrics and tests).
+RATE_LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 
 
 def is_open_path(path: str) -> bool:
@@ -55,14 +59,14 @@ def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:
     return authenticate
 
 
-def rate_limit_middleware(limiter: RateLimiter) -> Middleware:
+def rate_limit_middleware(limiter: Limiter) -> Middleware:
     """429 with Retry-After and X-RateLimit-* once a client spends its budget."""
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_unlimited_path(request.path):
             return await handler(request)
-        decision = limiter.check(request.remote or "unknown")
+        decision = await limiter.decide(request.remote or "unknown")
         if not decision.allowed:
             raise RateLimited(
                 f"Rate limit exceeded. Max {limiter.rpm} requests per minute.",

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ class Decision:
         return headers
 
 
+class Limiter(Protocol):
+    """What the middleware asks: this process's buckets, or the replicas' shared ones
+    (``server.http.shared_ratelimit``)."""
+
+    rpm: int
+
+    async def decide(self, client: str) -> Decision: ...
+
+
 class RateLimiter:
     def __init__(
         self, rpm: int, *, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic
@@ -46,6 +56,9 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    async def decide(self, client: str) -> Decision:
+        return self.check(client)
 
     def check(self, client: str) -> Decision:
         """Take one token for client if it has one."""

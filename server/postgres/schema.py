@@ -68,6 +68,83 @@ CREATE TABLE agent_runs (
 )
 """
 
+# Client keys are bytea (any address, NUL included, never collated); instants are epoch
+# seconds of the database's clock, the one clock all replicas share.
+_V4_RATE_LIMIT: tuple[str, ...] = (
+    "CREATE UNLOGGED TABLE rate_limit_pools (client bytea PRIMARY KEY,"
+    " tokens double precision NOT NULL, stamp double precision NOT NULL,"
+    " full_at double precision NOT NULL)",
+    "CREATE INDEX idx_rate_limit_pools_full ON rate_limit_pools (full_at)",
+    "CREATE UNLOGGED TABLE rate_limit_leases (client bytea NOT NULL,"
+    ' replica text COLLATE "C" NOT NULL, held double precision NOT NULL,'
+    " seen double precision NOT NULL, PRIMARY KEY (client, replica))",
+    "CREATE INDEX idx_rate_limit_leases_seen ON rate_limit_leases (seen)",
+    'CREATE UNLOGGED TABLE rate_limit_replicas (replica text COLLATE "C" PRIMARY KEY,'
+    " seen double precision NOT NULL)",
+    # One call per replica per tick: for each client (in key order, so two replicas
+    # lock pools in one order and never deadlock) return what the replica reports,
+    # refill the pool, and lease the replica its share; ``others``: what the other
+    # replicas hold of it. The first row (client NULL) counts the replicas alive.
+    """CREATE FUNCTION telemetry_rate_exchange(
+    p_replica text, p_rpm double precision, p_window double precision,
+    p_clients bytea[], p_returned double precision[], p_release boolean[])
+RETURNS TABLE (client bytea, share double precision, pool double precision, active integer,
+    others double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    now_s double precision := extract(epoch FROM clock_timestamp())::double precision;
+    rate double precision := p_rpm / 60.0;
+    i bigint;
+    c bytea;
+    t double precision;
+    at double precision;
+    held_all double precision;
+    n integer;
+    s double precision;
+BEGIN
+    INSERT INTO rate_limit_replicas AS r (replica, seen) VALUES (p_replica, now_s)
+        ON CONFLICT (replica) DO UPDATE SET seen = now_s;
+    RETURN QUERY SELECT NULL::bytea, 0::double precision, 0::double precision,
+        (SELECT count(*)::integer FROM rate_limit_replicas r WHERE r.seen >= now_s - p_window),
+        0::double precision;
+    FOR i IN SELECT u.ord FROM unnest(p_clients) WITH ORDINALITY AS u(k, ord) ORDER BY u.k LOOP
+        c := p_clients[i];
+        LOOP  -- again if a sweep deleted the row while we waited for it
+            INSERT INTO rate_limit_pools AS p (client, tokens, stamp, full_at)
+                VALUES (c, p_rpm, now_s, now_s) ON CONFLICT DO NOTHING;
+            SELECT p.tokens, p.stamp INTO t, at FROM rate_limit_pools p
+                WHERE p.client = c FOR UPDATE;
+            EXIT WHEN FOUND;
+        END LOOP;
+        -- A replica silent for p_window is gone: its lease stops counting, its tokens
+        -- are lost (it may have spent them) and come back by refill.
+        DELETE FROM rate_limit_leases l WHERE l.client = c AND l.seen < now_s - p_window;
+        SELECT coalesce(sum(l.held), 0) INTO held_all FROM rate_limit_leases l
+            WHERE l.client = c;
+        t := least(t + greatest(0, now_s - at) * rate, greatest(t, p_rpm - held_all));
+        t := t + p_returned[i];
+        IF p_release[i] THEN
+            DELETE FROM rate_limit_leases l WHERE l.client = c AND l.replica = p_replica;
+            s := 0;
+            SELECT count(*)::integer INTO n FROM rate_limit_leases l WHERE l.client = c;
+        ELSE
+            INSERT INTO rate_limit_leases AS l (client, replica, held, seen)
+                VALUES (c, p_replica, 0, now_s)
+                ON CONFLICT ON CONSTRAINT rate_limit_leases_pkey DO UPDATE SET seen = now_s;
+            SELECT count(*)::integer INTO n FROM rate_limit_leases l WHERE l.client = c;
+            s := CASE WHEN t >= 1 THEN least(t, greatest(t / n, 1)) ELSE 0 END;
+            t := t - s;
+            UPDATE rate_limit_leases l SET held = s WHERE l.client = c AND l.replica = p_replica;
+        END IF;
+        UPDATE rate_limit_pools p SET tokens = t, stamp = now_s,
+            full_at = now_s + greatest(0, p_rpm - t) / rate WHERE p.client = c;
+        RETURN QUERY SELECT c, s, t, n, (SELECT coalesce(sum(l.held), 0) FROM rate_limit_leases l
+            WHERE l.client = c AND l.replica <> p_replica);
+    END LOOP;
+END
+$$""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -141,6 +218,13 @@ $$""",
             'ALTER TABLE agent_runs ADD COLUMN snapshot_source text COLLATE "C"',
             "ALTER TABLE agent_runs ADD COLUMN snapshot_seq bigint",
         ),
+    ),
+    Migration(
+        4,
+        "the rate limit shared by replicas (UNLOGGED soft state: a crash empties it, which"
+        " only refills every client's budget): one token pool per client, the leases"
+        " replicas hold of it, the replicas alive; see server.postgres.ratelimit",
+        _V4_RATE_LIMIT,
     ),
 )
 

@@ -98,7 +98,9 @@ async def pg_migrated_url(migrated_schema: str) -> str:
     try:
         await conn.execute(
             "DELETE FROM agent_runs; DELETE FROM sidecars;"
-            " DELETE FROM run_agent_names; DELETE FROM run_job_types"
+            " DELETE FROM run_agent_names; DELETE FROM run_job_types;"
+            " DELETE FROM rate_limit_pools; DELETE FROM rate_limit_leases;"
+            " DELETE FROM rate_limit_replicas"
         )
     finally:
         await conn.close()
