@@ -132,12 +132,10 @@ class SharedRateLimiter:
         self._clients: OrderedDict[bytes, _Client] = OrderedDict()
         #: Forgotten clients whose lease or spending the next exchange settles.
         self._evicted: OrderedDict[bytes, float] = OrderedDict()
-        self._live = 1
         self._fresh_until = -math.inf
         self._wake = asyncio.Event()
         self._stopping = False
         self.fallback = RateLimiter(rpm, max_clients=max_clients, clock=clock)
-        self.exchanges = 0
         self.failures = 0
 
     def __len__(self) -> int:
@@ -229,9 +227,8 @@ class SharedRateLimiter:
             served.append(Report(key, returned, state.releasing))
         return forgotten, served
 
-    def _settle(self, served: Sequence[Report], live: int, grants: Sequence[Grant]) -> None:
+    def _settle(self, served: Sequence[Report], grants: Sequence[Grant]) -> None:
         now = self._clock()
-        self._live = max(1, live)
         answers = {grant.client: grant for grant in grants}
         for report in served:
             grant = answers.get(report.client)
@@ -282,9 +279,8 @@ class SharedRateLimiter:
             return False
         if self._clock() > self._fresh_until:
             log.info("rate_limit_shared", replicas=live, replica=self.replica)
-        self._settle(served, live, grants)
+        self._settle(served, grants)
         self._fresh_until = self._clock() + STALE_S
-        self.exchanges += 1
         return True
 
     def stop(self) -> None:
