@@ -161,6 +161,8 @@ def _summary(path: Path, url: DatabaseUrl, outcome: import_sqlite.Outcome) -> di
         "differing_agents": len(outcome.differing),
         "verified": outcome.verified,
         "seconds": round(outcome.seconds, 3),
+        "copy_seconds": round(outcome.copy_seconds, 3),
+        "verify_seconds": round(outcome.verify_seconds, 3),
     }
 
 

@@ -3,10 +3,10 @@ resumable, then verify both sides hold the same rows.
 
 The source is read through one ``server.storage.dump.Dump`` (a read transaction: a
 consistent snapshot, safe beside a running server). Runs are copied in id order, each
-batch with ``COPY`` into a session-private staging table, then ``INSERT ... OVERRIDING
-SYSTEM VALUE ... ON CONFLICT DO NOTHING`` into ``agent_runs`` with the SQLite ids kept
-(so the list order's tie-break, and therefore every page, is the same) and, in the same
-transaction, the progress marker (the last id copied, in ``server_meta`` under a key
+batch with ``COPY`` into ``agent_runs`` with the SQLite ids kept (so the list order's
+tie-break, and therefore every page, is the same; a batch meeting a row that is there
+already goes again through a staging table with ``INSERT ... ON CONFLICT DO NOTHING``)
+and, in the same transaction, the progress marker (the last id copied, in ``server_meta`` under a key
 naming the source database). A run killed at any moment leaves whole batches and a
 marker that matches them; the next run goes on after the marker, and ON CONFLICT keeps
 a row that is somehow there already from being doubled. Then the identity sequence is
@@ -96,6 +96,9 @@ class Outcome:
     differing: list[str] = field(default_factory=list)
     sidecars_differ: bool = False
     seconds: float = 0.0
+    #: Of which: copying (resync included), and verifying.
+    copy_seconds: float = 0.0
+    verify_seconds: float = 0.0
 
     @property
     def verified(self) -> bool:
@@ -164,13 +167,18 @@ async def run(
         outcome.copied = await _copy(conn, dump, after, batch_rows, progress)
         await _finish(conn, dump)
         outcome.sidecars = await _copy_sidecars(conn, dump)
+        verifying = time.monotonic()
         source = await _verify(conn, dump, outcome)
+        outcome.verify_seconds = time.monotonic() - verifying
         if resync and not outcome.verified:
             outcome.resynced_agents = len(outcome.differing)
             outcome.copied += await _resync(conn, dump, outcome.differing, batch_rows)
             outcome.sidecars = await _copy_sidecars(conn, dump, replace=True)
+            verifying = time.monotonic()
             await _verify(conn, dump, outcome, source)
+            outcome.verify_seconds += time.monotonic() - verifying
         outcome.seconds = time.monotonic() - started
+        outcome.copy_seconds = outcome.seconds - outcome.verify_seconds
         return outcome
     finally:
         await conn.close(timeout=5)
@@ -233,8 +241,19 @@ async def _mark(conn: Any, key: str, last_id: int) -> None:
 
 
 async def _insert(conn: Any, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Stored rows into agent_runs through the staging table; how many were new.
-    Call inside a transaction."""
+    """Stored rows into agent_runs; how many were new. Call inside a transaction.
+
+    ``COPY`` straight into the table (it writes the given ids, as ``OVERRIDING SYSTEM
+    VALUE`` does), in a savepoint; when a row is there already (a unique violation),
+    the batch goes again through the staging table with ``ON CONFLICT DO NOTHING``, so
+    a row is never doubled and the others still arrive (the verification then says
+    whether the one there was the same)."""
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("agent_runs", records=rows, columns=list(ROW_COLUMNS))
+        return len(rows)
+    except asyncpg.UniqueViolationError:
+        pass
     await conn.copy_records_to_table(_STAGING, records=rows, columns=list(ROW_COLUMNS))
     status = await conn.execute(_INSERT)
     await conn.execute(f"TRUNCATE {_STAGING}")

@@ -81,6 +81,27 @@ def migrate_command(
     )
 
 
+def start_migrate(source: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
+    """The command started, not waited for (the caller stops it by its PID)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "migrate",
+            "--from",
+            f"sqlite:{source}",
+            "--to",
+            url,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=command_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def command_env() -> dict[str, str]:
     env = {
         key: value

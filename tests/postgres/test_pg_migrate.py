@@ -360,3 +360,23 @@ async def test_digests_are_the_same_both_sides(tmp_path: Path, pg_url: str) -> N
         assert await read_digests(pg) == ours.result()
     finally:
         await pg.close()
+
+
+async def test_rows_already_there_are_not_doubled(tmp_path: Path, pg_url: str) -> None:
+    """A marker behind the rows the target holds (as if a batch committed without it)
+    makes the next run meet every row again: none is doubled, it verifies."""
+    source = tmp_path / "t.sqlite"
+    await new_database(source)
+    fill(source, 1200)
+    assert migrate_command(source, pg_url, "--batch-rows", "500").returncode == 0
+    await execute(pg_url, "DELETE FROM agent_runs WHERE id IN (700, 701)")
+    await execute(
+        pg_url,
+        "UPDATE server_meta SET value = convert_to('{\"last_id\":0}', 'UTF8')"
+        " WHERE key LIKE 'migrate:sqlite:%'",
+    )
+    again = migrate_command(source, pg_url, "--batch-rows", "500")
+    assert again.returncode == 0, again.stderr
+    assert _summary(again)["copied"] == 2
+    assert await scalar(pg_url, "SELECT count(*) FROM agent_runs") == 1200
+    assert await scalar(pg_url, "SELECT count(DISTINCT event_id) FROM agent_runs") == 1200
