@@ -101,6 +101,13 @@ def run_migrate(args: argparse.Namespace, *, busy_timeout_ms: int = 5000) -> int
     except DumpError as exc:
         return _fail(str(exc), 2)
     try:
+        if dump.journal_mode != "wal":
+            log.warning(
+                "migrate_blocks_writes",
+                journal_mode=dump.journal_mode,
+                hint="not in WAL mode: a running server's commits wait for this copy's"
+                " read lock; stop the server first",
+            )
         log.info(
             "migrate_started",
             source=str(path),

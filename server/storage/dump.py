@@ -4,12 +4,16 @@ copy into another database (``telemetry-server migrate``, ``server.postgres.impo
 A ``Dump`` owns one read-only connection and one read transaction for its whole life, as
 ``export`` does: safe beside a running server (its writer keeps committing; the dump
 sees the database as of the moment it began, and nothing written later). Runs are read
-in ``id`` order (the rowid, never reused while the row lives), so a copy can stop and go
-on after the last id it holds. The file must be at this server's schema version: the
+in ``id`` order (the rowid: new runs get ids above every stored one), so a copy can stop
+and go on after the last id it holds. (SQLite gives the largest id again when the run
+holding it was deleted first; a copy that had it then misses the new run, and its
+verification says so.) The file must be at this server's schema version: the
 dump never writes, so it cannot upgrade an older file.
 
 The long read transaction pins the WAL (see ``export``): the file's WAL grows while a
-dump is open and is started over by the first checkpoint after it closes.
+dump is open and is started over by the first checkpoint after it closes. In a rollback
+journal mode (the server's ``TELEMETRY_JOURNAL_MODE`` other than WAL) it does worse: it
+holds the read lock a commit must wait for, so dump such a file with its server stopped.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class Dump:
         self.identity = ""
         #: The secret that signs the SQLite server's list cursors (server_meta).
         self.cursor_key = b""
+        #: ``wal`` unless the server was set otherwise: then a running server's commits
+        #: wait for the dump's read lock (and fail after their busy timeout) until it ends.
+        self.journal_mode = ""
         self.max_id = 0
         self.runs = 0
 
@@ -102,6 +109,7 @@ class Dump:
                 f" {SCHEMA_VERSION}: start this telemetry-server on it once (it upgrades"
                 " the file), then migrate"
             )
+        self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
         key = self._conn.execute("SELECT value FROM server_meta WHERE key = 'cursor_key'")
         found = key.fetchone()
         self.cursor_key = bytes(found[0]) if found is not None else b""

@@ -380,3 +380,23 @@ async def test_rows_already_there_are_not_doubled(tmp_path: Path, pg_url: str) -
     assert _summary(again)["copied"] == 2
     assert await scalar(pg_url, "SELECT count(*) FROM agent_runs") == 1200
     assert await scalar(pg_url, "SELECT count(DISTINCT event_id) FROM agent_runs") == 1200
+
+
+async def test_second_migrate_at_once_refused(tmp_path: Path, pg_url: str) -> None:
+    """While one migrate holds the target (its advisory lock), another is refused with
+    one line and writes nothing."""
+    from server.postgres.import_sqlite import MIGRATE_LOCK
+
+    source = tmp_path / "t.sqlite"
+    await new_database(source)
+    fill(source, 10)
+    holder = await asyncpg.connect(pg_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1, $2)", *MIGRATE_LOCK)
+        result = migrate_command(source, pg_url)
+        assert result.returncode == 2
+        assert "another migrate into" in _one_line(result)
+    finally:
+        await holder.close()
+    assert await scalar(pg_url, "SELECT to_regclass('agent_runs')") is None
+    assert migrate_command(source, pg_url).returncode == 0
