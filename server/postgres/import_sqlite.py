@@ -43,7 +43,7 @@ from server.postgres.digest import AgentDigests, Digests, differing, read_digest
 from server.postgres.errors import describe_open_failure
 from server.postgres.runs import ENCODED_COLUMNS
 from server.postgres.schema import migrate
-from server.postgres.text import encode
+from server.postgres.text import decode, encode
 from server.postgres.url import DatabaseUrl
 from server.storage.dump import ROW_COLUMNS, SIDECAR_COLUMNS, Dump
 
@@ -352,8 +352,8 @@ async def _resync(conn: Any, dump: Dump, agents: Sequence[str], batch_rows: int)
     """The source's runs of ``agents`` in place of the target's, in one transaction
     (killed, it leaves the target as it was). Deleting by agent is enough: a run that
     moved between agents, or exists on one side only, makes every agent it touches
-    differ."""
-    batches = dump.runs_of_agents(agents, batch_rows)
+    differ. ``agents`` are names as stored here (``text.encode``d), SQLite's are not."""
+    batches = dump.runs_of_agents([decode(agent) for agent in agents], batch_rows)
 
     def read() -> list[tuple[Any, ...]]:
         return [stored_row(row) for row in next(batches, [])]

@@ -400,3 +400,21 @@ async def test_second_migrate_at_once_refused(tmp_path: Path, pg_url: str) -> No
         await holder.close()
     assert await scalar(pg_url, "SELECT to_regclass('agent_runs')") is None
     assert migrate_command(source, pg_url).returncode == 0
+
+
+async def test_resync_of_an_agent_stored_encoded(tmp_path: Path, pg_url: str) -> None:
+    """An agent whose name PostgreSQL stores encoded (it starts with U+FFFF) is found
+    on both sides by --resync: its changed run is put back."""
+    source = tmp_path / "t.sqlite"
+    await new_database(source)
+    fill(source, 30)
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("UPDATE agent_runs SET agent_name = '\uffffagent' WHERE id <= 3")
+    conn.close()
+    assert migrate_command(source, pg_url).returncode == 0
+    await execute(pg_url, "UPDATE agent_runs SET items_failed = 99 WHERE id = 2")
+    result = migrate_command(source, pg_url)
+    assert result.returncode == 1
+    fixed = migrate_command(source, pg_url, "--resync")
+    assert fixed.returncode == 0, fixed.stderr
+    assert await scalar(pg_url, "SELECT items_failed FROM agent_runs WHERE id = 2") == 0
