@@ -1,13 +1,14 @@
 """``kill -9`` of a real ``python -m server migrate`` at random moments of its copy, then
 the same command again: it goes on after the last whole batch and verifies; no run is
 lost or doubled (the marker commits with its batch, so the target holds exactly the
-runs up to it)."""
+runs up to it), and the list indexes dropped for the bulk copy are all there at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -16,7 +17,17 @@ import orjson
 import pytest
 from migrate_helpers import fill, migrate_command, new_database, scalar, start_migrate
 
+from server.postgres.import_sqlite import BULK_ROWS
+from server.postgres.schema import MIGRATIONS
+
 ROWS = 30_000
+#: Every non-unique index the migrations make on agent_runs.
+_LIST_INDEXES = {
+    match.group(1)
+    for migration in MIGRATIONS
+    for statement in migration.statements
+    if (match := re.match(r"CREATE INDEX (\w+) ON agent_runs", statement))
+}
 BATCH = 300
 
 
@@ -68,3 +79,12 @@ async def test_kill9_mid_copy_then_again(tmp_path: Path, pg_url: str) -> None:
     assert summary["target_runs"] == ROWS
     assert await scalar(pg_url, "SELECT count(DISTINCT event_id) FROM agent_runs") == ROWS
     assert await scalar(pg_url, "SELECT count(DISTINCT id) FROM agent_runs") == ROWS
+    # The bulk copy dropped the list indexes; the run that finished made them all again.
+    assert ROWS >= BULK_ROWS
+    made = await scalar(
+        pg_url,
+        "SELECT array_agg(indexname::text) FROM pg_indexes"
+        " WHERE tablename = 'agent_runs' AND schemaname = current_schema()",
+    )
+    assert set(made) >= _LIST_INDEXES
+    assert await scalar(pg_url, "SELECT count(*) FROM server_meta WHERE key LIKE '%:indexes'") == 0
