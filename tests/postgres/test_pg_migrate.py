@@ -111,13 +111,22 @@ async def test_columns_are_every_stored_column(tmp_path: Path, pg_url: str) -> N
 
 
 async def test_empty_database(tmp_path: Path, pg_url: str) -> None:
-    """A server database without runs: nothing to copy, verified, exit 0."""
+    """A server database without runs (named sqlite:///ABSOLUTE as well): nothing to
+    copy, verified, exit 0; a file not in WAL mode gets a warning that the copy holds
+    a running server's commits."""
     source = tmp_path / "empty.sqlite"
     await new_database(source)
-    result = migrate_command(source, pg_url)
+    result = migrate_command(f"//{source.resolve()}", pg_url)
     assert result.returncode == 0, result.stderr
     summary = _summary(result)
     assert (summary["copied"], summary["target_runs"], summary["verified"]) == (0, 0, True)
+    assert "migrate_blocks_writes" not in result.stderr
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    again = migrate_command(source, pg_url)
+    assert again.returncode == 0, again.stderr
+    assert "migrate_blocks_writes" in again.stderr
 
 
 async def test_changed_row_on_target_detected_then_resynced(tmp_path: Path, pg_url: str) -> None:
