@@ -6,8 +6,8 @@ consistent snapshot, safe beside a running server). Runs are copied in id order,
 batch with ``COPY`` into ``agent_runs`` with the SQLite ids kept (so the list order's
 tie-break, and therefore every page, is the same; a batch meeting a row that is there
 already goes again through a staging table with ``INSERT ... ON CONFLICT DO NOTHING``)
-and, in the same transaction, the progress marker (the last id copied, in ``server_meta`` under a key
-naming the source database). A run killed at any moment leaves whole batches and a
+and, in the same transaction, the progress marker (the last id copied, in ``server_meta``
+under a key naming the source database). A run killed at any moment leaves whole batches and a
 marker that matches them; the next run goes on after the marker, and ON CONFLICT keeps
 a row that is somehow there already from being doubled. Then the identity sequence is
 moved past the largest id (the PostgreSQL server's own inserts continue after it), the
@@ -26,7 +26,7 @@ The rules (a refusal says which):
   rows of every differing agent again (SQLite wins). Hence: copy while the server runs,
   then stop it and run again with ``resync`` before switching the servers over.
 * Only one migrate at a time into a database (a session advisory lock).
-* A first copy of ``BULK_ROWS`` runs or more drops the list indexes (their definitions
+* A first copy of ``bulk_indexes.BULK_ROWS`` runs or more drops the list indexes (their definitions
   kept beside the marker, in the marker's transaction) and makes them again once every
   run is in, before verifying; a run killed meanwhile leaves them dropped, and the next
   run makes them. Until a migrate verified, the target is not for serving.
@@ -43,6 +43,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from server.postgres import bulk_indexes
 from server.postgres.digest import AgentDigests, Digests, differing, read_digests
 from server.postgres.errors import describe_open_failure
 from server.postgres.runs import ENCODED_COLUMNS
@@ -53,11 +54,6 @@ from server.storage.dump import ROW_COLUMNS, SIDECAR_COLUMNS, Dump
 
 #: Runs per batch (one transaction each): ~5-10 MB at the fleet's row sizes.
 BATCH_ROWS = 5000
-#: A first copy of at least this many runs loads without the list indexes and makes
-#: them at the end (measured: inserts ~2.5x faster; an index on 1M rows takes seconds).
-BULK_ROWS = 20_000
-#: maintenance_work_mem while the indexes are made (the sorts stay in memory).
-INDEX_MEMORY = "256MB"
 #: The session advisory lock held by a migrate (two-int space: "te13", 2).
 MIGRATE_LOCK: tuple[int, int] = (0x74653133, 2)
 _STAGING = "telemetry_migrate_staging"
@@ -174,7 +170,7 @@ async def run(
         outcome = Outcome(source_runs=dump.runs)
         after = await _start(conn, dump)
         outcome.copied = await _copy(conn, dump, after, batch_rows, progress)
-        await _restore_indexes(conn, dump)
+        await bulk_indexes.restore(conn, f"{_marker_key(dump)}:indexes")
         await _finish(conn, dump)
         outcome.sidecars = await _copy_sidecars(conn, dump)
         verifying = time.monotonic()
@@ -233,42 +229,13 @@ async def _start(conn: Any, dump: Dump) -> int:
                 " event_ids are kept as they are); use a new database"
             )
         await _mark(conn, key, 0)
-        if dump.runs >= BULK_ROWS:
-            await _defer_indexes(conn, key)
+        if dump.runs >= bulk_indexes.BULK_ROWS:
+            await bulk_indexes.defer(conn, f"{key}:indexes")
         if dump.cursor_key:
             await conn.execute(
                 "UPDATE server_meta SET value = $1 WHERE key = 'cursor_key'", dump.cursor_key
             )
     return 0
-
-
-async def _defer_indexes(conn: Any, key: str) -> None:
-    """Drop the list indexes (every one not behind a constraint) for a bulk copy, their
-    definitions kept beside the marker, in the caller's transaction."""
-    found = await conn.fetch(
-        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index"
-        " WHERE indrelid = 'agent_runs'::regclass AND NOT indisunique ORDER BY 1"
-    )
-    for name, _ in found:
-        await conn.execute(f"DROP INDEX {name}")
-    await conn.execute(
-        "INSERT INTO server_meta (key, value) VALUES ($1, $2)",
-        f"{key}:indexes",
-        orjson.dumps([definition for _, definition in found]),
-    )
-
-
-async def _restore_indexes(conn: Any, dump: Dump) -> None:
-    """Make again the indexes ``_defer_indexes`` dropped (those made already, before a
-    kill, are skipped), then forget them."""
-    key = f"{_marker_key(dump)}:indexes"
-    found = await conn.fetchval("SELECT value FROM server_meta WHERE key = $1", key)
-    if found is None:
-        return
-    await conn.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
-    for definition in orjson.loads(bytes(found)):
-        await conn.execute(definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
-    await conn.execute("DELETE FROM server_meta WHERE key = $1", key)
 
 
 async def _mark(conn: Any, key: str, last_id: int) -> None:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from migrate_helpers import fill, migrate_command, new_database, scalar, start_migrate
 
-from server.postgres.import_sqlite import BULK_ROWS
+from server.postgres.bulk_indexes import BULK_ROWS
 from server.postgres.schema import MIGRATIONS
 
 ROWS = 30_000
