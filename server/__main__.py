@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from server import __version__, maintenance_cli
+from server import __version__, maintenance_cli, migrate_cli
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.postgres.errors import CannotOpen
@@ -32,10 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "backup", "prune", "vacuum", "export"],
+        choices=["serve", "backup", "prune", "vacuum", "export", "migrate"],
         help="serve (default); backup DEST: a consistent online copy of the database; "
         "prune --older-than AGE: delete old finished runs; vacuum: rewrite the file so "
-        "prunes give space back; export --out FILE: every run matching the filters",
+        "prunes give space back; export --out FILE: every run matching the filters; "
+        "migrate --from sqlite:PATH --to postgresql://...: copy a SQLite database into "
+        "PostgreSQL (resumable) and verify it",
     )
     parser.add_argument("destination", nargs="?", type=Path, help="backup file or directory")
     parser.add_argument("--host", help="listen address (TELEMETRY_API_HOST, default 127.0.0.1)")
@@ -45,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=__version__)
     maintenance_cli.add_arguments(parser)
+    migrate_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -93,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "backup":
         return run_backup(config, args.destination)
+    if args.command == "migrate":  # names its own source and target: no TELEMETRY_* needed
+        configure_logging(config.log_level, stream=sys.stderr)  # stdout: the summary
+        return migrate_cli.run_migrate(args, busy_timeout_ms=config.busy_timeout_ms)
     if args.command in ("prune", "vacuum", "export"):
         configure_logging(config.log_level, stream=sys.stderr)  # stdout: the command's answer
         command = {

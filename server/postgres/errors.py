@@ -74,9 +74,7 @@ class CannotOpen(RuntimeError):
 def describe_open_failure(exc: BaseException, dsn: str, redacted: str) -> CannotOpen:
     """``exc`` (from connecting, checking or migrating) as one line naming the database
     without its password, whatever the driver put in its message."""
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    for secret in _secrets(dsn):
-        reason = reason.replace(secret, "***")
+    reason = without_secrets(" ".join(str(exc).split()) or type(exc).__name__, dsn)
     if isinstance(exc, TimeoutError):
         reason = "no answer in time"
     hosts = _host_count(dsn)
@@ -96,6 +94,13 @@ def _host_count(dsn: str) -> int:
         return len(host_list(urlsplit(dsn).netloc))
     except ValueError:
         return 0
+
+
+def without_secrets(text: str, dsn: str) -> str:
+    """``text`` with the URL's password (user part or ``?password=``) as ``***``."""
+    for secret in _secrets(dsn):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _secrets(dsn: str) -> list[str]:

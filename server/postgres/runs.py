@@ -65,7 +65,8 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "sidecar_id",
 )
 #: Columns whose values go through ``text.encode`` (those that may hold any text).
-_ENCODED = frozenset(("event_id", *RUN_TEXT_COLUMNS))
+ENCODED_COLUMNS = frozenset(("event_id", *RUN_TEXT_COLUMNS))
+_ENCODED = ENCODED_COLUMNS
 _ENCODED_POSITIONS = tuple(i for i, c in enumerate(INSERT_COLUMNS) if c in _ENCODED)
 _DECODED_POSITIONS = tuple(i for i, c in enumerate(RUN_COLUMNS) if c in _ENCODED)
 _INTEGER_COLUMNS = frozenset((*RUN_COUNTER_COLUMNS, *RUN_STALENESS_COLUMNS))
