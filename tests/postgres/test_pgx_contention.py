@@ -1,0 +1,1 @@
+from test_contention import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_health_isolation import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_http_errors import *  # noqa: F403

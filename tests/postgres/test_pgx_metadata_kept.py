@@ -1,0 +1,1 @@
+from test_metadata_kept import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_metric_labels import *  # noqa: F403

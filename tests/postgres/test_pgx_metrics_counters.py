@@ -1,0 +1,1 @@
+from test_metrics_counters import *  # noqa: F403

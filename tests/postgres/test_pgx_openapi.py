@@ -1,0 +1,1 @@
+from test_openapi import *  # noqa: F403

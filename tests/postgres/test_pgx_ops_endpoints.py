@@ -1,0 +1,1 @@
+from test_ops_endpoints import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_protect_reads import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_reference_client_compat import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_request_logs import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_retention import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_run_json_stored import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_runs_commits import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_runs_create import *  # noqa: F403

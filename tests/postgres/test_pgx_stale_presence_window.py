@@ -1,0 +1,1 @@
+from test_stale_presence_window import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_stale_runs import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_storage_lifecycle import *  # noqa: F403

@@ -1,0 +1,1 @@
+from test_writer_supervision import *  # noqa: F403
