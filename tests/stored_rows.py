@@ -38,3 +38,12 @@ async def fetch(api: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(sql, params).fetchall()]
     finally:
         conn.close()
+
+
+def location(api: Any) -> tuple[str, str]:
+    """Where /health and /metrics (with the token) say the database is, by backend: the
+    SQLite file (``db_path``) or PostgreSQL's URL without its password (``database_url``)."""
+    store = api.client.app[DATABASE]
+    if isinstance(store, PostgresDatabase):
+        return "database_url", str(store.settings.url.redacted)
+    return "db_path", str(store.settings.path)
