@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pg_cluster
 import pytest
+import server_suite
 
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.schema import migrate
@@ -22,8 +23,8 @@ from server.storage.database import Database, StorageSettings
 
 _HERE = Path(__file__).resolve().parent
 _SCHEMAS = itertools.count(1)
-# The handler tests of tests/server are collected again here, on PostgreSQL
-# (test_pg_handlers.py imports them by their unique basenames).
+# The tests of tests/server are collected again here, on PostgreSQL
+# (test_pg_server_suite.py imports them by their unique basenames; server_suite.py says which).
 _SERVER_TESTS = str(_HERE.parent / "server")
 if _SERVER_TESTS not in sys.path:
     sys.path.append(_SERVER_TESTS)
@@ -33,10 +34,14 @@ if _INTEGRATION not in sys.path:
     sys.path.append(_INTEGRATION)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.postgres)
+    kept, left = server_suite.deselect(items)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,0 @@
-from test_contention import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_health_isolation import *  # noqa: F403

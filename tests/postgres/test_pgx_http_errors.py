@@ -1,1 +1,0 @@
-from test_http_errors import *  # noqa: F403

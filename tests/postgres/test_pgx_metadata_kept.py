@@ -1,1 +1,0 @@
-from test_metadata_kept import *  # noqa: F403

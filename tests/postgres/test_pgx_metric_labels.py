@@ -1,1 +1,0 @@
-from test_metric_labels import *  # noqa: F403

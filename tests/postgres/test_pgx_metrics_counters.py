@@ -1,1 +1,0 @@
-from test_metrics_counters import *  # noqa: F403

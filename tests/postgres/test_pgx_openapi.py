@@ -1,1 +1,0 @@
-from test_openapi import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_ops_endpoints import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_protect_reads import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_reference_client_compat import *  # noqa: F403

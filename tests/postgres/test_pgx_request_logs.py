@@ -1,1 +1,0 @@
-from test_request_logs import *  # noqa: F403

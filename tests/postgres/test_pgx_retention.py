@@ -1,1 +1,0 @@
-from test_retention import *  # noqa: F403

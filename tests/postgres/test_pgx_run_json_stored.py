@@ -1,1 +1,0 @@
-from test_run_json_stored import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_runs_commits import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_runs_create import *  # noqa: F403

@@ -1,1 +1,0 @@
-from test_stale_presence_window import *  # noqa: F403

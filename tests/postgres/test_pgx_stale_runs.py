@@ -1,1 +1,0 @@
-from test_stale_runs import *  # noqa: F403

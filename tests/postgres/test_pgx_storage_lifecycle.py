@@ -1,1 +1,0 @@
-from test_storage_lifecycle import *  # noqa: F403

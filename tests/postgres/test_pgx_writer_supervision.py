@@ -1,1 +1,0 @@
-from test_writer_supervision import *  # noqa: F403
