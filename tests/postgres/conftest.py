@@ -1,5 +1,5 @@
-"""PostgreSQL backend tests: one throwaway cluster per session (``pg_cluster``), a fresh
-database per test. Every test here is marked ``postgres`` (select with ``-m postgres``)."""
+"""PostgreSQL backend tests: one throwaway cluster per session (``postgres_cluster``, in
+tests/conftest.py: tests/fuzz uses it too), a fresh schema per test. Every test here is marked ``postgres`` (select with ``-m postgres``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +42,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left:
         config.hook.pytest_deselected(items=left)
         items[:] = kept
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[pg_cluster.Cluster]:
-    cluster = pg_cluster.Cluster.start(pg_cluster.require_postgres())
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_cluster: pg_cluster.Cluster) -> str:
-    """The session's database; each test works in a fresh schema of it (``pg_url``)."""
-    return postgres_cluster.new_database("tests")
 
 
 @pytest.fixture
