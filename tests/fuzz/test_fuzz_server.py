@@ -1,5 +1,6 @@
-"""schemathesis drives the real telemetry-server from its own ``/openapi.json``:
-no 5xx, and every answer's status, content type, headers and body are documented.
+"""schemathesis drives the real telemetry-server from its own ``/openapi.json``, on SQLite
+and on PostgreSQL (``fuzzed_server``): no 5xx, and every answer's status, content type,
+headers and body are documented.
 
 Cases are generated from ``server.app.openapi_document()`` so that each operation is
 its own test; ``test_fuzzed_document_is_the_served_one`` proves it is exactly what

@@ -12,6 +12,11 @@ accident. Within a module run on both, three kinds of test are left out on Postg
   Run again it would repeat the SQLite run, so it runs once;
 - the tests of ``SQLITE_ONLY_TESTS``, each with its reason;
 - nothing else: a difference in answers is a bug of a backend, fixed there.
+
+Elsewhere: tests/fuzz drives the server process on both backends (``fuzzed_server``);
+tests/unit holds no test of the server through its API (pure functions, and SQLite's own
+helpers: test_sqlite_connect, test_sqlite_errors, test_server_distinct_values,
+test_server_counter_order, test_dashboard_queries), so it runs once.
 """
 
 from __future__ import annotations
