@@ -111,8 +111,6 @@ SQLITE_ONLY_TESTS: dict[str, str] = {
     " trigger installed through the writer thread",
     "test_retention::test_new_files_give_space_back_after_a_prune": "SQLite's incremental"
     " VACUUM and page counts",
-    "test_stale_runs::test_a_pass_with_nothing_stale_never_reaches_the_writer": "counts"
-    " the operations of SQLite's writer thread",
     "test_stats::test_deleted_runs_leave_the_stats": "deletes rows through SQLite's file"
     " (test_pg_stats_parity deletes through retention instead)",
     "test_storage_lifecycle::test_v1_database_upgrades_in_place_and_keeps_rows": "SQLite's"
