@@ -7,9 +7,9 @@ of tests/server is in exactly one table here, so a new module is a decision, not
 accident. Within a module run on both, three kinds of test are left out on PostgreSQL
 (``deselect``, called from this directory's conftest):
 
-- a test that starts no app (``make_api`` is not among its fixtures) reaches no database,
-  or only a SQLite file of its own: a pure function, the OpenAPI document, a setting.
-  Run again it would repeat the SQLite run, so it runs once;
+- a test that starts no app (neither ``make_api`` nor ``make_config`` is among its
+  fixtures) reaches no database, or only a SQLite file of its own: a pure function, the
+  OpenAPI document, a setting. Run again it would repeat the SQLite run, so it runs once;
 - the tests of ``SQLITE_ONLY_TESTS``, each with its reason;
 - nothing else: a difference in answers is a bug of a backend, fixed there.
 
@@ -91,6 +91,8 @@ DASHBOARD_MODULES: tuple[str, ...] = (
 #: pytest's parameter id) of tests in ``ON_BOTH`` modules that are about SQLite, each
 #: with its reason.
 SQLITE_ONLY_TESTS: dict[str, str] = {
+    "test_admission::test_a_write_counts_until_the_writer_has_committed_it": "holds"
+    " SQLite's write lock from another connection and watches SQLite's writer queue",
     "test_export::test_a_client_that_leaves_releases_the_transaction_at_once": "opens"
     " SQLite's file to check its read transaction ended",
     "test_export::test_head_answers_headers_without_reading_runs": "counts the chunks of"
@@ -117,6 +119,8 @@ SQLITE_ONLY_TESTS: dict[str, str] = {
     " migrations on a version-1 file",
     "test_storage_lifecycle::test_upgraded_database_has_the_filter_indexes": "SQLite's"
     " indexes after its migrations",
+    "test_storage_lifecycle::test_newer_schema_refuses_to_open": "SQLite's user_version"
+    " (PostgreSQL's newer schema: test_pg_migrations)",
     "test_storage_lifecycle::test_fresh_database_is_created_with_parent_directories": "the"
     " SQLite file's directory",
     "test_storage_lifecycle::test_write_lock_held_elsewhere_gives_503_and_health_answers": "a"
@@ -144,7 +148,8 @@ def deselect(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytest.I
         function = getattr(item, "function", None)
         module = getattr(function, "__module__", "")
         reruns = item.path.name == "test_pg_server_suite.py" and module in ON_BOTH
-        starts_app = "make_api" in getattr(item, "fixturenames", ())
+        fixtures = getattr(item, "fixturenames", ())
+        starts_app = "make_api" in fixtures or "make_config" in fixtures
         if reruns and (not starts_app or sqlite_only_reason(module, item.name) is not None):
             left.append(item)
         else:

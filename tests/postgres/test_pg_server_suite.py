@@ -10,6 +10,10 @@ the inventory test checks there is none."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 from test_admission import *  # noqa: F403
 from test_auth_and_rate_limit import *  # noqa: F403
 from test_export import *  # noqa: F403
@@ -34,3 +38,17 @@ from test_stats import *  # noqa: F403
 from test_stats_after_reap_and_prune import *  # noqa: F403
 from test_stats_huge_totals import *  # noqa: F403
 from test_storage_lifecycle import *  # noqa: F403
+
+from server.config import ServerConfig
+
+
+@pytest.fixture
+def make_config(make_config: Callable[..., ServerConfig], pg_migrated_url: str) -> Any:
+    """Configs that name the database (as TELEMETRY_DATABASE_URL does): a test that builds
+    its own app from a config (test_admission's app served on a real socket) gets it on
+    PostgreSQL too. Only here: tests/postgres' comparisons make SQLite configs."""
+
+    def make(**overrides: Any) -> ServerConfig:
+        return make_config(**{"database_url": pg_migrated_url, **overrides})
+
+    return make
