@@ -9,7 +9,7 @@ from __future__ import annotations
 import json as stdjson
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from multidict import CIMultiDictProxy
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path[:1]:
     sys.path.insert(0, _ROOT)
+
+import pg_cluster  # noqa: E402
 
 import server.app  # noqa: E402
 from server.app import create_app  # noqa: E402
@@ -142,6 +144,23 @@ def _build_openapi_once() -> Any:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(server.app, "build_openapi", build_once, raising=False)
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg_cluster.Cluster]:
+    """The session's throwaway PostgreSQL cluster (tests/pg_cluster.py), started by the
+    first test that asks for it: tests/postgres, and the fuzzing of the server on it."""
+    cluster = pg_cluster.Cluster.start(pg_cluster.require_postgres())
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_cluster: pg_cluster.Cluster) -> str:
+    """The session's database; each test of tests/postgres works in a fresh schema of it."""
+    return postgres_cluster.new_database("tests")
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from server.storage.runs import (
     Page,
     UpsertSummary,
     insert_params,
-    seen_instant,
+    upsert_params,
 )
 from server.storage.sidecars import Presence
 from server.storage.stale import StalePolicy, now_utc
@@ -223,12 +223,7 @@ class PostgresDatabase:
             return UpsertSummary()
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
-        params = [
-            insert_params(item.create, now, seen_instant(item.seen_at, now), sidecar)
-            if item.create is not None
-            else None
-            for item in items
-        ]
+        params = upsert_params(items, now, sidecar)
         creates = [item.create for item in items if item.create is not None]
         agents = {run.agent_name for run in creates}
         jobs = {run.job_type for run in creates}

@@ -19,26 +19,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from server.contract import mergepatch
-from server.contract.codec import dumps_text
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import RunQuery, UpsertItem
 from server.contract.run_record import (
     RUN_COLUMNS,
     RUN_COUNTER_COLUMNS,
     RUN_DATA_COLUMNS,
-    RUN_JSON_COLUMNS,
     RUN_STALENESS_COLUMNS,
     RUN_TEXT_COLUMNS,
 )
 from server.postgres.stale import overdue_clause
 from server.postgres.text import decode, encode
 from server.storage.cursor import Position
+from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
 from server.storage.runs import (
     HeartbeatOutcome,
-    MetricsTooLarge,
     Page,
     Snapshot,
     UpsertOutcome,
@@ -100,12 +95,6 @@ def stored_params(params: tuple[Any, ...]) -> list[Any]:
     return values
 
 
-def _db_value(column: str, value: Any) -> Any:
-    if column in RUN_JSON_COLUMNS and value is not None:
-        return dumps_text(value)
-    return value
-
-
 def _lock_key(event_id: str) -> int:
     digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -155,7 +144,7 @@ async def update_run(
     params: list[Any] = []
     assignments = []
     for column, value in changes.items():
-        params.append(encode(_db_value(column, value)))
+        params.append(encode(db_value(column, value)))
         if column == "status" and status == "running":  # a late running never revives
             assignments.append(
                 f"status = CASE WHEN reaped_at IS NULL THEN ${len(params)} ELSE status END"
@@ -210,22 +199,8 @@ async def touch(
     await conn.execute(_TOUCH_SNAPSHOT_SQL, seen, sidecar, encode(event_id), *snapshot)
 
 
-#: What ``upsert`` reads of the stored run before the columns the item changes.
-_KEPT = ("status", "metrics_json", "reaped_at", "snapshot_source", "snapshot_seq")
-
-
 def _create_only(item: UpsertItem) -> bool:
     return item.update is None and item.metrics_patch is None and not item.heartbeat
-
-
-def _stored_json(text: Any) -> Any:
-    """A stored JSON column's value; unparseable text (another writer's) counts as null."""
-    if isinstance(text, str):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return None
-    return None
 
 
 async def upsert_many(
@@ -288,7 +263,7 @@ async def upsert(
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes() if item.update is not None else {}
     stored = await conn.fetchrow(
-        f"SELECT {', '.join((*_KEPT, *changes))} FROM agent_runs WHERE event_id = $1 FOR UPDATE",
+        f"SELECT {', '.join((*KEPT, *changes))} FROM agent_runs WHERE event_id = $1 FOR UPDATE",
         encode(item.event_id),
     )
     if stored is None:
@@ -297,21 +272,7 @@ async def upsert(
     if overtaken(snapshot, values[3], values[4]):
         await touch(conn, item.event_id, seen, sidecar)
         return "unchanged"
-    current_status, current = values[0], dict(zip(changes, values[5:], strict=True))
-    finished = current_status in TERMINAL_STATUSES
-    if changes.get("status") == "running" and finished:
-        del changes["status"]
-    agents_word = values[2] is not None and changes.get("status") in TERMINAL_STATUSES
-    diff = {
-        column: value
-        for column, value in changes.items()
-        if _db_value(column, value) != current[column] or (column == "status" and agents_word)
-    }
-    if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
-        base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(values[1])
-        merged = mergepatch.apply(base, item.metrics_patch)
-        if dumps_text(merged) != values[1]:
-            diff["metrics_json"] = merged
+    diff = upsert_diff(values, changes, item.metrics_patch)
     if diff:
         await update_run(
             conn, item.event_id, diff, now, seen=seen, sidecar=sidecar, snapshot=snapshot
@@ -342,18 +303,10 @@ async def heartbeat(
     row_id, status, stored = row
     if status in TERMINAL_STATUSES:
         return "finished"
-    changed = ""
-    params: list[Any] = []
-    if progress:
-        merged = dumps_text(mergepatch.apply(_stored_json(stored), progress))
-        if len(merged) > max_metrics_bytes:
-            raise MetricsTooLarge(
-                f"metrics_json with this progress would be {len(merged)} bytes; "
-                f"at most {max_metrics_bytes} are kept"
-            )
-        if merged != stored:
-            changed = "metrics_json = $1, updated_at = $2, "
-            params += (merged, now)
+    merged = merged_progress(stored, progress, max_metrics_bytes)
+    changed, params = (
+        ("metrics_json = $1, updated_at = $2, ", [merged, now]) if merged else ("", [])
+    )
     n = len(params)
     touch = _TOUCH.format(seen=f"${n + 1}", sidecar=f"${n + 2}")
     await conn.execute(

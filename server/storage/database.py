@@ -241,13 +241,7 @@ class Database:
             return runs.UpsertSummary()
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
-        # Built here, off the writer thread, as insert_batch does.
-        params = [
-            runs.insert_params(item.create, now, runs.seen_instant(item.seen_at, now), sidecar)
-            if item.create is not None
-            else None
-            for item in items
-        ]
+        params = runs.upsert_params(items, now, sidecar)  # off the writer thread
 
         def write(conn: sqlite3.Connection) -> runs.UpsertSummary:
             if presence is not None:

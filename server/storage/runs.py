@@ -16,15 +16,14 @@ from typing import Any, Literal
 
 import orjson
 
-from server.contract import mergepatch
 from server.contract.codec import dumps_text
-from server.contract.errors import PayloadTooLarge
 from server.contract.fields import CANONICAL_STATUSES, TERMINAL_STATUSES
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.run_record import RUN_COLUMNS, RUN_DATA_COLUMNS, RUN_JSON_COLUMNS
 from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
+from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
 from server.storage.schema import EQUALITY_FILTERS, LIST_INDEXES
 
 _INSERT_COLUMNS = (
@@ -44,12 +43,6 @@ _SELECT_COLUMNS = ", ".join(RUN_COLUMNS)
 _CREATED_AT = RUN_COLUMNS.index("created_at")
 
 UpsertOutcome = Literal["inserted", "updated", "unchanged", "not_found"]
-
-
-def _db_value(column: str, value: Any) -> Any:
-    if column in RUN_JSON_COLUMNS and value is not None:
-        return dumps_text(value)
-    return value
 
 
 _DATA_VALUES = attrgetter(*RUN_DATA_COLUMNS)
@@ -78,6 +71,20 @@ def seen_instant(seen_at: str | None, now: str) -> str:
     """An item's last_seen_at: its seen_at, never later than the server's clock (a fast
     agent clock must not keep a run alive), else now. Canonical instants compare as text."""
     return now if seen_at is None or seen_at > now else seen_at
+
+
+def upsert_params(
+    items: Sequence[UpsertItem], now: str, sidecar: str | None
+) -> list[tuple[Any, ...] | None]:
+    """Each upsert item's create as INSERT parameters (None for an item without one),
+    last seen at its clamped seen_at and stamped with the delivering sidecar: built by
+    both backends before their transaction (here, off SQLite's writer thread)."""
+    return [
+        insert_params(item.create, now, seen_instant(item.seen_at, now), sidecar)
+        if item.create is not None
+        else None
+        for item in items
+    ]
 
 
 #: The INSERT's text per set of null columns, each NULL a literal: the sqlite3 module
@@ -168,7 +175,7 @@ def update_statement(
             continue
         else:
             parts.append(f"{column} = ?")
-        params.append(_db_value(column, value))
+        params.append(db_value(column, value))
     if snapshot is not None:
         parts.append(_SNAPSHOT)
         params.extend(snapshot)
@@ -264,20 +271,6 @@ def overtaken(snapshot: Snapshot | None, stored_source: Any, stored_seq: Any) ->
     return snapshot[1] < stored_seq
 
 
-def _stored_json(text: Any) -> Any:
-    """A stored JSON column's value; unparseable text (another writer's) counts as null."""
-    if isinstance(text, (str, bytes)):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return None
-    return None
-
-
-class MetricsTooLarge(PayloadTooLarge):
-    """A merge patch would make metrics_json larger than a request may be."""
-
-
 HeartbeatOutcome = Literal["applied", "finished", "not_found"]
 
 
@@ -300,18 +293,8 @@ def heartbeat(
     row_id, status, stored = row
     if status in TERMINAL_STATUSES:
         return "finished"
-    changed = ""
-    params: list[Any] = []
-    if progress:
-        merged = dumps_text(mergepatch.apply(_stored_json(stored), progress))
-        if len(merged) > max_metrics_bytes:
-            raise MetricsTooLarge(
-                f"metrics_json with this progress would be {len(merged)} bytes; "
-                f"at most {max_metrics_bytes} are kept"
-            )
-        if merged != stored:
-            changed = "metrics_json = ?, updated_at = ?, "
-            params += (merged, now)
+    merged = merged_progress(stored, progress, max_metrics_bytes)
+    changed, params = ("metrics_json = ?, updated_at = ?, ", (merged, now)) if merged else ("", ())
     conn.execute(
         f"UPDATE agent_runs SET {changed}{_TOUCH_DIRECT} WHERE id = ?", (*params, now, row_id)
     )
@@ -327,10 +310,6 @@ class UpsertSummary:
     updated: int = 0
     unchanged: int = 0
     not_found: list[int] = field(default_factory=list)
-
-
-#: What ``upsert`` reads of the stored run before the columns the item changes.
-_KEPT = ("status", "metrics_json", "reaped_at", "snapshot_source", "snapshot_seq")
 
 
 def _create_only(item: UpsertItem) -> bool:
@@ -397,7 +376,7 @@ def upsert(
         return "inserted" if inserted else "unchanged"
     changes = item.update.changes() if item.update is not None else {}
     stored = conn.execute(
-        f"SELECT {', '.join((*_KEPT, *changes))} FROM agent_runs WHERE event_id = ?",
+        f"SELECT {', '.join((*KEPT, *changes))} FROM agent_runs WHERE event_id = ?",
         (item.event_id,),
     ).fetchone()
     if stored is None:
@@ -405,22 +384,7 @@ def upsert(
     if overtaken(snapshot, stored[3], stored[4]):
         touch(conn, item.event_id, seen, sidecar)
         return "unchanged"
-    current_status, current = stored[0], dict(zip(changes, stored[5:], strict=True))
-    finished = current_status in TERMINAL_STATUSES
-    if changes.get("status") == "running" and finished:
-        del changes["status"]
-    # The agent's own terminal status replaces the reaper's, even when it is `timeout` too.
-    agents_word = stored[2] is not None and changes.get("status") in TERMINAL_STATUSES
-    diff = {
-        column: value
-        for column, value in changes.items()
-        if _db_value(column, value) != current[column] or (column == "status" and agents_word)
-    }
-    if item.metrics_patch is not None and not finished:  # a late heartbeat changes nothing
-        base = changes["metrics_json"] if "metrics_json" in changes else _stored_json(stored[1])
-        merged = mergepatch.apply(base, item.metrics_patch)
-        if dumps_text(merged) != stored[1]:
-            diff["metrics_json"] = merged
+    diff = upsert_diff(stored, changes, item.metrics_patch)
     if diff:
         update_run(conn, item.event_id, diff, now, seen=seen, sidecar=sidecar, snapshot=snapshot)
     else:

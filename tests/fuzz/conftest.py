@@ -1,6 +1,7 @@
 """The real daemons for the schemathesis runs, each loaded from its own ``/openapi.json``.
 
-One telemetry-server subprocess on a temporary database, one spoold subprocess with
+One telemetry-server subprocess on a temporary database (and one on PostgreSQL, the same
+fuzzing run against it: ``fuzzed_server``), one spoold subprocess with
 that server as upstream, and one spoold whose upstream is a closed port on 127.0.0.1
 (the server down). Each is started once per session, and stopped by PID.
 """
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pg_cluster
 import pytest
 
 _INTEGRATION = str(Path(__file__).resolve().parent.parent / "integration")
@@ -59,6 +61,40 @@ def server_daemon(fuzz_dir: Path) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def pg_server_daemon(fuzz_dir: Path, postgres_cluster: pg_cluster.Cluster) -> Iterator[Daemon]:
+    """The real telemetry-server on PostgreSQL (TELEMETRY_DATABASE_URL: a fresh database
+    of the session's cluster), default settings otherwise."""
+    name = postgres_cluster.new_database("fuzz")
+    port = free_port()
+    try:
+        daemon = start(
+            "server",
+            ["--port", str(port), "--db", str(fuzz_dir / "unused.sqlite")],
+            port=port,
+            workdir=fuzz_dir,
+            env={**SERVER_ENV, "TELEMETRY_DATABASE_URL": postgres_cluster.url(name)},
+        )
+        try:
+            seed_runs(daemon)
+            yield daemon
+        finally:
+            daemon.stop(signal.SIGTERM)
+    finally:
+        postgres_cluster.drop_database(name)
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def fuzzed_server(request: pytest.FixtureRequest) -> Daemon:
+    """The server the schemathesis runs drive, on each backend: the same document, the
+    same hostile input, the same promises (no 5xx, every answer documented)."""
+    name = "server_daemon" if request.param == "sqlite" else "pg_server_daemon"
+    daemon: Daemon = request.getfixturevalue(name)
+    return daemon
 
 
 def seed_runs(daemon: Daemon) -> None:

@@ -1,5 +1,5 @@
-"""PostgreSQL backend tests: one throwaway cluster per session (``pg_cluster``), a fresh
-database per test. Every test here is marked ``postgres`` (select with ``-m postgres``)."""
+"""PostgreSQL backend tests: one throwaway cluster per session (``postgres_cluster``, in
+tests/conftest.py: tests/fuzz uses it too), a fresh schema per test. Every test here is marked ``postgres`` (select with ``-m postgres``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import asyncio
 import itertools
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pg_cluster
 import pytest
+import server_suite
 
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.schema import migrate
@@ -22,8 +23,8 @@ from server.storage.database import Database, StorageSettings
 
 _HERE = Path(__file__).resolve().parent
 _SCHEMAS = itertools.count(1)
-# The handler tests of tests/server are collected again here, on PostgreSQL
-# (test_pg_handlers.py imports them by their unique basenames).
+# The tests of tests/server are collected again here, on PostgreSQL
+# (test_pg_server_suite.py imports them by their unique basenames; server_suite.py says which).
 _SERVER_TESTS = str(_HERE.parent / "server")
 if _SERVER_TESTS not in sys.path:
     sys.path.append(_SERVER_TESTS)
@@ -33,25 +34,14 @@ if _INTEGRATION not in sys.path:
     sys.path.append(_INTEGRATION)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.postgres)
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[pg_cluster.Cluster]:
-    cluster = pg_cluster.Cluster.start(pg_cluster.require_postgres())
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_cluster: pg_cluster.Cluster) -> str:
-    """The session's database; each test works in a fresh schema of it (``pg_url``)."""
-    return postgres_cluster.new_database("tests")
+    kept, left = server_suite.deselect(items)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from server.postgres.database import PostgresDatabase
 from server.storage import database as sqlite_database
 from server.storage.cursor import Position
 from server.storage.database import Database
-from server.storage.runs import MetricsTooLarge
+from server.storage.run_rules import MetricsTooLarge
 from server.storage.sidecars import Presence
 
 #: Strings the API accepts in free-text fields, at their most hostile.

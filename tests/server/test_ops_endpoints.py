@@ -7,19 +7,29 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import server
+from tests.stored_rows import location
 
 
-async def test_health_reports_guide_fields(make_api, make_config):
-    """/health answers status ok, version, db_path, journal_mode and synchronous."""
+async def test_health_reports_guide_fields(make_api):
+    """/health answers status ok, version, db_path, journal_mode and synchronous (on
+    PostgreSQL: database_url, the URL without its password, and no SQLite modes)."""
     api = await make_api(synchronous="FULL")
     reply = await api.get("/health")
     assert reply.status == 200
     body = reply.body
     assert body["status"] == "ok"
     assert body["version"] == server.__version__ == "3.0.0"
-    assert body["db_path"] == str(make_config().db_path)
-    assert body["journal_mode"] == "WAL"
-    assert body["synchronous"] == "FULL"
+    key, where = location(api)
+    assert body[key] == where
+    if key == "db_path":
+        assert (body["backend"], body["journal_mode"], body["synchronous"]) == (
+            "sqlite",
+            "WAL",
+            "FULL",
+        )
+    else:
+        assert body["backend"] == "postgresql"
+        assert "journal_mode" not in body
 
 
 @pytest.mark.parametrize(
@@ -47,8 +57,10 @@ async def test_metrics_on_empty_database(api):
     assert body["total_runs"] == 0
     assert body["agents"] == {}
     assert body["recent_24h"] == 0
-    assert body["performance"]["journal_mode"] == "WAL"
-    assert body["performance"]["db_path"].endswith("t.sqlite")
+    key, where = location(api)
+    assert body["performance"][key] == where
+    if key == "db_path":
+        assert body["performance"]["journal_mode"] == "WAL"
 
 
 async def test_metrics_counts_runs_agents_and_recent_instants(api, new_run):

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.stored_rows import location
+
 TOKEN = "s3cret-token-for-reads"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
 NOT_GOOD: list[dict[str, str]] = [
@@ -44,16 +46,18 @@ async def test_metrics_json_without_token_has_counts_but_no_names(protected, hea
     assert reply.body["runs_by_status"] == {"running": 2}
     assert reply.body["recent_24h"] == 2
     assert "agents" not in reply.body
-    assert "db_path" not in reply.body["performance"]
-    for secret in (*SECRET_AGENTS, "t.sqlite"):
+    key, where = location(protected)
+    assert key not in reply.body["performance"]
+    for secret in (*SECRET_AGENTS, "t.sqlite", where):
         assert secret not in reply.text
 
 
-async def test_metrics_json_with_token_has_everything(protected, make_config):
+async def test_metrics_json_with_token_has_everything(protected):
     """With the token: agent names with their counts, and the database path."""
     reply = await protected.get("/metrics", headers=GOOD)
     assert reply.body["agents"] == dict.fromkeys(SECRET_AGENTS, 1)
-    assert reply.body["performance"]["db_path"] == str(make_config().db_path)
+    key, where = location(protected)
+    assert reply.body["performance"][key] == where
 
 
 @pytest.mark.parametrize("headers", [*NOT_GOOD, GOOD])
@@ -62,7 +66,7 @@ async def test_prometheus_never_carries_names_or_paths(protected, headers):
     without the token: agent names are never labels)."""
     text = await scrape(protected, headers)
     assert "telemetry_runs_total_stored 2.0" in text
-    for secret in (*SECRET_AGENTS, "t.sqlite", "/tmp"):
+    for secret in (*SECRET_AGENTS, "t.sqlite", "/tmp", location(protected)[1]):
         assert secret not in text
 
 
@@ -72,14 +76,18 @@ async def test_health_without_token_has_no_path(protected, headers):
     reply = await protected.get("/health", headers=headers)
     assert reply.status == 200
     assert reply.body["status"] == "ok"
-    assert "db_path" not in reply.body
+    key, where = location(protected)
+    assert key not in reply.body
+    assert where not in reply.text
     assert "t.sqlite" not in reply.text
 
 
-async def test_health_with_token_has_the_path(protected, make_config):
-    """With the token, /health includes db_path as the guide has it."""
+async def test_health_with_token_has_the_path(protected):
+    """With the token, /health includes db_path as the guide has it (on PostgreSQL, the
+    URL without its password: database_url)."""
     reply = await protected.get("/health", headers=GOOD)
-    assert reply.body["db_path"] == str(make_config().db_path)
+    key, where = location(protected)
+    assert reply.body[key] == where
 
 
 @pytest.mark.parametrize(
@@ -99,9 +107,10 @@ async def test_run_reads_need_the_token(protected, path):
     assert (await protected.get(path, headers=GOOD)).status in (200, 404)
 
 
-async def test_without_protect_reads_everything_stays_open(make_api, new_run, make_config):
+async def test_without_protect_reads_everything_stays_open(make_api, new_run):
     """Protection off (the default): /metrics names agents and /health shows the path."""
     api = await make_api(auth_enabled=True, auth_token=TOKEN)
     await api.create(new_run(agent_name="open-agent"), headers=GOOD)
     assert (await api.get("/metrics")).body["agents"] == {"open-agent": 1}
-    assert (await api.get("/health")).body["db_path"] == str(make_config().db_path)
+    key, where = location(api)
+    assert (await api.get("/health")).body[key] == where

@@ -21,6 +21,7 @@ from server.storage.retention import (
     parse_age,
     prune_pass,
 )
+from tests.stored_rows import fetch
 
 PRUNE = "/api/v1/maintenance/prune"
 
@@ -29,17 +30,14 @@ def ago(days: float) -> str:
     return (datetime.now(UTC) - timedelta(days=days)).isoformat()
 
 
-def truth(db_path: Path) -> dict[str, Any]:
-    conn = sqlite3.connect(db_path)
-    try:
-        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM agent_runs GROUP BY status"))
-        agents = dict(
-            conn.execute("SELECT agent_name, COUNT(*) FROM agent_runs GROUP BY agent_name")
-        )
-        jobs = [r[0] for r in conn.execute("SELECT DISTINCT job_type FROM agent_runs ORDER BY 1")]
-        ids = {r[0] for r in conn.execute("SELECT event_id FROM agent_runs")}
-    finally:
-        conn.close()
+async def truth(api: Any) -> dict[str, Any]:
+    """The stored runs' counts by status and agent, job types and ids (either backend)."""
+    statuses = dict(await fetch(api, "SELECT status, COUNT(*) FROM agent_runs GROUP BY status"))
+    agents = dict(
+        await fetch(api, "SELECT agent_name, COUNT(*) FROM agent_runs GROUP BY agent_name")
+    )
+    jobs = [r[0] for r in await fetch(api, "SELECT DISTINCT job_type FROM agent_runs ORDER BY 1")]
+    ids = {r[0] for r in await fetch(api, "SELECT event_id FROM agent_runs")}
     return {"statuses": statuses, "agents": agents, "jobs": jobs, "ids": ids}
 
 
@@ -87,7 +85,7 @@ async def test_prune_deletes_only_old_finished_runs_and_keeps_counts_exact(
     assert reply.body["deleted"] == 30
     assert sum(reply.body["by_status"].values()) == 30
     assert reply.body["dry_run"] is False
-    stored = truth(tmp_path / "t.sqlite")
+    stored = await truth(api)
     assert stored["ids"] == set(groups["running"] + groups["ended_late"] + groups["new"])
     body = await metrics(api)
     assert body["total_runs"] == len(stored["ids"])
@@ -105,13 +103,13 @@ async def test_dry_run_changes_nothing_and_reports_what_it_would_delete(
     api: Any, new_run: Any, tmp_path: Path
 ) -> None:
     await seed(api, new_run)
-    before = truth(tmp_path / "t.sqlite")
+    before = await truth(api)
     reply = await api.post(PRUNE, json={"older_than": "90d", "dry_run": True})
     assert reply.status == 200, reply.body
     assert reply.body["dry_run"] is True
     assert reply.body["deleted"] == 30
     assert reply.body["by_status"] == {s: 6 for s in check_statuses(None)}
-    assert truth(tmp_path / "t.sqlite") == before
+    assert await truth(api) == before
     assert (await metrics(api))["retention"]["passes"] == 0
 
 
@@ -122,7 +120,7 @@ async def test_status_filter_deletes_only_those_statuses(
     reply = await api.post(PRUNE, json={"older_than": "90d", "statuses": ["failure", "timeout"]})
     assert reply.status == 200, reply.body
     assert reply.body["by_status"] == {"failure": 6, "timeout": 6}
-    statuses = truth(tmp_path / "t.sqlite")["statuses"]
+    statuses = (await truth(api))["statuses"]
     assert "failure" not in statuses
     assert "timeout" not in statuses
     assert statuses["cancelled"] == 6
@@ -153,11 +151,11 @@ async def test_bad_prune_requests_get_422_and_change_nothing(
     api: Any, new_run: Any, tmp_path: Path, body: dict[str, Any]
 ) -> None:
     await api.create(new_run(status="success", created_at=ago(400), end_time=ago(400)))
-    before = truth(tmp_path / "t.sqlite")
+    before = await truth(api)
     reply = await api.post(PRUNE, json=body)
     assert reply.status == 422, reply.body
     assert reply.body["error"] == "validation_error"
-    assert truth(tmp_path / "t.sqlite") == before
+    assert await truth(api) == before
 
 
 async def test_a_run_made_running_again_is_never_pruned(api: Any, new_run: Any) -> None:
@@ -261,10 +259,10 @@ async def test_background_retention_prunes_on_its_own(
     run = new_run(status="success", created_at=ago(200), end_time=ago(200))
     await api.create(run)
     for _ in range(100):  # bounded: the second pass comes within ~1 s
-        if not truth(tmp_path / "t.sqlite")["ids"]:
+        if not (await truth(api))["ids"]:
             break
         await asyncio.sleep(0.05)
-    assert truth(tmp_path / "t.sqlite")["ids"] == set()
+    assert (await truth(api))["ids"] == set()
     assert (await metrics(api))["retention"]["deleted_runs"] == 1
 
 

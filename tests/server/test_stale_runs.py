@@ -9,7 +9,6 @@ pass itself (``reap_pass``, the task's own function), so what is reaped when is 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from server.storage.runs import query_page_json, query_runs
 from server.storage.stale import REAP_BATCH, overdue_ids_sql
 from tests.conftest import Api
 from tests.server.test_run_json_stored import assert_consistent
+from tests.stored_rows import fetch, is_postgres
 
 UPSERT = "/api/v1/runs/batch?mode=upsert"
 BATCH = "/api/v1/runs/batch"
@@ -54,17 +54,26 @@ def database(api: Api) -> Database:
     return api.client.app[DATABASE]
 
 
-def row(api: Api, event_id: str, *columns: str) -> tuple[Any, ...]:
-    """Stored columns of a run, read on a connection of its own."""
-    conn = sqlite3.connect(database(api).settings.path)
+async def row(api: Api, event_id: str, *columns: str) -> tuple[Any, ...]:
+    """Stored columns of a run, read on a connection of its own (either backend)."""
+    found = await fetch(
+        api, f"SELECT {', '.join(columns)} FROM agent_runs WHERE event_id = ?", event_id
+    )
+    assert len(found) == 1, event_id
+    return found[0]
+
+
+def assert_run_json_exact(api: Api) -> None:
+    """SQLite keeps each run's JSON object stored (run_json, migration 5): it must equal
+    the Python rendering after every write. PostgreSQL stores none (it renders the
+    columns when read), so there is nothing to compare there."""
+    if is_postgres(api):
+        return
+    conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
     try:
-        found = conn.execute(
-            f"SELECT {', '.join(columns)} FROM agent_runs WHERE event_id = ?", (event_id,)
-        ).fetchone()
+        assert_consistent(conn, all_exact=True)
     finally:
         conn.close()
-    assert found is not None, event_id
-    return tuple(found)
 
 
 def heartbeat_path(event_id: str) -> str:
@@ -120,11 +129,7 @@ async def test_every_write_refreshes_last_seen_at_and_it_is_answered(
     assert len(set(seen)) == len(seen), seen
     listed = await api.list(agent_name=run["agent_name"])
     assert [r["last_seen_at"] for r in listed] == [seen[-1]]
-    conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
-    try:
-        assert_consistent(conn, all_exact=True)
-    finally:
-        conn.close()
+    assert_run_json_exact(api)
 
 
 @pytest.mark.parametrize("value", [0, -1, 2_592_001, "600", 1.5, True, [600], {"s": 1}])
@@ -402,12 +407,10 @@ async def test_a_metrics_patch_folded_with_the_final_update_is_kept_a_late_one_i
 # ---- sidecar presence headers --------------------------------------------------------------
 
 
-def sidecars(api: Api) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(database(api).settings.path)
-    try:
-        return conn.execute("SELECT * FROM sidecars ORDER BY sidecar_id").fetchall()
-    finally:
-        conn.close()
+async def sidecars(api: Api) -> list[tuple[Any, ...]]:
+    return await fetch(
+        api, "SELECT sidecar_id, last_contact_at, queued_since FROM sidecars ORDER BY sidecar_id"
+    )
 
 
 @pytest.mark.parametrize(
@@ -435,7 +438,7 @@ async def test_hostile_presence_headers_are_400_and_nothing_is_applied(
     assert reply.status == 400, reply.body
     assert reply.body["error"] == "bad_request"
     assert (await api.get(f"/api/v1/runs/{run['event_id']}")).status == 404
-    assert sidecars(api) == []
+    assert await sidecars(api) == []
 
 
 async def test_a_repeated_sidecar_id_header_is_400(
@@ -449,7 +452,7 @@ async def test_a_repeated_sidecar_id_header_is_400(
     ) as response:
         assert response.status == 400
     assert (await api.get(f"/api/v1/runs/{run['event_id']}")).status == 404
-    assert sidecars(api) == []
+    assert await sidecars(api) == []
 
 
 async def test_presence_is_recorded_with_the_batch_and_runs_carry_the_sidecar(
@@ -463,24 +466,24 @@ async def test_presence_is_recorded_with_the_batch_and_runs_carry_the_sidecar(
         headers={"X-Spoold-Id": "side-1", "X-Spoold-Queued-Since": since},
     )
     assert reply.status == 200
-    ((sidecar_id, contact, queued),) = sidecars(api)
+    ((sidecar_id, contact, queued),) = await sidecars(api)
     assert (sidecar_id, queued) == ("side-1", "2026-01-12T10:30:00.000000+00:00")
-    assert row(api, run["event_id"], "sidecar_id") == ("side-1",)
+    assert await row(api, run["event_id"], "sidecar_id") == ("side-1",)
     assert "sidecar_id" not in await api.run(run["event_id"])  # bookkeeping, not answered
     # a presence batch: `[]`, an empty queue
     await asyncio.sleep(0.002)
     reply = await api.post(UPSERT, json=[], headers={"X-Spoold-Id": "side-1"})
     assert reply.body == {"inserted": 0, "updated": 0, "duplicates": 0, "errors": [], "total": 0}
-    ((_, later, queued),) = sidecars(api)
+    ((_, later, queued),) = await sidecars(api)
     assert later > contact
     assert queued is None
     # insert mode too
     reply = await api.post(BATCH, json=[inserted], headers={"X-Spoold-Id": "side-2"})
     assert reply.body["inserted"] == 1
-    assert row(api, inserted["event_id"], "sidecar_id") == ("side-2",)
+    assert await row(api, inserted["event_id"], "sidecar_id") == ("side-2",)
     # a direct write: the run is no longer the sidecar's
     await api.patch(f"/api/v1/runs/{run['event_id']}", json={"items_failed": 1})
-    assert row(api, run["event_id"], "sidecar_id") == (None,)
+    assert await row(api, run["event_id"], "sidecar_id") == (None,)
 
 
 async def test_presence_of_a_batch_whose_items_are_all_invalid_is_still_recorded(
@@ -489,7 +492,7 @@ async def test_presence_of_a_batch_whose_items_are_all_invalid_is_still_recorded
     reply = await api.post(UPSERT, json=[{"event_id": "x"}], headers={"X-Spoold-Id": "s"})
     assert reply.status == 200
     assert len(reply.body["errors"]) == 1
-    assert [s[0] for s in sidecars(api)] == ["s"]
+    assert [s[0] for s in await sidecars(api)] == ["s"]
 
 
 # ---- the reaper's rule -----------------------------------------------------------------
@@ -516,15 +519,11 @@ async def test_an_overdue_direct_run_is_reaped_with_its_reason(
     assert abs(reaped["duration_ms"] - expected_ms) <= 1
     assert reaped["error_summary"] in ("no update for 1 s", "no update for 2 s")
     assert reaped["context_json"]["host"] == "h"
-    (reaped_at,) = row(api, run["event_id"], "reaped_at")
+    (reaped_at,) = await row(api, run["event_id"], "reaped_at")
     assert reaped["context_json"]["reaped_at"] == reaped_at == reaped["updated_at"]
     assert (await api.run(fresh["event_id"]))["status"] == "running"
     assert (await api.run(done["event_id"]))["status"] == "success"
-    conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
-    try:
-        assert_consistent(conn, all_exact=True)  # the reaper's writes keep run_json exact
-    finally:
-        conn.close()
+    assert_run_json_exact(api)  # the reaper's writes keep SQLite's run_json exact
 
 
 async def test_the_allowance_is_the_runs_own_else_its_job_types_else_the_default(
@@ -655,7 +654,7 @@ async def test_a_late_terminal_status_replaces_the_reapers_timeout(
     assert (after["status"], after["items_succeeded"]) == ("success", 9)
     assert after["error_summary"] is None  # the reaper's reason went with its status
     assert "reaped_at" in after["context_json"]  # the record that it was reaped stays
-    assert row(api, run["event_id"], "reaped_at") == (None,)
+    assert await row(api, run["event_id"], "reaped_at") == (None,)
     metrics = await api.get("/metrics")
     assert metrics.body["stale"] == {"reaped_runs": 0, "reaped_since_start": 1}
 
@@ -676,7 +675,7 @@ async def test_the_agents_own_late_timeout_replaces_the_reapers(
     assert reply.status == 200, reply.body
     after = await api.run(run["event_id"])
     assert (after["status"], after["error_summary"]) == ("timeout", "job limit hit")
-    assert row(api, run["event_id"], "reaped_at") == (None,)
+    assert await row(api, run["event_id"], "reaped_at") == (None,)
     metrics = await api.get("/metrics")
     assert metrics.body["stale"] == {"reaped_runs": 0, "reaped_since_start": 1}
 
@@ -695,7 +694,7 @@ async def test_a_late_running_never_revives_a_reaped_run(
     assert reply.status == 200, reply.body
     after = await api.run(run["event_id"])
     assert (after["status"], after["items_succeeded"]) == ("timeout", 4)
-    assert row(api, run["event_id"], "reaped_at")[0] is not None
+    assert (await row(api, run["event_id"], "reaped_at"))[0] is not None
     assert (await api.post(heartbeat_path(run["event_id"]))).status == 204
     assert (await api.run(run["event_id"]))["status"] == "timeout"
 
@@ -715,7 +714,7 @@ async def test_a_terminal_patch_racing_the_reaper_always_wins(
     assert all(reply.status == 200 for reply in results[1:])
     for r in made:
         assert (await api.run(r["event_id"]))["status"] == "failure"
-        assert row(api, r["event_id"], "reaped_at") == (None,)
+        assert await row(api, r["event_id"], "reaped_at") == (None,)
     stale = (await api.get("/metrics")).body["stale"]
     assert stale["reaped_runs"] == 0
     assert stale["reaped_since_start"] == results[0]
@@ -749,18 +748,30 @@ async def test_many_overdue_runs_are_reaped_in_bounded_batches(
 
 
 async def test_a_pass_with_nothing_stale_never_reaches_the_writer(
-    make_api: MakeApi, new_run: Callable[..., dict[str, Any]]
+    make_api: MakeApi, new_run: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Nothing due: the pass is one read, never a write (on SQLite, not one operation of
+    its writer thread; on either backend, no reap batch)."""
     api = await quiet_api(make_api)
     for _ in range(3):
         await api.create(new_run(heartbeat_timeout_s=600))
     await api.create(new_run(status="success"))
     held = await overdue_sidecar_run(api, new_run, "side-e", queued_since=ago(3500))
     db = database(api)
-    operations = db.writer.stats.operations
+    batches: list[int] = []
+    real = db.reap
+
+    async def spy(limit: int) -> int:
+        batches.append(limit)
+        return await real(limit)
+
+    monkeypatch.setattr(db, "reap", spy)
+    operations = None if is_postgres(api) else db.writer.stats.operations
     for _ in range(5):
         assert await reap_pass(db) == 0
-    assert db.writer.stats.operations == operations
+    assert batches == []
+    if operations is not None:
+        assert db.writer.stats.operations == operations
     assert (await api.run(held["event_id"]))["status"] == "running"
 
 
@@ -810,14 +821,15 @@ async def test_stale_lists_overdue_running_runs_not_yet_reaped(
     cursor = first.headers["X-Next-Cursor"]
     second = await api.get("/api/v1/runs", params={"stale": "true", "limit": "4", "cursor": cursor})
     assert [r["event_id"] for r in first.body + second.body] == expected
-    conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
-    try:  # the fast rendering is the Python one
-        query = RunQuery(stale="true", limit=100)
-        overdue_sql = overdue_ids_sql(database(api).settings.stale, datetime.now(UTC))
-        python = dumps([with_urls(r) for r in query_runs(conn, query, None, overdue_sql).runs])
-        assert query_page_json(conn, query, None, overdue_sql).body == python
-    finally:
-        conn.close()
+    if not is_postgres(api):  # SQLite's fast rendering (run_json) is the Python one
+        conn = open_reader(database(api).settings.path, busy_timeout_ms=2000)
+        try:
+            query = RunQuery(stale="true", limit=100)
+            overdue_sql = overdue_ids_sql(database(api).settings.stale, datetime.now(UTC))
+            python = dumps([with_urls(r) for r in query_runs(conn, query, None, overdue_sql).runs])
+            assert query_page_json(conn, query, None, overdue_sql).body == python
+        finally:
+            conn.close()
     assert await reap_pass(database(api)) == 6
     assert await api.list(stale="true") == []
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import random
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from server.http.runs import DATABASE
-from server.postgres.database import PostgresDatabase
 from server.reaper import reap_pass
 from server.storage.rollups import duration_bucket_floors
 from server.storage.stats import percentiles
 from tests.server.test_stale_runs import MakeApi, database, quiet_api
+from tests.stored_rows import fetch
 
 FLOORS = duration_bucket_floors()
 STATUSES = ("running", "success", "failure", "partial", "timeout", "cancelled")
@@ -42,15 +40,7 @@ _ROWS = (
 async def stored_rows(api: Any) -> list[tuple[Any, ...]]:
     """The stored runs' columns the stats summarise, read on a connection of its own
     (of either backend: tests/postgres runs this test on PostgreSQL)."""
-    store = api.client.app[DATABASE]
-    if isinstance(store, PostgresDatabase):
-        async with store.pool.acquire() as conn:
-            return [tuple(row) for row in await conn.fetch(_ROWS)]
-    conn = sqlite3.connect(store.settings.path)
-    try:
-        return conn.execute(_ROWS).fetchall()
-    finally:
-        conn.close()
+    return await fetch(api, _ROWS)
 
 
 def expected(

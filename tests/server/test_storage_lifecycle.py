@@ -116,19 +116,16 @@ async def test_fresh_database_is_created_with_parent_directories(make_api, make_
     assert user_version(path) == SCHEMA_VERSION
 
 
-async def test_runs_survive_a_restart(make_config, new_run):
+async def test_runs_survive_a_restart(make_api, new_run):
     """Runs written before a clean shutdown are there after the next start."""
-    config = make_config(synchronous="FULL")
+    api = await make_api(synchronous="FULL")
     run = new_run()
-    async with TestClient(TestServer(create_app(config))) as client:
-        reply = await client.post("/api/v1/runs", json=run)
-        assert reply.status == 201
-    async with TestClient(TestServer(create_app(config))) as client:
-        reply = await client.get(f"/api/v1/runs/{run['event_id']}")
-        assert reply.status == 200
-        assert (await reply.json())["run_id"] == run["run_id"]
-        again = await client.post("/api/v1/runs", json=run)
-        assert (await again.json())["status"] == "duplicate"
+    await api.create(run)
+    await api.client.close()
+    again = await make_api(synchronous="FULL")
+    assert (await again.run(run["event_id"]))["run_id"] == run["run_id"]
+    duplicate = await again.post("/api/v1/runs", json=run)
+    assert (duplicate.status, duplicate.body["status"]) == (201, "duplicate")
 
 
 async def test_concurrent_writes_are_all_committed(api, new_run):
