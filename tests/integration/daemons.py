@@ -18,6 +18,9 @@ from pathlib import Path
 
 STARTUP_TIMEOUT_S = 20.0
 
+#: The settings that switch a server to PostgreSQL (server/config.py).
+DATABASE_URL_SETTINGS = frozenset({"TELEMETRY_DATABASE_URL", "DATABASE_URL"})
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -77,7 +80,10 @@ def start(
     """Run ``python -m module args`` and wait until ready_path answers 200 (over HTTPS,
     trusting client_ssl's CAs, when client_ssl is given)."""
     log_path = workdir / f"{module}-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    # A database URL in the caller's environment (a developer's shell, a CI job) must not
+    # move a test's server off the SQLite file it was given: only ``env`` may name one.
+    inherited = {k: v for k, v in os.environ.items() if k not in DATABASE_URL_SETTINGS}
+    full_env = {**inherited, **(env or {})}
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],

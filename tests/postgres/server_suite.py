@@ -78,7 +78,8 @@ SQLITE_ONLY_MODULES: dict[str, str] = {
     " (PostgreSQL has none: a pooled connection per request; outages: test_pg_outage_http)",
 }
 
-#: The dashboard (server/ui) is brought to PostgreSQL apart, with its own tests.
+#: The dashboard's page tests: run again on PostgreSQL by test_pg_dashboard_pages.py (whose
+#: ``make_config`` builds the whole app on PostgreSQL), beside test_pg_dashboard.py's parity crawl.
 DASHBOARD_MODULES: tuple[str, ...] = (
     "test_dashboard_auth",
     "test_dashboard_edges",

@@ -13,6 +13,7 @@ import server_suite
 
 SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 SUITE = Path(__file__).resolve().parent / "test_pg_server_suite.py"
+DASHBOARD_SUITE = Path(__file__).resolve().parent / "test_pg_dashboard_pages.py"
 
 
 def test_every_server_test_module_is_classified_once() -> None:
@@ -32,6 +33,11 @@ def test_every_server_test_module_is_classified_once() -> None:
 def test_the_suite_collects_exactly_the_modules_on_both() -> None:
     imported = re.findall(r"^from (test_\w+) import \*", SUITE.read_text(), re.MULTILINE)
     assert imported == sorted(server_suite.ON_BOTH)
+
+
+def test_the_dashboard_suite_collects_exactly_the_dashboard_modules() -> None:
+    imported = re.findall(r"^from (test_\w+) import \*", DASHBOARD_SUITE.read_text(), re.MULTILINE)
+    assert imported == sorted(server_suite.DASHBOARD_MODULES)
 
 
 def _names(module: str) -> set[str]:
