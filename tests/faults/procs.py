@@ -450,6 +450,7 @@ async def agent(
     max_runs: int,
     round_no: int = 0,
     patches: int = 3,
+    commit: bool = True,
     stop_on_failure: bool = True,
     connector_limit: int = 4,
 ) -> None:
@@ -462,7 +463,7 @@ async def agent(
                 return
             run = RunLedger(new_event_id(), round=round_no, final="success" if n % 3 else "failure")
             ledger.append(run)
-            done = await lifecycle(http, base, run, patches=patches)
+            done = await lifecycle(http, base, run, patches=patches, commit=commit)
             if not done and stop_on_failure:
                 return
 

@@ -1,0 +1,106 @@
+"""N ``telemetry-server`` replicas on one PostgreSQL database and M spoold sidecars in front
+of them, as real processes on 127.0.0.1: what the replica chaos test and its benchmark run.
+
+Each sidecar lists every replica in ``SPOOLD_UPSTREAM_URL``, rotated so that sidecar k
+prefers replica k mod N: every replica takes batches while all are up, and a kill of any
+one of them makes some sidecar fail over. A replica is always restarted on its own port,
+so the sidecars' lists stay right. Every process is registered with a ``Reaper`` (stopped
+by PID at the end, even on failure).
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemons import Daemon, free_port
+from procs import Reaper, start_server, start_spoold
+
+#: What the replicas get besides the database URL: nothing the fault tests' servers lack.
+REPLICA_ENV: dict[str, str] = {"TELEMETRY_LOG_LEVEL": "WARNING"}
+
+
+def rotated(urls: list[str], first: int) -> str:
+    """``SPOOLD_UPSTREAM_URL`` with ``urls[first]`` preferred, then the others in turn."""
+    return ",".join(urls[first:] + urls[:first])
+
+
+@dataclass
+class Fleet:
+    """The replicas (``None`` while killed) and the sidecars of one database."""
+
+    workdir: Path
+    reaper: Reaper
+    database_url: str
+    ports: list[int]
+    replicas: list[Daemon | None] = field(default_factory=list)
+    sidecars: list[Daemon] = field(default_factory=list)
+    #: Every start of a replica after the first (chaos restarts).
+    restarts: int = 0
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def up(self) -> list[int]:
+        return [n for n, replica in enumerate(self.replicas) if replica is not None]
+
+    def start_replica(self, n: int) -> Daemon:
+        """Start replica n on its own port (it migrates nothing: the first one did)."""
+        assert self.replicas[n] is None, f"replica {n} is running"
+        daemon = start_server(
+            self.reaper,
+            self.workdir,
+            port=self.ports[n],
+            db=self.workdir / f"unused-{n}.sqlite",  # TELEMETRY_DATABASE_URL wins over it
+            env={**REPLICA_ENV, "TELEMETRY_DATABASE_URL": self.database_url},
+        )
+        self.replicas[n] = daemon
+        return daemon
+
+    def kill_replica(self, n: int) -> None:
+        """``kill -9`` of replica n by its PID: no shutdown, connections cut mid-request."""
+        daemon = self.replicas[n]
+        assert daemon is not None, f"replica {n} is down"
+        daemon.stop(signal.SIGKILL, timeout_s=10)
+        self.replicas[n] = None
+
+    def restart_replica(self, n: int) -> Daemon:
+        self.restarts += 1
+        return self.start_replica(n)
+
+    def restart_all_down(self) -> None:
+        for n in range(len(self.replicas)):
+            if self.replicas[n] is None:
+                self.restart_replica(n)
+
+
+def start_fleet(
+    reaper: Reaper,
+    workdir: Path,
+    database_url: str,
+    *,
+    replicas: int = 3,
+    sidecars: int = 3,
+    sidecar_env: dict[str, str] | None = None,
+) -> Fleet:
+    """Start the replicas (the first alone: it migrates the empty database) and then the
+    sidecars, each with its own spool directory and all replicas as upstreams."""
+    fleet = Fleet(workdir, reaper, database_url, [free_port() for _ in range(replicas)])
+    fleet.replicas = [None] * replicas
+    for n in range(replicas):
+        fleet.start_replica(n)
+    urls = fleet.replica_urls
+    for k in range(sidecars):
+        fleet.sidecars.append(
+            start_spoold(
+                reaper,
+                workdir,
+                port=free_port(),
+                upstream=rotated(urls, k % replicas),
+                spool_dir=workdir / f"spool-{k}",
+                env=sidecar_env,
+            )
+        )
+    return fleet
