@@ -10,6 +10,7 @@ by PID at the end, even on failure).
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,15 @@ from procs import Reaper, start_server, start_spoold
 
 #: What the replicas get besides the database URL: nothing the fault tests' servers lack.
 REPLICA_ENV: dict[str, str] = {"TELEMETRY_LOG_LEVEL": "WARNING"}
+
+
+def cpu_s(daemon: Daemon) -> float:
+    """The CPU seconds (user + system) a running daemon has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rotated(urls: list[str], first: int) -> str:
@@ -38,6 +48,9 @@ class Fleet:
     sidecars: list[Daemon] = field(default_factory=list)
     #: Every start of a replica after the first (chaos restarts).
     restarts: int = 0
+    #: CPU seconds of replicas killed so far, and what their start-ups took of it.
+    killed_cpu_s: float = 0.0
+    startup_cpu_s: float = 0.0
 
     @property
     def replica_urls(self) -> list[str]:
@@ -57,18 +70,27 @@ class Fleet:
             env={**REPLICA_ENV, "TELEMETRY_DATABASE_URL": self.database_url},
         )
         self.replicas[n] = daemon
+        self.startup_cpu_s += cpu_s(daemon)
         return daemon
 
     def kill_replica(self, n: int) -> None:
         """``kill -9`` of replica n by its PID: no shutdown, connections cut mid-request."""
         daemon = self.replicas[n]
         assert daemon is not None, f"replica {n} is down"
+        self.killed_cpu_s += cpu_s(daemon)
         daemon.stop(signal.SIGKILL, timeout_s=10)
         self.replicas[n] = None
 
     def restart_replica(self, n: int) -> Daemon:
         self.restarts += 1
         return self.start_replica(n)
+
+    def replicas_cpu_s(self) -> float:
+        """CPU seconds of every replica so far, killed ones included."""
+        return self.killed_cpu_s + sum(cpu_s(r) for r in self.replicas if r is not None)
+
+    def sidecars_cpu_s(self) -> float:
+        return sum(cpu_s(sidecar) for sidecar in self.sidecars)
 
     def restart_all_down(self) -> None:
         for n in range(len(self.replicas)):

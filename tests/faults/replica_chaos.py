@@ -37,7 +37,9 @@ OPS_PER_RUN = 3
 #: What the finish PATCH of ``procs.lifecycle`` sets besides the status.
 FINAL_DURATION_MS = 300_000
 TERMINAL = frozenset({"success", "failure", "partial", "timeout", "cancelled"})
-_COLUMNS = "event_id, status, items_succeeded, git_commit_hash, end_time, duration_ms, output_summary"
+_COLUMNS = (
+    "event_id, status, items_succeeded, git_commit_hash, end_time, duration_ms, output_summary"
+)
 
 
 # ---- the chaos loop ------------------------------------------------------------------------
@@ -247,6 +249,9 @@ class RoundReport:
     failed_attempts: int  # the sidecars' upstream attempts that failed (retries)
     regressions: list[str]
     verdict: Verdict
+    #: CPU seconds used in the round: this process (agents, watcher, check), the sidecars,
+    #: the replicas, and the replicas' start-ups (from exec to ready) among them.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -259,6 +264,7 @@ class RoundReport:
             f" kills={self.kills} write_s={self.write_s:.1f} drain_s={self.drain_s:.1f}"
             f" failed_attempts={self.failed_attempts} lost={self.verdict.lost}"
             f" regressions={len(self.regressions)} checks {checks}"
+            + "".join(f" cpu_{name}_s={value:.1f}" for name, value in self.cpu_s.items())
         )
 
 
@@ -296,6 +302,7 @@ async def run_round(
     regressions_before = len(watch.regressions)
     watch_stop = asyncio.Event()
     attempts_before = await asyncio.to_thread(failed_attempts, fleet.sidecars)
+    cpu_before = _cpu(fleet)
     watcher = asyncio.ensure_future(
         watch_regressions(fleet.database_url, ledger, watch_stop, watch, Random(rng.random()))
     )
@@ -333,6 +340,7 @@ async def run_round(
     rows, duplicated = await read_rows(fleet.database_url)
     verdict = check(ledger, rows, duplicated)
     attempts_after = await asyncio.to_thread(failed_attempts, fleet.sidecars)
+    cpu_after = _cpu(fleet)
     return RoundReport(
         round=round_no,
         runs=len(mine),
@@ -343,4 +351,14 @@ async def run_round(
         failed_attempts=attempts_after - attempts_before,
         regressions=watch.regressions[regressions_before:],
         verdict=verdict,
+        cpu_s={name: cpu_after[name] - cpu_before[name] for name in cpu_before},
     )
+
+
+def _cpu(fleet: Fleet) -> dict[str, float]:
+    return {
+        "agents": time.process_time(),
+        "sidecars": fleet.sidecars_cpu_s(),
+        "replicas": fleet.replicas_cpu_s(),
+        "startups": fleet.startup_cpu_s,
+    }
