@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -36,23 +35,6 @@ from procs import Reaper, RunLedger  # noqa: E402
 from replica_chaos import Watch, run_round  # noqa: E402
 
 
-def database_cpu_s(cluster: pg_cluster.Cluster) -> float:
-    """CPU seconds of PostgreSQL so far: the postmaster, the backends it has reaped
-    (its children's times), and those still running (its process group)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        if pid == cluster.process.pid:
-            total += sum(int(value) for value in fields[11:15])
-        elif int(fields[2]) == cluster.process.pid:  # its process group
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 async def main(rounds: int, runs: int, seed: int) -> int:
     bin_path = pg_cluster.bin_dir()
     if bin_path is None:
@@ -64,13 +46,12 @@ async def main(rounds: int, runs: int, seed: int) -> int:
     try:
         url = cluster.url(cluster.new_database("bench_chaos"))
         with tempfile.TemporaryDirectory(prefix="replica-chaos-") as workdir:
-            fleet = start_fleet(reaper, Path(workdir), url)
+            fleet = start_fleet(reaper, Path(workdir), url, postmaster_pid=cluster.process.pid)
             ledger: list[RunLedger] = []
             watch = Watch()
             started, cpu = time.monotonic(), time.process_time()
             kills = 0
             for round_no in range(1, rounds + 1):
-                database_before = database_cpu_s(cluster)
                 report = await run_round(
                     fleet,
                     ledger,
@@ -81,7 +62,6 @@ async def main(rounds: int, runs: int, seed: int) -> int:
                     write_timeout_s=1800,
                     drain_timeout_s=600,
                 )
-                report.cpu_s["database"] = database_cpu_s(cluster) - database_before
                 kills += report.kills
                 failed += not report.passed
                 print(report.line(), flush=True)

@@ -31,6 +31,22 @@ def cpu_s(daemon: Daemon) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_s(leader: int) -> float:
+    """CPU seconds of a process group led by ``leader`` (PostgreSQL's postmaster and its
+    backends): the leader, the children it has reaped, and the members still running."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(stat.parent.name) == leader:
+            ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+        elif int(fields[2]) == leader:  # pgrp
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rotated(urls: list[str], first: int) -> str:
     """``SPOOLD_UPSTREAM_URL`` with ``urls[first]`` preferred, then the others in turn."""
     return ",".join(urls[first:] + urls[:first])
@@ -44,6 +60,8 @@ class Fleet:
     reaper: Reaper
     database_url: str
     ports: list[int]
+    #: PostgreSQL's postmaster, when it runs in a process group of its own (CPU accounting).
+    postmaster_pid: int | None = None
     replicas: list[Daemon | None] = field(default_factory=list)
     sidecars: list[Daemon] = field(default_factory=list)
     #: Every start of a replica after the first (chaos restarts).
@@ -106,10 +124,13 @@ def start_fleet(
     replicas: int = 3,
     sidecars: int = 3,
     sidecar_env: dict[str, str] | None = None,
+    postmaster_pid: int | None = None,
 ) -> Fleet:
     """Start the replicas (the first alone: it migrates the empty database) and then the
     sidecars, each with its own spool directory and all replicas as upstreams."""
-    fleet = Fleet(workdir, reaper, database_url, [free_port() for _ in range(replicas)])
+    fleet = Fleet(
+        workdir, reaper, database_url, [free_port() for _ in range(replicas)], postmaster_pid
+    )
     fleet.replicas = [None] * replicas
     for n in range(replicas):
         fleet.start_replica(n)

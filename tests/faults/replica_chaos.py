@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 from daemons import Daemon
-from pg_fleet import Fleet
+from pg_fleet import Fleet, group_cpu_s
 from procs import RunLedger, agent, get_json, tally, wait_drained
 
 #: Lifecycles are create -> PATCH progress (items_succeeded=1, running) -> PATCH finish.
@@ -62,7 +62,7 @@ class Chaos:
         fleet: Fleet,
         rng: Random,
         *,
-        gap_s: tuple[float, float] = (0.2, 2.0),
+        gap_s: tuple[float, float] = (0.5, 4.0),
         down_s: tuple[float, float] = (0.1, 2.5),
         max_kills: int = 200,
         max_s: float = 600.0,
@@ -356,9 +356,12 @@ async def run_round(
 
 
 def _cpu(fleet: Fleet) -> dict[str, float]:
-    return {
+    used = {
         "agents": time.process_time(),
         "sidecars": fleet.sidecars_cpu_s(),
         "replicas": fleet.replicas_cpu_s(),
         "startups": fleet.startup_cpu_s,
     }
+    if fleet.postmaster_pid is not None:
+        used["database"] = group_cpu_s(fleet.postmaster_pid)
+    return used
