@@ -50,6 +50,21 @@ class Kill:
     replica: int
     at_s: float  # since the chaos started
     down_s: float  # planned time down before the restart
+    #: A sidecar had a batch in flight to this replica just before the kill (its /health,
+    #: read a few milliseconds earlier): that batch's answer is lost, its fate in doubt.
+    mid_batch: bool
+
+
+def batch_in_flight_to(sidecars: list[Daemon], url: str) -> bool:
+    """Whether any sidecar reports a batch in flight to ``url``, its current upstream."""
+    for sidecar in sidecars:
+        status, body = get_json(sidecar.url + "/health", timeout_s=2)
+        if status is None or not isinstance(body, dict):
+            continue
+        upstream = body["upstream"]
+        if upstream["url"] == url and upstream["in_flight_batches"] > 0:
+            return True
+    return False
 
 
 class Chaos:
@@ -124,8 +139,10 @@ class Chaos:
                 if up:
                     n = self.rng.choice(up)
                     down = self.rng.uniform(*self.down_s)
+                    url = self.fleet.replica_urls[n]
+                    mid_batch = batch_in_flight_to(self.fleet.sidecars, url)
                     self.fleet.kill_replica(n)
-                    self.kills.append(Kill(n, time.monotonic() - started, down))
+                    self.kills.append(Kill(n, time.monotonic() - started, down, mid_batch))
                     restart_at[n] = time.monotonic() + down
                 next_kill = time.monotonic() + self.rng.uniform(*self.gap_s)
 
@@ -153,6 +170,18 @@ class Watch:
         self.seen[event_id] = (status, items)
 
 
+async def poll(conn: Any, event_ids: list[str], watch: Watch) -> None:
+    """Read these runs' status and counter once, as any reader of the database would."""
+    rows = await conn.fetch(
+        "SELECT event_id, status, items_succeeded FROM agent_runs WHERE event_id = ANY($1::text[])",
+        event_ids,
+    )
+    watch.polls += 1
+    watch.reads += len(rows)
+    for row in rows:
+        watch.observe(row["event_id"], row["status"], int(row["items_succeeded"]))
+
+
 async def watch_regressions(
     database_url: str,
     ledger: list[RunLedger],
@@ -165,7 +194,7 @@ async def watch_regressions(
     max_polls: int = 20_000,
 ) -> None:
     """Read a random sample of the ledger's runs from the database every ``interval_s``
-    (a read replica's view: straight from PostgreSQL) until ``stop``."""
+    until ``stop``."""
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         for _ in range(max_polls):
@@ -174,15 +203,7 @@ async def watch_regressions(
             size = len(ledger)
             picks = [ledger[i].event_id for i in rng.sample(range(size), min(sample, size))]
             if picks:
-                rows = await conn.fetch(
-                    "SELECT event_id, status, items_succeeded FROM agent_runs"
-                    " WHERE event_id = ANY($1::text[])",
-                    picks,
-                )
-                watch.polls += 1
-                watch.reads += len(rows)
-                for row in rows:
-                    watch.observe(row["event_id"], row["status"], int(row["items_succeeded"]))
+                await poll(conn, picks, watch)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
     finally:
@@ -244,6 +265,7 @@ class RoundReport:
     runs: int
     ops_acked: int
     kills: int
+    kills_mid_batch: int
     write_s: float
     drain_s: float
     failed_attempts: int  # the sidecars' upstream attempts that failed (retries)
@@ -261,7 +283,7 @@ class RoundReport:
         checks = "passed" if self.passed else f"FAILED ({len(self.verdict.problems)} problems)"
         return (
             f"round {self.round}: runs={self.runs} ops_acked={self.ops_acked}"
-            f" kills={self.kills} write_s={self.write_s:.1f} drain_s={self.drain_s:.1f}"
+            f" kills={self.kills} mid_batch={self.kills_mid_batch} write_s={self.write_s:.1f} drain_s={self.drain_s:.1f}"
             f" failed_attempts={self.failed_attempts} lost={self.verdict.lost}"
             f" regressions={len(self.regressions)} checks {checks}"
             + "".join(f" cpu_{name}_s={value:.1f}" for name, value in self.cpu_s.items())
@@ -346,6 +368,7 @@ async def run_round(
         runs=len(mine),
         ops_acked=sum(run.acked_ops() for run in mine),
         kills=len(chaos.kills),
+        kills_mid_batch=sum(kill.mid_batch for kill in chaos.kills),
         write_s=written - started,
         drain_s=drained - written,
         failed_attempts=attempts_after - attempts_before,

@@ -18,7 +18,7 @@ import pg_cluster
 import pytest
 from pg_fleet import start_fleet
 from procs import Reaper, RunLedger
-from replica_chaos import OPS_PER_RUN, Watch, check, read_rows, run_round
+from replica_chaos import OPS_PER_RUN, Watch, check, poll, read_rows, run_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.integration]
 
@@ -44,13 +44,15 @@ async def test_kill9_of_random_replicas_loses_and_duplicates_nothing(
     """5 rounds of 10k lifecycles (create, progress, finish) through 3 sidecars, replicas
     killed at random moments: after each round's drain, every acknowledged operation is in
     the database, every run in its final state, one row per event_id, no regression read
-    along the way. Then the check is shown to fail on a row deleted behind its back."""
+    along the way. Then the checks are shown to fail: a row deleted behind their back, a
+    finished run set back to running."""
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 1_000_000))
     print(f"\n[replica-chaos] seed={seed} (FAULT_SEED to replay)")
     chaos_database = chaos_cluster.url(chaos_cluster.new_database("chaos"))
     fleet = start_fleet(reaper, tmp_path, chaos_database, postmaster_pid=chaos_cluster.process.pid)
     ledger: list[RunLedger] = []
     watch = Watch()
+    mid_batch = 0
     for round_no in range(1, ROUNDS + 1):
         report = await run_round(
             fleet, ledger, round_no, runs=RUNS_PER_ROUND, seed=seed, watch=watch
@@ -61,21 +63,27 @@ async def test_kill9_of_random_replicas_loses_and_duplicates_nothing(
         assert report.verdict.problems[:20] == []
         assert report.verdict.lost == 0
         assert report.regressions[:20] == []
+        mid_batch += report.kills_mid_batch
     assert watch.polls > 0
     assert fleet.restarts > 0, "no replica was killed: the rounds were too short"
+    assert mid_batch > 0, "no kill landed while a batch was in flight to its replica"
 
-    # The check can fail: a finished run deleted behind the system's back, another set back
-    # to running, are both reported, by event_id.
+    # The checks can fail: a finished run deleted behind the system's back, another set
+    # back to running, are both reported by event_id; the watcher sees the regression.
     lost, regressed = ledger[7].event_id, ledger[11].event_id
+    seen = Watch()
     conn = await asyncpg.connect(chaos_database, timeout=10)
     try:
+        await poll(conn, [regressed], seen)
         await conn.execute("DELETE FROM agent_runs WHERE event_id = $1", lost)
         await conn.execute(
             "UPDATE agent_runs SET status = 'running', items_succeeded = 0 WHERE event_id = $1",
             regressed,
         )
+        await poll(conn, [regressed], seen)
     finally:
         await conn.close()
+    assert [problem.split(":")[0] for problem in seen.regressions] == [regressed, regressed]
     verdict = check(ledger, *await read_rows(chaos_database))
     assert verdict.lost == OPS_PER_RUN + 2  # the deleted run's 3, the other's progress+finish
     assert sorted(problem.split(":")[0] for problem in verdict.problems) == sorted(
