@@ -20,6 +20,9 @@ from procs import Reaper, start_server, start_spoold
 
 #: What the replicas get besides the database URL: nothing the fault tests' servers lack.
 REPLICA_ENV: dict[str, str] = {"TELEMETRY_LOG_LEVEL": "WARNING"}
+#: A restart competes for 2 cores with the sidecars draining at full tilt (and, on a
+#: developer's machine, other test runs): measured past 20 s at a load average of 19.
+REPLICA_STARTUP_TIMEOUT_S = 90.0
 
 
 def cpu_s(daemon: Daemon) -> float:
@@ -86,6 +89,7 @@ class Fleet:
             port=self.ports[n],
             db=self.workdir / f"unused-{n}.sqlite",  # TELEMETRY_DATABASE_URL wins over it
             env={**REPLICA_ENV, "TELEMETRY_DATABASE_URL": self.database_url},
+            startup_timeout_s=REPLICA_STARTUP_TIMEOUT_S,
         )
         self.replicas[n] = daemon
         self.startup_cpu_s += cpu_s(daemon)

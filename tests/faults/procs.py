@@ -30,7 +30,7 @@ from random import Random
 from typing import Any, TypeVar
 
 import aiohttp
-from daemons import Daemon, free_port, start
+from daemons import STARTUP_TIMEOUT_S, Daemon, free_port, start
 
 T = TypeVar("T")
 
@@ -81,6 +81,7 @@ def start_server(
     db: Path,
     env: Mapping[str, str] | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Daemon:
     """The real telemetry-server (``python -m server``) on 127.0.0.1:port (HTTPS with client_ssl)."""
     return reaper.add(
@@ -91,6 +92,7 @@ def start_server(
             workdir=workdir,
             env={**SERVER_ENV, **(env or {})},
             client_ssl=client_ssl,
+            startup_timeout_s=startup_timeout_s,
         )
     )
 
