@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 from daemons import Daemon
-from pg_fleet import Fleet, group_cpu_s
+from pg_fleet import REPLICA_STARTUP_TIMEOUT_S, Fleet, group_cpu_s
 from procs import RunLedger, agent, get_json, tally, wait_drained
 
 #: Lifecycles are create -> PATCH progress (items_succeeded=1, running) -> PATCH finish.
@@ -103,9 +103,10 @@ class Chaos:
     def stop(self) -> None:
         """End the loop, then restart every replica still down; re-raise a loop error."""
         self._stop.set()
-        self._thread.join(60)
+        bound_s = 30 + len(self.fleet.ports) * REPLICA_STARTUP_TIMEOUT_S  # restarts under way
+        self._thread.join(bound_s)
         if self._thread.is_alive():
-            raise RuntimeError("the chaos thread did not stop within 60 s")
+            raise RuntimeError(f"the chaos thread did not stop within {bound_s} s")
         self.fleet.restart_all_down()
         if self.error is not None:
             raise RuntimeError(f"the chaos loop failed: {self.error!r}") from self.error
@@ -121,7 +122,8 @@ class Chaos:
         deadline = started + self.max_s
         restart_at: dict[int, float] = {}
         next_kill = started + self.rng.uniform(*self.gap_s)
-        for _ in range(2 * self.max_kills + 2):  # each pass kills or restarts at least once
+        # A pass kills, or restarts, or finds every replica down (after a kill): bounded.
+        for _ in range(3 * self.max_kills + 3):
             wake = min([next_kill, *restart_at.values()])
             if self._stop.wait(max(0.0, wake - time.monotonic())):
                 return
@@ -351,9 +353,11 @@ async def run_round(
             )
             written = time.monotonic()
             await asyncio.sleep(rng.uniform(*tail_s))  # kills go on into the drain
-        for sidecar in fleet.sidecars:
+        dead_lettered = []
+        for k, sidecar in enumerate(fleet.sidecars):
             body = await asyncio.to_thread(wait_drained, sidecar, timeout_s=drain_timeout_s)
-            assert body["counters"]["dead_lettered"] == 0, body["counters"]
+            if body["counters"]["dead_lettered"]:
+                dead_lettered.append(f"sidecar {k}: dead letters {body['counters']}")
         drained = time.monotonic()
     finally:
         watch_stop.set()
@@ -361,6 +365,7 @@ async def run_round(
     mine = ledger[first:]
     rows, duplicated = await read_rows(fleet.database_url)
     verdict = check(ledger, rows, duplicated)
+    verdict.problems += dead_lettered  # the replicas refused nothing: none is expected
     attempts_after = await asyncio.to_thread(failed_attempts, fleet.sidecars)
     cpu_after = _cpu(fleet)
     return RoundReport(
