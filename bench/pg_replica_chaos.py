@@ -8,9 +8,12 @@ final state, one row per event_id, no regression read along the way).
 
     python bench/pg_replica_chaos.py [--rounds 20] [--runs 50000] [--seed N]
 
-Prints one line per round: runs, operations acknowledged, kills, write and drain seconds,
-the sidecars' failed upstream attempts, operations lost, regressions, and whether the
-checks passed; then the CPU seconds of this process (the agents) and a summary. The
+Prints one line per round: runs, operations acknowledged, kills (and those that landed
+while a sidecar had a batch in flight to the killed replica), write and drain seconds,
+batches the sidecars moved to another replica (failovers) or retried with every replica
+down, operations lost, regressions, whether the checks passed, and the CPU seconds of each
+role (this process's agents, the sidecars, the replicas and their start-ups, PostgreSQL);
+then a summary. The
 rounds share one database, so each round's check covers every earlier round's runs too.
 Wall-clock figures on a shared 2-core machine are noisy: read them as an envelope.
 Exits 1 if any round's check failed.

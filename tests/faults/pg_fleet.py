@@ -20,6 +20,9 @@ from procs import Reaper, start_server, start_spoold
 
 #: What the replicas get besides the database URL: nothing the fault tests' servers lack.
 REPLICA_ENV: dict[str, str] = {"TELEMETRY_LOG_LEVEL": "WARNING"}
+#: One log line per request would be 30k lines a round per sidecar, and CPU: warnings only
+#: (a batch moved to another replica logs ``upstream_failover`` at that level).
+SIDECAR_ENV: dict[str, str] = {"SPOOLD_LOG_LEVEL": "WARNING"}
 #: A restart competes for 2 cores with the sidecars draining at full tilt (and, on a
 #: developer's machine, other test runs): measured past 20 s at a load average of 19.
 REPLICA_STARTUP_TIMEOUT_S = 90.0
@@ -114,6 +117,11 @@ class Fleet:
     def sidecars_cpu_s(self) -> float:
         return sum(cpu_s(sidecar) for sidecar in self.sidecars)
 
+    def failovers(self) -> int:
+        """Batches the sidecars moved to another replica so far (their ``upstream_failover``
+        log lines)."""
+        return sum(sidecar.log().count('"upstream_failover"') for sidecar in self.sidecars)
+
     def restart_all_down(self) -> None:
         for n in range(len(self.replicas)):
             if self.replicas[n] is None:
@@ -147,7 +155,7 @@ def start_fleet(
                 port=free_port(),
                 upstream=rotated(urls, k % replicas),
                 spool_dir=workdir / f"spool-{k}",
-                env=sidecar_env,
+                env={**SIDECAR_ENV, **(sidecar_env or {})},
             )
         )
     return fleet

@@ -270,7 +270,8 @@ class RoundReport:
     kills_mid_batch: int
     write_s: float
     drain_s: float
-    failed_attempts: int  # the sidecars' upstream attempts that failed (retries)
+    failovers: int  # batches a sidecar moved to another replica after a failed attempt
+    all_down_retries: int  # batches no replica took (retried after the drainer's back-off)
     regressions: list[str]
     verdict: Verdict
     #: CPU seconds used in the round: this process (agents, watcher, check), the sidecars,
@@ -286,14 +287,14 @@ class RoundReport:
         return (
             f"round {self.round}: runs={self.runs} ops_acked={self.ops_acked}"
             f" kills={self.kills} mid_batch={self.kills_mid_batch} write_s={self.write_s:.1f} drain_s={self.drain_s:.1f}"
-            f" failed_attempts={self.failed_attempts} lost={self.verdict.lost}"
+            f" failovers={self.failovers} all_down_retries={self.all_down_retries} lost={self.verdict.lost}"
             f" regressions={len(self.regressions)} checks {checks}"
             + "".join(f" cpu_{name}_s={value:.1f}" for name, value in self.cpu_s.items())
         )
 
 
-def failed_attempts(sidecars: list[Daemon]) -> int:
-    """The sidecars' failed upstream attempts so far (their /health ``retries``)."""
+def all_down_retries(sidecars: list[Daemon]) -> int:
+    """The sidecars' batch sends that no upstream took so far (their /health ``retries``)."""
     total = 0
     for sidecar in sidecars:
         status, body = get_json(sidecar.url + "/health", timeout_s=5)
@@ -325,7 +326,8 @@ async def run_round(
     watch = watch if watch is not None else Watch()
     regressions_before = len(watch.regressions)
     watch_stop = asyncio.Event()
-    attempts_before = await asyncio.to_thread(failed_attempts, fleet.sidecars)
+    retries_before = await asyncio.to_thread(all_down_retries, fleet.sidecars)
+    failovers_before = fleet.failovers()
     cpu_before = _cpu(fleet)
     watcher = asyncio.ensure_future(
         watch_regressions(fleet.database_url, ledger, watch_stop, watch, Random(rng.random()))
@@ -366,7 +368,7 @@ async def run_round(
     rows, duplicated = await read_rows(fleet.database_url)
     verdict = check(ledger, rows, duplicated)
     verdict.problems += dead_lettered  # the replicas refused nothing: none is expected
-    attempts_after = await asyncio.to_thread(failed_attempts, fleet.sidecars)
+    retries_after = await asyncio.to_thread(all_down_retries, fleet.sidecars)
     cpu_after = _cpu(fleet)
     return RoundReport(
         round=round_no,
@@ -376,7 +378,8 @@ async def run_round(
         kills_mid_batch=sum(kill.mid_batch for kill in chaos.kills),
         write_s=written - started,
         drain_s=drained - written,
-        failed_attempts=attempts_after - attempts_before,
+        failovers=fleet.failovers() - failovers_before,
+        all_down_retries=retries_after - retries_before,
         regressions=watch.regressions[regressions_before:],
         verdict=verdict,
         cpu_s={name: cpu_after[name] - cpu_before[name] for name in cpu_before},

@@ -53,7 +53,7 @@ async def test_kill9_of_random_replicas_loses_and_duplicates_nothing(
     fleet = start_fleet(reaper, tmp_path, chaos_database, postmaster_pid=chaos_cluster.process.pid)
     ledger: list[RunLedger] = []
     watch = Watch()
-    mid_batch = 0
+    mid_batch = failovers = 0
     for round_no in range(1, ROUNDS + 1):
         report = await run_round(
             fleet, ledger, round_no, runs=RUNS_PER_ROUND, seed=seed, watch=watch
@@ -65,9 +65,11 @@ async def test_kill9_of_random_replicas_loses_and_duplicates_nothing(
         assert report.verdict.lost == 0
         assert report.regressions[:20] == []
         mid_batch += report.kills_mid_batch
+        failovers += report.failovers
     assert watch.polls > 0
     assert fleet.restarts > 0, "no replica was killed: the rounds were too short"
     assert mid_batch > 0, "no kill landed while a batch was in flight to its replica"
+    assert failovers > 0, "no sidecar moved a batch to another replica"
 
     # The checks can fail: a finished run deleted behind the system's back, another set
     # back to running, are both reported by event_id; the watcher sees the regression.
