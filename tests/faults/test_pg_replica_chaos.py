@@ -23,8 +23,9 @@ from replica_chaos import OPS_PER_RUN, Watch, check, poll, read_rows, run_round
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.integration]
 
 ROUNDS = 5
-#: The issue's 50k runs, a fifth in each round (each with its own kill schedule): 5 rounds of
-#: 50k would take ~280 CPU-s each on a 2-core machine (bench/pg_replica_chaos.py runs them).
+#: The issue's 50k runs, a fifth in each round (each with its own kill schedule): one round
+#: of 50k took 360 CPU-s of all processes here, ~3 min on 2 idle cores at best, so 5 of
+#: them do not fit CI; ``bench/pg_replica_chaos.py`` runs them (20 by default).
 RUNS_PER_ROUND = 10_000
 
 
