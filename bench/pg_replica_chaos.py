@@ -6,7 +6,7 @@ wait for the sidecars to drain and the check against the database
 (tests/faults/replica_chaos.py: every acknowledged operation present, every run in its
 final state, one row per event_id, no regression read along the way).
 
-    python bench/pg_replica_chaos.py [--rounds 20] [--runs 50000] [--seed N]
+    python bench/pg_replica_chaos.py [--rounds 20] [--runs 50000] [--seed N] [--agents 8]
 
 Prints one line per round: runs, operations acknowledged, kills (and those that landed
 while a sidecar had a batch in flight to the killed replica), write and drain seconds,
@@ -38,7 +38,7 @@ from procs import Reaper, RunLedger  # noqa: E402
 from replica_chaos import Watch, run_round  # noqa: E402
 
 
-async def main(rounds: int, runs: int, seed: int) -> int:
+async def main(rounds: int, runs: int, seed: int, agents: int) -> int:
     bin_path = pg_cluster.bin_dir()
     if bin_path is None:
         print("PostgreSQL binaries missing: apt-get install postgresql", file=sys.stderr)
@@ -62,6 +62,7 @@ async def main(rounds: int, runs: int, seed: int) -> int:
                     runs=runs,
                     seed=seed,
                     watch=watch,
+                    agents_per_sidecar=agents,
                     write_timeout_s=1800,
                     drain_timeout_s=600,
                 )
@@ -89,5 +90,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=50_000, help="lifecycles per round")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
+    parser.add_argument("--agents", type=int, default=8, help="concurrent agents per sidecar")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.rounds, args.runs, args.seed)))
+    sys.exit(asyncio.run(main(args.rounds, args.runs, args.seed, args.agents)))
