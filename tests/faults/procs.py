@@ -30,7 +30,7 @@ from random import Random
 from typing import Any, TypeVar
 
 import aiohttp
-from daemons import Daemon, free_port, start
+from daemons import STARTUP_TIMEOUT_S, Daemon, free_port, start
 
 T = TypeVar("T")
 
@@ -81,6 +81,7 @@ def start_server(
     db: Path,
     env: Mapping[str, str] | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Daemon:
     """The real telemetry-server (``python -m server``) on 127.0.0.1:port (HTTPS with client_ssl)."""
     return reaper.add(
@@ -91,6 +92,7 @@ def start_server(
             workdir=workdir,
             env={**SERVER_ENV, **(env or {})},
             client_ssl=client_ssl,
+            startup_timeout_s=startup_timeout_s,
         )
     )
 
@@ -450,6 +452,7 @@ async def agent(
     max_runs: int,
     round_no: int = 0,
     patches: int = 3,
+    commit: bool = True,
     stop_on_failure: bool = True,
     connector_limit: int = 4,
 ) -> None:
@@ -462,7 +465,7 @@ async def agent(
                 return
             run = RunLedger(new_event_id(), round=round_no, final="success" if n % 3 else "failure")
             ledger.append(run)
-            done = await lifecycle(http, base, run, patches=patches)
+            done = await lifecycle(http, base, run, patches=patches, commit=commit)
             if not done and stop_on_failure:
                 return
 

@@ -76,9 +76,10 @@ def start(
     env: Mapping[str, str] | None = None,
     ready_path: str = "/health",
     client_ssl: ssl.SSLContext | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Daemon:
     """Run ``python -m module args`` and wait until ready_path answers 200 (over HTTPS,
-    trusting client_ssl's CAs, when client_ssl is given)."""
+    trusting client_ssl's CAs, when client_ssl is given) within ``startup_timeout_s``."""
     log_path = workdir / f"{module}-{port}.log"
     # A database URL in the caller's environment (a developer's shell, a CI job) must not
     # move a test's server off the SQLite file it was given: only ``env`` may name one.
@@ -93,7 +94,7 @@ def start(
             stderr=subprocess.STDOUT,
         )
     daemon = Daemon(process, port, log_path, client_ssl)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + startup_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{module} exited early ({process.returncode}):\n{daemon.log()}")
@@ -101,7 +102,7 @@ def start(
             return daemon
         time.sleep(0.05)
     daemon.stop(signal.SIGKILL)
-    raise RuntimeError(f"{module} not ready within {STARTUP_TIMEOUT_S}s:\n{daemon.log()}")
+    raise RuntimeError(f"{module} not ready within {startup_timeout_s}s:\n{daemon.log()}")
 
 
 @contextlib.contextmanager
