@@ -55,9 +55,8 @@ from typing import Any
 
 import asyncpg
 
-_BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(_BENCH))
-sys.path.insert(0, str(_BENCH.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import pg_cluster
 from loadgen import LoadResult, run_load
@@ -101,10 +100,22 @@ class Sizes:
 
 def sizes_of(args: argparse.Namespace) -> Sizes:
     if args.quick:
-        return Sizes(rows=args.rows or 3000, batches=6, lifecycle_s=2.0, list_requests=20,
-                     stats_repeat=3, quick=True)  # fmt: skip
-    return Sizes(rows=args.rows or 1_000_000, batches=args.batches, lifecycle_s=args.seconds,
-                 list_requests=args.list_requests, stats_repeat=args.stats_repeat, quick=False)  # fmt: skip
+        return Sizes(
+            rows=args.rows or 3000,
+            batches=6,
+            lifecycle_s=2.0,
+            list_requests=20,
+            stats_repeat=3,
+            quick=True,
+        )
+    return Sizes(
+        rows=args.rows or 1_000_000,
+        batches=args.batches,
+        lifecycle_s=args.seconds,
+        list_requests=args.list_requests,
+        stats_repeat=args.stats_repeat,
+        quick=False,
+    )
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -118,8 +129,11 @@ def new_batches(count: int, seed: int = 13) -> list[list[dict[str, Any]]]:
     now = datetime.now(UTC)
     return [
         [
-            run_payload(rng, start=now - timedelta(seconds=rng.randrange(3600)),
-                        status=rng.choices(statuses, weights)[0])  # fmt: skip
+            run_payload(
+                rng,
+                start=now - timedelta(seconds=rng.randrange(3600)),
+                status=rng.choices(statuses, weights)[0],
+            )
             for _ in range(BATCH_SIZE)
         ]
         for _ in range(count)
@@ -129,7 +143,7 @@ def new_batches(count: int, seed: int = 13) -> list[list[dict[str, Any]]]:
 def _sqlite_rows(path: Path, columns: Sequence[str]) -> Iterator[list[tuple[Any, ...]]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        cursor = conn.execute(f"SELECT {', '.join(columns)} FROM agent_runs ORDER BY id")  # noqa: S608
+        cursor = conn.execute(f"SELECT {', '.join(columns)} FROM agent_runs ORDER BY id")
         while chunk := cursor.fetchmany(_COPY_CHUNK):
             yield chunk
     finally:
@@ -171,22 +185,31 @@ async def copy_to_postgres(sqlite_path: Path, url: str) -> tuple[int, float]:
 # ---- the queries --------------------------------------------------------------------
 
 
-def list_shapes(history_end: datetime) -> list[tuple[str, Callable[[random.Random], dict[str, str]]]]:
+def list_shapes(
+    history_end: datetime,
+) -> list[tuple[str, Callable[[random.Random], dict[str, str]]]]:
     statuses = [status for status, _ in STATUS_WEIGHTS]
     weights = [weight for _, weight in STATUS_WEIGHTS]
     origin = history_end - HISTORY
 
     def agent_status(rng: random.Random) -> dict[str, str]:
-        return {"agent_name": rng.choice(AGENT_NAMES), "status": rng.choices(statuses, weights)[0],
-                "limit": "100"}  # fmt: skip
+        return {
+            "agent_name": rng.choice(AGENT_NAMES),
+            "status": rng.choices(statuses, weights)[0],
+            "limit": "100",
+        }
 
     def job_failure(rng: random.Random) -> dict[str, str]:
         return {"job_type": rng.choice(JOB_TYPES), "status": "failure", "limit": "100"}
 
     def agent_day(rng: random.Random) -> dict[str, str]:
         low = origin + timedelta(seconds=rng.random() * (HISTORY.total_seconds() - 86_400))
-        return {"agent_name": rng.choice(AGENT_NAMES), "start_time_from": iso(low),
-                "start_time_to": iso(low + timedelta(days=1)), "limit": "100"}  # fmt: skip
+        return {
+            "agent_name": rng.choice(AGENT_NAMES),
+            "start_time_from": iso(low),
+            "start_time_to": iso(low + timedelta(days=1)),
+            "limit": "100",
+        }
 
     def newest(rng: random.Random) -> dict[str, str]:
         return {"limit": "100"}
@@ -201,8 +224,10 @@ def list_shapes(history_end: datetime) -> list[tuple[str, Callable[[random.Rando
 
 def stats_shapes(history_end: datetime) -> list[tuple[str, dict[str, str]]]:
     def window(days: int) -> dict[str, str]:
-        return {"start_time_from": iso(history_end - timedelta(days=days)),
-                "start_time_to": iso(history_end)}  # fmt: skip
+        return {
+            "start_time_from": iso(history_end - timedelta(days=days)),
+            "start_time_to": iso(history_end),
+        }
 
     return [
         ("stats status, all rows", {"group_by": "status"}),
@@ -238,8 +263,10 @@ class Figure:
 
     def line(self) -> str:
         verdict = "" if self.met is None else ("  met" if self.met else "  MISSED")
-        return (f"{self.name:<36} {self.sqlite:>11,.1f} {self.postgres:>11,.1f} {self.unit:<7}"
-                f" {self.ratio:>6.2f}x  {self.target}{verdict}")  # fmt: skip
+        return (
+            f"{self.name:<36} {self.sqlite:>11,.1f} {self.postgres:>11,.1f} {self.unit:<7}"
+            f" {self.ratio:>6.2f}x  {self.target}{verdict}"
+        )
 
 
 @dataclass
@@ -253,10 +280,24 @@ class Bench:
         self.sizes = sizes
         self.failures: list[str] = []
 
-    def load(self, backend: Backend, op: Any, *, name: str, concurrency: int, max_ops: int,
-             max_seconds: float) -> LoadResult:  # fmt: skip
-        result = run_load(backend.bases, op, name=f"{backend.name}: {name}",
-                          concurrency=concurrency, max_ops=max_ops, max_seconds=max_seconds)  # fmt: skip
+    def load(
+        self,
+        backend: Backend,
+        op: Any,
+        *,
+        name: str,
+        concurrency: int,
+        max_ops: int,
+        max_seconds: float,
+    ) -> LoadResult:
+        result = run_load(
+            backend.bases,
+            op,
+            name=f"{backend.name}: {name}",
+            concurrency=concurrency,
+            max_ops=max_ops,
+            max_seconds=max_seconds,
+        )
         stats = result.stats()
         if stats.non_2xx or stats.errors:
             self.failures.append(result.format())
@@ -273,18 +314,35 @@ def measure(bench: Bench, backends: Sequence[Backend], history_end: datetime) ->
     for name, make in list_shapes(history_end):
         values = []
         for backend in backends:
-            result = bench.load(backend, ListRuns(make, label="list"), name=name,
-                                concurrency=LIST_CONCURRENCY, max_ops=sizes.list_requests,
-                                max_seconds=120)  # fmt: skip
+            result = bench.load(
+                backend,
+                ListRuns(make, label="list"),
+                name=name,
+                concurrency=LIST_CONCURRENCY,
+                max_ops=sizes.list_requests,
+                max_seconds=120,
+            )
             values.append(p99_ms(result, "list"))
         figures.append(Figure(f"{name} p99", "ms", values[0], values[1], False))
     for name, params in stats_shapes(history_end):
         medians, p99s = [], []
         for backend in backends:
-            bench.load(backend, StatsCall(params), name=name + " (warm)", concurrency=1,
-                       max_ops=1, max_seconds=120)  # fmt: skip
-            result = bench.load(backend, StatsCall(params), name=name, concurrency=1,
-                                max_ops=sizes.stats_repeat, max_seconds=300)  # fmt: skip
+            bench.load(
+                backend,
+                StatsCall(params),
+                name=name + " (warm)",
+                concurrency=1,
+                max_ops=1,
+                max_seconds=120,
+            )
+            result = bench.load(
+                backend,
+                StatsCall(params),
+                name=name,
+                concurrency=1,
+                max_ops=sizes.stats_repeat,
+                max_seconds=300,
+            )
             p50, p99, _ = result.stats("stats").quantiles_ms()
             medians.append(p50)
             p99s.append(p99)
@@ -293,22 +351,38 @@ def measure(bench: Bench, backends: Sequence[Backend], history_end: datetime) ->
     batches = new_batches(sizes.batches)
     rates = []
     for backend in backends:
-        result = bench.load(backend, Batch(batches), name="batch ingest",
-                            concurrency=BATCH_CONCURRENCY, max_ops=len(batches),
-                            max_seconds=300)  # fmt: skip
+        result = bench.load(
+            backend,
+            Batch(batches),
+            name="batch ingest",
+            concurrency=BATCH_CONCURRENCY,
+            max_ops=len(batches),
+            max_seconds=300,
+        )
         inserted = sum(result.recording.notes.get("inserted", []))
         rates.append(inserted / result.elapsed_s if result.elapsed_s > 0 else math.nan)
         print(result.format(), file=sys.stderr)
-    ingest = Figure("batch ingest (100/request, c=6)", "runs/s", rates[0], rates[1], True,
-                    target=f">= {INGEST_TARGET_RUNS_S:,.0f} runs/s (PostgreSQL)")  # fmt: skip
+    ingest = Figure(
+        "batch ingest (100/request, c=6)",
+        "runs/s",
+        rates[0],
+        rates[1],
+        True,
+        target=f">= {INGEST_TARGET_RUNS_S:,.0f} runs/s (PostgreSQL)",
+    )
     if not sizes.quick:
         ingest.met = rates[1] >= INGEST_TARGET_RUNS_S
     figures.append(ingest)
     lifecycle = []
     for backend in backends:
-        result = bench.load(backend, Lifecycle(random.Random(5)), name="lifecycle",
-                            concurrency=LIFECYCLE_CONCURRENCY, max_ops=10_000_000,
-                            max_seconds=sizes.lifecycle_s)  # fmt: skip
+        result = bench.load(
+            backend,
+            Lifecycle(random.Random(5)),
+            name="lifecycle",
+            concurrency=LIFECYCLE_CONCURRENCY,
+            max_ops=10_000_000,
+            max_seconds=sizes.lifecycle_s,
+        )
         print(result.format(), file=sys.stderr)
         lifecycle.append(result)
     rates = [len(r.recording.notes.get("patched", [])) / r.elapsed_s for r in lifecycle]
@@ -319,12 +393,17 @@ def measure(bench: Bench, backends: Sequence[Backend], history_end: datetime) ->
     return figures
 
 
-def start_servers(workdir: Path, sqlite_path: Path, pg_url: str, log_level: str
-                  ) -> tuple[ServerProcess, list[ServerProcess]]:  # fmt: skip
+def start_servers(
+    workdir: Path, sqlite_path: Path, pg_url: str, log_level: str
+) -> tuple[ServerProcess, list[ServerProcess]]:
     lite = ServerProcess(sqlite_path, workdir / "sqlite-server.log", log_level)
     replicas = [
-        ServerProcess(workdir / f"unused-{n}.sqlite", workdir / f"replica-{n}.log", log_level,
-                      extra_env={"TELEMETRY_DATABASE_URL": pg_url})  # fmt: skip
+        ServerProcess(
+            workdir / f"unused-{n}.sqlite",
+            workdir / f"replica-{n}.log",
+            log_level,
+            extra_env={"TELEMETRY_DATABASE_URL": pg_url},
+        )
         for n in range(REPLICAS)
     ]
     return lite, replicas
@@ -332,8 +411,12 @@ def start_servers(workdir: Path, sqlite_path: Path, pg_url: str, log_level: str
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=None,
-                        help="prefilled runs (default 1,000,000; 3,000 with --quick)")  # fmt: skip
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="prefilled runs (default 1,000,000; 3,000 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, no targets")
     parser.add_argument("--batches", type=int, default=600, help="batches of 100 new runs")
     parser.add_argument("--seconds", type=float, default=30.0, help="lifecycle duration")
@@ -371,15 +454,20 @@ def run(sizes: Sizes, binaries: Path, workdir: Path, log_level: str) -> int:
     try:
         pg_url = cluster.url(cluster.new_database("figures"))
         rows, copy_s = asyncio.run(copy_to_postgres(sqlite_path, pg_url))
-        print(f"PostgreSQL prefill (migrate + COPY + VACUUM ANALYZE): {rows:,} rows in "
-              f"{copy_s:.0f} s", file=sys.stderr)  # fmt: skip
+        print(
+            f"PostgreSQL prefill (migrate + COPY + VACUUM ANALYZE): {rows:,} rows in "
+            f"{copy_s:.0f} s",
+            file=sys.stderr,
+        )
         lite, replicas = start_servers(workdir, sqlite_path, pg_url, log_level)
         for server in (lite, *replicas):
             servers.append(server)
             server.start()
         bench = Bench(sizes)
-        backends = [Backend("sqlite", [lite.base_url]),
-                    Backend("postgres", [r.base_url for r in replicas])]  # fmt: skip
+        backends = [
+            Backend("sqlite", [lite.base_url]),
+            Backend("postgres", [r.base_url for r in replicas]),
+        ]
         figures = measure(bench, backends, history_end)
     except Exception:
         for server in servers:
@@ -389,8 +477,10 @@ def run(sizes: Sizes, binaries: Path, workdir: Path, log_level: str) -> int:
         for server in servers:
             server.stop()
         cluster.destroy()
-    print(f"\n{sizes.rows:,} prefilled runs; SQLite: 1 server; PostgreSQL: {REPLICAS} replicas "
-          f"on one database; wall clock on a shared 2-core machine{' (--quick)' * sizes.quick}")  # fmt: skip
+    print(
+        f"\n{sizes.rows:,} prefilled runs; SQLite: 1 server; PostgreSQL: {REPLICAS} replicas "
+        f"on one database; wall clock on a shared 2-core machine{' (--quick)' * sizes.quick}"
+    )
     print(f"{'figure':<36} {'sqlite':>11} {'postgres':>11} {'unit':<7} {'pg/sq':>7}  target")
     for figure in figures:
         print(figure.line())
