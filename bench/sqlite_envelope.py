@@ -13,7 +13,9 @@ Printed:
   types, 85% success / 8% failure / 3% running, realistic optional fields);
 - ingest: ``POST /api/v1/runs/batch`` (100 runs a request, concurrency 6) and the
   create+PATCH lifecycle (concurrency 32) on that file, as runs/s and runs/day
-  (runs/s x 86,400: the rate held over the measured window, no headroom taken off);
+  (runs/s x 86,400: the rate held over the measured window, no headroom taken off), and
+  the server's CPU per run (less at the mercy of other load than the wall-clock rate; its
+  inverse is a ceiling for a server with a core of its own);
 - backup: ``telemetry-server backup`` of the file while the server runs (seconds, bytes);
 - restore: copy the backup into place (with an fsync), start ``telemetry-server`` on it,
   and time the first answers (``/health``, then a first page of ``GET /api/v1/runs``).
@@ -153,6 +155,7 @@ def run(workdir: Path, rows: int, batches: int, seconds: float, log_level: str) 
     restored = ServerProcess(workdir / "restored.sqlite", workdir / "restored.log", log_level)
     try:
         server.start()
+        cpu_start = server.cpu_seconds()
         ingest = run_load(
             server.base_url,
             Batch(new_batches(batches)),
@@ -163,6 +166,8 @@ def run(workdir: Path, rows: int, batches: int, seconds: float, log_level: str) 
         )
         inserted = sum(ingest.recording.notes.get("inserted", []))
         batch_rate = inserted / ingest.elapsed_s
+        cpu_ingest = server.cpu_seconds()
+        batch_cpu_ms = 1000 * (cpu_ingest - cpu_start) / max(inserted, 1)
         life = run_load(
             server.base_url,
             Lifecycle(random.Random(3)),
@@ -171,7 +176,9 @@ def run(workdir: Path, rows: int, batches: int, seconds: float, log_level: str) 
             max_ops=10_000_000,
             max_seconds=seconds,
         )
-        life_rate = len(life.recording.notes.get("patched", [])) / life.elapsed_s
+        patched = len(life.recording.notes.get("patched", []))
+        life_rate = patched / life.elapsed_s
+        life_cpu_ms = 1000 * (server.cpu_seconds() - cpu_ingest) / max(patched, 1)
         create_p99 = life.stats("create").quantiles_ms()[1]
         patch_p99 = life.stats("patch").quantiles_ms()[1]
         print(ingest.format(), life.format(), sep="\n", file=sys.stderr)
@@ -181,6 +188,9 @@ def run(workdir: Path, rows: int, batches: int, seconds: float, log_level: str) 
             f"           lifecycle create+PATCH {life_rate:,.0f} runs/s ="
             f" {life_rate * DAY_S / 1e6:,.1f} M runs/day (c={LIFECYCLE_CONCURRENCY};"
             f" p99 create {create_p99:.0f} ms, PATCH {patch_p99:.0f} ms)",
+            f"server CPU: {batch_cpu_ms * 100:.1f} ms per 100 batched runs, {life_cpu_ms:.2f} ms per"
+            f" lifecycle run: with one core of its own, at most ~{1000 / batch_cpu_ms:,.0f}"
+            f" and ~{1000 / life_cpu_ms:,.0f} runs/s (a ceiling: commits also wait on fsync)",
         ]
         copy = workdir / "backup.sqlite"
         backup_s = backup(db, copy)

@@ -37,6 +37,7 @@ def test_envelope_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"^size: +1,500 runs in [\d,]+ MiB = [\d,]+ bytes/run$", out, re.M), out
     assert re.search(r"batch [\d,]+ runs/s = [\d,]+ M runs/day", out), out
     assert re.search(r"lifecycle create\+PATCH [\d,]+ runs/s", out), out
+    assert re.search(r"^server CPU: [\d.]+ ms per 100 batched runs", out, re.M), out
     # the backup holds the prefill and what the ingest added; the restored server serves it
     backup = re.search(r"^backup: +([\d,]+) runs", out, re.M)
     assert backup is not None, out
