@@ -307,9 +307,10 @@ class Backend:
     cpu_seconds: Callable[[], float]
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """user + system CPU of every live process of a process group (PostgreSQL's postmaster
-    and its backends: pg_cluster starts it in a session of its own)."""
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """user + system CPU of the postmaster and its live children (one backend per
+    connection, kept by the replicas' pools; the background workers). Each child makes
+    itself a process group of its own, so they are found by parent, not by group."""
     total = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -318,7 +319,7 @@ def group_cpu_seconds(pgid: int) -> float:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+        if int(proc.name) == postmaster or int(fields[1]) == postmaster:  # state, ppid, ...
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -522,7 +523,7 @@ def run(sizes: Sizes, binaries: Path, workdir: Path, log_level: str) -> int:
             Backend(
                 "postgres",
                 [r.base_url for r in replicas],
-                lambda: sum(r.cpu_seconds() for r in replicas) + group_cpu_seconds(postmaster),
+                lambda: sum(r.cpu_seconds() for r in replicas) + postgres_cpu_seconds(postmaster),
             ),
         ]
         for number in range(sizes.rounds):
