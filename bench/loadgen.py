@@ -42,7 +42,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -145,13 +145,29 @@ class Recording:
         self.cpu_s += other.cpu_s
 
 
-class Client:
-    """What an operation sees: a keep-alive session on base_url and the recording."""
+BaseUrls = str | Sequence[str]
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, recording: Recording):
+
+def base_list(base_url: BaseUrls) -> list[str]:
+    """One target or several (replicas behind no load balancer): a list, never empty."""
+    bases = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not bases:
+        raise ValueError("at least one base URL is needed")
+    return [base.rstrip("/") for base in bases]
+
+
+class Client:
+    """What an operation sees: a keep-alive session on base_url and the recording.
+
+    With several base URLs (replicas of one server), requests go to them in turn,
+    round robin, as a load balancer would spread them."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: BaseUrls, recording: Recording):
         self.session = session
-        self.base_url = base_url.rstrip("/")
+        self.bases = base_list(base_url)
+        self.base_url = self.bases[0]
         self.recording = recording
+        self._turn = 0
 
     async def request(
         self,
@@ -170,10 +186,12 @@ class Client:
         data = None if json is None else orjson.dumps(json)
         headers = {"Content-Type": "application/json"} if data is not None else None
         stats = self.recording.label(label)
+        base = self.bases[self._turn % len(self.bases)]
+        self._turn += 1
         started = time.perf_counter()
         try:
             async with self.session.request(
-                method, self.base_url + path, data=data, params=params, headers=headers
+                method, base + path, data=data, params=params, headers=headers
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -248,7 +266,7 @@ class LoadResult:
 
 
 async def _drive(
-    base_url: str,
+    base_url: BaseUrls,
     op: Operation,
     *,
     concurrency: int,
@@ -313,7 +331,7 @@ def _run_loop(coro: Awaitable[Any]) -> Any:
 def _child(
     conn: Any,
     barrier: Any,
-    base_url: str,
+    base_url: BaseUrls,
     op: Operation,
     kwargs: dict[str, Any],
 ) -> None:
@@ -329,7 +347,7 @@ def _child(
 
 
 def run_load(
-    base_url: str,
+    base_url: BaseUrls,
     op: Operation,
     *,
     name: str = "load",
@@ -345,7 +363,8 @@ def run_load(
     sequence numbers are interleaved (process p gets p, p+N, p+2N ...), so an
     op can derive unique ids from seq alone.
     """
-    check_loopback(base_url)
+    for base in base_list(base_url):
+        check_loopback(base)
     if concurrency < 1 or max_ops < 1 or max_seconds <= 0 or processes < 1:
         raise ValueError("concurrency, max_ops, processes must be >= 1 and max_seconds > 0")
     processes = min(processes, concurrency)

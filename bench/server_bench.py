@@ -224,10 +224,17 @@ class ServerProcess:
     """One ``telemetry-server`` subprocess; stop() is idempotent and always by PID."""
 
     def __init__(
-        self, db: Path, log_path: Path, log_level: str, code_root: Path | None = None
+        self,
+        db: Path,
+        log_path: Path,
+        log_level: str,
+        code_root: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.db = db
         self.code_root = code_root
+        #: More environment for the server (e.g. TELEMETRY_DATABASE_URL for PostgreSQL).
+        self.extra_env = dict(extra_env or {})
         self.log_path = log_path
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -238,7 +245,7 @@ class ServerProcess:
         executable = Path(sys.executable).with_name("telemetry-server")
         command = [str(executable)] if executable.exists() else [sys.executable, "-m", "server"]
         port = free_port()
-        env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level}
+        env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level, **self.extra_env}
         cwd = ROOT
         if self.code_root is not None:  # another tree's server (--compare-root)
             command = [sys.executable, "-m", "server"]
@@ -246,6 +253,9 @@ class ServerProcess:
             cwd = self.code_root
         for name in ("TELEMETRY_API_AUTH_ENABLED", "TELEMETRY_RATE_LIMIT_ENABLED"):
             env.pop(name, None)
+        if "TELEMETRY_DATABASE_URL" not in self.extra_env:  # SQLite at --db, as asked
+            env.pop("TELEMETRY_DATABASE_URL", None)
+            env.pop("DATABASE_URL", None)
         started = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
