@@ -6,6 +6,7 @@ health-checked on /health, and HAProxy itself accepts its configuration (when in
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -157,13 +158,15 @@ def test_the_image_builds_from_this_tree() -> None:
 HAPROXY = shutil.which("haproxy")
 
 
+#: CI installs haproxy (.ci/run): there its absence fails the checks instead of skipping them.
 needs_haproxy = pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)"
+    HAPROXY is None and not os.environ.get("CI"),
+    reason="haproxy is not installed (apt-get install haproxy)",
 )
 
 
 def _haproxy_check(config: Path) -> subprocess.CompletedProcess[str]:
-    assert HAPROXY is not None
+    assert HAPROXY is not None, "haproxy is not installed (.ci/run installs it)"
     return subprocess.run(
         [HAPROXY, "-c", "-f", str(config)],
         capture_output=True,
