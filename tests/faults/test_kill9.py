@@ -32,7 +32,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROUNDS = 12
 AGENTS = 8
-ACCEPTING_WITHIN_S = 2.0
+#: A restarted sidecar must accept again soon: a bound on a hang (e.g. a recovery that walks
+#: the whole spool), not a speed target; start-up speed is measured in bench/spoold_bench.py.
+#: Typically 0.2-0.5 s here; 1.7-2.2 s was seen on a 2-core machine at load average 14.
+ACCEPTING_WITHIN_S = 6.0
 
 
 async def _start_and_prove_accepting(
