@@ -170,7 +170,7 @@ async def run(
         outcome = Outcome(source_runs=dump.runs)
         after = await _start(conn, dump)
         outcome.copied = await _copy(conn, dump, after, batch_rows, progress)
-        await bulk_indexes.restore(conn, f"{_marker_key(dump)}:indexes")
+        await bulk_indexes.restore(conn, "migrate:%:indexes")
         await _finish(conn, dump)
         outcome.sidecars = await _copy_sidecars(conn, dump)
         verifying = time.monotonic()
