@@ -8,6 +8,7 @@ connection reaches the new primary with no setting changed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
@@ -121,6 +122,8 @@ def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
 
 def _redact(text: str, parts: SplitResult) -> str:
     """The URL without secrets: the password in the user part and in ``?password=``."""
+    if parts.password is None and (hidden := _hide_unparsed_password(text)) != text:
+        return hidden
     query = parse_qsl(parts.query, keep_blank_values=True)
     if parts.password is None and all(key != "password" for key, _ in query):
         return text
@@ -132,6 +135,22 @@ def _redact(text: str, parts: SplitResult) -> str:
         hidden = [(key, "***" if key == "password" else value) for key, value in query]
         parts = parts._replace(query=urlencode(hidden, safe="*/"))
     return parts.geturl()
+
+
+def _hide_unparsed_password(text: str) -> str:
+    """``text`` with what may be a password urlsplit did not see hidden. A password
+    holding ``#``, ``/`` or ``?`` not percent-encoded ends urlsplit's network location
+    early (``u:ab#cd@h``: netloc ``u:ab``), so its parse finds no password; then from
+    the first ``:`` of the user part to the last ``@`` is hidden, and any ``password=``
+    after. A valid URL with an ``@`` past its host (rare) is shown hidden too: the shown
+    form may hide too much, never too little."""
+    scheme, sep, rest = text.partition("://")
+    at = rest.rfind("@")
+    colon = rest.find(":", 0, max(at, 0))
+    if not sep or at < 0 or colon < 0:
+        return text
+    hidden = f"{scheme}://{rest[:colon]}:***{rest[at:]}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", hidden)
 
 
 def _reason(exc: ValueError) -> str:

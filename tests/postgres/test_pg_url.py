@@ -136,3 +136,23 @@ def test_bad_host_lists_are_refused_without_the_password(url: str, word: str) ->
     with pytest.raises(InvalidDatabaseUrl, match="TELEMETRY_DATABASE_URL") as named:
         url_from_environment({"TELEMETRY_DATABASE_URL": url.replace("SECRET", SECRET)})
     assert "s3cr" not in str(named.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A generated password holding a character URLs reserve, not percent-encoded:
+        # urlsplit ends the network location at it, so it sees no password at all.
+        "postgresql://u:ab#SECRET@h/db",
+        "postgresql://u:ab/SECRET@h/db",
+        "postgresql://u:ab?SECRET@h/db",
+        "postgresql://u:1234/SECRET@h/db",  # parses: host u, port 1234, database SECRET@h/db
+        "postgresql://u:ab/SECRET@h/db?password=SECRET",
+    ],
+)
+def test_a_password_with_unescaped_reserved_characters_is_never_shown(url: str) -> None:
+    try:
+        shown = parse_url(url.replace("SECRET", SECRET)).redacted
+    except InvalidDatabaseUrl as exc:
+        shown = str(exc)
+    assert "s3cr" not in shown, shown
