@@ -29,6 +29,7 @@ from server.postgres.leader import Leadership
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.snapshot import Snapshots
 from server.postgres.url import DatabaseUrl
+from server.storage.connection import StorageUnavailable
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
 from server.storage.dashboard import DashboardFetch
@@ -89,6 +90,11 @@ class PostgresDatabase:
         self.writes = 0
         self.failed_writes = 0
         self.reaped_since_start = 0
+        #: Exports open at once at most: each holds a pooled connection for as long as
+        #: its client reads (a client that stalls, for as long as it stalls), so they
+        #: get half the pool and the writes and reads keep the rest.
+        self.export_slots = max(1, settings.pool_size // 2)
+        self._exports_open = 0
 
     def _connect(self) -> Any:
         """A connection of its own, outside the pool (the LISTEN, the leader's lock)."""
@@ -280,15 +286,26 @@ class PostgresDatabase:
     ) -> PostgresExport:
         """An export of the runs ``query`` matches, its snapshot taken (see ``export``);
         the caller closes it."""
+        if self._exports_open >= self.export_slots:
+            raise StorageUnavailable("too many exports in progress; retry shortly", retry_after_s=5)
+        self._exports_open += 1
         export = PostgresExport(
             self.pool,
             query,
             fmt,
             escape_formulas=escape_formulas,
             stale=(self.settings.stale, now_utc()),
+            on_close=self._export_closed,
         )
-        await export.open()
+        try:
+            await export.open()
+        except BaseException:
+            await export.close()
+            raise
         return export
+
+    def _export_closed(self) -> None:
+        self._exports_open -= 1
 
     async def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
         """The groups of ``GET /api/v1/stats``, as SQLite answers them (see ``stats``)."""

@@ -11,6 +11,7 @@ gives the connection back, whenever the client leaves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from server.contract.codec import dumps_text
@@ -41,8 +42,10 @@ class PostgresExport:
         *,
         escape_formulas: bool,
         stale: runs.StaleRule,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_close = on_close
         self._query = query.model_copy(update={"limit": CHUNK_ROWS, "offset": 0})
         self._format = fmt
         self._escape = escape_formulas
@@ -87,6 +90,9 @@ class PostgresExport:
         return "".join(self._csv_line(run) for run in page.runs).encode()
 
     async def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:  # once, whether or not a connection was taken
+            on_close()
         conn, self._conn = self._conn, None
         if conn is None:
             return

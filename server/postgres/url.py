@@ -122,8 +122,8 @@ def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
 
 def _redact(text: str, parts: SplitResult) -> str:
     """The URL without secrets: the password in the user part and in ``?password=``."""
-    if parts.password is None and (hidden := _hide_unparsed_password(text)) != text:
-        return hidden
+    if parts.password is None and (shown := _hide_unparsed_password(text)) != text:
+        return shown
     query = parse_qsl(parts.query, keep_blank_values=True)
     if parts.password is None and all(key != "password" for key, _ in query):
         return text
