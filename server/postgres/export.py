@@ -23,7 +23,7 @@ from server.contract.run_record import (
     RUN_STALENESS_COLUMNS,
 )
 from server.postgres import runs
-from server.postgres.errors import available
+from server.postgres.errors import ACQUIRE_TIMEOUT_S, available
 from server.storage import csv_lines
 from server.storage.cursor import Position
 from server.storage.run_json import python_rendering
@@ -61,7 +61,7 @@ class PostgresExport:
         """Take a connection and start the snapshot (before the 200 is sent, so a
         database that is down is still a 503)."""
         async with available():
-            self._conn = await self._pool.acquire()
+            self._conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
             try:
                 self._transaction = self._conn.transaction(
                     isolation="repeatable_read", readonly=True

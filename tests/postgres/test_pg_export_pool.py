@@ -13,6 +13,7 @@ import pytest
 
 from server.contract.models import RunCreate, RunQuery
 from server.postgres.database import PostgresDatabase, PostgresSettings
+from server.postgres.errors import ACQUIRE_TIMEOUT_S
 from server.postgres.url import parse_url
 from server.storage.connection import StorageUnavailable
 
@@ -54,4 +55,32 @@ async def test_stalled_exports_leave_connections_for_writes(pg_migrated_url: str
     finally:
         for export in exports:
             await export.close()
+        await database.close()
+
+
+async def test_a_write_behind_a_pool_held_by_slow_queries_is_a_503_not_a_hang(
+    pg_migrated_url: str,
+) -> None:
+    """Every pooled connection busy (slow stats, pages): a write waits a bounded time for
+    one, then is answered 503 (busy, retry) instead of waiting for as long as they run."""
+    settings = replace(PostgresSettings(url=parse_url(pg_migrated_url)), pool_size=2)
+    database = await PostgresDatabase.open(settings)
+    held = [await database.pool.acquire() for _ in range(2)]
+    run = RunCreate.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "run_id": "r",
+            "agent_name": "a",
+            "job_type": "j",
+            "start_time": "2026-01-12T10:30:00Z",
+        }
+    )
+    try:
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(database.create(run), ACQUIRE_TIMEOUT_S + 20)
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(database.get("x"), ACQUIRE_TIMEOUT_S + 20)
+    finally:
+        for conn in held:
+            await database.pool.release(conn)
         await database.close()
