@@ -54,8 +54,9 @@ from server.storage.dump import ROW_COLUMNS, SIDECAR_COLUMNS, Dump
 
 #: Runs per batch (one transaction each): ~5-10 MB at the fleet's row sizes.
 BATCH_ROWS = 5000
-#: The session advisory lock held by a migrate (two-int space: "te13", 2).
-MIGRATE_LOCK: tuple[int, int] = (0x74653133, 2)
+#: The session advisory lock held by a migrate (two-int space: "te13", 3; 1 is the
+#: schema migration's, 2 the leader's).
+MIGRATE_LOCK: tuple[int, int] = (0x74653133, 3)
 _STAGING = "telemetry_migrate_staging"
 _COLUMNS = ", ".join(ROW_COLUMNS)
 _INTEGER_COLUMNS = frozenset(

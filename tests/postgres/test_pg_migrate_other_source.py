@@ -12,6 +12,7 @@ import orjson
 from migrate_helpers import fill, migrate_command, new_database, scalar
 
 from server.postgres import bulk_indexes, import_sqlite
+from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.schema import MIGRATIONS
 from server.postgres.url import parse_url
 from server.storage.dump import Dump
@@ -61,3 +62,23 @@ async def test_a_partial_run_from_another_file_leaves_no_index_missing(
     assert await scalar(pg_url, "SELECT count(*) FROM agent_runs") == 500
     assert await _indexes(pg_url) >= _LIST_INDEXES
     assert await scalar(pg_url, "SELECT count(*) FROM server_meta WHERE key LIKE '%:indexes'") == 0
+
+
+async def test_a_replica_already_serving_the_empty_target_does_not_block_migrate(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Replicas started on the new database before the copy (compose brings them up
+    first): the one leading the background work holds its advisory lock, which is not
+    the migrate's ("another migrate is running" would be false)."""
+    source = tmp_path / "t.sqlite"
+    await new_database(source)
+    fill(source, 200)
+    database = await PostgresDatabase.open(PostgresSettings(url=parse_url(pg_url)))
+    try:
+        assert await database.leadership.lead()
+        result = migrate_command(source, pg_url)
+        assert result.returncode == 0, result.stderr
+        assert orjson.loads(result.stdout.strip().splitlines()[-1])["verified"] is True
+        assert await database.leadership.lead(), "the replica still leads"
+    finally:
+        await database.close()
