@@ -49,6 +49,11 @@ def parse_url(raw: str) -> DatabaseUrl:
         raise InvalidDatabaseUrl(f"malformed database URL: {_reason(exc)}") from None
     redacted = _redact(text, parts)
     if parts.scheme not in _SCHEMES:
+        if parts.scheme.partition("+")[0] in _SCHEMES:
+            raise InvalidDatabaseUrl(
+                f"database URL must be postgresql://..., without a driver name"
+                f" ({parts.scheme}://; {redacted})"
+            )
         raise InvalidDatabaseUrl(
             f"database URL scheme must be postgresql:// or postgres://, not {parts.scheme!r}"
             f" ({redacted})"
@@ -111,7 +116,10 @@ def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
         value = environ.get(name, "").strip()
         if not value:
             continue
-        if name != URL_SETTINGS[0] and value.partition(":")[0].lower() not in _SCHEMES:
+        scheme = value.partition(":")[0].lower()
+        # postgresql+DRIVER:// (SQLAlchemy's form) is a PostgreSQL database too: refused
+        # below (asyncpg reads no such scheme), never left for SQLite to answer instead.
+        if name != URL_SETTINGS[0] and scheme.partition("+")[0] not in _SCHEMES:
             continue
         try:
             return parse_url(value)

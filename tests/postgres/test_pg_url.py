@@ -156,3 +156,16 @@ def test_a_password_with_unescaped_reserved_characters_is_never_shown(url: str) 
     except InvalidDatabaseUrl as exc:
         shown = str(exc)
     assert "s3cr" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+asyncpg://u:SECRET@h/db", "postgres+psycopg://u:SECRET@h/db"]
+)
+def test_a_database_url_in_a_driver_dialect_is_refused_not_taken_for_sqlite(url: str) -> None:
+    """``postgresql+DRIVER://`` (SQLAlchemy's form) names a PostgreSQL database: left
+    alone, every replica would quietly run on a SQLite file of its own, its runs in no
+    other replica's answers. It is refused, saying which form to write."""
+    for name in ("TELEMETRY_DATABASE_URL", "DATABASE_URL"):
+        with pytest.raises(InvalidDatabaseUrl, match=rf"{name}.*postgresql://") as caught:
+            url_from_environment({name: url.replace("SECRET", SECRET)})
+        assert "s3cr" not in str(caught.value)
