@@ -33,6 +33,10 @@ from server.storage.export import CONTENT_TYPES, Export
 from server.storage.stale import now_utc, overdue_ids_sql
 
 log = structlog.get_logger("server.export")
+#: The longest one chunk's write may wait for a client that reads nothing: an export
+#: holds a read snapshot (SQLite: the WAL cannot be checkpointed past it; PostgreSQL:
+#: a pooled connection and the vacuum horizon), so a client that stalls is cut off.
+STALL_S = 60.0
 routes = web.RouteTableDef()
 
 
@@ -80,6 +84,10 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
     except sqlite3.Error as exc:
         raise classify(exc) from exc
     return await _stream(request, _InThreads(export), options.format)
+
+
+class _Stalled(Exception):
+    """A chunk's write made no progress for ``STALL_S``."""
 
 
 class Chunks(Protocol):
@@ -135,11 +143,19 @@ async def _stream(
             chunk = await export.next_chunk()
             if chunk is None:
                 break
-            await response.write(chunk)
+            try:
+                await asyncio.wait_for(response.write(chunk), STALL_S)
+            except TimeoutError:
+                raise _Stalled from None
         await response.write_eof()
         outcome = "complete"
     except ConnectionError:
         outcome = "client_gone"
+    except _Stalled:
+        outcome = "client_stalled"
+        log.warning("export_client_stalled", stall_s=STALL_S, rows=export.rows)
+        if request.transport is not None:
+            request.transport.close()
     except (sqlite3.Error, StorageUnavailable) as exc:
         outcome = "storage_error"
         log.warning("export_failed", error=str(exc), rows=export.rows)

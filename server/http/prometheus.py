@@ -67,7 +67,8 @@ class ServerMetrics:
         )
         self.exports = Counter(
             "telemetry_exports",
-            "Exports ended, by outcome (complete, client_gone, storage_error, cancelled)",
+            "Exports ended, by outcome (complete, client_gone, client_stalled, storage_error,"
+            " cancelled)",
             ["outcome"],
             registry=self.registry,
         )

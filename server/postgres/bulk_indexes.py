@@ -37,13 +37,21 @@ async def defer(conn: Any, key: str) -> None:
     )
 
 
-async def restore(conn: Any, key: str) -> None:
-    """Make again the indexes ``defer`` dropped (those made already, before a
-    kill, are skipped), then forget them."""
-    found = await conn.fetchval("SELECT value FROM server_meta WHERE key = $1", key)
-    if found is None:
+async def restore(conn: Any, pattern: str) -> None:
+    """Make again the indexes ``defer`` dropped under every key ``LIKE pattern`` (those
+    made already, before a kill, are skipped), then forget them. Every key, not only
+    this source's: a copy from another file killed before its first batch leaves the
+    table empty (so this one was allowed) and its indexes set aside; this copy's
+    ``defer`` then found none left to set aside."""
+    found = await conn.fetch(
+        "SELECT key, value FROM server_meta WHERE key LIKE $1 ORDER BY key", pattern
+    )
+    if not found:
         return
     await conn.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
-    for definition in orjson.loads(bytes(found)):
-        await conn.execute(definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
-    await conn.execute("DELETE FROM server_meta WHERE key = $1", key)
+    for key, value in found:
+        for definition in orjson.loads(bytes(value)):
+            await conn.execute(
+                definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+            )
+        await conn.execute("DELETE FROM server_meta WHERE key = $1", key)

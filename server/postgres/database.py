@@ -23,12 +23,13 @@ from server.contract.stats import StatsQuery
 from server.contract.timestamps import utc_now
 from server.postgres import runs, stale, stats
 from server.postgres.dashboard import PostgresDashboardReads
-from server.postgres.errors import available, describe_open_failure
+from server.postgres.errors import ACQUIRE_TIMEOUT_S, available, describe_open_failure
 from server.postgres.export import PostgresExport
 from server.postgres.leader import Leadership
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.snapshot import Snapshots
 from server.postgres.url import DatabaseUrl
+from server.storage.connection import StorageUnavailable
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
 from server.storage.dashboard import DashboardFetch
@@ -89,6 +90,11 @@ class PostgresDatabase:
         self.writes = 0
         self.failed_writes = 0
         self.reaped_since_start = 0
+        #: Exports open at once at most: each holds a pooled connection for as long as
+        #: its client reads (a client that stalls, for as long as it stalls), so they
+        #: get half the pool and the writes and reads keep the rest.
+        self.export_slots = max(1, settings.pool_size // 2)
+        self._exports_open = 0
 
     def _connect(self) -> Any:
         """A connection of its own, outside the pool (the LISTEN, the leader's lock)."""
@@ -181,7 +187,10 @@ class PostgresDatabase:
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
         params = insert_params(run, utc_now())
-        async with self._writing({run.agent_name}, {run.job_type}), self.pool.acquire() as conn:
+        async with (
+            self._writing({run.agent_name}, {run.job_type}),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+        ):
             return await runs.insert_row(conn, params)
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
@@ -189,7 +198,10 @@ class PostgresDatabase:
         now = utc_now()
         agents = {changes["agent_name"]} if isinstance(changes.get("agent_name"), str) else set()
         jobs = {changes["job_type"]} if isinstance(changes.get("job_type"), str) else set()
-        async with self._writing(agents, jobs), self.pool.acquire() as conn:
+        async with (
+            self._writing(agents, jobs),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+        ):
             return await runs.update_run(conn, event_id, changes, now)
 
     async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
@@ -208,7 +220,11 @@ class PostgresDatabase:
         rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
         agents = {run.agent_name for run in batch}
         jobs = {run.job_type for run in batch}
-        async with self._writing(agents, jobs), self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self._writing(agents, jobs),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(),
+        ):
             await runs.lock_runs(conn, [run.event_id for run in batch])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -227,7 +243,11 @@ class PostgresDatabase:
         creates = [item.create for item in items if item.create is not None]
         agents = {run.agent_name for run in creates}
         jobs = {run.job_type for run in creates}
-        async with self._writing(agents, jobs), self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self._writing(agents, jobs),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(),
+        ):
             await runs.lock_runs(conn, [item.event_id for item in items])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
@@ -237,7 +257,11 @@ class PostgresDatabase:
         """A run says it is alive (see ``runs.heartbeat``)."""
         now = utc_now()
         limit = self.settings.max_metrics_bytes
-        async with self._writing(set(), set()), self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self._writing(set(), set()),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(),
+        ):
             return await runs.heartbeat(conn, event_id, progress, now, limit)
 
     async def lead(self) -> bool:
@@ -247,7 +271,11 @@ class PostgresDatabase:
     async def reap(self, limit: int) -> int:
         """One batch of the reaper (see ``stale``): the runs marked ``timeout``."""
         policy, now = self.settings.stale, now_utc()
-        async with self._writing(set(), set()), self.pool.acquire() as conn, conn.transaction():
+        async with (
+            self._writing(set(), set()),
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(),
+        ):
             reaped = await stale.reap_batch(conn, policy, now, limit)
         self.reaped_since_start += reaped
         return reaped
@@ -255,17 +283,17 @@ class PostgresDatabase:
     async def reapable(self) -> bool:
         """Whether anything is due for the reaper: one read."""
         policy, now = self.settings.stale, now_utc()
-        async with available(), self.pool.acquire() as conn:
+        async with available(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await stale.any_reapable(conn, policy, now)
 
     # ---- reads ----------------------------------------------------------------------
 
     async def get(self, event_id: str) -> dict[str, Any] | None:
-        async with available(), self.pool.acquire() as conn:
+        async with available(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await runs.get_run(conn, event_id)
 
     async def query(self, query: RunQuery, after: Position | None = None) -> Page:
-        async with available(), self.pool.acquire() as conn:
+        async with available(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await runs.query_runs(conn, query, after, (self.settings.stale, now_utc()))
 
     async def query_json(self, query: RunQuery, after: Position | None = None) -> JsonPage:
@@ -280,19 +308,30 @@ class PostgresDatabase:
     ) -> PostgresExport:
         """An export of the runs ``query`` matches, its snapshot taken (see ``export``);
         the caller closes it."""
+        if self._exports_open >= self.export_slots:
+            raise StorageUnavailable("too many exports in progress; retry shortly", retry_after_s=5)
+        self._exports_open += 1
         export = PostgresExport(
             self.pool,
             query,
             fmt,
             escape_formulas=escape_formulas,
             stale=(self.settings.stale, now_utc()),
+            on_close=self._export_closed,
         )
-        await export.open()
+        try:
+            await export.open()
+        except BaseException:
+            await export.close()
+            raise
         return export
+
+    def _export_closed(self) -> None:
+        self._exports_open -= 1
 
     async def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
         """The groups of ``GET /api/v1/stats``, as SQLite answers them (see ``stats``)."""
-        async with available(), self.pool.acquire() as conn:
+        async with available(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await stats.read_stats(conn, query, self.settings.stale, now_utc())
 
     async def read_dashboard(
@@ -304,14 +343,14 @@ class PostgresDatabase:
         reads_at = (self.settings.stale, now)
         async with (
             available(),
-            self.pool.acquire() as conn,
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             return await fetch(PostgresDashboardReads(conn, *reads_at))
 
     async def ping(self) -> None:
         """Touch the database for real."""
-        async with available(), self.pool.acquire() as conn:
+        async with available(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             await conn.fetchval("SELECT 1")
 
     # ---- what the process keeps (``snapshot``) ---------------------------------------

@@ -15,6 +15,12 @@ import asyncpg
 from server.postgres.url import host_list
 from server.storage.connection import StorageUnavailable
 
+#: The longest a request waits for a pooled connection (all busy: slow queries,
+#: exports) before its answer is a 503 "busy, retry shortly" rather than a wait as long
+#: as theirs (up to the command timeout); below spoold's upstream timeout, so a batch
+#: is refused for sure instead of left in doubt.
+ACQUIRE_TIMEOUT_S = 5.0
+
 #: Another transaction is in the way: retry soon.
 _BUSY: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,  # deadlock, serialization failure

@@ -11,6 +11,7 @@ gives the connection back, whenever the client leaves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from server.contract.codec import dumps_text
@@ -22,7 +23,7 @@ from server.contract.run_record import (
     RUN_STALENESS_COLUMNS,
 )
 from server.postgres import runs
-from server.postgres.errors import available
+from server.postgres.errors import ACQUIRE_TIMEOUT_S, available
 from server.storage import csv_lines
 from server.storage.cursor import Position
 from server.storage.run_json import python_rendering
@@ -41,8 +42,10 @@ class PostgresExport:
         *,
         escape_formulas: bool,
         stale: runs.StaleRule,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_close = on_close
         self._query = query.model_copy(update={"limit": CHUNK_ROWS, "offset": 0})
         self._format = fmt
         self._escape = escape_formulas
@@ -58,7 +61,7 @@ class PostgresExport:
         """Take a connection and start the snapshot (before the 200 is sent, so a
         database that is down is still a 503)."""
         async with available():
-            self._conn = await self._pool.acquire()
+            self._conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
             try:
                 self._transaction = self._conn.transaction(
                     isolation="repeatable_read", readonly=True
@@ -87,6 +90,9 @@ class PostgresExport:
         return "".join(self._csv_line(run) for run in page.runs).encode()
 
     async def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:  # once, whether or not a connection was taken
+            on_close()
         conn, self._conn = self._conn, None
         if conn is None:
             return

@@ -54,8 +54,9 @@ from server.storage.dump import ROW_COLUMNS, SIDECAR_COLUMNS, Dump
 
 #: Runs per batch (one transaction each): ~5-10 MB at the fleet's row sizes.
 BATCH_ROWS = 5000
-#: The session advisory lock held by a migrate (two-int space: "te13", 2).
-MIGRATE_LOCK: tuple[int, int] = (0x74653133, 2)
+#: The session advisory lock held by a migrate (two-int space: "te13", 3; 1 is the
+#: schema migration's, 2 the leader's).
+MIGRATE_LOCK: tuple[int, int] = (0x74653133, 3)
 _STAGING = "telemetry_migrate_staging"
 _COLUMNS = ", ".join(ROW_COLUMNS)
 _INTEGER_COLUMNS = frozenset(
@@ -170,7 +171,7 @@ async def run(
         outcome = Outcome(source_runs=dump.runs)
         after = await _start(conn, dump)
         outcome.copied = await _copy(conn, dump, after, batch_rows, progress)
-        await bulk_indexes.restore(conn, f"{_marker_key(dump)}:indexes")
+        await bulk_indexes.restore(conn, "migrate:%:indexes")
         await _finish(conn, dump)
         outcome.sidecars = await _copy_sidecars(conn, dump)
         verifying = time.monotonic()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.postgres.errors import available
+from server.postgres.errors import ACQUIRE_TIMEOUT_S, available
 from server.storage.retention import PrunePlan, PruneReport, RetentionTotals
 
 BATCH_ROWS = 200
@@ -70,7 +70,7 @@ class PostgresPruner:
             return report
 
     async def _preview(self, plan: PrunePlan) -> PruneReport:
-        async with available(), self._pool.acquire() as conn:
+        async with available(), self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             rows = await conn.fetch(_PREVIEW, plan.cut, list(plan.statuses))
         report = PruneReport(plan.cut, list(plan.statuses), dry_run=True)
         for status, n, oldest, newest in rows:
@@ -86,7 +86,11 @@ class PostgresPruner:
         try:
             for _ in range(MAX_BATCHES):
                 batch_started = time.perf_counter()
-                async with available(), self._pool.acquire() as conn, conn.transaction():
+                async with (
+                    available(),
+                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+                    conn.transaction(),
+                ):
                     rows = await conn.fetch(_DELETE, plan.cut, list(plan.statuses), BATCH_ROWS)
                 took = time.perf_counter() - batch_started
                 report.batches += 1

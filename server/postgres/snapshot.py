@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from server.postgres.errors import ACQUIRE_TIMEOUT_S
 from server.postgres.text import decode
 from server.storage.counters import WINDOW_MINUTES, RunCounts, minute_of
 from server.storage.metadata import MetadataSnapshot
@@ -126,7 +127,7 @@ class Snapshots:
         return self.counts
 
     async def _load_names(self) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             agents = await conn.fetch(
                 _NAMES_SQL.format(table="run_agent_names", column="agent_name")
             )
@@ -139,7 +140,10 @@ class Snapshots:
 
     async def _count(self) -> None:
         window_start = minute_of(datetime.now(UTC) - timedelta(minutes=WINDOW_MINUTES - 1))
-        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+        async with (
+            self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(readonly=True),
+        ):
             rows = await conn.fetch(_COUNTS_SQL)
             recent = await conn.fetchval(_RECENT_SQL, window_start)
             reaped = await conn.fetchval(_REAPED_SQL)

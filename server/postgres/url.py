@@ -8,6 +8,7 @@ connection reaches the new primary with no setting changed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
@@ -48,6 +49,11 @@ def parse_url(raw: str) -> DatabaseUrl:
         raise InvalidDatabaseUrl(f"malformed database URL: {_reason(exc)}") from None
     redacted = _redact(text, parts)
     if parts.scheme not in _SCHEMES:
+        if parts.scheme.partition("+")[0] in _SCHEMES:
+            raise InvalidDatabaseUrl(
+                f"database URL must be postgresql://..., without a driver name"
+                f" ({parts.scheme}://; {redacted})"
+            )
         raise InvalidDatabaseUrl(
             f"database URL scheme must be postgresql:// or postgres://, not {parts.scheme!r}"
             f" ({redacted})"
@@ -110,7 +116,10 @@ def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
         value = environ.get(name, "").strip()
         if not value:
             continue
-        if name != URL_SETTINGS[0] and value.partition(":")[0].lower() not in _SCHEMES:
+        scheme = value.partition(":")[0].lower()
+        # postgresql+DRIVER:// (SQLAlchemy's form) is a PostgreSQL database too: refused
+        # below (asyncpg reads no such scheme), never left for SQLite to answer instead.
+        if name != URL_SETTINGS[0] and scheme.partition("+")[0] not in _SCHEMES:
             continue
         try:
             return parse_url(value)
@@ -121,6 +130,8 @@ def url_from_environment(environ: Mapping[str, str]) -> DatabaseUrl | None:
 
 def _redact(text: str, parts: SplitResult) -> str:
     """The URL without secrets: the password in the user part and in ``?password=``."""
+    if parts.password is None and (shown := _hide_unparsed_password(text)) != text:
+        return shown
     query = parse_qsl(parts.query, keep_blank_values=True)
     if parts.password is None and all(key != "password" for key, _ in query):
         return text
@@ -132,6 +143,22 @@ def _redact(text: str, parts: SplitResult) -> str:
         hidden = [(key, "***" if key == "password" else value) for key, value in query]
         parts = parts._replace(query=urlencode(hidden, safe="*/"))
     return parts.geturl()
+
+
+def _hide_unparsed_password(text: str) -> str:
+    """``text`` with what may be a password urlsplit did not see hidden. A password
+    holding ``#``, ``/`` or ``?`` not percent-encoded ends urlsplit's network location
+    early (``u:ab#cd@h``: netloc ``u:ab``), so its parse finds no password; then from
+    the first ``:`` of the user part to the last ``@`` is hidden, and any ``password=``
+    after. A valid URL with an ``@`` past its host (rare) is shown hidden too: the shown
+    form may hide too much, never too little."""
+    scheme, sep, rest = text.partition("://")
+    at = rest.rfind("@")
+    colon = rest.find(":", 0, max(at, 0))
+    if not sep or at < 0 or colon < 0:
+        return text
+    hidden = f"{scheme}://{rest[:colon]}:***{rest[at:]}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", hidden)
 
 
 def _reason(exc: ValueError) -> str:

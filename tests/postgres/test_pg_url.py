@@ -136,3 +136,36 @@ def test_bad_host_lists_are_refused_without_the_password(url: str, word: str) ->
     with pytest.raises(InvalidDatabaseUrl, match="TELEMETRY_DATABASE_URL") as named:
         url_from_environment({"TELEMETRY_DATABASE_URL": url.replace("SECRET", SECRET)})
     assert "s3cr" not in str(named.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A generated password holding a character URLs reserve, not percent-encoded:
+        # urlsplit ends the network location at it, so it sees no password at all.
+        "postgresql://u:ab#SECRET@h/db",
+        "postgresql://u:ab/SECRET@h/db",
+        "postgresql://u:ab?SECRET@h/db",
+        "postgresql://u:1234/SECRET@h/db",  # parses: host u, port 1234, database SECRET@h/db
+        "postgresql://u:ab/SECRET@h/db?password=SECRET",
+    ],
+)
+def test_a_password_with_unescaped_reserved_characters_is_never_shown(url: str) -> None:
+    try:
+        shown = parse_url(url.replace("SECRET", SECRET)).redacted
+    except InvalidDatabaseUrl as exc:
+        shown = str(exc)
+    assert "s3cr" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+asyncpg://u:SECRET@h/db", "postgres+psycopg://u:SECRET@h/db"]
+)
+def test_a_database_url_in_a_driver_dialect_is_refused_not_taken_for_sqlite(url: str) -> None:
+    """``postgresql+DRIVER://`` (SQLAlchemy's form) names a PostgreSQL database: left
+    alone, every replica would quietly run on a SQLite file of its own, its runs in no
+    other replica's answers. It is refused, saying which form to write."""
+    for name in ("TELEMETRY_DATABASE_URL", "DATABASE_URL"):
+        with pytest.raises(InvalidDatabaseUrl, match=rf"{name}.*postgresql://") as caught:
+            url_from_environment({name: url.replace("SECRET", SECRET)})
+        assert "s3cr" not in str(caught.value)

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from server.contract.export import CSV_COLUMNS
+from server.http import export as export_module
 from server.http.runs import DATABASE
 
 EXPORT = "/api/v1/runs/export"
@@ -257,6 +258,36 @@ async def test_a_client_that_leaves_releases_the_transaction_at_once(
         conn.close()
     assert busy == 0
     assert api.client.server.app[DATABASE].counts().total_runs == 6001
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_releases_the_snapshot(
+    api: Any, new_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that keeps the connection open but reads nothing more (a stalled or
+    hostile one) must not hold the export's read snapshot (SQLite: the WAL cannot be
+    checkpointed past it; PostgreSQL: a pooled connection and the vacuum horizon) for
+    as long as it likes: a write that makes no progress for ``STALL_S`` ends the export."""
+    monkeypatch.setattr(export_module, "STALL_S", 0.5)
+    big = "y" * 2000
+    runs = [new_run(error_details=big) for _ in range(6000)]  # ~14 MB: more than socket buffers
+    for start in range(0, 6000, 1000):
+        reply = await api.post("/api/v1/runs/batch", json=runs[start : start + 1000])
+        assert reply.status == 200
+    metrics = api.client.server.app[_metrics_key()]
+    response = await api.client.get(EXPORT)
+    try:
+        await response.content.readline()
+        assert metrics.exports_active._value.get() == 1
+        # ... and nothing more is read: the buffers fill, the server's writes stop.
+        for _ in range(400):  # bounded: 20 s at most
+            if metrics.exports_active._value.get() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert metrics.exports_active._value.get() == 0, "a stalled client holds the export"
+        assert metrics.exports.labels("client_stalled")._value.get() == 1
+    finally:
+        response.close()
+    await api.create(new_run())  # the store serves on
 
 
 def _metrics_key() -> Any:
