@@ -28,7 +28,7 @@ from server.contract.run_record import (
     RUN_STALENESS_COLUMNS,
     RUN_TEXT_COLUMNS,
 )
-from server.postgres.stale import overdue_clause
+from server.postgres.filters import filter_clauses
 from server.postgres.text import decode, encode
 from server.storage.cursor import Position
 from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
@@ -357,25 +357,7 @@ def query_sql(
     in the list order ``created_at DESC, id DESC``) and its parameters; one row more
     than the page, each with its id last. ``stale``: the reaper's rule and the instant,
     for ``stale=true`` (the SQLite backend's default rule when not given)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if query.stale is not None:
-        policy, now = stale if stale is not None else (StalePolicy(), now_utc())
-        clause, clause_params = overdue_clause(policy, now, 1)
-        clauses.append(clause)
-        params.extend(clause_params)
-    for column, operator, value in (
-        ("agent_name", "=", encode(query.agent_name)),
-        ("job_type", "=", encode(query.job_type)),
-        ("status", "=", query.status),
-        ("created_at", "<", query.created_before),
-        ("created_at", ">", query.created_after),
-        ("start_time", ">=", query.start_time_from),
-        ("start_time", "<=", query.start_time_to),
-    ):
-        if value is not None:
-            params.append(value)
-            clauses.append(f"{column} {operator} ${len(params)}")
+    clauses, params = filter_clauses(query, stale or (StalePolicy(), now_utc()))
     if after is not None:
         params.extend((after.created_at, after.row_id))
         clauses.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")

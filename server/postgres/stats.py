@@ -23,8 +23,8 @@ from decimal import Decimal
 from typing import Any
 
 from server.contract.stats import StatsQuery
-from server.postgres.stale import overdue_clause
-from server.postgres.text import decode, encode
+from server.postgres.filters import filter_clauses
+from server.postgres.text import decode
 from server.storage.stale import StalePolicy
 from server.storage.stats import StatsParts
 
@@ -42,24 +42,7 @@ _ENCODED_KEYS = frozenset(("agent_name", "job_type"))
 def stats_sql(query: StatsQuery, policy: StalePolicy, now: Any) -> tuple[str, list[Any]]:
     """The one SELECT of a stats query: per group key and status, the counts, exact item
     totals, first and last start, longest duration and the durations themselves."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if query.stale is not None:
-        clause, clause_params = overdue_clause(policy, now, 1)
-        clauses.append(clause)
-        params.extend(clause_params)
-    for column, operator, value in (
-        ("agent_name", "=", encode(query.agent_name)),
-        ("job_type", "=", encode(query.job_type)),
-        ("status", "=", query.status),
-        ("created_at", "<", query.created_before),
-        ("created_at", ">", query.created_after),
-        ("start_time", ">=", query.start_time_from),
-        ("start_time", "<=", query.start_time_to),
-    ):
-        if value is not None:
-            params.append(value)
-            clauses.append(f"{column} {operator} ${len(params)}::text")
+    clauses, params = filter_clauses(query, (policy, now))
     keys = [_KEY_SQL[name] for name in query.group_by]
     columns = ", ".join(
         (
