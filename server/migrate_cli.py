@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-rows",
         type=int,
         default=import_sqlite.BATCH_ROWS,
-        help=f"migrate: runs per transaction (default {import_sqlite.BATCH_ROWS})",
+        help=f"migrate: runs per transaction (default {import_sqlite.BATCH_ROWS},"
+        f" at most {import_sqlite.MAX_BATCH_ROWS:,})",
     )
     group.add_argument(
         "--resync",
@@ -92,8 +93,8 @@ def run_migrate(args: argparse.Namespace, *, busy_timeout_ms: int = 5000) -> int
     try:
         path = sqlite_path(args.migrate_from)
         url = postgres_url(args.migrate_to)
-        if args.batch_rows < 1:
-            raise _Usage("--batch-rows must be at least 1")
+        if not 1 <= args.batch_rows <= import_sqlite.MAX_BATCH_ROWS:
+            raise _Usage(f"--batch-rows must be 1 to {import_sqlite.MAX_BATCH_ROWS:,}")
     except _Usage as exc:
         return _fail(str(exc), 2)
     try:

@@ -245,13 +245,18 @@ async def test_bad_source_refused(tmp_path: Path, pg_url: str, source: str, expe
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    """--from not sqlite:, --to not postgresql://, no --to: exit 2 with one line."""
+    """--from not sqlite:, --to not postgresql://, no --to, a batch size out of bounds:
+    exit 2 with one line."""
+    endpoints = ("--from", f"sqlite:{tmp_path}/a", "--to", "postgresql://h/d")
     cases = (
         (("--from", "postgres://x/y", "--to", "postgresql://h/d"), "--from must be sqlite:PATH"),
         (("--from", f"sqlite:{tmp_path}/a", "--to", "mysql://u:pw@h/d"), "scheme"),
         (("--from", f"sqlite:{tmp_path}/a"), "needs --to"),
         (("--to", "postgresql://h/d"), "needs --from"),
         (("--from", "sqlite://host/a", "--to", "postgresql://h/d"), "sqlite:///ABSOLUTE"),
+        ((*endpoints, "--batch-rows", "0"), "--batch-rows must be 1 to 50,000"),
+        ((*endpoints, "--batch-rows", "50001"), "--batch-rows must be 1 to 50,000"),
+        ((*endpoints, "--batch-rows", "-5"), "--batch-rows must be 1 to 50,000"),
     )
     import subprocess
     import sys
