@@ -12,7 +12,7 @@ dump never writes, so it cannot upgrade an older file.
 
 The long read transaction pins the WAL (see ``export``): the file's WAL grows while a
 dump is open and is started over by the first checkpoint after it closes. In a rollback
-journal mode (the server's ``TELEMETRY_JOURNAL_MODE`` other than WAL) it does worse: it
+journal mode (the server's ``TELEMETRY_DB_JOURNAL_MODE`` other than WAL) it does worse: it
 holds the read lock a commit must wait for, so dump such a file with its server stopped.
 """
 

@@ -333,6 +333,7 @@ class RunLedger:
     status_acked: str | None = None
     commit_acked: str | None = None
     ambiguous: int = 0  # requests sent without an answer
+    failure: str | None = None  # the request that stopped the lifecycle, and its answer
 
     def acked_ops(self) -> int:
         return (
@@ -388,6 +389,13 @@ def tally(runs: Iterable[RunLedger], rows: Mapping[str, Mapping[str, Any]]) -> T
     return result
 
 
+def _failed(run: RunLedger, request: str, answer: Answer) -> bool:
+    """Note why a lifecycle stopped (an answer never came: ambiguous); False."""
+    run.ambiguous += answer.status is None and answer.sent
+    run.failure = f"{request}: {answer.status or answer.error}"
+    return False
+
+
 async def lifecycle(
     http: aiohttp.ClientSession,
     base: str,
@@ -401,8 +409,7 @@ async def lifecycle(
     -> associate-commit; stop at the first request without a 2xx. True if all were acked."""
     answer = await call(http, "POST", f"{base}/api/v1/runs", create_body(run.event_id))
     if not answer.ok:
-        run.ambiguous += answer.status is None and answer.sent
-        return False
+        return _failed(run, "POST create", answer)
     run.create_acked = True
     url = f"{base}/api/v1/runs/{run.event_id}"
     for k in range(1, patches + 1):
@@ -414,8 +421,7 @@ async def lifecycle(
         run.items_sent = k
         answer = await call(http, "PATCH", url, change)
         if not answer.ok:
-            run.ambiguous += answer.status is None and answer.sent
-            return False
+            return _failed(run, f"PATCH items {k}", answer)
         run.items_acked = k
     final = {
         "status": run.final,
@@ -425,8 +431,7 @@ async def lifecycle(
     }
     answer = await call(http, "PATCH", url, final)
     if not answer.ok:
-        run.ambiguous += answer.status is None and answer.sent
-        return False
+        return _failed(run, "PATCH final", answer)
     run.status_acked = run.final
     if not commit:
         return True
@@ -438,8 +443,7 @@ async def lifecycle(
         {"commit_hash": hash_, "commit_source": "ci", "commit_author": "Fault <f@example.com>"},
     )
     if not answer.ok:
-        run.ambiguous += answer.status is None and answer.sent
-        return False
+        return _failed(run, "POST associate-commit", answer)
     run.commit_acked = hash_
     return True
 
@@ -455,10 +459,11 @@ async def agent(
     commit: bool = True,
     stop_on_failure: bool = True,
     connector_limit: int = 4,
+    timeout_s: float = 10.0,
 ) -> None:
     """One agent: lifecycles back to back until ``stop``, ``max_runs`` or (optionally) a failure."""
     connector = aiohttp.TCPConnector(limit=connector_limit)
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         for n in range(max_runs):
             if stop.is_set():

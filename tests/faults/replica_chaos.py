@@ -315,6 +315,7 @@ async def run_round(
     drain_timeout_s: float = 180.0,
     tail_s: tuple[float, float] = (0.0, 3.0),
     watch: Watch | None = None,
+    agent_timeout_s: float = 30.0,
 ) -> RoundReport:
     """One round: ``runs`` lifecycles through the sidecars under the round's kill schedule,
     kills going on for a random tail into the drain, then drain and check the database."""
@@ -347,6 +348,7 @@ async def run_round(
                             round_no=round_no,
                             patches=PATCHES,
                             commit=False,
+                            timeout_s=agent_timeout_s,
                         )
                         for n, share in enumerate(shares)
                     )
