@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import ssl
 import sys
 import time
@@ -32,7 +31,7 @@ from pydantic import ValidationError
 from server.app import storage_settings
 from server.config import ServerConfig
 from server.contract.models import RunQuery
-from server.storage.connection import open_writer
+from server.storage.connection import DatabaseError, open_writer
 from server.storage.database import Database
 from server.storage.export import FORMATS, Export
 from server.storage.retention import (
@@ -239,9 +238,8 @@ def run_vacuum(config: ServerConfig, args: argparse.Namespace) -> int:
     )
     try:
         changed = convert_to_incremental(conn)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         incremental = incremental_enabled(conn)
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         return _fail(f"vacuum failed: {exc}", 1)
     finally:
         conn.close()
@@ -309,7 +307,7 @@ def run_export(config: ServerConfig, args: argparse.Namespace) -> int:
             busy_timeout_ms=config.busy_timeout_ms,
             escape_formulas=args.escape_formulas,
         )
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         return _fail(f"cannot read {config.db_path}: {exc}", 1)
     try:
         if str(args.out) == "-":
@@ -318,7 +316,7 @@ def run_export(config: ServerConfig, args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
         else:
             _write_atomically(args.out, export)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, DatabaseError) as exc:
         return _fail(f"export failed: {exc}", 1)
     finally:
         export.close()

@@ -12,6 +12,11 @@ from server.sqlite.errors import Kind, kind
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+#: What a failed SQLite statement raises, named here so the layers above storage (the HTTP
+#: handlers, the CLIs) catch it without importing the driver themselves.
+DatabaseError = sqlite3.Error
+
+
 class StorageUnavailable(RuntimeError):
     """The database cannot be used right now (locked, full, I/O error)."""
 
