@@ -106,8 +106,26 @@ def test_start_is_refused_without_a_database_url() -> None:
     assert _guard({"TELEMETRY_DATABASE_URL": ""}).returncode != 0
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DATABASE_URL": "sqlite:///var/lib/telemetry.sqlite"},  # the reference's own form
+        {"DATABASE_URL": "postgresql+asyncpg://u:pw@h/d"},
+        {"TELEMETRY_DATABASE_URL": "", "DATABASE_URL": "mysql://u:pw@h/d"},
+        {"TELEMETRY_DATABASE_URL": "/var/lib/telemetry.sqlite"},
+    ],
+)
+def test_start_is_refused_with_a_url_that_is_not_postgresql(env: dict[str, str]) -> None:
+    """A DATABASE_URL the server would leave to SQLite (each replica on a file of its
+    own, silently) stops this unit at its guard."""
+    refused = _guard(env)
+    assert refused.returncode != 0
+    assert "TELEMETRY_DATABASE_URL=postgresql://" in refused.stderr
+
+
 @pytest.mark.parametrize("name", ["TELEMETRY_DATABASE_URL", "DATABASE_URL"])
-def test_start_goes_on_with_a_database_url(name: str) -> None:
-    allowed = _guard({name: "postgresql://telemetry:pw@127.0.0.1:5432/telemetry"})
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_start_goes_on_with_a_database_url(name: str, scheme: str) -> None:
+    allowed = _guard({name: f"{scheme}://telemetry:pw@127.0.0.1:5432/telemetry"})
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stderr == ""
