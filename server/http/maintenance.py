@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -28,30 +27,17 @@ from server.edge.requests import read_json
 from server.edge.responses import json_response
 from server.http.prometheus import ServerMetrics
 from server.http.runs import DATABASE
-from server.postgres.database import PostgresDatabase
-from server.postgres.retention import PostgresPruner
 from server.reaper import STOP_WAIT_S, raise_if_cancelled
 from server.storage.connection import StorageUnavailable
-from server.storage.database import Database
 from server.storage.retention import (
     PrunePlan,
-    Pruner,
     PruneReport,
+    PruneRunner,
     RetentionError,
-    RetentionTotals,
     check_statuses,
     cut_for,
     parse_age,
 )
-
-
-class PruneRunner(Protocol):
-    """A backend's pruner: SQLite's ``Pruner`` (through its writer) or PostgreSQL's."""
-
-    totals: RetentionTotals
-
-    async def run(self, plan: PrunePlan, *, dry_run: bool = False) -> PruneReport: ...
-
 
 PRUNER: web.AppKey[PruneRunner] = web.AppKey("pruner", PruneRunner)
 #: Whether a caller without a token may prune (auth off): loopback callers only.
@@ -126,12 +112,7 @@ def create_pruner(app: web.Application, metrics: ServerMetrics) -> PruneRunner:
         metrics.prune_max_batch_seconds.set(report.max_batch_s)
         log.info("prune_pass", **report.as_dict())
 
-    if isinstance(database, PostgresDatabase):
-        return PostgresPruner(
-            database.pool, on_change=database.snapshots.changed, on_report=observe
-        )
-    assert isinstance(database, Database)
-    return Pruner(database.writer.run, database.reader.run, sleep=asyncio.sleep, on_report=observe)
+    return database.pruner(on_report=observe)
 
 
 def retention_ctx(

@@ -47,15 +47,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 from aiohttp import web
 
 from server.http.ratelimit import Decision, RateLimiter
 from server.http.runs import DATABASE
-from server.postgres.database import PostgresDatabase
-from server.postgres.ratelimit import Grant, PostgresBudget, Report
+from server.postgres.ratelimit import Grant, Report
 
 log = structlog.get_logger("server.ratelimit")
 
@@ -330,11 +329,10 @@ def shared_rate_limit_ctx(
     started once it is open, stopped and its leases given back before it closes)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        database: Any = app[DATABASE]
-        if not isinstance(database, PostgresDatabase):  # one process: its own buckets
+        budget = app[DATABASE].rate_budget()
+        if budget is None:  # one process: its own buckets
             yield
             return
-        budget = PostgresBudget(database.pool)
         await limiter.tick(budget)  # serve with the shared pools from the first request
         task = asyncio.create_task(limiter.run(budget), name="shared-rate-limit")
         try:

@@ -9,7 +9,7 @@ Several server processes may share one database: each operation is one transacti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +26,8 @@ from server.postgres.dashboard import PostgresDashboardReads
 from server.postgres.errors import ACQUIRE_TIMEOUT_S, available, describe_open_failure
 from server.postgres.export import PostgresExport
 from server.postgres.leader import Leadership
+from server.postgres.ratelimit import PostgresBudget
+from server.postgres.retention import PostgresPruner
 from server.postgres.schema import SCHEMA_VERSION, cursor_key, migrate
 from server.postgres.snapshot import Snapshots
 from server.postgres.url import DatabaseUrl
@@ -34,6 +36,7 @@ from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
 from server.storage.dashboard import DashboardFetch
 from server.storage.metadata import MetadataSnapshot
+from server.storage.retention import PruneReport
 from server.storage.run_json import python_rendering
 from server.storage.runs import (
     HeartbeatOutcome,
@@ -267,6 +270,14 @@ class PostgresDatabase:
     async def lead(self) -> bool:
         """Whether this replica is the one that does background work (``leader``)."""
         return await self.leadership.lead()
+
+    def pruner(self, on_report: Callable[[PruneReport], None] | None = None) -> PostgresPruner:
+        """Retention's runner on the pool; what it deletes reaches every replica's caches."""
+        return PostgresPruner(self.pool, on_change=self.snapshots.changed, on_report=on_report)
+
+    def rate_budget(self) -> PostgresBudget:
+        """The rate limit's token store shared by the replicas (``shared_ratelimit``)."""
+        return PostgresBudget(self.pool)
 
     async def reap(self, limit: int) -> int:
         """One batch of the reaper (see ``stale``): the runs marked ``timeout``."""

@@ -4,23 +4,28 @@ the run operations, the metadata and counts each keeps in memory, and its status
 satisfy it, which mypy checks here (``_both_conform``). The app factory picks the
 backend once at start-up (``TELEMETRY_DATABASE_URL``); handlers see only this protocol.
 The dashboard reads through ``read_dashboard`` (``server.storage.dashboard``'s protocol).
-What only SQLite has (its writer and readers, VACUUM, backup, checkpoints) is reached
-through ``server.http.backend.sqlite_only``, a 501 on PostgreSQL."""
+Retention's runner and the rate limit's shared token store come from the store too
+(``pruner``, ``rate_budget``). What only SQLite has (its writer and readers, VACUUM,
+backup, checkpoints) is reached through ``server.http.backend.sqlite_only``, a 501 on
+PostgreSQL; the export is the one endpoint that still picks its backend's streaming
+itself (``server.http.export``: SQLite's reads on worker threads, PostgreSQL's cursor)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.stats import StatsQuery
 from server.postgres.database import PostgresDatabase
+from server.postgres.ratelimit import PostgresBudget
 from server.storage.counters import RunCounts
 from server.storage.cursor import CursorCodec, Position
 from server.storage.dashboard import DashboardFetch
 from server.storage.database import Database
 from server.storage.metadata import MetadataSnapshot
+from server.storage.retention import PruneReport, PruneRunner
 from server.storage.runs import HeartbeatOutcome, JsonPage, Page, UpsertSummary
 from server.storage.sidecars import Presence
 from server.storage.status import StoreStatus
@@ -80,6 +85,14 @@ class RunStore(Protocol):
     def status(self) -> StoreStatus: ...
 
     async def lead(self) -> bool: ...
+
+    def pruner(self, on_report: Callable[[PruneReport], None] | None = None) -> PruneRunner:
+        """Retention's runner on this backend (the endpoint's and the background pass's)."""
+        ...
+
+    def rate_budget(self) -> PostgresBudget | None:
+        """The token store a rate limit shares across replicas; None with one server."""
+        ...
 
     async def reapable(self) -> bool: ...
 

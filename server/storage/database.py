@@ -3,6 +3,7 @@ state the writer keeps in memory (run counts, distinct values)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from server.storage.metadata import DistinctValues, MetadataSnapshot
 from server.storage.probe import HealthProbe
 from server.storage.reader import Reader
 from server.storage.reaped_count import ReapedCount
-from server.storage.retention import prefer_incremental_vacuum
+from server.storage.retention import Pruner, PruneReport, prefer_incremental_vacuum
 from server.storage.run_deltas import RunDeltas
 from server.storage.schema import SCHEMA_VERSION, current_version, cursor_key, migrate
 from server.storage.sidecars import Presence, record
@@ -263,6 +264,14 @@ class Database:
     async def lead(self) -> bool:
         """The one server on its file always does the background work."""
         return True
+
+    def pruner(self, on_report: Callable[[PruneReport], None] | None = None) -> Pruner:
+        """Retention's runner: its deletes through the writer, its previews on a reader."""
+        return Pruner(self.writer.run, self.reader.run, sleep=asyncio.sleep, on_report=on_report)
+
+    def rate_budget(self) -> None:
+        """No budget to share: one server on its file keeps its rate buckets itself."""
+        return None
 
     async def reap(self, limit: int) -> int:
         """One batch of the reaper, through the writer: the runs marked ``timeout``."""

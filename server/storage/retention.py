@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.timestamps import format_instant
@@ -354,6 +354,15 @@ class RetentionTotals:
     vacuumed_pages: int = 0
     failed_passes: int = 0
     last_pass: dict[str, Any] | None = None
+
+
+class PruneRunner(Protocol):
+    """A backend's pruner (``RunStore.pruner``): SQLite's ``Pruner`` (through its writer)
+    or PostgreSQL's ``server.postgres.retention.PostgresPruner``."""
+
+    totals: RetentionTotals
+
+    async def run(self, plan: PrunePlan, *, dry_run: bool = False) -> PruneReport: ...
 
 
 class Pruner:
