@@ -104,7 +104,7 @@ _COPY_CHUNK = 20_000
 #: list indexes are built once after the COPY (256 MB maintenance_work_mem, set by
 #: bulk_indexes) and VACUUM ANALYZE follows, while the SQLite file's grew row by row.
 TUNED_POSTGRES = {
-    "shared_buffers": "4GB",
+    "shared_buffers": "4096MB",
     "effective_cache_size": "12GB",
     "work_mem": "32MB",
     "maintenance_work_mem": "512MB",
@@ -112,6 +112,17 @@ TUNED_POSTGRES = {
     "checkpoint_timeout": "15min",
     "random_page_cost": "1.1",
 }
+
+
+def postgres_settings(sizes: Sizes) -> dict[str, str]:
+    """``TUNED_POSTGRES`` for a real run, with shared_buffers at most a quarter of the
+    machine's memory (PostgreSQL maps it all at start: a small runner would refuse it);
+    none for ``--quick`` (the smoke run in the tests: the test cluster's settings)."""
+    if sizes.quick:
+        return {}
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    quarter_mb = pages * page_size // 4 // 2**20
+    return {**TUNED_POSTGRES, "shared_buffers": f"{min(4096, quarter_mb)}MB"}
 
 
 @dataclass(frozen=True)
@@ -526,7 +537,7 @@ def run(sizes: Sizes, binaries: Path, workdir: Path, log_level: str) -> int:
     sqlite_path.unlink(missing_ok=True)
     prefill_s = prefill_fleet(sqlite_path, sizes.rows, history_end)
     print(f"SQLite prefill: {sizes.rows:,} rows in {prefill_s:.0f} s", file=sys.stderr)
-    cluster = pg_cluster.Cluster.start(binaries, TUNED_POSTGRES)
+    cluster = pg_cluster.Cluster.start(binaries, postgres_settings(sizes))
     servers: list[ServerProcess] = []
     try:
         pg_url = cluster.url(cluster.new_database("figures"))
@@ -566,7 +577,7 @@ def run(sizes: Sizes, binaries: Path, workdir: Path, log_level: str) -> int:
         f"\n{sizes.rows:,} prefilled runs; SQLite: 1 server; PostgreSQL: {REPLICAS} replicas on"
         f" one database; {rounds}; wall clock on a shared 2-core machine"
         f"{' (--quick)' * sizes.quick}\nPostgreSQL settings: "
-        + ", ".join(f"{key}={value}" for key, value in TUNED_POSTGRES.items())
+        + ", ".join(f"{key}={value}" for key, value in postgres_settings(sizes).items())
         + "\nSQLite settings: the server's own (WAL, synchronous=FULL, 2 MB page cache)"
         + f"; load average at the end: {os.getloadavg()[0]:.1f}"
     )

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from server.app import storage_settings
 from server.config import ServerConfig
 from server.contract.models import RunQuery
-from server.storage.connection import DatabaseError, open_writer
+from server.storage.connection import SQLiteError, open_writer
 from server.storage.database import Database
 from server.storage.export import FORMATS, Export
 from server.storage.retention import (
@@ -239,7 +239,7 @@ def run_vacuum(config: ServerConfig, args: argparse.Namespace) -> int:
     try:
         changed = convert_to_incremental(conn)
         incremental = incremental_enabled(conn)
-    except DatabaseError as exc:
+    except SQLiteError as exc:
         return _fail(f"vacuum failed: {exc}", 1)
     finally:
         conn.close()
@@ -307,7 +307,7 @@ def run_export(config: ServerConfig, args: argparse.Namespace) -> int:
             busy_timeout_ms=config.busy_timeout_ms,
             escape_formulas=args.escape_formulas,
         )
-    except DatabaseError as exc:
+    except SQLiteError as exc:
         return _fail(f"cannot read {config.db_path}: {exc}", 1)
     try:
         if str(args.out) == "-":
@@ -316,7 +316,7 @@ def run_export(config: ServerConfig, args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
         else:
             _write_atomically(args.out, export)
-    except (OSError, DatabaseError) as exc:
+    except (OSError, SQLiteError) as exc:
         return _fail(f"export failed: {exc}", 1)
     finally:
         export.close()

@@ -27,7 +27,7 @@ from server.http.backend import sqlite_only
 from server.http.ops import METRICS
 from server.http.runs import DATABASE
 from server.postgres.database import PostgresDatabase
-from server.storage.connection import DatabaseError, StorageUnavailable, classify
+from server.storage.connection import SQLiteError, StorageUnavailable, classify
 from server.storage.export import CONTENT_TYPES, Export
 from server.storage.stale import now_utc, overdue_ids_sql
 
@@ -80,7 +80,7 @@ async def export_runs(request: web.Request) -> web.StreamResponse:
             escape_formulas=options.escape_formulas,
             overdue=overdue,
         )
-    except DatabaseError as exc:
+    except SQLiteError as exc:
         raise classify(exc) from exc
     return await _stream(request, _InThreads(export), options.format)
 
@@ -155,7 +155,7 @@ async def _stream(
         log.warning("export_client_stalled", stall_s=STALL_S, rows=export.rows)
         if request.transport is not None:
             request.transport.close()
-    except (DatabaseError, StorageUnavailable) as exc:
+    except (SQLiteError, StorageUnavailable) as exc:
         outcome = "storage_error"
         log.warning("export_failed", error=str(exc), rows=export.rows)
         # The headers are sent: the only honest signal left is a body cut short.

@@ -14,7 +14,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 #: What a failed SQLite statement raises, named here so the layers above storage (the HTTP
 #: handlers, the CLIs) catch it without importing the driver themselves.
-DatabaseError = sqlite3.Error
+SQLiteError = sqlite3.Error
 
 
 class StorageUnavailable(RuntimeError):

@@ -17,7 +17,7 @@ async def test_100_concurrent_creates_over_3_replicas_answer_1_created_99_duplic
     make_api: Any,
 ) -> None:
     replicas = [await make_api() for _ in range(3)]
-    pools = {id(api.client.server.app[DATABASE]) for api in replicas}
+    pools = {id(api.client.server.app[DATABASE].pool) for api in replicas}
     assert len(pools) == 3
     assert all(isinstance(api.client.server.app[DATABASE], PostgresDatabase) for api in replicas)
     run = {
