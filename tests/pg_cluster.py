@@ -25,7 +25,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 #: The unprivileged system user the cluster runs as when the tests run as root.
 PG_USER = "telemetry-pg"
@@ -89,12 +89,6 @@ def _run_as() -> tuple[int, int] | None:
             raise RuntimeError(f"useradd {PG_USER} failed: {done.stderr.decode()[-500:]}") from None
         entry = pwd.getpwnam(PG_USER)
     return entry.pw_uid, entry.pw_gid
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -179,7 +173,7 @@ class Cluster:
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> Cluster:
-        port = port or _free_port()
+        port = port or free_port()
         extra = [arg for key, value in (settings or {}).items() for arg in ("-c", f"{key}={value}")]
         log = open(root / "postgres.log", "ab")  # noqa: SIM115 (the child keeps it)
         try:

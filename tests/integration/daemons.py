@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,16 +15,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port
+
 STARTUP_TIMEOUT_S = 20.0
 
 #: The settings that switch a server to PostgreSQL (server/config.py).
 DATABASE_URL_SETTINGS = frozenset({"TELEMETRY_DATABASE_URL", "DATABASE_URL"})
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

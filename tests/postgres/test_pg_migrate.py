@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 import pytest
 from migrate_helpers import execute, fill, migrate_command, new_database, scalar, target_rows
+from ports import free_port
 
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.digest import AgentDigests, read_digests
@@ -289,11 +290,7 @@ async def test_unreachable_or_refusing_target(
     right = postgres_cluster.password
     wrong_password = pg_url.replace(right, "Wr0ngSecret-xyz")
     no_database = postgres_cluster.url("no_such_database_here")
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free = sock.getsockname()[1]
+    free = free_port()
     no_server = f"postgresql://telemetry:{right}@127.0.0.1:{free}/tests"
     for url, secret in (
         (wrong_password, "Wr0ngSecret-xyz"),

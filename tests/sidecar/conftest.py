@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from sidecar_helpers import Api, FakeUpstream, Sidecar, free_port
+from ports import free_port
+from sidecar_helpers import Api, FakeUpstream, Sidecar
 
 from server.app import create_app as create_server_app
 from server.config import ServerConfig

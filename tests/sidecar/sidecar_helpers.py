@@ -10,7 +10,6 @@ real server, so a test scripts only the failures it is about.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections import deque
@@ -27,13 +26,6 @@ from multidict import CIMultiDictProxy
 #: Columns that legitimately differ between two copies of the same run.
 VOLATILE = frozenset({"created_at", "updated_at", "last_seen_at"})
 FORBIDDEN_IN_ANY_BODY = ("Traceback", 'File "')
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_run(**overrides: Any) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from ports import free_port
 from reference_wire import WireRun, associate_body, client_fallback, encode
-from sidecar_helpers import free_port, make_run
+from sidecar_helpers import make_run
 
 ECHOED = ("updated_at", "created_at", "id", "commit_url", "repo_url", "event_id")
 

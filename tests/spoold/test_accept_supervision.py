@@ -7,7 +7,6 @@ Faults are injected by making the real runs index or spool raise once.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from ports import free_port
 
 from spoold.app import create_app
 from spoold.config import SpooldConfig
@@ -31,9 +31,7 @@ class ThreadKiller(BaseException):
 
 
 def _dead_upstream() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def _run() -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
+
+from ports import free_port
 
 SCRIPT = textwrap.dedent(
     """
@@ -36,12 +37,6 @@ SCRIPT = textwrap.dedent(
     print("frozen", seen["frozen"])
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_freezes_what_start_up_created() -> None:

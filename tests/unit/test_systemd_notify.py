@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from server.runtime.systemd import extending_start_timeout, notify, watchdog_interval_s
 
@@ -86,12 +87,6 @@ def test_a_long_start_step_keeps_extending_the_start_timeout(
         sock.recv(4096)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("module", ["server", "spoold"])
 def test_daemon_sends_ready_watchdog_and_stopping(
@@ -99,7 +94,7 @@ def test_daemon_sends_ready_watchdog_and_stopping(
 ) -> None:
     """The real daemon: READY=1 once serving, WATCHDOG=1 pings, STOPPING=1 on SIGTERM."""
     sock, address = path_socket
-    port = _free_port()
+    port = free_port()
     args = (
         ["--port", str(port), "--db", str(tmp_path / "t.sqlite")]
         if module == "server"
