@@ -3,6 +3,7 @@
     python bench/targets.py                          # full run: 100,000 and 1,000,000 rows
     python bench/targets.py --sizes 20000 --only list_cpu ops_reads   # a quick look
     python bench/targets.py --markdown perf.md       # also write the README's table
+    python bench/targets.py --runs 3 --log-dir perf-run --markdown perf.md   # target ranges
 
 Runs the scripts one after another (never two at once: the machine has two cores and
 each script measures a live daemon), each with ``--json`` into a temp dir, a script
@@ -11,12 +12,18 @@ database, or operations in the spool's backlog), the others once. Then prints ev
 figure with its target and ratio, and whether every script verified that every write
 it got acknowledged was stored. Exit status 0 if every target was met and every script
 verified its writes, 1 if a target was missed, 2 if a script failed or did not verify.
+
+``--runs N`` repeats the whole run N times, one after another (logs under
+``run-K/``), and then shows each figure as its median and its range over the runs,
+with the number of runs that met its target: a target is quoted as a range, never as
+the best run. The exit status is the worst run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +125,59 @@ def markdown(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Spread:
+    """One figure over several full runs: every value, and how many met the target."""
+
+    first: Figure  # scenario, metric, rows and target, as the first run wrote them
+    values: list[float]
+    met: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def range_text(self) -> str:
+        low, high = min(self.values), max(self.values)
+        return _number(low) if low == high else f"{_number(low)}-{_number(high)}"
+
+    def met_text(self) -> str:
+        return "" if self.first.target is None else f"{self.met}/{len(self.values)}"
+
+
+def spreads(runs: list[list[Outcome]]) -> list[Spread]:
+    """Each figure (scenario, metric, rows) over the runs, in the order first seen."""
+    merged: dict[tuple[str, str, int | None], Spread] = {}
+    for outcomes in runs:
+        for outcome in outcomes:
+            for figure in outcome.figures:
+                key = (figure.scenario, figure.metric, figure.rows)
+                spread = merged.setdefault(key, Spread(figure, [], 0))
+                spread.values.append(figure.value)
+                spread.met += figure.met is True
+    return list(merged.values())
+
+
+def markdown_ranges(runs: list[list[Outcome]]) -> str:
+    """The README's table over several runs: median, range, target, runs that met it."""
+    lines = [
+        f"| scenario | rows | metric | median | range ({len(runs)} runs) | target | met |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for spread in spreads(runs):
+        figure = spread.first
+        rows = "" if figure.rows is None else f"{figure.rows:,}"
+        target = "" if figure.target is None else f"{figure.target:g}"
+        met = spread.met_text()
+        if met and spread.met < len(spread.values):
+            met = f"**{met}**"
+        lines.append(
+            f"| {figure.scenario} | {rows} | {figure.metric} | {_number(spread.median)} "
+            f"| {spread.range_text()} | {target} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -126,20 +186,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--markdown", type=Path, help="write the README table here")
     parser.add_argument("--log-dir", type=Path, help="keep the scripts' logs here")
-    return parser.parse_args(argv)
+    parser.add_argument("--runs", type=int, default=1, help="full runs, one after another")
+    args = parser.parse_args(argv)
+    if not 1 <= args.runs <= 20:
+        parser.error("--runs must be between 1 and 20")
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    chosen = [s for s in SCRIPTS if (s.default if args.only is None else s.name in args.only)]
+def one_run(chosen: list[Script], sizes: list[int], log_dir: Path) -> list[Outcome]:
+    """Every chosen script at every size, once; prints the run's figures and verdicts."""
     outcomes: list[Outcome] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="lt-targets-") as tmp:
-        log_dir = args.log_dir or Path(tmp)  # logs and figures (JSON) kept there
-        log_dir.mkdir(parents=True, exist_ok=True)
-        for script in chosen:
-            for rows in args.sizes if script.sized else [None]:
-                outcomes.append(run_script(script, rows, log_dir, log_dir))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for script in chosen:
+        for rows in sizes if script.sized else [None]:
+            outcomes.append(run_script(script, rows, log_dir, log_dir))
     print()
     print(f"one run, {time.monotonic() - started:.0f} s, {os.cpu_count()} cores")
     header = f"{'scenario':<52} {'metric':<18} {'value':>12} {'target':>10} {'ratio':>7}"
@@ -147,17 +208,47 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in outcomes:
         for figure in outcome.figures:
             print(format_row(figure))
-    failed = [o.label for o in outcomes if o.returncode not in (0, 1) or not o.verified]
-    missed = [f for o in outcomes for f in o.figures if f.met is False]
     print()
     for outcome in outcomes:
         print(f"{outcome.label}: {outcome.seconds:.0f} s, verified={outcome.verified}")
+    return outcomes
+
+
+def verdict(outcomes: list[Outcome]) -> int:
+    """0 every target met and every write verified, 1 a target missed, 2 a script failed."""
+    failed = [o.label for o in outcomes if o.returncode not in (0, 1) or not o.verified]
+    missed = [f for o in outcomes for f in o.figures if f.met is False]
     print(f"targets missed: {len(missed)}; scripts failed or unverified: {failed or 'none'}")
-    if args.markdown:
-        args.markdown.write_text(markdown(outcomes))
     if failed:
         return 2
     return 1 if missed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = [s for s in SCRIPTS if (s.default if args.only is None else s.name in args.only)]
+    runs: list[list[Outcome]] = []
+    statuses: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="lt-targets-") as tmp:
+        base = args.log_dir or Path(tmp)  # logs and figures (JSON) kept there
+        for k in range(1, args.runs + 1):
+            if args.runs > 1:
+                print(f"=== full run {k} of {args.runs}", flush=True)
+            log_dir = base / f"run-{k}" if args.runs > 1 else base
+            runs.append(one_run(chosen, args.sizes, log_dir))
+            statuses.append(verdict(runs[-1]))
+    if args.runs > 1:
+        print(f"\nover {args.runs} full runs: median, range, runs that met the target")
+        for spread in spreads(runs):
+            figure = spread.first
+            print(
+                f"{figure.scenario:<52} {figure.metric:<18} {spread.median:>12,.3f} "
+                f"{spread.range_text():>21} {spread.met_text():>5} {figure.rows or '':>9}"
+            )
+    if args.markdown:
+        table = markdown(runs[0]) if args.runs == 1 else markdown_ranges(runs)
+        args.markdown.write_text(table)
+    return max(statuses)
 
 
 if __name__ == "__main__":
