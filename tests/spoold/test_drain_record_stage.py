@@ -84,8 +84,9 @@ async def test_rounds_are_settled_then_acked_in_order_before_the_next_is_handed_
     task = asyncio.create_task(stage.run())
     for n, delivered in enumerate(rounds):
         await asyncio.wait_for(slot.put(delivered), 5)  # waits for the previous record
-        # The previous round was settled and acked before this put returned.
-        assert len([s for s in steps if s[0] == "ack"]) == n
+        # The previous round was settled and acked before this put returned (this one's
+        # record runs in a thread and may be done already by the time we look).
+        assert len([s for s in steps if s[0] == "ack"]) >= n
     await asyncio.wait_for(slot.put(None), 5)
     await asyncio.wait_for(task, 5)
     ids = [[g.id for g in delivered.groups] for delivered in rounds]
