@@ -67,6 +67,7 @@ _.ECHOED  # server/contract/models.py: RunUpdate's echoed fields (tests/unit/tes
 _.GROUP_KEYS  # server/contract/stats.py (tests/server/test_stats_rollups.py)
 _.rejected_error  # spoold/accept/acceptor.py: AcceptStats (tests/spoold/test_accept_debt.py)
 _.slow_commits  # AcceptStats (tests/spoold/test_accept_slow_commits.py, bench/spoold_accept.py)
+_.wal_restarts  # AcceptStats (tests/spoold/test_accept_checkpoints.py)
 _.answered  # spoold/forward/presence.py: BeaconStats (tests/sidecar/test_sidecar_heartbeat.py)
 _.synchronous_modes  # spoold/spool/queue.py (tests/spoold/test_spool_durability.py)
 _.inflight_groups  # spoold/spool/stats.py: SpoolStats (tests/spoold/test_spool_nack_retry.py)

@@ -53,6 +53,10 @@ DEBT_RETRY_S = 0.5
 #: The runs index's WAL is checkpointed (off this thread) after about this many bytes of
 #: commits: SQLite's own mark (1000 pages), which it would otherwise reach inside a commit.
 INDEX_CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: Once the runs index's WAL holds this many frames (pages, ~8 MiB), this thread copies
+#: the few its checkpointer has not between two groups, so the next write starts the WAL
+#: over (see ``after_group``).
+INDEX_RESTART_FRAMES = 2000
 #: WAL bytes an operation's index row change is counted for: one b-tree page (its key is
 #: random, so it dirties a page of its own), plus what its snapshot adds.
 _PAGE_BYTES = 4096
@@ -87,6 +91,8 @@ class AcceptStats:
     operations: int = 0
     rejected_error: int = 0
     slow_commits: int = 0
+    #: Times this thread copied the index's last WAL frames so that the WAL starts over.
+    wal_restarts: int = 0
 
 
 def _describe(error: BaseException) -> str:
@@ -151,6 +157,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
                 INDEX_BUSY_TIMEOUT_MS,
                 self._checkpoint_every,
                 name="index-checkpoint",
+                restart_frames=INDEX_RESTART_FRAMES,
             )
             self._timer.index_checkpoints = self._checkpointer
         self._worker.start()
@@ -221,6 +228,20 @@ class Acceptor(GroupWork[_Write, Accepted]):
 
     def finish(self) -> None:
         self._settle_debt()
+
+    def after_group(self, waiting: bool) -> None:
+        """Between two groups: once the index's WAL is long, copy its last frames here
+        (see ``spoold.spool.checkpoint``), so that the next commit starts it over."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or not checkpointer.restart_now(idle=not waiting):
+            return
+        checkpointer.restarted()
+        try:
+            self._index.copy_wal()
+        except Exception as exc:  # the commits are durable: this only bounds the WAL
+            log.warning("index_wal_copy_failed", error=repr(exc)[:300])
+            return
+        self.stats.wal_restarts += 1
 
     def failed(self, group: list[_Write], error: Exception) -> SpoolError:
         """A group failed in an unforeseen way: nothing of it is promised, answer 503."""

@@ -93,8 +93,11 @@ _ADDED_COLUMNS = {
 }
 #: Runs ``prune`` deletes per write transaction.
 PRUNE_SLICE_ROWS = 256
-#: The WAL is truncated to this after a checkpoint (it would otherwise keep its peak size).
-WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+#: The WAL is truncated to this when it starts over (it would otherwise keep its peak
+#: size). Above the ~8 MiB at which the accept thread has it start over
+#: (``spoold.accept.acceptor.INDEX_RESTART_FRAMES``): a restart in steady state truncates
+#: nothing; only one after a burst gives disk back.
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 #: What a settled run keeps: its run_id when it has one, else nothing.
 _SHRUNK = (
     "CASE WHEN json_valid(snapshot) AND json_type(snapshot, '$.run_id') = 'text'"
@@ -694,6 +697,12 @@ class RunsIndex:
 
     def known_count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def copy_wal(self) -> None:
+        """Copy the WAL into the database on this connection, outside a transaction
+        (PASSIVE: waits on no one); with every frame copied, the next write starts the
+        WAL over."""
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def wal_autocheckpoint(self, pages: int | None = None) -> int:
         """Set (if ``pages`` is given) and return this connection's auto-checkpoint mark;

@@ -9,13 +9,15 @@ connection has auto-checkpoint off and a checkpointer thread keeps the WAL bound
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from spool_helpers import SpoolFactory
 
-from spoold.accept.acceptor import Acceptor
+from spoold.accept.acceptor import INDEX_RESTART_FRAMES, Acceptor
 from spoold.state.ledger import Ledger
 from spoold.state.runs_index import WAL_SIZE_LIMIT_BYTES, RunsIndex
 
@@ -72,4 +74,47 @@ async def test_without_a_checkpointer_the_connection_keeps_sqlite_auto_checkpoin
     await acceptor.submit(create("one"))
     await acceptor.close()
     assert index.wal_autocheckpoint() == 1000
+    index.close()
+
+
+async def test_under_writes_that_never_pause_the_wal_still_starts_over(
+    tmp_path: Path, make_spool: SpoolFactory
+) -> None:
+    """SQLite starts a WAL over only when a write begins with every frame copied; under
+    writes that never pause, the checkpointer's copy always trails the last commits, so
+    the WAL grew for as long as agents wrote, and the commit that finally restarted it
+    truncated hundreds of MB to ``journal_size_limit`` on the accept thread (commits of
+    240 ms, 150 ms of it CPU, in ``bench/spoold_accept.py``; here, before the fix, the WAL
+    reached 35 MB within 24,000 creates). The accept thread now
+    copies the few frames left between two groups once the WAL holds
+    ``INDEX_RESTART_FRAMES``: the WAL stays near that size, whatever the load."""
+    path = tmp_path / "index.sqlite"
+    spool, index = make_spool(), RunsIndex(path)
+    acceptor = Acceptor(spool, index, Ledger())  # checkpoints every 4 MiB, as spoold
+    acceptor.start()
+    wal = Path(f"{path}-wal")
+    sizes: list[int] = []
+    total, writers = 48_000, 48
+
+    async def writer(k: int) -> None:
+        for i in range(k, total, writers):
+            await acceptor.submit(create(f"e{i}"))
+
+    async def sample() -> None:
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(os.stat(wal).st_size)
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(writer(k) for k in range(writers))), 120)
+    finally:
+        sampler.cancel()
+        await acceptor.close()
+    assert index.known_count() == total
+    assert spool.stats().depth_ops == total
+    bound = INDEX_RESTART_FRAMES * 4096 * 2 + 4 * 1024 * 1024  # twice the restart size + slack
+    assert max(sizes) <= bound, (max(sizes), bound)
+    assert acceptor.stats.wal_restarts >= 1, "the WAL never started over"
     index.close()
