@@ -57,6 +57,8 @@ INDEX_CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: the few its checkpointer has not between two groups, so the next write starts the WAL
 #: over (see ``after_group``).
 INDEX_RESTART_FRAMES = 2000
+#: A copy of the WAL's last frames on this thread this long is logged (``after_group``).
+SLOW_WAL_COPY_S = 0.025
 #: WAL bytes an operation's index row change is counted for: one b-tree page (its key is
 #: random, so it dirties a page of its own), plus what its snapshot adds.
 _PAGE_BYTES = 4096
@@ -91,8 +93,10 @@ class AcceptStats:
     operations: int = 0
     rejected_error: int = 0
     slow_commits: int = 0
-    #: Times this thread copied the index's last WAL frames so that the WAL starts over.
-    wal_restarts: int = 0
+    #: Times this thread copied every frame of the index's WAL so that it starts over,
+    #: and the longest such copy (it delays the next group).
+    wal_copies: int = 0
+    wal_copy_max_s: float = 0.0
 
 
 def _describe(error: BaseException) -> str:
@@ -235,13 +239,21 @@ class Acceptor(GroupWork[_Write, Accepted]):
         checkpointer = self._checkpointer
         if checkpointer is None or not checkpointer.restart_now(idle=not waiting):
             return
-        checkpointer.restarted()
+        started = time.perf_counter()
         try:
-            self._index.copy_wal()
+            complete = self._index.copy_wal()
         except Exception as exc:  # the commits are durable: this only bounds the WAL
             log.warning("index_wal_copy_failed", error=repr(exc)[:300])
-            return
-        self.stats.wal_restarts += 1
+            complete = False
+        seconds = time.perf_counter() - started
+        self.stats.wal_copy_max_s = max(self.stats.wal_copy_max_s, seconds)
+        if seconds >= SLOW_WAL_COPY_S:
+            log.warning("index_wal_copy_slow", ms=round(seconds * 1000, 1), complete=complete)
+        if complete:
+            checkpointer.restarted()
+            self.stats.wal_copies += 1
+        else:
+            checkpointer.retry_later()
 
     def failed(self, group: list[_Write], error: Exception) -> SpoolError:
         """A group failed in an unforeseen way: nothing of it is promised, answer 503."""

@@ -10,11 +10,15 @@ frames.
 A PASSIVE checkpoint alone does not bound the WAL: SQLite starts it over only when a
 write transaction begins with every frame copied, and under writes that never pause
 the copy trails the last commits. Given ``restart_frames``, a pass that finds the WAL
-that long makes ``restart_due``: the writer then copies the few frames left itself,
-between two of its transactions (``restart_now``/``restarted``), and its next one
-starts the WAL over. Otherwise the WAL grew for as long as the writes went on, and the
-commit that finally restarted it truncated the whole file (``journal_size_limit``)
-inside the writer's commit: 240 ms, 150 of it kernel CPU, on the accept path.
+that long passes again until a pass copies at most ``CHASE_FRAMES`` new frames (at
+most ``MAX_CHASE_PASSES`` more), then asks the writer for a restart: between two of
+its transactions, the writer copies what is left on its own connection
+(``restart_now``; ``restarted`` if every frame was copied, else ``retry_later``), and
+its next transaction starts the WAL over, unless another writer or a reader got in
+between (then the next pass asks again). Without this the WAL grew for as long as the
+writes went on, and the commit that finally restarted it truncated the whole file
+(``journal_size_limit``) inside the writer's commit: most likely the 240 ms accept
+commit (150 ms of it CPU) seen in ``bench/spoold_accept.py``.
 """
 
 from __future__ import annotations
@@ -92,22 +96,27 @@ class WalCheckpointer:
                 frames, copied = store.checkpoint(self._conn)
                 limit = self._restart_frames
                 if limit is not None and frames >= limit and not self._restart_due_since:
-                    self._chase(copied)
-                    self._restart_due_since = time.monotonic()
+                    frames = self._chase(copied)
+                    if frames >= limit:  # (not restarted meanwhile by another writer)
+                        self._restart_due_since = time.monotonic()
             except sqlite3.Error as exc:  # the puts are committed; this only bounds the WAL
                 log.warning("wal_checkpoint_failed", thread=self._name, error=str(exc))
             finally:
                 self.busy.stop()
 
-    def _chase(self, copied: int) -> None:
-        """Pass again while each pass copies more than ``CHASE_FRAMES`` (the writes that
-        came during the previous one's fsync), at most ``MAX_CHASE_PASSES`` times: what
-        the writer copies itself is then only the last few commits."""
+    def _chase(self, backfilled: int) -> int:
+        """Pass again while each pass copies more than ``CHASE_FRAMES`` new frames (the
+        writes made during the previous pass's fsync), at most ``MAX_CHASE_PASSES``
+        times, so that the writer's own copy is small; the frames the WAL then holds."""
+        frames = 0
         for _ in range(MAX_CHASE_PASSES):
-            _, now = store.checkpoint(self._conn)
-            fresh, copied = (now - copied if now >= copied else now), now
-            if fresh <= CHASE_FRAMES:
-                return
+            before = backfilled
+            frames, backfilled = store.checkpoint(self._conn)
+            if frames < before:  # the WAL started over meanwhile
+                return frames
+            if backfilled - before <= CHASE_FRAMES:
+                break
+        return frames
 
     def restart_now(self, *, idle: bool) -> bool:
         """Whether the writer should copy the WAL's last frames now: a restart is due and
@@ -118,8 +127,13 @@ class WalCheckpointer:
         return idle or time.monotonic() - since >= RESTART_WITHIN_S
 
     def restarted(self) -> None:
-        """The writer copied the rest: its next transaction starts the WAL over."""
+        """The writer copied every frame: its next transaction starts the WAL over."""
         self._restart_due_since = 0.0
+
+    def retry_later(self) -> None:
+        """The writer's copy left frames behind (a reader's snapshot, another checkpoint
+        under way): try again once it is overdue, not at every group."""
+        self._restart_due_since = time.monotonic()
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True

@@ -258,7 +258,8 @@ def connect_side(db_path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
 
 def checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:
     """Copy what the WAL holds into the database without waiting on anyone (PASSIVE);
-    (frames in the WAL, frames of it copied so far), (0, 0) when not in WAL mode."""
+    (frames in the WAL, frames of it copied so far): (0, 0) when not in WAL mode or
+    when another checkpoint holds the lock (SQLite answers -1 for both)."""
     row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return (max(int(row[1]), 0), max(int(row[2]), 0)) if row else (0, 0)
 

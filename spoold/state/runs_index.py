@@ -30,7 +30,7 @@ shrinks in that same commit to what the answers need - ``run_id`` (duplicate and
 PATCH/associate answers), ``has_create`` and ``touched_at`` - and is marked not
 ``complete``: updates accepted later fold into that partial snapshot, which is
 then only ever merged over the server's copy, never answered alone. SQLite
-reuses the freed pages, the WAL is truncated after checkpoints
+reuses the freed pages, the WAL starts over near 8 MiB and is truncated
 (``journal_size_limit``), and ``prune`` forgets the oldest settled runs once the
 index passes its byte bound, so the file is bounded by the backlog plus that
 bound, not by the throughput.
@@ -698,11 +698,12 @@ class RunsIndex:
     def known_count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
-    def copy_wal(self) -> None:
+    def copy_wal(self) -> bool:
         """Copy the WAL into the database on this connection, outside a transaction
-        (PASSIVE: waits on no one); with every frame copied, the next write starts the
-        WAL over."""
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        (PASSIVE: waits on no one); whether every frame is now copied, so that the next
+        write transaction (this connection's or another's) starts the WAL over."""
+        busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return not busy and frames >= 0 and copied == frames
 
     def wal_autocheckpoint(self, pages: int | None = None) -> int:
         """Set (if ``pages`` is given) and return this connection's auto-checkpoint mark;
