@@ -230,9 +230,12 @@ class ServerProcess:
         log_level: str,
         code_root: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.db = db
         self.code_root = code_root
+        #: Another program taking the server's --host/--port/--db (bench/server_ceiling.py).
+        self.command = command
         #: More environment for the server (e.g. TELEMETRY_DATABASE_URL for PostgreSQL).
         self.extra_env = dict(extra_env or {})
         self.log_path = log_path
@@ -244,6 +247,8 @@ class ServerProcess:
     def start(self, timeout_s: float = 300.0) -> None:
         executable = Path(sys.executable).with_name("telemetry-server")
         command = [str(executable)] if executable.exists() else [sys.executable, "-m", "server"]
+        if self.command is not None:
+            command = list(self.command)
         port = free_port()
         env = {**os.environ, "TELEMETRY_LOG_LEVEL": self.log_level, **self.extra_env}
         cwd = ROOT
@@ -1046,8 +1051,87 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
         trees.append(("before", args.compare_root))
     trees.append(("", None))
     baseline: float | None = None
+    lifecycle: LoadResult | None = None
     for label, root in trees:
-        baseline = measure_writes(bench, workdir, sizes, template, label, root, baseline)
+        baseline, lifecycle = measure_writes(bench, workdir, sizes, template, label, root, baseline)
+    if lifecycle is not None:
+        measure_ceiling(bench, workdir, template, lifecycle)
+
+
+def measure_ceiling(bench: Bench, workdir: Path, template: Path, server: LoadResult) -> None:
+    """The same lifecycle load against bench/server_ceiling.py on a copy of the same
+    prefill: the least a server does for these requests on this schema, same run."""
+    args = bench.args
+    db = workdir / "ceiling.sqlite"
+    shutil.copyfile(template, db)
+    ceiling = ServerProcess(
+        db,
+        workdir / "ceiling.log",
+        args.server_log_level,
+        command=[sys.executable, str(Path(__file__).resolve().with_name("server_ceiling.py"))],
+    )
+    try:
+        ceiling.start()
+        print(f"ceiling pid {ceiling.pid} at {ceiling.base_url}", file=sys.stderr)
+        result, cpu = bench.load(
+            ceiling,
+            Lifecycle(),
+            name=f"ceiling lifecycle c=32 {args.seconds:g} s",
+            concurrency=32,
+            max_ops=10_000_000,
+            max_seconds=args.seconds,
+            warmup=100,
+        )
+    finally:
+        code = ceiling.stop()
+        print(f"ceiling stopped, exit code {code}", file=sys.stderr)
+    _, p99, worst = result.stats().quantiles_ms()
+    _, server_p99, server_max = server.stats().quantiles_ms()
+    bench.add(
+        result,
+        cpu,
+        scenario="(5) ceiling: create+PATCH c=32",
+        rate=f"{result.ops_per_s:,.0f} runs/s, {result.requests_per_s():,.0f} req/s",
+    )
+    scenario = f"ceiling (aiohttp+validation+same SQLite writes) lifecycle c=32, {args.seconds:g} s"
+    rows = args.rows
+    bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
+    bench.figure(scenario, "p99 ms", p99, None, higher_is_better=False, rows=rows)
+    bench.figure(scenario, "max ms", worst, None, higher_is_better=False, rows=rows)
+    bench.figure(
+        scenario,
+        "server CPU ms/request",
+        server_cpu_ms_per_request(result, cpu),
+        None,
+        higher_is_better=False,
+        rows=rows,
+    )
+    for metric, ours, theirs in (("p99", server_p99, p99), ("max", server_max, worst)):
+        bench.figure(
+            f"server lifecycle {metric} / the ceiling's, same run",
+            "x",
+            ours / theirs if theirs else math.nan,
+            None,
+            higher_is_better=False,
+            rows=rows,
+        )
+    check = verify(
+        db,
+        "ceiling",
+        result.recording.notes.get("acked", []),
+        result.recording.notes.get("patched", []),
+    )
+    bench.note_row(
+        "verify: the ceiling's acknowledged writes stored",
+        check.describe(),
+        target="all",
+        passed=check.ok,
+    )
+    if not check.ok:
+        bench.broken.append(f"ceiling verification: {check.describe()}")
+    db.unlink(missing_ok=True)
+    for leftover in workdir.glob(f"{db.name}-*"):
+        leftover.unlink()
 
 
 def measure_writes(
@@ -1058,10 +1142,10 @@ def measure_writes(
     label: str,
     root: Path | None,
     baseline: float | None,
-) -> float:
+) -> tuple[float, LoadResult | None]:
     """One server (code from ``root``, else this tree) on a copy of the prefilled file:
     batches, then the raw executemany baseline (once per run), creates, lifecycle.
-    Returns the baseline's rows/s."""
+    Returns the baseline's rows/s and the lifecycle round."""
     args = bench.args
     rows = args.rows
     tag = f" [{label}: {root}]" if label else ""
@@ -1075,6 +1159,7 @@ def measure_writes(
     )
     acked: list[str] = []
     patched: list[str] = []
+    lifecycle: LoadResult | None = None
     try:
         server.start()
         print(f"server (writes{tag}) pid {server.pid} at {server.base_url}", file=sys.stderr)
@@ -1183,6 +1268,7 @@ def measure_writes(
             warmup=100,
         )
         after = writer_stats(server)
+        lifecycle = result
         acked += result.recording.notes.get("acked", [])
         patched += result.recording.notes.get("patched", [])
         _, p99, worst = result.stats().quantiles_ms()
@@ -1230,7 +1316,8 @@ def measure_writes(
     db.unlink(missing_ok=True)
     for leftover in workdir.glob(f"{db.name}-*"):
         leftover.unlink()
-    return baseline
+    assert baseline is not None
+    return baseline, lifecycle
 
 
 def read_measurements(
