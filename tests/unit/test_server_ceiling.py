@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
+from server.contract.answers import DUPLICATE_MESSAGE
 from server.storage.schema import migrate
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BOUND_S = 30.0
+BOUND_S = 20.0
 
 
 def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -56,11 +57,13 @@ def test_the_ceiling_stores_what_it_acknowledges_and_refuses_bad_input(tmp_path:
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "ceiling.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + BOUND_S
         while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the ceiling exited: {(tmp_path / 'ceiling.log').read_text()}")
             try:
                 if _call("GET", base + "/health")[0] == 200:
                     break
@@ -81,7 +84,10 @@ def test_the_ceiling_stores_what_it_acknowledges_and_refuses_bad_input(tmp_path:
             201,
             {"status": "created", "event_id": event_id, "run_id": "r-1"},
         )
-        assert _call("POST", base + "/api/v1/runs", run)[1]["status"] == "duplicate"
+        assert _call("POST", base + "/api/v1/runs", run) == (
+            201,
+            {"status": "duplicate", "event_id": event_id, "message": DUPLICATE_MESSAGE},
+        )
         status, answer = _call(
             "PATCH", base + f"/api/v1/runs/{event_id}", {"status": "success", "duration_ms": 5}
         )
@@ -92,7 +98,11 @@ def test_the_ceiling_stores_what_it_acknowledges_and_refuses_bad_input(tmp_path:
         assert _call("POST", base + "/api/v1/runs", {**run, "status": "bogus"})[0] == 422
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute("SELECT status, duration_ms FROM agent_runs").fetchall()
