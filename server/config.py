@@ -61,7 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TELEMETRY_DB_WAL_RESTART_PAGES",
         "wal_restart_pages",
         "In WAL mode, checkpoints run on a thread of their own (never inside a commit) and "
-        "the WAL is started over once it holds this many pages (4 KiB each by default); "
+        "the WAL is started over once it holds this many pages at the once-a-second pass "
+        "(4 KiB each by default; under heavy writes it holds more by then); "
         "0 = SQLite's own checkpoint inside the commit that passes 1,000 pages.",
     ),
     Setting(

@@ -22,9 +22,11 @@ writer by the frames of its last commits. So once the WAL holds
 ``restart_frames``, the thread copies again until it trails by at most
 ``catch_up_frames``, then asks the writer to copy that small remainder itself
 between two groups, when its queue is empty (or within half a second); its
-next transaction then starts the WAL over. The WAL therefore stays near ``restart_frames`` plus what is written
-during one poll and one chase, whatever the write rate; ``journal_size_limit``
-gives the file back to the disk after a burst.
+next transaction then starts the WAL over. The WAL therefore holds at most
+``restart_frames`` plus what is written in one pass interval and one chase: under the
+heaviest load measured (~25,000 frames a second) 110-130 MB when it starts over, which
+``journal_size_limit`` (above that) leaves in place; the file is cut back to that
+limit only after a larger burst.
 
 Durability does not depend on any of this: an acknowledged write is fsynced
 in the WAL by its COMMIT, and a crash during a checkpoint leaves the WAL
