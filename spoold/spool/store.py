@@ -28,7 +28,7 @@ from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 from server.sqlite.connect import connect
 from server.sqlite.errors import is_corruption
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
-from spoold.spool import layout, totals
+from spoold.spool import layout, prescan, totals
 from spoold.spool.codec import (
     HEADER_BYTES,
     DecodedGroup,
@@ -106,6 +106,9 @@ def open_queue(
 
 
 def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Connection]:
+    # The read of every row started before the daemon's imports, if any (finished first,
+    # so nothing of it reads while the queue opens).
+    earlier = prescan.take(directory / layout.DB_FILE)
     queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
@@ -121,10 +124,11 @@ def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Conn
         side = connect_side(directory / layout.DB_FILE, busy_timeout_ms)
         # Reads every live row before anything is accepted: surfaces corruption now.
         if totals.installed(side):
-            corrected = totals.verify(side)  # and puts kept totals that drifted right
-            if corrected is not None:
-                groups, nbytes, ops = corrected
+            verified = totals.verify(side, earlier)  # and puts kept totals that drifted right
+            if verified.corrected is not None:
+                groups, nbytes, ops = verified.corrected
                 log.error("spool_totals_corrected", groups=groups, bytes=nbytes, ops=ops)
+            log.info("spool_rows_read", before_imports=verified.earlier_scan_used)
         else:
             totals.count(side)
         _probe_put(side)

@@ -17,6 +17,7 @@ late); that read is ``verify`` below, which also corrects totals that ever drift
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 
 from persistqueue.sqlackqueue import AckStatus
 
@@ -93,27 +94,70 @@ def read(side: sqlite3.Connection) -> tuple[int, int, int]:
     return int(groups), int(nbytes), int(ops)
 
 
+#: The live rows' identity besides their totals: the sum of their ids (ids only grow, and a
+#: row's data never changes once put).
+_IDENTITY = "COALESCE(SUM(_id), 0)"
+_SCAN_SQL = _COUNT_SQL.replace(" FROM ", f", {_IDENTITY} FROM ", 1)
+#: ``length()`` of a blob needs none of its content: milliseconds for any backlog.
+_FINGERPRINT_SQL = (
+    f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0), {_IDENTITY}"
+    f" FROM {_QUEUE} WHERE status < {_ACKED}"
+)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What reading every live row found (``scan``), and which rows those were."""
+
+    groups: int
+    nbytes: int
+    ops: int
+    id_sum: int
+
+    def totals(self) -> tuple[int, int, int]:
+        return self.groups, self.nbytes, self.ops
+
+
+def scan(conn: sqlite3.Connection) -> Scan:
+    """Read every live row (the check at open), in one statement: one snapshot."""
+    groups, nbytes, ops, id_sum = conn.execute(_SCAN_SQL).fetchone()
+    return Scan(int(groups), int(nbytes), int(ops), int(id_sum))
+
+
 def count(side: sqlite3.Connection) -> tuple[int, int, int]:
     """The same, counted from every live row (reads them all: the check at open, the CLI)."""
     groups, nbytes, ops = side.execute(_COUNT_SQL).fetchone()
     return int(groups), int(nbytes), int(ops)
 
 
-def verify(side: sqlite3.Connection) -> tuple[int, int, int] | None:
+@dataclass(frozen=True)
+class Verified:
+    """What ``verify`` found: the correction made to the totals (counted - kept; None when
+    they agreed), and whether an earlier scan stood for the read of every row."""
+
+    corrected: tuple[int, int, int] | None
+    earlier_scan_used: bool
+
+
+def verify(side: sqlite3.Connection, earlier: Scan | None = None) -> Verified:
     """Count every live row and compare with the totals, in one read snapshot; if they
     differ, correct the totals by the difference (puts and acks may have moved them
-    since). Returns the difference (counted - kept), or None if there was none.
+    since).
 
     Reading every row is also what surfaces a damaged page (``spoold.state.verify``).
+    ``earlier``, a ``scan`` made before the open (``spoold.spool.prescan``), stands for
+    that read if the live rows are still the very ones it read (same count, bytes and
+    ids: a fingerprint that reads no blob); otherwise every row is read here.
     """
     side.execute("BEGIN")  # one snapshot for both reads (WAL: writers go on meanwhile)
     try:
-        counted = count(side)
+        used = earlier is not None and _same_rows(side, earlier)
+        counted = earlier.totals() if used and earlier is not None else count(side)
         kept = read(side)
     finally:
         side.execute("COMMIT")
     if counted == kept:
-        return None
+        return Verified(None, used)
     delta = (counted[0] - kept[0], counted[1] - kept[1], counted[2] - kept[2])
     side.execute("BEGIN IMMEDIATE")
     try:
@@ -126,4 +170,14 @@ def verify(side: sqlite3.Connection) -> tuple[int, int, int] | None:
     except BaseException:
         side.execute("ROLLBACK")
         raise
-    return delta
+    return Verified(delta, used)
+
+
+def _same_rows(side: sqlite3.Connection, earlier: Scan) -> bool:
+    """Whether the live rows are the ones ``earlier`` read (reads no blob)."""
+    groups, nbytes, id_sum = side.execute(_FINGERPRINT_SQL).fetchone()
+    return (int(groups), int(nbytes), int(id_sum)) == (
+        earlier.groups,
+        earlier.nbytes,
+        earlier.id_sum,
+    )

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from sidecar_helpers import answer, make_run, proxy, refuse_runs
 
-from spoold import cli
+from spoold.cli import commands as cli
 from spoold.cli.locate import (
     DEFAULT_ENV_FILE,
     DEFAULT_STATE_DIRS,

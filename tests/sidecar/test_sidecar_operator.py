@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sidecar_helpers import make_run, refuse_runs
 
-from spoold import cli
+from spoold.cli import commands as cli
 
 REPO = Path(__file__).resolve().parents[2]
 

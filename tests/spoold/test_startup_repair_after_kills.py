@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from spool_helpers import SpoolFactory, accept, disk_full
 
-from spoold import cli
+from spoold.cli import commands as cli
 from spoold.spool import DeadLetterStore
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
 from spoold.state.recovery import reconcile
