@@ -4,11 +4,13 @@ Opening the spool reads every live row before anything is accepted (``totals.ver
 damage must be found before writes go into the file), ~0.16 s of CPU for a
 1,000,000-operation backlog; importing the daemon (aiohttp, pydantic, the contract)
 takes ~0.3 s more, one after the other. ``spoold serve`` calls ``start`` as soon as it
-knows the spool directory: a thread reads the rows (SQLite lets go of the GIL while it
-reads, so the imports go on on the other core), and the open ``take``s that read,
-waiting for it if needed. The open uses it only if the live rows are still the very ones
-it read (``totals.verify``); a missing file, an error or damage leave the read to the
-open, exactly as without this module.
+knows the spool directory: a thread takes the directory's lock (none of this happens if
+another process holds it), reads the rows (SQLite lets go of the GIL while it reads, so
+the imports go on on the other core) and keeps the lock; the spool's open ``take``s that
+read, waiting for it if needed, and releases the lock just before taking it itself, so
+no other process can change the file in between. The open uses the read only if the
+live rows are still the very ones it read (``totals.verify``); no file, a locked
+directory, an error or damage leave the read to the open, exactly as without this module.
 """
 
 from __future__ import annotations
@@ -18,59 +20,69 @@ import threading
 from pathlib import Path
 
 from server.sqlite.connect import connect
-from spoold.spool.layout import DB_FILE
+from spoold.spool import layout
 from spoold.spool.totals import Scan, scan
 
-#: At most this long to wait at open for a read still under way (then the open reads).
-TAKE_WAIT_S = 30.0
 _BUSY_TIMEOUT_MS = 1000
 
 _started: dict[Path, _Prescan] = {}
-_lock = threading.Lock()
+_guard = threading.Lock()
 
 
 class _Prescan:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.found: Scan | None = None
+        self.lock_fd = -1
         self.thread = threading.Thread(target=self._read, name="spoold-prescan", daemon=True)
 
     def _read(self) -> None:
         with contextlib.suppress(Exception):  # the open reads again, and reports
-            conn = connect(self.path, busy_timeout_ms=_BUSY_TIMEOUT_MS, read_only=True)
+            self.lock_fd = layout.acquire_lock(self.directory)
+            conn = connect(
+                self.directory / layout.DB_FILE, busy_timeout_ms=_BUSY_TIMEOUT_MS, read_only=True
+            )
             try:
                 self.found = scan(conn)
             finally:
                 conn.close()
 
+    def release(self) -> None:
+        if self.lock_fd >= 0:
+            layout.release_lock(self.lock_fd)
+            self.lock_fd = -1
+
 
 def start(spool_dir: Path) -> None:
     """Begin reading the spool of ``spool_dir`` in a thread, if it has one already."""
-    path = (spool_dir / DB_FILE).resolve()
-    if not path.is_file():
+    directory = spool_dir.resolve()
+    if not (directory / layout.DB_FILE).is_file():
         return
-    prescan = _Prescan(path)
-    with _lock:
-        if path in _started:
+    prescan = _Prescan(directory)
+    with _guard:
+        if directory in _started:
             return
-        _started[path] = prescan
+        _started[directory] = prescan
     prescan.thread.start()
 
 
-def take(db_path: Path) -> Scan | None:
-    """The read ``start`` made of ``db_path`` (once; waiting for it if under way), or None."""
-    with _lock:
-        prescan = _started.pop(db_path.resolve(), None)
+def take(spool_dir: Path) -> Scan | None:
+    """The read ``start`` made of ``spool_dir`` (once), or None; waits for it to end (it
+    is the read the open would make), then releases the directory's lock it held."""
+    with _guard:
+        prescan = _started.pop(spool_dir.resolve(), None)
     if prescan is None:
         return None
-    prescan.thread.join(TAKE_WAIT_S)
-    return None if prescan.thread.is_alive() else prescan.found
+    prescan.thread.join()
+    prescan.release()
+    return prescan.found
 
 
 def forget() -> None:
-    """Drop reads nobody took (tests)."""
-    with _lock:
+    """Drop reads nobody took, and their locks (tests)."""
+    with _guard:
         pending = list(_started.values())
         _started.clear()
     for prescan in pending:
-        prescan.thread.join(TAKE_WAIT_S)
+        prescan.thread.join()
+        prescan.release()

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
-from spoold.spool import layout, repair, store, totals
+from spoold.spool import layout, prescan, repair, store, totals
 from spoold.spool.capacity import Capacity
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import SpoolGroup, accepted_since, encode_group, encode_op
@@ -92,11 +92,14 @@ class Spool:
         #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
         self.identity = ""
         self._put_lock = PutFirstLock()
+        # The read of every row started before the daemon's imports, if any: it holds the
+        # directory's lock until here, so nothing changed the file since.
+        earlier = prescan.take(self.directory)
         self._lock_fd = layout.acquire_lock(self.directory)
         try:
             layout.check_format(self.directory)
             self._queue, self._side, self.quarantined_to = store.open_queue(
-                self.directory, busy_timeout_ms
+                self.directory, busy_timeout_ms, earlier
             )
             totals.install(self._side)
             self._queue.tran_lock = self._put_lock  # puts first (``spoold.spool.writegate``)

@@ -28,7 +28,7 @@ from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 from server.sqlite.connect import connect
 from server.sqlite.errors import is_corruption
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
-from spoold.spool import layout, prescan, totals
+from spoold.spool import layout, totals
 from spoold.spool.codec import (
     HEADER_BYTES,
     DecodedGroup,
@@ -84,15 +84,17 @@ class DurableAckQueue(SQLiteAckQueue):
 
 
 def open_queue(
-    directory: Path, busy_timeout_ms: int
+    directory: Path, busy_timeout_ms: int, earlier: totals.Scan | None = None
 ) -> tuple[Any, sqlite3.Connection, Path | None]:
     """Open the queue and its side connection; rename a corrupt file aside once.
 
-    The third value is where the corrupt file went, or None.
+    ``earlier``: a read of every live row made before the open (``prescan``), used in
+    place of the open's own if the rows are still the ones it read. The third value is
+    where the corrupt file went, or None.
     """
     db_path = directory / layout.DB_FILE
     try:
-        return (*_open_once(directory, busy_timeout_ms), None)
+        return (*_open_once(directory, busy_timeout_ms, earlier), None)
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise SpoolWriteError(f"cannot open spool {db_path}: {exc}") from exc
@@ -102,13 +104,12 @@ def open_queue(
     log.warning(
         "spool_corrupt_renamed", path=str(db_path), renamed_to=str(moved), error=error, code=code
     )
-    return (*_open_once(directory, busy_timeout_ms), moved)
+    return (*_open_once(directory, busy_timeout_ms, None), moved)
 
 
-def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Connection]:
-    # The read of every row started before the daemon's imports, if any (finished first,
-    # so nothing of it reads while the queue opens).
-    earlier = prescan.take(directory / layout.DB_FILE)
+def _open_once(
+    directory: Path, busy_timeout_ms: int, earlier: totals.Scan | None
+) -> tuple[Any, sqlite3.Connection]:
     queue = DurableAckQueue(
         str(directory),
         name=QUEUE_NAME,
@@ -128,7 +129,7 @@ def _open_once(directory: Path, busy_timeout_ms: int) -> tuple[Any, sqlite3.Conn
             if verified.corrected is not None:
                 groups, nbytes, ops = verified.corrected
                 log.error("spool_totals_corrected", groups=groups, bytes=nbytes, ops=ops)
-            log.info("spool_rows_read", before_imports=verified.earlier_scan_used)
+            log.info("spool_rows_read", earlier_read_used=verified.earlier_scan_used)
         else:
             totals.count(side)
         _probe_put(side)

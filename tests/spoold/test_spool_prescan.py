@@ -19,7 +19,7 @@ import pytest
 from spool_helpers import SpoolFactory, op
 from structlog.testing import capture_logs
 
-from spoold.spool import layout, prescan, totals
+from spoold.spool import SpoolLockedError, layout, prescan, totals
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,13 +52,13 @@ def test_a_read_of_the_same_rows_stands_for_the_read_at_open(
     _filled(make_spool)
     prescan.start(spool_dir)
     with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
-        assert prescan.take(spool_dir / layout.DB_FILE) == totals.scan(conn)
+        assert prescan.take(spool_dir) == totals.scan(conn)
     prescan.start(spool_dir)  # taken once: a new read for the next open
 
     events = _opened_with(make_spool)
 
-    assert events == [{"event": "spool_rows_read", "log_level": "info", "before_imports": True}]
-    assert prescan.take(spool_dir / layout.DB_FILE) is None  # the open took it
+    assert events == [{"event": "spool_rows_read", "log_level": "info", "earlier_read_used": True}]
+    assert prescan.take(spool_dir) is None  # the open took it
 
 
 def test_rows_put_after_the_read_make_the_open_read_them_all(
@@ -68,11 +68,10 @@ def test_rows_put_after_the_read_make_the_open_read_them_all(
     prescan.start(spool_dir)
     with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
         read_before = totals.scan(conn)
-    started = prescan._started[(spool_dir / layout.DB_FILE).resolve()]
-    started.thread.join(BOUND_S)  # the read is done: what follows comes after it
-    assert started.found == read_before
-    # Another writer (the operator's replay, a previous process) changes the rows between
-    # the read and the open: the same count and bytes, other rows.
+    _read_done(spool_dir)
+    # The rows change between the read and the open (nothing of spoold's does this while
+    # the read holds the lock; the check must not depend on that): the same count and
+    # bytes, other rows.
     with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
         (first,) = conn.execute('SELECT MIN(_id) FROM "ack_queue_spool"').fetchone()
         conn.execute('UPDATE "ack_queue_spool" SET _id = _id + 1000 WHERE _id = ?', (first,))
@@ -81,7 +80,7 @@ def test_rows_put_after_the_read_make_the_open_read_them_all(
 
     events = _opened_with(make_spool)
 
-    assert events == [{"event": "spool_rows_read", "log_level": "info", "before_imports": False}]
+    assert events == [{"event": "spool_rows_read", "log_level": "info", "earlier_read_used": False}]
 
 
 def test_drifted_totals_are_corrected_from_an_earlier_read_too(
@@ -96,20 +95,87 @@ def test_drifted_totals_are_corrected_from_an_earlier_read_too(
     events = _opened_with(make_spool)
 
     assert [e["event"] for e in events] == ["spool_totals_corrected", "spool_rows_read"]
-    assert events[1]["before_imports"] is True
+    assert events[1]["earlier_read_used"] is True
     with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
         assert totals.read(conn) == totals.count(conn)
 
 
+def test_a_group_acked_and_another_put_make_the_open_read_them_all(
+    make_spool: SpoolFactory, spool_dir: Path
+) -> None:
+    _filled(make_spool)
+    prescan.start(spool_dir)
+    _read_done(spool_dir)
+    read_before = prescan._started[spool_dir.resolve()].found
+    assert read_before is not None
+    # After the read, the rows change as a drain and an agent would change them: the
+    # oldest group gone, one as large put (through the file: the read holds the lock).
+    with closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn:
+        first, data = conn.execute(
+            'SELECT _id, data FROM "ack_queue_spool" ORDER BY _id LIMIT 1'
+        ).fetchone()
+        conn.execute('DELETE FROM "ack_queue_spool" WHERE _id = ?', (first,))
+        conn.execute(
+            'INSERT INTO "ack_queue_spool" (data, timestamp, status) VALUES (?, ?, 1)',
+            (data, time.time()),
+        )
+        conn.commit()
+        assert totals.scan(conn).totals() == read_before.totals()  # same totals, other rows
+
+    events = _opened_with(make_spool)
+
+    assert events == [{"event": "spool_rows_read", "log_level": "info", "earlier_read_used": False}]
+
+
+def test_the_read_holds_the_directory_until_the_open_takes_it(
+    spool_dir: Path, make_spool: SpoolFactory
+) -> None:
+    _filled(make_spool)
+    prescan.start(spool_dir)
+    _read_done(spool_dir)
+    with pytest.raises(SpoolLockedError):
+        layout.acquire_lock(spool_dir)  # another process's spoold would stop here
+    assert prescan.take(spool_dir) is not None
+    layout.release_lock(layout.acquire_lock(spool_dir))
+
+
+def test_no_read_of_a_directory_another_process_holds(
+    spool_dir: Path, make_spool: SpoolFactory
+) -> None:
+    _filled(make_spool)
+    held = layout.acquire_lock(spool_dir)
+    try:
+        prescan.start(spool_dir)
+        assert prescan.take(spool_dir) is None
+    finally:
+        layout.release_lock(held)
+
+
 def test_no_spool_file_no_read(tmp_path: Path) -> None:
     prescan.start(tmp_path)
-    assert prescan.take(tmp_path / layout.DB_FILE) is None
+    assert prescan.take(tmp_path) is None
 
 
-def test_a_damaged_spool_leaves_the_read_to_the_open(tmp_path: Path) -> None:
-    (tmp_path / layout.DB_FILE).write_bytes(b"not a database at all" * 100)
-    prescan.start(tmp_path)
-    assert prescan.take(tmp_path / layout.DB_FILE) is None
+def test_a_damaged_spool_is_found_by_the_open_as_before(
+    spool_dir: Path, make_spool: SpoolFactory
+) -> None:
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    (spool_dir / layout.DB_FILE).write_bytes(b"not a database at all" * 1000)
+    prescan.start(spool_dir)
+    _read_done(spool_dir)
+
+    spool = make_spool()
+
+    assert spool.quarantined_to is not None
+    assert spool.stats().depth_ops == 0
+    spool.close()
+
+
+def _read_done(spool_dir: Path) -> None:
+    """Wait for the thread's read (a test's look inside: the open would take it)."""
+    started = prescan._started[spool_dir.resolve()]
+    started.thread.join(BOUND_S)
+    assert not started.thread.is_alive()
 
 
 def _wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes]) -> dict[str, object]:
@@ -149,5 +215,5 @@ def test_spoold_serve_reads_its_backlog_before_its_imports(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    assert entry["before_imports"] is True
+    assert entry["earlier_read_used"] is True
     assert opened["ops"] == sum(range(1, 21))
