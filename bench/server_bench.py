@@ -1063,6 +1063,19 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
         measure_ceiling(bench, workdir, ceiling_db, lifecycle)
 
 
+def lifecycle_round(bench: Bench, server: ServerProcess, name: str) -> tuple[LoadResult, float]:
+    """The "no stalls" round: create+PATCH lifecycles at c=32 for ``--seconds``."""
+    return bench.load(
+        server,
+        Lifecycle(),
+        name=name,
+        concurrency=32,
+        max_ops=10_000_000,
+        max_seconds=bench.args.seconds,
+        warmup=100,
+    )
+
+
 def durable_copy(source: Path, target: Path) -> None:
     """Copy a file and fsync the copy, so its write-back is over before it is measured."""
     shutil.copyfile(source, target)
@@ -1086,15 +1099,7 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
     try:
         ceiling.start()
         print(f"ceiling pid {ceiling.pid} at {ceiling.base_url}", file=sys.stderr)
-        result, cpu = bench.load(
-            ceiling,
-            Lifecycle(),
-            name=f"ceiling lifecycle c=32 {args.seconds:g} s",
-            concurrency=32,
-            max_ops=10_000_000,
-            max_seconds=args.seconds,
-            warmup=100,
-        )
+        result, cpu = lifecycle_round(bench, ceiling, f"ceiling lifecycle c=32 {args.seconds:g} s")
     finally:
         code = ceiling.stop()
         print(f"ceiling stopped, exit code {code}", file=sys.stderr)
@@ -1272,15 +1277,7 @@ def measure_writes(
         )
 
         before = writer_stats(server)
-        result, cpu = bench.load(
-            server,
-            Lifecycle(),
-            name=f"lifecycle c=32 {args.seconds:g} s{tag}",
-            concurrency=32,
-            max_ops=10_000_000,
-            max_seconds=args.seconds,
-            warmup=100,
-        )
+        result, cpu = lifecycle_round(bench, server, f"lifecycle c=32 {args.seconds:g} s{tag}")
         after = writer_stats(server)
         lifecycle = result
         acked += result.recording.notes.get("acked", [])
