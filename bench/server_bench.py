@@ -1076,6 +1076,30 @@ def lifecycle_round(bench: Bench, server: ServerProcess, name: str) -> tuple[Loa
     )
 
 
+def lifecycle_figures(
+    bench: Bench,
+    scenario: str,
+    result: LoadResult,
+    cpu: float,
+    *,
+    targets: tuple[float | None, float | None],
+) -> None:
+    """A lifecycle round's figures: ops/s, p99 and max (with their targets), CPU."""
+    _, p99, worst = result.stats().quantiles_ms()
+    rows = bench.args.rows
+    bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
+    bench.figure(scenario, "p99 ms", p99, targets[0], higher_is_better=False, rows=rows)
+    bench.figure(scenario, "max ms", worst, targets[1], higher_is_better=False, rows=rows)
+    bench.figure(
+        scenario,
+        "server CPU ms/request",
+        server_cpu_ms_per_request(result, cpu),
+        None,
+        higher_is_better=False,
+        rows=rows,
+    )
+
+
 def durable_copy(source: Path, target: Path) -> None:
     """Copy a file and fsync the copy, so its write-back is over before it is measured."""
     shutil.copyfile(source, target)
@@ -1113,17 +1137,7 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
     )
     scenario = f"ceiling (aiohttp+validation+same SQLite writes) lifecycle c=32, {args.seconds:g} s"
     rows = args.rows
-    bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
-    bench.figure(scenario, "p99 ms", p99, None, higher_is_better=False, rows=rows)
-    bench.figure(scenario, "max ms", worst, None, higher_is_better=False, rows=rows)
-    bench.figure(
-        scenario,
-        "server CPU ms/request",
-        server_cpu_ms_per_request(result, cpu),
-        None,
-        higher_is_better=False,
-        rows=rows,
-    )
+    lifecycle_figures(bench, scenario, result, cpu, targets=(None, None))
     for metric, ours, theirs in (("p99", server_p99, p99), ("max", server_max, worst)):
         bench.figure(
             f"server lifecycle {metric} / the ceiling's, same run",
@@ -1301,18 +1315,8 @@ def measure_writes(
                 label=part,
                 rate=f"{result.requests_per_s(part):,.0f} req/s",
             )
-        bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
-        target = None if label else 25.0
-        bench.figure(scenario, "p99 ms", p99, target, higher_is_better=False, rows=rows)
-        target = None if label else 100.0
-        bench.figure(scenario, "max ms", worst, target, higher_is_better=False, rows=rows)
-        bench.figure(
-            scenario,
-            "server CPU ms/request",
-            server_cpu_ms_per_request(result, cpu),
-            None,
-            higher_is_better=False,
-            rows=rows,
+        lifecycle_figures(
+            bench, scenario, result, cpu, targets=(None, None) if label else (25.0, 100.0)
         )
     finally:
         code = server.stop()
