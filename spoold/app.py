@@ -175,6 +175,9 @@ async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
         removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
         if removed:
             log.info("runs_index_pruned", removed=removed)
+            # Its deletes never copy the WAL inside their commits (holding the write
+            # gate): it is copied here, with no gate held.
+            await asyncio.to_thread(index.copy_wal)
 
 
 async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -234,6 +237,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     prune_index = await asyncio.to_thread(
         RunsIndex, Path(config.spool_dir) / INDEX_FILE, yields=True
     )
+    await asyncio.to_thread(prune_index.wal_autocheckpoint, 0)
     pruner = asyncio.create_task(
         _prune(prune_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
         name="spoold-prune",

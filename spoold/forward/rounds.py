@@ -118,6 +118,7 @@ class Delivered:
     dead: frozenset[int]  # positions dead-lettered; every other one was forwarded
     started: float  # perf_counter when the round's send began
     done: int = 0  # positions settled so far
+    synced: bool = False  # the settle fsync'd (the spool ack may follow)
 
     @property
     def operations(self) -> int:

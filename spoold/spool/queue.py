@@ -26,13 +26,14 @@ from typing import Any
 
 import structlog
 
+from server.sqlite.wal_sync import sync_wal
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, prescan, repair, store, totals
 from spoold.spool.capacity import Capacity
 from spoold.spool.checkpoint import WalCheckpointer
 from spoold.spool.codec import SpoolGroup, accepted_since, encode_group, encode_op
 from spoold.spool.depth import Depth
-from spoold.spool.errors import SpoolClosedError, translate_write_error
+from spoold.spool.errors import SpoolClosedError, SpoolWriteError, translate_write_error
 from spoold.spool.housekeeping import Housekeeper
 from spoold.spool.reader import Reader
 from spoold.spool.stats import SpoolStats, age_s
@@ -41,8 +42,10 @@ from spoold.spool.writegate import PutFirstLock
 log = structlog.get_logger("spoold.spool")
 
 MiB = 1024 * 1024
-#: The WAL is checkpointed after this many bytes of puts (see ``checkpoint``).
+#: The WAL is checkpointed after this many bytes of puts (see ``checkpoint``)...
 WAL_CHECKPOINT_BYTES = MiB // 4
+#: ... and after this many bytes of the drainer's takes and acks (each rewrites its row).
+DRAIN_CHECKPOINT_BYTES = 2 * MiB
 
 
 class Spool:
@@ -92,6 +95,8 @@ class Spool:
         #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
         self.identity = ""
         self._put_lock = PutFirstLock()
+        #: Bytes the drainer's takes and acks wrote to the WAL since its last checkpoint.
+        self._drain_written = 0
         # The read of every row started before the daemon's imports, if any: it holds the
         # directory's lock until here, so nothing changed the file since.
         earlier = prescan.take(self.directory)
@@ -103,6 +108,9 @@ class Spool:
             )
             totals.install(self._side)
             self._queue.tran_lock = self._put_lock  # puts first (``spoold.spool.writegate``)
+            # The drainer's commits: no fsync, no checkpoint (see ``_checkpoint_drained``).
+            (pages,) = self._side.execute("PRAGMA wal_autocheckpoint").fetchone()
+            self._put_lock.relax(self._queue.connections, autocheckpoint_pages=int(pages))
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_ms, WAL_CHECKPOINT_BYTES
             )
@@ -199,12 +207,44 @@ class Spool:
         if max_ops < 1:
             raise ValueError("max_ops must be >= 1")
         with self._io_lock:
-            return self._open_reader().get_groups(max_ops, max_bytes)
+            groups = self._open_reader().get_groups(max_ops, max_bytes)
+            self._drain_written += sum(group.nbytes for group in groups)  # rows rewritten
+        return groups
 
     def ack(self, groups: Iterable[SpoolGroup]) -> None:
-        """Mark groups delivered (one commit each); their rows are deleted soon after."""
+        """Mark groups delivered; on disk when this returns. Their rows are deleted soon
+        after.
+
+        One commit per group, none fsync'd (``PutFirstLock``), then one fsync of the WAL
+        for them all, outside the put lock: a put never waits for the ack's flush. If that
+        fsync fails, the call raises and a retry (the same groups) fsyncs again.
+        """
+        groups = list(groups)
         with self._io_lock:
             self._open_reader().ack(groups)
+            self._drain_written += sum(group.nbytes for group in groups)  # rows rewritten
+        try:
+            sync_wal(self._db_path)
+        except OSError as exc:
+            raise SpoolWriteError(f"spool ack fsync failed: {exc}") from exc
+        self._checkpoint_drained()
+
+    def _checkpoint_drained(self) -> None:
+        """Copy the WAL into the database once the drainer's takes and acks wrote
+        ``DRAIN_CHECKPOINT_BYTES`` (PASSIVE, on the drainer's thread, no put lock held:
+        puts go on meanwhile). Its own connection's commits never checkpoint (that copy
+        would hold the put lock); in a drain without puts, a copy made here between two
+        of its writes is also complete, so its next write starts the WAL over."""
+        with self._io_lock:
+            if self._drain_written < DRAIN_CHECKPOINT_BYTES or self._closed:
+                return
+            try:
+                frames, copied = store.checkpoint(self._side)
+            except sqlite3.Error as exc:  # the acks are done; the next ack tries again
+                log.warning("spool_checkpoint_failed", error=str(exc))
+                return
+            if copied >= frames:  # else (a put's frames, another checkpoint): next ack
+                self._drain_written = 0
 
     def nack(self, groups: Iterable[SpoolGroup]) -> None:
         """Give groups back; they are returned again, in their original order."""

@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from server.sqlite.errors import coded_error
@@ -78,11 +78,32 @@ class WriteGate:
 
 class PutFirstLock:
     """A drop-in for persist-queue's ``tran_lock`` (it only uses ``with``): writes made
-    inside ``urgent()`` (the spool's puts) go before the others that wait."""
+    inside ``urgent()`` (the spool's puts) go before the others that wait.
+
+    Once given the queue's connections (``relax``), the other writes (the drainer's
+    take, ack, give-back and clean-up) commit with synchronous=NORMAL and without
+    SQLite's auto-checkpoint: none of them has to be on disk at its commit (a taken
+    group is given back at the next open anyway; ``Spool.ack`` fsyncs the WAL once after
+    a round's acks, and copies it into the database, outside this lock). So the lock is
+    never held for the drainer's fsyncs or WAL copies, and a put waits only for the rows
+    of a drainer's transaction to change. A put always commits FULL, with the
+    connection's own auto-checkpoint: it sets them back itself if restoring them after a
+    relaxed write failed.
+    """
 
     def __init__(self) -> None:
         self.gate = WriteGate(timeout_s=None)  # persist-queue's own lock never times out
         self._local = threading.local()
+        self._connections: Sequence[sqlite3.Connection] = ()
+        self._strict: tuple[str, ...] = ()
+        #: Whether the connections were last set relaxed, strict, or None: unknown.
+        self._relaxed: bool | None = False
+
+    def relax(self, connections: Sequence[sqlite3.Connection], autocheckpoint_pages: int) -> None:
+        """Let the writes made outside ``urgent()`` on ``connections`` skip the fsync and
+        the checkpoint; puts keep ``autocheckpoint_pages``."""
+        self._strict = ("synchronous = FULL", f"wal_autocheckpoint = {int(autocheckpoint_pages)}")
+        self._connections = connections
 
     @contextlib.contextmanager
     def urgent(self) -> Iterator[None]:
@@ -93,7 +114,13 @@ class PutFirstLock:
             self._local.urgent = False
 
     def __enter__(self) -> PutFirstLock:
-        self.gate.acquire(urgent=bool(getattr(self._local, "urgent", False)))
+        urgent = bool(getattr(self._local, "urgent", False))
+        self.gate.acquire(urgent=urgent)
+        try:
+            self._set(relaxed=not urgent)
+        except BaseException:
+            self.gate.release()
+            raise
         return self
 
     def __exit__(
@@ -102,4 +129,22 @@ class PutFirstLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.gate.release()
+        try:
+            self._set(relaxed=False)  # at rest, every connection is as a put needs it
+        finally:
+            self.gate.release()
+
+    def _set(self, *, relaxed: bool) -> None:
+        """The PRAGMAs on every connection (only ever inside the gate, between
+        transactions: persist-queue commits before it releases this lock)."""
+        if relaxed is self._relaxed or not self._connections:
+            return
+        self._relaxed = None  # until every connection has them
+        pragmas = _RELAXED if relaxed else self._strict
+        for conn in self._connections:
+            for pragma in pragmas:
+                conn.execute(f"PRAGMA {pragma}")
+        self._relaxed = relaxed
+
+
+_RELAXED = ("synchronous = NORMAL", "wal_autocheckpoint = 0")

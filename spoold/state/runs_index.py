@@ -12,8 +12,9 @@ leave the queue. Each commit also records which spool items it covers
 half done (``spoold.state.recovery``). WAL; the accept connection commits with
 synchronous=NORMAL (it survives kill -9; after a power loss it may forget its
 last commits, which start-up folds in again from the fsync'd spool), the
-drainer's with synchronous=FULL: a settle is on disk before the spool ack that
-follows it, so a power loss never keeps the ack and loses the settle. Should an
+drainer's settles are fsync'd (after the commit, outside the write gate: ``sync``)
+before the spool ack that follows them, so a power loss never keeps the ack and loses
+the settle. Should an
 index still disagree with the spool (restored from a backup, say), start-up
 recomputes the pending state from the spool (``recount_pending``). A forgotten
 run costs a ``created`` instead of ``duplicate`` or a question to the server.
@@ -54,6 +55,7 @@ from typing import Any, Literal
 import orjson
 
 from server.sqlite.connect import connect
+from server.sqlite.wal_sync import sync_wal
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.spool.writegate import WriteGate
 from spoold.state.known import fold_known
@@ -563,15 +565,21 @@ class RunsIndex:
         """Settle a slice of a round, in one commit that also writes ``mark`` (the round's
         items and the operations settled so far, this slice included).
 
-        ``durable=False`` commits without an fsync (synchronous=NORMAL): for the slices
-        before a round's last, whose FULL commit fsyncs the WAL with them. A power loss
-        can only drop a tail of slices with their marks; the spool ack follows the last.
+        The commit itself never fsyncs (synchronous=NORMAL), so the write gate is held
+        only while the rows change, never for a disk flush: the accept path's next commit
+        goes right after it. ``durable`` then fsyncs the WAL (``sync``) once the gate is
+        released, before returning. A power loss can only drop a tail of slices with
+        their marks; the spool ack follows the ``sync`` after the last.
         """
-        if durable:
-            self._settle(forwarded, dead_lettered, mark)
-            return
         with self._not_fsyncing():
             self._settle(forwarded, dead_lettered, mark)
+        if durable:
+            self.sync()
+
+    def sync(self) -> None:
+        """Put every commit made so far on disk (an fsync of the WAL, no lock held):
+        what a FULL commit does inside the write lock (``server.sqlite.wal_sync``)."""
+        sync_wal(self.path)
 
     def _settle(
         self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling

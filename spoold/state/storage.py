@@ -138,6 +138,9 @@ def open_storage(
             index.count_now("dead_letter_store_resets", 1)
         drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL", yields=True)
         opened.append(drain_index)
+        # Its settles never copy the WAL inside their commit (holding the write gate): the
+        # drain's record stage does, between rounds (``spoold.forward.record``).
+        drain_index.wal_autocheckpoint(0)
         reader_index = RunsIndex(spool_dir / INDEX_FILE)
         opened.append(reader_index)
         return Storage(spool, dead_letters, index, drain_index, reader_index)

@@ -87,10 +87,10 @@ async def commit_once(
 
         checkpointing = threading.Event()
 
-        def slow_checkpoint(conn: Any) -> None:
+        def slow_checkpoint(conn: Any) -> tuple[int, int]:
             checkpointing.set()
             time.sleep(3 * PAUSE_S)
-            real_checkpoint(conn)
+            return real_checkpoint(conn)
 
         monkeypatch.setattr(store, "checkpoint", slow_checkpoint)
         real_put = spool.put_encoded

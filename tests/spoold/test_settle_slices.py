@@ -184,8 +184,9 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
     indexes: list[RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With the accept path writing, a round settles SETTLE_SLICE_OPS at a time, in order;
-    only the last slice is fsync'd, and the spool ack comes after it."""
+    """With the accept path writing, a round settles SETTLE_SLICE_OPS at a time, in order,
+    none fsync'd in its commit; then the index's WAL is fsync'd once, and the spool ack
+    comes after that."""
     spool, index = make_spool(), open_index(indexes, index_path)
     await accept(spool, index, *(create(f"r{i}") for i in range(7)))
     groups = spool.get_groups(100)
@@ -210,7 +211,14 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
         steps.append(("ack", 0, True))
         ack(acked)
 
+    sync = drain_index.sync
+
+    def recording_sync() -> None:
+        steps.append(("sync", 0, True))
+        sync()
+
     monkeypatch.setattr(drain_index, "settle_slice", recording_slice)
+    monkeypatch.setattr(drain_index, "sync", recording_sync)
     monkeypatch.setattr(spool, "ack", recording_ack)
 
     stage.record(Delivered(groups, event_ids, frozenset({4}), time.perf_counter()))
@@ -218,7 +226,8 @@ async def test_the_drainer_settles_in_slices_while_accepts_arrive(
     assert steps == [
         ("slice", 3, False),
         ("slice", 6, False),
-        ("slice", 7, True),
+        ("slice", 7, False),
+        ("sync", 0, True),
         ("ack", 0, True),
     ]
     assert ledger.snapshot() == Counts(accepted=7, forwarded=6, dead_lettered=1, queued=0)

@@ -1,0 +1,364 @@
+"""The drainer's fsyncs are made outside the locks the accept path needs.
+
+The drain's settle commits in the runs index and its acks in the spool commit without
+an fsync; one fsync of each file's WAL (``server.sqlite.wal_sync``) follows, with no
+gate or lock held, so an agent's write never waits for the drain's disk flush. What must
+still hold: each fsync happens before the step that depends on it (the index's before
+the spool ack, the spool's before the ack returns), a failed fsync is retried without
+counting or settling anything twice, and every put still commits with
+synchronous=FULL however the drainer's writes interleave with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spool_helpers import SpoolFactory, accept, op
+
+from spoold.forward.handoff import LocalFaults, Slot, StopClock
+from spoold.forward.record import RecordStage
+from spoold.forward.rounds import Delivered, DrainStats
+from spoold.spool import Spool, SpoolWriteError, layout
+from spoold.spool import queue as queue_module
+from spoold.spool.writegate import PutFirstLock
+from spoold.state import runs_index
+from spoold.state.ledger import Counts, Ledger
+from spoold.state.runs_index import RunsIndex
+from spoold.upstream.retry import Backoff
+
+WAIT_S = 10.0
+
+
+def create(name: str) -> dict[str, Any]:
+    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
+
+
+@pytest.fixture
+def indexes(tmp_path: Path) -> Iterator[tuple[RunsIndex, RunsIndex]]:
+    """The accept path's index connection and the drain's, on one file."""
+    path = tmp_path / "index.sqlite"
+    accepting = RunsIndex(path)
+    draining = RunsIndex(path, synchronous="FULL", yields=True)
+    yield accepting, draining
+    draining.close()
+    accepting.close()
+
+
+def recorder(spool: Spool, index: RunsIndex, ledger: Ledger) -> RecordStage:
+    faults = LocalFaults(Backoff(base_s=0.01, cap_s=0.01), StopClock())
+    return RecordStage(Slot(), spool, index, ledger, DrainStats(), faults)
+
+
+async def one_round(spool: Spool, index: RunsIndex, n: int) -> Delivered:
+    await accept(spool, index, *(create(f"r{i}") for i in range(n)))
+    groups = spool.get_groups(n)
+    event_ids = [o["event_id"] for g in groups for o in g.ops]
+    return Delivered(groups, event_ids, frozenset(), time.perf_counter())
+
+
+class BlockedSync:
+    """A stand-in for ``sync_wal`` that waits until released (bounded), then fsyncs."""
+
+    def __init__(self, real: Callable[[Path], None]) -> None:
+        self._real = real
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, path: Path) -> None:
+        self.entered.set()
+        assert self.release.wait(WAIT_S), "never released"
+        self._real(path)
+
+
+def in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+async def test_an_accept_commits_while_the_settle_is_being_fsynced(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    accepting, draining = indexes
+    spool = make_spool()
+    delivered = await one_round(spool, accepting, 5)
+    blocked = BlockedSync(runs_index.sync_wal)
+    monkeypatch.setattr(runs_index, "sync_wal", blocked)
+    stage = recorder(spool, draining, Ledger(Counts(accepted=5, queued=5)))
+    thread, errors = in_thread(lambda: stage.record(delivered))
+    try:
+        assert blocked.entered.wait(WAIT_S)
+        # The drain is inside its fsync: the accept path's index write and spool put go now.
+        started = time.monotonic()
+        accepting.begin()
+        accepting.record(create("late"), verified=True)
+        accepting.commit()
+        spool.put_group([create("late")])
+        assert time.monotonic() - started < WAIT_S / 2
+        assert spool.stats().depth_ops == 6  # nothing acked before the settle is on disk
+    finally:
+        blocked.release.set()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert not errors
+    assert spool.stats().depth_ops == 1
+    assert draining.counters()["forwarded"] == 5
+
+
+async def test_a_put_commits_while_the_ack_is_being_fsynced(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    accepting, _ = indexes
+    spool = make_spool()
+    delivered = await one_round(spool, accepting, 3)
+    blocked = BlockedSync(queue_module.sync_wal)
+    monkeypatch.setattr(queue_module, "sync_wal", blocked)
+    thread, errors = in_thread(lambda: spool.ack(delivered.groups))
+    try:
+        assert blocked.entered.wait(WAIT_S)
+        started = time.monotonic()
+        spool.put_group([op(1)])
+        assert time.monotonic() - started < WAIT_S / 2
+        assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
+    finally:
+        blocked.release.set()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert not errors
+    assert [o["seq"] for g in spool.get_groups(10) for o in g.ops] == [1]
+
+
+async def test_each_wal_is_fsynced_in_order_before_the_step_that_needs_it(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real fsync calls, by the file they flush: the index's WAL (after the last
+    slice's commit), then the spool's (after the acks' commits); at rest every spool
+    connection is FULL again."""
+    accepting, draining = indexes
+    spool = make_spool()
+    delivered = await one_round(spool, accepting, 4)
+    real_fsync = os.fsync
+    flushed: list[str] = []
+    depth_at_flush: list[int] = []
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        depth_at_flush.append(spool.stats().depth_ops)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    recorder(spool, draining, Ledger(Counts(accepted=4, queued=4))).record(delivered)
+    monkeypatch.undo()
+    index_wal, spool_wal = f"{draining.path}-wal", f"{spool.directory / layout.DB_FILE}-wal"
+    assert [Path(p).name for p in flushed if p in (index_wal, spool_wal)] == [
+        Path(index_wal).name,
+        Path(spool_wal).name,
+    ]
+    assert depth_at_flush[flushed.index(index_wal)] == 4  # the ack had not begun
+    assert depth_at_flush[flushed.index(spool_wal)] == 0  # the acks were committed
+    assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
+
+
+async def test_a_failed_ack_fsync_is_retried_and_nothing_counts_twice(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    accepting, draining = indexes
+    spool = make_spool()
+    delivered = await one_round(spool, accepting, 6)
+    ledger = Ledger(Counts(accepted=6, queued=6))
+    stage = recorder(spool, draining, ledger)
+    real = queue_module.sync_wal
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def failing_once(path: Path) -> None:
+        if failures:
+            raise failures.pop()
+        real(path)
+
+    monkeypatch.setattr(queue_module, "sync_wal", failing_once)
+    settles: list[int] = []
+    settle_slice = draining.settle_slice
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        settles.append(1)
+        settle_slice(*args, **kwargs)
+
+    monkeypatch.setattr(draining, "settle_slice", counted)
+    with pytest.raises(SpoolWriteError, match="fsync"):
+        stage.record(delivered)
+    stage.record(delivered)  # the retry: the fsync again, nothing settled again
+    assert len(settles) == 1
+    assert draining.counters()["forwarded"] == 6
+    assert ledger.snapshot() == Counts(accepted=6, forwarded=6, queued=0)
+    assert spool.stats().depth_ops == 0
+
+
+async def test_a_failed_settle_fsync_holds_the_ack_back_and_is_retried_alone(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    accepting, draining = indexes
+    spool = make_spool()
+    delivered = await one_round(spool, accepting, 6)
+    ledger = Ledger(Counts(accepted=6, queued=6))
+    stage = recorder(spool, draining, ledger)
+    real = runs_index.sync_wal
+    failures = [OSError(errno.EIO, "Input/output error")]
+    syncs: list[int] = []
+
+    def failing_once(path: Path) -> None:
+        syncs.append(1)
+        if failures:
+            raise failures.pop()
+        real(path)
+
+    monkeypatch.setattr(runs_index, "sync_wal", failing_once)
+    with pytest.raises(OSError, match="Input/output"):
+        stage.record(delivered)
+    assert spool.stats().depth_ops == 6  # not acked: the settle may not be on disk
+    stage.record(delivered)
+    assert len(syncs) == 2
+    assert draining.counters()["forwarded"] == 6
+    assert ledger.snapshot() == Counts(accepted=6, forwarded=6, queued=0)
+    assert spool.stats().depth_ops == 0
+
+
+def test_every_put_commits_full_however_the_drainers_writes_interleave(
+    make_spool: SpoolFactory,
+) -> None:
+    """Two threads: puts, and the drainer's get/ack/nack. A trace of every statement on
+    the queue's connections shows each put's INSERT running while its connection was
+    last set to FULL with SQLite's auto-checkpoint (or never changed), and each of the
+    drainer's UPDATEs relaxed: NORMAL, no auto-checkpoint."""
+    spool = make_spool()
+    connections: list[sqlite3.Connection] = spool._queue.connections
+    pages = str(connections[0].execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    mode: dict[tuple[int, str], str] = {}
+    relaxed: list[int] = []  # drainer UPDATEs seen relaxed
+    bad: list[str] = []
+    trace_lock = threading.Lock()
+
+    def tracer(index: int) -> Callable[[str], None]:
+        def trace(statement: str) -> None:
+            with trace_lock:
+                text = " ".join(statement.split()).upper()
+                for name in ("SYNCHRONOUS", "WAL_AUTOCHECKPOINT"):
+                    if text.startswith(f"PRAGMA {name} ="):
+                        mode[(index, name)] = text.rsplit("=", 1)[1].strip()
+                now = (
+                    mode.get((index, "SYNCHRONOUS"), "FULL"),
+                    mode.get((index, "WAL_AUTOCHECKPOINT"), pages),
+                )
+                if text.startswith("INSERT") and now != ("FULL", pages):
+                    bad.append(f"put {index}: {statement} under {now}")
+                elif text.startswith("UPDATE"):
+                    if now != ("NORMAL", "0"):
+                        bad.append(f"drainer {index}: {statement} under {now}")
+                    relaxed.append(index)
+
+        return trace
+
+    for index, conn in enumerate(connections):
+        conn.set_trace_callback(tracer(index))
+    stop = threading.Event()
+    puts = 300
+
+    def writer() -> None:
+        for i in range(puts):
+            spool.put_group([op(i)])
+        stop.set()
+
+    def drainer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            groups = spool.get_groups(7)
+            if len(groups) > 1:
+                spool.nack(groups[1:])
+            spool.ack(groups[:1])
+            if stop.is_set() and not groups:
+                return
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (writer, drainer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    for conn in connections:
+        conn.set_trace_callback(None)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(relaxed) >= puts // 7  # the drainer's writes ran, in between the puts
+    assert not bad, bad[:5]
+    assert spool.stats().depth_ops == 0
+    assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
+
+
+class FakeConnection:
+    """Records the synchronous modes it is given; fails the ones listed in ``fail``."""
+
+    def __init__(self) -> None:
+        self.modes: list[str] = []
+        self.fail: set[str] = set()
+
+    def execute(self, statement: str) -> None:
+        if not statement.startswith("PRAGMA synchronous"):
+            return
+        mode = statement.rsplit("=", 1)[1].strip()
+        if mode in self.fail:
+            self.fail.discard(mode)
+            raise sqlite3.OperationalError("disk I/O error")
+        self.modes.append(mode)
+
+
+def test_a_put_sets_full_itself_when_restoring_it_failed() -> None:
+    lock = PutFirstLock()
+    conn = FakeConnection()
+    lock.relax([conn], autocheckpoint_pages=1000)  # type: ignore[list-item]
+    conn.fail = {"FULL"}
+    with pytest.raises(sqlite3.OperationalError), lock:  # a drainer's write
+        pass
+    assert conn.modes == ["NORMAL"]  # left NORMAL: restoring FULL failed
+    with lock.urgent(), lock:  # the next put
+        assert conn.modes == ["NORMAL", "FULL"]
+
+
+def test_a_put_that_cannot_set_full_fails_and_lets_go_of_the_lock() -> None:
+    lock = PutFirstLock()
+    conn = FakeConnection()
+    lock.relax([conn], autocheckpoint_pages=1000)  # type: ignore[list-item]
+    conn.fail = {"FULL"}
+    with pytest.raises(sqlite3.OperationalError), lock:  # the drainer's write: left NORMAL
+        pass
+    conn.fail = {"FULL"}
+    ran: list[int] = []
+    with pytest.raises(sqlite3.OperationalError), lock.urgent(), lock:
+        ran.append(1)  # never: the put does not run under NORMAL
+    assert not ran
+    acquired, _ = in_thread(lambda: lock.gate.acquire(urgent=True))
+    acquired.join(WAIT_S)
+    assert not acquired.is_alive()  # the gate was released
+    lock.gate.release()
