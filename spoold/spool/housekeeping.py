@@ -4,6 +4,14 @@ persist-queue only *marks* rows acked. The rows are deleted once enough acked by
 piled up (``CLEAR_EVERY_BYTES``), at least every ``clear_interval_s``, and whenever the
 spool is empty; the file is vacuumed only when little live data is left and no put came
 for a while (a vacuum holds the write lock for as long as it rebuilds the file).
+
+While other rows are queued, the rows acked since the last clear are deleted by id
+(``store.delete_acked``: no scan) in transactions of at most ``CLEAR_CHUNK_BYTES``, so
+a put waits at most for one of them. persist-queue's own clear scans the table from its
+newest row down to the acked ones: with a big backlog of big groups that scan alone
+held the write lock ~8 ms. It still runs when the spool is empty (cheap then), and
+catches any acked row the deletes by id missed (acked before a restart, set aside as
+undecodable, a failed delete).
 Housekeeping runs on the reader's side, under its I/O lock, and never fails an ack.
 """
 
@@ -26,6 +34,8 @@ MiB = 1024 * 1024
 #: lock (puts wait) for a time that grows with the bytes deleted: small, frequent clears
 #: keep that wait to a few ms during a big drain (one clear a second deleted tens of MB).
 CLEAR_EVERY_BYTES = 2 * MiB
+#: Acked bytes deleted per transaction while other rows are queued.
+CLEAR_CHUNK_BYTES = 512 * 1024
 #: Vacuum (which holds the write lock for as long as it rebuilds) only this long after
 #: the last put, so a writer is not kept waiting by it.
 VACUUM_AFTER_IDLE_S = 5.0
@@ -49,13 +59,16 @@ class Housekeeper:
         self._vacuum_max_live = vacuum_max_live_bytes
         self._acked_uncleared, self._last_clear = 0, time.monotonic()
         self._acked_uncleared_bytes = 0
+        #: (id, bytes) of the rows acked since the last clear, for the deletes by id.
+        self._acked_rows: list[tuple[int, int]] = []
         #: monotonic time of the last put (written by the writer, read here).
         self.last_put = 0.0
 
-    def acked(self, nbytes: int) -> None:
+    def acked(self, item_id: int, nbytes: int) -> None:
         """A group was acked: its row waits for the next clear."""
         self._acked_uncleared += 1
         self._acked_uncleared_bytes += nbytes
+        self._acked_rows.append((item_id, nbytes))
 
     def idle(self) -> bool:
         """No put came for ``VACUUM_AFTER_IDLE_S``."""
@@ -80,13 +93,33 @@ class Housekeeper:
             return
         # Vacuuming copies the live rows while puts wait: only when few are left.
         may_vacuum = self._depth.bytes <= self._vacuum_max_live and self.idle()
+        scan = may_vacuum or self._depth.groups == 0 or side is None
         try:
-            self._capacity.when_full_retry(
-                lambda: store.housekeep(queue, side, self._vacuum_threshold if may_vacuum else None)
-            )
+            if scan:
+                threshold = self._vacuum_threshold if may_vacuum else None
+                self._capacity.when_full_retry(lambda: store.housekeep(queue, side, threshold))
+            else:
+                self._delete_acked_rows(queue, side)
             self._acked_uncleared, self._last_clear = 0, time.monotonic()
             self._acked_uncleared_bytes = 0
         except sqlite3.Error as exc:  # housekeeping must never fail an ack
             log.warning("spool_maintenance_failed", error=str(exc))
+        finally:
+            self._acked_rows.clear()  # what a failure left is caught by the next scan
         if self._depth.groups == 0:
             self._capacity.drained()
+
+    def _delete_acked_rows(self, queue: Any, side: Any) -> None:
+        """The rows acked since the last clear, by id, ``CLEAR_CHUNK_BYTES`` at a time."""
+        chunk: list[int] = []
+        chunk_bytes = 0
+        for item_id, nbytes in self._acked_rows:
+            chunk.append(item_id)
+            chunk_bytes += nbytes
+            if chunk_bytes >= CLEAR_CHUNK_BYTES:
+                self._capacity.when_full_retry(
+                    lambda ids=chunk: store.delete_acked(queue, side, ids)  # type: ignore[misc]
+                )
+                chunk, chunk_bytes = [], 0
+        if chunk:
+            self._capacity.when_full_retry(lambda: store.delete_acked(queue, side, chunk))

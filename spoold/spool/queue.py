@@ -110,7 +110,9 @@ class Spool:
             self._queue.tran_lock = self._put_lock  # puts first (``spoold.spool.writegate``)
             # The drainer's commits: no fsync, no checkpoint (see ``_checkpoint_drained``).
             (pages,) = self._side.execute("PRAGMA wal_autocheckpoint").fetchone()
-            self._put_lock.relax(self._queue.connections, autocheckpoint_pages=int(pages))
+            self._put_lock.relax(
+                [*self._queue.connections, self._side], autocheckpoint_pages=int(pages)
+            )
             self._checkpointer = WalCheckpointer(
                 self._db_path, busy_timeout_ms, WAL_CHECKPOINT_BYTES
             )

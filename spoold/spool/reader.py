@@ -131,7 +131,7 @@ class Reader:
             n_ops, nbytes = held
             self._depth.forget(n_ops, nbytes)
             self._capacity.drain.add(nbytes)
-            self._housekeeper.acked(nbytes)
+            self._housekeeper.acked(group.id, nbytes)
         self._housekeeper.maintain(self._queue, self._side)
         self._depth.reading_oldest()
         try:

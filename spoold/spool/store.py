@@ -18,10 +18,11 @@ import gc
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
@@ -53,6 +54,10 @@ _PROBE_PUT_SQL = (
     f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (x'', 0, {int(AckStatus.acked)})"
 )
 SYNCHRONOUS = "FULL"
+_DELETE_ACKED_SQL = (
+    f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))"
+    f" AND status = {int(AckStatus.acked)}"
+)
 
 
 class DurableAckQueue(SQLiteAckQueue):
@@ -225,6 +230,19 @@ def clear_acked(queue: Any) -> None:
     (1000/1000) would keep the latest thousand acked rows forever.
     """
     queue.clear_acked_data(max_delete=0, keep_latest=0, clear_ack_failed=True)
+
+
+def delete_acked(queue: Any, side: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """Delete the rows of ``ids`` that are acked (a live row is never touched), by
+    primary key, in one transaction under the queue's write lock; how many went."""
+    with queue.tran_lock:  # the put-first lock: commits without fsync (redone if lost)
+        try:
+            cursor = side.execute(_DELETE_ACKED_SQL, (orjson.dumps(list(ids)).decode(),))
+            side.commit()
+        except BaseException:
+            side.rollback()
+            raise
+    return int(cursor.rowcount)
 
 
 def free_page_bytes(side: sqlite3.Connection) -> int:
