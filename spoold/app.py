@@ -177,7 +177,10 @@ async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
             log.info("runs_index_pruned", removed=removed)
             # Its deletes never copy the WAL inside their commits (holding the write
             # gate): it is copied here, with no gate held.
-            await asyncio.to_thread(index.copy_wal)
+            try:
+                await asyncio.to_thread(index.copy_wal)
+            except Exception as exc:  # the next prune copies it; the drain's copies too
+                log.warning("runs_index_checkpoint_failed", error=repr(exc)[:300])
 
 
 async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -233,7 +236,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(drainer.run(), name="spoold-drainer")
     task.add_done_callback(_report_exit)
     # The pruner's own connection (synchronous=NORMAL: forgetting is redone after a crash),
-    # never the drainer's, whose settles must stay FULL whatever the pruner does.
+    # never the drainer's, whose settles are fsync'd before their spool acks.
     prune_index = await asyncio.to_thread(
         RunsIndex, Path(config.spool_dir) / INDEX_FILE, yields=True
     )

@@ -1,34 +1,82 @@
 """Commits made durable after the fact, outside the write lock: fsync a database's WAL.
 
 In WAL mode a commit made with ``synchronous=NORMAL`` has written its frames to the WAL
-file, only not fsync'd it. An fsync of that file, from any descriptor, puts them on disk:
-once ``sync_wal`` returns, the commit is as durable as a ``synchronous=FULL`` one. The
-difference is where the fsync happens: FULL does it inside the commit, holding the
-file's write lock (and whatever gate the caller holds around it) for the whole fsync, so
-every other writer waits for it; a NORMAL commit followed by ``sync_wal`` lets them
-commit while it runs. SQLite never loses a NORMAL commit's frames before that: the WAL is
-only reused after a checkpoint that fsyncs the WAL before copying it and the database
-after.
+file, only not fsync'd it. An fsync of that file puts them on disk: once ``WalSync.sync``
+returns, every commit made before it is as durable as a ``synchronous=FULL`` one. The
+difference is where the fsync happens: FULL does it inside the commit, holding the file's
+write lock (and whatever gate the caller holds around it) for the whole fsync, so every
+other writer waits for it; a NORMAL commit followed by ``sync`` lets them commit while it
+runs. SQLite never loses a NORMAL commit's frames before that: the WAL is only reused
+after a checkpoint that fsyncs the WAL before copying it and the database after (no
+connection to these files checkpoints with ``synchronous=OFF``), its new header is
+synced inside the commit that starts it over, and the file is only deleted at the last
+connection's close, after a checkpoint.
+
+A failed fsync is final: Linux may drop the dirty pages it could not write and report
+the error once, so a second fsync that "succeeds" proves nothing. ``WalSync`` keeps one
+descriptor for its file's life (it is told of write-back errors from the moment it was
+opened, including those another descriptor's fsync saw first) and, once an fsync failed,
+fails every later ``sync``: what depends on it (a spool ack, the next settle) waits for
+a restart, whose recovery works from what is really on disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 from pathlib import Path
 
 
-def sync_wal(db_path: Path) -> None:
-    """fsync ``db_path``'s WAL (every commit made so far is on disk after it).
+class WalSync:
+    """fsync of one database's WAL (``sync``), from any thread."""
 
-    Without a WAL file (the last connection checkpointed it away at close, which syncs
-    the database first) the database file itself is fsync'd. An ``OSError`` (EIO, say)
-    is raised: the caller has not made its commit durable and must not act as if.
-    """
-    try:
-        fd = os.open(f"{db_path}-wal", os.O_RDONLY)
-    except FileNotFoundError:
-        fd = os.open(db_path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __init__(self, db_path: Path) -> None:
+        self._db_path = db_path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._failed: OSError | None = None
+
+    def sync(self) -> None:
+        """Put every commit made so far on disk; ``OSError`` if that cannot be promised
+        (this fsync or an earlier one failed)."""
+        with self._lock:
+            if self._failed is not None:
+                raise OSError(
+                    errno.EIO,
+                    f"an earlier fsync of {self._db_path}'s WAL failed ({self._failed});"
+                    " restart to recover from what is on disk",
+                )
+            fd = self._descriptor()
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._failed = exc
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _descriptor(self) -> int:
+        """The WAL's descriptor, opened once (again only if the file was replaced: the
+        last connection closed and a new one made it). Without a WAL file (every
+        connection closed, which checkpoints into the database and syncs it first), the
+        database file's."""
+        path = f"{self._db_path}-wal"
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            path = str(self._db_path)
+            now = os.stat(path)
+        if self._fd is None or (now.st_dev, now.st_ino) != self._inode:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._fd = os.open(path, os.O_RDONLY)
+            opened = os.fstat(self._fd)
+            self._inode = (opened.st_dev, opened.st_ino)
+        return self._fd

@@ -9,7 +9,8 @@ between the two is repaired at start-up (``spoold.state.recovery``: delivered it
 are acked without being sent again).
 
 While agents are writing, the settle goes in short slices (``SETTLE_SLICE_OPS``
-operations per commit, the last one fsync'd), and the index's write gate and the
+operations per commit, none fsync'd: one fsync of the index's WAL follows the last,
+outside the gate, then the spool ack), and the index's write gate and the
 spool's put-first lock (``spoold.spool.writegate``) let a waiting accept commit go
 between any two of these writes. A failed step (a full disk refusing the ack) is
 retried after a backoff from where it stopped - the round is never sent again - and

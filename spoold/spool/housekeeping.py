@@ -61,6 +61,8 @@ class Housekeeper:
         self._acked_uncleared_bytes = 0
         #: (id, bytes) of the rows acked since the last clear, for the deletes by id.
         self._acked_rows: list[tuple[int, int]] = []
+        #: A delete by id failed: the next clear scans (it finds what that one left).
+        self._scan_next = False
         #: monotonic time of the last put (written by the writer, read here).
         self.last_put = 0.0
 
@@ -93,7 +95,7 @@ class Housekeeper:
             return
         # Vacuuming copies the live rows while puts wait: only when few are left.
         may_vacuum = self._depth.bytes <= self._vacuum_max_live and self.idle()
-        scan = may_vacuum or self._depth.groups == 0 or side is None
+        scan = may_vacuum or self._depth.groups == 0 or side is None or self._scan_next
         try:
             if scan:
                 threshold = self._vacuum_threshold if may_vacuum else None
@@ -102,10 +104,12 @@ class Housekeeper:
                 self._delete_acked_rows(queue, side)
             self._acked_uncleared, self._last_clear = 0, time.monotonic()
             self._acked_uncleared_bytes = 0
+            self._scan_next = False
         except sqlite3.Error as exc:  # housekeeping must never fail an ack
             log.warning("spool_maintenance_failed", error=str(exc))
+            self._scan_next = True  # what it left goes with the next clear's scan
         finally:
-            self._acked_rows.clear()  # what a failure left is caught by the next scan
+            self._acked_rows.clear()
         if self._depth.groups == 0:
             self._capacity.drained()
 

@@ -1,8 +1,10 @@
 """The durable local spool: a capped FIFO of operation groups on persist-queue.
 
-persist-queue commits (and fsyncs) once per ``put``, ``get`` and ``ack`` and has
-no batch API, so one queue item is a *group* of operations (see ``spoold.accept.acceptor``)
-and the drainer gets and acks whole groups. Groups got but never acked (crash,
+persist-queue commits once per ``put``, ``get`` and ``ack`` and has no batch API, so one
+queue item is a *group* of operations (see ``spoold.accept.acceptor``) and the drainer
+gets and acks whole groups. A put's commit is fsync'd; the drainer's commits are not
+(``writegate.PutFirstLock``): ``ack`` fsyncs the WAL once for a round's acks, outside the
+lock, before it returns. Groups got but never acked (crash,
 kill -9, close without ack) are ready again at the next open (``auto_resume``).
 The accept path and the drainer share one transaction lock on the file (persist-queue's,
 replaced by ``spoold.spool.writegate.PutFirstLock``): a put waits at most for the
@@ -26,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from server.sqlite.wal_sync import sync_wal
+from server.sqlite.wal_sync import WalSync
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, prescan, repair, store, totals
 from spoold.spool.capacity import Capacity
@@ -95,6 +97,7 @@ class Spool:
         #: Random id of this spool file (a new file, e.g. after a corrupt one, has a new id).
         self.identity = ""
         self._put_lock = PutFirstLock()
+        self._wal_sync = WalSync(self._db_path)
         #: Bytes the drainer's takes and acks wrote to the WAL since its last checkpoint.
         self._drain_written = 0
         # The read of every row started before the daemon's imports, if any: it holds the
@@ -219,17 +222,23 @@ class Spool:
 
         One commit per group, none fsync'd (``PutFirstLock``), then one fsync of the WAL
         for them all, outside the put lock: a put never waits for the ack's flush. If that
-        fsync fails, the call raises and a retry (the same groups) fsyncs again.
+        fsync fails, this and every later ack raise until a restart (the settle that
+        would follow must not be made durable over an ack that may not be).
         """
         groups = list(groups)
         with self._io_lock:
             self._open_reader().ack(groups)
             self._drain_written += sum(group.nbytes for group in groups)  # rows rewritten
-        try:
-            sync_wal(self._db_path)
-        except OSError as exc:
-            raise SpoolWriteError(f"spool ack fsync failed: {exc}") from exc
+        self._sync("ack")
         self._checkpoint_drained()
+
+    def _sync(self, step: str) -> None:
+        """fsync the WAL (outside the put lock): the drainer's commits before it are on
+        disk. Once an fsync failed, this fails until a restart (``WalSync``)."""
+        try:
+            self._wal_sync.sync()
+        except OSError as exc:
+            raise SpoolWriteError(f"spool {step} fsync failed: {exc}") from exc
 
     def _checkpoint_drained(self) -> None:
         """Copy the WAL into the database once the drainer's takes and acks wrote
@@ -294,7 +303,11 @@ class Spool:
         """
         with self._io_lock:
             _check_open(self._closed)
-            return repair.discard(self._queue, self._side, self._capacity, self._depth, item_ids)
+            discarded = repair.discard(
+                self._queue, self._side, self._capacity, self._depth, item_ids
+            )
+        self._sync("discard")  # on disk before the settles that follow overwrite the mark
+        return discarded
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -351,6 +364,7 @@ class Spool:
             if self._side is not None:
                 self._side.close()
                 self._side = None
+            self._wal_sync.close()
             if self._lock_fd >= 0:
                 layout.release_lock(self._lock_fd)
                 self._lock_fd = -1

@@ -8,8 +8,11 @@ oldest live group, the free-page count and a WAL truncation after a vacuum.
 
 Every connection to the file, persist-queue's own included, is set to
 ``synchronous=FULL``: in WAL mode that fsyncs the WAL at every commit, which is
-what makes a put, an ack or a nack durable when it returns. The SQLite build's
-default is not relied on (builds differ: some default WAL files to NORMAL).
+what makes a put durable when it returns. The SQLite build's default is not relied
+on (builds differ: some default WAL files to NORMAL). The drainer's transactions
+(take, ack, give-back, clean-up) are switched to NORMAL while they hold the put lock
+(``spoold.spool.writegate.PutFirstLock``); an ack is made durable by ``Spool.ack``'s
+fsync of the WAL before it returns.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ _DELETE_ACKED_SQL = (
 
 
 class DurableAckQueue(SQLiteAckQueue):
-    """persist-queue's SQLiteAckQueue whose every connection commits with synchronous=FULL.
+    """persist-queue's SQLiteAckQueue whose every connection commits with synchronous=FULL
+    (the drainer's transactions switch to NORMAL inside the put lock, see above).
 
     ``_new_db_connection`` is the factory persist-queue calls for each of its
     connections (the getter, and the putter with ``multithreading``). It is replaced by

@@ -17,7 +17,11 @@ import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
+import structlog
+
 from server.sqlite.errors import coded_error
+
+log = structlog.get_logger("spoold.spool")
 
 
 class WriteGate:
@@ -131,6 +135,10 @@ class PutFirstLock:
     ) -> None:
         try:
             self._set(relaxed=False)  # at rest, every connection is as a put needs it
+        except sqlite3.Error as exc:
+            # The drainer's transaction committed: failing it now would strand what it
+            # did (a group taken, never handed out). The next put sets FULL itself.
+            log.warning("spool_pragma_restore_failed", error=str(exc))
         finally:
             self.gate.release()
 

@@ -30,8 +30,8 @@ has no marks: every live spool item is folded in, which rebuilds it.
 
 Last, the counters are checked against the spool. An index that still counts
 more operations as queued than the spool holds lost settles whose spool acks
-survived (an old copy put back; the drainer's FULL-synchronous settle makes
-this impossible on a power loss): its pending state is recomputed from the
+survived (an old copy put back; the drainer fsyncs a settle before its spool ack,
+and an ack before the next settle, which makes this impossible on a power loss): its pending state is recomputed from the
 spool, and the operations that left the queue are counted as forwarded.
 """
 

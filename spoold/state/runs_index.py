@@ -55,7 +55,7 @@ from typing import Any, Literal
 import orjson
 
 from server.sqlite.connect import connect
-from server.sqlite.wal_sync import sync_wal
+from server.sqlite.wal_sync import WalSync
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.spool.writegate import WriteGate
 from spoold.state.known import fold_known
@@ -252,6 +252,7 @@ class RunsIndex:
         self._synchronous = synchronous
         #: Write transactions wait for the gate; ``yields``: behind the accept path's.
         self.gate = write_gate(path)
+        self._wal_sync = WalSync(path)
         self._yields = yields
         self._holding = False
         #: ``get`` runs on pool threads (a request cancelled at a stop leaves its thread
@@ -301,6 +302,7 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
+        self._wal_sync.close()
         with self._use:
             self._conn.close()  # an open transaction is rolled back: let go of the gate too
         if self._holding:
@@ -578,8 +580,9 @@ class RunsIndex:
 
     def sync(self) -> None:
         """Put every commit made so far on disk (an fsync of the WAL, no lock held):
-        what a FULL commit does inside the write lock (``server.sqlite.wal_sync``)."""
-        sync_wal(self.path)
+        what a FULL commit does inside the write lock (``server.sqlite.wal_sync``). Once
+        an fsync failed, every later call fails (until a restart)."""
+        self._wal_sync.sync()
 
     def _settle(
         self, forwarded: dict[str, int], dead_lettered: dict[str, int], mark: Settling

@@ -59,7 +59,8 @@ class Storage:
     dead_letters: DeadLetterStore
     #: The accept thread's (synchronous=NORMAL: its commits are repaired from the spool).
     accept_index: RunsIndex
-    #: The drainer's (synchronous=FULL: a settle is never redone).
+    #: The drainer's (its settles are fsync'd after their commits, before the spool ack:
+    #: a settle is never redone).
     drain_index: RunsIndex
     #: The HTTP reads'.
     reader_index: RunsIndex
@@ -136,7 +137,8 @@ def open_storage(
             index.count_now("index_rebuilds", len(set_aside_files(spool_dir / INDEX_FILE)))
         if letters_aside is not None:
             index.count_now("dead_letter_store_resets", 1)
-        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="FULL", yields=True)
+        # NORMAL: its settles commit without an fsync, then ``sync`` (no PRAGMA to switch).
+        drain_index = RunsIndex(spool_dir / INDEX_FILE, synchronous="NORMAL", yields=True)
         opened.append(drain_index)
         # Its settles never copy the WAL inside their commit (holding the write gate): the
         # drain's record stage does, between rounds (``spoold.forward.record``).

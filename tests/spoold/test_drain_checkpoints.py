@@ -1,12 +1,14 @@
 """No commit of the drainer's copies a WAL into its database while holding a lock the
-accept path needs; the checkpointer threads copy it for every writer.
+accept path needs; the drainer copies what it wrote itself, between rounds.
 
 SQLite's auto-checkpoint runs inside whichever commit crosses its mark: in the
 drainer's settle (holding the runs index's write gate) or in its take and ack of a spool
 group (holding the spool's put lock), that copy and its two fsyncs stalled agents'
-writes for 10-30 ms (``bench/spoold_bench.py``, 300k-op drain). Those connections have
-auto-checkpoint off, and what they write is counted towards the checkpointer threads'
-next pass, so the WAL files stay bounded through a drain that no agent writes during.
+writes for 10-30 ms (``bench/spoold_bench.py``, 300k-op drain). Those transactions run
+with auto-checkpoint off (the drain's index connection as ``spoold.state.storage`` opens
+it; the spool's connections inside the put-first lock), and the drainer copies the WAL
+(PASSIVE, no lock held) after so many bytes of its own writes: the WAL files stay
+bounded through a drain that no agent writes during.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from spoold.forward.rounds import Delivered, DrainStats
 from spoold.spool import layout
 from spoold.state.ledger import Counts, Ledger
 from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import open_storage
 from spoold.upstream.retry import Backoff
 
 MiB = 1024 * 1024
@@ -40,17 +43,6 @@ def wal_bytes(db_path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
-def settle_down(db_path: Path, bound: int) -> int:
-    """The WAL's size once below ``bound``, or its size after 5 s (a checkpoint may
-    still be running)."""
-    for _ in range(500):
-        size = wal_bytes(db_path)
-        if size <= bound:
-            return size
-        time.sleep(0.01)
-    return wal_bytes(db_path)
-
-
 def test_a_drain_without_puts_keeps_the_spool_wal_bounded(
     make_spool: SpoolFactory,
 ) -> None:
@@ -60,7 +52,7 @@ def test_a_drain_without_puts_keeps_the_spool_wal_bounded(
     for i in range(120):
         spool.put_group([op(i, size=80_000)])
     db_path = spool.directory / layout.DB_FILE
-    before = settle_down(db_path, 0)  # the fill's own high-water mark (it never shrinks)
+    before = wal_bytes(db_path)  # the fill's own high-water mark (the file never shrinks)
     peak = 0
     for _ in range(200):
         groups = spool.get_groups(1)
@@ -114,3 +106,17 @@ async def test_a_drain_without_accepts_keeps_the_index_wal_bounded(
     finally:
         draining.close()
         accepting.close()
+
+
+def test_spoold_opens_the_drains_index_connection_without_checkpoints_or_fsyncs(
+    spool_dir: Path,
+) -> None:
+    """As the drain uses it: its commits neither copy the WAL nor fsync (the record stage
+    does both itself, outside the write gate)."""
+    storage = open_storage(spool_dir, capacity_bytes=1 << 30, min_free_disk_bytes=0)
+    try:
+        assert storage.drain_index.wal_autocheckpoint() == 0
+        assert storage.drain_index.synchronous() == 1  # NORMAL
+        assert storage.accept_index.wal_autocheckpoint() != 0  # the acceptor's own business
+    finally:
+        storage.close()

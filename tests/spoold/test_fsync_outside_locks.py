@@ -27,9 +27,7 @@ from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.record import RecordStage
 from spoold.forward.rounds import Delivered, DrainStats
 from spoold.spool import Spool, SpoolWriteError, layout
-from spoold.spool import queue as queue_module
 from spoold.spool.writegate import PutFirstLock
-from spoold.state import runs_index
 from spoold.state.ledger import Counts, Ledger
 from spoold.state.runs_index import RunsIndex
 from spoold.upstream.retry import Backoff
@@ -65,17 +63,32 @@ async def one_round(spool: Spool, index: RunsIndex, n: int) -> Delivered:
 
 
 class BlockedSync:
-    """A stand-in for ``sync_wal`` that waits until released (bounded), then fsyncs."""
+    """Replaces a ``WalSync``'s ``sync``: waits until released (bounded), then fsyncs."""
 
-    def __init__(self, real: Callable[[Path], None]) -> None:
+    def __init__(self, real: Callable[[], None]) -> None:
         self._real = real
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, path: Path) -> None:
+    def __call__(self) -> None:
         self.entered.set()
         assert self.release.wait(WAIT_S), "never released"
-        self._real(path)
+        self._real()
+
+
+class FailingFsync:
+    """``os.fsync`` failing with EIO for one file (by its path), once; the rest real."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._real = os.fsync
+        self.failed = 0
+
+    def __call__(self, fd: int) -> None:
+        if not self.failed and os.readlink(f"/proc/self/fd/{fd}") == self._path:
+            self.failed += 1
+            raise OSError(errno.EIO, "Input/output error")
+        self._real(fd)
 
 
 def in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
@@ -100,8 +113,8 @@ async def test_an_accept_commits_while_the_settle_is_being_fsynced(
     accepting, draining = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 5)
-    blocked = BlockedSync(runs_index.sync_wal)
-    monkeypatch.setattr(runs_index, "sync_wal", blocked)
+    blocked = BlockedSync(draining._wal_sync.sync)
+    monkeypatch.setattr(draining._wal_sync, "sync", blocked)
     stage = recorder(spool, draining, Ledger(Counts(accepted=5, queued=5)))
     thread, errors = in_thread(lambda: stage.record(delivered))
     try:
@@ -131,8 +144,8 @@ async def test_a_put_commits_while_the_ack_is_being_fsynced(
     accepting, _ = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 3)
-    blocked = BlockedSync(queue_module.sync_wal)
-    monkeypatch.setattr(queue_module, "sync_wal", blocked)
+    blocked = BlockedSync(spool._wal_sync.sync)
+    monkeypatch.setattr(spool._wal_sync, "sync", blocked)
     thread, errors = in_thread(lambda: spool.ack(delivered.groups))
     try:
         assert blocked.entered.wait(WAIT_S)
@@ -181,25 +194,21 @@ async def test_each_wal_is_fsynced_in_order_before_the_step_that_needs_it(
     assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
 
 
-async def test_a_failed_ack_fsync_is_retried_and_nothing_counts_twice(
+async def test_a_failed_ack_fsync_stops_the_acks_and_nothing_counts_twice(
     make_spool: SpoolFactory,
     indexes: tuple[RunsIndex, RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """After a failed fsync nothing can be promised about the acks before it: the record
+    fails, and so does every retry (until a restart), without settling anything again;
+    the next round is never settled over it."""
     accepting, draining = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 6)
     ledger = Ledger(Counts(accepted=6, queued=6))
     stage = recorder(spool, draining, ledger)
-    real = queue_module.sync_wal
-    failures = [OSError(errno.EIO, "Input/output error")]
-
-    def failing_once(path: Path) -> None:
-        if failures:
-            raise failures.pop()
-        real(path)
-
-    monkeypatch.setattr(queue_module, "sync_wal", failing_once)
+    failing = FailingFsync(f"{spool.directory / layout.DB_FILE}-wal")
+    monkeypatch.setattr(os, "fsync", failing)
     settles: list[int] = []
     settle_slice = draining.settle_slice
 
@@ -208,16 +217,18 @@ async def test_a_failed_ack_fsync_is_retried_and_nothing_counts_twice(
         settle_slice(*args, **kwargs)
 
     monkeypatch.setattr(draining, "settle_slice", counted)
-    with pytest.raises(SpoolWriteError, match="fsync"):
+    with pytest.raises(SpoolWriteError, match="ack fsync failed"):
         stage.record(delivered)
-    stage.record(delivered)  # the retry: the fsync again, nothing settled again
+    for _ in range(3):  # the retries: the fsync is not tried again
+        with pytest.raises(SpoolWriteError, match="earlier fsync"):
+            stage.record(delivered)
+    assert failing.failed == 1
     assert len(settles) == 1
     assert draining.counters()["forwarded"] == 6
     assert ledger.snapshot() == Counts(accepted=6, forwarded=6, queued=0)
-    assert spool.stats().depth_ops == 0
 
 
-async def test_a_failed_settle_fsync_holds_the_ack_back_and_is_retried_alone(
+async def test_a_failed_settle_fsync_holds_every_ack_back(
     make_spool: SpoolFactory,
     indexes: tuple[RunsIndex, RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
@@ -227,25 +238,39 @@ async def test_a_failed_settle_fsync_holds_the_ack_back_and_is_retried_alone(
     delivered = await one_round(spool, accepting, 6)
     ledger = Ledger(Counts(accepted=6, queued=6))
     stage = recorder(spool, draining, ledger)
-    real = runs_index.sync_wal
-    failures = [OSError(errno.EIO, "Input/output error")]
-    syncs: list[int] = []
-
-    def failing_once(path: Path) -> None:
-        syncs.append(1)
-        if failures:
-            raise failures.pop()
-        real(path)
-
-    monkeypatch.setattr(runs_index, "sync_wal", failing_once)
+    failing = FailingFsync(f"{draining.path}-wal")
+    monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(OSError, match="Input/output"):
         stage.record(delivered)
-    assert spool.stats().depth_ops == 6  # not acked: the settle may not be on disk
-    stage.record(delivered)
-    assert len(syncs) == 2
-    assert draining.counters()["forwarded"] == 6
-    assert ledger.snapshot() == Counts(accepted=6, forwarded=6, queued=0)
-    assert spool.stats().depth_ops == 0
+    with pytest.raises(OSError, match="earlier fsync"):
+        stage.record(delivered)
+    assert failing.failed == 1
+    assert spool.stats().depth_ops == 6  # never acked: the settle may not be on disk
+    assert draining.counters()["forwarded"] == 6  # settled once, in memory of the file
+
+
+async def test_the_start_up_repairs_discard_is_fsynced(
+    make_spool: SpoolFactory,
+    indexes: tuple[RunsIndex, RunsIndex],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery's acks of delivered items are on disk before the drain's first settle
+    (which overwrites the mark naming them)."""
+    accepting, _ = indexes
+    spool = make_spool()
+    await accept(spool, accepting, *(create(f"r{i}") for i in range(3)))
+    ids = list(range(1, spool.last_allocated_id() + 1))  # live, never handed out
+    real_fsync = os.fsync
+    flushed: list[tuple[str, int]] = []
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), spool.stats().depth_ops))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert spool.discard(ids) == 3
+    monkeypatch.undo()
+    assert (f"{spool.directory / layout.DB_FILE}-wal", 0) in flushed
 
 
 def test_every_put_commits_full_however_the_drainers_writes_interleave(
@@ -339,7 +364,7 @@ def test_a_put_sets_full_itself_when_restoring_it_failed() -> None:
     conn = FakeConnection()
     lock.relax([conn], autocheckpoint_pages=1000)  # type: ignore[list-item]
     conn.fail = {"FULL"}
-    with pytest.raises(sqlite3.OperationalError), lock:  # a drainer's write
+    with lock:  # a drainer's write: it committed, so the failed restore is only logged
         pass
     assert conn.modes == ["NORMAL"]  # left NORMAL: restoring FULL failed
     with lock.urgent(), lock:  # the next put
@@ -351,7 +376,7 @@ def test_a_put_that_cannot_set_full_fails_and_lets_go_of_the_lock() -> None:
     conn = FakeConnection()
     lock.relax([conn], autocheckpoint_pages=1000)  # type: ignore[list-item]
     conn.fail = {"FULL"}
-    with pytest.raises(sqlite3.OperationalError), lock:  # the drainer's write: left NORMAL
+    with lock:  # the drainer's write: left NORMAL
         pass
     conn.fail = {"FULL"}
     ran: list[int] = []

@@ -59,15 +59,18 @@ def test_every_spool_connection_is_full_whatever_the_build_default(
 
 
 @pytest.mark.usefixtures("build_default_normal")
-def test_the_drainers_index_connection_settles_with_full(tmp_path: Path) -> None:
-    """open_storage: the accept and read connections of the runs index stay NORMAL (their
-    commits are repaired from the spool), the drainer's (settles) is FULL."""
+def test_the_index_connections_are_normal_and_the_drains_settles_fsync_after(
+    tmp_path: Path,
+) -> None:
+    """open_storage: every connection of the runs index is NORMAL; the accept's and the
+    reads' commits are repaired from the spool, the drainer's settles are fsync'd after
+    their commit, outside the write gate (``tests/spoold/test_fsync_outside_locks.py``)."""
     storage = open_storage(tmp_path / "spool", capacity_bytes=1 << 20, min_free_disk_bytes=0)
     spool, accept_index, drain_index = storage.spool, storage.accept_index, storage.drain_index
     reader = storage.reader_index
     try:
         assert spool.synchronous_modes() == [FULL] * 4
-        assert (accept_index.synchronous(), drain_index.synchronous()) == (NORMAL, FULL)
+        assert (accept_index.synchronous(), drain_index.synchronous()) == (NORMAL, NORMAL)
         assert reader.synchronous() == NORMAL
     finally:
         storage.close()
