@@ -10,6 +10,7 @@ import pytest
 from spool_helpers import SpoolFactory
 
 from spoold.spool import Spool
+from spoold.state.runs_index import RunsIndex
 
 
 @pytest.fixture
@@ -31,3 +32,14 @@ def make_spool(spool_dir: Path) -> Iterator[SpoolFactory]:
     yield factory
     for spool in opened:
         spool.close()
+
+
+@pytest.fixture
+def indexes(tmp_path: Path) -> Iterator[tuple[RunsIndex, RunsIndex]]:
+    """The accept path's runs-index connection and the drain's, on one file."""
+    path = tmp_path / "index.sqlite"
+    accepting = RunsIndex(path)
+    draining = RunsIndex(path, synchronous="FULL", yields=True)
+    yield accepting, draining
+    draining.close()
+    accepting.close()

@@ -64,3 +64,8 @@ async def accept(spool: Spool, index: RunsIndex, *ops: dict[str, Any]) -> None:
             await acceptor.submit(op)
     finally:
         await acceptor.close()
+
+
+def create_run(name: str) -> dict[str, Any]:
+    """A create operation of run ``r-<name>`` (event_id ``name``)."""
+    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}

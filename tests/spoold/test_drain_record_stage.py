@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from spool_helpers import SpoolFactory, accept, disk_full
+from spool_helpers import create_run as create
 
 from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.record import RecordStage
@@ -21,21 +20,6 @@ from spoold.spool import Spool
 from spoold.state.ledger import Counts, Ledger
 from spoold.state.runs_index import RunsIndex
 from spoold.upstream.retry import Backoff
-
-
-def create(name: str) -> dict[str, Any]:
-    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
-
-
-@pytest.fixture
-def indexes(tmp_path: Path) -> Iterator[tuple[RunsIndex, RunsIndex]]:
-    """The accept path's index connection and the drain's (synchronous=FULL), one file."""
-    path = tmp_path / "index.sqlite"
-    accepting = RunsIndex(path)
-    draining = RunsIndex(path, synchronous="FULL", yields=True)
-    yield accepting, draining
-    draining.close()
-    accepting.close()
 
 
 async def delivered_rounds(

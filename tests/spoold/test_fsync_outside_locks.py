@@ -11,6 +11,7 @@ synchronous=FULL however the drainer's writes interleave with it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from spool_helpers import SpoolFactory, accept, op
+from spool_helpers import create_run as create
 
 from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.record import RecordStage
@@ -33,21 +35,6 @@ from spoold.state.runs_index import RunsIndex
 from spoold.upstream.retry import Backoff
 
 WAIT_S = 10.0
-
-
-def create(name: str) -> dict[str, Any]:
-    return {"kind": "create", "event_id": name, "body": {"event_id": name, "run_id": f"r-{name}"}}
-
-
-@pytest.fixture
-def indexes(tmp_path: Path) -> Iterator[tuple[RunsIndex, RunsIndex]]:
-    """The accept path's index connection and the drain's, on one file."""
-    path = tmp_path / "index.sqlite"
-    accepting = RunsIndex(path)
-    draining = RunsIndex(path, synchronous="FULL", yields=True)
-    yield accepting, draining
-    draining.close()
-    accepting.close()
 
 
 def recorder(spool: Spool, index: RunsIndex, ledger: Ledger) -> RecordStage:
@@ -105,20 +92,32 @@ def in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseEx
     return thread, errors
 
 
+@contextlib.contextmanager
+def fsync_held(wal_sync: Any, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` in a thread until it is inside ``wal_sync``'s fsync, held there
+    while the block runs; then let it finish (it must succeed)."""
+    blocked = BlockedSync(wal_sync.sync)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wal_sync, "sync", blocked)
+        thread, errors = in_thread(action)
+        try:
+            assert blocked.entered.wait(WAIT_S)
+            yield
+        finally:
+            blocked.release.set()
+            thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert not errors
+
+
 async def test_an_accept_commits_while_the_settle_is_being_fsynced(
-    make_spool: SpoolFactory,
-    indexes: tuple[RunsIndex, RunsIndex],
-    monkeypatch: pytest.MonkeyPatch,
+    make_spool: SpoolFactory, indexes: tuple[RunsIndex, RunsIndex]
 ) -> None:
     accepting, draining = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 5)
-    blocked = BlockedSync(draining._wal_sync.sync)
-    monkeypatch.setattr(draining._wal_sync, "sync", blocked)
     stage = recorder(spool, draining, Ledger(Counts(accepted=5, queued=5)))
-    thread, errors = in_thread(lambda: stage.record(delivered))
-    try:
-        assert blocked.entered.wait(WAIT_S)
+    with fsync_held(draining._wal_sync, lambda: stage.record(delivered)):
         # The drain is inside its fsync: the accept path's index write and spool put go now.
         started = time.monotonic()
         accepting.begin()
@@ -127,37 +126,21 @@ async def test_an_accept_commits_while_the_settle_is_being_fsynced(
         spool.put_group([create("late")])
         assert time.monotonic() - started < WAIT_S / 2
         assert spool.stats().depth_ops == 6  # nothing acked before the settle is on disk
-    finally:
-        blocked.release.set()
-        thread.join(WAIT_S)
-    assert not thread.is_alive()
-    assert not errors
     assert spool.stats().depth_ops == 1
     assert draining.counters()["forwarded"] == 5
 
 
 async def test_a_put_commits_while_the_ack_is_being_fsynced(
-    make_spool: SpoolFactory,
-    indexes: tuple[RunsIndex, RunsIndex],
-    monkeypatch: pytest.MonkeyPatch,
+    make_spool: SpoolFactory, indexes: tuple[RunsIndex, RunsIndex]
 ) -> None:
     accepting, _ = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 3)
-    blocked = BlockedSync(spool._wal_sync.sync)
-    monkeypatch.setattr(spool._wal_sync, "sync", blocked)
-    thread, errors = in_thread(lambda: spool.ack(delivered.groups))
-    try:
-        assert blocked.entered.wait(WAIT_S)
+    with fsync_held(spool._wal_sync, lambda: spool.ack(delivered.groups)):
         started = time.monotonic()
         spool.put_group([op(1)])
         assert time.monotonic() - started < WAIT_S / 2
         assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
-    finally:
-        blocked.release.set()
-        thread.join(WAIT_S)
-    assert not thread.is_alive()
-    assert not errors
     assert [o["seq"] for g in spool.get_groups(10) for o in g.ops] == [1]
 
 
@@ -194,20 +177,24 @@ async def test_each_wal_is_fsynced_in_order_before_the_step_that_needs_it(
     assert spool.synchronous_modes() == [2] * len(spool.synchronous_modes())
 
 
-async def test_a_failed_ack_fsync_stops_the_acks_and_nothing_counts_twice(
+@pytest.mark.parametrize("failing_file", ["index", "spool"])
+async def test_a_failed_fsync_is_final_and_nothing_counts_twice(
     make_spool: SpoolFactory,
     indexes: tuple[RunsIndex, RunsIndex],
     monkeypatch: pytest.MonkeyPatch,
+    failing_file: str,
 ) -> None:
-    """After a failed fsync nothing can be promised about the acks before it: the record
-    fails, and so does every retry (until a restart), without settling anything again;
-    the next round is never settled over it."""
+    """After a failed fsync nothing can be promised about the commits before it: the
+    record fails, and so does every retry (the fsync is not tried again: until a
+    restart), without settling anything again. A failed settle fsync holds the spool
+    ack back; a failed ack fsync holds back the next round's settle."""
     accepting, draining = indexes
     spool = make_spool()
     delivered = await one_round(spool, accepting, 6)
     ledger = Ledger(Counts(accepted=6, queued=6))
     stage = recorder(spool, draining, ledger)
-    failing = FailingFsync(f"{spool.directory / layout.DB_FILE}-wal")
+    wal = {"index": f"{draining.path}-wal", "spool": f"{spool.directory / layout.DB_FILE}-wal"}
+    failing = FailingFsync(wal[failing_file])
     monkeypatch.setattr(os, "fsync", failing)
     settles: list[int] = []
     settle_slice = draining.settle_slice
@@ -217,36 +204,17 @@ async def test_a_failed_ack_fsync_stops_the_acks_and_nothing_counts_twice(
         settle_slice(*args, **kwargs)
 
     monkeypatch.setattr(draining, "settle_slice", counted)
-    with pytest.raises(SpoolWriteError, match="ack fsync failed"):
+    with pytest.raises((OSError, SpoolWriteError), match="Input/output"):
         stage.record(delivered)
-    for _ in range(3):  # the retries: the fsync is not tried again
-        with pytest.raises(SpoolWriteError, match="earlier fsync"):
+    for _ in range(3):  # the retries
+        with pytest.raises((OSError, SpoolWriteError), match="earlier fsync"):
             stage.record(delivered)
     assert failing.failed == 1
     assert len(settles) == 1
     assert draining.counters()["forwarded"] == 6
     assert ledger.snapshot() == Counts(accepted=6, forwarded=6, queued=0)
-
-
-async def test_a_failed_settle_fsync_holds_every_ack_back(
-    make_spool: SpoolFactory,
-    indexes: tuple[RunsIndex, RunsIndex],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    accepting, draining = indexes
-    spool = make_spool()
-    delivered = await one_round(spool, accepting, 6)
-    ledger = Ledger(Counts(accepted=6, queued=6))
-    stage = recorder(spool, draining, ledger)
-    failing = FailingFsync(f"{draining.path}-wal")
-    monkeypatch.setattr(os, "fsync", failing)
-    with pytest.raises(OSError, match="Input/output"):
-        stage.record(delivered)
-    with pytest.raises(OSError, match="earlier fsync"):
-        stage.record(delivered)
-    assert failing.failed == 1
-    assert spool.stats().depth_ops == 6  # never acked: the settle may not be on disk
-    assert draining.counters()["forwarded"] == 6  # settled once, in memory of the file
+    if failing_file == "index":
+        assert spool.stats().depth_ops == 6  # never acked: the settle may not be on disk
 
 
 async def test_the_start_up_repairs_discard_is_fsynced(
