@@ -1,18 +1,14 @@
-"""Deleting the spool's acked rows and vacuuming it, without making a writer wait long.
+"""Clearing the spool's leftover rows and vacuuming it, without making a writer wait long.
 
-persist-queue only *marks* rows acked. The rows are deleted once enough acked bytes
-piled up (``CLEAR_EVERY_BYTES``), at least every ``clear_interval_s``, and whenever the
-spool is empty; the file is vacuumed only when little live data is left and no put came
-for a while (a vacuum holds the write lock for as long as it rebuilds the file).
-
-While other rows are queued, the rows acked since the last clear are deleted by id
-(``store.delete_acked``: no scan) in transactions of at most ``CLEAR_CHUNK_BYTES``, so
-a put waits at most for one of them. persist-queue's own clear scans the table from its
-newest row down to the acked ones: with a big backlog of big groups that scan alone
-held the write lock ~8 ms. It still runs when the spool is empty (cheap then), and
-catches any acked row the deletes by id missed (acked before a restart, set aside as
-undecodable, a failed delete).
-Housekeeping runs on the reader's side, under its I/O lock, and never fails an ack.
+A delivered group's row is deleted when it is acked (``spoold.spool.reader``). What is
+left for the clear are rows set aside as undecodable (persist-queue's ``ack_failed``)
+and rows a spool from before that change marked acked: persist-queue's scanning clear
+deletes them. That scan walks the table from its newest row down (with a big backlog of
+big groups it held the write lock ~8 ms), so it runs only when the spool is empty
+(cheap then), before a vacuum, and after a failed clear. The file is vacuumed only when
+little live data is left and no put came for a while (a vacuum holds the write lock for
+as long as it rebuilds the file). Housekeeping runs on the reader's side, under its I/O
+lock, and never fails an ack.
 """
 
 from __future__ import annotations
@@ -30,12 +26,9 @@ from spoold.spool.depth import Depth
 log = structlog.get_logger("spoold.spool")
 
 MiB = 1024 * 1024
-#: Acked bytes that trigger a clear. Deleting acked rows holds persist-queue's write
-#: lock (puts wait) for a time that grows with the bytes deleted: small, frequent clears
-#: keep that wait to a few ms during a big drain (one clear a second deleted tens of MB).
+#: Acked bytes after which housekeeping is due (a clear if the spool is empty, a vacuum
+#: if little is left), besides every ``clear_interval_s``.
 CLEAR_EVERY_BYTES = 2 * MiB
-#: Acked bytes deleted per transaction while other rows are queued.
-CLEAR_CHUNK_BYTES = 512 * 1024
 #: Vacuum (which holds the write lock for as long as it rebuilds) only this long after
 #: the last put, so a writer is not kept waiting by it.
 VACUUM_AFTER_IDLE_S = 5.0
@@ -59,18 +52,15 @@ class Housekeeper:
         self._vacuum_max_live = vacuum_max_live_bytes
         self._acked_uncleared, self._last_clear = 0, time.monotonic()
         self._acked_uncleared_bytes = 0
-        #: (id, bytes) of the rows acked since the last clear, for the deletes by id.
-        self._acked_rows: list[tuple[int, int]] = []
-        #: A delete by id failed: the next clear scans (it finds what that one left).
+        #: A clear failed: the next due one scans even with rows queued.
         self._scan_next = False
         #: monotonic time of the last put (written by the writer, read here).
         self.last_put = 0.0
 
-    def acked(self, item_id: int, nbytes: int) -> None:
-        """A group was acked: its row waits for the next clear."""
+    def acked(self, nbytes: int) -> None:
+        """A group was acked (its row deleted): housekeeping may be due."""
         self._acked_uncleared += 1
         self._acked_uncleared_bytes += nbytes
-        self._acked_rows.append((item_id, nbytes))
 
     def idle(self) -> bool:
         """No put came for ``VACUUM_AFTER_IDLE_S``."""
@@ -100,30 +90,11 @@ class Housekeeper:
             if scan:
                 threshold = self._vacuum_threshold if may_vacuum else None
                 self._capacity.when_full_retry(lambda: store.housekeep(queue, side, threshold))
-            else:
-                self._delete_acked_rows(queue, side)
             self._acked_uncleared, self._last_clear = 0, time.monotonic()
             self._acked_uncleared_bytes = 0
             self._scan_next = False
         except sqlite3.Error as exc:  # housekeeping must never fail an ack
             log.warning("spool_maintenance_failed", error=str(exc))
-            self._scan_next = True  # what it left goes with the next clear's scan
-        finally:
-            self._acked_rows.clear()
+            self._scan_next = True  # the next due clear scans, with rows queued or not
         if self._depth.groups == 0:
             self._capacity.drained()
-
-    def _delete_acked_rows(self, queue: Any, side: Any) -> None:
-        """The rows acked since the last clear, by id, ``CLEAR_CHUNK_BYTES`` at a time."""
-        chunk: list[int] = []
-        chunk_bytes = 0
-        for item_id, nbytes in self._acked_rows:
-            chunk.append(item_id)
-            chunk_bytes += nbytes
-            if chunk_bytes >= CLEAR_CHUNK_BYTES:
-                self._capacity.when_full_retry(
-                    lambda ids=chunk: store.delete_acked(queue, side, ids)  # type: ignore[misc]
-                )
-                chunk, chunk_bytes = [], 0
-        if chunk:
-            self._capacity.when_full_retry(lambda: store.delete_acked(queue, side, chunk))

@@ -1,11 +1,15 @@
 """The spool's read protocol: groups handed out in FIFO order, then acked or given back.
 
-A group got from persist-queue is *in flight* until it is acked (delivered: its row
-is deleted at the next clear) or nacked (given back: handed out again, in its
-original order). The reader walks the queue with a cursor instead of rescanning the
-rows in flight, stops at the last item the accept thread has published (recorded in
-the runs index), and carries a row it got but could not hand out yet. Every method
-runs on the drainer's thread, under the spool's I/O lock, which the caller holds.
+Taking a group only reads its row; the group is *in flight* (in memory) until it is
+acked (delivered: its row is deleted, ``ACK_CHUNK_BYTES`` of groups per transaction)
+or nacked (given back: handed out again, in its original order). Nothing on disk says
+a row is in flight: after a crash every row not deleted is simply read again, which
+persist-queue's "unack" mark also gave (``auto_resume``), at twice the group's bytes
+through the WAL under the put lock (its ``get`` and ``ack`` rewrite the whole row).
+The reader walks the rows with a cursor instead of rescanning the rows in flight,
+stops at the last item the accept thread has published (recorded in the runs index),
+and carries a row it read but could not hand out yet. Every method runs on the
+drainer's thread, under the spool's I/O lock, which the caller holds.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from persistqueue.exceptions import Empty
 
 from spoold.spool import store
 from spoold.spool.capacity import Capacity
@@ -25,6 +28,9 @@ from spoold.spool.errors import SpoolWriteError
 from spoold.spool.housekeeping import Housekeeper
 
 log = structlog.get_logger("spoold.spool")
+
+#: Groups' bytes deleted per transaction at ack: a put waits at most for one of them.
+ACK_CHUNK_BYTES = 512 * 1024
 
 
 class Reader:
@@ -82,26 +88,21 @@ class Reader:
         return groups
 
     def _next_row(self) -> tuple[int, RawGroup] | None:
-        """The next row after the cursor, not decoded (None when there is none)."""
-        retry = self._capacity.when_full_retry
-        try:
-            if self._cursor is None:
-                row = retry(lambda: self._queue.get(block=False, raw=True))
-            else:  # continue after the last id instead of rescanning in-flight rows
-                cursor = self._cursor
-                row = retry(
-                    lambda c=cursor: self._queue.get(  # type: ignore[misc]
-                        block=False, raw=True, id=c, next_in_order=True
-                    )
-                )
-        except Empty:
-            return None
-        except sqlite3.Error as exc:
-            raise SpoolWriteError(f"spool read failed: {exc}") from exc
-        pqid, raw = int(row["pqid"]), row["data"]
-        assert isinstance(raw, RawGroup)
-        self._cursor = pqid
-        return pqid, raw
+        """The next live row after the cursor that is not in flight, not decoded (None
+        when there is none). Rows in flight are skipped only after a nack reset the
+        cursor; otherwise the cursor is past them."""
+        for _ in range(len(self.inflight) + 1):
+            try:
+                row = store.next_live_row(self._side, self._cursor or 0)
+            except sqlite3.Error as exc:
+                raise SpoolWriteError(f"spool read failed: {exc}") from exc
+            if row is None:
+                return None
+            pqid, data = row
+            self._cursor = pqid
+            if pqid not in self.inflight:
+                return pqid, RawGroup(data)
+        return None  # unreachable: at most len(inflight) rows are skipped
 
     def _decoded(self, item_id: int, raw: RawGroup) -> SpoolGroup | None:
         """The row as a group; an undecodable row is set aside (None) rather than wedge
@@ -118,20 +119,19 @@ class Reader:
         return None
 
     def ack(self, groups: Iterable[SpoolGroup]) -> None:
-        """See ``Spool.ack``."""
+        """See ``Spool.ack``: delete the groups' rows, ``ACK_CHUNK_BYTES`` at a time."""
+        chunk: list[int] = []
+        chunk_bytes = 0
         for group in groups:
-            held = self.inflight.pop(group.id, None)
-            if held is None:
+            if group.id not in self.inflight or group.id in chunk:
                 continue  # already acked or nacked: never count it twice
-            try:
-                self._capacity.when_full_retry(lambda i=group.id: self._queue.ack(id=i))  # type: ignore[misc]
-            except Exception as exc:  # kept in flight, so a retried ack covers it
-                self.inflight[group.id] = held
-                raise SpoolWriteError(f"spool ack failed: {exc}") from exc
-            n_ops, nbytes = held
-            self._depth.forget(n_ops, nbytes)
-            self._capacity.drain.add(nbytes)
-            self._housekeeper.acked(group.id, nbytes)
+            chunk.append(group.id)
+            chunk_bytes += self.inflight[group.id][1]
+            if chunk_bytes >= ACK_CHUNK_BYTES:
+                self._delete(chunk)
+                chunk, chunk_bytes = [], 0
+        if chunk:
+            self._delete(chunk)
         self._housekeeper.maintain(self._queue, self._side)
         self._depth.reading_oldest()
         try:
@@ -141,25 +141,24 @@ class Reader:
             return
         self._depth.after_ack(oldest)
 
-    def nack(self, groups: Iterable[SpoolGroup]) -> None:
-        """See ``Spool.nack``."""
-        back = [g for g in groups if g.id in self.inflight]
-        self._cursor = None
-        # The carried group (taken from the queue, not handed out) is newer than
-        # anything nacked, and only this object knows it: nack it first, and keep
-        # it as the carry until that commits, so a retried nack still covers it.
-        if self._carry is not None:
-            self._nack_one(self._carry[0])
-            self._carry = None
-        for group in back:
-            # A group leaves the in-flight set only once its nack is committed: a
-            # failed nack (disk full) can be retried; otherwise the row would stay
-            # marked "unack" and never be handed out again until a restart.
-            self._nack_one(group.id)
-            del self.inflight[group.id]
-
-    def _nack_one(self, item_id: int) -> None:
+    def _delete(self, ids: list[int]) -> None:
+        """Delete delivered groups' rows (one transaction); they leave the in-flight set
+        only once it committed, so a retried ack covers a failed one."""
         try:
-            self._capacity.when_full_retry(lambda: self._queue.nack(id=item_id))
-        except sqlite3.Error as exc:
-            raise SpoolWriteError(f"spool nack failed: {exc}") from exc
+            self._capacity.when_full_retry(lambda: store.delete_rows(self._queue, self._side, ids))
+        except Exception as exc:
+            raise SpoolWriteError(f"spool ack failed: {exc}") from exc
+        for item_id in ids:
+            n_ops, nbytes = self.inflight.pop(item_id)
+            self._depth.forget(n_ops, nbytes)
+            self._capacity.drain.add(nbytes)
+            self._housekeeper.acked(nbytes)
+
+    def nack(self, groups: Iterable[SpoolGroup]) -> None:
+        """See ``Spool.nack``. Nothing to write: the rows were never marked, so reading
+        again from the first live row hands them out again, in order (the carried row,
+        read but not handed out, is read again too)."""
+        for group in groups:
+            self.inflight.pop(group.id, None)
+        self._carry = None
+        self._cursor = None

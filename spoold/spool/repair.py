@@ -16,6 +16,9 @@ from spoold.spool.codec import SpoolGroup
 from spoold.spool.depth import Depth
 from spoold.spool.errors import SpoolWriteError
 
+#: Rows deleted per transaction (a put waits at most for one).
+DISCARD_CHUNK = 64
+
 
 def recount(side: Any, depth: Depth) -> None:
     """Set the in-memory counts from the totals kept in the file."""
@@ -37,12 +40,13 @@ def as_items(rows: list[tuple[int, Any]], item_id: int) -> tuple[int, list[Spool
 def discard(
     queue: Any, side: Any, capacity: Capacity, depth: Depth, item_ids: Iterable[int]
 ) -> int:
-    """Ack items by id without handing them out (already delivered); the live ones only.
-    Returns how many were discarded; the counts are read again from the file."""
+    """Delete items by id without handing them out (already delivered); the live ones
+    only. Returns how many were discarded; the counts are read again from the file."""
     live = store.live_ids(side, item_ids)
     try:
-        for item_id in live:
-            capacity.when_full_retry(lambda i=item_id: queue.ack(id=i))  # type: ignore[misc]
+        for start in range(0, len(live), DISCARD_CHUNK):
+            chunk = live[start : start + DISCARD_CHUNK]
+            capacity.when_full_retry(lambda c=chunk: store.delete_rows(queue, side, c))  # type: ignore[misc]
     except sqlite3.Error as exc:
         raise SpoolWriteError(f"spool ack failed: {exc}") from exc
     finally:

@@ -1,16 +1,19 @@
 """persist-queue's SQLite file: opening it (with corruption recovery) and looking inside.
 
-The queue itself is only driven through persist-queue's public API. Next to
-it the spool keeps one plain "side" connection to the same file for what that
-API cannot answer: reading every live row at open (a damaged file is found before
-anything is accepted; the live totals are checked then, ``spoold.spool.totals``), the
-oldest live group, the free-page count and a WAL truncation after a vacuum.
+persist-queue creates the file and its table, and makes every put, vacuum and scanning
+clear. Next to it the spool keeps one plain "side" connection to the same file for what
+its API cannot do cheaply: reading every live row at open (a damaged file is found before
+anything is accepted; the live totals are checked then, ``spoold.spool.totals``), taking
+rows and deleting delivered ones (persist-queue's ``get`` and ``ack`` each rewrite the
+whole row to change its status: twice the group's bytes through the WAL, under the put
+lock, see ``spoold.spool.reader``), the oldest live group, the free-page count and a
+WAL truncation after a vacuum.
 
 Every connection to the file, persist-queue's own included, is set to
 ``synchronous=FULL``: in WAL mode that fsyncs the WAL at every commit, which is
 what makes a put durable when it returns. The SQLite build's default is not relied
 on (builds differ: some default WAL files to NORMAL). The drainer's transactions
-(take, ack, give-back, clean-up) are switched to NORMAL while they hold the put lock
+(deletes of delivered rows, clean-up) are switched to NORMAL while they hold the put lock
 (``spoold.spool.writegate.PutFirstLock``); an ack is made durable by ``Spool.ack``'s
 fsync of the WAL before it returns.
 """
@@ -57,10 +60,14 @@ _PROBE_PUT_SQL = (
     f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (x'', 0, {int(AckStatus.acked)})"
 )
 SYNCHRONOUS = "FULL"
-_DELETE_ACKED_SQL = (
-    f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))"
-    f" AND status = {int(AckStatus.acked)}"
-)
+#: Debian's SQLite is built with SECURE_DELETE: every deleted row's bytes would be
+#: overwritten with zeros, through the WAL, once more (a delivered group's whole size,
+#: under the put lock). FAST zeroes only what is written anyway (the row's own page);
+#: a delivered group's other pages keep their bytes until reused or vacuumed, on a
+#: disk that holds them until delivery anyway.
+PRAGMAS = ("secure_delete = FAST",)
+_NEXT_LIVE_SQL = f"SELECT _id, data FROM {TABLE} WHERE {_LIVE} AND _id > ? ORDER BY _id LIMIT 1"
+_DELETE_SQL = f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))"
 
 
 class DurableAckQueue(SQLiteAckQueue):
@@ -86,6 +93,7 @@ class DurableAckQueue(SQLiteAckQueue):
             busy_timeout_ms=round(timeout * 1000),
             journal_mode="WAL",
             synchronous=SYNCHRONOUS,
+            pragmas=PRAGMAS,
             implicit_transactions=True,
         )
         self.connections.append(conn)
@@ -236,12 +244,23 @@ def clear_acked(queue: Any) -> None:
     queue.clear_acked_data(max_delete=0, keep_latest=0, clear_ack_failed=True)
 
 
-def delete_acked(queue: Any, side: sqlite3.Connection, ids: Sequence[int]) -> int:
-    """Delete the rows of ``ids`` that are acked (a live row is never touched), by
-    primary key, in one transaction under the queue's write lock; how many went."""
-    with queue.tran_lock:  # the put-first lock: commits without fsync (redone if lost)
+def next_live_row(side: sqlite3.Connection, after: int) -> tuple[int, bytes] | None:
+    """(id, data) of the first live row with an id above ``after``, or None. A read only:
+    taking a group no longer marks (rewrites) its row, see ``spoold.spool.reader``."""
+    rows = side.execute(_NEXT_LIVE_SQL, (after,)).fetchall()  # all: ends the read
+    if not rows:
+        return None
+    pqid, data = rows[0]
+    return int(pqid), bytes(data)
+
+
+def delete_rows(queue: Any, side: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """Delete the rows of ``ids`` (delivered groups) by primary key, in one transaction
+    under the queue's write lock; how many went. The totals' trigger counts a live row
+    out in the same transaction."""
+    with queue.tran_lock:  # the put-first lock: commits without fsync (see Spool.ack)
         try:
-            cursor = side.execute(_DELETE_ACKED_SQL, (orjson.dumps(list(ids)).decode(),))
+            cursor = side.execute(_DELETE_SQL, (orjson.dumps(list(ids)).decode(),))
             side.commit()
         except BaseException:
             side.rollback()
@@ -279,6 +298,7 @@ def connect_side(db_path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
         db_path,
         busy_timeout_ms=busy_timeout_ms,
         synchronous=SYNCHRONOUS,
+        pragmas=PRAGMAS,
         implicit_transactions=True,
     )
 

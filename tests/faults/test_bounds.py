@@ -255,9 +255,9 @@ async def test_real_disk_full_counters_still_add_up(tmp_path: Path, reaper: Reap
 @pytest.mark.xfail(
     strict=True,
     reason="LIMITATION (open): with SPOOLD_MIN_FREE_DISK_MB=0 spoold itself fills the disk "
-    "to the last byte; persist-queue rewrites a whole row to mark it taken and again to ack "
-    "it, and the WAL cannot be checkpointed without growing the database, so the reserve "
-    "(spoold/spool/reserve.py) drains only part of the backlog before the disk is full again. "
+    "to the last byte; the drain's settle in the runs index then finds no room for its "
+    "commits (SQLITE_FULL at every round: the spool's reserve, spoold/spool/reserve.py, is "
+    "given back for the spool's own writes, not the index's), so nothing is acked. "
     "Space freed from outside recovers (test_transient_disk_full_leaves_the_drainer_running); "
     "the default 256 MiB floor keeps spoold from filling the disk at all",
 )

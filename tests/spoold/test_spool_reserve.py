@@ -1,14 +1,15 @@
-"""The spool's disk reserve, and a read cut short by a full disk."""
+"""The spool's disk reserve, and a read cut short by a failed read."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from spool_helpers import disk_full
 
-from spoold.spool import Spool
+from spoold.spool import Spool, store
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE, DiskReserve
 
 
@@ -42,18 +43,18 @@ def test_a_full_disk_on_ack_releases_the_reserve_and_retries(
         spool.put_group([_op(2)])
         assert (tmp_path / RESERVE_FILE).exists()
         groups = spool.get_groups(1)
-        real_ack = spool._queue.ack
-        calls: list[int] = []
+        real_delete = store.delete_rows
+        calls: list[list[int]] = []
 
-        def ack_full_once(**kwargs: Any) -> Any:
-            calls.append(kwargs["id"])
+        def delete_full_once(queue: Any, side: Any, ids: list[int]) -> int:
+            calls.append(list(ids))
             if len(calls) == 1:
                 raise disk_full()
-            return real_ack(**kwargs)
+            return real_delete(queue, side, ids)
 
-        monkeypatch.setattr(spool._queue, "ack", ack_full_once)
+        monkeypatch.setattr(store, "delete_rows", delete_full_once)
         spool.ack(groups)
-        assert calls == [groups[0].id, groups[0].id]
+        assert calls == [[groups[0].id], [groups[0].id]]
         assert not (tmp_path / RESERVE_FILE).exists()  # given back; one group still queued
         spool.ack(spool.get_groups(10))
         assert spool.stats().depth_ops == 0
@@ -66,20 +67,20 @@ def test_a_read_cut_short_returns_the_groups_already_taken(
     with Spool(tmp_path, reserve_bytes=0) as spool:
         for n in range(3):
             spool.put_group([_op(n)])
-        real_get = spool._queue.get
+        real_read = store.next_live_row
         taken: list[int] = []
 
-        def get_then_full(**kwargs: Any) -> Any:
+        def read_then_fail(side: Any, after: int) -> Any:
             if len(taken) == 2:
-                raise disk_full()
-            item = real_get(**kwargs)
-            taken.append(item["pqid"])
-            return item
+                raise sqlite3.OperationalError("disk I/O error")
+            row = real_read(side, after)
+            taken.append(row[0])
+            return row
 
-        monkeypatch.setattr(spool._queue, "get", get_then_full)
+        monkeypatch.setattr(store, "next_live_row", read_then_fail)
         groups = spool.get_groups(10)
         assert [g.ops[0]["event_id"] for g in groups] == ["e0", "e1"]
-        monkeypatch.setattr(spool._queue, "get", real_get)
+        monkeypatch.setattr(store, "next_live_row", real_read)
         spool.ack(groups)  # owned by the caller: acked, not stranded in flight
         rest = spool.get_groups(10)
         assert [g.ops[0]["event_id"] for g in rest] == ["e2"]

@@ -13,7 +13,7 @@ import pytest
 from spool_helpers import SpoolFactory, accept, disk_full
 
 from spoold.cli import commands as cli
-from spoold.spool import DeadLetterStore
+from spoold.spool import DeadLetterStore, store
 from spoold.spool.reserve import MIN_BYTES, RESERVE_FILE
 from spoold.state.recovery import reconcile
 from spoold.state.runs_index import RunsIndex, op_counts
@@ -126,18 +126,19 @@ async def test_startup_discard_on_a_full_disk_uses_the_reserve(
 
     spool, index = make_spool(reserve_bytes=MIN_BYTES), open_index(spool_dir, indexes)
     assert (spool_dir / RESERVE_FILE).exists()
-    real_ack = spool._queue.ack
-    calls: list[int] = []
+    real_delete = store.delete_rows
+    calls: list[list[int]] = []
 
-    def ack_full_once(**kwargs: Any) -> Any:
-        calls.append(kwargs["id"])
+    def delete_full_once(queue: Any, side: Any, ids: list[int]) -> int:
+        calls.append(list(ids))
         if len(calls) == 1:
             raise disk_full()
-        return real_ack(**kwargs)
+        return real_delete(queue, side, ids)
 
-    monkeypatch.setattr(spool._queue, "ack", ack_full_once)
+    monkeypatch.setattr(store, "delete_rows", delete_full_once)
     counts = reconcile(spool, index)
 
+    assert calls == [calls[0], calls[0]]  # the full disk, then the same delete again
     assert counts.adds_up
     assert counts.queued == 0
     assert not (spool_dir / RESERVE_FILE).exists()
