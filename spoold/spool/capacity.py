@@ -2,7 +2,7 @@
 
 A write is refused (``SpoolFull``, with a Retry-After from the measured drain rate)
 before it would pass the cap or leave less than the floor free. The reader's own
-writes (marks, acks, nacks, clears) are never refused: on a full disk the reserve
+writes (deletes of delivered rows, clears) are never refused: on a full disk the reserve
 file is given back and the write tried once more (``spoold.spool.reserve``).
 """
 
@@ -68,7 +68,7 @@ class Capacity:
         return retry_after_s(nbytes, self.drain.rate())
 
     def when_full_retry(self, write: Callable[[], T]) -> T:
-        """Run one reader-side write (mark, ack, nack); on a full disk make room, retry once.
+        """Run one reader-side write (a delete, a clear); on a full disk make room, retry once.
 
         Acks are what frees the disk, so they must not be starved by it: the
         disk reserve is given back (see ``reserve``) and the write tried again.

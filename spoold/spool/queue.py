@@ -14,7 +14,7 @@ short lock (``depth``).
 
 ``Spool`` opens the file and puts; it hands the rest to one piece each: the read
 protocol (``reader``), the cap, the disk floor and the reserve (``capacity``),
-deleting acked rows and vacuuming (``housekeeping``), start-up repair (``repair``).
+clearing leftover rows and vacuuming (``housekeeping``), start-up repair (``repair``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Spool:
         self.identity = ""
         self._put_lock = PutFirstLock()
         self._wal_sync = WalSync(self._db_path)
-        #: Bytes the drainer's takes and acks wrote to the WAL since its last checkpoint.
+        #: Bytes the drainer's deletes wrote to the WAL since its last checkpoint (estimated).
         self._drain_written = 0
         # The read of every row started before the daemon's imports, if any: it holds the
         # directory's lock until here, so nothing changed the file since.
@@ -209,10 +209,10 @@ class Spool:
 
         A single group larger than the bounds is still returned alone, so memory is
         bounded by one group or the bounds, whatever the backlog. While the disk
-        is full, one group at a time: each is acked (its row's pages freed for the puts
-        waiting on space) before the next is read. If a read fails after some groups
-        were taken, those are returned: the caller owns them, so they are acked or
-        given back, never stranded in flight.
+        is full (a drainer write hit it, until the spool is empty again), one group
+        a round: each ack is then one small delete, as little WAL as a full disk can
+        take. If a read fails after some groups were taken, those are returned: the
+        caller owns them, so they are acked or given back, never stranded in flight.
         """
         if max_ops < 1:
             raise ValueError("max_ops must be >= 1")
@@ -230,8 +230,8 @@ class Spool:
         """
         groups = list(groups)
         with self._io_lock:
-            self._open_reader().ack(groups)
-            self._drain_written += ACK_WAL_BYTES_PER_GROUP * len(groups)
+            deleted = self._open_reader().ack(groups)
+            self._drain_written += ACK_WAL_BYTES_PER_GROUP * deleted
         self._sync("ack")
         self._checkpoint_drained()
 

@@ -50,9 +50,12 @@ class Reader:
         #: Groups handed out and not yet acked or nacked: (operations, bytes) by id. Only
         #: their sizes: the decoded operations are the caller's, and go when it drops them.
         self.inflight: dict[int, tuple[int, int]] = {}
-        #: A row got from the queue, not yet handed out: kept as bytes, decoded when it is.
+        #: A row read, not yet handed out: kept as bytes, decoded when it is.
         self._carry: tuple[int, RawGroup] | None = None
         self._cursor: int | None = None
+        #: Ids in flight when a nack sent the cursor back: the reads skip them (every
+        #: other group in flight was read before, so its id is below the cursor).
+        self._skip: list[int] = []
 
     def get_groups(self, max_ops: int, max_bytes: int | None) -> list[SpoolGroup]:
         """See ``Spool.get_groups``."""
@@ -62,23 +65,24 @@ class Reader:
         while total < max_ops and not (groups and self._capacity.disk_tight):
             try:
                 got = self._carry or self._next_row()
+                if got is None:
+                    break
+                item_id, raw = got
+                if item_id > self._depth.published():  # not in the index yet: next time
+                    self._carry = got
+                    break
+                over_bytes = max_bytes is not None and total_bytes + raw.nbytes > max_bytes
+                if groups and (total + raw.n_ops > max_ops or over_bytes):
+                    self._carry = got  # already read: hand it out next time
+                    break
+                self._carry = got  # until it is handed out or set aside
+                group = self._decoded(item_id, raw)
+                self._carry = None
             except SpoolWriteError as exc:
                 if not groups:
                     raise
                 log.warning("spool_read_cut_short", error=str(exc), groups=len(groups))
                 break
-            if got is None:
-                break
-            item_id, raw = got
-            if item_id > self._depth.published():  # not recorded in the index yet: next time
-                self._carry = got
-                break
-            over_bytes = max_bytes is not None and total_bytes + raw.nbytes > max_bytes
-            if groups and (total + raw.n_ops > max_ops or over_bytes):
-                self._carry = got  # already got: hand it out next time
-                break
-            self._carry = None
-            group = self._decoded(item_id, raw)
             if group is None:
                 continue
             self.inflight[group.id] = (len(group.ops), group.nbytes)
@@ -89,20 +93,21 @@ class Reader:
 
     def _next_row(self) -> tuple[int, RawGroup] | None:
         """The next live row after the cursor that is not in flight, not decoded (None
-        when there is none). Rows in flight are skipped only after a nack reset the
-        cursor; otherwise the cursor is past them."""
-        for _ in range(len(self.inflight) + 1):
-            try:
-                row = store.next_live_row(self._side, self._cursor or 0)
-            except sqlite3.Error as exc:
-                raise SpoolWriteError(f"spool read failed: {exc}") from exc
-            if row is None:
-                return None
-            pqid, data = row
-            self._cursor = pqid
-            if pqid not in self.inflight:
-                return pqid, RawGroup(data)
-        return None  # unreachable: at most len(inflight) rows are skipped
+        when there is none). In-flight rows lie after the cursor only once a nack reset
+        it; the query skips them without reading their bytes."""
+        after = self._cursor or 0
+        if self._skip and self._skip[-1] <= after:
+            self._skip = []  # the cursor is past them all
+        skip = [item_id for item_id in self._skip if item_id > after and item_id in self.inflight]
+        try:
+            row = store.next_live_row(self._side, after, skip)
+        except sqlite3.Error as exc:
+            raise SpoolWriteError(f"spool read failed: {exc}") from exc
+        if row is None:
+            return None
+        pqid, data = row
+        self._cursor = pqid
+        return pqid, RawGroup(data)
 
     def _decoded(self, item_id: int, raw: RawGroup) -> SpoolGroup | None:
         """The row as a group; an undecodable row is set aside (None) rather than wedge
@@ -111,37 +116,39 @@ class Reader:
         if decoded.valid:
             return SpoolGroup(item_id, decoded.ops, decoded.enqueued_at, decoded.nbytes)
         log.error("spool_group_undecodable", id=item_id, bytes=decoded.nbytes)
-        try:
-            self._queue.ack_failed(id=item_id)  # deleted with the acked rows
-        except sqlite3.Error as exc:
+        try:  # the scanning clear deletes it (spool empty, or before a vacuum)
+            self._capacity.when_full_retry(lambda: self._queue.ack_failed(id=item_id))
+        except sqlite3.Error as exc:  # kept as the carry: set aside at the next read
             raise SpoolWriteError(f"spool read failed: {exc}") from exc
         self._depth.forget(decoded.n_ops, decoded.nbytes)
         return None
 
-    def ack(self, groups: Iterable[SpoolGroup]) -> None:
-        """See ``Spool.ack``: delete the groups' rows, ``ACK_CHUNK_BYTES`` at a time."""
+    def ack(self, groups: Iterable[SpoolGroup]) -> int:
+        """See ``Spool.ack``: delete the groups' rows, ``ACK_CHUNK_BYTES`` at a time; how
+        many were deleted."""
         chunk: list[int] = []
-        chunk_bytes = 0
-        for group in groups:
-            if group.id not in self.inflight or group.id in chunk:
+        chunk_bytes = deleted = 0
+        for item_id in dict.fromkeys(group.id for group in groups):  # once each, in order
+            if item_id not in self.inflight:
                 continue  # already acked or nacked: never count it twice
-            chunk.append(group.id)
-            chunk_bytes += self.inflight[group.id][1]
+            chunk.append(item_id)
+            chunk_bytes += self.inflight[item_id][1]
             if chunk_bytes >= ACK_CHUNK_BYTES:
-                self._delete(chunk)
+                deleted += self._delete(chunk)
                 chunk, chunk_bytes = [], 0
         if chunk:
-            self._delete(chunk)
+            deleted += self._delete(chunk)
         self._housekeeper.maintain(self._queue, self._side)
         self._depth.reading_oldest()
         try:
             oldest = store.oldest_enqueued_at(self._side)
         except sqlite3.Error as exc:  # the acks are done; a stale age is no reason to fail
             log.warning("spool_maintenance_failed", error=str(exc))
-            return
+            return deleted
         self._depth.after_ack(oldest)
+        return deleted
 
-    def _delete(self, ids: list[int]) -> None:
+    def _delete(self, ids: list[int]) -> int:
         """Delete delivered groups' rows (one transaction); they leave the in-flight set
         only once it committed, so a retried ack covers a failed one."""
         try:
@@ -153,6 +160,7 @@ class Reader:
             self._depth.forget(n_ops, nbytes)
             self._capacity.drain.add(nbytes)
             self._housekeeper.acked(nbytes)
+        return len(ids)
 
     def nack(self, groups: Iterable[SpoolGroup]) -> None:
         """See ``Spool.nack``. Nothing to write: the rows were never marked, so reading
@@ -162,3 +170,4 @@ class Reader:
             self.inflight.pop(group.id, None)
         self._carry = None
         self._cursor = None
+        self._skip = sorted(self.inflight)

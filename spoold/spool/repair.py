@@ -16,8 +16,8 @@ from spoold.spool.codec import SpoolGroup
 from spoold.spool.depth import Depth
 from spoold.spool.errors import SpoolWriteError
 
-#: Rows deleted per transaction (a put waits at most for one).
-DISCARD_CHUNK = 64
+#: Rows deleted per transaction (a put waits at most for one: a few MB of groups).
+DISCARD_CHUNK = 8
 
 
 def recount(side: Any, depth: Depth) -> None:
@@ -48,7 +48,7 @@ def discard(
             chunk = live[start : start + DISCARD_CHUNK]
             capacity.when_full_retry(lambda c=chunk: store.delete_rows(queue, side, c))  # type: ignore[misc]
     except sqlite3.Error as exc:
-        raise SpoolWriteError(f"spool ack failed: {exc}") from exc
+        raise SpoolWriteError(f"spool discard failed: {exc}") from exc
     finally:
         recount(side, depth)
     return len(live)

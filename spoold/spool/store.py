@@ -50,7 +50,7 @@ log = structlog.get_logger("spoold.spool")
 
 QUEUE_NAME = "spool"
 TABLE = f'"ack_queue_{QUEUE_NAME}"'  # persist-queue names its table ack_queue_<name>
-_LIVE = f"status < {int(AckStatus.acked)}"  # inited, ready or unack (in flight)
+_LIVE = f"status < {int(AckStatus.acked)}"  # inited, ready, or unack (older spoolds)
 _OLDEST_SQL = (
     f"SELECT substr(data, 1, {HEADER_BYTES}) FROM {TABLE} WHERE {_LIVE} ORDER BY _id LIMIT 1"
 )
@@ -66,7 +66,10 @@ SYNCHRONOUS = "FULL"
 #: a delivered group's other pages keep their bytes until reused or vacuumed, on a
 #: disk that holds them until delivery anyway.
 PRAGMAS = ("secure_delete = FAST",)
-_NEXT_LIVE_SQL = f"SELECT _id, data FROM {TABLE} WHERE {_LIVE} AND _id > ? ORDER BY _id LIMIT 1"
+_NEXT_LIVE_SQL = (
+    f"SELECT _id, data FROM {TABLE} WHERE {_LIVE} AND _id > ?"
+    " AND _id NOT IN (SELECT value FROM json_each(?)) ORDER BY _id LIMIT 1"
+)
 _DELETE_SQL = f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))"
 
 
@@ -133,7 +136,7 @@ def _open_once(
         db_file_name=layout.DB_FILE,
         multithreading=True,  # the accept thread puts, the drainer's thread gets
         auto_commit=True,
-        auto_resume=True,  # got-but-unacked rows become ready again here
+        auto_resume=True,  # rows an older spoold marked taken (unack): ready again
         serializer=GroupSerializer,
         timeout=busy_timeout_ms / 1000,  # persist-queue's unit; back to ms in the factory
     )
@@ -244,10 +247,14 @@ def clear_acked(queue: Any) -> None:
     queue.clear_acked_data(max_delete=0, keep_latest=0, clear_ack_failed=True)
 
 
-def next_live_row(side: sqlite3.Connection, after: int) -> tuple[int, bytes] | None:
-    """(id, data) of the first live row with an id above ``after``, or None. A read only:
-    taking a group no longer marks (rewrites) its row, see ``spoold.spool.reader``."""
-    rows = side.execute(_NEXT_LIVE_SQL, (after,)).fetchall()  # all: ends the read
+def next_live_row(
+    side: sqlite3.Connection, after: int, skip: Sequence[int] = ()
+) -> tuple[int, bytes] | None:
+    """(id, data) of the first live row with an id above ``after`` and not in ``skip``, or
+    None. A read only: taking a group does not mark (rewrite) its row, see
+    ``spoold.spool.reader``."""
+    params = (after, orjson.dumps(list(skip)).decode())
+    rows = side.execute(_NEXT_LIVE_SQL, params).fetchall()  # all: ends the read
     if not rows:
         return None
     pqid, data = rows[0]

@@ -3,7 +3,7 @@ with the accept path first (an agent waits on it; the drain may slow down).
 
 ``WriteGate`` orders the write transactions on the runs index (``spoold.state.runs_index``);
 ``PutFirstLock`` replaces persist-queue's transaction lock on the spool, so that a
-put waiting for it goes before the drainer's next mark, ack or clear. Without them
+put waiting for it goes before the drainer's next delete or clear. Without them
 the drainer, releasing a lock and taking it again at once for its next group or
 slice, could keep the accept thread waiting for as long as it had work.
 """
@@ -85,10 +85,11 @@ class PutFirstLock:
     inside ``urgent()`` (the spool's puts) go before the others that wait.
 
     Once given the queue's connections (``relax``), the other writes (the drainer's
-    take, ack, give-back and clean-up) commit with synchronous=NORMAL and without
-    SQLite's auto-checkpoint: none of them has to be on disk at its commit (a taken
-    group is given back at the next open anyway; ``Spool.ack`` fsyncs the WAL once after
-    a round's acks, and copies it into the database, outside this lock). So the lock is
+    deletes of delivered rows, setting an undecodable row aside, clean-up) commit with
+    synchronous=NORMAL and without SQLite's auto-checkpoint: none of them has to be on
+    disk at its commit (``Spool.ack`` fsyncs the WAL once after a round's deletes, and
+    copies it into the database, outside this lock; a lost delete only sends a group
+    again, which start-up repair recognises). So the lock is
     never held for the drainer's fsyncs or WAL copies, and a put waits only for the rows
     of a drainer's transaction to change. A put always commits FULL, with the
     connection's own auto-checkpoint: it sets them back itself if restoring them after a
@@ -137,7 +138,8 @@ class PutFirstLock:
             self._set(relaxed=False)  # at rest, every connection is as a put needs it
         except sqlite3.Error as exc:
             # The drainer's transaction committed: failing it now would strand what it
-            # did (a group taken, never handed out). The next put sets FULL itself.
+            # did (rows deleted, their groups still counted in flight). The next put sets
+            # FULL itself.
             log.warning("spool_pragma_restore_failed", error=str(exc))
         finally:
             self.gate.release()

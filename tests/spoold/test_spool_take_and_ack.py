@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from persistqueue.sqlackqueue import AckStatus
-from spool_helpers import SpoolFactory, all_seqs, op
+from spool_helpers import SpoolFactory, all_seqs, disk_full, op
 
 from spoold.spool import Spool, layout, reader, store
 
@@ -41,7 +42,13 @@ def wal_bytes(spool_dir: Path) -> int:
 
 
 def truncate_wal(spool: Spool) -> None:
-    spool._side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    """Empty the WAL (the spool's own checkpoint thread may be busy with it a moment)."""
+    for _ in range(100):
+        ((busy, _, _),) = spool._side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if busy == 0 and wal_bytes(spool.directory) == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the spool's WAL could not be truncated")
 
 
 def counted_deletes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
@@ -171,3 +178,57 @@ def test_rows_acked_by_an_older_spoold_go_with_the_scan_once_the_spool_is_empty(
     assert reopened.stats().depth_ops == 2
     reopened.ack(reopened.get_groups(10))
     assert rows(spool_dir) == (0, 0)
+
+
+def test_a_failed_set_aside_keeps_the_row_and_strands_nothing(
+    make_spool: SpoolFactory, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting an undecodable row aside is the one write of a take: if it fails, the groups
+    read before it are still handed out, the bad row is tried again at the next read, and
+    the groups behind it follow; nothing stays in flight that the caller does not hold."""
+    spool = make_spool()
+    first = spool.put_group([op(1)])
+    with contextlib.closing(sqlite3.connect(spool_dir / layout.DB_FILE)) as conn, conn:
+        conn.execute(
+            f"INSERT INTO {store.TABLE} (data, timestamp, status) VALUES (?, ?, 1)",
+            (b"{oops", 0.0),
+        )
+    third = spool.put_group([op(3)])
+    real = spool._queue.ack_failed
+    calls: list[int] = []
+
+    def fails_twice(**kwargs: Any) -> Any:
+        calls.append(kwargs["id"])
+        if len(calls) <= 2:  # the write and its retry after making room
+            raise disk_full()
+        return real(**kwargs)
+
+    monkeypatch.setattr(spool._queue, "ack_failed", fails_twice)
+    got = spool.get_groups(100)
+    assert [g.id for g in got] == [first]  # cut short before the bad row
+    spool.ack(got)
+    rest = spool.get_groups(100)
+    assert [g.id for g in rest] == [third]
+    assert len(calls) == 3  # the bad row tried again, then set aside
+    spool.ack(rest)
+    assert spool.stats().inflight_groups == 0
+    assert spool.get_groups(100) == []
+
+
+def test_rows_in_flight_are_skipped_after_a_nack_without_reading_them(
+    make_spool: SpoolFactory,
+) -> None:
+    spool = make_spool(capacity_bytes=64 * 1024 * KiB)
+    for i in range(4):
+        spool.put_group([op(i, size=200_000)])
+    first = spool.get_groups(1)
+    held = spool.get_groups(2)  # stays in flight through the nack
+    statements: list[str] = []
+    spool._side.set_trace_callback(statements.append)
+    spool.nack(first)
+    again = spool.get_groups(100)
+    spool._side.set_trace_callback(None)
+    assert [o["seq"] for g in again for o in g.ops] == [0, 3]
+    assert [o["seq"] for g in held for o in g.ops] == [1, 2]
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT _ID, DATA")]
+    assert len(reads) == 3  # row 0, row 3, then none: rows 1 and 2 never read
