@@ -70,10 +70,10 @@ def test_a_read_cut_short_returns_the_groups_already_taken(
         real_read = store.next_live_row
         taken: list[int] = []
 
-        def read_then_fail(side: Any, after: int) -> Any:
+        def read_then_fail(side: Any, after: int, skip: Any = ()) -> Any:
             if len(taken) == 2:
                 raise sqlite3.OperationalError("disk I/O error")
-            row = real_read(side, after)
+            row = real_read(side, after, skip)
             taken.append(row[0])
             return row
 
