@@ -230,8 +230,12 @@ class Spool:
         """
         groups = list(groups)
         with self._io_lock:
-            deleted = self._open_reader().ack(groups)
-            self._drain_written += ACK_WAL_BYTES_PER_GROUP * deleted
+            reader = self._open_reader()
+            before = reader.deleted
+            try:
+                reader.ack(groups)
+            finally:  # chunks committed before a failure count too
+                self._drain_written += ACK_WAL_BYTES_PER_GROUP * (reader.deleted - before)
         self._sync("ack")
         self._checkpoint_drained()
 

@@ -54,8 +54,10 @@ class Reader:
         self._carry: tuple[int, RawGroup] | None = None
         self._cursor: int | None = None
         #: Ids in flight when a nack sent the cursor back: the reads skip them (every
-        #: other group in flight was read before, so its id is below the cursor).
+        #: other group in flight was read before, so its id is at or below the cursor).
         self._skip: list[int] = []
+        #: Rows deleted by acks so far (the spool's estimate of its WAL growth).
+        self.deleted = 0
 
     def get_groups(self, max_ops: int, max_bytes: int | None) -> list[SpoolGroup]:
         """See ``Spool.get_groups``."""
@@ -118,41 +120,41 @@ class Reader:
         log.error("spool_group_undecodable", id=item_id, bytes=decoded.nbytes)
         try:  # the scanning clear deletes it (spool empty, or before a vacuum)
             self._capacity.when_full_retry(lambda: self._queue.ack_failed(id=item_id))
-        except sqlite3.Error as exc:  # kept as the carry: set aside at the next read
+        except (sqlite3.Error, OSError) as exc:  # kept as the carry: set aside next read
             raise SpoolWriteError(f"spool read failed: {exc}") from exc
         self._depth.forget(decoded.n_ops, decoded.nbytes)
         return None
 
-    def ack(self, groups: Iterable[SpoolGroup]) -> int:
-        """See ``Spool.ack``: delete the groups' rows, ``ACK_CHUNK_BYTES`` at a time; how
-        many were deleted."""
+    def ack(self, groups: Iterable[SpoolGroup]) -> None:
+        """See ``Spool.ack``: delete the groups' rows, ``ACK_CHUNK_BYTES`` at a time."""
         chunk: list[int] = []
-        chunk_bytes = deleted = 0
+        chunk_bytes = 0
         for item_id in dict.fromkeys(group.id for group in groups):  # once each, in order
             if item_id not in self.inflight:
                 continue  # already acked or nacked: never count it twice
             chunk.append(item_id)
             chunk_bytes += self.inflight[item_id][1]
             if chunk_bytes >= ACK_CHUNK_BYTES:
-                deleted += self._delete(chunk)
+                self._delete(chunk)
                 chunk, chunk_bytes = [], 0
         if chunk:
-            deleted += self._delete(chunk)
+            self._delete(chunk)
         self._housekeeper.maintain(self._queue, self._side)
         self._depth.reading_oldest()
         try:
             oldest = store.oldest_enqueued_at(self._side)
         except sqlite3.Error as exc:  # the acks are done; a stale age is no reason to fail
             log.warning("spool_maintenance_failed", error=str(exc))
-            return deleted
+            return
         self._depth.after_ack(oldest)
-        return deleted
 
-    def _delete(self, ids: list[int]) -> int:
+    def _delete(self, ids: list[int]) -> None:
         """Delete delivered groups' rows (one transaction); they leave the in-flight set
         only once it committed, so a retried ack covers a failed one."""
         try:
-            self._capacity.when_full_retry(lambda: store.delete_rows(self._queue, self._side, ids))
+            deleted = self._capacity.when_full_retry(
+                lambda: store.delete_rows(self._queue, self._side, ids)
+            )
         except Exception as exc:
             raise SpoolWriteError(f"spool ack failed: {exc}") from exc
         for item_id in ids:
@@ -160,7 +162,7 @@ class Reader:
             self._depth.forget(n_ops, nbytes)
             self._capacity.drain.add(nbytes)
             self._housekeeper.acked(nbytes)
-        return len(ids)
+        self.deleted += deleted
 
     def nack(self, groups: Iterable[SpoolGroup]) -> None:
         """See ``Spool.nack``. Nothing to write: the rows were never marked, so reading

@@ -3,8 +3,8 @@
 Opening a spool used to count its live rows with one aggregate over the queue
 table, which reads every row (a 1,000,000-operation backlog is ~800 MB): start-up
 grew with the backlog. Triggers on persist-queue's table keep the totals in a
-one-row table instead, in the same transaction as each put or delete (and a status
-change, in files older spoolds wrote)
+one-row table instead, in the same transaction as each put, delete or status change
+(an undecodable row set aside; acks in files older spoolds wrote)
 (so a crash can never leave them apart): the in-memory counts are read from that row,
 at open and after start-up repair (``spoold.spool.repair``).
 

@@ -180,8 +180,19 @@ def test_rows_acked_by_an_older_spoold_go_with_the_scan_once_the_spool_is_empty(
     assert rows(spool_dir) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("failure", "failed_calls"),
+    [
+        (disk_full, 2),  # the write, and its retry once the reserve is given back
+        (lambda: PermissionError(13, "reserve file"), 1),  # giving the reserve back failed
+    ],
+)
 def test_a_failed_set_aside_keeps_the_row_and_strands_nothing(
-    make_spool: SpoolFactory, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+    failure: Callable[[], Exception],
+    failed_calls: int,
+    make_spool: SpoolFactory,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Setting an undecodable row aside is the one write of a take: if it fails, the groups
     read before it are still handed out, the bad row is tried again at the next read, and
@@ -197,19 +208,19 @@ def test_a_failed_set_aside_keeps_the_row_and_strands_nothing(
     real = spool._queue.ack_failed
     calls: list[int] = []
 
-    def fails_twice(**kwargs: Any) -> Any:
+    def fails_at_first(**kwargs: Any) -> Any:
         calls.append(kwargs["id"])
-        if len(calls) <= 2:  # the write and its retry after making room
-            raise disk_full()
+        if len(calls) <= failed_calls:
+            raise failure()
         return real(**kwargs)
 
-    monkeypatch.setattr(spool._queue, "ack_failed", fails_twice)
+    monkeypatch.setattr(spool._queue, "ack_failed", fails_at_first)
     got = spool.get_groups(100)
     assert [g.id for g in got] == [first]  # cut short before the bad row
     spool.ack(got)
     rest = spool.get_groups(100)
     assert [g.id for g in rest] == [third]
-    assert len(calls) == 3  # the bad row tried again, then set aside
+    assert len(calls) == failed_calls + 1  # the bad row tried again, then set aside
     spool.ack(rest)
     assert spool.stats().inflight_groups == 0
     assert spool.get_groups(100) == []
