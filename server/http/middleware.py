@@ -6,6 +6,7 @@ plugs ``storage_errors`` into it.
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -21,6 +22,8 @@ OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/redoc
 #: at a time, and a load balancer must never be told 429) and the static docs.
 #: /metrics is limited like any read.
 UNLIMITED_PATHS = OPEN_PATHS - {"/metrics"}
+
+log = structlog.get_logger("server.storage")
 
 
 #: The app's rate limiter, when one is on (for /metrics and tests).
@@ -38,6 +41,15 @@ def is_unlimited_path(path: str) -> bool:
 def storage_errors(exc: Exception) -> ApiError | None:
     """The error boundary's translator for the server's storage: busy or full is a 503."""
     if isinstance(exc, StorageUnavailable):
+        # The answer is fixed text; the operator's log says which failure it was (the
+        # driver's class and SQLSTATE, never its message: it may quote values).
+        cause = exc.__cause__
+        log.warning(
+            "storage_unavailable",
+            detail=str(exc),
+            cause=type(cause).__name__ if cause is not None else None,
+            sqlstate=getattr(cause, "sqlstate", None),
+        )
         return ServiceUnavailable(str(exc), headers=retry_after(exc.retry_after_s))
     return None
 

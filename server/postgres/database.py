@@ -9,7 +9,7 @@ Several server processes may share one database: each operation is one transacti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +51,10 @@ from server.storage.stale import StalePolicy, now_utc
 from server.storage.status import StoreStatus
 
 log = structlog.get_logger("server.postgres")
+
+#: How often a batch's transaction is tried when PostgreSQL rolls it back (deadlock,
+#: serialization failure) before the failure is answered (a 503).
+ROLLED_BACK_ATTEMPTS = 3
 
 T = TypeVar("T")
 
@@ -221,17 +225,17 @@ class PostgresDatabase:
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
         rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
-        agents = {run.agent_name for run in batch}
-        jobs = {run.job_type for run in batch}
-        async with (
-            self._writing(agents, jobs),
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-            conn.transaction(),
-        ):
+        agents, jobs = runs.batch_names(batch)
+
+        async def insert(conn: Any) -> int:
             await runs.lock_runs(conn, [run.event_id for run in batch])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
+            await runs.note_names(conn, agents, jobs)
             return await runs.insert_rows(conn, rows)
+
+        async with self._writing(agents, jobs):
+            return await self._batch_transaction(insert)
 
     async def upsert_batch(
         self, items: Sequence[UpsertItem], presence: Presence | None = None
@@ -246,15 +250,36 @@ class PostgresDatabase:
         creates = [item.create for item in items if item.create is not None]
         agents = {run.agent_name for run in creates}
         jobs = {run.job_type for run in creates}
-        async with (
-            self._writing(agents, jobs),
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-            conn.transaction(),
-        ):
+        named_agents, named_jobs = runs.batch_names((), items)
+
+        async def upsert(conn: Any) -> UpsertSummary:
             await runs.lock_runs(conn, [item.event_id for item in items])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
+            await runs.note_names(conn, named_agents, named_jobs)
             return await runs.upsert_many(conn, items, params, now, sidecar)
+
+        async with self._writing(agents, jobs):
+            return await self._batch_transaction(upsert)
+
+    async def _batch_transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work`` in one transaction, run again when PostgreSQL rolled it back to break a
+        deadlock or a serialization failure (nothing of it was committed): the locks of
+        ``runs`` keep batches from deadlocking each other, but a single write racing a
+        batch for the same run or name may still, and a 503 for it would cost the sender
+        a retry after a second."""
+        for attempt in range(1, ROLLED_BACK_ATTEMPTS + 1):
+            try:
+                async with (
+                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+                    conn.transaction(),
+                ):
+                    return await work(conn)
+            except asyncpg.TransactionRollbackError as exc:
+                if attempt == ROLLED_BACK_ATTEMPTS:
+                    raise
+                log.warning("batch_rolled_back_retrying", attempt=attempt, sqlstate=exc.sqlstate)
+        raise AssertionError("unreachable")
 
     async def heartbeat(self, event_id: str, progress: dict[str, Any] | None) -> HeartbeatOutcome:
         """A run says it is alive (see ``runs.heartbeat``)."""

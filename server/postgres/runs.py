@@ -10,6 +10,12 @@ takes a transaction advisory lock per run (``lock_runs``), in one global order, 
 batches touching the same runs serialise instead of deadlocking, and the upsert reads
 the row it changes ``FOR UPDATE``, so a concurrent single PATCH waits for it. A single
 create needs no lock: ``INSERT ... ON CONFLICT DO NOTHING`` is atomic.
+
+The names' tables (``run_agent_names``, ``run_job_types``) are written by a trigger per
+row, in the batch's row order; two batches naming the same new agents in other orders
+would each wait for a name the other inserted, a deadlock. So a batch first notes its
+names itself (``note_names``), sorted, agents before job types, after its run locks:
+every writer takes the names in that one order, and the trigger then finds them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.models import RunQuery, UpsertItem
+from server.contract.models import RunCreate, RunQuery, UpsertItem
 from server.contract.run_record import (
     RUN_COLUMNS,
     RUN_COUNTER_COLUMNS,
@@ -95,7 +101,7 @@ def stored_params(params: tuple[Any, ...]) -> list[Any]:
     return values
 
 
-def _lock_key(event_id: str) -> int:
+def lock_key(event_id: str) -> int:
     digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -103,9 +109,44 @@ def _lock_key(event_id: str) -> int:
 async def lock_runs(conn: Any, event_ids: Sequence[str]) -> None:
     """Take each run's transaction advisory lock, in one global order (no deadlock
     between writers that all lock this way); released at commit or rollback."""
-    keys = sorted({_lock_key(event_id) for event_id in event_ids})
+    keys = sorted({lock_key(event_id) for event_id in event_ids})
     if keys:
         await conn.fetchval(_LOCK_SQL, keys)
+
+
+_NOTE_AGENTS_SQL = (
+    "WITH new AS (INSERT INTO run_agent_names (name) SELECT unnest($1::text[])"
+    " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM new"
+)
+_NOTE_JOBS_SQL = _NOTE_AGENTS_SQL.replace("run_agent_names", "run_job_types")
+
+
+def batch_names(
+    runs: Sequence[RunCreate], items: Sequence[UpsertItem] = ()
+) -> tuple[set[str], set[str]]:
+    """The agent names and job types a batch may write: its creates' and its updates'."""
+    agents = {run.agent_name for run in runs}
+    jobs = {run.job_type for run in runs}
+    for item in items:
+        for run in (item.create, item.update):
+            if run is not None and run.agent_name is not None:
+                agents.add(run.agent_name)
+            if run is not None and run.job_type is not None:
+                jobs.add(run.job_type)
+    return agents, jobs
+
+
+async def note_names(conn: Any, agents: set[str], jobs: set[str]) -> None:
+    """Insert the names not yet known, in the one order every batch uses (see the module's
+    docstring), and tell the replicas (``LISTEN telemetry_metadata``) when one is new, as
+    the trigger would have. Call inside the batch's transaction, after ``lock_runs``."""
+    new = 0
+    if agents:
+        new += await conn.fetchval(_NOTE_AGENTS_SQL, sorted(encode(name) for name in agents))
+    if jobs:
+        new += await conn.fetchval(_NOTE_JOBS_SQL, sorted(encode(name) for name in jobs))
+    if new:
+        await conn.execute("SELECT pg_notify('telemetry_metadata', '')")
 
 
 async def insert_row(conn: Any, params: tuple[Any, ...]) -> bool:

@@ -9,10 +9,13 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from server.contract.fields import TERMINAL_STATUSES
 from server.contract.models import RunCreate, UpsertItem
+from server.postgres import database, runs
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.url import parse_url
 
@@ -152,3 +155,76 @@ async def test_concurrent_upserts_never_regress_a_terminal_status(
         run = await replicas[0].get(event_id)
         assert run is not None
         assert run["status"] == final[event_id]
+
+
+async def test_batches_naming_the_same_new_agents_in_other_orders_do_not_deadlock(
+    replicas: list[PostgresDatabase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distinct runs, but every batch names the same new agents and job types, each in an
+    order of its own: the names' tables are written by every batch, and a batch that took
+    agent X then wants Y while another took Y then wants X is a deadlock, which
+    PostgreSQL breaks after ``deadlock_timeout`` (1 s) by failing one batch (a 503; seen
+    in CI as two 503s in the bench's first batch round). Every batch must succeed."""
+    monkeypatch.setattr(database, "ROLLED_BACK_ATTEMPTS", 1)  # the lock order alone
+    rng = random.Random(29)
+    for round_ in range(6):
+        agents = [f"fresh-agent-{round_}-{n}" for n in range(60)]
+        jobs = [f"fresh-job-{round_}-{n}" for n in range(60)]
+        work = []
+        for n in range(6):
+            names = [(rng.choice(agents), rng.choice(jobs)) for _ in range(200)]
+            runs = [
+                _run(f"r{round_}-b{n}-{k}", agent_name=a, job_type=j)
+                for k, (a, j) in enumerate(names)
+            ]
+            db = replicas[n % 3]
+            if n % 2:
+                work.append(db.insert_batch(runs))
+            else:
+                items = [UpsertItem(event_id=r.event_id, create=r) for r in runs]
+                work.append(db.upsert_batch(items))
+        results = await asyncio.gather(*work, return_exceptions=True)
+        failures = [repr(r.__cause__ or r) for r in results if isinstance(r, BaseException)]
+        assert failures == [], failures
+        inserted = sum(r if isinstance(r, int) else r.inserted for r in results)  # type: ignore[union-attr]
+        assert inserted == 6 * 200
+    async with replicas[0].pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM run_agent_names") == 6 * 60
+        assert await conn.fetchval("SELECT count(*) FROM run_job_types") == 6 * 60
+
+
+async def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(
+    replicas: list[PostgresDatabase], pg_url: str
+) -> None:
+    """A real deadlock with another writer that takes the same things in the other order
+    (a name, then the run's lock): PostgreSQL fails the batch, which waited first; the
+    batch runs again once the other has ended, and is answered as a success."""
+    other = await asyncpg.connect(pg_url)
+    try:
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("INSERT INTO run_agent_names (name) VALUES ('held-agent')")
+        with capture_logs() as logs:
+            batch = asyncio.ensure_future(
+                replicas[0].insert_batch([_run("deadlocked", agent_name="held-agent")])
+            )
+            for _ in range(500):  # until the batch waits for the name (at most 5 s)
+                waiting = await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting, "the batch never waited for the name"
+            # the run's lock, which the batch holds: a cycle, broken by failing the batch
+            await other.fetchval("SELECT pg_advisory_xact_lock($1)", runs.lock_key("deadlocked"))
+            await holding.rollback()
+            assert await asyncio.wait_for(batch, 30) == 1
+    finally:
+        await other.close()
+    retries = [entry for entry in logs if entry["event"] == "batch_rolled_back_retrying"]
+    assert [(entry["attempt"], entry["sqlstate"]) for entry in retries] == [(1, "40P01")]
+    stored = await replicas[1].get("deadlocked")
+    assert stored is not None
+    assert stored["agent_name"] == "held-agent"

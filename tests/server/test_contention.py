@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from server.app import create_app
 from server.config import ServerConfig
 
@@ -30,18 +32,23 @@ async def test_write_lock_held_elsewhere_gives_503_and_health_still_answers(
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        write = asyncio.create_task(client.post("/api/v1/runs", json=RUN))
-        await asyncio.sleep(0.05)
-        health = await client.get("/health")
-        assert health.status == 200
-        assert (await health.json())["status"] == "ok"
-        blocked = await write
+        with capture_logs() as logs:
+            write = asyncio.create_task(client.post("/api/v1/runs", json=RUN))
+            await asyncio.sleep(0.05)
+            health = await client.get("/health")
+            assert health.status == 200
+            assert (await health.json())["status"] == "ok"
+            blocked = await write
         assert blocked.status == 503
         assert int(blocked.headers["Retry-After"]) >= 1
         body = await blocked.json()
         assert body["error"] == "service_unavailable"
         assert "Traceback" not in str(body)
         assert "INSERT" not in str(body)
+        # the operator's log says which failure it was; the answer does not
+        [logged] = [entry for entry in logs if entry["event"] == "storage_unavailable"]
+        assert logged["detail"] == body["detail"]
+        assert logged["level"] == "warning"
     finally:
         other.execute("ROLLBACK")
         other.close()
