@@ -48,7 +48,7 @@ async def test_write_lock_held_elsewhere_gives_503_and_health_still_answers(
         # the operator's log says which failure it was; the answer does not
         [logged] = [entry for entry in logs if entry["event"] == "storage_unavailable"]
         assert logged["detail"] == body["detail"]
-        assert logged["level"] == "warning"
+        assert logged["log_level"] == "warning"
     finally:
         other.execute("ROLLBACK")
         other.close()
