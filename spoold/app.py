@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import ssl
 import threading
 import time
@@ -61,6 +62,10 @@ from spoold.upstream.status import UpstreamStatus
 log = structlog.get_logger("spoold")
 
 PRUNE_EVERY_S = 60.0
+#: A prune pass that forgot at least this many runs was cut short by its own bound
+#: (``RunsIndex.prune``'s ``max_rows``): the next one comes after PRUNE_SOON_S.
+PRUNE_BUSY_ROWS = 10_000
+PRUNE_SOON_S = 1.0
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.
@@ -169,10 +174,20 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
-    """Forget long-settled runs, and the oldest past the byte bound, so the index stays bounded."""
+    """Forget long-settled runs, and the oldest past the byte bound, so the index stays
+    bounded. A failed pass (the index locked too long, the disk full) is logged and tried
+    again at the next: the bound must not end with one error. A pass that did all the
+    work one pass may do goes again soon, so a host settling runs faster than a pass a
+    minute forgets them still stays within the bound."""
+    removed = 0
     while True:
-        await asyncio.sleep(PRUNE_EVERY_S)
-        removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
+        await asyncio.sleep(PRUNE_SOON_S if removed >= PRUNE_BUSY_ROWS else PRUNE_EVERY_S)
+        try:
+            removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
+        except (sqlite3.Error, OSError) as exc:
+            removed = 0
+            log.warning("runs_index_prune_failed", error=repr(exc)[:300])
+            continue
         if removed:
             log.info("runs_index_pruned", removed=removed)
             # Its deletes never copy the WAL inside their commits (holding the write
@@ -245,6 +260,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
         _prune(prune_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
         name="spoold-prune",
     )
+    pruner.add_done_callback(_report_prune_exit)
     log.info(
         "spoold_started",
         spool_dir=str(config.spool_dir),
@@ -280,6 +296,12 @@ def _report_exit(task: asyncio.Task[None]) -> None:
     """A drainer that dies is noticed, not silently lost."""
     if not task.cancelled() and task.exception() is not None:
         log.error("drainer_crashed", error=repr(task.exception()))
+
+
+def _report_prune_exit(task: asyncio.Task[None]) -> None:
+    """The pruner ends only when cancelled; anything else is a bug to see in the log."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("runs_index_pruner_crashed", error=repr(task.exception()))
 
 
 def _stop_deadline(app: web.Application) -> StopDeadline:

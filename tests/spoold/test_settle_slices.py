@@ -8,6 +8,7 @@ crash cut short (counted once, never sent again). The prune deletes in slices to
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -18,7 +19,9 @@ from typing import Any
 import orjson
 import pytest
 from spool_helpers import SpoolFactory, accept
+from structlog.testing import capture_logs
 
+from spoold import app as spoold_app
 from spoold.forward import record as record_module
 from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.record import RecordStage
@@ -401,3 +404,42 @@ async def test_a_settle_keeps_every_runs_state(
     counters = drain.counters()
     assert (counters["forwarded"], counters["dead_lettered"]) == (7, 2)
     assert drain.settling() == Settling([1, 2])
+
+
+async def test_the_pruner_outlives_a_failed_pass(
+    index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the index's write lock past the busy timeout: the pass fails
+    and is logged, and the next pass, once the lock is gone, forgets the settled runs (the
+    task used to end at the first error, and the index's bound with it)."""
+    monkeypatch.setattr(runs_index, "INDEX_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(spoold_app, "PRUNE_EVERY_S", 0.05)
+    index = open_index(indexes, index_path, yields=True)
+    index.begin()
+    for i in range(10):
+        index.record(create(f"s{i}"), verified=True)
+    index.commit()
+    index.settle({f"s{i}": 1 for i in range(10)}, {})
+    other = sqlite3.connect(index_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with capture_logs() as logs:
+        pruner = asyncio.create_task(spoold_app._prune(index, -1.0, 1 << 30))
+        try:
+            for _ in range(200):  # a failed pass: at most 10 s
+                if any(entry["event"] == "runs_index_prune_failed" for entry in logs):
+                    break
+                await asyncio.sleep(0.05)
+            assert any(entry["event"] == "runs_index_prune_failed" for entry in logs)
+            assert index.get("s0") is not None
+            other.execute("ROLLBACK")
+            for _ in range(200):  # then a pass that works: at most 10 s
+                if index.get("s9") is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert not pruner.done()
+            assert all(index.get(f"s{i}") is None for i in range(10))
+        finally:
+            pruner.cancel()
+            await asyncio.wait({pruner}, timeout=5)
+            other.close()
+    assert any(entry["event"] == "runs_index_pruned" for entry in logs)
