@@ -104,7 +104,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: ServerConfig) -> web.Application:
     """The central server as an aiohttp application."""
     middlewares: list[Middleware] = [
-        error_boundary([storage_errors]),
+        error_boundary([storage_errors()]),
         admission_middleware,
     ]
     limiter: RateLimiter | SharedRateLimiter | None = None

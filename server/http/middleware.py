@@ -6,6 +6,10 @@ plugs ``storage_errors`` into it.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -38,20 +42,48 @@ def is_unlimited_path(path: str) -> bool:
     return path in UNLIMITED_PATHS or path.startswith("/docs/")
 
 
-def storage_errors(exc: Exception) -> ApiError | None:
-    """The error boundary's translator for the server's storage: busy or full is a 503."""
-    if isinstance(exc, StorageUnavailable):
-        # The answer is fixed text; the operator's log says which failure it was (the
-        # driver's class and SQLSTATE, never its message: it may quote values).
+class _StorageLog:
+    """The ``storage_unavailable`` line, at most once a second per kind of failure: a
+    failed group of hundreds of writes is one line, with how many it stands for."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str | None], tuple[float, int]] = {}
+
+    def __call__(self, exc: StorageUnavailable) -> None:
         cause = exc.__cause__
+        kind = (str(exc), type(cause).__name__ if cause is not None else None)
+        now = time.monotonic()
+        logged_at, held = self._last.get(kind, (-math.inf, 0))
+        if now - logged_at < self.interval_s:
+            self._last[kind] = (logged_at, held + 1)
+            return
+        if len(self._last) > 64:  # kinds are few (fixed texts); never a leak
+            self._last.clear()
+        self._last[kind] = (now, 0)
+        # The answer is fixed text; the operator's log says which failure it was (the
+        # driver's class and error code, never its message: it may quote values).
         log.warning(
             "storage_unavailable",
-            detail=str(exc),
-            cause=type(cause).__name__ if cause is not None else None,
-            sqlstate=getattr(cause, "sqlstate", None),
+            detail=kind[0],
+            cause=kind[1],
+            code=getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None),
+            also_since_last=held,
         )
-        return ServiceUnavailable(str(exc), headers=retry_after(exc.retry_after_s))
-    return None
+
+
+def storage_errors() -> Callable[[Exception], ApiError | None]:
+    """The error boundary's translator for the server's storage (busy or full is a 503),
+    with its own log throttle (one per app)."""
+    log_unavailable = _StorageLog()
+
+    def translate(exc: Exception) -> ApiError | None:
+        if isinstance(exc, StorageUnavailable):
+            log_unavailable(exc)
+            return ServiceUnavailable(str(exc), headers=retry_after(exc.retry_after_s))
+        return None
+
+    return translate
 
 
 def auth_middleware(token: str, *, protect_reads: bool) -> Middleware:

@@ -9,6 +9,8 @@ Several server processes may share one database: each operation is one transacti
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,9 +54,12 @@ from server.storage.status import StoreStatus
 
 log = structlog.get_logger("server.postgres")
 
-#: How often a batch's transaction is tried when PostgreSQL rolls it back (deadlock,
-#: serialization failure) before the failure is answered (a 503).
+#: How often a write is tried when PostgreSQL rolls it back (deadlock, serialization
+#: failure) before the failure is answered (a 503), within how long, and the pause
+#: between tries (random in this range, so two writers that collided part).
 ROLLED_BACK_ATTEMPTS = 3
+ROLLED_BACK_BUDGET_S = 5.0
+ROLLED_BACK_PAUSE_S = (0.005, 0.05)
 
 T = TypeVar("T")
 
@@ -194,22 +199,16 @@ class PostgresDatabase:
     async def create(self, run: RunCreate) -> bool:
         """Insert a run; False when its event_id already exists."""
         params = insert_params(run, utc_now())
-        async with (
-            self._writing({run.agent_name}, {run.job_type}),
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-        ):
-            return await runs.insert_row(conn, params)
+        async with self._writing({run.agent_name}, {run.job_type}):
+            return await self._retried(lambda conn: runs.insert_row(conn, params))
 
     async def update(self, event_id: str, changes: dict[str, Any]) -> str | None:
         """Set fields of a run; its run_id, or None if unknown."""
         now = utc_now()
         agents = {changes["agent_name"]} if isinstance(changes.get("agent_name"), str) else set()
         jobs = {changes["job_type"]} if isinstance(changes.get("job_type"), str) else set()
-        async with (
-            self._writing(agents, jobs),
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-        ):
-            return await runs.update_run(conn, event_id, changes, now)
+        async with self._writing(agents, jobs):
+            return await self._retried(lambda conn: runs.update_run(conn, event_id, changes, now))
 
     async def patch(self, event_id: str, changes: dict[str, Any]) -> bool:
         """Set fields of a run (PATCH); whether it exists."""
@@ -226,16 +225,17 @@ class PostgresDatabase:
         sidecar = presence.sidecar_id if presence is not None else None
         rows = [insert_params(run, now, sidecar=sidecar) for run in batch]
         agents, jobs = runs.batch_names(batch)
+        new_agents, new_jobs = self.snapshots.unlisted(agents, jobs)
 
         async def insert(conn: Any) -> int:
             await runs.lock_runs(conn, [run.event_id for run in batch])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
-            await runs.note_names(conn, agents, jobs)
+            await runs.note_names(conn, new_agents, new_jobs)
             return await runs.insert_rows(conn, rows)
 
         async with self._writing(agents, jobs):
-            return await self._batch_transaction(insert)
+            return await self._retried(insert, transaction=True)
 
     async def upsert_batch(
         self, items: Sequence[UpsertItem], presence: Presence | None = None
@@ -247,50 +247,53 @@ class PostgresDatabase:
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
         params = upsert_params(items, now, sidecar)
-        creates = [item.create for item in items if item.create is not None]
-        agents = {run.agent_name for run in creates}
-        jobs = {run.job_type for run in creates}
-        named_agents, named_jobs = runs.batch_names((), items)
+        agents, jobs = runs.batch_names((), items)
+        new_agents, new_jobs = self.snapshots.unlisted(agents, jobs)
 
         async def upsert(conn: Any) -> UpsertSummary:
             await runs.lock_runs(conn, [item.event_id for item in items])
             if presence is not None:
                 await runs.record_presence(conn, presence, now)
-            await runs.note_names(conn, named_agents, named_jobs)
+            await runs.note_names(conn, new_agents, new_jobs)
             return await runs.upsert_many(conn, items, params, now, sidecar)
 
         async with self._writing(agents, jobs):
-            return await self._batch_transaction(upsert)
+            return await self._retried(upsert, transaction=True)
 
-    async def _batch_transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        """``work`` in one transaction, run again when PostgreSQL rolled it back to break a
-        deadlock or a serialization failure (nothing of it was committed): the locks of
+    async def _retried(
+        self, work: Callable[[Any], Awaitable[T]], *, transaction: bool = False
+    ) -> T:
+        """``work`` on a pooled connection (in one transaction if ``transaction``), run
+        again when PostgreSQL rolled it back to break a deadlock or a serialization failure:
+        nothing of it was committed, so running it again applies it once. The locks of
         ``runs`` keep batches from deadlocking each other, but a single write racing a
-        batch for the same run or name may still, and a 503 for it would cost the sender
-        a retry after a second."""
+        batch for the same run may still. At most ROLLED_BACK_ATTEMPTS tries within
+        ROLLED_BACK_BUDGET_S (then the failure is the answer, a 503, well before a
+        sidecar's upstream timeout), a short random pause between them."""
+        deadline = time.monotonic() + ROLLED_BACK_BUDGET_S
         for attempt in range(1, ROLLED_BACK_ATTEMPTS + 1):
             try:
-                async with (
-                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-                    conn.transaction(),
-                ):
-                    return await work(conn)
+                async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    if not transaction:
+                        return await work(conn)
+                    async with conn.transaction():
+                        return await work(conn)
             except asyncpg.TransactionRollbackError as exc:
-                if attempt == ROLLED_BACK_ATTEMPTS:
+                if attempt == ROLLED_BACK_ATTEMPTS or time.monotonic() >= deadline:
                     raise
-                log.warning("batch_rolled_back_retrying", attempt=attempt, sqlstate=exc.sqlstate)
+                log.warning("write_rolled_back_retrying", attempt=attempt, sqlstate=exc.sqlstate)
+            await asyncio.sleep(random.uniform(*ROLLED_BACK_PAUSE_S))
         raise AssertionError("unreachable")
 
     async def heartbeat(self, event_id: str, progress: dict[str, Any] | None) -> HeartbeatOutcome:
         """A run says it is alive (see ``runs.heartbeat``)."""
         now = utc_now()
         limit = self.settings.max_metrics_bytes
-        async with (
-            self._writing(set(), set()),
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
-            conn.transaction(),
-        ):
-            return await runs.heartbeat(conn, event_id, progress, now, limit)
+        async with self._writing(set(), set()):
+            return await self._retried(
+                lambda conn: runs.heartbeat(conn, event_id, progress, now, limit),
+                transaction=True,
+            )
 
     async def lead(self) -> bool:
         """Whether this replica is the one that does background work (``leader``)."""

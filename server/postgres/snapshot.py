@@ -61,6 +61,8 @@ class Snapshots:
         self._pool = pool
         self._connect = connect
         self.metadata = MetadataSnapshot((), ())
+        self._agents: frozenset[str] = frozenset()
+        self._jobs: frozenset[str] = frozenset()
         self.counts = RunCounts(0, {}, 0, {})
         self.reaped_runs = 0
         self._names_dirty = True
@@ -91,10 +93,12 @@ class Snapshots:
         """This process wrote runs with these names: counts change, and a name not yet
         listed must be listed at the next read (our own notification may come later)."""
         self._counts_dirty = True
-        if not agent_names.issubset(self.metadata.agent_names) or not job_types.issubset(
-            self.metadata.job_types
-        ):
+        if not agent_names.issubset(self._agents) or not job_types.issubset(self._jobs):
             self._names_dirty = True
+
+    def unlisted(self, agent_names: set[str], job_types: set[str]) -> tuple[set[str], set[str]]:
+        """The names this process has not seen stored yet (the others need no write)."""
+        return agent_names - self._agents, job_types - self._jobs
 
     def changed(self) -> None:
         """Runs changed in a way that may remove names (a delete): recount everything."""
@@ -136,6 +140,8 @@ class Snapshots:
             tuple(sorted(decode(row[0]) for row in agents)),
             tuple(sorted(decode(row[0]) for row in jobs)),
         )
+        self._agents = frozenset(self.metadata.agent_names)
+        self._jobs = frozenset(self.metadata.job_types)
         self._names_at = time.monotonic()
 
     async def _count(self) -> None:

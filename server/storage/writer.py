@@ -250,4 +250,5 @@ class Writer(GroupWork[_Op, Any]):
         log.warning("db_write_failed", error=str(exc), operations=len(group))
         unavailable = classify(exc)
         error = StorageUnavailable(str(unavailable), retry_after_s=unavailable.retry_after_s)
+        error.__cause__ = exc  # the HTTP layer logs which failure it was
         return [(None, error)] * len(group)

@@ -18,6 +18,8 @@ from server.contract.models import RunCreate, UpsertItem
 from server.postgres import database, runs
 from server.postgres.database import PostgresDatabase, PostgresSettings
 from server.postgres.url import parse_url
+from server.storage.connection import StorageUnavailable
+from server.storage.runs import insert_params
 
 
 @pytest.fixture
@@ -193,38 +195,84 @@ async def test_batches_naming_the_same_new_agents_in_other_orders_do_not_deadloc
         assert await conn.fetchval("SELECT count(*) FROM run_job_types") == 6 * 60
 
 
-async def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(
-    replicas: list[PostgresDatabase], pg_url: str
+@pytest.mark.parametrize("attempts", [3, 1])
+@pytest.mark.parametrize("kind", ["batch", "create"])
+async def test_a_write_rolled_back_to_break_a_deadlock_is_run_again(
+    replicas: list[PostgresDatabase],
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    attempts: int,
 ) -> None:
-    """A real deadlock with another writer that takes the same things in the other order
-    (a name, then the run's lock): PostgreSQL fails the batch, which waited first; the
-    batch runs again once the other has ended, and is answered as a success."""
+    """A real deadlock with another writer that takes the same things in the other order:
+    it holds a new name, the write waits for it while holding the run (the batch: its
+    run's lock; a single create: its row), then the other wants the run. PostgreSQL fails
+    the write, which waited first; the write runs again once the other has ended and is
+    answered as a success. With no tries left, the answer is the 503."""
+    monkeypatch.setattr(database, "ROLLED_BACK_ATTEMPTS", attempts)
+    run = _run(f"deadlocked-{kind}", agent_name=f"held-agent-{kind}")
     other = await asyncpg.connect(pg_url)
     try:
         holding = other.transaction()
         await holding.start()
-        await other.execute("INSERT INTO run_agent_names (name) VALUES ('held-agent')")
+        await other.execute("INSERT INTO run_agent_names (name) VALUES ($1)", run.agent_name)
         with capture_logs() as logs:
-            batch = asyncio.ensure_future(
-                replicas[0].insert_batch([_run("deadlocked", agent_name="held-agent")])
-            )
-            for _ in range(500):  # until the batch waits for the name (at most 5 s)
+            if kind == "batch":
+                write = asyncio.ensure_future(replicas[0].insert_batch([run]))
+            else:
+                write = asyncio.ensure_future(replicas[0].create(run))
+            for _ in range(500):  # until the write waits for the name (at most 5 s)
                 waiting = await other.fetchval(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
                 )
                 if waiting:
                     break
                 await asyncio.sleep(0.01)
-            assert waiting, "the batch never waited for the name"
-            # the run's lock, which the batch holds: a cycle, broken by failing the batch
-            await other.fetchval("SELECT pg_advisory_xact_lock($1)", runs.lock_key("deadlocked"))
+            assert waiting, "the write never waited for the name"
+            # what the write holds: a cycle, broken by failing the write
+            if kind == "batch":
+                await other.fetchval(
+                    "SELECT pg_advisory_xact_lock($1)", runs.lock_key(run.event_id)
+                )
+            else:
+                await runs.insert_row(other, insert_params(run, "2026-03-01T11:00:00+00:00"))
             await holding.rollback()
-            assert await asyncio.wait_for(batch, 30) == 1
+            if attempts == 1:
+                with pytest.raises(StorageUnavailable):
+                    await asyncio.wait_for(write, 30)
+            else:
+                assert await asyncio.wait_for(write, 30) in (1, True)
     finally:
         await other.close()
-    retries = [entry for entry in logs if entry["event"] == "batch_rolled_back_retrying"]
+    retries = [entry for entry in logs if entry["event"] == "write_rolled_back_retrying"]
+    if attempts == 1:
+        assert retries == []
+        assert await replicas[1].get(run.event_id) is None
+        return
     assert [(entry["attempt"], entry["sqlstate"]) for entry in retries] == [(1, "40P01")]
-    stored = await replicas[1].get("deadlocked")
+    stored = await replicas[1].get(run.event_id)
     assert stored is not None
-    assert stored["agent_name"] == "held-agent"
+    assert stored["agent_name"] == run.agent_name
+
+
+class _RecordingConnection:
+    """Records the name arrays ``note_names`` sends (the order is the point)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def fetchval(self, sql: str, names: list[str]) -> int:
+        self.calls.append((sql, names))
+        return 0
+
+
+async def test_names_are_noted_sorted_agents_before_job_types() -> None:
+    conn = _RecordingConnection()
+    await runs.note_names(conn, {"b", "a", "c", "\x00nul"}, {"z", "y"})
+    (agents_sql, agents), (jobs_sql, jobs) = conn.calls
+    assert "run_agent_names" in agents_sql
+    assert "run_job_types" in jobs_sql
+    assert agents == sorted(agents)
+    assert len(agents) == 4
+    assert jobs == ["y", "z"]

@@ -34,11 +34,16 @@ async def test_write_lock_held_elsewhere_gives_503_and_health_still_answers(
     try:
         with capture_logs() as logs:
             write = asyncio.create_task(client.post("/api/v1/runs", json=RUN))
+            others = [
+                asyncio.create_task(client.post("/api/v1/runs", json={**RUN, "event_id": f"o-{n}"}))
+                for n in range(5)
+            ]
             await asyncio.sleep(0.05)
             health = await client.get("/health")
             assert health.status == 200
             assert (await health.json())["status"] == "ok"
             blocked = await write
+            assert [(await other).status for other in others] == [503] * 5
         assert blocked.status == 503
         assert int(blocked.headers["Retry-After"]) >= 1
         body = await blocked.json()
@@ -46,9 +51,12 @@ async def test_write_lock_held_elsewhere_gives_503_and_health_still_answers(
         assert "Traceback" not in str(body)
         assert "INSERT" not in str(body)
         # the operator's log says which failure it was; the answer does not
+        # six 503s of one kind within a second: one line
         [logged] = [entry for entry in logs if entry["event"] == "storage_unavailable"]
         assert logged["detail"] == body["detail"]
         assert logged["log_level"] == "warning"
+        assert logged["cause"] == "OperationalError"
+        assert logged["code"] == "SQLITE_BUSY"
     finally:
         other.execute("ROLLBACK")
         other.close()
