@@ -47,7 +47,7 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.identity import load_sidecar_id
 from spoold.state.ledger import Ledger
 from spoold.state.recovery import reconcile
-from spoold.state.runs_index import RunsIndex
+from spoold.state.runs_index import PRUNE_MAX_ROWS, RunsIndex
 from spoold.state.storage import (
     INDEX_FILE,
     Storage,
@@ -62,9 +62,8 @@ from spoold.upstream.status import UpstreamStatus
 log = structlog.get_logger("spoold")
 
 PRUNE_EVERY_S = 60.0
-#: A prune pass that forgot at least this many runs was cut short by its own bound
-#: (``RunsIndex.prune``'s ``max_rows``): the next one comes after PRUNE_SOON_S.
-PRUNE_BUSY_ROWS = 10_000
+#: A prune pass that forgot at least ``PRUNE_MAX_ROWS`` runs was cut short by its own
+#: bound: the next one comes after PRUNE_SOON_S.
 PRUNE_SOON_S = 1.0
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
@@ -181,7 +180,7 @@ async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
     minute forgets them still stays within the bound."""
     removed = 0
     while True:
-        await asyncio.sleep(PRUNE_SOON_S if removed >= PRUNE_BUSY_ROWS else PRUNE_EVERY_S)
+        await asyncio.sleep(PRUNE_SOON_S if removed >= PRUNE_MAX_ROWS else PRUNE_EVERY_S)
         try:
             removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
         except (sqlite3.Error, OSError) as exc:

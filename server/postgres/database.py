@@ -247,7 +247,8 @@ class PostgresDatabase:
         now = utc_now()
         sidecar = presence.sidecar_id if presence is not None else None
         params = upsert_params(items, now, sidecar)
-        agents, jobs = runs.batch_names((), items)
+        records = [r for item in items for r in (item.create, item.update) if r is not None]
+        agents, jobs = runs.batch_names(records)
         new_agents, new_jobs = self.snapshots.unlisted(agents, jobs)
 
         async def upsert(conn: Any) -> UpsertSummary:

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from server.contract.fields import TERMINAL_STATUSES
-from server.contract.models import RunCreate, RunQuery, UpsertItem
+from server.contract.models import RunCreate, RunQuery, RunUpdate, UpsertItem
 from server.contract.run_record import (
     RUN_COLUMNS,
     RUN_COUNTER_COLUMNS,
@@ -121,18 +121,10 @@ _NOTE_AGENTS_SQL = (
 _NOTE_JOBS_SQL = _NOTE_AGENTS_SQL.replace("run_agent_names", "run_job_types")
 
 
-def batch_names(
-    runs: Sequence[RunCreate], items: Sequence[UpsertItem] = ()
-) -> tuple[set[str], set[str]]:
-    """The agent names and job types a batch may write: its creates' and its updates'."""
-    agents = {run.agent_name for run in runs}
-    jobs = {run.job_type for run in runs}
-    for item in items:
-        for run in (item.create, item.update):
-            if run is not None and run.agent_name is not None:
-                agents.add(run.agent_name)
-            if run is not None and run.job_type is not None:
-                jobs.add(run.job_type)
+def batch_names(records: Sequence[RunCreate | RunUpdate]) -> tuple[set[str], set[str]]:
+    """The agent names and job types a batch's creates and updates may write."""
+    agents = {record.agent_name for record in records if record.agent_name is not None}
+    jobs = {record.job_type for record in records if record.job_type is not None}
     return agents, jobs
 
 

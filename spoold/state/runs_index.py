@@ -95,6 +95,8 @@ _ADDED_COLUMNS = {
 }
 #: Runs ``prune`` deletes per write transaction.
 PRUNE_SLICE_ROWS = 256
+#: Runs one prune pass forgets by age at most (ten times that to meet the byte bound).
+PRUNE_MAX_ROWS = 10_000
 #: The WAL is truncated to this when it starts over (it would otherwise keep its peak
 #: size). Above the ~8 MiB at which the accept thread has it start over
 #: (``spoold.accept.acceptor.INDEX_RESTART_FRAMES``): a restart in steady state truncates
@@ -609,7 +611,9 @@ class RunsIndex:
             self.rollback()
             raise
 
-    def prune(self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = 10_000) -> int:
+    def prune(
+        self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = PRUNE_MAX_ROWS
+    ) -> int:
         """Forget settled runs not touched for keep_s seconds, then, while the index holds
         more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
         operations pending is never forgotten: the bound is over settled runs).
