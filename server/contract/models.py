@@ -350,8 +350,18 @@ class RunQuery(BaseModel):
         return self
 
     def filters(self) -> dict[str, str]:
-        """The filters (not the paging) of this query: what a cursor is bound to."""
-        return self.model_dump(exclude={"limit", "offset", "cursor"}, exclude_none=True)
+        """The filters (not the paging) of this query: what a cursor is bound to. The
+        same dict as ``model_dump(exclude=PAGING, exclude_none=True)`` (key order too:
+        cursors already issued stay valid), without pydantic's serialiser per page."""
+        return {
+            name: value for name in _RUN_QUERY_FILTERS if (value := getattr(self, name)) is not None
+        }
+
+
+#: RunQuery's fields that are paging, not filters.
+PAGING = frozenset({"limit", "offset", "cursor"})
+#: RunQuery's filter fields, in the order model_dump gives them.
+_RUN_QUERY_FILTERS = tuple(name for name in RunQuery.model_fields if name not in PAGING)
 
 
 # ---- responses (documented in the OpenAPI schema) ---------------------------------

@@ -199,8 +199,8 @@ class Export:
 
     def _ndjson_exact(self, rows: Sequence[Sequence[Any]]) -> bytes:
         parts: list[bytes] = []
-        for body, repo, commit, exact, _, row_id in rows:
-            if exact:
+        for body, repo, commit, _, row_id in rows:
+            if body is not None:
                 parts += (body[:-1], run_json.url_suffix(repo, commit), b"\n")
             else:
                 row = self._conn.execute(

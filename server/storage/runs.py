@@ -644,7 +644,12 @@ def query_page_json(
         ).fetchone()
         return run_json.python_rendering(row_to_run(row))
 
-    with snapshot(conn):  # an inexact row is read again: the same version of it
-        rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
+    # One statement is one snapshot: a page of exact rows needs no transaction of its own.
+    rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
+    if run_json.all_exact(rows):
         body = run_json.render_rows(rows[: query.limit], fallback)
+    else:
+        with snapshot(conn):  # an inexact row is read again: the same version of it
+            rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
+            body = run_json.render_rows(rows[: query.limit], fallback)
     return JsonPage(body, _next_position(rows, query.limit, run_json.CREATED_AT))

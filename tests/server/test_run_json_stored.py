@@ -267,3 +267,79 @@ def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answ
     finally:
         reader.close()
         old.close()
+
+
+def test_a_page_with_an_inexact_row_is_read_again_whole_in_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of exact rows is one statement, no transaction; a page that needs the
+    Python way for a row is read again, whole, in one snapshot. A write landing between
+    the two reads must then show in every row of the page, never only in some."""
+    path = tmp_path / "race.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    migrate(writer)
+    writer.execute("PRAGMA journal_mode = WAL")
+    rows = list(hostile_rows(random.Random(8)))[:40]
+    writer.execute("BEGIN")
+    writer.executemany(_INSERT_SQL, rows)
+    writer.execute("UPDATE agent_runs SET metrics_json = ? WHERE id = 3", (FOREIGN_JSON[0],))
+    writer.execute("COMMIT")
+    reader = open_reader(path, busy_timeout_ms=2000)
+    from server.storage import runs
+
+    real_fetch = runs._fetch
+    calls: list[bool] = []
+
+    def fetch_then_write(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
+        found = real_fetch(conn, *args, **kwargs)
+        calls.append(conn.in_transaction)
+        if len(calls) == 1:  # between the plain read and the snapshot's
+            writer.execute("UPDATE agent_runs SET status = 'cancelled', duration_ms = 77")
+        return found
+
+    monkeypatch.setattr(runs, "_fetch", fetch_then_write)
+    try:
+        assert stored_objects(reader)  # the inexact row is there
+        assert any(body is None for body in stored_objects(reader).values())
+        page = orjson.loads(query_page_json(reader, RunQuery(limit=100)).body)
+        assert calls == [False, True]  # plain read, then the whole page in a snapshot
+        assert len(page) == len(rows)
+        assert {(run["status"], run["duration_ms"]) for run in page} == {("cancelled", 77)}
+        monkeypatch.setattr(runs, "_fetch", real_fetch)
+        assert query_page_json(reader, RunQuery(limit=100)).body == python_page(
+            reader, RunQuery(limit=100), None
+        )
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_page_of_exact_rows_takes_no_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "exact.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    migrate(writer)
+    writer.execute("BEGIN")
+    writer.executemany(_INSERT_SQL, list(hostile_rows(random.Random(9))))
+    writer.execute("DELETE FROM agent_runs WHERE run_json IS NULL")  # the inexact ones
+    writer.execute("COMMIT")
+    reader = open_reader(path, busy_timeout_ms=2000)
+    from server.storage import runs
+
+    seen: list[bool] = []
+    real_fetch = runs._fetch
+
+    def watched(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
+        seen.append(conn.in_transaction)
+        return real_fetch(conn, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "_fetch", watched)
+    try:
+        assert len(stored_objects(reader)) >= 10
+        body = query_page_json(reader, RunQuery(limit=100)).body
+        assert seen == [False]
+        assert body == python_page(reader, RunQuery(limit=100), None)
+    finally:
+        reader.close()
+        writer.close()
