@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import math
 import multiprocessing
@@ -123,6 +124,10 @@ class Recording:
     started: float = math.inf  # time.monotonic() (system-wide on Linux)
     finished: float = 0.0
     cpu_s: float = 0.0
+    #: The client's own garbage collections during the run: each one stalls every
+    #: request in flight, and its pause is counted as the server's latency.
+    gc_collections: int = 0
+    gc_longest_s: float = 0.0
 
     def label(self, name: str) -> LabelStats:
         stats = self.labels.get(name)
@@ -143,6 +148,31 @@ class Recording:
         self.started = min(self.started, other.started)
         self.finished = max(self.finished, other.finished)
         self.cpu_s += other.cpu_s
+        self.gc_collections += other.gc_collections
+        self.gc_longest_s = max(self.gc_longest_s, other.gc_longest_s)
+
+
+class GcPauses:
+    """Times this process's garbage collections while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.longest_s = max(self.longest_s, time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 BaseUrls = str | Sequence[str]
@@ -249,7 +279,9 @@ class LoadResult:
             f"{self.name}: {self.recording.ops_done} ops in {self.elapsed_s:.2f} s "
             f"= {self.ops_per_s:,.0f} ops/s (concurrency {self.concurrency}, "
             f"{self.processes} client process(es), {event_loop_name()}, "
-            f"client CPU {self.client_cpu_pct:.0f}% of a core)"
+            f"client CPU {self.client_cpu_pct:.0f}% of a core; client GC: "
+            f"{self.recording.gc_collections} collections, longest "
+            f"{self.recording.gc_longest_s * 1e3:.1f} ms)"
             + ("  [stopped by the time bound]" if self.timed_out else "")
         ]
         for name, stats in sorted(self.recording.labels.items()):
@@ -309,7 +341,9 @@ async def _drive(
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         # The time bound holds even if a request hangs: cancel what is left after a grace.
-        _, pending = await asyncio.wait(tasks, timeout=max_seconds + request_timeout_s + 1)
+        with GcPauses() as pauses:
+            _, pending = await asyncio.wait(tasks, timeout=max_seconds + request_timeout_s + 1)
+        recording.gc_collections, recording.gc_longest_s = pauses.count, pauses.longest_s
         for task in pending:
             task.cancel()
             timed_out = True

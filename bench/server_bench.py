@@ -913,7 +913,12 @@ class Bench:
         if self.args.verbose:
             print(result.format(), file=sys.stderr)
         else:
-            print(f"  {name}: {result.ops_per_s:,.0f} ops/s", file=sys.stderr)
+            print(
+                f"  {name}: {result.ops_per_s:,.0f} ops/s (client GC:"
+                f" {result.recording.gc_collections} collections, longest"
+                f" {result.recording.gc_longest_s * 1e3:.1f} ms)",
+                file=sys.stderr,
+            )
         stats = result.stats()
         if stats.errors or stats.non_2xx:
             self.broken.append(f"{name}: non-2xx {stats.non_2xx}, errors {dict(stats.errors)}")
