@@ -54,6 +54,7 @@ from server.edge.requests import (
 )
 from server.edge.responses import error_response, json_response
 from server.runtime.daemon import freeze_start_up_heap
+from server.runtime.event_loop import new_loop
 from server.runtime.group_commit import Answer, GroupCommit, GroupWork
 from server.storage import runs
 from server.storage.checkpoint import JOURNAL_SIZE_LIMIT_BYTES, Checkpointer
@@ -172,7 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path, required=True, help="an existing server database")
     args = parser.parse_args(argv)
-    web.run_app(make_app(args.db), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        make_app(args.db),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+        loop=new_loop(),
+    )
 
 
 if __name__ == "__main__":

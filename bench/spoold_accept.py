@@ -98,6 +98,7 @@ def ceiling_main(port: int, path: Path) -> None:
     from server.contract.validation import parse_model
     from server.edge.requests import MAX_JSON_DEPTH, event_id_of, json_fields_context, read_json
     from server.edge.responses import error_response, json_response
+    from server.runtime.event_loop import new_loop
     from spoold.config import SpooldConfig
     from spoold.spool.operations import create_op, update_op
 
@@ -174,7 +175,7 @@ def ceiling_main(port: int, path: Path) -> None:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors])
     app[MAX_JSON_DEPTH] = config.upstream_max_json_depth
     app.add_routes(routes)
-    web.run_app(app, host=HOST, port=port, print=None, access_log=None)
+    web.run_app(app, host=HOST, port=port, print=None, access_log=None, loop=new_loop())
 
 
 # ---- rounds --------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             name="server",
             ssl_context=tls,
             exposure=exposure(config, tls=tls is not None),
+            event_loop=config.event_loop,
         )
     except CannotOpen as exc:  # PostgreSQL refused or absent: one line, no traceback
         setting = (

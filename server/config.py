@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
 from server.postgres.url import DatabaseUrl, InvalidDatabaseUrl, parse_url, url_from_environment
 from server.runtime import settings as runtime_settings
+from server.runtime.event_loop import EventLoopChoice, EventLoopUnavailable
+from server.runtime.event_loop import resolve as resolve_event_loop
 from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
 
@@ -115,6 +117,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "TELEMETRY_LOG_LEVEL", "log_level", "DEBUG, INFO (one line per request), WARNING or ERROR."
+    ),
+    Setting(
+        "TELEMETRY_EVENT_LOOP",
+        "event_loop",
+        "auto (uvloop when installed, as it is with the package; less CPU per request), "
+        "uvloop (refuse to start without it) or asyncio (Python's own loop).",
     ),
     Setting(
         "TELEMETRY_MAX_BODY_BYTES",
@@ -230,6 +238,7 @@ class ServerConfig(BaseModel):
     rate_limit_rpm: int = Field(default=60, ge=1, le=1_000_000)
     rate_limit_max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    event_loop: EventLoopChoice = "auto"
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=1024**3)
     max_json_depth: int = Field(default=32, ge=2, le=512)
     batch_max_items: int = Field(default=1000, ge=1, le=100_000)
@@ -252,6 +261,15 @@ class ServerConfig(BaseModel):
     _empty_is_unset = field_validator("tls_cert_file", "tls_key_file", mode="before")(
         unset_if_empty
     )
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop_available(cls, choice: EventLoopChoice) -> EventLoopChoice:
+        try:
+            resolve_event_loop(choice)
+        except EventLoopUnavailable as exc:
+            raise ValueError(str(exc)) from exc
+        return choice
 
     @field_validator("database_url")
     @classmethod

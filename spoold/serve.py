@@ -54,5 +54,6 @@ def serve(config: SpooldConfig) -> int:
             "port can write runs, which it delivers with the fleet's SPOOLD_UPSTREAM_TOKEN; "
             "keep SPOOLD_HOST on loopback",
         ),
+        event_loop=config.event_loop,
     )
     return 0

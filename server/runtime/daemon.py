@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
+from server.runtime.event_loop import EventLoopChoice
+from server.runtime.event_loop import run as run_on_loop
 from server.runtime.exposure import Exposure, warn_if_exposed
 from server.runtime.systemd import notify, watchdog, watchdog_interval_s
 
@@ -122,7 +124,12 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         bound = ", ".join(str(address) for address in runner.addresses)
-        log.info(f"{name}_listening", addresses=bound, tls=ssl_context is not None)
+        log.info(
+            f"{name}_listening",
+            addresses=bound,
+            tls=ssl_context is not None,
+            event_loop=type(loop).__module__.partition(".")[0],  # uvloop or asyncio
+        )
         if exposure is not None:
             warn_if_exposed(name, runner.addresses, exposure)
         notify(f"READY=1\nSTATUS=serving on {bound}")
@@ -152,8 +159,9 @@ def run(
     name: str,
     ssl_context: ssl.SSLContext | None = None,
     exposure: Exposure | None = None,
+    event_loop: EventLoopChoice = "auto",
 ) -> None:
-    asyncio.run(
+    run_on_loop(
         serve(
             app,
             host=host,
@@ -163,5 +171,6 @@ def run(
             ssl_context=ssl_context,
             exposure=exposure,
             hard_stop=True,
-        )
+        ),
+        event_loop,
     )
