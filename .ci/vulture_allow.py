@@ -81,6 +81,7 @@ _.writer_catch_ups  # server/storage/checkpoint.py (tests/server/test_wal_checkp
 _.max_batch_cpu_s  # server/storage/retention.py: PruneReport, answered via asdict()
 _.AFTER_REBUILD  # server/storage/rollups.py (tests/server/test_stats_rollups.py)
 _.percentile  # server/storage/stats.py (tests, bench/loadgen.py, bench/stats_bench.py)
+_.new_loop  # server/runtime/event_loop.py (bench/server_ceiling.py, bench/spoold_accept.py)
 
 # -- Jinja templates: page data read only by server/ui/templates and spoold/ui/templates ------
 _.same_run_id  # server/ui/templates/run.html

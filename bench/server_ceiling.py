@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         print=None,
         access_log=None,
-        loop=new_loop(),
+        loop=new_loop(os.environ.get("TELEMETRY_EVENT_LOOP", "auto")),  # the server's loop
     )
 
 

@@ -175,7 +175,14 @@ def ceiling_main(port: int, path: Path) -> None:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors])
     app[MAX_JSON_DEPTH] = config.upstream_max_json_depth
     app.add_routes(routes)
-    web.run_app(app, host=HOST, port=port, print=None, access_log=None, loop=new_loop())
+    web.run_app(
+        app,
+        host=HOST,
+        port=port,
+        print=None,
+        access_log=None,
+        loop=new_loop(os.environ.get("SPOOLD_EVENT_LOOP", "auto")),  # spoold's loop
+    )
 
 
 # ---- rounds --------------------------------------------------------------------------

@@ -210,7 +210,8 @@ SETTINGS: tuple[Setting, ...] = (
 #: Admission defaults, from the unit's MemoryMax=2G. A parsed body costs up to ~32 times
 #: its bytes (measured: 5 MiB of `[[],[],...]` peaks at ~160 MiB of Python objects), so
 #: 48 MiB of bodies in flight cost at most ~1.5 GiB, leaving ~0.5 GiB for the process
-#: itself (~60 MiB), SQLite caches and the reader threads' results.
+#: itself (~60 MiB), SQLite caches (the writer's 64 MiB, ``WRITER_CACHE_KIB``; 2 MiB per
+#: reader) and the reader threads' results.
 DEFAULT_MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 1024
 #: Below this the WAL would restart every few groups, each time costing the writer an fsync.

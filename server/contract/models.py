@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.contract.export import PAGING
 from server.contract.fields import (
     AnyStatus,
     CanonicalStatus,
@@ -358,9 +359,7 @@ class RunQuery(BaseModel):
         }
 
 
-#: RunQuery's fields that are paging, not filters.
-PAGING = frozenset({"limit", "offset", "cursor"})
-#: RunQuery's filter fields, in the order model_dump gives them.
+#: RunQuery's filter fields (not ``PAGING``), in the order model_dump gives them.
 _RUN_QUERY_FILTERS = tuple(name for name in RunQuery.model_fields if name not in PAGING)
 
 

@@ -12,7 +12,8 @@ start without it rather than quietly running slower.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import functools
+import importlib
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
@@ -26,9 +27,19 @@ class EventLoopUnavailable(RuntimeError):
     """``uvloop`` was asked for and is not installed."""
 
 
+@functools.cache
+def uvloop_imports() -> bool:
+    """Whether uvloop imports here (installed, and built for this platform)."""
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return False
+    return True
+
+
 def resolve(choice: EventLoopChoice) -> Literal["uvloop", "asyncio"]:
     """The loop ``choice`` means on this machine."""
-    installed = importlib.util.find_spec("uvloop") is not None
+    installed = uvloop_imports()
     if choice == "uvloop" and not installed:
         raise EventLoopUnavailable("uvloop was asked for (event loop setting) but is not installed")
     if choice == "asyncio" or not installed:

@@ -1,7 +1,7 @@
 """Reads on their own read-only connections: a short one on the event loop, others off it.
 
 Most reads (a page of 100 runs, a run by id) take a few tenths of a millisecond in
-SQLite; handing each to a thread and back (queue, wake-up, self-pipe, GIL hand-offs)
+SQLite; handing each to a thread and back (queue, the loop's wake-up, GIL hand-offs)
 added about 40 us of CPU and two context switches per read. So a read first runs on
 the event loop's own connection under a budget: ``inline_budget_s`` of the loop
 thread's CPU time (CPU, not wall time, so that a loaded machine preempting the loop

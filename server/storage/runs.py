@@ -646,7 +646,7 @@ def query_page_json(
 
     # One statement is one snapshot: a page of exact rows needs no transaction of its own.
     rows = _fetch(conn, query, after, run_json.JSON_COLUMNS, overdue)
-    if run_json.all_exact(rows):
+    if run_json.all_exact(rows[: query.limit]):  # the row past the page is not rendered
         body = run_json.render_rows(rows[: query.limit], fallback)
     else:
         with snapshot(conn):  # an inexact row is read again: the same version of it

@@ -46,8 +46,12 @@ def listening_line(log: str, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop", None])
-def test_a_run_goes_through_both_daemons_on_either_loop(tmp_path: Path, loop: str | None) -> None:
-    expected = loop or ("uvloop" if event_loop.resolve("auto") == "uvloop" else "asyncio")
+def test_a_run_goes_through_both_daemons_on_either_loop(
+    tmp_path: Path, loop: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for inherited in ("TELEMETRY_EVENT_LOOP", "SPOOLD_EVENT_LOOP"):  # None: the default
+        monkeypatch.delenv(inherited, raising=False)
+    expected = loop or event_loop.resolve("auto")
     server_port, spoold_port = free_port(), free_port()
     server_env = {"TELEMETRY_LOG_LEVEL": "INFO"}
     spoold_env = {"SPOOLD_LOG_LEVEL": "INFO", "SPOOLD_MIN_FREE_DISK_MB": "0"}
@@ -130,18 +134,22 @@ def test_an_unknown_loop_stops_the_daemon_naming_the_variable(
     )
     assert result.returncode == 2
     assert variable.encode() in result.stderr
-    assert not (tmp_path / "telemetry.sqlite").exists()
+    assert list(tmp_path.iterdir()) == []  # refused before any database or spool was made
 
 
 def test_uvloop_asked_for_where_it_is_missing_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_find_spec = event_loop.importlib.util.find_spec
-    monkeypatch.setattr(
-        event_loop.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "uvloop" else real_find_spec(name, *a),
-    )
+    real_import = event_loop.importlib.import_module
+
+    def broken_uvloop(name: str, *args: object) -> object:  # missing, or built for elsewhere
+        if name == "uvloop":
+            raise ImportError("uvloop/loop.cpython-311-x86_64-linux-gnu.so: wrong ELF class")
+        return real_import(name, *args)
+
+    event_loop.uvloop_imports.cache_clear()
+    monkeypatch.setattr(event_loop.importlib, "import_module", broken_uvloop)
+    monkeypatch.setattr(event_loop, "uvloop_imports", event_loop.uvloop_imports.__wrapped__)
     assert event_loop.resolve("auto") == "asyncio"  # auto falls back quietly
     assert event_loop.resolve("asyncio") == "asyncio"
     with pytest.raises(event_loop.EventLoopUnavailable):

@@ -92,7 +92,13 @@ def server_tls_env(pki: Pki, *, wrong_host: bool = False) -> dict[str, str]:
 
 
 def https_server(
-    reaper: Reaper, tmp_path: Path, pki: Pki, *, port: int | None = None, wrong_host: bool = False
+    reaper: Reaper,
+    tmp_path: Path,
+    pki: Pki,
+    *,
+    port: int | None = None,
+    wrong_host: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Daemon:
     """A real server over HTTPS; readiness is checked trusting the certificate it serves."""
     ready = pki.client
@@ -104,7 +110,7 @@ def https_server(
         tmp_path,
         port=port or free_port(),
         db=tmp_path / "server.sqlite",
-        env=server_tls_env(pki, wrong_host=wrong_host),
+        env={**server_tls_env(pki, wrong_host=wrong_host), **(extra_env or {})},
         client_ssl=ready,
     )
     return dataclasses.replace(daemon, client_ssl=pki.client)
@@ -381,10 +387,16 @@ def wait_delivered(spoold: Daemon, db: Path, ids: list[str], timeout_s: float = 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])  # each has its own TLS transport
 async def test_spoold_over_https_delivers_to_an_https_server_and_proxies_reads(
-    reaper: Reaper, tmp_path: Path, pki: Pki
+    reaper: Reaper, tmp_path: Path, pki: Pki, loop: str
 ) -> None:
-    server = https_server(reaper, tmp_path, pki)
+    server = https_server(
+        reaper,
+        tmp_path,
+        pki,
+        extra_env={"TELEMETRY_EVENT_LOOP": loop, "TELEMETRY_LOG_LEVEL": "INFO"},
+    )
     spoold = start_spoold(
         reaper,
         tmp_path,
@@ -395,10 +407,15 @@ async def test_spoold_over_https_delivers_to_an_https_server_and_proxies_reads(
             "SPOOLD_UPSTREAM_CA_FILE": str(pki.ca),
             "SPOOLD_TLS_CERT_FILE": str(pki.cert),
             "SPOOLD_TLS_KEY_FILE": str(pki.key),
+            "SPOOLD_EVENT_LOOP": loop,
+            "SPOOLD_LOG_LEVEL": "INFO",
         },
         client_ssl=pki.client,
     )
     assert spoold.url.startswith("https://")
+    for daemon, name in ((server, "server"), (spoold, "spoold")):
+        assert f'"{name}_listening"' in daemon.log()
+        assert f'"event_loop":"{loop}"' in daemon.log(), daemon.log()[-2000:]
     ids = await post_runs(spoold.url, 5, pki.client)
     wait_delivered(spoold, tmp_path / "server.sqlite", ids)
     health = spoold_health(spoold)

@@ -343,3 +343,48 @@ def test_a_page_of_exact_rows_takes_no_transaction(
     finally:
         reader.close()
         writer.close()
+
+
+def test_an_inexact_row_just_past_the_page_costs_no_second_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row fetched past the page (to know whether another follows) is never
+    rendered: its having no stored object must not send the page to be read again."""
+    path = tmp_path / "past.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    migrate(writer)
+    writer.execute("BEGIN")
+    writer.executemany(_INSERT_SQL, list(hostile_rows(random.Random(10))))
+    writer.execute("DELETE FROM agent_runs WHERE run_json IS NULL")
+    writer.execute("COMMIT")
+    reader = open_reader(path, busy_timeout_ms=2000)
+    from server.storage import runs
+
+    query = RunQuery(limit=5)
+    # The sixth row of the list order: the one past a page of five.
+    past = reader.execute(*runs.query_sql(query, None, "created_at"))
+    past_id = past.fetchall()[5][-1]
+    writer.execute(
+        "UPDATE agent_runs SET metrics_json = ? WHERE id = ?", (FOREIGN_JSON[0], past_id)
+    )
+    seen: list[bool] = []
+    real_fetch = runs._fetch
+
+    def watched(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
+        seen.append(conn.in_transaction)
+        return real_fetch(conn, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "_fetch", watched)
+    try:
+        assert stored_objects(reader)
+        assert reader.execute(
+            "SELECT run_json IS NULL FROM agent_runs WHERE id = ?", (past_id,)
+        ).fetchone() == (1,)
+        page = query_page_json(reader, query)
+        assert seen == [False]
+        assert page.next_position is not None
+        assert page.body == python_page(reader, query, None)
+        assert len(orjson.loads(page.body)) == 5
+    finally:
+        reader.close()
+        writer.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hmac
 import itertools
+import sys
 import threading
 
 import orjson
@@ -60,6 +61,29 @@ def test_token_is_the_documented_hmac_of_position_and_filters(params):
         assert codec.decode(independent_token(KEY, position, scope), scope) == position
 
 
+def test_a_token_issued_by_the_previous_release_still_walks():
+    """Made by 81bb89f's code (``hmac.digest`` per token, scope from ``model_dump``), kept
+    as a literal: a reordered, renamed or new filter field would change the scope."""
+    query = RunQuery.model_validate(
+        {
+            "status": "success",
+            "agent_name": "agent-7",
+            "job_type": "nightly",
+            "created_after": "2026-01-01T00:00:00Z",
+            "limit": "50",
+        }
+    )
+    scope = orjson.dumps(query.filters()).decode()
+    assert scope == (
+        '{"agent_name":"agent-7","job_type":"nightly","status":"success",'
+        '"created_after":"2026-01-01T00:00:00.000000+00:00"}'
+    )
+    issued = "WyIyMDI2LTAzLTA0VDA1OjA2OjA3LjEyMzQ1NiswMDowMCIsNDI0MjQyXQ.qdeZCW5T-XfV-cUVez2OdA"
+    position = Position("2026-03-04T05:06:07.123456+00:00", 424242)
+    assert CursorCodec(KEY).decode(issued, scope) == position
+    assert CursorCodec(KEY).encode(position, scope) == issued
+
+
 def test_a_token_for_other_filters_or_another_key_is_refused():
     position = Position("2026-05-31T10:00:00+00:00", 7)
     token = CursorCodec(KEY).encode(position, '{"agent_name":"a"}')
@@ -69,24 +93,38 @@ def test_a_token_for_other_filters_or_another_key_is_refused():
         CursorCodec(bytes(32)).decode(token, '{"agent_name":"a"}')
 
 
-def test_one_codec_used_from_many_threads_gives_every_token_right():
-    """The keyed state is shared and copied per MAC: concurrent use must not mix them."""
+def test_one_codec_used_from_many_threads_gives_every_token_right() -> None:
+    """The keyed state is shared and copied per MAC: concurrent use must not mix them.
+    Threads switch as often as Python allows, and scopes are long enough (over 2 KiB)
+    for the hash to run without the GIL."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
     codec = CursorCodec(KEY)
     cases = [
-        (Position(f"2026-01-01T00:00:{second:02d}+00:00", row), f'{{"agent_name":"{row}"}}')
+        (
+            Position(f"2026-01-01T00:00:{second:02d}+00:00", row),
+            f'{{"agent_name":"{row}","job_type":"{"j" * (2048 + row)}"}}',
+        )
         for second, row in itertools.product(range(20), range(1, 11))
     ]
     wrong: list[tuple[Position, str]] = []
 
     def work() -> None:
-        for position, scope in cases * 5:
-            if codec.encode(position, scope) != independent_token(KEY, position, scope):
+        for position, scope in cases * 3:
+            token = codec.encode(position, scope)
+            if (
+                token != independent_token(KEY, position, scope)
+                or codec.decode(token, scope) != position
+            ):
                 wrong.append((position, scope))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(saved)
     assert not any(thread.is_alive() for thread in threads)
     assert wrong == []
