@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from server.contract.fields import HEARTBEAT_TIMEOUT_MAX_S
 from server.postgres.url import DatabaseUrl, InvalidDatabaseUrl, parse_url, url_from_environment
 from server.runtime import settings as runtime_settings
-from server.runtime.event_loop import EventLoopChoice, EventLoopUnavailable
-from server.runtime.event_loop import resolve as resolve_event_loop
+from server.runtime.event_loop import EventLoopChoice
+from server.runtime.event_loop import available as event_loop_available
 from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 from server.storage.stale import DEFAULT_STALE_AFTER_S, StalePolicy, parse_job_allowances
 
@@ -263,14 +263,7 @@ class ServerConfig(BaseModel):
         unset_if_empty
     )
 
-    @field_validator("event_loop")
-    @classmethod
-    def _event_loop_available(cls, choice: EventLoopChoice) -> EventLoopChoice:
-        try:
-            resolve_event_loop(choice)
-        except EventLoopUnavailable as exc:
-            raise ValueError(str(exc)) from exc
-        return choice
+    _event_loop_available = field_validator("event_loop")(event_loop_available)
 
     @field_validator("database_url")
     @classmethod

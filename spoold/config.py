@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.runtime import settings as runtime_settings
-from server.runtime.event_loop import EventLoopChoice, EventLoopUnavailable
-from server.runtime.event_loop import resolve as resolve_event_loop
+from server.runtime.event_loop import EventLoopChoice
+from server.runtime.event_loop import available as event_loop_available
 from server.runtime.settings import ConfigError, Setting, load, require_pair, unset_if_empty
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "SpooldConfig"]
@@ -266,14 +266,7 @@ class SpooldConfig(BaseModel):
     max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=1024, le=1024**4)
     presence_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
-    @field_validator("event_loop")
-    @classmethod
-    def _event_loop_available(cls, choice: EventLoopChoice) -> EventLoopChoice:
-        try:
-            resolve_event_loop(choice)
-        except EventLoopUnavailable as exc:
-            raise ValueError(str(exc)) from exc
-        return choice
+    _event_loop_available = field_validator("event_loop")(event_loop_available)
 
     @field_validator("upstream_url")
     @classmethod

@@ -47,6 +47,15 @@ def resolve(choice: EventLoopChoice) -> Literal["uvloop", "asyncio"]:
     return "uvloop"
 
 
+def available(choice: EventLoopChoice) -> EventLoopChoice:
+    """``choice`` if this machine can run it (a settings validator: ValueError if not)."""
+    try:
+        resolve(choice)
+    except EventLoopUnavailable as exc:
+        raise ValueError(str(exc)) from exc
+    return choice
+
+
 def new_loop(choice: EventLoopChoice = "auto") -> asyncio.AbstractEventLoop:
     """A new loop of the kind ``choice`` resolves to (for ``web.run_app(loop=...)``: the
     benchmarks' ceilings run on the loop the daemons run on)."""

@@ -269,6 +269,21 @@ def test_blob_values_from_another_writer_neither_block_the_migration_nor_an_answ
         old.close()
 
 
+def watch_fetches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each page fetch ran inside a transaction, in order."""
+    from server.storage import runs
+
+    seen: list[bool] = []
+    real_fetch = runs._fetch
+
+    def watched(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
+        seen.append(conn.in_transaction)
+        return real_fetch(conn, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "_fetch", watched)
+    return seen
+
+
 def test_a_page_with_an_inexact_row_is_read_again_whole_in_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,16 +340,8 @@ def test_a_page_of_exact_rows_takes_no_transaction(
     writer.execute("DELETE FROM agent_runs WHERE run_json IS NULL")  # the inexact ones
     writer.execute("COMMIT")
     reader = open_reader(path, busy_timeout_ms=2000)
-    from server.storage import runs
 
-    seen: list[bool] = []
-    real_fetch = runs._fetch
-
-    def watched(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
-        seen.append(conn.in_transaction)
-        return real_fetch(conn, *args, **kwargs)
-
-    monkeypatch.setattr(runs, "_fetch", watched)
+    seen = watch_fetches(monkeypatch)
     try:
         assert len(stored_objects(reader)) >= 10
         body = query_page_json(reader, RunQuery(limit=100)).body
@@ -367,14 +374,7 @@ def test_an_inexact_row_just_past_the_page_costs_no_second_read(
     writer.execute(
         "UPDATE agent_runs SET metrics_json = ? WHERE id = ?", (FOREIGN_JSON[0], past_id)
     )
-    seen: list[bool] = []
-    real_fetch = runs._fetch
-
-    def watched(conn: sqlite3.Connection, *args: Any, **kwargs: Any) -> list[Any]:
-        seen.append(conn.in_transaction)
-        return real_fetch(conn, *args, **kwargs)
-
-    monkeypatch.setattr(runs, "_fetch", watched)
+    seen = watch_fetches(monkeypatch)
     try:
         assert stored_objects(reader)
         assert reader.execute(
