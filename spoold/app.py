@@ -47,7 +47,7 @@ from spoold.http.state import CONFIG, SIDECAR, Sidecar
 from spoold.identity import load_sidecar_id
 from spoold.state.ledger import Ledger
 from spoold.state.recovery import reconcile
-from spoold.state.runs_index import PRUNE_MAX_ROWS, RunsIndex
+from spoold.state.runs_index import RunsIndex
 from spoold.state.storage import (
     INDEX_FILE,
     Storage,
@@ -62,9 +62,12 @@ from spoold.upstream.status import UpstreamStatus
 log = structlog.get_logger("spoold")
 
 PRUNE_EVERY_S = 60.0
-#: A prune pass that forgot at least ``PRUNE_MAX_ROWS`` runs was cut short by its own
-#: bound: the next one comes after PRUNE_SOON_S.
-PRUNE_SOON_S = 1.0
+#: Not sooner, even after a pass cut short by its row bound (``PRUNE_MAX_ROWS``): each
+#: pass's deletes and WAL copy share the index with the accept path. A pass every second
+#: during a 1M-op drain (eb2eeba) took the accept p99 at 1,000 creates/s from ~20 ms to
+#: 64-172 ms; one every 10 s to 51 ms; every 60 s, 21 ms (bench/spoold_bench.py --rows
+#: 1000000). The cost: at most PRUNE_MAX_ROWS runs forgotten a minute, so a host settling
+#: more than that for long exceeds SPOOLD_INDEX_MAX_MB until its load eases.
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.
@@ -175,16 +178,12 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
     """Forget long-settled runs, and the oldest past the byte bound, so the index stays
     bounded. A failed pass (the index locked too long, the disk full) is logged and tried
-    again at the next: the bound must not end with one error. A pass that did all the
-    work one pass may do goes again soon, so a host settling runs faster than a pass a
-    minute forgets them still stays within the bound."""
-    removed = 0
+    again at the next: the bound must not end with one error."""
     while True:
-        await asyncio.sleep(PRUNE_SOON_S if removed >= PRUNE_MAX_ROWS else PRUNE_EVERY_S)
+        await asyncio.sleep(PRUNE_EVERY_S)
         try:
             removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
         except (sqlite3.Error, OSError) as exc:
-            removed = 0
             log.warning("runs_index_prune_failed", error=repr(exc)[:300])
             continue
         if removed:
