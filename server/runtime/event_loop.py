@@ -67,9 +67,6 @@ def new_loop(choice: EventLoopChoice = "auto") -> asyncio.AbstractEventLoop:
 
 
 def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice) -> T:
-    """``asyncio.run(main)`` on the loop ``choice`` resolves to."""
-    if resolve(choice) == "uvloop":
-        import uvloop
-
-        return uvloop.run(main)
-    return asyncio.run(main)
+    """``asyncio.run(main)`` on a loop made by ``new_loop(choice)``."""
+    with asyncio.Runner(loop_factory=lambda: new_loop(choice)) as runner:
+        return runner.run(main)

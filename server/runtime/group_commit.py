@@ -108,8 +108,9 @@ def _apply(answers: list[_Settle]) -> None:
 def _answer(entries: list[_Entry[Any, Any]], answers: Iterable[Answer[Any]]) -> None:
     """Answer a group with ONE wake-up of each event loop its items wait on.
 
-    One ``call_soon_threadsafe`` per item (a wake-up of the loop each: its self-pipe, or uvloop's async handle) cost a
-    noticeable share of a write's CPU; a group's answers travel together.
+    One ``call_soon_threadsafe`` per item (a wake-up of the loop each: its self-pipe, or
+    uvloop's async handle) cost a noticeable share of a write's CPU; a group's answers
+    travel together.
     """
     by_loop: dict[asyncio.AbstractEventLoop, list[_Settle]] = {}
     for (_, future, loop), (result, error) in zip(entries, answers, strict=True):
