@@ -61,7 +61,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -531,7 +531,7 @@ def executemany_rate(
     params = [to_params(batch, now) for batch in batches]
     rows = sum(len(p) for p in params)
     path = workdir / "baseline.sqlite"
-    shutil.copyfile(template, path)
+    durable_copy(template, path)
     conn = open_db(path, "FULL")
     before = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
     started = time.perf_counter()
@@ -542,8 +542,7 @@ def executemany_rate(
     seconds = time.perf_counter() - started
     stored = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0] - before
     conn.close()
-    for leftover in workdir.glob("baseline.sqlite*"):
-        leftover.unlink()
+    remove_durably(workdir.glob("baseline.sqlite*"))
     if stored != rows:
         raise RuntimeError(f"baseline stored {stored} of {rows} rows")
     return rows / seconds, rows
@@ -1055,9 +1054,7 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     if args.compare_root is not None:
         trees.append(("before", args.compare_root))
     trees.append(("", None))
-    # The ceiling's copy now, flushed: a multi-GB copy made just before its round would be
-    # written back under its commits (the server's copy has its batch and create rounds
-    # before the lifecycle for that).
+    # The ceiling's copy now, flushed (see ``durable_copy``).
     ceiling_db = workdir / "ceiling.sqlite"
     durable_copy(template, ceiling_db)
     baseline: float | None = None
@@ -1106,13 +1103,28 @@ def lifecycle_figures(
 
 
 def durable_copy(source: Path, target: Path) -> None:
-    """Copy a file and fsync the copy, so its write-back is over before it is measured."""
+    """Copy a file and fsync the copy, so its write-back is over before it is measured.
+
+    Every copy a round runs next to is made this way. The kernel writes a dirty file back
+    ~30 s after it was first dirtied (``vm.dirty_expire_centisecs``), or at the next fsync
+    of it: the baseline's 1M-row copy (~1 GB), left dirty just before the creates round,
+    was written back in the middle of the lifecycle round under the server's WAL fsyncs.
+    With the server's checkpoints switched off (to isolate it), that round's max was
+    237 ms with the copies left dirty and 54 ms with them flushed first."""
     shutil.copyfile(source, target)
     fd = os.open(target, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_durably(paths: Iterable[Path]) -> None:
+    """Delete a round's files and sync, so freeing their blocks (journal commits and, on a
+    disk mounted with ``discard``, the discards) is done before the next round starts."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    os.sync()
 
 
 def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -> None:
@@ -1167,9 +1179,7 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
     if not check.ok:
         bench.broken.append(f"ceiling verification: {check.describe()}")
         bench.unverified.append(check.describe())
-    db.unlink(missing_ok=True)
-    for leftover in workdir.glob(f"{db.name}-*"):
-        leftover.unlink()
+    remove_durably([db, *workdir.glob(f"{db.name}-*")])
 
 
 def measure_writes(
@@ -1188,7 +1198,7 @@ def measure_writes(
     rows = args.rows
     tag = f" [{label}: {root}]" if label else ""
     db = workdir / f"writes{'-' + label if label else ''}.sqlite"
-    shutil.copyfile(template, db)
+    durable_copy(template, db)
     server = ServerProcess(
         db,
         workdir / f"server-writes{'-' + label if label else ''}.log",
@@ -1333,9 +1343,7 @@ def measure_writes(
     if not check.ok:
         bench.broken.append(f"verification: {check.describe()}")
         bench.unverified.append(check.describe())
-    db.unlink(missing_ok=True)
-    for leftover in workdir.glob(f"{db.name}-*"):
-        leftover.unlink()
+    remove_durably([db, *workdir.glob(f"{db.name}-*")])
     assert baseline is not None
     return baseline, lifecycle
 
