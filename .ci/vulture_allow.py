@@ -78,6 +78,7 @@ _.empty  # spoold/forward/handoff.py: Slot (the drain stage tests check a slot i
 # -- server/storage/: read by tests only, or read through asdict() ---------------------------
 _.frames_copied  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)
 _.writer_catch_ups  # server/storage/checkpoint.py (tests/server/test_wal_checkpoints.py)
+_.flushes  # server/storage/checkpoint.py (tests/server/test_checkpoint_flush.py)
 _.max_batch_cpu_s  # server/storage/retention.py: PruneReport, answered via asdict()
 _.AFTER_REBUILD  # server/storage/rollups.py (tests/server/test_stats_rollups.py)
 _.percentile  # server/storage/stats.py (tests, bench/loadgen.py, bench/stats_bench.py)

@@ -75,6 +75,8 @@ def commit_times(template: Path, work: Path, mode: str, params: list[tuple[Any, 
     if checkpointer is not None:
         checkpointer.stop()
     conn.close()
+    if checkpointer is not None:
+        checkpointer.close_file()
     for leftover in work.glob(f"{mode}.sqlite*"):
         leftover.unlink()
     times.sort()

@@ -163,6 +163,7 @@ def make_app(db: Path) -> web.Application:
         yield
         await work.worker.close()
         work.checkpointer.stop()
+        work.checkpointer.close_file()  # the writer's connection closed with its worker
 
     app.cleanup_ctx.append(writer)
     return app

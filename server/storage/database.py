@@ -195,6 +195,8 @@ class Database:
             self.checkpointer.stop()
         self.reader.close()
         self.probe.close()
+        if self.checkpointer is not None:  # last: see Checkpointer.close_file
+            self.checkpointer.close_file()
 
     # ---- writes ---------------------------------------------------------------------
 

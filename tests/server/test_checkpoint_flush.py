@@ -1,0 +1,194 @@
+"""The checkpoint thread flushes what each pass copied (``fdatasync`` of the database file)
+on its own thread, so the writer's catch-up never carries a second of dirty pages; its
+descriptor is closed only after the last connection, and a flush that fails or cannot be
+set up changes nothing but speed (see storage.checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from server.contract.models import RunCreate
+from server.storage import checkpoint
+from server.storage.database import Database, StorageSettings
+
+RESTART_PAGES = 200
+PASS_INTERVAL_S = 0.05
+RUNS = 800
+WRITERS = 8
+
+
+def _run(i: int) -> RunCreate:
+    return RunCreate.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "run_id": f"r-{i}",
+            "agent_name": f"agent-{i % 40}",
+            "job_type": "flush",
+            "status": "running",
+            "start_time": "2026-01-12T10:00:00Z",
+            "metrics_json": {"pad": "x" * 1500},  # a page or so a run: the WAL grows fast
+        }
+    )
+
+
+def _open(path: Path) -> Database:
+    return Database.open(
+        StorageSettings(
+            path=path,
+            synchronous="FULL",
+            wal_restart_pages=RESTART_PAGES,
+            checkpoint_interval_s=PASS_INTERVAL_S,
+        )
+    )
+
+
+async def _write(db: Database) -> list[str]:
+    """RUNS creates from WRITERS tasks at once, never pausing: passes run under writes."""
+    acked: list[str] = []
+
+    async def one_writer(first: int) -> None:
+        for i in range(first, RUNS, WRITERS):
+            run = _run(i)
+            assert await db.create(run)
+            acked.append(run.event_id)
+
+    await asyncio.wait_for(asyncio.gather(*(one_writer(w) for w in range(WRITERS))), 120)
+    return acked
+
+
+def _stored(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {row[0] for row in conn.execute("SELECT event_id FROM agent_runs")}
+    finally:
+        conn.close()
+
+
+def _descriptors_on(path: Path) -> list[str]:
+    """This process's open descriptors on the file (by /proc/self/fd)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed since listed
+        if target == str(path):
+            found.append(name)
+    return found
+
+
+@pytest.mark.timeout(180)
+async def test_every_pass_is_flushed_by_the_thread_and_the_descriptor_closed_last(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.sqlite"
+    db = _open(path)
+    checkpointer = db.checkpointer
+    assert checkpointer is not None
+    closed_while_connected: list[bool] = []
+    real_close = db.probe.close
+
+    def probe_close() -> None:  # the last connection: the flush descriptor must be open yet
+        closed_while_connected.append(checkpointer._db_fd is None)
+        real_close()
+
+    db.probe.close = probe_close  # type: ignore[method-assign]
+    try:
+        assert _descriptors_on(path), "no descriptor for the flushes"
+        acked = await _write(db)
+    finally:
+        await db.close()
+    stats = checkpointer.stats
+    assert stats.passes > 0, stats
+    assert stats.flushes > 0, stats
+    assert stats.flushes <= stats.passes
+    assert stats.failures == 0
+    assert closed_while_connected == [False], "closed before the database's last connection"
+    assert checkpointer._db_fd is None
+    # Only the descriptor of ours is checked: SQLite's are closed with their connections.
+    assert not _descriptors_on(path), "the flush descriptor outlived the database"
+    assert set(acked) <= _stored(path)
+
+
+def test_close_file_waits_for_a_thread_still_running(tmp_path: Path) -> None:
+    """``stop`` may time out with a pass under way: that pass may still flush, so the
+    descriptor is not closed (nor its number reused) under it."""
+    path = tmp_path / "busy.sqlite"
+    sqlite3.connect(path).close()
+    cp = checkpoint.Checkpointer(path, synchronous="FULL", busy_timeout_ms=100)
+    cp.start()
+    try:
+        fd = cp._db_fd
+        assert fd is not None
+        cp.close_file()  # the thread is alive: refused
+        assert cp._db_fd == fd
+        assert str(fd) in _descriptors_on(path)  # still open
+    finally:
+        cp.stop()
+        cp.close_file()
+    assert cp._db_fd is None
+    assert not _descriptors_on(path)
+
+
+@pytest.mark.timeout(180)
+async def test_a_failing_flush_loses_nothing_and_keeps_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO from the flush (a disk going bad): the pass goes on, SQLite's own syncs still
+    decide durability, nothing acknowledged is lost and the WAL still starts over."""
+    failures = 0
+
+    def failing_fdatasync(fd: int) -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "fdatasync", failing_fdatasync)
+    path = tmp_path / "eio.sqlite"
+    db = _open(path)
+    try:
+        acked = await _write(db)
+        checkpointer = db.checkpointer
+        assert checkpointer is not None
+    finally:
+        await db.close()
+    assert failures > 0
+    assert checkpointer.stats.flushes == 0
+    assert checkpointer.stats.failures == 0  # the thread did not stop
+    assert checkpointer.stats.writer_catch_ups >= 1  # the WAL was started over
+    assert set(acked) <= _stored(path)
+
+
+@pytest.mark.timeout(180)
+async def test_no_descriptor_means_no_flush_and_nothing_else_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database file cannot be opened again (e.g. a descriptor limit): passes go on
+    without the flush."""
+    real_open = os.open
+    path = tmp_path / "nofd.sqlite"
+
+    def refusing_open(file: str | os.PathLike[str], flags: int, *args: int) -> int:
+        if Path(file) == path:
+            raise OSError(24, "Too many open files")
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(checkpoint.os, "open", refusing_open)
+    db = _open(path)
+    try:
+        checkpointer = db.checkpointer
+        assert checkpointer is not None
+        assert checkpointer._db_fd is None
+        acked = await _write(db)
+    finally:
+        await db.close()
+    assert checkpointer.stats.passes > 0
+    assert checkpointer.stats.flushes == 0
+    assert checkpointer.stats.failures == 0
+    assert set(acked) <= _stored(path)
