@@ -161,9 +161,10 @@ def make_app(db: Path) -> web.Application:
         work.worker.start()
         freeze_start_up_heap()  # as the server does once it is up
         yield
-        await work.worker.close()
+        closed = await work.worker.close()
         work.checkpointer.stop()
-        work.checkpointer.close_file()  # the writer's connection closed with its worker
+        if closed:  # the writer's connection closed with its thread
+            work.checkpointer.close_file()
 
     app.cleanup_ctx.append(writer)
     return app

@@ -9,21 +9,26 @@ own connection, on the same ``synchronous`` setting (so the database file is
 fsynced before any WAL frame can be overwritten), copies the WAL in PASSIVE
 mode: it never takes the write lock, so commits go on while it copies. It
 copies once per ``interval_s`` (a second) while commits go on, and what is left
-once writes pause. It never looks at the WAL or its index through a file
-descriptor of its own: closing any descriptor of a database file releases every
-POSIX lock this process holds on it (SQLite's connections' included), and another
-process opening the database would then re-initialise the shared-memory index
-under our feet (SIGBUS, or worse). Only SQLite touches those files.
+once writes pause. It never opens the WAL or its shared-memory index: closing any
+descriptor of a database file releases every POSIX lock this process holds on it
+(SQLite's connections' included), and another process opening the database would then
+re-initialise the index under our feet (SIGBUS, or worse). It learns their state only
+from SQLite's answers.
 
-It does flush what each pass copied, with ``fdatasync`` on a read-only descriptor of the
-main database file. SQLite fsyncs that file only after a pass that copied every frame in
-the WAL; under continuous writes a pass rarely does (a commit lands during the copy), so
-every page copied since the last complete pass stayed dirty until the writer's catch-up
-(below), the one pass that is always complete: at 1M rows ~50 MB flushed on the writer's
-thread, 100-120 ms with a group of requests waiting on it. The descriptor is opened at
-``start`` and closed by ``close_file`` only after this process's last connection to the
-database has closed (closing it would release their locks on that file). The flush takes
-nothing from durability and adds nothing to it: SQLite's own syncs are unchanged.
+It does hold one read-only descriptor of the main database file, to flush what a pass
+copied (``fdatasync``). SQLite fsyncs that file only after a pass that copied every frame
+in the WAL; under continuous writes a pass rarely does (a commit lands during the copy),
+so every page copied since the last complete pass stayed dirty until the writer's
+catch-up (below), the one pass that is always complete: at 1M rows ~50 MB flushed on the
+writer's thread, 100-120 ms with a group of requests waiting on it. The descriptor is
+opened at ``start`` and closed by ``close_file`` only once the writer and every other
+connection of this process to the database have closed (closing it earlier would release
+their locks on that file); when that cannot be known, it is left to the process's exit.
+SQLite's own syncs are unchanged. A flush that fails stops checkpoints for good, as a
+failed fsync stops the writer (``server.sqlite.wal_sync``): the kernel may have dropped
+the pages it could not write, and a later sync that succeeds would let SQLite start the
+WAL over on top of them. The frames stay in the WAL, which grows until a restart replays
+it.
 
 A PASSIVE checkpoint alone does not bound the WAL: SQLite starts the WAL over
 from its beginning only when a write transaction begins with every frame
@@ -102,6 +107,14 @@ class CheckpointStats:
     longest_flush_s: float = 0.0
 
 
+class FlushFailed(Exception):
+    """fdatasync of the database file failed: no further pass may trust the file."""
+
+
+#: ``os.fdatasync`` where there is one (Linux), else ``os.fsync``.
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
 class Checkpointer:
     """Copies the WAL into the database off the writer thread; see the module docstring."""
 
@@ -127,11 +140,13 @@ class Checkpointer:
         self._catch_up_since = 0.0
         self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
         self._db_fd: int | None = None
+        self._halted = False  # a flush failed: no pass, and no catch-up, ever again
+        self._flushed_up_to = 0  # frames copied at the last flush
         self.stats = CheckpointStats()
 
     def start(self) -> None:
         try:
-            self._db_fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._db_fd = os.open(self._path, os.O_RDONLY)  # not inherited (PEP 446)
         except OSError as exc:  # passes go on; SQLite's syncs flush what they copy
             log.warning("db_checkpoint_flush_unavailable", error=str(exc))
         self._thread.start()
@@ -144,14 +159,18 @@ class Checkpointer:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def close_file(self) -> None:
-        """Close the descriptor the flushes use, after ``stop`` and after every connection
-        of this process to the database has closed (closing it releases their locks)."""
+    def close_file(self) -> bool:
+        """Close the descriptor the flushes use; call it after ``stop`` and only once
+        every connection of this process to the database has closed (closing it releases
+        their locks). Whether it was closed: not while a pass may still run (``stop``
+        timed out); then it is left to the process's exit."""
         if self._thread.is_alive():
-            return  # a pass still running (stop timed out) may flush with it
+            log.warning("db_checkpoint_file_left_open", reason="a pass is still running")
+            return False
         fd, self._db_fd = self._db_fd, None
         if fd is not None:
             os.close(fd)
+        return True
 
     # ---- the writer's side ------------------------------------------------------------
 
@@ -162,7 +181,7 @@ class Checkpointer:
     def catch_up_now(self, *, idle: bool) -> bool:
         """Whether the writer should catch up now: it is due, and the writer is idle (no
         group waits behind it) or it has been due for ``CATCH_UP_WITHIN_S`` already."""
-        if not self._catch_up.is_set():
+        if not self._catch_up.is_set() or self._halted:
             return False
         overdue = time.monotonic() - self._catch_up_since >= CATCH_UP_WITHIN_S
         return idle or overdue
@@ -207,6 +226,11 @@ class Checkpointer:
                     self._chase(conn)
                     last_pass, written = time.monotonic(), False
                 self._stopping.wait(POLL_S)
+        except FlushFailed as exc:
+            self._halted = True
+            self._catch_up.clear()
+            self.stats.failures += 1
+            log.error("db_checkpoints_stopped_after_failed_flush", error=str(exc))
         except Exception as exc:  # never take the server down: SQLite would still work
             self.stats.failures += 1
             log.exception("db_checkpointer_stopped", error=str(exc))
@@ -228,7 +252,12 @@ class Checkpointer:
         """One PASSIVE checkpoint: (frames in the WAL, frames copied so far)."""
         started = time.perf_counter()
         busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self._flush()
+        if copied > 0 and copied != self._flushed_up_to:
+            # It copied something. SQLite synced it only if no commit landed meanwhile
+            # (it compares with the WAL's end as it is now, which the answer does not
+            # show): flush (nearly free after a pass SQLite did sync).
+            self._flush()
+            self._flushed_up_to = copied
         self.stats.passes += 1
         self.stats.wal_frames = max(int(wal_frames), 0)
         if busy:
@@ -242,16 +271,16 @@ class Checkpointer:
         return max(int(wal_frames), 0), max(int(copied), 0)
 
     def _flush(self) -> None:
-        """fdatasync what the pass copied (see the module docstring)."""
+        """fdatasync what the pass copied (see the module docstring); FlushFailed if it
+        fails."""
         fd = self._db_fd
         if fd is None:
             return
         started = time.perf_counter()
         try:
-            os.fdatasync(fd)
-        except OSError as exc:  # SQLite's own sync still comes, as without this flush
-            log.warning("db_checkpoint_flush_failed", error=str(exc))
-            return
+            _fdatasync(fd)
+        except OSError as exc:
+            raise FlushFailed(f"fdatasync of {self._path}: {exc}") from exc
         self.stats.flushes += 1
         self.stats.longest_flush_s = max(self.stats.longest_flush_s, time.perf_counter() - started)
 

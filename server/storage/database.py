@@ -190,12 +190,13 @@ class Database:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let the writer finish its queue (for at most timeout_s), then close."""
-        await self.writer.close(timeout_s)
+        writer_closed = await self.writer.close(timeout_s)
         if self.checkpointer is not None:
             self.checkpointer.stop()
         self.reader.close()
         self.probe.close()
-        if self.checkpointer is not None:  # last: see Checkpointer.close_file
+        # Last, and only once the writer's connection is closed: see Checkpointer.close_file.
+        if self.checkpointer is not None and writer_closed:
             self.checkpointer.close_file()
 
     # ---- writes ---------------------------------------------------------------------

@@ -110,9 +110,10 @@ class Writer(GroupWork[_Op, Any]):
         finally:
             self.pending -= 1
 
-    async def close(self, timeout_s: float = 10.0) -> None:
-        """Finish queued work, optimise and close the connection."""
-        await self._worker.close(timeout_s)
+    async def close(self, timeout_s: float = 10.0) -> bool:
+        """Finish queued work, optimise and close the connection; whether the thread (and
+        so its connection) ended within ``timeout_s``."""
+        return await self._worker.close(timeout_s)
 
     # ---- writer thread (GroupWork) ----------------------------------------------------
 
