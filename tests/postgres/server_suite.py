@@ -55,6 +55,7 @@ ON_BOTH: tuple[str, ...] = (
 
 #: Modules about SQLite itself: its file, writer thread, readers, SQL and migrations.
 SQLITE_ONLY_MODULES: dict[str, str] = {
+    "test_checkpoint_flush": "SQLite's checkpoint thread flushing the main file it copied into",
     "test_contention": "a second sqlite3 connection holds the file's write lock",
     "test_export_close_race": "SQLite's Export closing its connection under a running"
     " statement (the SIGSEGV); PostgreSQL's export runs test_export on both",
