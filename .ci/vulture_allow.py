@@ -102,3 +102,6 @@ _.dead_lettered_per_s
 # -- PostgreSQL backend (issue 13): used by tests until it is wired into the app -------------
 _._both_conform  # server/postgres/store.py: never called, mypy checks both backends against RunStore
 _.active  # server/postgres/ratelimit.py Grant: replicas sharing a client (tests/postgres/test_pg_rate_limit_store.py)
+
+# -- checkpoint flushes: read by tests (tests/server/test_checkpoint_flush.py) ------------------
+_.holds_file  # server/storage/checkpoint.py: whether the flush descriptor is still open

@@ -15,20 +15,16 @@ descriptor of a database file releases every POSIX lock this process holds on it
 re-initialise the index under our feet (SIGBUS, or worse). It learns their state only
 from SQLite's answers.
 
-It does hold one read-only descriptor of the main database file, to flush what a pass
-copied (``fdatasync``). SQLite fsyncs that file only after a pass that copied every frame
-in the WAL; under continuous writes a pass rarely does (a commit lands during the copy),
-so every page copied since the last complete pass stayed dirty until the writer's
-catch-up (below), the one pass that is always complete: at 1M rows ~50 MB flushed on the
-writer's thread, 100-120 ms with a group of requests waiting on it. The descriptor is
-opened at ``start`` and closed by ``close_file`` only once the writer and every other
-connection of this process to the database have closed (closing it earlier would release
-their locks on that file); when that cannot be known, it is left to the process's exit.
-SQLite's own syncs are unchanged. A flush that fails stops checkpoints for good, as a
-failed fsync stops the writer (``server.sqlite.wal_sync``): the kernel may have dropped
-the pages it could not write, and a later sync that succeeds would let SQLite start the
-WAL over on top of them. The frames stay in the WAL, which grows until a restart replays
-it.
+It does hold one read-only descriptor of the main database file, to flush what each pass
+copied (``server.sqlite.db_flush``): SQLite fsyncs that file only after a pass that copied
+every frame, so under continuous writes every page copied since the last complete pass
+stayed dirty until the writer's catch-up (below), the one pass that is always complete:
+at 1M rows ~50 MB flushed on the writer's thread, 100-120 ms with a group of requests
+waiting on it. The descriptor is opened at ``start`` and closed by ``close_file`` only
+once the writer and every other connection of this process to the database have closed;
+when that cannot be known, it is left to the process's exit. A flush that fails stops
+checkpoints for good, as a failed fsync stops the writer (``server.sqlite.wal_sync``).
+The frames stay in the WAL, which grows until a restart replays it.
 
 A PASSIVE checkpoint alone does not bound the WAL: SQLite starts the WAL over
 from its beginning only when a write transaction begins with every frame
@@ -51,7 +47,6 @@ to be replayed at the next open.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -61,6 +56,7 @@ from pathlib import Path
 import structlog
 
 from server.sqlite.connect import connect
+from server.sqlite.db_flush import DatabaseFlush, FlushFailed
 
 log = structlog.get_logger("server.checkpoint")
 
@@ -107,14 +103,6 @@ class CheckpointStats:
     longest_flush_s: float = 0.0
 
 
-class FlushFailed(Exception):
-    """fdatasync of the database file failed: no further pass may trust the file."""
-
-
-#: ``os.fdatasync`` where there is one (Linux), else ``os.fsync``.
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-
-
 class Checkpointer:
     """Copies the WAL into the database off the writer thread; see the module docstring."""
 
@@ -139,17 +127,19 @@ class Checkpointer:
         self._catch_up = threading.Event()
         self._catch_up_since = 0.0
         self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
-        self._db_fd: int | None = None
+        self._db_file: DatabaseFlush | None = None
         self._halted = False  # a flush failed: no pass, and no catch-up, ever again
         self._flushed_up_to = 0  # frames copied at the last flush
         self.stats = CheckpointStats()
 
     def start(self) -> None:
-        try:
-            self._db_fd = os.open(self._path, os.O_RDONLY)  # not inherited (PEP 446)
-        except OSError as exc:  # passes go on; SQLite's syncs flush what they copy
-            log.warning("db_checkpoint_flush_unavailable", error=str(exc))
+        self._db_file = DatabaseFlush(self._path)
         self._thread.start()
+
+    @property
+    def holds_file(self) -> bool:
+        """Whether its descriptor of the database file is open (``close_file``)."""
+        return self._db_file is not None and self._db_file.is_open
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the pass under way (if any) and close the connection. The database file's
@@ -167,9 +157,8 @@ class Checkpointer:
         if self._thread.is_alive():
             log.warning("db_checkpoint_file_left_open", reason="a pass is still running")
             return False
-        fd, self._db_fd = self._db_fd, None
-        if fd is not None:
-            os.close(fd)
+        if self._db_file is not None:
+            self._db_file.close()
         return True
 
     # ---- the writer's side ------------------------------------------------------------
@@ -273,16 +262,10 @@ class Checkpointer:
     def _flush(self) -> None:
         """fdatasync what the pass copied (see the module docstring); FlushFailed if it
         fails."""
-        fd = self._db_fd
-        if fd is None:
-            return
-        started = time.perf_counter()
-        try:
-            _fdatasync(fd)
-        except OSError as exc:
-            raise FlushFailed(f"fdatasync of {self._path}: {exc}") from exc
-        self.stats.flushes += 1
-        self.stats.longest_flush_s = max(self.stats.longest_flush_s, time.perf_counter() - started)
+        seconds = None if self._db_file is None else self._db_file.flush()
+        if seconds is not None:
+            self.stats.flushes += 1
+            self.stats.longest_flush_s = max(self.stats.longest_flush_s, seconds)
 
     def _chase(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL; past ``restart_frames``, copy again while each pass leaves the

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from server.contract.models import RunCreate
-from server.storage import checkpoint
+from server.sqlite import db_flush
 from server.storage.database import Database, StorageSettings
 
 RESTART_PAGES = 200
@@ -97,7 +97,7 @@ async def test_every_pass_is_flushed_by_the_thread_and_the_descriptor_closed_las
     real_close = db.probe.close
 
     def probe_close() -> None:  # the last connection: the flush descriptor must be open yet
-        closed_while_connected.append(checkpointer._db_fd is None)
+        closed_while_connected.append(not checkpointer.holds_file)
         real_close()
 
     db.probe.close = probe_close  # type: ignore[method-assign]
@@ -112,7 +112,7 @@ async def test_every_pass_is_flushed_by_the_thread_and_the_descriptor_closed_las
     assert stats.flushes <= stats.passes
     assert stats.failures == 0
     assert closed_while_connected == [False], "closed before the database's last connection"
-    assert checkpointer._db_fd is None
+    assert not checkpointer.holds_file
     # Only the descriptor of ours is checked: SQLite's are closed with their connections.
     assert not _descriptors_on(path), "the flush descriptor outlived the database"
     assert set(acked) <= _stored(path)
@@ -129,7 +129,7 @@ async def test_close_file_refuses_while_a_pass_still_runs(
         entered.set()
         release.wait(30)
 
-    monkeypatch.setattr(checkpoint, "_fdatasync", stuck_fdatasync)
+    monkeypatch.setattr(db_flush, "_fdatasync", stuck_fdatasync)
     path = tmp_path / "stuck.sqlite"
     db = _open(path)
     checkpointer = db.checkpointer
@@ -138,10 +138,8 @@ async def test_close_file_refuses_while_a_pass_still_runs(
         writes = asyncio.ensure_future(_write(db))
         assert await asyncio.to_thread(entered.wait, 60), "no pass flushed"
         checkpointer.stop(timeout_s=0.05)
-        fd = checkpointer._db_fd
-        assert fd is not None
         assert checkpointer.close_file() is False
-        assert str(fd) in _descriptors_on(path)  # still open, still ours
+        assert checkpointer.holds_file  # still open: no other file can take its number
     finally:
         release.set()
         acked = await writes
@@ -166,7 +164,7 @@ async def test_a_failed_flush_stops_checkpoints_for_good_and_loses_nothing(
         calls += 1
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoint, "_fdatasync", failing_fdatasync)
+    monkeypatch.setattr(db_flush, "_fdatasync", failing_fdatasync)
     path = tmp_path / "eio.sqlite"
     db = _open(path)
     checkpointer = db.checkpointer
@@ -201,12 +199,12 @@ async def test_no_descriptor_means_no_flush_and_nothing_else_changes(
             raise OSError(24, "Too many open files")
         return real_open(file, flags, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint.os, "open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)
     db = _open(path)
     try:
         checkpointer = db.checkpointer
         assert checkpointer is not None
-        assert checkpointer._db_fd is None
+        assert not checkpointer.holds_file
         acked = await _write(db)
     finally:
         await db.close()
