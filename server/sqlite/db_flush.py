@@ -39,9 +39,8 @@ CLOSE_WAIT_S = 1.0
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
-class FlushFailed(OSError):
-    """fdatasync of the database file failed: no further checkpoint may trust the file
-    (an I/O error: callers that handle ``OSError`` handle it too)."""
+class FlushFailed(Exception):
+    """fdatasync of the database file failed: no further checkpoint may trust the file."""
 
 
 class DatabaseFlush:
@@ -61,11 +60,6 @@ class DatabaseFlush:
     @property
     def is_open(self) -> bool:
         return self._fd is not None
-
-    @property
-    def failed(self) -> bool:
-        """Whether a flush failed (every later one fails too: copy nothing more)."""
-        return self._failed is not None
 
     def flush(self) -> float | None:
         """fdatasync the file; how long it took (None: no descriptor, nothing done).

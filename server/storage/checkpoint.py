@@ -130,6 +130,7 @@ class Checkpointer:
         self._db_file: DatabaseFlush | None = None
         self._halted = False  # a flush failed: no pass, and no catch-up, ever again
         self._flushed_up_to = 0  # frames copied at the last flush
+        self._flushed_wal_frames = 0  # and the WAL's length then (shorter later: restarted)
         self.stats = CheckpointStats()
 
     def start(self) -> None:
@@ -241,12 +242,13 @@ class Checkpointer:
         """One PASSIVE checkpoint: (frames in the WAL, frames copied so far)."""
         started = time.perf_counter()
         busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if copied > 0 and copied != self._flushed_up_to:
+        restarted = wal_frames < self._flushed_wal_frames  # copied counts from 0 again
+        if copied > 0 and (copied != self._flushed_up_to or restarted):
             # It copied something. SQLite synced it only if no commit landed meanwhile
             # (it compares with the WAL's end as it is now, which the answer does not
             # show): flush (nearly free after a pass SQLite did sync).
             self._flush()
-            self._flushed_up_to = copied
+            self._flushed_up_to, self._flushed_wal_frames = copied, wal_frames
         self.stats.passes += 1
         self.stats.wal_frames = max(int(wal_frames), 0)
         if busy:

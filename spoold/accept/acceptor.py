@@ -38,7 +38,6 @@ from typing import Any
 import structlog
 
 from server.runtime.group_commit import Answer, GroupCommit, GroupWork
-from server.sqlite.db_flush import DatabaseFlush
 from server.sqlite.errors import is_disk_full
 from spoold.accept.slow_commits import CommitTimer
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
@@ -127,11 +126,8 @@ class Acceptor(GroupWork[_Write, Accepted]):
         max_group: int = 512,
         on_commit: Callable[[int, float], None] | None = None,
         checkpoint_every_bytes: int | None = INDEX_CHECKPOINT_BYTES,
-        index_flush: DatabaseFlush | None = None,
     ) -> None:
         self._spool = spool
-        #: Flushes what the index's checkpoints copy (owned by whoever opened the index).
-        self._index_flush = index_flush
         self._on_commit = on_commit
         self._index = index
         self._ledger = ledger
@@ -166,7 +162,6 @@ class Acceptor(GroupWork[_Write, Accepted]):
                 self._checkpoint_every,
                 name="index-checkpoint",
                 restart_frames=INDEX_RESTART_FRAMES,
-                flush=self._index_flush,
             )
             self._timer.index_checkpoints = self._checkpointer
         self._worker.start()

@@ -19,13 +19,6 @@ between (then the next pass asks again). Without this the WAL grew for as long a
 writes went on, and the commit that finally restarted it truncated the whole file
 (``journal_size_limit``) inside the writer's commit: most likely the 240 ms accept
 commit (150 ms of it CPU) seen in ``bench/spoold_accept.py``.
-
-Given a ``DatabaseFlush`` of the file (``server.sqlite.db_flush``), each pass that copied
-something is flushed here: SQLite fsyncs the database only after a complete pass, so
-without it the pages of every partial pass stayed dirty until the next complete one,
-often the writer's own copy (or a commit's auto-checkpoint) with a group waiting on it.
-A flush that fails stops this thread's passes and the writer's restarts for good (the
-kernel may have dropped the pages: see that module); the WAL then grows until a restart.
 """
 
 from __future__ import annotations
@@ -37,7 +30,6 @@ from pathlib import Path
 
 import structlog
 
-from server.sqlite.db_flush import DatabaseFlush, FlushFailed
 from spoold.pauses import BusyClock
 from spoold.spool import store
 
@@ -63,14 +55,8 @@ class WalCheckpointer:
         *,
         name: str = "spool-checkpoint",
         restart_frames: int | None = None,
-        flush: DatabaseFlush | None = None,
     ) -> None:
         self._every = every_bytes
-        self._flush = flush
-        #: Frames copied at the last flush (a pass that copied no more needs none).
-        self._flushed_up_to = 0
-        #: A flush failed: no pass, and no restart by the writer, ever again.
-        self.halted = False
         self._restart_frames = restart_frames
         #: monotonic time since which the writer should copy the rest; 0.0: not due.
         self._restart_due_since = 0.0
@@ -107,7 +93,7 @@ class WalCheckpointer:
                 return
             self.busy.start()
             try:
-                frames, copied = self._pass()
+                frames, copied = store.checkpoint(self._conn)
                 limit = self._restart_frames
                 if limit is not None and frames >= limit and not self._restart_due_since:
                     frames = self._chase(copied)
@@ -115,24 +101,8 @@ class WalCheckpointer:
                         self._restart_due_since = time.monotonic()
             except sqlite3.Error as exc:  # the puts are committed; this only bounds the WAL
                 log.warning("wal_checkpoint_failed", thread=self._name, error=str(exc))
-            except FlushFailed as exc:
-                self.halted = True
-                self._restart_due_since = 0.0
-                log.error(
-                    "wal_checkpoints_stopped_after_failed_flush", thread=self._name, error=str(exc)
-                )
-                return
             finally:
                 self.busy.stop()
-
-    def _pass(self) -> tuple[int, int]:
-        """One PASSIVE checkpoint, then a flush of what it copied if that is new (SQLite
-        synced it only if the pass was complete): (frames in the WAL, frames copied)."""
-        frames, copied = store.checkpoint(self._conn)
-        if self._flush is not None and copied > 0 and copied != self._flushed_up_to:
-            self._flush.flush()
-            self._flushed_up_to = copied
-        return frames, copied
 
     def _chase(self, backfilled: int) -> int:
         """Pass again while each pass copies more than ``CHASE_FRAMES`` new frames (the
@@ -141,7 +111,7 @@ class WalCheckpointer:
         frames = 0
         for _ in range(MAX_CHASE_PASSES):
             before = backfilled
-            frames, backfilled = self._pass()
+            frames, backfilled = store.checkpoint(self._conn)
             if frames < before:  # the WAL started over meanwhile
                 return frames
             if backfilled - before <= CHASE_FRAMES:
@@ -152,7 +122,7 @@ class WalCheckpointer:
         """Whether the writer should copy the WAL's last frames now: a restart is due and
         the writer is idle, or it has been due for ``RESTART_WITHIN_S``."""
         since = self._restart_due_since
-        if not since or self.halted:
+        if not since:
             return False
         return idle or time.monotonic() - since >= RESTART_WITHIN_S
 
@@ -165,13 +135,9 @@ class WalCheckpointer:
         under way): try again once it is overdue, not at every group."""
         self._restart_due_since = time.monotonic()
 
-    def close(self, timeout_s: float = 10.0) -> bool:
-        """Stop the thread and close its connection; whether the thread ended (else a
-        pass still runs: the connection, and the flush's descriptor, stay open)."""
+    def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True
         self._due.set()
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            return False
-        self._conn.close()
-        return True
+        if not self._thread.is_alive():
+            self._conn.close()

@@ -29,7 +29,6 @@ from typing import Any
 
 import structlog
 
-from server.sqlite.db_flush import DatabaseFlush
 from server.sqlite.wal_sync import WalSync
 from spoold.config import SPOOL_BUSY_TIMEOUT_MS
 from spoold.spool import layout, prescan, repair, store, totals
@@ -83,7 +82,6 @@ class Spool:
         self._queue: Any = None
         self._side: Any = None
         self._checkpointer: WalCheckpointer | None = None
-        self._db_flush: DatabaseFlush | None = None
         self._reader: Reader | None = None
         self._depth = Depth()
         self._capacity = Capacity(
@@ -123,10 +121,8 @@ class Spool:
             self._put_lock.relax(
                 [*self._queue.connections, self._side], autocheckpoint_pages=int(pages)
             )
-            # Opened on the file open_queue kept (a corrupt one was renamed away).
-            self._db_flush = DatabaseFlush(self._db_path)
             self._checkpointer = WalCheckpointer(
-                self._db_path, busy_timeout_ms, WAL_CHECKPOINT_BYTES, flush=self._db_flush
+                self._db_path, busy_timeout_ms, WAL_CHECKPOINT_BYTES
             )
             self.identity = store.spool_identity(self._side)
             repair.recount(self._side, self._depth)
@@ -369,18 +365,12 @@ class Spool:
                 self._housekeeper.maintain(self._queue, self._side)
                 self._queue.close()
                 self._queue = None
-            checkpoints_ended = True
             if self._checkpointer is not None:
-                checkpoints_ended = self._checkpointer.close()
+                self._checkpointer.close()
                 self._checkpointer = None
             if self._side is not None:
                 self._side.close()
                 self._side = None
-            # Last of the file's descriptors: closing it releases this process's locks on
-            # the file (``server.sqlite.db_flush``); not under a pass still running.
-            if self._db_flush is not None and checkpoints_ended:
-                self._db_flush.close()
-                self._db_flush = None
             self._wal_sync.close()
             if self._lock_fd >= 0:
                 layout.release_lock(self._lock_fd)

@@ -47,7 +47,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -612,31 +612,22 @@ class RunsIndex:
             raise
 
     def prune(
-        self,
-        *,
-        keep_s: float,
-        max_bytes: int | None = None,
-        max_rows: int = PRUNE_MAX_ROWS,
-        after_slice: Callable[[], None] | None = None,
+        self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = PRUNE_MAX_ROWS
     ) -> int:
         """Forget settled runs not touched for keep_s seconds, then, while the index holds
         more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
         operations pending is never forgotten: the bound is over settled runs).
-        ``after_slice`` is called after each committed slice, with no lock held (the
-        pruner paces its write-out there: ``spoold.state.prune_pacing``).
 
         Its commits are not fsync'd: give it a connection no other thread settles on."""
         cutoff = time.time() - keep_s
         removed = self._delete_settled(
-            "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows, after_slice
+            "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
         )
         if max_bytes is not None:
-            removed += self._prune_to(max_bytes, max_rows=max_rows * 10, after_slice=after_slice)
+            removed += self._prune_to(max_bytes, max_rows=max_rows * 10)
         return removed
 
-    def _prune_to(
-        self, max_bytes: int, *, max_rows: int, after_slice: Callable[[], None] | None
-    ) -> int:
+    def _prune_to(self, max_bytes: int, *, max_rows: int) -> int:
         """Forget the oldest settled runs until the used pages fit 90% of ``max_bytes``: a
         few passes, each forgetting the rows the excess is estimated to hold (from the mean
         row's share of the used bytes), at most ``max_rows`` in all."""
@@ -649,20 +640,14 @@ class RunsIndex:
             excess = used - int(max_bytes * 0.9)
             count = min(max_rows - removed, max(100, -(-excess * rows // used)))
             deleted = self._delete_settled(
-                "WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count, after_slice
+                "WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count
             )
             if deleted <= 0:  # only pending runs left: the backlog, not bounded here
                 break
             removed += deleted
         return removed
 
-    def _delete_settled(
-        self,
-        where: str,
-        params: tuple[Any, ...],
-        count: int,
-        after_slice: Callable[[], None] | None = None,
-    ) -> int:
+    def _delete_settled(self, where: str, params: tuple[Any, ...], count: int) -> int:
         """Delete up to ``count`` runs chosen by ``where`` (ending in ``LIMIT ?``), in short
         write transactions of at most ``PRUNE_SLICE_ROWS``: the accept path never waits
         behind a long delete."""
@@ -683,8 +668,6 @@ class RunsIndex:
                 removed += max(0, int(cursor.rowcount))
                 if cursor.rowcount < limit:
                     break
-                if after_slice is not None:
-                    after_slice()
         return removed
 
     @contextlib.contextmanager

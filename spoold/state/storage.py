@@ -36,7 +36,6 @@ from pathlib import Path
 import structlog
 
 from server.sqlite.connect import connect
-from server.sqlite.db_flush import DatabaseFlush
 from spoold.spool import DeadLetterStore, Spool
 from spoold.spool.integrity import SetAside, check_file, open_or_set_aside
 from spoold.spool.layout import DB_FILE
@@ -65,16 +64,11 @@ class Storage:
     drain_index: RunsIndex
     #: The HTTP reads'.
     reader_index: RunsIndex
-    #: Flushes what the index's checkpoints copy (``server.sqlite.db_flush``); closed
-    #: after the index's connections (closing it releases their locks on the file).
-    index_flush: DatabaseFlush | None = None
 
     def close(self) -> None:
         """Close the index connections, then the dead-letter store, then the spool."""
         for index in (self.accept_index, self.drain_index, self.reader_index):
             index.close()
-        if self.index_flush is not None:
-            self.index_flush.close()
         self.dead_letters.close()
         self.spool.close()
 
@@ -151,9 +145,7 @@ def open_storage(
         drain_index.wal_autocheckpoint(0)
         reader_index = RunsIndex(spool_dir / INDEX_FILE)
         opened.append(reader_index)
-        # On the index file open_index kept (a damaged one was set aside, renamed).
-        index_flush = DatabaseFlush(index_path)
-        return Storage(spool, dead_letters, index, drain_index, reader_index, index_flush)
+        return Storage(spool, dead_letters, index, drain_index, reader_index)
     except BaseException:
         for thing in opened:
             thing.close()

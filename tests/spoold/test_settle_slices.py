@@ -21,12 +21,12 @@ import pytest
 from spool_helpers import SpoolFactory, accept
 from structlog.testing import capture_logs
 
+from spoold import app as spoold_app
 from spoold.forward import record as record_module
 from spoold.forward.handoff import LocalFaults, Slot, StopClock
 from spoold.forward.record import RecordStage
 from spoold.forward.rounds import Delivered, DrainStats
-from spoold.state import index_pruner, runs_index
-from spoold.state.index_pruner import IndexPruner
+from spoold.state import runs_index
 from spoold.state.ledger import Counts, Ledger
 from spoold.state.recovery import reconcile
 from spoold.state.runs_index import RunsIndex, Settling
@@ -413,7 +413,7 @@ async def test_the_pruner_outlives_a_failed_pass(
     and is logged, and the next pass, once the lock is gone, forgets the settled runs (the
     task used to end at the first error, and the index's bound with it)."""
     monkeypatch.setattr(runs_index, "INDEX_BUSY_TIMEOUT_MS", 50)
-    monkeypatch.setattr(index_pruner, "PRUNE_EVERY_S", 0.05)
+    monkeypatch.setattr(spoold_app, "PRUNE_EVERY_S", 0.05)
     index = open_index(indexes, index_path, yields=True)
     index.begin()
     for i in range(10):
@@ -423,8 +423,7 @@ async def test_the_pruner_outlives_a_failed_pass(
     other = sqlite3.connect(index_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with capture_logs() as logs:
-        pruner = IndexPruner(index, None, retention_s=-1.0, max_bytes=1 << 30)
-        task = asyncio.create_task(pruner.run())
+        pruner = asyncio.create_task(spoold_app._prune(index, -1.0, 1 << 30))
         try:
             for _ in range(200):  # a failed pass: at most 10 s
                 if any(entry["event"] == "runs_index_prune_failed" for entry in logs):
@@ -437,10 +436,10 @@ async def test_the_pruner_outlives_a_failed_pass(
                 if index.get("s9") is None:
                     break
                 await asyncio.sleep(0.05)
-            assert not task.done()
+            assert not pruner.done()
             assert all(index.get(f"s{i}") is None for i in range(10))
         finally:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5)
+            pruner.cancel()
+            await asyncio.wait({pruner}, timeout=5)
             other.close()
     assert any(entry["event"] == "runs_index_pruned" for entry in logs)
