@@ -72,21 +72,23 @@ def start(
     ready_path: str = "/health",
     client_ssl: ssl.SSLContext | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    stdout: Path | None = None,
 ) -> Daemon:
     """Run ``python -m module args`` and wait until ready_path answers 200 (over HTTPS,
-    trusting client_ssl's CAs, when client_ssl is given) within ``startup_timeout_s``."""
+    trusting client_ssl's CAs, when client_ssl is given) within ``startup_timeout_s``.
+    ``stdout`` (e.g. /dev/full) takes the daemon's log lines; its stderr stays in the log."""
     log_path = workdir / f"{module}-{port}.log"
     # A database URL in the caller's environment (a developer's shell, a CI job) must not
     # move a test's server off the SQLite file it was given: only ``env`` may name one.
     inherited = {k: v for k, v in os.environ.items() if k not in DATABASE_URL_SETTINGS}
     full_env = {**inherited, **(env or {})}
-    with log_path.open("ab") as log_file:
+    with log_path.open("ab") as log_file, (stdout or log_path).open("ab") as out_file:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             cwd=workdir,
             env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stdout=out_file if stdout is not None else log_file,
+            stderr=log_file if stdout is not None else subprocess.STDOUT,
         )
     daemon = Daemon(process, port, log_path, client_ssl)
     deadline = time.monotonic() + startup_timeout_s
