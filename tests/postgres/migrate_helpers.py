@@ -129,6 +129,17 @@ async def scalar(url: str, sql: str, *args: Any) -> Any:
         await conn.close()
 
 
+async def row(url: str, sql: str, *args: Any) -> tuple[Any, ...]:
+    """One row of a query (all its columns read in one snapshot)."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        found = await conn.fetchrow(sql, *args)
+    finally:
+        await conn.close()
+    assert found is not None, sql
+    return tuple(found)
+
+
 async def execute(url: str, sql: str, *args: Any) -> None:
     conn = await asyncpg.connect(url, timeout=10)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from migrate_helpers import fill, migrate_command, new_database, scalar, start_migrate
+from migrate_helpers import fill, migrate_command, new_database, row, scalar, start_migrate
 
 from server.postgres.bulk_indexes import BULK_ROWS
 from server.postgres.schema import MIGRATIONS
@@ -29,14 +29,38 @@ _LIST_INDEXES = {
     if (match := re.match(r"CREATE INDEX (\w+) ON agent_runs", statement))
 }
 BATCH = 300
+#: The progress marker's row (the bulk copy's ``…:indexes`` row beside it matches the prefix).
+_MARKER_ROW = "key LIKE 'migrate:sqlite:%' AND key NOT LIKE '%:indexes'"
+#: One snapshot: the marker and the rows it claims, read together so that a commit the
+#: killed client had already sent cannot land between the two reads.
+_STATE = (
+    f"SELECT (SELECT value FROM server_meta WHERE {_MARKER_ROW}),"
+    " (SELECT count(*) FROM agent_runs), (SELECT coalesce(max(id), 0) FROM agent_runs)"
+)
 
 
 async def _marker(url: str) -> int | None:
     """The last id the target's progress marker holds (None before the first batch)."""
     if await scalar(url, "SELECT to_regclass('server_meta')") is None:
         return None
-    value = await scalar(url, "SELECT value FROM server_meta WHERE key LIKE 'migrate:sqlite:%'")
+    value = await scalar(url, f"SELECT value FROM server_meta WHERE {_MARKER_ROW}")
     return None if value is None else int(orjson.loads(bytes(value))["last_id"])
+
+
+async def _backend_gone(url: str) -> None:
+    """Waits (bounded) until the killed client's backend has ended: a COMMIT it had sent
+    before the kill still completes on the server, so the state is final only then."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = await scalar(
+            url,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'telemetry-migrate' AND datname = current_database()",
+        )
+        if left == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the killed migrate's backend is still there after 30 s")
 
 
 @pytest.mark.slow
@@ -65,12 +89,13 @@ async def test_kill9_mid_copy_then_again(tmp_path: Path, pg_url: str) -> None:
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=30)
-        marked = await _marker(pg_url)
-        assert marked is not None
+        await _backend_gone(pg_url)
+        value, count, max_id = await row(pg_url, _STATE)
+        assert value is not None
+        marked = int(orjson.loads(bytes(value))["last_id"])
         assert marked < ROWS
         # ids are 1..ROWS: whole batches, exactly up to the marker
-        assert await scalar(pg_url, "SELECT count(*) FROM agent_runs") == marked
-        assert await scalar(pg_url, "SELECT coalesce(max(id), 0) FROM agent_runs") == marked
+        assert (count, max_id) == (marked, marked)
     assert kills == 3
     result = migrate_command(source, pg_url, "--batch-rows", str(BATCH))
     assert result.returncode == 0, result.stderr
