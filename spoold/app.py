@@ -20,7 +20,8 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,25 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def _prune(index: RunsIndex, retention_s: float, max_bytes: int) -> None:
-    """Forget long-settled runs, and the oldest past the byte bound, so the index stays
-    bounded. A failed pass (the index locked too long, the disk full) is logged and tried
-    again at the next: the bound must not end with one error."""
+async def _prune(
+    index: RunsIndex, retention_s: float, max_bytes: int, backlog_bytes: Callable[[], int]
+) -> None:
+    """Forget long-settled runs, and the oldest past the byte bound (over delivered runs:
+    ``backlog_bytes``, the spool's queued bytes, says what the backlog's rows are allowed
+    besides), so the index stays bounded. A failed pass (the index locked too long, the
+    disk full) is logged and tried again at the next: the bound must not end with one
+    error."""
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
         try:
-            removed = await asyncio.to_thread(index.prune, keep_s=retention_s, max_bytes=max_bytes)
+            removed = await asyncio.to_thread(
+                partial(
+                    index.prune,
+                    keep_s=retention_s,
+                    max_bytes=max_bytes,
+                    backlog_bytes=backlog_bytes(),
+                )
+            )
         except (sqlite3.Error, OSError) as exc:
             log.warning("runs_index_prune_failed", error=repr(exc)[:300])
             continue
@@ -255,7 +267,12 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await asyncio.to_thread(prune_index.wal_autocheckpoint, 0)
     pruner = asyncio.create_task(
-        _prune(prune_index, config.index_retention_s, config.index_max_mb * 1024 * 1024),
+        _prune(
+            prune_index,
+            config.index_retention_s,
+            config.index_max_mb * 1024 * 1024,
+            lambda: spool.stats().bytes,
+        ),
         name="spoold-prune",
     )
     pruner.add_done_callback(_report_prune_exit)

@@ -132,9 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SPOOLD_INDEX_MAX_MB",
         "index_max_mb",
-        "Bound on the runs index (runs-index.sqlite): past it the oldest delivered runs are "
-        "forgotten first, before their retention ends (runs still queued never are). A "
-        "delivered run costs about 200 bytes.",
+        "Bound on the delivered runs the runs index (runs-index.sqlite) keeps, besides the "
+        "backlog's rows: past it the oldest delivered runs are forgotten first, before their "
+        "retention ends (runs still queued never are). A delivered run costs about 200 bytes.",
     ),
     Setting(
         "SPOOLD_STARTUP_CHECK_MAX_MB",

@@ -33,8 +33,9 @@ PATCH/associate answers), ``has_create`` and ``touched_at`` - and is marked not
 then only ever merged over the server's copy, never answered alone. SQLite
 reuses the freed pages, the WAL starts over near 8 MiB and is truncated
 (``journal_size_limit``), and ``prune`` forgets the oldest settled runs once the
-index passes its byte bound, so the file is bounded by the backlog plus that
-bound, not by the throughput.
+index passes its byte bound plus what the backlog's rows take (estimated from the
+spool's bytes), so the file is bounded by the backlog plus that bound, not by the
+throughput; a backlog never makes it forget delivered runs the bound has room for.
 
 A damaged index file is set aside and a fresh one rebuilt from the spool
 (``spoold.state.storage``): the queued runs are known again, the history counters
@@ -97,6 +98,13 @@ _ADDED_COLUMNS = {
 PRUNE_SLICE_ROWS = 256
 #: Runs one prune pass forgets by age at most (ten times that to meet the byte bound).
 PRUNE_MAX_ROWS = 10_000
+#: What a queued run's row takes in the index, at most, per byte its operations take in
+#: the spool: 1.1 for fleet-shaped creates (891 against 814 bytes a run, on a 50,000-run
+#: fill of bench/spoold_bench.py), less for a lifecycle (one row, two operations), up to
+#: 2 for rows of 2-4 KiB (one to a 4 KiB page: 1.9 for 2.2 KB in the unit test). Too high,
+#: delivered runs keep more than the bound while a backlog lasts (never more than the
+#: backlog's bytes); too low, a backlog makes the pruner forget delivered runs for nothing.
+BACKLOG_ROW_BYTES_PER_SPOOL_BYTE = 2.0
 #: The WAL is truncated to this when it starts over (it would otherwise keep its peak
 #: size). Above the ~8 MiB at which the accept thread has it start over
 #: (``spoold.accept.acceptor.INDEX_RESTART_FRAMES``): a restart in steady state truncates
@@ -612,11 +620,22 @@ class RunsIndex:
             raise
 
     def prune(
-        self, *, keep_s: float, max_bytes: int | None = None, max_rows: int = PRUNE_MAX_ROWS
+        self,
+        *,
+        keep_s: float,
+        max_bytes: int | None = None,
+        backlog_bytes: int = 0,
+        max_rows: int = PRUNE_MAX_ROWS,
     ) -> int:
         """Forget settled runs not touched for keep_s seconds, then, while the index holds
-        more than ``max_bytes``, the oldest settled ones (bounded work per call; a run with
-        operations pending is never forgotten: the bound is over settled runs).
+        more than ``max_bytes`` besides the backlog's rows, the oldest settled ones (bounded
+        work per call; a run with operations pending is never forgotten).
+
+        ``backlog_bytes`` is the spool's bytes of queued operations: the bound is over
+        delivered runs, so the backlog's rows (estimated from it) are allowed on top. Without
+        that, a large backlog alone passes the bound and every pass forgets delivered runs
+        by the hundred thousand (a random delete each in the event_id index, ~4 KiB of WAL a
+        run) without ever meeting it.
 
         Its commits are not fsync'd: give it a connection no other thread settles on."""
         cutoff = time.time() - keep_s
@@ -624,20 +643,21 @@ class RunsIndex:
             "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
         )
         if max_bytes is not None:
-            removed += self._prune_to(max_bytes, max_rows=max_rows * 10)
+            allowed = int(max_bytes * 0.9) + int(backlog_bytes * BACKLOG_ROW_BYTES_PER_SPOOL_BYTE)
+            removed += self._prune_to(allowed, max_rows=max_rows * 10)
         return removed
 
-    def _prune_to(self, max_bytes: int, *, max_rows: int) -> int:
-        """Forget the oldest settled runs until the used pages fit 90% of ``max_bytes``: a
-        few passes, each forgetting the rows the excess is estimated to hold (from the mean
+    def _prune_to(self, allowed_bytes: int, *, max_rows: int) -> int:
+        """Forget the oldest settled runs until the used pages fit ``allowed_bytes``: a few
+        passes, each forgetting the rows the excess is estimated to hold (from the mean
         row's share of the used bytes), at most ``max_rows`` in all."""
         removed = 0
         for _ in range(8):
             used = self.used_bytes()
             rows = self.known_count()
-            if used <= max_bytes * 0.9 or rows == 0 or removed >= max_rows:
+            if used <= allowed_bytes or rows == 0 or removed >= max_rows:
                 break
-            excess = used - int(max_bytes * 0.9)
+            excess = used - allowed_bytes
             count = min(max_rows - removed, max(100, -(-excess * rows // used)))
             deleted = self._delete_settled(
                 "WHERE pending = 0 ORDER BY touched_at LIMIT ?", (), count

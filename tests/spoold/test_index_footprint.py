@@ -161,6 +161,43 @@ def test_the_byte_bound_forgets_oldest_settled_runs_never_pending_ones(tmp_path:
     index.close()
 
 
+def test_the_byte_bound_is_over_delivered_runs_with_the_backlog_allowed_besides(
+    tmp_path: Path,
+) -> None:
+    """A backlog whose rows alone pass ``max_bytes`` forgets no delivered run the bound has
+    room for; past the bound (plus the backlog's share) the oldest settled go first."""
+    index = RunsIndex(tmp_path / "i.sqlite")
+    for start in range(0, 6000, 1000):
+        ops = [_create(i) for i in range(start, start + 1000)]
+        _accept(index, *ops)
+        index.settle({op["event_id"]: 1 for op in ops}, {})
+        time.sleep(0.01)  # distinct touched_at per thousand
+    settled_bytes = index.used_bytes()
+    pending = [_create(i, metrics_bytes=2_000) for i in range(10_000, 10_400)]
+    _accept(index, *pending)
+    backlog_bytes = sum(len(orjson.dumps(op)) for op in pending)  # what the spool holds
+    bound = settled_bytes + settled_bytes // 10
+    assert index.used_bytes() > bound  # the backlog's rows push the index past the bound
+
+    assert index.prune(keep_s=86_400, max_bytes=bound, backlog_bytes=backlog_bytes) == 0
+    assert index.known_count() == 6000 + len(pending)
+
+    # No room beyond the backlog's share: the oldest delivered runs go, the newest and
+    # every pending one stay.
+    removed = index.prune(keep_s=86_400, max_bytes=1, backlog_bytes=backlog_bytes)
+    assert 0 < removed < 6000
+    assert index.get("ev-0") is None
+    assert index.get("ev-5999") is not None
+    assert all(index.get(op["event_id"]) is not None for op in pending)
+
+    # What the backlog used to cost: counted against the bound, it has every delivered
+    # run forgotten.
+    assert index.prune(keep_s=86_400, max_bytes=bound, backlog_bytes=0) > 0
+    assert index.get("ev-5999") is None
+    assert all(index.get(op["event_id"]) is not None for op in pending)
+    index.close()
+
+
 def test_an_index_from_before_shrinks_its_settled_runs_when_opened(tmp_path: Path) -> None:
     """An index written by an older spoold (full snapshots of delivered runs, no new
     columns) is upgraded when opened: settled runs shrink, pending ones are kept whole."""

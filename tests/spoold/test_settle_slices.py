@@ -423,7 +423,7 @@ async def test_the_pruner_outlives_a_failed_pass(
     other = sqlite3.connect(index_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with capture_logs() as logs:
-        pruner = asyncio.create_task(spoold_app._prune(index, -1.0, 1 << 30))
+        pruner = asyncio.create_task(spoold_app._prune(index, -1.0, 1 << 30, lambda: 0))
         try:
             for _ in range(200):  # a failed pass: at most 10 s
                 if any(entry["event"] == "runs_index_prune_failed" for entry in logs):
