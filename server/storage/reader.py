@@ -11,7 +11,10 @@ read once either is spent, and it starts over on the thread pool: the loop is ne
 held longer than that, plus one progress interval. A slow read (a deep offset, a wide
 start_time window, a large page) thus costs its budget twice; a caller that names the
 read's ``shape`` (what its cost depends on) pays that only once in a while, as a shape
-interrupted on the loop goes straight to the pool for ``SLOW_SHAPE_MEMORY_S``.
+interrupted on the loop goes straight to the pool for ``SLOW_SHAPE_MEMORY_S``, or, when
+only its wall time ran out (the loop preempted on a busy machine, or a wait on the disk),
+for ``LATE_SHAPE_MEMORY_S``: one preemption used to send a cheap shape's reads to the
+pool for ten seconds, each paying the thread hand-off (a job_type page: ~0.1 ms more CPU).
 
 The loop's connection never waits for a lock (busy timeout 0): a read that would
 wait also moves to the pool, whose connections wait up to the busy timeout. In WAL
@@ -44,6 +47,8 @@ WALL_BUDGETS = 10
 PROGRESS_STEPS = 1000
 #: How long a shape of read that overran its budget goes straight to the pool.
 SLOW_SHAPE_MEMORY_S = 10.0
+#: ... and one whose read ran out of wall time only, within its CPU budget.
+LATE_SHAPE_MEMORY_S = 1.0
 #: Most shapes remembered (beyond it, the memory starts over: a bound, not an LRU).
 SLOW_SHAPES_MAX = 1024
 
@@ -77,6 +82,8 @@ class Reader:
         self._deadline = math.inf  # thread CPU time
         self._wall_deadline = math.inf
         self._interrupted = False
+        #: Whether the last interruption spent the CPU budget (else only the wall time).
+        self._over_budget = False
         #: Reads that moved to the pool after an inline attempt (for tests and profiles).
         self.deferred = 0
         #: Shapes of read that overran the budget, and until when they skip the loop.
@@ -101,6 +108,7 @@ class Reader:
         if time.thread_time() <= self._deadline and time.monotonic() <= self._wall_deadline:
             return 0
         self._interrupted = True
+        self._over_budget = time.thread_time() > self._deadline
         self._deadline = math.inf  # interrupt once: the read's own cleanup (COMMIT) runs
         self._wall_deadline = math.inf
         return 1
@@ -147,7 +155,9 @@ class Reader:
             except _Deferred:
                 self.deferred += 1
                 if self._interrupted and shape is not None:
-                    self._remember_slow(shape)
+                    self._remember_slow(
+                        shape, SLOW_SHAPE_MEMORY_S if self._over_budget else LATE_SHAPE_MEMORY_S
+                    )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, fn)
 
@@ -162,10 +172,10 @@ class Reader:
         del self._slow_until[shape]  # its time is up: try the loop again
         return False
 
-    def _remember_slow(self, shape: Hashable) -> None:
+    def _remember_slow(self, shape: Hashable, memory_s: float) -> None:
         if len(self._slow_until) >= SLOW_SHAPES_MAX:
             self._slow_until.clear()
-        self._slow_until[shape] = time.monotonic() + SLOW_SHAPE_MEMORY_S
+        self._slow_until[shape] = time.monotonic() + memory_s
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,42 @@ async def test_the_memory_of_a_slow_shape_expires(
     assert await asyncio.wait_for(reader.run(slow, shape="s"), 60) == 3000000
     thread, _ = await reader.run(count, shape="s")
     assert thread == threading.get_ident()  # tried on the loop again
+
+
+#: A read of a few thousand SQLite steps (past the progress handler's interval), a few ms.
+SHORT_SQL = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+    " SELECT count(*) FROM n"
+)
+
+
+async def test_a_shape_that_only_ran_out_of_wall_time_is_tried_on_the_loop_again_soon(
+    reader: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read whose wall time ran out with its CPU budget unspent (here it sleeps; on a
+    busy machine the loop is preempted) says nothing about its shape's cost: the shape is
+    remembered for ``LATE_SHAPE_MEMORY_S`` only, not the ten seconds of a read that spent
+    its CPU budget (every read of a cheap shape then paid the pool's hand-off)."""
+    monkeypatch.setattr("server.storage.reader.LATE_SHAPE_MEMORY_S", 0.0)
+    loop_thread = threading.get_ident()
+
+    def late(conn: sqlite3.Connection) -> int:
+        if threading.get_ident() == loop_thread:
+            time.sleep(0.06)  # past the wall bound (10 budgets of 5 ms), no CPU spent
+        return int(conn.execute(SHORT_SQL).fetchone()[0])
+
+    assert await asyncio.wait_for(reader.run(late, shape="cheap"), 60) == 20000
+    assert reader.deferred == 1
+    thread, _ = await reader.run(count, shape="cheap")
+    assert thread == loop_thread  # tried on the loop again
+
+    def slow(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(SLOW_SQL).fetchone()[0])
+
+    assert await asyncio.wait_for(reader.run(slow, shape="costly"), 60) == 3000000
+    assert reader.deferred == 2
+    thread, _ = await reader.run(count, shape="costly")
+    assert thread != loop_thread  # its CPU budget spent: the ten seconds hold
 
 
 async def test_an_error_raised_by_the_sqlite3_module_itself_is_a_storage_error(
