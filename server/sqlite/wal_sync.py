@@ -49,6 +49,8 @@ class WalSync:
                     " restart to recover from what is on disk",
                 )
             fd = self._descriptor()
+            if fd is None:  # no WAL: the last close checkpointed it and synced the database
+                return
             try:
                 os.fsync(fd)
             except OSError as exc:
@@ -61,17 +63,20 @@ class WalSync:
                 os.close(self._fd)
                 self._fd = None
 
-    def _descriptor(self) -> int:
+    def _descriptor(self) -> int | None:
         """The WAL's descriptor, opened once (again only if the file was replaced: the
-        last connection closed and a new one made it). Without a WAL file (every
-        connection closed, which checkpoints into the database and syncs it first), the
-        database file's."""
+        last connection closed and a new one made it); None without a WAL file (every
+        connection closed, which checkpoints into the database and syncs it first).
+
+        Never a descriptor of the database file itself: closing it would drop every
+        POSIX lock this process's SQLite connections hold on that file (locks belong to
+        the process and the file, not the descriptor), leaving another process free to
+        write under them. SQLite takes no such locks on the WAL file."""
         path = f"{self._db_path}-wal"
         try:
             now = os.stat(path)
         except FileNotFoundError:
-            path = str(self._db_path)
-            now = os.stat(path)
+            return None
         if self._fd is None or (now.st_dev, now.st_ino) != self._inode:
             if self._fd is not None:
                 os.close(self._fd)

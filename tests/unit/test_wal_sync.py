@@ -1,5 +1,5 @@
 """``WalSync``: one descriptor for the WAL's life, a failed fsync final, a replaced WAL
-file followed, the database file when there is no WAL."""
+file followed, nothing to sync (and no descriptor of the database file) without a WAL."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return paths
 
 
+def opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    real = os.open
+    paths: list[str] = []
+
+    def recording(path: str, flags: int, *args: int) -> int:
+        paths.append(str(path))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", recording)
+    return paths
+
+
 def test_it_fsyncs_the_wal_through_one_descriptor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -41,9 +53,7 @@ def test_it_fsyncs_the_wal_through_one_descriptor(
     with contextlib.closing(wal_database(db)) as conn:
         sync = WalSync(db)
         paths = fsynced_paths(monkeypatch)
-        opened: list[str] = []
-        real_open = os.open
-        monkeypatch.setattr(os, "open", lambda p, *a: opened.append(str(p)) or real_open(p, *a))
+        opened = opened_paths(monkeypatch)
         for i in range(3):
             conn.execute("INSERT INTO t VALUES (?)", (i,))
             sync.sync()
@@ -87,12 +97,19 @@ def test_a_replaced_wal_file_is_opened_again(
         sync.sync()
     assert not Path(f"{db}-wal").exists()
     paths = fsynced_paths(monkeypatch)
-    sync.sync()  # no WAL: the database file (the close checkpointed into it)
+    opened = opened_paths(monkeypatch)
+    sync.sync()  # no WAL: nothing to sync (the close checkpointed and synced the database)
+    assert (paths, opened) == ([], [])
     with contextlib.closing(wal_database(db)) as conn:
         conn.execute("INSERT INTO t VALUES (2)")
         before = os.stat(f"{db}-wal").st_ino
         sync.sync()
-        assert os.readlink(f"/proc/self/fd/{sync._fd}") == f"{db}-wal"
-        assert os.fstat(sync._fd).st_ino == before
+        fd = sync._fd
+        assert fd is not None
+        assert os.readlink(f"/proc/self/fd/{fd}") == f"{db}-wal"
+        assert os.fstat(fd).st_ino == before
     sync.close()
-    assert paths == [str(db), f"{db}-wal"]
+    # Never the database file: closing a descriptor of it would drop the POSIX locks the
+    # process's SQLite connections hold on it.
+    assert paths == [f"{db}-wal"]
+    assert opened == [f"{db}-wal"]
