@@ -268,6 +268,9 @@ class RunsIndex:
         #: ``get`` runs on pool threads (a request cancelled at a stop leaves its thread
         #: running): ``close`` waits for it, as closing under a statement crashes.
         self._use = threading.Lock()
+        #: Set by ``close``: a prune pass running on another thread ends at its next slice
+        #: (``close`` then waits for it, as for a ``get``).
+        self._closing = threading.Event()
         self._conn = connect(
             path,
             busy_timeout_ms=INDEX_BUSY_TIMEOUT_MS,
@@ -312,6 +315,7 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
+        self._closing.set()
         self._wal_sync.close()
         with self._use:
             self._conn.close()  # an open transaction is rolled back: let go of the gate too
@@ -637,14 +641,21 @@ class RunsIndex:
         by the hundred thousand (a random delete each in the event_id index, ~4 KiB of WAL a
         run) without ever meeting it.
 
-        Its commits are not fsync'd: give it a connection no other thread settles on."""
+        Its commits are not fsync'd: give it a connection no other thread settles on. A
+        ``close`` from another thread (a stop while a pass runs on a thread whose task was
+        cancelled) ends the pass at its next slice, and waits for it."""
         cutoff = time.time() - keep_s
-        removed = self._delete_settled(
-            "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
-        )
-        if max_bytes is not None:
-            allowed = int(max_bytes * 0.9) + int(backlog_bytes * BACKLOG_ROW_BYTES_PER_SPOOL_BYTE)
-            removed += self._prune_to(allowed, max_rows=max_rows * 10)
+        with self._use:
+            if self._closing.is_set():
+                return 0
+            removed = self._delete_settled(
+                "WHERE pending = 0 AND touched_at < ? LIMIT ?", (cutoff,), max_rows
+            )
+            if max_bytes is not None:
+                allowed = int(max_bytes * 0.9) + int(
+                    backlog_bytes * BACKLOG_ROW_BYTES_PER_SPOOL_BYTE
+                )
+                removed += self._prune_to(allowed, max_rows=max_rows * 10)
         return removed
 
     def _prune_to(self, allowed_bytes: int, *, max_rows: int) -> int:
@@ -653,6 +664,8 @@ class RunsIndex:
         row's share of the used bytes), at most ``max_rows`` in all."""
         removed = 0
         for _ in range(8):
+            if self._closing.is_set():
+                break
             used = self.used_bytes()
             rows = self.known_count()
             if used <= allowed_bytes or rows == 0 or removed >= max_rows:
@@ -673,7 +686,7 @@ class RunsIndex:
         behind a long delete."""
         removed = 0
         with self._not_fsyncing():  # forgetting is redone after a crash: no fsync each time
-            while removed < count:
+            while removed < count and not self._closing.is_set():
                 limit = min(PRUNE_SLICE_ROWS, count - removed)
                 self.begin()
                 try:

@@ -443,3 +443,44 @@ async def test_the_pruner_outlives_a_failed_pass(
             await asyncio.wait({pruner}, timeout=5)
             other.close()
     assert any(entry["event"] == "runs_index_pruned" for entry in logs)
+
+
+def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
+    index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spoold's stop cancels the pruner's task, but its pass goes on on its thread; the
+    close that follows ends the pass at its next slice and waits for it (it used to close
+    the connection under the pass's statements)."""
+    monkeypatch.setattr(runs_index, "PRUNE_SLICE_ROWS", 8)
+    index = open_index(indexes, index_path, yields=True)
+    index.begin()
+    for i in range(3000):
+        index.record(create(f"s{i}"), verified=True)
+    index.commit()
+    index.settle({f"s{i}": 1 for i in range(3000)}, {})
+    outcome: list[object] = []
+
+    def pass_on_its_thread() -> None:
+        try:
+            outcome.append(index.prune(keep_s=-1.0))
+        except BaseException as exc:  # what the thread would die of
+            outcome.append(exc)
+
+    watcher = sqlite3.connect(index_path, isolation_level=None)
+    thread = threading.Thread(target=pass_on_its_thread)
+    thread.start()
+    try:
+        for _ in range(500):  # bounded: the pass deletes 8 runs a slice
+            if watcher.execute("SELECT count(*) FROM runs").fetchone()[0] < 3000:
+                break
+            time.sleep(0.002)
+        index.close()  # returns once the pass stopped: no statement runs after it
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        forgotten = 3000 - watcher.execute("SELECT count(*) FROM runs").fetchone()[0]
+    finally:
+        thread.join(timeout=10)
+        watcher.close()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], int), outcome
+    assert 0 < outcome[0] == forgotten < 3000  # stopped mid-pass, its slices committed
