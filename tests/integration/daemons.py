@@ -102,6 +102,36 @@ def start(
     raise RuntimeError(f"{module} not ready within {startup_timeout_s}s:\n{daemon.log()}")
 
 
+def start_server(
+    workdir: Path,
+    *,
+    db_path: Path | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: Path | None = None,
+) -> Daemon:
+    """A real telemetry-server on ``db_path`` (default ``workdir/server.sqlite``)."""
+    port = port or free_port()
+    db = db_path or workdir / "server.sqlite"
+    args = ["--port", str(port), "--db", str(db)]
+    return start("server", args, port=port, workdir=workdir, env=env, stdout=stdout)
+
+
+def start_spoold(
+    workdir: Path,
+    upstream_url: str,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: Path | None = None,
+) -> Daemon:
+    """A real spoold forwarding to ``upstream_url``, its spool in ``workdir/spool``."""
+    port = port or free_port()
+    args = ["serve", "--port", str(port), "--upstream", upstream_url]
+    args += ["--spool-dir", str(workdir / "spool")]
+    return start("spoold", args, port=port, workdir=workdir, env=env, stdout=stdout)
+
+
 @contextlib.contextmanager
 def running_server(
     workdir: Path,
@@ -111,11 +141,7 @@ def running_server(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Daemon]:
     """A real telemetry-server for the duration of the block, stopped by PID after."""
-    port = port or free_port()
-    db = db_path or workdir / "server.sqlite"
-    daemon = start(
-        "server", ["--port", str(port), "--db", str(db)], port=port, workdir=workdir, env=env
-    )
+    daemon = start_server(workdir, db_path=db_path, port=port, env=env)
     try:
         yield daemon
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import start
+from daemons import start_server, start_spoold
 from ports import free_port
 
 from server.config import SETTINGS as SERVER_SETTINGS
@@ -58,29 +58,9 @@ def test_a_run_goes_through_both_daemons_on_either_loop(
     if loop is not None:
         server_env["TELEMETRY_EVENT_LOOP"] = loop
         spoold_env["SPOOLD_EVENT_LOOP"] = loop
-    server = start(
-        "server",
-        ["--port", str(server_port), "--db", str(tmp_path / "t.sqlite")],
-        port=server_port,
-        workdir=tmp_path,
-        env=server_env,
-    )
+    server = start_server(tmp_path, port=server_port, env=server_env)
     try:
-        spoold = start(
-            "spoold",
-            [
-                "serve",
-                "--port",
-                str(spoold_port),
-                "--upstream",
-                server.url,
-                "--spool-dir",
-                str(tmp_path / "spool"),
-            ],
-            port=spoold_port,
-            workdir=tmp_path,
-            env=spoold_env,
-        )
+        spoold = start_spoold(tmp_path, server.url, port=spoold_port, env=spoold_env)
         try:
             event_id = str(uuid.uuid4())
             run = {

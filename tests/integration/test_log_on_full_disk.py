@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import start
-from ports import free_port
+from daemons import start_server, start_spoold
 
 from server.runtime.logs import LossyStream
 
@@ -40,29 +39,11 @@ def call(method: str, url: str, body: Any = None, raw: bytes | None = None) -> t
 
 @pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
 def test_both_daemons_serve_with_their_log_on_a_full_disk(tmp_path: Path) -> None:
-    server_port, spoold_port = free_port(), free_port()
-    server = start(
-        "server",
-        ["--port", str(server_port), "--db", str(tmp_path / "t.sqlite")],
-        port=server_port,
-        workdir=tmp_path,
-        env={"TELEMETRY_LOG_LEVEL": "DEBUG"},
-        stdout=FULL,
-    )
+    server = start_server(tmp_path, env={"TELEMETRY_LOG_LEVEL": "DEBUG"}, stdout=FULL)
     try:
-        spoold = start(
-            "spoold",
-            [
-                "serve",
-                "--port",
-                str(spoold_port),
-                "--upstream",
-                server.url,
-                "--spool-dir",
-                str(tmp_path / "spool"),
-            ],
-            port=spoold_port,
-            workdir=tmp_path,
+        spoold = start_spoold(
+            tmp_path,
+            server.url,
             env={"SPOOLD_LOG_LEVEL": "DEBUG", "SPOOLD_MIN_FREE_DISK_MB": "0"},
             stdout=FULL,
         )
