@@ -21,7 +21,6 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,23 +176,20 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _prune(
-    index: RunsIndex, retention_s: float, max_bytes: int, backlog_bytes: Callable[[], int]
+    index: RunsIndex, retention_s: float, max_bytes: int, queued_bytes: Callable[[], int]
 ) -> None:
     """Forget long-settled runs, and the oldest past the byte bound (over delivered runs:
-    ``backlog_bytes``, the spool's queued bytes, says what the backlog's rows are allowed
-    besides), so the index stays bounded. A failed pass (the index locked too long, the
-    disk full) is logged and tried again at the next: the bound must not end with one
-    error."""
+    ``queued_bytes``, the spool's, says what the backlog's rows are allowed besides), so
+    the index stays bounded. A failed pass (the index locked too long, the disk full) is
+    logged and tried again at the next: the bound must not end with one error."""
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
         try:
             removed = await asyncio.to_thread(
-                partial(
-                    index.prune,
-                    keep_s=retention_s,
-                    max_bytes=max_bytes,
-                    backlog_bytes=backlog_bytes(),
-                )
+                index.prune,
+                keep_s=retention_s,
+                max_bytes=max_bytes,
+                backlog_bytes=queued_bytes(),
             )
         except (sqlite3.Error, OSError) as exc:
             log.warning("runs_index_prune_failed", error=repr(exc)[:300])
@@ -271,7 +267,7 @@ async def drainer_ctx(app: web.Application) -> AsyncIterator[None]:
             prune_index,
             config.index_retention_s,
             config.index_max_mb * 1024 * 1024,
-            lambda: spool.stats().bytes,
+            spool.queued_bytes,
         ),
         name="spoold-prune",
     )

@@ -13,7 +13,8 @@ start_time window, a large page) thus costs its budget twice; a caller that name
 read's ``shape`` (what its cost depends on) pays that only once in a while, as a shape
 interrupted on the loop goes straight to the pool for ``SLOW_SHAPE_MEMORY_S``, or, when
 only its wall time ran out (the loop preempted on a busy machine, or a wait on the disk),
-for ``LATE_SHAPE_MEMORY_S``: one preemption used to send a cheap shape's reads to the
+for ``LATE_SHAPE_MEMORY_S`` (``SLOW_SHAPE_MEMORY_S`` again if that happens twice within
+it: a read waiting on the disk): one preemption used to send a cheap shape's reads to the
 pool for ten seconds, each paying the thread hand-off (a job_type page: ~0.1 ms more CPU).
 
 The loop's connection never waits for a lock (busy timeout 0): a read that would
@@ -88,6 +89,8 @@ class Reader:
         self.deferred = 0
         #: Shapes of read that overran the budget, and until when they skip the loop.
         self._slow_until: dict[Hashable, float] = {}
+        #: When each shape last ran out of wall time only (a second time soon: it is slow).
+        self._late_at: dict[Hashable, float] = {}
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -129,7 +132,7 @@ class Reader:
             raise _Deferred from exc
         if conn is None:
             raise _Deferred
-        self._interrupted = False
+        self._interrupted = self._over_budget = False
         self._deadline = time.thread_time() + self._inline_budget_s
         self._wall_deadline = time.monotonic() + self._inline_budget_s * WALL_BUDGETS
         try:
@@ -155,9 +158,7 @@ class Reader:
             except _Deferred:
                 self.deferred += 1
                 if self._interrupted and shape is not None:
-                    self._remember_slow(
-                        shape, SLOW_SHAPE_MEMORY_S if self._over_budget else LATE_SHAPE_MEMORY_S
-                    )
+                    self._remember_slow(shape, self._memory_s(shape))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, fn)
 
@@ -171,6 +172,21 @@ class Reader:
             return True
         del self._slow_until[shape]  # its time is up: try the loop again
         return False
+
+    def _memory_s(self, shape: Hashable) -> float:
+        """How long an interrupted shape goes to the pool: long if it spent its CPU budget,
+        or ran out of wall time twice within that long (it waits on the disk, as a cold
+        or deep read does, rather than the loop having been preempted once)."""
+        now = time.monotonic()
+        if self._over_budget:
+            return SLOW_SHAPE_MEMORY_S
+        last = self._late_at.get(shape)
+        if len(self._late_at) >= SLOW_SHAPES_MAX:
+            self._late_at.clear()
+        self._late_at[shape] = now
+        if last is not None and now - last < SLOW_SHAPE_MEMORY_S:
+            return SLOW_SHAPE_MEMORY_S
+        return LATE_SHAPE_MEMORY_S
 
     def _remember_slow(self, shape: Hashable, memory_s: float) -> None:
         if len(self._slow_until) >= SLOW_SHAPES_MAX:

@@ -328,6 +328,10 @@ class Spool:
 
     # -- state -----------------------------------------------------------------------------
 
+    def queued_bytes(self) -> int:
+        """Serialised bytes of the groups not yet acknowledged (what the cap counts)."""
+        return self._depth.queued_bytes()
+
     def stats(self) -> SpoolStats:
         """A snapshot of depth, size and age (no disk I/O beyond a cached statvfs)."""
         ops, groups, nbytes, oldest = self._depth.snapshot()

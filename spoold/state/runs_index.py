@@ -54,12 +54,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import structlog
 
 from server.sqlite.connect import connect
 from server.sqlite.wal_sync import WalSync
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.spool.writegate import WriteGate
 from spoold.state.known import fold_known
+
+log = structlog.get_logger(__name__)
 
 Outcome = Literal["created", "duplicate", "accepted", "unknown"]
 Synchronous = Literal["NORMAL", "FULL"]
@@ -94,6 +97,8 @@ _ADDED_COLUMNS = {
     "complete": "INTEGER NOT NULL DEFAULT 1",
     "letters": "INTEGER NOT NULL DEFAULT 0",
 }
+#: Longest ``close`` waits for another thread's statement on the connection.
+CLOSE_WAIT_S = 5.0
 #: Runs ``prune`` deletes per write transaction.
 PRUNE_SLICE_ROWS = 256
 #: Runs one prune pass forgets by age at most (ten times that to meet the byte bound).
@@ -266,7 +271,8 @@ class RunsIndex:
         self._yields = yields
         self._holding = False
         #: ``get`` runs on pool threads (a request cancelled at a stop leaves its thread
-        #: running): ``close`` waits for it, as closing under a statement crashes.
+        #: running), and so do the pruner's ``prune`` and ``copy_wal`` (its task cancelled
+        #: at a stop): ``close`` waits for them, as closing under a statement crashes.
         self._use = threading.Lock()
         #: Set by ``close``: a prune pass running on another thread ends at its next slice
         #: (``close`` then waits for it, as for a ``get``).
@@ -315,10 +321,19 @@ class RunsIndex:
         return int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
 
     def close(self) -> None:
+        """Close the connection once no other thread uses it; past ``CLOSE_WAIT_S`` (a
+        prune slice waiting for the write gate and the busy timeout) it is left to the
+        process's exit, logged, rather than closed under a statement or waited for past
+        the stop's deadline."""
         self._closing.set()
         self._wal_sync.close()
-        with self._use:
+        if not self._use.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("runs_index_close_abandoned", path=str(self.path), waited_s=CLOSE_WAIT_S)
+            return
+        try:
             self._conn.close()  # an open transaction is rolled back: let go of the gate too
+        finally:
+            self._use.release()
         if self._holding:
             self._holding = False
             self.gate.release()
@@ -749,8 +764,14 @@ class RunsIndex:
     def copy_wal(self) -> bool:
         """Copy the WAL into the database on this connection, outside a transaction
         (PASSIVE: waits on no one); whether every frame is now copied, so that the next
-        write transaction (this connection's or another's) starts the WAL over."""
-        busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        write transaction (this connection's or another's) starts the WAL over. Under
+        ``_use``: the pruner's copy can outlive its cancelled task, and ``close`` waits
+        for it (or finds the index closing and copies nothing)."""
+        with self._use:
+            if self._closing.is_set():
+                return False
+            row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        busy, frames, copied = row
         return not busy and frames >= 0 and copied == frames
 
     def wal_autocheckpoint(self, pages: int | None = None) -> int:

@@ -203,10 +203,34 @@ async def test_a_shape_that_only_ran_out_of_wall_time_is_tried_on_the_loop_again
     def slow(conn: sqlite3.Connection) -> int:
         return int(conn.execute(SLOW_SQL).fetchone()[0])
 
+    # Its CPU budget runs out first, even on a loaded machine (no wall bound to speak of).
+    monkeypatch.setattr("server.storage.reader.WALL_BUDGETS", 10_000)
     assert await asyncio.wait_for(reader.run(slow, shape="costly"), 60) == 3000000
     assert reader.deferred == 2
     thread, _ = await reader.run(count, shape="costly")
     assert thread != loop_thread  # its CPU budget spent: the ten seconds hold
+
+
+async def test_a_shape_late_twice_in_a_row_is_slow(
+    reader: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of wall time a second time within ``SLOW_SHAPE_MEMORY_S`` (a read that waits on
+    the disk each time, not one preemption): the shape goes to the pool for that long."""
+    monkeypatch.setattr("server.storage.reader.LATE_SHAPE_MEMORY_S", 0.0)
+    loop_thread = threading.get_ident()
+
+    def late(conn: sqlite3.Connection) -> int:
+        if threading.get_ident() == loop_thread:
+            time.sleep(0.06)  # past the wall bound (10 budgets of 5 ms), no CPU spent
+        return int(conn.execute(SHORT_SQL).fetchone()[0])
+
+    assert await asyncio.wait_for(reader.run(late, shape="cold"), 60) == 20000
+    thread, _ = await reader.run(count, shape="other")
+    assert thread == loop_thread
+    assert await asyncio.wait_for(reader.run(late, shape="cold"), 60) == 20000  # late again
+    assert reader.deferred == 2
+    thread, _ = await reader.run(count, shape="cold")
+    assert thread != loop_thread
 
 
 async def test_an_error_raised_by_the_sqlite3_module_itself_is_a_storage_error(

@@ -5,6 +5,9 @@ ever meeting the bound, and a re-sent delivered run was answered ``created``).""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from sidecar_helpers import FakeUpstream, answer, make_run, wait_until
 
 from spoold import app as spoold_app
 from spoold.state.runs_index import RunsIndex
+from spoold.state.storage import INDEX_FILE
 
 DELIVERED = 300
 BACKLOG = 40
@@ -20,8 +24,10 @@ METRICS_BYTES = 64 * 1024
 
 
 async def test_a_backlog_past_the_bound_keeps_the_delivered_runs(
-    fake: FakeUpstream, make_sidecar: Any, monkeypatch: pytest.MonkeyPatch
+    fake: FakeUpstream, make_sidecar: Any, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Runs delivered, then a backlog whose rows alone pass a 1 MiB bound: prune passes
+    forget none of the delivered runs, and a re-sent one is still answered duplicate."""
     passes: list[int] = []
     prune = RunsIndex.prune
 
@@ -46,6 +52,12 @@ async def test_a_backlog_past_the_bound_keeps_the_delivered_runs(
             assert (await sidecar.create(make_run(metrics_json=blob))).status == 201
         health = await sidecar.health()
         assert health["spool"]["bytes"] > 2 * 1024 * 1024, health["spool"]
+        with contextlib.closing(sqlite3.connect(spool_dir / INDEX_FILE)) as look:
+            page_size, pages, free = (
+                look.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("page_size", "page_count", "freelist_count")
+            )
+        assert (pages - free) * page_size > 2 * 1024 * 1024  # the index is past its bound
 
         before = len(passes)
 

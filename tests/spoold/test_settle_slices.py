@@ -9,6 +9,7 @@ crash cut short (counted once, never sent again). The prune deletes in slices to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -450,7 +451,7 @@ def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
 ) -> None:
     """spoold's stop cancels the pruner's task, but its pass goes on on its thread; the
     close that follows ends the pass at its next slice and waits for it (it used to close
-    the connection under the pass's statements)."""
+    the connection under the pass's statements: a segfault)."""
     monkeypatch.setattr(runs_index, "PRUNE_SLICE_ROWS", 8)
     index = open_index(indexes, index_path, yields=True)
     index.begin()
@@ -458,6 +459,19 @@ def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
         index.record(create(f"s{i}"), verified=True)
     index.commit()
     index.settle({f"s{i}": 1 for i in range(3000)}, {})
+    # The pass's second slice waits, at its begin, until the close has started.
+    second_slice = threading.Event()
+    begins: list[int] = []
+    begin = index.begin
+
+    def begin_after_the_first_slice() -> None:
+        begins.append(1)
+        if len(begins) == 2:
+            second_slice.set()
+            assert index._closing.wait(10)
+        begin()
+
+    monkeypatch.setattr(index, "begin", begin_after_the_first_slice)
     outcome: list[object] = []
 
     def pass_on_its_thread() -> None:
@@ -466,21 +480,16 @@ def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
         except BaseException as exc:  # what the thread would die of
             outcome.append(exc)
 
-    watcher = sqlite3.connect(index_path, isolation_level=None)
     thread = threading.Thread(target=pass_on_its_thread)
     thread.start()
     try:
-        for _ in range(500):  # bounded: the pass deletes 8 runs a slice
-            if watcher.execute("SELECT count(*) FROM runs").fetchone()[0] < 3000:
-                break
-            time.sleep(0.002)
+        assert second_slice.wait(10)
         index.close()  # returns once the pass stopped: no statement runs after it
         thread.join(timeout=10)
         assert not thread.is_alive()
-        forgotten = 3000 - watcher.execute("SELECT count(*) FROM runs").fetchone()[0]
     finally:
         thread.join(timeout=10)
-        watcher.close()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], int), outcome
-    assert 0 < outcome[0] == forgotten < 3000  # stopped mid-pass, its slices committed
+    # The slice under way when the close came was committed; none after it began.
+    assert outcome == [16]
+    with contextlib.closing(sqlite3.connect(index_path)) as watcher:
+        assert watcher.execute("SELECT count(*) FROM runs").fetchone()[0] == 3000 - 16
