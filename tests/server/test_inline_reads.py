@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,18 @@ SHORT_SQL = (
 )
 
 
+def late_on_the_loop(loop_thread: int) -> Callable[[sqlite3.Connection], int]:
+    """A cheap read that runs out of wall time on the loop (it sleeps first: no CPU spent,
+    as a preempted loop spends none) and not on the pool."""
+
+    def late(conn: sqlite3.Connection) -> int:
+        if threading.get_ident() == loop_thread:
+            time.sleep(0.06)  # past the wall bound (10 budgets of 5 ms)
+        return int(conn.execute(SHORT_SQL).fetchone()[0])
+
+    return late
+
+
 async def test_a_shape_that_only_ran_out_of_wall_time_is_tried_on_the_loop_again_soon(
     reader: Reader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,11 +202,7 @@ async def test_a_shape_that_only_ran_out_of_wall_time_is_tried_on_the_loop_again
     its CPU budget (every read of a cheap shape then paid the pool's hand-off)."""
     monkeypatch.setattr("server.storage.reader.LATE_SHAPE_MEMORY_S", 0.0)
     loop_thread = threading.get_ident()
-
-    def late(conn: sqlite3.Connection) -> int:
-        if threading.get_ident() == loop_thread:
-            time.sleep(0.06)  # past the wall bound (10 budgets of 5 ms), no CPU spent
-        return int(conn.execute(SHORT_SQL).fetchone()[0])
+    late = late_on_the_loop(loop_thread)
 
     assert await asyncio.wait_for(reader.run(late, shape="cheap"), 60) == 20000
     assert reader.deferred == 1
@@ -218,11 +227,7 @@ async def test_a_shape_late_twice_in_a_row_is_slow(
     the disk each time, not one preemption): the shape goes to the pool for that long."""
     monkeypatch.setattr("server.storage.reader.LATE_SHAPE_MEMORY_S", 0.0)
     loop_thread = threading.get_ident()
-
-    def late(conn: sqlite3.Connection) -> int:
-        if threading.get_ident() == loop_thread:
-            time.sleep(0.06)  # past the wall bound (10 budgets of 5 ms), no CPU spent
-        return int(conn.execute(SHORT_SQL).fetchone()[0])
+    late = late_on_the_loop(loop_thread)
 
     assert await asyncio.wait_for(reader.run(late, shape="cold"), 60) == 20000
     thread, _ = await reader.run(count, shape="other")

@@ -140,14 +140,19 @@ def test_replay_treats_a_shrunk_snapshot_that_misses_the_letters_fields_as_unver
     index.close()
 
 
-def test_the_byte_bound_forgets_oldest_settled_runs_never_pending_ones(tmp_path: Path) -> None:
-    """Past ``max_bytes`` the oldest settled runs go first; every pending run stays."""
-    index = RunsIndex(tmp_path / "i.sqlite")
+def _six_thousand_delivered(index: RunsIndex) -> RunsIndex:
+    """ev-0..ev-5999 accepted and delivered, a thousand at a time, oldest first."""
     for start in range(0, 6000, 1000):
         ops = [_create(i) for i in range(start, start + 1000)]
         _accept(index, *ops)
         index.settle({op["event_id"]: 1 for op in ops}, {})
         time.sleep(0.01)  # distinct touched_at per thousand
+    return index
+
+
+def test_the_byte_bound_forgets_oldest_settled_runs_never_pending_ones(tmp_path: Path) -> None:
+    """Past ``max_bytes`` the oldest settled runs go first; every pending run stays."""
+    index = _six_thousand_delivered(RunsIndex(tmp_path / "i.sqlite"))
     pending = [_create(i, metrics_bytes=200) for i in range(10_000, 10_200)]
     _accept(index, *pending)
     before = index.used_bytes()
@@ -166,12 +171,7 @@ def test_the_byte_bound_is_over_delivered_runs_with_the_backlog_allowed_besides(
 ) -> None:
     """A backlog whose rows alone pass ``max_bytes`` forgets no delivered run the bound has
     room for; past the bound (plus the backlog's share) the oldest settled go first."""
-    index = RunsIndex(tmp_path / "i.sqlite")
-    for start in range(0, 6000, 1000):
-        ops = [_create(i) for i in range(start, start + 1000)]
-        _accept(index, *ops)
-        index.settle({op["event_id"]: 1 for op in ops}, {})
-        time.sleep(0.01)  # distinct touched_at per thousand
+    index = _six_thousand_delivered(RunsIndex(tmp_path / "i.sqlite"))
     settled_bytes = index.used_bytes()
     pending = [_create(i, metrics_bytes=2_000) for i in range(10_000, 10_400)]
     _accept(index, *pending)

@@ -407,6 +407,16 @@ async def test_a_settle_keeps_every_runs_state(
     assert drain.settling() == Settling([1, 2])
 
 
+def settled_runs(index: RunsIndex, count: int) -> RunsIndex:
+    """``index`` with runs s0.. accepted and delivered (settled: what a prune forgets)."""
+    index.begin()
+    for i in range(count):
+        index.record(create(f"s{i}"), verified=True)
+    index.commit()
+    index.settle({f"s{i}": 1 for i in range(count)}, {})
+    return index
+
+
 async def test_the_pruner_outlives_a_failed_pass(
     index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -415,12 +425,7 @@ async def test_the_pruner_outlives_a_failed_pass(
     task used to end at the first error, and the index's bound with it)."""
     monkeypatch.setattr(runs_index, "INDEX_BUSY_TIMEOUT_MS", 50)
     monkeypatch.setattr(spoold_app, "PRUNE_EVERY_S", 0.05)
-    index = open_index(indexes, index_path, yields=True)
-    index.begin()
-    for i in range(10):
-        index.record(create(f"s{i}"), verified=True)
-    index.commit()
-    index.settle({f"s{i}": 1 for i in range(10)}, {})
+    index = settled_runs(open_index(indexes, index_path, yields=True), 10)
     other = sqlite3.connect(index_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with capture_logs() as logs:
@@ -453,12 +458,7 @@ def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
     close that follows ends the pass at its next slice and waits for it (it used to close
     the connection under the pass's statements: a segfault)."""
     monkeypatch.setattr(runs_index, "PRUNE_SLICE_ROWS", 8)
-    index = open_index(indexes, index_path, yields=True)
-    index.begin()
-    for i in range(3000):
-        index.record(create(f"s{i}"), verified=True)
-    index.commit()
-    index.settle({f"s{i}": 1 for i in range(3000)}, {})
+    index = settled_runs(open_index(indexes, index_path, yields=True), 3000)
     # The pass's second slice waits, at its begin, until the close has started.
     second_slice = threading.Event()
     begins: list[int] = []
