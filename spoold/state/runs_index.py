@@ -109,6 +109,8 @@ PRUNE_MAX_ROWS = 10_000
 #: 2 for rows of 2-4 KiB (one to a 4 KiB page: 1.9 for 2.2 KB in the unit test). Too high,
 #: delivered runs keep more than the bound while a backlog lasts (never more than the
 #: backlog's bytes); too low, a backlog makes the pruner forget delivered runs for nothing.
+#: Low for one case: small updates of delivered runs (a ~90-byte PATCH pending in a
+#: ~200-byte row); the shortfall is forgotten once, not at every pass.
 BACKLOG_ROW_BYTES_PER_SPOOL_BYTE = 2.0
 #: The WAL is truncated to this when it starts over (it would otherwise keep its peak
 #: size). Above the ~8 MiB at which the accept thread has it start over
