@@ -493,3 +493,23 @@ def test_a_close_during_a_prune_pass_ends_it_at_its_next_slice(
     assert outcome == [16]
     with contextlib.closing(sqlite3.connect(index_path)) as watcher:
         assert watcher.execute("SELECT count(*) FROM runs").fetchone()[0] == 3000 - 16
+
+
+def test_a_close_that_cannot_wait_leaves_the_connection_to_the_exit(
+    index_path: Path, indexes: list[RunsIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's statement outlasts ``CLOSE_WAIT_S`` (a prune slice stuck behind the
+    write gate): close returns, says so in the log, and never closes under the statement."""
+    monkeypatch.setattr(runs_index, "CLOSE_WAIT_S", 0.1)
+    index = settled_runs(open_index(indexes, index_path, yields=True), 3)
+    index._use.acquire()  # the other thread, mid-statement
+    try:
+        with capture_logs() as logs:
+            started = time.monotonic()
+            index.close()
+            waited = time.monotonic() - started
+        assert 0.1 <= waited < 5
+        assert [entry["event"] for entry in logs] == ["runs_index_close_abandoned"]
+        assert index._conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 3  # still open
+    finally:
+        index._use.release()
