@@ -1058,11 +1058,34 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     ceiling_db = workdir / "ceiling.sqlite"
     durable_copy(template, ceiling_db)
     baseline: float | None = None
-    lifecycle: LoadResult | None = None
+    measured: ServerWrites | None = None
     for label, root in trees:
-        baseline, lifecycle = measure_writes(bench, workdir, sizes, template, label, root, baseline)
-    if lifecycle is not None:
-        measure_ceiling(bench, workdir, ceiling_db, lifecycle)
+        baseline, measured = measure_writes(bench, workdir, sizes, template, label, root, baseline)
+    if measured is not None:
+        measure_ceiling(bench, workdir, ceiling_db, measured, sizes)
+
+
+@dataclass(frozen=True)
+class ServerWrites:
+    """This tree's server's creates and lifecycle rounds, for the ceiling's ratios."""
+
+    creates: LoadResult
+    lifecycle: LoadResult
+
+
+def creates_round(
+    bench: Bench, server: ServerProcess, name: str, sizes: Sizes
+) -> tuple[LoadResult, float]:
+    """Single creates at c=32 (up to ``sizes.creates`` or 30 s), after 300 unmeasured."""
+    return bench.load(
+        server,
+        Create(),
+        name=name,
+        concurrency=32,
+        max_ops=sizes.creates,
+        max_seconds=30,
+        warmup=300,
+    )
 
 
 def lifecycle_round(bench: Bench, server: ServerProcess, name: str) -> tuple[LoadResult, float]:
@@ -1127,9 +1150,12 @@ def remove_durably(paths: Iterable[Path]) -> None:
     os.sync()
 
 
-def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -> None:
-    """The same lifecycle load against bench/server_ceiling.py on ``db``, a copy of the
-    same prefill: the least a server does for these requests on this schema, same run."""
+def measure_ceiling(
+    bench: Bench, workdir: Path, db: Path, server: ServerWrites, sizes: Sizes
+) -> None:
+    """The same creates, then the same lifecycle load, against bench/server_ceiling.py on
+    ``db``, a copy of the same prefill: the least a server does for these requests on this
+    schema, same run. A target the ceiling misses too is this machine's, not the code's."""
     args = bench.args
     ceiling = ServerProcess(
         db,
@@ -1140,12 +1166,40 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
     try:
         ceiling.start()
         print(f"ceiling pid {ceiling.pid} at {ceiling.base_url}", file=sys.stderr)
+        created, created_cpu = creates_round(bench, ceiling, "ceiling creates c=32", sizes)
         result, cpu = lifecycle_round(bench, ceiling, f"ceiling lifecycle c=32 {args.seconds:g} s")
     finally:
         code = ceiling.stop()
         print(f"ceiling stopped, exit code {code}", file=sys.stderr)
+    rows = args.rows
+    ceiling_rate = created.requests_per_s("create")
+    server_rate = server.creates.requests_per_s("create")
+    bench.add(
+        created,
+        created_cpu,
+        scenario="(1c) ceiling of (1): single creates c=32",
+        label="create",
+        rate=f"{ceiling_rate:,.0f} runs/s",
+    )
+    scenario = "ceiling (aiohttp+validation+same SQLite writes) creates c=32"
+    bench.figure(scenario, "creates/s", ceiling_rate, None, rows=rows)
+    bench.figure(
+        scenario,
+        "server CPU ms/create",
+        server_cpu_ms_per_request(created, created_cpu),
+        None,
+        higher_is_better=False,
+        rows=rows,
+    )
+    bench.figure(
+        "server creates / the ceiling's, same run",
+        "x",
+        server_rate / ceiling_rate if ceiling_rate else math.nan,
+        None,
+        rows=rows,
+    )
     _, p99, worst = result.stats().quantiles_ms()
-    _, server_p99, server_max = server.stats().quantiles_ms()
+    _, server_p99, server_max = server.lifecycle.stats().quantiles_ms()
     bench.add(
         result,
         cpu,
@@ -1153,7 +1207,6 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
         rate=f"{result.ops_per_s:,.0f} runs/s, {result.requests_per_s():,.0f} req/s",
     )
     scenario = f"ceiling (aiohttp+validation+same SQLite writes) lifecycle c=32, {args.seconds:g} s"
-    rows = args.rows
     lifecycle_figures(bench, scenario, result, cpu, targets=(None, None))
     for metric, ours, theirs in (("p99", server_p99, p99), ("max", server_max, worst)):
         bench.figure(
@@ -1167,7 +1220,7 @@ def measure_ceiling(bench: Bench, workdir: Path, db: Path, server: LoadResult) -
     check = verify(
         db,
         "ceiling",
-        result.recording.notes.get("acked", []),
+        created.recording.notes.get("acked", []) + result.recording.notes.get("acked", []),
         result.recording.notes.get("patched", []),
     )
     bench.note_row(
@@ -1190,10 +1243,10 @@ def measure_writes(
     label: str,
     root: Path | None,
     baseline: float | None,
-) -> tuple[float, LoadResult | None]:
+) -> tuple[float, ServerWrites | None]:
     """One server (code from ``root``, else this tree) on a copy of the prefilled file:
     batches, then the raw executemany baseline (once per run), creates, lifecycle.
-    Returns the baseline's rows/s and the lifecycle round."""
+    Returns the baseline's rows/s and the creates and lifecycle rounds (if they ran)."""
     args = bench.args
     rows = args.rows
     tag = f" [{label}: {root}]" if label else ""
@@ -1207,6 +1260,7 @@ def measure_writes(
     )
     acked: list[str] = []
     patched: list[str] = []
+    creates: LoadResult | None = None
     lifecycle: LoadResult | None = None
     try:
         server.start()
@@ -1272,15 +1326,8 @@ def measure_writes(
             )
 
         before = writer_stats(server)
-        result, cpu = bench.load(
-            server,
-            Create(),
-            name=f"creates c=32{tag}",
-            concurrency=32,
-            max_ops=sizes.creates,
-            max_seconds=30,
-            warmup=300,
-        )
+        result, cpu = creates_round(bench, server, f"creates c=32{tag}", sizes)
+        creates = result
         after = writer_stats(server)
         acked += result.recording.notes.get("acked", [])
         rate = result.requests_per_s("create")
@@ -1345,7 +1392,9 @@ def measure_writes(
         bench.unverified.append(check.describe())
     remove_durably([db, *workdir.glob(f"{db.name}-*")])
     assert baseline is not None
-    return baseline, lifecycle
+    if creates is None or lifecycle is None:
+        return baseline, None
+    return baseline, ServerWrites(creates, lifecycle)
 
 
 def read_measurements(
