@@ -158,6 +158,7 @@ async def accept_ctx(app: web.Application) -> AsyncIterator[None]:
         window_s=config.group_window_ms / 1000,
         max_group=config.max_group,
         on_commit=app[SIDECAR_METRICS].observe_commit,
+        slow_commit_s=config.slow_commit_ms / 1000,
     )
     acceptor.start()
     app[_ACCEPTOR] = acceptor

@@ -89,6 +89,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Group-commit window: writes arriving within it share one fsync.",
     ),
     Setting(
+        "SPOOLD_SLOW_COMMIT_MS",
+        "slow_commit_ms",
+        "An accept commit at least this slow is logged (accept_commit_slow) with the time of "
+        "each phase and what ran meanwhile; lower it to trace a latency tail.",
+    ),
+    Setting(
         "SPOOLD_SHUTDOWN_DEADLINE_S",
         "shutdown_deadline_s",
         "On SIGTERM, the deadline of the whole stop (draining, in-flight requests, closing); keep the unit's TimeoutStopSec >= this + 6 s.",
@@ -188,6 +194,9 @@ DEFAULT_MAX_INFLIGHT_REQUESTS = 256
 #: as its in-process write gate waits (``spoold.spool.writegate``).
 SPOOL_BUSY_TIMEOUT_MS = 10_000
 INDEX_BUSY_TIMEOUT_MS = 5_000
+#: An accept commit at least this slow is logged with its phases (``spoold.accept.slow_commits``):
+#: twice the p99 target, so only a commit that alone puts a write past it.
+SLOW_COMMIT_MS = 50.0
 
 
 def split_upstream_urls(value: str) -> tuple[str, ...]:
@@ -249,6 +258,7 @@ class SpooldConfig(BaseModel):
     batch_max_items: int = Field(default=1000, ge=1, le=100_000)
     group_window_ms: float = Field(default=2.0, ge=0, le=100)
     max_group: int = Field(default=512, ge=1, le=10_000)
+    slow_commit_ms: float = Field(default=SLOW_COMMIT_MS, ge=1, le=60_000)
     shutdown_deadline_s: float = Field(default=10.0, ge=0, le=3600)
     upstream_timeout_s: float = Field(default=10.0, gt=0, le=600)
     lookup_timeout_s: float = Field(default=2.0, gt=0, le=60)

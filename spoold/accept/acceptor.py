@@ -39,7 +39,7 @@ import structlog
 
 from server.runtime.group_commit import Answer, GroupCommit, GroupWork
 from server.sqlite.errors import is_disk_full
-from spoold.accept.slow_commits import CommitTimer
+from spoold.accept.slow_commits import SLOW_COMMIT_S, CommitTimer
 from spoold.config import INDEX_BUSY_TIMEOUT_MS
 from spoold.spool import Spool, SpoolClosedError, SpoolError, SpoolFull, SpoolWriteError
 from spoold.spool.checkpoint import WalCheckpointer
@@ -126,6 +126,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         max_group: int = 512,
         on_commit: Callable[[int, float], None] | None = None,
         checkpoint_every_bytes: int | None = INDEX_CHECKPOINT_BYTES,
+        slow_commit_s: float = SLOW_COMMIT_S,
     ) -> None:
         self._spool = spool
         self._on_commit = on_commit
@@ -139,7 +140,7 @@ class Acceptor(GroupWork[_Write, Accepted]):
         )
         self._checkpoint_every = checkpoint_every_bytes
         self._checkpointer: WalCheckpointer | None = None
-        self._timer = CommitTimer(spool)
+        self._timer = CommitTimer(spool, slow_commit_s)
         self.stats = AcceptStats()
         #: accepted_at of the writes submitted and not yet answered (on the event loop):
         #: they are the sidecar's before the spool has them (``oldest_pending``).

@@ -1,7 +1,7 @@
 """Why an accept commit was slow: the time of each phase and what ran meanwhile.
 
 A write waits at least as long as its group's commit. A commit at least
-``SLOW_COMMIT_S`` slow is logged (``accept_commit_slow``) with its phases (waiting
+``SLOW_COMMIT_S`` slow (``SPOOLD_SLOW_COMMIT_MS``) is logged (``accept_commit_slow``) with its phases (waiting
 for the index's write gate, classifying, the spool put and fsync, the index commit)
 and the clocks of ``spoold.pauses`` over it: garbage collection, the spool's and the
 index's WAL checkpoints, the accept thread on a CPU and waiting for one, and the event
@@ -15,21 +15,24 @@ import time
 
 import structlog
 
+from spoold.config import SLOW_COMMIT_MS
 from spoold.pauses import GC_CLOCK, ThreadClock
 from spoold.spool import Spool
 from spoold.spool.checkpoint import WalCheckpointer
 
 log = structlog.get_logger("spoold.accept")
 #: A group commit at least this slow is logged (``accept_commit_slow``) with what the
-#: thread was doing meanwhile: a write waiting on it waits at least that long.
-SLOW_COMMIT_S = 0.05
+#: thread was doing meanwhile: a write waiting on it waits at least that long. The
+#: default; ``SPOOLD_SLOW_COMMIT_MS`` lowers it to trace a p99 (a few ms on a loaded host).
+SLOW_COMMIT_S = SLOW_COMMIT_MS / 1000
 
 
 class CommitTimer:
     """Reads the clocks before a commit; ``attribute`` logs the commit if it was slow."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, slow_s: float = SLOW_COMMIT_S) -> None:
         self._spool = spool
+        self._slow_s = slow_s
         #: The runs index's checkpointer, once the accept path has one.
         self.index_checkpoints: WalCheckpointer | None = None
         #: How long the current group waited to begin its index transaction.
@@ -77,7 +80,7 @@ class CommitTimer:
         """Log a slow commit with the time of each phase and what ran meanwhile; whether
         it was slow."""
         done = time.perf_counter()
-        if done - started < SLOW_COMMIT_S:
+        if done - started < self._slow_s:
             return False
         gc_s, spool_s, index_s, cpu_s, starved_s, loop_starved_s = (
             after - before for after, before in zip(self.clocks(), clocks, strict=True)
