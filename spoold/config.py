@@ -92,7 +92,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SPOOLD_SLOW_COMMIT_MS",
         "slow_commit_ms",
         "An accept commit at least this slow is logged (accept_commit_slow) with the time of "
-        "each phase and what ran meanwhile; lower it to trace a latency tail.",
+        "each phase and what ran meanwhile; lower it to trace a latency tail (a line per such commit).",
     ),
     Setting(
         "SPOOLD_SHUTDOWN_DEADLINE_S",

@@ -1,7 +1,7 @@
 """Why an accept commit was slow: the time of each phase and what ran meanwhile.
 
 A write waits at least as long as its group's commit. A commit at least
-``SLOW_COMMIT_S`` slow (``SPOOLD_SLOW_COMMIT_MS``) is logged (``accept_commit_slow``) with its phases (waiting
+``SPOOLD_SLOW_COMMIT_MS`` slow is logged (``accept_commit_slow``) with its phases (waiting
 for the index's write gate, classifying, the spool put and fsync, the index commit)
 and the clocks of ``spoold.pauses`` over it: garbage collection, the spool's and the
 index's WAL checkpoints, the accept thread on a CPU and waiting for one, and the event
@@ -94,6 +94,7 @@ class CommitTimer:
         log.warning(
             "accept_commit_slow",
             total_ms=round(1e3 * (done - started), 1),
+            threshold_ms=round(1e3 * self._slow_s, 1),
             slowest=max(phases, key=phases.__getitem__),
             **{f"{name}_ms": round(1e3 * seconds, 1) for name, seconds in phases.items()},
             gc_ms=round(1e3 * gc_s, 1),

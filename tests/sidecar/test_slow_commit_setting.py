@@ -62,13 +62,16 @@ async def slow_commits_of_three_creates(spool_dir: Path, url: str, **settings: A
 async def test_a_lowered_threshold_logs_the_commits_the_default_lets_pass(
     tmp_path: Path, dead_url: str
 ) -> None:
-    assert await slow_commits_of_three_creates(tmp_path / "default", dead_url) == []
+    # At the default, a commit is logged only if the host stalled it past 50 ms (a loaded
+    # machine may): never for the injected 20 ms alone.
+    default = await slow_commits_of_three_creates(tmp_path / "default", dead_url)
+    assert all(entry["total_ms"] >= 50 and entry["threshold_ms"] == 50 for entry in default)
     logged = await slow_commits_of_three_creates(tmp_path / "low", dead_url, slow_commit_ms=5)
     assert len(logged) == 3
     for entry in logged:
         assert entry["spool_put_ms"] >= 1e3 * PUT_S
-        assert entry["slowest"] == "spool_put"
         assert entry["total_ms"] >= 5
+        assert entry["threshold_ms"] == 5
 
 
 @pytest.mark.parametrize("value", ["0", "0.5", "-5", "soon", "1e9", "nan"])
