@@ -25,8 +25,9 @@ a step fails or the bench is interrupted. In order:
    of 3. Then, while the rest drains, an open-loop generator offers 1,000
    creates/s (one every 1/1000 s whatever the answers do; latency measured from
    each request's *scheduled* time, so a stall is not hidden by the generator
-   waiting for it) for up to 15 s, cut to what the drain has left: the accept
-   p99 during the drain. The drain rate while that load runs is shown too.
+   waiting for it; the generator's garbage collector is off meanwhile, so its own
+   pauses are not counted as spoold's) for up to 15 s, cut to what the drain has
+   left: the accept p99 during the drain. The drain rate while that load runs is shown too.
    **4b. The ceiling under the same load**, once spoold is stopped: the ceiling
    process of bench/spoold_accept.py (aiohttp + the same validation + one fsync per
    group of requests, no queue) gets the same open-loop creates for the same time
