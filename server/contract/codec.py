@@ -6,6 +6,7 @@ pathological body is a 400 rather than deep recursion anywhere downstream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,7 @@ import orjson
 from server.contract.errors import MalformedJson, ValidationFailed
 
 DEFAULT_MAX_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(raw: bytes | bytearray | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -74,3 +76,17 @@ def dumps(value: Any) -> bytes:
 def dumps_text(value: Any) -> str:
     """Serialise to a JSON string, for storage in a TEXT column."""
     return dumps(value).decode()
+
+
+def embed(serialised: bytes) -> orjson.Fragment:
+    """JSON already serialised, to be placed as is inside a value given to ``dumps``."""
+    return orjson.Fragment(serialised)
+
+
+def dumps_key(key: str) -> bytes:
+    """One object key as JSON, never failing: a string orjson refuses (a lone surrogate,
+    which nothing validated should ever carry) is written with U+FFFD in its place."""
+    try:
+        return orjson.dumps(key)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_SURROGATE.sub("\ufffd", key))

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from server import __version__
+from server.contract.codec import embed
 from server.contract.fields import CANONICAL_STATUSES
 from server.edge.prometheus import exposition, wants_prometheus
 from server.edge.responses import json_response
@@ -85,7 +86,7 @@ async def metrics(request: web.Request) -> web.Response:
     }
     body: dict[str, object] = {"total_runs": counts.total_runs}
     if request.app[READ_GUARD].reveals(request.headers.get("Authorization")):
-        body["agents"] = counts.agents
+        body["agents"] = embed(counts.agents_json)
         performance = {_LOCATION[status.backend]: status.location, **performance}
     body |= {
         "recent_24h": counts.recent_24h,

@@ -30,7 +30,7 @@ import structlog
 
 from server.postgres.errors import ACQUIRE_TIMEOUT_S
 from server.postgres.text import decode
-from server.storage.counters import WINDOW_MINUTES, RunCounts, minute_of
+from server.storage.counters import WINDOW_MINUTES, RunCounts, agents_json, minute_of
 from server.storage.metadata import MetadataSnapshot
 
 log = structlog.get_logger("server.postgres")
@@ -63,7 +63,7 @@ class Snapshots:
         self.metadata = MetadataSnapshot((), ())
         self._agents: frozenset[str] = frozenset()
         self._jobs: frozenset[str] = frozenset()
-        self.counts = RunCounts(0, {}, 0, {})
+        self.counts = RunCounts(0, b"{}", 0, {})
         self.reaped_runs = 0
         self._names_dirty = True
         self._names_at = 0.0
@@ -159,7 +159,7 @@ class Snapshots:
             name = decode(agent)
             agents[name] = agents.get(name, 0) + int(n)
             statuses[status] = statuses.get(status, 0) + int(n)
-        busiest = dict(sorted(agents.items(), key=lambda item: (-item[1], item[0])))
+        busiest = agents_json(sorted(agents.items(), key=lambda item: (-item[1], item[0])))
         self.counts = RunCounts(sum(agents.values()), busiest, int(recent), statuses)
         self.reaped_runs = int(reaped)
         self._counts_at = time.monotonic()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from server.contract.codec import dumps_key, loads
 from server.contract.timestamps import format_instant
 
 WINDOW_MINUTES = 24 * 60
@@ -41,9 +42,26 @@ def minute_of(moment: datetime) -> str:
 @dataclass(frozen=True)
 class RunCounts:
     total_runs: int
-    agents: dict[str, int]  # shared between snapshots until the counts change: read only
+    #: ``{"agent": runs, ...}`` busiest first, as /metrics shows it: JSON, because a read
+    #: right after a write would otherwise rebuild a dict of every agent (most of its cost
+    #: with thousands of agents) only for the answer to serialise it again.
+    agents_json: bytes
     recent_24h: int
     by_status: dict[str, int]
+
+    @property
+    def agents(self) -> dict[str, int]:
+        """The agents as a dict (start-up and tests; the answer embeds ``agents_json``)."""
+        return dict(loads(self.agents_json))
+
+
+def agents_json(busiest_first: Iterable[tuple[str, int]]) -> bytes:
+    """The ``agents`` object of /metrics, from (agent, runs) pairs in answer order."""
+    return b"{" + b",".join(_agent_entry(agent, n) for agent, n in busiest_first) + b"}"
+
+
+def _agent_entry(agent: str, n: int) -> bytes:
+    return b"%s:%d" % (dumps_key(agent), n)
 
 
 class RunCounters:
@@ -54,10 +72,12 @@ class RunCounters:
         self._lock = threading.Lock()
         self._total = 0
         self._agents: dict[str, int] = {}
-        # The agents busiest first (then by name), kept sorted as counts change, and the
-        # dict answers show, built from it once per change rather than sorted per read.
+        # The agents busiest first (then by name), kept sorted as counts change, and beside
+        # it each one's ``"name":runs`` JSON: a read after a change joins those (one C call)
+        # instead of sorting, or building a dict, per read.
         self._agent_order: list[tuple[int, str]] = []
-        self._agents_view: dict[str, int] | None = {}
+        self._agent_entries: list[bytes] = []
+        self._agents_json: bytes | None = b"{}"
         self._statuses: dict[str, int] = {}
         self._minutes: dict[str, int] = {}  # minutes still inside (or after) the window
         self._expiry: list[str] = []  # heap of the keys of _minutes
@@ -80,7 +100,8 @@ class RunCounters:
             for agent, status, n in rows:
                 self._add(str(agent), str(status), int(n))
             self._agent_order = sorted((-n, agent) for agent, n in self._agents.items() if n)
-            self._agents_view = None
+            self._agent_entries = [_agent_entry(agent, -n) for n, agent in self._agent_order]
+            self._agents_json = None
             for minute, n in recent:
                 self._add_minute(str(minute), int(n))
 
@@ -108,9 +129,9 @@ class RunCounters:
         """The current counts; O(agents + statuses), independent of the number of runs."""
         with self._lock:
             self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
-            if self._agents_view is None:
-                self._agents_view = {agent: -negated for negated, agent in self._agent_order}
-            return RunCounts(self._total, self._agents_view, self._recent, dict(self._statuses))
+            if self._agents_json is None:
+                self._agents_json = b"{" + b",".join(self._agent_entries) + b"}"
+            return RunCounts(self._total, self._agents_json, self._recent, dict(self._statuses))
 
     @property
     def window_start(self) -> str:
@@ -128,10 +149,13 @@ class RunCounters:
     def _reorder(self, agent: str, before: int, after: int) -> None:
         """Move one agent in the busiest-first order: a bisect and a memmove, no sort."""
         if before:
-            del self._agent_order[bisect.bisect_left(self._agent_order, (-before, agent))]
+            at = bisect.bisect_left(self._agent_order, (-before, agent))
+            del self._agent_order[at], self._agent_entries[at]
         if after:
-            bisect.insort(self._agent_order, (-after, agent))
-        self._agents_view = None
+            at = bisect.bisect_right(self._agent_order, (-after, agent))
+            self._agent_order.insert(at, (-after, agent))
+            self._agent_entries.insert(at, _agent_entry(agent, after))
+        self._agents_json = None
 
     def _add_minute(self, minute: str, n: int) -> None:
         if minute < self._window_start:

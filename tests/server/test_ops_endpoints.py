@@ -88,6 +88,42 @@ async def test_metrics_counts_runs_agents_and_recent_instants(api, new_run):
     assert body["recent_24h"] == 4
 
 
+#: Names JSON must escape or that look like JSON (control characters and line separators
+#: are refused as identifiers, so they never reach the counts).
+HOSTILE_AGENTS = [
+    'q"uote',
+    "back\\slash",
+    "\u00e9t\u00e9",
+    "\U0001f600",
+    "<script>",
+    '{"x":1}',
+    "a,b:c",
+    "\ufeffbom",
+    "null",
+    "'); DROP TABLE agent_runs; --",
+]
+
+
+async def test_metrics_agents_survive_hostile_names_busiest_first(api, new_run):
+    """Agent names that JSON must escape (quotes, backslashes) or that look like JSON or
+    markup, non-ASCII ones included, come back exact, busiest first, ties by name,
+    and stay so as counts change (the answer splices pre-serialised entries)."""
+    runs = [
+        new_run(agent_name=name) for i, name in enumerate(HOSTILE_AGENTS) for _ in range(i % 3 + 1)
+    ]
+    reply = await api.post("/api/v1/runs/batch", json=runs)
+    assert (reply.status, reply.body["inserted"]) == (200, len(runs))
+    expected = {name: i % 3 + 1 for i, name in enumerate(HOSTILE_AGENTS)}
+    body = (await api.get("/metrics")).body
+    order = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+    assert list(body["agents"].items()) == order
+    await api.post("/api/v1/runs/batch", json=[new_run(agent_name='q"uote') for _ in range(5)])
+    expected['q"uote'] += 5
+    order = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+    assert list((await api.get("/metrics")).body["agents"].items()) == order
+    assert (await api.get("/metrics")).body["total_runs"] == sum(expected.values())
+
+
 @pytest.mark.parametrize("offset_hours", [-10, -5, 5.5, 14])
 async def test_recent_24h_is_offset_independent(api, new_run, offset_hours):
     """A run 23h old counts and one 25h old does not, whatever offset created_at used."""

@@ -20,7 +20,7 @@ def test_agent_order_equals_a_fresh_sort_after_random_changes() -> None:
     rng = random.Random(5)
     counters = RunCounters()
     truth: dict[str, int] = {}
-    agents = [f"agent-{i:02d}" for i in range(30)] + ["Zeta", "ä", "a b"]
+    agents = [f"agent-{i:02d}" for i in range(30)] + ["Zeta", "ä", "a b", 'q"', "b\\s", "😀"]
     for _ in range(400):
         deltas = []
         for _ in range(rng.randint(1, 6)):
@@ -35,11 +35,11 @@ def test_agent_order_equals_a_fresh_sort_after_random_changes() -> None:
 
 
 def test_snapshot_reuses_the_agents_until_a_change() -> None:
-    """At rest a read builds nothing: the same agents dict is served until counts change."""
+    """At rest a read builds nothing: the same agents JSON is served until counts change."""
     counters = RunCounters()
     counters.apply([("a", "success", MINUTE, 2), ("b", "success", MINUTE, 1)])
-    first = counters.snapshot().agents
-    assert counters.snapshot().agents is first
+    first = counters.snapshot().agents_json
+    assert counters.snapshot().agents_json is first
     counters.apply([("b", "failure", MINUTE, 2)])
     assert counters.snapshot().agents == {"b": 3, "a": 2}
 
@@ -92,3 +92,11 @@ def test_changes_netting_to_zero_do_not_pile_up() -> None:
         conn.close()
     assert left == 0
     assert counters.snapshot().total_runs == 0
+
+
+def test_an_unencodable_name_cannot_break_the_answer() -> None:
+    """A lone surrogate (which validation never lets in) is written as U+FFFD, so the
+    writer thread that keeps the JSON never raises over a name."""
+    counters = RunCounters()
+    counters.apply([("bad\ud800", "success", MINUTE, 2), ("ok", "success", MINUTE, 1)])
+    assert counters.snapshot().agents == {"bad\ufffd": 2, "ok": 1}
