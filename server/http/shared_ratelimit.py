@@ -16,9 +16,11 @@ a second) whose tokens live in the database, and that replicas *lease*.
 - The hot path never waits for the database but once per client and replica: a
   client new to this replica (or back after ``IDLE_S`` idle, or forgotten) waits for
   the next exchange, started at once and shared by every client new meanwhile (one
-  round trip; one tick more when another replica holds the whole pool, so that one
-  gives its share back instead of this request being refused). Then ``decide`` spends
-  a token of the local lease, or refuses.
+  round trip; then, while other replicas hold the client's tokens and this one got
+  none, up to ``SHARE_WAIT_S`` more, for a holder's next tick to give its share back
+  instead of this request being refused; a holder that has not ticked by then is as
+  good as gone, and the fallback decides). Then ``decide`` spends a token of the local
+  lease, or refuses.
 - Every grant comes from a lease, so the total is never above the budget but by what
   a replica spends while its own report is in flight (charged at its next tick, a
   debt the refill pays). Below it: a replica killed holding a lease loses those tokens
@@ -66,6 +68,10 @@ WINDOW_S = 1.0
 IDLE_S = 1.0
 #: Without a successful exchange for this long, the limit fails open (per replica).
 STALE_S = 1.0
+#: A client's first request here waits at most this long for the replicas that hold
+#: its tokens to give a share back (their next tick, ``TICK_S`` apart, later on a
+#: loaded host); then the fallback decides. Below ``STALE_S``, which bounds any wait.
+SHARE_WAIT_S = 0.5
 #: Clients reported per call at most (the longest unreported first).
 MAX_REPORTS = 500
 #: How often a replica sweeps the shared tables.
@@ -110,8 +116,8 @@ class _Client:
     sent_returned: float = 0.0
     #: The report in flight gives the lease back.
     releasing: bool = False
-    #: The first answer left nothing here while others hold leases: one more tick.
-    waited: bool = False
+    #: Since when the answers left nothing here while others hold leases (None: not).
+    starved_since: float | None = None
 
 
 class SharedRateLimiter:
@@ -245,10 +251,17 @@ class SharedRateLimiter:
                 state.serving = state.lease != 0.0  # a debt left is still reported
             state.sent = None
             starved = state.lease < 1.0 and grant.others >= 1.0
-            if state.pending is not None and starved and not state.waited:
-                state.waited = True  # another replica leases it all: wait for its tick
+            if state.pending is not None and starved:
+                # Other replicas lease it all: wait for their next tick to give a share
+                # back (one tick is not enough when the host is loaded and theirs is late).
+                if state.starved_since is None:
+                    state.starved_since = now
+                if now - state.starved_since < SHARE_WAIT_S:
+                    continue
+                state.starved_since = None
+                _answer(state, False)  # the holders never ticked: as if the store were slow
                 continue
-            state.waited = False
+            state.starved_since = None
             _answer(state, True)
 
     def _unsend(self, reports: Sequence[Report]) -> None:
