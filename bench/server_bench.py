@@ -1067,10 +1067,35 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
 
 @dataclass(frozen=True)
 class ServerWrites:
-    """This tree's server's creates and lifecycle rounds, for the ceiling's ratios."""
+    """This tree's server's creates and lifecycle rounds, for the ceiling's ratios, and the
+    batch rows it stored before them (the ceiling's copy gets them too)."""
 
     creates: LoadResult
     lifecycle: LoadResult
+    batch_rows: list[list[dict[str, Any]]]
+
+
+def add_batch_rows(path: Path, batches: Sequence[Sequence[dict[str, Any]]]) -> int:
+    """The rows the server's batch rounds stored, into the ceiling's copy (one transaction
+    per batch, checkpointed and flushed before it is measured): both then take their
+    creates on a table of the same size. Returns the rows added."""
+    now = iso(datetime.now(UTC))
+    conn = open_db(path, "FULL")
+    added = 0
+    try:
+        for batch in batches:
+            params = to_params(batch, now)
+            if not params:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT_SQL, params)
+            conn.execute("COMMIT")
+            added += len(params)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    durable_copy_flush(path)
+    return added
 
 
 def creates_round(
@@ -1135,7 +1160,12 @@ def durable_copy(source: Path, target: Path) -> None:
     With the server's checkpoints switched off (to isolate it), that round's max was
     237 ms with the copies left dirty and 54 ms with them flushed first."""
     shutil.copyfile(source, target)
-    fd = os.open(target, os.O_RDONLY)
+    durable_copy_flush(target)
+
+
+def durable_copy_flush(path: Path) -> None:
+    """fsync a file, so its write-back is over before a round runs next to it."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -1154,9 +1184,12 @@ def measure_ceiling(
     bench: Bench, workdir: Path, db: Path, server: ServerWrites, sizes: Sizes
 ) -> None:
     """The same creates, then the same lifecycle load, against bench/server_ceiling.py on
-    ``db``, a copy of the same prefill: the least a server does for these requests on this
-    schema, same run. A target the ceiling misses too is this machine's, not the code's."""
+    ``db``, a copy of the same prefill given the server's batch rows: the least a server
+    does for these requests on this schema and table, same run. A target the ceiling
+    misses too is this machine's, not the code's."""
     args = bench.args
+    added = add_batch_rows(db, server.batch_rows)
+    print(f"ceiling copy: the server's {added:,} batch rows added", file=sys.stderr)
     ceiling = ServerProcess(
         db,
         workdir / "server-ceiling.log",
@@ -1262,6 +1295,7 @@ def measure_writes(
     )
     acked: list[str] = []
     patched: list[str] = []
+    batch_rows: list[list[dict[str, Any]]] = []
     creates: LoadResult | None = None
     lifecycle: LoadResult | None = None
     try:
@@ -1292,6 +1326,10 @@ def measure_writes(
         )
         batch_acked = result.recording.notes.get("acked", [])
         acked += batch_acked
+        stored = set(acked)
+        batch_rows = [
+            [run for run in batch if run["event_id"] in stored] for batch in warm + batches
+        ]
         batch_rate = len(batch_acked) / result.elapsed_s
         complete = result.recording.ops_done == len(batches)
         if baseline is None:
@@ -1396,7 +1434,7 @@ def measure_writes(
     assert baseline is not None
     if creates is None or lifecycle is None:
         return baseline, None
-    return baseline, ServerWrites(creates, lifecycle)
+    return baseline, ServerWrites(creates, lifecycle, batch_rows)
 
 
 def read_measurements(

@@ -6,8 +6,9 @@ least a server can do for those requests on this schema, in a process of its own
 bench/server_bench.py starts it on a copy of its prefill, right after the real server's
 lifecycle round, and drives it with the same loads (creates at c=32, then lifecycles at
 c=32 for the same seconds), so the server's creates/s, p99 and max are quoted against it
-in the same run. Its copy does not get the server's batch rounds (~41,000 rows at
-``--rows 100000``): at 100k it runs on fewer rows than the server did, at 1M alike. What it does, and nothing else:
+in the same run. Its copy is given the rows the server's batch rounds stored (~41,000 at
+``--rows 100000``) before it starts, so both take their creates on a table of the same
+size. What it does, and nothing else:
 
 - aiohttp, no middleware but the contract's 4xx answers, no request log, no metrics;
 - the contract's validation (``RunCreate``, ``patch_changes``: the same 422s) and the
