@@ -66,8 +66,10 @@ PRUNE_EVERY_S = 60.0
 #: pass's deletes and WAL copy share the index with the accept path. A pass every second
 #: during a 1M-op drain (eb2eeba) took the accept p99 at 1,000 creates/s from ~20 ms to
 #: 64-172 ms; one every 10 s to 51 ms; every 60 s, 21 ms (bench/spoold_bench.py --rows
-#: 1000000). The cost: at most PRUNE_MAX_ROWS runs forgotten a minute, so a host settling
-#: more than that for long exceeds SPOOLD_INDEX_MAX_MB until its load eases.
+#: 1000000). A pass forgets as many runs as the byte bound needs (up to
+#: ``PRUNE_MAX_BOUND_ROWS``, above any rate spoold accepts), so a host settling runs fast
+#: for long stays within SPOOLD_INDEX_MAX_MB after each pass; in between, the index may
+#: pass it by a minute's settled runs (~200 bytes each once delivered).
 PRUNE_STOP_WAIT_S = 1.0
 #: Past the stop deadline: how long a cancelled drainer may take to give its groups back,
 #: and how long the accept thread may take to answer what it holds.

@@ -239,3 +239,23 @@ def test_runs_a_recount_finds_settled_are_shrunk_too(tmp_path: Path) -> None:
     assert queued.complete
     assert queued.pending == 1
     index.close()
+
+
+def test_the_byte_bound_holds_whatever_the_settle_rate(tmp_path: Path) -> None:
+    """More runs settled between two passes than a pass forgets by age (``max_rows``, a
+    tenth of what one settles here): each pass still brings the index within its bound
+    (the byte pass was capped at ten times ``max_rows``, so a host settling faster than
+    ~1,700 runs/s grew past SPOOLD_INDEX_MAX_MB without end)."""
+    index = RunsIndex(tmp_path / "i.sqlite")
+    bound = 0
+    for minute in range(4):
+        ops = [_create(minute * 10_000 + i, metrics_bytes=300) for i in range(1500)]
+        _accept(index, *ops)
+        index.settle({op["event_id"]: 1 for op in ops}, {})
+        if minute == 0:
+            bound = index.used_bytes()  # about one "minute" of settled runs
+            continue
+        index.prune(keep_s=86_400, max_bytes=bound, max_rows=10)
+        assert index.used_bytes() <= bound, minute
+        assert index.get(f"ev-{minute * 10_000 + 1499}") is not None  # the newest stay
+    index.close()
