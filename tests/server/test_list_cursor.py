@@ -95,6 +95,39 @@ async def test_walk_with_inserts_meanwhile_neither_skips_nor_repeats(api, new_ru
     assert before <= set(walked), "a run that existed was skipped"
 
 
+async def test_walk_with_patches_meanwhile_neither_skips_nor_repeats(api, new_run):
+    """PATCHes between the pages of a filtered walk (runs leaving the filter, runs joining
+    it, a body carrying another created_at) never make it repeat a run, nor skip one that
+    matched all along: the walk's key, created_at, is never moved by an update."""
+    rng = random.Random(4)
+    await seed(api, new_run, 240, rng)
+    running = ids(await api.list(status="running", limit=1000))
+    others = [e for e in ids(await api.list(limit=1000)) if e not in set(running)]
+    leaving = set(rng.sample(running, len(running) // 3))
+    staying = [e for e in running if e not in leaving]
+    joining = rng.sample(others, 20)
+    created = {e: (await api.run(e))["created_at"] for e in staying[:10] + joining}
+    moved_to = "2030-01-01T00:00:00Z"  # newer than every run: a walk would see it again
+    queue: list[tuple[str, dict[str, Any]]] = [(e, {"status": "success"}) for e in leaving]
+    queue += [(e, {"status": "running", "created_at": moved_to}) for e in joining]
+    queue += [(e, {"duration_ms": 5, "created_at": moved_to}) for e in staying[:10]]
+    rng.shuffle(queue)
+
+    async def patch_some() -> None:
+        for _ in range(6):
+            if queue:
+                event_id, body = queue.pop()
+                reply = await api.patch(f"/api/v1/runs/{event_id}", json=body)
+                assert reply.status == 200, reply.body
+
+    walked = await walk(api, {"status": "running", "limit": "5"}, between_pages=patch_some)
+    assert not queue, "the walk ended before every PATCH was sent"
+    assert len(walked) == len(set(walked)), "a run was returned twice"
+    assert set(staying) <= set(walked), "a run that matched all along was skipped"
+    for event_id, stamp in created.items():
+        assert (await api.run(event_id))["created_at"] == stamp
+
+
 async def test_last_page_has_no_cursor(api, new_run):
     """A page that ends the result carries no X-Next-Cursor; one with more does."""
     await seed(api, new_run, 6, random.Random(3))

@@ -169,6 +169,26 @@ async def test_counts_survive_a_restart(make_api, make_config, new_run, aiohttp_
     assert_matches((await again.get("/metrics")).body, await truth(again))
 
 
+async def test_agents_order_and_escapes_survive_a_restart(make_api, new_run):
+    """Names JSON must escape, counted at start-up (a path of its own) rather than as they
+    were written: the same agents, counts and busiest-first order after a restart."""
+    names = ['q"uote', "back\\slash", "\u00e9t\u00e9", "\U0001f600", '{"x":1}', "a,b:c", "null"]
+    api = await make_api()
+    runs = [new_run(agent_name=name) for i, name in enumerate(names) for _ in range(i % 3 + 1)]
+    assert (await api.post("/api/v1/runs/batch", json=runs)).body["inserted"] == len(runs)
+    before = (await api.get("/metrics")).body["agents"]
+    await api.client.close()
+    again = await make_api()
+    after = (await again.get("/metrics")).body["agents"]
+    assert list(after.items()) == list(before.items())
+    assert sorted(after) == sorted(names)
+    more = [new_run(agent_name="null") for _ in range(3)]  # 1 -> 4: first, past every other
+    assert (await again.post("/api/v1/runs/batch", json=more)).body["inserted"] == 3
+    moved = (await again.get("/metrics")).body["agents"]
+    assert list(moved) == ["null", *(name for name in after if name != "null")]
+    assert moved["null"] == after["null"] + 3
+
+
 async def test_metrics_runs_no_query(api, new_run, monkeypatch):
     """/metrics (JSON and Prometheus) never touches the readers: it is served from memory."""
     await api.post("/api/v1/runs/batch", json=[new_run() for _ in range(5)])
