@@ -123,7 +123,6 @@ async def test_under_writes_that_never_pause_the_wal_still_starts_over(
     bound = INDEX_RESTART_FRAMES * 4096 * 2 + 4 * 1024 * 1024  # twice the restart size + slack
     assert max(sizes) <= bound, (max(sizes), bound)
     assert acceptor.stats.wal_copies >= 1, "the WAL never started over"
-    assert acceptor.stats.wal_copy_max_s < 5.0
     index.close()
 
 

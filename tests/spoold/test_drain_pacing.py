@@ -28,8 +28,8 @@ async def test_a_round_that_took_long_rests_at_most_a_second(
     ten minutes while agents write: the rest is capped at MAX_REST_S."""
     rests = await _one_round(monkeypatch, agents_writing=True, round_s=round_s)
     assert len(rests) == 1
-    assert rest_s <= rests[0] < rest_s + 0.5
     assert send_module.MAX_REST_S == 1.0
+    assert rest_s <= rests[0] <= send_module.MAX_REST_S  # the cap, not a timing
 
 
 async def _one_round(

@@ -71,16 +71,15 @@ def test_a_waiting_accept_transaction_goes_before_the_drainers_next_slice(
     index_path: Path, indexes: list[RunsIndex]
 ) -> None:
     """While a drain slice holds the index, an accept transaction and the next drain
-    slice both wait; the accept one gets the index first, at once when the slice ends."""
+    slice both wait; the accept one gets the index first when the slice ends (the gate
+    wakes its waiters on the commit: no polling sleep, and no timing asserted here)."""
     drain = open_index(indexes, index_path, synchronous="FULL", yields=True)
     drain_next = open_index(indexes, index_path, synchronous="FULL", yields=True)
     acceptor = open_index(indexes, index_path)
     order: list[str] = []
-    got_at: dict[str, float] = {}
 
     def write(index: RunsIndex, name: str) -> None:
         index.begin()
-        got_at[name] = time.monotonic()
         order.append(name)
         index.add_counter("accepted", 1)
         index.commit()
@@ -96,13 +95,11 @@ def test_a_waiting_accept_transaction_goes_before_the_drainers_next_slice(
     drain_thread.start()
     time.sleep(0.05)
     assert order == []  # both wait while the slice holds the index
-    released = time.monotonic()
     drain.commit()
     accept_thread.join(5)
     drain_thread.join(5)
 
     assert order == ["accept", "drain"]
-    assert got_at["accept"] - released < 0.5  # woken by the commit, not a polling sleep
     assert acceptor.counters()["accepted"] == 2
 
 
