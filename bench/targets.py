@@ -4,6 +4,7 @@
     python bench/targets.py --sizes 20000 --only list_cpu ops_reads   # a quick look
     python bench/targets.py --markdown perf.md       # also write the README's table
     python bench/targets.py --runs 3 --log-dir perf-run --markdown perf.md   # target ranges
+    python bench/targets.py --from-logs perf-run --markdown perf.md   # again, from their figures
 
 Runs the scripts one after another (never two at once: the machine has two cores and
 each script measures a live daemon), each with ``--json`` into a temp dir, a script
@@ -22,6 +23,7 @@ the best run. The exit status is the worst run's.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -161,19 +163,21 @@ def spreads(runs: list[list[Outcome]]) -> list[Spread]:
 def markdown_ranges(runs: list[list[Outcome]]) -> str:
     """The README's table over several runs: median, range, target, runs that met it."""
     lines = [
-        f"| scenario | rows | metric | median | range ({len(runs)} runs) | target | met |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        f"| scenario | rows | metric | median | range ({len(runs)} runs) | target "
+        "| median / target | met |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for spread in spreads(runs):
         figure = spread.first
         rows = "" if figure.rows is None else f"{figure.rows:,}"
         target = "" if figure.target is None else f"{figure.target:g}"
+        ratio = "" if not figure.target else f"{spread.median / figure.target:.2f}x"
         met = spread.met_text()
         if met and spread.met < len(spread.values):
             met = f"**{met}**"
         lines.append(
             f"| {figure.scenario} | {rows} | {figure.metric} | {_number(spread.median)} "
-            f"| {spread.range_text()} | {target} | {met} |"
+            f"| {spread.range_text()} | {target} | {ratio} | {met} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -187,6 +191,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the README table here")
     parser.add_argument("--log-dir", type=Path, help="keep the scripts' logs here")
     parser.add_argument("--runs", type=int, default=1, help="full runs, one after another")
+    parser.add_argument(
+        "--from-logs",
+        type=Path,
+        help="run nothing: summarise the figures a --log-dir of --runs N kept (run-K/*.json)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 20:
         parser.error("--runs must be between 1 and 20")
@@ -224,14 +233,34 @@ def verdict(outcomes: list[Outcome]) -> int:
     return 1 if missed else 0
 
 
+def kept_runs(log_dir: Path) -> list[list[Outcome]]:
+    """The outcomes of the runs a ``--log-dir`` kept, from their figures (JSON), in run order
+    and, within a run, in the order the scripts ran (their files' times)."""
+    runs = []
+    for run_dir in sorted(log_dir.glob("run-*"), key=lambda d: int(d.name.split("-")[1])):
+        outcomes = []
+        for path in sorted(run_dir.glob("*.json"), key=lambda f: f.stat().st_mtime):
+            verified, figures = read_json(path)
+            outcomes.append(Outcome(path.stem, math.nan, 0, verified, figures))
+        runs.append(outcomes)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [s for s in SCRIPTS if (s.default if args.only is None else s.name in args.only)]
     runs: list[list[Outcome]] = []
     statuses: list[int] = []
+    if args.from_logs is not None:
+        runs = kept_runs(args.from_logs)
+        if not runs:
+            print(f"no run-K/*.json under {args.from_logs}", file=sys.stderr)
+            return 2
+        statuses = [verdict(outcomes) for outcomes in runs]
+        args.runs = len(runs)
     with tempfile.TemporaryDirectory(prefix="lt-targets-") as tmp:
         base = args.log_dir or Path(tmp)  # logs and figures (JSON) kept there
-        for k in range(1, args.runs + 1):
+        for k in range(1, 0 if runs else args.runs + 1):
             if args.runs > 1:
                 print(f"=== full run {k} of {args.runs}", flush=True)
             log_dir = base / f"run-{k}" if args.runs > 1 else base
