@@ -71,7 +71,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import Client, LoadResult, event_loop_name, run_load
+from loadgen import Client, LabelStats, LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 
 from server.contract.models import RunCreate
@@ -723,6 +723,29 @@ class Lifecycle:
 
 
 @dataclass
+class LifecycleWithReads:
+    """The lifecycle load with reads mixed in: one operation in ``every`` is the guide's
+    headline list query (an agent and a status, 100 runs) then ``/metrics``, instead of a
+    lifecycle. Whether reads, which run on the event loop, make the writes stall."""
+
+    every: int = 8
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    async def __call__(self, client: Client, seq: int) -> None:
+        if seq % self.every:
+            await self.lifecycle(client, seq)
+            return
+        rng = random.Random(seq)
+        params = {
+            "agent_name": rng.choice(AGENT_NAMES),
+            "status": rng.choice(_STATUSES),
+            "limit": "100",
+        }
+        await client.request("GET", "/api/v1/runs", params=params, label="list")
+        await client.request("GET", "/metrics", label="metrics")
+
+
+@dataclass
 class Batch:
     batches: Sequence[Sequence[dict[str, Any]]]
 
@@ -1158,6 +1181,37 @@ def lifecycle_figures(
     )
 
 
+def mixed_figures(bench: Bench, result: LoadResult, cpu: float) -> None:
+    """The writes' p99 and max with reads mixed in (no target: the "no stalls" targets are
+    the lifecycle round's), and the reads' own."""
+    writes = LabelStats()
+    writes.merge(result.stats("create"))
+    writes.merge(result.stats("patch"))
+    scenario = "server lifecycle c=32 with 1 op in 8 a list + /metrics, 30 s"
+    _, p99, worst = writes.quantiles_ms()
+    rows = bench.args.rows
+    bench.add(
+        result,
+        cpu,
+        scenario="(2r) lifecycle c=32, 1 op in 8 reads",
+        rate=f"{result.ops_per_s:,.0f} ops/s, {result.requests_per_s():,.0f} req/s",
+    )
+    for part in ("create", "patch", "list", "metrics"):
+        bench.add(
+            result,
+            math.nan,
+            scenario=f"      {part} requests",
+            label=part,
+            rate=f"{result.requests_per_s(part):,.0f} req/s",
+        )
+    bench.figure(scenario, "writes p99 ms", p99, None, higher_is_better=False, rows=rows)
+    bench.figure(scenario, "writes max ms", worst, None, higher_is_better=False, rows=rows)
+    for part in ("list", "metrics"):
+        _, part_p99, part_max = result.stats(part).quantiles_ms()
+        bench.figure(scenario, f"{part} p99 ms", part_p99, None, higher_is_better=False, rows=rows)
+        bench.figure(scenario, f"{part} max ms", part_max, None, higher_is_better=False, rows=rows)
+
+
 def durable_copy(source: Path, target: Path) -> None:
     """Copy a file and fsync the copy, so its write-back is over before it is measured.
 
@@ -1445,6 +1499,18 @@ def measure_writes(
         lifecycle_figures(
             bench, scenario, result, cpu, targets=(None, None) if label else (25.0, 100.0)
         )
+        if not label:
+            mixed, mixed_cpu = bench.load(
+                server,
+                LifecycleWithReads(),
+                name="lifecycle c=32 with reads, 30 s",
+                concurrency=32,
+                max_ops=10_000_000,
+                max_seconds=30,
+            )
+            acked += mixed.recording.notes.get("acked", [])
+            patched += mixed.recording.notes.get("patched", [])
+            mixed_figures(bench, mixed, mixed_cpu)
     finally:
         code = server.stop()
         print(f"server (writes{tag}) stopped, exit code {code}", file=sys.stderr)
