@@ -326,7 +326,11 @@ class Profiler:
         self.raw = raw
 
     @classmethod
-    def start(cls, directory: Path | None, pid: int, name: str) -> Profiler | None:
+    def start(
+        cls, directory: Path | None, pid: int, name: str, *, gil_only: bool = False
+    ) -> Profiler | None:
+        """``gil_only``: sample only the thread holding the GIL (py-spy ``--gil``), so the
+        samples count Python's CPU, not threads waiting in fsync or epoll."""
         if directory is None:
             return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -335,7 +339,8 @@ class Profiler:
         raw = directory / f"{slug}.txt"
         process = subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--format", "raw", "--threads",
-             "--nonblocking", "--rate", "250", "--output", str(raw)],
+             "--nonblocking", "--rate", "250", "--output", str(raw),
+             *(["--gil"] if gil_only else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -926,7 +931,9 @@ class Bench:
                 max_ops=warmup,
                 max_seconds=10,
             )
-        profiler = Profiler.start(self.args.profile, server.pid, name)
+        profiler = Profiler.start(
+            self.args.profile, server.pid, name, gil_only=self.args.profile_gil
+        )
         cpu_before = server.cpu_seconds()
         result = run_load(
             server.base_url,
@@ -1756,6 +1763,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="record each scenario with py-spy into DIR (slows the server; for diagnosis)",
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (Python's CPU per frame)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each load's details")
     args = parser.parse_args(argv)
