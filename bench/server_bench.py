@@ -76,6 +76,7 @@ from report import Figure, format_row, write_json
 
 from server.contract.models import RunCreate
 from server.contract.run_record import RUN_COLUMNS
+from server.storage.connection import WRITER_CACHE_KIB
 from server.storage.runs import _INSERT_SQL, insert_params
 from server.storage.schema import MIGRATIONS, migrate
 
@@ -546,6 +547,12 @@ def executemany_rate(
     path = workdir / "baseline.sqlite"
     durable_copy(template, path)
     conn = open_db(path, "FULL")
+    # The writer's own page cache and pragmas, and no checkpoint inside a COMMIT (the
+    # server's are off its commit path, by its checkpointer thread): SQLite alone at its
+    # best, so the share measures what the server adds, not what a naive setup costs.
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     before = conn.execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0]
     started = time.perf_counter()
     for chunk in params:
@@ -1407,38 +1414,52 @@ def measure_writes(
             print("  baseline: raw executemany of the same rows ...", file=sys.stderr)
             baseline, _ = executemany_rate(template, workdir, batches)
         share = 100 * batch_rate / baseline
-        if not label:  # the same rows, as many a transaction as the server's commits held
+        # The target's baseline: the same rows, as many a transaction as the server's group
+        # commits held (the per-batch one pays an fsync per 100 rows, the server fewer).
+        grouped_share: float | None = None
+        per_commit = 0
+        grouped = math.nan
+        if not label:
             commits, operations = after[0] - before[0], after[1] - before[1]
             per_commit = round(args.batch_size * operations / commits) if commits > 0 else 0
             if per_commit:
                 print(f"  baseline: {per_commit} rows/transaction ...", file=sys.stderr)
                 grouped, _ = executemany_rate(template, workdir, batches, per_commit)
-                bench.figure(
-                    f"server batch ingest, batches of {args.batch_size} c={args.batch_concurrency}",
-                    "% of raw executemany at its rows/commit",
-                    100 * batch_rate / grouped,
-                    None,
-                    rows=rows,
-                    note=f"{batch_rate:,.0f} vs {grouped:,.0f} rows/s, {per_commit} rows a "
-                    "transaction, as the server's group commits held",
-                )
+                grouped_share = 100 * batch_rate / grouped
+        judged = share if grouped_share is None else grouped_share
         bench.add(
             result,
             cpu,
             scenario=f"(3) batches of {args.batch_size} c={args.batch_concurrency}{tag}",
             rate=f"{batch_rate:,.0f} runs/s = {share:.0f}% of (4)"
+            + ("" if grouped_share is None else f", {grouped_share:.0f}% of (4g)")
             + ("" if complete else " [time bound hit]"),
-            target="" if label else ">= 80% of (4)",
-            passed=None if label else share >= 80 and complete,
+            target="" if label else ">= 80% of (4g)",
+            passed=None if label else judged >= 80 and complete,
         )
+        scenario = f"server batch ingest, batches of {args.batch_size} c={args.batch_concurrency}"
         bench.figure(
-            f"server batch ingest, batches of {args.batch_size} c={args.batch_concurrency}{tag}",
-            "% of raw executemany",
+            f"{scenario}{tag}",
+            "% of raw executemany, 100 rows/tx",
             share,
-            target=None if label else 80.0,
+            target=None,
             rows=rows,
             note=f"{batch_rate:,.0f} vs {baseline:,.0f} rows/s",
         )
+        if grouped_share is not None:
+            bench.figure(
+                scenario,
+                "% of raw executemany at its rows/commit",
+                grouped_share,
+                80.0,
+                rows=rows,
+                note=f"{batch_rate:,.0f} vs {grouped:,.0f} rows/s, {per_commit} rows a "
+                "transaction, as the server's group commits held",
+            )
+            bench.note_row(
+                f"(4g) raw executemany, {per_commit} rows/tx, same prefill",
+                f"{grouped:,.0f} rows/s (the rows per commit of (3))",
+            )
         if not label:
             bench.note_row(
                 f"(4) raw executemany, {args.batch_size} rows/tx, same prefill",
