@@ -1282,6 +1282,18 @@ def lifecycle_figures(
     )
 
 
+def add_parts(bench: Bench, result: LoadResult, parts: Sequence[str]) -> None:
+    """One table row per kind of request of a round (its label)."""
+    for part in parts:
+        bench.add(
+            result,
+            math.nan,
+            scenario=f"      {part} requests",
+            label=part,
+            rate=f"{result.requests_per_s(part):,.0f} req/s",
+        )
+
+
 def mixed_figures(bench: Bench, result: LoadResult, cpu: float) -> None:
     """The writes' p99 and max with reads mixed in (no target: the "no stalls" targets are
     the lifecycle round's), and the reads' own."""
@@ -1297,14 +1309,7 @@ def mixed_figures(bench: Bench, result: LoadResult, cpu: float) -> None:
         scenario="(2r) lifecycle c=32, 1 op in 8 reads",
         rate=f"{result.ops_per_s:,.0f} ops/s, {result.requests_per_s():,.0f} req/s",
     )
-    for part in ("create", "patch", "list", "metrics"):
-        bench.add(
-            result,
-            math.nan,
-            scenario=f"      {part} requests",
-            label=part,
-            rate=f"{result.requests_per_s(part):,.0f} req/s",
-        )
+    add_parts(bench, result, ("create", "patch", "list", "metrics"))
     bench.figure(scenario, "writes p99 ms", p99, None, higher_is_better=False, rows=rows)
     bench.figure(scenario, "writes max ms", worst, None, higher_is_better=False, rows=rows)
     for part in ("list", "metrics"):
@@ -1552,14 +1557,7 @@ def measure_writes(
             target="" if label else "p99 <= 25 ms, max <= 100 ms",
             passed=None if label else p99 <= 25 and worst <= 100,
         )
-        for part in ("create", "patch"):
-            bench.add(
-                result,
-                math.nan,
-                scenario=f"      {part} requests",
-                label=part,
-                rate=f"{result.requests_per_s(part):,.0f} req/s",
-            )
+        add_parts(bench, result, ("create", "patch"))
         lifecycle_figures(
             bench, scenario, result, cpu, targets=(None, None) if label else (25.0, 100.0)
         )
