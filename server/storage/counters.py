@@ -57,7 +57,11 @@ class RunCounts:
 
 def agents_json(busiest_first: Iterable[tuple[str, int]]) -> bytes:
     """The ``agents`` object of /metrics, from (agent, runs) pairs in answer order."""
-    return b"{" + b",".join(_agent_entry(agent, n) for agent, n in busiest_first) + b"}"
+    return _json_object(_agent_entry(agent, n) for agent, n in busiest_first)
+
+
+def _json_object(entries: Iterable[bytes]) -> bytes:
+    return b"{" + b",".join(entries) + b"}"
 
 
 def _agent_entry(agent: str, n: int) -> bytes:
@@ -130,7 +134,7 @@ class RunCounters:
         with self._lock:
             self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
             if self._agents_json is None:
-                self._agents_json = b"{" + b",".join(self._agent_entries) + b"}"
+                self._agents_json = _json_object(self._agent_entries)
             return RunCounts(self._total, self._agents_json, self._recent, dict(self._statuses))
 
     @property
@@ -148,13 +152,14 @@ class RunCounters:
 
     def _reorder(self, agent: str, before: int, after: int) -> None:
         """Move one agent in the busiest-first order: a bisect and a memmove, no sort."""
+        entry = _agent_entry(agent, after) if after else b""  # before either list changes
         if before:
             at = bisect.bisect_left(self._agent_order, (-before, agent))
             del self._agent_order[at], self._agent_entries[at]
         if after:
             at = bisect.bisect_right(self._agent_order, (-after, agent))
             self._agent_order.insert(at, (-after, agent))
-            self._agent_entries.insert(at, _agent_entry(agent, after))
+            self._agent_entries.insert(at, entry)
         self._agents_json = None
 
     def _add_minute(self, minute: str, n: int) -> None:
