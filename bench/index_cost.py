@@ -110,8 +110,11 @@ def templates(rng: random.Random, count: int = 500) -> list[list[Any]]:
     return out
 
 
-def fleet_rows(total: int, seed: int = 10) -> Iterator[list[tuple[Any, ...]]]:
-    """Batches of BATCH rows, oldest first, with the fleet's skew."""
+def fleet_rows(
+    total: int, seed: int = 10, late_share: float = 0.01
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of BATCH rows, oldest first, with the fleet's skew; ``late_share`` of the
+    runs recorded 1-7 days after they started (a sidecar's backlog, a back-fill)."""
     rng = random.Random(seed)
     pool = templates(rng)
     step = HISTORY / total
@@ -120,7 +123,7 @@ def fleet_rows(total: int, seed: int = 10) -> Iterator[list[tuple[Any, ...]]]:
     for i in range(total):
         created = origin + step * i
         start = created - timedelta(seconds=rng.randrange(60))
-        if rng.random() < 0.01:
+        if rng.random() < late_share:
             start -= timedelta(days=rng.randrange(1, 8))
         row = list(pool[i % len(pool)])
         agent = rng.choices(AGENTS, cum_weights=AGENT_CUM)[0]
@@ -175,12 +178,19 @@ class Loaded:
     file_bytes: int
 
 
-def load(path: Path, index_set: str, synchronous: str, rows: int, cache_mib: int = 0) -> Loaded:
+def load(
+    path: Path,
+    index_set: str,
+    synchronous: str,
+    rows: int,
+    cache_mib: int = 0,
+    late_share: float = 0.01,
+) -> Loaded:
     """Insert rows in batches of BATCH, one transaction each (the insert rate's timing
     excludes building the rows)."""
     conn = open_db(path, index_set, synchronous, cache_mib)
     spent = 0.0
-    for batch in fleet_rows(rows):
+    for batch in fleet_rows(rows, late_share=late_share):
         started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(_INSERT_SQL, batch)

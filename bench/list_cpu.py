@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -55,9 +56,9 @@ LIMIT = 100
 TARGET_MS = 0.6
 
 
-def prefill(path: Path, rows: int) -> None:
+def prefill(path: Path, rows: int, late_share: float) -> None:
     """The fleet's rows through the server's schema, then commit hashes on 90%."""
-    load(path, "new", "OFF", rows)
+    load(path, "new", "OFF", rows, late_share=late_share)
     rng = random.Random(3)
     commits = [f"{rng.getrandbits(160):040x}" for _ in range(COMMITS)]
     conn = sqlite3.connect(path, isolation_level=None)
@@ -81,6 +82,7 @@ def shapes(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     ).fetchone()[0]
     newest = str(conn.execute("SELECT max(start_time) FROM agent_runs").fetchone()[0])
     day = newest[:10]
+    week_back = (datetime.fromisoformat(newest) - timedelta(days=7)).date().isoformat()
     return {
         "no filter": {},
         "agent+status": {"agent_name": busiest, "status": "success"},
@@ -89,6 +91,17 @@ def shapes(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         "start_time day": {
             "start_time_from": f"{day}T00:00:00+00:00",
             "start_time_to": f"{day}T23:59:59+00:00",
+        },
+        # The far arm's worst shapes: a window a week back, whose late runs were recorded
+        # up to a week later, and an open-ended one (every late run before its bound).
+        "agent week back": {
+            "agent_name": busiest,
+            "start_time_from": f"{week_back}T00:00:00+00:00",
+            "start_time_to": f"{week_back}T23:59:59+00:00",
+        },
+        "status to week back": {
+            "status": "failure",
+            "start_time_to": f"{week_back}T00:00:00+00:00",
         },
     }
 
@@ -317,6 +330,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
+        "--late-share",
+        type=float,
+        default=0.01,
+        help="share of runs recorded 1-7 days after they started (start_time windows read"
+        " those through the late indexes; default 0.01)",
+    )
+    parser.add_argument(
         "--callgrind",
         action="store_true",
         help="count instructions (valgrind callgrind: the same on a busy machine) instead"
@@ -328,7 +348,7 @@ def main() -> None:
         db = args.db or Path(tmp) / "telemetry.sqlite"
         started = time.monotonic()
         if not db.exists():
-            prefill(db, args.rows)
+            prefill(db, args.rows, args.late_share)
         counter = open_reader(db, busy_timeout_ms=2000)
         count = int(counter.execute("SELECT count(*) FROM agent_runs").fetchone()[0])
         counter.close()

@@ -24,7 +24,7 @@ from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
-from server.storage.schema import EQUALITY_FILTERS, LIST_INDEXES
+from server.storage.schema import EQUALITY_FILTERS, LATE_INDEXES, LIST_INDEXES
 
 _INSERT_COLUMNS = (
     "event_id",
@@ -425,14 +425,15 @@ def get_run(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     return None if row is None else row_to_run(row)
 
 
-def list_index(query: RunQuery) -> tuple[str, bool]:
-    """The index serving the query's equality filters, and whether the query is a merge
-    of one range per status (filters without status, served by the index with it)."""
+def index_key(query: RunQuery) -> tuple[tuple[str, ...], bool]:
+    """The key of ``LIST_INDEXES`` (and ``LATE_INDEXES``) serving the query's equality
+    filters, and whether the query is a merge of one range per status (filters without
+    status, served by the index with it)."""
     equalities = [column for column in EQUALITY_FILTERS if getattr(query, column) is not None]
     merge = bool(equalities) and query.status is None
     if merge:
         equalities.append("status")
-    return LIST_INDEXES[tuple(equalities)], merge
+    return tuple(equalities), merge
 
 
 def filter_terms(query: RunQuery | StatsQuery) -> tuple[list[str], list[Any]]:
@@ -504,8 +505,9 @@ def query_sql(
     job_type are served by their index with status: one SELECT per status, each a range
     newest first, joined by ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge
     of co-routines that stops at the page (no sort, and no run of another agent or job is
-    read). A start_time window adds its created_at range to those arms, and one arm for
-    its late runs created outside that range (see ``window``).
+    read). A start_time window adds its created_at range to those arms, and as many arms
+    for its late runs created outside that range, each from the late index of the same
+    equality filters (``LATE_INDEXES``; see ``window``).
 
     ``columns`` is the select list (``run_json.JSON_COLUMNS`` renders each row as JSON);
     it must include ``created_at``. Rows carry their ``id`` last (for the next cursor) and one row more than the
@@ -520,28 +522,31 @@ def query_sql(
         bounds = window.created_range(query)
         listed = [*clauses, *(clause for clause, _ in bounds)]
         listed_params = [*params, *(value for _, value in bounds)]
-    index, merge = list_index(query)
-    select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {index}"
-    if merge:
-        where = " AND ".join((*listed, "status = ?"))
-        arms += [
-            (f"{select} WHERE {where}", [*listed_params, status]) for status in CANONICAL_STATUSES
-        ]
-    else:
-        arms.append((f"{select} WHERE {' AND '.join(listed)}" if listed else select, listed_params))
+    key, merge = index_key(query)
+    # Without a status filter, each arm is repeated once per status (a range of its own).
+    ranges: list[tuple[list[str], list[Any]]] = (
+        [(["status = ?"], [status]) for status in CANONICAL_STATUSES] if merge else [([], [])]
+    )
+    select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {LIST_INDEXES[key]}"
+    for status, status_params in ranges:
+        where = " AND ".join((*listed, *status))
+        arms.append(
+            (f"{select} WHERE {where}" if where else select, [*listed_params, *status_params])
+        )
     if windowed:  # sorted by ids alone: only the rows that can be in the page are read
         outside, outside_params = window.outside_range(query)
-        late = (
-            f"SELECT id FROM agent_runs INDEXED BY {window.LATE_START_INDEX}"
-            f" WHERE {' AND '.join((*clauses, outside, window.LATE))}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?"
-        )
-        arms.append(
-            (
-                f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
-                [*params, *outside_params, query.limit + 1 + query.offset],
+        for status, status_params in ranges:
+            late = (
+                f"SELECT id FROM agent_runs INDEXED BY {LATE_INDEXES[key]}"
+                f" WHERE {' AND '.join((*clauses, *status, outside, window.LATE))}"
+                " ORDER BY created_at DESC, id DESC LIMIT ?"
             )
-        )
+            arms.append(
+                (
+                    f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
+                    [*params, *status_params, *outside_params, query.limit + 1 + query.offset],
+                )
+            )
     body = " UNION ALL ".join(sql for sql, _ in arms)
     sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return sql, [*(value for _, values in arms for value in values), query.limit + 1, query.offset]

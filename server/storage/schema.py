@@ -215,8 +215,8 @@ CREATE TABLE sidecars (
 #: Migration 8: a run is *prompt* when both its instants are in the canonical form this
 #: server writes (so text order is time order) and created_at lies within PROMPT_LAG_S of
 #: start_time; the rest (recorded late, back-filled, foreign text) are *late*. Always 0 or
-#: 1, never NULL: every run is exactly one of the two. Frozen: the partial index
-#: ``LATE_START_INDEX`` is defined by it (a change needs a migration).
+#: 1, never NULL: every run is exactly one of the two. Frozen: the ``late`` column's
+#: triggers (migration 11) evaluate it (a change needs a migration).
 PROMPT_LAG_S = 600
 
 
@@ -230,11 +230,61 @@ def _canonical(column: str) -> str:
     )
 
 
-PROMPT_RUN_SQL = (
-    f"coalesce({_canonical('start_time')} AND {_canonical('created_at')}"
-    # In whole milliseconds: julianday() is a double of days, inexact at a boundary.
-    f" AND abs(round((julianday(created_at) - julianday(start_time)) * 86400000))"
-    f" <= {PROMPT_LAG_S * 1000:d}, 0)"
+def prompt_sql(start_time: str, created_at: str) -> str:
+    """The prompt predicate over two instants (columns, or a trigger's ``NEW.`` ones)."""
+    return (
+        f"coalesce({_canonical(start_time)} AND {_canonical(created_at)}"
+        # In whole milliseconds: julianday() is a double of days, inexact at a boundary.
+        f" AND abs(round((julianday({created_at}) - julianday({start_time})) * 86400000))"
+        f" <= {PROMPT_LAG_S * 1000:d}, 0)"
+    )
+
+
+PROMPT_RUN_SQL = prompt_sql("start_time", "created_at")
+
+#: Migration 11: whether a run is late, kept in a column (``late``, 0 or 1) by two
+#: triggers that evaluate the prompt predicate once when a row is inserted and when its
+#: start_time or created_at is set (any writer: the server, a test, the sqlite3 shell).
+#: The late runs' partial indexes are ``WHERE late = 1``: evaluating that is reading a
+#: column. Partial indexes on the predicate itself (as migration 8's was) cost one
+#: evaluation per index per insert, and two per index for each PATCH of a column in it
+#: (``bench/write_cost.py``: five such indexes took a PATCH from 547k to 843k SQLite
+#: instructions). A later migration that rebuilds agent_runs re-creates these triggers,
+#: as it does the rollups'.
+_LATE_FLAG = f"NOT {prompt_sql('NEW.start_time', 'NEW.created_at')}"
+LATE_TRIGGERS = tuple(
+    f"CREATE TRIGGER {name} AFTER {event} ON agent_runs FOR EACH ROW"
+    f" WHEN NEW.late IS NOT ({_LATE_FLAG})"
+    f" BEGIN UPDATE agent_runs SET late = ({_LATE_FLAG}) WHERE id = NEW.id; END"
+    for name, event in (
+        ("trg_runs_late_insert", "INSERT"),
+        ("trg_runs_late_update", "UPDATE OF start_time, created_at, late"),
+    )
+)
+#: The late runs' index for each key of ``LIST_INDEXES``: the same equality columns, then
+#: (start_time, created_at), partial on ``late = 1``. Status is in four of them: a PATCH that
+#: finishes a late run moves its entries (a prompt run is in none of them).
+LATE_INDEXES: dict[tuple[str, ...], str] = {
+    (): "idx_runs_late_start",
+    ("status",): "idx_runs_late_status_start",
+    ("agent_name", "status"): "idx_runs_late_agent_status_start",
+    ("job_type", "status"): "idx_runs_late_job_status_start",
+    ("agent_name", "job_type", "status"): "idx_runs_late_agent_job_status_start",
+}
+_MIGRATION_11 = (
+    "ALTER TABLE agent_runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
+    # The late runs are those migration 8's index holds: only their rows are written.
+    "UPDATE agent_runs SET late = 1 WHERE id IN (SELECT id FROM agent_runs"
+    f" INDEXED BY idx_runs_start_late WHERE NOT {PROMPT_RUN_SQL})",
+    "DROP INDEX idx_runs_start_late",
+    *LATE_TRIGGERS,
+    *(
+        # late too, though always 1: this SQLite reads a row for a column of the partial
+        # WHERE that the index does not hold, even one the WHERE fixes.
+        f"CREATE INDEX {name} ON agent_runs"
+        f"({', '.join((*columns, 'start_time', 'created_at', 'late'))}) WHERE late = 1"
+        for columns, name in LATE_INDEXES.items()
+    ),
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -342,6 +392,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE agent_runs ADD COLUMN snapshot_seq INTEGER",
         ),
     ),
+    Migration(
+        11,
+        "start_time windows: a late flag kept by triggers, and the late runs indexed by the"
+        " list's equality filters too, so a filtered window reads only its matching late runs"
+        " (see server/storage/window.py)",
+        _MIGRATION_11,
+    ),
 )
 
 #: The equality filters of a list query, in index column order.
@@ -360,9 +417,9 @@ LIST_INDEXES: dict[tuple[str, ...], str] = {
     ("job_type", "status"): "idx_runs_job_status_created",
     ("agent_name", "job_type", "status"): "idx_runs_agent_job_status_created",
 }
-#: Serves the late runs of ``start_time`` windows (see ``window``); prompt runs are read
-#: through ``LIST_INDEXES``.
-LATE_START_INDEX = "idx_runs_start_late"
+#: Serves the late runs of ``start_time`` windows without equality filters (see
+#: ``window``); prompt runs are read through ``LIST_INDEXES``.
+LATE_START_INDEX = LATE_INDEXES[()]
 #: Every run by start_time: the stats' reads of raw runs (``stats``) walk it; list windows
 #: no longer do (migration 8 keeps it for the stats).
 START_TIME_INDEX = "idx_runs_start_created"

@@ -5,17 +5,18 @@ The list order is ``created_at``, so a start_time window is not a range of the i
 that serves the page. Most runs are recorded as they start, though: a *prompt* run
 (``schema.PROMPT_RUN_SQL``: canonical instants, created_at within ``PROMPT_LAG_S`` of
 start_time) of a window ``[a, b]`` was created within ``[a - lag, b + lag]``
-(``created_range``). The others, *late* runs, are few, and ``LATE_START_INDEX`` is a
-partial index of them alone, on (start_time, created_at): no column a PATCH sets, so
-updates never touch it, and an insert pays one evaluation of the predicate instead of
-the full start_time index it replaced. So:
+(``created_range``). The others, *late* runs, are few, and ``LATE_INDEXES`` index them
+alone: partial indexes with the leading columns of the list index of each set of
+equality filters, then (start_time, created_at). So:
 
 - the near arm walks the list index of the query's equality filters newest first,
   within that created_at range, filtering by start_time: it reads the window's runs
   plus at most ``lag``'s worth of others at each end, and stops at the page;
-- the far arm reads, from the late index, the window's late runs created outside that
-  range (``outside_range``; their rows too when equality filters must be checked), sorts
-  their ids, and fetches as many as a page can hold.
+- the far arm reads, from the late index of the same equality filters (one range per
+  status when there is no status filter, as the near arm), the window's late runs
+  created outside that range, from the index alone (every entry read matches the
+  equality filters and the window), sorts their ids, and fetches as many as a page can
+  hold.
 
 Every run of the window is in exactly one arm: a prompt run is in the range, so near;
 a late one is near or far by its created_at. The prompt predicate is evaluated only when
@@ -25,11 +26,14 @@ a row is written (to maintain the partial index), never when a page is read.
 Measured at 1M fleet runs (``bench/list_cpu.py``; 1% of runs recorded days late): a
 one-day window costs 0.18 ms in SQLite (it was 2.4 ms: the old plan counted the
 window's ~11,000 index entries to choose), a day a month back 0.3 ms (was 49 ms).
-The far arm reads every late run of the window: a back-fill that records many old runs
-at once makes it a whole-window read (then a sort of ids), as the old plan's was. Write
-cost (``bench/index_cost.py --sets v5,new``, and create+PATCH groups in one process,
-alternating): within noise of migration 5's (inserts 111%, lifecycle ops 62 vs 63 us of
-SQLite CPU); the file 3% smaller (2,458 vs 2,540 B/run at 100k).
+The far arm's cost per page grows with the late runs of the window that match the
+filters (it reads them all, then sorts their ids, on every page): a back-fill that
+records many old runs at once makes it a read of the window's matching runs, as is an
+open-ended ``start_time_to`` on a fleet where most runs are late. Until migration 11 the
+far arm read one index of late runs by (start_time, created_at) only, so a filtered
+window looked up the row of every late run of the window, of every agent, to check
+the filters. What the four indexes of migration 11 cost, and the pages with 40% of
+runs late: the README's performance section.
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from server.contract.models import RunQuery
-from server.storage.schema import LATE_START_INDEX, PROMPT_LAG_S, PROMPT_RUN_SQL
+from server.storage.schema import LATE_START_INDEX, PROMPT_LAG_S
 
 __all__ = ["LATE", "LATE_START_INDEX", "created_range", "has_window", "outside_range"]
 
-#: The far arm's filter: word for word the partial index's WHERE (SQLite uses a partial
+#: The far arm's filter: word for word the late indexes' WHERE (SQLite uses a partial
 #: index only for a query that has its WHERE among its terms).
-LATE = f"NOT {PROMPT_RUN_SQL}"
+LATE = "late = 1"
 
 #: One second more than the lag: julianday() arithmetic is exact to a millisecond.
 _MARGIN = timedelta(seconds=PROMPT_LAG_S + 1)

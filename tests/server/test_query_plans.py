@@ -28,7 +28,7 @@ from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
 from server.storage.runs import (
-    list_index,
+    index_key,
     query_page_json,
     query_runs,
     query_sql,
@@ -36,6 +36,7 @@ from server.storage.runs import (
 )
 from server.storage.schema import (
     EQUALITY_FILTERS,
+    LATE_INDEXES,
     LATE_START_INDEX,
     LIST_INDEXES,
     PROMPT_LAG_S,
@@ -214,11 +215,11 @@ def expected_ids(
 
 def late_arm_steps(text: list[str]) -> list[str]:
     """The steps of a windowed plan that read its late runs: the ids of the window's late
-    runs from the partial index alone, sorted (they are few), then those rows by id."""
+    runs from a late partial index alone, sorted (they are few), then those rows by id."""
     return [
         step
         for step in text
-        if LATE_START_INDEX in step
+        if any(name in step for name in LATE_INDEXES.values())
         or step.startswith(("LIST SUBQUERY", "USE TEMP B-TREE"))
         or step == "SEARCH agent_runs USING INTEGER PRIMARY KEY (rowid=?)"
     ]
@@ -235,34 +236,39 @@ def test_every_combination_reads_only_matching_runs(
     """The index whose leading columns are the equality filters is searched by them (a
     cursor, a created_at bound or a start_time window's created_at range narrows the same
     range) and walked newest first: no table scan, no sort, no other index. Without a
-    status filter: one such range per status, merged. A start_time window adds one arm
-    for its late runs: the partial index of late runs searched by the window, the ids
-    sorted, then the rows."""
+    status filter: one such range per status, merged. A start_time window adds, for each
+    of those ranges, an arm for its late runs: the late partial index with the same
+    equality columns searched by them and the window (index only: no row of another
+    agent, job or status is read), the ids sorted, then the rows."""
     query = make_query(equalities, bounds)
     after = CURSOR if with_cursor else None
     text = plan(conn, *query_sql(query, after))
     windowed = query.start_time_from is not None or query.start_time_to is not None
     late = late_arm_steps(text)
+    key = (*equalities, "status") if equalities and "status" not in equalities else equalities
+    arms = len(CANONICAL_STATUSES) if key != equalities else 1
     if windowed:
-        searched = [step for step in late if LATE_START_INDEX in step]
-        # Index only without equality filters; with them, each late run of the window is
-        # checked in its row (a PATCH then never touches the late index: no status in it).
-        using = "INDEX" if equalities else "COVERING INDEX"
-        assert searched == [
-            f"SEARCH agent_runs USING {using} {LATE_START_INDEX} (start_time"
-            + searched[0].split("(start_time", 1)[1]
-        ], text
-        assert late.count("USE TEMP B-TREE FOR ORDER BY") == 2, text
-        assert late.count("SEARCH agent_runs USING INTEGER PRIMARY KEY (rowid=?)") == 1, text
-        assert len(late) == 5, text
+        searched = [step for step in late if LATE_INDEXES[key] in step]
+        keys = "".join(f"{column}=? AND " for column in key)
+        assert len(searched) == arms, text
+        for step in searched:
+            assert step.startswith(
+                f"SEARCH agent_runs USING COVERING INDEX {LATE_INDEXES[key]} ({keys}start_time"
+            ), text
+        assert late.count("USE TEMP B-TREE FOR ORDER BY") == 2 * arms, text
+        assert late.count("SEARCH agent_runs USING INTEGER PRIMARY KEY (rowid=?)") == arms, text
+        assert len(late) == 5 * arms, text
         text = [step for step in text if step not in late]
-        # The list arms merge with the late arm: one more merge step of its own.
-        text.remove("MERGE (UNION ALL)")
-        text.remove("LEFT")
-        text.remove("RIGHT")
+        # The list arms merge with the late arms: one more merge step for each.
+        for _ in range(arms):
+            text.remove("MERGE (UNION ALL)")
+            text.remove("LEFT")
+            text.remove("RIGHT")
     else:
         assert late == [], text
-    index, merge = list_index(query)
+    served, merge = index_key(query)
+    assert served == key
+    index = LIST_INDEXES[served]
     assert not any("TEMP B-TREE" in step or step == "SCAN agent_runs" for step in text), text
     ranged = with_cursor or windowed or bounds.startswith("created")
     if merge:
@@ -332,7 +338,7 @@ def test_the_walk_reads_no_other_agents_runs(
     # and seeks once per status (a few hundred instructions each).
     allowed = (
         2.0 * base_steps + 300 * len(CANONICAL_STATUSES)
-        if list_index(query)[1]
+        if index_key(query)[1]
         else 1.5 * base_steps
     )
     assert steps < allowed, (steps, base_steps)
@@ -354,7 +360,7 @@ def test_status_ranges_cover_every_run(conn: sqlite3.Connection) -> None:
 def test_every_list_index_exists_with_its_columns(conn: sqlite3.Connection) -> None:
     """Each index query_sql names leads with its equality filters, then the list order."""
     assert set(LIST_INDEXES.values()) >= {
-        list_index(make_query(equalities, "none"))[0] for equalities in EQUALITY_SETS
+        LIST_INDEXES[index_key(make_query(equalities, "none"))[0]] for equalities in EQUALITY_SETS
     }
     for equalities, index in LIST_INDEXES.items():
         columns = [row[2] for row in conn.execute(f"PRAGMA index_info({index})")]
@@ -416,12 +422,16 @@ def test_the_skew_is_real(fleet: tuple[Path, list[tuple[Any, ...]]]) -> None:
 
 
 def late_in_window(rows: list[tuple[Any, ...]], query: RunQuery) -> int:
+    """The late runs of the query's window that match its equality filters."""
     low, high = query.start_time_from or "", query.start_time_to or "~"
     return sum(
         1
-        for row in rows
-        if low <= row[5] <= high
-        and abs(datetime.fromisoformat(row[6]) - datetime.fromisoformat(row[5]))
+        for _, _, agent, job, status, start, created in rows
+        if query.agent_name in (None, agent)
+        and query.job_type in (None, job)
+        and query.status in (None, status)
+        and low <= start <= high
+        and abs(datetime.fromisoformat(created) - datetime.fromisoformat(start))
         > timedelta(seconds=PROMPT_LAG_S)
     )
 
@@ -538,11 +548,11 @@ def test_every_run_is_prompt_or_late_and_windows_find_them_all(tmp_path: Path) -
         reader.close()
 
 
-#: The late index's WHERE as migration 8 created it in every database since: queries name
-#: the index with ``INDEXED BY`` and must repeat this text word for word (else SQLite
-#: answers "no query solution"). A different predicate needs a migration of its own.
-MIGRATION_8_LATE_WHERE = (
-    "NOT coalesce(strftime('%Y-%m-%dT%H:%M:%S', start_time, '+0 seconds')"
+#: The prompt predicate as migration 8 first indexed it: migration 11's triggers evaluate
+#: the same text (over NEW) to keep the ``late`` column. A different predicate needs a
+#: migration of its own (every stored flag would be recomputed).
+MIGRATION_8_PROMPT = (
+    "coalesce(strftime('%Y-%m-%dT%H:%M:%S', start_time, '+0 seconds')"
     " = substr(start_time, 1, 19)"
     " AND substr(start_time, 20) GLOB '.[0-9][0-9][0-9][0-9][0-9][0-9]+00:00'"
     " AND strftime('%Y-%m-%dT%H:%M:%S', created_at, '+0 seconds') = substr(created_at, 1, 19)"
@@ -551,19 +561,68 @@ MIGRATION_8_LATE_WHERE = (
 )
 
 
-def test_the_late_index_predicate_is_frozen(conn: sqlite3.Connection) -> None:
-    """The queries' late filter is the one stored databases were indexed with."""
-    assert window.LATE == MIGRATION_8_LATE_WHERE
-    stored = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE name = ?", (LATE_START_INDEX,)
-    ).fetchone()[0]
-    assert stored.endswith(f" WHERE {MIGRATION_8_LATE_WHERE}")
+def test_the_late_predicate_is_frozen(conn: sqlite3.Connection) -> None:
+    """The triggers keep ``late`` with migration 8's predicate, the late indexes are
+    partial on the queries' own filter, word for word (else SQLite answers "no query
+    solution" to their INDEXED BY)."""
+    assert PROMPT_RUN_SQL == MIGRATION_8_PROMPT
+    over_new = MIGRATION_8_PROMPT.replace("start_time", "NEW.start_time").replace(
+        "created_at", "NEW.created_at"
+    )
+    triggers = dict(
+        conn.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'trg_runs_late_%'")
+    )
+    assert set(triggers) == {"trg_runs_late_insert", "trg_runs_late_update"}
+    for sql in triggers.values():
+        assert f"SET late = (NOT {over_new})" in sql
+    for name in LATE_INDEXES.values():
+        stored = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        assert stored[0].endswith(f" WHERE {window.LATE}"), name
     assert (
         conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE name = 'idx_runs_start_created'"
         ).fetchone()[0]
         == 1  # kept: the stats' reads of raw runs walk it (``stats``)
     )
+
+
+def test_the_late_flag_follows_every_write(tmp_path: Path) -> None:
+    """Whoever writes a row (an INSERT, an upsert, an UPDATE of start_time or
+    created_at, even of ``late`` itself), the flag ends equal to the predicate."""
+    path = tmp_path / "flag.sqlite"
+    start_server_database(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        rows = [
+            (f"odd{i}", "r", AGENT, JOB, STATUS, start, created)
+            for i, (start, created, _) in enumerate(ODD_INSTANTS)
+        ]
+        insert(path, rows)
+
+        def disagreeing() -> int:
+            return int(
+                conn.execute(
+                    f"SELECT count(*) FROM agent_runs WHERE late IS NOT (NOT {PROMPT_RUN_SQL})"
+                ).fetchone()[0]
+            )
+
+        assert disagreeing() == 0
+        assert sorted(
+            name for (name,) in conn.execute("SELECT event_id FROM agent_runs WHERE late = 1")
+        ) == sorted(f"odd{i}" for i, (*_, late) in enumerate(ODD_INSTANTS) if late)
+        # A PATCH of start_time makes a prompt run late and a late one prompt.
+        conn.execute(
+            "UPDATE agent_runs SET start_time = '2020-01-01T00:00:00.000000+00:00'"
+            " WHERE event_id = 'odd0'"
+        )
+        conn.execute("UPDATE agent_runs SET start_time = created_at WHERE event_id = 'odd1'")
+        conn.execute("UPDATE agent_runs SET late = 1 - late")  # a hand edit: undone
+        conn.execute("UPDATE agent_runs SET status = 'failure', late = 0 WHERE late = 1")
+        assert disagreeing() == 0
+        flags = dict(conn.execute("SELECT event_id, late FROM agent_runs"))
+        assert (flags["odd0"], flags["odd1"]) == (1, 0)
+    finally:
+        conn.close()
 
 
 # ---- stale runs (the reaper and ?stale=true) ---------------------------------------------

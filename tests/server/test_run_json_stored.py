@@ -82,8 +82,9 @@ def test_the_stored_columns_are_the_runs_columns() -> None:
         for s in m.statements
         if "agent_runs ADD" in s
     ]
-    # Only columns never answered (10: the upsert's kept snapshot) are added in place.
-    assert added == ["snapshot_source", "snapshot_seq"]
+    # Only columns never answered (10: the upsert's kept snapshot; 11: the late flag the
+    # start_time windows read) are added in place.
+    assert added == ["snapshot_source", "snapshot_seq", "late"]
     assert not set(added) & set(RUN_COLUMNS)
     assert later[-1].version == SCHEMA_VERSION if later else SCHEMA_VERSION == 6
 

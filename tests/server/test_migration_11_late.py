@@ -1,0 +1,114 @@
+"""Migration 11 on a version-10 database with data: every run's ``late`` flag equals the
+prompt predicate (the old partial index's rows, and only those), migration 8's index is
+gone, and start_time windows answer exactly as brute force, through the new indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from server.contract.models import RunQuery
+from server.storage.connection import open_reader
+from server.storage.database import Database, StorageSettings
+from server.storage.runs import query_runs
+from server.storage.schema import LATE_INDEXES, MIGRATIONS, PROMPT_RUN_SQL
+
+ORIGIN = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
+
+
+def version_10(path: Path, rng: random.Random) -> list[tuple[str, str, str, str, str]]:
+    """A database as the version-10 schema left it, a third of its runs late (days,
+    minutes past the lag, or foreign text); PATCHes after the inserts."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for migration in MIGRATIONS[:10]:
+        for statement in migration.statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 10")
+    rows = []
+    for n in range(900):
+        created = ORIGIN + timedelta(minutes=7 * n)
+        start = created - timedelta(seconds=rng.randrange(60))
+        kind = rng.randrange(9)
+        if kind < 2:
+            start -= timedelta(days=rng.randrange(1, 4))
+        elif kind == 2:
+            start -= timedelta(minutes=11)
+        text = stamp(start)
+        if n % 50 == 0:
+            text = text.replace("+00:00", "Z")  # another writer's spelling: late
+        rows.append(
+            (
+                f"e{n}",
+                f"agent-{rng.randrange(5)}",
+                rng.choice(("running", "success")),
+                text,
+                stamp(created),
+            )
+        )
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
+        " created_at, updated_at) VALUES (?, 'r', ?, 'job', ?, ?, ?, ?)",
+        [(*row, row[-1]) for row in rows],
+    )
+    conn.execute("COMMIT")
+    conn.execute("UPDATE agent_runs SET status = 'failure' WHERE id % 7 = 0")
+    conn.close()
+    return [
+        (event_id, agent, "failure" if n % 7 == 6 else status, start, created)
+        for n, (event_id, agent, status, start, created) in enumerate(rows)
+    ]
+
+
+def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> None:
+    path = tmp_path / "v10.sqlite"
+    rows = version_10(path, random.Random(4))
+    db = Database.open(StorageSettings(path=path, reader_threads=1))
+    asyncio.run(db.close())
+    conn = open_reader(path, busy_timeout_ms=1000)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 11
+        names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "idx_runs_start_late" not in names
+        assert set(LATE_INDEXES.values()) <= names
+        late = conn.execute("SELECT count(*) FROM agent_runs WHERE late = 1").fetchone()[0]
+        assert 200 < late < 450
+        assert (
+            conn.execute(
+                f"SELECT count(*) FROM agent_runs WHERE late IS NOT (NOT {PROMPT_RUN_SQL})"
+            ).fetchone()[0]
+            == 0
+        )
+        for low_day, high_day in [(3, 4), (5, 9), (1, 2)]:
+            low = stamp(ORIGIN + timedelta(days=low_day))
+            high = stamp(ORIGIN + timedelta(days=high_day))
+            for filters in [
+                {},
+                {"agent_name": "agent-1"},
+                {"status": "failure"},
+                {"agent_name": "agent-2", "status": "success"},
+            ]:
+                query = RunQuery.model_validate(
+                    {**filters, "start_time_from": low, "start_time_to": high, "limit": 1000}
+                )
+                got = [run["event_id"] for run in query_runs(conn, query).runs]
+                expected = [
+                    event_id
+                    for event_id, agent, status, start, created in sorted(
+                        rows, key=lambda row: (row[4], int(row[0][1:])), reverse=True
+                    )
+                    if low <= start <= high
+                    and filters.get("agent_name", agent) == agent
+                    and filters.get("status", status) == status
+                ]
+                assert got == expected, filters
+    finally:
+        conn.close()
