@@ -67,6 +67,7 @@ def _worker(args: argparse.Namespace) -> None:
     import server_bench
 
     from server.contract.models import RunCreate, RunUpdate
+    from server.contract.timestamps import format_instant
     from server.storage import runs
     from server.storage.counters import RunCounters
     from server.storage.metadata import DistinctValues
@@ -95,7 +96,8 @@ def _worker(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     now_dt = datetime.now(UTC)
     for round_no in range(args.rounds):
-        now = server_bench.iso(now_dt + timedelta(seconds=round_no))
+        # The server's own clock text (canonical): the runs are prompt, as live ones are.
+        now = format_instant(now_dt + timedelta(seconds=round_no))
         payloads = [
             server_bench.run_payload(rng, start=now_dt, status="running") for _ in range(args.ops)
         ]
@@ -104,7 +106,7 @@ def _worker(args: argparse.Namespace) -> None:
         finishes = [
             RunUpdate.model_validate(server_bench.finish_payload(rng)).changes() for _ in ids
         ]
-        later = server_bench.iso(now_dt + timedelta(seconds=round_no, milliseconds=500))
+        later = format_instant(now_dt + timedelta(seconds=round_no, milliseconds=500))
         steps = _steps(conn, runs, params, ids, finishes, (now, later))
         for kind in KINDS[: args.kinds]:
             step = steps[kind]

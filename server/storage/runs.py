@@ -24,7 +24,7 @@ from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
-from server.storage.schema import EQUALITY_FILTERS, LATE_INDEXES, LIST_INDEXES
+from server.storage.schema import EQUALITY_FILTERS, LATE_INDEXES, LIST_INDEXES, late_value_sql
 
 _INSERT_COLUMNS = (
     "event_id",
@@ -34,11 +34,27 @@ _INSERT_COLUMNS = (
     "last_seen_at",
     "sidecar_id",
 )
-_INSERT_SQL = (
-    f"INSERT INTO agent_runs ({', '.join(_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
-    "ON CONFLICT(event_id) DO NOTHING"
-)
+_INSTANTS = (_INSERT_COLUMNS.index("start_time"), _INSERT_COLUMNS.index("created_at"))
+
+
+def _insert_sql(holders: Sequence[str]) -> str:
+    """The INSERT of ``_INSERT_COLUMNS`` with these value holders (``?`` or ``NULL``), and
+    the ``late`` flag computed from the start_time and created_at it inserts (numbered
+    parameters name the same bound values again)."""
+
+    def again(column: int) -> str:
+        if holders[column] != "?":
+            return holders[column]
+        return f"?{holders[: column + 1].count('?'):d}"
+
+    late = late_value_sql(*(again(column) for column in _INSTANTS))
+    return (
+        f"INSERT INTO agent_runs ({', '.join(_INSERT_COLUMNS)}, late) "
+        f"VALUES ({', '.join(holders)}, {late}) ON CONFLICT(event_id) DO NOTHING"
+    )
+
+
+_INSERT_SQL = _insert_sql(["?"] * len(_INSERT_COLUMNS))
 _SELECT_COLUMNS = ", ".join(RUN_COLUMNS)
 _CREATED_AT = RUN_COLUMNS.index("created_at")
 
@@ -110,12 +126,8 @@ def prepare_insert(params: tuple[Any, ...]) -> PreparedInsert:
     if sql is None:
         if len(_INSERT_BY_NULLS) >= _MAX_INSERT_SHAPES:
             return PreparedInsert(_INSERT_SQL, params)
-        holders = ", ".join("?" if keep else "NULL" for keep in bound)
-        sql = _INSERT_BY_NULLS.setdefault(
-            bound,
-            f"INSERT INTO agent_runs ({', '.join(_INSERT_COLUMNS)}) VALUES ({holders}) "
-            "ON CONFLICT(event_id) DO NOTHING",
-        )
+        holders = ["?" if keep else "NULL" for keep in bound]
+        sql = _INSERT_BY_NULLS.setdefault(bound, _insert_sql(holders))
     return PreparedInsert(sql, tuple(compress(params, bound)))
 
 

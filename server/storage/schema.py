@@ -242,24 +242,29 @@ def prompt_sql(start_time: str, created_at: str) -> str:
 
 PROMPT_RUN_SQL = prompt_sql("start_time", "created_at")
 
-#: Migration 11: whether a run is late, kept in a column (``late``, 0 or 1) by two
-#: triggers that evaluate the prompt predicate once when a row is inserted and when its
-#: start_time or created_at is set (any writer: the server, a test, the sqlite3 shell).
+
+#: Migration 11: whether a run is late, kept in a column (``late``, 0 or 1): the
+#: server's INSERT computes it from the values it inserts (``late_value_sql``), and a
+#: trigger recomputes it when an UPDATE sets start_time, created_at or the flag itself.
 #: The late runs' partial indexes are ``WHERE late = 1``: evaluating that is reading a
 #: column. Partial indexes on the predicate itself (as migration 8's was) cost one
 #: evaluation per index per insert, and two per index for each PATCH of a column in it
 #: (``bench/write_cost.py``: five such indexes took a PATCH from 547k to 843k SQLite
-#: instructions). A later migration that rebuilds agent_runs re-creates these triggers,
-#: as it does the rollups'.
-_LATE_FLAG = f"NOT {prompt_sql('NEW.start_time', 'NEW.created_at')}"
-LATE_TRIGGERS = tuple(
-    f"CREATE TRIGGER {name} AFTER {event} ON agent_runs FOR EACH ROW"
-    f" WHEN NEW.late IS NOT ({_LATE_FLAG})"
-    f" BEGIN UPDATE agent_runs SET late = ({_LATE_FLAG}) WHERE id = NEW.id; END"
-    for name, event in (
-        ("trg_runs_late_insert", "INSERT"),
-        ("trg_runs_late_update", "UPDATE OF start_time, created_at, late"),
-    )
+#: instructions); a trigger on every INSERT cost more than the evaluation it makes. A
+#: writer other than the server must set ``late`` itself (as
+#: ``late_value_sql`` does), or its late runs are missing from start_time windows. A
+#: later migration that rebuilds agent_runs re-creates the trigger, as it does the
+#: rollups'.
+def late_value_sql(start_time: str, created_at: str) -> str:
+    """The ``late`` value of a row with those instants (columns, parameters, NEW.)."""
+    return f"(NOT {prompt_sql(start_time, created_at)})"
+
+
+_LATE_FLAG = late_value_sql("NEW.start_time", "NEW.created_at")
+LATE_TRIGGER = (
+    "CREATE TRIGGER trg_runs_late_update AFTER UPDATE OF start_time, created_at, late"
+    f" ON agent_runs FOR EACH ROW WHEN NEW.late IS NOT {_LATE_FLAG}"
+    f" BEGIN UPDATE agent_runs SET late = {_LATE_FLAG} WHERE id = NEW.id; END"
 )
 #: The late runs' index for each key of ``LIST_INDEXES``: the same equality columns, then
 #: (start_time, created_at), partial on ``late = 1``. Status is in four of them: a PATCH that
@@ -277,7 +282,7 @@ _MIGRATION_11 = (
     "UPDATE agent_runs SET late = 1 WHERE id IN (SELECT id FROM agent_runs"
     f" INDEXED BY idx_runs_start_late WHERE NOT {PROMPT_RUN_SQL})",
     "DROP INDEX idx_runs_start_late",
-    *LATE_TRIGGERS,
+    LATE_TRIGGER,
     *(
         # late too, though always 1: this SQLite reads a row for a column of the partial
         # WHERE that the index does not hold, even one the WHERE fixes.

@@ -22,13 +22,18 @@ from typing import Any
 import pytest
 
 from server.contract.fields import CANONICAL_STATUSES
-from server.contract.models import RunQuery
+from server.contract.models import RunCreate, RunQuery
 from server.storage import window
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
 from server.storage.runs import (
+    _INSERT_COLUMNS,
+    _INSERT_SQL,
+    PreparedInsert,
     index_key,
+    insert_params,
+    prepare_insert,
     query_page_json,
     query_runs,
     query_sql,
@@ -41,6 +46,7 @@ from server.storage.schema import (
     LIST_INDEXES,
     PROMPT_LAG_S,
     PROMPT_RUN_SQL,
+    late_value_sql,
 )
 from server.storage.stale import _REAP_SQL, StalePolicy, overdue_ids_sql, reapable_ids_sql
 
@@ -84,7 +90,8 @@ def insert(path: Path, rows: list[tuple[Any, ...]]) -> None:
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f" created_at, updated_at, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+            f" {late_value_sql('?6', '?7')})",  # as the server's INSERT sets it
             [(*row, row[-1]) for row in rows],
         )
         conn.execute("COMMIT")
@@ -562,19 +569,19 @@ MIGRATION_8_PROMPT = (
 
 
 def test_the_late_predicate_is_frozen(conn: sqlite3.Connection) -> None:
-    """The triggers keep ``late`` with migration 8's predicate, the late indexes are
-    partial on the queries' own filter, word for word (else SQLite answers "no query
-    solution" to their INDEXED BY)."""
+    """The server's INSERT and the trigger keep ``late`` with migration 8's predicate;
+    the late indexes are partial on the queries' own filter, word for word (else SQLite
+    answers "no query solution" to their INDEXED BY)."""
     assert PROMPT_RUN_SQL == MIGRATION_8_PROMPT
     over_new = MIGRATION_8_PROMPT.replace("start_time", "NEW.start_time").replace(
         "created_at", "NEW.created_at"
     )
-    triggers = dict(
-        conn.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'trg_runs_late_%'")
-    )
-    assert set(triggers) == {"trg_runs_late_insert", "trg_runs_late_update"}
-    for sql in triggers.values():
-        assert f"SET late = (NOT {over_new})" in sql
+    (trigger,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'trg_runs_late%'"
+    ).fetchall()
+    assert f"SET late = (NOT {over_new})" in trigger[0]
+    over_params = MIGRATION_8_PROMPT.replace("start_time", "?6").replace("created_at", "?42")
+    assert _INSERT_SQL.endswith(f", (NOT {over_params})) ON CONFLICT(event_id) DO NOTHING")
     for name in LATE_INDEXES.values():
         stored = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
         assert stored[0].endswith(f" WHERE {window.LATE}"), name
@@ -587,17 +594,30 @@ def test_the_late_predicate_is_frozen(conn: sqlite3.Connection) -> None:
 
 
 def test_the_late_flag_follows_every_write(tmp_path: Path) -> None:
-    """Whoever writes a row (an INSERT, an upsert, an UPDATE of start_time or
-    created_at, even of ``late`` itself), the flag ends equal to the predicate."""
+    """The server's INSERT (with NULL literals or not) sets the flag to the predicate;
+    an UPDATE of start_time or created_at, or of ``late`` itself, recomputes it."""
     path = tmp_path / "flag.sqlite"
     start_server_database(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        rows = [
-            (f"odd{i}", "r", AGENT, JOB, STATUS, start, created)
-            for i, (start, created, _) in enumerate(ODD_INSTANTS)
-        ]
-        insert(path, rows)
+        for i, (start, created, _) in enumerate(ODD_INSTANTS):
+            run = RunCreate.model_validate(
+                {
+                    "event_id": f"odd{i}",
+                    "run_id": "r",
+                    "agent_name": AGENT,
+                    "job_type": JOB,
+                    "start_time": "2026-01-10T12:00:00Z",
+                }
+            )
+            params = list(insert_params(run, created))
+            params[_INSERT_COLUMNS.index("start_time")] = start  # foreign text too
+            insert = (
+                prepare_insert(tuple(params))
+                if i % 2
+                else PreparedInsert(_INSERT_SQL, tuple(params))
+            )
+            assert conn.execute(insert.sql, insert.values).rowcount == 1
 
         def disagreeing() -> int:
             return int(
