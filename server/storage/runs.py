@@ -517,9 +517,9 @@ def query_sql(
     job_type are served by their index with status: one SELECT per status, each a range
     newest first, joined by ``UNION ALL`` under the ORDER BY, which SQLite runs as a merge
     of co-routines that stops at the page (no sort, and no run of another agent or job is
-    read). A start_time window adds its created_at range to those arms, and as many arms
-    for its late runs created outside that range, each from the late index of the same
-    equality filters (``LATE_INDEXES``; see ``window``).
+    read). A start_time window adds its created_at range to those arms, and one arm for
+    its late runs created outside that range, from the late index of the same equality
+    filters (``LATE_INDEXES``; every status in one IN list; see ``window``).
 
     ``columns`` is the select list (``run_json.JSON_COLUMNS`` renders each row as JSON);
     it must include ``created_at``. Rows carry their ``id`` last (for the next cursor) and one row more than the
@@ -547,18 +547,27 @@ def query_sql(
         )
     if windowed:  # sorted by ids alone: only the rows that can be in the page are read
         outside, outside_params = window.outside_range(query)
-        for status, status_params in ranges:
-            late = (
-                f"SELECT id FROM agent_runs INDEXED BY {LATE_INDEXES[key]}"
-                f" WHERE {' AND '.join((*clauses, *status, outside, window.LATE))}"
-                " ORDER BY created_at DESC, id DESC LIMIT ?"
+        # One index range per status, as the near arm's, under one sort. Not an IN list
+        # of statuses: this SQLite's IN seek-scan then ignores a start_time_to bound.
+        reads = " UNION ALL ".join(
+            f"SELECT id, created_at FROM agent_runs INDEXED BY {LATE_INDEXES[key]}"
+            f" WHERE {' AND '.join((*clauses, *status, outside, window.LATE))}"
+            for status, _ in ranges
+        )
+        late = f"SELECT id FROM ({reads}) ORDER BY created_at DESC, id DESC LIMIT ?"
+        arms.append(
+            (
+                f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
+                [
+                    *(
+                        value
+                        for _, status_params in ranges
+                        for value in (*params, *status_params, *outside_params)
+                    ),
+                    query.limit + 1 + query.offset,
+                ],
             )
-            arms.append(
-                (
-                    f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
-                    [*params, *status_params, *outside_params, query.limit + 1 + query.offset],
-                )
-            )
+        )
     body = " UNION ALL ".join(sql for sql, _ in arms)
     sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return sql, [*(value for _, values in arms for value in values), query.limit + 1, query.offset]
