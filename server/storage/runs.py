@@ -482,6 +482,50 @@ def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[A
     return clauses, params
 
 
+#: The rank of each upper bound on created_at at an equal value: the tightest first.
+_UPPER_RANK = {"created_at < ?": 0, "(created_at, id) < (?, ?)": 1, "created_at <= ?": 2}
+
+
+def _list_range(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of the list arms (the near arm of a window): the equality and
+    start_time filters, then only the tightest lower and upper bound on created_at among
+    created_after/before, the cursor and a window's created_at range. The others are
+    implied by them, and SQLite searches its index by one bound a side: given two, it may
+    range over the looser one (the whole created_after span, or every page before a
+    cursor) and filter by the other."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, operator, value in (
+        ("agent_name", "=", query.agent_name),
+        ("job_type", "=", query.job_type),
+        ("status", "=", query.status),
+        ("start_time", ">=", query.start_time_from),
+        ("start_time", "<=", query.start_time_to),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
+    lower: list[tuple[str, list[Any]]] = []
+    upper: list[tuple[str, list[Any]]] = []
+    if query.created_after is not None:
+        lower.append(("created_at > ?", [query.created_after]))
+    if query.created_before is not None:
+        upper.append(("created_at < ?", [query.created_before]))
+    if after is not None:
+        upper.append(("(created_at, id) < (?, ?)", [after.created_at, after.row_id]))
+    for clause, value in window.created_range(query):
+        (lower if ">" in clause else upper).append((clause, [value]))
+    if lower:  # the greatest value; at an equal one, the strict bound
+        clause, values = max(lower, key=lambda bound: (bound[1][0], ">" in bound[0]))
+        clauses.append(clause)
+        params.extend(values)
+    if upper:
+        clause, values = min(upper, key=lambda bound: (bound[1][0], _UPPER_RANK[bound[0]]))
+        clauses.append(clause)
+        params.extend(values)
+    return clauses, params
+
+
 #: An overdue-runs query (``stale.overdue_ids_sql``) and its parameters.
 Overdue = tuple[str, list[Any]]
 
@@ -519,7 +563,9 @@ def query_sql(
     of co-routines that stops at the page (no sort, and no run of another agent or job is
     read). A start_time window adds its created_at range to those arms, and one arm for
     its late runs created outside that range, from the late index of the same equality
-    filters (``LATE_INDEXES``; every status in one IN list; see ``window``).
+    filters (``LATE_INDEXES``; one range per status under one sort; see ``window``).
+    Each arm searches its index by the tightest created_at bound of each side
+    (``_list_range``).
 
     ``columns`` is the select list (``run_json.JSON_COLUMNS`` renders each row as JSON);
     it must include ``created_at``. Rows carry their ``id`` last (for the next cursor) and one row more than the
@@ -529,11 +575,7 @@ def query_sql(
     clauses, params = _filters(query, after)
     arms: list[tuple[str, list[Any]]] = []
     windowed = window.has_window(query)
-    listed, listed_params = clauses, params
-    if windowed:
-        bounds = window.created_range(query)
-        listed = [*clauses, *(clause for clause, _ in bounds)]
-        listed_params = [*params, *(value for _, value in bounds)]
+    listed, listed_params = _list_range(query, after)
     key, merge = index_key(query)
     # Without a status filter, each arm is repeated once per status (a range of its own).
     ranges: list[tuple[list[str], list[Any]]] = (

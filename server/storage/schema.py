@@ -278,10 +278,10 @@ LATE_INDEXES: dict[tuple[str, ...], str] = {
 }
 _MIGRATION_11 = (
     "ALTER TABLE agent_runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
-    # The late runs are those migration 8's index holds: only their rows are written.
-    "UPDATE agent_runs SET late = 1 WHERE id IN (SELECT id FROM agent_runs"
-    f" INDEXED BY idx_runs_start_late WHERE NOT {PROMPT_RUN_SQL})",
-    "DROP INDEX idx_runs_start_late",
+    # The late runs are those migration 8's index holds (its WHERE, word for word, lets
+    # SQLite read them from it; a file without it is scanned): only their rows are written.
+    f"UPDATE agent_runs SET late = 1 WHERE NOT {PROMPT_RUN_SQL}",
+    "DROP INDEX IF EXISTS idx_runs_start_late",
     LATE_TRIGGER,
     *(
         # late too, though always 1: this SQLite reads a row for a column of the partial
@@ -399,9 +399,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         11,
-        "start_time windows: a late flag kept by triggers, and the late runs indexed by the"
-        " list's equality filters too, so a filtered window reads only its matching late runs"
-        " (see server/storage/window.py)",
+        "start_time windows: a late flag set by the INSERT (a trigger for UPDATEs), and the"
+        " late runs indexed by the list's equality filters too, so a filtered window reads"
+        " only its matching late runs (see server/storage/window.py)",
         _MIGRATION_11,
     ),
 )

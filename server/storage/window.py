@@ -20,7 +20,7 @@ equality filters, then (start_time, created_at). So:
 
 Every run of the window is in exactly one arm: a prompt run is in the range, so near;
 a late one is near or far by its created_at. The prompt predicate is evaluated only when
-a row is written (to maintain the partial index), never when a page is read.
+a row is written (to set the ``late`` flag), never when a page is read.
 ``runs.query_sql`` merges the arms newest first in one statement: one snapshot.
 
 Measured at 1M fleet runs (``bench/list_cpu.py``; 1% of runs recorded days late): a
@@ -32,8 +32,15 @@ records many old runs at once makes it a read of the window's matching runs, as 
 open-ended ``start_time_to`` on a fleet where most runs are late. Until migration 11 the
 far arm read one index of late runs by (start_time, created_at) only, so a filtered
 window looked up the row of every late run of the window, of every agent, to check
-the filters. What the four indexes of migration 11 cost, and the pages with 40% of
-runs late: the README's performance section.
+the filters. What the five indexes of migration 11 cost, and the pages with 40% of
+runs late: the README's section on start_time windows.
+
+A window bounded below only (``start_time_from``) is the far arm's weak shape: its late
+runs created before ``from - lag`` are only runs created before they started (clock
+skew) or with foreign text, but the index range is every late run started since
+``from``, read on every page (at 1% of runs late and 1M runs, ~3,000 index entries for a
+window 30 days back; at 40% late, 40 times that). Splitting the flag into "recorded
+after it started" and "early or foreign" would make that arm read only the latter.
 """
 
 from __future__ import annotations

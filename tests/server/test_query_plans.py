@@ -459,7 +459,7 @@ def late_in_window(rows: list[tuple[Any, ...]], query: RunQuery) -> int:
     )
 
 
-def page_steps(conn: sqlite3.Connection, query: RunQuery) -> int:
+def page_steps(conn: sqlite3.Connection, query: RunQuery, after: Position | None = None) -> int:
     """SQLite VM instructions of one page as the server reads it (JSON rendering)."""
     steps = 0
 
@@ -470,7 +470,7 @@ def page_steps(conn: sqlite3.Connection, query: RunQuery) -> int:
 
     conn.set_progress_handler(count, 1)
     try:
-        page = query_page_json(conn, query)
+        page = query_page_json(conn, query, after)
     finally:
         conn.set_progress_handler(None, 1)
     assert page.body.startswith(b"[")
@@ -494,6 +494,28 @@ def test_a_window_page_reads_the_page_and_the_windows_late_runs(
     plain = make_query(equalities, "none")
     allowed = 3 * page_steps(conn, plain) + 25 * late_in_window(fleet[1], query)
     assert page_steps(conn, query) < allowed
+
+
+@pytest.mark.parametrize("equalities", [(), ("status",), ("agent_name",)])
+def test_the_index_range_is_the_tightest_created_at_bound(
+    conn: sqlite3.Connection, equalities: tuple[str, ...]
+) -> None:
+    """A created_after/created_before that spans the whole history adds nothing to a
+    narrow window's page, nor to a deep cursor page: the index is searched by the
+    tightest bound of each side, not by whichever SQLite picks of two."""
+    narrow = make_query(equalities, "start_both_narrow")
+    wide = RunQuery.model_validate(
+        {
+            **narrow.model_dump(exclude_none=True),
+            "created_after": stamp(ORIGIN - timedelta(days=1)),
+            "created_before": stamp(ORIGIN + timedelta(days=400)),
+        }
+    )
+    assert page_steps(conn, wide) < 1.2 * page_steps(conn, narrow) + 200
+    deep = Position(stamp(ORIGIN + timedelta(days=3)), RUNS)  # most of the history above it
+    plain = make_query(equalities, "none")
+    bounded = make_query(equalities, "created_before")
+    assert page_steps(conn, bounded, deep) < 1.2 * page_steps(conn, plain, deep) + 200
 
 
 ODD_INSTANTS = [
