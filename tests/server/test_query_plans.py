@@ -46,7 +46,6 @@ from server.storage.schema import (
     LIST_INDEXES,
     PROMPT_LAG_S,
     PROMPT_RUN_SQL,
-    late_value_sql,
 )
 from server.storage.stale import _REAP_SQL, StalePolicy, overdue_ids_sql, reapable_ids_sql
 
@@ -84,16 +83,42 @@ def skewed_rows(rng: random.Random) -> list[tuple[Any, ...]]:
     return rows
 
 
+#: Where the server's INSERT takes each field of a test row (its text kept as it is).
+_ROW_COLUMNS = (
+    "event_id",
+    "run_id",
+    "agent_name",
+    "job_type",
+    "status",
+    "start_time",
+    "created_at",
+)
+_PLACEHOLDER = RunCreate.model_validate(
+    {
+        "event_id": "x",
+        "run_id": "r",
+        "agent_name": "a",
+        "job_type": "j",
+        "start_time": "2026-01-01T00:00:00Z",
+    }
+)
+
+
 def insert(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """The rows through the server's own INSERT (it sets the late flag), every other
+    column as a minimal run has it; start_time and created_at verbatim, odd text too."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        template = list(insert_params(_PLACEHOLDER, "2026-01-01T00:00:00.000000+00:00"))
+        params = []
+        for row in rows:
+            for column, value in zip(_ROW_COLUMNS, row, strict=True):
+                template[_INSERT_COLUMNS.index(column)] = value
+            template[_INSERT_COLUMNS.index("updated_at")] = row[-1]
+            template[_INSERT_COLUMNS.index("last_seen_at")] = row[-1]
+            params.append(tuple(template))
         conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
-            f" created_at, updated_at, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
-            f" {late_value_sql('?6', '?7')})",  # as the server's INSERT sets it
-            [(*row, row[-1]) for row in rows],
-        )
+        conn.executemany(_INSERT_SQL, params)
         conn.execute("COMMIT")
     finally:
         conn.close()
