@@ -152,7 +152,7 @@ def migrate_to(conn: sqlite3.Connection, version: int) -> None:
 
 def open_db(path: Path, index_set: str, synchronous: str, cache_mib: int = 0) -> sqlite3.Connection:
     """old: before migration 4; new: this server's; eight: old plus ALL_EIGHT's four;
-    v5: before migration 6 (a full start_time index instead of the late runs' partial one).
+    v5: before migration 6 (a full start_time index instead of the late runs' partial ones).
     cache_mib 0 keeps SQLite's default page cache (2 MiB); the server's writer has 64 MiB
     (``server.storage.connection.WRITER_CACHE_KIB``)."""
     conn = sqlite3.connect(str(path), isolation_level=None)

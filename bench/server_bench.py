@@ -505,6 +505,8 @@ def prefill_fleet(path: Path, rows: int, history_end: datetime) -> float:
         conn = open_db(path, "OFF")
         conn.execute("PRAGMA cache_size = -262144")
         columns = [c for c in RUN_COLUMNS if c != "event_id"]
+        if "late" in {row[1] for row in conn.execute("PRAGMA table_info(agent_runs)")}:
+            columns.append("late")  # both instants shift alike: a copy is late as its base
         instants = {"created_at", "start_time", "end_time", "updated_at"}
         slice_s = int((HISTORY * (base / rows)).total_seconds())
         for copy in range(1, copies + 1):

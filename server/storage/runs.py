@@ -547,6 +547,38 @@ def stale_query_sql(
     return sql, [*overdue_params, *params, query.limit + 1, query.offset]
 
 
+#: One list query's ranges of its index: a status term and value each, or one range.
+StatusRanges = list[tuple[list[str], list[Any]]]
+
+
+def _late_arm(
+    query: RunQuery, after: Position | None, columns: str, index: str, ranges: StatusRanges
+) -> tuple[str, list[Any]]:
+    """A window's far arm: the ids of its late runs created outside its created_at range,
+    from the late index of its equality filters alone, sorted (only the rows that can be
+    in the page are then read).
+
+    One index range per status, as the list arms have, under one sort. Not an IN list of
+    statuses: on SQLite 3.40.1 that returned a late run started after a start_time_to
+    bound (agent+job, after ANALYZE), caught by the brute-force walk of
+    tests/server/test_query_plans.py, which would catch it again."""
+    clauses, params = _filters(query, after)
+    outside, outside_params = window.outside_range(query)
+    reads = " UNION ALL ".join(
+        f"SELECT id, created_at FROM agent_runs INDEXED BY {index}"
+        f" WHERE {' AND '.join((*clauses, *status_terms, outside, window.LATE))}"
+        for status_terms, _ in ranges
+    )
+    late = f"SELECT id FROM ({reads}) ORDER BY created_at DESC, id DESC LIMIT ?"
+    values = [
+        value for _, status_params in ranges for value in (*params, *status_params, *outside_params)
+    ]
+    return (
+        f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
+        [*values, query.limit + 1 + query.offset],
+    )
+
+
 def query_sql(
     query: RunQuery,
     after: Position | None = None,
@@ -572,44 +604,22 @@ def query_sql(
     page is fetched, so the caller knows whether another page follows.
     ``after`` starts the page strictly after a cursor's position (keyset paging).
     """
-    clauses, params = _filters(query, after)
     arms: list[tuple[str, list[Any]]] = []
     windowed = window.has_window(query)
     listed, listed_params = _list_range(query, after)
     key, merge = index_key(query)
     # Without a status filter, each arm is repeated once per status (a range of its own).
-    ranges: list[tuple[list[str], list[Any]]] = (
+    ranges: StatusRanges = (
         [(["status = ?"], [status]) for status in CANONICAL_STATUSES] if merge else [([], [])]
     )
     select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {LIST_INDEXES[key]}"
-    for status, status_params in ranges:
-        where = " AND ".join((*listed, *status))
+    for status_terms, status_params in ranges:
+        where = " AND ".join((*listed, *status_terms))
         arms.append(
             (f"{select} WHERE {where}" if where else select, [*listed_params, *status_params])
         )
-    if windowed:  # sorted by ids alone: only the rows that can be in the page are read
-        outside, outside_params = window.outside_range(query)
-        # One index range per status, as the near arm's, under one sort. Not an IN list
-        # of statuses: this SQLite's IN seek-scan then ignores a start_time_to bound.
-        reads = " UNION ALL ".join(
-            f"SELECT id, created_at FROM agent_runs INDEXED BY {LATE_INDEXES[key]}"
-            f" WHERE {' AND '.join((*clauses, *status, outside, window.LATE))}"
-            for status, _ in ranges
-        )
-        late = f"SELECT id FROM ({reads}) ORDER BY created_at DESC, id DESC LIMIT ?"
-        arms.append(
-            (
-                f"SELECT {columns}, id FROM agent_runs WHERE id IN ({late})",
-                [
-                    *(
-                        value
-                        for _, status_params in ranges
-                        for value in (*params, *status_params, *outside_params)
-                    ),
-                    query.limit + 1 + query.offset,
-                ],
-            )
-        )
+    if windowed:
+        arms.append(_late_arm(query, after, columns, LATE_INDEXES[key], ranges))
     body = " UNION ALL ".join(sql for sql, _ in arms)
     sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return sql, [*(value for _, values in arms for value in values), query.limit + 1, query.offset]

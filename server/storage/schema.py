@@ -215,8 +215,9 @@ CREATE TABLE sidecars (
 #: Migration 8: a run is *prompt* when both its instants are in the canonical form this
 #: server writes (so text order is time order) and created_at lies within PROMPT_LAG_S of
 #: start_time; the rest (recorded late, back-filled, foreign text) are *late*. Always 0 or
-#: 1, never NULL: every run is exactly one of the two. Frozen: the ``late`` column's
-#: triggers (migration 11) evaluate it (a change needs a migration).
+#: 1, never NULL: every run is exactly one of the two. Frozen: the server's INSERT and
+#: migration 11's trigger evaluate it to set the ``late`` column (a change needs a
+#: migration that recomputes every stored flag).
 PROMPT_LAG_S = 600
 
 
@@ -243,18 +244,18 @@ def prompt_sql(start_time: str, created_at: str) -> str:
 PROMPT_RUN_SQL = prompt_sql("start_time", "created_at")
 
 
-#: Migration 11: whether a run is late, kept in a column (``late``, 0 or 1): the
-#: server's INSERT computes it from the values it inserts (``late_value_sql``), and a
-#: trigger recomputes it when an UPDATE sets start_time, created_at or the flag itself.
-#: The late runs' partial indexes are ``WHERE late = 1``: evaluating that is reading a
-#: column. Partial indexes on the predicate itself (as migration 8's was) cost one
-#: evaluation per index per insert, and two per index for each PATCH of a column in it
-#: (``bench/write_cost.py``: five such indexes took a PATCH from 547k to 843k SQLite
-#: instructions); a trigger on every INSERT cost more than the evaluation it makes. A
-#: writer other than the server must set ``late`` itself (as
-#: ``late_value_sql`` does), or its late runs are missing from start_time windows. A
-#: later migration that rebuilds agent_runs re-creates the trigger, as it does the
-#: rollups'.
+# Migration 11: whether a run is late, kept in a column (``late``, 0 or 1): the
+# server's INSERT computes it from the values it inserts (``late_value_sql``), and a
+# trigger recomputes it when an UPDATE sets start_time, created_at or the flag itself.
+# The late runs' partial indexes are ``WHERE late = 1``: evaluating that is reading a
+# column. Partial indexes on the predicate itself (as migration 8's was) cost one
+# evaluation per index per insert, and two per index for each PATCH of a column in it
+# (``bench/write_cost.py``: five such indexes took a PATCH from 547k to 843k SQLite
+# instructions); a trigger on every INSERT cost more than the evaluation it makes. A
+# writer other than the server must set ``late`` itself (as
+# ``late_value_sql`` does), or its late runs are missing from start_time windows. A
+# later migration that rebuilds agent_runs re-creates the trigger, as it does the
+# rollups'.
 def late_value_sql(start_time: str, created_at: str) -> str:
     """The ``late`` value of a row with those instants (columns, parameters, NEW.)."""
     return f"(NOT {prompt_sql(start_time, created_at)})"

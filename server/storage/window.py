@@ -24,7 +24,7 @@ a row is written (to set the ``late`` flag), never when a page is read.
 ``runs.query_sql`` merges the arms newest first in one statement: one snapshot.
 
 Measured at 1M fleet runs (``bench/list_cpu.py``; 1% of runs recorded days late): a
-one-day window costs 0.18 ms in SQLite (it was 2.4 ms: the old plan counted the
+one-day window costs 0.18 ms in SQLite (2.4 ms before migration 8: that plan counted the
 window's ~11,000 index entries to choose), a day a month back 0.3 ms (was 49 ms).
 The far arm's cost per page grows with the late runs of the window that match the
 filters (it reads them all, then sorts their ids, on every page): a back-fill that

@@ -9,7 +9,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-STATUSES = ("running", "success", "failure")
+STATUSES = ("running", "success", "failure", "partial", "timeout", "cancelled")
 
 
 def stamp(moment: datetime) -> str:

@@ -14,7 +14,7 @@ from server.contract.models import RunQuery
 from server.storage.connection import open_reader
 from server.storage.database import Database, StorageSettings
 from server.storage.runs import query_runs
-from server.storage.schema import LATE_INDEXES, MIGRATIONS, PROMPT_RUN_SQL
+from server.storage.schema import LATE_INDEXES, MIGRATIONS, PROMPT_RUN_SQL, SCHEMA_VERSION
 
 ORIGIN = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -73,9 +73,29 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
     rows = version_10(path, random.Random(4))
     db = Database.open(StorageSettings(path=path, reader_threads=1))
     asyncio.run(db.close())
+    # After the upgrade: a start_time PATCH each way and status PATCHes (the trigger and
+    # the late indexes on an upgraded file, not only on a new one).
+    writer = sqlite3.connect(path, isolation_level=None)
+    flags = dict(writer.execute("SELECT event_id, late FROM agent_runs"))
+    position = {row[0]: index for index, row in enumerate(rows)}
+    prompt_run = next(event_id for event_id, late in flags.items() if not late)
+    late_run = next(event_id for event_id, late in flags.items() if late)
+    for event_id, start in ((prompt_run, stamp(ORIGIN)), (late_run, None)):
+        index = position[event_id]
+        _, agent, status, _, created = rows[index]
+        text = start or created  # made late (weeks before it was created), made prompt
+        writer.execute("UPDATE agent_runs SET start_time = ? WHERE event_id = ?", (text, event_id))
+        rows[index] = (event_id, agent, status, text, created)
+    for index in range(0, len(rows), 11):
+        event_id, agent, _, start, created = rows[index]
+        writer.execute("UPDATE agent_runs SET status = 'cancelled' WHERE event_id = ?", (event_id,))
+        rows[index] = (event_id, agent, "cancelled", start, created)
+    after_patches = dict(writer.execute("SELECT event_id, late FROM agent_runs"))
+    assert (after_patches[prompt_run], after_patches[late_run]) == (1, 0)
+    writer.close()
     conn = open_reader(path, busy_timeout_ms=1000)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert "idx_runs_start_late" not in names
         assert set(LATE_INDEXES.values()) <= names
@@ -87,19 +107,27 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
             ).fetchone()[0]
             == 0
         )
-        for low_day, high_day in [(3, 4), (5, 9), (1, 2)]:
+        for low_day, high_day in [(3, 4), (5, 9), (1, 2), (-1, 1)]:
             low = stamp(ORIGIN + timedelta(days=low_day))
             high = stamp(ORIGIN + timedelta(days=high_day))
             for filters in [
                 {},
                 {"agent_name": "agent-1"},
                 {"status": "failure"},
+                {"status": "cancelled"},
                 {"agent_name": "agent-2", "status": "success"},
             ]:
                 query = RunQuery.model_validate(
-                    {**filters, "start_time_from": low, "start_time_to": high, "limit": 1000}
+                    {**filters, "start_time_from": low, "start_time_to": high, "limit": 9}
                 )
-                got = [run["event_id"] for run in query_runs(conn, query).runs]
+                got: list[str] = []
+                after = None
+                for _ in range(200):  # walked with the cursor, 9 a page
+                    page = query_runs(conn, query, after)
+                    got += [run["event_id"] for run in page.runs]
+                    after = page.next_position
+                    if after is None:
+                        break
                 expected = [
                     event_id
                     for event_id, agent, status, start, created in sorted(
