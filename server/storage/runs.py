@@ -448,34 +448,42 @@ def index_key(query: RunQuery) -> tuple[tuple[str, ...], bool]:
     return tuple(equalities), merge
 
 
+def _terms(terms: Sequence[tuple[str, str, Any]]) -> tuple[list[str], list[Any]]:
+    """``column operator ?`` for each term whose value is set, and those values."""
+    clauses = [f"{column} {operator} ?" for column, operator, value in terms if value is not None]
+    return clauses, [value for _, _, value in terms if value is not None]
+
+
 def filter_terms(query: RunQuery | StatsQuery) -> tuple[list[str], list[Any]]:
     """The WHERE clauses of the equality and created_at filters the list and the stats
     share, and their parameters (a start_time window is each one's own)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, operator, value in (
-        ("agent_name", "=", query.agent_name),
-        ("job_type", "=", query.job_type),
-        ("status", "=", query.status),
-        ("created_at", "<", query.created_before),
-        ("created_at", ">", query.created_after),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            params.append(value)
-    return clauses, params
+    return _terms(
+        (
+            ("agent_name", "=", query.agent_name),
+            ("job_type", "=", query.job_type),
+            ("status", "=", query.status),
+            ("created_at", "<", query.created_before),
+            ("created_at", ">", query.created_after),
+        )
+    )
+
+
+def _window_terms(query: RunQuery) -> tuple[list[str], list[Any]]:
+    """The start_time bounds of a list query (each arm of a window applies them)."""
+    return _terms(
+        (
+            ("start_time", ">=", query.start_time_from),
+            ("start_time", "<=", query.start_time_to),
+        )
+    )
 
 
 def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
     """The WHERE clauses of a list query's filters and cursor, and their parameters."""
     clauses, params = filter_terms(query)
-    for column, operator, value in (
-        ("start_time", ">=", query.start_time_from),
-        ("start_time", "<=", query.start_time_to),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            params.append(value)
+    window_clauses, window_params = _window_terms(query)
+    clauses += window_clauses
+    params += window_params
     if after is not None:
         clauses.append("(created_at, id) < (?, ?)")
         params.extend((after.created_at, after.row_id))
@@ -493,18 +501,16 @@ def _list_range(query: RunQuery, after: Position | None) -> tuple[list[str], lis
     implied by them, and SQLite searches its index by one bound a side: given two, it may
     range over the looser one (the whole created_after span, or every page before a
     cursor) and filter by the other."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, operator, value in (
-        ("agent_name", "=", query.agent_name),
-        ("job_type", "=", query.job_type),
-        ("status", "=", query.status),
-        ("start_time", ">=", query.start_time_from),
-        ("start_time", "<=", query.start_time_to),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            params.append(value)
+    clauses, params = _terms(
+        (
+            ("agent_name", "=", query.agent_name),
+            ("job_type", "=", query.job_type),
+            ("status", "=", query.status),
+        )
+    )
+    window_clauses, window_params = _window_terms(query)
+    clauses += window_clauses
+    params += window_params
     lower: list[tuple[str, list[Any]]] = []
     upper: list[tuple[str, list[Any]]] = []
     if query.created_after is not None:
