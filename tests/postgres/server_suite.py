@@ -64,6 +64,8 @@ SQLITE_ONLY_MODULES: dict[str, str] = {
     "test_inline_reads": "SQLite's reader: reads on the event loop's connection, then threads",
     "test_metric_labels": "no database: the HTTP layer's Prometheus labels (own app)",
     "test_migration_9_answers": "SQLite's migration 9 on a version-8 file",
+    "test_migration_11_late": "SQLite's migration 11 (the late flag) on a version-10 file",
+    "test_late_windows": "SQLite's late-run indexes under start_time windows (migration 11)",
     "test_null_literals": "SQLite statements that spell NULL, and SQLite's column types",
     "test_query_plans": "SQLite's query plans (EXPLAIN QUERY PLAN)",
     "test_run_deltas_exact": "the counts SQLite's writer keeps, through savepoint rollbacks"
