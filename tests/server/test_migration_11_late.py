@@ -140,3 +140,27 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
                 assert got == expected, filters
     finally:
         conn.close()
+
+
+def test_migration_11_on_a_file_without_migration_8s_index(tmp_path: Path) -> None:
+    """A hand-repaired version-10 file that lost idx_runs_start_late still upgrades (the
+    late runs are then found by a scan), and its flags equal the predicate."""
+    path = tmp_path / "v10-no-index.sqlite"
+    version_10(path, random.Random(5))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP INDEX idx_runs_start_late")
+    conn.close()
+    db = Database.open(StorageSettings(path=path, reader_threads=1))
+    asyncio.run(db.close())
+    conn = open_reader(path, busy_timeout_ms=1000)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM agent_runs WHERE late = 1").fetchone()[0] > 200
+        assert (
+            conn.execute(
+                f"SELECT count(*) FROM agent_runs WHERE late IS NOT (NOT {PROMPT_RUN_SQL})"
+            ).fetchone()[0]
+            == 0
+        )
+    finally:
+        conn.close()
