@@ -71,6 +71,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fsync_probe import FsyncProbe, ProbeWindow
 from loadgen import Client, LabelStats, LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 
@@ -893,6 +894,7 @@ class Row:
     client_cpu: float = math.nan
     target: str = ""
     verdict: str = ""
+    disk_max: float = math.nan  # the fsync probe's worst sample in the same round
 
 
 @dataclass
@@ -904,6 +906,10 @@ class Bench:
     broken: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
+    #: The independent fsync probe (bench/fsync_probe.py) during the write rounds.
+    probe: FsyncProbe | None = None
+    #: Its worst sample in each round, by the round's name.
+    disk: dict[str, ProbeWindow] = field(default_factory=dict)
 
     def figure(
         self,
@@ -944,6 +950,7 @@ class Bench:
             self.args.profile, server.pid, name, gil_only=self.args.profile_gil
         )
         cpu_before = server.cpu_seconds()
+        started = time.time()
         result = run_load(
             server.base_url,
             op,
@@ -954,6 +961,8 @@ class Bench:
             processes=self.args.client_procs,
         )
         server_cpu = 100 * (server.cpu_seconds() - cpu_before) / result.elapsed_s
+        if self.probe is not None:
+            self.disk[name] = self.probe.window(started, time.time())
         if profiler is not None:
             profiler.stop()
         if self.args.verbose:
@@ -985,8 +994,10 @@ class Bench:
         p50, p99, worst = stats.quantiles_ms()
         failures = f"{stats.non_2xx}/{sum(stats.errors.values())}"
         verdict = "" if passed is None else ("PASS" if passed else "MISS")
+        disk = self.disk.get(result.name)
         if passed is False:
-            self.missed.append(f"{scenario}: {target}")
+            where = f" (the fsync probe's worst: {disk.describe()})" if disk else ""
+            self.missed.append(f"{scenario}: {target}{where}")
         self.rows.append(
             Row(
                 scenario,
@@ -999,6 +1010,7 @@ class Bench:
                 result.client_cpu_pct,
                 target,
                 verdict,
+                disk.worst_ms if disk is not None and label is None else math.nan,
             )
         )
 
@@ -1018,6 +1030,7 @@ class Bench:
             "non2xx/err",
             "srv CPU",
             "cli CPU",
+            "disk max",
             "target",
             "",
         )
@@ -1035,13 +1048,14 @@ class Bench:
                 row.failures,
                 num(row.server_cpu, "{:.0f}%"),
                 num(row.client_cpu, "{:.0f}%"),
+                num(row.disk_max, "{:.1f}"),
                 row.target,
                 row.verdict,
             )
             for row in self.rows
         ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-        right = {2, 3, 4, 5, 6, 7}
+        right = {2, 3, 4, 5, 6, 7, 8}
 
         def line(values: Sequence[str]) -> str:
             return " | ".join(
@@ -1106,12 +1120,14 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     durable_copy(template, ceiling_db)
     measured: ServerWrites | None = None
     rounds: list[BatchRound] = []
-    for label, root in trees:
-        batch_round, measured = measure_writes(bench, workdir, sizes, template, label, root)
-        if batch_round is not None:
-            rounds.append(batch_round)
-    if measured is not None:
-        measure_ceiling(bench, workdir, ceiling_db, measured, sizes)
+    with FsyncProbe(workdir) as bench.probe:
+        for label, root in trees:
+            batch_round, measured = measure_writes(bench, workdir, sizes, template, label, root)
+            if batch_round is not None:
+                rounds.append(batch_round)
+        if measured is not None:
+            measure_ceiling(bench, workdir, ceiling_db, measured, sizes)
+    bench.probe = None
     # Last: the baselines write a few hundred MB (their WAL, then its checkpoint at close),
     # whose write-back put 80-105 ms maxima into the lifecycle round that followed them.
     batch_figures(bench, workdir, template, rounds)
@@ -1274,6 +1290,17 @@ def lifecycle_figures(
     bench.figure(scenario, "ops/s", result.requests_per_s(), None, rows=rows)
     bench.figure(scenario, "p99 ms", p99, targets[0], higher_is_better=False, rows=rows)
     bench.figure(scenario, "max ms", worst, targets[1], higher_is_better=False, rows=rows)
+    disk = bench.disk.get(result.name)
+    if disk is not None and disk.samples:
+        bench.figure(
+            scenario,
+            "disk fsync max ms",
+            disk.worst_ms,
+            None,
+            higher_is_better=False,
+            rows=rows,
+            note="an independent 4 KiB fdatasync every 20 ms, same round (bench/fsync_probe.py)",
+        )
     bench.figure(
         scenario,
         "server CPU ms/request",
@@ -1899,7 +1926,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"py-spy profiles of each scenario in {args.profile} (they slow the server)")
     print(
         f"reads at concurrency {'/'.join(map(str, args.read_concurrency))}; batches at concurrency"
-        f" {args.batch_concurrency}; p50/p99/max are per request, client-side"
+        f" {args.batch_concurrency}; p50/p99/max are per request, client-side; disk max is"
+        " the worst 4 KiB fdatasync of an independent probe in the same round"
+        " (bench/fsync_probe.py): the disk's own stalls"
     )
     print()
     bench.print_table()

@@ -83,6 +83,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fsync_probe import FsyncProbe, ProbeWindow
 from loadgen import Client, GcPauses, LabelStats, LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 from server_bench import Batch, Profiler, free_port, run_payload, tail
@@ -684,6 +685,7 @@ def quantiles(stats: LabelStats) -> tuple[float, float, float]:
 class CeilingRun:
     paced: PacedResult  # the creates offered to the ceiling
     loader: LoaderResult  # the drain's load on the server meanwhile
+    disk: ProbeWindow | None  # the fsync probe meanwhile
 
 
 class Bench:
@@ -706,6 +708,8 @@ class Bench:
         self.ingest_rate = math.nan
         #: Every create spoold acknowledged is on the server, once, and nothing else is.
         self.verified = False
+        #: The independent fsync probe (bench/fsync_probe.py), while the steps run.
+        self.probe: FsyncProbe | None = None
 
     def figure(self, scenario: str, metric: str, value: float, **kwargs: Any) -> None:
         figure = Figure(scenario, metric, float(value), rows=self.rows, **kwargs)
@@ -830,7 +834,9 @@ class Bench:
                   f" creates/s for {paced_s:.1f} s", file=sys.stderr)  # fmt: skip
             before = int(sidecar.health()["drain"]["operations_forwarded"])
             cpu_before = sidecar.cpu_seconds()
+            paced_from = time.time()
             paced = paced_load(sidecar.base_url, rate=self.paced_rate, seconds=paced_s, seed=22)
+            disk = self.probe.window(paced_from, time.time()) if self.probe else None
             paced_cpu = 100 * (sidecar.cpu_seconds() - cpu_before) / max(paced.span_s, 1e-9)
             after = sidecar.health()
             during = int(after["drain"]["operations_forwarded"]) - before
@@ -865,7 +871,9 @@ class Bench:
             f" non2xx/err {paced.failures}, spoold CPU {paced_cpu:.0f}%"
             + ("" if overlap else "; the drain ended before the load did"),
         )
+        self.disk_figure("during spoold's paced load", disk)
         if ceiling is not None:
+            self.disk_figure("during the ceiling's paced load", ceiling.disk)
             c50, c99, cworst = quantiles(ceiling.paced.from_schedule)
             self.figure(
                 f"ceiling accept {self.paced_rate:,.0f}/s, server ingesting drain load",
@@ -913,6 +921,19 @@ class Bench:
         self.check(counters["dead_lettered"] == 0, f"dead letters: {counters}")
         self.verify(db)
 
+    def disk_figure(self, during: str, disk: ProbeWindow | None) -> None:
+        """The independent fsync probe's worst sample in a paced load's window: a disk
+        stall delays every fsync, the ceiling's and spoold's alike (bench/fsync_probe.py)."""
+        if disk is None or not disk.samples:
+            return
+        self.figure(
+            f"disk fsync max {during}",
+            "ms",
+            disk.worst_ms,
+            higher_is_better=False,
+            note=f"an independent 4 KiB fdatasync every 20 ms: {disk.describe()}",
+        )
+
     def ceiling_during_ingest(
         self, server: Daemon, drain_rate: float, seconds: float
     ) -> CeilingRun | None:
@@ -931,7 +952,9 @@ class Bench:
             if not loader.ready.wait(60):
                 raise RuntimeError("drain loader not ready in 60 s")
             time.sleep(0.5)  # the server is ingesting before the first create
+            paced_from = time.time()
             paced = paced_load(ceiling.base_url, rate=self.paced_rate, seconds=seconds, seed=23)
+            disk = self.probe.window(paced_from, time.time()) if self.probe else None
             sent = loader.result()
         finally:
             loader.stop()
@@ -947,7 +970,7 @@ class Bench:
         self.check(paced.sent >= 0.95 * paced.planned, "ceiling: the generator fell behind")
         self.check(not paced.from_schedule.errors, f"ceiling: errors {paced.failures}")
         self.check(sent.failures == 0, f"drain loader: {sent.failures} batches failed")
-        return CeilingRun(paced, sent)
+        return CeilingRun(paced, sent, disk)
 
     def wait_forwarded(
         self, sidecar: Daemon, target: int | None, bound_s: float
@@ -1074,8 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
     start_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     with sigterm_as_interrupt():
         try:
-            for step in (bench.fill, bench.start_up, bench.server_ingest, bench.drain):
-                step()
+            with FsyncProbe(workdir) as bench.probe:
+                for step in (bench.fill, bench.start_up, bench.server_ingest, bench.drain):
+                    step()
         except KeyboardInterrupt:
             print("interrupted; daemons stopped", file=sys.stderr)
             return 130

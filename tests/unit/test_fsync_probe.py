@@ -1,0 +1,43 @@
+"""bench/fsync_probe.py: the independent fsync probe the write benchmarks run beside each
+round, so a slow round can be told apart from a stalled disk."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from fsync_probe import FsyncProbe
+
+
+def test_the_probe_records_real_fsyncs_and_stops_by_pid(tmp_path: Path) -> None:
+    started = time.time()
+    with FsyncProbe(tmp_path, interval_ms=5) as probe:
+        pid = probe._process.pid if probe._process else 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and probe.window(started, time.time()).samples < 5:
+            time.sleep(0.05)
+    window = probe.window(started, time.time())
+    assert window.samples >= 5
+    assert 0 < window.worst_ms < 20_000
+    assert started <= window.worst_at <= time.time()
+    assert probe.data.stat().st_size == 16 * 4096  # its own preallocated file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass
+    else:  # a zombie would still answer; a live probe must not
+        assert Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_window_counts_only_its_own_samples_and_skips_a_torn_line(tmp_path: Path) -> None:
+    probe = FsyncProbe(tmp_path)
+    probe.out.write_text("100.000 1.50\n101.000 250.00\n102.000 3.00\n103.0")
+    assert probe.window(100.5, 102.5).samples == 2
+    assert probe.window(100.5, 102.5).worst_ms == 250.0
+    assert probe.window(101.5, 102.5).worst_ms == 3.0
+    assert probe.window(200, 300).samples == 0
+    assert probe.window(200, 300).describe() == "no probe samples"
