@@ -47,6 +47,7 @@ from report import Figure, format_row, write_json
 from server_bench import HOST, ROOT, ServerProcess, free_port, http_get_json
 
 from server.contract.models import RunQuery
+from server.storage import window
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.runs import query_sql
@@ -121,7 +122,7 @@ def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> 
         started = time.process_time()
         for _ in range(50):
             conn.execute("BEGIN")
-            sql = query_sql(query, after)
+            sql = query_sql(query, after, late_newest_first=window.late_newest_first(conn, query))
             conn.execute(*sql).fetchall()
             conn.execute("COMMIT")
         best = min(best, (time.process_time() - started) / 50)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from server.contract.models import RunQuery
 from server.contract.run_record import RUN_COLUMNS
-from server.storage import csv_lines, run_json
+from server.storage import csv_lines, run_json, window
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
 from server.storage.runs import Overdue, query_sql, row_to_run, stale_query_sql
@@ -151,7 +151,10 @@ class Export:
         if self._overdue is not None:  # stale=true: the list's own overdue-runs query
             sql, params = stale_query_sql(self._query, self._after, self._overdue, columns)
         else:
-            sql, params = query_sql(self._query, self._after, columns)
+            newest_first = window.late_newest_first(self._conn, self._query)
+            sql, params = query_sql(
+                self._query, self._after, columns, late_newest_first=newest_first
+            )
         rows = self._conn.execute(sql, params).fetchall()
         limit = self._query.limit
         if len(rows) <= limit:

@@ -24,7 +24,13 @@ from server.contract.stats import StatsQuery
 from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
-from server.storage.schema import EQUALITY_FILTERS, LATE_INDEXES, LIST_INDEXES, late_value_sql
+from server.storage.schema import (
+    EQUALITY_FILTERS,
+    LATE_CREATED_INDEXES,
+    LATE_INDEXES,
+    LIST_INDEXES,
+    late_value_sql,
+)
 
 _INSERT_COLUMNS = (
     "event_id",
@@ -494,13 +500,16 @@ def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[A
 _UPPER_RANK = {"created_at < ?": 0, "(created_at, id) < (?, ?)": 1, "created_at <= ?": 2}
 
 
-def _list_range(query: RunQuery, after: Position | None) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses of the list arms (the near arm of a window): the equality and
-    start_time filters, then only the tightest lower and upper bound on created_at among
-    created_after/before, the cursor and a window's created_at range. The others are
-    implied by them, and SQLite searches its index by one bound a side: given two, it may
-    range over the looser one (the whole created_after span, or every page before a
-    cursor) and filter by the other."""
+def _list_range(
+    query: RunQuery, after: Position | None, created: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a list arm: the equality and start_time filters, then only
+    the tightest lower and upper bound on created_at among created_after/before, the
+    cursor and ``created`` (a window's created_at range for its near arm, the bound
+    above it for the far arm of a window bounded above only). The others are implied by
+    them, and SQLite searches its index by one bound a side: given two, it may range over
+    the looser one (the whole created_after span, or every page before a cursor) and
+    filter by the other."""
     clauses, params = _terms(
         (
             ("agent_name", "=", query.agent_name),
@@ -519,7 +528,7 @@ def _list_range(query: RunQuery, after: Position | None) -> tuple[list[str], lis
         upper.append(("created_at < ?", [query.created_before]))
     if after is not None:
         upper.append(("(created_at, id) < (?, ?)", [after.created_at, after.row_id]))
-    for clause, value in window.created_range(query):
+    for clause, value in created:
         (lower if ">" in clause else upper).append((clause, [value]))
     if lower:  # the greatest value; at an equal one, the strict bound
         clause, values = max(lower, key=lambda bound: (bound[1][0], ">" in bound[0]))
@@ -585,10 +594,35 @@ def _late_arm(
     )
 
 
+def _ranges(
+    query: RunQuery,
+    after: Position | None,
+    columns: str,
+    index: str,
+    ranges: StatusRanges,
+    created: Sequence[tuple[str, str]],
+    *,
+    late: bool = False,
+) -> list[tuple[str, list[Any]]]:
+    """One SELECT per status range of ``index``, each read newest first within the
+    tightest created_at bounds (``_list_range``); ``late`` adds the late indexes' WHERE."""
+    listed, listed_params = _list_range(query, after, created)
+    select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {index}"
+    arms = []
+    for status_terms, status_params in ranges:
+        where = " AND ".join((*listed, *status_terms, *([window.LATE] if late else [])))
+        arms.append(
+            (f"{select} WHERE {where}" if where else select, [*listed_params, *status_params])
+        )
+    return arms
+
+
 def query_sql(
     query: RunQuery,
     after: Position | None = None,
     columns: str = _SELECT_COLUMNS,
+    *,
+    late_newest_first: bool = False,
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
@@ -602,6 +636,9 @@ def query_sql(
     read). A start_time window adds its created_at range to those arms, and one arm for
     its late runs created outside that range, from the late index of the same equality
     filters (``LATE_INDEXES``; one range per status under one sort; see ``window``).
+    With ``late_newest_first`` (``window.late_newest_first`` decides), a window bounded
+    above only reads them newest first instead, from the late index by created_at
+    (``LATE_CREATED_INDEXES``): one more range per status in the merge.
     Each arm searches its index by the tightest created_at bound of each side
     (``_list_range``).
 
@@ -610,21 +647,17 @@ def query_sql(
     page is fetched, so the caller knows whether another page follows.
     ``after`` starts the page strictly after a cursor's position (keyset paging).
     """
-    arms: list[tuple[str, list[Any]]] = []
-    windowed = window.has_window(query)
-    listed, listed_params = _list_range(query, after)
     key, merge = index_key(query)
     # Without a status filter, each arm is repeated once per status (a range of its own).
     ranges: StatusRanges = (
         [(["status = ?"], [status]) for status in CANONICAL_STATUSES] if merge else [([], [])]
     )
-    select = f"SELECT {columns}, id FROM agent_runs INDEXED BY {LIST_INDEXES[key]}"
-    for status_terms, status_params in ranges:
-        where = " AND ".join((*listed, *status_terms))
-        arms.append(
-            (f"{select} WHERE {where}" if where else select, [*listed_params, *status_params])
-        )
-    if windowed:
+    arms = _ranges(query, after, columns, LIST_INDEXES[key], ranges, window.created_range(query))
+    if late_newest_first and window.bounded_above_only(query):
+        # Newest first from the late index by created_at: merged, it stops at the page.
+        far = [window.above_range(query)]
+        arms += _ranges(query, after, columns, LATE_CREATED_INDEXES[key], ranges, far, late=True)
+    elif window.has_window(query):
         arms.append(_late_arm(query, after, columns, LATE_INDEXES[key], ranges))
     body = " UNION ALL ".join(sql for sql, _ in arms)
     sql = f"{body} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
@@ -651,7 +684,10 @@ def _fetch(
         if overdue is None:
             raise ValueError("a stale=true query needs the overdue-runs query")
         return conn.execute(*stale_query_sql(query, after, overdue, columns)).fetchall()
-    return conn.execute(*query_sql(query, after, columns)).fetchall()
+    newest_first = window.late_newest_first(conn, query)
+    return conn.execute(
+        *query_sql(query, after, columns, late_newest_first=newest_first)
+    ).fetchall()
 
 
 @contextmanager

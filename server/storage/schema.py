@@ -277,6 +277,21 @@ LATE_INDEXES: dict[tuple[str, ...], str] = {
     ("job_type", "status"): "idx_runs_late_job_status_start",
     ("agent_name", "job_type", "status"): "idx_runs_late_agent_job_status_start",
 }
+#: Migration 12: the late runs again, newest first, for a window bounded above only
+#: (``start_time_to``): the same equality columns, then ``(created_at, id, start_time)``,
+#: partial on ``late = 1``. Its far arm wants the late runs started by the bound and
+#: created after it (plus the margin), newest first: a range of this index from the
+#: newest down, the start_time checked in the index, that stops at the page, where the
+#: (start_time, created_at) indexes read every late run started before the bound (the
+#: whole history) and sort those created after it. ``id`` after created_at gives the
+#: list's order, so the arm merges with the others without a sort.
+LATE_CREATED_INDEXES: dict[tuple[str, ...], str] = {
+    (): "idx_runs_late_created",
+    ("status",): "idx_runs_late_status_created",
+    ("agent_name", "status"): "idx_runs_late_agent_status_created",
+    ("job_type", "status"): "idx_runs_late_job_status_created",
+    ("agent_name", "job_type", "status"): "idx_runs_late_agent_job_status_created",
+}
 _MIGRATION_11 = (
     "ALTER TABLE agent_runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
     # The late runs are those migration 8's index holds (its WHERE, word for word, lets
@@ -291,6 +306,12 @@ _MIGRATION_11 = (
         f"({', '.join((*columns, 'start_time', 'created_at', 'late'))}) WHERE late = 1"
         for columns, name in LATE_INDEXES.items()
     ),
+)
+
+_MIGRATION_12 = tuple(
+    f"CREATE INDEX {name} ON agent_runs"
+    f"({', '.join((*columns, 'created_at', 'id', 'start_time', 'late'))}) WHERE late = 1"
+    for columns, name in LATE_CREATED_INDEXES.items()
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -404,6 +425,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         " late runs indexed by the list's equality filters too, so a filtered window reads"
         " only its matching late runs (see server/storage/window.py)",
         _MIGRATION_11,
+    ),
+    Migration(
+        12,
+        "start_time windows bounded above only: the late runs indexed newest first by the"
+        " list's equality filters, so their arm stops at the page instead of reading every"
+        " late run started before the bound (see server/storage/window.py)",
+        _MIGRATION_12,
     ),
 )
 

@@ -45,12 +45,22 @@ after it started" and "early or foreign" would make that arm read only the latte
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 
 from server.contract.models import RunQuery
 from server.storage.schema import LATE_START_INDEX, PROMPT_LAG_S
 
-__all__ = ["LATE", "LATE_START_INDEX", "created_range", "has_window", "outside_range"]
+__all__ = [
+    "LATE",
+    "LATE_START_INDEX",
+    "above_range",
+    "bounded_above_only",
+    "created_range",
+    "has_window",
+    "late_newest_first",
+    "outside_range",
+]
 
 #: The far arm's filter: word for word the late indexes' WHERE (SQLite uses a partial
 #: index only for a query that has its WHERE among its terms).
@@ -75,6 +85,47 @@ def _shifted(instant: str, delta: timedelta) -> str:
             .replace(tzinfo=moment.tzinfo)
             .isoformat(timespec="microseconds")
         )
+
+
+def bounded_above_only(query: RunQuery) -> bool:
+    """A window with ``start_time_to`` alone: its far arm reads the late runs by
+    created_at, newest first (see the module docstring)."""
+    return query.start_time_to is not None and query.start_time_from is None
+
+
+#: The ends of the history, by created_at: two seeks of the created_at index (one
+#: ``min(), max()`` SELECT would scan the table: SQLite seeks for a lone min or max only).
+_HISTORY_SQL = (
+    "SELECT (SELECT min(created_at) FROM agent_runs), (SELECT max(created_at) FROM agent_runs)"
+)
+
+
+def late_newest_first(conn: sqlite3.Connection, query: RunQuery) -> bool:
+    """Whether the far arm of a window bounded above only should read its late runs newest
+    first (``LATE_CREATED_INDEXES``) rather than by start_time (``LATE_INDEXES``).
+
+    Newest first reads the late runs created after the bound, until the page is full; by
+    start_time, every late run started before the bound. With late runs spread evenly
+    over the history, the first is the smaller read when the bound is nearer the newest
+    run than the oldest. Only a plan choice: both read every run of the window."""
+    if not bounded_above_only(query) or query.start_time_to is None:
+        return False
+    oldest, newest = conn.execute(_HISTORY_SQL).fetchone()
+    try:
+        bound = datetime.fromisoformat(query.start_time_to)
+        return bool(
+            datetime.fromisoformat(newest) - bound <= bound - datetime.fromisoformat(oldest)
+        )
+    except (TypeError, ValueError):  # an empty table, or foreign text
+        return False
+
+
+def above_range(query: RunQuery) -> tuple[str, str]:
+    """The far arm's created_at bound of a window bounded above only: after the near
+    arm's range."""
+    if query.start_time_to is None:
+        raise ValueError("the window has no start_time_to")
+    return ("created_at > ?", _shifted(query.start_time_to, _MARGIN))
 
 
 def created_range(query: RunQuery) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
-"""Migration 11 on a version-10 database with data: every run's ``late`` flag equals the
-prompt predicate (the old partial index's rows, and only those), migration 8's index is
-gone, and start_time windows answer exactly as brute force, through the new indexes."""
+"""Migrations 11 and 12 on a version-10 database with data: every run's ``late`` flag
+equals the prompt predicate (the old partial index's rows, and only those), migration 8's
+index is gone, and start_time windows answer exactly as brute force, through the new
+indexes (both far arms of a window bounded above only included)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ from pathlib import Path
 
 from server.contract.models import RunQuery
 from server.storage.connection import open_reader
+from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
-from server.storage.runs import query_runs
-from server.storage.schema import LATE_INDEXES, MIGRATIONS, PROMPT_RUN_SQL, SCHEMA_VERSION
+from server.storage.runs import query_runs, query_sql
+from server.storage.schema import (
+    LATE_CREATED_INDEXES,
+    LATE_INDEXES,
+    MIGRATIONS,
+    PROMPT_RUN_SQL,
+    SCHEMA_VERSION,
+)
 
 ORIGIN = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -98,7 +106,7 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert "idx_runs_start_late" not in names
-        assert set(LATE_INDEXES.values()) <= names
+        assert {*LATE_INDEXES.values(), *LATE_CREATED_INDEXES.values()} <= names
         late = conn.execute("SELECT count(*) FROM agent_runs WHERE late = 1").fetchone()[0]
         assert 200 < late < 450
         assert (
@@ -138,6 +146,32 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
                     and filters.get("status", status) == status
                 ]
                 assert got == expected, filters
+        for high_day in (2, 5):  # bounded above only: the far arm either way
+            high = stamp(ORIGIN + timedelta(days=high_day))
+            for filters in [{}, {"agent_name": "agent-1"}, {"status": "cancelled"}]:
+                query = RunQuery.model_validate({**filters, "start_time_to": high, "limit": 9})
+                expected = [
+                    event_id
+                    for event_id, agent, status, start, created in sorted(
+                        rows, key=lambda row: (row[4], int(row[0][1:])), reverse=True
+                    )
+                    if start <= high
+                    and filters.get("agent_name", agent) == agent
+                    and filters.get("status", status) == status
+                ]
+                for newest_first in (False, True):
+                    got = []
+                    after = None
+                    for _ in range(200):
+                        sql, params = query_sql(
+                            query, after, "event_id, created_at", late_newest_first=newest_first
+                        )
+                        page = conn.execute(sql, params).fetchall()
+                        got += [row[0] for row in page[:9]]
+                        if len(page) <= 9:
+                            break
+                        after = Position(page[8][1], page[8][2])
+                    assert got == expected, (filters, newest_first)
     finally:
         conn.close()
 

@@ -23,6 +23,7 @@ import pytest
 
 from server.contract.fields import CANONICAL_STATUSES
 from server.contract.models import RunCreate, RunQuery
+from server.contract.run_record import RUN_COLUMNS
 from server.storage import window
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
@@ -41,6 +42,7 @@ from server.storage.runs import (
 )
 from server.storage.schema import (
     EQUALITY_FILTERS,
+    LATE_CREATED_INDEXES,
     LATE_INDEXES,
     LATE_START_INDEX,
     LIST_INDEXES,
@@ -806,3 +808,124 @@ def test_stale_answers_like_brute_force(
         assert 20 < len(expected_page) < 1000
     finally:
         reader.close()
+
+
+# ---- windows bounded above only: late runs newest first (migration 12) -------------------
+
+ABOVE_ONLY = [bounds for bounds in TIME_BOUNDS if bounds.startswith("start_to")]
+
+
+@pytest.mark.parametrize("with_cursor", [False, True], ids=["first-page", "cursor-page"])
+@pytest.mark.parametrize("bounds", ABOVE_ONLY)
+@pytest.mark.parametrize("equalities", EQUALITY_SETS)
+def test_a_window_bounded_above_only_reads_its_late_runs_newest_first(
+    conn: sqlite3.Connection, equalities: tuple[str, ...], bounds: str, with_cursor: bool
+) -> None:
+    """Read newest first, the far arm is one more range per status of the late index by
+    created_at with the same equality columns, searched by them and from the bound's
+    created_at up, merged with the list ranges: no sort, no subquery, no other index."""
+    query = make_query(equalities, bounds)
+    after = CURSOR if with_cursor else None
+    text = plan(conn, *query_sql(query, after, late_newest_first=True))
+    key, merge = index_key(query)
+    ranges = len(CANONICAL_STATUSES) if merge else 1
+    keys = "".join(f"{column}=? AND " for column in key)
+    late = [step for step in text if LATE_CREATED_INDEXES[key] in step]
+    listed = [step for step in text if LIST_INDEXES[key] in step]
+    assert len(late) == ranges, text
+    assert len(listed) == ranges, text
+    for step in late:
+        index = LATE_CREATED_INDEXES[key]
+        assert step.startswith(f"SEARCH agent_runs USING INDEX {index} ({keys}created_at>?"), text
+    for step in listed:
+        assert step.startswith(f"SEARCH agent_runs USING INDEX {LIST_INDEXES[key]} ({keys}"), text
+    assert set(text) - {*late, *listed} == {"MERGE (UNION ALL)", "LEFT", "RIGHT"}, text
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["by-start", "newest-first"])
+@pytest.mark.parametrize("bounds", ABOVE_ONLY)
+@pytest.mark.parametrize("equalities", EQUALITY_SETS)
+def test_both_far_arms_answer_like_brute_force(
+    conn: sqlite3.Connection,
+    fleet: tuple[Path, list[tuple[Any, ...]]],
+    equalities: tuple[str, ...],
+    bounds: str,
+    newest_first: bool,
+) -> None:
+    """Whichever way the far arm reads, a cursor walk and an offset page are the
+    brute-force answer: the choice is a plan, never a different result."""
+    _, rows = fleet
+    query = make_query(equalities, bounds, limit=300)
+    walked: list[int] = []
+    after = None
+    for _ in range(RUNS // 300 + 2):
+        sql, params = query_sql(query, after, late_newest_first=newest_first)
+        page = conn.execute(sql, params).fetchall()
+        walked += [int(row[0][1:]) + 1 for row in page[: query.limit]]
+        if len(page) <= query.limit:
+            break
+        last = page[query.limit - 1]
+        after = Position(str(last[RUN_COLUMNS.index("created_at")]), int(last[-1]))
+    assert walked == expected_ids(rows, query)
+    offset = query.model_copy(update={"offset": 250, "limit": 20})
+    page = conn.execute(*query_sql(offset, None, late_newest_first=newest_first)).fetchall()
+    assert [int(row[0][1:]) + 1 for row in page[:20]] == expected_ids(rows, query)[250:270]
+
+
+def test_the_far_arm_is_chosen_by_where_the_bound_sits_in_the_history(
+    conn: sqlite3.Connection,
+) -> None:
+    """Newest first when the bound is nearer the newest run (few late runs created since),
+    by start_time when it is nearer the oldest (few late runs started before it); and
+    choosing costs two index seeks, not a scan of the table."""
+    near_the_end = make_query((), "start_to_wide")  # 25 of ~28 days
+    near_the_start = make_query((), "start_to_narrow")  # 6 hours in
+    assert window.late_newest_first(conn, near_the_end)
+    assert not window.late_newest_first(conn, near_the_start)
+    assert not window.late_newest_first(conn, make_query((), "start_both_wide"))
+    assert not window.late_newest_first(conn, make_query((), "none"))
+    steps, _ = vm_steps(conn, window._HISTORY_SQL, [])
+    assert steps < 100  # RUNS rows: a scan would be tens of thousands
+
+
+@pytest.mark.parametrize("equalities", [(), ("status",), ("agent_name",), ("job_type", "status")])
+def test_newest_first_reads_less_where_it_is_chosen(
+    conn: sqlite3.Connection, equalities: tuple[str, ...]
+) -> None:
+    """Where it is chosen (the bound 25 of 28 days in), reading the late runs newest first
+    reads only those created after the bound and stops at the page, where the other read
+    takes every late run started before it: far less where there are many (no equality
+    filter, or a status), about the same for one agent's few (its six more ranges in the
+    merge cost what the late runs it skips saved)."""
+    query = make_query(equalities, "start_to_wide")
+    by_start, _ = vm_steps(conn, *query_sql(query, None, late_newest_first=False))
+    newest, _ = vm_steps(conn, *query_sql(query, None, late_newest_first=True))
+    if equalities in ((), ("status",)):
+        assert newest < by_start / 2
+    else:
+        assert newest < by_start * 1.1
+
+
+def test_an_empty_table_or_foreign_text_reads_by_start_time(tmp_path: Path) -> None:
+    """No history (or created_at text that is not an instant): the choice falls back to the
+    by-start_time read, which is always right."""
+    path = tmp_path / "empty.sqlite"
+    start_server_database(path)
+    conn = open_reader(path, busy_timeout_ms=1000)
+    try:
+        assert not window.late_newest_first(conn, make_query((), "start_to_wide"))
+    finally:
+        conn.close()
+    writer = sqlite3.connect(path)
+    writer.execute(
+        "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
+        " created_at, updated_at) VALUES ('x', 'r', 'a', 'j', 'success', 'yesterday',"
+        " 'not an instant', 'x')"
+    )
+    writer.commit()
+    writer.close()
+    conn = open_reader(path, busy_timeout_ms=1000)
+    try:
+        assert not window.late_newest_first(conn, make_query((), "start_to_wide"))
+    finally:
+        conn.close()

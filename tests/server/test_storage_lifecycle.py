@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.storage.database import Database, StorageSettings
 from server.storage.schema import (
+    LATE_CREATED_INDEXES,
     LATE_INDEXES,
     LIST_INDEXES,
     MIGRATIONS,
@@ -83,7 +84,12 @@ async def test_upgraded_database_has_the_filter_indexes(make_api, make_config):
         }
     finally:
         conn.close()
-    assert {*LIST_INDEXES.values(), *LATE_INDEXES.values(), START_TIME_INDEX} <= indexes
+    assert {
+        *LIST_INDEXES.values(),
+        *LATE_INDEXES.values(),
+        *LATE_CREATED_INDEXES.values(),
+        START_TIME_INDEX,
+    } <= indexes
     # The indexes migrations 4 and 5 replaced are gone (they would only slow writes down).
     assert not {"idx_runs_agent_created", "idx_runs_job_created", "idx_runs_start_time"} & indexes
 
