@@ -35,6 +35,14 @@ window looked up the row of every late run of the window, of every agent, to che
 the filters. What the five indexes of migration 11 cost, and the pages with 40% of
 runs late: the README's section on start_time windows.
 
+A window bounded above only (``start_time_to``) wants the late runs started by the bound
+and created after it: by start_time, every late run started before the bound (the whole
+history), sorted on every page. ``LATE_CREATED_INDEXES`` (migration 12) hold the late runs
+newest first, so that far arm can instead be one more range per status in the merge, from
+the bound's created_at up, the start_time checked in the index: it stops at the page. It
+reads the late runs created after the bound, so ``late_newest_first`` picks it when the
+bound is nearer the newest run than the oldest (two seeks); both answer alike.
+
 A window bounded below only (``start_time_from``) is the far arm's weak shape: its late
 runs created before ``from - lag`` are only runs created before they started (clock
 skew) or with foreign text, but the index range is every late run started since
