@@ -69,6 +69,8 @@ class FsyncProbe:
             str(interval_ms),
             "--seconds",
             str(seconds),
+            "--parent",
+            str(os.getpid()),
         ]
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -95,28 +97,53 @@ class FsyncProbe:
             process.kill()
             process.wait(timeout=5)
 
-    def window(self, started: float, ended: float) -> ProbeWindow:
-        """The samples that ended between ``started`` and ``ended`` (unix times)."""
+    def window(self, started: float, ended: float, wait_s: float = 3.0) -> ProbeWindow:
+        """The samples that overlap the window from ``started`` to ``ended`` (unix times).
+        It first waits (up to ``wait_s``) for a sample that ended after ``ended``: an fsync
+        stalled at the end of the window is logged only once it returns."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            lines = self._lines()
+            if self._process is None or self._process.poll() is not None:
+                break  # no more samples will come
+            if (lines and _ended_at(lines[-1]) > ended) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         samples, slow, worst, worst_at = 0, 0, math.nan, math.nan
-        try:
-            lines = self.out.read_text().splitlines()
-        except OSError:
-            lines = []
         for line in lines:
             parts = line.split()
-            if len(parts) != 2:
+            try:
+                at, ms = float(parts[0]), float(parts[1])
+            except (IndexError, ValueError):
                 continue  # the line being written
-            at, ms = float(parts[0]), float(parts[1])
-            if started <= at <= ended:
+            if len(parts) != 2:
+                continue
+            if started <= at and at - ms / 1e3 <= ended:  # overlaps the window
                 samples += 1
                 slow += ms > SLOW_MS
                 if not worst >= ms:  # also replaces NaN
                     worst, worst_at = ms, at
         return ProbeWindow(samples, worst, worst_at, slow)
 
+    def _lines(self) -> list[str]:
+        try:
+            return self.out.read_text().splitlines()
+        except OSError:
+            return []
 
-def probe(file: Path, out: Path, interval_s: float, seconds: float) -> None:
-    """The loop: write a page, fdatasync, log how long; until SIGTERM or ``seconds``."""
+
+def _ended_at(line: str) -> float:
+    """When a logged sample ended (0 for a line being written)."""
+    parts = line.split()
+    try:
+        return float(parts[0]) if len(parts) == 2 else 0.0
+    except ValueError:
+        return 0.0
+
+
+def probe(file: Path, out: Path, interval_s: float, seconds: float, parent: int) -> None:
+    """The loop: write a page, fdatasync, log how long; until SIGTERM, ``seconds``, or
+    ``parent`` (the benchmark's PID) is no longer this process's parent."""
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -132,7 +159,8 @@ def probe(file: Path, out: Path, interval_s: float, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with out.open("a", buffering=1) as log:
             turn = 0
-            while not stopping and time.monotonic() < deadline:
+            # Also stops when the benchmark that started it is gone (killed with SIGKILL).
+            while not stopping and time.monotonic() < deadline and os.getppid() == parent:
                 started = time.perf_counter()
                 os.pwrite(fd, page, (turn % FILE_PAGES) * PAGE)
                 os.fdatasync(fd)
@@ -150,8 +178,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--parent", type=int, default=os.getppid(), help="stop once it is gone")
     args = parser.parse_args()
-    probe(args.file, args.out, args.interval_ms / 1e3, args.seconds)
+    probe(args.file, args.out, args.interval_ms / 1e3, args.seconds, args.parent)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ history), sorted on every page. ``LATE_CREATED_INDEXES`` (migration 12) hold the
 newest first, so that far arm can instead be one more range per status in the merge, from
 the bound's created_at up, the start_time checked in the index: it stops at the page. It
 reads the late runs created after the bound, so ``late_newest_first`` picks it when the
-bound is nearer the newest run than the oldest (two seeks); both answer alike.
+bound is nearer the newest late run's creation than the oldest one's start; both
+answer alike.
 
 A window bounded below only (``start_time_from``) is the far arm's weak shape: its late
 runs created before ``from - lag`` are only runs created before they started (clock
@@ -57,7 +58,7 @@ import sqlite3
 from datetime import datetime, timedelta
 
 from server.contract.models import RunQuery
-from server.storage.schema import LATE_START_INDEX, PROMPT_LAG_S
+from server.storage.schema import LATE_CREATED_INDEXES, LATE_START_INDEX, PROMPT_LAG_S
 
 __all__ = [
     "LATE",
@@ -101,10 +102,16 @@ def bounded_above_only(query: RunQuery) -> bool:
     return query.start_time_to is not None and query.start_time_from is None
 
 
-#: The ends of the history, by created_at: two seeks of the created_at index (one
-#: ``min(), max()`` SELECT would scan the table: SQLite seeks for a lone min or max only).
-_HISTORY_SQL = (
-    "SELECT (SELECT min(created_at) FROM agent_runs), (SELECT max(created_at) FROM agent_runs)"
+#: Late runs skipped at each end of the history before it is measured: a few runs with a
+#: client's clock from 1970 or 2099 must not decide.
+_OUTLIERS = 16
+#: The history of the late runs, each end read from its late index past the outliers:
+#: the oldest start_time and the newest created_at.
+_ENDS_SQL = (
+    f"SELECT (SELECT start_time FROM agent_runs INDEXED BY {LATE_START_INDEX} WHERE {LATE}"
+    f" ORDER BY start_time LIMIT 1 OFFSET {_OUTLIERS}),"
+    f" (SELECT created_at FROM agent_runs INDEXED BY {LATE_CREATED_INDEXES[()]} WHERE {LATE}"
+    f" ORDER BY created_at DESC LIMIT 1 OFFSET {_OUTLIERS})"
 )
 
 
@@ -113,18 +120,24 @@ def late_newest_first(conn: sqlite3.Connection, query: RunQuery) -> bool:
     first (``LATE_CREATED_INDEXES``) rather than by start_time (``LATE_INDEXES``).
 
     Newest first reads the late runs created after the bound, until the page is full; by
-    start_time, every late run started before the bound. With late runs spread evenly
-    over the history, the first is the smaller read when the bound is nearer the newest
-    run than the oldest. Only a plan choice: both read every run of the window."""
+    start_time, every late run started by the bound. With late runs spread over the
+    history, the first is the smaller read when the bound is nearer the newest late run's
+    creation than the oldest one's start: two short index reads tell, past
+    ``_OUTLIERS`` runs at each end. Only a plan choice: both read every run of the window.
+    By start_time when that cannot be told: few late runs, text that is not an instant,
+    or a file without migration 12's indexes (a tool reading it before the server
+    upgraded it)."""
     if not bounded_above_only(query) or query.start_time_to is None:
         return False
-    oldest, newest = conn.execute(_HISTORY_SQL).fetchone()
     try:
+        oldest, newest = conn.execute(_ENDS_SQL).fetchone()
         bound = datetime.fromisoformat(query.start_time_to)
         return bool(
             datetime.fromisoformat(newest) - bound <= bound - datetime.fromisoformat(oldest)
         )
-    except (TypeError, ValueError):  # an empty table, or foreign text
+    except sqlite3.OperationalError:  # no such index: not upgraded yet
+        return False
+    except (TypeError, ValueError):  # no such run, or foreign text
         return False
 
 

@@ -875,17 +875,17 @@ def test_both_far_arms_answer_like_brute_force(
 def test_the_far_arm_is_chosen_by_where_the_bound_sits_in_the_history(
     conn: sqlite3.Connection,
 ) -> None:
-    """Newest first when the bound is nearer the newest run (few late runs created since),
-    by start_time when it is nearer the oldest (few late runs started before it); and
-    choosing costs two index seeks, not a scan of the table."""
+    """Newest first when the bound is nearer the newest late run's creation than the oldest
+    one's start (few late runs created since), by start_time otherwise (few started
+    before it); choosing reads a few index entries, not the table."""
     near_the_end = make_query((), "start_to_wide")  # 25 of ~28 days
     near_the_start = make_query((), "start_to_narrow")  # 6 hours in
     assert window.late_newest_first(conn, near_the_end)
     assert not window.late_newest_first(conn, near_the_start)
     assert not window.late_newest_first(conn, make_query((), "start_both_wide"))
     assert not window.late_newest_first(conn, make_query((), "none"))
-    steps, _ = vm_steps(conn, window._HISTORY_SQL, [])
-    assert steps < 100  # RUNS rows: a scan would be tens of thousands
+    steps, _ = vm_steps(conn, window._ENDS_SQL, [])
+    assert steps < 20 * window._OUTLIERS  # RUNS rows: a scan would be far more
 
 
 @pytest.mark.parametrize("equalities", [(), ("status",), ("agent_name",), ("job_type", "status")])
@@ -906,26 +906,98 @@ def test_newest_first_reads_less_where_it_is_chosen(
         assert newest < by_start * 1.1
 
 
-def test_an_empty_table_or_foreign_text_reads_by_start_time(tmp_path: Path) -> None:
-    """No history (or created_at text that is not an instant): the choice falls back to the
-    by-start_time read, which is always right."""
-    path = tmp_path / "empty.sqlite"
-    start_server_database(path)
+def test_the_choice_survives_outliers_and_an_old_file(
+    tmp_path: Path, fleet: tuple[Path, list[tuple[Any, ...]]]
+) -> None:
+    """A run with a clock from 1970 and one from 2099 (a client's, or foreign text)
+    change neither choice: the history's ends are read past a few runs at each end. A file without migration 12's indexes (a tool that reads it before the
+    server upgraded it) reads by start_time instead of failing."""
+    path = tmp_path / "outliers.sqlite"
+    path.write_bytes(fleet[0].read_bytes())
+    writer = sqlite3.connect(path, isolation_level=None)
+    outliers = [  # late runs: started in 1970, and recorded in 2099 days after they started
+        ("1970-01-01T00:00:00.000000+00:00", stamp(ORIGIN)),
+        ("2099-01-01T00:00:00.000000+00:00", "2099-01-05T00:00:00.000000+00:00"),
+    ]
+    for number, (start, created) in enumerate(outliers * 4):
+        payload = {"event_id": f"x{number}", "run_id": "r", "agent_name": AGENT}
+        payload |= {"job_type": JOB, "status": STATUS, "start_time": start}
+        writer.execute(_INSERT_SQL, insert_params(RunCreate.model_validate(payload), created))
     conn = open_reader(path, busy_timeout_ms=1000)
     try:
-        assert not window.late_newest_first(conn, make_query((), "start_to_wide"))
+        flags = "SELECT count(*) FROM agent_runs WHERE event_id LIKE 'x%' AND late = 1"
+        assert conn.execute(flags).fetchone()[0] == 8
+        assert window.late_newest_first(conn, make_query((), "start_to_wide"))
+        assert not window.late_newest_first(conn, make_query((), "start_to_narrow"))
     finally:
         conn.close()
-    writer = sqlite3.connect(path)
-    writer.execute(
-        "INSERT INTO agent_runs (event_id, run_id, agent_name, job_type, status, start_time,"
-        " created_at, updated_at) VALUES ('x', 'r', 'a', 'j', 'success', 'yesterday',"
-        " 'not an instant', 'x')"
-    )
-    writer.commit()
+    for name in LATE_CREATED_INDEXES.values():
+        writer.execute(f"DROP INDEX {name}")
     writer.close()
     conn = open_reader(path, busy_timeout_ms=1000)
     try:
         assert not window.late_newest_first(conn, make_query((), "start_to_wide"))
+        page = query_runs(conn, make_query((), "start_to_wide", limit=5))
+        assert len(page.runs) == 5
+    finally:
+        conn.close()
+
+
+def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path) -> None:
+    """Runs created exactly at the far arm's bound (``start_time_to`` plus the lag and a
+    second), a microsecond either side, in the lag after the bound, started on it or a
+    second past it, prompt or late, foreign text too: a cursor walk with every
+    created_after/before at those same instants returns each matching run once, whichever
+    far arm reads (the fleet above never puts a run there: ``>=`` for ``>`` in the far
+    arm, or no margin, passed every test before this one)."""
+    bound = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    edge = bound + timedelta(seconds=PROMPT_LAG_S + 1)
+    instants = [
+        edge,
+        edge - timedelta(microseconds=1),
+        edge + timedelta(microseconds=1),
+        bound,
+        bound + timedelta(seconds=1),
+        bound - timedelta(seconds=1),
+        bound + timedelta(seconds=PROMPT_LAG_S),
+        bound + timedelta(seconds=PROMPT_LAG_S, microseconds=500),
+        bound - timedelta(days=1),
+        bound + timedelta(days=1),
+    ]
+    texts = [stamp(moment) for moment in instants]
+    foreign = ["2026-03-01T12:00:00Z", "2026-03-01 12:10:01", "garbage"]
+    rows = []
+    for number, (start, created) in enumerate(itertools.product(texts + foreign, repeat=2)):
+        status = ("success", "failure")[number % 2]
+        rows.append((f"e{number}", "r", AGENTS[number % 3], JOBS[0], status, start, created))
+    path = tmp_path / "edges.sqlite"
+    start_server_database(path)
+    insert(path, rows)
+    conn = open_reader(path, busy_timeout_ms=1000)
+    created_at = RUN_COLUMNS.index("created_at")
+    try:
+        for filters in ({}, {"status": "failure"}, {"agent_name": AGENTS[1]}):
+            for created_after, created_before in itertools.product([None, *texts[:3]], repeat=2):
+                query = RunQuery.model_validate(
+                    {
+                        **filters,
+                        "start_time_to": stamp(bound),
+                        "created_after": created_after,
+                        "created_before": created_before,
+                        "limit": 4,
+                    }
+                )
+                expected = expected_ids(rows, query)
+                for newest_first in (False, True):
+                    walked: list[int] = []
+                    after = None
+                    for _ in range(len(rows)):
+                        sql, params = query_sql(query, after, late_newest_first=newest_first)
+                        page = conn.execute(sql, params).fetchall()
+                        walked += [int(row[0][1:]) + 1 for row in page[:4]]
+                        if len(page) <= 4:
+                            break
+                        after = Position(str(page[3][created_at]), int(page[3][-1]))
+                    assert walked == expected, (filters, created_after, created_before)
     finally:
         conn.close()

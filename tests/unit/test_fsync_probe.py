@@ -4,6 +4,7 @@ round, so a slow round can be told apart from a stalled disk."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,9 +36,40 @@ def test_the_probe_records_real_fsyncs_and_stops_by_pid(tmp_path: Path) -> None:
 
 def test_a_window_counts_only_its_own_samples_and_skips_a_torn_line(tmp_path: Path) -> None:
     probe = FsyncProbe(tmp_path)
-    probe.out.write_text("100.000 1.50\n101.000 250.00\n102.000 3.00\n103.0")
-    assert probe.window(100.5, 102.5).samples == 2
-    assert probe.window(100.5, 102.5).worst_ms == 250.0
-    assert probe.window(101.5, 102.5).worst_ms == 3.0
+    probe.out.write_text("100.000 1.50\n101.000 250.00\n102.000 3.00\n103.400 900.00\n104.0")
+    assert probe.window(100.5, 102.4).samples == 2
+    assert probe.window(100.5, 102.4).worst_ms == 250.0
+    assert probe.window(101.5, 102.4).worst_ms == 3.0
+    # An fsync that began in the window and returned after it (a stall at its end) counts.
+    assert probe.window(101.5, 102.6).worst_ms == 900.0
     assert probe.window(200, 300).samples == 0
     assert probe.window(200, 300).describe() == "no probe samples"
+
+
+def test_the_probe_stops_when_the_benchmark_is_killed(tmp_path: Path) -> None:
+    """A benchmark killed with SIGKILL cannot stop its probe: the probe sees its parent
+    gone and stops by itself instead of syncing for hours."""
+    launcher = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from fsync_probe import FsyncProbe;"
+        "p = FsyncProbe(__import__('pathlib').Path(sys.argv[2]), interval_ms=5).__enter__();"
+        "print(p._process.pid, flush=True); time.sleep(60)"
+    )
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(bench), str(tmp_path)], stdout=subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        probe_pid = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{probe_pid}").exists():
+        stat = Path(f"/proc/{probe_pid}/stat").read_text().split()
+        if stat[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        assert not Path(f"/proc/{probe_pid}").exists()
