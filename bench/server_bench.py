@@ -1120,7 +1120,7 @@ def write_phase(bench: Bench, workdir: Path, sizes: Sizes) -> None:
     durable_copy(template, ceiling_db)
     measured: ServerWrites | None = None
     rounds: list[BatchRound] = []
-    with FsyncProbe(workdir) as bench.probe:
+    with FsyncProbe(workdir, enabled=not args.no_disk_probe) as bench.probe:
         for label, root in trees:
             batch_round, measured = measure_writes(bench, workdir, sizes, template, label, root)
             if batch_round is not None:
@@ -1832,6 +1832,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-writes", action="store_true", help="read phases only")
     parser.add_argument("--skip-reads", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-disk-probe",
+        action="store_true",
+        help="no independent fsync probe beside the rounds (bench/fsync_probe.py; it adds"
+        " 50 small fsyncs a second)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
     parser.add_argument(
         "--prefilled",

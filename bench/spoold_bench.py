@@ -1059,6 +1059,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"creates/s offered during the drain (default {PACED_RATE:,.0f}, the target's;"
         " lower it to attribute pauses on a machine others are loading)",
     )
+    parser.add_argument(
+        "--no-disk-probe",
+        action="store_true",
+        help="no independent fsync probe beside the rounds (bench/fsync_probe.py; it adds"
+        " 50 small fsyncs a second)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (spools, logs)")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument(
@@ -1097,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     start_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     with sigterm_as_interrupt():
         try:
-            with FsyncProbe(workdir) as bench.probe:
+            with FsyncProbe(workdir, enabled=not args.no_disk_probe) as bench.probe:
                 for step in (bench.fill, bench.start_up, bench.server_ingest, bench.drain):
                     step()
         except KeyboardInterrupt:

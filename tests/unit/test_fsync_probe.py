@@ -73,3 +73,11 @@ def test_the_probe_stops_when_the_benchmark_is_killed(tmp_path: Path) -> None:
         time.sleep(0.05)
     else:
         assert not Path(f"/proc/{probe_pid}").exists()
+
+
+def test_a_probe_switched_off_starts_nothing(tmp_path: Path) -> None:
+    with FsyncProbe(tmp_path, enabled=False) as probe:
+        assert probe._process is None
+        window = probe.window(0, time.time() + 1)
+    assert window.samples == 0
+    assert not probe.out.exists()
