@@ -71,6 +71,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
+from fsync_probe import FsyncProbe
 from loadgen import LoadResult, event_loop_name, run_load
 from report import Figure, format_row, write_json
 from server_bench import Create, Lifecycle, Profiler, free_port
@@ -193,6 +194,9 @@ class Round:
     name: str
     result: LoadResult
     cpu_s: float  # the daemon's CPU seconds over the round
+    #: When the measured load began and ended (unix times), for the fsync probe's window.
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def ok_requests(self) -> int:
@@ -232,6 +236,7 @@ def measure(
     log_offset = daemon.log_path.stat().st_size if daemon.log_path.exists() else 0
     commits_before = commit_buckets(daemon)
     cpu_before = daemon.cpu_seconds()
+    started = time.time()
     try:
         result = run_load(
             daemon.base_url,
@@ -244,7 +249,7 @@ def measure(
     finally:
         if profiler is not None:
             profiler.stop()
-    round_ = Round(name, result, daemon.cpu_seconds() - cpu_before)
+    round_ = Round(name, result, daemon.cpu_seconds() - cpu_before, started, time.time())
     print(result.format(), file=sys.stderr)
     print(f"  {daemon.name} CPU {round_.cpu_ms_per_op:.3f} ms per 2xx request", file=sys.stderr)
     if commits_before:
@@ -453,7 +458,9 @@ def start_sidecar(
     return sidecar, spool_dir
 
 
-def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str]]:
+def run(
+    args: argparse.Namespace, workdir: Path, probe: FsyncProbe | None = None
+) -> tuple[list[Figure], list[str]]:
     figures: list[Figure] = []
     problems: list[str] = []
     rows = args.rows
@@ -526,14 +533,16 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[str
                                   f"{args.seconds:.0f}-s lifecycles c=32",
                                   seconds=args.seconds, profile=args.profile)  # fmt: skip
                 rounds.append(latency)
-                figures += latency_figures("spoold lifecycles c=32, upstream down", latency, rows)
+                figures += latency_figures(
+                    "spoold lifecycles c=32, upstream down", latency, rows, probe
+                )
             sidecar.stop()
             problems += check_spool(spool_dir, rounds)
             for round_ in rounds:
                 if round_.failures:
                     problems.append(f"{label} {round_.name}: {round_.failures} failed requests")
 
-        figures += live_round(daemons, workdir, args, problems)
+        figures += live_round(daemons, workdir, args, problems, probe)
         if args.callgrind:
             for label, owner in measured:
                 figures += callgrind_figures(owner, label, workdir, args.callgrind, rows)
@@ -597,19 +606,34 @@ def callgrind_summary(dump: Path) -> int:
     raise RuntimeError(f"no callgrind summary in {dump}")
 
 
-def latency_figures(scenario: str, round_: Round, rows: int) -> list[Figure]:
+def latency_figures(
+    scenario: str, round_: Round, rows: int, probe: FsyncProbe | None = None
+) -> list[Figure]:
+    """A latency round's p99 and max, and the independent fsync probe's worst sample in
+    the same window (bench/fsync_probe.py): a max the disk also had is the disk's."""
     _, p99, worst = round_.quantiles_ms()
     note = f"{round_.result.ops_per_s:,.0f} lifecycles/s; {round_.result.elapsed_s:.0f} s"
-    return [
+    disk = probe.window(round_.started, round_.ended) if probe is not None else None
+    figures = [
         Figure(scenario, "p99 ms", p99, P99_MS_TARGET, higher_is_better=False, rows=rows,
                note=note),
         Figure(scenario, "max ms", worst, MAX_MS_TARGET, higher_is_better=False, rows=rows,
-               note=note),
+               note=note + (f"; the fsync probe's worst: {disk.describe()}" if disk else "")),
     ]  # fmt: skip
+    if disk is not None and disk.samples:
+        figures.append(
+            Figure(scenario, "disk fsync max ms", disk.worst_ms, higher_is_better=False,
+                   rows=rows, note="an independent 4 KiB fdatasync every 20 ms, same round")
+        )  # fmt: skip
+    return figures
 
 
 def live_round(
-    daemons: CodeDaemons, workdir: Path, args: argparse.Namespace, problems: list[str]
+    daemons: CodeDaemons,
+    workdir: Path,
+    args: argparse.Namespace,
+    problems: list[str],
+    probe: FsyncProbe | None = None,
 ) -> list[Figure]:
     """The latency round with a live server that the drainer forwards to meanwhile."""
     db = workdir / "live.sqlite"
@@ -627,7 +651,9 @@ def live_round(
     problems += check_server(db, latency)
     if latency.failures:
         problems.append(f"live round: {latency.failures} failed requests")
-    return latency_figures("spoold lifecycles c=32, live server draining", latency, args.rows)
+    return latency_figures(
+        "spoold lifecycles c=32, live server draining", latency, args.rows, probe
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -651,6 +677,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write the figures here (bench/report.py)")
     parser.add_argument("--log-level", help="daemons' log level (default: theirs, INFO)")
+    parser.add_argument(
+        "--no-disk-probe",
+        action="store_true",
+        help="no independent fsync probe beside the latency rounds (bench/fsync_probe.py)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)  # fmt: skip
 
@@ -668,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="spoold-accept-"))
     print(f"work dir {workdir}; client loop {event_loop_name()}; code {ROOT}", file=sys.stderr)
     try:
-        figures, problems = run(args, workdir)
+        with FsyncProbe(workdir, enabled=not args.no_disk_probe) as probe:
+            figures, problems = run(args, workdir, probe)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
