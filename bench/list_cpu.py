@@ -82,11 +82,18 @@ def shapes(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         "SELECT agent_name FROM agent_runs GROUP BY agent_name ORDER BY count(*) DESC LIMIT 1"
     ).fetchone()[0]
     newest = str(conn.execute("SELECT max(start_time) FROM agent_runs").fetchone()[0])
+    busiest_job = conn.execute(
+        "SELECT job_type FROM agent_runs WHERE agent_name = ? GROUP BY job_type"
+        " ORDER BY count(*) DESC LIMIT 1",
+        (busiest,),
+    ).fetchone()[0]
     day = newest[:10]
     week_back = (datetime.fromisoformat(newest) - timedelta(days=7)).date().isoformat()
+    month_back = (datetime.fromisoformat(newest) - timedelta(days=30)).date().isoformat()
     return {
         "no filter": {},
         "agent+status": {"agent_name": busiest, "status": "success"},
+        "agent+job_type": {"agent_name": busiest, "job_type": busiest_job},
         "job_type": {"job_type": "job_type_03"},
         "status": {"status": "failure"},
         "start_time day": {
@@ -104,6 +111,8 @@ def shapes(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
             "status": "failure",
             "start_time_to": f"{week_back}T00:00:00+00:00",
         },
+        # Bounded below only: its far arm reads the runs created before they started.
+        "from a month back": {"start_time_from": f"{month_back}T00:00:00+00:00"},
     }
 
 

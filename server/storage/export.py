@@ -32,10 +32,10 @@ from typing import Any, Literal
 
 from server.contract.models import RunQuery
 from server.contract.run_record import RUN_COLUMNS
-from server.storage import csv_lines, run_json, window
+from server.storage import csv_lines, run_json
 from server.storage.connection import open_reader
 from server.storage.cursor import Position
-from server.storage.runs import Overdue, query_sql, row_to_run, stale_query_sql
+from server.storage.runs import Overdue, list_rows, row_to_run, stale_query_sql
 
 __all__ = ["CONTENT_TYPES", "FORMATS", "Export", "Format"]
 
@@ -150,12 +150,9 @@ class Export:
             columns, created_at = _ALL_COLUMNS, _CREATED_AT
         if self._overdue is not None:  # stale=true: the list's own overdue-runs query
             sql, params = stale_query_sql(self._query, self._after, self._overdue, columns)
+            rows = self._conn.execute(sql, params).fetchall()
         else:
-            newest_first = window.late_newest_first(self._conn, self._query)
-            sql, params = query_sql(
-                self._query, self._after, columns, late_newest_first=newest_first
-            )
-        rows = self._conn.execute(sql, params).fetchall()
+            rows = list_rows(self._conn, self._query, self._after, columns)
         limit = self._query.limit
         if len(rows) <= limit:
             self._done = True

@@ -25,6 +25,7 @@ from server.storage import run_json, window
 from server.storage.cursor import Position
 from server.storage.run_rules import KEPT, db_value, merged_progress, upsert_diff
 from server.storage.schema import (
+    EARLY_INDEXES,
     EQUALITY_FILTERS,
     LATE_CREATED_INDEXES,
     LATE_INDEXES,
@@ -498,6 +499,8 @@ def _filters(query: RunQuery, after: Position | None) -> tuple[list[str], list[A
 
 #: The rank of each upper bound on created_at at an equal value: the tightest first.
 _UPPER_RANK = {"created_at < ?": 0, "(created_at, id) < (?, ?)": 1, "created_at <= ?": 2}
+#: The same for lower bounds: the strict one is the tighter.
+_LOWER_RANK = {"created_at > ?": 0, "created_at >= ?": 1}
 
 
 def _list_range(
@@ -531,7 +534,7 @@ def _list_range(
     for clause, value in created:
         (lower if ">" in clause else upper).append((clause, [value]))
     if lower:  # the greatest value; at an equal one, the strict bound
-        clause, values = max(lower, key=lambda bound: (bound[1][0], ">" in bound[0]))
+        clause, values = max(lower, key=lambda bound: (bound[1][0], -_LOWER_RANK[bound[0]]))
         clauses.append(clause)
         params.extend(values)
     if upper:
@@ -567,7 +570,13 @@ StatusRanges = list[tuple[list[str], list[Any]]]
 
 
 def _late_arm(
-    query: RunQuery, after: Position | None, columns: str, index: str, ranges: StatusRanges
+    query: RunQuery,
+    after: Position | None,
+    columns: str,
+    index: str,
+    ranges: StatusRanges,
+    *,
+    early: bool = False,
 ) -> tuple[str, list[Any]]:
     """A window's far arm: the ids of its late runs created outside its created_at range,
     from the late index of its equality filters alone, sorted (only the rows that can be
@@ -576,12 +585,14 @@ def _late_arm(
     One index range per status, as the list arms have, under one sort. Not an IN list of
     statuses: on SQLite 3.40.1 that returned a late run started after a start_time_to
     bound (agent+job, after ANALYZE), caught by the brute-force walk of
-    tests/server/test_query_plans.py, which would catch it again."""
+    tests/server/test_query_plans.py, which would catch it again. ``early`` reads an
+    ``EARLY_INDEXES`` index (its WHERE added: implied by the window's, see ``window``)."""
     clauses, params = _filters(query, after)
     outside, outside_params = window.outside_range(query)
+    late_terms = (window.LATE, window.EARLY) if early else (window.LATE,)
     reads = " UNION ALL ".join(
         f"SELECT id, created_at FROM agent_runs INDEXED BY {index}"
-        f" WHERE {' AND '.join((*clauses, *status_terms, outside, window.LATE))}"
+        f" WHERE {' AND '.join((*clauses, *status_terms, outside, *late_terms))}"
         for status_terms, _ in ranges
     )
     late = f"SELECT id FROM ({reads}) ORDER BY created_at DESC, id DESC LIMIT ?"
@@ -623,6 +634,7 @@ def query_sql(
     columns: str = _SELECT_COLUMNS,
     *,
     late_newest_first: bool = False,
+    early_indexes: bool = True,
 ) -> tuple[str, list[Any]]:
     """The SELECT for a list query, pinned to the index that serves it.
 
@@ -638,7 +650,9 @@ def query_sql(
     filters (``LATE_INDEXES``; one range per status under one sort; see ``window``).
     With ``late_newest_first`` (``window.late_newest_first`` decides), a window bounded
     above only reads them newest first instead, from the late index by created_at
-    (``LATE_CREATED_INDEXES``): one more range per status in the merge.
+    (``LATE_CREATED_INDEXES``): one more range per status in the merge. A window bounded
+    below only reads only the late runs created before they started
+    (``EARLY_INDEXES``), unless ``early_indexes`` is false (a file without them).
     Each arm searches its index by the tightest created_at bound of each side
     (``_list_range``).
 
@@ -657,6 +671,8 @@ def query_sql(
         # Newest first from the late index by created_at: merged, it stops at the page.
         far = [window.above_range(query)]
         arms += _ranges(query, after, columns, LATE_CREATED_INDEXES[key], ranges, far, late=True)
+    elif early_indexes and window.bounded_below_only(query):
+        arms.append(_late_arm(query, after, columns, EARLY_INDEXES[key], ranges, early=True))
     elif window.has_window(query):
         arms.append(_late_arm(query, after, columns, LATE_INDEXES[key], ranges))
     body = " UNION ALL ".join(sql for sql, _ in arms)
@@ -684,9 +700,25 @@ def _fetch(
         if overdue is None:
             raise ValueError("a stale=true query needs the overdue-runs query")
         return conn.execute(*stale_query_sql(query, after, overdue, columns)).fetchall()
+    return list_rows(conn, query, after, columns)
+
+
+def list_rows(
+    conn: sqlite3.Connection, query: RunQuery, after: Position | None, columns: str
+) -> list[Any]:
+    """Run a list query (``query_sql``) with its far arm chosen for this file: newest
+    first where ``window.late_newest_first`` says so, and by start_time on a file without
+    migration 13's early indexes (a tool reading it before the server upgraded it)."""
     newest_first = window.late_newest_first(conn, query)
+    try:
+        return conn.execute(
+            *query_sql(query, after, columns, late_newest_first=newest_first)
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if not (window.bounded_below_only(query) and window.missing_index(exc)):
+            raise
     return conn.execute(
-        *query_sql(query, after, columns, late_newest_first=newest_first)
+        *query_sql(query, after, columns, late_newest_first=newest_first, early_indexes=False)
     ).fetchall()
 
 

@@ -17,6 +17,7 @@ from server.storage.cursor import Position
 from server.storage.database import Database, StorageSettings
 from server.storage.runs import query_runs, query_sql
 from server.storage.schema import (
+    EARLY_INDEXES,
     LATE_CREATED_INDEXES,
     LATE_INDEXES,
     MIGRATIONS,
@@ -106,7 +107,8 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert "idx_runs_start_late" not in names
-        assert {*LATE_INDEXES.values(), *LATE_CREATED_INDEXES.values()} <= names
+        late_indexes = (*LATE_INDEXES.values(), *LATE_CREATED_INDEXES.values())
+        assert {*late_indexes, *EARLY_INDEXES.values()} <= names
         late = conn.execute("SELECT count(*) FROM agent_runs WHERE late = 1").fetchone()[0]
         assert 200 < late < 450
         assert (
@@ -172,6 +174,32 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
                             break
                         after = Position(page[8][1], page[8][2])
                     assert got == expected, (filters, newest_first)
+        for low_day in (2, 5):  # bounded below only: from the early indexes, or by start_time
+            low = stamp(ORIGIN + timedelta(days=low_day))
+            for filters in [{}, {"agent_name": "agent-1"}, {"status": "cancelled"}]:
+                query = RunQuery.model_validate({**filters, "start_time_from": low, "limit": 9})
+                expected = [
+                    event_id
+                    for event_id, agent, status, start, created in sorted(
+                        rows, key=lambda row: (row[4], int(row[0][1:])), reverse=True
+                    )
+                    if start >= low
+                    and filters.get("agent_name", agent) == agent
+                    and filters.get("status", status) == status
+                ]
+                for early_indexes in (True, False):
+                    got = []
+                    after = None
+                    for _ in range(200):
+                        sql, params = query_sql(
+                            query, after, "event_id, created_at", early_indexes=early_indexes
+                        )
+                        page = conn.execute(sql, params).fetchall()
+                        got += [row[0] for row in page[:9]]
+                        if len(page) <= 9:
+                            break
+                        after = Position(page[8][1], page[8][2])
+                    assert got == expected, (filters, early_indexes)
     finally:
         conn.close()
 

@@ -34,6 +34,7 @@ from server.storage.runs import (
     PreparedInsert,
     index_key,
     insert_params,
+    list_rows,
     prepare_insert,
     query_page_json,
     query_runs,
@@ -41,6 +42,7 @@ from server.storage.runs import (
     stale_query_sql,
 )
 from server.storage.schema import (
+    EARLY_INDEXES,
     EQUALITY_FILTERS,
     LATE_CREATED_INDEXES,
     LATE_INDEXES,
@@ -52,6 +54,8 @@ from server.storage.schema import (
 from server.storage.stale import _REAP_SQL, StalePolicy, overdue_ids_sql, reapable_ids_sql
 
 RUNS = 8000
+#: The early indexes' WHERE, as a far arm writes it.
+EARLY_WHERE = f"{window.LATE} AND {window.EARLY}"
 AGENTS = [f"agent-{i:04d}" for i in range(2000)]
 JOBS = [f"job-{i:02d}" for i in range(20)]
 STATUSES = ("success", "failure", "running", "partial", "timeout", "cancelled")
@@ -264,7 +268,7 @@ def late_arm_steps(text: list[str]) -> list[str]:
     return [
         step
         for step in text
-        if any(name in step for name in LATE_INDEXES.values())
+        if any(name in step for name in (*LATE_INDEXES.values(), *EARLY_INDEXES.values()))
         or step.startswith(("LIST SUBQUERY", "USE TEMP B-TREE", *_LATE_COMPOUND))
         or step == "SEARCH agent_runs USING INTEGER PRIMARY KEY (rowid=?)"
     ]
@@ -284,7 +288,8 @@ def test_every_combination_reads_only_matching_runs(
     status filter: one such range per status, merged. A start_time window adds an arm for
     its late runs: the late partial index with the same equality columns searched by them
     and the window (one range per status without a status filter), index only (no row of
-    another agent, job or status is read), the ids sorted, then the rows."""
+    another agent, job or status is read), the ids sorted, then the rows. A window bounded
+    below only reads the early indexes instead (runs created before they started)."""
     query = make_query(equalities, bounds)
     after = CURSOR if with_cursor else None
     text = plan(conn, *query_sql(query, after))
@@ -292,13 +297,14 @@ def test_every_combination_reads_only_matching_runs(
     late = late_arm_steps(text)
     key = (*equalities, "status") if equalities and "status" not in equalities else equalities
     if windowed:
-        searched = [step for step in late if LATE_INDEXES[key] in step]
+        far = EARLY_INDEXES[key] if window.bounded_below_only(query) else LATE_INDEXES[key]
+        searched = [step for step in late if far in step]
         keys = "".join(f"{column}=? AND " for column in key)
         ranges = len(CANONICAL_STATUSES) if key != equalities else 1
         assert len(searched) == ranges, text
         for step in searched:
             assert step.startswith(
-                f"SEARCH agent_runs USING COVERING INDEX {LATE_INDEXES[key]} ({keys}start_time"
+                f"SEARCH agent_runs USING COVERING INDEX {far} ({keys}start_time"
             ), text
         rest = sorted(step for step in late if step not in searched)
         compound = ["COMPOUND QUERY", "LEFT-MOST SUBQUERY", *["UNION ALL"] * (ranges - 1)]
@@ -563,10 +569,14 @@ ODD_INSTANTS = [
 ]
 
 
+EQUALITY_WALKS: list[tuple[str, ...]] = [(), ("agent_name",), ("agent_name", "status")]
+
+
 def test_every_run_is_prompt_or_late_and_windows_find_them_all(tmp_path: Path) -> None:
     """The two arms split the runs exactly: odd text (another writer's: not the canonical
     form, an impossible date, an offset) is late, and so is a run recorded more than the
-    lag after or before it started. Windows around them answer like brute force."""
+    lag after or before it started. Windows around them, bounded on both sides or on
+    one, answer like brute force."""
     path = tmp_path / "odd.sqlite"
     start_server_database(path)
     rows = skewed_rows(random.Random(5))[:600]
@@ -600,12 +610,15 @@ def test_every_run_is_prompt_or_late_and_windows_find_them_all(tmp_path: Path) -
             ("2026-02-28T00:00:00.000000+00:00", "2026-03-01T00:00:00.000000+00:00"),
             ("2025-12-31T00:00:00.000000+00:00", "2026-01-02T00:00:00.000000+00:00"),
         ]:
-            for equalities in [(), ("agent_name",), ("agent_name", "status")]:
+            bounds = itertools.product([low, None], [high, None], EQUALITY_WALKS)
+            for start_from, start_to, equalities in bounds:
+                if start_from is None and start_to is None:
+                    continue
                 query = RunQuery.model_validate(
                     {
                         **{column: EQUALITY_VALUES[column] for column in equalities},
-                        "start_time_from": low,
-                        "start_time_to": high,
+                        "start_time_from": start_from,
+                        "start_time_to": start_to,
                         "limit": 3,
                     }
                 )
@@ -618,7 +631,7 @@ def test_every_run_is_prompt_or_late_and_windows_find_them_all(tmp_path: Path) -
                     if after is None:
                         break
                 expected = [everything[i - 1][0] for i in expected_ids(everything, query)]
-                assert walked == expected, (low, high, equalities)
+                assert walked == expected, (start_from, start_to, equalities)
     finally:
         reader.close()
 
@@ -906,12 +919,30 @@ def test_newest_first_reads_less_where_it_is_chosen(
         assert newest < by_start * 1.1
 
 
+@pytest.mark.parametrize("equalities", EQUALITY_SETS)
+def test_a_window_bounded_below_only_skips_the_runs_recorded_after_they_started(
+    conn: sqlite3.Connection,
+    fleet: tuple[Path, list[tuple[Any, ...]]],
+    equalities: tuple[str, ...],
+) -> None:
+    """A window with ``start_time_from`` alone reads, for its far arm, only the runs
+    created before they started (none in this fleet): a few VM instructions less for
+    each late run of the window than the read by start_time, which took every late run
+    started since the bound on every page (hundreds here; at 1M runs, thousands)."""
+    query = make_query(equalities, "start_from_wide")
+    early, rows = vm_steps(conn, *query_sql(query, None))
+    by_start, same_rows = vm_steps(conn, *query_sql(query, None, early_indexes=False))
+    assert rows == same_rows
+    assert early + 2 * late_in_window(fleet[1], query) <= by_start
+
+
 def test_the_choice_survives_outliers_and_an_old_file(
     tmp_path: Path, fleet: tuple[Path, list[tuple[Any, ...]]]
 ) -> None:
     """A run with a clock from 1970 and one from 2099 (a client's, or foreign text)
-    change neither choice: the history's ends are read past a few runs at each end. A file without migration 12's indexes (a tool that reads it before the
-    server upgraded it) reads by start_time instead of failing."""
+    change neither choice: the history's ends are read past a few runs at each end. A
+    file without migration 12's and 13's indexes (a tool that reads it before the server
+    upgraded it) reads by start_time instead of failing, and answers alike."""
     path = tmp_path / "outliers.sqlite"
     path.write_bytes(fleet[0].read_bytes())
     writer = sqlite3.connect(path, isolation_level=None)
@@ -931,27 +962,58 @@ def test_the_choice_survives_outliers_and_an_old_file(
         assert not window.late_newest_first(conn, make_query((), "start_to_narrow"))
     finally:
         conn.close()
-    for name in LATE_CREATED_INDEXES.values():
+    expected = {}
+    conn = open_reader(path, busy_timeout_ms=1000)
+    try:
+        for bounds in ("start_to_wide", "start_from_wide"):
+            expected[bounds] = query_runs(conn, make_query((), bounds, limit=5)).runs
+    finally:
+        conn.close()
+    for name in (*LATE_CREATED_INDEXES.values(), *EARLY_INDEXES.values()):
         writer.execute(f"DROP INDEX {name}")
     writer.close()
     conn = open_reader(path, busy_timeout_ms=1000)
     try:
         assert not window.late_newest_first(conn, make_query((), "start_to_wide"))
-        page = query_runs(conn, make_query((), "start_to_wide", limit=5))
-        assert len(page.runs) == 5
+        for bounds in ("start_to_wide", "start_from_wide"):
+            page = query_runs(conn, make_query((), bounds, limit=5))
+            assert page.runs == expected[bounds]
+            assert len(page.runs) == 5
     finally:
         conn.close()
 
 
-def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path) -> None:
-    """Runs created exactly at the far arm's bound (``start_time_to`` plus the lag and a
-    second), a microsecond either side, in the lag after the bound, started on it or a
-    second past it, prompt or late, foreign text too: a cursor walk with every
-    created_after/before at those same instants returns each matching run once, whichever
-    far arm reads (the fleet above never puts a run there: ``>=`` for ``>`` in the far
-    arm, or no margin, passed every test before this one)."""
+@pytest.mark.parametrize("bounds", ["start_to_wide", "start_from_wide"])
+def test_an_interrupted_read_is_not_taken_for_an_old_file(
+    conn: sqlite3.Connection, bounds: str
+) -> None:
+    """The reader's budget interrupts a read with an OperationalError too: the far arm's
+    choice and its fallback for a file without the new indexes let it through (taken
+    for a missing index, the page would be read again with no budget)."""
+    conn.set_progress_handler(lambda: 1, 1)
+    try:
+        if bounds == "start_to_wide":  # the choice reads (bounded above only)
+            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+                window.late_newest_first(conn, make_query((), bounds))
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            list_rows(conn, make_query((), bounds), None, "created_at")
+    finally:
+        conn.set_progress_handler(None, 1)
+
+
+@pytest.mark.parametrize("side", ["start_time_to", "start_time_from"])
+def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path, side: str) -> None:
+    """Runs created exactly at the far arm's bound (a window's bound plus, or minus, the
+    lag and a second), a microsecond either side, in the lag beside the bound, started on
+    it or a second either side, prompt, late or created before they started, foreign text
+    too: a cursor walk with every created_after/before at those same instants returns
+    each matching run once, whichever far arm reads (the fleet above never puts a run
+    there: ``>=`` for ``>`` in the far arm, or no margin, passed every test before this
+    one). ``start_time_to`` alone: newest first or by start_time; ``start_time_from``
+    alone: from the early indexes or, as on a file without them, by start_time."""
     bound = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    edge = bound + timedelta(seconds=PROMPT_LAG_S + 1)
+    sign = 1 if side == "start_time_to" else -1
+    edge = bound + sign * timedelta(seconds=PROMPT_LAG_S + 1)
     instants = [
         edge,
         edge - timedelta(microseconds=1),
@@ -959,13 +1021,13 @@ def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path) -> N
         bound,
         bound + timedelta(seconds=1),
         bound - timedelta(seconds=1),
-        bound + timedelta(seconds=PROMPT_LAG_S),
-        bound + timedelta(seconds=PROMPT_LAG_S, microseconds=500),
+        bound + sign * timedelta(seconds=PROMPT_LAG_S),
+        bound + sign * timedelta(seconds=PROMPT_LAG_S, microseconds=500),
         bound - timedelta(days=1),
         bound + timedelta(days=1),
     ]
     texts = [stamp(moment) for moment in instants]
-    foreign = ["2026-03-01T12:00:00Z", "2026-03-01 12:10:01", "garbage"]
+    foreign = ["2026-03-01T12:00:00Z", "2026-03-01 12:10:01", "2026-03-01 11:49:59", "garbage"]
     rows = []
     for number, (start, created) in enumerate(itertools.product(texts + foreign, repeat=2)):
         status = ("success", "failure")[number % 2]
@@ -975,29 +1037,36 @@ def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path) -> N
     insert(path, rows)
     conn = open_reader(path, busy_timeout_ms=1000)
     created_at = RUN_COLUMNS.index("created_at")
+    early = f"SELECT count(*) FROM agent_runs INDEXED BY {EARLY_INDEXES[()]} WHERE {EARLY_WHERE}"
+    assert conn.execute(early).fetchone()[0] > 50  # the early arm has runs to find
+    choices = (
+        [{"late_newest_first": False}, {"late_newest_first": True}]
+        if side == "start_time_to"
+        else [{"early_indexes": True}, {"early_indexes": False}]
+    )
     try:
         for filters in ({}, {"status": "failure"}, {"agent_name": AGENTS[1]}):
             for created_after, created_before in itertools.product([None, *texts[:3]], repeat=2):
                 query = RunQuery.model_validate(
                     {
                         **filters,
-                        "start_time_to": stamp(bound),
+                        side: stamp(bound),
                         "created_after": created_after,
                         "created_before": created_before,
                         "limit": 4,
                     }
                 )
                 expected = expected_ids(rows, query)
-                for newest_first in (False, True):
+                for choice in choices:
                     walked: list[int] = []
                     after = None
                     for _ in range(len(rows)):
-                        sql, params = query_sql(query, after, late_newest_first=newest_first)
+                        sql, params = query_sql(query, after, **choice)
                         page = conn.execute(sql, params).fetchall()
                         walked += [int(row[0][1:]) + 1 for row in page[:4]]
                         if len(page) <= 4:
                             break
                         after = Position(str(page[3][created_at]), int(page[3][-1]))
-                    assert walked == expected, (filters, created_after, created_before)
+                    assert walked == expected, (filters, created_after, created_before, choice)
     finally:
         conn.close()

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.storage.database import Database, StorageSettings
 from server.storage.schema import (
+    EARLY_INDEXES,
     LATE_CREATED_INDEXES,
     LATE_INDEXES,
     LIST_INDEXES,
@@ -88,6 +89,7 @@ async def test_upgraded_database_has_the_filter_indexes(make_api, make_config):
         *LIST_INDEXES.values(),
         *LATE_INDEXES.values(),
         *LATE_CREATED_INDEXES.values(),
+        *EARLY_INDEXES.values(),
         START_TIME_INDEX,
     } <= indexes
     # The indexes migrations 4 and 5 replaced are gone (they would only slow writes down).
