@@ -45,10 +45,10 @@ from spoold.upstream.status import UpstreamStatus
 log = structlog.get_logger("spoold.drainer")
 
 #: While agents write, the drain rests this share of each round's time before the next:
-#: it drains at about a third of its speed, still faster than agents write (1,230-1,300
-#: ops/s with 1,000 creates/s offered, against 1,480-1,690 at half speed, in
-#: ``bench/spoold_bench.py --rows 1000000``), and their commits get the disk, the GIL and
-#: the CPUs (accept p50 2.4-2.8 ms against 3.3-3.5, p99 18.0-19.8 against 19.8-23.3).
+#: it still drains faster than agents write (1,230-1,300 ops/s with 1,000 creates/s
+#: offered, against 1,480-1,690 at 1.0, in ``bench/spoold_bench.py --rows 1000000``), and
+#: their commits get the disk, the GIL and the CPUs (accept p50 2.4-2.8 ms against
+#: 3.3-3.5; p99 18.0-19.8 against 19.8-23.3, within that figure's run-to-run spread).
 PACE_WHILE_ACCEPTING = 2.0
 #: ... but never longer than this: a round that took long (retries through an outage)
 #: must not hold the backlog back for as long again once the server is back.

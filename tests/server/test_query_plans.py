@@ -989,16 +989,44 @@ def test_an_interrupted_read_is_not_taken_for_an_old_file(
 ) -> None:
     """The reader's budget interrupts a read with an OperationalError too: the far arm's
     choice and its fallback for a file without the new indexes let it through (taken
-    for a missing index, the page would be read again with no budget)."""
-    conn.set_progress_handler(lambda: 1, 1)
+    for a missing index, the page would be read again, in full, with no budget). The
+    budget interrupts once, as the reader's does: the statements run show no second
+    read of the page."""
+    statements: list[str] = []
+    interrupts = [1]
+
+    def interrupt_once() -> int:
+        return interrupts.pop() if interrupts else 0
+
+    conn.set_trace_callback(statements.append)
+    conn.set_progress_handler(interrupt_once, 1)
     try:
-        if bounds == "start_to_wide":  # the choice reads (bounded above only)
-            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
-                window.late_newest_first(conn, make_query((), bounds))
+        # Bounded above only, the choice's read is the one interrupted; else the page's.
         with pytest.raises(sqlite3.OperationalError, match="interrupted"):
             list_rows(conn, make_query((), bounds), None, "created_at")
     finally:
         conn.set_progress_handler(None, 1)
+        conn.set_trace_callback(None)
+    assert len(statements) == 1, statements
+
+
+def test_served_pages_read_the_early_indexes(
+    conn: sqlite3.Connection, fleet: tuple[Path, list[tuple[Any, ...]]]
+) -> None:
+    """The reads the server makes (a page, an export's chunks) use the early indexes for
+    a window bounded below only, not only ``query_sql`` when asked."""
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        for equalities in EQUALITY_SETS:
+            statements.clear()
+            key = (
+                (*equalities, "status") if "status" not in equalities and equalities else equalities
+            )
+            query_page_json(conn, make_query(equalities, "start_from_wide"))
+            assert any(EARLY_INDEXES[key] in sql for sql in statements), statements
+    finally:
+        conn.set_trace_callback(None)
 
 
 @pytest.mark.parametrize("side", ["start_time_to", "start_time_from"])
@@ -1037,8 +1065,17 @@ def test_runs_on_the_arms_boundary_are_read_once_either_way(tmp_path: Path, side
     insert(path, rows)
     conn = open_reader(path, busy_timeout_ms=1000)
     created_at = RUN_COLUMNS.index("created_at")
-    early = f"SELECT count(*) FROM agent_runs INDEXED BY {EARLY_INDEXES[()]} WHERE {EARLY_WHERE}"
-    assert conn.execute(early).fetchone()[0] > 50  # the early arm has runs to find
+    # The early arm has runs to find, and each early index holds only the late runs
+    # created, as text, before they started (a looser WHERE would hold more).
+    early = conn.execute(
+        f"SELECT count(*) FROM agent_runs NOT INDEXED WHERE {EARLY_WHERE}"
+    ).fetchone()[0]
+    assert early > 50
+    for name in EARLY_INDEXES.values():
+        held = f"SELECT count(*) FROM agent_runs INDEXED BY {name} WHERE {EARLY_WHERE}"
+        assert conn.execute(held).fetchone()[0] == early
+        definition = "SELECT sql FROM sqlite_master WHERE name = ?"
+        assert conn.execute(definition, (name,)).fetchone()[0].endswith(f" WHERE {EARLY_WHERE}")
     choices = (
         [{"late_newest_first": False}, {"late_newest_first": True}]
         if side == "start_time_to"

@@ -1,6 +1,7 @@
-"""While agents write, the drain rests between rounds (as long as the round took), so the
-accept path gets the disk and the GIL; with no agent writing it never rests. Measured: p99
-of 1,000 creates/s offered during a drain 178 -> 44 ms (bench/spoold_bench.py)."""
+"""While agents write, the drain rests between rounds (PACE_WHILE_ACCEPTING times as long
+as the round took, at most MAX_REST_S), so the accept path gets the disk and the GIL; with
+no agent writing it never rests. Measured: p99 of 1,000 creates/s offered during a drain
+178 -> 44 ms with the first rests (bench/spoold_bench.py; the README has the figures)."""
 
 from __future__ import annotations
 
