@@ -18,9 +18,8 @@ backoff that honours Retry-After. Re-sending a batch whose answer was lost is ha
 the server applies snapshots idempotently.
 
 While agents are writing, after handing a round on the stage waits for its record and
-rests twice as long as the round took (``PACE_WHILE_ACCEPTING``, at most ``MAX_REST_S``),
-so the agents' commits get the disk, the GIL and the host's CPUs: the agent does not wait
-for the drain.
+rests as long as the round took (``PACE_WHILE_ACCEPTING``, at most ``MAX_REST_S``), so
+the agents' commits get the disk and the GIL: the agent does not wait for the drain.
 """
 
 from __future__ import annotations
@@ -44,12 +43,13 @@ from spoold.upstream.status import UpstreamStatus
 
 log = structlog.get_logger("spoold.drainer")
 
-#: While agents write, the drain rests this share of each round's time before the next:
-#: it still drains faster than agents write (1,230-1,300 ops/s with 1,000 creates/s
-#: offered, against 1,480-1,690 at 1.0, in ``bench/spoold_bench.py --rows 1000000``), and
-#: their commits get the disk, the GIL and the CPUs (accept p50 2.4-2.8 ms against
-#: 3.3-3.5; p99 18.0-19.8 against 19.8-23.3, within that figure's run-to-run spread).
-PACE_WHILE_ACCEPTING = 2.0
+#: While agents write, the drain rests this share of each round's time before the next
+#: (it still drains faster than agents write; their commits get the disk and the GIL).
+#: 2.0 was tried (2026-12-05, ``bench/spoold_bench.py --rows 1000000``, two runs each):
+#: accept p50 3.3-3.5 -> 2.4-2.8 ms, p99 within its run-to-run spread, the drain while
+#: agents write 17-27% slower; a footprint soak on a busy host then fell behind its
+#: offered load. Not worth the headroom.
+PACE_WHILE_ACCEPTING = 1.0
 #: ... but never longer than this: a round that took long (retries through an outage)
 #: must not hold the backlog back for as long again once the server is back.
 MAX_REST_S = 1.0
