@@ -42,6 +42,7 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import orjson
 from index_cost import load
 from report import Figure, format_row, write_json
 from server_bench import HOST, ROOT, ServerProcess, free_port, http_get_json
@@ -116,6 +117,35 @@ def shapes(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     }
 
 
+#: How deep the cursor shape starts: after 10 pages of the unfiltered list.
+CURSOR_PAGES = 10
+
+
+def brute_force_ids(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> list[str]:
+    """The page's event ids as a scan of the whole table (no index, none of the server's
+    SQL) finds them: what the server's answer is checked against."""
+    query = RunQuery.model_validate({**params, "limit": LIMIT})
+    clauses: list[str] = []
+    values: list[Any] = []
+    for column in ("agent_name", "job_type", "status"):
+        if getattr(query, column) is not None:
+            clauses.append(f"{column} = ?")
+            values.append(getattr(query, column))
+    if query.start_time_from is not None:
+        clauses.append("start_time >= ?")
+        values.append(query.start_time_from)
+    if query.start_time_to is not None:
+        clauses.append("start_time <= ?")
+        values.append(query.start_time_to)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    offset = CURSOR_PAGES * LIMIT if cursor else 0
+    sql = (
+        f"SELECT event_id FROM agent_runs NOT INDEXED{where}"
+        f" ORDER BY created_at DESC, id DESC LIMIT {LIMIT} OFFSET {offset}"
+    )
+    return [str(row[0]) for row in conn.execute(sql, values)]
+
+
 def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> float:
     """Best-of CPU of fetching the page's rows from SQLite, plain columns."""
     query = RunQuery.model_validate({**params, "limit": LIMIT})
@@ -123,7 +153,7 @@ def floor_ms(conn: sqlite3.Connection, params: dict[str, Any], cursor: bool) -> 
     if cursor:  # the position after 10 pages, as the cursor shape reads
         row = conn.execute(
             "SELECT created_at, id FROM agent_runs ORDER BY created_at DESC, id DESC"
-            f" LIMIT 1 OFFSET {10 * LIMIT - 1}"
+            f" LIMIT 1 OFFSET {CURSOR_PAGES * LIMIT - 1}"
         ).fetchone()
         after = Position(str(row[0]), int(row[1]))
     best = float("inf")
@@ -286,9 +316,12 @@ class Tree:
         return page_cpu_ms(self.server, self.client, target, pages)
 
     def cursor(self) -> str:
-        """The X-Next-Cursor after 10 pages of the unfiltered list (as this tree signs it)."""
+        """The X-Next-Cursor after CURSOR_PAGES pages of the unfiltered list (as this tree
+        signs it)."""
         assert self.client is not None
-        self.client.request("GET", f"/api/v1/runs?limit={LIMIT}&offset={9 * LIMIT}")
+        self.client.request(
+            "GET", f"/api/v1/runs?limit={LIMIT}&offset={(CURSOR_PAGES - 1) * LIMIT}"
+        )
         response = self.client.getresponse()
         response.read()
         return str(response.getheader("X-Next-Cursor"))
@@ -387,7 +420,7 @@ def main() -> None:
         ]
         unit = "M instructions" if args.callgrind else "ms of server CPU"
         figures: list[Figure] = []
-        same_bytes = True
+        same_bytes = right_runs = True
         rows: sqlite3.Connection | None = None
         try:
             for tree in trees:
@@ -414,6 +447,10 @@ def main() -> None:
 
                 cpu, bodies = interleaved(trees, target, args.pages, args.rounds)
                 same_bytes &= all(body == bodies[0] for body in bodies)
+                answered = [run["event_id"] for run in orjson.loads(bodies[0])]
+                if answered != brute_force_ids(rows, params, deep):
+                    print(f"  {name}: the answer differs from a scan of the table")
+                    right_runs = False
                 floor = floor_ms(rows, params, deep)
                 print(
                     f"{name:16s} "
@@ -457,12 +494,13 @@ def main() -> None:
             if rows is not None:
                 rows.close()
         if args.json is not None:  # first: a closed stdout (| head) must not lose it
-            write_json(args.json, figures, verified=same_bytes)
+            write_json(args.json, figures, verified=same_bytes and right_runs)
         print()
         for figure in figures:
             print(format_row(figure))
         if len(trees) > 1:
             print("answers identical across trees:", same_bytes)
+        print("answers equal to a scan of the table:", right_runs)
 
 
 if __name__ == "__main__":
