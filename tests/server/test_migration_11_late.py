@@ -148,58 +148,43 @@ def test_migration_11_flags_the_late_runs_and_windows_answer(tmp_path: Path) -> 
                     and filters.get("status", status) == status
                 ]
                 assert got == expected, filters
-        for high_day in (2, 5):  # bounded above only: the far arm either way
-            high = stamp(ORIGIN + timedelta(days=high_day))
+        one_sided = [
+            # Bounded above only: the far arm newest first or by start_time.
+            *(
+                ("start_time_to", day, {"late_newest_first": choice})
+                for day in (2, 5)
+                for choice in (False, True)
+            ),
+            # Bounded below only: from the early indexes, or by start_time.
+            *(
+                ("start_time_from", day, {"early_indexes": choice})
+                for day in (2, 5)
+                for choice in (True, False)
+            ),
+        ]
+        for side, day, choice in one_sided:
+            bound = stamp(ORIGIN + timedelta(days=day))
             for filters in [{}, {"agent_name": "agent-1"}, {"status": "cancelled"}]:
-                query = RunQuery.model_validate({**filters, "start_time_to": high, "limit": 9})
+                query = RunQuery.model_validate({**filters, side: bound, "limit": 9})
                 expected = [
                     event_id
                     for event_id, agent, status, start, created in sorted(
                         rows, key=lambda row: (row[4], int(row[0][1:])), reverse=True
                     )
-                    if start <= high
+                    if (start <= bound if side == "start_time_to" else start >= bound)
                     and filters.get("agent_name", agent) == agent
                     and filters.get("status", status) == status
                 ]
-                for newest_first in (False, True):
-                    got = []
-                    after = None
-                    for _ in range(200):
-                        sql, params = query_sql(
-                            query, after, "event_id, created_at", late_newest_first=newest_first
-                        )
-                        page = conn.execute(sql, params).fetchall()
-                        got += [row[0] for row in page[:9]]
-                        if len(page) <= 9:
-                            break
-                        after = Position(page[8][1], page[8][2])
-                    assert got == expected, (filters, newest_first)
-        for low_day in (2, 5):  # bounded below only: from the early indexes, or by start_time
-            low = stamp(ORIGIN + timedelta(days=low_day))
-            for filters in [{}, {"agent_name": "agent-1"}, {"status": "cancelled"}]:
-                query = RunQuery.model_validate({**filters, "start_time_from": low, "limit": 9})
-                expected = [
-                    event_id
-                    for event_id, agent, status, start, created in sorted(
-                        rows, key=lambda row: (row[4], int(row[0][1:])), reverse=True
-                    )
-                    if start >= low
-                    and filters.get("agent_name", agent) == agent
-                    and filters.get("status", status) == status
-                ]
-                for early_indexes in (True, False):
-                    got = []
-                    after = None
-                    for _ in range(200):
-                        sql, params = query_sql(
-                            query, after, "event_id, created_at", early_indexes=early_indexes
-                        )
-                        page = conn.execute(sql, params).fetchall()
-                        got += [row[0] for row in page[:9]]
-                        if len(page) <= 9:
-                            break
-                        after = Position(page[8][1], page[8][2])
-                    assert got == expected, (filters, early_indexes)
+                got = []
+                after = None
+                for _ in range(200):
+                    sql, params = query_sql(query, after, "event_id, created_at", **choice)
+                    fetched = conn.execute(sql, params).fetchall()
+                    got += [row[0] for row in fetched[:9]]
+                    if len(fetched) <= 9:
+                        break
+                    after = Position(fetched[8][1], fetched[8][2])
+                assert got == expected, (filters, side, choice)
     finally:
         conn.close()
 
