@@ -292,6 +292,18 @@ LATE_CREATED_INDEXES: dict[tuple[str, ...], str] = {
     ("job_type", "status"): "idx_runs_late_job_status_created",
     ("agent_name", "job_type", "status"): "idx_runs_late_agent_job_status_created",
 }
+
+
+def _partial_indexes(
+    indexes: dict[tuple[str, ...], str], trailing: tuple[str, ...], where: str
+) -> tuple[str, ...]:
+    """One partial index per key of ``indexes``: its equality columns, then ``trailing``."""
+    return tuple(
+        f"CREATE INDEX {name} ON agent_runs({', '.join((*columns, *trailing))}) WHERE {where}"
+        for columns, name in indexes.items()
+    )
+
+
 _MIGRATION_11 = (
     "ALTER TABLE agent_runs ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
     # The late runs are those migration 8's index holds (its WHERE, word for word, lets
@@ -299,13 +311,9 @@ _MIGRATION_11 = (
     f"UPDATE agent_runs SET late = 1 WHERE NOT {PROMPT_RUN_SQL}",
     "DROP INDEX IF EXISTS idx_runs_start_late",
     LATE_TRIGGER,
-    *(
-        # late too, though always 1: this SQLite reads a row for a column of the partial
-        # WHERE that the index does not hold, even one the WHERE fixes.
-        f"CREATE INDEX {name} ON agent_runs"
-        f"({', '.join((*columns, 'start_time', 'created_at', 'late'))}) WHERE late = 1"
-        for columns, name in LATE_INDEXES.items()
-    ),
+    # late too, though always 1: this SQLite reads a row for a column of the partial
+    # WHERE that the index does not hold, even one the WHERE fixes.
+    *_partial_indexes(LATE_INDEXES, ("start_time", "created_at", "late"), "late = 1"),
 )
 
 #: Migration 13: the late runs that can belong to a window bounded below only
@@ -329,17 +337,12 @@ EARLY_INDEXES: dict[tuple[str, ...], str] = {
 #: (SQLite uses a partial index only for a query that has its WHERE among its terms).
 EARLY_TERM = "created_at < start_time"
 
-_MIGRATION_12 = tuple(
-    f"CREATE INDEX {name} ON agent_runs"
-    f"({', '.join((*columns, 'created_at', 'id', 'start_time', 'late'))}) WHERE late = 1"
-    for columns, name in LATE_CREATED_INDEXES.items()
+_MIGRATION_12 = _partial_indexes(
+    LATE_CREATED_INDEXES, ("created_at", "id", "start_time", "late"), "late = 1"
 )
 
-_MIGRATION_13 = tuple(
-    f"CREATE INDEX {name} ON agent_runs"
-    f"({', '.join((*columns, 'start_time', 'created_at', 'late'))})"
-    f" WHERE late = 1 AND {EARLY_TERM}"
-    for columns, name in EARLY_INDEXES.items()
+_MIGRATION_13 = _partial_indexes(
+    EARLY_INDEXES, ("start_time", "created_at", "late"), f"late = 1 AND {EARLY_TERM}"
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
