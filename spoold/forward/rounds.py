@@ -29,6 +29,9 @@ class DrainStats:
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     splits: int = 0
     last_batch_size: int = 0
+    #: Rounds after which the drain went on without its rest while agents wrote: the
+    #: spool had grown since the round before (``spoold.forward.send``).
+    rests_skipped: int = 0
 
 
 class RoundOps(Sequence[dict[str, Any]]):

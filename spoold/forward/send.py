@@ -20,6 +20,10 @@ the server applies snapshots idempotently.
 While agents are writing, after handing a round on the stage waits for its record and
 rests as long as the round took (``PACE_WHILE_ACCEPTING``, at most ``MAX_REST_S``), so
 the agents' commits get the disk and the GIL: the agent does not wait for the drain.
+It rests only while that pace keeps up: when the spool holds more than a round after
+this round's record, and more than after the last one's, the agents are outrunning the
+rested drain (a busy host, a burst) and it goes on at once - a backlog that grows for
+good would fill the disk, which no latency gain is worth.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -70,6 +74,8 @@ class SendStage:
         *,
         backoff: Backoff,
         presence: Presence | None = None,
+        backlog: Callable[[], int] | None = None,
+        round_ops: int = 0,
     ) -> None:
         self._in = inbox
         self._out = out
@@ -82,6 +88,11 @@ class SendStage:
         self._gate = gate
         self._backoff = backoff
         self._presence = presence
+        #: The operations the spool holds, read after each round's record; at most
+        #: ``round_ops`` (one round takes them all) is caught up, whatever the trend.
+        self._backlog = backlog
+        self._round_ops = round_ops
+        self._backlog_after_last: int | None = None
         #: The round in hand (read, not yet handed on): given back if the drain stops.
         self.holding: Round | None = None
         self._idle = asyncio.Event()
@@ -106,7 +117,21 @@ class SendStage:
             if self._gate.urgent_within(ACCEPT_BUSY_S):
                 await self._out.wait_empty()  # this round recorded
                 took = time.perf_counter() - delivered.started
-                await self._clock.sleep(min(PACE_WHILE_ACCEPTING * took, MAX_REST_S))
+                if self._keeping_up():
+                    await self._clock.sleep(min(PACE_WHILE_ACCEPTING * took, MAX_REST_S))
+                else:
+                    self._stats.rests_skipped += 1
+            else:
+                self._backlog_after_last = None  # nobody writing: a new comparison later
+
+    def _keeping_up(self) -> bool:
+        """Whether the rested drain keeps up: the spool holds at most a round, or no more
+        than after the last round's record (the first round of a busy spell rests)."""
+        if self._backlog is None:
+            return True
+        now = self._backlog()
+        before, self._backlog_after_last = self._backlog_after_last, now
+        return now <= self._round_ops or before is None or now <= before
 
     async def _until_delivered(self, round_: Round) -> Delivered:
         while True:

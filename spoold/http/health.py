@@ -145,6 +145,7 @@ async def health(request: web.Request) -> web.Response:
             "duplicates_sent": drain.duplicates_sent,
             "splits": drain.splits,
             "last_batch_size": drain.last_batch_size,
+            "rests_skipped": drain.rests_skipped,
         },
     }
     if sidecar.presence is not None:

@@ -100,6 +100,11 @@ class _SidecarCollector(Collector):
                 "Snapshots the server found unchanged (replays)",
                 drain.duplicates_sent,
             ),
+            (
+                "spoold_drain_rests_skipped",
+                "Drain rounds not followed by their rest: agents outran the rested drain",
+                drain.rests_skipped,
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=float(value))
         dead = CounterMetricFamily(

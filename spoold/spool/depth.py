@@ -51,6 +51,10 @@ class Depth:
         with self._lock:
             return self.bytes
 
+    def queued_ops(self) -> int:
+        with self._lock:
+            return self.ops
+
     def forget(self, n_ops: int, nbytes: int) -> None:
         """A group left the spool (acked, or set aside as undecodable)."""
         with self._lock:

@@ -99,6 +99,7 @@ async def test_a_whole_batch_413_is_split_until_everything_arrives(
     assert fake.batches[0].answered == 413
     assert sorted(len(batch) for batch in fake.delivered_batches()) == [1] * 6
     assert health["drain"]["splits"] >= 3
+    assert health["drain"]["rests_skipped"] == 0  # no agent wrote while it drained
     assert health["spool"]["dead_letters"] == 0
     assert health["counters"]["forwarded"] == 12
     for run in runs:
@@ -301,3 +302,38 @@ async def test_a_404_for_the_batch_endpoint_itself_is_retried_not_dead_lettered(
     health = await sidecar.health()
     assert health["spool"]["dead_letters"] == 0
     assert health["spool"]["depth"] == 1
+
+
+async def test_agents_outrunning_the_rested_drain_get_it_unrested(make_sidecar, fake, central):
+    """A server that takes 0.2 s a batch of 10 drains at most 50 operations/s, 25 with its
+    rests; four agents write faster than that. The spool grows round after round, so the
+    drain stops resting (a busy host's backlog must not grow until the disk is full);
+    once the server is quick again everything arrives."""
+
+    async def slow(fake: FakeUpstream, request: web.Request, raw: bytes) -> web.StreamResponse:
+        await asyncio.sleep(0.2)
+        return await proxy(fake, request, raw)
+
+    fake.batch_default = slow
+    sidecar = await make_sidecar(fake.url, batch_size=10)
+    runs: list[dict[str, Any]] = []
+
+    async def agent() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        for _ in range(2_000):  # bounded; the deadline ends it first
+            if loop.time() > deadline:
+                return
+            run = make_run()
+            runs.append(run)
+            assert (await sidecar.create(run)).status == 201
+
+    await asyncio.gather(*(agent() for _ in range(4)))
+    during = (await sidecar.health())["drain"]
+    assert len(runs) > 200, "the agents wrote too slowly to outrun the drain"
+    assert during["rests_skipped"] >= 1
+    fake.batch_default = proxy
+    health = await sidecar.wait_drained(timeout_s=30.0)
+    assert health["counters"]["forwarded"] == len(runs)
+    for run in runs[:: max(1, len(runs) // 20)]:
+        assert (await central.api.get(f"/api/v1/runs/{run['event_id']}")).status == 200

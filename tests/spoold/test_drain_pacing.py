@@ -19,6 +19,7 @@ from spoold.spool.writegate import WriteGate
 from spoold.upstream.retry import Backoff
 
 ROUND_S = 0.4
+BATCH = 500
 
 
 @pytest.mark.parametrize(("round_s", "rest_s"), [(ROUND_S, ROUND_S), (600.0, 1.0)])
@@ -36,8 +37,23 @@ async def test_a_round_that_took_long_rests_at_most_a_second(
 async def _one_round(
     monkeypatch: pytest.MonkeyPatch, *, agents_writing: bool, round_s: float = ROUND_S
 ) -> list[float]:
-    """One round through the send stage, whose delivery took ``round_s``; the rests the
-    stage asked for, each after the round's record (a consumer of the record slot)."""
+    return await _rounds(monkeypatch, agents_writing=agents_writing, round_s=round_s)
+
+
+async def _rounds(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    agents_writing: bool,
+    round_s: float = ROUND_S,
+    backlogs: list[int] | None = None,
+    stats: DrainStats | None = None,
+    rounds: int | None = None,
+) -> list[float]:
+    """Rounds through the send stage, each delivery having taken ``round_s``; the rests
+    the stage asked for, each after its round's record (a consumer of the record slot).
+    One round, or one per entry of ``backlogs``: the spool's depth after that round's
+    record, in operations (``round_ops`` is BATCH)."""
+    depths = iter(backlogs or [])
     gate = WriteGate()
     if agents_writing:
         gate.last_urgent = time.monotonic()  # the accept path has just committed
@@ -51,11 +67,13 @@ async def _one_round(
         cast(Any, None),  # the round's delivery is replaced here
         cast(Any, None),
         cast(Any, None),
-        DrainStats(),
+        stats or DrainStats(),
         clock,
         LocalFaults(backoff, clock),
         gate,
         backoff=backoff,
+        backlog=None if backlogs is None else lambda: next(depths),
+        round_ops=BATCH,
     )
     recorded: list[Delivered] = []
     rests: list[tuple[float, int]] = []
@@ -79,13 +97,16 @@ async def _one_round(
     monkeypatch.setattr(clock, "sleep", rest)
     recorder = asyncio.create_task(record())
     sending = asyncio.create_task(sender.run())
-    await asyncio.wait_for(inbox.put(Round([], RoundOps([]), [])), 5)
+    rounds = rounds or len(backlogs or [None])
+    for _ in range(rounds):
+        await asyncio.wait_for(inbox.put(Round([], RoundOps([]), [])), 5)
     await asyncio.wait_for(inbox.put(None), 5)  # the end of the stream
     await asyncio.wait_for(sending, 5)
     await asyncio.wait_for(recorder, 5)
-    assert len(recorded) == 1
-    if agents_writing:
+    assert len(recorded) == rounds
+    if agents_writing and backlogs is None:
         assert all(was_recorded == 1 for _, was_recorded in rests)  # the record came first
+    assert next(depths, None) is None  # read once per round, after its record
     return [seconds for seconds, _ in rests]
 
 
@@ -100,3 +121,52 @@ async def test_the_drain_rests_between_rounds_only_while_agents_write(
         assert rests[0] < ROUND_S * send_module.PACE_WHILE_ACCEPTING + 0.5
     else:
         assert rests == []
+
+
+@pytest.mark.parametrize(
+    ("backlogs", "rested"),
+    [
+        # a backlog that shrinks round to round: every round rests
+        ([90_000, 89_000, 88_000, 87_500], 4),
+        # agents outrun the rested drain (a busy host): the first round of the spell
+        # rests (nothing to compare), then none until the backlog shrinks again
+        ([90_000, 91_000, 92_500, 92_400, 93_000], 2),
+        # caught up (at most one round's worth left): rests even as it wobbles upward
+        ([100, 300, BATCH, 200], 4),
+        # just over a round and growing: no rest
+        ([BATCH, BATCH + 1, BATCH + 2], 1),
+        # the same depth: keeping up, rests
+        ([5_000, 5_000, 5_000], 3),
+    ],
+)
+async def test_the_drain_rests_only_while_its_rested_pace_keeps_up(
+    monkeypatch: pytest.MonkeyPatch, backlogs: list[int], rested: int
+) -> None:
+    """A spool that grows from one round's record to the next while agents write means
+    the rested drain falls behind them: it goes on at once, or a busy host's backlog
+    would grow until the disk is full. Each round's rest is decided by the spool's depth
+    after that round's record against the one after the round before."""
+    stats = DrainStats()
+    rests = await _rounds(monkeypatch, agents_writing=True, backlogs=backlogs, stats=stats)
+    assert len(rests) == rested
+    assert stats.rests_skipped == len(backlogs) - rested
+    assert all(seconds >= ROUND_S * send_module.PACE_WHILE_ACCEPTING for seconds in rests)
+
+
+async def test_a_quiet_spell_starts_a_new_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nobody writing there is no rest and no depth read; the next busy spell's first
+    round rests, whatever the depth was in the spell before."""
+    gate_writing = iter([True, False, True, True])
+    monkeypatch.setattr(WriteGate, "urgent_within", lambda self, seconds: next(gate_writing))
+    stats = DrainStats()
+    # depths read after rounds 1, 3 and 4 (round 2 came while nobody wrote)
+    rests = await _rounds(
+        monkeypatch,
+        agents_writing=True,
+        backlogs=[90_000, 95_000, 96_000],
+        stats=stats,
+        rounds=4,
+    )
+    assert len(rests) == 2  # rounds 1 and 3: each the first of its busy spell
+    assert stats.rests_skipped == 1  # round 4: the spool grew since round 3
+    assert next(gate_writing, None) is None  # asked once per round
