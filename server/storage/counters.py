@@ -9,7 +9,12 @@ bookkeeping in it.
 
 ``recent_24h`` counts by whole minute: a run counts while its ``created_at``
 minute is one of the last 1,440 minutes, the current minute included (future
-instants count too, as ``created_at > now - 24h`` did).
+instants count too, as ``created_at > now - 24h`` did). ``created_at`` is the
+client's to give, so the minutes kept are bounded: one more than a day ahead of the
+clock is counted with the last minute of its day, one more than a year ahead with the
+last minute of its year (at most ~2 x 1,440 + 367 + 8,000 keys, whatever clients
+send). Such a run counts now as it should; it leaves the window at the end of its day
+(or year) plus 24 h instead of its own minute plus 24 h.
 
 The counts assume this server is the database's only writer, as it is
 designed to be; another process writing the file is seen only after a restart.
@@ -29,6 +34,10 @@ from server.contract.codec import dumps_key, loads
 from server.contract.timestamps import format_instant
 
 WINDOW_MINUTES = 24 * 60
+#: created_at minutes up to this far ahead of the clock are kept exactly ...
+EXACT_AHEAD = timedelta(days=1)
+#: ... up to this far ahead by day, and beyond it by year.
+DAILY_AHEAD = timedelta(days=366)
 _MINUTE_CHARS = 16  # "2026-01-12T10:30" of the canonical created_at
 #: (agent_name, status, created_at minute, change in count)
 Delta = tuple[str, str, str, int]
@@ -85,8 +94,10 @@ class RunCounters:
         self._statuses: dict[str, int] = {}
         self._minutes: dict[str, int] = {}  # minutes still inside (or after) the window
         self._expiry: list[str] = []  # heap of the keys of _minutes
-        self._window_start = minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1))
+        self._window_start = ""
+        self._exact_until = self._daily_until = ""
         self._recent = 0
+        self._advance(self._clock())
 
     # ---- writer side ----------------------------------------------------------------
 
@@ -132,7 +143,7 @@ class RunCounters:
     def snapshot(self) -> RunCounts:
         """The current counts; O(agents + statuses), independent of the number of runs."""
         with self._lock:
-            self._advance(minute_of(self._clock() - timedelta(minutes=WINDOW_MINUTES - 1)))
+            self._advance(self._clock())
             if self._agents_json is None:
                 self._agents_json = _json_object(self._agent_entries)
             return RunCounts(self._total, self._agents_json, self._recent, dict(self._statuses))
@@ -165,15 +176,28 @@ class RunCounters:
     def _add_minute(self, minute: str, n: int) -> None:
         if minute < self._window_start:
             return
+        minute = self._bucket(minute)
         if minute not in self._minutes:
             heapq.heappush(self._expiry, minute)
         _bump(self._minutes, minute, n, keep_zero=True)
         self._recent += n
 
-    def _advance(self, window_start: str) -> None:
+    def _bucket(self, minute: str) -> str:
+        """The key a created_at minute is counted under: itself, its day's last minute or
+        its year's (both sort after every minute they hold, so they leave the window last)."""
+        if minute <= self._exact_until:
+            return minute
+        if minute <= self._daily_until:
+            return minute[:10] + "T23:59"
+        return minute[:4] + "-12-31T23:59"
+
+    def _advance(self, now: datetime) -> None:
+        window_start = minute_of(now - timedelta(minutes=WINDOW_MINUTES - 1))
         if window_start <= self._window_start:
             return
         self._window_start = window_start
+        self._exact_until = minute_of(now + EXACT_AHEAD)
+        self._daily_until = minute_of(now + DAILY_AHEAD)
         while self._expiry and self._expiry[0] < window_start:
             self._recent -= self._minutes.pop(heapq.heappop(self._expiry), 0)
 

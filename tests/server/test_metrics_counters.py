@@ -236,3 +236,59 @@ def test_recent_window_expires_minute_by_minute() -> None:
     counters.apply([("a", "running", old, -1)])  # a change to a run already outside
     snapshot = counters.snapshot()
     assert (snapshot.recent_24h, snapshot.total_runs) == (1, 2)
+
+
+def test_future_minutes_kept_are_bounded_whatever_clients_send() -> None:
+    """created_at is the client's: 100,000 runs each at its own future minute, from one
+    minute to ~8,000 years ahead, keep at most ~2 x 1,440 + 367 + 8,000 minute keys (one
+    per minute would grow the server's memory with every such run), and all count now."""
+    now = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
+    counters = RunCounters(clock=lambda: now)
+    rng = random.Random(7)
+    horizon = (datetime(9999, 12, 31, tzinfo=UTC) - now).total_seconds() / 60
+    minutes = {
+        minute_of(now + timedelta(minutes=1 + rng.random() ** 4 * horizon)) for _ in range(100_000)
+    }
+    counters.apply([("a", "success", minute, 1) for minute in minutes])
+    assert len(minutes) > 90_000
+    assert len(counters._minutes) <= 2 * WINDOW_MINUTES + 367 + 8_000
+    assert counters.snapshot().recent_24h == len(minutes)
+    counters.apply([("a", "success", minute, -1) for minute in minutes])  # all deleted
+    assert counters.snapshot().recent_24h == 0
+
+
+def test_a_run_up_to_a_day_ahead_leaves_the_window_at_its_own_minute() -> None:
+    now = [datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)]
+    counters = RunCounters(clock=lambda: now[0])
+    ahead = now[0] + timedelta(hours=23, minutes=59)
+    counters.apply([("a", "success", minute_of(ahead), 1)])
+    now[0] = ahead + timedelta(minutes=WINDOW_MINUTES - 1)
+    assert counters.snapshot().recent_24h == 1  # its minute is the window's first
+    now[0] += timedelta(minutes=1)
+    assert counters.snapshot().recent_24h == 0
+
+
+@pytest.mark.parametrize(
+    ("ahead", "counted_until"),
+    [
+        # three days ahead: counted with its day's last minute
+        (timedelta(days=3, hours=-2), datetime(2026, 3, 4, 23, 59, tzinfo=UTC)),
+        # two years ahead: counted with its year's last minute
+        (timedelta(days=730), datetime(2028, 12, 31, 23, 59, tzinfo=UTC)),
+    ],
+)
+def test_a_run_further_ahead_leaves_the_window_with_its_day_or_year(
+    ahead: timedelta, counted_until: datetime
+) -> None:
+    """The documented approximation: it counts now, and until its day's (or year's) last
+    minute leaves the window, never less long than its own minute would."""
+    now = [datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)]
+    counters = RunCounters(clock=lambda: now[0])
+    counters.apply([("a", "success", minute_of(now[0] + ahead), 1)])
+    assert counters.snapshot().recent_24h == 1
+    now[0] = now[0] + ahead + timedelta(minutes=WINDOW_MINUTES)  # its own minute is out
+    assert counters.snapshot().recent_24h == 1
+    now[0] = counted_until + timedelta(minutes=WINDOW_MINUTES - 1)
+    assert counters.snapshot().recent_24h == 1
+    now[0] += timedelta(minutes=1)
+    assert counters.snapshot().recent_24h == 0
