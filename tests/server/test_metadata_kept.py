@@ -13,6 +13,7 @@ from server.contract.models import RunCreate
 from server.contract.timestamps import utc_now
 from server.http.runs import DATABASE
 from server.storage import runs
+from tests.sql_trace import every_statement
 from tests.stored_rows import fetch, is_postgres
 
 AGENTS = ("alpha", "beta", "gamma", "delta", "héllo ✓", "Zed", "a b")
@@ -150,9 +151,13 @@ async def test_metadata_runs_no_query(api, new_run, monkeypatch):
         raise AssertionError("/api/v1/metadata ran a query")
 
     monkeypatch.setattr(database.reader, "run", no_reads)
-    assert (await api.get("/api/v1/metadata")).body["counts"]["agent_names"] == 5
+    with every_statement(database, monkeypatch) as statements:
+        assert (await api.get("/api/v1/metadata")).body["counts"]["agent_names"] == 5
+    assert statements == []  # on no connection at all, the writer's included
     await api.create(new_run(agent_name="a-new", job_type="j-new"))
-    body = (await api.get("/api/v1/metadata")).body
+    with every_statement(database, monkeypatch) as statements:
+        body = (await api.get("/api/v1/metadata")).body
+    assert statements == []
     assert "a-new" in body["agent_names"]
     assert "j-new" in body["job_types"]
 

@@ -14,6 +14,7 @@ from server.contract.fields import CANONICAL_STATUSES
 from server.http.runs import DATABASE
 from server.storage import runs
 from server.storage.counters import WINDOW_MINUTES, RunCounters, minute_of
+from tests.sql_trace import every_statement
 from tests.stored_rows import fetch, is_postgres
 
 AGENTS = ("alpha", "beta", "gamma", "delta")
@@ -198,10 +199,12 @@ async def test_metrics_runs_no_query(api, new_run, monkeypatch):
         raise AssertionError("/metrics ran a query")
 
     monkeypatch.setattr(database.reader, "run", no_reads)
-    assert (await api.get("/metrics")).body["total_runs"] == 5
-    scrape = await api.client.get("/metrics", headers={"Accept": "text/plain"})
-    assert scrape.status == 200
-    assert "telemetry_runs_total_stored 5.0" in await scrape.text()
+    with every_statement(database, monkeypatch) as statements:
+        assert (await api.get("/metrics")).body["total_runs"] == 5
+        scrape = await api.client.get("/metrics", headers={"Accept": "text/plain"})
+        assert scrape.status == 200
+        assert "telemetry_runs_total_stored 5.0" in await scrape.text()
+    assert statements == []  # on no connection at all, the writer's included
 
 
 async def test_rejected_and_failed_writes_are_not_counted(api, new_run):
