@@ -174,6 +174,8 @@ class RunCounters:
         self._agents_json = None
 
     def _add_minute(self, minute: str, n: int) -> None:
+        if minute > self._exact_until:  # ahead, or the horizons are stale: no read lately
+            self._advance(self._clock())
         if minute < self._window_start:
             return
         minute = self._bucket(minute)
@@ -184,7 +186,12 @@ class RunCounters:
 
     def _bucket(self, minute: str) -> str:
         """The key a created_at minute is counted under: itself, its day's last minute or
-        its year's (both sort after every minute they hold, so they leave the window last)."""
+        its year's (both sort after every minute they hold, so they leave the window last).
+
+        A run's later -1 must land on the key of its +1: it does, as a stored run's
+        created_at never changes (PATCH ignores it) and only retention deletes runs, long
+        after their minute has left the window (a -1 there is dropped; its coarse key still
+        expires within a day, or a year, of its own minute)."""
         if minute <= self._exact_until:
             return minute
         if minute <= self._daily_until:

@@ -102,8 +102,8 @@ class Drainer:
             index.gate,
             backoff=backoff,
             presence=presence,
-            backlog=spool.queued_ops,
-            round_ops=batch_size,
+            backlog=spool.queued,
+            round_size=(batch_size, round_max_bytes or batch_max_bytes),
         )
         self.recorder = RecordStage(
             self._to_record, spool, index, ledger, self.stats, self._faults, on_forward=on_forward

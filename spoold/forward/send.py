@@ -21,9 +21,12 @@ While agents are writing, after handing a round on the stage waits for its recor
 rests as long as the round took (``PACE_WHILE_ACCEPTING``, at most ``MAX_REST_S``), so
 the agents' commits get the disk and the GIL: the agent does not wait for the drain.
 It rests only while that pace keeps up: when the spool holds more than a round after
-this round's record, and more than after the last one's, the agents are outrunning the
-rested drain (a busy host, a burst) and it goes on at once - a backlog that grows for
-good would fill the disk, which no latency gain is worth.
+this round's record, and more than after the last round that rested, the agents are
+outrunning the rested drain (a busy host, a burst) and it goes on at once, until the
+backlog is back down to that depth - a backlog that grows for good would fill the disk,
+which no latency gain is worth. (Compared with the round before instead, rested and
+unrested rounds would alternate at ~2/3 of the full pace: agents between that and the
+full pace would grow the backlog for good.)
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ class SendStage:
         *,
         backoff: Backoff,
         presence: Presence | None = None,
-        backlog: Callable[[], int] | None = None,
-        round_ops: int = 0,
+        backlog: Callable[[], tuple[int, int]] | None = None,
+        round_size: tuple[int, int] = (0, 0),
     ) -> None:
         self._in = inbox
         self._out = out
@@ -88,11 +91,13 @@ class SendStage:
         self._gate = gate
         self._backoff = backoff
         self._presence = presence
-        #: The operations the spool holds, read after each round's record; at most
-        #: ``round_ops`` (one round takes them all) is caught up, whatever the trend.
+        #: What the spool holds (operations, bytes), read after each round's record; at
+        #: most a round (``round_size``: one round takes it all) is caught up, whatever
+        #: the trend.
         self._backlog = backlog
-        self._round_ops = round_ops
-        self._backlog_after_last: int | None = None
+        self._round_size = round_size
+        #: The depth after the last round that rested (None: none yet in this busy spell).
+        self._rested_at: int | None = None
         #: The round in hand (read, not yet handed on): given back if the drain stops.
         self.holding: Round | None = None
         self._idle = asyncio.Event()
@@ -122,16 +127,20 @@ class SendStage:
                 else:
                     self._stats.rests_skipped += 1
             else:
-                self._backlog_after_last = None  # nobody writing: a new comparison later
+                self._rested_at = None  # nobody writing: a new comparison later
 
     def _keeping_up(self) -> bool:
         """Whether the rested drain keeps up: the spool holds at most a round, or no more
-        than after the last round's record (the first round of a busy spell rests)."""
+        than after the last round that rested (the first round of a busy spell rests)."""
         if self._backlog is None:
             return True
-        now = self._backlog()
-        before, self._backlog_after_last = self._backlog_after_last, now
-        return now <= self._round_ops or before is None or now <= before
+        ops, nbytes = self._backlog()
+        max_ops, max_bytes = self._round_size
+        caught_up = ops <= max_ops and nbytes <= max_bytes
+        if caught_up or self._rested_at is None or ops <= self._rested_at:
+            self._rested_at = ops
+            return True
+        return False
 
     async def _until_delivered(self, round_: Round) -> Delivered:
         while True:

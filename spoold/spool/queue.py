@@ -332,9 +332,9 @@ class Spool:
         """Serialised bytes of the groups not yet acknowledged (what the cap counts)."""
         return self._depth.queued_bytes()
 
-    def queued_ops(self) -> int:
-        """Operations waiting to be drained (in memory, no I/O)."""
-        return self._depth.queued_ops()
+    def queued(self) -> tuple[int, int]:
+        """(operations, bytes) waiting to be drained (in memory, no I/O)."""
+        return self._depth.queued()
 
     def stats(self) -> SpoolStats:
         """A snapshot of depth, size and age (no disk I/O beyond a cached statvfs)."""

@@ -295,3 +295,17 @@ def test_a_run_further_ahead_leaves_the_window_with_its_day_or_year(
     assert counters.snapshot().recent_24h == 1
     now[0] += timedelta(minutes=1)
     assert counters.snapshot().recent_24h == 0
+
+
+def test_runs_written_without_a_read_for_days_are_counted_exactly() -> None:
+    """The horizons move with the clock, not only when /metrics is read: a run created
+    now, two days after the last read, is a run of now (its own minute), not one "two
+    days ahead" of a stale horizon counted with its day's last minute."""
+    now = [datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)]
+    counters = RunCounters(clock=lambda: now[0])
+    now[0] = datetime(2026, 3, 3, 1, 0, 30, tzinfo=UTC)  # no read since the start
+    counters.apply([("a", "success", minute_of(now[0]), 1)])
+    now[0] += timedelta(minutes=WINDOW_MINUTES - 1)
+    assert counters.snapshot().recent_24h == 1
+    now[0] += timedelta(minutes=1)
+    assert counters.snapshot().recent_24h == 0  # not held until the day's end + 24 h

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from typing import Any
 
@@ -305,35 +306,45 @@ async def test_a_404_for_the_batch_endpoint_itself_is_retried_not_dead_lettered(
 
 
 async def test_agents_outrunning_the_rested_drain_get_it_unrested(make_sidecar, fake, central):
-    """A server that takes 0.2 s a batch of 10 drains at most 50 operations/s, 25 with its
+    """A server that takes 0.5 s a batch of 10 drains at most 20 operations/s, 10 with its
     rests; four agents write faster than that. The spool grows round after round, so the
     drain stops resting (a busy host's backlog must not grow until the disk is full);
     once the server is quick again everything arrives."""
 
     async def slow(fake: FakeUpstream, request: web.Request, raw: bytes) -> web.StreamResponse:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         return await proxy(fake, request, raw)
 
     fake.batch_default = slow
     sidecar = await make_sidecar(fake.url, batch_size=10)
     runs: list[dict[str, Any]] = []
+    writing = True
 
     async def agent() -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2.0
-        for _ in range(2_000):  # bounded; the deadline ends it first
-            if loop.time() > deadline:
+        for _ in range(5_000):  # bounded; the test stops it first
+            if not writing:
                 return
             run = make_run()
             runs.append(run)
             assert (await sidecar.create(run)).status == 201
 
-    await asyncio.gather(*(agent() for _ in range(4)))
-    during = (await sidecar.health())["drain"]
-    assert len(runs) > 200, "the agents wrote too slowly to outrun the drain"
-    assert during["rests_skipped"] >= 1
+    agents = [asyncio.create_task(agent()) for _ in range(4)]
+
+    async def went_on_unrested() -> bool:
+        return bool((await sidecar.health())["drain"]["rests_skipped"] >= 1)
+
+    try:
+        await wait_until(went_on_unrested, "a round without its rest", timeout_s=15.0)
+    finally:
+        writing = False
+        await asyncio.gather(*agents)
     fake.batch_default = proxy
     health = await sidecar.wait_drained(timeout_s=30.0)
     assert health["counters"]["forwarded"] == len(runs)
+    async with sidecar.client.get("/metrics", headers={"Accept": "text/plain"}) as response:
+        text = (await response.read()).decode()
+    skipped = re.search(r"^spoold_drain_rests_skipped(?:_total)? (\S+)$", text, re.MULTILINE)
+    assert skipped, text
+    assert float(skipped.group(1)) == health["drain"]["rests_skipped"] >= 1
     for run in runs[:: max(1, len(runs) // 20)]:
         assert (await central.api.get(f"/api/v1/runs/{run['event_id']}")).status == 200

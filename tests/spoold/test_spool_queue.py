@@ -94,7 +94,7 @@ def test_counts_are_recomputed_at_open(make_spool: SpoolFactory) -> None:
     reopened_spool = make_spool()
     reopened = reopened_spool.stats()
     assert (reopened.depth_ops, reopened.depth_groups) == (8, 2)
-    assert reopened_spool.queued_ops() == 8
+    assert reopened_spool.queued() == (8, stats.bytes)
     assert reopened.bytes == stats.bytes > 800
     assert reopened.oldest_enqueued_at == pytest.approx(stats.oldest_enqueued_at, abs=1e-5)
     assert before <= (reopened.oldest_enqueued_at or 0) <= time.time()
@@ -110,7 +110,7 @@ def test_ack_twice_counts_once(make_spool: SpoolFactory) -> None:
     spool.ack(got)
     spool.ack(got)
     assert spool.stats().depth_ops == 3
-    assert spool.queued_ops() == 3  # what the drain's pace reads (no I/O)
+    assert spool.queued() == (3, spool.stats().bytes)  # what the drain's pace reads (no I/O)
 
 
 def test_acked_rows_are_deleted_and_file_shrinks(
