@@ -19,6 +19,12 @@ and its SQLite file checked: every acknowledged create is there once, every
 acknowledged PATCH in its final state. Prints the series and the verdict; exit
 status 0 if every acknowledged write arrived, 2 otherwise. Not a test: it
 asserts no timing, it reports figures.
+
+With ``--json PATH`` (``bench/targets.py --only spoold_footprint``) it writes its
+figures: the spool directory's growth per minute from ``SETTLED_S`` on (target
+<= ``FLAT_MB_PER_MIN``: "flat after the first minutes"; the index kept every
+snapshot for a week before, 8 MB/min at this load), its size and spoold's RSS
+at most from then on, and how long the queue took to empty after the load.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -43,10 +51,16 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import spoold_bench
+from report import Figure, write_json
 from server_bench import finish_payload, free_port, run_payload
 from spoold_bench import BENCH_SPOOLD_ENV, HOST, Daemon, clean_env, http_json
 
 MB = 1024 * 1024
+#: The first minutes fill the files up to their working size: growth is measured after.
+SETTLED_S = 300.0
+#: Disk use "flat after the first minutes": at most this growth per minute on average
+#: (high-water marks of outages still move it a little; 8 MB/min before the index bound).
+FLAT_MB_PER_MIN = 1.0
 
 
 @dataclass
@@ -291,7 +305,39 @@ class Soak:
         )
         for problem in problems[:10]:
             print("  " + problem)
+        if args.json is not None:
+            verified = not problems and bool(acked.runs)
+            write_json(args.json, self.figures(drained_in), verified=verified)
         return 2 if problems else 0
+
+    def figures(self, drained_in: float) -> list[Figure]:
+        """The footprint after the first minutes (the samples from SETTLED_S on)."""
+        args = self.args
+        scenario = (
+            f"spoold soak {args.rate:.0f} runs/s {args.seconds:.0f} s, server killed every "
+            f"{args.kill_every:.0f} s"
+        )
+        settled = [s for s in self.samples if s.t_s >= SETTLED_S] or self.samples[-2:]
+        first, last = settled[0], settled[-1]
+        # The least-squares slope: one sample taken during an outage's backlog (a WAL at
+        # its high-water mark for a moment) does not decide it, as first-to-last would.
+        growth = (
+            statistics.linear_regression(
+                [s.t_s / 60 for s in settled], [s.total_mb for s in settled]
+            ).slope
+            if len(settled) >= 2
+            else math.nan
+        )
+        note = (
+            f"least-squares slope of {len(settled)} samples; {first.total_mb:.1f} MB at "
+            f"{first.t_s:.0f} s, {last.total_mb:.1f} MB at the end"
+        )
+        return [
+            Figure(scenario, "spool dir growth MB/min", growth, FLAT_MB_PER_MIN, False, None, note),
+            Figure(scenario, "spool dir max MB", max(s.total_mb for s in settled)),
+            Figure(scenario, "RSS max MB", max(s.rss_mb for s in settled), note="after 5 min"),
+            Figure(scenario, "queue empty after load s", drained_in, higher_is_better=False),
+        ]
 
     def stop_all(self) -> None:
         for daemon in self.started:
@@ -315,6 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--code-root", type=Path, default=spoold_bench.ROOT, help="tree the daemons run from"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--json", type=Path, help="write the figures here (bench/report.py)")
     return parser.parse_args(argv)
 
 

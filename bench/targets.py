@@ -61,6 +61,13 @@ SCRIPTS: tuple[Script, ...] = (
     Script("prune_export_bench", sized=True),
     # Migration 6's table rebuild at 1M rows takes minutes: measured on request.
     Script("stale_bench", sized=True, default=False),
+    # The footprint soak: 20 minutes of load, the server killed every 45 s, on request.
+    Script(
+        "spoold_footprint",
+        sized=False,
+        extra=("--seconds", "1200", "--index-max-mb", "16", "--sample-every", "30"),
+        default=False,
+    ),
     # Needs PostgreSQL's binaries; ~30 s a round: on request (``--only pg_failover_bench``).
     Script("pg_failover_bench", sized=False, default=False),
 )
