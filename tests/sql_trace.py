@@ -16,8 +16,10 @@ from server.storage import reader as reader_module
 @contextmanager
 def every_statement(database: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The statements run meanwhile on the writer's connection, every reader connection
-    (the pool's, the event loop's inline one) and any reader connection opened meanwhile:
-    a test that an answer runs no query must not only watch one code path."""
+    (the pool's, the event loop's inline one) and any reader connection the reader opens
+    meanwhile: a test that an answer runs no query must not only watch one code path.
+    Not watched: the health probe's and the checkpointer's own connections (neither
+    serves an answer's data)."""
     statements: list[str] = []
     reader = database.reader
     connections: list[sqlite3.Connection] = [database.writer._conn, *reader._connections]

@@ -153,7 +153,7 @@ async def test_metadata_runs_no_query(api, new_run, monkeypatch):
     monkeypatch.setattr(database.reader, "run", no_reads)
     with every_statement(database, monkeypatch) as statements:
         assert (await api.get("/api/v1/metadata")).body["counts"]["agent_names"] == 5
-    assert statements == []  # on no connection at all, the writer's included
+    assert statements == []  # neither on the writer's connection nor on any reader's
     await api.create(new_run(agent_name="a-new", job_type="j-new"))
     with every_statement(database, monkeypatch) as statements:
         body = (await api.get("/api/v1/metadata")).body

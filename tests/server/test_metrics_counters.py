@@ -204,7 +204,7 @@ async def test_metrics_runs_no_query(api, new_run, monkeypatch):
         scrape = await api.client.get("/metrics", headers={"Accept": "text/plain"})
         assert scrape.status == 200
         assert "telemetry_runs_total_stored 5.0" in await scrape.text()
-    assert statements == []  # on no connection at all, the writer's included
+    assert statements == []  # neither on the writer's connection nor on any reader's
 
 
 async def test_rejected_and_failed_writes_are_not_counted(api, new_run):
