@@ -30,7 +30,7 @@ class DrainStats:
     splits: int = 0
     last_batch_size: int = 0
     #: Rounds after which the drain went on without its rest while agents wrote: the
-    #: spool had grown since the round before (``spoold.forward.send``).
+    #: spool held more than after the last round that rested (``spoold.forward.send``).
     rests_skipped: int = 0
 
 

@@ -51,11 +51,6 @@ class Depth:
         with self._lock:
             return self.bytes
 
-    def queued(self) -> tuple[int, int]:
-        """(operations, bytes) waiting to be drained."""
-        with self._lock:
-            return self.ops, self.bytes
-
     def forget(self, n_ops: int, nbytes: int) -> None:
         """A group left the spool (acked, or set aside as undecodable)."""
         with self._lock:

@@ -334,7 +334,8 @@ class Spool:
 
     def queued(self) -> tuple[int, int]:
         """(operations, bytes) waiting to be drained (in memory, no I/O)."""
-        return self._depth.queued()
+        ops, _, nbytes, _ = self._depth.snapshot()
+        return ops, nbytes
 
     def stats(self) -> SpoolStats:
         """A snapshot of depth, size and age (no disk I/O beyond a cached statvfs)."""
